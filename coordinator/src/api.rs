@@ -1,0 +1,140 @@
+//! The coordinator's domain API: what the gRPC layer (and an embedding
+//! program such as `baton demo`) calls. Plain methods over the scheduler
+//! handle and the store; no protobuf here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::error::CoordinatorError;
+use crate::prepare::plan_bundle;
+use crate::records::{
+    ChildRecord, ExecutionRecord, ExecutionState, children_prefix, execution_key, now_unix_ms,
+};
+use crate::scheduler::{ExecutionView, Summary, view_from_records};
+use crate::scheduler_task::{AgentListing, SchedulerHandle};
+use crate::store::Store;
+
+/// Limits on what a client may send (a limit on everything).
+pub const MAX_BUNDLE_FILES: usize = 256;
+pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+pub const MAX_PARAMS: usize = 1024;
+
+/// A handle on a running coordinator.
+#[derive(Clone)]
+pub struct Coordinator {
+    pub(crate) handle: SchedulerHandle,
+    pub(crate) store: Arc<dyn Store>,
+}
+
+/// What `watch` returns.
+pub enum Watched {
+    /// A live execution: summaries until it ends.
+    Live(watch::Receiver<Summary>),
+    /// An ended execution: its final summary.
+    Ended(Summary),
+}
+
+impl Coordinator {
+    /// Validates and starts an execution; returns its id once it is durable.
+    pub async fn start(
+        &self,
+        root: String,
+        files: BTreeMap<String, String>,
+        params: BTreeMap<String, String>,
+    ) -> Result<String, CoordinatorError> {
+        if root.is_empty() {
+            return Err(CoordinatorError::InvalidRequest(
+                "bundle root is empty".into(),
+            ));
+        }
+        if files.len() > MAX_BUNDLE_FILES {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "bundle has {} files; the limit is {MAX_BUNDLE_FILES}",
+                files.len()
+            )));
+        }
+        let bytes: usize = files.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if bytes > MAX_BUNDLE_BYTES {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "bundle is {bytes} bytes; the limit is {MAX_BUNDLE_BYTES}"
+            )));
+        }
+        if params.len() > MAX_PARAMS {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "more than {MAX_PARAMS} parameters"
+            )));
+        }
+        // Planning can be heavy (a million items): keep it off the runtime threads.
+        let (plan, root, files, params) = tokio::task::spawn_blocking(move || {
+            plan_bundle(&root, &files, &params).map(|p| (p, root, files, params))
+        })
+        .await
+        .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
+        let rec = ExecutionRecord {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            package: plan.package.clone(),
+            root,
+            files,
+            params,
+            state: ExecutionState::Running,
+            current_task: 0,
+            created_unix_ms: now_unix_ms(),
+            finished_unix_ms: 0,
+            reason: String::new(),
+            stale_events: 0,
+        };
+        self.handle.start(rec, plan).await
+    }
+
+    /// An execution with all its children, from memory or from the store.
+    pub async fn view(&self, id: &str) -> Result<ExecutionView, CoordinatorError> {
+        if let Some(v) = self.handle.view(id.to_string()).await? {
+            return Ok(v);
+        }
+        let rec = self.stored(id).await?;
+        let children: Vec<ChildRecord> = self
+            .store
+            .range(&children_prefix(id))
+            .await?
+            .into_iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value).map_err(|e| {
+                    CoordinatorError::Store(format!("corrupt record '{}': {e}", kv.key))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(view_from_records(&rec, children))
+    }
+
+    /// Summaries of an execution as it progresses.
+    pub async fn watch(&self, id: &str) -> Result<Watched, CoordinatorError> {
+        if let Some(rx) = self.handle.watch(id.to_string()).await? {
+            return Ok(Watched::Live(rx));
+        }
+        Ok(Watched::Ended(self.view(id).await?.summary))
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
+        self.handle.agents().await
+    }
+
+    async fn stored(&self, id: &str) -> Result<ExecutionRecord, CoordinatorError> {
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(CoordinatorError::ExecutionNotFound(id.to_string()));
+        }
+        let kv = self
+            .store
+            .get(&execution_key(id))
+            .await?
+            .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
+        serde_json::from_slice(&kv.value)
+            .map_err(|e| CoordinatorError::Store(format!("corrupt execution record: {e}")))
+    }
+
+    /// Bytes the store occupies.
+    pub fn store_bytes(&self) -> u64 {
+        self.store.size_bytes()
+    }
+}

@@ -1,0 +1,66 @@
+//! The coordinator's error type; every variant has a stable symbolic code.
+
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Package(#[from] baton_package::PackageError),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("execution '{0}' not found")]
+    ExecutionNotFound(String),
+    #[error("agent '{0}' is not registered; call Register first")]
+    AgentNotRegistered(String),
+    #[error(
+        "store conflict on '{0}': another writer changed it (is a second coordinator running on this data?)"
+    )]
+    StoreConflict(String),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+impl CoordinatorError {
+    /// The stable code (see `docs/errors.md`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            CoordinatorError::Config(_) => "CONFIG_INVALID",
+            CoordinatorError::Package(e) => e.code(),
+            CoordinatorError::InvalidRequest(_) => "INVALID_REQUEST",
+            CoordinatorError::ExecutionNotFound(_) => "EXECUTION_NOT_FOUND",
+            CoordinatorError::AgentNotRegistered(_) => "AGENT_NOT_REGISTERED",
+            CoordinatorError::StoreConflict(_) => "STORE_CONFLICT",
+            CoordinatorError::Store(_) => "STORE_FAILED",
+            CoordinatorError::ShuttingDown => "SHUTTING_DOWN",
+            CoordinatorError::Io(_) => "IO_FAILED",
+            CoordinatorError::Transport(_) => "TRANSPORT_FAILED",
+        }
+    }
+
+    /// Whether the caller may retry the same call later.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            CoordinatorError::ShuttingDown
+                | CoordinatorError::Store(_)
+                | CoordinatorError::Transport(_)
+        )
+    }
+}
+
+impl From<StoreError> for CoordinatorError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict { key } => CoordinatorError::StoreConflict(key),
+            other => CoordinatorError::Store(other.to_string()),
+        }
+    }
+}

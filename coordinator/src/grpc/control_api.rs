@@ -1,0 +1,84 @@
+//! `ControlService`: what the CLI and SDKs call.
+
+use std::pin::Pin;
+
+use baton_proto as pb;
+use pb::control_service_server::ControlService;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::{convert, status};
+use crate::api::{Coordinator, Watched};
+use crate::error::CoordinatorError;
+
+pub struct ControlApi {
+    pub(crate) coordinator: Coordinator,
+}
+
+type SummaryStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionSummary, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ControlService for ControlApi {
+    async fn start_execution(
+        &self,
+        request: Request<pb::StartExecutionRequest>,
+    ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        let r = request.into_inner();
+        let bundle = r.bundle.ok_or_else(|| {
+            status(CoordinatorError::InvalidRequest(
+                "bundle is required".into(),
+            ))
+        })?;
+        let id = self
+            .coordinator
+            .start(
+                bundle.root,
+                bundle.files.into_iter().collect(),
+                r.parameters.into_iter().collect(),
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::StartExecutionResponse {
+            execution_id: id,
+        }))
+    }
+
+    type WatchExecutionStream = SummaryStream;
+
+    async fn watch_execution(
+        &self,
+        request: Request<pb::WatchExecutionRequest>,
+    ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let id = request.into_inner().execution_id;
+        let out: SummaryStream = match self.coordinator.watch(&id).await.map_err(status)? {
+            Watched::Live(rx) => {
+                // Ends with the last summary when the execution ends.
+                let s = tokio_stream::wrappers::WatchStream::new(rx)
+                    .filter(|s| !s.execution_id.is_empty())
+                    .map(|s| Ok(convert::summary(&s)));
+                Box::pin(s)
+            }
+            Watched::Ended(s) => Box::pin(tokio_stream::once(Ok(convert::summary(&s)))),
+        };
+        Ok(Response::new(out))
+    }
+
+    async fn get_execution(
+        &self,
+        request: Request<pb::GetExecutionRequest>,
+    ) -> Result<Response<pb::ExecutionDetail>, Status> {
+        let id = request.into_inner().execution_id;
+        let view = self.coordinator.view(&id).await.map_err(status)?;
+        Ok(Response::new(convert::detail(view)))
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let agents = self.coordinator.agents().await.map_err(status)?;
+        Ok(Response::new(pb::ListAgentsResponse {
+            agents: agents.into_iter().map(convert::agent).collect(),
+        }))
+    }
+}

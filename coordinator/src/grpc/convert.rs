@@ -1,0 +1,75 @@
+//! Domain → protobuf conversions for the read side.
+
+use baton_proto as pb;
+
+use crate::scheduler::{ExecutionView, Summary};
+use crate::scheduler_task::AgentListing;
+
+pub fn summary(s: &Summary) -> pb::ExecutionSummary {
+    pb::ExecutionSummary {
+        execution_id: s.execution_id.clone(),
+        package: s.package.clone(),
+        state: s.state.clone(),
+        total: s.total,
+        pending: s.pending,
+        running: s.running,
+        succeeded: s.succeeded,
+        failed: s.failed,
+        lost_attempts: s.lost_attempts,
+        per_agent: s
+            .per_agent
+            .iter()
+            .map(|(agent, (ok, failed))| pb::AgentCount {
+                agent: agent.clone(),
+                succeeded: *ok,
+                failed: *failed,
+            })
+            .collect(),
+        created_unix_ms: s.created_unix_ms,
+        finished_unix_ms: s.finished_unix_ms,
+        reason: s.reason.clone(),
+        stale_events: s.stale_events,
+    }
+}
+
+pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
+    let summary = Some(summary(&v.summary));
+    let children = v
+        .children
+        .into_iter()
+        .zip(v.waiting)
+        .map(|(c, waiting)| pb::ChildJob {
+            task_path: c.task,
+            item_index: c.index,
+            item: c.item,
+            state: c.phase.as_str().to_string(),
+            attempt: c.attempt,
+            agent: c.agent.unwrap_or_default(),
+            exit_code: c.exit_code.unwrap_or(-1),
+            reason: if waiting.is_empty() {
+                c.reason
+            } else {
+                waiting
+            },
+            started_unix_ms: c.started_unix_ms,
+            finished_unix_ms: c.finished_unix_ms,
+            outputs: c.outputs.into_iter().collect(),
+            attempt_agents: c.attempt_agents,
+        })
+        .collect();
+    pb::ExecutionDetail { summary, children }
+}
+
+pub fn agent(a: AgentListing) -> pb::AgentInfo {
+    pb::AgentInfo {
+        name: a.rec.name,
+        address: a.rec.address,
+        labels: a.rec.labels.into_iter().collect(),
+        slots: a.rec.slots,
+        running: a.running,
+        load1: a.load1,
+        state: a.state.to_string(),
+        last_heartbeat_unix_ms: a.last_heartbeat_unix_ms,
+        version: a.rec.version,
+    }
+}

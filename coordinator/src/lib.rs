@@ -1,0 +1,134 @@
+//! The Baton coordinator.
+//!
+//! It keeps executions and the agent registry in a [`store`], runs parent
+//! packages, places each child job on an agent ([`placement`]) and dispatches
+//! it over gRPC, and learns what became of it from each agent's completion
+//! stream. All decisions live in [`scheduler::Scheduler`], a plain struct
+//! driven by one task ([`scheduler_task`]); the gRPC services in [`grpc`] are
+//! thin adapters. The coordinator and the agent meet only through
+//! `baton-proto`.
+
+pub mod api;
+pub mod error;
+pub mod grpc;
+pub mod placement;
+pub mod prepare;
+pub mod records;
+pub mod recovery;
+pub mod scheduler;
+pub mod scheduler_task;
+pub mod store;
+pub mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_proto::control_service_server::ControlServiceServer;
+use baton_proto::coordinator_service_server::CoordinatorServiceServer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use api::Coordinator;
+pub use error::CoordinatorError;
+
+/// Most bytes of one gRPC message the coordinator accepts (bundles are larger than events).
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Coordinator settings (the CLI layers defaults, file, environment and flags into this).
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    pub data_dir: PathBuf,
+    /// An agent silent this long is lost.
+    pub lease_ttl_ms: u64,
+    /// How often agents send a heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            data_dir: PathBuf::from("baton-data"),
+            lease_ttl_ms: 5_000,
+            heartbeat_ms: 1_000,
+        }
+    }
+}
+
+impl CoordinatorConfig {
+    pub fn validate(&self) -> Result<(), CoordinatorError> {
+        if self.heartbeat_ms == 0 || self.lease_ttl_ms == 0 {
+            return Err(CoordinatorError::Config(
+                "lease TTL and heartbeat interval must be positive".into(),
+            ));
+        }
+        if self.lease_ttl_ms < 2 * self.heartbeat_ms {
+            return Err(CoordinatorError::Config(format!(
+                "lease TTL ({} ms) must be at least twice the heartbeat interval ({} ms), \
+                 or one late heartbeat loses an agent",
+                self.lease_ttl_ms, self.heartbeat_ms
+            )));
+        }
+        Ok(())
+    }
+
+    fn scheduler(&self) -> scheduler::SchedulerConfig {
+        scheduler::SchedulerConfig {
+            lease_ttl: Duration::from_millis(self.lease_ttl_ms),
+            heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            ..Default::default()
+        }
+    }
+}
+
+/// A started coordinator: its API handle and the task that serves it.
+pub struct Running {
+    pub coordinator: Coordinator,
+    pub task: tokio::task::JoinHandle<Result<(), CoordinatorError>>,
+}
+
+/// Opens the store, recovers state, and serves the coordinator's gRPC services
+/// on `listener` until `shutdown` is cancelled.
+pub async fn start(
+    config: CoordinatorConfig,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<Running, CoordinatorError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store_path = config.data_dir.join("coordinator.redb");
+    let store: Arc<dyn store::Store> = Arc::new(
+        tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&store_path))
+            .await
+            .map_err(|e| CoordinatorError::Store(e.to_string()))??,
+    );
+    let sched = recovery::load(store.as_ref(), config.scheduler()).await?;
+    let (handle, sched_task) = scheduler_task::spawn(sched, store.clone(), shutdown.clone());
+    let coordinator = Coordinator {
+        handle: handle.clone(),
+        store,
+    };
+    let agent_api = CoordinatorServiceServer::new(grpc::agent_api::AgentApi { handle })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let control_api = ControlServiceServer::new(grpc::control_api::ControlApi {
+        coordinator: coordinator.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let addr = listener.local_addr()?;
+    info!(%addr, "coordinator serving");
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let served = transport::server()
+            .add_service(agent_api)
+            .add_service(control_api)
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+        let (served, sched) = tokio::join!(served, sched_task);
+        served.map_err(|e| CoordinatorError::Transport(e.to_string()))?;
+        sched.map_err(|e| CoordinatorError::Store(format!("scheduler task failed: {e}")))??;
+        Ok(())
+    });
+    Ok(Running { coordinator, task })
+}

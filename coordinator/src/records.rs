@@ -1,0 +1,182 @@
+//! What the coordinator persists, and under which keys.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `m/epoch` | the coordinator epoch, raised at every start (fencing) |
+//! | `a/<agent>` | [`AgentRecord`]: the registration |
+//! | `s/<agent>` | [`SeqRecord`]: the outbox and the highest event applied from it |
+//! | `e/<execution>` | [`ExecutionRecord`]: the package bundle, parameters, state |
+//! | `c/<execution>/<task>/<index>` | [`ChildRecord`]: one child job, its phase and attempt |
+//!
+//! Records are JSON: small, inspectable with any redb or etcd tool, and
+//! tolerant of added fields (`#[serde(default)]`).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const EPOCH_KEY: &str = "m/epoch";
+
+pub fn agent_key(name: &str) -> String {
+    format!("a/{name}")
+}
+pub fn seq_key(name: &str) -> String {
+    format!("s/{name}")
+}
+pub fn execution_key(id: &str) -> String {
+    format!("e/{id}")
+}
+pub fn children_prefix(id: &str) -> String {
+    format!("c/{id}/")
+}
+pub fn child_key(id: &str, task: &str, index: u32) -> String {
+    format!("c/{id}/{task}/{index:010}")
+}
+
+/// An agent's registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    pub name: String,
+    pub address: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub slots: u32,
+    #[serde(default)]
+    pub version: String,
+    pub boot_id: String,
+}
+
+/// Dedup state of an agent's completion stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRecord {
+    pub outbox_id: String,
+    /// Highest sequence number applied (and so acknowledged).
+    pub applied_seq: u64,
+}
+
+/// State of an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ExecutionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutionState::Running => "running",
+            ExecutionState::Succeeded => "succeeded",
+            ExecutionState::Failed => "failed",
+            ExecutionState::Cancelled => "cancelled",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        self != ExecutionState::Running
+    }
+}
+
+/// One execution of a parent package.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecutionRecord {
+    pub id: String,
+    pub package: String,
+    /// Name of the root file in `files`.
+    pub root: String,
+    /// The parent package and every child package it references, as started.
+    pub files: BTreeMap<String, String>,
+    /// Parameter overrides as given (defaults are re-derived from the package).
+    pub params: BTreeMap<String, String>,
+    pub state: ExecutionState,
+    /// Index, in task order, of the task that runs now.
+    #[serde(default)]
+    pub current_task: usize,
+    pub created_unix_ms: u64,
+    #[serde(default)]
+    pub finished_unix_ms: u64,
+    #[serde(default)]
+    pub reason: String,
+    /// Reports that named an older attempt or another agent, ignored.
+    #[serde(default)]
+    pub stale_events: u64,
+}
+
+/// Phase of a child job (the coordinator's record of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Pending,
+    Dispatching,
+    Accepted,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    TimedOut,
+    Lost,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "pending",
+            Phase::Dispatching => "dispatching",
+            Phase::Accepted => "accepted",
+            Phase::Running => "running",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+            Phase::Cancelled => "cancelled",
+            Phase::TimedOut => "timed_out",
+            Phase::Lost => "lost",
+        }
+    }
+    /// Terminal phases are recorded exactly once and never left.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Failed | Phase::Cancelled | Phase::TimedOut | Phase::Lost
+        )
+    }
+    /// Phases in which the child occupies a slot on its agent.
+    pub fn is_on_agent(self) -> bool {
+        matches!(self, Phase::Dispatching | Phase::Accepted | Phase::Running)
+    }
+}
+
+/// One child job: intent (attempt N on agent X) and what is known of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildRecord {
+    pub task: String,
+    pub index: u32,
+    pub item: String,
+    pub phase: Phase,
+    /// Current attempt, from 1. Reports for any other attempt are stale.
+    pub attempt: u32,
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// The agent of each attempt, in order.
+    #[serde(default)]
+    pub attempt_agents: Vec<String>,
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default)]
+    pub lost: u32,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    #[serde(default)]
+    pub finished_unix_ms: u64,
+}
+
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,297 @@
+//! The registry half of the scheduler: registration, the completion stream's
+//! events, heartbeats and leases.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use baton_proto as pb;
+use pb::agent_event::Body;
+use tracing::{debug, info, warn};
+
+use super::{AgentEntry, ChildRef, Effect, Scheduler};
+use crate::error::CoordinatorError;
+use crate::placement::AgentView;
+use crate::records::{AgentRecord, Phase, SeqRecord};
+
+/// A validated registration request.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub name: String,
+    pub address: String,
+    pub labels: BTreeMap<String, String>,
+    pub slots: u32,
+    pub version: String,
+    pub boot_id: String,
+    pub outbox_id: String,
+}
+
+impl Scheduler {
+    /// Registers (or re-registers) an agent. A new `boot_id` means the agent
+    /// restarted: whatever it had is gone, so its children are lost.
+    pub fn register(&mut self, reg: Registration, now: Instant) -> pb::RegisterResponse {
+        let rec = AgentRecord {
+            name: reg.name.clone(),
+            address: reg.address.clone(),
+            labels: reg.labels.clone(),
+            slots: reg.slots,
+            version: reg.version.clone(),
+            boot_id: reg.boot_id.clone(),
+        };
+        let restarted: Vec<ChildRef> = match self.agents.get_mut(&reg.name) {
+            Some(a) if a.rec.boot_id != reg.boot_id => {
+                info!(agent = %reg.name, "agent restarted; its unfinished children are lost");
+                a.active.drain().collect()
+            }
+            _ => Vec::new(),
+        };
+        let entry = self
+            .agents
+            .entry(reg.name.clone())
+            .or_insert_with(|| AgentEntry {
+                rec: rec.clone(),
+                version: None,
+                seq: SeqRecord {
+                    outbox_id: reg.outbox_id.clone(),
+                    applied_seq: 0,
+                },
+                seq_version: None,
+                seen: true,
+                lost: false,
+                last_seen: now,
+                last_heartbeat_unix_ms: 0,
+                load1: 0.0,
+                running_reported: 0,
+                draining: false,
+                full_until: None,
+                active: Default::default(),
+            });
+        if entry.rec != rec || entry.version.is_none() {
+            entry.rec = rec;
+            self.dirty_agents.insert(reg.name.clone());
+        }
+        if entry.seq.outbox_id != reg.outbox_id || entry.seq_version.is_none() {
+            entry.seq = SeqRecord {
+                outbox_id: reg.outbox_id.clone(),
+                applied_seq: 0,
+            };
+            self.dirty_seqs.insert(reg.name.clone());
+        }
+        entry.seen = true;
+        entry.lost = false;
+        entry.last_seen = now;
+        entry.draining = false;
+        entry.full_until = None;
+        let acked_seq = entry.seq.applied_seq;
+        for cref in restarted {
+            self.child_lost(cref, &reg.name, "agent restarted");
+        }
+        self.capacity_gen += 1;
+        info!(agent = %reg.name, address = %reg.address, slots = reg.slots, "agent registered");
+        pb::RegisterResponse {
+            agent_id: reg.name,
+            heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
+            lease_ttl_ms: self.config.lease_ttl.as_millis() as u64,
+            coordinator_epoch: self.epoch,
+            acked_seq,
+        }
+    }
+
+    /// Checks the Hello that opens a completion stream.
+    pub fn open_stream(
+        &mut self,
+        agent: &str,
+        boot_id: &str,
+        now: Instant,
+    ) -> Result<(), CoordinatorError> {
+        match self.agents.get_mut(agent) {
+            Some(a) if a.rec.boot_id == boot_id => {
+                a.last_seen = now;
+                a.seen = true;
+                Ok(())
+            }
+            Some(_) => Err(CoordinatorError::InvalidRequest(format!(
+                "agent '{agent}' opened a stream for another boot; register again"
+            ))),
+            None => Err(CoordinatorError::AgentNotRegistered(agent.to_string())),
+        }
+    }
+
+    /// One event from an agent's completion stream.
+    pub fn agent_event(&mut self, agent: &str, ev: pb::AgentEvent, now: Instant) {
+        let Some(entry) = self.agents.get_mut(agent) else {
+            warn!(agent, "event from an unregistered agent ignored");
+            return;
+        };
+        entry.last_seen = now;
+        if entry.lost {
+            info!(agent, "lost agent is back");
+            entry.lost = false;
+        }
+        let Some(body) = ev.body else { return };
+        match body {
+            Body::Hello(_) => {}
+            Body::Heartbeat(hb) => {
+                entry.load1 = hb.load1;
+                entry.running_reported = hb.running;
+                entry.draining = hb.draining;
+                entry.last_heartbeat_unix_ms = ev.at_unix_ms;
+                entry.seen = true;
+                if entry.full_until.is_some() && hb.running < hb.slots {
+                    entry.full_until = None;
+                    self.capacity_gen += 1;
+                }
+            }
+            durable => {
+                let applied = entry.seq.applied_seq;
+                if ev.seq <= applied {
+                    self.stats.duplicate_events += 1;
+                    self.pending_acks.insert(agent.to_string(), applied);
+                    return;
+                }
+                if ev.seq != applied + 1 {
+                    warn!(
+                        agent,
+                        seq = ev.seq,
+                        applied,
+                        "gap in event sequence; asking the agent to resend"
+                    );
+                    self.effects.push(Effect::ResetStream {
+                        agent: agent.to_string(),
+                    });
+                    return;
+                }
+                entry.seq.applied_seq = ev.seq;
+                self.dirty_seqs.insert(agent.to_string());
+                self.pending_acks.insert(agent.to_string(), ev.seq);
+                match durable {
+                    Body::Started(s) => self.child_started(agent, s, ev.at_unix_ms),
+                    Body::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms),
+                    Body::Progress(p) => debug!(agent, dispatch = ?p.dispatch_id, "progress"),
+                    Body::Hello(_) | Body::Heartbeat(_) => {}
+                }
+            }
+        }
+    }
+
+    /// Lease expiry and dispatch re-sends. Call a few times per second.
+    pub fn tick(&mut self, now: Instant) {
+        let ttl = self.config.lease_ttl;
+        let expired: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| !a.lost && now.duration_since(a.last_seen) > ttl)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in expired {
+            let Some(a) = self.agents.get_mut(&name) else {
+                continue;
+            };
+            a.lost = true;
+            let active: Vec<ChildRef> = a.active.drain().collect();
+            self.stats.agents_lost += 1;
+            warn!(agent = %name, children = active.len(), ttl_ms = ttl.as_millis() as u64, "agent lost: no heartbeat within the lease");
+            for cref in active {
+                self.child_lost(cref, &name, "agent lost (lease expired)");
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resend)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.resend = later;
+        for (_, cref) in due {
+            self.resend_dispatch(cref, now);
+        }
+    }
+
+    /// Placement's view of the fleet.
+    pub(crate) fn agent_views(&self, now: Instant) -> Vec<AgentView> {
+        self.agents
+            .values()
+            .map(|a| AgentView {
+                name: a.rec.name.clone(),
+                slots: a.rec.slots,
+                in_flight: a.active.len() as u32,
+                load1: a.load1,
+                ready: a.seen && !a.lost && !a.draining && a.full_until.is_none_or(|t| now >= t),
+            })
+            .collect()
+    }
+
+    /// Agents for listings: (record, state, running, load, last heartbeat).
+    pub fn agent_list(&self) -> Vec<(AgentRecord, &'static str, u32, f64, u64)> {
+        self.agents
+            .values()
+            .map(|a| {
+                let state = if a.lost {
+                    "lost"
+                } else if a.draining {
+                    "draining"
+                } else if !a.seen {
+                    "unknown"
+                } else {
+                    "ready"
+                };
+                (
+                    a.rec.clone(),
+                    state,
+                    a.active.len() as u32,
+                    a.load1,
+                    a.last_heartbeat_unix_ms,
+                )
+            })
+            .collect()
+    }
+
+    /// Restores an agent from the store after a restart. It counts as alive
+    /// for one lease (the grace period to reconnect) but gets no new work
+    /// until it is heard from.
+    pub(crate) fn restore_agent(
+        &mut self,
+        rec: AgentRecord,
+        version: u64,
+        seq: Option<(SeqRecord, u64)>,
+        now: Instant,
+    ) {
+        let name = rec.name.clone();
+        let (seq, seq_version) = match seq {
+            Some((s, v)) => (s, Some(v)),
+            None => (
+                SeqRecord {
+                    outbox_id: String::new(),
+                    applied_seq: 0,
+                },
+                None,
+            ),
+        };
+        self.agents.insert(
+            name,
+            AgentEntry {
+                rec,
+                version: Some(version),
+                seq,
+                seq_version,
+                seen: false,
+                lost: false,
+                last_seen: now,
+                last_heartbeat_unix_ms: 0,
+                load1: 0.0,
+                running_reported: 0,
+                draining: false,
+                full_until: None,
+                active: Default::default(),
+            },
+        );
+    }
+
+    /// Whether `agent` may still be sent `cref`'s dispatch.
+    pub(crate) fn dispatch_target(&self, cref: ChildRef) -> Option<(String, String)> {
+        let e = self.execs.get(&cref.exec)?;
+        let c = &e.tasks[cref.task as usize].children[cref.child as usize];
+        if c.rec.phase != Phase::Dispatching {
+            return None;
+        }
+        let agent = c.rec.agent.as_ref()?;
+        let a = self.agents.get(agent)?;
+        (!a.lost).then(|| (agent.clone(), a.rec.address.clone()))
+    }
+}

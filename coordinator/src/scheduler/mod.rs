@@ -1,0 +1,341 @@
+//! The scheduler: every decision of the coordinator, as a plain struct.
+//!
+//! It owns the agent registry (liveness lives here, in memory) and the
+//! running executions with their child jobs. Callers feed it inputs —
+//! registrations, agent events, dispatch outcomes, ticks, start requests —
+//! and it answers with state changes to persist ([`Scheduler::flush`]) and
+//! effects to perform once they are durable ([`Effect`]). It does no IO and
+//! reads no clock (time comes in as `now`), so its logic is unit-tested
+//! directly; `scheduler_task.rs` owns the loop around it.
+//!
+//! Intent versus observed: a child's record says what the coordinator wants
+//! (attempt N on agent X, phase `dispatching`) and what it has learnt
+//! (`accepted`, `running`, a terminal phase). Reports are fenced by
+//! (agent, attempt): anything else is stale, ignored and counted.
+
+mod agents;
+mod executions;
+#[cfg(test)]
+mod tests;
+mod view;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use baton_proto as pb;
+
+use crate::prepare::Plan;
+use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
+use crate::store::Revision;
+
+pub use agents::Registration;
+pub use view::{ExecutionView, Summary, view_from_records};
+
+/// Tunables of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// An agent silent for this long is lost.
+    pub lease_ttl: Duration,
+    pub heartbeat_interval: Duration,
+    /// Delay before re-sending a dispatch whose outcome is unknown.
+    pub dispatch_retry: Duration,
+    /// How long an agent that answered "at capacity" gets no new dispatch
+    /// (cut short by any event that frees a slot).
+    pub full_backoff: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            lease_ttl: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            dispatch_retry: Duration::from_millis(500),
+            full_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A child job in memory: (execution slot, task index, child index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChildRef {
+    pub exec: u64,
+    pub task: u16,
+    pub child: u32,
+}
+
+/// Something to do once the current batch of changes is durable.
+#[derive(Debug)]
+pub enum Effect {
+    /// Send StartJob to an agent.
+    Dispatch {
+        agent: String,
+        address: String,
+        child: ChildRef,
+        attempt: u32,
+        request: pb::StartJobRequest,
+    },
+    /// Acknowledge an agent's events up to `seq` (cumulative).
+    Ack { agent: String, seq: u64 },
+    /// Close an agent's completion stream so that it reconnects and resends.
+    ResetStream { agent: String },
+}
+
+/// How a StartJob call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DispatchOutcome {
+    Accepted,
+    Rejected {
+        code: pb::RejectCode,
+        reason: String,
+    },
+    /// No answer (connection refused, timeout): the agent may or may not have the job.
+    Unknown(String),
+}
+
+/// What a flush wrote, so that versions can be updated after the commit.
+#[derive(Debug)]
+pub(crate) enum Written {
+    Child(ChildRef),
+    Exec(u64),
+    Agent(String),
+    Seq(String),
+    Epoch,
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub stale_events: u64,
+    pub duplicate_events: u64,
+    pub agents_lost: u64,
+    pub dispatches: u64,
+    pub rejections: u64,
+}
+
+pub(crate) struct AgentEntry {
+    pub rec: AgentRecord,
+    pub version: Option<Revision>,
+    pub seq: SeqRecord,
+    pub seq_version: Option<Revision>,
+    /// Registered or heard from since this coordinator started.
+    pub seen: bool,
+    pub lost: bool,
+    pub last_seen: Instant,
+    pub last_heartbeat_unix_ms: u64,
+    pub load1: f64,
+    pub running_reported: u32,
+    pub draining: bool,
+    pub full_until: Option<Instant>,
+    /// Children dispatched to, accepted by or running on this agent.
+    pub active: HashSet<ChildRef>,
+}
+
+pub(crate) struct Child {
+    pub rec: ChildRecord,
+    pub version: Option<Revision>,
+    /// Agent of the previous failed or lost attempt (placement avoids it).
+    pub avoid: Option<String>,
+    /// Agents that refused this child for lack of room; cleared when capacity changes.
+    pub soft_excluded: std::collections::BTreeSet<String>,
+    pub excluded_gen: u64,
+    /// Agents that refused this child for good (package, authorisation).
+    pub hard_rejected: std::collections::BTreeSet<String>,
+    /// In-memory only: why a pending child waits.
+    pub waiting_reason: String,
+}
+
+pub(crate) struct TaskRun {
+    pub children: Vec<Child>,
+    pub queue: VecDeque<u32>,
+    pub in_flight: u32,
+    pub terminal: u32,
+    pub failed: u32,
+}
+
+pub(crate) struct Exec {
+    pub rec: ExecutionRecord,
+    pub version: Option<Revision>,
+    pub plan: Plan,
+    pub tasks: Vec<TaskRun>,
+    pub task_index: HashMap<String, u16>,
+    pub phase_counts: [u64; 9],
+    pub lost_attempts: u64,
+    pub per_agent: BTreeMap<String, (u64, u64)>,
+    pub summary: tokio::sync::watch::Sender<Summary>,
+    pub touched: bool,
+}
+
+/// The scheduler state.
+pub struct Scheduler {
+    pub(crate) config: SchedulerConfig,
+    pub(crate) epoch: u64,
+    epoch_dirty: bool,
+    pub(crate) agents: BTreeMap<String, AgentEntry>,
+    pub(crate) execs: HashMap<u64, Exec>,
+    pub(crate) exec_ids: HashMap<String, u64>,
+    pub(crate) exec_order: VecDeque<u64>,
+    next_slot: u64,
+    /// Bumped whenever capacity may have appeared; clears soft exclusions.
+    pub(crate) capacity_gen: u64,
+    pub(crate) resend: Vec<(Instant, ChildRef)>,
+    pub(crate) dirty_children: HashSet<ChildRef>,
+    pub(crate) dirty_execs: HashSet<u64>,
+    pub(crate) dirty_agents: HashSet<String>,
+    pub(crate) dirty_seqs: HashSet<String>,
+    pub(crate) pending_acks: BTreeMap<String, u64>,
+    pub(crate) effects: Vec<Effect>,
+    pub stats: Stats,
+}
+
+impl Scheduler {
+    /// An empty scheduler with the given epoch (already raised by the caller).
+    pub fn new(config: SchedulerConfig, epoch: u64) -> Self {
+        Scheduler {
+            config,
+            epoch,
+            epoch_dirty: true,
+            agents: BTreeMap::new(),
+            execs: HashMap::new(),
+            exec_ids: HashMap::new(),
+            exec_order: VecDeque::new(),
+            next_slot: 1,
+            capacity_gen: 0,
+            resend: Vec::new(),
+            dirty_children: HashSet::new(),
+            dirty_execs: HashSet::new(),
+            dirty_agents: HashSet::new(),
+            dirty_seqs: HashSet::new(),
+            pending_acks: BTreeMap::new(),
+            effects: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    pub(crate) fn alloc_slot(&mut self) -> u64 {
+        let s = self.next_slot;
+        self.next_slot += 1;
+        s
+    }
+
+    /// The store operations that make memory durable, and what they cover.
+    pub(crate) fn flush(&mut self) -> (Vec<crate::store::Op>, Vec<Written>) {
+        use crate::records::*;
+        use crate::store::{Op, Precondition};
+        fn pre(v: Option<Revision>) -> Precondition {
+            v.map_or(Precondition::Absent, Precondition::Revision)
+        }
+        let mut ops = Vec::new();
+        let mut written = Vec::new();
+        if std::mem::take(&mut self.epoch_dirty) {
+            ops.push(Op::Put {
+                key: EPOCH_KEY.to_string(),
+                value: self.epoch.to_string().into_bytes(),
+                pre: Precondition::Any,
+            });
+            written.push(Written::Epoch);
+        }
+        for name in std::mem::take(&mut self.dirty_agents) {
+            if let Some(a) = self.agents.get(&name) {
+                ops.push(Op::Put {
+                    key: agent_key(&name),
+                    value: serde_json::to_vec(&a.rec).unwrap_or_default(),
+                    pre: pre(a.version),
+                });
+                written.push(Written::Agent(name));
+            }
+        }
+        for name in std::mem::take(&mut self.dirty_seqs) {
+            if let Some(a) = self.agents.get(&name) {
+                ops.push(Op::Put {
+                    key: seq_key(&name),
+                    value: serde_json::to_vec(&a.seq).unwrap_or_default(),
+                    pre: pre(a.seq_version),
+                });
+                written.push(Written::Seq(name));
+            }
+        }
+        for slot in std::mem::take(&mut self.dirty_execs) {
+            if let Some(e) = self.execs.get(&slot) {
+                ops.push(Op::Put {
+                    key: execution_key(&e.rec.id),
+                    value: serde_json::to_vec(&e.rec).unwrap_or_default(),
+                    pre: pre(e.version),
+                });
+                written.push(Written::Exec(slot));
+            }
+        }
+        let mut children: Vec<ChildRef> = std::mem::take(&mut self.dirty_children)
+            .into_iter()
+            .collect();
+        children.sort_unstable();
+        for cref in children {
+            if let Some(e) = self.execs.get(&cref.exec) {
+                let c = &e.tasks[cref.task as usize].children[cref.child as usize];
+                ops.push(Op::Put {
+                    key: child_key(&e.rec.id, &c.rec.task, c.rec.index),
+                    value: serde_json::to_vec(&c.rec).unwrap_or_default(),
+                    pre: pre(c.version),
+                });
+                written.push(Written::Child(cref));
+            }
+        }
+        (ops, written)
+    }
+
+    /// Records the revision of a successful commit, publishes summaries of the
+    /// executions that changed, and forgets executions that have ended.
+    pub(crate) fn committed(&mut self, written: Vec<Written>, revision: Revision) {
+        for w in written {
+            match w {
+                Written::Child(c) => {
+                    if let Some(e) = self.execs.get_mut(&c.exec) {
+                        e.tasks[c.task as usize].children[c.child as usize].version =
+                            Some(revision);
+                    }
+                }
+                Written::Exec(slot) => {
+                    if let Some(e) = self.execs.get_mut(&slot) {
+                        e.version = Some(revision);
+                    }
+                }
+                Written::Agent(n) => {
+                    if let Some(a) = self.agents.get_mut(&n) {
+                        a.version = Some(revision);
+                    }
+                }
+                Written::Seq(n) => {
+                    if let Some(a) = self.agents.get_mut(&n) {
+                        a.seq_version = Some(revision);
+                    }
+                }
+                Written::Epoch => {}
+            }
+        }
+        self.publish_and_evict();
+    }
+
+    /// Effects to perform now that the last flush is durable (acks last).
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        let mut out = std::mem::take(&mut self.effects);
+        for (agent, seq) in std::mem::take(&mut self.pending_acks) {
+            out.push(Effect::Ack { agent, seq });
+        }
+        out
+    }
+
+    pub(crate) fn has_dirty(&self) -> bool {
+        self.epoch_dirty
+            || !self.dirty_children.is_empty()
+            || !self.dirty_execs.is_empty()
+            || !self.dirty_agents.is_empty()
+            || !self.dirty_seqs.is_empty()
+    }
+}

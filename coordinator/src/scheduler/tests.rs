@@ -1,0 +1,416 @@
+//! Scheduler unit tests: the child job state machine driven by hand, and a
+//! property test that drives it with random agent behaviour.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use baton_proto as pb;
+use proptest::prelude::*;
+
+use super::*;
+use crate::prepare::plan_bundle;
+use crate::records::{ExecutionState, Phase};
+
+const PARENT: &str = "name='p'\n[parameters.n]\ntype='int'\ndefault=4\n[tasks.fan]\nforeach={range={start=1,end='${params.n}'}}\nchild='c.toml'\nparallelism=100\nparams={shard='${item}'}\nretry={attempts=2,lost_attempts=2}\n";
+const CHILD: &str = "name='c'\n[parameters.shard]\ntype='int'\n[tasks.run]\nexec=['true']\n";
+
+fn sched() -> Scheduler {
+    Scheduler::new(SchedulerConfig::default(), 1)
+}
+
+fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: Instant) {
+    s.register(
+        Registration {
+            name: name.into(),
+            address: format!("{name}:1"),
+            labels: BTreeMap::new(),
+            slots,
+            version: "t".into(),
+            boot_id: boot.into(),
+            outbox_id: format!("ob-{name}"),
+        },
+        now,
+    );
+}
+
+fn start(s: &mut Scheduler, n: u32) -> String {
+    let files: BTreeMap<String, String> = [
+        ("p.toml".into(), PARENT.into()),
+        ("c.toml".into(), CHILD.into()),
+    ]
+    .into();
+    let params: BTreeMap<String, String> = [("n".into(), n.to_string())].into();
+    let plan = plan_bundle("p.toml", &files, &params).unwrap();
+    let rec = ExecutionRecord {
+        id: "e1".into(),
+        package: plan.package.clone(),
+        root: "p.toml".into(),
+        files,
+        params,
+        state: ExecutionState::Running,
+        current_task: 0,
+        created_unix_ms: 0,
+        finished_unix_ms: 0,
+        reason: String::new(),
+        stale_events: 0,
+    };
+    s.start(rec, plan)
+}
+
+/// Commits everything (as the task would) and returns the dispatches.
+fn settle(s: &mut Scheduler, now: Instant) -> Vec<(String, ChildRef, u32, pb::DispatchId)> {
+    s.pump(now);
+    let (_, written) = s.flush();
+    s.committed(written, 7);
+    s.take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch {
+                agent,
+                child,
+                attempt,
+                request,
+                ..
+            } => Some((agent, child, attempt, request.dispatch_id.unwrap())),
+            _ => None,
+        })
+        .collect()
+}
+
+struct Seqs(BTreeMap<String, u64>);
+impl Seqs {
+    fn next(&mut self, agent: &str) -> u64 {
+        let n = self.0.entry(agent.to_string()).or_default();
+        *n += 1;
+        *n
+    }
+}
+
+fn finished(seq: u64, id: &pb::DispatchId, status: pb::JobStatus) -> pb::AgentEvent {
+    pb::AgentEvent {
+        seq,
+        at_unix_ms: 1,
+        body: Some(pb::agent_event::Body::Finished(pb::JobFinished {
+            dispatch_id: Some(id.clone()),
+            status: status as i32,
+            exit_code: if status == pb::JobStatus::Succeeded {
+                0
+            } else {
+                1
+            },
+            ..Default::default()
+        })),
+    }
+}
+
+fn summary(s: &Scheduler) -> Summary {
+    s.execution_view("e1")
+        .map(|v| v.summary)
+        .unwrap_or_default()
+}
+
+#[test]
+fn fanout_succeeds_and_spreads() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", now);
+    reg(&mut s, "b", 2, "b1", now);
+    start(&mut s, 4);
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 4, "4 slots free, 4 children");
+    assert_eq!(d.iter().filter(|x| x.0 == "a").count(), 2);
+    let mut seqs = Seqs(BTreeMap::new());
+    for (agent, child, attempt, id) in &d {
+        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
+        let seq = seqs.next(agent);
+        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), now);
+    }
+    let (_, written) = s.flush();
+    // Before commit the execution is still in memory and succeeded.
+    assert_eq!(s.execution_view("e1").unwrap().summary.state, "succeeded");
+    s.committed(written, 8);
+    assert!(
+        s.execution_view("e1").is_none(),
+        "ended executions leave memory"
+    );
+    let acks: Vec<_> = s
+        .take_effects()
+        .into_iter()
+        .filter(|e| matches!(e, Effect::Ack { .. }))
+        .collect();
+    assert_eq!(acks.len(), 2, "one cumulative ack per agent");
+}
+
+#[test]
+fn terminal_state_is_recorded_once_and_repeats_are_counted() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 4, "b1", now);
+    start(&mut s, 2);
+    let d = settle(&mut s, now);
+    let (agent, _, _, id) = &d[0];
+    s.agent_event(agent, finished(1, id, pb::JobStatus::Succeeded), now);
+    // The same event again (same seq): a duplicate.
+    s.agent_event(agent, finished(1, id, pb::JobStatus::Failed), now);
+    assert_eq!(s.stats.duplicate_events, 1);
+    // A new event about the same, finished attempt: stale.
+    s.agent_event(agent, finished(2, id, pb::JobStatus::Failed), now);
+    assert_eq!(s.stats.stale_events, 1);
+    let sum = summary(&s);
+    assert_eq!((sum.succeeded, sum.failed, sum.stale_events), (1, 0, 1));
+}
+
+#[test]
+fn lost_agent_children_rerun_elsewhere_with_new_attempt() {
+    let t0 = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", t0);
+    reg(&mut s, "b", 2, "b1", t0);
+    start(&mut s, 4);
+    let d = settle(&mut s, t0);
+    let on_a: Vec<_> = d.iter().filter(|x| x.0 == "a").cloned().collect();
+    let on_b: Vec<_> = d.iter().filter(|x| x.0 == "b").cloned().collect();
+    // b keeps heartbeating and finishes its work; a goes silent.
+    let t1 = t0 + Duration::from_secs(3);
+    let mut seqs = Seqs(BTreeMap::new());
+    for (agent, _, _, id) in &on_b {
+        let seq = seqs.next(agent);
+        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), t1);
+    }
+    let t2 = t0 + Duration::from_secs(6);
+    s.agent_event(
+        "b",
+        pb::AgentEvent {
+            seq: 0,
+            at_unix_ms: 0,
+            body: Some(pb::agent_event::Body::Heartbeat(Default::default())),
+        },
+        t2,
+    );
+    s.tick(t2);
+    assert_eq!(s.stats.agents_lost, 1);
+    let redo = settle(&mut s, t2);
+    assert_eq!(redo.len(), 2);
+    for (agent, _, attempt, _) in &redo {
+        assert_eq!(agent, "b");
+        assert_eq!(*attempt, 2);
+    }
+    // A late report from a about attempt 1 is stale.
+    let (_, _, _, old) = &on_a[0];
+    s.agent_event("a", finished(1, old, pb::JobStatus::Succeeded), t2);
+    assert_eq!(s.stats.stale_events, 1);
+    for (agent, _, _, id) in &redo {
+        let seq = seqs.next(agent);
+        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), t2);
+    }
+    let v = s.execution_view("e1").unwrap();
+    assert_eq!(v.summary.succeeded, 4);
+    assert_eq!(v.summary.lost_attempts, 2);
+    let rerun = v.children.iter().find(|c| c.attempt == 2).unwrap();
+    assert_eq!(rerun.attempt_agents, ["a", "b"]);
+}
+
+#[test]
+fn no_capacity_waits_with_a_reason_then_runs() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    start(&mut s, 3);
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 1);
+    let v = s.execution_view("e1").unwrap();
+    assert_eq!(v.summary.pending, 2);
+    assert!(
+        v.waiting.iter().any(|w| w.contains("waiting for capacity")),
+        "{:?}",
+        v.waiting
+    );
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    assert_eq!(settle(&mut s, now).len(), 1, "a freed slot is used at once");
+}
+
+#[test]
+fn rejection_tries_the_next_agent_without_a_new_attempt() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    reg(&mut s, "b", 1, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    let (agent, child, attempt, _) = d[0].clone();
+    s.dispatch_result(
+        child,
+        &agent,
+        attempt,
+        DispatchOutcome::Rejected {
+            code: pb::RejectCode::AtCapacity,
+            reason: "full".into(),
+        },
+        now,
+    );
+    let d2 = settle(&mut s, now);
+    assert_eq!(d2.len(), 1);
+    assert_ne!(d2[0].0, agent);
+    assert_eq!(d2[0].2, 1, "a rejection starts nothing: same attempt");
+}
+
+#[test]
+fn invalid_request_rejection_fails_the_child() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    s.dispatch_result(
+        d[0].1,
+        "a",
+        1,
+        DispatchOutcome::Rejected {
+            code: pb::RejectCode::InvalidRequest,
+            reason: "bad".into(),
+        },
+        now,
+    );
+    assert_eq!(summary(&s).state, "failed");
+}
+
+#[test]
+fn failed_child_is_retried_by_policy_then_fails_the_execution() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Failed), now);
+    let d2 = settle(&mut s, now);
+    assert_eq!(d2[0].2, 2, "retry = new attempt");
+    s.agent_event("a", finished(2, &d2[0].3, pb::JobStatus::Failed), now);
+    let sum = summary(&s);
+    assert_eq!((sum.state.as_str(), sum.failed), ("failed", 1));
+}
+
+#[test]
+fn agent_restart_loses_its_children() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "boot-1", now);
+    start(&mut s, 2);
+    settle(&mut s, now);
+    reg(&mut s, "a", 2, "boot-2", now);
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 2);
+    assert!(d.iter().all(|x| x.2 == 2));
+}
+
+#[test]
+fn sequence_gap_resets_the_stream() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    s.agent_event("a", finished(5, &d[0].3, pb::JobStatus::Succeeded), now);
+    assert!(
+        s.take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::ResetStream { .. }))
+    );
+    assert_eq!(summary(&s).succeeded, 0, "nothing applied past a gap");
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Accept(usize),
+    Reject(usize),
+    Finish(usize, bool),
+    Replay(usize),
+    Lose(u8),
+    Tick,
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0usize..64).prop_map(Op::Accept),
+        (0usize..64).prop_map(Op::Reject),
+        (0usize..64, any::<bool>()).prop_map(|(i, ok)| Op::Finish(i, ok)),
+        (0usize..64).prop_map(Op::Replay),
+        (0u8..3).prop_map(Op::Lose),
+        Just(Op::Tick),
+    ]
+}
+
+proptest! {
+    /// Whatever agents do — accept, reject, finish, repeat old reports, vanish —
+    /// counts add up, no agent is given more than its slots, a terminal child
+    /// stays terminal, and every child ends with the execution.
+    #[test]
+    fn state_machine_invariants(ops in prop::collection::vec(arb_op(), 1..120)) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut s = sched();
+        let names = ["a", "b", "c"];
+        for n in names { reg(&mut s, n, 2, "b1", now); }
+        start(&mut s, 8);
+        let mut seqs = Seqs(BTreeMap::new());
+        let mut sent: Vec<(String, ChildRef, u32, pb::DispatchId)> = settle(&mut s, now);
+        let mut finished_events: Vec<(String, pb::DispatchId, bool)> = Vec::new();
+        let mut terminal_seen: BTreeMap<(String, u32), Phase> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Accept(i) if !sent.is_empty() => {
+                    let (a, c, at, _) = sent[i % sent.len()].clone();
+                    s.dispatch_result(c, &a, at, DispatchOutcome::Accepted, now);
+                }
+                Op::Reject(i) if !sent.is_empty() => {
+                    let (a, c, at, _) = sent[i % sent.len()].clone();
+                    s.dispatch_result(c, &a, at, DispatchOutcome::Rejected { code: pb::RejectCode::AtCapacity, reason: "x".into() }, now);
+                }
+                Op::Finish(i, ok) if !sent.is_empty() => {
+                    let (a, _, _, id) = sent[i % sent.len()].clone();
+                    let seq = seqs.next(&a);
+                    let st = if ok { pb::JobStatus::Succeeded } else { pb::JobStatus::Failed };
+                    s.agent_event(&a, finished(seq, &id, st), now);
+                    finished_events.push((a, id, ok));
+                }
+                Op::Replay(i) if !finished_events.is_empty() => {
+                    let (a, id, ok) = finished_events[i % finished_events.len()].clone();
+                    let seq = seqs.next(&a);
+                    let st = if ok { pb::JobStatus::Succeeded } else { pb::JobStatus::Failed };
+                    s.agent_event(&a, finished(seq, &id, st), now);
+                }
+                Op::Lose(k) => {
+                    // Everyone but agent k heartbeats; time passes beyond the lease.
+                    now += Duration::from_secs(6);
+                    for (j, n) in names.iter().enumerate() {
+                        if j != k as usize {
+                            reg(&mut s, n, 2, "b1", now);
+                        }
+                    }
+                    s.tick(now);
+                }
+                Op::Tick => s.tick(now),
+                _ => {}
+            }
+            s.pump(now);
+            if let Some(v) = s.execution_view("e1") {
+                let sum = &v.summary;
+                prop_assert_eq!(sum.total, 8);
+                prop_assert_eq!(sum.pending + sum.running + sum.succeeded + sum.failed, 8);
+                for c in &v.children {
+                    let key = (c.task.clone(), c.index);
+                    if let Some(p) = terminal_seen.get(&key) {
+                        prop_assert_eq!(*p, c.phase, "a terminal phase changed");
+                    } else if c.phase.is_terminal() {
+                        terminal_seen.insert(key, c.phase);
+                    }
+                }
+            } else {
+                prop_assert_eq!(terminal_seen.len(), 8, "execution ended before all children");
+            }
+            for a in s.agents.values() {
+                prop_assert!(a.active.len() as u32 <= a.rec.slots, "agent over its slots");
+            }
+            sent.extend(settle(&mut s, now));
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Read models of executions: the summary that watchers see and the full view
+//! with every child, built from memory or, for ended executions, from the store.
+
+use std::collections::BTreeMap;
+
+use super::{Exec, Scheduler};
+use crate::records::{ChildRecord, ExecutionRecord, Phase};
+
+/// Progress of one execution.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub execution_id: String,
+    pub package: String,
+    pub state: String,
+    pub total: u64,
+    pub pending: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub lost_attempts: u64,
+    pub stale_events: u64,
+    /// agent → (succeeded, failed)
+    pub per_agent: BTreeMap<String, (u64, u64)>,
+    pub created_unix_ms: u64,
+    pub finished_unix_ms: u64,
+    pub reason: String,
+}
+
+/// An execution with every child job.
+#[derive(Debug, Clone)]
+pub struct ExecutionView {
+    pub summary: Summary,
+    pub children: Vec<ChildRecord>,
+    /// In-memory reasons of waiting children (by position in `children`).
+    pub waiting: Vec<String>,
+}
+
+fn base(rec: &ExecutionRecord) -> Summary {
+    Summary {
+        execution_id: rec.id.clone(),
+        package: rec.package.clone(),
+        state: rec.state.as_str().to_string(),
+        created_unix_ms: rec.created_unix_ms,
+        finished_unix_ms: rec.finished_unix_ms,
+        reason: rec.reason.clone(),
+        stale_events: rec.stale_events,
+        ..Summary::default()
+    }
+}
+
+fn summary_of(e: &Exec) -> Summary {
+    let c = |p: Phase| e.phase_counts[p as usize];
+    let mut s = base(&e.rec);
+    s.total = e.phase_counts.iter().sum();
+    s.pending = c(Phase::Pending);
+    s.running = c(Phase::Dispatching) + c(Phase::Accepted) + c(Phase::Running);
+    s.succeeded = c(Phase::Succeeded);
+    s.failed = c(Phase::Failed) + c(Phase::Cancelled) + c(Phase::TimedOut) + c(Phase::Lost);
+    s.lost_attempts = e.lost_attempts;
+    s.per_agent = e.per_agent.clone();
+    s.per_agent.retain(|k, _| !k.is_empty());
+    s
+}
+
+/// A view computed from stored records (an execution no longer in memory).
+pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> ExecutionView {
+    let mut s = base(rec);
+    for c in &children {
+        s.total += 1;
+        s.lost_attempts += u64::from(c.lost);
+        match c.phase {
+            Phase::Pending => s.pending += 1,
+            p if p.is_on_agent() => s.running += 1,
+            Phase::Succeeded => s.succeeded += 1,
+            _ => s.failed += 1,
+        }
+        if c.phase.is_terminal()
+            && let Some(agent) = &c.agent
+        {
+            let e = s.per_agent.entry(agent.clone()).or_default();
+            if c.phase == Phase::Succeeded {
+                e.0 += 1;
+            } else {
+                e.1 += 1;
+            }
+        }
+    }
+    let waiting = vec![String::new(); children.len()];
+    ExecutionView {
+        summary: s,
+        children,
+        waiting,
+    }
+}
+
+impl Scheduler {
+    /// The live view of an execution, if it is in memory.
+    pub fn execution_view(&self, id: &str) -> Option<ExecutionView> {
+        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        let mut children = Vec::new();
+        let mut waiting = Vec::new();
+        for t in &e.tasks {
+            for c in &t.children {
+                children.push(c.rec.clone());
+                waiting.push(c.waiting_reason.clone());
+            }
+        }
+        Some(ExecutionView {
+            summary: summary_of(e),
+            children,
+            waiting,
+        })
+    }
+
+    /// A receiver of an in-memory execution's summaries.
+    pub fn watch(&self, id: &str) -> Option<tokio::sync::watch::Receiver<Summary>> {
+        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        Some(e.summary.subscribe())
+    }
+
+    /// Publishes summaries of changed executions and forgets ended ones (their
+    /// records are durable by now; readers go to the store).
+    pub(crate) fn publish_and_evict(&mut self) {
+        let mut ended = Vec::new();
+        for (slot, e) in self.execs.iter_mut() {
+            if e.touched {
+                e.touched = false;
+                e.summary.send_replace(summary_of(e));
+            }
+            if e.rec.state.is_terminal() && !self.dirty_execs.contains(slot) {
+                ended.push(*slot);
+            }
+        }
+        for slot in ended {
+            if let Some(e) = self.execs.remove(&slot) {
+                self.exec_ids.remove(&e.rec.id);
+                self.exec_order.retain(|s| *s != slot);
+                self.resend.retain(|(_, c)| c.exec != slot);
+                for a in self.agents.values_mut() {
+                    a.active.retain(|c| c.exec != slot);
+                }
+            }
+        }
+    }
+
+    /// Number of executions in memory (running).
+    pub fn running_executions(&self) -> usize {
+        self.execs.len()
+    }
+}

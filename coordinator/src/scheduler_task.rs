@@ -1,0 +1,392 @@
+//! The loop around [`Scheduler`]: receives messages, ticks, commits each batch
+//! of changes to the store in one transaction (group commit), then performs
+//! the effects — dispatch RPCs, acknowledgements, replies — that must wait for
+//! durability. The scheduler holds the logic; this file holds the IO.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_proto as pb;
+use pb::agent_service_client::AgentServiceClient;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{debug, error, warn};
+
+use crate::error::CoordinatorError;
+use crate::prepare::Plan;
+use crate::records::{AgentRecord, ExecutionRecord};
+use crate::scheduler::{
+    ChildRef, DispatchOutcome, Effect, ExecutionView, Registration, Scheduler, Summary,
+};
+use crate::store::Store;
+use crate::transport;
+
+/// Most messages handled between two commits: bounds batch size and latency.
+const MAX_BATCH_MSGS: usize = 4096;
+/// Capacity of the scheduler's inbox; senders wait when it is full (backpressure).
+pub const INBOX_CAPACITY: usize = 65_536;
+const TICK: Duration = Duration::from_millis(100);
+const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An agent as listed.
+#[derive(Debug, Clone)]
+pub struct AgentListing {
+    pub rec: AgentRecord,
+    pub state: &'static str,
+    pub running: u32,
+    pub load1: f64,
+    pub last_heartbeat_unix_ms: u64,
+}
+
+pub(crate) enum Msg {
+    Register {
+        reg: Registration,
+        reply: oneshot::Sender<pb::RegisterResponse>,
+    },
+    OpenStream {
+        agent: String,
+        boot_id: String,
+        acks: watch::Sender<u64>,
+        reply: oneshot::Sender<Result<(), CoordinatorError>>,
+    },
+    Event {
+        agent: String,
+        event: pb::AgentEvent,
+    },
+    Dispatched {
+        child: ChildRef,
+        agent: String,
+        attempt: u32,
+        outcome: DispatchOutcome,
+    },
+    Start {
+        rec: Box<ExecutionRecord>,
+        plan: Box<Plan>,
+        reply: oneshot::Sender<String>,
+    },
+    View {
+        id: String,
+        reply: oneshot::Sender<Option<ExecutionView>>,
+    },
+    Watch {
+        id: String,
+        reply: oneshot::Sender<Option<watch::Receiver<Summary>>>,
+    },
+    ListAgents {
+        reply: oneshot::Sender<Vec<AgentListing>>,
+    },
+}
+
+/// A cheap, cloneable handle to the scheduler task.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl SchedulerHandle {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Msg,
+    ) -> Result<T, CoordinatorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        rx.await.map_err(|_| CoordinatorError::ShuttingDown)
+    }
+
+    pub async fn register(
+        &self,
+        reg: Registration,
+    ) -> Result<pb::RegisterResponse, CoordinatorError> {
+        self.ask(|reply| Msg::Register { reg, reply }).await
+    }
+
+    pub async fn open_stream(
+        &self,
+        agent: String,
+        boot_id: String,
+        acks: watch::Sender<u64>,
+    ) -> Result<(), CoordinatorError> {
+        self.ask(|reply| Msg::OpenStream {
+            agent,
+            boot_id,
+            acks,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn event(
+        &self,
+        agent: String,
+        event: pb::AgentEvent,
+    ) -> Result<(), CoordinatorError> {
+        self.tx
+            .send(Msg::Event { agent, event })
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)
+    }
+
+    pub async fn start(
+        &self,
+        rec: ExecutionRecord,
+        plan: Plan,
+    ) -> Result<String, CoordinatorError> {
+        self.ask(|reply| Msg::Start {
+            rec: Box::new(rec),
+            plan: Box::new(plan),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn view(&self, id: String) -> Result<Option<ExecutionView>, CoordinatorError> {
+        self.ask(|reply| Msg::View { id, reply }).await
+    }
+
+    pub async fn watch(
+        &self,
+        id: String,
+    ) -> Result<Option<watch::Receiver<Summary>>, CoordinatorError> {
+        self.ask(|reply| Msg::Watch { id, reply }).await
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
+        self.ask(|reply| Msg::ListAgents { reply }).await
+    }
+}
+
+/// Replies that wait for the commit of the batch they belong to.
+enum Post {
+    Registered(oneshot::Sender<pb::RegisterResponse>, pb::RegisterResponse),
+    Started(oneshot::Sender<String>, String),
+}
+
+struct Io {
+    tx: mpsc::Sender<Msg>,
+    clients: HashMap<String, (String, AgentServiceClient<Channel>)>,
+    acks: HashMap<String, watch::Sender<u64>>,
+}
+
+/// Spawns the scheduler task; returns its handle and join handle.
+pub fn spawn(
+    sched: Scheduler,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+) -> (
+    SchedulerHandle,
+    tokio::task::JoinHandle<Result<(), CoordinatorError>>,
+) {
+    let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+    let io = Io {
+        tx: tx.clone(),
+        clients: HashMap::new(),
+        acks: HashMap::new(),
+    };
+    let join = tokio::spawn(run(sched, store, rx, io, shutdown));
+    (SchedulerHandle { tx }, join)
+}
+
+async fn run(
+    mut sched: Scheduler,
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<Msg>,
+    mut io: Io,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut post = Vec::new();
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                handle(&mut sched, &mut io, msg, &mut post);
+                for _ in 1..MAX_BATCH_MSGS {
+                    match rx.try_recv() {
+                        Ok(msg) => handle(&mut sched, &mut io, msg, &mut post),
+                        Err(_) => break,
+                    }
+                }
+            }
+            _ = tick.tick() => sched.tick(Instant::now()),
+        }
+        sched.pump(Instant::now());
+        if sched.has_dirty() {
+            let (ops, written) = sched.flush();
+            match store.commit(ops).await {
+                Ok(rev) => sched.committed(written, rev),
+                Err(e) => {
+                    // Memory is ahead of the store now: stop rather than act on
+                    // state that is not durable. A restart reloads the truth.
+                    error!(error = %e, "store commit failed; stopping the scheduler");
+                    return Err(e.into());
+                }
+            }
+        } else {
+            sched.publish_and_evict();
+        }
+        for p in post {
+            match p {
+                Post::Registered(reply, resp) => {
+                    let _ = reply.send(resp);
+                }
+                Post::Started(reply, id) => {
+                    let _ = reply.send(id);
+                }
+            }
+        }
+        for effect in sched.take_effects() {
+            perform(&mut io, effect);
+        }
+    }
+    debug!("scheduler stopped");
+    Ok(())
+}
+
+fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
+    let now = Instant::now();
+    match msg {
+        Msg::Register { reg, reply } => {
+            let resp = sched.register(reg, now);
+            post.push(Post::Registered(reply, resp));
+        }
+        Msg::OpenStream {
+            agent,
+            boot_id,
+            acks,
+            reply,
+        } => {
+            let r = sched.open_stream(&agent, &boot_id, now);
+            if r.is_ok() {
+                io.acks.insert(agent, acks);
+            }
+            let _ = reply.send(r);
+        }
+        Msg::Event { agent, event } => sched.agent_event(&agent, event, now),
+        Msg::Dispatched {
+            child,
+            agent,
+            attempt,
+            outcome,
+        } => sched.dispatch_result(child, &agent, attempt, outcome, now),
+        Msg::Start { rec, plan, reply } => {
+            let id = sched.start(*rec, *plan);
+            post.push(Post::Started(reply, id));
+        }
+        Msg::View { id, reply } => {
+            let _ = reply.send(sched.execution_view(&id));
+        }
+        Msg::Watch { id, reply } => {
+            let _ = reply.send(sched.watch(&id));
+        }
+        Msg::ListAgents { reply } => {
+            let list = sched
+                .agent_list()
+                .into_iter()
+                .map(|(rec, state, running, load1, hb)| AgentListing {
+                    rec,
+                    state,
+                    running,
+                    load1,
+                    last_heartbeat_unix_ms: hb,
+                })
+                .collect();
+            let _ = reply.send(list);
+        }
+    }
+}
+
+fn perform(io: &mut Io, effect: Effect) {
+    match effect {
+        Effect::Dispatch {
+            agent,
+            address,
+            child,
+            attempt,
+            request,
+        } => {
+            let client = match io.clients.get(&agent) {
+                Some((addr, c)) if *addr == address => c.clone(),
+                _ => match transport::agent_client(&address) {
+                    Ok(c) => {
+                        io.clients
+                            .insert(agent.clone(), (address.clone(), c.clone()));
+                        c
+                    }
+                    Err(e) => {
+                        warn!(%agent, %address, error = %e, "cannot build a client for the agent");
+                        let tx = io.tx.clone();
+                        tokio::spawn(async move {
+                            let outcome = DispatchOutcome::Unknown(e.to_string());
+                            let _ = tx
+                                .send(Msg::Dispatched {
+                                    child,
+                                    agent,
+                                    attempt,
+                                    outcome,
+                                })
+                                .await;
+                        });
+                        return;
+                    }
+                },
+            };
+            let tx = io.tx.clone();
+            tokio::spawn(async move {
+                let outcome = start_job(client, request).await;
+                let _ = tx
+                    .send(Msg::Dispatched {
+                        child,
+                        agent,
+                        attempt,
+                        outcome,
+                    })
+                    .await;
+            });
+        }
+        Effect::Ack { agent, seq } => {
+            if let Some(tx) = io.acks.get(&agent) {
+                tx.send_if_modified(|cur| {
+                    let newer = seq > *cur;
+                    if newer {
+                        *cur = seq;
+                    }
+                    newer
+                });
+            }
+        }
+        Effect::ResetStream { agent } => {
+            io.acks.remove(&agent);
+        }
+    }
+}
+
+async fn start_job(
+    mut client: AgentServiceClient<Channel>,
+    request: pb::StartJobRequest,
+) -> DispatchOutcome {
+    match tokio::time::timeout(DISPATCH_TIMEOUT, client.start_job(request)).await {
+        Err(_) => DispatchOutcome::Unknown("StartJob timed out".to_string()),
+        Ok(Err(status)) => {
+            DispatchOutcome::Unknown(format!("StartJob failed: {}", status.message()))
+        }
+        Ok(Ok(resp)) => match resp.into_inner().outcome {
+            Some(pb::start_job_response::Outcome::Accepted(_)) => DispatchOutcome::Accepted,
+            Some(pb::start_job_response::Outcome::Rejected(r)) => DispatchOutcome::Rejected {
+                code: pb::RejectCode::try_from(r.code).unwrap_or(pb::RejectCode::Unspecified),
+                reason: r.reason,
+            },
+            None => DispatchOutcome::Rejected {
+                code: pb::RejectCode::Unspecified,
+                reason: "agent answered with neither accepted nor rejected".to_string(),
+            },
+        },
+    }
+}
