@@ -1,0 +1,305 @@
+//! End-to-end test of `run()` against a fake, in-process coordinator: registration,
+//! Hello first, in-order delivery, and resend after the stream drops.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_proto as pb;
+use baton_proto::agent_event::Body;
+use baton_proto::agent_service_client::AgentServiceClient;
+use baton_proto::coordinator_service_server::{CoordinatorService, CoordinatorServiceServer};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{AgentConfig, run};
+
+#[derive(Default)]
+struct FakeState {
+    registrations: Vec<pb::RegisterRequest>,
+    /// (stream number, event) in arrival order; heartbeats left out.
+    events: Vec<(u32, pb::AgentEvent)>,
+    heartbeats: u32,
+    streams: u32,
+    acked: u64,
+    ack_enabled: bool,
+    kill: CancellationToken,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<FakeState>>);
+
+#[tonic::async_trait]
+impl CoordinatorService for Fake {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let mut st = self.0.lock().unwrap();
+        st.registrations.push(request.into_inner());
+        Ok(Response::new(pb::RegisterResponse {
+            agent_id: "agent-1".into(),
+            heartbeat_interval_ms: 100,
+            lease_ttl_ms: 1_000,
+            coordinator_epoch: 3,
+            acked_seq: st.acked,
+        }))
+    }
+
+    type ReportEventsStream = ReceiverStream<Result<pb::EventAck, Status>>;
+
+    async fn report_events(
+        &self,
+        request: Request<tonic::Streaming<pb::AgentEvent>>,
+    ) -> Result<Response<Self::ReportEventsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let (stream_no, kill) = {
+            let mut st = self.0.lock().unwrap();
+            st.streams += 1;
+            st.kill = CancellationToken::new();
+            (st.streams, st.kill.clone())
+        };
+        let state = self.0.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = kill.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("fake coordinator going away"))).await;
+                        return;
+                    }
+                    msg = inbound.message() => {
+                        let Ok(Some(ev)) = msg else { return };
+                        let ack = {
+                            let mut st = state.lock().unwrap();
+                            if matches!(ev.body, Some(Body::Heartbeat(_))) {
+                                st.heartbeats += 1;
+                                None
+                            } else {
+                                let seq = ev.seq;
+                                st.events.push((stream_no, ev));
+                                if st.ack_enabled && seq > 0 {
+                                    st.acked = st.acked.max(seq);
+                                    Some(st.acked)
+                                } else {
+                                    None
+                                }
+                            }
+                        };
+                        if let Some(acked_seq) = ack {
+                            let _ = tx.send(Ok(pb::EventAck { acked_seq })).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl Fake {
+    fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+
+    /// Durable (seq > 0) events of one stream, as (seq, kind).
+    fn stream(&self, n: u32) -> Vec<(u64, &'static str)> {
+        self.with(|st| {
+            st.events
+                .iter()
+                .filter(|(s, _)| *s == n)
+                .map(|(_, e)| (e.seq, kind(e)))
+                .collect()
+        })
+    }
+
+    async fn wait_until(&self, what: &str, f: impl Fn(&FakeState) -> bool) {
+        let ok = tokio::time::timeout(Duration::from_secs(20), async {
+            while !self.with(|st| f(st)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if ok.is_err() {
+            let seen: Vec<(u32, u64, &str)> = self.with(|st| {
+                st.events
+                    .iter()
+                    .map(|(s, e)| (*s, e.seq, kind(e)))
+                    .collect()
+            });
+            let (acked, streams) = self.with(|st| (st.acked, st.streams));
+            panic!("timed out waiting for {what}; acked {acked}, streams {streams}, seen {seen:?}");
+        }
+    }
+}
+
+fn kind(e: &pb::AgentEvent) -> &'static str {
+    match &e.body {
+        Some(Body::Hello(_)) => "hello",
+        Some(Body::Heartbeat(_)) => "heartbeat",
+        Some(Body::Started(_)) => "started",
+        Some(Body::Progress(_)) => "progress",
+        Some(Body::Finished(_)) => "finished",
+        None => "none",
+    }
+}
+
+const CHILD: &str = "name = 'child'\n[tasks.a]\nexec = ['sh', '-c', 'echo hi']\n";
+
+fn start(item: u32) -> pb::StartJobRequest {
+    pb::StartJobRequest {
+        dispatch_id: Some(pb::DispatchId {
+            execution_id: "exec-1".into(),
+            task_path: "fan".into(),
+            item_index: item,
+            attempt: 1,
+        }),
+        package: Some(pb::PackageRef {
+            name: "child".into(),
+            content_hash: baton_package::content_hash(CHILD),
+            content: CHILD.as_bytes().to_vec(),
+        }),
+        parameters: Default::default(),
+        coordinator_epoch: 3,
+        deadline_ms: 0,
+        traceparent: String::new(),
+    }
+}
+
+fn is_accepted(r: &pb::StartJobResponse) -> bool {
+    matches!(
+        r.outcome,
+        Some(pb::start_job_response::Outcome::Accepted(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_streams_in_order_and_resends_unacked_after_reconnect() {
+    tokio::time::timeout(Duration::from_secs(60), scenario())
+        .await
+        .expect("scenario timed out");
+}
+
+async fn scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    fake.with(|st| st.ack_enabled = true);
+    let coord_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coord_addr = coord_listener.local_addr().unwrap();
+    let coord_stop = CancellationToken::new();
+    let coord = {
+        let stop = coord_stop.clone();
+        let svc = CoordinatorServiceServer::new(fake.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(coord_listener), async move {
+                    stop.cancelled().await
+                }),
+        )
+    };
+
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = agent_listener.local_addr().unwrap();
+    let config = AgentConfig {
+        name: "test-agent".into(),
+        coordinator_url: format!("http://{coord_addr}"),
+        advertise_addr: agent_addr.to_string(),
+        slots: 4,
+        labels: BTreeMap::from([("zone".to_string(), "a".to_string())]),
+        data_dir: dir.path().join("data"),
+        kill_grace_ms: 300,
+        ..AgentConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config, agent_listener, shutdown.clone()));
+
+    fake.wait_until("registration and hello", |st| {
+        !st.registrations.is_empty() && !st.events.is_empty()
+    })
+    .await;
+    let reg = fake.with(|st| st.registrations[0].clone());
+    assert_eq!(reg.name, "test-agent");
+    assert_eq!(reg.address, agent_addr.to_string());
+    assert_eq!(reg.slots, 4);
+    assert_eq!(reg.labels.get("zone").map(String::as_str), Some("a"));
+    assert!(!reg.boot_id.is_empty() && !reg.outbox_id.is_empty());
+    let first = fake.with(|st| st.events[0].1.clone());
+    let Some(Body::Hello(hello)) = &first.body else {
+        panic!("first event {first:?}")
+    };
+    assert_eq!((first.seq, hello.agent_id.as_str()), (0, "agent-1"));
+    assert_eq!(hello.boot_id, reg.boot_id);
+
+    // Phase 1: a job whose events are acknowledged.
+    let mut client = AgentServiceClient::connect(format!("http://{agent_addr}"))
+        .await
+        .unwrap();
+    assert!(is_accepted(
+        &client.start_job(start(1)).await.unwrap().into_inner()
+    ));
+    fake.wait_until("job 1 acknowledged", |st| st.acked >= 2)
+        .await;
+
+    // Phase 2: the coordinator stops acknowledging, a job finishes, the stream drops.
+    fake.with(|st| st.ack_enabled = false);
+    assert!(is_accepted(
+        &client.start_job(start(2)).await.unwrap().into_inner()
+    ));
+    // A stale epoch is refused.
+    let mut stale = start(3);
+    stale.coordinator_epoch = 2;
+    let resp = client.start_job(stale).await.unwrap().into_inner();
+    let Some(pb::start_job_response::Outcome::Rejected(r)) = resp.outcome else {
+        panic!()
+    };
+    assert_eq!(r.code, pb::RejectCode::StaleEpoch as i32);
+    fake.wait_until("job 2 events", |st| {
+        st.events.iter().any(|(_, e)| e.seq == 4)
+    })
+    .await;
+    fake.wait_until("heartbeats", |st| st.heartbeats >= 2).await;
+    assert_eq!(
+        fake.stream(1),
+        [
+            (0, "hello"),
+            (1, "started"),
+            (2, "finished"),
+            (3, "started"),
+            (4, "finished")
+        ]
+    );
+    fake.with(|st| st.ack_enabled = true);
+    fake.with(|st| st.kill.cancel());
+
+    // Phase 3: the agent registers again and resends exactly the unacknowledged events.
+    fake.wait_until("second stream", |st| {
+        st.events.iter().any(|(s, e)| *s == 2 && e.seq == 4)
+    })
+    .await;
+    assert_eq!(fake.with(|st| st.registrations.len()), 2);
+    assert_eq!(
+        fake.stream(2),
+        [(0, "hello"), (3, "started"), (4, "finished")]
+    );
+    fake.wait_until("resent events acknowledged", |st| st.acked >= 4)
+        .await;
+
+    // GetJob knows the finished job.
+    let got = client
+        .get_job(pb::GetJobRequest {
+            dispatch_id: start(2).dispatch_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.state, pb::AgentJobState::Finished as i32);
+    assert_eq!(got.status, pb::JobStatus::Succeeded as i32);
+
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    coord_stop.cancel();
+    let _ = coord.await;
+}

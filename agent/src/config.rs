@@ -1,0 +1,185 @@
+//! The agent's configuration: one plain struct, defaults, and `validate()`.
+//!
+//! Layering (defaults < file < `BATON_*` environment < flags) is the CLI's job; this
+//! module only holds the resulting values and checks that they make sense together.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::error::AgentError;
+
+/// Default SIGTERM → SIGKILL grace in milliseconds.
+pub const DEFAULT_KILL_GRACE_MS: u64 = 5_000;
+/// Default timeout of one task of a child package, in seconds.
+pub const DEFAULT_TASK_TIMEOUT_S: u64 = 3_600;
+/// Default number of bytes of stdout / stderr kept in the finished event.
+pub const DEFAULT_OUTPUT_TAIL_BYTES: usize = 4_096;
+
+/// Upper bounds, so that a typo cannot configure something absurd.
+const SLOTS_MAX: u32 = 10_000;
+const KILL_GRACE_MS_MAX: u64 = 10 * 60 * 1_000;
+const TASK_TIMEOUT_S_MAX: u64 = 7 * 24 * 3_600;
+const OUTPUT_TAIL_BYTES_MAX: usize = 1 << 20;
+const LABELS_MAX: usize = 256;
+
+/// Everything `run` needs to know.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Human-readable name of this agent (unique per fleet by convention).
+    pub name: String,
+    /// Where the coordinator listens, e.g. `http://127.0.0.1:7400`.
+    pub coordinator_url: String,
+    /// `host:port` the coordinator dials for `AgentService`.
+    pub advertise_addr: String,
+    /// How many child jobs may run at once.
+    pub slots: u32,
+    /// Labels for placement constraints.
+    pub labels: BTreeMap<String, String>,
+    /// Directory for the outbox (`agent.redb`) and job scratch directories.
+    pub data_dir: PathBuf,
+    /// SIGTERM → SIGKILL grace when a job's process group is ended.
+    pub kill_grace_ms: u64,
+    /// Timeout of a task that sets none.
+    pub default_task_timeout_s: u64,
+    /// Bytes of stdout / stderr kept in the finished event.
+    pub output_tail_bytes: usize,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            name: "agent".to_string(),
+            coordinator_url: "http://127.0.0.1:7400".to_string(),
+            advertise_addr: "127.0.0.1:7401".to_string(),
+            slots: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
+            labels: BTreeMap::new(),
+            data_dir: PathBuf::from("baton-agent-data"),
+            kill_grace_ms: DEFAULT_KILL_GRACE_MS,
+            default_task_timeout_s: DEFAULT_TASK_TIMEOUT_S,
+            output_tail_bytes: DEFAULT_OUTPUT_TAIL_BYTES,
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |msg: String| Err(AgentError::ConfigInvalid(msg));
+        if self.name.trim().is_empty() {
+            return bad("name must not be empty".into());
+        }
+        if self.name.len() > 253 {
+            return bad("name is longer than 253 bytes".into());
+        }
+        if !(self.coordinator_url.starts_with("http://")
+            || self.coordinator_url.starts_with("https://"))
+        {
+            return bad(format!(
+                "coordinator_url {:?} must start with http:// or https://",
+                self.coordinator_url
+            ));
+        }
+        if self
+            .coordinator_url
+            .parse::<tonic::transport::Uri>()
+            .is_err()
+        {
+            return bad(format!(
+                "coordinator_url {:?} is not a valid URL",
+                self.coordinator_url
+            ));
+        }
+        match self.advertise_addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+            _ => {
+                return bad(format!(
+                    "advertise_addr {:?} must be host:port with a non-zero port",
+                    self.advertise_addr
+                ));
+            }
+        }
+        if self.slots == 0 || self.slots > SLOTS_MAX {
+            return bad(format!(
+                "slots must be between 1 and {SLOTS_MAX}, got {}",
+                self.slots
+            ));
+        }
+        if self.labels.len() > LABELS_MAX {
+            return bad(format!("at most {LABELS_MAX} labels are allowed"));
+        }
+        if let Some(k) = self.labels.keys().find(|k| k.trim().is_empty()) {
+            return bad(format!("label key {k:?} must not be empty"));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty".into());
+        }
+        if self.kill_grace_ms > KILL_GRACE_MS_MAX {
+            return bad(format!(
+                "kill_grace_ms must be at most {KILL_GRACE_MS_MAX}, got {}",
+                self.kill_grace_ms
+            ));
+        }
+        if self.default_task_timeout_s == 0 || self.default_task_timeout_s > TASK_TIMEOUT_S_MAX {
+            return bad(format!(
+                "default_task_timeout_s must be between 1 and {TASK_TIMEOUT_S_MAX}, got {}",
+                self.default_task_timeout_s
+            ));
+        }
+        if self.output_tail_bytes > OUTPUT_TAIL_BYTES_MAX {
+            return bad(format!(
+                "output_tail_bytes must be at most {OUTPUT_TAIL_BYTES_MAX}, got {}",
+                self.output_tail_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        AgentConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Mutation = Box<dyn Fn(&mut AgentConfig)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("name", Box::new(|c| c.name = " ".into())),
+            (
+                "coordinator_url",
+                Box::new(|c| c.coordinator_url = "127.0.0.1:7400".into()),
+            ),
+            (
+                "advertise_addr",
+                Box::new(|c| c.advertise_addr = "localhost".into()),
+            ),
+            (
+                "advertise_addr",
+                Box::new(|c| c.advertise_addr = "h:0".into()),
+            ),
+            ("slots", Box::new(|c| c.slots = 0)),
+            ("data_dir", Box::new(|c| c.data_dir = PathBuf::new())),
+            (
+                "default_task_timeout_s",
+                Box::new(|c| c.default_task_timeout_s = 0),
+            ),
+            (
+                "output_tail_bytes",
+                Box::new(|c| c.output_tail_bytes = 1 << 30),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut c = AgentConfig::default();
+            mutate(&mut c);
+            let err = c.validate().unwrap_err();
+            assert_eq!(err.code(), "AGENT_CONFIG_INVALID");
+            assert!(err.to_string().contains(field), "{field}: {err}");
+        }
+    }
+}

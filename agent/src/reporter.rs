@@ -1,0 +1,279 @@
+//! Registration and the completion stream (`ReportEvents`).
+//!
+//! Loop until stopped: connect → `Register` (raises the agent's epoch, acknowledges the
+//! outbox up to the coordinator's `acked_seq`) → open `ReportEvents` and send `Hello`
+//! first, then every unacknowledged outbox event in sequence order, then new events as
+//! they become durable, and a `Heartbeat` every heartbeat interval. Cumulative
+//! `EventAck`s from the coordinator delete events from the outbox.
+//!
+//! Any failure (connect, register, stream end, send) ends the session: WARN once per
+//! change of state, back off (250 ms doubling to 5 s, with jitter), register again and
+//! resend from the coordinator's `acked_seq`. The agent never exits because the
+//! coordinator is down: jobs keep running and their events pile up in the outbox.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_proto::{AgentEvent, EventAck, Heartbeat, Hello, RegisterRequest, agent_event::Body};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::AgentError;
+use crate::model::Epoch;
+use crate::outbox::{Outbox, now_unix_ms};
+use crate::supervisor::Supervisor;
+use crate::transport;
+
+/// Capacity of the request stream towards the coordinator.
+const STREAM_CAPACITY: usize = 1_024;
+/// Most events taken from the outbox mirror at a time.
+const SEND_BATCH_MAX: usize = 1_024;
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(5);
+const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
+const HEARTBEAT_MAX: Duration = Duration::from_secs(60);
+
+/// Who this agent is, as told to the coordinator.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub coordinator_url: String,
+    pub advertise_addr: String,
+    pub labels: BTreeMap<String, String>,
+    pub slots: u32,
+    /// Random per process start.
+    pub boot_id: String,
+}
+
+pub struct Reporter {
+    identity: Identity,
+    outbox: Arc<Outbox>,
+    supervisor: Arc<Supervisor>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Unknown,
+    Up,
+    Down,
+}
+
+impl Reporter {
+    pub fn new(identity: Identity, outbox: Arc<Outbox>, supervisor: Arc<Supervisor>) -> Reporter {
+        Reporter {
+            identity,
+            outbox,
+            supervisor,
+        }
+    }
+
+    /// Runs sessions until `stop` is cancelled.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new();
+        let mut link = Link::Unknown;
+        while !stop.is_cancelled() {
+            let result = tokio::select! {
+                r = self.session(&stop, &mut backoff, &mut link) => r,
+                () = stop.cancelled() => return,
+            };
+            let Err(e) = result else { return };
+            if link != Link::Down {
+                warn!(code = e.code(), error = %e, "coordinator unreachable; will retry");
+                link = Link::Down;
+            } else {
+                debug!(code = e.code(), error = %e, "coordinator still unreachable");
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_delay()) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// One registration and stream; `Ok` only when stopped.
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        backoff: &mut Backoff,
+        link: &mut Link,
+    ) -> Result<(), AgentError> {
+        let id = &self.identity;
+        let mut client = transport::connect_coordinator(&id.coordinator_url).await?;
+        let reg = client
+            .register(RegisterRequest {
+                name: id.name.clone(),
+                address: id.advertise_addr.clone(),
+                labels: id.labels.clone().into_iter().collect(),
+                slots: id.slots,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                boot_id: id.boot_id.clone(),
+                outbox_id: self.outbox.outbox_id().to_string(),
+            })
+            .await
+            .map_err(|s| unreachable("register", &s))?
+            .into_inner();
+        self.supervisor.observe_epoch(Epoch(reg.coordinator_epoch));
+        self.outbox.ack(reg.acked_seq).await?;
+        info!(agent_id = %reg.agent_id, epoch = reg.coordinator_epoch, "registered with coordinator");
+        *link = Link::Up;
+        backoff.reset();
+
+        let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
+        let hello = event(Body::Hello(Hello {
+            agent_id: reg.agent_id.clone(),
+            boot_id: id.boot_id.clone(),
+        }));
+        tx.send(hello).await.map_err(|_| stream_closed())?;
+        let acks = client
+            .report_events(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| unreachable("report_events", &s))?
+            .into_inner();
+        let mut ack_task = AbortOnDrop(tokio::spawn(read_acks(acks, self.outbox.clone())));
+
+        let mut sent = reg.acked_seq;
+        let mut durable = self.outbox.subscribe();
+        let mut heartbeat = tokio::time::interval(heartbeat_interval(reg.heartbeat_interval_ms));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            durable.borrow_and_update();
+            loop {
+                let batch = self.outbox.unacked_batch(sent, SEND_BATCH_MAX);
+                let Some(last) = batch.last().map(|e| e.seq) else {
+                    break;
+                };
+                for ev in batch {
+                    tx.send(ev).await.map_err(|_| stream_closed())?;
+                }
+                sent = last;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                changed = durable.changed() => {
+                    changed.map_err(|_| AgentError::Store("outbox closed".into()))?;
+                }
+                _ = heartbeat.tick() => {
+                    let load = self.supervisor.load();
+                    let hb = event(Body::Heartbeat(Heartbeat {
+                        slots: load.slots,
+                        running: load.running,
+                        load1: load1(),
+                        draining: load.draining,
+                    }));
+                    tx.send(hb).await.map_err(|_| stream_closed())?;
+                }
+                ended = &mut ack_task.0 => {
+                    return Err(match ended {
+                        Ok(Err(e)) => e,
+                        Ok(Ok(())) => AgentError::CoordinatorUnreachable("event stream ended".into()),
+                        Err(e) => AgentError::CoordinatorUnreachable(format!("ack reader failed: {e}")),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Reads cumulative acknowledgements and trims the outbox; returns when the stream ends.
+async fn read_acks(
+    mut acks: tonic::Streaming<EventAck>,
+    outbox: Arc<Outbox>,
+) -> Result<(), AgentError> {
+    loop {
+        match acks.message().await {
+            Ok(Some(ack)) => outbox.ack(ack.acked_seq).await?,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(unreachable("event stream", &s)),
+        }
+    }
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn event(body: Body) -> AgentEvent {
+    AgentEvent {
+        seq: 0,
+        at_unix_ms: now_unix_ms(),
+        body: Some(body),
+    }
+}
+
+fn unreachable(what: &str, s: &tonic::Status) -> AgentError {
+    AgentError::CoordinatorUnreachable(format!("{what}: {:?}: {}", s.code(), s.message()))
+}
+
+fn stream_closed() -> AgentError {
+    AgentError::CoordinatorUnreachable("event stream closed".into())
+}
+
+fn heartbeat_interval(ms: u64) -> Duration {
+    if ms == 0 {
+        return HEARTBEAT_DEFAULT;
+    }
+    Duration::from_millis(ms).clamp(HEARTBEAT_MIN, HEARTBEAT_MAX)
+}
+
+/// One-minute load average, 0 if unreadable.
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// 250 ms doubling to 5 s; each delay is jittered to 50–100 % of its nominal value.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff { next: BACKOFF_MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let nominal = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let r = RandomState::new().hash_one(now_unix_ms()) % 1_000;
+        nominal / 2 + nominal * (r as u32) / 2_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter() {
+        let mut b = Backoff::new();
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= BACKOFF_MIN / 2 && delays[0] <= BACKOFF_MIN);
+        assert!(delays[7] >= BACKOFF_MAX / 2 && delays[7] <= BACKOFF_MAX);
+        b.reset();
+        assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn heartbeat_interval_is_bounded() {
+        assert_eq!(heartbeat_interval(0), HEARTBEAT_DEFAULT);
+        assert_eq!(heartbeat_interval(1), HEARTBEAT_MIN);
+        assert_eq!(heartbeat_interval(1_000), Duration::from_secs(1));
+        assert!(load1() >= 0.0);
+    }
+}

@@ -1,0 +1,591 @@
+//! Runs one child job: its steps in order, each as a process in its own process group.
+//!
+//! The runner knows nothing about packages: [`crate::plan`] turns a child package and
+//! its bound parameters into a [`JobPlan`] of concrete argv / env, and this module
+//! executes it: spawn without a shell, capture stdout/stderr (file capped at
+//! [`LOG_BYTES_MAX`], tail kept for the finished event), enforce the task timeout and
+//! the job deadline, end the whole process group (SIGTERM, grace, SIGKILL) on timeout
+//! or cancel, and collect `$BATON_OUTPUT` and `$BATON_ROWS` after success.
+//!
+//! Parameter values reach the child only through argv and the environment; the runner
+//! never logs argv or environment values (parameters may be sensitive).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::model::{DispatchKey, FinishStatus, KillReason, fs_component};
+
+/// Most bytes of stdout (and of stderr) written to the job's log files.
+pub const LOG_BYTES_MAX: u64 = 1 << 20;
+/// Most bytes of `$BATON_OUTPUT` read after the job.
+const OUTPUT_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Most outputs kept from `$BATON_OUTPUT`.
+const OUTPUTS_MAX: usize = 1_000;
+/// How long to wait for stdout/stderr to close after the process group is gone
+/// (a process that left the group with `setsid` could hold them open forever).
+const PIPE_DRAIN_MAX: Duration = Duration::from_secs(2);
+
+/// One concrete step of a job.
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Run a process.
+    Exec(ExecStep),
+    /// The step cannot run (unsupported task kind, interpolation error): the job fails
+    /// with this reason when it gets here.
+    Fail { task: String, reason: String },
+}
+
+/// A process to run, fully interpolated.
+#[derive(Clone)]
+pub struct ExecStep {
+    pub task: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Hand-written: argv and env may hold sensitive parameter values.
+impl std::fmt::Debug for ExecStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecStep")
+            .field("task", &self.task)
+            .field("program", &self.argv.first())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything needed to run one job.
+#[derive(Clone)]
+pub struct JobPlan {
+    pub dispatch: DispatchKey,
+    pub steps: Vec<Step>,
+    /// Job-wide environment (`BATON_PARAM_*`, `TRACEPARENT`, ...), before each step's own.
+    pub env: Vec<(String, String)>,
+    /// Wall-clock budget of the whole job.
+    pub deadline: Option<Duration>,
+}
+
+/// Agent-wide runner settings.
+#[derive(Debug, Clone)]
+pub struct RunnerSettings {
+    /// `data_dir/jobs`.
+    pub scratch_root: PathBuf,
+    pub kill_grace: Duration,
+    pub output_tail_bytes: usize,
+}
+
+/// What the finished event reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReport {
+    pub status: FinishStatus,
+    /// Exit code of the last process, -1 if none (not started, killed by a signal).
+    pub exit_code: i32,
+    pub outputs: BTreeMap<String, String>,
+    pub row_count: u64,
+    pub reason: String,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    pub duration_ms: u64,
+}
+
+/// Cancel handle of a running job: a token plus the first reason given.
+#[derive(Clone, Default)]
+pub struct JobCancel {
+    token: CancellationToken,
+    reason: Arc<OnceLock<KillReason>>,
+}
+
+impl JobCancel {
+    pub fn new() -> JobCancel {
+        JobCancel::default()
+    }
+
+    /// Asks the job to end; the first reason wins.
+    pub fn cancel(&self, reason: KillReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    async fn cancelled(&self) -> KillReason {
+        self.token.cancelled().await;
+        self.reason.get().copied().unwrap_or(KillReason::Cancelled)
+    }
+}
+
+/// The scratch directory of a job: `scratch_root/<execution_id>/<task_path>-<item>-<attempt>`.
+pub fn scratch_dir(scratch_root: &Path, key: &DispatchKey) -> PathBuf {
+    scratch_root
+        .join(fs_component(&key.execution_id))
+        .join(format!(
+            "{}-{}-{}",
+            fs_component(&key.task_path),
+            key.item_index,
+            key.attempt
+        ))
+}
+
+/// File names inside the scratch directory.
+pub const OUTPUT_FILE: &str = "output";
+pub const ROWS_FILE: &str = "rows.jsonl";
+
+/// Why a step stopped before its process exited by itself.
+#[derive(Debug, Clone, Copy)]
+enum Kill {
+    TaskTimeout,
+    Deadline,
+    Cancel(KillReason),
+}
+
+struct StepExit {
+    status: Option<ExitStatus>,
+    kill: Option<Kill>,
+}
+
+/// Runs the plan to the end. Sends the pid of the first process on `started` as soon as
+/// it runs (dropped unsent if no process ever starts). Never panics on child failures:
+/// every failure becomes a [`JobReport`].
+pub async fn run_job(
+    plan: &JobPlan,
+    settings: &RunnerSettings,
+    cancel: &JobCancel,
+    started: oneshot::Sender<u32>,
+) -> JobReport {
+    let begin = Instant::now();
+    let deadline_at = plan.deadline.map(|d| begin + d);
+    let dir = scratch_dir(&settings.scratch_root, &plan.dispatch);
+    let mut report = JobReport {
+        status: FinishStatus::Succeeded,
+        exit_code: -1,
+        outputs: BTreeMap::new(),
+        row_count: 0,
+        reason: String::new(),
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        duration_ms: 0,
+    };
+    if let Err(e) = prepare_dir(&dir).await {
+        report.status = FinishStatus::Failed;
+        report.reason = format!("cannot prepare scratch directory {}: {e}", dir.display());
+        report.duration_ms = begin.elapsed().as_millis() as u64;
+        return report;
+    }
+    let mut out = Capture::open(&dir.join("stdout.log"), settings.output_tail_bytes).await;
+    let mut err = Capture::open(&dir.join("stderr.log"), settings.output_tail_bytes).await;
+    let mut started = Some(started);
+    let common_env = job_env(plan, &dir);
+
+    for step in &plan.steps {
+        if let Some(reason) = stop_before_step(cancel, deadline_at) {
+            (report.status, report.reason) = reason;
+            break;
+        }
+        let exec = match step {
+            Step::Exec(exec) => exec,
+            Step::Fail { task, reason } => {
+                report.status = FinishStatus::Failed;
+                report.reason = format!("task {task}: {reason}");
+                break;
+            }
+        };
+        let ctx = StepContext {
+            dir: &dir,
+            env: &common_env,
+            settings,
+            cancel,
+            deadline_at,
+        };
+        match run_step(exec, &ctx, &mut started, &mut out, &mut err).await {
+            Err(reason) => {
+                report.status = FinishStatus::Failed;
+                report.reason = reason;
+                break;
+            }
+            Ok(exit) => {
+                report.exit_code = exit.status.and_then(|s| s.code()).unwrap_or(-1);
+                if let Some((status, reason)) = judge(exec, &exit, plan.deadline) {
+                    report.status = status;
+                    report.reason = reason;
+                    break;
+                }
+            }
+        }
+    }
+    out.finish().await;
+    err.finish().await;
+    report.stdout_tail = out.tail();
+    report.stderr_tail = err.tail();
+    if report.status == FinishStatus::Succeeded {
+        let (outputs, malformed) = read_outputs(&dir.join(OUTPUT_FILE)).await;
+        if malformed > 0 {
+            warn!(dispatch = %plan.dispatch, malformed, "ignored malformed lines in BATON_OUTPUT");
+        }
+        report.outputs = outputs;
+        report.row_count = count_rows(&dir.join(ROWS_FILE)).await;
+    }
+    report.duration_ms = begin.elapsed().as_millis() as u64;
+    report
+}
+
+fn stop_before_step(
+    cancel: &JobCancel,
+    deadline_at: Option<Instant>,
+) -> Option<(FinishStatus, String)> {
+    if cancel.is_cancelled() {
+        let r = cancel
+            .reason
+            .get()
+            .copied()
+            .unwrap_or(KillReason::Cancelled);
+        return Some((FinishStatus::Cancelled, cancel_reason(r).to_string()));
+    }
+    if deadline_at.is_some_and(|d| Instant::now() >= d) {
+        return Some((FinishStatus::TimedOut, "job deadline exceeded".to_string()));
+    }
+    None
+}
+
+fn cancel_reason(r: KillReason) -> &'static str {
+    match r {
+        KillReason::Cancelled => "cancelled by the coordinator",
+        KillReason::Shutdown => "cancelled: agent shutting down",
+    }
+}
+
+/// `None` when the step succeeded and the job goes on.
+fn judge(
+    exec: &ExecStep,
+    exit: &StepExit,
+    deadline: Option<Duration>,
+) -> Option<(FinishStatus, String)> {
+    let task = &exec.task;
+    match exit.kill {
+        Some(Kill::TaskTimeout) => Some((
+            FinishStatus::TimedOut,
+            format!(
+                "task {task} timed out after {} s",
+                exec.timeout.as_secs_f64()
+            ),
+        )),
+        Some(Kill::Deadline) => Some((
+            FinishStatus::TimedOut,
+            format!(
+                "job deadline of {} ms exceeded in task {task}",
+                deadline.unwrap_or_default().as_millis()
+            ),
+        )),
+        Some(Kill::Cancel(r)) => Some((FinishStatus::Cancelled, cancel_reason(r).to_string())),
+        None => match exit.status {
+            Some(s) if s.success() => None,
+            Some(s) => match (s.code(), s.signal()) {
+                (Some(code), _) => Some((
+                    FinishStatus::Failed,
+                    format!("task {task} exited with code {code}"),
+                )),
+                (None, Some(sig)) => Some((
+                    FinishStatus::Failed,
+                    format!("task {task} killed by signal {sig}"),
+                )),
+                (None, None) => Some((FinishStatus::Failed, format!("task {task} ended"))),
+            },
+            None => Some((
+                FinishStatus::Failed,
+                format!("task {task}: lost track of the process"),
+            )),
+        },
+    }
+}
+
+fn job_env(plan: &JobPlan, dir: &Path) -> Vec<(String, String)> {
+    let mut env = plan.env.clone();
+    let k = &plan.dispatch;
+    env.push(("BATON_OUTPUT".into(), path_str(&dir.join(OUTPUT_FILE))));
+    env.push(("BATON_ROWS".into(), path_str(&dir.join(ROWS_FILE))));
+    env.push(("BATON_EXECUTION_ID".into(), k.execution_id.clone()));
+    env.push(("BATON_ATTEMPT".into(), k.attempt.to_string()));
+    env.push(("BATON_ITEM_INDEX".into(), k.item_index.to_string()));
+    env
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+async fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+    // A dispatch id runs at most once per boot; leftovers of an earlier boot are stale.
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    tokio::fs::create_dir_all(dir).await
+}
+
+struct StepContext<'a> {
+    dir: &'a Path,
+    env: &'a [(String, String)],
+    settings: &'a RunnerSettings,
+    cancel: &'a JobCancel,
+    deadline_at: Option<Instant>,
+}
+
+/// Spawns one step and waits for it; `Err` is a spawn failure (already a reason).
+async fn run_step(
+    exec: &ExecStep,
+    ctx: &StepContext<'_>,
+    started: &mut Option<oneshot::Sender<u32>>,
+    out: &mut Capture,
+    err: &mut Capture,
+) -> Result<StepExit, String> {
+    let Some(program) = exec.argv.first() else {
+        return Err(format!("task {}: empty argv", exec.task));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&exec.argv[1..])
+        .envs(ctx.env.iter().map(|(k, v)| (k, v)))
+        .env("BATON_TASK", &exec.task)
+        .envs(exec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(exec.workdir.as_deref().unwrap_or(ctx.dir))
+        .process_group(0)
+        .kill_on_drop(false)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("task {}: cannot start {program:?}: {e}", exec.task))?;
+    let pid = child.id().unwrap_or(0);
+    debug!(task = %exec.task, pid, "task process started");
+    if let Some(tx) = started.take() {
+        let _ = tx.send(pid);
+    }
+    let pgid = Pid::from_raw(pid as i32);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let timeout_at = {
+        let t = Instant::now() + exec.timeout;
+        ctx.deadline_at.map_or(t, |d| d.min(t))
+    };
+    let deadline_first = ctx
+        .deadline_at
+        .is_some_and(|d| d <= Instant::now() + exec.timeout);
+
+    let waiter = supervise(&mut child, pgid, timeout_at, deadline_first, ctx);
+    let readers = async {
+        tokio::join!(pump(stdout, out), pump(stderr, err));
+    };
+    tokio::pin!(waiter);
+    tokio::pin!(readers);
+    let mut readers_done = false;
+    let exit = loop {
+        tokio::select! {
+            exit = &mut waiter => break exit,
+            () = &mut readers, if !readers_done => readers_done = true,
+        }
+    };
+    if !readers_done
+        && tokio::time::timeout(PIPE_DRAIN_MAX, &mut readers)
+            .await
+            .is_err()
+    {
+        warn!(task = %exec.task, "output pipes still open after the process group ended");
+    }
+    Ok(exit)
+}
+
+/// Waits for the leader to exit or for a reason to kill the group, and always leaves
+/// the group empty.
+async fn supervise(
+    child: &mut Child,
+    pgid: Pid,
+    timeout_at: Instant,
+    deadline_first: bool,
+    ctx: &StepContext<'_>,
+) -> StepExit {
+    let grace = ctx.settings.kill_grace;
+    let kill = tokio::select! {
+        status = child.wait() => {
+            // Background processes the task left behind must not outlive the job.
+            if killpg(pgid, None).is_ok() {
+                terminate_group(pgid, grace).await;
+            }
+            return StepExit { status: status.ok(), kill: None };
+        }
+        () = tokio::time::sleep_until(timeout_at) => {
+            if deadline_first { Kill::Deadline } else { Kill::TaskTimeout }
+        }
+        r = ctx.cancel.cancelled() => Kill::Cancel(r),
+    };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let status = tokio::time::timeout(grace, child.wait())
+        .await
+        .ok()
+        .and_then(Result::ok);
+    terminate_group(pgid, grace).await;
+    let status = match status {
+        Some(s) => Some(s),
+        None => child.wait().await.ok(),
+    };
+    StepExit {
+        status,
+        kill: Some(kill),
+    }
+}
+
+/// SIGTERM to the group, wait up to `grace` for it to empty, then SIGKILL.
+async fn terminate_group(pgid: Pid, grace: Duration) {
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    while killpg(pgid, None).is_ok() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = killpg(pgid, Signal::SIGKILL);
+}
+
+async fn pump(reader: Option<impl AsyncRead + Unpin>, cap: &mut Capture) {
+    let Some(mut reader) = reader else { return };
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => cap.push(&buf[..n]).await,
+        }
+    }
+}
+
+/// One output stream of a job: a log file capped at [`LOG_BYTES_MAX`] and a tail.
+struct Capture {
+    file: Option<BufWriter<tokio::fs::File>>,
+    written: u64,
+    truncated: bool,
+    tail: VecDeque<u8>,
+    tail_max: usize,
+}
+
+impl Capture {
+    async fn open(path: &Path, tail_max: usize) -> Capture {
+        let file = match tokio::fs::File::create(path).await {
+            Ok(f) => Some(BufWriter::new(f)),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot create job log file");
+                None
+            }
+        };
+        Capture {
+            file,
+            written: 0,
+            truncated: false,
+            tail: VecDeque::with_capacity(tail_max.min(64 * 1024)),
+            tail_max,
+        }
+    }
+
+    async fn push(&mut self, data: &[u8]) {
+        let room = LOG_BYTES_MAX.saturating_sub(self.written) as usize;
+        let keep = data.len().min(room);
+        if keep < data.len() {
+            self.truncated = true;
+        }
+        if keep > 0
+            && let Some(f) = &mut self.file
+            && f.write_all(&data[..keep]).await.is_err()
+        {
+            self.file = None;
+        }
+        self.written += keep as u64;
+        let from = data.len().saturating_sub(self.tail_max);
+        self.tail.extend(&data[from..]);
+        while self.tail.len() > self.tail_max {
+            self.tail.pop_front();
+        }
+    }
+
+    async fn finish(&mut self) {
+        if let Some(f) = &mut self.file {
+            if self.truncated {
+                let note = format!("\n[baton: output truncated after {LOG_BYTES_MAX} bytes]\n");
+                let _ = f.write_all(note.as_bytes()).await;
+            }
+            let _ = f.flush().await;
+        }
+    }
+
+    fn tail(&mut self) -> String {
+        String::from_utf8_lossy(self.tail.make_contiguous()).into_owned()
+    }
+}
+
+/// Parses `key=value` lines; blank and `#` lines are skipped; returns (outputs, malformed).
+pub fn parse_outputs(text: &str) -> (BTreeMap<String, String>, usize) {
+    let mut outputs = BTreeMap::new();
+    let mut malformed = 0;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && outputs.len() < OUTPUTS_MAX => {
+                outputs.insert(k.trim().to_string(), v.to_string());
+            }
+            _ => malformed += 1,
+        }
+    }
+    (outputs, malformed)
+}
+
+async fn read_outputs(path: &Path) -> (BTreeMap<String, String>, usize) {
+    let Ok(file) = tokio::fs::File::open(path).await else {
+        return (BTreeMap::new(), 0);
+    };
+    let mut bytes = Vec::new();
+    let _ = file
+        .take(OUTPUT_FILE_BYTES_MAX)
+        .read_to_end(&mut bytes)
+        .await;
+    parse_outputs(&String::from_utf8_lossy(&bytes))
+}
+
+async fn count_rows(path: &Path) -> u64 {
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return 0;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut rows, mut line_has_content) = (0u64, false);
+    while let Ok(n) = file.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b == b'\n' {
+                rows += u64::from(line_has_content);
+                line_has_content = false;
+            } else if !b.is_ascii_whitespace() {
+                line_has_content = true;
+            }
+        }
+    }
+    rows + u64::from(line_has_content)
+}
+
+#[cfg(test)]
+#[path = "runner_tests.rs"]
+mod tests;

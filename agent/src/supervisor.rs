@@ -1,0 +1,229 @@
+//! The supervisor: admission, the job table and the runner tasks, behind one lock.
+//!
+//! `start_job` runs the admission checks (see [`crate::admission`] for their order),
+//! registers an accepted job as running so it counts against the slots at once,
+//! spawns its runner task and returns — the job runs after the answer. The runner task
+//! appends `JobStarted` when the first process runs and exactly one `JobFinished` at the
+//! end, both through the durable outbox (`JobStarted` always first).
+//!
+//! The package is parsed outside the lock; the state checks run again before the job is
+//! registered, so two concurrent copies of one dispatch still start one job.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_proto::{JobFinished, JobStarted, agent_event::Body};
+use tokio::sync::{oneshot, watch};
+use tracing::{debug, error, info};
+
+use crate::admission::{Admission, Decision, Rejection, check_package};
+use crate::config::AgentConfig;
+use crate::jobs::{JobState, JobTable};
+use crate::model::{DispatchKey, Epoch, KillReason, StartJob};
+use crate::outbox::Outbox;
+use crate::plan;
+use crate::runner::{self, JobCancel, JobReport, RunnerSettings};
+
+struct State {
+    admission: Admission,
+    jobs: JobTable,
+}
+
+/// Load figures for heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    pub slots: u32,
+    pub running: u32,
+    pub draining: bool,
+}
+
+pub struct Supervisor {
+    state: Mutex<State>,
+    outbox: Arc<Outbox>,
+    settings: RunnerSettings,
+    default_task_timeout: Duration,
+    /// Runner tasks alive (a task ends after its finished event is durable).
+    tasks: watch::Sender<usize>,
+    spawned: AtomicU64,
+}
+
+impl Supervisor {
+    pub fn new(config: &AgentConfig, outbox: Arc<Outbox>) -> Arc<Supervisor> {
+        Arc::new(Supervisor {
+            state: Mutex::new(State {
+                admission: Admission::new(config.slots),
+                jobs: JobTable::new(),
+            }),
+            outbox,
+            settings: RunnerSettings {
+                scratch_root: config.data_dir.join("jobs"),
+                kill_grace: Duration::from_millis(config.kill_grace_ms),
+                output_tail_bytes: config.output_tail_bytes,
+            },
+            default_task_timeout: Duration::from_secs(config.default_task_timeout_s),
+            tasks: watch::channel(0).0,
+            spawned: AtomicU64::new(0),
+        })
+    }
+
+    /// Decides a `StartJob`: `Ok` = accepted (new or again), `Err` = rejected.
+    pub fn start_job(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
+        let result = self.admit(job);
+        result.inspect_err(|r| {
+            // The reason may quote the package; it never holds parameter values.
+            debug!(code = r.code_str(), reason = %r.reason, "rejection reason");
+        })
+    }
+
+    fn admit(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
+        match self.check(&job) {
+            Decision::New => {}
+            Decision::Duplicate => return Ok(()),
+            Decision::Reject(r) => return Err(r),
+        }
+        let (package, params) = check_package(&job)?;
+        let plan = plan::build(&job, &package, &params, self.default_task_timeout);
+        let cancel = JobCancel::new();
+        {
+            let mut st = self.state.lock().unwrap();
+            let running = st.jobs.running_len();
+            match st.admission.check(&job, running) {
+                Decision::New => {}
+                Decision::Duplicate => return Ok(()),
+                Decision::Reject(r) => return Err(r),
+            }
+            st.admission.record_accepted(job.dispatch.clone());
+            st.jobs.insert_running(job.dispatch.clone(), cancel.clone());
+        }
+        self.tasks.send_modify(|n| *n += 1);
+        self.spawned.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.clone().run(plan, cancel).await;
+            this.tasks.send_modify(|n| *n -= 1);
+        });
+        Ok(())
+    }
+
+    fn check(&self, job: &StartJob) -> Decision {
+        let mut st = self.state.lock().unwrap();
+        let running = st.jobs.running_len();
+        st.admission.check(job, running)
+    }
+
+    async fn run(self: Arc<Self>, plan: runner::JobPlan, cancel: JobCancel) {
+        let key = plan.dispatch.clone();
+        let (started_tx, started_rx) = oneshot::channel();
+        let run = runner::run_job(&plan, &self.settings, &cancel, started_tx);
+        tokio::pin!(run);
+        let mut started_rx = started_rx;
+        let started = |pid| {
+            Body::Started(JobStarted {
+                dispatch_id: Some(key.to_proto()),
+                pid,
+            })
+        };
+        let report = tokio::select! {
+            biased;
+            pid = &mut started_rx => {
+                if let Ok(pid) = pid {
+                    self.append(&key, started(pid)).await;
+                }
+                run.await
+            }
+            report = &mut run => {
+                // The process may have started and ended within one poll of the runner.
+                if let Ok(pid) = started_rx.try_recv() {
+                    self.append(&key, started(pid)).await;
+                }
+                report
+            }
+        };
+        debug!(dispatch = %key, status = ?report.status, duration_ms = report.duration_ms, "job finished");
+        // Free the slot before the event is durable: the coordinator may send the next
+        // job as soon as it reads the event, and must not find the slot still taken.
+        self.state
+            .lock()
+            .unwrap()
+            .jobs
+            .finish(key.clone(), report.status, report.exit_code);
+        self.append(&key, finished_body(&key, report)).await;
+    }
+
+    async fn append(&self, key: &DispatchKey, body: Body) {
+        if let Err(e) = self.outbox.append(body).await {
+            error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+        }
+    }
+
+    /// Cancels a running job; false when it does not run here.
+    pub fn cancel_job(&self, key: &DispatchKey) -> bool {
+        let st = self.state.lock().unwrap();
+        let was_running = st.jobs.cancel(key, KillReason::Cancelled);
+        if was_running {
+            info!(dispatch = %key, "job cancel requested");
+        }
+        was_running
+    }
+
+    pub fn job_state(&self, key: &DispatchKey) -> JobState {
+        self.state.lock().unwrap().jobs.state(key)
+    }
+
+    /// Raises the highest coordinator epoch seen.
+    pub fn observe_epoch(&self, epoch: Epoch) {
+        self.state.lock().unwrap().admission.observe_epoch(epoch);
+    }
+
+    pub fn load(&self) -> Load {
+        let st = self.state.lock().unwrap();
+        Load {
+            slots: st.admission.slots(),
+            running: st.jobs.running_len() as u32,
+            draining: st.admission.draining(),
+        }
+    }
+
+    /// Number of jobs started since this supervisor was created.
+    pub fn jobs_spawned(&self) -> u64 {
+        self.spawned.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting jobs (they are rejected with `DRAINING`).
+    pub fn begin_drain(&self) {
+        self.state.lock().unwrap().admission.set_draining(true);
+    }
+
+    /// Ends every running job (status CANCELLED) and waits, at most `wait`, until all
+    /// runner tasks have recorded their finished events. True if all finished.
+    pub async fn stop_all_jobs(&self, wait: Duration) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .jobs
+            .cancel_all(KillReason::Shutdown);
+        let mut rx = self.tasks.subscribe();
+        tokio::time::timeout(wait, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+}
+
+fn finished_body(key: &DispatchKey, r: JobReport) -> Body {
+    Body::Finished(JobFinished {
+        dispatch_id: Some(key.to_proto()),
+        status: r.status.to_proto() as i32,
+        exit_code: r.exit_code,
+        outputs: r.outputs.into_iter().collect(),
+        row_count: r.row_count,
+        reason: r.reason,
+        stdout_tail: r.stdout_tail,
+        stderr_tail: r.stderr_tail,
+        duration_ms: r.duration_ms,
+    })
+}
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;

@@ -1,0 +1,167 @@
+//! Supervisor tests: real outbox, real processes.
+
+use super::*;
+use crate::model::PackageSource;
+use baton_proto::{AgentEvent, JobStatus, RejectCode};
+
+fn package(script: &str) -> String {
+    format!(
+        "name = 'child'\n[parameters.n]\ntype = 'int'\ndefault = 1\n[parameters.secret]\ntype = 'string'\nsensitive = true\ndefault = ''\n[tasks.a]\nexec = ['sh', '-c', {script:?}]\n"
+    )
+}
+
+fn job(item: u32, text: &str) -> StartJob {
+    StartJob {
+        dispatch: DispatchKey {
+            execution_id: "e".into(),
+            task_path: "fan".into(),
+            item_index: item,
+            attempt: 1,
+        },
+        package: PackageSource {
+            name: "child".into(),
+            content_hash: baton_package::content_hash(text),
+            content: Some(text.into()),
+        },
+        parameters: [("n".to_string(), "3".to_string())].into(),
+        epoch: Epoch(1),
+        deadline: None,
+        traceparent: None,
+    }
+}
+
+fn setup(dir: &std::path::Path, slots: u32) -> (Arc<Supervisor>, Arc<Outbox>) {
+    let config = AgentConfig {
+        slots,
+        data_dir: dir.to_path_buf(),
+        kill_grace_ms: 300,
+        ..AgentConfig::default()
+    };
+    let outbox = Arc::new(Outbox::open(&dir.join("agent.redb")).unwrap());
+    (Supervisor::new(&config, outbox.clone()), outbox)
+}
+
+/// Waits until the outbox holds `n` events.
+async fn events(outbox: &Outbox, n: usize) -> Vec<AgentEvent> {
+    let mut rx = outbox.subscribe();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let evs = outbox.unacked_from(0);
+            if evs.len() >= n {
+                return evs;
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("events did not arrive")
+}
+
+fn finished(e: &AgentEvent) -> &JobFinished {
+    match &e.body {
+        Some(Body::Finished(f)) => f,
+        other => panic!("expected finished, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn accepted_job_emits_started_then_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, outbox) = setup(dir.path(), 2);
+    let text = package("echo n=$BATON_PARAM_N >> $BATON_OUTPUT");
+    sup.start_job(job(1, &text)).unwrap();
+    let evs = events(&outbox, 2).await;
+    let Some(Body::Started(s)) = &evs[0].body else {
+        panic!("{evs:?}")
+    };
+    assert!(s.pid > 0);
+    let f = finished(&evs[1]);
+    assert_eq!(f.status, JobStatus::Succeeded as i32);
+    assert_eq!(f.outputs.get("n").map(String::as_str), Some("3"));
+    assert_eq!(f.dispatch_id, Some(job(1, &text).dispatch.to_proto()));
+    // The slot is free again and GetJob knows the result.
+    assert!(matches!(
+        sup.job_state(&job(1, &text).dispatch),
+        JobState::Finished { exit_code: 0, .. }
+    ));
+    assert_eq!(sup.load().running, 0);
+}
+
+#[tokio::test]
+async fn same_dispatch_twice_starts_one_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, outbox) = setup(dir.path(), 1);
+    let text = package("sleep 0.3");
+    sup.start_job(job(1, &text)).unwrap();
+    sup.start_job(job(1, &text)).unwrap();
+    assert_eq!(sup.jobs_spawned(), 1);
+    // A different dispatch is refused: the one slot is taken.
+    let r = sup.start_job(job(2, &text)).unwrap_err();
+    assert_eq!(r.code, RejectCode::AtCapacity);
+    assert_eq!(r.reason, "1 of 1 slots busy");
+    let evs = events(&outbox, 2).await;
+    assert_eq!(evs.len(), 2);
+    // Still accepted (not started) after it finished.
+    sup.start_job(job(1, &text)).unwrap();
+    assert_eq!(sup.jobs_spawned(), 1);
+}
+
+#[tokio::test]
+async fn cancel_stops_the_job_and_draining_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, outbox) = setup(dir.path(), 4);
+    let text = package("sleep 30");
+    let key = job(1, &text).dispatch;
+    sup.start_job(job(1, &text)).unwrap();
+    assert_eq!(sup.job_state(&key), JobState::Running);
+    events(&outbox, 1).await; // started
+    assert!(sup.cancel_job(&key));
+    let evs = events(&outbox, 2).await;
+    assert_eq!(finished(&evs[1]).status, JobStatus::Cancelled as i32);
+    assert!(!sup.cancel_job(&key));
+
+    sup.begin_drain();
+    let r = sup.start_job(job(2, &text)).unwrap_err();
+    assert_eq!(r.code, RejectCode::Draining);
+    assert!(sup.load().draining);
+}
+
+#[tokio::test]
+async fn stop_all_jobs_cancels_and_waits_for_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, outbox) = setup(dir.path(), 4);
+    let text = package("sleep 30");
+    for i in 0..3 {
+        sup.start_job(job(i, &text)).unwrap();
+    }
+    events(&outbox, 3).await; // three started
+    sup.begin_drain();
+    assert!(sup.stop_all_jobs(Duration::from_secs(10)).await);
+    let evs = outbox.unacked_from(0);
+    let done: Vec<_> = evs
+        .iter()
+        .filter_map(|e| match &e.body {
+            Some(Body::Finished(f)) => Some(f.status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![JobStatus::Cancelled as i32; 3]);
+}
+
+#[tokio::test]
+async fn stale_epoch_and_bad_package_are_rejected_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, _outbox) = setup(dir.path(), 4);
+    let text = package("true");
+    sup.observe_epoch(Epoch(5));
+    let r = sup.start_job(job(1, &text)).unwrap_err();
+    assert_eq!(r.code, RejectCode::StaleEpoch);
+    let mut j = job(1, &text);
+    j.epoch = Epoch(5);
+    j.parameters.insert("secret".into(), "hunter2".into());
+    j.parameters.insert("nope".into(), "hunter3".into());
+    let r = sup.start_job(j).unwrap_err();
+    assert_eq!(r.code, RejectCode::InvalidRequest);
+    assert!(!r.reason.contains("hunter"), "{}", r.reason);
+    assert_eq!(sup.jobs_spawned(), 0);
+}

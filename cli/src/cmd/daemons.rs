@@ -1,0 +1,173 @@
+//! `baton coordinator` and `baton agent`: the two long-running processes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::CliError;
+
+/// Run a coordinator.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  baton coordinator --listen 127.0.0.1:7400 --data-dir /var/lib/baton"
+)]
+pub struct CoordinatorArgs {
+    /// Address to serve gRPC on (port 0 picks a free port; the chosen one is printed).
+    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7400")]
+    pub listen: String,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "BATON_DATA_DIR", default_value = "baton-data")]
+    pub data_dir: PathBuf,
+    /// An agent silent this long is declared lost and its children re-run.
+    #[arg(long, env = "BATON_LEASE_TTL_MS", default_value_t = 5000)]
+    pub lease_ttl_ms: u64,
+    /// Heartbeat interval asked of agents.
+    #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+}
+
+/// Run an agent on this machine.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Example:\n  baton agent --coordinator http://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl"
+)]
+pub struct AgentArgs {
+    /// Coordinator URL.
+    #[arg(long, env = "BATON_COORDINATOR", default_value = crate::client::DEFAULT_COORDINATOR)]
+    pub coordinator: String,
+    /// Agent name, unique in the fleet (default: the host name).
+    #[arg(long, env = "BATON_AGENT_NAME")]
+    pub name: Option<String>,
+    /// Address to serve AgentService on (port 0 picks a free port).
+    #[arg(long, env = "BATON_AGENT_LISTEN", default_value = "127.0.0.1:7401")]
+    pub listen: String,
+    /// Address the coordinator should dial (default: the bound listen address).
+    #[arg(long, env = "BATON_AGENT_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Child jobs run at once (default: number of CPUs).
+    #[arg(long, env = "BATON_SLOTS")]
+    pub slots: Option<u32>,
+    /// Label for placement, repeatable: --label pool=etl --label zone=a.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// Directory of the outbox and job scratch space (created if missing).
+    #[arg(long, env = "BATON_AGENT_DATA_DIR", default_value = "baton-agent-data")]
+    pub data_dir: PathBuf,
+    /// Grace between SIGTERM and SIGKILL when a job is cancelled or times out.
+    #[arg(long, default_value_t = 5000)]
+    pub kill_grace_ms: u64,
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, CliError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::other("LISTEN_FAILED", format!("cannot listen on {addr}: {e}")))
+}
+
+fn announce(line: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
+    let config = baton_coordinator::CoordinatorConfig {
+        data_dir: args.data_dir,
+        lease_ttl_ms: args.lease_ttl_ms,
+        heartbeat_ms: args.heartbeat_ms,
+    };
+    config
+        .validate()
+        .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
+    let listener = bind(&args.listen).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::other("LISTEN_FAILED", e.to_string()))?;
+    if !addr.ip().is_loopback() {
+        warn!(%addr, "serving without TLS on a non-loopback address: any host that reaches it can control the fleet");
+    }
+    let shutdown = CancellationToken::new();
+    let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
+    announce(format!("baton coordinator listening on {addr}"));
+    let mut task = running.task;
+    tokio::select! {
+        _ = super::shutdown_signal() => {
+            info!("shutting down");
+            shutdown.cancel();
+            (&mut task).await.map_err(|e| CliError::other("INTERNAL", e.to_string()))??;
+        }
+        r = &mut task => {
+            r.map_err(|e| CliError::other("INTERNAL", e.to_string()))??;
+        }
+    }
+    Ok(())
+}
+
+pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    let mut out = BTreeMap::new();
+    for l in labels {
+        let (k, v) = l.split_once('=').ok_or_else(|| {
+            CliError::invalid("USAGE", format!("label '{l}' must be written key=value"))
+        })?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "agent".to_string())
+}
+
+pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
+    let listener = bind(&args.listen).await?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| CliError::other("LISTEN_FAILED", e.to_string()))?;
+    let advertise = match args.advertise {
+        Some(a) => a,
+        None if bound.ip().is_unspecified() => {
+            return Err(CliError::invalid(
+                "USAGE",
+                format!(
+                    "--listen {bound} is a wildcard address; say with --advertise which address the coordinator should dial"
+                ),
+            ));
+        }
+        None => bound.to_string(),
+    };
+    let name = args.name.unwrap_or_else(hostname);
+    let mut config = baton_agent::AgentConfig {
+        name: name.clone(),
+        coordinator_url: args.coordinator,
+        advertise_addr: advertise,
+        labels: parse_labels(&args.labels)?,
+        data_dir: args.data_dir,
+        kill_grace_ms: args.kill_grace_ms,
+        ..Default::default()
+    };
+    if let Some(s) = args.slots {
+        config.slots = s;
+    }
+    config
+        .validate()
+        .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        super::shutdown_signal().await;
+        info!("shutting down");
+        stop.cancel();
+    });
+    announce(format!("baton agent {name} listening on {bound}"));
+    baton_agent::run(config, listener, shutdown)
+        .await
+        .map_err(|e| CliError::other(e.code(), e.to_string()))
+}

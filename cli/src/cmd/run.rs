@@ -1,0 +1,119 @@
+//! `baton run`: start an execution, and optionally wait for it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use baton_proto as pb;
+use pb::control_service_client::ControlServiceClient;
+use tonic::transport::Channel;
+
+use crate::bundle;
+use crate::client::CoordinatorOpt;
+use crate::error::{CliError, EXIT_FAILED};
+use crate::output::{Format, Progress, summary_human, summary_json};
+
+/// Start an execution of a parent package.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  baton run examples/fanout/parent.toml -p children=500 --wait\n  baton run nightly.toml -p date=2026-11-21 --follow --output json"
+)]
+pub struct RunArgs {
+    /// The parent package file; child packages are read relative to it.
+    pub file: PathBuf,
+    /// Parameter override, repeatable: -p name=value.
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// Wait for the end; the exit code is the execution's result (0 succeeded, 1 not).
+    #[arg(long)]
+    pub wait: bool,
+    /// Like --wait, and print progress lines even when not on a terminal.
+    #[arg(long)]
+    pub follow: bool,
+    #[arg(long, value_enum, default_value = "human")]
+    pub output: Format,
+    #[command(flatten)]
+    pub coordinator: CoordinatorOpt,
+}
+
+pub async fn run(args: RunArgs) -> Result<u8, CliError> {
+    let bundle = bundle::load(&args.file)?;
+    let params = bundle::params(&args.params)?;
+    let mut client = args.coordinator.connect().await?;
+    let started = Instant::now();
+    let id = client
+        .start_execution(pb::StartExecutionRequest {
+            bundle: Some(pb::PackageBundle {
+                root: bundle.root,
+                files: bundle.files.into_iter().collect(),
+            }),
+            parameters: params.into_iter().collect(),
+        })
+        .await
+        .map_err(|s| args.coordinator.status(s))?
+        .into_inner()
+        .execution_id;
+    if !(args.wait || args.follow) {
+        match args.output {
+            Format::Json => println!("{}", serde_json::json!({ "execution_id": id })),
+            Format::Human => {
+                println!("{id}");
+                eprintln!("started; follow it with `baton exec show {id}`");
+            }
+        }
+        return Ok(0);
+    }
+    let summary = wait(&mut client, &args.coordinator, &id, args.follow).await?;
+    let wall = started.elapsed().as_secs_f64();
+    match args.output {
+        Format::Json => println!("{}", summary_json(&summary, Some(wall))),
+        Format::Human => println!("{}", summary_human(&summary, Some(wall))),
+    }
+    Ok(if summary.state == "succeeded" {
+        0
+    } else {
+        EXIT_FAILED
+    })
+}
+
+/// Follows an execution's summaries until it ends; returns the last one.
+pub async fn wait(
+    client: &mut ControlServiceClient<Channel>,
+    coordinator: &CoordinatorOpt,
+    id: &str,
+    plain_lines: bool,
+) -> Result<pb::ExecutionSummary, CliError> {
+    let lost = |detail: String| {
+        CliError::unavailable(
+            &coordinator.url,
+            format!("{detail}; execution {id} goes on — check it with `baton exec show {id}`"),
+        )
+    };
+    let mut stream = client
+        .watch_execution(pb::WatchExecutionRequest {
+            execution_id: id.to_string(),
+        })
+        .await
+        .map_err(|s| coordinator.status(s))?
+        .into_inner();
+    let mut progress = Progress::new(plain_lines);
+    let mut last = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(s)) => {
+                progress.update(&s);
+                last = Some(s);
+            }
+            Ok(None) => break,
+            Err(s) => {
+                progress.finish();
+                return Err(lost(s.message().to_string()));
+            }
+        }
+    }
+    progress.finish();
+    let last = last.ok_or_else(|| lost("the watch ended without a summary".into()))?;
+    if last.state == "running" {
+        return Err(lost("the watch ended early".into()));
+    }
+    Ok(last)
+}

@@ -1,0 +1,94 @@
+//! `baton`: the command line of Baton — daemons (`coordinator`, `agent`),
+//! client commands (`run`, `exec`, `agents`, `validate`) and `demo`.
+//!
+//! Errors print as `error[CODE]: message` on stderr; exit codes are listed in
+//! [`error`] and in `docs/errors.md`.
+
+mod bundle;
+mod client;
+mod cmd;
+mod error;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::error::CliError;
+
+/// Baton runs parent packages on a coordinator and spreads their child
+/// packages over agents on other machines.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, propagate_version = true)]
+#[command(
+    after_help = "Start here:\n  baton demo                      run the example fan-out on local agents\n  baton coordinator               serve a coordinator\n  baton agent --coordinator URL   join a machine to the fleet\n  baton run FILE --wait           run a parent package\n\nLogs go to stderr; set BATON_LOG (e.g. debug, or baton_coordinator=debug)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the example fan-out on an embedded coordinator and local agents.
+    Demo(cmd::demo::DemoArgs),
+    /// Run a coordinator (catalog, executions, placement, dispatch).
+    Coordinator(cmd::daemons::CoordinatorArgs),
+    /// Run an agent that executes child jobs on this machine.
+    Agent(cmd::daemons::AgentArgs),
+    /// Start an execution of a parent package file.
+    Run(cmd::run::RunArgs),
+    /// Inspect executions.
+    #[command(subcommand)]
+    Exec(cmd::exec::ExecCmd),
+    /// Inspect the fleet.
+    #[command(subcommand)]
+    Agents(cmd::agents::AgentsCmd),
+    /// Check package files without running them.
+    Validate(cmd::validate::ValidateArgs),
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
+    match cmd {
+        Cmd::Demo(a) => cmd::demo::run(a).await,
+        Cmd::Coordinator(a) => cmd::daemons::coordinator(a).await.map(|()| 0),
+        Cmd::Agent(a) => cmd::daemons::agent(a).await.map(|()| 0),
+        Cmd::Run(a) => cmd::run::run(a).await,
+        Cmd::Exec(c) => cmd::exec::run(c).await,
+        Cmd::Agents(c) => cmd::agents::run(c).await,
+        Cmd::Validate(a) => cmd::validate::run(a),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.cmd, Cmd::Coordinator(_) | Cmd::Agent(_));
+    init_tracing(if daemon { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error[RUNTIME]: cannot start the async runtime: {e}");
+            return ExitCode::from(error::EXIT_OTHER);
+        }
+    };
+    match runtime.block_on(dispatch(cli.cmd)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error[{}]: {}", e.code, e.message);
+            ExitCode::from(e.exit)
+        }
+    }
+}

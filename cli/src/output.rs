@@ -1,0 +1,137 @@
+//! How results are shown: human text by default, one JSON object with
+//! `--output json`, and a progress line while waiting on a terminal.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use baton_proto as pb;
+use serde_json::{Value, json};
+
+/// `--output` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// The summary object of an execution (the contract of `run --wait` and `demo`).
+pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
+    let per_agent: serde_json::Map<String, Value> = s
+        .per_agent
+        .iter()
+        .map(|a| {
+            (
+                a.agent.clone(),
+                json!({"succeeded": a.succeeded, "failed": a.failed}),
+            )
+        })
+        .collect();
+    let mut v = json!({
+        "execution_id": s.execution_id,
+        "package": s.package,
+        "status": s.state,
+        "children": {
+            "total": s.total,
+            "succeeded": s.succeeded,
+            "failed": s.failed,
+            "pending": s.pending,
+            "running": s.running,
+        },
+        "per_agent": per_agent,
+        "lost_attempts": s.lost_attempts,
+        "stale_events": s.stale_events,
+        "reason": s.reason,
+    });
+    if let Some(w) = wall_s {
+        v["wall_s"] = json!((w * 1000.0).round() / 1000.0);
+        let done = (s.succeeded + s.failed) as f64;
+        v["children_per_s"] = json!(if w > 0.0 {
+            (done / w * 10.0).round() / 10.0
+        } else {
+            0.0
+        });
+    }
+    v
+}
+
+/// A human summary of an execution.
+pub fn summary_human(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> String {
+    let mut out = format!(
+        "execution {}  package {}  status {}\nchildren: {} total, {} succeeded, {} failed, {} running, {} pending",
+        s.execution_id, s.package, s.state, s.total, s.succeeded, s.failed, s.running, s.pending
+    );
+    if s.lost_attempts > 0 || s.stale_events > 0 {
+        out += &format!(
+            "\nre-runs after agent loss: {}, stale reports ignored: {}",
+            s.lost_attempts, s.stale_events
+        );
+    }
+    if let Some(w) = wall_s {
+        let done = (s.succeeded + s.failed) as f64;
+        out += &format!(
+            "\nwall time {w:.2} s, {:.1} children/s",
+            if w > 0.0 { done / w } else { 0.0 }
+        );
+    }
+    if !s.per_agent.is_empty() {
+        out += &format!("\n{:<24} {:>10} {:>8}", "AGENT", "SUCCEEDED", "FAILED");
+        for a in &s.per_agent {
+            out += &format!("\n{:<24} {:>10} {:>8}", a.agent, a.succeeded, a.failed);
+        }
+    }
+    if !s.reason.is_empty() {
+        out += &format!("\nreason: {}", s.reason);
+    }
+    out
+}
+
+/// Shows progress while waiting: a bar on a terminal, nothing otherwise
+/// (unless `plain_lines`, used by `--follow`).
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    plain_lines: bool,
+    last_line: String,
+}
+
+impl Progress {
+    pub fn new(plain_lines: bool) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Progress {
+            bar,
+            plain_lines,
+            last_line: String::new(),
+        }
+    }
+
+    pub fn update(&mut self, s: &pb::ExecutionSummary) {
+        let msg = format!(
+            "{} ok, {} failed, {} running, {} waiting",
+            s.succeeded, s.failed, s.running, s.pending
+        );
+        if let Some(bar) = &self.bar {
+            bar.set_length(s.total);
+            bar.set_position(s.succeeded + s.failed);
+            bar.set_message(msg);
+        } else if self.plain_lines && msg != self.last_line {
+            eprintln!("{}/{} done: {msg}", s.succeeded + s.failed, s.total);
+            self.last_line = msg;
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
