@@ -340,7 +340,7 @@ fn perform(io: &mut Io, effect: Effect) {
             };
             let tx = io.tx.clone();
             tokio::spawn(async move {
-                let outcome = start_job(client, request).await;
+                let outcome = start_job(client, *request).await;
                 let _ = tx
                     .send(Msg::Dispatched {
                         child,

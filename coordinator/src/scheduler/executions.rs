@@ -359,82 +359,14 @@ impl Scheduler {
         }
     }
 
-    fn dispatch_to(&mut self, cref: ChildRef, agent: String) {
-        let epoch = self.epoch;
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
-            return;
-        };
-        let planned = &e.plan.tasks[cref.task as usize];
-        let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
-        let params = match child_params(&planned.foreach, &e.plan.params, &c.rec.item) {
-            Ok(p) => p,
-            Err(err) => {
-                c.rec.reason = format!("cannot bind child parameters: {err}");
-                self.set_phase(cref, Phase::Failed);
-                self.advance(cref.exec);
-                return;
-            }
-        };
-        if c.rec.attempt_agents.len() < c.rec.attempt as usize {
-            c.rec.attempt_agents.push(agent.clone());
-        } else if let Some(last) = c.rec.attempt_agents.last_mut() {
-            *last = agent.clone();
-        }
-        c.rec.agent = Some(agent.clone());
-        c.waiting_reason.clear();
-        let request = pb::StartJobRequest {
-            dispatch_id: Some(pb::DispatchId {
-                execution_id: e.rec.id.clone(),
-                task_path: c.rec.task.clone(),
-                item_index: c.rec.index,
-                attempt: c.rec.attempt,
-            }),
-            package: Some(pb::PackageRef {
-                name: planned.child.name.clone(),
-                content_hash: planned.child.hash.clone(),
-                content: planned.child.content.to_vec(),
-            }),
-            parameters: params.into_iter().collect(),
-            coordinator_epoch: epoch,
-            deadline_ms: planned.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
-            traceparent: String::new(),
-        };
-        let attempt = c.rec.attempt;
-        self.set_phase(cref, Phase::Dispatching);
-        let address = self
-            .agents
-            .get(&agent)
-            .map(|a| a.rec.address.clone())
-            .unwrap_or_default();
-        self.stats.dispatches += 1;
-        self.effects.push(Effect::Dispatch {
-            agent,
-            address,
-            child: cref,
-            attempt,
-            request,
-        });
-    }
-
-    /// Sends a dispatch again after an unknown outcome (same dispatch id).
-    pub(crate) fn resend_dispatch(&mut self, cref: ChildRef, now: Instant) {
-        let Some((agent, address)) = self.dispatch_target(cref) else {
-            return;
-        };
-        if !self.agents.get(&agent).is_some_and(|a| a.seen) {
-            // Not heard from since our restart: wait for it (or for its lease to expire).
-            self.resend.push((now + self.config.dispatch_retry, cref));
-            return;
-        }
-        let Some(e) = self.execs.get(&cref.exec) else {
-            return;
-        };
+    /// The StartJob request of a child's current attempt (same dispatch id on every resend).
+    fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
+        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
         let planned = &e.plan.tasks[cref.task as usize];
         let c = &e.tasks[cref.task as usize].children[cref.child as usize];
-        let Ok(params) = child_params(&planned.foreach, &e.plan.params, &c.rec.item) else {
-            return;
-        };
-        let request = pb::StartJobRequest {
+        let params = child_params(&planned.foreach, &e.plan.params, &c.rec.item)
+            .map_err(|err| format!("cannot bind child parameters: {err}"))?;
+        Ok(pb::StartJobRequest {
             dispatch_id: Some(pb::DispatchId {
                 execution_id: e.rec.id.clone(),
                 task_path: c.rec.task.clone(),
@@ -450,14 +382,68 @@ impl Scheduler {
             coordinator_epoch: self.epoch,
             deadline_ms: planned.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
             traceparent: String::new(),
+        })
+    }
+
+    fn dispatch_to(&mut self, cref: ChildRef, agent: String) {
+        let request = match self.start_request(cref) {
+            Ok(r) => r,
+            Err(reason) => {
+                if let Some(c) = self.child_mut(cref) {
+                    c.rec.reason = reason;
+                }
+                self.set_phase(cref, Phase::Failed);
+                self.advance(cref.exec);
+                return;
+            }
         };
+        let Some(c) = self.child_mut(cref) else {
+            return;
+        };
+        if c.rec.attempt_agents.len() < c.rec.attempt as usize {
+            c.rec.attempt_agents.push(agent.clone());
+        } else if let Some(last) = c.rec.attempt_agents.last_mut() {
+            *last = agent.clone();
+        }
+        c.rec.agent = Some(agent.clone());
+        c.waiting_reason.clear();
         let attempt = c.rec.attempt;
+        self.set_phase(cref, Phase::Dispatching);
+        let address = self
+            .agents
+            .get(&agent)
+            .map(|a| a.rec.address.clone())
+            .unwrap_or_default();
+        self.stats.dispatches += 1;
         self.effects.push(Effect::Dispatch {
             agent,
             address,
             child: cref,
             attempt,
-            request,
+            request: Box::new(request),
+        });
+    }
+
+    /// Sends a dispatch again after an unknown outcome (same dispatch id).
+    pub(crate) fn resend_dispatch(&mut self, cref: ChildRef, now: Instant) {
+        let Some((agent, address)) = self.dispatch_target(cref) else {
+            return;
+        };
+        if !self.agents.get(&agent).is_some_and(|a| a.seen) {
+            // Not heard from since our restart: wait for it (or for its lease to expire).
+            self.resend.push((now + self.config.dispatch_retry, cref));
+            return;
+        }
+        let Ok(request) = self.start_request(cref) else {
+            return;
+        };
+        let attempt = request.dispatch_id.as_ref().map_or(0, |d| d.attempt);
+        self.effects.push(Effect::Dispatch {
+            agent,
+            address,
+            child: cref,
+            attempt,
+            request: Box::new(request),
         });
     }
 

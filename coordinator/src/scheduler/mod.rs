@@ -72,7 +72,7 @@ pub enum Effect {
         address: String,
         child: ChildRef,
         attempt: u32,
-        request: pb::StartJobRequest,
+        request: Box<pb::StartJobRequest>,
     },
     /// Acknowledge an agent's events up to `seq` (cumulative).
     Ack { agent: String, seq: u64 },

@@ -71,7 +71,7 @@ fn settle(s: &mut Scheduler, now: Instant) -> Vec<(String, ChildRef, u32, pb::Di
                 attempt,
                 request,
                 ..
-            } => Some((agent, child, attempt, request.dispatch_id.unwrap())),
+            } => Some((agent, child, attempt, request.dispatch_id.clone().unwrap())),
             _ => None,
         })
         .collect()
