@@ -123,6 +123,7 @@ impl Reporter {
         info!(agent_id = %reg.agent_id, epoch = reg.coordinator_epoch, "registered with coordinator");
         *link = Link::Up;
         backoff.reset();
+        backoff.fit_lease(Duration::from_millis(reg.lease_ttl_ms));
 
         let (tx, rx) = mpsc::channel(STREAM_CAPACITY);
         let hello = event(Body::Hello(Hello {
@@ -236,20 +237,31 @@ fn load1() -> f64 {
 /// 250 ms doubling to 5 s; each delay is jittered to 50–100 % of its nominal value.
 struct Backoff {
     next: Duration,
+    /// Ceiling: BACKOFF_MAX, lowered to a third of the coordinator's lease once
+    /// known, so that after a coordinator restart the agent reconnects within
+    /// the grace period and keeps its jobs.
+    max: Duration,
 }
 
 impl Backoff {
     fn new() -> Backoff {
-        Backoff { next: BACKOFF_MIN }
+        Backoff {
+            next: BACKOFF_MIN,
+            max: BACKOFF_MAX,
+        }
     }
 
     fn reset(&mut self) {
         self.next = BACKOFF_MIN;
     }
 
+    fn fit_lease(&mut self, lease_ttl: Duration) {
+        self.max = (lease_ttl / 3).clamp(BACKOFF_MIN, BACKOFF_MAX);
+    }
+
     fn next_delay(&mut self) -> Duration {
-        let nominal = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let nominal = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
         let r = RandomState::new().hash_one(now_unix_ms()) % 1_000;
         nominal / 2 + nominal * (r as u32) / 2_000
     }
@@ -258,6 +270,14 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backoff_fits_within_the_lease() {
+        let mut b = Backoff::new();
+        b.fit_lease(Duration::from_millis(2_000));
+        let worst = (0..12).map(|_| b.next_delay()).max().unwrap();
+        assert!(worst <= Duration::from_millis(667), "{worst:?}");
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {
