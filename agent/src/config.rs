@@ -43,6 +43,8 @@ pub struct AgentConfig {
     pub default_task_timeout_s: u64,
     /// Bytes of stdout / stderr kept in the finished event.
     pub output_tail_bytes: usize,
+    /// Mutual TLS material (the default); `None` means plaintext (`--insecure`).
+    pub tls: Option<crate::transport::TlsPem>,
 }
 
 impl Default for AgentConfig {
@@ -59,6 +61,7 @@ impl Default for AgentConfig {
             kill_grace_ms: DEFAULT_KILL_GRACE_MS,
             default_task_timeout_s: DEFAULT_TASK_TIMEOUT_S,
             output_tail_bytes: DEFAULT_OUTPUT_TAIL_BYTES,
+            tls: None,
         }
     }
 }

@@ -79,9 +79,12 @@ pub async fn run(
     let server = {
         let service = service::AgentGrpc::new(supervisor.clone());
         let stop = server_stop.clone();
-        tokio::spawn(transport::serve(service, listener, async move {
-            stop.cancelled().await
-        }))
+        tokio::spawn(transport::serve(
+            service,
+            listener,
+            config.tls.clone(),
+            async move { stop.cancelled().await },
+        ))
     };
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(
@@ -93,6 +96,7 @@ pub async fn run(
                 labels: config.labels.clone(),
                 slots: config.slots,
                 boot_id,
+                tls: config.tls.clone(),
             },
             outbox.clone(),
             supervisor.clone(),

@@ -3,7 +3,8 @@
 //! Tasks are taken in `task_order()`. Every argv element and env value is interpolated
 //! here; a task that cannot run on an agent yet (`foreach`) or whose interpolation
 //! fails becomes a [`Step::Fail`], so the job fails when it reaches that task (earlier
-//! tasks still run, as they would have with a real engine).
+//! tasks still run, as they would have with a real engine). A `noop` task becomes a
+//! [`Step::Noop`], which succeeds without a process.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +32,9 @@ pub fn build(
                 .timeout_s
                 .map_or(default_task_timeout, Duration::from_secs);
             match &task.kind {
+                TaskKind::Noop => Step::Noop {
+                    task: task.name.clone(),
+                },
                 TaskKind::Foreach(_) => Step::Fail {
                     task: task.name.clone(),
                     reason: FOREACH_UNSUPPORTED.to_string(),
@@ -116,6 +120,9 @@ exec = ["true"]
 foreach = { items = ["x"] }
 child = "other.toml"
 after = ["b"]
+[tasks.d]
+noop = true
+after = ["c"]
 "#;
 
     #[test]
@@ -148,9 +155,10 @@ after = ["b"]
             .map(|s| match s {
                 Step::Exec(e) => e.task.clone(),
                 Step::Fail { task, .. } => format!("fail:{task}"),
+                Step::Noop { task } => format!("noop:{task}"),
             })
             .collect();
-        assert_eq!(names, ["a", "b", "fail:c"]);
+        assert_eq!(names, ["a", "b", "fail:c", "noop:d"]);
         let Step::Exec(b) = &plan.steps[1] else {
             panic!()
         };

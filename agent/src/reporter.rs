@@ -49,6 +49,8 @@ pub struct Identity {
     pub slots: u32,
     /// Random per process start.
     pub boot_id: String,
+    /// Mutual TLS material; `None` only with `--insecure`.
+    pub tls: Option<crate::transport::TlsPem>,
 }
 
 pub struct Reporter {
@@ -104,7 +106,8 @@ impl Reporter {
         link: &mut Link,
     ) -> Result<(), AgentError> {
         let id = &self.identity;
-        let mut client = transport::connect_coordinator(&id.coordinator_url).await?;
+        let mut client =
+            transport::connect_coordinator(&id.coordinator_url, id.tls.as_ref()).await?;
         let reg = client
             .register(RegisterRequest {
                 name: id.name.clone(),

@@ -46,6 +46,8 @@ pub enum Step {
     /// The step cannot run (unsupported task kind, interpolation error): the job fails
     /// with this reason when it gets here.
     Fail { task: String, reason: String },
+    /// A `noop` task: succeeds at once, no process.
+    Noop { task: String },
 }
 
 /// A process to run, fully interpolated.
@@ -93,7 +95,8 @@ pub struct RunnerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobReport {
     pub status: FinishStatus,
-    /// Exit code of the last process, -1 if none (not started, killed by a signal).
+    /// Exit code of the last process, -1 if none (not started, killed by a signal);
+    /// 0 for a job made only of `noop` steps.
     pub exit_code: i32,
     pub outputs: BTreeMap<String, String>,
     pub row_count: u64,
@@ -182,6 +185,16 @@ pub async fn run_job(
         stderr_tail: String::new(),
         duration_ms: 0,
     };
+    if plan.steps.iter().all(|s| matches!(s, Step::Noop { .. })) {
+        // Nothing will run, so nothing can write logs, outputs or rows: skip the
+        // scratch directory (this is what makes `noop` measure the orchestration alone).
+        match stop_before_step(cancel, deadline_at) {
+            Some(reason) => (report.status, report.reason) = reason,
+            None => report.exit_code = 0,
+        }
+        report.duration_ms = begin.elapsed().as_millis() as u64;
+        return report;
+    }
     if let Err(e) = prepare_dir(&dir).await {
         report.status = FinishStatus::Failed;
         report.reason = format!("cannot prepare scratch directory {}: {e}", dir.display());
@@ -205,6 +218,7 @@ pub async fn run_job(
                 report.reason = format!("task {task}: {reason}");
                 break;
             }
+            Step::Noop { .. } => continue,
         };
         let ctx = StepContext {
             dir: &dir,

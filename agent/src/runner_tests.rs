@@ -243,3 +243,43 @@ fn outputs_parsing() {
     assert_eq!(o.get("c").map(String::as_str), Some(""));
     assert_eq!(bad, 2);
 }
+
+#[tokio::test]
+async fn noop_job_succeeds_at_once_without_a_process_or_scratch_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let p = plan("noop", vec![Step::Noop { task: "a".into() }]);
+    let (r, pid) = run(&p, &s, &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+    assert_eq!(r.exit_code, 0);
+    assert!(pid.is_none(), "a noop job starts no process");
+    assert!(r.outputs.is_empty());
+    assert!(!scratch_dir(&s.scratch_root, &p.dispatch).exists());
+}
+
+#[tokio::test]
+async fn noop_steps_between_processes_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(
+        "mixed",
+        vec![
+            Step::Noop { task: "a".into() },
+            sh("b", "echo b=1 >> \"$BATON_OUTPUT\"", LONG),
+            Step::Noop { task: "c".into() },
+        ],
+    );
+    let (r, pid) = run(&p, &settings(dir.path()), &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+    assert!(pid.is_some());
+    assert_eq!(r.outputs.get("b").map(String::as_str), Some("1"));
+}
+
+#[tokio::test]
+async fn cancelled_noop_job_is_cancelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = JobCancel::new();
+    cancel.cancel(KillReason::Cancelled);
+    let p = plan("noop-cancelled", vec![Step::Noop { task: "a".into() }]);
+    let (r, _) = run(&p, &settings(dir.path()), &cancel).await;
+    assert_eq!(r.status, FinishStatus::Cancelled, "{r:?}");
+}

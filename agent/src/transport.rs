@@ -1,7 +1,10 @@
 //! All transport setup of the agent: its gRPC server and its channel to the coordinator.
 //!
-//! Kept in one module because TLS (rustls, mTLS) is added here next; nothing else in
-//! the crate builds a server or an endpoint.
+//! Secure by default: with [`TlsPem`] the agent serves `AgentService` under mutual
+//! TLS — it presents `NAME.agent.baton` and accepts only clients holding a
+//! certificate of the same CA — and verifies that the coordinator it dials is
+//! `coordinator.baton`. Without it (the CLI's `--insecure`, loopback only) both
+//! sides are plaintext. Nothing else in the crate builds a server or an endpoint.
 
 use std::future::Future;
 use std::time::Duration;
@@ -10,7 +13,9 @@ use baton_proto::agent_service_server::AgentServiceServer;
 use baton_proto::coordinator_service_client::CoordinatorServiceClient;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
+};
 
 use crate::error::AgentError;
 use crate::service::AgentGrpc;
@@ -23,13 +28,57 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on concurrent RPCs per connection from the coordinator.
 const SERVER_CONCURRENCY_PER_CONN: usize = 256;
 
+/// The coordinator's identity name in its certificate.
+pub const COORDINATOR_NAME: &str = "coordinator.baton";
+
+/// PEM material: the trust root and this agent's certificate and key.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for TlsPem {
+    /// Never prints key material.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsPem { .. }")
+    }
+}
+
+impl TlsPem {
+    /// Reads `ca.pem`, `tls.pem` and `tls.key` from `dir`.
+    pub fn load(dir: &std::path::Path) -> Result<TlsPem, AgentError> {
+        let read = |f: &str| {
+            let path = dir.join(f);
+            std::fs::read_to_string(&path)
+                .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))
+        };
+        Ok(TlsPem {
+            ca: read("ca.pem")?,
+            cert: read("tls.pem")?,
+            key: read("tls.key")?,
+        })
+    }
+}
+
 /// Serves `AgentService` on `listener` until `shutdown` resolves.
 pub async fn serve(
     service: AgentGrpc,
     listener: TcpListener,
+    tls: Option<TlsPem>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(t) = &tls {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&t.cert, &t.key))
+            .client_ca_root(Certificate::from_pem(&t.ca));
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| AgentError::Transport(format!("TLS setup: {e}")))?;
+    }
+    builder
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(SERVER_CONCURRENCY_PER_CONN)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -40,17 +89,27 @@ pub async fn serve(
         .map_err(|e| AgentError::Transport(e.to_string()))
 }
 
-/// Connects to the coordinator at `url` (`http://host:port`).
+/// Connects to the coordinator at `url` (`https://host:port`, or `http://` without TLS).
 pub async fn connect_coordinator(
     url: &str,
+    tls: Option<&TlsPem>,
 ) -> Result<CoordinatorServiceClient<Channel>, AgentError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url {url:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
+    if let Some(t) = tls {
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&t.ca))
+            .identity(Identity::from_pem(&t.cert, &t.key))
+            .domain_name(COORDINATOR_NAME);
+        endpoint = endpoint
+            .tls_config(config)
+            .map_err(|e| AgentError::Transport(format!("TLS setup: {e}")))?;
+    }
     let channel = endpoint
         .connect()
         .await

@@ -1,31 +1,76 @@
 //! Connecting to a coordinator's `ControlService`.
+//!
+//! `https://` URLs (the default) use mutual TLS: the client verifies that it
+//! reached `coordinator.baton` and presents the identity in `--tls-dir`
+//! (`ca.pem`, `tls.pem`, `tls.key`). `http://` is plaintext, for a coordinator
+//! started with `--insecure` on loopback.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_proto::control_service_client::ControlServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::CliError;
 
 /// Default address when neither `--coordinator` nor `BATON_COORDINATOR` is set.
-pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7400";
+pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7400";
+/// Default client identity: the admin identity a coordinator creates in its default data dir.
+pub const DEFAULT_CLIENT_TLS_DIR: &str = "baton-data/tls/admin";
 
-/// Shared `--coordinator` option.
+/// Shared `--coordinator` / `--tls-dir` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorOpt {
-    /// Coordinator URL (for example http://10.0.0.5:7400).
+    /// Coordinator URL (https:// for TLS, http:// for an --insecure coordinator).
     #[arg(long = "coordinator", env = "BATON_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub url: String,
+    /// Directory with this client's identity: ca.pem, tls.pem, tls.key.
+    #[arg(long = "tls-dir", env = "BATON_TLS_DIR", default_value = DEFAULT_CLIENT_TLS_DIR)]
+    pub tls_dir: PathBuf,
+}
+
+fn read(dir: &std::path::Path, file: &str) -> Result<String, CliError> {
+    let path = dir.join(file);
+    std::fs::read_to_string(&path).map_err(|e| {
+        CliError::invalid(
+            "TLS_IDENTITY_MISSING",
+            format!(
+                "cannot read {}: {e}\n  hint: point --tls-dir / BATON_TLS_DIR at a client identity \
+                 (a coordinator creates `admin/` in its TLS dir; `baton certs issue --client NAME` makes more)",
+                path.display()
+            ),
+        )
+    })
 }
 
 impl CoordinatorOpt {
     pub async fn connect(&self) -> Result<ControlServiceClient<Channel>, CliError> {
-        let endpoint = Endpoint::from_shared(self.url.clone())
+        let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| {
                 CliError::invalid("USAGE", format!("bad coordinator URL '{}': {e}", self.url))
             })?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
+        if self.url.starts_with("https://") {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(&self.tls_dir, "ca.pem")?))
+                .identity(Identity::from_pem(
+                    read(&self.tls_dir, "tls.pem")?,
+                    read(&self.tls_dir, "tls.key")?,
+                ))
+                .domain_name(baton_coordinator::pki::COORDINATOR_NAME);
+            endpoint = endpoint.tls_config(tls).map_err(|e| {
+                CliError::invalid("TLS_IDENTITY_INVALID", format!("TLS setup: {e}"))
+            })?;
+        } else if !self.url.starts_with("http://") {
+            return Err(CliError::invalid(
+                "USAGE",
+                format!(
+                    "coordinator URL '{}' must start with https:// or http://",
+                    self.url
+                ),
+            ));
+        }
         let channel = endpoint
             .connect()
             .await

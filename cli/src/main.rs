@@ -8,6 +8,7 @@ mod bundle;
 mod client;
 mod cmd;
 mod error;
+mod local_cluster;
 mod output;
 
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Cmd {
     Agents(cmd::agents::AgentsCmd),
     /// Check package files without running them.
     Validate(cmd::validate::ValidateArgs),
+    /// Manage the private CA and certificates.
+    #[command(subcommand)]
+    Certs(cmd::certs::CertsCmd),
 }
 
 fn init_tracing(default: &str) {
@@ -67,10 +71,13 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Exec(c) => cmd::exec::run(c).await,
         Cmd::Agents(c) => cmd::agents::run(c).await,
         Cmd::Validate(a) => cmd::validate::run(a),
+        Cmd::Certs(c) => cmd::certs::run(c),
     }
 }
 
 fn main() -> ExitCode {
+    // One crypto provider (ring) for every TLS connection of the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let daemon = matches!(cli.cmd, Cmd::Coordinator(_) | Cmd::Agent(_));
     init_tracing(if daemon { "info" } else { "warn" });

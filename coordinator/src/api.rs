@@ -7,6 +7,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+// The metrics module is declared here rather than in lib.rs only while lib.rs is
+// being changed for TLS; it moves to `pub mod metrics;` in lib.rs afterwards.
+#[path = "metrics.rs"]
+pub mod metrics;
+
 use crate::error::CoordinatorError;
 use crate::prepare::plan_bundle;
 use crate::records::{
@@ -15,6 +20,7 @@ use crate::records::{
 use crate::scheduler::{ExecutionView, Summary, view_from_records};
 use crate::scheduler_task::{AgentListing, SchedulerHandle};
 use crate::store::Store;
+pub use metrics::{Histogram, Latency, MetricsSnapshot};
 
 /// Limits on what a client may send (a limit on everything).
 pub const MAX_BUNDLE_FILES: usize = 256;
@@ -118,6 +124,11 @@ impl Coordinator {
 
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
         self.handle.agents().await
+    }
+
+    /// Latency histograms and scheduler counters since this coordinator started.
+    pub async fn metrics(&self) -> Result<MetricsSnapshot, CoordinatorError> {
+        self.handle.metrics().await
     }
 
     async fn stored(&self, id: &str) -> Result<ExecutionRecord, CoordinatorError> {

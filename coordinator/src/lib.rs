@@ -11,6 +11,7 @@
 pub mod api;
 pub mod error;
 pub mod grpc;
+pub mod pki;
 pub mod placement;
 pub mod prepare;
 pub mod records;
@@ -44,6 +45,8 @@ pub struct CoordinatorConfig {
     pub lease_ttl_ms: u64,
     /// How often agents send a heartbeat.
     pub heartbeat_ms: u64,
+    /// TLS (the default) or plaintext.
+    pub security: transport::Security,
 }
 
 impl Default for CoordinatorConfig {
@@ -52,6 +55,7 @@ impl Default for CoordinatorConfig {
             data_dir: PathBuf::from("baton-data"),
             lease_ttl_ms: 5_000,
             heartbeat_ms: 1_000,
+            security: transport::Security::Insecure,
         }
     }
 }
@@ -82,6 +86,37 @@ impl CoordinatorConfig {
     }
 }
 
+/// Makes sure `tls_dir` holds a CA, the coordinator's certificate and an
+/// `admin/` client identity, creating what is missing (zero-configuration TLS).
+/// Returns the coordinator's material and whether anything was created.
+pub fn bootstrap_tls(tls_dir: &std::path::Path) -> Result<(pki::TlsMaterial, bool), pki::PkiError> {
+    let mut created = false;
+    if !pki::has_ca(tls_dir) {
+        pki::init_ca(tls_dir)?;
+        created = true;
+    }
+    if !tls_dir.join("tls.pem").exists() {
+        pki::issue(
+            tls_dir,
+            &pki::Identity::Coordinator,
+            tls_dir,
+            pki::DEFAULT_TTL_DAYS,
+        )?;
+        created = true;
+    }
+    let admin = tls_dir.join("admin");
+    if !admin.join("tls.pem").exists() {
+        pki::issue(
+            tls_dir,
+            &pki::Identity::Client("admin".into()),
+            &admin,
+            pki::DEFAULT_TTL_DAYS,
+        )?;
+        created = true;
+    }
+    Ok((pki::load(tls_dir)?, created))
+}
+
 /// A started coordinator: its API handle and the task that serves it.
 pub struct Running {
     pub coordinator: Coordinator,
@@ -104,7 +139,10 @@ pub async fn start(
             .map_err(|e| CoordinatorError::Store(e.to_string()))??,
     );
     let sched = recovery::load(store.as_ref(), config.scheduler()).await?;
-    let (handle, sched_task) = scheduler_task::spawn(sched, store.clone(), shutdown.clone());
+    let server = transport::server(&config.security)?;
+    let dialer = transport::AgentDialer::new(config.security.clone());
+    let (handle, sched_task) =
+        scheduler_task::spawn(sched, store.clone(), dialer, shutdown.clone());
     let coordinator = Coordinator {
         handle: handle.clone(),
         store,
@@ -121,7 +159,8 @@ pub async fn start(
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = transport::server()
+        let mut server = server;
+        let served = server
             .add_service(agent_api)
             .add_service(control_api)
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());

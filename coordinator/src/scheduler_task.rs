@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::{debug, error, warn};
 
+use crate::api::MetricsSnapshot;
 use crate::error::CoordinatorError;
 use crate::prepare::Plan;
 use crate::records::{AgentRecord, ExecutionRecord};
@@ -60,6 +61,8 @@ pub(crate) enum Msg {
         agent: String,
         attempt: u32,
         outcome: DispatchOutcome,
+        /// Round trip of the StartJob call.
+        rtt: Duration,
     },
     Start {
         rec: Box<ExecutionRecord>,
@@ -76,6 +79,9 @@ pub(crate) enum Msg {
     },
     ListAgents {
         reply: oneshot::Sender<Vec<AgentListing>>,
+    },
+    Metrics {
+        reply: oneshot::Sender<MetricsSnapshot>,
     },
 }
 
@@ -158,6 +164,10 @@ impl SchedulerHandle {
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
         self.ask(|reply| Msg::ListAgents { reply }).await
     }
+
+    pub async fn metrics(&self) -> Result<MetricsSnapshot, CoordinatorError> {
+        self.ask(|reply| Msg::Metrics { reply }).await
+    }
 }
 
 /// Replies that wait for the commit of the batch they belong to.
@@ -168,6 +178,7 @@ enum Post {
 
 struct Io {
     tx: mpsc::Sender<Msg>,
+    dialer: transport::AgentDialer,
     clients: HashMap<String, (String, AgentServiceClient<Channel>)>,
     acks: HashMap<String, watch::Sender<u64>>,
 }
@@ -176,6 +187,7 @@ struct Io {
 pub fn spawn(
     sched: Scheduler,
     store: Arc<dyn Store>,
+    dialer: transport::AgentDialer,
     shutdown: CancellationToken,
 ) -> (
     SchedulerHandle,
@@ -184,6 +196,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
     let io = Io {
         tx: tx.clone(),
+        dialer,
         clients: HashMap::new(),
         acks: HashMap::new(),
     };
@@ -275,7 +288,14 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             agent,
             attempt,
             outcome,
-        } => sched.dispatch_result(child, &agent, attempt, outcome, now),
+            rtt,
+        } => {
+            if !matches!(outcome, DispatchOutcome::Unknown(_)) {
+                let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+                sched.latency.accept_us.record(us);
+            }
+            sched.dispatch_result(child, &agent, attempt, outcome, now);
+        }
         Msg::Start { rec, plan, reply } => {
             let id = sched.start(*rec, *plan);
             post.push(Post::Started(reply, id));
@@ -300,6 +320,12 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
                 .collect();
             let _ = reply.send(list);
         }
+        Msg::Metrics { reply } => {
+            let _ = reply.send(MetricsSnapshot {
+                latency: sched.latency.clone(),
+                stats: sched.stats,
+            });
+        }
     }
 }
 
@@ -314,7 +340,7 @@ fn perform(io: &mut Io, effect: Effect) {
         } => {
             let client = match io.clients.get(&agent) {
                 Some((addr, c)) if *addr == address => c.clone(),
-                _ => match transport::agent_client(&address) {
+                _ => match io.dialer.client(&agent, &address) {
                     Ok(c) => {
                         io.clients
                             .insert(agent.clone(), (address.clone(), c.clone()));
@@ -331,6 +357,7 @@ fn perform(io: &mut Io, effect: Effect) {
                                     agent,
                                     attempt,
                                     outcome,
+                                    rtt: Duration::ZERO,
                                 })
                                 .await;
                         });
@@ -340,13 +367,16 @@ fn perform(io: &mut Io, effect: Effect) {
             };
             let tx = io.tx.clone();
             tokio::spawn(async move {
+                let sent = Instant::now();
                 let outcome = start_job(client, *request).await;
+                let rtt = sent.elapsed();
                 let _ = tx
                     .send(Msg::Dispatched {
                         child,
                         agent,
                         attempt,
                         outcome,
+                        rtt,
                     })
                     .await;
             });

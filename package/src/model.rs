@@ -59,6 +59,9 @@ pub enum TaskKind {
     Exec(ExecTask),
     /// Run a child package once per item, on agents chosen by placement.
     Foreach(ForeachTask),
+    /// Do nothing and succeed at once, without a process (`noop = true`): for
+    /// benchmarks of the orchestration itself and for placeholder tasks.
+    Noop,
 }
 
 /// A process to run.

@@ -50,6 +50,7 @@ struct RawTask {
     exec: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
     workdir: Option<String>,
+    noop: Option<bool>,
     foreach: Option<RawForeach>,
     child: Option<String>,
     parallelism: Option<u32>,
@@ -195,14 +196,8 @@ pub(crate) fn parse(origin: &str, text: &str) -> Result<Package, PackageError> {
             ));
         }
         let _ = &t.description;
-        let kind = match (&t.exec, &t.foreach) {
-            (Some(_), Some(_)) | (None, None) => {
-                return Err(cx.invalid(
-                    at,
-                    format!("task '{tname}': expected exactly one of `exec` or `foreach`"),
-                ));
-            }
-            (Some(argv), None) => {
+        let kind = match (&t.exec, &t.foreach, t.noop) {
+            (Some(argv), None, None) => {
                 if argv.is_empty() || argv[0].trim().is_empty() {
                     return Err(cx.invalid(
                         at,
@@ -228,7 +223,14 @@ pub(crate) fn parse(origin: &str, text: &str) -> Result<Package, PackageError> {
                     workdir: t.workdir.clone(),
                 })
             }
-            (None, Some(fe)) => TaskKind::Foreach(foreach_task(&cx, at, tname, t, fe)?),
+            (None, Some(fe), None) => TaskKind::Foreach(foreach_task(&cx, at, tname, t, fe)?),
+            (None, None, Some(_)) => noop_task(&cx, at, tname, t)?,
+            _ => {
+                return Err(cx.invalid(
+                    at,
+                    format!("task '{tname}': expected exactly one of `exec`, `foreach` or `noop`"),
+                ));
+            }
         };
         tasks.insert(
             tname.clone(),
@@ -386,6 +388,32 @@ fn foreach_task(
     })
 }
 
+/// `noop = true`: a step that succeeds at once. It takes no other kind's fields.
+fn noop_task(cx: &Ctx<'_>, at: usize, tname: &str, t: &RawTask) -> Result<TaskKind, PackageError> {
+    if t.noop != Some(true) {
+        return Err(cx.invalid(
+            at,
+            format!("task '{tname}': `noop` can only be `true` (remove it to give the task another kind)"),
+        ));
+    }
+    for (field, present) in [
+        ("env", t.env.is_some()),
+        ("workdir", t.workdir.is_some()),
+        ("child", t.child.is_some()),
+        ("parallelism", t.parallelism.is_some()),
+        ("params", t.params.is_some()),
+        ("retry", t.retry.is_some()),
+    ] {
+        if present {
+            return Err(cx.invalid(
+                at,
+                format!("task '{tname}': a `noop` task cannot have `{field}`"),
+            ));
+        }
+    }
+    Ok(TaskKind::Noop)
+}
+
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
@@ -449,6 +477,38 @@ params = { shard = "${item}" }
         assert_eq!(err.code(), "PACKAGE_INVALID");
         assert!(err.to_string().contains("exactly one of"), "{err}");
         assert!(err.to_string().starts_with("f.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn noop_task_parses() {
+        let p = parse(
+            "f.toml",
+            "name='x'\n[tasks.a]\nnoop = true\n[tasks.b]\nexec=['true']\nafter=['a']\n",
+        )
+        .unwrap();
+        assert_eq!(p.tasks["a"].kind, TaskKind::Noop);
+        let names: Vec<_> = p.task_order().iter().map(|t| t.name.clone()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn noop_is_exclusive_and_takes_no_other_fields() {
+        for (toml, expect) in [
+            ("noop = true\nexec = ['true']", "exactly one of"),
+            (
+                "noop = true\nforeach = { items = [1] }\nchild = 'c.toml'",
+                "exactly one of",
+            ),
+            ("noop = false", "can only be `true`"),
+            ("noop = true\nenv = { A = 'b' }", "cannot have `env`"),
+            ("noop = true\nchild = 'c.toml'", "cannot have `child`"),
+            ("noop = true\nparallelism = 3", "cannot have `parallelism`"),
+        ] {
+            let text = format!("name='x'\n[tasks.a]\n{toml}\n");
+            let e = parse("f.toml", &text).unwrap_err();
+            assert_eq!(e.code(), "PACKAGE_INVALID", "{toml}: {e}");
+            assert!(e.to_string().contains(expect), "{toml}: {e}");
+        }
     }
 
     #[test]

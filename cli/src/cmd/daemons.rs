@@ -28,6 +28,13 @@ pub struct CoordinatorArgs {
     /// Heartbeat interval asked of agents.
     #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// TLS directory: CA, the coordinator's certificate, `admin/` client identity
+    /// (created on first start; default: <data-dir>/tls).
+    #[arg(long, env = "BATON_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Run an agent on this machine.
@@ -60,6 +67,13 @@ pub struct AgentArgs {
     /// Grace between SIGTERM and SIGKILL when a job is cancelled or times out.
     #[arg(long, default_value_t = 5000)]
     pub kill_grace_ms: u64,
+    /// This agent's identity: ca.pem, tls.pem, tls.key (default: <data-dir>/tls;
+    /// make it with `baton certs issue --agent NAME --out DIR`).
+    #[arg(long, env = "BATON_AGENT_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CliError> {
@@ -75,21 +89,33 @@ fn announce(line: String) {
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
-    let config = baton_coordinator::CoordinatorConfig {
-        data_dir: args.data_dir,
-        lease_ttl_ms: args.lease_ttl_ms,
-        heartbeat_ms: args.heartbeat_ms,
-    };
-    config
-        .validate()
-        .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let listener = bind(&args.listen).await?;
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::other("LISTEN_FAILED", e.to_string()))?;
-    if !addr.ip().is_loopback() {
-        warn!(%addr, "serving without TLS on a non-loopback address: any host that reaches it can control the fleet");
-    }
+    let security = if args.insecure {
+        refuse_insecure_beyond_loopback(addr)?;
+        warn!(%addr, "serving plaintext (--insecure): anyone on this host can control the fleet");
+        baton_coordinator::transport::Security::Insecure
+    } else {
+        let tls_dir = args.tls_dir.unwrap_or_else(|| args.data_dir.join("tls"));
+        let (material, created) = baton_coordinator::bootstrap_tls(&tls_dir).map_err(|e| {
+            CliError::other(e.code(), format!("TLS setup in {}: {e}", tls_dir.display()))
+        })?;
+        if created {
+            info!(dir = %tls_dir.display(), admin = %tls_dir.join("admin").display(), "created a CA, the coordinator certificate and an admin client identity");
+        }
+        baton_coordinator::transport::Security::Tls(material)
+    };
+    let config = baton_coordinator::CoordinatorConfig {
+        data_dir: args.data_dir,
+        lease_ttl_ms: args.lease_ttl_ms,
+        heartbeat_ms: args.heartbeat_ms,
+        security,
+    };
+    config
+        .validate()
+        .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let shutdown = CancellationToken::new();
     let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
     announce(format!("baton coordinator listening on {addr}"));
@@ -105,6 +131,19 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+fn refuse_insecure_beyond_loopback(addr: std::net::SocketAddr) -> Result<(), CliError> {
+    if addr.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(CliError::invalid(
+            "INSECURE_NOT_LOOPBACK",
+            format!(
+                "--insecure serves plaintext, which is allowed only on a loopback address, not {addr}; drop --insecure to use mutual TLS"
+            ),
+        ))
+    }
 }
 
 pub fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>, CliError> {
@@ -144,6 +183,26 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         None => bound.to_string(),
     };
     let name = args.name.unwrap_or_else(hostname);
+    let tls = if args.insecure {
+        refuse_insecure_beyond_loopback(bound)?;
+        warn!(%bound, "serving plaintext (--insecure)");
+        None
+    } else {
+        let dir = args
+            .tls_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("tls"));
+        Some(baton_agent::transport::TlsPem::load(&dir).map_err(|e| {
+            CliError::invalid(
+                "AGENT_TLS_MISSING",
+                format!(
+                    "{e}\n  hint: issue this agent a certificate on the coordinator's host with \
+                     `baton certs issue --agent {name} --out {}` and copy the directory here",
+                    dir.display()
+                ),
+            )
+        })?)
+    };
     let mut config = baton_agent::AgentConfig {
         name: name.clone(),
         coordinator_url: args.coordinator,
@@ -151,6 +210,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         labels: parse_labels(&args.labels)?,
         data_dir: args.data_dir,
         kill_grace_ms: args.kill_grace_ms,
+        tls,
         ..Default::default()
     };
     if let Some(s) = args.slots {

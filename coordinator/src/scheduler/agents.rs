@@ -165,7 +165,7 @@ impl Scheduler {
                 self.pending_acks.insert(agent.to_string(), ev.seq);
                 match durable {
                     Body::Started(s) => self.child_started(agent, s, ev.at_unix_ms),
-                    Body::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms),
+                    Body::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms, now),
                     Body::Progress(p) => debug!(agent, dispatch = ?p.dispatch_id, "progress"),
                     Body::Hello(_) | Body::Heartbeat(_) => {}
                 }

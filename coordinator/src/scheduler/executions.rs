@@ -173,6 +173,7 @@ impl Scheduler {
                     excluded_gen: 0,
                     hard_rejected: Default::default(),
                     waiting_reason: String::new(),
+                    dispatched_at: None,
                 });
             }
             tasks.push(run);
@@ -286,7 +287,7 @@ impl Scheduler {
                         if let Some(v) = views.iter_mut().find(|v| v.name == agent) {
                             v.in_flight += 1;
                         }
-                        self.dispatch_to(cref, agent);
+                        self.dispatch_to(cref, agent, now);
                         progressed = true;
                     }
                     None => blocked[i] = true,
@@ -385,7 +386,7 @@ impl Scheduler {
         })
     }
 
-    fn dispatch_to(&mut self, cref: ChildRef, agent: String) {
+    fn dispatch_to(&mut self, cref: ChildRef, agent: String, now: Instant) {
         let request = match self.start_request(cref) {
             Ok(r) => r,
             Err(reason) => {
@@ -407,6 +408,7 @@ impl Scheduler {
         }
         c.rec.agent = Some(agent.clone());
         c.waiting_reason.clear();
+        c.dispatched_at = Some(now);
         let attempt = c.rec.attempt;
         self.set_phase(cref, Phase::Dispatching);
         let address = self
@@ -552,7 +554,13 @@ impl Scheduler {
         }
     }
 
-    pub(crate) fn child_finished(&mut self, agent: &str, f: pb::JobFinished, at_ms: u64) {
+    pub(crate) fn child_finished(
+        &mut self,
+        agent: &str,
+        f: pb::JobFinished,
+        at_ms: u64,
+        now: Instant,
+    ) {
         if let Some(a) = self.agents.get_mut(agent) {
             a.full_until = None;
         }
@@ -566,6 +574,10 @@ impl Scheduler {
         };
         let retry = e.plan.tasks[cref.task as usize].foreach.retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
+        if let Some(at) = c.dispatched_at.take() {
+            let ms = now.saturating_duration_since(at).as_millis();
+            self.latency.completion_ms.record(ms as u64);
+        }
         c.rec.exit_code = Some(f.exit_code);
         c.rec.outputs = f.outputs.into_iter().collect();
         c.rec.reason = f.reason;

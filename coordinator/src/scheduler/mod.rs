@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use baton_proto as pb;
 
+use crate::api::metrics::Latency;
 use crate::prepare::Plan;
 use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
 use crate::store::Revision;
@@ -142,6 +143,9 @@ pub(crate) struct Child {
     pub hard_rejected: std::collections::BTreeSet<String>,
     /// In-memory only: why a pending child waits.
     pub waiting_reason: String,
+    /// In-memory only: when the current attempt was last dispatched (for the
+    /// completion latency metric; `None` after a restart).
+    pub dispatched_at: Option<Instant>,
 }
 
 pub(crate) struct TaskRun {
@@ -185,6 +189,8 @@ pub struct Scheduler {
     pub(crate) pending_acks: BTreeMap<String, u64>,
     pub(crate) effects: Vec<Effect>,
     pub stats: Stats,
+    /// Latency histograms (fixed memory); the scheduler task records accept times.
+    pub latency: Latency,
 }
 
 impl Scheduler {
@@ -208,6 +214,7 @@ impl Scheduler {
             pending_acks: BTreeMap::new(),
             effects: Vec::new(),
             stats: Stats::default(),
+            latency: Latency::default(),
         }
     }
 

@@ -414,3 +414,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn completion_latency_runs_from_dispatch_to_finished_event() {
+    let t0 = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 4, "b1", t0);
+    start(&mut s, 2);
+    let d = settle(&mut s, t0);
+    assert_eq!(d.len(), 2);
+    for (i, (agent, child, attempt, id)) in d.iter().enumerate() {
+        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, t0);
+        let at = t0 + Duration::from_millis(100 * (i as u64 + 1));
+        s.agent_event(
+            agent,
+            finished(i as u64 + 1, id, pb::JobStatus::Succeeded),
+            at,
+        );
+    }
+    // A repeat of a finished event is not a second completion.
+    s.agent_event("a", finished(3, &d[0].3, pb::JobStatus::Succeeded), t0);
+    let h = &s.latency.completion_ms;
+    assert_eq!(h.count(), 2);
+    // Within the histogram's bucket width (≤ 1/16 of the value).
+    assert!((100..=103).contains(&h.quantile(0.5)), "{h:?}");
+    assert_eq!(h.max(), 200);
+    assert_eq!(s.stats.dispatches, 2);
+}

@@ -1,0 +1,92 @@
+//! `baton certs`: the private CA and the certificates of coordinator, agents and clients.
+
+use std::path::PathBuf;
+
+use baton_coordinator::pki::{self, Identity};
+
+use crate::error::CliError;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CertsCmd {
+    /// Create a CA, the coordinator's certificate and an admin client identity in DIR
+    /// (what `baton coordinator` does by itself on first start).
+    #[command(after_help = "Example:\n  baton certs init --dir baton-data/tls")]
+    Init {
+        #[arg(long, default_value = "baton-data/tls")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for an agent or a client, signed by the CA in --ca-dir.
+    #[command(
+        after_help = "Examples:\n  baton certs issue --agent etl-07 --out /var/lib/baton/agent/tls\n  baton certs issue --client alice --out ~/.baton/tls"
+    )]
+    Issue {
+        /// Directory of the CA (a coordinator's TLS dir).
+        #[arg(long, default_value = "baton-data/tls")]
+        ca_dir: PathBuf,
+        /// Issue for this agent (its --name).
+        #[arg(long, conflicts_with = "client", required_unless_present = "client")]
+        agent: Option<String>,
+        /// Issue for this client principal.
+        #[arg(long)]
+        client: Option<String>,
+        /// Where to write ca.pem, tls.pem, tls.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime in days.
+        #[arg(long, default_value_t = pki::DEFAULT_TTL_DAYS)]
+        ttl_days: u32,
+    },
+}
+
+fn pki_err(e: pki::PkiError) -> CliError {
+    let exit = if matches!(e, pki::PkiError::BadName(_) | pki::PkiError::NoCa(_)) {
+        2
+    } else {
+        4
+    };
+    CliError::new(e.code(), e.to_string(), exit)
+}
+
+pub fn run(cmd: CertsCmd) -> Result<u8, CliError> {
+    match cmd {
+        CertsCmd::Init { dir } => {
+            let (_, created) = baton_coordinator::bootstrap_tls(&dir).map_err(pki_err)?;
+            let verb = if created {
+                "created"
+            } else {
+                "already present"
+            };
+            println!(
+                "{verb}: CA and coordinator certificate in {}, admin client identity in {}",
+                dir.display(),
+                dir.join("admin").display()
+            );
+            Ok(0)
+        }
+        CertsCmd::Issue {
+            ca_dir,
+            agent,
+            client,
+            out,
+            ttl_days,
+        } => {
+            let who = match (agent, client) {
+                (Some(a), _) => Identity::Agent(a),
+                (None, Some(c)) => Identity::Client(c),
+                (None, None) => {
+                    return Err(CliError::invalid(
+                        "USAGE",
+                        "say --agent NAME or --client NAME",
+                    ));
+                }
+            };
+            pki::issue(&ca_dir, &who, &out, ttl_days).map_err(pki_err)?;
+            println!(
+                "issued {} (valid {ttl_days} days) into {}",
+                who.dns_name(),
+                out.display()
+            );
+            Ok(0)
+        }
+    }
+}

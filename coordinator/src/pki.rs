@@ -1,0 +1,279 @@
+//! Baton's private PKI: a CA made on the spot and short-lived certificates
+//! whose identity is a DNS name in the subject alternative names.
+//!
+//! | identity | SAN |
+//! | --- | --- |
+//! | the coordinator | `coordinator.baton` |
+//! | agent NAME | `NAME.agent.baton` |
+//! | client NAME | `NAME.client.baton` |
+//!
+//! Peers verify these names rather than host addresses: a client dials any
+//! address and checks it reached `coordinator.baton`; the coordinator dials an
+//! agent's advertised address and checks it reached `NAME.agent.baton`, so a
+//! re-used address cannot impersonate another agent.
+//!
+//! A TLS directory holds `ca.pem` (the trust root) and the node's own
+//! `tls.pem` / `tls.key`; the CA's directory also holds `ca.key` and
+//! `ca.name`. Private keys are written with mode 0600.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// Suffix of every Baton identity name.
+pub const DOMAIN: &str = "baton";
+/// The coordinator's identity name.
+pub const COORDINATOR_NAME: &str = "coordinator.baton";
+/// Default lifetime of an issued certificate. Thirty days until certificates
+/// renew themselves without a restart (the security issue); then a day.
+pub const DEFAULT_TTL_DAYS: u32 = 30;
+const CA_TTL_DAYS: u32 = 3650;
+
+/// Who a certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Coordinator,
+    Agent(String),
+    Client(String),
+}
+
+impl Identity {
+    /// The DNS name peers verify.
+    pub fn dns_name(&self) -> String {
+        match self {
+            Identity::Coordinator => COORDINATOR_NAME.to_string(),
+            Identity::Agent(n) => format!("{n}.agent.{DOMAIN}"),
+            Identity::Client(n) => format!("{n}.client.{DOMAIN}"),
+        }
+    }
+}
+
+/// PKI failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("certificate generation: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("invalid identity name '{0}': use letters, digits, '-' (it becomes a DNS label)")]
+    BadName(String),
+    #[error("no CA in {0}: run `baton certs init` first")]
+    NoCa(PathBuf),
+}
+
+impl PkiError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PkiError::Io { .. } => "PKI_IO",
+            PkiError::Cert(_) => "PKI_CERT",
+            PkiError::BadName(_) => "PKI_BAD_NAME",
+            PkiError::NoCa(_) => "PKI_NO_CA",
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(contents.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    std::fs::read_to_string(path).map_err(io_err(path))
+}
+
+fn valid_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn ca_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "Baton");
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// Whether `dir` holds a CA.
+pub fn has_ca(dir: &Path) -> bool {
+    dir.join("ca.key").exists() && dir.join("ca.pem").exists() && dir.join("ca.name").exists()
+}
+
+/// Creates a CA in `dir` (refuses to overwrite one).
+pub fn init_ca(dir: &Path) -> Result<(), PkiError> {
+    if has_ca(dir) {
+        return Ok(());
+    }
+    let name = format!("Baton CA {}", uuid::Uuid::new_v4().simple());
+    let mut params = ca_params(&name);
+    let now = time_now();
+    params.not_before = now - std::time::Duration::from_secs(300);
+    params.not_after = now + std::time::Duration::from_secs(u64::from(CA_TTL_DAYS) * 86_400);
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    write(&dir.join("ca.key"), &key.serialize_pem(), true)?;
+    write(&dir.join("ca.pem"), &cert.pem(), false)?;
+    write(&dir.join("ca.name"), &name, false)?;
+    Ok(())
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Issues a certificate for `who`, signed by the CA in `ca_dir`, into
+/// `out_dir` as `ca.pem`, `tls.pem`, `tls.key`.
+pub fn issue(ca_dir: &Path, who: &Identity, out_dir: &Path, ttl_days: u32) -> Result<(), PkiError> {
+    if !has_ca(ca_dir) {
+        return Err(PkiError::NoCa(ca_dir.to_path_buf()));
+    }
+    let name = match who {
+        Identity::Coordinator => "coordinator",
+        Identity::Agent(n) | Identity::Client(n) => n.as_str(),
+    };
+    if !valid_label(name) {
+        return Err(PkiError::BadName(name.to_string()));
+    }
+    let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?)?;
+    let ca_name = read(&ca_dir.join("ca.name"))?;
+    let issuer = Issuer::new(ca_params(ca_name.trim()), ca_key);
+
+    let mut params = CertificateParams::new(vec![who.dns_name()])?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, who.dns_name());
+    params.distinguished_name = dn;
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    let now = time_now();
+    params.not_before = now - std::time::Duration::from_secs(300);
+    params.not_after = now + std::time::Duration::from_secs(u64::from(ttl_days.max(1)) * 86_400);
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    if ca_dir != out_dir {
+        write(
+            &out_dir.join("ca.pem"),
+            &read(&ca_dir.join("ca.pem"))?,
+            false,
+        )?;
+    }
+    write(&out_dir.join("tls.key"), &key.serialize_pem(), true)?;
+    write(&out_dir.join("tls.pem"), &cert.pem(), false)?;
+    Ok(())
+}
+
+/// PEM material of one node: trust root and own identity.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsMaterial { .. }")
+    }
+}
+
+/// Loads `ca.pem`, `tls.pem` and `tls.key` from `dir`.
+pub fn load(dir: &Path) -> Result<TlsMaterial, PkiError> {
+    Ok(TlsMaterial {
+        ca_pem: read(&dir.join("ca.pem"))?,
+        cert_pem: read(&dir.join("tls.pem"))?,
+        key_pem: read(&dir.join("tls.key"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_and_issue_write_files_with_private_keys_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca");
+        init_ca(&ca).unwrap();
+        let first = read(&ca.join("ca.pem")).unwrap();
+        init_ca(&ca).unwrap();
+        assert_eq!(
+            first,
+            read(&ca.join("ca.pem")).unwrap(),
+            "init never replaces a CA"
+        );
+        let out = dir.path().join("a1");
+        issue(&ca, &Identity::Agent("a1".into()), &out, 1).unwrap();
+        let m = load(&out).unwrap();
+        assert!(m.cert_pem.contains("BEGIN CERTIFICATE"));
+        let mode = std::fs::metadata(out.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(
+            format!("{m:?}"),
+            "TlsMaterial { .. }",
+            "keys never reach a log line"
+        );
+    }
+
+    #[test]
+    fn names_must_be_dns_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let e = issue(dir.path(), &Identity::Agent("a b".into()), dir.path(), 1).unwrap_err();
+        assert_eq!(e.code(), "PKI_BAD_NAME");
+        let e = issue(
+            &dir.path().join("none"),
+            &Identity::Coordinator,
+            dir.path(),
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(e.code(), "PKI_NO_CA");
+    }
+}

@@ -1,0 +1,1 @@
+//! Multi-process tests live in `tests/it/`.

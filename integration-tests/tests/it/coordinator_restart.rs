@@ -1,0 +1,93 @@
+//! Coordinator restart: SIGKILL the coordinator mid-execution, restart it on the
+//! same data dir and port, and the execution must finish as if nothing happened.
+//!
+//! 150 children of 0.2–0.5 s run with parallelism 12 on three agents. When at least
+//! 20 have succeeded the coordinator is killed (no graceful stop), left down for about
+//! a second while agents keep running jobs and buffer their events in their durable
+//! outboxes, then started again. The agents reconnect by themselves (they were given
+//! the coordinator's URL), resend unacknowledged events, and the same execution id ends
+//! `succeeded` with exactly 150 children, each recorded once. `baton run --wait` is not
+//! used across the restart: the test polls `exec show`.
+
+use std::time::Duration;
+
+use crate::harness::{Cluster, FanoutSpec, wait_until};
+
+const AGENTS: [&str; 3] = ["a1", "a2", "a3"];
+const CHILDREN: usize = 150;
+/// Sleeps 0.2, 0.3, 0.4 or 0.5 s depending on the item.
+const CHILD_CMD: &str = "sleep 0.$((BATON_PARAM_SHARD % 4 + 2))";
+
+#[test]
+fn execution_survives_coordinator_kill_and_restart() {
+    let mut c = Cluster::new("coordinator_restart");
+    c.start_coordinator();
+    for name in AGENTS {
+        c.start_agent(name, 4);
+    }
+    c.agents_ready(AGENTS.len());
+
+    let spec = FanoutSpec::new(CHILDREN as u32, CHILD_CMD).parallelism(12);
+    let parent = c.write_fanout("coordinator_restart", &spec);
+    let id = c.start_run(&parent, &[]);
+
+    let mut last = None;
+    let ok = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let v = c.exec_show(&id);
+        let done = v.count_state("succeeded");
+        last = Some(v);
+        done >= 20
+    });
+    let before = last.expect("polled at least once");
+    assert!(
+        ok,
+        "fewer than 20 children done within 30 s: {}",
+        before.brief()
+    );
+    assert!(
+        !before.is_terminal(),
+        "execution ended before the kill; the test would prove nothing: {}",
+        before.brief()
+    );
+
+    c.coordinator().kill9();
+    c.note(&format!("killed the coordinator at {}", before.brief()));
+    // The outage is the point of the test: agents run on without a coordinator.
+    std::thread::sleep(Duration::from_secs(1));
+    let addr = c.coordinator().restart();
+    c.note(&format!("coordinator restarted on {addr}"));
+
+    let after = c.exec_show(&id);
+    assert!(
+        after.children.len() == CHILDREN,
+        "after restart, exec show lists {} children instead of {CHILDREN}: {}",
+        after.children.len(),
+        after.brief()
+    );
+    c.agents_ready(AGENTS.len());
+
+    let end = c.wait_exec_terminal(&id, Duration::from_secs(45));
+    assert_eq!(end.status, "succeeded", "{:#}", end.raw);
+    end.assert_all_succeeded_once(CHILDREN, &AGENTS);
+    assert_eq!(end.summary_u64("/children/total"), CHILDREN as u64);
+    assert_eq!(end.summary_u64("/children/succeeded"), CHILDREN as u64);
+    assert_eq!(end.summary_u64("/children/failed"), 0);
+    let per_agent_sum: u64 = end
+        .raw
+        .pointer("/summary/per_agent")
+        .and_then(serde_json::Value::as_object)
+        .unwrap_or_else(|| panic!("no summary.per_agent: {:#}", end.raw))
+        .values()
+        .map(|v| {
+            v.get("succeeded")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(
+        per_agent_sum, CHILDREN as u64,
+        "per-agent successes count some child twice or miss one: {:#}",
+        end.raw
+    );
+    c.finish(&[]);
+}

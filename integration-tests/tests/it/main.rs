@@ -1,0 +1,20 @@
+//! Multi-process integration tests of Baton, run against the real `baton` binary.
+//!
+//! Each test starts its own coordinator and agents as separate processes (port 0,
+//! a temp dir per node), drives them through the CLI contract of
+//! `docs/CONTRACTS-draft.md` and, for the agent's admission edge, through a direct
+//! gRPC `StartJob`. Unit tests cannot show that the pieces agree on the wire, that a
+//! killed process loses nothing, or that the CLI keeps its promises (exit codes, JSON
+//! shapes); these tests do.
+//!
+//! Build the binary first: `cargo build -p baton-cli`, then
+//! `cargo test -p baton-integration-tests`. `BATON_BIN` overrides the binary,
+//! `BATON_LOG` (default `info`) the log level of the processes.
+
+mod harness;
+
+mod agent_loss;
+mod bad_input;
+mod capacity;
+mod coordinator_restart;
+mod fanout;
