@@ -59,6 +59,11 @@ pub async fn run(
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::io(format!("creating {}", config.data_dir.display()), e))?;
+    // Jobs run with their scratch directory as working directory: every path
+    // handed to them ($BATON_OUTPUT, $BATON_ROWS) must be absolute.
+    let mut config = config;
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| AgentError::io(format!("resolving {}", config.data_dir.display()), e))?;
     let outbox_path = config.data_dir.join("agent.redb");
     let outbox = Arc::new(
         tokio::task::spawn_blocking(move || outbox::Outbox::open(&outbox_path))

@@ -62,6 +62,17 @@ impl CliError {
         if server_code.is_none() && exit == EXIT_UNAVAILABLE {
             return Self::unavailable(url, s.message());
         }
+        if server_code.is_none()
+            && s.code() == Code::Unknown
+            && s.message().contains("transport error")
+        {
+            // Typically plaintext spoken to a TLS port (or the reverse).
+            return Self::unavailable(
+                url,
+                "the connection broke at once; a coordinator serves mutual TLS unless started with \
+                 --insecure, so use https:// (or http:// for an --insecure one)",
+            );
+        }
         let code = server_code.unwrap_or_else(|| format!("GRPC_{:?}", s.code()).to_uppercase());
         CliError {
             code,

@@ -33,6 +33,8 @@ struct Cli {
 enum Cmd {
     /// Run the example fan-out on an embedded coordinator and local agents.
     Demo(cmd::demo::DemoArgs),
+    /// Measure Baton on this machine: local coordinator and agents run a workload.
+    Bench(cmd::bench::BenchArgs),
     /// Run a coordinator (catalog, executions, placement, dispatch).
     Coordinator(cmd::daemons::CoordinatorArgs),
     /// Run an agent that executes child jobs on this machine.
@@ -65,6 +67,7 @@ fn init_tracing(default: &str) {
 async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
     match cmd {
         Cmd::Demo(a) => cmd::demo::run(a).await,
+        Cmd::Bench(a) => cmd::bench::run(a).await,
         Cmd::Coordinator(a) => cmd::daemons::coordinator(a).await.map(|()| 0),
         Cmd::Agent(a) => cmd::daemons::agent(a).await.map(|()| 0),
         Cmd::Run(a) => cmd::run::run(a).await,

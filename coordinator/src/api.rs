@@ -7,12 +7,8 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-// The metrics module is declared here rather than in lib.rs only while lib.rs is
-// being changed for TLS; it moves to `pub mod metrics;` in lib.rs afterwards.
-#[path = "metrics.rs"]
-pub mod metrics;
-
 use crate::error::CoordinatorError;
+pub use crate::metrics::{Histogram, Latency, MetricsSnapshot};
 use crate::prepare::plan_bundle;
 use crate::records::{
     ChildRecord, ExecutionRecord, ExecutionState, children_prefix, execution_key, now_unix_ms,
@@ -20,7 +16,6 @@ use crate::records::{
 use crate::scheduler::{ExecutionView, Summary, view_from_records};
 use crate::scheduler_task::{AgentListing, SchedulerHandle};
 use crate::store::Store;
-pub use metrics::{Histogram, Latency, MetricsSnapshot};
 
 /// Limits on what a client may send (a limit on everything).
 pub const MAX_BUNDLE_FILES: usize = 256;

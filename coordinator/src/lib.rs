@@ -11,6 +11,7 @@
 pub mod api;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod pki;
 pub mod placement;
 pub mod prepare;

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod agents;
+pub mod bench;
 pub mod certs;
 pub mod daemons;
 pub mod demo;

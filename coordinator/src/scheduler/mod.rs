@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use baton_proto as pb;
 
-use crate::api::metrics::Latency;
+use crate::metrics::Latency;
 use crate::prepare::Plan;
 use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
 use crate::store::Revision;

@@ -15,6 +15,7 @@ mod harness;
 
 mod agent_loss;
 mod bad_input;
+mod bench;
 mod capacity;
 mod coordinator_restart;
 mod fanout;

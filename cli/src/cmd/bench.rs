@@ -1,0 +1,593 @@
+//! `baton bench`: a benchmark harness on this machine.
+//!
+//! It starts a local cluster ([`LocalCluster`]: the coordinator embedded in this
+//! process, agents as separate processes, temp dirs, loopback, mutual TLS), runs one
+//! workload as a single execution, stops everything and prints one result (a JSON
+//! line with `--output json`, a table otherwise). Because the coordinator runs in the
+//! bench process, the process's own CPU time and peak RSS are reported as the
+//! coordinator's: they include a thin client (one watch stream, a few calls), which is
+//! small next to the coordinator's work.
+//!
+//! Workloads (`docs/benchmarks.md` says what each means for a fleet):
+//! - `noop`: children of one `noop` task — no process — so the orchestration alone.
+//! - `proc`: children that run `/bin/true`, compared with `xargs -P <slots>` running
+//!   the same number of processes on the same machine.
+//! - `mixed`: children sleeping 0.05–0.5 s (a fixed spread by index) on agents of
+//!   different sizes; the makespan is compared with its lower bound.
+//! - `agent-loss`: children of 0.3–1 s; one agent is SIGKILLed when half are done;
+//!   reports how fast the loss is seen and that nothing is lost or run twice.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use baton_proto as pb;
+use serde_json::{Value, json};
+
+use crate::error::{CliError, EXIT_FAILED};
+use crate::local_cluster::{ClusterSpec, LocalCluster};
+use crate::output::Format;
+
+const AGENTS_MAX: u32 = 64;
+const SLOTS_MAX: u32 = 1024;
+/// The package language's limit on one foreach (`MAX_FOREACH_ITEMS`).
+const CHILDREN_MAX: u32 = 1_000_000;
+const LEASE_TTL_MS_MIN: u64 = 500;
+const LEASE_TTL_MS_MAX: u64 = 600_000;
+/// How often `agent-loss` asks ListAgents whether the killed agent is lost yet.
+const DETECT_POLL: Duration = Duration::from_millis(50);
+
+/// What to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Noop,
+    Proc,
+    Mixed,
+    AgentLoss,
+}
+
+impl Workload {
+    fn as_str(self) -> &'static str {
+        match self {
+            Workload::Noop => "noop",
+            Workload::Proc => "proc",
+            Workload::Mixed => "mixed",
+            Workload::AgentLoss => "agent-loss",
+        }
+    }
+}
+
+/// Measure Baton on this machine: a local coordinator and agents run one workload.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  baton bench --workload noop --agents 4 --children 10000 --output json\n  baton bench --workload agent-loss --agents 3 --children 300"
+)]
+pub struct BenchArgs {
+    /// noop: no process per child; proc: /bin/true per child (vs xargs);
+    /// mixed: sleeps of 0.05-0.5 s on agents of 1,2,4,8x slots/4; agent-loss: one agent SIGKILLed halfway.
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// Local agents to start (separate processes).
+    #[arg(long, default_value_t = 4)]
+    pub agents: u32,
+    /// Child jobs of the execution.
+    #[arg(long, default_value_t = 1000)]
+    pub children: u32,
+    /// Slots per agent (for `mixed`, the size of the fourth agent of each group of four).
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// The coordinator's lease: an agent silent this long is lost.
+    #[arg(long, default_value_t = 3000)]
+    pub lease_ttl_ms: u64,
+    /// Keep the temporary directory (store, agent logs) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    #[arg(long, value_enum, default_value = "human")]
+    pub output: Format,
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::invalid("USAGE", msg)
+}
+
+/// Checks the flags before anything starts.
+pub fn validate(a: &BenchArgs) -> Result<(), CliError> {
+    if a.agents == 0 || a.agents > AGENTS_MAX {
+        return Err(usage(format!("--agents must be 1..={AGENTS_MAX}")));
+    }
+    if a.children == 0 || a.children > CHILDREN_MAX {
+        return Err(usage(format!("--children must be 1..={CHILDREN_MAX}")));
+    }
+    if a.slots == 0 || a.slots > SLOTS_MAX {
+        return Err(usage(format!("--slots must be 1..={SLOTS_MAX}")));
+    }
+    if !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(&a.lease_ttl_ms) {
+        return Err(usage(format!(
+            "--lease-ttl-ms must be {LEASE_TTL_MS_MIN}..={LEASE_TTL_MS_MAX}"
+        )));
+    }
+    if a.workload == Workload::AgentLoss && (a.agents < 2 || a.children < 2) {
+        return Err(usage(
+            "--workload agent-loss needs --agents 2 or more (one is killed) and --children 2 or more",
+        ));
+    }
+    Ok(())
+}
+
+/// Slots of each agent: `slots` each, except `mixed`, where agent i gets
+/// `slots * 2^(i % 4) / 4` (1, 2, 4, 8 with the default 4), at least 1.
+pub fn agent_slots(w: Workload, agents: u32, slots: u32) -> Vec<u32> {
+    (0..agents)
+        .map(|i| match w {
+            Workload::Mixed => ((slots << (i % 4)) / 4).max(1),
+            _ => slots,
+        })
+        .collect()
+}
+
+/// Work of child `i` in ms: a fixed, well-spread sequence (multiplicative hash by a
+/// prime), so runs are comparable.
+pub fn work_ms(w: Workload, i: u32) -> u32 {
+    let h = (u64::from(i) * 7919) as u32;
+    match w {
+        Workload::Mixed => 50 + h % 451,      // 50..=500 ms
+        Workload::AgentLoss => 300 + h % 701, // 300..=1000 ms
+        Workload::Noop | Workload::Proc => 0,
+    }
+}
+
+/// No schedule can finish before the total work spread over every slot, nor before
+/// the longest child: max(Σ work / slots, max work), in seconds.
+pub fn lower_bound_s(work_ms: &[u32], total_slots: u32) -> f64 {
+    let total: u64 = work_ms.iter().map(|&w| u64::from(w)).sum();
+    let longest = work_ms.iter().copied().max().unwrap_or(0);
+    (total as f64 / f64::from(total_slots.max(1))).max(f64::from(longest)) / 1000.0
+}
+
+/// The parent and child packages of a workload (package TOML, `docs/packages.md`).
+pub fn packages(w: Workload, children: u32) -> (String, String) {
+    let (over, params) = match w {
+        Workload::Noop | Workload::Proc => (
+            format!("{{ range = {{ start = 1, end = {children} }} }}"),
+            "{ i = \"${item}\" }",
+        ),
+        Workload::Mixed | Workload::AgentLoss => {
+            // The item is the child's duration in seconds.
+            let mut items = String::with_capacity(children as usize * 8);
+            for i in 0..children {
+                let ms = work_ms(w, i);
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(items, "{sep}\"{}.{:03}\"", ms / 1000, ms % 1000);
+            }
+            (
+                format!("{{ items = [{items}] }}"),
+                "{ work_s = \"${item}\" }",
+            )
+        }
+    };
+    let parallelism = children.min(100_000);
+    let parent = format!(
+        "name = \"bench-{name}\"\n\
+         [tasks.fan]\n\
+         foreach = {over}\n\
+         child = \"child.toml\"\n\
+         parallelism = {parallelism}\n\
+         params = {params}\n\
+         retry = {{ attempts = 1, lost_attempts = 3 }}\n",
+        name = w.as_str()
+    );
+    let child = match w {
+        Workload::Noop => {
+            "name = \"noop\"\n[parameters.i]\ntype = \"int\"\n[tasks.run]\nnoop = true\n"
+        }
+        Workload::Proc => {
+            "name = \"true\"\n[parameters.i]\ntype = \"int\"\n[tasks.run]\nexec = [\"/bin/true\"]\n"
+        }
+        Workload::Mixed | Workload::AgentLoss => {
+            "name = \"sleep\"\n[parameters.work_s]\ntype = \"string\"\n[tasks.run]\nexec = [\"sleep\", \"${params.work_s}\"]\ntimeout_s = 60\n"
+        }
+    };
+    (parent, child.to_string())
+}
+
+/// CPU seconds (user + system) of this process, from `/proc/self/stat`. The values
+/// there are in USER_HZ ticks, which Linux fixes at 100 for user space.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the `(comm)` start at field 3; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// Peak resident set size of this process (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+fn load1() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (v * f).round() / f
+}
+
+/// Wall seconds of `xargs -P parallel -n 1 /bin/true` over `n` input lines.
+fn xargs_baseline_s(n: u32, parallel: u32) -> Result<f64, CliError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let fail = |e: std::io::Error| CliError::other("BASELINE_FAILED", format!("xargs: {e}"));
+    let mut input = String::with_capacity(n as usize * 8);
+    for i in 1..=n {
+        let _ = writeln!(input, "{i}");
+    }
+    let started = Instant::now();
+    let mut child = Command::new("xargs")
+        .args(["-P", &parallel.to_string(), "-n", "1", "/bin/true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(fail)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(fail)?;
+    }
+    let status = child.wait().map_err(fail)?;
+    let wall = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(CliError::other(
+            "BASELINE_FAILED",
+            format!("xargs exited with {status}"),
+        ));
+    }
+    Ok(wall)
+}
+
+/// What `agent-loss` observed around the kill.
+struct Loss {
+    detect_s: f64,
+}
+
+/// Waits until half the children are done, SIGKILLs agent 0, and polls ListAgents
+/// until it is listed `lost`. `None` if the execution ended first.
+async fn kill_halfway(
+    cluster: &mut LocalCluster,
+    id: &str,
+    total: u64,
+    give_up: Duration,
+) -> Result<Option<Loss>, CliError> {
+    use baton_coordinator::api::Watched;
+    let Watched::Live(mut rx) = cluster.coordinator.watch(id).await? else {
+        return Ok(None);
+    };
+    loop {
+        let done = {
+            let s = rx.borrow_and_update();
+            s.succeeded + s.failed
+        };
+        if done * 2 >= total {
+            break;
+        }
+        if rx.changed().await.is_err() {
+            return Ok(None);
+        }
+    }
+    let victim = cluster.agents[0].name.clone();
+    let killed = Instant::now();
+    cluster.kill_agent(0);
+    let mut client = cluster.client.clone();
+    loop {
+        let list = client
+            .list_agents(pb::ListAgentsRequest {})
+            .await
+            .map_err(|s| cluster.opt.status(s))?
+            .into_inner();
+        if list
+            .agents
+            .iter()
+            .any(|a| a.name == victim && a.state == "lost")
+        {
+            return Ok(Some(Loss {
+                detect_s: killed.elapsed().as_secs_f64(),
+            }));
+        }
+        if killed.elapsed() > give_up {
+            return Err(CliError::other(
+                "AGENT_LOSS_UNDETECTED",
+                format!("{victim} was killed but not listed lost within {give_up:?}"),
+            ));
+        }
+        tokio::time::sleep(DETECT_POLL).await;
+    }
+}
+
+pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
+    validate(&args)?;
+    let w = args.workload;
+    let slots = agent_slots(w, args.agents, args.slots);
+    let total_slots: u32 = slots.iter().sum();
+    let (parent, child) = packages(w, args.children);
+    let human = args.output == Format::Human;
+    let spec = ClusterSpec {
+        agent_slots: slots.clone(),
+        lease_ttl_ms: args.lease_ttl_ms,
+        heartbeat_ms: (args.lease_ttl_ms / 6).max(50),
+    };
+    let load_before = load1();
+    let mut cluster = LocalCluster::start(&spec, "baton-bench-").await?;
+    if human {
+        eprintln!(
+            "bench {}: {} children on {} agents (slots {:?}), data in {}",
+            w.as_str(),
+            args.children,
+            args.agents,
+            slots,
+            cluster.path().display()
+        );
+    }
+    let opt = cluster.opt.clone();
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let id = cluster
+        .client
+        .start_execution(pb::StartExecutionRequest {
+            bundle: Some(pb::PackageBundle {
+                root: "parent.toml".into(),
+                files: [
+                    ("parent.toml".to_string(), parent),
+                    ("child.toml".to_string(), child),
+                ]
+                .into(),
+            }),
+            parameters: Default::default(),
+        })
+        .await
+        .map_err(|s| opt.status(s))?
+        .into_inner()
+        .execution_id;
+    let total = u64::from(args.children);
+    let mut client = cluster.client.clone();
+    let (summary, loss) = if w == Workload::AgentLoss {
+        let give_up = Duration::from_millis(args.lease_ttl_ms * 3) + Duration::from_secs(10);
+        let waiting = super::run::wait(&mut client, &opt, &id, false);
+        let killing = kill_halfway(&mut cluster, &id, total, give_up);
+        let (summary, loss) = tokio::join!(waiting, killing);
+        (summary?, loss?)
+    } else {
+        (super::run::wait(&mut client, &opt, &id, false).await?, None)
+    };
+    let wall_s = started.elapsed().as_secs_f64();
+    let cpu_s = cpu_seconds() - cpu_before;
+    let metrics = cluster.coordinator.metrics().await?;
+    let store_bytes = cluster.coordinator.store_bytes();
+    let view = if w == Workload::AgentLoss {
+        Some(cluster.coordinator.view(&id).await?)
+    } else {
+        None
+    };
+    let ok = summary.state == "succeeded";
+    let agent_logs: Vec<std::path::PathBuf> =
+        cluster.agents.iter().map(|a| a.log.clone()).collect();
+    let kept = cluster.stop(args.keep || !ok).await;
+
+    let (acc, comp) = (&metrics.latency.accept_us, &metrics.latency.completion_ms);
+    let mut out: Vec<(&str, Value)> = vec![
+        ("workload", json!(w.as_str())),
+        ("status", json!(summary.state)),
+        ("children", json!(summary.total)),
+        ("succeeded", json!(summary.succeeded)),
+        ("failed", json!(summary.failed)),
+        ("agents", json!(args.agents)),
+        ("total_slots", json!(total_slots)),
+        ("load1_before", json!(load_before)),
+        ("wall_s", json!(round(wall_s, 3))),
+        ("children_per_s", json!(round(total as f64 / wall_s, 1))),
+        ("accept_p50_us", json!(acc.quantile(0.5))),
+        ("accept_p99_us", json!(acc.quantile(0.99))),
+        ("accept_max_us", json!(acc.max())),
+        ("completion_p50_ms", json!(comp.quantile(0.5))),
+        ("completion_p99_ms", json!(comp.quantile(0.99))),
+        ("coordinator_cpu_s", json!(round(cpu_s, 2))),
+        ("coordinator_rss_mb", json!(round(peak_rss_mb(), 1))),
+        (
+            "store_bytes_per_child",
+            json!(round(store_bytes as f64 / total as f64, 1)),
+        ),
+        ("dispatches", json!(metrics.stats.dispatches)),
+        ("rejections", json!(metrics.stats.rejections)),
+        ("stale_events", json!(metrics.stats.stale_events)),
+        ("duplicate_events", json!(metrics.stats.duplicate_events)),
+        ("agents_lost", json!(metrics.stats.agents_lost)),
+    ];
+    match w {
+        Workload::Noop => {}
+        Workload::Proc => {
+            let base_s =
+                tokio::task::spawn_blocking(move || xargs_baseline_s(args.children, total_slots))
+                    .await
+                    .map_err(|e| CliError::other("BASELINE_FAILED", e.to_string()))??;
+            let base_per_s = total as f64 / base_s;
+            out.push(("baseline_wall_s", json!(round(base_s, 3))));
+            out.push(("baseline_per_s", json!(round(base_per_s, 1))));
+            out.push((
+                "vs_baseline",
+                json!(round(total as f64 / wall_s / base_per_s, 3)),
+            ));
+        }
+        Workload::Mixed => {
+            let work: Vec<u32> = (0..args.children).map(|i| work_ms(w, i)).collect();
+            out.push(("makespan_s", json!(round(wall_s, 3))));
+            out.push((
+                "lower_bound_s",
+                json!(round(lower_bound_s(&work, total_slots), 3)),
+            ));
+        }
+        Workload::AgentLoss => {
+            let mut seen = HashSet::new();
+            let duplicated = view.as_ref().map_or(0, |v| {
+                v.children
+                    .iter()
+                    .filter(|c| !seen.insert((c.task.clone(), c.index)))
+                    .count()
+            });
+            let lost = total.saturating_sub(summary.succeeded + summary.failed);
+            out.push((
+                "detect_s",
+                json!(loss.as_ref().map(|l| round(l.detect_s, 3))),
+            ));
+            out.push(("redispatched", json!(summary.lost_attempts)));
+            out.push(("lost", json!(lost)));
+            out.push(("duplicated", json!(duplicated)));
+        }
+    }
+    match args.output {
+        Format::Json => {
+            let obj: serde_json::Map<String, Value> =
+                out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            println!("{}", Value::Object(obj));
+        }
+        Format::Human => {
+            let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+            for (k, v) in &out {
+                println!("{k:<width$}  {v}");
+            }
+        }
+    }
+    if let Some(kept) = &kept {
+        eprintln!("kept {} (coordinator store, agent logs)", kept.display());
+    }
+    if !ok {
+        if kept.is_some() {
+            for log in &agent_logs {
+                eprintln!("agent log: {}", log.display());
+            }
+        }
+        eprintln!(
+            "error[EXECUTION_FAILED]: the bench execution ended {}: {}",
+            summary.state, summary.reason
+        );
+        return Ok(EXIT_FAILED);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn args(w: Workload) -> BenchArgs {
+        BenchArgs {
+            workload: w,
+            agents: 4,
+            children: 1000,
+            slots: 4,
+            lease_ttl_ms: 3000,
+            keep: false,
+            output: Format::Json,
+        }
+    }
+
+    #[test]
+    fn lower_bound_is_the_larger_of_spread_work_and_longest_child() {
+        // 10 s of work on 4 slots: 2.5 s; the longest child is 1 s.
+        assert_eq!(lower_bound_s(&[1000; 10], 4), 2.5);
+        // One long child dominates: 9 s alone.
+        assert_eq!(lower_bound_s(&[9000, 100, 100], 4), 9.0);
+        assert_eq!(lower_bound_s(&[], 4), 0.0);
+        assert_eq!(lower_bound_s(&[500, 500], 0), 1.0, "0 slots counts as 1");
+    }
+
+    #[test]
+    fn work_spreads_within_the_documented_ranges() {
+        let mixed: Vec<u32> = (0..1000).map(|i| work_ms(Workload::Mixed, i)).collect();
+        assert!(mixed.iter().all(|w| (50..=500).contains(w)));
+        assert!(mixed.iter().any(|&w| w < 100) && mixed.iter().any(|&w| w > 450));
+        let loss: Vec<u32> = (0..1000).map(|i| work_ms(Workload::AgentLoss, i)).collect();
+        assert!(loss.iter().all(|w| (300..=1000).contains(w)));
+        assert_eq!(work_ms(Workload::Noop, 7), 0);
+    }
+
+    #[test]
+    fn mixed_agents_have_different_sizes() {
+        assert_eq!(agent_slots(Workload::Mixed, 5, 4), [1, 2, 4, 8, 1]);
+        assert_eq!(agent_slots(Workload::Mixed, 2, 1), [1, 1]);
+        assert_eq!(agent_slots(Workload::Proc, 3, 4), [4, 4, 4]);
+    }
+
+    #[test]
+    fn generated_packages_parse_and_expand_to_n_children() {
+        for w in [
+            Workload::Noop,
+            Workload::Proc,
+            Workload::Mixed,
+            Workload::AgentLoss,
+        ] {
+            let (parent, child) = packages(w, 37);
+            let files: BTreeMap<String, String> = [
+                ("parent.toml".to_string(), parent),
+                ("child.toml".to_string(), child),
+            ]
+            .into();
+            let plan =
+                baton_coordinator::prepare::plan_bundle("parent.toml", &files, &BTreeMap::new())
+                    .unwrap_or_else(|e| panic!("{w:?}: {e}"));
+            assert_eq!(plan.tasks[0].items.len(), 37, "{w:?}");
+        }
+    }
+
+    #[test]
+    fn flags_are_validated() {
+        assert!(validate(&args(Workload::Noop)).is_ok());
+        let bad = [
+            BenchArgs {
+                agents: 0,
+                ..args(Workload::Noop)
+            },
+            BenchArgs {
+                children: 0,
+                ..args(Workload::Proc)
+            },
+            BenchArgs {
+                slots: 0,
+                ..args(Workload::Mixed)
+            },
+            BenchArgs {
+                lease_ttl_ms: 10,
+                ..args(Workload::Noop)
+            },
+            BenchArgs {
+                agents: 1,
+                ..args(Workload::AgentLoss)
+            },
+        ];
+        for a in bad {
+            let e = validate(&a).unwrap_err();
+            assert_eq!((e.code.as_str(), e.exit), ("USAGE", 2), "{a:?}");
+        }
+    }
+}
