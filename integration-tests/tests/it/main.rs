@@ -1,9 +1,9 @@
 //! Multi-process integration tests of Baton, run against the real `baton` binary.
 //!
 //! Each test starts its own coordinator and agents as separate processes (port 0,
-//! a temp dir per node), drives them through the CLI contract of
-//! `docs/CONTRACTS-draft.md` and, for the agent's admission edge, through a direct
-//! gRPC `StartJob`. Unit tests cannot show that the pieces agree on the wire, that a
+//! a temp dir per node), all over mutual TLS with a CA made for the test, and drives
+//! them through the CLI (`docs/errors.md` lists its exit codes) and, for the agent's
+//! admission edge, through a direct gRPC `StartJob`. Unit tests cannot show that the pieces agree on the wire, that a
 //! killed process loses nothing, or that the CLI keeps its promises (exit codes, JSON
 //! shapes); these tests do.
 //!
@@ -19,3 +19,4 @@ mod bench;
 mod capacity;
 mod coordinator_restart;
 mod fanout;
+mod tls;
