@@ -14,6 +14,7 @@
 //! (agent, attempt): anything else is stale, ignored and counted.
 
 mod agents;
+mod dispatch;
 mod executions;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,259 @@
+//! The dispatch half of the execution logic: the pump that places pending
+//! children on agents (fairly across executions, within each foreach's
+//! parallelism), the StartJob requests, and what each answer of an agent means.
+
+use std::time::Instant;
+
+use baton_proto as pb;
+use tracing::{debug, warn};
+
+use super::{ChildRef, DispatchOutcome, Effect, Scheduler};
+use crate::placement::{Placement, PlacementRequest, place};
+use crate::prepare::child_params;
+use crate::records::Phase;
+
+impl Scheduler {
+    /// Dispatches as many pending children as placement and the caps allow,
+    /// taking one child per execution in turn so that executions share the fleet.
+    pub fn pump(&mut self, now: Instant) {
+        let mut views = self.agent_views(now);
+        let order: Vec<u64> = self.exec_order.iter().copied().collect();
+        if let Some(first) = self.exec_order.pop_front() {
+            self.exec_order.push_back(first);
+        }
+        let mut blocked = vec![false; order.len()];
+        loop {
+            let mut progressed = false;
+            for (i, &slot) in order.iter().enumerate() {
+                if blocked[i] {
+                    continue;
+                }
+                match self.next_for(slot, &views, now) {
+                    Some((cref, agent)) => {
+                        if let Some(v) = views.iter_mut().find(|v| v.name == agent) {
+                            v.in_flight += 1;
+                        }
+                        self.dispatch_to(cref, agent, now);
+                        progressed = true;
+                    }
+                    None => blocked[i] = true,
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// The next child of an execution and where it goes, or `None` if it must wait.
+    fn next_for(
+        &mut self,
+        slot: u64,
+        views: &[crate::placement::AgentView],
+        _now: Instant,
+    ) -> Option<(ChildRef, String)> {
+        let gen_now = self.capacity_gen;
+        let e = self.execs.get_mut(&slot)?;
+        if e.rec.state.is_terminal() || e.rec.current_task >= e.tasks.len() {
+            return None;
+        }
+        let ti = e.rec.current_task;
+        let parallelism = e.plan.tasks[ti].foreach.parallelism;
+        let task = &mut e.tasks[ti];
+        if task.in_flight >= parallelism {
+            return None;
+        }
+        let &ci = task.queue.front()?;
+        let c = &mut task.children[ci as usize];
+        if c.excluded_gen != gen_now {
+            c.soft_excluded.clear();
+            c.excluded_gen = gen_now;
+        }
+        let mut exclude = c.soft_excluded.clone();
+        exclude.extend(c.hard_rejected.iter().cloned());
+        let req = PlacementRequest {
+            avoid: c.avoid.as_deref(),
+            exclude: Some(&exclude),
+        };
+        let cref = ChildRef {
+            exec: slot,
+            task: ti as u16,
+            child: ci,
+        };
+        match place(views, &req) {
+            Placement::Agent(agent) => {
+                task.queue.pop_front();
+                Some((cref, agent))
+            }
+            Placement::NoCapacity(reason) => {
+                let ready: Vec<&str> = views
+                    .iter()
+                    .filter(|v| v.ready)
+                    .map(|v| v.name.as_str())
+                    .collect();
+                let refused_by_all = !c.hard_rejected.is_empty()
+                    && ready.iter().all(|a| c.hard_rejected.contains(*a));
+                if refused_by_all {
+                    task.queue.pop_front();
+                    c.rec.reason = format!("refused by every ready agent: {}", c.rec.reason);
+                    self.set_phase(cref, Phase::Failed);
+                    self.advance(slot);
+                } else {
+                    c.waiting_reason = reason;
+                }
+                None
+            }
+        }
+    }
+
+    /// The StartJob request of a child's current attempt (same dispatch id on every resend).
+    fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
+        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let planned = &e.plan.tasks[cref.task as usize];
+        let c = &e.tasks[cref.task as usize].children[cref.child as usize];
+        let params = child_params(&planned.foreach, &e.plan.params, &c.rec.item)
+            .map_err(|err| format!("cannot bind child parameters: {err}"))?;
+        Ok(pb::StartJobRequest {
+            dispatch_id: Some(pb::DispatchId {
+                execution_id: e.rec.id.clone(),
+                task_path: c.rec.task.clone(),
+                item_index: c.rec.index,
+                attempt: c.rec.attempt,
+            }),
+            package: Some(pb::PackageRef {
+                name: planned.child.name.clone(),
+                content_hash: planned.child.hash.clone(),
+                content: planned.child.content.to_vec(),
+            }),
+            parameters: params.into_iter().collect(),
+            coordinator_epoch: self.epoch,
+            deadline_ms: planned.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
+            traceparent: String::new(),
+        })
+    }
+
+    fn dispatch_to(&mut self, cref: ChildRef, agent: String, now: Instant) {
+        let request = match self.start_request(cref) {
+            Ok(r) => r,
+            Err(reason) => {
+                if let Some(c) = self.child_mut(cref) {
+                    c.rec.reason = reason;
+                }
+                self.set_phase(cref, Phase::Failed);
+                self.advance(cref.exec);
+                return;
+            }
+        };
+        let Some(c) = self.child_mut(cref) else {
+            return;
+        };
+        if c.rec.attempt_agents.len() < c.rec.attempt as usize {
+            c.rec.attempt_agents.push(agent.clone());
+        } else if let Some(last) = c.rec.attempt_agents.last_mut() {
+            *last = agent.clone();
+        }
+        c.rec.agent = Some(agent.clone());
+        c.waiting_reason.clear();
+        c.dispatched_at = Some(now);
+        let attempt = c.rec.attempt;
+        self.set_phase(cref, Phase::Dispatching);
+        let address = self
+            .agents
+            .get(&agent)
+            .map(|a| a.rec.address.clone())
+            .unwrap_or_default();
+        self.stats.dispatches += 1;
+        self.effects.push(Effect::Dispatch {
+            agent,
+            address,
+            child: cref,
+            attempt,
+            request: Box::new(request),
+        });
+    }
+
+    /// Sends a dispatch again after an unknown outcome (same dispatch id).
+    pub(crate) fn resend_dispatch(&mut self, cref: ChildRef, now: Instant) {
+        let Some((agent, address)) = self.dispatch_target(cref) else {
+            return;
+        };
+        if !self.agents.get(&agent).is_some_and(|a| a.seen) {
+            // Not heard from since our restart: wait for it (or for its lease to expire).
+            self.resend.push((now + self.config.dispatch_retry, cref));
+            return;
+        }
+        let Ok(request) = self.start_request(cref) else {
+            return;
+        };
+        let attempt = request.dispatch_id.as_ref().map_or(0, |d| d.attempt);
+        self.effects.push(Effect::Dispatch {
+            agent,
+            address,
+            child: cref,
+            attempt,
+            request: Box::new(request),
+        });
+    }
+
+    /// The answer (or silence) of an agent to a StartJob.
+    pub fn dispatch_result(
+        &mut self,
+        cref: ChildRef,
+        agent: &str,
+        attempt: u32,
+        outcome: DispatchOutcome,
+        now: Instant,
+    ) {
+        let current = self.child(cref).is_some_and(|c| {
+            c.rec.phase == Phase::Dispatching
+                && c.rec.attempt == attempt
+                && c.rec.agent.as_deref() == Some(agent)
+        });
+        if !current {
+            return; // already reported, lost, or re-dispatched: nothing to do
+        }
+        match outcome {
+            DispatchOutcome::Accepted => self.set_phase(cref, Phase::Accepted),
+            DispatchOutcome::Unknown(err) => {
+                debug!(agent, %err, "dispatch outcome unknown; will ask again");
+                self.resend.push((now + self.config.dispatch_retry, cref));
+            }
+            DispatchOutcome::Rejected { code, reason } => {
+                self.stats.rejections += 1;
+                use pb::RejectCode as R;
+                let full_backoff = self.config.full_backoff;
+                if let Some(a) = self.agents.get_mut(agent) {
+                    match code {
+                        R::AtCapacity => a.full_until = Some(now + full_backoff),
+                        R::Draining => a.draining = true,
+                        _ => {}
+                    }
+                }
+                if code == R::StaleEpoch {
+                    warn!(
+                        agent,
+                        "agent has seen a newer coordinator epoch; is another coordinator running?"
+                    );
+                }
+                let Some(c) = self.child_mut(cref) else {
+                    return;
+                };
+                c.rec.reason = format!("{agent} rejected ({}): {reason}", code.as_str_name());
+                match code {
+                    R::AtCapacity | R::Draining | R::StaleEpoch => {
+                        c.soft_excluded.insert(agent.to_string());
+                        self.requeue(cref, true);
+                    }
+                    R::UnknownPackage | R::Unauthorized => {
+                        c.hard_rejected.insert(agent.to_string());
+                        self.requeue(cref, true);
+                    }
+                    R::InvalidRequest | R::Unspecified => {
+                        self.set_phase(cref, Phase::Failed);
+                        self.advance(cref.exec);
+                    }
+                }
+            }
+        }
+    }
+}
