@@ -29,7 +29,7 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
     /// TLS directory: CA, the coordinator's certificate, `admin/` client identity
-    /// (created on first start; default: <data-dir>/tls).
+    /// (created on first start; default: DATA_DIR/tls).
     #[arg(long, env = "BATON_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
     /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
@@ -67,7 +67,7 @@ pub struct AgentArgs {
     /// Grace between SIGTERM and SIGKILL when a job is cancelled or times out.
     #[arg(long, default_value_t = 5000)]
     pub kill_grace_ms: u64,
-    /// This agent's identity: ca.pem, tls.pem, tls.key (default: <data-dir>/tls;
+    /// This agent's identity: ca.pem, tls.pem, tls.key (default: DATA_DIR/tls;
     /// make it with `baton certs issue --agent NAME --out DIR`).
     #[arg(long, env = "BATON_AGENT_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,

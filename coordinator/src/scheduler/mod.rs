@@ -3,7 +3,7 @@
 //! It owns the agent registry (liveness lives here, in memory) and the
 //! running executions with their child jobs. Callers feed it inputs —
 //! registrations, agent events, dispatch outcomes, ticks, start requests —
-//! and it answers with state changes to persist ([`Scheduler::flush`]) and
+//! and it answers with state changes to persist (`Scheduler::flush`) and
 //! effects to perform once they are durable ([`Effect`]). It does no IO and
 //! reads no clock (time comes in as `now`), so its logic is unit-tested
 //! directly; `scheduler_task.rs` owns the loop around it.

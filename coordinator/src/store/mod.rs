@@ -6,7 +6,7 @@
 //! applies a batch atomically only if every precondition holds — the
 //! mechanism that records a child's terminal state exactly once. Two backends
 //! are planned: [`embedded::EmbeddedStore`] (redb, one file, the default) and
-//! etcd for HA coordinators; both must pass [`conformance`].
+//! etcd for HA coordinators; both must pass the `conformance` suite.
 
 pub mod embedded;
 
