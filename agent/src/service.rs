@@ -47,6 +47,13 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::StartJobRequest>,
     ) -> Result<Response<pb::StartJobResponse>, Status> {
+        if let Err(reason) = from_coordinator(&request) {
+            info!(code = "UNAUTHORIZED", %reason, "job rejected");
+            return Ok(Response::new(rejected(Rejection::new(
+                pb::RejectCode::Unauthorized,
+                reason,
+            ))));
+        }
         let job = match StartJob::try_from(request.into_inner()) {
             Ok(job) => job,
             Err(e) => {
@@ -78,6 +85,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        from_coordinator(&request).map_err(Status::permission_denied)?;
         let key = DispatchKey::from_field(request.into_inner().dispatch_id, "dispatch_id")?;
         let was_running = self.supervisor.cancel_job(&key);
         Ok(Response::new(pb::CancelJobResponse { was_running }))
@@ -87,6 +95,7 @@ impl AgentService for AgentGrpc {
         &self,
         request: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
+        from_coordinator(&request).map_err(Status::permission_denied)?;
         let key = DispatchKey::from_field(request.into_inner().dispatch_id, "dispatch_id")?;
         let resp = match self.supervisor.job_state(&key) {
             JobState::Unknown => pb::GetJobResponse {
@@ -106,5 +115,24 @@ impl AgentService for AgentGrpc {
             },
         };
         Ok(Response::new(resp))
+    }
+}
+
+/// Only the coordinator's certificate may control jobs on an agent. Without TLS
+/// (`--insecure`, loopback only) there is no identity to check.
+fn from_coordinator<T>(request: &Request<T>) -> Result<(), String> {
+    use baton_proto::identity::{Peer, classify};
+    let Some(certs) = request.peer_certs() else {
+        return Ok(());
+    };
+    match certs.first().map(|leaf| classify(leaf)) {
+        Some(Peer::Coordinator) => Ok(()),
+        Some(other) => {
+            tracing::warn!(peer = %other, "agent call refused: only the coordinator may control jobs");
+            Err(format!(
+                "{other} may not control jobs on this agent; only the coordinator may"
+            ))
+        }
+        None => Err("no client certificate".to_string()),
     }
 }

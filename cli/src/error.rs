@@ -63,10 +63,11 @@ impl CliError {
             return Self::unavailable(url, s.message());
         }
         if server_code.is_none()
-            && s.code() == Code::Unknown
-            && s.message().contains("transport error")
+            && matches!(s.code(), Code::Unknown | Code::Cancelled | Code::Internal)
         {
-            // Typically plaintext spoken to a TLS port (or the reverse).
+            // Baton's servers put a code on every error they return; a status
+            // without one came from the transport: typically plaintext spoken to
+            // a TLS port (or the reverse), or a handshake the server refused.
             return Self::unavailable(
                 url,
                 "the connection broke at once; a coordinator serves mutual TLS unless started with \

@@ -20,6 +20,8 @@ pub enum CoordinatorError {
     StoreConflict(String),
     #[error("store: {0}")]
     Store(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("io: {0}")]
@@ -39,6 +41,7 @@ impl CoordinatorError {
             CoordinatorError::AgentNotRegistered(_) => "AGENT_NOT_REGISTERED",
             CoordinatorError::StoreConflict(_) => "STORE_CONFLICT",
             CoordinatorError::Store(_) => "STORE_FAILED",
+            CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",
             CoordinatorError::ShuttingDown => "SHUTTING_DOWN",
             CoordinatorError::Io(_) => "IO_FAILED",
             CoordinatorError::Transport(_) => "TRANSPORT_FAILED",

@@ -155,6 +155,8 @@ pub async fn start(
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let control_api =
+        tonic::service::interceptor::InterceptedService::new(control_api, grpc::control_guard);
     let addr = listener.local_addr()?;
     info!(%addr, "coordinator serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -262,6 +262,46 @@ mod tests {
     }
 
     #[test]
+    fn issued_certificates_classify_as_their_identity() {
+        use baton_proto::identity::{Peer, classify};
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let der = |who: &Identity| {
+            let out = dir.path().join(who.dns_name());
+            issue(dir.path(), who, &out, 1).unwrap();
+            let pem = read(&out.join("tls.pem")).unwrap();
+            let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            base64_decode(&b64)
+        };
+        assert_eq!(classify(&der(&Identity::Coordinator)), Peer::Coordinator);
+        assert_eq!(
+            classify(&der(&Identity::Agent("a1".into()))),
+            Peer::Agent("a1".into())
+        );
+        assert_eq!(
+            classify(&der(&Identity::Client("alice".into()))),
+            Peer::Client("alice".into())
+        );
+    }
+
+    /// Minimal base64 decoder for the test (PEM bodies).
+    fn base64_decode(s: &str) -> Vec<u8> {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = Vec::new();
+        let (mut buf, mut bits) = (0u32, 0);
+        for c in s.bytes().filter(|c| *c != b'=') {
+            let v = A.iter().position(|a| *a == c).unwrap() as u32;
+            buf = (buf << 6) | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((buf >> bits) as u8);
+            }
+        }
+        out
+    }
+
+    #[test]
     fn names_must_be_dns_labels() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();

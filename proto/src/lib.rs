@@ -12,6 +12,8 @@ pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
 
+pub mod identity;
+
 pub use v1::*;
 
 impl std::fmt::Display for v1::DispatchId {

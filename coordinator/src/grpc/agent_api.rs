@@ -70,7 +70,9 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let peer = super::peer(&request);
         let reg = Registration::try_from(request.into_inner()).map_err(status)?;
+        super::check_agent(peer.as_ref(), &reg.name, "Register")?;
         let resp = self.handle.register(reg).await.map_err(status)?;
         Ok(Response::new(resp))
     }
@@ -81,6 +83,7 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<Streaming<pb::AgentEvent>>,
     ) -> Result<Response<Self::ReportEventsStream>, Status> {
+        let peer = super::peer(&request);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -92,6 +95,7 @@ impl CoordinatorService for AgentApi {
             )));
         };
         let agent = hello.agent_id;
+        super::check_agent(peer.as_ref(), &agent, "ReportEvents")?;
         let (acks, rx) = tokio::sync::watch::channel(0u64);
         self.handle
             .open_stream(agent.clone(), hello.boot_id, acks)

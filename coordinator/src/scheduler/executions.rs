@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
 use baton_proto as pb;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{Child, ChildRef, Exec, Scheduler, TaskRun};
 use crate::prepare::Plan;
@@ -285,15 +285,26 @@ impl Scheduler {
         });
         if found.is_none() {
             self.stats.stale_events += 1;
-            if let Some(e) = self
-                .exec_ids
-                .get(&id.execution_id)
-                .and_then(|s| self.execs.get_mut(s))
+            let mut foreign = false;
+            if let Some(&slot) = self.exec_ids.get(&id.execution_id)
+                && let Some(e) = self.execs.get_mut(&slot)
             {
                 e.rec.stale_events += 1;
                 e.touched = true;
+                self.dirty_execs.insert(slot);
+                // A late report from an agent that once held the child is normal
+                // after a loss; a report from an agent that never did is not.
+                foreign = e
+                    .task_index
+                    .get(&id.task_path)
+                    .and_then(|t| e.tasks[*t as usize].children.get(id.item_index as usize))
+                    .is_some_and(|c| !c.rec.attempt_agents.iter().any(|a| a == agent));
             }
-            debug!(agent, dispatch = %id, "stale report ignored");
+            if foreign {
+                warn!(agent, dispatch = %id, "report about a job never dispatched to this agent refused");
+            } else {
+                debug!(agent, dispatch = %id, "stale report ignored");
+            }
         }
         found
     }

@@ -303,6 +303,27 @@ fn agent_restart_loses_its_children() {
 }
 
 #[test]
+fn a_report_about_another_agents_job_is_refused_and_counted() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    reg(&mut s, "b", 1, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    let (owner, _, _, id) = d[0].clone();
+    let other = if owner == "a" { "b" } else { "a" };
+    s.agent_event(other, finished(1, &id, pb::JobStatus::Succeeded), now);
+    let sum = summary(&s);
+    assert_eq!(
+        (sum.succeeded, sum.stale_events),
+        (0, 1),
+        "the owner's job is unaffected"
+    );
+    s.agent_event(&owner, finished(1, &id, pb::JobStatus::Succeeded), now);
+    assert_eq!(summary(&s).succeeded, 1);
+}
+
+#[test]
 fn sequence_gap_resets_the_stream() {
     let now = Instant::now();
     let mut s = sched();

@@ -101,6 +101,8 @@ pub struct AgentOpts {
     pub coordinator_url: Option<String>,
     /// Wait for the `baton agent NAME listening on ADDR` line.
     pub wait_announce: bool,
+    /// Use this TLS identity instead of issuing one for `name`.
+    pub tls_dir: Option<PathBuf>,
 }
 
 impl AgentOpts {
@@ -110,6 +112,7 @@ impl AgentOpts {
             slots,
             coordinator_url: None,
             wait_announce: true,
+            tls_dir: None,
         }
     }
 }
@@ -194,10 +197,12 @@ impl Cluster {
         dir
     }
 
-    /// What a test needs to call an agent's `AgentService` directly over mutual TLS.
+    /// What a test needs to call an agent's `AgentService` directly over mutual TLS,
+    /// as the coordinator does (agents take job calls only from the coordinator's
+    /// identity, which lives in the CA dir).
     pub fn agent_tls(&self, agent: &str) -> grpc::AgentTls {
         grpc::AgentTls {
-            client_dir: self.ca_dir().join("admin"),
+            client_dir: self.ca_dir(),
             agent: agent.to_owned(),
         }
     }
@@ -220,19 +225,25 @@ impl Cluster {
             .unwrap_or_else(|| self.coordinator_url());
         let dir = self.root().join(&opts.name);
         // The agent's identity, issued by this cluster's CA (what an operator does once per machine).
-        let tls_dir = dir.join("data").join("tls");
-        let ca_dir = self.ca_dir();
-        let issued = self.cli_raw(&[
-            "certs",
-            "issue",
-            "--ca-dir",
-            &ca_dir.display().to_string(),
-            "--agent",
-            &opts.name,
-            "--out",
-            &tls_dir.display().to_string(),
-        ]);
-        issued.expect_code(0);
+        let tls_dir = match &opts.tls_dir {
+            Some(d) => d.clone(),
+            None => {
+                let tls_dir = dir.join("data").join("tls");
+                let ca_dir = self.ca_dir();
+                let issued = self.cli_raw(&[
+                    "certs",
+                    "issue",
+                    "--ca-dir",
+                    &ca_dir.display().to_string(),
+                    "--agent",
+                    &opts.name,
+                    "--out",
+                    &tls_dir.display().to_string(),
+                ]);
+                issued.expect_code(0);
+                tls_dir
+            }
+        };
         let args = vec![
             "agent".to_owned(),
             "--coordinator".to_owned(),
@@ -243,6 +254,8 @@ impl Cluster {
             opts.slots.to_string(),
             "--data-dir".to_owned(),
             dir.join("data").display().to_string(),
+            "--tls-dir".to_owned(),
+            tls_dir.display().to_string(),
         ];
         let mut node = Node::new(NodeSpec {
             name: opts.name.clone(),
