@@ -85,6 +85,7 @@ impl Coordinator {
             finished_unix_ms: 0,
             reason: String::new(),
             stale_events: 0,
+            cancel_requested: false,
         };
         self.handle.start(rec, plan).await
     }
@@ -115,6 +116,18 @@ impl Coordinator {
             return Ok(Watched::Live(rx));
         }
         Ok(Watched::Ended(self.view(id).await?.summary))
+    }
+
+    /// Cancels an execution; returns `cancelling`, or the state it had already
+    /// ended in (cancelling an ended execution changes nothing).
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<String, CoordinatorError> {
+        match self.handle.cancel(id.to_string(), reason.to_string()).await {
+            Ok(state) => Ok(state.to_string()),
+            Err(CoordinatorError::ExecutionNotFound(_)) => {
+                Ok(self.stored(id).await?.state.as_str().to_string())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {

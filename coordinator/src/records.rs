@@ -101,6 +101,9 @@ pub struct ExecutionRecord {
     /// Reports that named an older attempt or another agent, ignored.
     #[serde(default)]
     pub stale_events: u64,
+    /// Set by a cancel request; the execution ends `cancelled` once no child runs.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 /// Phase of a child job (the coordinator's record of it).
@@ -173,6 +176,9 @@ pub struct ChildRecord {
     pub started_unix_ms: u64,
     #[serde(default)]
     pub finished_unix_ms: u64,
+    /// Process id (and group) of the current attempt, as the agent reported it.
+    #[serde(default)]
+    pub pid: u32,
 }
 
 pub fn now_unix_ms() -> u64 {

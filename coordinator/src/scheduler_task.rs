@@ -80,6 +80,11 @@ pub(crate) enum Msg {
     ListAgents {
         reply: oneshot::Sender<Vec<AgentListing>>,
     },
+    Cancel {
+        id: String,
+        reason: String,
+        reply: oneshot::Sender<Result<&'static str, CoordinatorError>>,
+    },
     Metrics {
         reply: oneshot::Sender<MetricsSnapshot>,
     },
@@ -159,6 +164,15 @@ impl SchedulerHandle {
         id: String,
     ) -> Result<Option<watch::Receiver<Summary>>, CoordinatorError> {
         self.ask(|reply| Msg::Watch { id, reply }).await
+    }
+
+    /// Requests cancellation; `ExecutionNotFound` if it is not running.
+    pub async fn cancel(
+        &self,
+        id: String,
+        reason: String,
+    ) -> Result<&'static str, CoordinatorError> {
+        self.ask(|reply| Msg::Cancel { id, reason, reply }).await?
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
@@ -306,6 +320,9 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         Msg::Watch { id, reply } => {
             let _ = reply.send(sched.watch(&id));
         }
+        Msg::Cancel { id, reason, reply } => {
+            let _ = reply.send(sched.cancel(&id, &reason));
+        }
         Msg::ListAgents { reply } => {
             let list = sched
                 .agent_list()
@@ -331,6 +348,20 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
 
 fn perform(io: &mut Io, effect: Effect) {
     match effect {
+        Effect::Cancel {
+            agent,
+            address,
+            request,
+        } => {
+            let client = match io.dialer.client(&agent, &address) {
+                Ok(c) => c,
+                Err(e) => {
+                    warn!(%agent, error = %e, "cannot build a client to cancel a job");
+                    return;
+                }
+            };
+            tokio::spawn(cancel_job(client, agent, request));
+        }
         Effect::Dispatch {
             agent,
             address,
@@ -419,4 +450,24 @@ async fn start_job(
             },
         },
     }
+}
+
+/// Asks an agent to stop a job, a few times if the agent cannot be reached.
+/// (If it stays unreachable its lease expires and the child ends `cancelled`.)
+async fn cancel_job(
+    mut client: AgentServiceClient<Channel>,
+    agent: String,
+    request: pb::CancelJobRequest,
+) {
+    for attempt in 1..=3u32 {
+        match tokio::time::timeout(DISPATCH_TIMEOUT, client.cancel_job(request.clone())).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(status)) => {
+                debug!(%agent, attempt, error = %status.message(), "CancelJob failed")
+            }
+            Err(_) => debug!(%agent, attempt, "CancelJob timed out"),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+    }
+    warn!(%agent, "could not reach the agent to cancel a job");
 }

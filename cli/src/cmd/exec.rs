@@ -9,6 +9,24 @@ use crate::output::{Format, summary_human, summary_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ExecCmd {
+    /// Cancel an execution: pending children are cancelled, running ones are ended on
+    /// their agents (SIGTERM, a grace period, SIGKILL on the whole process group).
+    #[command(
+        after_help = "Examples:\n  baton exec cancel 019ab2c4...\n  baton exec cancel 019ab2c4... --reason 'wrong date' --wait"
+    )]
+    Cancel {
+        id: String,
+        /// Why (recorded on the execution).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Wait until every child has stopped; exit 0 once the execution has ended.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
     /// Show an execution and every child job (state, agent, attempt, exit code, reason).
     #[command(
         after_help = "Example:\n  baton exec show 019ab2c4... --output json | jq '.children[] | select(.state != \"succeeded\")'"
@@ -36,6 +54,7 @@ fn child_json(c: &pb::ChildJob) -> serde_json::Value {
         "exit_code": c.exit_code,
         "reason": c.reason,
         "attempt_agents": c.attempt_agents,
+        "pid": c.pid,
         "outputs": c.outputs,
         "started_unix_ms": c.started_unix_ms,
         "finished_unix_ms": c.finished_unix_ms,
@@ -44,6 +63,52 @@ fn child_json(c: &pb::ChildJob) -> serde_json::Value {
 
 pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
     match cmd {
+        ExecCmd::Cancel {
+            id,
+            reason,
+            wait,
+            output,
+            coordinator,
+        } => {
+            let mut client = coordinator.connect().await?;
+            let state = client
+                .cancel_execution(pb::CancelExecutionRequest {
+                    execution_id: id.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| coordinator.status(s))?
+                .into_inner()
+                .state;
+            let summary = if wait && state == "cancelling" {
+                Some(super::run::wait(&mut client, &coordinator, &id, false).await?)
+            } else {
+                None
+            };
+            let final_state = summary
+                .as_ref()
+                .map_or(state.as_str(), |s| s.state.as_str());
+            match output {
+                Format::Json => {
+                    let mut v = json!({ "execution_id": id, "status": final_state });
+                    if let Some(s) = &summary {
+                        v["summary"] = summary_json(s, None);
+                    }
+                    println!("{v}");
+                }
+                Format::Human => match &summary {
+                    Some(s) => println!("{}", summary_human(s, None)),
+                    None if final_state == "cancelling" => {
+                        println!("execution {id}: cancelling");
+                        eprintln!(
+                            "running children are being stopped; `baton exec show {id}` follows them, --wait waits"
+                        );
+                    }
+                    None => println!("execution {id}: {final_state} (it had already ended)"),
+                },
+            }
+            Ok(0)
+        }
         ExecCmd::Show {
             id,
             output,

@@ -72,6 +72,24 @@ impl ControlService for ControlApi {
         Ok(Response::new(convert::detail(view)))
     }
 
+    async fn cancel_execution(
+        &self,
+        request: Request<pb::CancelExecutionRequest>,
+    ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+        let r = request.into_inner();
+        if r.reason.len() > 1024 {
+            return Err(status(CoordinatorError::InvalidRequest(
+                "reason is longer than 1024 bytes".into(),
+            )));
+        }
+        let state = self
+            .coordinator
+            .cancel(&r.execution_id, &r.reason)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CancelExecutionResponse { state }))
+    }
+
     async fn list_agents(
         &self,
         _request: Request<pb::ListAgentsRequest>,

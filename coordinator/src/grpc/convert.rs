@@ -55,6 +55,7 @@ pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
             finished_unix_ms: c.finished_unix_ms,
             outputs: c.outputs.into_iter().collect(),
             attempt_agents: c.attempt_agents,
+            pid: c.pid,
         })
         .collect();
     pb::ExecutionDetail { summary, children }

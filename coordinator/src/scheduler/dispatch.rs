@@ -54,7 +54,10 @@ impl Scheduler {
     ) -> Option<(ChildRef, String)> {
         let gen_now = self.capacity_gen;
         let e = self.execs.get_mut(&slot)?;
-        if e.rec.state.is_terminal() || e.rec.current_task >= e.tasks.len() {
+        if e.rec.state.is_terminal()
+            || e.rec.cancel_requested
+            || e.rec.current_task >= e.tasks.len()
+        {
             return None;
         }
         let ti = e.rec.current_task;
@@ -177,6 +180,13 @@ impl Scheduler {
         let Some((agent, address)) = self.dispatch_target(cref) else {
             return;
         };
+        if self.cancelling(cref) {
+            // Never start what was cancelled: stop it in case it did start.
+            self.request_stop(cref);
+            self.set_phase(cref, Phase::Cancelled);
+            self.advance(cref.exec);
+            return;
+        }
         if !self.agents.get(&agent).is_some_and(|a| a.seen) {
             // Not heard from since our restart: wait for it (or for its lease to expire).
             self.resend.push((now + self.config.dispatch_retry, cref));
@@ -211,6 +221,26 @@ impl Scheduler {
         });
         if !current {
             return; // already reported, lost, or re-dispatched: nothing to do
+        }
+        if self.cancelling(cref) {
+            match outcome {
+                // It started after the cancel was sent (or the cancel overtook it): stop it again.
+                DispatchOutcome::Accepted => {
+                    self.set_phase(cref, Phase::Accepted);
+                    self.request_stop(cref);
+                }
+                // Nothing runs, or if it does, the CancelJob already sent ends it
+                // and its report will be stale.
+                DispatchOutcome::Rejected { .. } | DispatchOutcome::Unknown(_) => {
+                    if let Some(c) = self.child_mut(cref) {
+                        c.rec.reason =
+                            "execution cancelled while the child was being dispatched".to_string();
+                    }
+                    self.set_phase(cref, Phase::Cancelled);
+                    self.advance(cref.exec);
+                }
+            }
+            return;
         }
         match outcome {
             DispatchOutcome::Accepted => self.set_phase(cref, Phase::Accepted),

@@ -41,6 +41,7 @@ impl Scheduler {
                         outputs: BTreeMap::new(),
                         started_unix_ms: 0,
                         finished_unix_ms: 0,
+                        pid: 0,
                     })
                     .map(|r| (r, None))
                     .collect()
@@ -89,6 +90,7 @@ impl Scheduler {
                 v
             })
             .collect();
+        let cancel_requested = rec.cancel_requested;
         let slot = self.insert_exec(rec, Some(version), plan, children);
         // Children on agents: the agents own them until they report or are lost.
         let mut on_agent = Vec::new();
@@ -119,6 +121,9 @@ impl Scheduler {
                 }
                 None => self.child_lost(cref, &agent, "agent unknown after coordinator restart"),
             }
+        }
+        if cancel_requested {
+            self.cancel_children(slot);
         }
         self.advance(slot);
     }
@@ -315,6 +320,7 @@ impl Scheduler {
         };
         if let Some(c) = self.child_mut(cref) {
             c.rec.started_unix_ms = at_ms;
+            c.rec.pid = s.pid;
             if c.rec.phase != Phase::Running {
                 self.set_phase(cref, Phase::Running);
             }
@@ -359,6 +365,7 @@ impl Scheduler {
         };
         if matches!(terminal, Phase::Failed | Phase::TimedOut)
             && c.rec.failures + 1 < retry.attempts
+            && !e.rec.cancel_requested
         {
             c.rec.failures += 1;
             c.rec.attempt += 1;
@@ -387,7 +394,10 @@ impl Scheduler {
         }
         c.rec.lost += 1;
         c.rec.reason = format!("attempt {} {why} on {agent}", c.rec.attempt);
-        if c.rec.lost <= retry.lost_attempts {
+        if e.rec.cancel_requested {
+            self.set_phase(cref, Phase::Cancelled);
+            self.advance(cref.exec);
+        } else if c.rec.lost <= retry.lost_attempts {
             c.rec.attempt += 1;
             c.avoid = Some(agent.to_string());
             self.requeue(cref, true);
@@ -411,6 +421,10 @@ impl Scheduler {
             let task = &e.tasks[ti];
             if (task.terminal as usize) < task.children.len() {
                 return;
+            }
+            if e.rec.cancel_requested {
+                e.rec.state = ExecutionState::Cancelled;
+                break;
             }
             if task.failed > 0 {
                 e.rec.state = ExecutionState::Failed;

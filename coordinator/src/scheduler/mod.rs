@@ -14,6 +14,7 @@
 //! (agent, attempt): anything else is stale, ignored and counted.
 
 mod agents;
+mod cancel;
 mod dispatch;
 mod executions;
 #[cfg(test)]
@@ -75,6 +76,12 @@ pub enum Effect {
         child: ChildRef,
         attempt: u32,
         request: Box<pb::StartJobRequest>,
+    },
+    /// Ask an agent to stop a child (cancellation).
+    Cancel {
+        agent: String,
+        address: String,
+        request: pb::CancelJobRequest,
     },
     /// Acknowledge an agent's events up to `seq` (cumulative).
     Ack { agent: String, seq: u64 },

@@ -53,6 +53,7 @@ fn start(s: &mut Scheduler, n: u32) -> String {
         finished_unix_ms: 0,
         reason: String::new(),
         stale_events: 0,
+        cancel_requested: false,
     };
     s.start(rec, plan)
 }
@@ -323,6 +324,84 @@ fn a_report_about_another_agents_job_is_refused_and_counted() {
     assert_eq!(summary(&s).succeeded, 1);
 }
 
+fn cancels(s: &mut Scheduler) -> usize {
+    s.take_effects()
+        .iter()
+        .filter(|e| matches!(e, Effect::Cancel { .. }))
+        .count()
+}
+
+#[test]
+fn cancel_ends_pending_children_at_once_and_stops_running_ones() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", now);
+    start(&mut s, 5);
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 2);
+    for (agent, child, attempt, _) in &d {
+        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
+    }
+    assert_eq!(s.cancel("e1", "operator").unwrap(), "cancelling");
+    assert_eq!(cancels(&mut s), 2, "one CancelJob per running child");
+    let sum = summary(&s);
+    assert_eq!(
+        (sum.pending, sum.running, sum.failed),
+        (0, 2, 3),
+        "pending children cancelled at once"
+    );
+    assert!(
+        settle(&mut s, now).is_empty(),
+        "nothing is dispatched after a cancel"
+    );
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Cancelled), now);
+    s.agent_event("a", finished(2, &d[1].3, pb::JobStatus::Cancelled), now);
+    let v = s.execution_view("e1").unwrap();
+    assert_eq!(v.summary.state, "cancelled");
+    assert!(v.children.iter().all(|c| c.phase == Phase::Cancelled));
+}
+
+#[test]
+fn cancel_does_not_retry_failed_or_lost_children() {
+    let t0 = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", t0);
+    reg(&mut s, "b", 1, "b1", t0);
+    start(&mut s, 2);
+    let d = settle(&mut s, t0);
+    let rx = s.watch("e1").unwrap();
+    s.cancel("e1", "").unwrap();
+    // One child fails (policy would retry it), the other's agent is lost.
+    let (fa, _, _, fid) = d[0].clone();
+    s.agent_event(&fa, finished(1, &fid, pb::JobStatus::Failed), t0);
+    let other = if fa == "a" { "b" } else { "a" };
+    let later = t0 + Duration::from_secs(6);
+    reg(&mut s, &fa, 1, "b1", later);
+    s.tick(later);
+    assert!(s.agents[other].lost);
+    assert!(settle(&mut s, later).is_empty(), "no retry after a cancel");
+    let last = rx.borrow().clone();
+    assert_eq!((last.state.as_str(), last.failed), ("cancelled", 2));
+}
+
+#[test]
+fn a_start_accepted_after_the_cancel_is_stopped_again() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    s.cancel("e1", "").unwrap();
+    assert_eq!(cancels(&mut s), 1);
+    s.dispatch_result(d[0].1, "a", 1, DispatchOutcome::Accepted, now);
+    assert_eq!(
+        cancels(&mut s),
+        1,
+        "the late acceptance gets its own CancelJob"
+    );
+    assert_eq!(summary(&s).state, "running", "ends when the agent reports");
+}
+
 #[test]
 fn sequence_gap_resets_the_stream() {
     let now = Instant::now();
@@ -347,6 +426,7 @@ enum Op {
     Replay(usize),
     Lose(u8),
     Tick,
+    Cancel,
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -357,6 +437,7 @@ fn arb_op() -> impl Strategy<Value = Op> {
         (0usize..64).prop_map(Op::Replay),
         (0u8..3).prop_map(Op::Lose),
         Just(Op::Tick),
+        Just(Op::Cancel),
     ]
 }
 
@@ -410,6 +491,9 @@ proptest! {
                     s.tick(now);
                 }
                 Op::Tick => s.tick(now),
+                Op::Cancel if s.execution_view("e1").is_some() => {
+                    s.cancel("e1", "prop").unwrap();
+                }
                 _ => {}
             }
             s.pump(now);

@@ -16,6 +16,7 @@ mod harness;
 mod agent_loss;
 mod bad_input;
 mod bench;
+mod cancel;
 mod capacity;
 mod coordinator_restart;
 mod fanout;

@@ -38,6 +38,8 @@ pub struct ChildView {
     /// When the last attempt started and finished (Unix ms; 0 when unknown).
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
+    /// Process id (= process group) of the last attempt on its agent; 0 when unknown.
+    pub pid: u64,
 }
 
 impl ChildView {
@@ -48,6 +50,7 @@ impl ChildView {
             index: u64_at(v, "/index"),
             state: str_at(v, "/state").to_owned(),
             attempt: u64_at(v, "/attempt"),
+            pid: v.get("pid").and_then(Value::as_u64).unwrap_or(0),
             agent: opt_str("agent"),
             attempt_agents: v
                 .get("attempt_agents")

@@ -1,0 +1,115 @@
+//! Cancelling an execution: pending children end `cancelled` at once; children
+//! on agents are asked to stop (`CancelJob`: SIGTERM, grace, SIGKILL on the
+//! process group) and end `cancelled` when the agent reports. Nothing is
+//! dispatched or retried afterwards, and the request is persisted, so a
+//! coordinator restart carries the cancellation on.
+
+use baton_proto as pb;
+use tracing::info;
+
+use super::{ChildRef, Effect, Scheduler};
+use crate::error::CoordinatorError;
+use crate::records::Phase;
+
+impl Scheduler {
+    /// Requests cancellation of a running execution; returns its state after
+    /// the request (`cancelling`, or `cancelled` if nothing was left running).
+    pub fn cancel(&mut self, id: &str, reason: &str) -> Result<&'static str, CoordinatorError> {
+        let slot = *self
+            .exec_ids
+            .get(id)
+            .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
+        let e = self
+            .execs
+            .get_mut(&slot)
+            .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
+        if !e.rec.cancel_requested {
+            e.rec.cancel_requested = true;
+            e.rec.reason = if reason.is_empty() {
+                "cancelled".to_string()
+            } else {
+                format!("cancelled: {reason}")
+            };
+            e.touched = true;
+            self.dirty_execs.insert(slot);
+            info!(execution = %id, %reason, "execution cancel requested");
+        }
+        self.cancel_children(slot);
+        self.advance(slot);
+        let e = &self.execs[&slot];
+        Ok(if e.rec.state.is_terminal() {
+            e.rec.state.as_str()
+        } else {
+            "cancelling"
+        })
+    }
+
+    /// Cancels what is pending and asks agents to stop what runs.
+    pub(crate) fn cancel_children(&mut self, slot: u64) {
+        let Some(e) = self.execs.get_mut(&slot) else {
+            return;
+        };
+        let mut pending = Vec::new();
+        let mut on_agent = Vec::new();
+        for (t, task) in e.tasks.iter_mut().enumerate() {
+            task.queue.clear();
+            for (i, c) in task.children.iter().enumerate() {
+                let cref = ChildRef {
+                    exec: slot,
+                    task: t as u16,
+                    child: i as u32,
+                };
+                match c.rec.phase {
+                    Phase::Pending => pending.push(cref),
+                    p if p.is_on_agent() => on_agent.push(cref),
+                    _ => {}
+                }
+            }
+        }
+        for cref in pending {
+            if let Some(c) = self.child_mut(cref) {
+                c.rec.reason = "execution cancelled before the child started".to_string();
+            }
+            self.set_phase(cref, Phase::Cancelled);
+        }
+        for cref in on_agent {
+            self.request_stop(cref);
+        }
+    }
+
+    /// Emits a `CancelJob` for a child's current attempt on its agent.
+    pub(crate) fn request_stop(&mut self, cref: ChildRef) {
+        let Some(e) = self.execs.get(&cref.exec) else {
+            return;
+        };
+        let c = &e.tasks[cref.task as usize].children[cref.child as usize];
+        let Some(agent) = c.rec.agent.clone() else {
+            return;
+        };
+        let Some(a) = self.agents.get(&agent) else {
+            return;
+        };
+        let request = pb::CancelJobRequest {
+            dispatch_id: Some(pb::DispatchId {
+                execution_id: e.rec.id.clone(),
+                task_path: c.rec.task.clone(),
+                item_index: c.rec.index,
+                attempt: c.rec.attempt,
+            }),
+            reason: e.rec.reason.clone(),
+        };
+        let address = a.rec.address.clone();
+        self.effects.push(Effect::Cancel {
+            agent,
+            address,
+            request,
+        });
+    }
+
+    /// Whether the execution of `cref` is being cancelled.
+    pub(crate) fn cancelling(&self, cref: ChildRef) -> bool {
+        self.execs
+            .get(&cref.exec)
+            .is_some_and(|e| e.rec.cancel_requested)
+    }
+}
