@@ -47,33 +47,13 @@ impl Scheduler {
         let entry = self
             .agents
             .entry(reg.name.clone())
-            .or_insert_with(|| AgentEntry {
-                rec: rec.clone(),
-                version: None,
-                seq: SeqRecord {
-                    outbox_id: reg.outbox_id.clone(),
-                    applied_seq: 0,
-                },
-                seq_version: None,
-                seen: true,
-                lost: false,
-                last_seen: now,
-                last_heartbeat_unix_ms: 0,
-                load1: 0.0,
-                running_reported: 0,
-                draining: false,
-                full_until: None,
-                active: Default::default(),
-            });
+            .or_insert_with(|| AgentEntry::new(rec.clone(), SeqRecord::fresh(&reg.outbox_id), now));
         if entry.rec != rec || entry.version.is_none() {
             entry.rec = rec;
             self.dirty_agents.insert(reg.name.clone());
         }
         if entry.seq.outbox_id != reg.outbox_id || entry.seq_version.is_none() {
-            entry.seq = SeqRecord {
-                outbox_id: reg.outbox_id.clone(),
-                applied_seq: 0,
-            };
+            entry.seq = SeqRecord::fresh(&reg.outbox_id);
             self.dirty_seqs.insert(reg.name.clone());
         }
         entry.seen = true;
@@ -255,32 +235,13 @@ impl Scheduler {
         let name = rec.name.clone();
         let (seq, seq_version) = match seq {
             Some((s, v)) => (s, Some(v)),
-            None => (
-                SeqRecord {
-                    outbox_id: String::new(),
-                    applied_seq: 0,
-                },
-                None,
-            ),
+            None => (SeqRecord::fresh(""), None),
         };
-        self.agents.insert(
-            name,
-            AgentEntry {
-                rec,
-                version: Some(version),
-                seq,
-                seq_version,
-                seen: false,
-                lost: false,
-                last_seen: now,
-                last_heartbeat_unix_ms: 0,
-                load1: 0.0,
-                running_reported: 0,
-                draining: false,
-                full_until: None,
-                active: Default::default(),
-            },
-        );
+        let mut entry = AgentEntry::new(rec, seq, now);
+        entry.version = Some(version);
+        entry.seq_version = seq_version;
+        entry.seen = false;
+        self.agents.insert(name, entry);
     }
 
     /// Whether `agent` may still be sent `cref`'s dispatch.
@@ -293,5 +254,36 @@ impl Scheduler {
         let agent = c.rec.agent.as_ref()?;
         let a = self.agents.get(agent)?;
         (!a.lost).then(|| (agent.clone(), a.rec.address.clone()))
+    }
+}
+
+impl SeqRecord {
+    /// Dedup state of an outbox the coordinator has applied nothing from.
+    fn fresh(outbox_id: &str) -> SeqRecord {
+        SeqRecord {
+            outbox_id: outbox_id.to_string(),
+            applied_seq: 0,
+        }
+    }
+}
+
+impl AgentEntry {
+    /// A live, ready entry not yet written to the store.
+    fn new(rec: AgentRecord, seq: SeqRecord, now: Instant) -> AgentEntry {
+        AgentEntry {
+            rec,
+            version: None,
+            seq,
+            seq_version: None,
+            seen: true,
+            lost: false,
+            last_seen: now,
+            last_heartbeat_unix_ms: 0,
+            load1: 0.0,
+            running_reported: 0,
+            draining: false,
+            full_until: None,
+            active: Default::default(),
+        }
     }
 }
