@@ -86,6 +86,7 @@ impl Coordinator {
             reason: String::new(),
             stale_events: 0,
             cancel_requested: false,
+            final_counts: None,
         };
         self.handle.start(rec, plan).await
     }
@@ -116,6 +117,67 @@ impl Coordinator {
             return Ok(Watched::Live(rx));
         }
         Ok(Watched::Ended(self.view(id).await?.summary))
+    }
+
+    /// Executions newest first, filtered by state and package, `limit` per page.
+    /// `page_token` is the last id of the previous page. Running executions show
+    /// live counts; ended ones the counts recorded when they ended.
+    ///
+    /// This scans execution records (not their children); an index arrives with
+    /// retention, which also bounds how many records there are.
+    pub async fn list(
+        &self,
+        state: &str,
+        package: &str,
+        limit: usize,
+        page_token: &str,
+    ) -> Result<(Vec<Summary>, String), CoordinatorError> {
+        let limit = match limit {
+            0 => 50,
+            n => n.min(1000),
+        };
+        if !state.is_empty() && !["running", "succeeded", "failed", "cancelled"].contains(&state) {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "state '{state}' is not one of running, succeeded, failed, cancelled"
+            )));
+        }
+        let mut records: Vec<ExecutionRecord> = self
+            .store
+            .range("e/")
+            .await?
+            .into_iter()
+            .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+            .collect();
+        records.reverse(); // ids are time-ordered (UUIDv7): newest first
+        let mut out = Vec::new();
+        let mut next = String::new();
+        for rec in records {
+            if !page_token.is_empty() && rec.id.as_str() >= page_token {
+                continue;
+            }
+            if (!state.is_empty() && rec.state.as_str() != state)
+                || (!package.is_empty() && rec.package != package)
+            {
+                continue;
+            }
+            if out.len() == limit {
+                next = out
+                    .last()
+                    .map(|s: &Summary| s.execution_id.clone())
+                    .unwrap_or_default();
+                break;
+            }
+            let live = if rec.state.is_terminal() {
+                None
+            } else {
+                self.handle.watch(rec.id.clone()).await?
+            };
+            out.push(match live {
+                Some(rx) => rx.borrow().clone(),
+                None => crate::scheduler::summary_from_record(&rec),
+            });
+        }
+        Ok((out, next))
     }
 
     /// Cancels an execution; returns `cancelling`, or the state it had already

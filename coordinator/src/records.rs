@@ -104,6 +104,18 @@ pub struct ExecutionRecord {
     /// Set by a cancel request; the execution ends `cancelled` once no child runs.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Child counts, written when the execution ends (listings read only this record).
+    #[serde(default)]
+    pub final_counts: Option<FinalCounts>,
+}
+
+/// Child counts of an ended execution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalCounts {
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub lost_attempts: u64,
 }
 
 /// Phase of a child job (the coordinator's record of it).

@@ -9,6 +9,28 @@ use crate::output::{Format, summary_human, summary_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ExecCmd {
+    /// List executions, newest first.
+    #[command(
+        after_help = "Examples:\n  baton exec list\n  baton exec list --state running\n  baton exec list --package fanout --limit 20 --output json"
+    )]
+    List {
+        /// Only this state: running, succeeded, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only executions of this package.
+        #[arg(long)]
+        package: Option<String>,
+        /// Rows per page (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Continue after a previous page (printed as next_page_token).
+        #[arg(long, default_value = "")]
+        page_token: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
     /// Cancel an execution: pending children are cancelled, running ones are ended on
     /// their agents (SIGTERM, a grace period, SIGKILL on the whole process group).
     #[command(
@@ -61,8 +83,88 @@ fn child_json(c: &pb::ChildJob) -> serde_json::Value {
     })
 }
 
+fn ms_to_utc(ms: u64) -> String {
+    if ms == 0 {
+        return "-".to_string();
+    }
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
     match cmd {
+        ExecCmd::List {
+            state,
+            package,
+            limit,
+            page_token,
+            output,
+            coordinator,
+        } => {
+            let mut client = coordinator.connect().await?;
+            let resp = client
+                .list_executions(pb::ListExecutionsRequest {
+                    state: state.unwrap_or_default(),
+                    package: package.unwrap_or_default(),
+                    limit,
+                    page_token,
+                })
+                .await
+                .map_err(|s| coordinator.status(s))?
+                .into_inner();
+            match output {
+                Format::Json => {
+                    let list: Vec<_> = resp
+                        .executions
+                        .iter()
+                        .map(|s| summary_json(s, None))
+                        .collect();
+                    println!(
+                        "{}",
+                        json!({ "executions": list, "next_page_token": resp.next_page_token })
+                    );
+                }
+                Format::Human => {
+                    println!(
+                        "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>7}  CREATED (UTC)",
+                        "EXECUTION", "PACKAGE", "STATE", "TOTAL", "SUCCEEDED", "FAILED", "RUNNING"
+                    );
+                    for s in &resp.executions {
+                        println!(
+                            "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>7}  {}",
+                            s.execution_id,
+                            s.package,
+                            s.state,
+                            s.total,
+                            s.succeeded,
+                            s.failed,
+                            s.running,
+                            ms_to_utc(s.created_unix_ms)
+                        );
+                    }
+                    if !resp.next_page_token.is_empty() {
+                        println!("more: --page-token {}", resp.next_page_token);
+                    }
+                }
+            }
+            Ok(0)
+        }
         ExecCmd::Cancel {
             id,
             reason,
@@ -164,5 +266,16 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_rendering() {
+        assert_eq!(super::ms_to_utc(0), "-");
+        assert_eq!(super::ms_to_utc(1_000), "1970-01-01 00:00:01");
+        assert_eq!(super::ms_to_utc(1_795_305_600_000), "2026-11-22 00:00:00");
+        assert_eq!(super::ms_to_utc(951_782_400_000), "2000-02-29 00:00:00");
     }
 }

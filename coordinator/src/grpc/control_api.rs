@@ -90,6 +90,22 @@ impl ControlService for ControlApi {
         Ok(Response::new(pb::CancelExecutionResponse { state }))
     }
 
+    async fn list_executions(
+        &self,
+        request: Request<pb::ListExecutionsRequest>,
+    ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let r = request.into_inner();
+        let (list, next) = self
+            .coordinator
+            .list(&r.state, &r.package, r.limit as usize, &r.page_token)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListExecutionsResponse {
+            executions: list.iter().map(convert::summary).collect(),
+            next_page_token: next,
+        }))
+    }
+
     async fn list_agents(
         &self,
         _request: Request<pb::ListAgentsRequest>,

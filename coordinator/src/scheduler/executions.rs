@@ -440,6 +440,13 @@ impl Scheduler {
             self.dirty_execs.insert(slot);
         }
         e.rec.finished_unix_ms = now_unix_ms();
+        let sum = super::view::summary_of(e);
+        e.rec.final_counts = Some(crate::records::FinalCounts {
+            total: sum.total,
+            succeeded: sum.succeeded,
+            failed: sum.failed,
+            lost_attempts: sum.lost_attempts,
+        });
         e.touched = true;
         self.dirty_execs.insert(slot);
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");

@@ -32,7 +32,7 @@ use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
 use crate::store::Revision;
 
 pub use agents::Registration;
-pub use view::{ExecutionView, Summary, view_from_records};
+pub use view::{ExecutionView, Summary, summary_from_record, view_from_records};
 
 /// Tunables of the scheduler.
 #[derive(Debug, Clone)]

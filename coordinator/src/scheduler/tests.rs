@@ -54,6 +54,7 @@ fn start(s: &mut Scheduler, n: u32) -> String {
         reason: String::new(),
         stale_events: 0,
         cancel_requested: false,
+        final_counts: None,
     };
     s.start(rec, plan)
 }

@@ -48,7 +48,7 @@ fn base(rec: &ExecutionRecord) -> Summary {
     }
 }
 
-fn summary_of(e: &Exec) -> Summary {
+pub(super) fn summary_of(e: &Exec) -> Summary {
     let c = |p: Phase| e.phase_counts[p as usize];
     let mut s = base(&e.rec);
     s.total = e.phase_counts.iter().sum();
@@ -59,6 +59,18 @@ fn summary_of(e: &Exec) -> Summary {
     s.lost_attempts = e.lost_attempts;
     s.per_agent = e.per_agent.clone();
     s.per_agent.retain(|k, _| !k.is_empty());
+    s
+}
+
+/// The summary of an ended execution from its record alone (no per-agent counts).
+pub fn summary_from_record(rec: &ExecutionRecord) -> Summary {
+    let mut s = base(rec);
+    if let Some(c) = rec.final_counts {
+        s.total = c.total;
+        s.succeeded = c.succeeded;
+        s.failed = c.failed;
+        s.lost_attempts = c.lost_attempts;
+    }
     s
 }
 

@@ -20,4 +20,5 @@ mod cancel;
 mod capacity;
 mod coordinator_restart;
 mod fanout;
+mod listing;
 mod tls;
