@@ -65,7 +65,7 @@ fn list_filters_pages_and_orders_newest_first() {
     );
 
     let failed = c.cli(&["exec", "list", "--state", "failed", "--output", "json"]);
-    assert_eq!(ids(&failed.json()), [second.clone()]);
+    assert_eq!(ids(&failed.json()), [second.as_str()]);
     let bad_state = c.cli(&["exec", "list", "--state", "nope"]);
     bad_state.expect_code(2);
 
@@ -87,7 +87,7 @@ fn list_filters_pages_and_orders_newest_first() {
             "json",
         ])
         .json();
-    assert_eq!(ids(&page2), [first.clone()]);
+    assert_eq!(ids(&page2), [first.as_str()]);
     assert_eq!(page2["next_page_token"], "");
 
     let cancel = c.cli(&["exec", "cancel", &third, "--wait"]);
