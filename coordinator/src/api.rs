@@ -192,6 +192,17 @@ impl Coordinator {
         }
     }
 
+    /// `cordon`, `drain` or `uncordon` an agent.
+    pub async fn set_agent(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<AgentListing, CoordinatorError> {
+        self.handle
+            .set_agent(name.to_string(), action.to_string())
+            .await
+    }
+
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
         self.handle.agents().await
     }

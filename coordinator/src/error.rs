@@ -14,6 +14,8 @@ pub enum CoordinatorError {
     ExecutionNotFound(String),
     #[error("agent '{0}' is not registered; call Register first")]
     AgentNotRegistered(String),
+    #[error("no agent named '{0}'")]
+    AgentNotFound(String),
     #[error(
         "store conflict on '{0}': another writer changed it (is a second coordinator running on this data?)"
     )]
@@ -39,6 +41,7 @@ impl CoordinatorError {
             CoordinatorError::InvalidRequest(_) => "INVALID_REQUEST",
             CoordinatorError::ExecutionNotFound(_) => "EXECUTION_NOT_FOUND",
             CoordinatorError::AgentNotRegistered(_) => "AGENT_NOT_REGISTERED",
+            CoordinatorError::AgentNotFound(_) => "AGENT_NOT_FOUND",
             CoordinatorError::StoreConflict(_) => "STORE_CONFLICT",
             CoordinatorError::Store(_) => "STORE_FAILED",
             CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",

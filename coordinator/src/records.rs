@@ -44,6 +44,22 @@ pub struct AgentRecord {
     #[serde(default)]
     pub version: String,
     pub boot_id: String,
+    /// What an operator set: kept across re-registrations and restarts.
+    #[serde(default)]
+    pub admin: AdminState,
+}
+
+/// An operator's say over an agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    /// Takes new work.
+    #[default]
+    Active,
+    /// Takes no new work; running work goes on.
+    Cordoned,
+    /// Takes no new work; shown `drained` once nothing runs there.
+    Draining,
 }
 
 /// Dedup state of an agent's completion stream.

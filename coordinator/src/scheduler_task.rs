@@ -85,6 +85,11 @@ pub(crate) enum Msg {
         reason: String,
         reply: oneshot::Sender<Result<&'static str, CoordinatorError>>,
     },
+    SetAgent {
+        name: String,
+        action: String,
+        reply: oneshot::Sender<Result<AgentListing, CoordinatorError>>,
+    },
     Metrics {
         reply: oneshot::Sender<MetricsSnapshot>,
     },
@@ -175,6 +180,20 @@ impl SchedulerHandle {
         self.ask(|reply| Msg::Cancel { id, reason, reply }).await?
     }
 
+    /// Cordons, drains or uncordons an agent; answers once the change is durable.
+    pub async fn set_agent(
+        &self,
+        name: String,
+        action: String,
+    ) -> Result<AgentListing, CoordinatorError> {
+        self.ask(|reply| Msg::SetAgent {
+            name,
+            action,
+            reply,
+        })
+        .await?
+    }
+
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
         self.ask(|reply| Msg::ListAgents { reply }).await
     }
@@ -188,6 +207,10 @@ impl SchedulerHandle {
 enum Post {
     Registered(oneshot::Sender<pb::RegisterResponse>, pb::RegisterResponse),
     Started(oneshot::Sender<String>, String),
+    AgentSet(
+        oneshot::Sender<Result<AgentListing, CoordinatorError>>,
+        Result<AgentListing, CoordinatorError>,
+    ),
 }
 
 struct Io {
@@ -267,6 +290,9 @@ async fn run(
                 Post::Started(reply, id) => {
                     let _ = reply.send(id);
                 }
+                Post::AgentSet(reply, r) => {
+                    let _ = reply.send(r);
+                }
             }
         }
         for effect in sched.take_effects() {
@@ -320,22 +346,24 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         Msg::Watch { id, reply } => {
             let _ = reply.send(sched.watch(&id));
         }
+        Msg::SetAgent {
+            name,
+            action,
+            reply,
+        } => {
+            let r = sched.set_admin(&name, &action).map(|()| {
+                listings(sched)
+                    .into_iter()
+                    .find(|a| a.rec.name == name)
+                    .expect("the agent was just found")
+            });
+            post.push(Post::AgentSet(reply, r));
+        }
         Msg::Cancel { id, reason, reply } => {
             let _ = reply.send(sched.cancel(&id, &reason));
         }
         Msg::ListAgents { reply } => {
-            let list = sched
-                .agent_list()
-                .into_iter()
-                .map(|(rec, state, running, load1, hb)| AgentListing {
-                    rec,
-                    state,
-                    running,
-                    load1,
-                    last_heartbeat_unix_ms: hb,
-                })
-                .collect();
-            let _ = reply.send(list);
+            let _ = reply.send(listings(sched));
         }
         Msg::Metrics { reply } => {
             let _ = reply.send(MetricsSnapshot {
@@ -344,6 +372,20 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             });
         }
     }
+}
+
+fn listings(sched: &Scheduler) -> Vec<AgentListing> {
+    sched
+        .agent_list()
+        .into_iter()
+        .map(|(rec, state, running, load1, hb)| AgentListing {
+            rec,
+            state,
+            running,
+            load1,
+            last_heartbeat_unix_ms: hb,
+        })
+        .collect()
 }
 
 fn perform(io: &mut Io, effect: Effect) {

@@ -9,6 +9,30 @@ use crate::output::Format;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentsCmd {
+    /// Give an agent no new work; its running children finish. Shown `drained` when empty.
+    #[command(
+        after_help = "Example:\n  baton agents drain etl-07 --wait   # then patch and reboot the machine"
+    )]
+    Drain {
+        name: String,
+        /// Wait until nothing runs on the agent.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
+    /// Give an agent no new work (running work goes on).
+    Cordon {
+        name: String,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
+    /// Let a cordoned or drained agent take work again.
+    Uncordon {
+        name: String,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
     /// List registered agents with their state, slots and load.
     List {
         #[arg(long, value_enum, default_value = "human")]
@@ -18,11 +42,71 @@ pub enum AgentsCmd {
     },
 }
 
+async fn set_state(
+    coordinator: &CoordinatorOpt,
+    name: &str,
+    action: &str,
+    wait: bool,
+) -> Result<u8, CliError> {
+    let mut client = coordinator.connect().await?;
+    let mut agent = client
+        .set_agent_state(pb::SetAgentStateRequest {
+            name: name.to_string(),
+            action: action.to_string(),
+        })
+        .await
+        .map_err(|s| coordinator.status(s))?
+        .into_inner();
+    println!("agent {name}: {} ({} running)", agent.state, agent.running);
+    if wait {
+        let started = std::time::Instant::now();
+        let mut last_running = agent.running;
+        while agent.state == "draining" {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let list = client
+                .list_agents(pb::ListAgentsRequest {})
+                .await
+                .map_err(|s| coordinator.status(s))?
+                .into_inner();
+            agent = list
+                .agents
+                .into_iter()
+                .find(|a| a.name == name)
+                .ok_or_else(|| {
+                    CliError::invalid("AGENT_NOT_FOUND", format!("agent '{name}' disappeared"))
+                })?;
+            if agent.running != last_running {
+                eprintln!(
+                    "{:.0?}: {} still running on {name}",
+                    started.elapsed(),
+                    agent.running
+                );
+                last_running = agent.running;
+            }
+        }
+        println!("agent {name}: {}", agent.state);
+    }
+    Ok(0)
+}
+
 pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
-    let AgentsCmd::List {
-        output,
-        coordinator,
-    } = cmd;
+    let (output, coordinator) = match cmd {
+        AgentsCmd::List {
+            output,
+            coordinator,
+        } => (output, coordinator),
+        AgentsCmd::Drain {
+            name,
+            wait,
+            coordinator,
+        } => return set_state(&coordinator, &name, "drain", wait).await,
+        AgentsCmd::Cordon { name, coordinator } => {
+            return set_state(&coordinator, &name, "cordon", false).await;
+        }
+        AgentsCmd::Uncordon { name, coordinator } => {
+            return set_state(&coordinator, &name, "uncordon", false).await;
+        }
+    };
     let mut client = coordinator.connect().await?;
     let agents = client
         .list_agents(pb::ListAgentsRequest {})

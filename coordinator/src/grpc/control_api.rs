@@ -106,6 +106,19 @@ impl ControlService for ControlApi {
         }))
     }
 
+    async fn set_agent_state(
+        &self,
+        request: Request<pb::SetAgentStateRequest>,
+    ) -> Result<Response<pb::AgentInfo>, Status> {
+        let r = request.into_inner();
+        let agent = self
+            .coordinator
+            .set_agent(&r.name, &r.action)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::agent(agent)))
+    }
+
     async fn list_agents(
         &self,
         _request: Request<pb::ListAgentsRequest>,

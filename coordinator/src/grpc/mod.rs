@@ -60,7 +60,9 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::Package(_)
         | CoordinatorError::InvalidRequest(_)
         | CoordinatorError::Config(_) => Code::InvalidArgument,
-        CoordinatorError::ExecutionNotFound(_) => Code::NotFound,
+        CoordinatorError::ExecutionNotFound(_) | CoordinatorError::AgentNotFound(_) => {
+            Code::NotFound
+        }
         CoordinatorError::AgentNotRegistered(_) => Code::FailedPrecondition,
         CoordinatorError::StoreConflict(_) => Code::Aborted,
         CoordinatorError::PermissionDenied(_) => Code::PermissionDenied,

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::{AgentEntry, ChildRef, Effect, Scheduler};
 use crate::error::CoordinatorError;
 use crate::placement::AgentView;
-use crate::records::{AgentRecord, Phase, SeqRecord};
+use crate::records::{AdminState, AgentRecord, Phase, SeqRecord};
 
 /// A validated registration request.
 #[derive(Debug, Clone)]
@@ -36,6 +36,12 @@ impl Scheduler {
             slots: reg.slots,
             version: reg.version.clone(),
             boot_id: reg.boot_id.clone(),
+            // An operator's cordon or drain outlives the agent's restarts.
+            admin: self
+                .agents
+                .get(&reg.name)
+                .map(|a| a.rec.admin)
+                .unwrap_or_default(),
         };
         let restarted: Vec<ChildRef> = match self.agents.get_mut(&reg.name) {
             Some(a) if a.rec.boot_id != reg.boot_id => {
@@ -192,7 +198,11 @@ impl Scheduler {
                 slots: a.rec.slots,
                 in_flight: a.active.len() as u32,
                 load1: a.load1,
-                ready: a.seen && !a.lost && !a.draining && a.full_until.is_none_or(|t| now >= t),
+                ready: a.seen
+                    && !a.lost
+                    && !a.draining
+                    && a.rec.admin == AdminState::Active
+                    && a.full_until.is_none_or(|t| now >= t),
             })
             .collect()
     }
@@ -204,8 +214,12 @@ impl Scheduler {
             .map(|a| {
                 let state = if a.lost {
                     "lost"
-                } else if a.draining {
+                } else if a.rec.admin == AdminState::Draining && a.active.is_empty() {
+                    "drained"
+                } else if a.draining || a.rec.admin == AdminState::Draining {
                     "draining"
+                } else if a.rec.admin == AdminState::Cordoned {
+                    "cordoned"
                 } else if !a.seen {
                     "unknown"
                 } else {
@@ -220,6 +234,31 @@ impl Scheduler {
                 )
             })
             .collect()
+    }
+
+    /// Sets an operator's state on an agent (`cordon`, `drain`, `uncordon`).
+    pub fn set_admin(&mut self, name: &str, action: &str) -> Result<(), CoordinatorError> {
+        let admin = match action {
+            "cordon" => AdminState::Cordoned,
+            "drain" => AdminState::Draining,
+            "uncordon" => AdminState::Active,
+            other => {
+                return Err(CoordinatorError::InvalidRequest(format!(
+                    "action '{other}' is not one of cordon, drain, uncordon"
+                )));
+            }
+        };
+        let a = self
+            .agents
+            .get_mut(name)
+            .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
+        if a.rec.admin != admin {
+            a.rec.admin = admin;
+            self.dirty_agents.insert(name.to_string());
+            self.capacity_gen += 1;
+            info!(agent = name, action, "agent state set by an operator");
+        }
+        Ok(())
     }
 
     /// Restores an agent from the store after a restart. It counts as alive

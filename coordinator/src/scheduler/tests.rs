@@ -403,6 +403,56 @@ fn a_start_accepted_after_the_cancel_is_stopped_again() {
     assert_eq!(summary(&s).state, "running", "ends when the agent reports");
 }
 
+fn state_of(s: &Scheduler, name: &str) -> &'static str {
+    s.agent_list()
+        .into_iter()
+        .find(|a| a.0.name == name)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn cordoned_and_draining_agents_get_no_new_work_and_keep_it_across_restarts() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", now);
+    reg(&mut s, "b", 2, "b1", now);
+    s.set_admin("b", "cordon").unwrap();
+    assert_eq!(state_of(&s, "b"), "cordoned");
+    start(&mut s, 4);
+    let d = settle(&mut s, now);
+    assert!(
+        d.iter().all(|x| x.0 == "a"),
+        "nothing on a cordoned agent: {d:?}"
+    );
+    // The agent restarts (new boot): the operator's cordon stays.
+    reg(&mut s, "b", 2, "b2", now);
+    assert_eq!(state_of(&s, "b"), "cordoned");
+    // Drain a, which runs two children: draining until they end, then drained.
+    s.set_admin("a", "drain").unwrap();
+    assert_eq!(state_of(&s, "a"), "draining");
+    for (i, x) in d.iter().enumerate() {
+        s.agent_event(
+            "a",
+            finished(i as u64 + 1, &x.3, pb::JobStatus::Succeeded),
+            now,
+        );
+    }
+    assert_eq!(state_of(&s, "a"), "drained");
+    assert!(settle(&mut s, now).is_empty(), "no agent takes work");
+    s.set_admin("b", "uncordon").unwrap();
+    assert_eq!(
+        settle(&mut s, now).len(),
+        2,
+        "uncordoned: the waiting children run"
+    );
+    assert!(s.set_admin("zz", "cordon").is_err());
+    assert_eq!(
+        s.set_admin("a", "explode").unwrap_err().code(),
+        "INVALID_REQUEST"
+    );
+}
+
 #[test]
 fn sequence_gap_resets_the_stream() {
     let now = Instant::now();

@@ -19,6 +19,7 @@ mod bench;
 mod cancel;
 mod capacity;
 mod coordinator_restart;
+mod drain;
 mod fanout;
 mod listing;
 mod tls;
