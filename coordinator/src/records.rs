@@ -47,6 +47,14 @@ pub struct AgentRecord {
     /// What an operator set: kept across re-registrations and restarts.
     #[serde(default)]
     pub admin: AdminState,
+    /// SHA-256 (hex) of the certificate the agent registered with; empty without TLS.
+    #[serde(default)]
+    pub cert_fingerprint: String,
+}
+
+/// Key of a revoked certificate (value: the agent name it belonged to).
+pub fn revoked_key(fingerprint: &str) -> String {
+    format!("v/{fingerprint}")
 }
 
 /// An operator's say over an agent.

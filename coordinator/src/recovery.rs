@@ -40,6 +40,10 @@ pub async fn load(
         let rec: SeqRecord = decode(&kv.key, &kv.value)?;
         seqs.insert(kv.key["s/".len()..].to_string(), (rec, kv.mod_revision));
     }
+    for kv in store.range("v/").await? {
+        let name = String::from_utf8_lossy(&kv.value).to_string();
+        sched.revoked.insert(kv.key["v/".len()..].to_string(), name);
+    }
     let mut agents = 0;
     for kv in store.range("a/").await? {
         let rec: AgentRecord = decode(&kv.key, &kv.value)?;

@@ -44,11 +44,12 @@ pub struct AgentListing {
 pub(crate) enum Msg {
     Register {
         reg: Registration,
-        reply: oneshot::Sender<pb::RegisterResponse>,
+        reply: oneshot::Sender<Result<pb::RegisterResponse, CoordinatorError>>,
     },
     OpenStream {
         agent: String,
         boot_id: String,
+        fingerprint: String,
         acks: watch::Sender<u64>,
         reply: oneshot::Sender<Result<(), CoordinatorError>>,
     },
@@ -118,18 +119,20 @@ impl SchedulerHandle {
         &self,
         reg: Registration,
     ) -> Result<pb::RegisterResponse, CoordinatorError> {
-        self.ask(|reply| Msg::Register { reg, reply }).await
+        self.ask(|reply| Msg::Register { reg, reply }).await?
     }
 
     pub async fn open_stream(
         &self,
         agent: String,
         boot_id: String,
+        fingerprint: String,
         acks: watch::Sender<u64>,
     ) -> Result<(), CoordinatorError> {
         self.ask(|reply| Msg::OpenStream {
             agent,
             boot_id,
+            fingerprint,
             acks,
             reply,
         })
@@ -205,7 +208,10 @@ impl SchedulerHandle {
 
 /// Replies that wait for the commit of the batch they belong to.
 enum Post {
-    Registered(oneshot::Sender<pb::RegisterResponse>, pb::RegisterResponse),
+    Registered(
+        oneshot::Sender<Result<pb::RegisterResponse, CoordinatorError>>,
+        Result<pb::RegisterResponse, CoordinatorError>,
+    ),
     Started(oneshot::Sender<String>, String),
     AgentSet(
         oneshot::Sender<Result<AgentListing, CoordinatorError>>,
@@ -313,10 +319,11 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         Msg::OpenStream {
             agent,
             boot_id,
+            fingerprint,
             acks,
             reply,
         } => {
-            let r = sched.open_stream(&agent, &boot_id, now);
+            let r = sched.open_stream(&agent, &boot_id, &fingerprint, now);
             if r.is_ok() {
                 io.acks.insert(agent, acks);
             }

@@ -27,6 +27,17 @@ pub enum AgentsCmd {
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
+    /// Make an agent's certificate useless at once: it is refused from now on (even
+    /// after restarts) and its children run elsewhere. Issue a new certificate to
+    /// bring the machine back.
+    #[command(
+        after_help = "Example:\n  baton agents revoke etl-07\n  baton certs issue --agent etl-07 --out DIR   # re-enrol later"
+    )]
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
     /// Let a cordoned or drained agent take work again.
     Uncordon {
         name: String,
@@ -102,6 +113,9 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
         } => return set_state(&coordinator, &name, "drain", wait).await,
         AgentsCmd::Cordon { name, coordinator } => {
             return set_state(&coordinator, &name, "cordon", false).await;
+        }
+        AgentsCmd::Revoke { name, coordinator } => {
+            return set_state(&coordinator, &name, "revoke", false).await;
         }
         AgentsCmd::Uncordon { name, coordinator } => {
             return set_state(&coordinator, &name, "uncordon", false).await;

@@ -58,6 +58,7 @@ impl TryFrom<pb::RegisterRequest> for Registration {
             version: r.version,
             boot_id: r.boot_id,
             outbox_id: r.outbox_id,
+            cert_fingerprint: String::new(),
         })
     }
 }
@@ -71,7 +72,9 @@ impl CoordinatorService for AgentApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         let peer = super::peer(&request);
-        let reg = Registration::try_from(request.into_inner()).map_err(status)?;
+        let fingerprint = super::peer_fingerprint(&request);
+        let mut reg = Registration::try_from(request.into_inner()).map_err(status)?;
+        reg.cert_fingerprint = fingerprint;
         super::check_agent(peer.as_ref(), &reg.name, "Register")?;
         let resp = self.handle.register(reg).await.map_err(status)?;
         Ok(Response::new(resp))
@@ -84,6 +87,7 @@ impl CoordinatorService for AgentApi {
         request: Request<Streaming<pb::AgentEvent>>,
     ) -> Result<Response<Self::ReportEventsStream>, Status> {
         let peer = super::peer(&request);
+        let fingerprint = super::peer_fingerprint(&request);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -98,7 +102,7 @@ impl CoordinatorService for AgentApi {
         super::check_agent(peer.as_ref(), &agent, "ReportEvents")?;
         let (acks, rx) = tokio::sync::watch::channel(0u64);
         self.handle
-            .open_stream(agent.clone(), hello.boot_id, acks)
+            .open_stream(agent.clone(), hello.boot_id, fingerprint, acks)
             .await
             .map_err(status)?;
         info!(%agent, "completion stream open");

@@ -18,6 +18,20 @@ pub fn peer<T>(request: &tonic::Request<T>) -> Option<Peer> {
     Some(certs.first().map_or(Peer::Unknown, |leaf| classify(leaf)))
 }
 
+/// Hex SHA-256 of the caller's certificate; empty without TLS.
+pub fn peer_fingerprint<T>(request: &tonic::Request<T>) -> String {
+    use sha2::{Digest, Sha256};
+    let Some(certs) = request.peer_certs() else {
+        return String::new();
+    };
+    certs.first().map_or_else(String::new, |leaf| {
+        Sha256::digest(leaf.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    })
+}
+
 /// Guards `ControlService`: only client identities may call it — not agents, not
 /// the coordinator's own certificate. Every refusal is an audit log line.
 pub fn control_guard(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {

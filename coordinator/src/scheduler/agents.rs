@@ -23,12 +23,19 @@ pub struct Registration {
     pub version: String,
     pub boot_id: String,
     pub outbox_id: String,
+    /// Hex SHA-256 of the certificate used; empty without TLS.
+    pub cert_fingerprint: String,
 }
 
 impl Scheduler {
     /// Registers (or re-registers) an agent. A new `boot_id` means the agent
     /// restarted: whatever it had is gone, so its children are lost.
-    pub fn register(&mut self, reg: Registration, now: Instant) -> pb::RegisterResponse {
+    pub fn register(
+        &mut self,
+        reg: Registration,
+        now: Instant,
+    ) -> Result<pb::RegisterResponse, CoordinatorError> {
+        self.refuse_revoked(&reg.name, &reg.cert_fingerprint)?;
         let rec = AgentRecord {
             name: reg.name.clone(),
             address: reg.address.clone(),
@@ -42,6 +49,7 @@ impl Scheduler {
                 .get(&reg.name)
                 .map(|a| a.rec.admin)
                 .unwrap_or_default(),
+            cert_fingerprint: reg.cert_fingerprint.clone(),
         };
         let restarted: Vec<ChildRef> = match self.agents.get_mut(&reg.name) {
             Some(a) if a.rec.boot_id != reg.boot_id => {
@@ -73,13 +81,53 @@ impl Scheduler {
         }
         self.capacity_gen += 1;
         info!(agent = %reg.name, address = %reg.address, slots = reg.slots, "agent registered");
-        pb::RegisterResponse {
+        Ok(pb::RegisterResponse {
             agent_id: reg.name,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
             lease_ttl_ms: self.config.lease_ttl.as_millis() as u64,
             coordinator_epoch: self.epoch,
             acked_seq,
+        })
+    }
+
+    /// Refuses a certificate an operator revoked.
+    fn refuse_revoked(&self, agent: &str, fingerprint: &str) -> Result<(), CoordinatorError> {
+        if !fingerprint.is_empty() && self.revoked.contains_key(fingerprint) {
+            warn!(agent, "refused: the certificate was revoked");
+            return Err(CoordinatorError::PermissionDenied(format!(
+                "the certificate of agent '{agent}' was revoked; issue a new one with `baton certs issue --agent {agent}`"
+            )));
         }
+        Ok(())
+    }
+
+    /// Makes an agent's current certificate useless at once: its registration
+    /// and streams are refused from now on (even after a restart), and its
+    /// children are treated as lost.
+    pub fn revoke(&mut self, name: &str) -> Result<(), CoordinatorError> {
+        let a = self
+            .agents
+            .get_mut(name)
+            .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
+        let fp = a.rec.cert_fingerprint.clone();
+        if fp.is_empty() {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "agent '{name}' registered without TLS (--insecure): there is no certificate to revoke"
+            )));
+        }
+        a.lost = true;
+        let active: Vec<ChildRef> = a.active.drain().collect();
+        if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
+            self.dirty_revoked.push(fp);
+            info!(agent = name, "agent certificate revoked");
+        }
+        self.effects.push(Effect::ResetStream {
+            agent: name.to_string(),
+        });
+        for cref in active {
+            self.child_lost(cref, name, "agent certificate revoked");
+        }
+        Ok(())
     }
 
     /// Checks the Hello that opens a completion stream.
@@ -87,8 +135,10 @@ impl Scheduler {
         &mut self,
         agent: &str,
         boot_id: &str,
+        fingerprint: &str,
         now: Instant,
     ) -> Result<(), CoordinatorError> {
+        self.refuse_revoked(agent, fingerprint)?;
         match self.agents.get_mut(agent) {
             Some(a) if a.rec.boot_id == boot_id => {
                 a.last_seen = now;
@@ -108,6 +158,11 @@ impl Scheduler {
             warn!(agent, "event from an unregistered agent ignored");
             return;
         };
+        if !entry.rec.cert_fingerprint.is_empty()
+            && self.revoked.contains_key(&entry.rec.cert_fingerprint)
+        {
+            return; // its stream was cut; anything still in flight is ignored
+        }
         entry.last_seen = now;
         if entry.lost {
             info!(agent, "lost agent is back");
@@ -212,7 +267,11 @@ impl Scheduler {
         self.agents
             .values()
             .map(|a| {
-                let state = if a.lost {
+                let state = if !a.rec.cert_fingerprint.is_empty()
+                    && self.revoked.contains_key(&a.rec.cert_fingerprint)
+                {
+                    "revoked"
+                } else if a.lost {
                     "lost"
                 } else if a.rec.admin == AdminState::Draining && a.active.is_empty() {
                     "drained"
@@ -238,13 +297,16 @@ impl Scheduler {
 
     /// Sets an operator's state on an agent (`cordon`, `drain`, `uncordon`).
     pub fn set_admin(&mut self, name: &str, action: &str) -> Result<(), CoordinatorError> {
+        if action == "revoke" {
+            return self.revoke(name);
+        }
         let admin = match action {
             "cordon" => AdminState::Cordoned,
             "drain" => AdminState::Draining,
             "uncordon" => AdminState::Active,
             other => {
                 return Err(CoordinatorError::InvalidRequest(format!(
-                    "action '{other}' is not one of cordon, drain, uncordon"
+                    "action '{other}' is not one of cordon, drain, uncordon, revoke"
                 )));
             }
         };

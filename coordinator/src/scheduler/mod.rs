@@ -195,6 +195,9 @@ pub struct Scheduler {
     pub(crate) dirty_agents: HashSet<String>,
     pub(crate) dirty_seqs: HashSet<String>,
     pub(crate) pending_acks: BTreeMap<String, u64>,
+    /// Revoked certificate fingerprints → the agent they belonged to.
+    pub(crate) revoked: HashMap<String, String>,
+    pub(crate) dirty_revoked: Vec<String>,
     pub(crate) effects: Vec<Effect>,
     pub stats: Stats,
     /// Latency histograms (fixed memory); the scheduler task records accept times.
@@ -220,6 +223,8 @@ impl Scheduler {
             dirty_agents: HashSet::new(),
             dirty_seqs: HashSet::new(),
             pending_acks: BTreeMap::new(),
+            revoked: HashMap::new(),
+            dirty_revoked: Vec::new(),
             effects: Vec::new(),
             stats: Stats::default(),
             latency: Latency::default(),
@@ -256,6 +261,14 @@ impl Scheduler {
                 pre: Precondition::Any,
             });
             written.push(Written::Epoch);
+        }
+        for fp in std::mem::take(&mut self.dirty_revoked) {
+            let name = self.revoked.get(&fp).cloned().unwrap_or_default();
+            ops.push(Op::Put {
+                key: revoked_key(&fp),
+                value: name.into_bytes(),
+                pre: Precondition::Any,
+            });
         }
         for name in std::mem::take(&mut self.dirty_agents) {
             if let Some(a) = self.agents.get(&name) {
@@ -352,5 +365,6 @@ impl Scheduler {
             || !self.dirty_execs.is_empty()
             || !self.dirty_agents.is_empty()
             || !self.dirty_seqs.is_empty()
+            || !self.dirty_revoked.is_empty()
     }
 }

@@ -28,9 +28,11 @@ fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: Instant) {
             version: "t".into(),
             boot_id: boot.into(),
             outbox_id: format!("ob-{name}"),
+            cert_fingerprint: format!("fp-{name}"),
         },
         now,
-    );
+    )
+    .unwrap();
 }
 
 fn start(s: &mut Scheduler, n: u32) -> String {
@@ -450,6 +452,57 @@ fn cordoned_and_draining_agents_get_no_new_work_and_keep_it_across_restarts() {
     assert_eq!(
         s.set_admin("a", "explode").unwrap_err().code(),
         "INVALID_REQUEST"
+    );
+}
+
+#[test]
+fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    reg(&mut s, "b", 1, "b1", now);
+    start(&mut s, 2);
+    let d = settle(&mut s, now);
+    s.revoke("b").unwrap();
+    assert_eq!(state_of(&s, "b"), "revoked");
+    assert!(
+        s.take_effects()
+            .iter()
+            .any(|e| matches!(e, Effect::ResetStream { agent } if agent == "b"))
+    );
+    // Its child runs again elsewhere once a frees up; b's late reports are ignored.
+    let on_b = d.iter().find(|x| x.0 == "b").unwrap().3.clone();
+    s.agent_event("b", finished(1, &on_b, pb::JobStatus::Succeeded), now);
+    assert_eq!(
+        summary(&s).succeeded,
+        0,
+        "a revoked agent's report counts for nothing"
+    );
+    let again = Registration {
+        name: "b".into(),
+        address: "b:1".into(),
+        labels: BTreeMap::new(),
+        slots: 1,
+        version: "t".into(),
+        boot_id: "b2".into(),
+        outbox_id: "ob-b".into(),
+        cert_fingerprint: "fp-b".into(),
+    };
+    assert_eq!(
+        s.register(again.clone(), now).unwrap_err().code(),
+        "PERMISSION_DENIED"
+    );
+    assert!(s.open_stream("b", "b1", "fp-b", now).is_err());
+    // A new certificate for the same name is welcome.
+    let renewed = Registration {
+        cert_fingerprint: "fp-b-new".into(),
+        ..again
+    };
+    assert!(s.register(renewed, now).is_ok());
+    let (ops, _) = s.flush();
+    assert!(
+        ops.iter().any(|op| op.key() == "v/fp-b"),
+        "the revocation is persisted"
     );
 }
 

@@ -141,3 +141,78 @@ fn identities_are_enforced() {
     );
     c.finish(&["refused"]);
 }
+
+/// Revocation: `baton agents revoke` makes the agent's certificate useless at once —
+/// its children run elsewhere, it cannot register again with it — and a newly
+/// issued certificate brings the machine back.
+#[test]
+fn revoked_agent_certificate_is_refused_and_a_new_one_works() {
+    use crate::harness::{AgentOpts, FanoutSpec};
+
+    let mut c = Cluster::new("tls_revoke");
+    c.start_coordinator();
+    c.start_agent("a1", 2);
+    c.start_agent("a2", 2);
+    c.agents_ready(2);
+
+    let spec = FanoutSpec::new(8, "sleep 1").parallelism(4);
+    let parent = c.write_fanout("revoke", &spec);
+    let id = c.start_run(&parent, &[]);
+    let ok = crate::harness::wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        c.exec_show(&id)
+            .children
+            .iter()
+            .any(|ch| ch.agent == "a2" && ch.state == "running")
+    });
+    assert!(ok, "a2 never ran a child");
+
+    let out = c.cli(&["agents", "revoke", "a2"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("revoked"), "{}", out.describe());
+
+    let end = c.wait_exec_terminal(&id, Duration::from_secs(40));
+    assert_eq!(end.status, "succeeded", "{:#}", end.raw);
+    end.assert_all_succeeded_once(8, &["a1", "a2"]);
+    assert!(
+        end.children.iter().any(|ch| ch.attempt >= 2
+            && ch.agent == "a1"
+            && ch.attempt_agents.iter().any(|a| a == "a2")),
+        "a child of the revoked agent should have run again on a1: {:#}",
+        end.raw
+    );
+
+    // The process still holding the revoked certificate keeps being refused.
+    std::thread::sleep(Duration::from_secs(1));
+    let a2 = c
+        .agents_list()
+        .into_iter()
+        .find(|a| a.name == "a2")
+        .expect("a2 listed");
+    assert_eq!(a2.state, "revoked");
+    c.agent("a2").kill9();
+
+    // Re-enrolment: a new certificate for the same name, a new process.
+    let fresh = c.root().join("a2-new-tls");
+    c.cli_raw(&[
+        "certs",
+        "issue",
+        "--ca-dir",
+        &c.ca_dir().display().to_string(),
+        "--agent",
+        "a2",
+        "--out",
+        &fresh.display().to_string(),
+    ])
+    .expect_code(0);
+    let mut opts = AgentOpts::new("a2", 2);
+    opts.tls_dir = Some(fresh);
+    c.start_agent_with(opts);
+    let back =
+        crate::harness::wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+            c.agents_list()
+                .iter()
+                .any(|a| a.name == "a2" && a.state == "ready")
+        });
+    assert!(back, "a2 with a new certificate did not come back");
+    c.finish(&["revoked"]);
+}
