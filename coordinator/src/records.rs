@@ -7,6 +7,7 @@
 //! | `s/<agent>` | [`SeqRecord`]: the outbox and the highest event applied from it |
 //! | `e/<execution>` | [`ExecutionRecord`]: the package bundle, parameters, state |
 //! | `c/<execution>/<task>/<index>` | [`ChildRecord`]: one child job, its phase and attempt |
+//! | `v/<fingerprint>` | a revoked agent certificate (value: the agent's name) |
 //!
 //! Records are JSON: small, inspectable with any redb or etcd tool, and
 //! tolerant of added fields (`#[serde(default)]`).
