@@ -23,6 +23,7 @@ pub mod admission;
 pub mod config;
 pub mod error;
 pub mod jobs;
+pub mod leftovers;
 pub mod model;
 pub mod outbox;
 pub mod plan;
@@ -70,6 +71,8 @@ pub async fn run(
             .await
             .map_err(|e| AgentError::Store(format!("opening outbox: {e}")))??,
     );
+    // Before any job starts: end what an earlier boot left running.
+    leftovers::reap(&config.data_dir.join("jobs"));
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
     let boot_id = uuid::Uuid::new_v4().to_string();
     info!(

@@ -388,6 +388,7 @@ async fn run_step(
         .map_err(|e| format!("task {}: cannot start {program:?}: {e}", exec.task))?;
     let pid = child.id().unwrap_or(0);
     debug!(task = %exec.task, pid, "task process started");
+    crate::leftovers::record(&ctx.settings.scratch_root, pid);
     if let Some(tx) = started.take() {
         let _ = tx.send(pid);
     }
@@ -402,7 +403,12 @@ async fn run_step(
         .deadline_at
         .is_some_and(|d| d <= Instant::now() + exec.timeout);
 
-    let waiter = supervise(&mut child, pgid, timeout_at, deadline_first, ctx);
+    let waiter = async {
+        // `supervise` always leaves the group empty: then its record can go.
+        let exit = supervise(&mut child, pgid, timeout_at, deadline_first, ctx).await;
+        crate::leftovers::forget(&ctx.settings.scratch_root, pid);
+        exit
+    };
     let readers = async {
         tokio::join!(pump(stdout, out), pump(stderr, err));
     };

@@ -131,3 +131,54 @@ fn killed_agent_children_are_rerun_elsewhere() {
     }
     c.finish(&[]);
 }
+
+/// A SIGKILLed agent's children live on as orphans (their process groups are
+/// their own); the agent, restarted on the same data dir, ends them before it
+/// takes work again, so the re-runs never race the old attempts on that machine.
+#[test]
+fn restarted_agent_ends_the_orphans_of_its_earlier_boot() {
+    use nix::sys::signal::killpg;
+    use nix::unistd::Pid;
+    let alive = |pgid: u64| killpg(Pid::from_raw(pgid as i32), None).is_ok();
+
+    let mut c = Cluster::new("agent_orphans");
+    c.start_coordinator();
+    c.start_agent("a1", 2);
+    c.agents_ready(1);
+    let spec = FanoutSpec::new(2, "sleep 300 & wait").parallelism(2);
+    let parent = c.write_fanout("orphans", &spec);
+    let id = c.start_run(&parent, &[]);
+
+    let mut pids = Vec::new();
+    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        pids = c
+            .exec_show(&id)
+            .children
+            .iter()
+            .filter(|ch| ch.state == "running" && ch.pid > 0)
+            .map(|ch| ch.pid)
+            .collect();
+        pids.len() == 2
+    });
+    assert!(ok, "children never ran: {pids:?}");
+
+    c.agent("a1").kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        pids.iter().all(|p| alive(*p)),
+        "the orphans should outlive a SIGKILLed agent"
+    );
+
+    c.agent("a1").restart();
+    let gone = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        pids.iter().all(|p| !alive(*p))
+    });
+    assert!(
+        gone,
+        "orphan groups {pids:?} still alive after the agent restarted"
+    );
+
+    // Clean up the re-runs the coordinator started meanwhile.
+    c.cli(&["exec", "cancel", &id, "--wait"]).expect_code(0);
+    c.finish(&["ended process groups left running"]);
+}
