@@ -83,6 +83,66 @@ fn child_json(c: &pb::ChildJob) -> serde_json::Value {
     })
 }
 
+/// The execution as a tree: each task of the parent with its counts, then its
+/// children — those that did not succeed first, since they are what a person
+/// looks for — up to `limit` rows per task.
+fn tree(children: &[pb::ChildJob], limit: usize) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let mut tasks: BTreeMap<&str, Vec<&pb::ChildJob>> = BTreeMap::new();
+    for c in children {
+        tasks.entry(c.task_path.as_str()).or_default().push(c);
+    }
+    let mut out = String::new();
+    for (task, mut rows) in tasks {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for c in &rows {
+            *counts.entry(c.state.as_str()).or_default() += 1;
+        }
+        let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let _ = writeln!(
+            out,
+            "task {task} ({} children: {})",
+            rows.len(),
+            counts.join(", ")
+        );
+        rows.sort_by_key(|c| (c.state == "succeeded", c.item_index));
+        let _ = writeln!(
+            out,
+            "  {:>6} {:<10} {:<12} {:>7} {:<16} {:>5} {:>9}  REASON",
+            "INDEX", "ITEM", "STATE", "ATTEMPT", "AGENT", "EXIT", "SECONDS"
+        );
+        for c in rows.iter().take(limit) {
+            let exit = if c.exit_code >= 0 {
+                c.exit_code.to_string()
+            } else {
+                "-".into()
+            };
+            let secs = if c.finished_unix_ms >= c.started_unix_ms && c.started_unix_ms > 0 {
+                format!(
+                    "{:.2}",
+                    (c.finished_unix_ms - c.started_unix_ms) as f64 / 1000.0
+                )
+            } else {
+                "-".into()
+            };
+            let _ = writeln!(
+                out,
+                "  {:>6} {:<10} {:<12} {:>7} {:<16} {:>5} {:>9}  {}",
+                c.item_index, c.item, c.state, c.attempt, c.agent, exit, secs, c.reason
+            );
+        }
+        if rows.len() > limit {
+            let _ = writeln!(
+                out,
+                "  ... {} more (use --limit or --output json)",
+                rows.len() - limit
+            );
+        }
+    }
+    out
+}
+
 fn ms_to_utc(ms: u64) -> String {
     if ms == 0 {
         return "-".to_string();
@@ -236,32 +296,7 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                 }
                 Format::Human => {
                     println!("{}\n", summary_human(&summary, None));
-                    println!(
-                        "{:<16} {:>6} {:<12} {:>7} {:<16} {:>5}  REASON",
-                        "TASK", "INDEX", "STATE", "ATTEMPT", "AGENT", "EXIT"
-                    );
-                    // Children that did not succeed first: they are what a person looks for.
-                    let mut rows: Vec<&pb::ChildJob> = detail.children.iter().collect();
-                    rows.sort_by_key(|c| {
-                        (c.state == "succeeded", c.task_path.clone(), c.item_index)
-                    });
-                    for c in rows.iter().take(limit) {
-                        let exit = if c.exit_code >= 0 {
-                            c.exit_code.to_string()
-                        } else {
-                            "-".into()
-                        };
-                        println!(
-                            "{:<16} {:>6} {:<12} {:>7} {:<16} {:>5}  {}",
-                            c.task_path, c.item_index, c.state, c.attempt, c.agent, exit, c.reason
-                        );
-                    }
-                    if rows.len() > limit {
-                        println!(
-                            "... {} more (use --limit or --output json)",
-                            rows.len() - limit
-                        );
-                    }
+                    print!("{}", tree(&detail.children, limit));
                 }
             }
             Ok(0)
@@ -271,6 +306,36 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tree_groups_by_task_and_puts_failures_first() {
+        let child = |task: &str, i: u32, state: &str| super::pb::ChildJob {
+            task_path: task.into(),
+            item_index: i,
+            item: i.to_string(),
+            state: state.into(),
+            attempt: 1,
+            agent: "a1".into(),
+            exit_code: if state == "succeeded" { 0 } else { 3 },
+            ..Default::default()
+        };
+        let rows = [
+            child("load", 0, "succeeded"),
+            child("load", 1, "failed"),
+            child("extract", 0, "succeeded"),
+        ];
+        let t = super::tree(&rows, 1);
+        let extract = t.find("task extract (1 children: 1 succeeded)").unwrap();
+        let load = t
+            .find("task load (2 children: 1 failed, 1 succeeded)")
+            .unwrap();
+        assert!(extract < load, "{t}");
+        assert!(
+            t[load..].contains(" failed "),
+            "the failure is shown first: {t}"
+        );
+        assert!(t.contains("... 1 more"), "{t}");
+    }
+
     #[test]
     fn utc_rendering() {
         assert_eq!(super::ms_to_utc(0), "-");
