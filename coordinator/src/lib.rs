@@ -160,13 +160,20 @@ pub async fn start(
     let addr = listener.local_addr()?;
     info!(%addr, "coordinator serving");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let stop = shutdown.clone();
+    // The server stops on shutdown, and also when the scheduler stops on its own
+    // (a store failure): a coordinator that cannot decide must not keep serving.
+    let server_stop = shutdown.child_token();
     let task = tokio::spawn(async move {
         let mut server = server;
         let served = server
             .add_service(agent_api)
             .add_service(control_api)
-            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+            .serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
+        let sched_task = async move {
+            let r = sched_task.await;
+            server_stop.cancel();
+            r
+        };
         let (served, sched) = tokio::join!(served, sched_task);
         served.map_err(|e| CoordinatorError::Transport(e.to_string()))?;
         sched.map_err(|e| CoordinatorError::Store(format!("scheduler task failed: {e}")))??;
