@@ -204,19 +204,9 @@ pub(crate) fn parse(origin: &str, text: &str) -> Result<Package, PackageError> {
                         format!("task '{tname}': `exec` needs a program: [\"prog\", \"arg\", ...]"),
                     ));
                 }
-                for (field, present) in [
-                    ("child", t.child.is_some()),
-                    ("parallelism", t.parallelism.is_some()),
-                    ("params", t.params.is_some()),
-                    ("retry", t.retry.is_some()),
-                ] {
-                    if present {
-                        return Err(cx.invalid(
-                            at,
-                            format!("task '{tname}': `{field}` belongs to a `foreach` task"),
-                        ));
-                    }
-                }
+                refuse_fields(&cx, at, &foreach_fields(t), |field| {
+                    format!("task '{tname}': `{field}` belongs to a `foreach` task")
+                })?;
                 TaskKind::Exec(ExecTask {
                     argv: argv.clone(),
                     env: t.env.clone().unwrap_or_default(),
@@ -396,22 +386,35 @@ fn noop_task(cx: &Ctx<'_>, at: usize, tname: &str, t: &RawTask) -> Result<TaskKi
             format!("task '{tname}': `noop` can only be `true` (remove it to give the task another kind)"),
         ));
     }
-    for (field, present) in [
-        ("env", t.env.is_some()),
-        ("workdir", t.workdir.is_some()),
+    let mut fields = vec![("env", t.env.is_some()), ("workdir", t.workdir.is_some())];
+    fields.extend(foreach_fields(t));
+    refuse_fields(cx, at, &fields, |field| {
+        format!("task '{tname}': a `noop` task cannot have `{field}`")
+    })?;
+    Ok(TaskKind::Noop)
+}
+
+/// The fields only a `foreach` task may have, and whether each is set.
+fn foreach_fields(t: &RawTask) -> [(&'static str, bool); 4] {
+    [
         ("child", t.child.is_some()),
         ("parallelism", t.parallelism.is_some()),
         ("params", t.params.is_some()),
         ("retry", t.retry.is_some()),
-    ] {
-        if present {
-            return Err(cx.invalid(
-                at,
-                format!("task '{tname}': a `noop` task cannot have `{field}`"),
-            ));
-        }
+    ]
+}
+
+/// Fails at the first field that is set but does not belong to the task's kind.
+fn refuse_fields(
+    cx: &Ctx<'_>,
+    at: usize,
+    fields: &[(&'static str, bool)],
+    message: impl Fn(&str) -> String,
+) -> Result<(), PackageError> {
+    match fields.iter().find(|(_, present)| *present) {
+        Some((field, _)) => Err(cx.invalid(at, message(field))),
+        None => Ok(()),
     }
-    Ok(TaskKind::Noop)
 }
 
 fn valid_ident(s: &str) -> bool {

@@ -19,6 +19,8 @@ mod dispatch;
 mod executions;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_ops;
 mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

@@ -14,11 +14,11 @@ use crate::records::{ExecutionState, Phase};
 const PARENT: &str = "name='p'\n[parameters.n]\ntype='int'\ndefault=4\n[tasks.fan]\nforeach={range={start=1,end='${params.n}'}}\nchild='c.toml'\nparallelism=100\nparams={shard='${item}'}\nretry={attempts=2,lost_attempts=2}\n";
 const CHILD: &str = "name='c'\n[parameters.shard]\ntype='int'\n[tasks.run]\nexec=['true']\n";
 
-fn sched() -> Scheduler {
+pub(super) fn sched() -> Scheduler {
     Scheduler::new(SchedulerConfig::default(), 1)
 }
 
-fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: Instant) {
+pub(super) fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: Instant) {
     s.register(
         Registration {
             name: name.into(),
@@ -35,7 +35,7 @@ fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: Instant) {
     .unwrap();
 }
 
-fn start(s: &mut Scheduler, n: u32) -> String {
+pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
     let files: BTreeMap<String, String> = [
         ("p.toml".into(), PARENT.into()),
         ("c.toml".into(), CHILD.into()),
@@ -62,7 +62,10 @@ fn start(s: &mut Scheduler, n: u32) -> String {
 }
 
 /// Commits everything (as the task would) and returns the dispatches.
-fn settle(s: &mut Scheduler, now: Instant) -> Vec<(String, ChildRef, u32, pb::DispatchId)> {
+pub(super) fn settle(
+    s: &mut Scheduler,
+    now: Instant,
+) -> Vec<(String, ChildRef, u32, pb::DispatchId)> {
     s.pump(now);
     let (_, written) = s.flush();
     s.committed(written, 7);
@@ -90,7 +93,7 @@ impl Seqs {
     }
 }
 
-fn finished(seq: u64, id: &pb::DispatchId, status: pb::JobStatus) -> pb::AgentEvent {
+pub(super) fn finished(seq: u64, id: &pb::DispatchId, status: pb::JobStatus) -> pb::AgentEvent {
     pb::AgentEvent {
         seq,
         at_unix_ms: 1,
@@ -107,7 +110,7 @@ fn finished(seq: u64, id: &pb::DispatchId, status: pb::JobStatus) -> pb::AgentEv
     }
 }
 
-fn summary(s: &Scheduler) -> Summary {
+pub(super) fn summary(s: &Scheduler) -> Summary {
     s.execution_view("e1")
         .map(|v| v.summary)
         .unwrap_or_default()
@@ -325,185 +328,6 @@ fn a_report_about_another_agents_job_is_refused_and_counted() {
     );
     s.agent_event(&owner, finished(1, &id, pb::JobStatus::Succeeded), now);
     assert_eq!(summary(&s).succeeded, 1);
-}
-
-fn cancels(s: &mut Scheduler) -> usize {
-    s.take_effects()
-        .iter()
-        .filter(|e| matches!(e, Effect::Cancel { .. }))
-        .count()
-}
-
-#[test]
-fn cancel_ends_pending_children_at_once_and_stops_running_ones() {
-    let now = Instant::now();
-    let mut s = sched();
-    reg(&mut s, "a", 2, "b1", now);
-    start(&mut s, 5);
-    let d = settle(&mut s, now);
-    assert_eq!(d.len(), 2);
-    for (agent, child, attempt, _) in &d {
-        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
-    }
-    assert_eq!(s.cancel("e1", "operator").unwrap(), "cancelling");
-    assert_eq!(cancels(&mut s), 2, "one CancelJob per running child");
-    let sum = summary(&s);
-    assert_eq!(
-        (sum.pending, sum.running, sum.failed),
-        (0, 2, 3),
-        "pending children cancelled at once"
-    );
-    assert!(
-        settle(&mut s, now).is_empty(),
-        "nothing is dispatched after a cancel"
-    );
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Cancelled), now);
-    s.agent_event("a", finished(2, &d[1].3, pb::JobStatus::Cancelled), now);
-    let v = s.execution_view("e1").unwrap();
-    assert_eq!(v.summary.state, "cancelled");
-    assert!(v.children.iter().all(|c| c.phase == Phase::Cancelled));
-}
-
-#[test]
-fn cancel_does_not_retry_failed_or_lost_children() {
-    let t0 = Instant::now();
-    let mut s = sched();
-    reg(&mut s, "a", 1, "b1", t0);
-    reg(&mut s, "b", 1, "b1", t0);
-    start(&mut s, 2);
-    let d = settle(&mut s, t0);
-    let rx = s.watch("e1").unwrap();
-    s.cancel("e1", "").unwrap();
-    // One child fails (policy would retry it), the other's agent is lost.
-    let (fa, _, _, fid) = d[0].clone();
-    s.agent_event(&fa, finished(1, &fid, pb::JobStatus::Failed), t0);
-    let other = if fa == "a" { "b" } else { "a" };
-    let later = t0 + Duration::from_secs(6);
-    reg(&mut s, &fa, 1, "b1", later);
-    s.tick(later);
-    assert!(s.agents[other].lost);
-    assert!(settle(&mut s, later).is_empty(), "no retry after a cancel");
-    let last = rx.borrow().clone();
-    assert_eq!((last.state.as_str(), last.failed), ("cancelled", 2));
-}
-
-#[test]
-fn a_start_accepted_after_the_cancel_is_stopped_again() {
-    let now = Instant::now();
-    let mut s = sched();
-    reg(&mut s, "a", 1, "b1", now);
-    start(&mut s, 1);
-    let d = settle(&mut s, now);
-    s.cancel("e1", "").unwrap();
-    assert_eq!(cancels(&mut s), 1);
-    s.dispatch_result(d[0].1, "a", 1, DispatchOutcome::Accepted, now);
-    assert_eq!(
-        cancels(&mut s),
-        1,
-        "the late acceptance gets its own CancelJob"
-    );
-    assert_eq!(summary(&s).state, "running", "ends when the agent reports");
-}
-
-fn state_of(s: &Scheduler, name: &str) -> &'static str {
-    s.agent_list()
-        .into_iter()
-        .find(|a| a.0.name == name)
-        .unwrap()
-        .1
-}
-
-#[test]
-fn cordoned_and_draining_agents_get_no_new_work_and_keep_it_across_restarts() {
-    let now = Instant::now();
-    let mut s = sched();
-    reg(&mut s, "a", 2, "b1", now);
-    reg(&mut s, "b", 2, "b1", now);
-    s.set_admin("b", "cordon").unwrap();
-    assert_eq!(state_of(&s, "b"), "cordoned");
-    start(&mut s, 4);
-    let d = settle(&mut s, now);
-    assert!(
-        d.iter().all(|x| x.0 == "a"),
-        "nothing on a cordoned agent: {d:?}"
-    );
-    // The agent restarts (new boot): the operator's cordon stays.
-    reg(&mut s, "b", 2, "b2", now);
-    assert_eq!(state_of(&s, "b"), "cordoned");
-    // Drain a, which runs two children: draining until they end, then drained.
-    s.set_admin("a", "drain").unwrap();
-    assert_eq!(state_of(&s, "a"), "draining");
-    for (i, x) in d.iter().enumerate() {
-        s.agent_event(
-            "a",
-            finished(i as u64 + 1, &x.3, pb::JobStatus::Succeeded),
-            now,
-        );
-    }
-    assert_eq!(state_of(&s, "a"), "drained");
-    assert!(settle(&mut s, now).is_empty(), "no agent takes work");
-    s.set_admin("b", "uncordon").unwrap();
-    assert_eq!(
-        settle(&mut s, now).len(),
-        2,
-        "uncordoned: the waiting children run"
-    );
-    assert!(s.set_admin("zz", "cordon").is_err());
-    assert_eq!(
-        s.set_admin("a", "explode").unwrap_err().code(),
-        "INVALID_REQUEST"
-    );
-}
-
-#[test]
-fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
-    let now = Instant::now();
-    let mut s = sched();
-    reg(&mut s, "a", 1, "b1", now);
-    reg(&mut s, "b", 1, "b1", now);
-    start(&mut s, 2);
-    let d = settle(&mut s, now);
-    s.revoke("b").unwrap();
-    assert_eq!(state_of(&s, "b"), "revoked");
-    assert!(
-        s.take_effects()
-            .iter()
-            .any(|e| matches!(e, Effect::ResetStream { agent } if agent == "b"))
-    );
-    // Its child runs again elsewhere once a frees up; b's late reports are ignored.
-    let on_b = d.iter().find(|x| x.0 == "b").unwrap().3.clone();
-    s.agent_event("b", finished(1, &on_b, pb::JobStatus::Succeeded), now);
-    assert_eq!(
-        summary(&s).succeeded,
-        0,
-        "a revoked agent's report counts for nothing"
-    );
-    let again = Registration {
-        name: "b".into(),
-        address: "b:1".into(),
-        labels: BTreeMap::new(),
-        slots: 1,
-        version: "t".into(),
-        boot_id: "b2".into(),
-        outbox_id: "ob-b".into(),
-        cert_fingerprint: "fp-b".into(),
-    };
-    assert_eq!(
-        s.register(again.clone(), now).unwrap_err().code(),
-        "PERMISSION_DENIED"
-    );
-    assert!(s.open_stream("b", "b1", "fp-b", now).is_err());
-    // A new certificate for the same name is welcome.
-    let renewed = Registration {
-        cert_fingerprint: "fp-b-new".into(),
-        ..again
-    };
-    assert!(s.register(renewed, now).is_ok());
-    let (ops, _) = s.flush();
-    assert!(
-        ops.iter().any(|op| op.key() == "v/fp-b"),
-        "the revocation is persisted"
-    );
 }
 
 #[test]
