@@ -36,6 +36,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The coordinator refused the enrolment token or the signing request.
+    #[error("enrolment refused: {0}")]
+    EnrolmentRefused(String),
     /// The agent is shutting down and no longer does this.
     #[error("agent is shutting down")]
     ShuttingDown,
@@ -52,6 +55,7 @@ impl AgentError {
             AgentError::Transport(_) => "AGENT_TRANSPORT",
             AgentError::Io { .. } => "AGENT_IO",
             AgentError::ShuttingDown => "AGENT_SHUTTING_DOWN",
+            AgentError::EnrolmentRefused(_) => "AGENT_ENROLMENT_REFUSED",
         }
     }
 
@@ -62,9 +66,10 @@ impl AgentError {
             | AgentError::Transport(_)
             | AgentError::Io { .. }
             | AgentError::ShuttingDown => true,
-            AgentError::ConfigInvalid(_) | AgentError::InvalidRequest(_) | AgentError::Store(_) => {
-                false
-            }
+            AgentError::ConfigInvalid(_)
+            | AgentError::InvalidRequest(_)
+            | AgentError::Store(_)
+            | AgentError::EnrolmentRefused(_) => false,
         }
     }
 
@@ -91,6 +96,7 @@ impl From<AgentError> for tonic::Status {
             AgentError::InvalidRequest(_) | AgentError::ConfigInvalid(_) => {
                 tonic::Status::invalid_argument(msg)
             }
+            AgentError::EnrolmentRefused(_) => tonic::Status::permission_denied(msg),
             AgentError::ShuttingDown | AgentError::CoordinatorUnreachable(_) => {
                 tonic::Status::unavailable(msg)
             }

@@ -11,7 +11,9 @@
 //! - [`model`]: validated domain types (`DispatchKey`, `StartJob`, ...);
 //! - [`admission`]: the checks behind `StartJob`'s answer;
 //! - [`plan`]: child package + parameters → concrete steps;
-//! - [`runner`]: runs the steps as processes (timeouts, kill, output capture);
+//! - [`run_as`]: `--allow-run-as` rules, folders, the host's users;
+//! - [`runner`]: runs the steps as processes (timeouts, kill, output capture, run-as);
+//! - [`mask`]: masks sensitive parameter values in what a job leaves behind;
 //! - [`jobs`]: the table of running and recently finished jobs;
 //! - [`supervisor`]: admission + table + runner tasks behind one lock;
 //! - [`outbox`]: the durable, group-committed event outbox (redb);
@@ -21,13 +23,17 @@
 
 pub mod admission;
 pub mod config;
+pub mod enrol;
 pub mod error;
 pub mod jobs;
 pub mod leftovers;
+pub mod mask;
 pub mod model;
 pub mod outbox;
 pub mod plan;
+pub mod renew;
 pub mod reporter;
+pub mod run_as;
 pub mod runner;
 pub mod service;
 pub mod supervisor;
@@ -73,6 +79,7 @@ pub async fn run(
     );
     // Before any job starts: end what an earlier boot left running.
     leftovers::reap(&config.data_dir.join("jobs"));
+    warn_about_run_as(&config);
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
     let boot_id = uuid::Uuid::new_v4().to_string();
     info!(
@@ -83,6 +90,10 @@ pub async fn run(
         "agent starting"
     );
 
+    let tls = match config.tls.clone() {
+        Some(pem) => Some(transport::LiveTls::new(pem)?),
+        None => None,
+    };
     let server_stop = CancellationToken::new();
     let server = {
         let service = service::AgentGrpc::new(supervisor.clone());
@@ -90,7 +101,7 @@ pub async fn run(
         tokio::spawn(transport::serve(
             service,
             listener,
-            config.tls.clone(),
+            tls.clone(),
             async move { stop.cancelled().await },
         ))
     };
@@ -104,13 +115,22 @@ pub async fn run(
                 labels: config.labels.clone(),
                 slots: config.slots,
                 boot_id,
-                tls: config.tls.clone(),
+                tls: tls.clone(),
             },
             outbox.clone(),
             supervisor.clone(),
         )
         .run(reporter_stop.clone()),
     );
+
+    if let Some(live) = &tls {
+        tokio::spawn(renew::run(
+            live.clone(),
+            config.coordinator_url.clone(),
+            config.name.clone(),
+            reporter_stop.clone(),
+        ));
+    }
 
     // Run until asked to stop, or until the server fails.
     let mut server = server;
@@ -151,6 +171,45 @@ pub async fn run(
         Ok(r) => r,
         Err(e) => Err(AgentError::Transport(format!("server task failed: {e}"))),
     }
+}
+
+/// Says at start what will make run-as jobs fail on this host (admission checks it
+/// again at every start; this is only an early warning for the operator).
+fn warn_about_run_as(config: &AgentConfig) {
+    use run_as::Host;
+    if config.allow_run_as.is_empty() {
+        return;
+    }
+    let host = run_as::RealHost;
+    let euid = host.euid();
+    for rule in &config.allow_run_as {
+        match host.user(rule.user()) {
+            Ok(Some(user)) if user.uid == 0 || user.gid == 0 => {
+                warn!(rule = %rule, "run-as user is root or in the root group: jobs asking for it are refused")
+            }
+            Ok(Some(user)) if euid != 0 && euid != user.uid => {
+                warn!(rule = %rule, euid, "this agent is not root and cannot switch to the run-as user: jobs asking for it are refused")
+            }
+            Ok(Some(user)) => {
+                if let Err(reason) = runner::reachable_by(&config.data_dir, &user) {
+                    warn!(rule = %rule, %reason, "run-as jobs for this user will fail");
+                }
+            }
+            Ok(None) => {
+                warn!(rule = %rule, "run-as user does not exist on this host (yet): jobs asking for it are refused")
+            }
+            Err(e) => warn!(rule = %rule, error = %e, "cannot look up run-as user"),
+        }
+    }
+    info!(
+        rules = %config
+            .allow_run_as
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
+        "run-as users allowed"
+    );
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub struct Identity {
     /// Random per process start.
     pub boot_id: String,
     /// Mutual TLS material; `None` only with `--insecure`.
-    pub tls: Option<crate::transport::TlsPem>,
+    pub tls: Option<Arc<crate::transport::LiveTls>>,
 }
 
 pub struct Reporter {
@@ -106,8 +106,8 @@ impl Reporter {
         link: &mut Link,
     ) -> Result<(), AgentError> {
         let id = &self.identity;
-        let mut client =
-            transport::connect_coordinator(&id.coordinator_url, id.tls.as_ref()).await?;
+        let tls = id.tls.as_ref().map(|t| t.current());
+        let mut client = transport::connect_coordinator(&id.coordinator_url, tls.as_ref()).await?;
         let reg = client
             .register(RegisterRequest {
                 name: id.name.clone(),

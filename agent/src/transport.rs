@@ -4,18 +4,25 @@
 //! TLS — it presents `NAME.agent.baton` and accepts only clients holding a
 //! certificate of the same CA — and verifies that the coordinator it dials is
 //! `coordinator.baton`. Without it (the CLI's `--insecure`, loopback only) both
-//! sides are plaintext. Nothing else in the crate builds a server or an endpoint.
+//! sides are plaintext. Nothing else in the crate builds a server or an endpoint
+//! (but enrolment, [`crate::enrol`], which has no certificate yet).
+//!
+//! The certificate renews while the agent runs ([`crate::renew`]): [`LiveTls`]
+//! holds the current one; the server presents it from the next handshake on,
+//! and every new connection to the coordinator uses it.
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use baton_proto::tls::{ClientAuth, LiveCert};
 
 use baton_proto::agent_service_server::AgentServiceServer;
 use baton_proto::coordinator_service_client::CoordinatorServiceClient;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
 use crate::error::AgentError;
 use crate::service::AgentGrpc;
@@ -37,6 +44,8 @@ pub struct TlsPem {
     pub ca: String,
     pub cert: String,
     pub key: String,
+    /// The directory it was loaded from; renewed certificates are written there.
+    pub dir: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for TlsPem {
@@ -58,7 +67,59 @@ impl TlsPem {
             ca: read("ca.pem")?,
             cert: read("tls.pem")?,
             key: read("tls.key")?,
+            dir: Some(dir.to_path_buf()),
         })
+    }
+
+    /// Unix seconds `(not_before, not_after)` of the certificate.
+    pub fn validity(&self) -> Option<(i64, i64)> {
+        let der = baton_proto::tls::certs_from_pem(&self.cert).ok()?;
+        baton_proto::identity::validity(&der[0])
+    }
+}
+
+/// The agent's TLS identity while it runs: replaced at each renewal.
+pub struct LiveTls {
+    pem: RwLock<TlsPem>,
+    server_cert: LiveCert,
+}
+
+impl std::fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveTls { .. }")
+    }
+}
+
+fn tls_err(e: baton_proto::tls::TlsError) -> AgentError {
+    AgentError::Transport(format!("TLS setup: {e}"))
+}
+
+impl LiveTls {
+    pub fn new(pem: TlsPem) -> Result<Arc<LiveTls>, AgentError> {
+        let server_cert = LiveCert::new(&pem.cert, &pem.key).map_err(tls_err)?;
+        Ok(Arc::new(LiveTls {
+            pem: RwLock::new(pem),
+            server_cert,
+        }))
+    }
+
+    /// The current material.
+    pub fn current(&self) -> TlsPem {
+        self.pem.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Takes a renewed certificate and its key: written to the TLS directory
+    /// (key 0600, atomically), then used from the next connection on.
+    pub fn replace(&self, cert: String, key: String) -> Result<(), AgentError> {
+        self.server_cert.replace(&cert, &key).map_err(tls_err)?;
+        let mut pem = self.pem.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(dir) = &pem.dir {
+            crate::enrol::write_file(&dir.join("tls.key"), &key, true)?;
+            crate::enrol::write_file(&dir.join("tls.pem"), &cert, false)?;
+        }
+        pem.cert = cert;
+        pem.key = key;
+        Ok(())
     }
 }
 
@@ -66,27 +127,35 @@ impl TlsPem {
 pub async fn serve(
     service: AgentGrpc,
     listener: TcpListener,
-    tls: Option<TlsPem>,
+    tls: Option<Arc<LiveTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), AgentError> {
-    let mut builder = Server::builder();
-    if let Some(t) = &tls {
-        let config = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&t.cert, &t.key))
-            .client_ca_root(Certificate::from_pem(&t.ca));
-        builder = builder
-            .tls_config(config)
-            .map_err(|e| AgentError::Transport(format!("TLS setup: {e}")))?;
-    }
-    builder
+    let router = Server::builder()
         .tcp_nodelay(true)
         .concurrency_limit_per_connection(SERVER_CONCURRENCY_PER_CONN)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(AgentServiceServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| AgentError::Transport(e.to_string()))
+        .add_service(AgentServiceServer::new(service));
+    let served = match &tls {
+        Some(live) => {
+            // Only certificates of Baton's CA get in; the service then takes
+            // StartJob only from the coordinator's.
+            let config = baton_proto::tls::server_config(
+                &live.current().ca,
+                live.server_cert.clone(),
+                ClientAuth::Required,
+            )
+            .map_err(tls_err)?;
+            let incoming = baton_proto::tls::incoming(listener, config);
+            router.serve_with_incoming_shutdown(incoming, shutdown).await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+    };
+    served.map_err(|e| AgentError::Transport(e.to_string()))
 }
 
 /// Connects to the coordinator at `url` (`https://host:port`, or `http://` without TLS).

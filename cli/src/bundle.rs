@@ -28,6 +28,7 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
     let text = read(path)?;
     let origin = path.display().to_string();
     let parent = Package::parse(&origin, &text)?;
+    parent.check_sensitive_use()?;
     let root = path
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
@@ -39,12 +40,14 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
     let mut files = BTreeMap::new();
     for task in parent.tasks.values() {
         if let TaskKind::Foreach(fe) = &task.kind {
-            if files.contains_key(&fe.child) {
-                continue;
-            }
             let child_path = dir.join(&fe.child);
-            let child_text = read(&child_path)?;
-            Package::parse(&child_path.display().to_string(), &child_text)?;
+            let child_text = match files.get(&fe.child) {
+                Some(text) => String::clone(text),
+                None => read(&child_path)?,
+            };
+            let child = Package::parse(&child_path.display().to_string(), &child_text)?;
+            child.check_sensitive_use()?;
+            fe.check_sensitive_flow(&task.name, &parent, &child)?;
             files.insert(fe.child.clone(), child_text);
         }
     }
@@ -55,17 +58,18 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
 /// Parses `-p key=value` pairs.
 pub fn params(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     let mut out = BTreeMap::new();
-    for p in pairs {
+    // Messages never quote a value: it may be sensitive.
+    for (i, p) in pairs.iter().enumerate() {
         let (k, v) = p.split_once('=').ok_or_else(|| {
             CliError::invalid(
                 "USAGE",
-                format!("parameter '{p}' must be written name=value"),
+                format!("parameter #{} must be written name=value", i + 1),
             )
         })?;
         if k.trim().is_empty() {
             return Err(CliError::invalid(
                 "USAGE",
-                format!("parameter '{p}' has no name"),
+                format!("parameter #{} has no name (write name=value)", i + 1),
             ));
         }
         if out.insert(k.trim().to_string(), v.to_string()).is_some() {

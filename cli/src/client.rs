@@ -1,14 +1,18 @@
 //! Connecting to a coordinator's `ControlService`.
 //!
-//! `https://` URLs (the default) use mutual TLS: the client verifies that it
-//! reached `coordinator.baton` and presents the identity in `--tls-dir`
-//! (`ca.pem`, `tls.pem`, `tls.key`). `http://` is plaintext, for a coordinator
-//! started with `--insecure` on loopback.
+//! `https://` URLs (the default) use TLS: the client verifies that it reached
+//! `coordinator.baton` with the CA in `--tls-dir` (`ca.pem`) and proves who it
+//! is either with the client certificate there (`tls.pem`, `tls.key`) or, when
+//! `--token` / `BATON_TOKEN` is set, with that API token (sent as
+//! `authorization: Bearer …`, never printed). `http://` is plaintext, for a
+//! coordinator started with `--insecure` on loopback.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_proto::control_service_client::ControlServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::CliError;
@@ -27,7 +31,28 @@ pub struct CoordinatorOpt {
     /// Directory with this client's identity: ca.pem, tls.pem, tls.key.
     #[arg(long = "tls-dir", env = "BATON_TLS_DIR", default_value = DEFAULT_CLIENT_TLS_DIR)]
     pub tls_dir: PathBuf,
+    /// API token (from `baton token create --api NAME`) instead of a client
+    /// certificate; only ca.pem is then read from --tls-dir. Prefer the
+    /// environment variable: a flag shows up in `ps`.
+    #[arg(long = "token", env = "BATON_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
+
+/// Adds the API token, if any, to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connected `ControlService` client.
+pub type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
 
 fn read(dir: &std::path::Path, file: &str) -> Result<String, CliError> {
     let path = dir.join(file);
@@ -44,7 +69,17 @@ fn read(dir: &std::path::Path, file: &str) -> Result<String, CliError> {
 }
 
 impl CoordinatorOpt {
-    pub async fn connect(&self) -> Result<ControlServiceClient<Channel>, CliError> {
+    pub async fn connect(&self) -> Result<Control, CliError> {
+        let bearer = match &self.token {
+            None => None,
+            Some(t) => {
+                let mut v: MetadataValue<Ascii> = format!("Bearer {}", t.trim())
+                    .parse()
+                    .map_err(|_| CliError::invalid("USAGE", "the API token has characters a header cannot carry"))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+        };
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| {
                 CliError::invalid("USAGE", format!("bad coordinator URL '{}': {e}", self.url))
@@ -52,13 +87,15 @@ impl CoordinatorOpt {
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
         if self.url.starts_with("https://") {
-            let tls = ClientTlsConfig::new()
+            let mut tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(read(&self.tls_dir, "ca.pem")?))
-                .identity(Identity::from_pem(
+                .domain_name(baton_coordinator::pki::COORDINATOR_NAME);
+            if bearer.is_none() {
+                tls = tls.identity(Identity::from_pem(
                     read(&self.tls_dir, "tls.pem")?,
                     read(&self.tls_dir, "tls.key")?,
-                ))
-                .domain_name(baton_coordinator::pki::COORDINATOR_NAME);
+                ));
+            }
             endpoint = endpoint.tls_config(tls).map_err(|e| {
                 CliError::invalid("TLS_IDENTITY_INVALID", format!("TLS setup: {e}"))
             })?;
@@ -75,7 +112,7 @@ impl CoordinatorOpt {
             .connect()
             .await
             .map_err(|e| CliError::unavailable(&self.url, e))?;
-        Ok(ControlServiceClient::new(channel)
+        Ok(ControlServiceClient::with_interceptor(channel, Bearer(bearer))
             .max_decoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES)
             .max_encoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES))
     }

@@ -10,10 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_proto as pb;
-use pb::control_service_client::ControlServiceClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
@@ -41,7 +39,7 @@ pub struct AgentProc {
 pub struct LocalCluster {
     pub dir: tempfile::TempDir,
     pub opt: CoordinatorOpt,
-    pub client: ControlServiceClient<Channel>,
+    pub client: crate::client::Control,
     pub coordinator: baton_coordinator::Coordinator,
     pub agents: Vec<AgentProc>,
     shutdown: CancellationToken,
@@ -58,6 +56,7 @@ fn spawn_agent(
     dir: &Path,
     name: &str,
     slots: u32,
+    enrol_token: &str,
 ) -> Result<AgentProc, CliError> {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).map_err(io)?;
@@ -72,6 +71,9 @@ fn spawn_agent(
             "BATON_LOG",
             std::env::var("BATON_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        // Zero-touch enrolment, as on a real worker; the token is passed by
+        // environment so that it is not in `ps`.
+        .env("BATON_ENROLL_TOKEN", enrol_token)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -99,18 +101,22 @@ impl LocalCluster {
             .map_err(|e| CliError::other("LISTEN_FAILED", e.to_string()))?;
         let shutdown = CancellationToken::new();
         let tls_dir = dir.path().join("coordinator").join("tls");
-        let (material, _) = baton_coordinator::bootstrap_tls(&tls_dir)
-            .map_err(|e| CliError::other(e.code(), format!("TLS setup: {e}")))?;
+        let (live, _) = baton_coordinator::live_tls::LiveTls::bootstrap(
+            &tls_dir,
+            baton_coordinator::pki::DEFAULT_TTL,
+        )
+        .map_err(|e| CliError::other(e.code(), format!("TLS setup: {e}")))?;
         let config = baton_coordinator::CoordinatorConfig {
             data_dir: dir.path().join("coordinator"),
             lease_ttl_ms: spec.lease_ttl_ms,
             heartbeat_ms: spec.heartbeat_ms,
-            security: baton_coordinator::transport::Security::Tls(material),
+            security: baton_coordinator::transport::Security::Tls(live),
         };
         let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
         let opt = CoordinatorOpt {
             url: format!("https://{addr}"),
             tls_dir: tls_dir.join("admin"),
+            token: None,
         };
         let client = opt.connect().await?;
         let mut cluster = LocalCluster {
@@ -125,15 +131,25 @@ impl LocalCluster {
         let exe = std::env::current_exe().map_err(io)?;
         for (i, slots) in spec.agent_slots.iter().enumerate() {
             let name = format!("agent-{}", i + 1);
-            let agent_tls = cluster.dir.path().join(&name).join("tls");
-            baton_coordinator::pki::issue(
-                &tls_dir,
-                &baton_coordinator::pki::Identity::Agent(name.clone()),
-                &agent_tls,
-                1,
-            )
-            .map_err(|e| CliError::other(e.code(), format!("TLS setup: {e}")))?;
-            let a = spawn_agent(&exe, &cluster.opt.url, cluster.dir.path(), &name, *slots)?;
+            let token = cluster
+                .client
+                .create_token(pb::CreateTokenRequest {
+                    kind: "agent".into(),
+                    name: name.clone(),
+                    ttl_s: 600,
+                })
+                .await
+                .map_err(|s| cluster.opt.status(s))?
+                .into_inner()
+                .token;
+            let a = spawn_agent(
+                &exe,
+                &cluster.opt.url,
+                cluster.dir.path(),
+                &name,
+                *slots,
+                &token,
+            )?;
             cluster.agents.push(a);
         }
         cluster.wait_ready(spec.agent_slots.len()).await?;

@@ -52,6 +52,14 @@ enum Cmd {
     /// Manage the private CA and certificates.
     #[command(subcommand)]
     Certs(cmd::certs::CertsCmd),
+    /// Enrolment tokens for agents, API tokens for principals.
+    #[command(subcommand)]
+    Token(cmd::token::TokenCmd),
+    /// Permissions of principals on folders.
+    #[command(subcommand)]
+    Role(cmd::roles::RoleCmd),
+    /// Who the coordinator takes you for, and what you may do.
+    Whoami(cmd::roles::WhoAmIArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -75,6 +83,9 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Agents(c) => cmd::agents::run(c).await,
         Cmd::Validate(a) => cmd::validate::run(a),
         Cmd::Certs(c) => cmd::certs::run(c),
+        Cmd::Token(c) => cmd::token::run(c).await,
+        Cmd::Role(c) => cmd::roles::run(c).await,
+        Cmd::Whoami(a) => cmd::roles::whoami(a).await,
     }
 }
 

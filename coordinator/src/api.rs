@@ -27,6 +27,8 @@ pub const MAX_PARAMS: usize = 1024;
 pub struct Coordinator {
     pub(crate) handle: SchedulerHandle,
     pub(crate) store: Arc<dyn Store>,
+    /// Seals sensitive parameter values before they reach the store.
+    pub(crate) secrets: Arc<crate::secrets::SealingKey>,
 }
 
 /// What `watch` returns.
@@ -44,6 +46,7 @@ impl Coordinator {
         root: String,
         files: BTreeMap<String, String>,
         params: BTreeMap<String, String>,
+        folder: String,
     ) -> Result<String, CoordinatorError> {
         if root.is_empty() {
             return Err(CoordinatorError::InvalidRequest(
@@ -73,8 +76,14 @@ impl Coordinator {
         })
         .await
         .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
+        // Sensitive values are sealed before they reach the record (and so the
+        // store); the plan keeps them in memory for the StartJob requests.
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let params = crate::secrets::seal_params(&self.secrets, &id, params, |name| {
+            plan.params.is_sensitive(name)
+        })?;
         let rec = ExecutionRecord {
-            id: uuid::Uuid::now_v7().simple().to_string(),
+            id,
             package: plan.package.clone(),
             root,
             files,
@@ -87,6 +96,7 @@ impl Coordinator {
             stale_events: 0,
             cancel_requested: false,
             final_counts: None,
+            folder,
         };
         self.handle.start(rec, plan).await
     }
@@ -119,7 +129,8 @@ impl Coordinator {
         Ok(Watched::Ended(self.view(id).await?.summary))
     }
 
-    /// Executions newest first, filtered by state and package, `limit` per page.
+    /// Executions newest first, filtered by state, package and the folders the
+    /// caller may read (`readable`), `limit` per page.
     /// `page_token` is the last id of the previous page. Running executions show
     /// live counts; ended ones the counts recorded when they ended.
     ///
@@ -131,6 +142,7 @@ impl Coordinator {
         package: &str,
         limit: usize,
         page_token: &str,
+        readable: &(dyn Fn(&str) -> bool + Send + Sync),
     ) -> Result<(Vec<Summary>, String), CoordinatorError> {
         let limit = match limit {
             0 => 50,
@@ -157,6 +169,7 @@ impl Coordinator {
             }
             if (!state.is_empty() && rec.state.as_str() != state)
                 || (!package.is_empty() && rec.package != package)
+                || !readable(rec.folder())
             {
                 continue;
             }

@@ -24,12 +24,24 @@ pub enum CoordinatorError {
     Store(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("token {0} was already used; create a new one with `baton token create --agent`")]
+    TokenUsed(String),
+    #[error("token {0} has expired")]
+    TokenExpired(String),
+    #[error("token {0} was revoked")]
+    TokenRevoked(String),
+    #[error("certificate refused: {0}")]
+    CertRevoked(String),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     #[error("transport: {0}")]
     Transport(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl CoordinatorError {
@@ -45,9 +57,15 @@ impl CoordinatorError {
             CoordinatorError::StoreConflict(_) => "STORE_CONFLICT",
             CoordinatorError::Store(_) => "STORE_FAILED",
             CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",
+            CoordinatorError::Unauthenticated(_) => "UNAUTHENTICATED",
+            CoordinatorError::TokenUsed(_) => "TOKEN_USED",
+            CoordinatorError::TokenExpired(_) => "TOKEN_EXPIRED",
+            CoordinatorError::TokenRevoked(_) => "TOKEN_REVOKED",
+            CoordinatorError::CertRevoked(_) => "CERT_REVOKED",
             CoordinatorError::ShuttingDown => "SHUTTING_DOWN",
             CoordinatorError::Io(_) => "IO_FAILED",
             CoordinatorError::Transport(_) => "TRANSPORT_FAILED",
+            CoordinatorError::Secret(e) => e.code(),
         }
     }
 

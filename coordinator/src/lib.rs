@@ -9,8 +9,10 @@
 //! `baton-proto`.
 
 pub mod api;
+pub mod auth;
 pub mod error;
 pub mod grpc;
+pub mod live_tls;
 pub mod metrics;
 pub mod pki;
 pub mod placement;
@@ -19,6 +21,7 @@ pub mod records;
 pub mod recovery;
 pub mod scheduler;
 pub mod scheduler_task;
+pub mod secrets;
 pub mod store;
 pub mod transport;
 
@@ -87,37 +90,6 @@ impl CoordinatorConfig {
     }
 }
 
-/// Makes sure `tls_dir` holds a CA, the coordinator's certificate and an
-/// `admin/` client identity, creating what is missing (zero-configuration TLS).
-/// Returns the coordinator's material and whether anything was created.
-pub fn bootstrap_tls(tls_dir: &std::path::Path) -> Result<(pki::TlsMaterial, bool), pki::PkiError> {
-    let mut created = false;
-    if !pki::has_ca(tls_dir) {
-        pki::init_ca(tls_dir)?;
-        created = true;
-    }
-    if !tls_dir.join("tls.pem").exists() {
-        pki::issue(
-            tls_dir,
-            &pki::Identity::Coordinator,
-            tls_dir,
-            pki::DEFAULT_TTL_DAYS,
-        )?;
-        created = true;
-    }
-    let admin = tls_dir.join("admin");
-    if !admin.join("tls.pem").exists() {
-        pki::issue(
-            tls_dir,
-            &pki::Identity::Client("admin".into()),
-            &admin,
-            pki::DEFAULT_TTL_DAYS,
-        )?;
-        created = true;
-    }
-    Ok((pki::load(tls_dir)?, created))
-}
-
 /// A started coordinator: its API handle and the task that serves it.
 pub struct Running {
     pub coordinator: Coordinator,
@@ -139,36 +111,59 @@ pub async fn start(
             .await
             .map_err(|e| CoordinatorError::Store(e.to_string()))??,
     );
-    let sched = recovery::load(store.as_ref(), config.scheduler()).await?;
-    let server = transport::server(&config.security)?;
+    let secrets = Arc::new(secrets::load(&config.data_dir, store.as_ref()).await?);
+    let sched = recovery::load(store.as_ref(), config.scheduler(), &secrets).await?;
+    let audit = Arc::new(auth::audit::Audit::open(&config.data_dir)?);
+    let auth = auth::Auth::new(store.clone(), audit);
+    auth.ensure_admin().await?;
+    let live_tls = match &config.security {
+        transport::Security::Tls(live) => Some(live.clone()),
+        transport::Security::Insecure => None,
+    };
     let dialer = transport::AgentDialer::new(config.security.clone());
     let (handle, sched_task) =
         scheduler_task::spawn(sched, store.clone(), dialer, shutdown.clone());
     let coordinator = Coordinator {
         handle: handle.clone(),
         store,
+        secrets,
     };
-    let agent_api = CoordinatorServiceServer::new(grpc::agent_api::AgentApi { handle })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let agent_api = CoordinatorServiceServer::new(grpc::agent_api::AgentApi {
+        handle,
+        auth: auth.clone(),
+        tls: live_tls.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let control_api = ControlServiceServer::new(grpc::control_api::ControlApi {
         coordinator: coordinator.clone(),
+        auth,
+        tls: live_tls.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let control_api =
-        tonic::service::interceptor::InterceptedService::new(control_api, grpc::control_guard);
     let addr = listener.local_addr()?;
-    info!(%addr, "coordinator serving");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    info!(%addr, tls = live_tls.is_some(), "coordinator serving");
     // The server stops on shutdown, and also when the scheduler stops on its own
     // (a store failure): a coordinator that cannot decide must not keep serving.
     let server_stop = shutdown.child_token();
+    let router = transport::server()
+        .add_service(agent_api)
+        .add_service(control_api);
+    let stop = server_stop.clone().cancelled_owned();
+    type Served =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    let served: Served = match &live_tls {
+        Some(live) => {
+            tokio::spawn(live.clone().renew_loop(shutdown.clone()));
+            let incoming = baton_proto::tls::incoming(listener, live.server_config()?);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+    };
     let task = tokio::spawn(async move {
-        let mut server = server;
-        let served = server
-            .add_service(agent_api)
-            .add_service(control_api)
-            .serve_with_incoming_shutdown(incoming, server_stop.clone().cancelled_owned());
         let sched_task = async move {
             let r = sched_task.await;
             server_stop.cancel();

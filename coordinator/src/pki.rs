@@ -18,6 +18,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -28,10 +29,14 @@ use rcgen::{
 pub const DOMAIN: &str = "baton";
 /// The coordinator's identity name.
 pub const COORDINATOR_NAME: &str = "coordinator.baton";
-/// Default lifetime of an issued certificate. Thirty days until certificates
-/// renew themselves without a restart (the security issue); then a day.
-pub const DEFAULT_TTL_DAYS: u32 = 30;
+/// Default lifetime of an issued certificate: a day. Agents renew theirs over
+/// `CoordinatorService.Renew` and the coordinator its own from the CA, both at
+/// two thirds of the lifetime and without a restart.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(86_400);
 const CA_TTL_DAYS: u32 = 3650;
+/// Certificates are valid from a little before they were issued, for clock
+/// skew: this much, or a tenth of the lifetime if that is less.
+const BACKDATE: Duration = Duration::from_secs(300);
 
 /// Who a certificate is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +71,8 @@ pub enum PkiError {
     BadName(String),
     #[error("no CA in {0}: run `baton certs init` first")]
     NoCa(PathBuf),
+    #[error("certificate signing request refused: {0}")]
+    BadCsr(String),
 }
 
 impl PkiError {
@@ -75,6 +82,7 @@ impl PkiError {
             PkiError::Cert(_) => "PKI_CERT",
             PkiError::BadName(_) => "PKI_BAD_NAME",
             PkiError::NoCa(_) => "PKI_NO_CA",
+            PkiError::BadCsr(_) => "PKI_BAD_CSR",
         }
     }
 }
@@ -158,23 +166,21 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-/// Issues a certificate for `who`, signed by the CA in `ca_dir`, into
-/// `out_dir` as `ca.pem`, `tls.pem`, `tls.key`.
-pub fn issue(ca_dir: &Path, who: &Identity, out_dir: &Path, ttl_days: u32) -> Result<(), PkiError> {
-    if !has_ca(ca_dir) {
-        return Err(PkiError::NoCa(ca_dir.to_path_buf()));
-    }
+fn identity_name(who: &Identity) -> Result<&str, PkiError> {
     let name = match who {
         Identity::Coordinator => "coordinator",
         Identity::Agent(n) | Identity::Client(n) => n.as_str(),
     };
-    if !valid_label(name) {
-        return Err(PkiError::BadName(name.to_string()));
+    if valid_label(name) {
+        Ok(name)
+    } else {
+        Err(PkiError::BadName(name.to_string()))
     }
-    let ca_key = KeyPair::from_pem(&read(&ca_dir.join("ca.key"))?)?;
-    let ca_name = read(&ca_dir.join("ca.name"))?;
-    let issuer = Issuer::new(ca_params(ca_name.trim()), ca_key);
+}
 
+/// The parameters of a leaf certificate for `who`, valid for `ttl` from now.
+fn leaf_params(who: &Identity, ttl: Duration) -> Result<CertificateParams, PkiError> {
+    identity_name(who)?;
     let mut params = CertificateParams::new(vec![who.dns_name()])?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, who.dns_name());
@@ -188,20 +194,116 @@ pub fn issue(ca_dir: &Path, who: &Identity, out_dir: &Path, ttl_days: u32) -> Re
         KeyUsagePurpose::KeyEncipherment,
     ];
     let now = time_now();
-    params.not_before = now - std::time::Duration::from_secs(300);
-    params.not_after = now + std::time::Duration::from_secs(u64::from(ttl_days.max(1)) * 86_400);
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    if ca_dir != out_dir {
-        write(
-            &out_dir.join("ca.pem"),
-            &read(&ca_dir.join("ca.pem"))?,
-            false,
-        )?;
+    let ttl = ttl.max(Duration::from_secs(1));
+    params.not_before = now - BACKDATE.min(ttl / 10);
+    params.not_after = now + ttl;
+    Ok(params)
+}
+
+/// The CA of a TLS directory, loaded to issue certificates.
+pub struct Authority {
+    dir: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Authority {{ dir: {:?}, .. }}", self.dir)
     }
-    write(&out_dir.join("tls.key"), &key.serialize_pem(), true)?;
-    write(&out_dir.join("tls.pem"), &cert.pem(), false)?;
+}
+
+/// A certificate just issued.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    /// Unix seconds.
+    pub not_after: i64,
+}
+
+impl Authority {
+    /// Loads the CA in `dir` (`ca.key`, `ca.pem`, `ca.name`).
+    pub fn load(dir: &Path) -> Result<Authority, PkiError> {
+        if !has_ca(dir) {
+            return Err(PkiError::NoCa(dir.to_path_buf()));
+        }
+        let ca_key = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
+        let ca_name = read(&dir.join("ca.name"))?;
+        Ok(Authority {
+            dir: dir.to_path_buf(),
+            issuer: Issuer::new(ca_params(ca_name.trim()), ca_key),
+            ca_pem: read(&dir.join("ca.pem"))?,
+        })
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Issues a certificate for `who` with a fresh key into `out_dir` as
+    /// `ca.pem`, `tls.pem`, `tls.key` (the key 0600).
+    pub fn issue_files(&self, who: &Identity, out_dir: &Path, ttl: Duration) -> Result<Issued, PkiError> {
+        let params = leaf_params(who, ttl)?;
+        let not_after = params.not_after.unix_timestamp();
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        if self.dir != out_dir {
+            write(&out_dir.join("ca.pem"), &self.ca_pem, false)?;
+        }
+        write(&out_dir.join("tls.key"), &key.serialize_pem(), true)?;
+        write(&out_dir.join("tls.pem"), &cert.pem(), false)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            not_after,
+        })
+    }
+
+    /// Signs a PKCS#10 request (PEM) as `who`. Only the request's public key
+    /// is used: the identity, usages and lifetime are the CA's decision.
+    pub fn sign_csr(&self, csr_pem: &str, who: &Identity, ttl: Duration) -> Result<Issued, PkiError> {
+        if csr_pem.len() > 16 * 1024 {
+            return Err(PkiError::BadCsr("larger than 16 KiB".into()));
+        }
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::BadCsr(e.to_string()))?;
+        let params = leaf_params(who, ttl)?;
+        let not_after = params.not_after.unix_timestamp();
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            not_after,
+        })
+    }
+}
+
+/// A new key pair and a certificate signing request for `who` (PEM), as an
+/// agent makes them to enrol or renew: the private key never leaves its host.
+pub fn new_csr(who: &Identity) -> Result<(String, String), PkiError> {
+    let params = leaf_params(who, DEFAULT_TTL)?;
+    let key = KeyPair::generate()?;
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// Issues a certificate for `who`, signed by the CA in `ca_dir`, into
+/// `out_dir` as `ca.pem`, `tls.pem`, `tls.key`.
+pub fn issue(ca_dir: &Path, who: &Identity, out_dir: &Path, ttl: Duration) -> Result<(), PkiError> {
+    identity_name(who)?;
+    Authority::load(ca_dir)?.issue_files(who, out_dir, ttl)?;
     Ok(())
+}
+
+/// Unix seconds `(not_before, not_after)` of the first certificate of `cert_pem`.
+pub fn validity(cert_pem: &str) -> Option<(i64, i64)> {
+    let der = baton_proto::tls::certs_from_pem(cert_pem).ok()?;
+    baton_proto::identity::validity(&der[0])
+}
+
+/// Whether a certificate valid over `(not_before, not_after)` is due for
+/// renewal at `now`: two thirds of its lifetime have passed.
+pub fn renewal_due(validity: (i64, i64), now: i64) -> bool {
+    let (nb, na) = validity;
+    now >= nb + (na - nb) * 2 / 3
 }
 
 /// PEM material of one node: trust root and own identity.
@@ -245,7 +347,7 @@ mod tests {
             "init never replaces a CA"
         );
         let out = dir.path().join("a1");
-        issue(&ca, &Identity::Agent("a1".into()), &out, 1).unwrap();
+        issue(&ca, &Identity::Agent("a1".into()), &out, DEFAULT_TTL).unwrap();
         let m = load(&out).unwrap();
         assert!(m.cert_pem.contains("BEGIN CERTIFICATE"));
         let mode = std::fs::metadata(out.join("tls.key"))
@@ -268,7 +370,7 @@ mod tests {
         init_ca(dir.path()).unwrap();
         let der = |who: &Identity| {
             let out = dir.path().join(who.dns_name());
-            issue(dir.path(), who, &out, 1).unwrap();
+            issue(dir.path(), who, &out, DEFAULT_TTL).unwrap();
             let pem = read(&out.join("tls.pem")).unwrap();
             let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
             base64_decode(&b64)
@@ -305,13 +407,13 @@ mod tests {
     fn names_must_be_dns_labels() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        let e = issue(dir.path(), &Identity::Agent("a b".into()), dir.path(), 1).unwrap_err();
+        let e = issue(dir.path(), &Identity::Agent("a b".into()), dir.path(), DEFAULT_TTL).unwrap_err();
         assert_eq!(e.code(), "PKI_BAD_NAME");
         let e = issue(
             &dir.path().join("none"),
             &Identity::Coordinator,
             dir.path(),
-            1,
+            DEFAULT_TTL,
         )
         .unwrap_err();
         assert_eq!(e.code(), "PKI_NO_CA");

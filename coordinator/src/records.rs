@@ -3,6 +3,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `m/epoch` | the coordinator epoch, raised at every start (fencing) |
+//! | `m/secrets-key-id` | id of the key that seals sensitive parameters ([`crate::secrets`]) |
 //! | `a/<agent>` | [`AgentRecord`]: the registration |
 //! | `s/<agent>` | [`SeqRecord`]: the outbox and the highest event applied from it |
 //! | `e/<execution>` | [`ExecutionRecord`]: the package bundle, parameters, state |
@@ -112,7 +113,8 @@ pub struct ExecutionRecord {
     pub root: String,
     /// The parent package and every child package it references, as started.
     pub files: BTreeMap<String, String>,
-    /// Parameter overrides as given (defaults are re-derived from the package).
+    /// Parameter overrides as given (defaults are re-derived from the package);
+    /// values of sensitive parameters are sealed (`sealed:v1:…`, [`crate::secrets`]).
     pub params: BTreeMap<String, String>,
     pub state: ExecutionState,
     /// Index, in task order, of the task that runs now.
@@ -132,6 +134,21 @@ pub struct ExecutionRecord {
     /// Child counts, written when the execution ends (listings read only this record).
     #[serde(default)]
     pub final_counts: Option<FinalCounts>,
+    /// Catalog folder (permissions are checked on it); empty in records
+    /// written before folders existed, which means "/".
+    #[serde(default)]
+    pub folder: String,
+}
+
+impl ExecutionRecord {
+    /// The folder, "/" for records without one.
+    pub fn folder(&self) -> &str {
+        if self.folder.is_empty() {
+            "/"
+        } else {
+            &self.folder
+        }
+    }
 }
 
 /// Child counts of an ended execution.

@@ -222,7 +222,8 @@ enum Post {
 struct Io {
     tx: mpsc::Sender<Msg>,
     dialer: transport::AgentDialer,
-    clients: HashMap<String, (String, AgentServiceClient<Channel>)>,
+    /// agent → (address, TLS generation, client).
+    clients: HashMap<String, (String, u64, AgentServiceClient<Channel>)>,
     acks: HashMap<String, watch::Sender<u64>>,
 }
 
@@ -418,12 +419,13 @@ fn perform(io: &mut Io, effect: Effect) {
             attempt,
             request,
         } => {
+            let generation = io.dialer.generation();
             let client = match io.clients.get(&agent) {
-                Some((addr, c)) if *addr == address => c.clone(),
+                Some((addr, g, c)) if *addr == address && *g == generation => c.clone(),
                 _ => match io.dialer.client(&agent, &address) {
                     Ok(c) => {
                         io.clients
-                            .insert(agent.clone(), (address.clone(), c.clone()));
+                            .insert(agent.clone(), (address.clone(), generation, c.clone()));
                         c
                     }
                     Err(e) => {

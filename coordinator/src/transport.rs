@@ -2,26 +2,29 @@
 //! server is built and how it dials agents.
 //!
 //! Secure by default: mutual TLS with Baton's own CA ([`crate::pki`]). The
-//! coordinator presents `coordinator.baton` and requires a client certificate
-//! from the same CA; when it dials agent NAME it verifies `NAME.agent.baton`,
-//! whatever the address. Plaintext exists only as [`Security::Insecure`], which
-//! the CLI allows only with `--insecure` on a loopback address.
+//! coordinator presents `coordinator.baton`; a client certificate of the same
+//! CA is verified when presented, and each service decides what a caller
+//! without one may do (only enrolment and API-token calls get anywhere). When
+//! it dials agent NAME it verifies `NAME.agent.baton`, whatever the address.
+//! Certificates renew while running ([`crate::live_tls`]). Plaintext exists
+//! only as [`Security::Insecure`], which the CLI allows only with `--insecure`
+//! on a loopback address.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_proto::agent_service_client::AgentServiceClient;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
 use crate::error::CoordinatorError;
-use crate::pki::{self, TlsMaterial};
+use crate::live_tls::LiveTls;
+use crate::pki;
 
 /// How connections are protected.
 #[derive(Debug, Clone)]
 pub enum Security {
-    /// Mutual TLS with this node's identity and trust root.
-    Tls(TlsMaterial),
+    /// Mutual TLS with this node's (renewing) identity and trust root.
+    Tls(Arc<LiveTls>),
     /// Plaintext (`--insecure`, loopback only).
     Insecure,
 }
@@ -39,21 +42,13 @@ fn transport_err(e: impl std::fmt::Display) -> CoordinatorError {
     CoordinatorError::Transport(e.to_string())
 }
 
-/// The server builder with Baton's settings.
-pub fn server(security: &Security) -> Result<Server, CoordinatorError> {
-    let builder = Server::builder()
+/// The server builder with Baton's settings (TLS is in the incoming stream,
+/// [`baton_proto::tls::incoming`], so that certificates can renew).
+pub fn server() -> Server {
+    Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
-    match security {
-        Security::Insecure => Ok(builder),
-        Security::Tls(m) => {
-            let tls = ServerTlsConfig::new()
-                .identity(Identity::from_pem(&m.cert_pem, &m.key_pem))
-                .client_ca_root(Certificate::from_pem(&m.ca_pem));
-            builder.tls_config(tls).map_err(transport_err)
-        }
-    }
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
 }
 
 /// Dials agents: one lazily connecting client per agent.
@@ -65,6 +60,15 @@ pub struct AgentDialer {
 impl AgentDialer {
     pub fn new(security: Security) -> Self {
         AgentDialer { security }
+    }
+
+    /// Changes when the coordinator's certificate renews: clients built
+    /// before hold the old one and should be rebuilt.
+    pub fn generation(&self) -> u64 {
+        match &self.security {
+            Security::Tls(live) => live.material().0,
+            Security::Insecure => 0,
+        }
     }
 
     /// A client for agent `name` at `address` (`host:port`); with TLS the
@@ -83,7 +87,8 @@ impl AgentDialer {
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        if let Security::Tls(m) = &self.security {
+        if let Security::Tls(live) = &self.security {
+            let (_, m) = live.material();
             let tls = ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(&m.ca_pem))
                 .identity(Identity::from_pem(&m.cert_pem, &m.key_pem))

@@ -142,6 +142,61 @@ pub fn dns_names(der: &[u8]) -> Vec<String> {
     out
 }
 
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+
+/// The validity of a certificate (DER) as Unix seconds `(not_before, not_after)`;
+/// `None` if the reader does not understand it.
+pub fn validity(der: &[u8]) -> Option<(i64, i64)> {
+    let (SEQUENCE, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    // version [0] (optional), serialNumber, signature, issuer, validity.
+    let mut fields = elements(tbs).skip_while(|(t, _)| *t == 0xa0);
+    let (SEQUENCE, validity) = fields.nth(3)? else {
+        return None;
+    };
+    let mut times = elements(validity).map(|(tag, v)| asn1_time(tag, v));
+    Some((times.next()??, times.next()??))
+}
+
+/// UTCTime `YYMMDDHHMMSSZ` or GeneralizedTime `YYYYMMDDHHMMSSZ` as Unix seconds.
+fn asn1_time(tag: u8, v: &[u8]) -> Option<i64> {
+    let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
+    if !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (year, rest) = match (tag, s.len()) {
+        (UTC_TIME, 12) => {
+            let yy = num(0..2)?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, 2)
+        }
+        (GENERALIZED_TIME, 14) => (num(0..4)?, 4),
+        _ => return None,
+    };
+    let field = |i: usize| num(rest + 2 * i..rest + 2 * i + 2);
+    let (month, day, h, m, sec) = (field(0)?, field(1)?, field(2)?, field(3)?, field(4)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + h * 3600 + m * 60 + sec)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +219,21 @@ mod tests {
     }
 
     #[test]
+    fn asn1_times() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(asn1_time(UTC_TIME, b"700101000000Z"), Some(0));
+        assert_eq!(
+            asn1_time(GENERALIZED_TIME, b"20261122071752Z"),
+            Some(1_795_331_872)
+        );
+        assert_eq!(asn1_time(UTC_TIME, b"261122071752Z"), Some(1_795_331_872));
+        assert_eq!(asn1_time(UTC_TIME, b"261322071752Z"), None, "month 13");
+        assert_eq!(asn1_time(UTC_TIME, b"2611220717Z"), None, "too short");
+        assert_eq!(validity(&[]), None);
+    }
+
+    #[test]
     fn classify_names() {
         assert_eq!(classify(&[]), Peer::Unknown);
     }
@@ -174,6 +244,7 @@ mod tests {
         fn never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = dns_names(&bytes);
             let _ = classify(&bytes);
+            let _ = validity(&bytes);
         }
 
         /// Nor do bytes that start like a certificate.

@@ -363,6 +363,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
                 .into(),
             }),
             parameters: Default::default(),
+            folder: String::new(),
         })
         .await
         .map_err(|s| opt.status(s))?

@@ -32,9 +32,10 @@ pub enum CertsCmd {
         /// Where to write ca.pem, tls.pem, tls.key.
         #[arg(long)]
         out: PathBuf,
-        /// Lifetime in days.
-        #[arg(long, default_value_t = pki::DEFAULT_TTL_DAYS)]
-        ttl_days: u32,
+        /// Lifetime, e.g. 24h or 30d. An agent renews its own certificate before
+        /// it expires; a client certificate must be issued again.
+        #[arg(long, default_value = "24h", value_parser = crate::cmd::parse_duration)]
+        ttl: std::time::Duration,
     },
 }
 
@@ -50,7 +51,9 @@ fn pki_err(e: pki::PkiError) -> CliError {
 pub fn run(cmd: CertsCmd) -> Result<u8, CliError> {
     match cmd {
         CertsCmd::Init { dir } => {
-            let (_, created) = baton_coordinator::bootstrap_tls(&dir).map_err(pki_err)?;
+            let (_, created) =
+                baton_coordinator::live_tls::LiveTls::bootstrap(&dir, pki::DEFAULT_TTL)
+                    .map_err(pki_err)?;
             let verb = if created {
                 "created"
             } else {
@@ -68,7 +71,7 @@ pub fn run(cmd: CertsCmd) -> Result<u8, CliError> {
             agent,
             client,
             out,
-            ttl_days,
+            ttl,
         } => {
             let who = match (agent, client) {
                 (Some(a), _) => Identity::Agent(a),
@@ -80,10 +83,11 @@ pub fn run(cmd: CertsCmd) -> Result<u8, CliError> {
                     ));
                 }
             };
-            pki::issue(&ca_dir, &who, &out, ttl_days).map_err(pki_err)?;
+            pki::issue(&ca_dir, &who, &out, ttl).map_err(pki_err)?;
             println!(
-                "issued {} (valid {ttl_days} days) into {}",
+                "issued {} (valid {} s) into {}",
                 who.dns_name(),
+                ttl.as_secs(),
                 out.display()
             );
             Ok(0)

@@ -32,6 +32,11 @@ pub struct CoordinatorArgs {
     /// (created on first start; default: DATA_DIR/tls).
     #[arg(long, env = "BATON_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Lifetime of the certificates this coordinator issues (its own, the admin
+    /// identity's, every agent's): e.g. 24h, 30m, 90s. Each renews at two thirds
+    /// of it, without a restart.
+    #[arg(long, env = "BATON_CERT_TTL", default_value = "24h", value_parser = crate::cmd::parse_duration)]
+    pub cert_ttl: std::time::Duration,
     /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure: bool,
@@ -40,7 +45,7 @@ pub struct CoordinatorArgs {
 /// Run an agent on this machine.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  baton agent --coordinator http://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl"
+    after_help = "Example:\n  baton agent --coordinator http://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
 )]
 pub struct AgentArgs {
     /// Coordinator URL.
@@ -67,13 +72,26 @@ pub struct AgentArgs {
     /// Grace between SIGTERM and SIGKILL when a job is cancelled or times out.
     #[arg(long, default_value_t = 5000)]
     pub kill_grace_ms: u64,
-    /// This agent's identity: ca.pem, tls.pem, tls.key (default: DATA_DIR/tls;
-    /// make it with `baton certs issue --agent NAME --out DIR`).
+    /// This agent's identity: ca.pem, tls.pem, tls.key (default: DATA_DIR/tls).
+    /// Made by --enroll, or by hand with `baton certs issue --agent NAME --out DIR`.
     #[arg(long, env = "BATON_AGENT_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// One-time enrolment token from `baton token create --agent`: if the TLS
+    /// directory holds no certificate yet, the agent gets one with it (the key
+    /// never leaves this host). Ignored once enrolled. Prefer the environment
+    /// variable: a flag shows up in `ps`.
+    #[arg(long = "enroll", env = "BATON_ENROLL_TOKEN", hide_env_values = true)]
+    pub enroll: Option<String>,
     /// Plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure: bool,
+    /// Let packages with `run_as = "USER"` run as that OS user, repeatable. Without
+    /// FOLDER for every catalog folder; with FOLDER only for that folder and its
+    /// sub-folders (etl:/etl allows /etl and /etl/daily, not /etlx). The agent must run
+    /// as root to switch users; uid 0 is never used. Jobs asking for any other user
+    /// are refused (RUN_AS_DENIED) and the coordinator tries other agents.
+    #[arg(long = "allow-run-as", value_name = "USER[:FOLDER]")]
+    pub allow_run_as: Vec<String>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CliError> {
@@ -99,13 +117,14 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         baton_coordinator::transport::Security::Insecure
     } else {
         let tls_dir = args.tls_dir.unwrap_or_else(|| args.data_dir.join("tls"));
-        let (material, created) = baton_coordinator::bootstrap_tls(&tls_dir).map_err(|e| {
-            CliError::other(e.code(), format!("TLS setup in {}: {e}", tls_dir.display()))
-        })?;
+        let (live, created) =
+            baton_coordinator::live_tls::LiveTls::bootstrap(&tls_dir, args.cert_ttl).map_err(
+                |e| CliError::other(e.code(), format!("TLS setup in {}: {e}", tls_dir.display())),
+            )?;
         if created {
             info!(dir = %tls_dir.display(), admin = %tls_dir.join("admin").display(), "created a CA, the coordinator certificate and an admin client identity");
         }
-        baton_coordinator::transport::Security::Tls(material)
+        baton_coordinator::transport::Security::Tls(live)
     };
     let config = baton_coordinator::CoordinatorConfig {
         data_dir: args.data_dir,
@@ -192,17 +211,33 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
             .tls_dir
             .clone()
             .unwrap_or_else(|| args.data_dir.join("tls"));
+        if let Some(token) = &args.enroll
+            && !dir.join("tls.pem").exists()
+        {
+            info!(coordinator = %args.coordinator, "enrolling");
+            baton_agent::enrol::enroll(&args.coordinator, token, &name, &dir)
+                .await
+                .map_err(|e| CliError::other(e.code(), e.to_string()))?;
+            info!(dir = %dir.display(), "enrolled: certificate stored");
+        }
         Some(baton_agent::transport::TlsPem::load(&dir).map_err(|e| {
             CliError::invalid(
                 "AGENT_TLS_MISSING",
                 format!(
-                    "{e}\n  hint: issue this agent a certificate on the coordinator's host with \
+                    "{e}\n  hint: enrol with a token (`baton token create --agent` on an admin \
+                     host, then `baton agent --enroll TOKEN`), or issue a certificate with \
                      `baton certs issue --agent {name} --out {}` and copy the directory here",
                     dir.display()
                 ),
             )
         })?)
     };
+    let allow_run_as = args
+        .allow_run_as
+        .iter()
+        .map(|rule| rule.parse::<baton_agent::run_as::RunAsRule>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let mut config = baton_agent::AgentConfig {
         name: name.clone(),
         coordinator_url: args.coordinator,
@@ -211,6 +246,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         data_dir: args.data_dir,
         kill_grace_ms: args.kill_grace_ms,
         tls,
+        allow_run_as,
         ..Default::default()
     };
     if let Some(s) = args.slots {

@@ -86,6 +86,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
                 ("work_s".to_string(), work_s),
             ]
             .into(),
+            folder: String::new(),
         })
         .await
         .map_err(|s| opt.status(s))?

@@ -4,8 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use baton_proto as pb;
-use pb::control_service_client::ControlServiceClient;
-use tonic::transport::Channel;
 
 use crate::bundle;
 use crate::client::CoordinatorOpt;
@@ -31,6 +29,9 @@ pub struct RunArgs {
     pub follow: bool,
     #[arg(long, value_enum, default_value = "human")]
     pub output: Format,
+    /// Catalog folder the execution belongs to; starting needs `execute` there.
+    #[arg(long, default_value = "/")]
+    pub folder: String,
     #[command(flatten)]
     pub coordinator: CoordinatorOpt,
 }
@@ -47,6 +48,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
                 files: bundle.files.into_iter().collect(),
             }),
             parameters: params.into_iter().collect(),
+            folder: args.folder.clone(),
         })
         .await
         .map_err(|s| args.coordinator.status(s))?
@@ -77,7 +79,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
 
 /// Follows an execution's summaries until it ends; returns the last one.
 pub async fn wait(
-    client: &mut ControlServiceClient<Channel>,
+    client: &mut crate::client::Control,
     coordinator: &CoordinatorOpt,
     id: &str,
     plain_lines: bool,

@@ -1,4 +1,5 @@
-//! `CoordinatorService`: agent registration and the completion stream.
+//! `CoordinatorService`: agent enrolment and renewal, registration, and the
+//! completion stream.
 
 use std::pin::Pin;
 
@@ -18,6 +19,46 @@ pub const MAX_SLOTS: u32 = 10_000;
 
 pub struct AgentApi {
     pub(crate) handle: SchedulerHandle,
+    pub(crate) auth: crate::auth::Auth,
+    /// The CA and certificate lifetime; `None` without TLS (no enrolment then).
+    pub(crate) tls: Option<std::sync::Arc<crate::live_tls::LiveTls>>,
+}
+
+impl AgentApi {
+    fn live_tls(&self, call: &str) -> Result<&crate::live_tls::LiveTls, Status> {
+        self.tls.as_deref().ok_or_else(|| {
+            status(CoordinatorError::InvalidRequest(format!(
+                "{call} needs TLS; this coordinator runs --insecure"
+            )))
+        })
+    }
+
+    /// Signs `csr_pem` as agent `name` off the runtime threads.
+    async fn sign(&self, csr_pem: String, name: String) -> Result<pb::CertificateResponse, Status> {
+        let live = self.live_tls("signing")?;
+        let ttl = live.cert_ttl();
+        let ca_pem = live.authority().ca_pem().to_string();
+        let tls = self.tls.clone();
+        let issued = tokio::task::spawn_blocking(move || {
+            let live = tls.as_deref().ok_or(crate::pki::PkiError::BadCsr("no TLS".into()))?;
+            live.authority()
+                .sign_csr(&csr_pem, &crate::pki::Identity::Agent(name), ttl)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| {
+            let mut s = Status::invalid_argument(e.to_string());
+            if let Ok(v) = e.code().parse() {
+                s.metadata_mut().insert(super::ERROR_CODE_KEY, v);
+            }
+            s
+        })?;
+        Ok(pb::CertificateResponse {
+            cert_pem: issued.cert_pem,
+            ca_pem,
+            not_after_unix_s: u64::try_from(issued.not_after).unwrap_or(0),
+        })
+    }
 }
 
 fn valid_name(s: &str) -> bool {
@@ -71,11 +112,10 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let peer = super::peer(&request);
-        let fingerprint = super::peer_fingerprint(&request);
+        let cred = super::credential(&request);
         let mut reg = Registration::try_from(request.into_inner()).map_err(status)?;
-        reg.cert_fingerprint = fingerprint;
-        super::check_agent(peer.as_ref(), &reg.name, "Register")?;
+        reg.cert_fingerprint = super::fingerprint(&cred);
+        super::check_agent(&cred, &reg.name, "Register")?;
         let resp = self.handle.register(reg).await.map_err(status)?;
         Ok(Response::new(resp))
     }
@@ -86,8 +126,8 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<Streaming<pb::AgentEvent>>,
     ) -> Result<Response<Self::ReportEventsStream>, Status> {
-        let peer = super::peer(&request);
-        let fingerprint = super::peer_fingerprint(&request);
+        let cred = super::credential(&request);
+        let fingerprint = super::fingerprint(&cred);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -99,7 +139,7 @@ impl CoordinatorService for AgentApi {
             )));
         };
         let agent = hello.agent_id;
-        super::check_agent(peer.as_ref(), &agent, "ReportEvents")?;
+        super::check_agent(&cred, &agent, "ReportEvents")?;
         let (acks, rx) = tokio::sync::watch::channel(0u64);
         self.handle
             .open_stream(agent.clone(), hello.boot_id, fingerprint, acks)
@@ -127,5 +167,69 @@ impl CoordinatorService for AgentApi {
         let out = tokio_stream::wrappers::WatchStream::from_changes(rx)
             .map(|acked_seq| Ok(pb::EventAck { acked_seq }));
         Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        self.live_tls("Enroll")?;
+        let r = request.into_inner();
+        if !valid_name(&r.name) || r.name.contains(['_', '.']) {
+            return Err(status(CoordinatorError::InvalidRequest(
+                "agent name must be 1-63 letters, digits and '-' (it becomes a DNS label)".into(),
+            )));
+        }
+        let audit = &self.auth.audit;
+        let now = crate::auth::now_s();
+        match crate::auth::tokens::consume_enrolment(self.auth.store(), &r.token, &r.name, now).await {
+            Ok(id) => {
+                let resp = self.sign(r.csr_pem, r.name.clone()).await?;
+                audit.changed(&r.name, "Enroll", "", &format!("agent enrolled with token {id}"));
+                info!(agent = %r.name, token = %id, "agent enrolled");
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                audit.denied(&format!("agent {}", r.name), "Enroll", "", e.code());
+                Err(status(e))
+            }
+        }
+    }
+
+    async fn renew(
+        &self,
+        request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        self.live_tls("Renew")?;
+        let cred = super::credential(&request);
+        let crate::auth::Credential::Certificate {
+            peer: baton_proto::identity::Peer::Agent(name),
+            fingerprint,
+        } = &cred
+        else {
+            let who = match &cred {
+                crate::auth::Credential::Certificate { peer, .. } => peer.to_string(),
+                _ => "anonymous".to_string(),
+            };
+            self.auth.audit.denied(&who, "Renew", "", "PERMISSION_DENIED");
+            return Err(status(CoordinatorError::PermissionDenied(
+                "Renew is for agents, with their current certificate".into(),
+            )));
+        };
+        let revoked = self
+            .auth
+            .store()
+            .get(&crate::records::revoked_key(fingerprint))
+            .await
+            .map_err(|e| status(e.into()))?;
+        if revoked.is_some() {
+            self.auth.audit.denied(&format!("agent {name}"), "Renew", "", "CERT_REVOKED");
+            return Err(status(CoordinatorError::CertRevoked(format!(
+                "the certificate of agent '{name}' was revoked; it cannot be renewed"
+            ))));
+        }
+        let resp = self.sign(request.into_inner().csr_pem, name.clone()).await?;
+        debug!(agent = %name, "agent certificate renewed");
+        Ok(Response::new(resp))
     }
 }

@@ -1,18 +1,78 @@
 //! `ControlService`: what the CLI and SDKs call.
+//!
+//! Every call first authenticates the caller ([`crate::auth::Auth::authenticate`])
+//! and checks its permission on the folder concerned; refusals are audited.
+//!
+//! | call | needs |
+//! | --- | --- |
+//! | StartExecution, CancelExecution | `execute` on the execution's folder |
+//! | GetExecution, WatchExecution | `read` on the execution's folder |
+//! | ListExecutions | lists only folders the caller may read |
+//! | ListAgents | `read` on "/" |
+//! | SetAgentState, tokens | `manage` on "/" |
+//! | GrantRole, RevokeRole | `manage` on the folder |
+//! | ListRoles | `read` on the folder |
+//! | WhoAmI | any principal |
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use baton_proto as pb;
 use pb::control_service_server::ControlService;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{convert, status};
+use super::{convert, credential, status};
 use crate::api::{Coordinator, Watched};
+use crate::auth::tokens::TokenKind;
+use crate::auth::{Auth, Permission, Principal, normalize_folder};
 use crate::error::CoordinatorError;
+use crate::live_tls::LiveTls;
 
 pub struct ControlApi {
     pub(crate) coordinator: Coordinator,
+    pub(crate) auth: Auth,
+    pub(crate) tls: Option<Arc<LiveTls>>,
+}
+
+impl ControlApi {
+    /// Authenticates the caller and checks `needed` on `folder`.
+    async fn allow<T>(
+        &self,
+        request: &Request<T>,
+        call: &str,
+        needed: Permission,
+        folder: &str,
+    ) -> Result<Principal, Status> {
+        let who = self.who(request, call).await?;
+        self.auth
+            .require(&who, needed, folder, call)
+            .await
+            .map_err(status)?;
+        Ok(who)
+    }
+
+    async fn who<T>(&self, request: &Request<T>, call: &str) -> Result<Principal, Status> {
+        self.auth
+            .authenticate(&credential(request), call)
+            .await
+            .map_err(status)
+    }
+
+    /// The folder of an execution (for permission checks).
+    async fn folder_of(&self, id: &str) -> Result<String, Status> {
+        Ok(self.coordinator.view(id).await.map_err(status)?.summary.folder)
+    }
+}
+
+fn grant_rows(rows: Vec<(String, Permission, String)>) -> Vec<pb::RoleGrant> {
+    rows.into_iter()
+        .map(|(principal, p, folder)| pb::RoleGrant {
+            principal,
+            permission: p.as_str().to_string(),
+            folder,
+        })
+        .collect()
 }
 
 type SummaryStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionSummary, Status>> + Send>>;
@@ -23,6 +83,9 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::StartExecutionRequest>,
     ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        let folder = normalize_folder(&request.get_ref().folder).map_err(status)?;
+        self.allow(&request, "StartExecution", Permission::Execute, &folder)
+            .await?;
         let r = request.into_inner();
         let bundle = r.bundle.ok_or_else(|| {
             status(CoordinatorError::InvalidRequest(
@@ -35,6 +98,7 @@ impl ControlService for ControlApi {
                 bundle.root,
                 bundle.files.into_iter().collect(),
                 r.parameters.into_iter().collect(),
+                folder,
             )
             .await
             .map_err(status)?;
@@ -49,7 +113,13 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let who = self.who(&request, "WatchExecution").await?;
         let id = request.into_inner().execution_id;
+        let folder = self.folder_of(&id).await?;
+        self.auth
+            .require(&who, Permission::Read, &folder, "WatchExecution")
+            .await
+            .map_err(status)?;
         let out: SummaryStream = match self.coordinator.watch(&id).await.map_err(status)? {
             Watched::Live(rx) => {
                 // Ends with the last summary when the execution ends.
@@ -67,8 +137,13 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::ExecutionDetail>, Status> {
+        let who = self.who(&request, "GetExecution").await?;
         let id = request.into_inner().execution_id;
         let view = self.coordinator.view(&id).await.map_err(status)?;
+        self.auth
+            .require(&who, Permission::Read, &view.summary.folder, "GetExecution")
+            .await
+            .map_err(status)?;
         Ok(Response::new(convert::detail(view)))
     }
 
@@ -76,7 +151,13 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
+        let who = self.who(&request, "CancelExecution").await?;
         let r = request.into_inner();
+        let folder = self.folder_of(&r.execution_id).await?;
+        self.auth
+            .require(&who, Permission::Execute, &folder, "CancelExecution")
+            .await
+            .map_err(status)?;
         if r.reason.len() > 1024 {
             return Err(status(CoordinatorError::InvalidRequest(
                 "reason is longer than 1024 bytes".into(),
@@ -94,10 +175,18 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let who = self.who(&request, "ListExecutions").await?;
+        let readable = self.auth.reader(&who).await.map_err(status)?;
         let r = request.into_inner();
         let (list, next) = self
             .coordinator
-            .list(&r.state, &r.package, r.limit as usize, &r.page_token)
+            .list(
+                &r.state,
+                &r.package,
+                r.limit as usize,
+                &r.page_token,
+                &readable,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ListExecutionsResponse {
@@ -110,22 +199,191 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::SetAgentStateRequest>,
     ) -> Result<Response<pb::AgentInfo>, Status> {
+        let who = self
+            .allow(&request, "SetAgentState", Permission::Manage, "/")
+            .await?;
         let r = request.into_inner();
         let agent = self
             .coordinator
             .set_agent(&r.name, &r.action)
             .await
             .map_err(status)?;
+        self.auth
+            .audit
+            .changed(&who.name, "SetAgentState", "/", &format!("{} {}", r.action, r.name));
         Ok(Response::new(convert::agent(agent)))
     }
 
     async fn list_agents(
         &self,
-        _request: Request<pb::ListAgentsRequest>,
+        request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        self.allow(&request, "ListAgents", Permission::Read, "/")
+            .await?;
         let agents = self.coordinator.agents().await.map_err(status)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.into_iter().map(convert::agent).collect(),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let who = self
+            .allow(&request, "CreateToken", Permission::Manage, "/")
+            .await?;
+        let r = request.into_inner();
+        let kind = match r.kind.as_str() {
+            "agent" => TokenKind::Agent,
+            "api" => TokenKind::Api,
+            other => {
+                return Err(status(CoordinatorError::InvalidRequest(format!(
+                    "token kind '{other}' is not agent or api"
+                ))));
+            }
+        };
+        let mut t = self
+            .auth
+            .create_token(kind, &r.name, r.ttl_s, &who.name)
+            .await
+            .map_err(status)?;
+        if kind == TokenKind::Agent {
+            let Some(live) = &self.tls else {
+                return Err(status(CoordinatorError::InvalidRequest(
+                    "enrolment needs TLS; this coordinator runs --insecure".into(),
+                )));
+            };
+            // The CA pin lets the new agent check it reached this coordinator.
+            t.secret_text = format!("{}_{}", t.secret_text, live.ca_pin());
+        }
+        self.auth.audit.changed(
+            &who.name,
+            "CreateToken",
+            "/",
+            &format!("{} token {} for '{}'", kind.as_str(), t.record.id, r.name),
+        );
+        Ok(Response::new(pb::CreateTokenResponse {
+            token_id: t.record.id.clone(),
+            expires_unix_s: t.record.expires_unix_s,
+            token: std::mem::take(&mut t.secret_text),
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.allow(&request, "ListTokens", Permission::Manage, "/")
+            .await?;
+        let now = crate::auth::now_s();
+        let tokens = self.auth.list_tokens().await.map_err(status)?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens
+                .into_iter()
+                .map(|t| pb::TokenInfo {
+                    state: t.state(now).to_string(),
+                    token_id: t.id,
+                    kind: t.kind.as_str().to_string(),
+                    name: t.name,
+                    created_unix_s: t.created_unix_s,
+                    expires_unix_s: t.expires_unix_s,
+                    created_by: t.created_by,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let who = self
+            .allow(&request, "RevokeToken", Permission::Manage, "/")
+            .await?;
+        let id = request.into_inner().token_id;
+        if self.auth.revoke_token(&id).await.map_err(status)? {
+            self.auth
+                .audit
+                .changed(&who.name, "RevokeToken", "/", &format!("token {id} revoked"));
+        }
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+
+    async fn grant_role(
+        &self,
+        request: Request<pb::RoleRequest>,
+    ) -> Result<Response<pb::RoleResponse>, Status> {
+        self.set_role(request, true).await
+    }
+
+    async fn revoke_role(
+        &self,
+        request: Request<pb::RoleRequest>,
+    ) -> Result<Response<pb::RoleResponse>, Status> {
+        self.set_role(request, false).await
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        let folder = normalize_folder(&request.get_ref().folder).map_err(status)?;
+        self.allow(&request, "ListRoles", Permission::Read, &folder)
+            .await?;
+        let r = request.into_inner();
+        let rows = self
+            .auth
+            .list_grants(&folder, &r.principal)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ListRolesResponse {
+            grants: grant_rows(rows),
+        }))
+    }
+
+    async fn who_am_i(
+        &self,
+        request: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let who = self.who(&request, "WhoAmI").await?;
+        let rows = self
+            .auth
+            .list_grants("/", &who.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            principal: who.name.clone(),
+            method: who.method.as_str().to_string(),
+            grants: grant_rows(rows),
+        }))
+    }
+}
+
+impl ControlApi {
+    async fn set_role(
+        &self,
+        request: Request<pb::RoleRequest>,
+        add: bool,
+    ) -> Result<Response<pb::RoleResponse>, Status> {
+        let call = if add { "GrantRole" } else { "RevokeRole" };
+        let folder = normalize_folder(&request.get_ref().folder).map_err(status)?;
+        let who = self
+            .allow(&request, call, Permission::Manage, &folder)
+            .await?;
+        let r = request.into_inner();
+        let p: Permission = r.permission.parse().map_err(status)?;
+        let changed = self
+            .auth
+            .set_grant(&r.principal, p, &folder, add)
+            .await
+            .map_err(status)?;
+        if changed {
+            let sign = if add { '+' } else { '-' };
+            self.auth
+                .audit
+                .changed(&who.name, call, &folder, &format!("{} {sign}{p}", r.principal));
+        }
+        Ok(Response::new(pb::RoleResponse {}))
     }
 }

@@ -29,6 +29,7 @@ pub fn summary(s: &Summary) -> pb::ExecutionSummary {
         finished_unix_ms: s.finished_unix_ms,
         reason: s.reason.clone(),
         stale_events: s.stale_events,
+        folder: s.folder.clone(),
     }
 }
 

@@ -7,60 +7,65 @@ pub mod control_api;
 mod convert;
 
 use baton_proto::identity::{Peer, classify};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tracing::warn;
 
+use crate::auth::Credential;
 use crate::error::CoordinatorError;
 
-/// The identity proven by the caller's certificate; `None` without TLS
-/// (`--insecure`), where identities cannot be checked.
-pub fn peer<T>(request: &tonic::Request<T>) -> Option<Peer> {
-    let certs = request.peer_certs()?;
-    Some(certs.first().map_or(Peer::Unknown, |leaf| classify(leaf)))
-}
-
-/// Hex SHA-256 of the caller's certificate; empty without TLS.
-pub fn peer_fingerprint<T>(request: &tonic::Request<T>) -> String {
-    use sha2::{Digest, Sha256};
-    let Some(certs) = request.peer_certs() else {
-        return String::new();
+/// What the caller presented: no TLS at all, a verified certificate, or
+/// (TLS without a certificate) maybe a bearer token.
+pub fn credential<T>(request: &tonic::Request<T>) -> Credential {
+    let Some(info) = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+    else {
+        return Credential::Plaintext;
     };
-    certs.first().map_or_else(String::new, |leaf| {
-        Sha256::digest(leaf.as_ref())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    })
+    match info.peer_certs().and_then(|c| c.first().cloned()) {
+        Some(leaf) => Credential::Certificate {
+            peer: classify(&leaf),
+            fingerprint: baton_proto::tls::sha256_hex(&leaf),
+        },
+        None => Credential::Bearer(bearer(request.metadata())),
+    }
 }
 
-/// Guards `ControlService`: only client identities may call it — not agents, not
-/// the coordinator's own certificate. Every refusal is an audit log line.
-pub fn control_guard(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    match peer(&request) {
-        None | Some(Peer::Client(_)) => Ok(request),
-        Some(other) => {
-            warn!(peer = %other, "ControlService call refused: not a client identity");
+/// The token of an `authorization: Bearer …` header.
+fn bearer(md: &tonic::metadata::MetadataMap) -> Option<String> {
+    let v = md.get("authorization")?.to_str().ok()?;
+    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    Some(t.trim().to_string())
+}
+
+/// Refuses an agent call whose caller is not agent `agent`'s certificate.
+pub(crate) fn check_agent(cred: &Credential, agent: &str, what: &str) -> Result<(), tonic::Status> {
+    match cred {
+        Credential::Plaintext => Ok(()),
+        Credential::Certificate {
+            peer: Peer::Agent(n),
+            ..
+        } if n == agent => Ok(()),
+        Credential::Certificate { peer, .. } => {
+            warn!(target: "baton::audit", peer = %peer, claimed = agent, call = what, "refused: the certificate names another identity");
             Err(status(CoordinatorError::PermissionDenied(format!(
-                "{other} may not call ControlService; use a client identity (baton certs issue --client NAME)"
+                "{what} as agent '{agent}' refused: the certificate is {peer}"
+            ))))
+        }
+        Credential::Bearer(_) => {
+            warn!(target: "baton::audit", claimed = agent, call = what, "refused: no client certificate");
+            Err(status(CoordinatorError::Unauthenticated(format!(
+                "{what} needs the agent's certificate; enrol first (baton agent --enroll TOKEN)"
             ))))
         }
     }
 }
 
-/// Refuses an agent call whose certificate names another identity than `agent`.
-pub(crate) fn check_agent(
-    peer: Option<&Peer>,
-    agent: &str,
-    what: &str,
-) -> Result<(), tonic::Status> {
-    match peer {
-        None => Ok(()),
-        Some(Peer::Agent(n)) if n == agent => Ok(()),
-        Some(other) => {
-            warn!(peer = %other, claimed = agent, call = what, "refused: the certificate names another identity");
-            Err(status(CoordinatorError::PermissionDenied(format!(
-                "{what} as agent '{agent}' refused: the certificate is {other}"
-            ))))
-        }
+/// The certificate fingerprint of a credential (empty without one).
+pub(crate) fn fingerprint(cred: &Credential) -> String {
+    match cred {
+        Credential::Certificate { fingerprint, .. } => fingerprint.clone(),
+        _ => String::new(),
     }
 }
 
@@ -79,9 +84,16 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         }
         CoordinatorError::AgentNotRegistered(_) => Code::FailedPrecondition,
         CoordinatorError::StoreConflict(_) => Code::Aborted,
-        CoordinatorError::PermissionDenied(_) => Code::PermissionDenied,
+        CoordinatorError::PermissionDenied(_)
+        | CoordinatorError::TokenUsed(_)
+        | CoordinatorError::CertRevoked(_) => Code::PermissionDenied,
+        CoordinatorError::Unauthenticated(_)
+        | CoordinatorError::TokenExpired(_)
+        | CoordinatorError::TokenRevoked(_) => Code::Unauthenticated,
         CoordinatorError::ShuttingDown | CoordinatorError::Transport(_) => Code::Unavailable,
-        CoordinatorError::Store(_) | CoordinatorError::Io(_) => Code::Internal,
+        CoordinatorError::Store(_) | CoordinatorError::Io(_) | CoordinatorError::Secret(_) => {
+            Code::Internal
+        }
     };
     let mut s = tonic::Status::new(code, e.to_string());
     if let Ok(v) = e.code().parse() {

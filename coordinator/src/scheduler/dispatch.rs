@@ -132,6 +132,7 @@ impl Scheduler {
             coordinator_epoch: self.epoch,
             deadline_ms: planned.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
             traceparent: String::new(),
+            folder: e.rec.folder().to_string(),
         })
     }
 
@@ -274,7 +275,7 @@ impl Scheduler {
                         c.soft_excluded.insert(agent.to_string());
                         self.requeue(cref, true);
                     }
-                    R::UnknownPackage | R::Unauthorized => {
+                    R::UnknownPackage | R::Unauthorized | R::RunAsDenied => {
                         c.hard_rejected.insert(agent.to_string());
                         self.requeue(cref, true);
                     }

@@ -44,6 +44,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
     let params: BTreeMap<String, String> = [("n".into(), n.to_string())].into();
     let plan = plan_bundle("p.toml", &files, &params).unwrap();
     let rec = ExecutionRecord {
+        folder: String::new(),
         id: "e1".into(),
         package: plan.package.clone(),
         root: "p.toml".into(),

@@ -24,6 +24,7 @@ pub struct Summary {
     pub created_unix_ms: u64,
     pub finished_unix_ms: u64,
     pub reason: String,
+    pub folder: String,
 }
 
 /// An execution with every child job.
@@ -44,6 +45,7 @@ fn base(rec: &ExecutionRecord) -> Summary {
         finished_unix_ms: rec.finished_unix_ms,
         reason: rec.reason.clone(),
         stale_events: rec.stale_events,
+        folder: rec.folder().to_string(),
         ..Summary::default()
     }
 }

@@ -1,0 +1,155 @@
+//! `baton role` and `baton whoami`: permissions per folder.
+
+use baton_proto as pb;
+use serde_json::json;
+
+use crate::client::CoordinatorOpt;
+use crate::error::CliError;
+use crate::output::Format;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RoleCmd {
+    /// Give PRINCIPAL a permission on FOLDER and everything below it.
+    /// Permissions: read (see executions), execute (start and cancel; implies
+    /// read), modify (change packages; implies read), manage (everything,
+    /// including granting). Needs `manage` on FOLDER.
+    #[command(after_help = "Examples:\n  \
+        baton role grant alice execute /etl\n  \
+        baton role grant ops manage /\n  \
+        baton role list /etl")]
+    Grant {
+        principal: String,
+        permission: String,
+        folder: String,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
+    /// Take a permission back. Needs `manage` on FOLDER.
+    Revoke {
+        principal: String,
+        permission: String,
+        folder: String,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
+    /// Grants on FOLDER and below (default: all). Needs `read` on FOLDER.
+    List {
+        #[arg(default_value = "/")]
+        folder: String,
+        /// Only this principal's grants.
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
+}
+
+fn print_grants(grants: &[pb::RoleGrant], output: Format) {
+    match output {
+        Format::Json => {
+            let rows: Vec<_> = grants
+                .iter()
+                .map(|g| json!({"principal": g.principal, "permission": g.permission, "folder": g.folder}))
+                .collect();
+            println!("{}", serde_json::Value::Array(rows));
+        }
+        Format::Human => {
+            println!("{:<20} {:<10} FOLDER", "PRINCIPAL", "PERMISSION");
+            for g in grants {
+                println!("{:<20} {:<10} {}", g.principal, g.permission, g.folder);
+            }
+        }
+    }
+}
+
+pub async fn run(cmd: RoleCmd) -> Result<u8, CliError> {
+    match cmd {
+        RoleCmd::Grant {
+            principal,
+            permission,
+            folder,
+            coordinator,
+        } => {
+            let req = pb::RoleRequest { principal, permission, folder };
+            let mut client = coordinator.connect().await?;
+            client
+                .grant_role(req.clone())
+                .await
+                .map_err(|s| coordinator.status(s))?;
+            println!("granted {} {} on {}", req.principal, req.permission, req.folder);
+            Ok(0)
+        }
+        RoleCmd::Revoke {
+            principal,
+            permission,
+            folder,
+            coordinator,
+        } => {
+            let req = pb::RoleRequest { principal, permission, folder };
+            let mut client = coordinator.connect().await?;
+            client
+                .revoke_role(req.clone())
+                .await
+                .map_err(|s| coordinator.status(s))?;
+            println!("revoked {} {} on {}", req.principal, req.permission, req.folder);
+            Ok(0)
+        }
+        RoleCmd::List {
+            folder,
+            principal,
+            output,
+            coordinator,
+        } => {
+            let mut client = coordinator.connect().await?;
+            let grants = client
+                .list_roles(pb::ListRolesRequest {
+                    folder,
+                    principal: principal.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| coordinator.status(s))?
+                .into_inner()
+                .grants;
+            print_grants(&grants, output);
+            Ok(0)
+        }
+    }
+}
+
+/// `baton whoami`.
+#[derive(Debug, clap::Args)]
+pub struct WhoAmIArgs {
+    #[arg(long, value_enum, default_value = "human")]
+    output: Format,
+    #[command(flatten)]
+    coordinator: CoordinatorOpt,
+}
+
+pub async fn whoami(args: WhoAmIArgs) -> Result<u8, CliError> {
+    let mut client = args.coordinator.connect().await?;
+    let me = client
+        .who_am_i(pb::WhoAmIRequest {})
+        .await
+        .map_err(|s| args.coordinator.status(s))?
+        .into_inner();
+    match args.output {
+        Format::Json => {
+            let grants: Vec<_> = me
+                .grants
+                .iter()
+                .map(|g| json!({"permission": g.permission, "folder": g.folder}))
+                .collect();
+            println!(
+                "{}",
+                json!({"principal": me.principal, "method": me.method, "grants": grants})
+            );
+        }
+        Format::Human => {
+            println!("{} (by {})", me.principal, me.method);
+            print_grants(&me.grants, Format::Human);
+        }
+    }
+    Ok(0)
+}
