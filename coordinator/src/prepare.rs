@@ -8,6 +8,7 @@ use baton_package::{ForeachTask, Package, ParamValues, TaskKind, content_hash, i
 
 use crate::error::CoordinatorError;
 use crate::records::ExecutionRecord;
+use crate::secrets::SealingKey;
 
 /// A child package as it is shipped to agents.
 #[derive(Debug, Clone)]
@@ -35,9 +36,11 @@ pub struct Plan {
     pub tasks: Vec<PlannedTask>,
 }
 
-/// Parses and binds the bundle of `record` (used at start and again after a restart).
-pub fn plan(record: &ExecutionRecord) -> Result<Plan, CoordinatorError> {
-    plan_bundle(&record.root, &record.files, &record.params)
+/// Parses and binds the bundle of a stored `record` (after a restart), opening
+/// its sealed sensitive values with `secrets`.
+pub fn plan(record: &ExecutionRecord, secrets: &SealingKey) -> Result<Plan, CoordinatorError> {
+    let overrides = crate::secrets::open_params(secrets, record)?;
+    plan_bundle(&record.root, &record.files, &overrides)
 }
 
 /// Parses the root package and its children, binds parameters and expands
@@ -52,6 +55,7 @@ pub fn plan_bundle(
         CoordinatorError::InvalidRequest(format!("the bundle has no root file '{root}'"))
     })?;
     let parent = Package::parse(root, text)?;
+    parent.check_sensitive_use()?;
     let params = parent.bind(overrides)?;
     let mut tasks = Vec::new();
     for task in parent.task_order() {
@@ -69,6 +73,8 @@ pub fn plan_bundle(
             ))
         })?;
         let child = Package::parse(&fe.child, child_text)?;
+        child.check_sensitive_use()?;
+        fe.check_sensitive_flow(&task.name, &parent, &child)?;
         let items = fe.items(&params)?;
         if let Some(first) = items.first() {
             child_params(fe, &params, first).and_then(|p| Ok(child.bind(&p)?))?;

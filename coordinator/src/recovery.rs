@@ -12,6 +12,7 @@ use crate::records::{
     children_prefix, now_unix_ms,
 };
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::secrets::SealingKey;
 use crate::store::Store;
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, CoordinatorError> {
@@ -21,9 +22,12 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
 
 /// Loads everything the scheduler needs. The new epoch (old + 1) is written
 /// with the first commit, before any dispatch carries it.
+/// Sealed sensitive parameters are opened with `secrets`; an execution whose
+/// values do not open (`SECRET_UNSEALABLE`) fails, as any that cannot be re-planned.
 pub async fn load(
     store: &dyn Store,
     config: SchedulerConfig,
+    secrets: &SealingKey,
 ) -> Result<Scheduler, CoordinatorError> {
     let now = Instant::now();
     let old_epoch = match store.get(EPOCH_KEY).await? {
@@ -64,7 +68,7 @@ pub async fn load(
             .into_iter()
             .map(|c| decode(&c.key, &c.value).map(|r| (r, c.mod_revision)))
             .collect::<Result<_, _>>()?;
-        match plan(&rec) {
+        match plan(&rec, secrets) {
             Ok(p) => {
                 sched.restore_execution(rec, kv.mod_revision, p, children, now);
                 running += 1;
