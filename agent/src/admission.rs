@@ -8,7 +8,11 @@
 //! 4. draining → `DRAINING`;
 //! 5. capacity: running jobs ≥ slots → `AT_CAPACITY`;
 //! 6. package: inline content whose SHA-256 matches (`UNKNOWN_PACKAGE` otherwise), that
-//!    parses and whose parameters bind (`INVALID_REQUEST`).
+//!    parses and whose parameters bind (`INVALID_REQUEST`);
+//! 7. run-as, when the package has `run_as`: the user is allowed for the job's folder
+//!    by `--allow-run-as`, exists on this host, is not uid 0 (nor of primary group 0),
+//!    and this agent can switch to it (runs as root, or already as that user) —
+//!    `RUN_AS_DENIED` otherwise. Looked up again at every start, never cached.
 //!
 //! **Rejections are not remembered.** A rejection starts nothing, so asking again is
 //! harmless, and may well be accepted later (a slot freed, draining ended). Acceptances
@@ -26,6 +30,7 @@ use baton_package::{Package, ParamValues};
 use baton_proto::RejectCode;
 
 use crate::model::{DispatchKey, Epoch, StartJob};
+use crate::run_as::{Host, RunAsRule, RunAsUser};
 
 /// Accepted dispatch ids remembered for idempotency.
 pub const ACCEPTED_KEYS_MAX: usize = 100_000;
@@ -54,6 +59,7 @@ impl Rejection {
             RejectCode::InvalidRequest => "INVALID_REQUEST",
             RejectCode::StaleEpoch => "STALE_EPOCH",
             RejectCode::Unauthorized => "UNAUTHORIZED",
+            RejectCode::RunAsDenied => "RUN_AS_DENIED",
             RejectCode::Unspecified => "UNSPECIFIED",
         }
     }
@@ -192,6 +198,61 @@ pub fn check_package(job: &StartJob) -> Result<(Package, ParamValues), Rejection
     Ok((package, params))
 }
 
+/// Step 7: the user a job runs as. `Ok(None)`: the package names no `run_as`, the job
+/// runs as the agent's own user. Every refusal is `RUN_AS_DENIED` with a reason that
+/// says which condition failed (and, for the folder, what this agent allows).
+pub fn check_run_as(
+    package: &Package,
+    folder: &str,
+    rules: &[RunAsRule],
+    host: &impl Host,
+) -> Result<Option<RunAsUser>, Rejection> {
+    let Some(name) = &package.run_as else {
+        return Ok(None);
+    };
+    let deny = |reason: String| Err(Rejection::new(RejectCode::RunAsDenied, reason));
+    if !rules.iter().any(|r| r.allows(name, folder)) {
+        let allowed: Vec<String> = rules
+            .iter()
+            .filter(|r| r.user() == name)
+            .map(|r| r.to_string())
+            .collect();
+        return deny(if allowed.is_empty() {
+            format!(
+                "run_as user {name:?} is not allowed on this agent (no --allow-run-as {name}[:FOLDER])"
+            )
+        } else {
+            format!(
+                "run_as user {name:?} is not allowed for folder {folder:?} on this agent (allowed: {})",
+                allowed.join(", ")
+            )
+        });
+    }
+    let user = match host.user(name) {
+        Ok(Some(user)) => user,
+        Ok(None) => return deny(format!("run_as user {name:?} does not exist on this host")),
+        Err(e) => return deny(format!("cannot look up run_as user {name:?}: {e}")),
+    };
+    if user.uid == 0 {
+        return deny(format!(
+            "run_as user {name:?} has uid 0; run-as is for unprivileged users"
+        ));
+    }
+    if user.gid == 0 {
+        return deny(format!(
+            "run_as user {name:?} has primary group 0 (root); run-as is for unprivileged users"
+        ));
+    }
+    let euid = host.euid();
+    if euid != 0 && euid != user.uid {
+        return deny(format!(
+            "this agent runs as uid {euid}, not root, and cannot switch to run_as user {name:?} (uid {})",
+            user.uid
+        ));
+    }
+    Ok(Some(user))
+}
+
 /// A set that forgets its oldest entries past a bound.
 #[derive(Debug)]
 struct BoundedSet {
@@ -249,6 +310,7 @@ mod tests {
             epoch: Epoch(epoch),
             deadline: None,
             traceparent: None,
+            folder: "/".into(),
         }
     }
 
@@ -353,5 +415,157 @@ mod tests {
             .insert("n".into(), "not-a-number-secret".into());
         let r = check_package(&j).unwrap_err();
         assert_eq!(r.code, RejectCode::InvalidRequest);
+    }
+
+    /// A host with a fixed euid and user table.
+    struct FakeHost {
+        euid: u32,
+        users: Vec<RunAsUser>,
+        broken: bool,
+    }
+
+    impl Host for FakeHost {
+        fn euid(&self) -> u32 {
+            self.euid
+        }
+        fn user(&self, name: &str) -> Result<Option<RunAsUser>, String> {
+            if self.broken {
+                return Err("NSS unavailable".into());
+            }
+            Ok(self.users.iter().find(|u| u.name == name).cloned())
+        }
+    }
+
+    fn user(name: &str, uid: u32, gid: u32) -> RunAsUser {
+        RunAsUser {
+            name: name.into(),
+            uid,
+            gid,
+            home: format!("/home/{name}").into(),
+        }
+    }
+
+    fn root_host() -> FakeHost {
+        FakeHost {
+            euid: 0,
+            users: vec![
+                user("etl", 1500, 1500),
+                user("toor", 0, 0),
+                user("wheel", 1600, 0),
+            ],
+            broken: false,
+        }
+    }
+
+    fn runs_as(user: &str) -> Package {
+        let text = format!("name = 'child'\nrun_as = '{user}'\n[tasks.a]\nexec = ['true']\n");
+        Package::parse("child", &text).unwrap()
+    }
+
+    fn rules(specs: &[&str]) -> Vec<RunAsRule> {
+        specs.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn denied(r: Result<Option<RunAsUser>, Rejection>) -> String {
+        match r {
+            Err(r) => {
+                assert_eq!(r.code, RejectCode::RunAsDenied, "{}", r.reason);
+                assert_eq!(r.code_str(), "RUN_AS_DENIED");
+                r.reason
+            }
+            Ok(u) => panic!("expected RUN_AS_DENIED, got {u:?}"),
+        }
+    }
+
+    #[test]
+    fn run_as_allowed_for_the_folder_and_below() {
+        let host = root_host();
+        let pkg = runs_as("etl");
+        for (allow, folder) in [
+            (&["etl"][..], "/"),
+            (&["etl"][..], "/hr"),
+            (&["etl:/etl"][..], "/etl"),
+            (&["etl:/etl"][..], "/etl/daily"),
+            (&["nobody", "etl:/x", "etl:/etl"][..], "/etl/daily"),
+        ] {
+            let got = check_run_as(&pkg, folder, &rules(allow), &host).unwrap();
+            assert_eq!(got, Some(user("etl", 1500, 1500)), "{allow:?} {folder}");
+        }
+    }
+
+    #[test]
+    fn no_run_as_needs_no_rule() {
+        let pkg = Package::parse("child", CHILD).unwrap();
+        let host = FakeHost {
+            euid: 1000,
+            users: vec![],
+            broken: true,
+        };
+        assert_eq!(check_run_as(&pkg, "/", &[], &host).unwrap(), None);
+    }
+
+    #[test]
+    fn run_as_wrong_folder_or_no_rule_is_denied() {
+        let host = root_host();
+        let pkg = runs_as("etl");
+        let r = denied(check_run_as(&pkg, "/etlx", &rules(&["etl:/etl"]), &host));
+        assert!(r.contains("not allowed for folder \"/etlx\""), "{r}");
+        assert!(r.contains("etl for /etl"), "{r}");
+        let r = denied(check_run_as(&pkg, "/", &rules(&["etl:/etl/daily"]), &host));
+        assert!(r.contains("not allowed for folder \"/\""), "{r}");
+        let r = denied(check_run_as(&pkg, "/etl", &rules(&["nobody"]), &host));
+        assert!(r.contains("no --allow-run-as etl"), "{r}");
+        let r = denied(check_run_as(&pkg, "/etl", &[], &host));
+        assert!(r.contains("not allowed on this agent"), "{r}");
+    }
+
+    #[test]
+    fn run_as_unknown_user_is_denied() {
+        let pkg = runs_as("ghost");
+        let r = denied(check_run_as(&pkg, "/", &rules(&["ghost"]), &root_host()));
+        assert_eq!(r, "run_as user \"ghost\" does not exist on this host");
+        let broken = FakeHost {
+            broken: true,
+            ..root_host()
+        };
+        let r = denied(check_run_as(&pkg, "/", &rules(&["ghost"]), &broken));
+        assert!(r.contains("cannot look up") && r.contains("NSS"), "{r}");
+    }
+
+    #[test]
+    fn run_as_uid_0_or_root_group_is_denied() {
+        let r = denied(check_run_as(
+            &runs_as("toor"),
+            "/",
+            &rules(&["toor"]),
+            &root_host(),
+        ));
+        assert!(r.contains("uid 0"), "{r}");
+        let r = denied(check_run_as(
+            &runs_as("wheel"),
+            "/",
+            &rules(&["wheel"]),
+            &root_host(),
+        ));
+        assert!(r.contains("primary group 0"), "{r}");
+    }
+
+    #[test]
+    fn run_as_needs_a_root_agent_unless_it_is_that_user() {
+        let pkg = runs_as("etl");
+        let host = FakeHost {
+            euid: 1000,
+            ..root_host()
+        };
+        let r = denied(check_run_as(&pkg, "/", &rules(&["etl"]), &host));
+        assert!(r.contains("runs as uid 1000, not root"), "{r}");
+        let same = FakeHost {
+            euid: 1500,
+            ..root_host()
+        };
+        assert_eq!(
+            check_run_as(&pkg, "/", &rules(&["etl"]), &same).unwrap(),
+            Some(user("etl", 1500, 1500))
+        );
     }
 }

@@ -48,6 +48,20 @@ impl CoordinatorService for Fake {
         }))
     }
 
+    async fn enroll(
+        &self,
+        _request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        Err(Status::unimplemented("the fake coordinator does not enrol"))
+    }
+
+    async fn renew(
+        &self,
+        _request: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::CertificateResponse>, Status> {
+        Err(Status::unimplemented("the fake coordinator does not renew"))
+    }
+
     type ReportEventsStream = ReceiverStream<Result<pb::EventAck, Status>>;
 
     async fn report_events(
@@ -165,6 +179,7 @@ fn start(item: u32) -> pb::StartJobRequest {
         coordinator_epoch: 3,
         deadline_ms: 0,
         traceparent: String::new(),
+        folder: String::new(),
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::error::AgentError;
+use crate::run_as::{RULES_MAX, RunAsRule};
 
 /// Default SIGTERM → SIGKILL grace in milliseconds.
 pub const DEFAULT_KILL_GRACE_MS: u64 = 5_000;
@@ -45,6 +46,10 @@ pub struct AgentConfig {
     pub output_tail_bytes: usize,
     /// Mutual TLS material (the default); `None` means plaintext (`--insecure`).
     pub tls: Option<crate::transport::TlsPem>,
+    /// OS users that packages may ask to run as (`run_as`), each for every folder or
+    /// for one folder and its sub-folders (`--allow-run-as USER[:FOLDER]`). Empty:
+    /// every job that asks for a run-as user is refused.
+    pub allow_run_as: Vec<RunAsRule>,
 }
 
 impl Default for AgentConfig {
@@ -62,6 +67,7 @@ impl Default for AgentConfig {
             default_task_timeout_s: DEFAULT_TASK_TIMEOUT_S,
             output_tail_bytes: DEFAULT_OUTPUT_TAIL_BYTES,
             tls: None,
+            allow_run_as: Vec::new(),
         }
     }
 }
@@ -130,6 +136,11 @@ impl AgentConfig {
                 self.default_task_timeout_s
             ));
         }
+        if self.allow_run_as.len() > RULES_MAX {
+            return bad(format!(
+                "allow_run_as: at most {RULES_MAX} rules are allowed"
+            ));
+        }
         if self.output_tail_bytes > OUTPUT_TAIL_BYTES_MAX {
             return bad(format!(
                 "output_tail_bytes must be at most {OUTPUT_TAIL_BYTES_MAX}, got {}",
@@ -175,6 +186,10 @@ mod tests {
             (
                 "output_tail_bytes",
                 Box::new(|c| c.output_tail_bytes = 1 << 30),
+            ),
+            (
+                "allow_run_as",
+                Box::new(|c| c.allow_run_as = vec!["etl".parse().unwrap(); RULES_MAX + 1]),
             ),
         ];
         for (field, mutate) in cases {

@@ -122,6 +122,8 @@ pub struct StartJob {
     /// Wall-clock budget of the whole job; `None` means only per-task timeouts apply.
     pub deadline: Option<Duration>,
     pub traceparent: Option<String>,
+    /// Catalog folder of the execution, normalised (`/` for the root or when unset).
+    pub folder: String,
 }
 
 /// Hand-written so that parameter values never reach a log through `{:?}`.
@@ -134,6 +136,7 @@ impl fmt::Debug for StartJob {
             .field("parameters", &self.parameters.keys().collect::<Vec<_>>())
             .field("epoch", &self.epoch)
             .field("deadline", &self.deadline)
+            .field("folder", &self.folder)
             .finish()
     }
 }
@@ -176,6 +179,10 @@ impl TryFrom<pb::StartJobRequest> for StartJob {
         if req.traceparent.len() > TRACEPARENT_BYTES_MAX {
             return invalid("traceparent is too long".into());
         }
+        let folder = match crate::run_as::normalize_folder(&req.folder) {
+            Ok(f) => f,
+            Err(m) => return invalid(m),
+        };
         Ok(StartJob {
             dispatch,
             package: PackageSource {
@@ -187,6 +194,7 @@ impl TryFrom<pb::StartJobRequest> for StartJob {
             epoch: Epoch(req.coordinator_epoch),
             deadline: (req.deadline_ms > 0).then(|| Duration::from_millis(req.deadline_ms)),
             traceparent: (!req.traceparent.is_empty()).then_some(req.traceparent),
+            folder,
         })
     }
 }
@@ -264,6 +272,7 @@ mod tests {
             coordinator_epoch: 7,
             deadline_ms: 0,
             traceparent: String::new(),
+            folder: String::new(),
         }
     }
 
@@ -282,7 +291,11 @@ mod tests {
         assert_eq!(job.epoch, Epoch(7));
         assert_eq!(job.deadline, None);
         assert_eq!(job.traceparent, None);
+        assert_eq!(job.folder, "/", "an empty folder is the root");
         assert!(!format!("{job:?}").contains("secret"));
+        let mut r = request();
+        r.folder = "/etl/daily/".into();
+        assert_eq!(StartJob::try_from(r).unwrap().folder, "/etl/daily");
     }
 
     #[test]
@@ -322,6 +335,10 @@ mod tests {
         let mut r = request();
         r.traceparent = "x".repeat(1000);
         assert_eq!(reason(r), "traceparent is too long");
+
+        let mut r = request();
+        r.folder = "etl".into();
+        assert_eq!(reason(r), "folder \"etl\" must start with '/'");
     }
 
     #[test]

@@ -11,18 +11,21 @@ use std::time::Duration;
 
 use baton_package::{Package, ParamValues, TaskKind, interpolate};
 
+use crate::mask::Masker;
 use crate::model::StartJob;
+use crate::run_as::RunAsUser;
 use crate::runner::{ExecStep, JobPlan, Step};
 
 /// Reason given for a `foreach` inside a child package.
 pub const FOREACH_UNSUPPORTED: &str = "foreach in a child package is not supported yet";
 
-/// Builds the plan of an accepted job.
+/// Builds the plan of an accepted job; `run_as` is the user admission approved.
 pub fn build(
     job: &StartJob,
     package: &Package,
     params: &ParamValues,
     default_task_timeout: Duration,
+    run_as: Option<RunAsUser>,
 ) -> JobPlan {
     let steps = package
         .task_order()
@@ -83,11 +86,19 @@ pub fn build(
     if let Some(tp) = &job.traceparent {
         env.push(("TRACEPARENT".into(), tp.clone()));
     }
+    let masker = Masker::new(
+        params
+            .iter()
+            .filter(|(name, _)| params.is_sensitive(name))
+            .map(|(_, value)| value),
+    );
     JobPlan {
         dispatch: job.dispatch.clone(),
         steps,
         env,
         deadline: job.deadline,
+        run_as,
+        masker,
     }
 }
 
@@ -109,6 +120,10 @@ name = "child"
 [parameters.shard-id]
 type = "int"
 default = 1
+[parameters.password]
+type = "string"
+sensitive = true
+default = "pw-123"
 [tasks.b]
 exec = ["echo", "${params.shard-id}"]
 after = ["a"]
@@ -147,8 +162,15 @@ after = ["c"]
             epoch: Epoch(1),
             deadline: None,
             traceparent: Some("00-abc-def-01".into()),
+            folder: "/".into(),
         };
-        let plan = build(&job, &pkg, &params, Duration::from_secs(99));
+        let plan = build(&job, &pkg, &params, Duration::from_secs(99), None);
+        assert!(plan.run_as.is_none());
+        assert_eq!(
+            plan.masker.mask_str("7 pw-123"),
+            "7 ***",
+            "sensitive values are masked, others are not"
+        );
         let names: Vec<String> = plan
             .steps
             .iter()

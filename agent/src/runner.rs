@@ -8,9 +8,20 @@
 //! or cancel, and collect `$BATON_OUTPUT` and `$BATON_ROWS` after success.
 //!
 //! Parameter values reach the child only through argv and the environment; the runner
-//! never logs argv or environment values (parameters may be sensitive).
+//! never logs argv or environment values (parameters may be sensitive), and masks the
+//! sensitive ones in everything it keeps from the job ([`crate::mask`]).
+//!
+//! A job with a run-as user ([`crate::run_as`]) runs its processes with that user's uid
+//! and gid (std drops the supplementary groups when root sets the uid), in a clean
+//! environment (the agent's own variables are not passed on, except `PATH`, `LANG`,
+//! `LANGUAGE`, `TZ` and `LC_*`) with `HOME`, `USER` and `LOGNAME` of that user. Its
+//! scratch directory belongs to that user; the files the agent reads back from it
+//! (`$BATON_OUTPUT`, `$BATON_ROWS`) are opened without following symbolic links and
+//! only if they are regular files owned by that user, so a job cannot make the agent
+//! read a file it could not read itself.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -26,7 +37,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::mask::{MaskStream, Masker};
 use crate::model::{DispatchKey, FinishStatus, KillReason, fs_component};
+use crate::run_as::RunAsUser;
 
 /// Most bytes of stdout (and of stderr) written to the job's log files.
 pub const LOG_BYTES_MAX: u64 = 1 << 20;
@@ -80,6 +93,10 @@ pub struct JobPlan {
     pub env: Vec<(String, String)>,
     /// Wall-clock budget of the whole job.
     pub deadline: Option<Duration>,
+    /// The user the processes run as (approved by admission); `None`: the agent's.
+    pub run_as: Option<RunAsUser>,
+    /// The job's sensitive parameter values, masked in logs, tails, outputs, reasons.
+    pub masker: Masker,
 }
 
 /// Agent-wide runner settings.
@@ -195,14 +212,15 @@ pub async fn run_job(
         report.duration_ms = begin.elapsed().as_millis() as u64;
         return report;
     }
-    if let Err(e) = prepare_dir(&dir).await {
+    if let Err(reason) = prepare_dir(&dir, plan.run_as.as_ref()).await {
         report.status = FinishStatus::Failed;
-        report.reason = format!("cannot prepare scratch directory {}: {e}", dir.display());
+        report.reason = reason;
         report.duration_ms = begin.elapsed().as_millis() as u64;
         return report;
     }
-    let mut out = Capture::open(&dir.join("stdout.log"), settings.output_tail_bytes).await;
-    let mut err = Capture::open(&dir.join("stderr.log"), settings.output_tail_bytes).await;
+    let tail_max = settings.output_tail_bytes;
+    let mut out = Capture::open(&dir.join("stdout.log"), tail_max, &plan.masker).await;
+    let mut err = Capture::open(&dir.join("stderr.log"), tail_max, &plan.masker).await;
     let mut started = Some(started);
     let common_env = job_env(plan, &dir);
 
@@ -223,6 +241,7 @@ pub async fn run_job(
         let ctx = StepContext {
             dir: &dir,
             env: &common_env,
+            run_as: plan.run_as.as_ref(),
             settings,
             cancel,
             deadline_at,
@@ -248,13 +267,18 @@ pub async fn run_job(
     report.stdout_tail = out.tail();
     report.stderr_tail = err.tail();
     if report.status == FinishStatus::Succeeded {
-        let (outputs, malformed) = read_outputs(&dir.join(OUTPUT_FILE)).await;
+        let owner = plan.run_as.as_ref().map(|u| u.uid);
+        let (outputs, malformed) = read_outputs(&dir.join(OUTPUT_FILE), owner).await;
         if malformed > 0 {
             warn!(dispatch = %plan.dispatch, malformed, "ignored malformed lines in BATON_OUTPUT");
         }
-        report.outputs = outputs;
-        report.row_count = count_rows(&dir.join(ROWS_FILE)).await;
+        report.outputs = outputs
+            .into_iter()
+            .map(|(k, v)| (plan.masker.mask_str(&k), plan.masker.mask_str(&v)))
+            .collect();
+        report.row_count = count_rows(&dir.join(ROWS_FILE), owner).await;
     }
+    report.reason = plan.masker.mask_str(&report.reason);
     report.duration_ms = begin.elapsed().as_millis() as u64;
     report
 }
@@ -343,19 +367,96 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-async fn prepare_dir(dir: &Path) -> std::io::Result<()> {
+/// Makes a fresh scratch directory (mode 0700; owned by the run-as user if any) and
+/// checks that a run-as user can reach it. `Err` is the job's failure reason.
+async fn prepare_dir(dir: &Path, run_as: Option<&RunAsUser>) -> Result<(), String> {
+    let dir = dir.to_path_buf();
+    let run_as = run_as.cloned();
+    tokio::task::spawn_blocking(move || prepare_dir_blocking(&dir, run_as.as_ref()))
+        .await
+        .map_err(|e| format!("cannot prepare scratch directory: {e}"))?
+}
+
+fn prepare_dir_blocking(dir: &Path, run_as: Option<&RunAsUser>) -> Result<(), String> {
+    let failed =
+        |e: std::io::Error| format!("cannot prepare scratch directory {}: {e}", dir.display());
     // A dispatch id runs at most once per boot; leftovers of an earlier boot are stale.
-    match tokio::fs::remove_dir_all(dir).await {
+    // (`remove_dir_all` does not follow symbolic links a job left there.)
+    match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
+        Err(e) => return Err(failed(e)),
     }
-    tokio::fs::create_dir_all(dir).await
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    // The execution's directory: others may pass through it to their own job
+    // directory but not list it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(parent)
+        .map_err(failed)?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(failed)?;
+    let Some(user) = run_as else {
+        return Ok(());
+    };
+    // Under a restrictive umask the execution's directory and `jobs/` lack o+x: add
+    // it (they are the agent's own), then check the whole path for the user.
+    for own in [parent].into_iter().chain(parent.parent()) {
+        if let Ok(meta) = std::fs::metadata(own)
+            && meta.mode() & 0o001 == 0
+        {
+            let mode = (meta.mode() & 0o7777) | 0o001;
+            std::fs::set_permissions(own, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
+        }
+    }
+    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(failed)?;
+    reachable_by(parent, user)
 }
+
+/// Whether `user` (uid, primary gid; no supplementary groups) may search every
+/// directory from `/` down to `dir`. `Err` names the first one it may not.
+pub fn reachable_by(dir: &Path, user: &RunAsUser) -> Result<(), String> {
+    for ancestor in dir.ancestors() {
+        let meta = std::fs::metadata(ancestor)
+            .map_err(|e| format!("cannot check {}: {e}", ancestor.display()))?;
+        let mode = meta.mode();
+        let search = if meta.uid() == user.uid {
+            mode & 0o100
+        } else if meta.gid() == user.gid {
+            mode & 0o010
+        } else {
+            mode & 0o001
+        };
+        if search == 0 {
+            return Err(format!(
+                "run_as user {:?} cannot reach the job directory: {} (mode {:o}, owner uid {}) \
+                 does not let it pass (the agent's data directory and every directory above \
+                 it need search permission, e.g. `chmod o+x`)",
+                user.name,
+                ancestor.display(),
+                mode & 0o7777,
+                meta.uid()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Variables of the agent's own environment that a run-as job still gets.
+fn inherited_by_run_as(name: &str) -> bool {
+    matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ") || name.starts_with("LC_")
+}
+
+/// PATH of a run-as job when the agent has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 struct StepContext<'a> {
     dir: &'a Path,
     env: &'a [(String, String)],
+    run_as: Option<&'a RunAsUser>,
     settings: &'a RunnerSettings,
     cancel: &'a JobCancel,
     deadline_at: Option<Instant>,
@@ -373,6 +474,22 @@ async fn run_step(
         return Err(format!("task {}: empty argv", exec.task));
     };
     let mut cmd = Command::new(program);
+    if let Some(user) = ctx.run_as {
+        cmd.env_clear();
+        for (k, v) in std::env::vars_os() {
+            if k.to_str().is_some_and(inherited_by_run_as) {
+                cmd.env(k, v);
+            }
+        }
+        if std::env::var_os("PATH").is_none() {
+            cmd.env("PATH", DEFAULT_PATH);
+        }
+        cmd.env("HOME", &user.home)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name)
+            .uid(user.uid)
+            .gid(user.gid);
+    }
     cmd.args(&exec.argv[1..])
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))
         .env("BATON_TASK", &exec.task)
@@ -383,9 +500,13 @@ async fn run_step(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("task {}: cannot start {program:?}: {e}", exec.task))?;
+    let mut child = cmd.spawn().map_err(|e| {
+        let user = ctx
+            .run_as
+            .map(|u| format!(" as run_as user {:?}", u.name))
+            .unwrap_or_default();
+        format!("task {}: cannot start {program:?}{user}: {e}", exec.task)
+    })?;
     let pid = child.id().unwrap_or(0);
     debug!(task = %exec.task, pid, "task process started");
     crate::leftovers::record(&ctx.settings.scratch_root, pid);
@@ -491,8 +612,9 @@ async fn pump(reader: Option<impl AsyncRead + Unpin>, cap: &mut Capture) {
     }
 }
 
-/// One output stream of a job: a log file capped at [`LOG_BYTES_MAX`] and a tail.
+/// One output stream of a job, masked: a log file capped at [`LOG_BYTES_MAX`] and a tail.
 struct Capture {
+    mask: MaskStream,
     file: Option<BufWriter<tokio::fs::File>>,
     written: u64,
     truncated: bool,
@@ -501,8 +623,16 @@ struct Capture {
 }
 
 impl Capture {
-    async fn open(path: &Path, tail_max: usize) -> Capture {
-        let file = match tokio::fs::File::create(path).await {
+    async fn open(path: &Path, tail_max: usize, masker: &Masker) -> Capture {
+        // The directory is fresh, but a run-as job's user owns it: create the file
+        // without following anything that user might have put in its place.
+        let created = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .await;
+        let file = match created {
             Ok(f) => Some(BufWriter::new(f)),
             Err(e) => {
                 warn!(path = %path.display(), error = %e, "cannot create job log file");
@@ -510,6 +640,7 @@ impl Capture {
             }
         };
         Capture {
+            mask: masker.stream(),
             file,
             written: 0,
             truncated: false,
@@ -519,6 +650,11 @@ impl Capture {
     }
 
     async fn push(&mut self, data: &[u8]) {
+        let masked = self.mask.feed(data);
+        self.write(&masked).await;
+    }
+
+    async fn write(&mut self, data: &[u8]) {
         let room = LOG_BYTES_MAX.saturating_sub(self.written) as usize;
         let keep = data.len().min(room);
         if keep < data.len() {
@@ -539,6 +675,8 @@ impl Capture {
     }
 
     async fn finish(&mut self) {
+        let rest = self.mask.finish();
+        self.write(&rest).await;
         if let Some(f) = &mut self.file {
             if self.truncated {
                 let note = format!("\n[baton: output truncated after {LOG_BYTES_MAX} bytes]\n");
@@ -572,8 +710,39 @@ pub fn parse_outputs(text: &str) -> (BTreeMap<String, String>, usize) {
     (outputs, malformed)
 }
 
-async fn read_outputs(path: &Path) -> (BTreeMap<String, String>, usize) {
-    let Ok(file) = tokio::fs::File::open(path).await else {
+/// Opens a file the job wrote, for reading: never through a symbolic link, never
+/// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
+/// (a run-as job's user). `None` when absent or refused (refusals are logged).
+async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .await;
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "job file ignored (a symbolic link, or unreadable)");
+            return None;
+        }
+    };
+    let meta = file.metadata().await.ok()?;
+    if !meta.is_file() {
+        warn!(path = %path.display(), "job file ignored: not a regular file");
+        return None;
+    }
+    if let Some(uid) = owner
+        && meta.uid() != uid
+    {
+        warn!(path = %path.display(), owner = meta.uid(), expected = uid, "job file ignored: not owned by the job's user");
+        return None;
+    }
+    Some(file)
+}
+
+async fn read_outputs(path: &Path, owner: Option<u32>) -> (BTreeMap<String, String>, usize) {
+    let Some(file) = open_job_file(path, owner).await else {
         return (BTreeMap::new(), 0);
     };
     let mut bytes = Vec::new();
@@ -584,8 +753,8 @@ async fn read_outputs(path: &Path) -> (BTreeMap<String, String>, usize) {
     parse_outputs(&String::from_utf8_lossy(&bytes))
 }
 
-async fn count_rows(path: &Path) -> u64 {
-    let Ok(mut file) = tokio::fs::File::open(path).await else {
+async fn count_rows(path: &Path, owner: Option<u32>) -> u64 {
+    let Some(mut file) = open_job_file(path, owner).await else {
         return 0;
     };
     let mut buf = vec![0u8; 64 * 1024];

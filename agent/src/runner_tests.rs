@@ -1,6 +1,7 @@
 //! Tests of the runner on real processes (`sh`, `sleep`).
 
 use super::*;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 fn key(name: &str) -> DispatchKey {
     DispatchKey {
@@ -27,6 +28,8 @@ fn plan(name: &str, steps: Vec<Step>) -> JobPlan {
         steps,
         env: vec![("BATON_PARAM_N".into(), "42".into())],
         deadline: None,
+        run_as: None,
+        masker: Masker::default(),
     }
 }
 
@@ -282,4 +285,240 @@ async fn cancelled_noop_job_is_cancelled() {
     let p = plan("noop-cancelled", vec![Step::Noop { task: "a".into() }]);
     let (r, _) = run(&p, &settings(dir.path()), &cancel).await;
     assert_eq!(r.status, FinishStatus::Cancelled, "{r:?}");
+}
+
+/// `nobody` from the user database, when this test process can switch to it.
+fn nobody_if_root(test: &str) -> Option<RunAsUser> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("{test}: skipped, the test process is not root and cannot switch users");
+        return None;
+    }
+    use crate::run_as::Host;
+    match crate::run_as::RealHost.user("nobody") {
+        Ok(Some(u)) if u.uid != 0 => Some(u),
+        other => {
+            eprintln!("{test}: skipped, no unprivileged user `nobody` here ({other:?})");
+            None
+        }
+    }
+}
+
+/// A data dir the run-as user can pass through (a temp dir is 0700).
+fn searchable_tempdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn run_as_runs_the_processes_as_that_user() {
+    let Some(nobody) = nobody_if_root("run_as_runs_the_processes_as_that_user") else {
+        return;
+    };
+    let dir = searchable_tempdir();
+    let s = settings(dir.path());
+    let mut p = plan(
+        "run-as",
+        vec![
+            sh(
+                "first",
+                r#"echo "uid=$(id -u)" >> "$BATON_OUTPUT"; echo "gid=$(id -g)" >> "$BATON_OUTPUT"
+                   echo "groups=$(id -G)" >> "$BATON_OUTPUT"
+                   echo "home=$HOME user=$USER logname=$LOGNAME" >> "$BATON_OUTPUT"
+                   echo "names=$(env | cut -d= -f1 | sort | tr '\n' ' ')" >> "$BATON_OUTPUT"
+                   echo '{"r":1}' >> "$BATON_ROWS""#,
+                LONG,
+            ),
+            sh(
+                "second",
+                r#"echo "second=$(id -un)" >> "$BATON_OUTPUT""#,
+                LONG,
+            ),
+        ],
+    );
+    p.run_as = Some(nobody.clone());
+    let (r, pid) = run(&p, &s, &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+    assert!(pid.is_some());
+    let get = |k: &str| r.outputs.get(k).cloned().unwrap_or_default();
+    assert_eq!(get("uid"), nobody.uid.to_string());
+    assert_eq!(get("gid"), nobody.gid.to_string());
+    assert_eq!(
+        get("groups"),
+        nobody.gid.to_string(),
+        "supplementary groups of the agent are dropped"
+    );
+    assert_eq!(
+        get("home"),
+        format!(
+            "{} user=nobody logname=nobody",
+            nobody.home.to_string_lossy()
+        )
+    );
+    // Only the job's own variables and a few harmless ones of the agent's.
+    for name in get("names").split_whitespace() {
+        assert!(
+            name.starts_with("BATON_")
+                || name.starts_with("LC_")
+                || [
+                    "PATH", "LANG", "LANGUAGE", "TZ", "HOME", "USER", "LOGNAME", "TASK_VAR", "PWD",
+                    "OLDPWD", "SHLVL", "_"
+                ]
+                .contains(&name),
+            "the agent's environment leaked into a run-as job: {name}"
+        );
+    }
+    assert_eq!(get("second"), "nobody");
+    assert_eq!(r.row_count, 1);
+    let job_dir = scratch_dir(&s.scratch_root, &p.dispatch);
+    let meta = std::fs::metadata(&job_dir).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody.uid, 0o700));
+}
+
+#[tokio::test]
+async fn run_as_child_is_cancelled_with_its_group() {
+    let Some(nobody) = nobody_if_root("run_as_child_is_cancelled_with_its_group") else {
+        return;
+    };
+    let dir = searchable_tempdir();
+    let pids = dir.path().join("pids");
+    std::fs::write(&pids, "").unwrap();
+    std::os::unix::fs::chown(&pids, Some(nobody.uid), None).unwrap();
+    let script = format!(
+        "trap '' TERM; sleep 30 & echo $$ $! > {}; sleep 30",
+        pids.display()
+    );
+    let mut p = plan("run-as-cancel", vec![sh("t", &script, LONG)]);
+    p.run_as = Some(nobody);
+    let cancel = JobCancel::new();
+    let c2 = cancel.clone();
+    let pids2 = pids.clone();
+    tokio::spawn(async move {
+        for _ in 0..200 {
+            if std::fs::read_to_string(&pids2).is_ok_and(|t| !t.trim().is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c2.cancel(KillReason::Cancelled);
+    });
+    let (r, _) = run(&p, &settings(dir.path()), &cancel).await;
+    assert_eq!(r.status, FinishStatus::Cancelled, "{r:?}");
+    let text = std::fs::read_to_string(&pids).unwrap();
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{text:?}");
+    for _ in 0..100 {
+        if pids.iter().all(|&p| !alive(p)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for p in pids {
+        assert!(!alive(p), "run-as process {p} survived the cancel");
+    }
+}
+
+#[tokio::test]
+async fn run_as_job_cannot_make_the_agent_read_other_files() {
+    let Some(nobody) = nobody_if_root("run_as_job_cannot_make_the_agent_read_other_files") else {
+        return;
+    };
+    let dir = searchable_tempdir();
+    let secret = dir.path().join("root-only");
+    std::fs::write(&secret, "stolen=yes\n").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let script = format!(
+        "ln -s {} \"$BATON_OUTPUT\"; mkfifo \"$BATON_ROWS\"",
+        secret.display()
+    );
+    let mut p = plan("run-as-symlink", vec![sh("t", &script, LONG)]);
+    p.run_as = Some(nobody);
+    let (r, _) = run(&p, &settings(dir.path()), &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+    assert!(
+        r.outputs.is_empty(),
+        "read through a symlink: {:?}",
+        r.outputs
+    );
+    assert_eq!(r.row_count, 0, "a FIFO is not read (and does not block)");
+}
+
+#[tokio::test]
+async fn run_as_user_that_cannot_reach_the_job_dir_fails_with_a_reason() {
+    let Some(nobody) = nobody_if_root("run_as_user_that_cannot_reach_the_job_dir") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let marker = dir.path().join("ran");
+    let mut p = plan(
+        "run-as-unreachable",
+        vec![sh("t", &format!("touch {}", marker.display()), LONG)],
+    );
+    p.run_as = Some(nobody);
+    let (r, pid) = run(&p, &settings(dir.path()), &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Failed, "{r:?}");
+    assert!(
+        r.reason.contains("cannot reach the job directory") && r.reason.contains("mode 700"),
+        "{}",
+        r.reason
+    );
+    assert_eq!(pid, None, "nothing started");
+    assert!(!marker.exists());
+}
+
+#[tokio::test]
+async fn sensitive_values_are_masked_in_logs_tails_outputs_and_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let mut p = plan(
+        "masked",
+        vec![sh(
+            "t",
+            r#"set -x; echo "pw=$BATON_PARAM_PW" >> "$BATON_OUTPUT"; echo "token is $BATON_PARAM_PW"; : "$BATON_PARAM_PW"; exit 4"#,
+            LONG,
+        )],
+    );
+    p.env
+        .push(("BATON_PARAM_PW".into(), "hunter2-s3cret".into()));
+    p.masker = Masker::new(["hunter2-s3cret"]);
+    let (r, _) = run(&p, &s, &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Failed, "{r:?}");
+    assert_eq!(r.stdout_tail, "token is ***\n");
+    assert!(r.stderr_tail.contains("***"), "{:?}", r.stderr_tail);
+    let job_dir = scratch_dir(&s.scratch_root, &p.dispatch);
+    for f in ["stdout.log", "stderr.log"] {
+        let text = std::fs::read_to_string(job_dir.join(f)).unwrap();
+        assert!(!text.contains("hunter2"), "{f}: {text:?}");
+    }
+    assert!(!format!("{r:?}").contains("hunter2"), "{r:?}");
+
+    // Outputs of a successful job and the reason of a failed start are masked too.
+    let mut p = plan(
+        "masked-ok",
+        vec![sh(
+            "t",
+            r#"echo "pw=$BATON_PARAM_PW" >> "$BATON_OUTPUT""#,
+            LONG,
+        )],
+    );
+    p.env
+        .push(("BATON_PARAM_PW".into(), "hunter2-s3cret".into()));
+    p.masker = Masker::new(["hunter2-s3cret"]);
+    let (r, _) = run(&p, &s, &JobCancel::new()).await;
+    assert_eq!(r.outputs.get("pw").map(String::as_str), Some("***"));
+    let missing = Step::Exec(ExecStep {
+        task: "t".into(),
+        argv: vec!["/nonexistent/hunter2-s3cret".into()],
+        env: vec![],
+        workdir: None,
+        timeout: LONG,
+    });
+    let mut p = plan("masked-missing", vec![missing]);
+    p.masker = Masker::new(["hunter2-s3cret"]);
+    let (r, _) = run(&p, &s, &JobCancel::new()).await;
+    assert!(r.reason.contains("/nonexistent/***"), "{}", r.reason);
 }

@@ -17,12 +17,13 @@ use baton_proto::{JobFinished, JobStarted, agent_event::Body};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info};
 
-use crate::admission::{Admission, Decision, Rejection, check_package};
+use crate::admission::{Admission, Decision, Rejection, check_package, check_run_as};
 use crate::config::AgentConfig;
 use crate::jobs::{JobState, JobTable};
 use crate::model::{DispatchKey, Epoch, KillReason, StartJob};
 use crate::outbox::Outbox;
 use crate::plan;
+use crate::run_as::{RealHost, RunAsRule};
 use crate::runner::{self, JobCancel, JobReport, RunnerSettings};
 
 struct State {
@@ -43,6 +44,7 @@ pub struct Supervisor {
     outbox: Arc<Outbox>,
     settings: RunnerSettings,
     default_task_timeout: Duration,
+    allow_run_as: Vec<RunAsRule>,
     /// Runner tasks alive (a task ends after its finished event is durable).
     tasks: watch::Sender<usize>,
     spawned: AtomicU64,
@@ -62,6 +64,7 @@ impl Supervisor {
                 output_tail_bytes: config.output_tail_bytes,
             },
             default_task_timeout: Duration::from_secs(config.default_task_timeout_s),
+            allow_run_as: config.allow_run_as.clone(),
             tasks: watch::channel(0).0,
             spawned: AtomicU64::new(0),
         })
@@ -83,7 +86,9 @@ impl Supervisor {
             Decision::Reject(r) => return Err(r),
         }
         let (package, params) = check_package(&job)?;
-        let plan = plan::build(&job, &package, &params, self.default_task_timeout);
+        // Looked up at every start (outside the lock: it may ask NSS), never cached.
+        let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
+        let plan = plan::build(&job, &package, &params, self.default_task_timeout, run_as);
         let cancel = JobCancel::new();
         {
             let mut st = self.state.lock().unwrap();

@@ -27,6 +27,7 @@ fn job(item: u32, text: &str) -> StartJob {
         epoch: Epoch(1),
         deadline: None,
         traceparent: None,
+        folder: "/".into(),
     }
 }
 
@@ -164,4 +165,64 @@ async fn stale_epoch_and_bad_package_are_rejected_without_starting() {
     assert_eq!(r.code, RejectCode::InvalidRequest);
     assert!(!r.reason.contains("hunter"), "{}", r.reason);
     assert_eq!(sup.jobs_spawned(), 0);
+}
+
+fn run_as_package(user: &str, script: &str) -> String {
+    format!("name = 'child'\nrun_as = '{user}'\n[tasks.a]\nexec = ['sh', '-c', {script:?}]\n")
+}
+
+#[tokio::test]
+async fn run_as_is_checked_at_every_start_and_refusals_are_not_remembered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, _outbox) = setup(dir.path(), 4);
+    let text = run_as_package("nobody", "true");
+    let mut j = job(1, &text);
+    j.parameters.clear();
+    for _ in 0..2 {
+        let r = sup.start_job(j.clone()).unwrap_err();
+        assert_eq!(r.code, RejectCode::RunAsDenied);
+        assert!(
+            r.reason.contains("not allowed on this agent"),
+            "{}",
+            r.reason
+        );
+    }
+    assert_eq!(sup.jobs_spawned(), 0);
+}
+
+#[tokio::test]
+async fn allowed_run_as_job_runs_as_that_user() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("allowed_run_as_job_runs_as_that_user: skipped, not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = AgentConfig {
+        slots: 2,
+        data_dir: dir.path().to_path_buf(),
+        kill_grace_ms: 300,
+        allow_run_as: vec!["nobody:/etl".parse().unwrap()],
+        ..AgentConfig::default()
+    };
+    let outbox = Arc::new(Outbox::open(&dir.path().join("agent.redb")).unwrap());
+    let sup = Supervisor::new(&config, outbox.clone());
+    let text = run_as_package("nobody", "echo uid=$(id -u) >> $BATON_OUTPUT");
+    let mut j = job(1, &text);
+    j.parameters.clear();
+    j.folder = "/etlx".into();
+    let r = sup.start_job(j.clone()).unwrap_err();
+    assert_eq!(r.code, RejectCode::RunAsDenied);
+    assert!(r.reason.contains("nobody for /etl"), "{}", r.reason);
+    j.folder = "/etl/daily".into();
+    sup.start_job(j).unwrap();
+    let evs = events(&outbox, 2).await;
+    let f = finished(&evs[1]);
+    assert_eq!(f.status, JobStatus::Succeeded as i32, "{f:?}");
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    assert_eq!(
+        f.outputs.get("uid").map(String::as_str),
+        Some(nobody.uid.to_string().as_str())
+    );
 }

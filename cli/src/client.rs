@@ -87,18 +87,34 @@ impl CoordinatorOpt {
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);
         if self.url.starts_with("https://") {
-            let mut tls = ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(read(&self.tls_dir, "ca.pem")?))
-                .domain_name(baton_coordinator::pki::COORDINATOR_NAME);
-            if bearer.is_none() {
-                tls = tls.identity(Identity::from_pem(
-                    read(&self.tls_dir, "tls.pem")?,
-                    read(&self.tls_dir, "tls.key")?,
-                ));
-            }
-            endpoint = endpoint.tls_config(tls).map_err(|e| {
-                CliError::invalid("TLS_IDENTITY_INVALID", format!("TLS setup: {e}"))
-            })?;
+            // A coordinator renews its local admin identity in place: a read
+            // that lands between its two renames sees a certificate and a key
+            // that don't match. Reading again a moment later gets a whole pair.
+            let mut attempt = 0;
+            endpoint = loop {
+                let mut tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(read(&self.tls_dir, "ca.pem")?))
+                    .domain_name(baton_coordinator::pki::COORDINATOR_NAME);
+                if bearer.is_none() {
+                    tls = tls.identity(Identity::from_pem(
+                        read(&self.tls_dir, "tls.pem")?,
+                        read(&self.tls_dir, "tls.key")?,
+                    ));
+                }
+                match endpoint.clone().tls_config(tls) {
+                    Ok(e) => break e,
+                    Err(_) if attempt < 3 => {
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => {
+                        return Err(CliError::invalid(
+                            "TLS_IDENTITY_INVALID",
+                            format!("TLS setup with the identity in {}: {e}", self.tls_dir.display()),
+                        ));
+                    }
+                }
+            };
         } else if !self.url.starts_with("http://") {
             return Err(CliError::invalid(
                 "USAGE",

@@ -29,6 +29,7 @@ pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
     let mut v = json!({
         "execution_id": s.execution_id,
         "package": s.package,
+        "folder": if s.folder.is_empty() { "/" } else { s.folder.as_str() },
         "status": s.state,
         "children": {
             "total": s.total,

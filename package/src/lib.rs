@@ -24,7 +24,7 @@ pub use error::PackageError;
 pub use interpolate::interpolate;
 pub use model::{
     ExecTask, ForeachOver, ForeachTask, Package, ParamType, ParameterDef, RetryPolicy, Task,
-    TaskKind,
+    TaskKind, valid_user_name,
 };
 pub use params::ParamValues;
 

@@ -9,6 +9,22 @@ pub struct Package {
     pub description: String,
     pub parameters: BTreeMap<String, ParameterDef>,
     pub tasks: BTreeMap<String, Task>,
+    /// The OS user an agent runs this package's processes as (`run_as = "etl"`),
+    /// when it runs as a child; the agent must be allowed to use that user for the
+    /// execution's folder, or it refuses the job. `None`: the agent's own user.
+    pub run_as: Option<String>,
+}
+
+/// Whether `name` is a plausible POSIX user name: 1 to 32 characters, a letter or
+/// `_` first, then letters, digits, `_`, `-` or `.` (an all-digit name would be
+/// read as a uid by many tools, so it is refused).
+pub fn valid_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 32
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// The type of a parameter.

@@ -9,7 +9,7 @@ use toml::Spanned;
 use crate::error::PackageError;
 use crate::model::{
     ExecTask, ForeachOver, ForeachTask, Package, ParamType, ParameterDef, RetryPolicy, Task,
-    TaskKind,
+    TaskKind, valid_user_name,
 };
 use crate::params::check_value;
 
@@ -23,6 +23,7 @@ struct RawPackage {
     parameters: BTreeMap<String, Spanned<RawParam>>,
     #[serde(default)]
     tasks: BTreeMap<String, Spanned<RawTask>>,
+    run_as: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +140,21 @@ pub(crate) fn parse(origin: &str, text: &str) -> Result<Package, PackageError> {
         return Err(cx.invalid(raw.name.span().start, "package name must not be empty"));
     }
 
+    let run_as = match &raw.run_as {
+        None => None,
+        Some(user) if valid_user_name(user.get_ref()) => Some(user.get_ref().clone()),
+        Some(user) => {
+            return Err(cx.invalid(
+                user.span().start,
+                format!(
+                    "run_as {:?} is not a user name: 1 to 32 characters, a letter or '_' first, \
+                     then letters, digits, '_', '-' or '.'",
+                    user.get_ref()
+                ),
+            ));
+        }
+    };
+
     let mut parameters = BTreeMap::new();
     for (pname, spanned) in &raw.parameters {
         let at = spanned.span().start;
@@ -249,6 +265,7 @@ pub(crate) fn parse(origin: &str, text: &str) -> Result<Package, PackageError> {
         description: raw.description,
         parameters,
         tasks,
+        run_as,
     };
     if package.task_order().len() != package.tasks.len() {
         let ordered: BTreeSet<&str> = package
@@ -550,6 +567,35 @@ params = { shard = "${item}" }
         .unwrap();
         let names: Vec<_> = p.task_order().iter().map(|t| t.name.clone()).collect();
         assert_eq!(names, ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn run_as_is_optional_and_must_be_a_user_name() {
+        let p = parse("f.toml", "name='x'\n[tasks.a]\nexec=['true']\n").unwrap();
+        assert_eq!(p.run_as, None);
+        for ok in ["etl", "_svc", "a.b-c_9", &"u".repeat(32)] {
+            let text = format!("name='x'\nrun_as = '{ok}'\n[tasks.a]\nexec=['true']\n");
+            assert_eq!(parse("f.toml", &text).unwrap().run_as.as_deref(), Some(ok));
+        }
+        for bad in [
+            "",
+            "0",
+            "1000",
+            "-x",
+            "a b",
+            "a:b",
+            "a/b",
+            "é",
+            &"u".repeat(33),
+        ] {
+            let text = format!("name='x'\nrun_as = {bad:?}\n[tasks.a]\nexec=['true']\n");
+            let e = parse("f.toml", &text).unwrap_err();
+            assert_eq!(e.code(), "PACKAGE_INVALID", "{bad:?}: {e}");
+            assert!(e.to_string().starts_with("f.toml:2:"), "{bad:?}: {e}");
+            assert!(e.to_string().contains("run_as"), "{bad:?}: {e}");
+        }
+        let e = parse("f.toml", "name='x'\nrun_as = 0\n").unwrap_err();
+        assert_eq!(e.code(), "PACKAGE_PARSE", "{e}");
     }
 
     #[test]

@@ -103,6 +103,8 @@ pub struct AgentOpts {
     pub wait_announce: bool,
     /// Use this TLS identity instead of issuing one for `name`.
     pub tls_dir: Option<PathBuf>,
+    /// More `baton agent` arguments (e.g. `--allow-run-as nobody`).
+    pub extra_args: Vec<String>,
 }
 
 impl AgentOpts {
@@ -113,6 +115,7 @@ impl AgentOpts {
             coordinator_url: None,
             wait_announce: true,
             tls_dir: None,
+            extra_args: Vec::new(),
         }
     }
 }
@@ -154,9 +157,14 @@ impl Cluster {
 
     /// Starts `baton coordinator` with the fast test lease and waits for its address.
     pub fn start_coordinator(&mut self) -> SocketAddr {
+        self.start_coordinator_with(&[])
+    }
+
+    /// Starts `baton coordinator` with more arguments (e.g. `--cert-ttl 8s`).
+    pub fn start_coordinator_with(&mut self, extra: &[&str]) -> SocketAddr {
         assert!(self.coordinator.is_none(), "one coordinator per cluster");
         let dir = self.root().join("coordinator");
-        let args = vec![
+        let mut args = vec![
             "coordinator".to_owned(),
             "--data-dir".to_owned(),
             dir.join("data").display().to_string(),
@@ -165,6 +173,7 @@ impl Cluster {
             "--heartbeat-ms".to_owned(),
             HEARTBEAT_MS.to_string(),
         ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let mut node = Node::new(NodeSpec {
             name: "coordinator".to_owned(),
             role: Role::Coordinator,
@@ -244,7 +253,7 @@ impl Cluster {
                 tls_dir
             }
         };
-        let args = vec![
+        let mut args = vec![
             "agent".to_owned(),
             "--coordinator".to_owned(),
             url,
@@ -257,6 +266,7 @@ impl Cluster {
             "--tls-dir".to_owned(),
             tls_dir.display().to_string(),
         ];
+        args.extend(opts.extra_args.iter().cloned());
         let mut node = Node::new(NodeSpec {
             name: opts.name.clone(),
             role: Role::Agent,
@@ -279,6 +289,11 @@ impl Cluster {
             .iter_mut()
             .find(|n| n.name() == name)
             .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// The agent started last.
+    pub fn agents_last(&mut self) -> &mut Node {
+        self.agents.last_mut().expect("an agent was started")
     }
 
     /// Runs `baton ARGS` against this cluster's coordinator (`BATON_COORDINATOR`).

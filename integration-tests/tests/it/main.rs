@@ -22,4 +22,7 @@ mod coordinator_restart;
 mod drain;
 mod fanout;
 mod listing;
+mod run_as;
+mod secrets;
+mod security;
 mod tls;

@@ -1,0 +1,163 @@
+//! Enrolment, renewal without restart, revocation, and principals with
+//! per-folder permissions — driven through the real CLI.
+
+use std::time::Duration;
+
+use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
+
+fn cert_of(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("tls.pem")).unwrap_or_default()
+}
+
+/// An agent enrols with a one-time token, renews its one-day-in-miniature
+/// certificate several times while children run (no restart, nothing fails),
+/// and the token cannot be used twice. Revocation then shuts it out.
+#[test]
+fn enrolment_then_renewal_without_restart_then_revocation() {
+    let mut c = Cluster::new("sec_enrol");
+    // 6-second certificates: the agent renews about every 4 s.
+    c.start_coordinator_with(&["--cert-ttl", "6s"]);
+    let out = c.cli(&["token", "create", "--agent", "e1", "--output", "json"]);
+    out.expect_code(0);
+    let token = out.json()["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("btn_enr_"), "{}", out.describe());
+
+    let tls = c.root().join("e1-tls");
+    let mut opts = AgentOpts::new("e1", 4);
+    opts.tls_dir = Some(tls.clone());
+    opts.extra_args = vec!["--enroll".into(), token.clone()];
+    c.start_agent_with(opts);
+    c.agents_ready(1);
+    let first = cert_of(&tls);
+    assert!(first.contains("BEGIN CERTIFICATE"), "enrolment wrote no certificate");
+    let pid = c.agent("e1").pid();
+
+    // The same token again (another machine): refused, and nothing is enrolled.
+    let tls2 = c.root().join("e2-tls");
+    let mut opts = AgentOpts::new("e1", 2);
+    opts.tls_dir = Some(tls2.clone());
+    opts.wait_announce = false;
+    opts.extra_args = vec!["--enroll".into(), token];
+    c.start_agent_with(opts);
+    let node = c.agents_last();
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || !node.is_running()),
+        "an agent with a used token kept running"
+    );
+    let log = crate::harness::read_log(&node.stderr_path());
+    assert!(log.contains("TOKEN_USED"), "no TOKEN_USED in\n{log}");
+    assert!(!tls2.join("tls.pem").exists());
+
+    // Children run across several renewals; none fails, the agent keeps its pid.
+    let pkg = c.write_fanout("renew", &FanoutSpec::new(160, "sleep 0.2"));
+    let id = c.start_run(&pkg, &[]);
+    let mut renewals = std::collections::BTreeSet::new();
+    let ended = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        renewals.insert(cert_of(&tls));
+        c.exec_show(&id).is_terminal()
+    });
+    assert!(ended, "execution did not end");
+    let view = c.wait_exec_terminal(&id, Duration::from_secs(5));
+    view.assert_all_succeeded_once(160, &["e1"]);
+    assert!(
+        renewals.len() >= 2 && !renewals.contains(&String::new()),
+        "the certificate did not renew during the run ({} distinct)",
+        renewals.len()
+    );
+    assert_ne!(cert_of(&tls), first);
+    assert_eq!(c.agent("e1").pid(), pid, "the agent restarted");
+    // The coordinator renewed its own certificate and the admin identity too,
+    // and the CLI (which reads them fresh) still works.
+    c.cli(&["agents", "list"]).expect_code(0);
+
+    // Revocation: the agent is refused at once and cannot renew.
+    c.cli(&["agents", "revoke", "e1"]).expect_code(0);
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+            c.agents_list().iter().any(|a| a.name == "e1" && a.state == "revoked")
+        }),
+        "e1 not shown revoked"
+    );
+    c.finish(&["e1"]);
+}
+
+/// Deny by default; grants per folder, inherited below; API tokens; audit lines.
+#[test]
+fn principals_need_a_grant_on_the_folder() {
+    let mut c = Cluster::new("sec_roles");
+    c.start_coordinator();
+    c.start_agent("a1", 4);
+    c.agents_ready(1);
+    let pkg = c.write_fanout("roles", &FanoutSpec::new(3, "true"));
+    let pkg = pkg.display().to_string();
+
+    // The admin runs something in /finance.
+    c.cli(&["run", &pkg, "--folder", "/finance", "--wait"])
+        .expect_code(0);
+
+    let out = c.cli(&["token", "create", "--api", "alice", "--output", "json"]);
+    out.expect_code(0);
+    let token_id = out.json()["token_id"].as_str().unwrap().to_owned();
+    let token = out.json()["token"].as_str().unwrap().to_owned();
+    let alice = |args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--token", token.as_str()]);
+        c.cli(&a)
+    };
+
+    let me = alice(&["whoami", "--output", "json"]);
+    me.expect_code(0);
+    assert_eq!(me.json()["principal"], "alice");
+    assert_eq!(me.json()["method"], "token");
+
+    // Nothing granted: refused with a code, audited.
+    let out = alice(&["run", &pkg, "--folder", "/etl"]);
+    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+    let out = alice(&["agents", "drain", "a1"]);
+    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+    let out = alice(&["token", "create", "--api", "mallory"]);
+    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+
+    // execute on /etl: allowed in /etl and below, not beside it.
+    c.cli(&["role", "grant", "alice", "execute", "/etl"])
+        .expect_code(0);
+    alice(&["run", &pkg, "--folder", "/etl/daily", "--wait"]).expect_code(0);
+    let out = alice(&["run", &pkg, "--folder", "/finance"]);
+    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+
+    // Listings show only what alice may read.
+    let out = alice(&["exec", "list", "--output", "json"]);
+    out.expect_code(0);
+    let text = out.stdout.clone();
+    assert!(text.contains("/etl/daily") && !text.contains("/finance"), "{}", out.describe());
+    let all = c.cli(&["exec", "list", "--output", "json"]);
+    assert!(all.stdout.contains("/finance"), "{}", all.describe());
+
+    // The audit trail names who, what and where.
+    let audit = std::fs::read_to_string(c.root().join("coordinator/data/audit.log")).unwrap();
+    assert!(
+        audit.lines().any(|l| l.contains("\"who\":\"alice\"")
+            && l.contains("\"folder\":\"/finance\"")
+            && l.contains("denied")),
+        "{audit}"
+    );
+    assert!(audit.contains("GrantRole"), "{audit}");
+    assert!(!audit.contains(&token), "the audit log holds a token secret");
+
+    // A revoked token stops working at once; no credential at all is refused too.
+    c.cli(&["token", "revoke", &token_id]).expect_code(0);
+    let out = alice(&["whoami"]);
+    assert!(out.stderr.contains("error[TOKEN_REVOKED]"), "{}", out.describe());
+    let bare = c.root().join("ca-only");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(c.ca_dir().join("ca.pem"), bare.join("ca.pem")).unwrap();
+    let out = c.cli(&[
+        "whoami",
+        "--token",
+        "btn_api_000000000000_0000000000000000000000000000000000000000000000000000000000000000",
+        "--tls-dir",
+        &bare.display().to_string(),
+    ]);
+    assert!(out.stderr.contains("error[UNAUTHENTICATED]"), "{}", out.describe());
+    c.finish(&[]);
+}
