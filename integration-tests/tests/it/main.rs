@@ -22,6 +22,7 @@ mod coordinator_restart;
 mod drain;
 mod fanout;
 mod listing;
+mod rpc_matrix;
 mod run_as;
 mod secrets;
 mod security;

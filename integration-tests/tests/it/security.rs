@@ -29,7 +29,10 @@ fn enrolment_then_renewal_without_restart_then_revocation() {
     c.start_agent_with(opts);
     c.agents_ready(1);
     let first = cert_of(&tls);
-    assert!(first.contains("BEGIN CERTIFICATE"), "enrolment wrote no certificate");
+    assert!(
+        first.contains("BEGIN CERTIFICATE"),
+        "enrolment wrote no certificate"
+    );
     let pid = c.agent("e1").pid();
 
     // The same token again (another machine): refused, and nothing is enrolled.
@@ -41,7 +44,9 @@ fn enrolment_then_renewal_without_restart_then_revocation() {
     c.start_agent_with(opts);
     let node = c.agents_last();
     assert!(
-        wait_until(Duration::from_secs(20), Duration::from_millis(100), || !node.is_running()),
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            !node.is_running()
+        }),
         "an agent with a used token kept running"
     );
     let log = crate::harness::read_log(&node.stderr_path());
@@ -74,7 +79,9 @@ fn enrolment_then_renewal_without_restart_then_revocation() {
     c.cli(&["agents", "revoke", "e1"]).expect_code(0);
     assert!(
         wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
-            c.agents_list().iter().any(|a| a.name == "e1" && a.state == "revoked")
+            c.agents_list()
+                .iter()
+                .any(|a| a.name == "e1" && a.state == "revoked")
         }),
         "e1 not shown revoked"
     );
@@ -112,24 +119,44 @@ fn principals_need_a_grant_on_the_folder() {
 
     // Nothing granted: refused with a code, audited.
     let out = alice(&["run", &pkg, "--folder", "/etl"]);
-    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("error[PERMISSION_DENIED]"),
+        "{}",
+        out.describe()
+    );
     let out = alice(&["agents", "drain", "a1"]);
-    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("error[PERMISSION_DENIED]"),
+        "{}",
+        out.describe()
+    );
     let out = alice(&["token", "create", "--api", "mallory"]);
-    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("error[PERMISSION_DENIED]"),
+        "{}",
+        out.describe()
+    );
 
     // execute on /etl: allowed in /etl and below, not beside it.
     c.cli(&["role", "grant", "alice", "execute", "/etl"])
         .expect_code(0);
     alice(&["run", &pkg, "--folder", "/etl/daily", "--wait"]).expect_code(0);
     let out = alice(&["run", &pkg, "--folder", "/finance"]);
-    assert!(out.stderr.contains("error[PERMISSION_DENIED]"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("error[PERMISSION_DENIED]"),
+        "{}",
+        out.describe()
+    );
 
     // Listings show only what alice may read.
     let out = alice(&["exec", "list", "--output", "json"]);
     out.expect_code(0);
     let text = out.stdout.clone();
-    assert!(text.contains("/etl/daily") && !text.contains("/finance"), "{}", out.describe());
+    assert!(
+        text.contains("/etl/daily") && !text.contains("/finance"),
+        "{}",
+        out.describe()
+    );
     let all = c.cli(&["exec", "list", "--output", "json"]);
     assert!(all.stdout.contains("/finance"), "{}", all.describe());
 
@@ -142,12 +169,19 @@ fn principals_need_a_grant_on_the_folder() {
         "{audit}"
     );
     assert!(audit.contains("GrantRole"), "{audit}");
-    assert!(!audit.contains(&token), "the audit log holds a token secret");
+    assert!(
+        !audit.contains(&token),
+        "the audit log holds a token secret"
+    );
 
     // A revoked token stops working at once; no credential at all is refused too.
     c.cli(&["token", "revoke", &token_id]).expect_code(0);
     let out = alice(&["whoami"]);
-    assert!(out.stderr.contains("error[TOKEN_REVOKED]"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("error[TOKEN_REVOKED]"),
+        "{}",
+        out.describe()
+    );
     let bare = c.root().join("ca-only");
     std::fs::create_dir_all(&bare).unwrap();
     std::fs::copy(c.ca_dir().join("ca.pem"), bare.join("ca.pem")).unwrap();
@@ -158,6 +192,10 @@ fn principals_need_a_grant_on_the_folder() {
         "--tls-dir",
         &bare.display().to_string(),
     ]);
-    assert!(out.stderr.contains("error[UNAUTHENTICATED]"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("error[UNAUTHENTICATED]"),
+        "{}",
+        out.describe()
+    );
     c.finish(&[]);
 }
