@@ -25,7 +25,8 @@ use crate::transport::COORDINATOR_NAME;
 /// A new key pair and a signing request for agent `name`: (csr_pem, key_pem).
 pub fn new_csr(name: &str) -> Result<(String, String), AgentError> {
     let fail = |e: rcgen::Error| AgentError::ConfigInvalid(format!("making a key pair: {e}"));
-    let params = rcgen::CertificateParams::new(vec![format!("{name}.agent.baton")]).map_err(fail)?;
+    let params =
+        rcgen::CertificateParams::new(vec![format!("{name}.agent.baton")]).map_err(fail)?;
     let key = rcgen::KeyPair::generate().map_err(fail)?;
     let csr = params.serialize_request(&key).map_err(fail)?;
     Ok((csr.pem().map_err(fail)?, key.serialize_pem()))
@@ -47,7 +48,8 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), Agen
         .mode(if private { 0o600 } else { 0o644 })
         .open(&tmp)
         .map_err(|e| io("writing", e))?;
-    f.write_all(contents.as_bytes()).map_err(|e| io("writing", e))?;
+    f.write_all(contents.as_bytes())
+        .map_err(|e| io("writing", e))?;
     f.sync_all().map_err(|e| io("syncing", e))?;
     std::fs::rename(&tmp, path).map_err(|e| io("renaming into", e))
 }
@@ -138,14 +140,26 @@ mod tests {
         let (secret, p) = split_token(&t).unwrap();
         assert_eq!(p, pin);
         assert!(secret.starts_with("btn_enr_") && !secret.contains(&pin));
-        for bad in ["", "btn_api_x_y", "btn_enr_x_y_zz", &t.replace("btn_enr_", "x")] {
-            assert_eq!(split_token(bad).unwrap_err().code(), "AGENT_CONFIG_INVALID", "{bad}");
+        for bad in [
+            "",
+            "btn_api_x_y",
+            "btn_enr_x_y_zz",
+            &t.replace("btn_enr_", "x"),
+        ] {
+            assert_eq!(
+                split_token(bad).unwrap_err().code(),
+                "AGENT_CONFIG_INVALID",
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn urls_must_be_https() {
-        assert_eq!(authority("https://127.0.0.1:7400/").unwrap(), "127.0.0.1:7400");
+        assert_eq!(
+            authority("https://127.0.0.1:7400/").unwrap(),
+            "127.0.0.1:7400"
+        );
         assert!(authority("http://127.0.0.1:7400").is_err());
         assert!(authority("https://host").is_err());
     }
@@ -159,6 +173,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tls/tls.key");
         write_file(&p, &key, true).unwrap();
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 }

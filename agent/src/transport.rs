@@ -147,7 +147,9 @@ pub async fn serve(
             )
             .map_err(tls_err)?;
             let incoming = baton_proto::tls::incoming(listener, config);
-            router.serve_with_incoming_shutdown(incoming, shutdown).await
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
         }
         None => {
             router

@@ -73,9 +73,13 @@ impl CoordinatorOpt {
         let bearer = match &self.token {
             None => None,
             Some(t) => {
-                let mut v: MetadataValue<Ascii> = format!("Bearer {}", t.trim())
-                    .parse()
-                    .map_err(|_| CliError::invalid("USAGE", "the API token has characters a header cannot carry"))?;
+                let mut v: MetadataValue<Ascii> =
+                    format!("Bearer {}", t.trim()).parse().map_err(|_| {
+                        CliError::invalid(
+                            "USAGE",
+                            "the API token has characters a header cannot carry",
+                        )
+                    })?;
                 v.set_sensitive(true);
                 Some(v)
             }
@@ -110,7 +114,10 @@ impl CoordinatorOpt {
                     Err(e) => {
                         return Err(CliError::invalid(
                             "TLS_IDENTITY_INVALID",
-                            format!("TLS setup with the identity in {}: {e}", self.tls_dir.display()),
+                            format!(
+                                "TLS setup with the identity in {}: {e}",
+                                self.tls_dir.display()
+                            ),
                         ));
                     }
                 }
@@ -128,9 +135,11 @@ impl CoordinatorOpt {
             .connect()
             .await
             .map_err(|e| CliError::unavailable(&self.url, e))?;
-        Ok(ControlServiceClient::with_interceptor(channel, Bearer(bearer))
-            .max_decoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES))
+        Ok(
+            ControlServiceClient::with_interceptor(channel, Bearer(bearer))
+                .max_decoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES),
+        )
     }
 
     pub fn status(&self, s: tonic::Status) -> CliError {

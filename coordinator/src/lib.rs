@@ -150,8 +150,9 @@ pub async fn start(
         .add_service(agent_api)
         .add_service(control_api);
     let stop = server_stop.clone().cancelled_owned();
-    type Served =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+    type Served = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    >;
     let served: Served = match &live_tls {
         Some(live) => {
             tokio::spawn(live.clone().renew_loop(shutdown.clone()));

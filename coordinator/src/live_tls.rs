@@ -73,7 +73,11 @@ impl LiveTls {
         }
         let admin = dir.join("admin");
         if needs_cert(&admin, now) {
-            authority.issue_files(&Identity::Client(crate::auth::ADMIN.into()), &admin, cert_ttl)?;
+            authority.issue_files(
+                &Identity::Client(crate::auth::ADMIN.into()),
+                &admin,
+                cert_ttl,
+            )?;
             created = true;
         }
         let material = pki::load(dir)?;
@@ -131,7 +135,11 @@ impl LiveTls {
         let admin = self.dir.join("admin");
         if needs_cert(&admin, now) {
             self.authority
-                .issue_files(&Identity::Client(crate::auth::ADMIN.into()), &admin, self.cert_ttl)
+                .issue_files(
+                    &Identity::Client(crate::auth::ADMIN.into()),
+                    &admin,
+                    self.cert_ttl,
+                )
                 .map_err(|e| CoordinatorError::Transport(e.to_string()))?;
             info!(dir = %admin.display(), "renewed the admin client certificate");
         }
@@ -180,7 +188,10 @@ mod tests {
         assert!(created);
         assert!(dir.path().join("admin/tls.pem").exists());
         let (g1, m1) = live.material();
-        assert!(!live.renew_if_due().unwrap(), "a fresh certificate is not due");
+        assert!(
+            !live.renew_if_due().unwrap(),
+            "a fresh certificate is not due"
+        );
         let (_, again) = LiveTls::bootstrap(dir.path(), Duration::from_secs(86_400)).unwrap();
         assert!(!again, "a second start reuses everything");
         // A 3-second certificate is due after two thirds of its lifetime.
@@ -190,7 +201,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2_300));
         assert!(live.renew_if_due().unwrap());
         let (g2, m2) = live.material();
-        assert!(g2 > g1, "the generation moves so that agent clients are rebuilt");
+        assert!(
+            g2 > g1,
+            "the generation moves so that agent clients are rebuilt"
+        );
         assert_ne!(m1.cert_pem, m2.cert_pem);
         assert!(pki::renewal_due((0, 300), 200));
         assert!(!pki::renewal_due((0, 300), 199));

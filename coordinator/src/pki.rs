@@ -242,7 +242,12 @@ impl Authority {
 
     /// Issues a certificate for `who` with a fresh key into `out_dir` as
     /// `ca.pem`, `tls.pem`, `tls.key` (the key 0600).
-    pub fn issue_files(&self, who: &Identity, out_dir: &Path, ttl: Duration) -> Result<Issued, PkiError> {
+    pub fn issue_files(
+        &self,
+        who: &Identity,
+        out_dir: &Path,
+        ttl: Duration,
+    ) -> Result<Issued, PkiError> {
         let params = leaf_params(who, ttl)?;
         let not_after = params.not_after.unix_timestamp();
         let key = KeyPair::generate()?;
@@ -260,7 +265,12 @@ impl Authority {
 
     /// Signs a PKCS#10 request (PEM) as `who`. Only the request's public key
     /// is used: the identity, usages and lifetime are the CA's decision.
-    pub fn sign_csr(&self, csr_pem: &str, who: &Identity, ttl: Duration) -> Result<Issued, PkiError> {
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        who: &Identity,
+        ttl: Duration,
+    ) -> Result<Issued, PkiError> {
         if csr_pem.len() > 16 * 1024 {
             return Err(PkiError::BadCsr("larger than 16 KiB".into()));
         }
@@ -407,7 +417,13 @@ mod tests {
     fn names_must_be_dns_labels() {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path()).unwrap();
-        let e = issue(dir.path(), &Identity::Agent("a b".into()), dir.path(), DEFAULT_TTL).unwrap_err();
+        let e = issue(
+            dir.path(),
+            &Identity::Agent("a b".into()),
+            dir.path(),
+            DEFAULT_TTL,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), "PKI_BAD_NAME");
         let e = issue(
             &dir.path().join("none"),

@@ -239,12 +239,10 @@ impl ServerCertVerifier for PinnedCa {
             })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
         let verified =
             inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)?;
         *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone().into_owned());

@@ -6,8 +6,8 @@ pub mod certs;
 pub mod daemons;
 pub mod demo;
 pub mod exec;
-pub mod run;
 pub mod roles;
+pub mod run;
 pub mod token;
 pub mod validate;
 
@@ -33,19 +33,6 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_parse() {
-        use std::time::Duration;
-        assert_eq!(super::parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(super::parse_duration("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(super::parse_duration("7d"), Ok(Duration::from_secs(604_800)));
-        for bad in ["", "h", "10", "10y", "0s", "-1s", "99999999999999999999d"] {
-            assert!(super::parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-}
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -60,5 +47,25 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_parse() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(
+            super::parse_duration("24h"),
+            Ok(Duration::from_secs(86_400))
+        );
+        assert_eq!(
+            super::parse_duration("7d"),
+            Ok(Duration::from_secs(604_800))
+        );
+        for bad in ["", "h", "10", "10y", "0s", "-1s", "99999999999999999999d"] {
+            assert!(super::parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -72,13 +72,20 @@ pub async fn run(cmd: RoleCmd) -> Result<u8, CliError> {
             folder,
             coordinator,
         } => {
-            let req = pb::RoleRequest { principal, permission, folder };
+            let req = pb::RoleRequest {
+                principal,
+                permission,
+                folder,
+            };
             let mut client = coordinator.connect().await?;
             client
                 .grant_role(req.clone())
                 .await
                 .map_err(|s| coordinator.status(s))?;
-            println!("granted {} {} on {}", req.principal, req.permission, req.folder);
+            println!(
+                "granted {} {} on {}",
+                req.principal, req.permission, req.folder
+            );
             Ok(0)
         }
         RoleCmd::Revoke {
@@ -87,13 +94,20 @@ pub async fn run(cmd: RoleCmd) -> Result<u8, CliError> {
             folder,
             coordinator,
         } => {
-            let req = pb::RoleRequest { principal, permission, folder };
+            let req = pb::RoleRequest {
+                principal,
+                permission,
+                folder,
+            };
             let mut client = coordinator.connect().await?;
             client
                 .revoke_role(req.clone())
                 .await
                 .map_err(|s| coordinator.status(s))?;
-            println!("revoked {} {} on {}", req.principal, req.permission, req.folder);
+            println!(
+                "revoked {} {} on {}",
+                req.principal, req.permission, req.folder
+            );
             Ok(0)
         }
         RoleCmd::List {

@@ -59,7 +59,10 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 (_, Some(p)) => ("api", p),
                 (Some(a), None) => ("agent", a),
                 (None, None) => {
-                    return Err(CliError::invalid("USAGE", "say --agent [NAME] or --api NAME"));
+                    return Err(CliError::invalid(
+                        "USAGE",
+                        "say --agent [NAME] or --api NAME",
+                    ));
                 }
             };
             let mut client = coordinator.connect().await?;
@@ -119,7 +122,10 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                     println!("{}", serde_json::Value::Array(rows));
                 }
                 Format::Human => {
-                    println!("{:<14} {:<6} {:<16} {:<8} {:<12} EXPIRES (unix)", "ID", "KIND", "NAME", "STATE", "CREATED BY");
+                    println!(
+                        "{:<14} {:<6} {:<16} {:<8} {:<12} EXPIRES (unix)",
+                        "ID", "KIND", "NAME", "STATE", "CREATED BY"
+                    );
                     for t in list {
                         let name = if t.name.is_empty() { "*" } else { &t.name };
                         println!(
@@ -134,7 +140,9 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
         TokenCmd::Revoke { id, coordinator } => {
             let mut client = coordinator.connect().await?;
             client
-                .revoke_token(pb::RevokeTokenRequest { token_id: id.clone() })
+                .revoke_token(pb::RevokeTokenRequest {
+                    token_id: id.clone(),
+                })
                 .await
                 .map_err(|s| coordinator.status(s))?;
             println!("token {id}: revoked");

@@ -106,13 +106,18 @@ mod tests {
         a.denied("bob", "StartExecution", "/etl", "PERMISSION_DENIED");
         a.changed("admin", "GrantRole", "/etl", "bob +execute");
         let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
-        let lines: Vec<serde_json::Value> =
-            text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["who"], "bob");
         assert_eq!(lines[0]["outcome"], "denied");
         assert_eq!(lines[1]["detail"], "bob +execute");
-        let mode = std::fs::metadata(dir.path().join("audit.log")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("audit.log"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

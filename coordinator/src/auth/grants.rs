@@ -77,9 +77,8 @@ const MAX_DEPTH: usize = 16;
 /// Checks and normalizes a folder path: "/" or "/a/b" (segments of letters,
 /// digits, '-', '_', '.', at most 64 characters, not "." or ".."). Empty means "/".
 pub fn normalize_folder(folder: &str) -> Result<String, CoordinatorError> {
-    let bad = |why: &str| {
-        CoordinatorError::InvalidRequest(format!("invalid folder '{folder}': {why}"))
-    };
+    let bad =
+        |why: &str| CoordinatorError::InvalidRequest(format!("invalid folder '{folder}': {why}"));
     if folder.is_empty() || folder == "/" {
         return Ok("/".to_string());
     }
@@ -126,9 +125,9 @@ pub struct GrantSet {
 impl GrantSet {
     /// Whether these grants give `needed` on `folder` (normalized).
     pub fn allows(&self, needed: Permission, folder: &str) -> bool {
-        self.grants.iter().any(|(f, perms)| {
-            within(folder, f) && perms.iter().any(|p| p.implies(needed))
-        })
+        self.grants
+            .iter()
+            .any(|(f, perms)| within(folder, f) && perms.iter().any(|p| p.implies(needed)))
     }
 
     /// Adds a grant; false if it was already there.
@@ -178,8 +177,14 @@ mod tests {
         g.grant(Permission::Execute, "/etl");
         assert!(g.allows(Permission::Execute, "/etl"));
         assert!(g.allows(Permission::Execute, "/etl/daily"));
-        assert!(g.allows(Permission::Read, "/etl/daily"), "execute implies read");
-        assert!(!g.allows(Permission::Execute, "/etlx"), "prefix is by segment");
+        assert!(
+            g.allows(Permission::Read, "/etl/daily"),
+            "execute implies read"
+        );
+        assert!(
+            !g.allows(Permission::Execute, "/etlx"),
+            "prefix is by segment"
+        );
         assert!(!g.allows(Permission::Execute, "/"));
         assert!(!g.allows(Permission::Modify, "/etl"));
         assert!(!g.allows(Permission::Manage, "/etl"));

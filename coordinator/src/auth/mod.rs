@@ -173,9 +173,8 @@ impl Auth {
         match self.store.get(&grants::grants_key(principal)).await? {
             None => Ok((GrantSet::default(), 0)),
             Some(kv) => Ok((
-                serde_json::from_slice(&kv.value).map_err(|e| {
-                    CoordinatorError::Store(format!("grants of {principal}: {e}"))
-                })?,
+                serde_json::from_slice(&kv.value)
+                    .map_err(|e| CoordinatorError::Store(format!("grants of {principal}: {e}")))?,
                 kv.mod_revision,
             )),
         }
@@ -263,7 +262,9 @@ impl Auth {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(CoordinatorError::StoreConflict(grants::grants_key(principal)))
+        Err(CoordinatorError::StoreConflict(grants::grants_key(
+            principal,
+        )))
     }
 
     /// Every grant, as (principal, permission, folder), optionally filtered.
@@ -339,11 +340,10 @@ impl Auth {
     /// Revokes a token by id; false if it was already revoked.
     pub async fn revoke_token(&self, id: &str) -> Result<bool, CoordinatorError> {
         let key = tokens::token_key(id);
-        let kv = self
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| CoordinatorError::InvalidRequest(format!("no token with id '{id}'")))?;
+        let kv =
+            self.store.get(&key).await?.ok_or_else(|| {
+                CoordinatorError::InvalidRequest(format!("no token with id '{id}'"))
+            })?;
         let mut rec: tokens::TokenRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| CoordinatorError::Store(format!("{key}: {e}")))?;
         if rec.revoked {

@@ -87,7 +87,11 @@ fn sha256_hex(s: &str) -> String {
 
 /// Equal-time comparison of two hex digests.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// A freshly made token: its record and the secret text to show once.
@@ -253,18 +257,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         let t = new_token(TokenKind::Agent, "a1", 0, "admin", 1000).unwrap();
-        assert!(!format!("{t:?}").contains(&t.secret_text), "Debug hides the secret");
+        assert!(
+            !format!("{t:?}").contains(&t.secret_text),
+            "Debug hides the secret"
+        );
         put(&store, &t).await;
-        let e = consume_enrolment(&store, &t.secret_text, "a2", 1001).await.unwrap_err();
+        let e = consume_enrolment(&store, &t.secret_text, "a2", 1001)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "PERMISSION_DENIED");
-        consume_enrolment(&store, &t.secret_text, "a1", 1001).await.unwrap();
-        let e = consume_enrolment(&store, &t.secret_text, "a1", 1002).await.unwrap_err();
+        consume_enrolment(&store, &t.secret_text, "a1", 1001)
+            .await
+            .unwrap();
+        let e = consume_enrolment(&store, &t.secret_text, "a1", 1002)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "TOKEN_USED");
         // An API token is not an enrolment token, and a forged secret is unknown.
-        let e = consume_enrolment(&store, "btn_enr_000000000000_00", "a1", 1).await.unwrap_err();
+        let e = consume_enrolment(&store, "btn_enr_000000000000_00", "a1", 1)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "UNAUTHENTICATED");
         let forged = format!("{}{}", &t.secret_text[..t.secret_text.len() - 1], "x");
-        let e = consume_enrolment(&store, &forged, "a1", 1).await.unwrap_err();
+        let e = consume_enrolment(&store, &forged, "a1", 1)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "UNAUTHENTICATED");
     }
 
@@ -274,12 +291,21 @@ mod tests {
         let store = EmbeddedStore::open(&dir.path().join("s.redb")).unwrap();
         let t = new_token(TokenKind::Agent, "", 10, "admin", 1000).unwrap();
         put(&store, &t).await;
-        let e = consume_enrolment(&store, &t.secret_text, "a1", 1010).await.unwrap_err();
+        let e = consume_enrolment(&store, &t.secret_text, "a1", 1010)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "TOKEN_EXPIRED");
         let api = new_token(TokenKind::Api, "alice", 10, "admin", 1000).unwrap();
         put(&store, &api).await;
-        assert_eq!(authenticate_api(&store, &api.secret_text, 1005).await.unwrap(), "alice");
-        let e = authenticate_api(&store, &api.secret_text, 1010).await.unwrap_err();
+        assert_eq!(
+            authenticate_api(&store, &api.secret_text, 1005)
+                .await
+                .unwrap(),
+            "alice"
+        );
+        let e = authenticate_api(&store, &api.secret_text, 1010)
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), "TOKEN_EXPIRED");
         assert!(new_token(TokenKind::Api, "x", MAX_TOKEN_TTL_S + 1, "a", 0).is_err());
     }
@@ -291,7 +317,14 @@ mod tests {
         let (id, _) = parse(TokenKind::Api, &t.secret_text).unwrap();
         assert_eq!(id, t.record.id);
         assert!(parse(TokenKind::Agent, &t.secret_text).is_none());
-        let pinned = format!("{}_{}", t.secret_text.replace("btn_api_", "btn_enr_"), "ab".repeat(32));
-        assert!(parse(TokenKind::Agent, &pinned).is_some(), "the CA pin is ignored");
+        let pinned = format!(
+            "{}_{}",
+            t.secret_text.replace("btn_api_", "btn_enr_"),
+            "ab".repeat(32)
+        );
+        assert!(
+            parse(TokenKind::Agent, &pinned).is_some(),
+            "the CA pin is ignored"
+        );
     }
 }

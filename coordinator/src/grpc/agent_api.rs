@@ -40,7 +40,9 @@ impl AgentApi {
         let ca_pem = live.authority().ca_pem().to_string();
         let tls = self.tls.clone();
         let issued = tokio::task::spawn_blocking(move || {
-            let live = tls.as_deref().ok_or(crate::pki::PkiError::BadCsr("no TLS".into()))?;
+            let live = tls
+                .as_deref()
+                .ok_or(crate::pki::PkiError::BadCsr("no TLS".into()))?;
             live.authority()
                 .sign_csr(&csr_pem, &crate::pki::Identity::Agent(name), ttl)
         })
@@ -182,10 +184,17 @@ impl CoordinatorService for AgentApi {
         }
         let audit = &self.auth.audit;
         let now = crate::auth::now_s();
-        match crate::auth::tokens::consume_enrolment(self.auth.store(), &r.token, &r.name, now).await {
+        match crate::auth::tokens::consume_enrolment(self.auth.store(), &r.token, &r.name, now)
+            .await
+        {
             Ok(id) => {
                 let resp = self.sign(r.csr_pem, r.name.clone()).await?;
-                audit.changed(&r.name, "Enroll", "", &format!("agent enrolled with token {id}"));
+                audit.changed(
+                    &r.name,
+                    "Enroll",
+                    "",
+                    &format!("agent enrolled with token {id}"),
+                );
                 info!(agent = %r.name, token = %id, "agent enrolled");
                 Ok(Response::new(resp))
             }
@@ -211,7 +220,9 @@ impl CoordinatorService for AgentApi {
                 crate::auth::Credential::Certificate { peer, .. } => peer.to_string(),
                 _ => "anonymous".to_string(),
             };
-            self.auth.audit.denied(&who, "Renew", "", "PERMISSION_DENIED");
+            self.auth
+                .audit
+                .denied(&who, "Renew", "", "PERMISSION_DENIED");
             return Err(status(CoordinatorError::PermissionDenied(
                 "Renew is for agents, with their current certificate".into(),
             )));
@@ -223,12 +234,16 @@ impl CoordinatorService for AgentApi {
             .await
             .map_err(|e| status(e.into()))?;
         if revoked.is_some() {
-            self.auth.audit.denied(&format!("agent {name}"), "Renew", "", "CERT_REVOKED");
+            self.auth
+                .audit
+                .denied(&format!("agent {name}"), "Renew", "", "CERT_REVOKED");
             return Err(status(CoordinatorError::CertRevoked(format!(
                 "the certificate of agent '{name}' was revoked; it cannot be renewed"
             ))));
         }
-        let resp = self.sign(request.into_inner().csr_pem, name.clone()).await?;
+        let resp = self
+            .sign(request.into_inner().csr_pem, name.clone())
+            .await?;
         debug!(agent = %name, "agent certificate renewed");
         Ok(Response::new(resp))
     }

@@ -61,7 +61,13 @@ impl ControlApi {
 
     /// The folder of an execution (for permission checks).
     async fn folder_of(&self, id: &str) -> Result<String, Status> {
-        Ok(self.coordinator.view(id).await.map_err(status)?.summary.folder)
+        Ok(self
+            .coordinator
+            .view(id)
+            .await
+            .map_err(status)?
+            .summary
+            .folder)
     }
 }
 
@@ -208,9 +214,12 @@ impl ControlService for ControlApi {
             .set_agent(&r.name, &r.action)
             .await
             .map_err(status)?;
-        self.auth
-            .audit
-            .changed(&who.name, "SetAgentState", "/", &format!("{} {}", r.action, r.name));
+        self.auth.audit.changed(
+            &who.name,
+            "SetAgentState",
+            "/",
+            &format!("{} {}", r.action, r.name),
+        );
         Ok(Response::new(convert::agent(agent)))
     }
 
@@ -303,9 +312,12 @@ impl ControlService for ControlApi {
             .await?;
         let id = request.into_inner().token_id;
         if self.auth.revoke_token(&id).await.map_err(status)? {
-            self.auth
-                .audit
-                .changed(&who.name, "RevokeToken", "/", &format!("token {id} revoked"));
+            self.auth.audit.changed(
+                &who.name,
+                "RevokeToken",
+                "/",
+                &format!("token {id} revoked"),
+            );
         }
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
@@ -380,9 +392,12 @@ impl ControlApi {
             .map_err(status)?;
         if changed {
             let sign = if add { '+' } else { '-' };
-            self.auth
-                .audit
-                .changed(&who.name, call, &folder, &format!("{} {sign}{p}", r.principal));
+            self.auth.audit.changed(
+                &who.name,
+                call,
+                &folder,
+                &format!("{} {sign}{p}", r.principal),
+            );
         }
         Ok(Response::new(pb::RoleResponse {}))
     }

@@ -16,10 +16,7 @@ use crate::error::CoordinatorError;
 /// What the caller presented: no TLS at all, a verified certificate, or
 /// (TLS without a certificate) maybe a bearer token.
 pub fn credential<T>(request: &tonic::Request<T>) -> Credential {
-    let Some(info) = request
-        .extensions()
-        .get::<TlsConnectInfo<TcpConnectInfo>>()
-    else {
+    let Some(info) = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>() else {
         return Credential::Plaintext;
     };
     match info.peer_certs().and_then(|c| c.first().cloned()) {
@@ -34,7 +31,9 @@ pub fn credential<T>(request: &tonic::Request<T>) -> Credential {
 /// The token of an `authorization: Bearer …` header.
 fn bearer(md: &tonic::metadata::MetadataMap) -> Option<String> {
     let v = md.get("authorization")?.to_str().ok()?;
-    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer "))?;
+    let t = v
+        .strip_prefix("Bearer ")
+        .or_else(|| v.strip_prefix("bearer "))?;
     Some(t.trim().to_string())
 }
 
