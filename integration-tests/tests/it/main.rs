@@ -21,6 +21,7 @@ mod capacity;
 mod coordinator_restart;
 mod drain;
 mod fanout;
+mod foreign_report;
 mod listing;
 mod rpc_matrix;
 mod run_as;

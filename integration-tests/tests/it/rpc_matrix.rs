@@ -56,7 +56,7 @@ struct Caller {
     dir: PathBuf,
 }
 
-fn channel(
+pub(crate) fn channel(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
     dir: &Path,
