@@ -211,8 +211,22 @@ impl Coordinator {
         name: &str,
         action: &str,
     ) -> Result<AgentListing, CoordinatorError> {
+        let mut also = Vec::new();
+        if action == "revoke" {
+            // Every unexpired certificate issued to it, not only the one it
+            // registered with: a renewal may be in flight.
+            let now = crate::auth::now_s();
+            for kv in self.store.range(&crate::records::issued_prefix(name)).await? {
+                let not_after: u64 = serde_json::from_slice(&kv.value).unwrap_or(u64::MAX);
+                if not_after > now
+                    && let Some(fp) = kv.key.rsplit('/').next()
+                {
+                    also.push(fp.to_string());
+                }
+            }
+        }
         self.handle
-            .set_agent(name.to_string(), action.to_string())
+            .set_agent(name.to_string(), action.to_string(), also)
             .await
     }
 

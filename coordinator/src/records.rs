@@ -8,7 +8,10 @@
 //! | `s/<agent>` | [`SeqRecord`]: the outbox and the highest event applied from it |
 //! | `e/<execution>` | [`ExecutionRecord`]: the package bundle, parameters, state |
 //! | `c/<execution>/<task>/<index>` | [`ChildRecord`]: one child job, its phase and attempt |
-//! | `v/<fingerprint>` | a revoked agent certificate (value: the agent's name) |
+//! | `v/<fingerprint>` | a revoked certificate (value: the agent's or client's name) |
+//! | `i/<agent>/<fingerprint>` | a certificate issued to an agent by `Enroll`/`Renew` (value: its expiry), so that revoking the agent revokes them all |
+//! | `k/<token id>` | a token (hash of its secret, kind, expiry, state): [`crate::auth::tokens`] |
+//! | `g/<principal>` | a principal's grants: [`crate::auth::grants`] |
 //!
 //! Records are JSON: small, inspectable with any redb or etcd tool, and
 //! tolerant of added fields (`#[serde(default)]`).
@@ -52,6 +55,11 @@ pub struct AgentRecord {
     /// SHA-256 (hex) of the certificate the agent registered with; empty without TLS.
     #[serde(default)]
     pub cert_fingerprint: String,
+}
+
+/// Prefix of the certificates issued to agent `name`.
+pub fn issued_prefix(name: &str) -> String {
+    format!("i/{name}/")
 }
 
 /// Key of a revoked certificate (value: the agent name it belonged to).

@@ -89,6 +89,9 @@ pub(crate) enum Msg {
     SetAgent {
         name: String,
         action: String,
+        /// With `revoke`: more certificates of the agent to refuse (issued to it
+        /// but maybe not yet used to register).
+        also_revoke: Vec<String>,
         reply: oneshot::Sender<Result<AgentListing, CoordinatorError>>,
     },
     Metrics {
@@ -188,10 +191,12 @@ impl SchedulerHandle {
         &self,
         name: String,
         action: String,
+        also_revoke: Vec<String>,
     ) -> Result<AgentListing, CoordinatorError> {
         self.ask(|reply| Msg::SetAgent {
             name,
             action,
+            also_revoke,
             reply,
         })
         .await?
@@ -357,9 +362,13 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         Msg::SetAgent {
             name,
             action,
+            also_revoke,
             reply,
         } => {
             let r = sched.set_admin(&name, &action).map(|()| {
+                if action == "revoke" {
+                    sched.revoke_certificates(&name, also_revoke);
+                }
                 listings(sched)
                     .into_iter()
                     .find(|a| a.rec.name == name)

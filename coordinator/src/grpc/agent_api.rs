@@ -33,18 +33,51 @@ impl AgentApi {
         })
     }
 
+    /// Records a certificate issued to `name` (so that revoking the agent
+    /// revokes it too) and forgets the expired ones.
+    async fn record_issued(
+        &self,
+        name: &str,
+        issued: &crate::pki::Issued,
+    ) -> Result<(), CoordinatorError> {
+        use crate::store::{Op, Precondition};
+        let store = self.auth.store();
+        let prefix = crate::records::issued_prefix(name);
+        let now = crate::auth::now_s();
+        let mut ops: Vec<Op> = store
+            .range(&prefix)
+            .await?
+            .into_iter()
+            .filter(|kv| serde_json::from_slice::<u64>(&kv.value).is_ok_and(|t| t <= now))
+            .map(|kv| Op::Delete {
+                key: kv.key,
+                pre: Precondition::Any,
+            })
+            .collect();
+        let fp = baton_proto::tls::certs_from_pem(&issued.cert_pem)
+            .map(|c| baton_proto::tls::sha256_hex(&c[0]))
+            .map_err(|e| CoordinatorError::Transport(e.to_string()))?;
+        ops.push(Op::Put {
+            key: format!("{prefix}{fp}"),
+            value: issued.not_after.max(0).to_string().into_bytes(),
+            pre: Precondition::Any,
+        });
+        store.commit(ops).await?;
+        Ok(())
+    }
+
     /// Signs `csr_pem` as agent `name` off the runtime threads.
     async fn sign(&self, csr_pem: String, name: String) -> Result<pb::CertificateResponse, Status> {
         let live = self.live_tls("signing")?;
         let ttl = live.cert_ttl();
         let ca_pem = live.authority().ca_pem().to_string();
         let tls = self.tls.clone();
+        let who = crate::pki::Identity::Agent(name.clone());
         let issued = tokio::task::spawn_blocking(move || {
             let live = tls
                 .as_deref()
                 .ok_or(crate::pki::PkiError::BadCsr("no TLS".into()))?;
-            live.authority()
-                .sign_csr(&csr_pem, &crate::pki::Identity::Agent(name), ttl)
+            live.authority().sign_csr(&csr_pem, &who, ttl)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -55,6 +88,9 @@ impl AgentApi {
             }
             s
         })?;
+        self.record_issued(&name, &issued)
+            .await
+            .map_err(status)?;
         Ok(pb::CertificateResponse {
             cert_pem: issued.cert_pem,
             ca_pem,

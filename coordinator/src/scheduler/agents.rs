@@ -296,6 +296,16 @@ impl Scheduler {
     }
 
     /// Sets an operator's state on an agent (`cordon`, `drain`, `uncordon`).
+    /// Refuses these certificates of agent `name` from now on too (those issued
+    /// to it that it may not have registered with yet: a renewal in flight).
+    pub fn revoke_certificates(&mut self, name: &str, fingerprints: Vec<String>) {
+        for fp in fingerprints {
+            if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
+                self.dirty_revoked.push(fp);
+            }
+        }
+    }
+
     pub fn set_admin(&mut self, name: &str, action: &str) -> Result<(), CoordinatorError> {
         if action == "revoke" {
             return self.revoke(name);

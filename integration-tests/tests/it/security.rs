@@ -85,7 +85,18 @@ fn enrolment_then_renewal_without_restart_then_revocation() {
         }),
         "e1 not shown revoked"
     );
-    c.finish(&["e1"]);
+    // Every certificate issued to e1 is refused, not only the one it registered
+    // with: the renewed one on disk (never used to register) gets e1 nowhere.
+    c.agent("e1").kill9();
+    c.agent("e1").spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        c.agents_list().iter().all(|a| a.name != "e1" || a.state == "revoked"),
+        "e1 came back with a renewed certificate after revocation"
+    );
+    let log = crate::harness::read_log(&c.agent("e1").stderr_path());
+    assert!(log.contains("revoked"), "the restarted agent was not told it is revoked:\n{log}");
+    c.finish(&["e1", "revoked"]);
 }
 
 /// Deny by default; grants per folder, inherited below; API tokens; audit lines.
