@@ -82,7 +82,7 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Exec(c) => cmd::exec::run(c).await,
         Cmd::Agents(c) => cmd::agents::run(c).await,
         Cmd::Validate(a) => cmd::validate::run(a),
-        Cmd::Certs(c) => cmd::certs::run(c),
+        Cmd::Certs(c) => cmd::certs::run(c).await,
         Cmd::Token(c) => cmd::token::run(c).await,
         Cmd::Role(c) => cmd::roles::run(c).await,
         Cmd::Whoami(a) => cmd::roles::whoami(a).await,

@@ -216,7 +216,11 @@ impl Coordinator {
             // Every unexpired certificate issued to it, not only the one it
             // registered with: a renewal may be in flight.
             let now = crate::auth::now_s();
-            for kv in self.store.range(&crate::records::issued_prefix(name)).await? {
+            for kv in self
+                .store
+                .range(&crate::records::issued_prefix(name))
+                .await?
+            {
                 let not_after: u64 = serde_json::from_slice(&kv.value).unwrap_or(u64::MAX);
                 if not_after > now
                     && let Some(fp) = kv.key.rsplit('/').next()

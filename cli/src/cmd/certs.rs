@@ -37,6 +37,25 @@ pub enum CertsCmd {
         #[arg(long, default_value = "24h", value_parser = crate::cmd::parse_duration)]
         ttl: std::time::Duration,
     },
+    /// Refuse a client certificate from now on (agents: `baton agents revoke`).
+    /// Give the certificate file or its SHA-256 fingerprint. Needs `manage` on /.
+    #[command(
+        after_help = "Examples:\n  baton certs revoke --cert ~/.baton/tls/tls.pem\n  baton certs revoke --fingerprint 3f2a…"
+    )]
+    Revoke {
+        /// The certificate (PEM) to revoke.
+        #[arg(
+            long,
+            conflicts_with = "fingerprint",
+            required_unless_present = "fingerprint"
+        )]
+        cert: Option<PathBuf>,
+        /// Its hex SHA-256 fingerprint.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        #[command(flatten)]
+        coordinator: crate::client::CoordinatorOpt,
+    },
 }
 
 fn pki_err(e: pki::PkiError) -> CliError {
@@ -48,8 +67,41 @@ fn pki_err(e: pki::PkiError) -> CliError {
     CliError::new(e.code(), e.to_string(), exit)
 }
 
-pub fn run(cmd: CertsCmd) -> Result<u8, CliError> {
+pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
     match cmd {
+        CertsCmd::Revoke {
+            cert,
+            fingerprint,
+            coordinator,
+        } => {
+            let fp = match (cert, fingerprint) {
+                (Some(path), _) => {
+                    let pem = std::fs::read_to_string(&path).map_err(|e| {
+                        CliError::invalid("USAGE", format!("cannot read {}: {e}", path.display()))
+                    })?;
+                    let der = baton_proto::tls::certs_from_pem(&pem).map_err(|e| {
+                        CliError::invalid("USAGE", format!("{}: {e}", path.display()))
+                    })?;
+                    baton_proto::tls::sha256_hex(&der[0])
+                }
+                (None, Some(fp)) => fp,
+                (None, None) => {
+                    return Err(CliError::invalid(
+                        "USAGE",
+                        "say --cert FILE or --fingerprint HEX",
+                    ));
+                }
+            };
+            let mut client = coordinator.connect().await?;
+            client
+                .revoke_certificate(baton_proto::RevokeCertificateRequest {
+                    fingerprint: fp.clone(),
+                })
+                .await
+                .map_err(|s| coordinator.status(s))?;
+            println!("certificate {fp}: revoked");
+            Ok(0)
+        }
         CertsCmd::Init { dir } => {
             let (_, created) =
                 baton_coordinator::live_tls::LiveTls::bootstrap(&dir, pki::DEFAULT_TTL)

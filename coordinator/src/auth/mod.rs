@@ -139,11 +139,26 @@ impl Auth {
             }),
             Credential::Certificate {
                 peer: Peer::Client(name),
-                ..
-            } => Ok(Principal {
-                name: name.clone(),
-                method: Method::Certificate,
-            }),
+                fingerprint,
+            } => {
+                if self
+                    .store
+                    .get(&crate::records::revoked_key(fingerprint))
+                    .await?
+                    .is_some()
+                {
+                    return refuse(
+                        name,
+                        CoordinatorError::CertRevoked(format!(
+                            "the certificate of client '{name}' was revoked"
+                        )),
+                    );
+                }
+                Ok(Principal {
+                    name: name.clone(),
+                    method: Method::Certificate,
+                })
+            }
             Credential::Certificate { peer, .. } => refuse(
                 &peer.to_string(),
                 CoordinatorError::PermissionDenied(format!(
@@ -335,6 +350,29 @@ impl Auth {
                     .map_err(|e| CoordinatorError::Store(format!("{}: {e}", kv.key)))
             })
             .collect()
+    }
+
+    /// Refuses the client certificate with this fingerprint from now on;
+    /// false if it already was.
+    pub async fn revoke_certificate(&self, fingerprint: &str) -> Result<bool, CoordinatorError> {
+        let fp = fingerprint.trim().to_ascii_lowercase().replace(':', "");
+        if fp.len() != 64 || !fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(CoordinatorError::InvalidRequest(
+                "a fingerprint is the 64 hex digits of the certificate's SHA-256".into(),
+            ));
+        }
+        let key = crate::records::revoked_key(&fp);
+        if self.store.get(&key).await?.is_some() {
+            return Ok(false);
+        }
+        self.store
+            .commit(vec![Op::Put {
+                key,
+                value: b"client".to_vec(),
+                pre: Precondition::Any,
+            }])
+            .await?;
+        Ok(true)
     }
 
     /// Revokes a token by id; false if it was already revoked.

@@ -88,9 +88,7 @@ impl AgentApi {
             }
             s
         })?;
-        self.record_issued(&name, &issued)
-            .await
-            .map_err(status)?;
+        self.record_issued(&name, &issued).await.map_err(status)?;
         Ok(pb::CertificateResponse {
             cert_pem: issued.cert_pem,
             ca_pem,

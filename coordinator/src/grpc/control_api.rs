@@ -9,7 +9,7 @@
 //! | GetExecution, WatchExecution | `read` on the execution's folder |
 //! | ListExecutions | lists only folders the caller may read |
 //! | ListAgents | `read` on "/" |
-//! | SetAgentState, tokens | `manage` on "/" |
+//! | SetAgentState, tokens, RevokeCertificate | `manage` on "/" |
 //! | GrantRole, RevokeRole | `manage` on the folder |
 //! | ListRoles | `read` on the folder |
 //! | WhoAmI | any principal |
@@ -352,6 +352,25 @@ impl ControlService for ControlApi {
         Ok(Response::new(pb::ListRolesResponse {
             grants: grant_rows(rows),
         }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        request: Request<pb::RevokeCertificateRequest>,
+    ) -> Result<Response<pb::RevokeCertificateResponse>, Status> {
+        let who = self
+            .allow(&request, "RevokeCertificate", Permission::Manage, "/")
+            .await?;
+        let fp = request.into_inner().fingerprint;
+        if self.auth.revoke_certificate(&fp).await.map_err(status)? {
+            self.auth.audit.changed(
+                &who.name,
+                "RevokeCertificate",
+                "/",
+                &format!("certificate {fp} revoked"),
+            );
+        }
+        Ok(Response::new(pb::RevokeCertificateResponse {}))
     }
 
     async fn who_am_i(

@@ -102,6 +102,7 @@ fn control_calls(
         "RevokeRole",
         "ListRoles",
         "WhoAmI",
+        "RevokeCertificate",
     ];
     let Some(ch) = ch else {
         return names.iter().map(|n| (*n, Got::NoConnection)).collect();
@@ -230,6 +231,14 @@ fn control_calls(
                 got(c.list_roles(pb::ListRolesRequest::default()).await),
             ),
             ("WhoAmI", got(c.who_am_i(pb::WhoAmIRequest {}).await)),
+            (
+                "RevokeCertificate",
+                got(c
+                    .revoke_certificate(pb::RevokeCertificateRequest {
+                        fingerprint: "ab".repeat(32),
+                    })
+                    .await),
+            ),
         ]
     })
 }

@@ -91,11 +91,16 @@ fn enrolment_then_renewal_without_restart_then_revocation() {
     c.agent("e1").spawn();
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        c.agents_list().iter().all(|a| a.name != "e1" || a.state == "revoked"),
+        c.agents_list()
+            .iter()
+            .all(|a| a.name != "e1" || a.state == "revoked"),
         "e1 came back with a renewed certificate after revocation"
     );
     let log = crate::harness::read_log(&c.agent("e1").stderr_path());
-    assert!(log.contains("revoked"), "the restarted agent was not told it is revoked:\n{log}");
+    assert!(
+        log.contains("revoked"),
+        "the restarted agent was not told it is revoked:\n{log}"
+    );
     c.finish(&["e1", "revoked"]);
 }
 
@@ -183,6 +188,35 @@ fn principals_need_a_grant_on_the_folder() {
     assert!(
         !audit.contains(&token),
         "the audit log holds a token secret"
+    );
+
+    // A client certificate can be revoked too: carol's works, then it does not.
+    let carol = c.root().join("carol");
+    c.cli_raw(&[
+        "certs",
+        "issue",
+        "--ca-dir",
+        &c.ca_dir().display().to_string(),
+        "--client",
+        "carol",
+        "--out",
+        &carol.display().to_string(),
+    ])
+    .expect_code(0);
+    let carol_s = carol.display().to_string();
+    c.cli(&["whoami", "--tls-dir", &carol_s]).expect_code(0);
+    c.cli(&[
+        "certs",
+        "revoke",
+        "--cert",
+        &carol.join("tls.pem").display().to_string(),
+    ])
+    .expect_code(0);
+    let out = c.cli(&["whoami", "--tls-dir", &carol_s]);
+    assert!(
+        out.stderr.contains("error[CERT_REVOKED]"),
+        "{}",
+        out.describe()
     );
 
     // A revoked token stops working at once; no credential at all is refused too.
