@@ -66,14 +66,13 @@ impl AgentApi {
         Ok(())
     }
 
-    /// Signs `csr_pem` as agent `name` off the runtime threads.
-    async fn sign(&self, csr_pem: String, name: String) -> Result<pb::CertificateResponse, Status> {
+    /// Signs `csr_pem` as agent `name` off the runtime threads (nothing recorded yet).
+    async fn issue(&self, csr_pem: String, name: &str) -> Result<crate::pki::Issued, Status> {
         let live = self.live_tls("signing")?;
         let ttl = live.cert_ttl();
-        let ca_pem = live.authority().ca_pem().to_string();
         let tls = self.tls.clone();
-        let who = crate::pki::Identity::Agent(name.clone());
-        let issued = tokio::task::spawn_blocking(move || {
+        let who = crate::pki::Identity::Agent(name.to_string());
+        tokio::task::spawn_blocking(move || {
             let live = tls
                 .as_deref()
                 .ok_or(crate::pki::PkiError::BadCsr("no TLS".into()))?;
@@ -87,8 +86,17 @@ impl AgentApi {
                 s.metadata_mut().insert(super::ERROR_CODE_KEY, v);
             }
             s
-        })?;
-        self.record_issued(&name, &issued).await.map_err(status)?;
+        })
+    }
+
+    /// Records `issued` for `name` and answers with it.
+    async fn hand_out(
+        &self,
+        name: &str,
+        issued: crate::pki::Issued,
+    ) -> Result<pb::CertificateResponse, Status> {
+        self.record_issued(name, &issued).await.map_err(status)?;
+        let ca_pem = self.live_tls("signing")?.authority().ca_pem().to_string();
         Ok(pb::CertificateResponse {
             cert_pem: issued.cert_pem,
             ca_pem,
@@ -217,12 +225,15 @@ impl CoordinatorService for AgentApi {
             )));
         }
         let audit = &self.auth.audit;
+        // The request is checked and signed before the token is burned: a bad
+        // request does not cost the operator a token.
+        let issued = self.issue(r.csr_pem, &r.name).await?;
         let now = crate::auth::now_s();
         match crate::auth::tokens::consume_enrolment(self.auth.store(), &r.token, &r.name, now)
             .await
         {
             Ok(id) => {
-                let resp = self.sign(r.csr_pem, r.name.clone()).await?;
+                let resp = self.hand_out(&r.name, issued).await?;
                 audit.changed(
                     &r.name,
                     "Enroll",
@@ -275,9 +286,8 @@ impl CoordinatorService for AgentApi {
                 "the certificate of agent '{name}' was revoked; it cannot be renewed"
             ))));
         }
-        let resp = self
-            .sign(request.into_inner().csr_pem, name.clone())
-            .await?;
+        let issued = self.issue(request.into_inner().csr_pem, name).await?;
+        let resp = self.hand_out(name, issued).await?;
         debug!(agent = %name, "agent certificate renewed");
         Ok(Response::new(resp))
     }
