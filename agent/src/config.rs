@@ -50,6 +50,9 @@ pub struct AgentConfig {
     /// for one folder and its sub-folders (`--allow-run-as USER[:FOLDER]`). Empty:
     /// every job that asks for a run-as user is refused.
     pub allow_run_as: Vec<RunAsRule>,
+    /// Scratch directories of finished jobs (logs, outputs, rows) older than
+    /// this are removed.
+    pub retain_jobs_for: std::time::Duration,
 }
 
 impl Default for AgentConfig {
@@ -68,6 +71,7 @@ impl Default for AgentConfig {
             output_tail_bytes: DEFAULT_OUTPUT_TAIL_BYTES,
             tls: None,
             allow_run_as: Vec::new(),
+            retain_jobs_for: std::time::Duration::from_secs(7 * 86_400),
         }
     }
 }

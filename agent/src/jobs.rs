@@ -36,6 +36,11 @@ impl JobTable {
         self.running.len()
     }
 
+    /// The jobs running now.
+    pub fn running_keys(&self) -> Vec<DispatchKey> {
+        self.running.keys().cloned().collect()
+    }
+
     /// Registers a running job (it counts against the slots from now on).
     pub fn insert_running(&mut self, key: DispatchKey, cancel: JobCancel) {
         self.running.insert(key, cancel);

@@ -33,6 +33,7 @@ pub mod outbox;
 pub mod plan;
 pub mod renew;
 pub mod reporter;
+pub mod retention;
 pub mod run_as;
 pub mod runner;
 pub mod service;
@@ -123,6 +124,13 @@ pub async fn run(
         .run(reporter_stop.clone()),
     );
 
+    tokio::spawn(retention::run(
+        supervisor.clone(),
+        config.data_dir.join("jobs"),
+        config.retain_jobs_for,
+        (config.retain_jobs_for / 10).clamp(Duration::from_secs(1), Duration::from_secs(600)),
+        reporter_stop.clone(),
+    ));
     if let Some(live) = &tls {
         tokio::spawn(renew::run(
             live.clone(),

@@ -70,6 +70,19 @@ impl Supervisor {
         })
     }
 
+    /// The scratch directories of the jobs running now (retention spares them).
+    pub fn running_dirs(&self) -> std::collections::HashSet<std::path::PathBuf> {
+        let keys = self
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .jobs
+            .running_keys();
+        keys.iter()
+            .map(|k| runner::scratch_dir(&self.settings.scratch_root, k))
+            .collect()
+    }
+
     /// Decides a `StartJob`: `Ok` = accepted (new or again), `Err` = rejected.
     pub fn start_job(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
         let result = self.admit(job);

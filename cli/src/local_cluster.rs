@@ -111,6 +111,7 @@ impl LocalCluster {
             lease_ttl_ms: spec.lease_ttl_ms,
             heartbeat_ms: spec.heartbeat_ms,
             security: baton_coordinator::transport::Security::Tls(live),
+            retention: baton_coordinator::retention::Policy::default(),
         };
         let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
         let opt = CoordinatorOpt {

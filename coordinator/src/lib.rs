@@ -19,6 +19,7 @@ pub mod placement;
 pub mod prepare;
 pub mod records;
 pub mod recovery;
+pub mod retention;
 pub mod scheduler;
 pub mod scheduler_task;
 pub mod secrets;
@@ -51,6 +52,8 @@ pub struct CoordinatorConfig {
     pub heartbeat_ms: u64,
     /// TLS (the default) or plaintext.
     pub security: transport::Security,
+    /// How long and how many ended executions are kept.
+    pub retention: retention::Policy,
 }
 
 impl Default for CoordinatorConfig {
@@ -60,6 +63,7 @@ impl Default for CoordinatorConfig {
             lease_ttl_ms: 5_000,
             heartbeat_ms: 1_000,
             security: transport::Security::Insecure,
+            retention: retention::Policy::default(),
         }
     }
 }
@@ -69,6 +73,11 @@ impl CoordinatorConfig {
         if self.heartbeat_ms == 0 || self.lease_ttl_ms == 0 {
             return Err(CoordinatorError::Config(
                 "lease TTL and heartbeat interval must be positive".into(),
+            ));
+        }
+        if self.retention.every.is_zero() {
+            return Err(CoordinatorError::Config(
+                "the pruning interval must be positive".into(),
             ));
         }
         if self.lease_ttl_ms < 2 * self.heartbeat_ms {
@@ -123,6 +132,11 @@ pub async fn start(
     let dialer = transport::AgentDialer::new(config.security.clone());
     let (handle, sched_task) =
         scheduler_task::spawn(sched, store.clone(), dialer, shutdown.clone());
+    tokio::spawn(retention::run(
+        store.clone(),
+        config.retention,
+        shutdown.clone(),
+    ));
     let coordinator = Coordinator {
         handle: handle.clone(),
         store,

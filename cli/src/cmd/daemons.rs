@@ -37,6 +37,15 @@ pub struct CoordinatorArgs {
     /// of it, without a restart.
     #[arg(long, env = "BATON_CERT_TTL", default_value = "24h", value_parser = crate::cmd::parse_duration)]
     pub cert_ttl: std::time::Duration,
+    /// Keep ended executions (their records, children, outputs) this long, e.g. 7d, 12h.
+    #[arg(long, env = "BATON_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::parse_duration)]
+    pub retain_for: std::time::Duration,
+    /// Keep at most this many ended executions (the newest); older ones are pruned.
+    #[arg(long, env = "BATON_RETAIN_COUNT", default_value_t = 10_000)]
+    pub retain_count: usize,
+    /// How often to prune, e.g. 5m.
+    #[arg(long, default_value = "5m", value_parser = crate::cmd::parse_duration)]
+    pub prune_every: std::time::Duration,
     /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure: bool,
@@ -92,6 +101,10 @@ pub struct AgentArgs {
     /// are refused (RUN_AS_DENIED) and the coordinator tries other agents.
     #[arg(long = "allow-run-as", value_name = "USER[:FOLDER]")]
     pub allow_run_as: Vec<String>,
+    /// Remove the scratch directories (logs, outputs, rows) of jobs that ended
+    /// longer ago than this, e.g. 7d, 12h. Running jobs are never touched.
+    #[arg(long, env = "BATON_AGENT_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::parse_duration)]
+    pub retain_for: std::time::Duration,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CliError> {
@@ -131,6 +144,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         lease_ttl_ms: args.lease_ttl_ms,
         heartbeat_ms: args.heartbeat_ms,
         security,
+        retention: baton_coordinator::retention::Policy {
+            keep_for: args.retain_for,
+            keep_count: args.retain_count,
+            every: args.prune_every,
+        },
     };
     config
         .validate()
@@ -247,6 +265,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         kill_grace_ms: args.kill_grace_ms,
         tls,
         allow_run_as,
+        retain_jobs_for: args.retain_for,
         ..Default::default()
     };
     if let Some(s) = args.slots {

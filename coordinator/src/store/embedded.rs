@@ -6,7 +6,7 @@
 //! half-applied batch or a revision that was handed out twice.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -20,7 +20,8 @@ const REVISION_KEY: &str = "revision";
 
 /// A [`Store`] over a redb file.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    /// Transactions share it; compaction takes it alone.
+    db: Arc<RwLock<Database>>,
     path: std::path::PathBuf,
     events: tokio::sync::broadcast::Sender<Arc<Vec<WatchEvent>>>,
 }
@@ -59,7 +60,7 @@ impl EmbeddedStore {
         }
         let (events, _) = tokio::sync::broadcast::channel(1024);
         Ok(EmbeddedStore {
-            db: Arc::new(db),
+            db: Arc::new(RwLock::new(db)),
             path: path.to_path_buf(),
             events,
         })
@@ -135,6 +136,7 @@ impl Store for EmbeddedStore {
         let key = key.to_string();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
+                let db = db.read().unwrap_or_else(|p| p.into_inner());
                 let tx = db.begin_read().map_err(backend)?;
                 let kv = tx.open_table(KV).map_err(backend)?;
                 match kv.get(key.as_str()).map_err(backend)? {
@@ -152,6 +154,7 @@ impl Store for EmbeddedStore {
         let prefix = prefix.to_string();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
+                let db = db.read().unwrap_or_else(|p| p.into_inner());
                 let tx = db.begin_read().map_err(backend)?;
                 let kv = tx.open_table(KV).map_err(backend)?;
                 let mut out = Vec::new();
@@ -174,10 +177,11 @@ impl Store for EmbeddedStore {
         let db = self.db.clone();
         let events = self.events.clone();
         Box::pin(async move {
-            let (revision, evs) =
-                tokio::task::spawn_blocking(move || Self::commit_blocking(&db, &ops))
-                    .await
-                    .map_err(backend)??;
+            let (revision, evs) = tokio::task::spawn_blocking(move || {
+                Self::commit_blocking(&db.read().unwrap_or_else(|p| p.into_inner()), &ops)
+            })
+            .await
+            .map_err(backend)??;
             // No receivers is fine: nobody watches.
             let _ = events.send(Arc::new(evs));
             Ok(revision)
@@ -190,6 +194,20 @@ impl Store for EmbeddedStore {
 
     fn size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// redb reuses freed pages but does not shrink its file by itself: after
+    /// pruning, compaction gives the space back. Every other call waits meanwhile.
+    fn compact(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let db = self.db.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut db = db.write().unwrap_or_else(|p| p.into_inner());
+                db.compact().map_err(backend)
+            })
+            .await
+            .map_err(backend)?
+        })
     }
 }
 

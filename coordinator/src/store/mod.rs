@@ -95,6 +95,11 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, prefix: &str) -> Watch;
     /// Bytes the store occupies on disk (for benchmarks and retention).
     fn size_bytes(&self) -> u64;
+    /// Gives space freed by deletions back to the file system, if the backend
+    /// needs to be asked; true if it did anything.
+    fn compact(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
 }
 
 /// A watch on a key prefix.

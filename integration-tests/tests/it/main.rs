@@ -23,6 +23,7 @@ mod drain;
 mod fanout;
 mod foreign_report;
 mod listing;
+mod retention;
 mod rpc_matrix;
 mod run_as;
 mod secrets;

@@ -241,6 +241,11 @@ impl Node {
     /// Starts the process again on the same data dir and the same address it
     /// announced before. Retries a few times only when the port is still held
     /// (EADDRINUSE), which is the kernel's business, not the product's.
+    /// More arguments for the next start (a later flag overrides an earlier one).
+    pub fn push_args(&mut self, more: &[&str]) {
+        self.args.extend(more.iter().map(|s| (*s).to_owned()));
+    }
+
     pub fn restart(&mut self) -> SocketAddr {
         let old = self.addr();
         self.kill9();
