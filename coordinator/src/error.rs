@@ -17,6 +17,10 @@ pub enum CoordinatorError {
     #[error("no agent named '{0}'")]
     AgentNotFound(String),
     #[error(
+        "agent '{0}' is alive or still holds children; only a lost (or revoked) agent can be removed: stop it first, or drain it"
+    )]
+    AgentAlive(String),
+    #[error(
         "store conflict on '{0}': another writer changed it (is a second coordinator running on this data?)"
     )]
     StoreConflict(String),
@@ -54,6 +58,7 @@ impl CoordinatorError {
             CoordinatorError::ExecutionNotFound(_) => "EXECUTION_NOT_FOUND",
             CoordinatorError::AgentNotRegistered(_) => "AGENT_NOT_REGISTERED",
             CoordinatorError::AgentNotFound(_) => "AGENT_NOT_FOUND",
+            CoordinatorError::AgentAlive(_) => "AGENT_ALIVE",
             CoordinatorError::StoreConflict(_) => "STORE_CONFLICT",
             CoordinatorError::Store(_) => "STORE_FAILED",
             CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",

@@ -365,14 +365,19 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             also_revoke,
             reply,
         } => {
-            let r = sched.set_admin(&name, &action).map(|()| {
+            // A removed agent is listed as it was just before.
+            let before = listings(sched).into_iter().find(|a| a.rec.name == name);
+            let r = sched.set_admin(&name, &action).and_then(|()| {
                 if action == "revoke" {
                     sched.revoke_certificates(&name, also_revoke);
+                }
+                if action == "remove" {
+                    return before.ok_or_else(|| CoordinatorError::AgentNotFound(name.clone()));
                 }
                 listings(sched)
                     .into_iter()
                     .find(|a| a.rec.name == name)
-                    .expect("the agent was just found")
+                    .ok_or_else(|| CoordinatorError::AgentNotFound(name.clone()))
             });
             post.push(Post::AgentSet(reply, r));
         }

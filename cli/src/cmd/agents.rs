@@ -38,6 +38,15 @@ pub enum AgentsCmd {
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
+    /// Forget a lost (or revoked) agent: its registration is deleted and it leaves
+    /// `agents list`. Refused while it is alive or holds children (AGENT_ALIVE).
+    /// If the machine comes back, it registers as new.
+    #[command(after_help = "Example:\n  baton agents rm etl-07   # the machine was decommissioned")]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
     /// Let a cordoned or drained agent take work again.
     Uncordon {
         name: String,
@@ -116,6 +125,18 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
         }
         AgentsCmd::Revoke { name, coordinator } => {
             return set_state(&coordinator, &name, "revoke", false).await;
+        }
+        AgentsCmd::Rm { name, coordinator } => {
+            let mut client = coordinator.connect().await?;
+            client
+                .set_agent_state(pb::SetAgentStateRequest {
+                    name: name.clone(),
+                    action: "remove".into(),
+                })
+                .await
+                .map_err(|s| coordinator.status(s))?;
+            println!("agent {name}: removed");
+            return Ok(0);
         }
         AgentsCmd::Uncordon { name, coordinator } => {
             return set_state(&coordinator, &name, "uncordon", false).await;

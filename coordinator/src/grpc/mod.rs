@@ -81,7 +81,9 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::ExecutionNotFound(_) | CoordinatorError::AgentNotFound(_) => {
             Code::NotFound
         }
-        CoordinatorError::AgentNotRegistered(_) => Code::FailedPrecondition,
+        CoordinatorError::AgentNotRegistered(_) | CoordinatorError::AgentAlive(_) => {
+            Code::FailedPrecondition
+        }
         CoordinatorError::StoreConflict(_) => Code::Aborted,
         CoordinatorError::PermissionDenied(_)
         | CoordinatorError::TokenUsed(_)

@@ -306,9 +306,37 @@ impl Scheduler {
         }
     }
 
+    /// Forgets a lost agent (`agents rm`): its registration and stream state
+    /// are deleted. Refused while it is alive or holds children. If the machine
+    /// comes back, it registers as new.
+    pub fn remove_agent(&mut self, name: &str) -> Result<(), CoordinatorError> {
+        let a = self
+            .agents
+            .get(name)
+            .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
+        let revoked = !a.rec.cert_fingerprint.is_empty()
+            && self.revoked.contains_key(&a.rec.cert_fingerprint);
+        if !(a.lost || !a.seen || revoked) {
+            return Err(CoordinatorError::AgentAlive(name.to_string()));
+        }
+        if !a.active.is_empty() {
+            return Err(CoordinatorError::AgentAlive(name.to_string()));
+        }
+        self.agents.remove(name);
+        self.dirty_agents.remove(name);
+        self.dirty_seqs.remove(name);
+        self.removed_agents.push(name.to_string());
+        self.capacity_gen += 1;
+        info!(agent = name, "agent removed by an operator");
+        Ok(())
+    }
+
     pub fn set_admin(&mut self, name: &str, action: &str) -> Result<(), CoordinatorError> {
         if action == "revoke" {
             return self.revoke(name);
+        }
+        if action == "remove" {
+            return self.remove_agent(name);
         }
         let admin = match action {
             "cordon" => AdminState::Cordoned,
@@ -316,7 +344,7 @@ impl Scheduler {
             "uncordon" => AdminState::Active,
             other => {
                 return Err(CoordinatorError::InvalidRequest(format!(
-                    "action '{other}' is not one of cordon, drain, uncordon, revoke"
+                    "action '{other}' is not one of cordon, drain, uncordon, revoke, remove"
                 )));
             }
         };

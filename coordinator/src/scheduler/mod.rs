@@ -200,6 +200,8 @@ pub struct Scheduler {
     /// Revoked certificate fingerprints → the agent they belonged to.
     pub(crate) revoked: HashMap<String, String>,
     pub(crate) dirty_revoked: Vec<String>,
+    /// Agents an operator removed: their records are deleted at the next flush.
+    pub(crate) removed_agents: Vec<String>,
     pub(crate) effects: Vec<Effect>,
     pub stats: Stats,
     /// Latency histograms (fixed memory); the scheduler task records accept times.
@@ -227,6 +229,7 @@ impl Scheduler {
             pending_acks: BTreeMap::new(),
             revoked: HashMap::new(),
             dirty_revoked: Vec::new(),
+            removed_agents: Vec::new(),
             effects: Vec::new(),
             stats: Stats::default(),
             latency: Latency::default(),
@@ -271,6 +274,14 @@ impl Scheduler {
                 value: name.into_bytes(),
                 pre: Precondition::Any,
             });
+        }
+        for name in std::mem::take(&mut self.removed_agents) {
+            for key in [agent_key(&name), seq_key(&name)] {
+                ops.push(Op::Delete {
+                    key,
+                    pre: Precondition::Any,
+                });
+            }
         }
         for name in std::mem::take(&mut self.dirty_agents) {
             if let Some(a) = self.agents.get(&name) {

@@ -187,3 +187,47 @@ fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
         "the revocation is persisted"
     );
 }
+
+#[test]
+fn only_a_lost_agent_can_be_removed_and_its_records_go() {
+    let t0 = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", t0);
+    reg(&mut s, "b", 1, "b1", t0);
+    let e = s.set_admin("a", "remove").unwrap_err();
+    assert_eq!(e.code(), "AGENT_ALIVE");
+    let _ = s.flush();
+    // "a" goes silent past its lease; "b" keeps heartbeating.
+    let later = t0 + s.config().lease_ttl + Duration::from_millis(10);
+    s.agent_event(
+        "b",
+        pb::AgentEvent {
+            seq: 0,
+            at_unix_ms: 0,
+            body: Some(pb::agent_event::Body::Heartbeat(pb::Heartbeat {
+                slots: 1,
+                running: 0,
+                load1: 0.0,
+                draining: false,
+            })),
+        },
+        later,
+    );
+    s.tick(later);
+    s.set_admin("a", "remove").unwrap();
+    assert_eq!(
+        s.set_admin("a", "remove").unwrap_err().code(),
+        "AGENT_NOT_FOUND"
+    );
+    let (ops, _) = s.flush();
+    let deleted: Vec<&str> = ops
+        .iter()
+        .filter(|o| matches!(o, crate::store::Op::Delete { .. }))
+        .map(|o| o.key())
+        .collect();
+    assert_eq!(deleted, vec!["a/a", "s/a"]);
+    assert_eq!(
+        s.set_admin("b", "remove").unwrap_err().code(),
+        "AGENT_ALIVE"
+    );
+}
