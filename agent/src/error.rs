@@ -42,6 +42,19 @@ pub enum AgentError {
     /// The agent is shutting down and no longer does this.
     #[error("agent is shutting down")]
     ShuttingDown,
+    /// `StreamLogs`/`StreamRows` about a job this agent has no record or files of.
+    #[error("{0}")]
+    JobUnknown(String),
+    /// The job is known but its log or rows files are gone (retention, or it ran
+    /// no process).
+    #[error("{0}")]
+    OutputGone(String),
+    /// Rows of a job that still runs or did not succeed.
+    #[error("{0}")]
+    RowsUnavailable(String),
+    /// Too many log and row streams are open on this agent.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl AgentError {
@@ -56,6 +69,10 @@ impl AgentError {
             AgentError::Io { .. } => "AGENT_IO",
             AgentError::ShuttingDown => "AGENT_SHUTTING_DOWN",
             AgentError::EnrolmentRefused(_) => "AGENT_ENROLMENT_REFUSED",
+            AgentError::JobUnknown(_) => "AGENT_JOB_UNKNOWN",
+            AgentError::OutputGone(_) => "AGENT_OUTPUT_GONE",
+            AgentError::RowsUnavailable(_) => "AGENT_ROWS_UNAVAILABLE",
+            AgentError::Busy(_) => "AGENT_BUSY",
         }
     }
 
@@ -65,7 +82,11 @@ impl AgentError {
             AgentError::CoordinatorUnreachable(_)
             | AgentError::Transport(_)
             | AgentError::Io { .. }
-            | AgentError::ShuttingDown => true,
+            | AgentError::ShuttingDown
+            | AgentError::Busy(_) => true,
+            AgentError::JobUnknown(_)
+            | AgentError::OutputGone(_)
+            | AgentError::RowsUnavailable(_) => false,
             AgentError::ConfigInvalid(_)
             | AgentError::InvalidRequest(_)
             | AgentError::Store(_)
@@ -88,11 +109,15 @@ impl From<redb::Error> for AgentError {
     }
 }
 
+/// Metadata key carrying the stable error code (as the coordinator's statuses do).
+pub const ERROR_CODE_KEY: &str = "baton-code";
+
 /// The one place where a domain error becomes a gRPC status.
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
-        let msg = format!("{}: {e}", e.code());
-        match e {
+        let code = e.code();
+        let msg = format!("{code}: {e}");
+        let mut status = match e {
             AgentError::InvalidRequest(_) | AgentError::ConfigInvalid(_) => {
                 tonic::Status::invalid_argument(msg)
             }
@@ -103,7 +128,14 @@ impl From<AgentError> for tonic::Status {
             AgentError::Store(_) | AgentError::Transport(_) | AgentError::Io { .. } => {
                 tonic::Status::internal(msg)
             }
+            AgentError::JobUnknown(_) | AgentError::OutputGone(_) => tonic::Status::not_found(msg),
+            AgentError::RowsUnavailable(_) => tonic::Status::failed_precondition(msg),
+            AgentError::Busy(_) => tonic::Status::resource_exhausted(msg),
+        };
+        if let Ok(v) = code.parse() {
+            status.metadata_mut().insert(ERROR_CODE_KEY, v);
         }
+        status
     }
 }
 

@@ -5,7 +5,8 @@
 //! executes it: spawn without a shell, capture stdout/stderr (file capped at
 //! [`LOG_BYTES_MAX`], tail kept for the finished event), enforce the task timeout and
 //! the job deadline, end the whole process group (SIGTERM, grace, SIGKILL) on timeout
-//! or cancel, and collect `$BATON_OUTPUT` and `$BATON_ROWS` after success.
+//! or cancel, and collect `$BATON_OUTPUT` and keep `$BATON_ROWS` ([`crate::rows`]) after
+//! success. Reading logs and rows back for clients is [`crate::logs`] and [`crate::rows`].
 //!
 //! Parameter values reach the child only through argv and the environment; the runner
 //! never logs argv or environment values (parameters may be sensitive), and masks the
@@ -166,6 +167,8 @@ pub fn scratch_dir(scratch_root: &Path, key: &DispatchKey) -> PathBuf {
 /// File names inside the scratch directory.
 pub const OUTPUT_FILE: &str = "output";
 pub const ROWS_FILE: &str = "rows.jsonl";
+pub const STDOUT_LOG: &str = "stdout.log";
+pub const STDERR_LOG: &str = "stderr.log";
 
 /// Why a step stopped before its process exited by itself.
 #[derive(Debug, Clone, Copy)]
@@ -219,8 +222,8 @@ pub async fn run_job(
         return report;
     }
     let tail_max = settings.output_tail_bytes;
-    let mut out = Capture::open(&dir.join("stdout.log"), tail_max, &plan.masker).await;
-    let mut err = Capture::open(&dir.join("stderr.log"), tail_max, &plan.masker).await;
+    let mut out = Capture::open(&dir.join(STDOUT_LOG), tail_max, &plan.masker).await;
+    let mut err = Capture::open(&dir.join(STDERR_LOG), tail_max, &plan.masker).await;
     let mut started = Some(started);
     let common_env = job_env(plan, &dir);
 
@@ -276,7 +279,11 @@ pub async fn run_job(
             .into_iter()
             .map(|(k, v)| (plan.masker.mask_str(&k), plan.masker.mask_str(&v)))
             .collect();
-        report.row_count = count_rows(&dir.join(ROWS_FILE), owner).await;
+        let kept = crate::rows::keep_rows(&dir, owner, &plan.masker).await;
+        if kept.truncated {
+            warn!(dispatch = %plan.dispatch, rows = kept.rows, "rows not all kept (a row over 1 MiB, or past the 64 MiB cap)");
+        }
+        report.row_count = kept.rows;
     }
     report.reason = plan.masker.mask_str(&report.reason);
     report.duration_ms = begin.elapsed().as_millis() as u64;
@@ -652,6 +659,13 @@ impl Capture {
     async fn push(&mut self, data: &[u8]) {
         let masked = self.mask.feed(data);
         self.write(&masked).await;
+        // Flushed at every read of the pipe, so that `StreamLogs --follow` sees
+        // output as it comes (one write per read: the pipe read costs as much).
+        if let Some(f) = &mut self.file
+            && f.flush().await.is_err()
+        {
+            self.file = None;
+        }
     }
 
     async fn write(&mut self, data: &[u8]) {
@@ -713,7 +727,7 @@ pub fn parse_outputs(text: &str) -> (BTreeMap<String, String>, usize) {
 /// Opens a file the job wrote, for reading: never through a symbolic link, never
 /// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
 /// (a run-as job's user). `None` when absent or refused (refusals are logged).
-async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
+pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
     let opened = tokio::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
@@ -751,28 +765,6 @@ async fn read_outputs(path: &Path, owner: Option<u32>) -> (BTreeMap<String, Stri
         .read_to_end(&mut bytes)
         .await;
     parse_outputs(&String::from_utf8_lossy(&bytes))
-}
-
-async fn count_rows(path: &Path, owner: Option<u32>) -> u64 {
-    let Some(mut file) = open_job_file(path, owner).await else {
-        return 0;
-    };
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut rows, mut line_has_content) = (0u64, false);
-    while let Ok(n) = file.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                rows += u64::from(line_has_content);
-                line_has_content = false;
-            } else if !b.is_ascii_whitespace() {
-                line_has_content = true;
-            }
-        }
-    }
-    rows + u64::from(line_has_content)
 }
 
 #[cfg(test)]

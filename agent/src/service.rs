@@ -2,28 +2,60 @@
 //!
 //! No admission logic and no process handling here (see [`crate::supervisor`]).
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_proto as pb;
 use baton_proto::agent_service_server::AgentService;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
 use crate::admission::Rejection;
 use crate::error::AgentError;
 use crate::jobs::JobState;
+use crate::logs::{self, LogRequest};
 use crate::model::{DispatchKey, StartJob};
 use crate::supervisor::Supervisor;
 
 /// `AgentService` over a [`Supervisor`].
 pub struct AgentGrpc {
     supervisor: Arc<Supervisor>,
+    /// Log and row streams open now (at most [`logs::STREAMS_MAX`]).
+    streams: Arc<Semaphore>,
 }
 
 impl AgentGrpc {
     pub fn new(supervisor: Arc<Supervisor>) -> AgentGrpc {
-        AgentGrpc { supervisor }
+        AgentGrpc {
+            supervisor,
+            streams: Arc::new(Semaphore::new(logs::STREAMS_MAX)),
+        }
     }
+
+    fn stream_permit(&self) -> Result<OwnedSemaphorePermit, AgentError> {
+        self.streams.clone().try_acquire_owned().map_err(|_| {
+            AgentError::Busy(format!(
+                "{} log and row streams are open on this agent; try again later",
+                logs::STREAMS_MAX
+            ))
+        })
+    }
+}
+
+type Outgoing<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A channel of the reader task as a response stream that holds `permit` until it ends.
+fn outgoing<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<logs::Sent<T>>,
+    permit: OwnedSemaphorePermit,
+) -> Outgoing<T> {
+    let s = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |item| {
+        let _held = &permit;
+        item.map_err(Status::from)
+    });
+    Box::pin(s)
 }
 
 fn accepted() -> pb::StartJobResponse {
@@ -115,6 +147,38 @@ impl AgentService for AgentGrpc {
             },
         };
         Ok(Response::new(resp))
+    }
+
+    type StreamLogsStream = Outgoing<pb::LogChunk>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamJobLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        from_coordinator(&request).map_err(Status::permission_denied)?;
+        let req = LogRequest::try_from(request.into_inner())?;
+        let permit = self.stream_permit()?;
+        let supervisor = self.supervisor.clone();
+        let key = req.key.clone();
+        debug!(dispatch = %key, follow = req.follow, "log stream opened");
+        let rx = logs::stream_logs(self.supervisor.scratch_root(), req, move || {
+            supervisor.job_state(&key)
+        })?;
+        Ok(Response::new(outgoing(rx, permit)))
+    }
+
+    type StreamRowsStream = Outgoing<pb::RowBatch>;
+
+    async fn stream_rows(
+        &self,
+        request: Request<pb::StreamJobRowsRequest>,
+    ) -> Result<Response<Self::StreamRowsStream>, Status> {
+        from_coordinator(&request).map_err(Status::permission_denied)?;
+        let key = DispatchKey::from_field(request.into_inner().dispatch_id, "dispatch_id")?;
+        let permit = self.stream_permit()?;
+        let state = self.supervisor.job_state(&key);
+        let rx = crate::rows::stream_rows(self.supervisor.scratch_root(), &key, state)?;
+        Ok(Response::new(outgoing(rx, permit)))
     }
 }
 

@@ -185,6 +185,11 @@ impl Supervisor {
         was_running
     }
 
+    /// `data_dir/jobs`: where the jobs' scratch directories are.
+    pub fn scratch_root(&self) -> &std::path::Path {
+        &self.settings.scratch_root
+    }
+
     pub fn job_state(&self, key: &DispatchKey) -> JobState {
         self.state.lock().unwrap().jobs.state(key)
     }
