@@ -60,6 +60,11 @@ enum Cmd {
     Role(cmd::roles::RoleCmd),
     /// Who the coordinator takes you for, and what you may do.
     Whoami(cmd::roles::WhoAmIArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  baton completions bash > /etc/bash_completion.d/baton\n  baton completions zsh > \"${fpath[1]}/_baton\"\n  baton completions fish > ~/.config/fish/completions/baton.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
 }
 
 fn init_tracing(default: &str) {
@@ -86,6 +91,19 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Token(c) => cmd::token::run(c).await,
         Cmd::Role(c) => cmd::roles::run(c).await,
         Cmd::Whoami(a) => cmd::roles::whoami(a).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            // Into a buffer first: clap_complete panics on a write error, and a
+            // closed pipe (`| head`) is not one worth a panic.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "baton", &mut script);
+            match std::io::stdout().lock().write_all(&script) {
+                Ok(()) => Ok(0),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                Err(e) => Err(CliError::other("IO_FAILED", e.to_string())),
+            }
+        }
     }
 }
 
@@ -110,6 +128,40 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error[{}]: {}", e.code, e.message);
             ExitCode::from(e.exit)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_cover_every_command() {
+        let mut out = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut super::Cli::command(),
+            "baton",
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        for cmd in [
+            "run",
+            "exec",
+            "agents",
+            "token",
+            "role",
+            "whoami",
+            "certs",
+            "completions",
+        ] {
+            assert!(text.contains(cmd), "no completion for {cmd}");
         }
     }
 }

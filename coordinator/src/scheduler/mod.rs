@@ -379,5 +379,6 @@ impl Scheduler {
             || !self.dirty_agents.is_empty()
             || !self.dirty_seqs.is_empty()
             || !self.dirty_revoked.is_empty()
+            || !self.removed_agents.is_empty()
     }
 }

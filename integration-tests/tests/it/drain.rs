@@ -85,3 +85,42 @@ fn drain_lets_running_children_finish_and_gives_no_new_work() {
     c.cli(&["agents", "drain", "nobody"]).expect_code(2);
     c.finish(&[]);
 }
+
+/// `agents rm` forgets a lost agent and refuses a live one.
+#[test]
+fn a_lost_agent_can_be_removed_a_live_one_cannot() {
+    let mut c = Cluster::new("agents_rm");
+    c.start_coordinator();
+    c.start_agent("a1", 1);
+    c.start_agent("a2", 1);
+    c.agents_ready(2);
+    let out = c.cli(&["agents", "rm", "a1"]);
+    assert!(
+        out.stderr.contains("error[AGENT_ALIVE]"),
+        "{}",
+        out.describe()
+    );
+    c.agent("a2").kill9();
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            c.agents_list()
+                .iter()
+                .any(|a| a.name == "a2" && a.state == "lost")
+        }),
+        "a2 never lost"
+    );
+    c.cli(&["agents", "rm", "a2"]).expect_code(0);
+    let names: Vec<String> = c.agents_list().into_iter().map(|a| a.name).collect();
+    assert_eq!(names, vec!["a1".to_string()]);
+    let out = c.cli(&["agents", "rm", "a2"]);
+    assert!(
+        out.stderr.contains("error[AGENT_NOT_FOUND]"),
+        "{}",
+        out.describe()
+    );
+    // Gone for good: a coordinator restart does not bring the record back.
+    c.coordinator().restart();
+    let names: Vec<String> = c.agents_list().into_iter().map(|a| a.name).collect();
+    assert!(!names.contains(&"a2".to_string()), "{names:?}");
+    c.finish(&[]);
+}
