@@ -205,6 +205,38 @@ impl Coordinator {
         }
     }
 
+    /// Cancels one child of an execution (`task`, `index`); returns `cancelled`,
+    /// `cancelling`, or the state the child had already ended in.
+    pub async fn cancel_child(
+        &self,
+        id: &str,
+        task: &str,
+        index: u32,
+        reason: &str,
+    ) -> Result<String, CoordinatorError> {
+        let asked = self
+            .handle
+            .cancel_child(id.to_string(), task.to_string(), index, reason.to_string())
+            .await;
+        match asked {
+            Ok(state) => Ok(state.to_string()),
+            // An ended execution: every child has ended too.
+            Err(CoordinatorError::ExecutionNotFound(_)) => {
+                let view = self.view(id).await?;
+                view.children
+                    .iter()
+                    .find(|c| c.task == task && c.index == index)
+                    .map(|c| c.phase.as_str().to_string())
+                    .ok_or_else(|| {
+                        CoordinatorError::ChildNotFound(format!(
+                            "execution {id} has no child {task}[{index}]"
+                        ))
+                    })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `cordon`, `drain` or `uncordon` an agent.
     pub async fn set_agent(
         &self,

@@ -46,6 +46,25 @@ pub enum CoordinatorError {
     Transport(String),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// No child at the path given (`fan[3]`) in that execution.
+    #[error("{0}")]
+    ChildNotFound(String),
+    /// The child has not been placed on an agent yet: no logs, no rows.
+    #[error("{0}")]
+    ChildNotStarted(String),
+    /// The child's agent no longer has its logs or rows (retention, a wiped data
+    /// directory, or the job ran no process).
+    #[error("{0}")]
+    OutputGone(String),
+    /// Rows of a child that runs or did not succeed.
+    #[error("{0}")]
+    RowsUnavailable(String),
+    /// The child's agent is lost, unknown or did not answer.
+    #[error("{0}")]
+    AgentUnreachable(String),
+    /// The child's agent has too many log and row streams open.
+    #[error("{0}")]
+    AgentBusy(String),
 }
 
 impl CoordinatorError {
@@ -71,6 +90,12 @@ impl CoordinatorError {
             CoordinatorError::Io(_) => "IO_FAILED",
             CoordinatorError::Transport(_) => "TRANSPORT_FAILED",
             CoordinatorError::Secret(e) => e.code(),
+            CoordinatorError::ChildNotFound(_) => "CHILD_NOT_FOUND",
+            CoordinatorError::ChildNotStarted(_) => "CHILD_NOT_STARTED",
+            CoordinatorError::OutputGone(_) => "OUTPUT_GONE",
+            CoordinatorError::RowsUnavailable(_) => "ROWS_UNAVAILABLE",
+            CoordinatorError::AgentUnreachable(_) => "AGENT_UNREACHABLE",
+            CoordinatorError::AgentBusy(_) => "AGENT_BUSY",
         }
     }
 
@@ -81,6 +106,8 @@ impl CoordinatorError {
             CoordinatorError::ShuttingDown
                 | CoordinatorError::Store(_)
                 | CoordinatorError::Transport(_)
+                | CoordinatorError::AgentUnreachable(_)
+                | CoordinatorError::AgentBusy(_)
         )
     }
 }

@@ -131,7 +131,7 @@ pub async fn start(
     };
     let dialer = transport::AgentDialer::new(config.security.clone());
     let (handle, sched_task) =
-        scheduler_task::spawn(sched, store.clone(), dialer, shutdown.clone());
+        scheduler_task::spawn(sched, store.clone(), dialer.clone(), shutdown.clone());
     tokio::spawn(retention::run(
         store.clone(),
         config.retention,
@@ -152,6 +152,7 @@ pub async fn start(
         coordinator: coordinator.clone(),
         auth,
         tls: live_tls.clone(),
+        outputs: grpc::child_output::ChildOutputs::new(coordinator.clone(), dialer),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);

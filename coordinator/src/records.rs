@@ -241,6 +241,10 @@ pub struct ChildRecord {
     /// Process id (and group) of the current attempt, as the agent reported it.
     #[serde(default)]
     pub pid: u32,
+    /// This child alone was asked to stop (`CancelChild`): it ends `cancelled`,
+    /// is not retried, and is never started again.
+    #[serde(default)]
+    pub cancel_requested: bool,
 }
 
 pub fn now_unix_ms() -> u64 {

@@ -86,6 +86,13 @@ pub(crate) enum Msg {
         reason: String,
         reply: oneshot::Sender<Result<&'static str, CoordinatorError>>,
     },
+    CancelChild {
+        id: String,
+        task: String,
+        index: u32,
+        reason: String,
+        reply: oneshot::Sender<Result<&'static str, CoordinatorError>>,
+    },
     SetAgent {
         name: String,
         action: String,
@@ -184,6 +191,24 @@ impl SchedulerHandle {
         reason: String,
     ) -> Result<&'static str, CoordinatorError> {
         self.ask(|reply| Msg::Cancel { id, reason, reply }).await?
+    }
+
+    /// Cancels one child; `ExecutionNotFound` if the execution is not running.
+    pub async fn cancel_child(
+        &self,
+        id: String,
+        task: String,
+        index: u32,
+        reason: String,
+    ) -> Result<&'static str, CoordinatorError> {
+        self.ask(|reply| Msg::CancelChild {
+            id,
+            task,
+            index,
+            reason,
+            reply,
+        })
+        .await?
     }
 
     /// Cordons, drains or uncordons an agent; answers once the change is durable.
@@ -383,6 +408,15 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         }
         Msg::Cancel { id, reason, reply } => {
             let _ = reply.send(sched.cancel(&id, &reason));
+        }
+        Msg::CancelChild {
+            id,
+            task,
+            index,
+            reason,
+            reply,
+        } => {
+            let _ = reply.send(sched.cancel_child(&id, &task, index, &reason));
         }
         Msg::ListAgents { reply } => {
             let _ = reply.send(listings(sched));

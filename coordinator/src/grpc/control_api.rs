@@ -5,8 +5,8 @@
 //!
 //! | call | needs |
 //! | --- | --- |
-//! | StartExecution, CancelExecution | `execute` on the execution's folder |
-//! | GetExecution, WatchExecution | `read` on the execution's folder |
+//! | StartExecution, CancelExecution, CancelChild | `execute` on the execution's folder |
+//! | GetExecution, WatchExecution, StreamLogs, StreamRows | `read` on the execution's folder |
 //! | ListExecutions | lists only folders the caller may read |
 //! | ListAgents | `read` on "/" |
 //! | SetAgentState, tokens, RevokeCertificate | `manage` on "/" |
@@ -33,6 +33,8 @@ pub struct ControlApi {
     pub(crate) coordinator: Coordinator,
     pub(crate) auth: Auth,
     pub(crate) tls: Option<Arc<LiveTls>>,
+    /// Children's logs and rows, from their agents ([`super::child_output`]).
+    pub(crate) outputs: super::child_output::ChildOutputs,
 }
 
 impl ControlApi {
@@ -52,7 +54,7 @@ impl ControlApi {
         Ok(who)
     }
 
-    async fn who<T>(&self, request: &Request<T>, call: &str) -> Result<Principal, Status> {
+    pub(super) async fn who<T>(&self, request: &Request<T>, call: &str) -> Result<Principal, Status> {
         self.auth
             .authenticate(&credential(request), call)
             .await
@@ -60,7 +62,7 @@ impl ControlApi {
     }
 
     /// The folder of an execution (for permission checks).
-    async fn folder_of(&self, id: &str) -> Result<String, Status> {
+    pub(super) async fn folder_of(&self, id: &str) -> Result<String, Status> {
         Ok(self
             .coordinator
             .view(id)
@@ -175,6 +177,32 @@ impl ControlService for ControlApi {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CancelExecutionResponse { state }))
+    }
+
+    // One child: super::child_output.
+    async fn cancel_child(
+        &self,
+        request: Request<pb::CancelChildRequest>,
+    ) -> Result<Response<pb::CancelChildResponse>, Status> {
+        self.cancel_child_call(request).await
+    }
+
+    type StreamLogsStream = super::child_output::Proxied<pb::LogChunk>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        self.stream_logs_call(request).await
+    }
+
+    type StreamRowsStream = super::child_output::Proxied<pb::RowBatch>;
+
+    async fn stream_rows(
+        &self,
+        request: Request<pb::StreamRowsRequest>,
+    ) -> Result<Response<Self::StreamRowsStream>, Status> {
+        self.stream_rows_call(request).await
     }
 
     async fn list_executions(

@@ -3,6 +3,7 @@
 //! handle, and map domain errors to `Status` in one place ([`status`]).
 
 pub mod agent_api;
+pub mod child_output;
 pub mod control_api;
 mod convert;
 
@@ -95,6 +96,12 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::Store(_) | CoordinatorError::Io(_) | CoordinatorError::Secret(_) => {
             Code::Internal
         }
+        CoordinatorError::ChildNotFound(_) | CoordinatorError::OutputGone(_) => Code::NotFound,
+        CoordinatorError::ChildNotStarted(_) | CoordinatorError::RowsUnavailable(_) => {
+            Code::FailedPrecondition
+        }
+        CoordinatorError::AgentUnreachable(_) => Code::Unavailable,
+        CoordinatorError::AgentBusy(_) => Code::ResourceExhausted,
     };
     let mut s = tonic::Status::new(code, e.to_string());
     if let Ok(v) = e.code().parse() {

@@ -3,6 +3,12 @@
 //! process group) and end `cancelled` when the agent reports. Nothing is
 //! dispatched or retried afterwards, and the request is persisted, so a
 //! coordinator restart carries the cancellation on.
+//!
+//! One child can be cancelled alone ([`Scheduler::cancel_child`]): the same steps for
+//! that child only, with the request persisted on the child's record. Its task then
+//! completes as it always does, with one child that did not succeed, so the
+//! execution ends `failed` once that task's other children are done — the rule for
+//! every child that does not succeed; the other children are not touched.
 
 use baton_proto as pb;
 use tracing::info;
@@ -77,6 +83,83 @@ impl Scheduler {
         }
     }
 
+    /// Cancels one child of a running execution; returns the child's state after
+    /// the request: `cancelled` (it was pending), `cancelling` (its agent is asked
+    /// to stop it) or the terminal state it already had.
+    pub fn cancel_child(
+        &mut self,
+        id: &str,
+        task: &str,
+        index: u32,
+        reason: &str,
+    ) -> Result<&'static str, CoordinatorError> {
+        let slot = *self
+            .exec_ids
+            .get(id)
+            .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
+        let e = self
+            .execs
+            .get_mut(&slot)
+            .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
+        let no_child = || {
+            CoordinatorError::ChildNotFound(format!("execution {id} has no child {task}[{index}]"))
+        };
+        let t = *e.task_index.get(task).ok_or_else(no_child)?;
+        let run = &mut e.tasks[t as usize];
+        let c = run.children.get_mut(index as usize).ok_or_else(no_child)?;
+        let phase = c.rec.phase;
+        if phase.is_terminal() {
+            return Ok(phase.as_str());
+        }
+        let cref = ChildRef {
+            exec: slot,
+            task: t,
+            child: index,
+        };
+        if !c.rec.cancel_requested {
+            c.rec.cancel_requested = true;
+            c.rec.reason = if reason.is_empty() {
+                "cancelled by request".to_string()
+            } else {
+                format!("cancelled: {reason}")
+            };
+            self.dirty_children.insert(cref);
+            info!(execution = %id, child = %format!("{task}[{index}]"), %reason, "child cancel requested");
+        }
+        if phase == Phase::Pending {
+            run.queue.retain(|&i| i != index);
+            self.set_phase(cref, Phase::Cancelled);
+            self.advance(slot);
+            return Ok(Phase::Cancelled.as_str());
+        }
+        self.request_stop(cref);
+        Ok("cancelling")
+    }
+
+    /// After a restart: asks again to stop the children cancelled one by one
+    /// that are still on their agents (the first `CancelJob` may have been lost).
+    pub(crate) fn restop_cancelled_children(&mut self, slot: u64) {
+        let Some(e) = self.execs.get(&slot) else {
+            return;
+        };
+        let mut again = Vec::new();
+        for (t, task) in e.tasks.iter().enumerate() {
+            for (i, c) in task.children.iter().enumerate() {
+                if c.rec.cancel_requested && matches!(c.rec.phase, Phase::Accepted | Phase::Running)
+                {
+                    again.push(ChildRef {
+                        exec: slot,
+                        task: t as u16,
+                        child: i as u32,
+                    });
+                }
+            }
+        }
+        for cref in again {
+            self.request_stop(cref);
+        }
+    }
+
     /// Emits a `CancelJob` for a child's current attempt on its agent.
     pub(crate) fn request_stop(&mut self, cref: ChildRef) {
         let Some(e) = self.execs.get(&cref.exec) else {
@@ -96,7 +179,11 @@ impl Scheduler {
                 item_index: c.rec.index,
                 attempt: c.rec.attempt,
             }),
-            reason: e.rec.reason.clone(),
+            reason: if c.rec.cancel_requested {
+                c.rec.reason.clone()
+            } else {
+                e.rec.reason.clone()
+            },
         };
         let address = a.rec.address.clone();
         self.effects.push(Effect::Cancel {
@@ -106,10 +193,13 @@ impl Scheduler {
         });
     }
 
-    /// Whether the execution of `cref` is being cancelled.
+    /// Whether `cref` is being cancelled, alone or with its execution.
     pub(crate) fn cancelling(&self, cref: ChildRef) -> bool {
-        self.execs
-            .get(&cref.exec)
-            .is_some_and(|e| e.rec.cancel_requested)
+        self.execs.get(&cref.exec).is_some_and(|e| {
+            e.rec.cancel_requested
+                || e.tasks[cref.task as usize].children[cref.child as usize]
+                    .rec
+                    .cancel_requested
+        })
     }
 }

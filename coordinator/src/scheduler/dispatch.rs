@@ -235,7 +235,7 @@ impl Scheduler {
                 DispatchOutcome::Rejected { .. } | DispatchOutcome::Unknown(_) => {
                     if let Some(c) = self.child_mut(cref) {
                         c.rec.reason =
-                            "execution cancelled while the child was being dispatched".to_string();
+                            "cancelled while the child was being dispatched".to_string();
                     }
                     self.set_phase(cref, Phase::Cancelled);
                     self.advance(cref.exec);

@@ -42,6 +42,7 @@ impl Scheduler {
                         started_unix_ms: 0,
                         finished_unix_ms: 0,
                         pid: 0,
+                        cancel_requested: false,
                     })
                     .map(|r| (r, None))
                     .collect()
@@ -124,6 +125,8 @@ impl Scheduler {
         }
         if cancel_requested {
             self.cancel_children(slot);
+        } else {
+            self.restop_cancelled_children(slot);
         }
         self.advance(slot);
     }
@@ -353,7 +356,10 @@ impl Scheduler {
         }
         c.rec.exit_code = Some(f.exit_code);
         c.rec.outputs = f.outputs.into_iter().collect();
-        c.rec.reason = f.reason;
+        // A child cancelled alone keeps the reason it was cancelled for.
+        if !(c.rec.cancel_requested && status == pb::JobStatus::Cancelled) {
+            c.rec.reason = f.reason;
+        }
         if c.rec.started_unix_ms == 0 {
             c.rec.started_unix_ms = at_ms.saturating_sub(f.duration_ms);
         }
@@ -366,6 +372,7 @@ impl Scheduler {
         if matches!(terminal, Phase::Failed | Phase::TimedOut)
             && c.rec.failures + 1 < retry.attempts
             && !e.rec.cancel_requested
+            && !c.rec.cancel_requested
         {
             c.rec.failures += 1;
             c.rec.attempt += 1;
@@ -394,7 +401,7 @@ impl Scheduler {
         }
         c.rec.lost += 1;
         c.rec.reason = format!("attempt {} {why} on {agent}", c.rec.attempt);
-        if e.rec.cancel_requested {
+        if e.rec.cancel_requested || c.rec.cancel_requested {
             self.set_phase(cref, Phase::Cancelled);
             self.advance(cref.exec);
         } else if c.rec.lost <= retry.lost_attempts {

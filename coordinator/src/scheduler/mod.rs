@@ -20,6 +20,8 @@ mod executions;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_cancel_child;
+#[cfg(test)]
 mod tests_ops;
 mod view;
 
