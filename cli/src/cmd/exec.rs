@@ -33,15 +33,20 @@ pub enum ExecCmd {
     },
     /// Cancel an execution: pending children are cancelled, running ones are ended on
     /// their agents (SIGTERM, a grace period, SIGKILL on the whole process group).
+    /// With --child, only that child (not retried; its task, and so the execution,
+    /// ends failed once the other children are done).
     #[command(
-        after_help = "Examples:\n  baton exec cancel 019ab2c4...\n  baton exec cancel 019ab2c4... --reason 'wrong date' --wait"
+        after_help = "Examples:\n  baton exec cancel 019ab2c4...\n  baton exec cancel 019ab2c4... --reason 'wrong date' --wait\n  baton exec cancel 019ab2c4... --child 'fan[3]' --wait"
     )]
     Cancel {
         id: String,
-        /// Why (recorded on the execution).
+        /// Only this child: TASK[INDEX] as `baton exec show` lists it (TASK alone for index 0).
+        #[arg(long)]
+        child: Option<String>,
+        /// Why (recorded on the execution, or on the child).
         #[arg(long, default_value = "")]
         reason: String,
-        /// Wait until every child has stopped; exit 0 once the execution has ended.
+        /// Wait until every child (or the one child) has stopped; exit 0 once it has.
         #[arg(long)]
         wait: bool,
         #[arg(long, value_enum, default_value = "human")]
@@ -49,6 +54,16 @@ pub enum ExecCmd {
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
+    /// Print one child's stdout and stderr, from its agent (-f: as it writes, until it ends).
+    #[command(
+        after_help = "Examples:\n  baton exec logs 019ab2c4... --child 'fan[3]'\n  baton exec logs 019ab2c4... --child 'fan[3]' -f\n  baton exec logs 019ab2c4... --child load --stderr --attempt 1\n\nThe child's stdout goes to stdout and its stderr to stderr, as stored on the agent\n(sensitive parameter values masked). Quote TASK[INDEX] in shells that glob brackets."
+    )]
+    Logs(super::exec_child::LogsArgs),
+    /// Print the rows one succeeded child wrote to $BATON_ROWS (JSON lines).
+    #[command(
+        after_help = "Examples:\n  baton exec rows 019ab2c4... --child 'fan[3]'\n  baton exec rows 019ab2c4... --child 'fan[3]' --format csv > fan3.csv\n  baton exec rows 019ab2c4... --child load --format json | jq .total\n\ncsv and table: the columns are the union of the rows' keys in first-seen order;\nstrings as they are, other values as JSON."
+    )]
+    Rows(super::exec_child::RowsArgs),
     /// Show an execution and every child job (state, agent, attempt, exit code, reason).
     #[command(
         after_help = "Example:\n  baton exec show 019ab2c4... --output json | jq '.children[] | select(.state != \"succeeded\")'"
@@ -67,6 +82,7 @@ pub enum ExecCmd {
 
 fn child_json(c: &pb::ChildJob) -> serde_json::Value {
     json!({
+        "child": format!("{}[{}]", c.task_path, c.item_index),
         "task": c.task_path,
         "index": c.item_index,
         "item": c.item,
@@ -225,8 +241,19 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             }
             Ok(0)
         }
+        ExecCmd::Logs(a) => super::exec_child::logs(a).await,
+        ExecCmd::Rows(a) => super::exec_child::rows(a).await,
         ExecCmd::Cancel {
             id,
+            child: Some(child),
+            reason,
+            wait,
+            output,
+            coordinator,
+        } => super::exec_child::cancel(&coordinator, &id, &child, reason, wait, output).await,
+        ExecCmd::Cancel {
+            id,
+            child: None,
             reason,
             wait,
             output,

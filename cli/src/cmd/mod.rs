@@ -6,6 +6,7 @@ pub mod certs;
 pub mod daemons;
 pub mod demo;
 pub mod exec;
+pub mod exec_child;
 pub mod roles;
 pub mod run;
 pub mod token;

@@ -1,0 +1,319 @@
+//! One child of an execution: `baton exec logs`, `baton exec rows` and
+//! `baton exec cancel --child`.
+//!
+//! A child is named `TASK[INDEX]` (`fan[3]`) as `baton exec show` lists it: the
+//! task of the parent package and the index of the item in its foreach (`TASK`
+//! alone means index 0, the only child of a task that is not a foreach). Logs and
+//! rows stay on the agent that ran the child; the coordinator passes them through.
+
+mod render;
+
+use std::io::Write;
+use std::time::Duration;
+
+use baton_coordinator::grpc::child_output::ChildPath;
+use baton_proto as pb;
+use serde_json::json;
+
+use crate::client::{Control, CoordinatorOpt};
+use crate::error::CliError;
+use crate::output::Format;
+
+/// How often `logs -f` asks again while the child has not started, and
+/// `cancel --child --wait` looks at the child.
+const POLL: Duration = Duration::from_millis(250);
+
+/// `baton exec logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The execution id.
+    pub id: String,
+    /// The child: TASK[INDEX] as `baton exec show` lists it (TASK alone for index 0).
+    #[arg(long)]
+    pub child: String,
+    /// Keep printing as the child writes, until its processes have ended (waits
+    /// for a child that has not started yet).
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only the child's stdout.
+    #[arg(long, conflicts_with = "stderr")]
+    pub stdout: bool,
+    /// Only the child's stderr.
+    #[arg(long)]
+    pub stderr: bool,
+    /// An earlier attempt (1, 2, ...); the latest by default.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub attempt: u32,
+    /// human: the child's stdout to stdout and its stderr to stderr, as written;
+    /// json: one object per chunk ({"stream","offset","data"}).
+    #[arg(long, value_enum, default_value = "human")]
+    pub output: Format,
+    #[command(flatten)]
+    pub coordinator: CoordinatorOpt,
+}
+
+/// `--format` of `baton exec rows`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RowFormat {
+    /// The JSON lines as the child wrote them (sensitive values masked).
+    Json,
+    /// A header of the union of the rows' keys, then one line per row.
+    Csv,
+    /// Aligned columns for a terminal.
+    Table,
+}
+
+/// `baton exec rows`.
+#[derive(Debug, clap::Args)]
+pub struct RowsArgs {
+    /// The execution id.
+    pub id: String,
+    /// The child: TASK[INDEX] as `baton exec show` lists it (TASK alone for index 0).
+    #[arg(long)]
+    pub child: String,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: RowFormat,
+    /// At most this many rows (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub limit: usize,
+    /// An earlier attempt (1, 2, ...); the latest by default.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub attempt: u32,
+    #[command(flatten)]
+    pub coordinator: CoordinatorOpt,
+}
+
+/// What to do about an error of these commands.
+fn hint(e: CliError) -> CliError {
+    let h = match e.code.as_str() {
+        "CHILD_NOT_FOUND" => "`baton exec show ID` lists the children; name one as TASK[INDEX]",
+        "CHILD_NOT_STARTED" => "`baton exec logs -f` waits for it to start",
+        "OUTPUT_GONE" => {
+            "an agent keeps a job's files for its --retain-for (default 7d) after the job ends"
+        }
+        "ROWS_UNAVAILABLE" => {
+            "rows are kept when a child succeeds; `baton exec logs` shows what it printed"
+        }
+        "AGENT_UNREACHABLE" => {
+            "the files stay on that agent: try again once `baton agents list` shows it ready"
+        }
+        "AGENT_BUSY" => "that agent has too many log and row streams open: try again shortly",
+        _ => return e,
+    };
+    CliError {
+        message: format!("{}\n  hint: {h}", e.message),
+        ..e
+    }
+}
+
+fn write_out(w: &mut dyn Write, data: &[u8]) -> Result<bool, CliError> {
+    match w.write_all(data).and_then(|()| w.flush()) {
+        Ok(()) => Ok(true),
+        // `| head`: the reader has seen enough.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::other("IO_FAILED", e.to_string())),
+    }
+}
+
+pub async fn logs(a: LogsArgs) -> Result<u8, CliError> {
+    let mut client = a.coordinator.connect().await?;
+    let stream = match (a.stdout, a.stderr) {
+        (true, false) => pb::LogStream::Stdout,
+        (false, true) => pb::LogStream::Stderr,
+        _ => pb::LogStream::Both,
+    };
+    let req = pb::StreamLogsRequest {
+        execution_id: a.id.clone(),
+        child: a.child.clone(),
+        stream: stream as i32,
+        follow: a.follow,
+        stdout_offset: 0,
+        stderr_offset: 0,
+        attempt: a.attempt,
+    };
+    let mut waiting = false;
+    let mut chunks = loop {
+        match client.stream_logs(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) => {
+                let e = a.coordinator.status(s);
+                if !(a.follow && e.code == "CHILD_NOT_STARTED") {
+                    return Err(hint(e));
+                }
+                if !waiting {
+                    eprintln!("waiting for child {} to start ...", a.child);
+                    waiting = true;
+                }
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    while let Some(c) = chunks
+        .message()
+        .await
+        .map_err(|s| hint(a.coordinator.status(s)))?
+    {
+        let is_err = c.stream == pb::LogStream::Stderr as i32;
+        let more = match a.output {
+            Format::Json => {
+                let line = json!({
+                    "stream": if is_err { "stderr" } else { "stdout" },
+                    "offset": c.offset,
+                    "data": String::from_utf8_lossy(&c.data),
+                });
+                write_out(&mut out, format!("{line}\n").as_bytes())?
+            }
+            Format::Human if is_err => write_out(&mut err, &c.data)?,
+            Format::Human => write_out(&mut out, &c.data)?,
+        };
+        if !more {
+            break;
+        }
+    }
+    Ok(0)
+}
+
+pub async fn rows(a: RowsArgs) -> Result<u8, CliError> {
+    let mut client = a.coordinator.connect().await?;
+    let mut batches = client
+        .stream_rows(pb::StreamRowsRequest {
+            execution_id: a.id.clone(),
+            child: a.child.clone(),
+            attempt: a.attempt,
+        })
+        .await
+        .map_err(|s| hint(a.coordinator.status(s)))?
+        .into_inner();
+    let mut table = render::Table::new();
+    let mut out = std::io::stdout();
+    let (mut count, mut truncated, mut open) = (0usize, false, true);
+    'stream: while let Some(b) = batches
+        .message()
+        .await
+        .map_err(|s| hint(a.coordinator.status(s)))?
+    {
+        truncated |= b.truncated;
+        for row in b.rows {
+            if a.limit > 0 && count == a.limit {
+                break 'stream;
+            }
+            count += 1;
+            match a.format {
+                // Printed as they come: memory stays flat whatever the number of rows.
+                RowFormat::Json => {
+                    if open && !write_out(&mut out, format!("{row}\n").as_bytes())? {
+                        open = false;
+                    }
+                }
+                RowFormat::Csv | RowFormat::Table => table.push(&row),
+            }
+        }
+        if b.end {
+            break;
+        }
+    }
+    match a.format {
+        RowFormat::Json => {}
+        RowFormat::Csv => {
+            write_out(&mut out, table.csv().as_bytes())?;
+        }
+        RowFormat::Table if count == 0 => println!("(no rows)"),
+        RowFormat::Table => {
+            write_out(&mut out, table.text().as_bytes())?;
+            println!("({count} rows)");
+        }
+    }
+    if table.invalid > 0 {
+        eprintln!(
+            "warning: {} row(s) are not JSON; shown whole in the `{}` column",
+            table.invalid,
+            render::VALUE_COLUMN
+        );
+    }
+    if truncated {
+        eprintln!(
+            "warning: the agent did not keep every row of this child (a row over 1 MiB, or \
+             rows past 64 MiB per child)"
+        );
+    }
+    Ok(0)
+}
+
+/// `baton exec cancel ID --child PATH [--wait]`.
+pub async fn cancel(
+    coordinator: &CoordinatorOpt,
+    id: &str,
+    child: &str,
+    reason: String,
+    wait: bool,
+    output: Format,
+) -> Result<u8, CliError> {
+    let path = ChildPath::parse(child).map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
+    let mut client = coordinator.connect().await?;
+    let state = client
+        .cancel_child(pb::CancelChildRequest {
+            execution_id: id.to_string(),
+            child: child.to_string(),
+            reason,
+        })
+        .await
+        .map_err(|s| hint(coordinator.status(s)))?
+        .into_inner()
+        .state;
+    let already = !matches!(state.as_str(), "cancelling" | "cancelled");
+    let state = if wait && state == "cancelling" {
+        wait_child(&mut client, coordinator, id, &path).await?
+    } else {
+        state
+    };
+    match output {
+        Format::Json => println!(
+            "{}",
+            json!({ "execution_id": id, "child": path.to_string(), "status": state })
+        ),
+        Format::Human if already => {
+            println!("child {path} of execution {id}: {state} (it had already ended)")
+        }
+        Format::Human => {
+            println!("child {path} of execution {id}: {state}");
+            if state == "cancelling" {
+                eprintln!(
+                    "its processes are being stopped; --wait waits, `baton exec show {id}` shows it"
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// Polls the execution until the child has ended; its final state.
+async fn wait_child(
+    client: &mut Control,
+    coordinator: &CoordinatorOpt,
+    id: &str,
+    path: &ChildPath,
+) -> Result<String, CliError> {
+    loop {
+        let detail = client
+            .get_execution(pb::GetExecutionRequest {
+                execution_id: id.to_string(),
+            })
+            .await
+            .map_err(|s| coordinator.status(s))?
+            .into_inner();
+        let state = detail
+            .children
+            .iter()
+            .find(|c| c.task_path == path.task && c.item_index == path.index)
+            .map(|c| c.state.clone())
+            .unwrap_or_default();
+        if matches!(
+            state.as_str(),
+            "succeeded" | "failed" | "cancelled" | "timed_out" | "lost" | ""
+        ) {
+            return Ok(state);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
