@@ -62,6 +62,13 @@ impl CoordinatorService for Fake {
         Err(Status::unimplemented("the fake coordinator does not renew"))
     }
 
+    async fn fetch_package(
+        &self,
+        _request: Request<pb::FetchPackageRequest>,
+    ) -> Result<Response<pb::FetchPackageResponse>, Status> {
+        Err(Status::unimplemented("the fake coordinator has no catalog"))
+    }
+
     type ReportEventsStream = ReceiverStream<Result<pb::EventAck, Status>>;
 
     async fn report_events(

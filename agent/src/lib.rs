@@ -17,6 +17,7 @@
 //! - [`logs`], [`rows`]: a job's logs and kept rows, streamed back to the coordinator;
 //! - [`jobs`]: the table of running and recently finished jobs;
 //! - [`supervisor`]: admission + table + runner tasks behind one lock;
+//! - [`packages`]: the cache of packages sent by hash only, fetched from the coordinator;
 //! - [`outbox`]: the durable, group-committed event outbox (redb);
 //! - [`reporter`]: registration and the `ReportEvents` stream;
 //! - [`service`]: the thin tonic `AgentService` impl;
@@ -32,6 +33,7 @@ pub mod logs;
 pub mod mask;
 pub mod model;
 pub mod outbox;
+pub mod packages;
 pub mod plan;
 pub mod renew;
 pub mod reporter;
@@ -98,6 +100,10 @@ pub async fn run(
         Some(pem) => Some(transport::LiveTls::new(pem)?),
         None => None,
     };
+    // Catalog packages come by hash only: fetched from the coordinator, cached.
+    supervisor
+        .packages()
+        .set_source(config.coordinator_url.clone(), tls.clone());
     let server_stop = CancellationToken::new();
     let server = {
         let service = service::AgentGrpc::new(supervisor.clone());

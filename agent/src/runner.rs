@@ -146,7 +146,7 @@ impl JobCancel {
         self.token.is_cancelled()
     }
 
-    async fn cancelled(&self) -> KillReason {
+    pub(crate) async fn cancelled(&self) -> KillReason {
         self.token.cancelled().await;
         self.reason.get().copied().unwrap_or(KillReason::Cancelled)
     }

@@ -8,6 +8,15 @@
 //!
 //! The package is parsed outside the lock; the state checks run again before the job is
 //! registered, so two concurrent copies of one dispatch still start one job.
+//!
+//! **Packages sent by hash only** (catalog packages) come from the package cache
+//! ([`crate::packages`]). When the package is not cached, fetching it could take
+//! longer than an answer may, so the job is accepted on the state checks alone and its
+//! runner task fetches the package first, then runs the package checks
+//! (`supervisor_fetch.rs`): a failed fetch, or a package check that fails after it
+//! (a run-as user this agent may not use, say), fails that attempt with a reason that
+//! says so, instead of rejecting it. The next dispatch of that package finds it cached
+//! and gets the usual immediate answer, rejection included.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +31,7 @@ use crate::config::AgentConfig;
 use crate::jobs::{JobState, JobTable};
 use crate::model::{DispatchKey, Epoch, KillReason, StartJob};
 use crate::outbox::Outbox;
+use crate::packages::PackageCache;
 use crate::plan;
 use crate::run_as::{RealHost, RunAsRule};
 use crate::runner::{self, JobCancel, JobReport, RunnerSettings};
@@ -48,6 +58,8 @@ pub struct Supervisor {
     /// Runner tasks alive (a task ends after its finished event is durable).
     tasks: watch::Sender<usize>,
     spawned: AtomicU64,
+    /// Packages sent by hash only.
+    packages: Arc<PackageCache>,
 }
 
 impl Supervisor {
@@ -67,7 +79,13 @@ impl Supervisor {
             allow_run_as: config.allow_run_as.clone(),
             tasks: watch::channel(0).0,
             spawned: AtomicU64::new(0),
+            packages: Arc::new(PackageCache::new(config.data_dir.join("packages"))),
         })
+    }
+
+    /// The cache of packages sent by hash only.
+    pub fn packages(&self) -> &Arc<PackageCache> {
+        &self.packages
     }
 
     /// The scratch directories of the jobs running now (retention spares them).
@@ -92,11 +110,17 @@ impl Supervisor {
         })
     }
 
-    fn admit(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
+    fn admit(self: &Arc<Self>, mut job: StartJob) -> Result<(), Rejection> {
         match self.check(&job) {
             Decision::New => {}
             Decision::Duplicate => return Ok(()),
             Decision::Reject(r) => return Err(r),
+        }
+        if job.package.content.is_none() {
+            match self.packages.cached(&job.package.content_hash) {
+                Some(text) => job.package.content = Some(text),
+                None => return self.admit_fetching(job),
+            }
         }
         let (package, params) = check_package(&job)?;
         // Looked up at every start (outside the lock: it may ask NSS), never cached.
@@ -246,6 +270,9 @@ fn finished_body(key: &DispatchKey, r: JobReport) -> Body {
         duration_ms: r.duration_ms,
     })
 }
+
+#[path = "supervisor_fetch.rs"]
+mod fetch;
 
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]

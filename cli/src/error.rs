@@ -54,6 +54,7 @@ impl CliError {
         let exit = match s.code() {
             Code::InvalidArgument
             | Code::NotFound
+            | Code::AlreadyExists
             | Code::FailedPrecondition
             | Code::OutOfRange => EXIT_INVALID,
             Code::Unavailable | Code::DeadlineExceeded => EXIT_UNAVAILABLE,

@@ -39,11 +39,17 @@ enum Cmd {
     Coordinator(cmd::daemons::CoordinatorArgs),
     /// Run an agent that executes child jobs on this machine.
     Agent(cmd::daemons::AgentArgs),
-    /// Start an execution of a parent package file.
+    /// Start an execution of a parent package file, or of a catalog package.
     Run(cmd::run::RunArgs),
     /// Inspect executions.
     #[command(subcommand)]
     Exec(cmd::exec::ExecCmd),
+    /// The catalog's packages: deploy versions, list, show, move, remove.
+    #[command(subcommand)]
+    Package(cmd::package::PackageCmd),
+    /// The catalog's folders: create, list, rename, remove.
+    #[command(subcommand)]
+    Folder(cmd::folder::FolderCmd),
     /// Inspect the fleet.
     #[command(subcommand)]
     Agents(cmd::agents::AgentsCmd),
@@ -89,6 +95,8 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Validate(a) => cmd::validate::run(a),
         Cmd::Certs(c) => cmd::certs::run(c).await,
         Cmd::Token(c) => cmd::token::run(c).await,
+        Cmd::Package(c) => cmd::package::run(c).await,
+        Cmd::Folder(c) => cmd::folder::run(c).await,
         Cmd::Role(c) => cmd::roles::run(c).await,
         Cmd::Whoami(a) => cmd::roles::whoami(a).await,
         Cmd::Completions { shell } => {

@@ -22,6 +22,13 @@ pub const MAX_BUNDLE_FILES: usize = 256;
 pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
 pub const MAX_PARAMS: usize = 1024;
 
+/// A parent package file and the files it references, keyed as it names them.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub root: String,
+    pub files: BTreeMap<String, String>,
+}
+
 /// A handle on a running coordinator.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -48,6 +55,20 @@ impl Coordinator {
         params: BTreeMap<String, String>,
         folder: String,
     ) -> Result<String, CoordinatorError> {
+        self.start_bundle(Bundle { root, files }, params, folder, None)
+            .await
+    }
+
+    /// [`Self::start`], recording the catalog version it runs, if any (its
+    /// children then go to agents by hash only: [`crate::catalog`]).
+    pub(crate) async fn start_bundle(
+        &self,
+        bundle: Bundle,
+        params: BTreeMap<String, String>,
+        folder: String,
+        catalog: Option<crate::records::CatalogRef>,
+    ) -> Result<String, CoordinatorError> {
+        let Bundle { root, files } = bundle;
         if root.is_empty() {
             return Err(CoordinatorError::InvalidRequest(
                 "bundle root is empty".into(),
@@ -71,11 +92,14 @@ impl Coordinator {
             )));
         }
         // Planning can be heavy (a million items): keep it off the runtime threads.
-        let (plan, root, files, params) = tokio::task::spawn_blocking(move || {
+        let (mut plan, root, files, params) = tokio::task::spawn_blocking(move || {
             plan_bundle(&root, &files, &params).map(|p| (p, root, files, params))
         })
         .await
         .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
+        if catalog.is_some() {
+            plan.fetch_by_hash();
+        }
         // Sensitive values are sealed before they reach the record (and so the
         // store); the plan keeps them in memory for the StartJob requests.
         let id = uuid::Uuid::now_v7().simple().to_string();
@@ -97,6 +121,7 @@ impl Coordinator {
             cancel_requested: false,
             final_counts: None,
             folder,
+            catalog,
         };
         self.handle.start(rec, plan).await
     }

@@ -38,6 +38,40 @@ pub enum CoordinatorError {
     TokenRevoked(String),
     #[error("certificate refused: {0}")]
     CertRevoked(String),
+    #[error(
+        "folder {0} does not exist; create it with `baton folder create {0}` (--parents for its ancestors too)"
+    )]
+    FolderNotFound(String),
+    #[error("folder {0} already exists")]
+    FolderExists(String),
+    #[error(
+        "folder not empty: {0}; move or remove what it holds first (`baton package list --folder …`, `baton folder list …`)"
+    )]
+    FolderNotEmpty(String),
+    #[error("no package {0} in the catalog; see `baton package list`")]
+    PackageNotFound(String),
+    #[error(
+        "a package {0} already exists; pick another name, or remove it first with `baton package rm {0}`"
+    )]
+    PackageExists(String),
+    #[error(
+        "package {package} has no version {version} (the latest is {latest}); see `baton package show {package}`"
+    )]
+    VersionNotFound {
+        package: String,
+        version: u32,
+        latest: u32,
+    },
+    #[error(
+        "package {package} has {running} running execution(s) (e.g. {first}); wait for them, cancel them (`baton exec cancel {first}`), or remove it anyway with --force (they finish with the version they pinned)"
+    )]
+    PackageInUse {
+        package: String,
+        running: usize,
+        first: String,
+    },
+    #[error("no package content with hash {0} on the coordinator")]
+    ContentNotFound(String),
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("io: {0}")]
@@ -86,6 +120,14 @@ impl CoordinatorError {
             CoordinatorError::TokenExpired(_) => "TOKEN_EXPIRED",
             CoordinatorError::TokenRevoked(_) => "TOKEN_REVOKED",
             CoordinatorError::CertRevoked(_) => "CERT_REVOKED",
+            CoordinatorError::FolderNotFound(_) => "FOLDER_NOT_FOUND",
+            CoordinatorError::FolderExists(_) => "FOLDER_EXISTS",
+            CoordinatorError::FolderNotEmpty(_) => "FOLDER_NOT_EMPTY",
+            CoordinatorError::PackageNotFound(_) => "PACKAGE_NOT_FOUND",
+            CoordinatorError::PackageExists(_) => "PACKAGE_EXISTS",
+            CoordinatorError::VersionNotFound { .. } => "VERSION_NOT_FOUND",
+            CoordinatorError::PackageInUse { .. } => "PACKAGE_IN_USE",
+            CoordinatorError::ContentNotFound(_) => "CONTENT_NOT_FOUND",
             CoordinatorError::ShuttingDown => "SHUTTING_DOWN",
             CoordinatorError::Io(_) => "IO_FAILED",
             CoordinatorError::Transport(_) => "TRANSPORT_FAILED",

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod catalog;
 pub mod error;
 pub mod grpc;
 pub mod live_tls;

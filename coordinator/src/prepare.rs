@@ -16,6 +16,9 @@ pub struct ChildPackage {
     pub name: String,
     pub hash: String,
     pub content: Arc<[u8]>,
+    /// Sent inside StartJob; when false (catalog packages) agents fetch the
+    /// content by hash and cache it.
+    pub inline: bool,
 }
 
 /// One foreach task of the parent, ready to run.
@@ -36,11 +39,24 @@ pub struct Plan {
     pub tasks: Vec<PlannedTask>,
 }
 
+impl Plan {
+    /// Children go to agents by hash only (the catalog's packages).
+    pub fn fetch_by_hash(&mut self) {
+        for t in &mut self.tasks {
+            t.child.inline = false;
+        }
+    }
+}
+
 /// Parses and binds the bundle of a stored `record` (after a restart), opening
 /// its sealed sensitive values with `secrets`.
 pub fn plan(record: &ExecutionRecord, secrets: &SealingKey) -> Result<Plan, CoordinatorError> {
     let overrides = crate::secrets::open_params(secrets, record)?;
-    plan_bundle(&record.root, &record.files, &overrides)
+    let mut plan = plan_bundle(&record.root, &record.files, &overrides)?;
+    if record.catalog.is_some() {
+        plan.fetch_by_hash();
+    }
+    Ok(plan)
 }
 
 /// Parses the root package and its children, binds parameters and expands
@@ -86,6 +102,7 @@ pub fn plan_bundle(
                 name: child.name.clone(),
                 hash: content_hash(child_text),
                 content: Arc::from(child_text.as_bytes()),
+                inline: true,
             },
             items,
             timeout_s: task.timeout_s,

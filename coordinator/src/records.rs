@@ -12,6 +12,11 @@
 //! | `i/<agent>/<fingerprint>` | a certificate issued to an agent by `Enroll`/`Renew` (value: its expiry), so that revoking the agent revokes them all |
 //! | `k/<token id>` | a token (hash of its secret, kind, expiry, state): [`crate::auth::tokens`] |
 //! | `g/<principal>` | a principal's grants: [`crate::auth::grants`] |
+//! | `f/<folder>` | a catalog folder (`f/etl/daily`): [`crate::catalog::model`] |
+//! | `n/<folder>/<name>` | the id of the catalog package at that path |
+//! | `p/<package id>` | a catalog package: folder, name, latest version |
+//! | `pv/<package id>/<version>` | one immutable version of a package: its files' hashes, parameters |
+//! | `b/<sha256>` | the text of one package file, stored once per content hash |
 //!
 //! Records are JSON: small, inspectable with any redb or etcd tool, and
 //! tolerant of added fields (`#[serde(default)]`).
@@ -146,6 +151,23 @@ pub struct ExecutionRecord {
     /// written before folders existed, which means "/".
     #[serde(default)]
     pub folder: String,
+    /// The catalog package version it was started from; `None` for a bundle
+    /// sent by the client.
+    #[serde(default)]
+    pub catalog: Option<CatalogRef>,
+}
+
+/// Which catalog package version an execution runs (it keeps its own copy of
+/// the bundle in `files`, so the package may change or go away meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogRef {
+    /// The package's id: stable across renames and moves.
+    pub package_id: String,
+    /// Its catalog path when the execution started.
+    pub path: String,
+    pub version: u32,
+    /// Hash of the whole bundle of that version.
+    pub hash: String,
 }
 
 impl ExecutionRecord {

@@ -364,6 +364,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
             }),
             parameters: Default::default(),
             folder: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|s| opt.status(s))?

@@ -87,6 +87,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
             ]
             .into(),
             folder: String::new(),
+            ..Default::default()
         })
         .await
         .map_err(|s| opt.status(s))?

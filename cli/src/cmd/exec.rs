@@ -159,7 +159,7 @@ fn tree(children: &[pb::ChildJob], limit: usize) -> String {
     out
 }
 
-fn ms_to_utc(ms: u64) -> String {
+pub(crate) fn ms_to_utc(ms: u64) -> String {
     if ms == 0 {
         return "-".to_string();
     }

@@ -7,6 +7,8 @@ pub mod daemons;
 pub mod demo;
 pub mod exec;
 pub mod exec_child;
+pub mod folder;
+pub mod package;
 pub mod roles;
 pub mod run;
 pub mod token;

@@ -13,11 +13,20 @@ use crate::output::{Format, Progress, summary_human, summary_json};
 /// Start an execution of a parent package.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  baton run examples/fanout/parent.toml -p children=500 --wait\n  baton run nightly.toml -p date=2026-11-21 --follow --output json"
+    after_help = "Examples:\n  baton run examples/fanout/parent.toml -p children=500 --wait\n  baton run nightly.toml -p date=2026-11-21 --follow --output json\n  baton run --package /etl/load -p children=10 --wait          # the latest version in the catalog\n  baton run --package /etl/load --version 3",
+    disable_version_flag = true
 )]
 pub struct RunArgs {
     /// The parent package file; child packages are read relative to it.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "package", conflicts_with = "package")]
+    pub file: Option<PathBuf>,
+    /// A catalog package to run instead of a file: FOLDER/NAME (`baton package list`).
+    /// The execution belongs to its folder; starting needs `execute` there.
+    #[arg(long, value_name = "FOLDER/NAME")]
+    pub package: Option<String>,
+    /// The version of --package to run (default: the latest).
+    #[arg(long)]
+    pub version: Option<u32>,
     /// Parameter override, repeatable: -p name=value.
     #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
@@ -29,36 +38,71 @@ pub struct RunArgs {
     pub follow: bool,
     #[arg(long, value_enum, default_value = "human")]
     pub output: Format,
-    /// Catalog folder the execution belongs to; starting needs `execute` there.
-    #[arg(long, default_value = "/")]
-    pub folder: String,
+    /// Catalog folder the execution of a file belongs to (default /); starting
+    /// needs `execute` there.
+    #[arg(long, conflicts_with = "package")]
+    pub folder: Option<String>,
     #[command(flatten)]
     pub coordinator: CoordinatorOpt,
 }
 
 pub async fn run(args: RunArgs) -> Result<u8, CliError> {
-    let bundle = bundle::load(&args.file)?;
+    if args.version.is_some() && args.package.is_none() {
+        return Err(CliError::invalid(
+            "USAGE",
+            "--version picks a version of a catalog package: use it with --package FOLDER/NAME",
+        ));
+    }
     let params = bundle::params(&args.params)?;
+    let request = match (&args.file, &args.package) {
+        (Some(file), _) => {
+            let bundle = bundle::load(file)?;
+            pb::StartExecutionRequest {
+                bundle: Some(pb::PackageBundle {
+                    root: bundle.root,
+                    files: bundle.files.into_iter().collect(),
+                }),
+                parameters: params.into_iter().collect(),
+                folder: args.folder.clone().unwrap_or_else(|| "/".into()),
+                ..Default::default()
+            }
+        }
+        (None, package) => pb::StartExecutionRequest {
+            parameters: params.into_iter().collect(),
+            package: package.clone().unwrap_or_default(),
+            version: args.version.unwrap_or(0),
+            ..Default::default()
+        },
+    };
     let mut client = args.coordinator.connect().await?;
     let started = Instant::now();
-    let id = client
-        .start_execution(pb::StartExecutionRequest {
-            bundle: Some(pb::PackageBundle {
-                root: bundle.root,
-                files: bundle.files.into_iter().collect(),
-            }),
-            parameters: params.into_iter().collect(),
-            folder: args.folder.clone(),
-        })
+    let response = client
+        .start_execution(request)
         .await
         .map_err(|s| args.coordinator.status(s))?
-        .into_inner()
-        .execution_id;
+        .into_inner();
+    let id = response.execution_id;
     if !(args.wait || args.follow) {
         match args.output {
+            Format::Json if response.package_version > 0 => println!(
+                "{}",
+                serde_json::json!({
+                    "execution_id": id,
+                    "package": args.package,
+                    "version": response.package_version,
+                    "hash": response.package_hash,
+                })
+            ),
             Format::Json => println!("{}", serde_json::json!({ "execution_id": id })),
             Format::Human => {
                 println!("{id}");
+                if response.package_version > 0 {
+                    eprintln!(
+                        "started version {} of {}",
+                        response.package_version,
+                        args.package.as_deref().unwrap_or_default()
+                    );
+                }
                 eprintln!("started; follow it with `baton exec show {id}`");
             }
         }

@@ -291,4 +291,12 @@ impl CoordinatorService for AgentApi {
         debug!(agent = %name, "agent certificate renewed");
         Ok(Response::new(resp))
     }
+
+    async fn fetch_package(
+        &self,
+        request: Request<pb::FetchPackageRequest>,
+    ) -> Result<Response<pb::FetchPackageResponse>, Status> {
+        let cred = super::credential(&request);
+        super::fetch::fetch_package(&self.auth, &cred, request.into_inner()).await
+    }
 }

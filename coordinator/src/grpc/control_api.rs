@@ -13,6 +13,7 @@
 //! | GrantRole, RevokeRole | `manage` on the folder |
 //! | ListRoles | `read` on the folder |
 //! | WhoAmI | any principal |
+//! | the catalog's calls | see [`super::catalog_api`] |
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ pub struct ControlApi {
 
 impl ControlApi {
     /// Authenticates the caller and checks `needed` on `folder`.
-    async fn allow<T>(
+    pub(super) async fn allow<T>(
         &self,
         request: &Request<T>,
         call: &str,
@@ -91,6 +92,9 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::StartExecutionRequest>,
     ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        if !request.get_ref().package.is_empty() {
+            return self.start_package(request).await;
+        }
         let folder = normalize_folder(&request.get_ref().folder).map_err(status)?;
         self.allow(&request, "StartExecution", Permission::Execute, &folder)
             .await?;
@@ -112,6 +116,7 @@ impl ControlService for ControlApi {
             .map_err(status)?;
         Ok(Response::new(pb::StartExecutionResponse {
             execution_id: id,
+            ..Default::default()
         }))
     }
 
@@ -416,6 +421,70 @@ impl ControlService for ControlApi {
             method: who.method.as_str().to_string(),
             grants: grant_rows(rows),
         }))
+    }
+
+    // The catalog: super::catalog_api.
+    async fn create_folder(
+        &self,
+        request: Request<pb::CreateFolderRequest>,
+    ) -> Result<Response<pb::CreateFolderResponse>, Status> {
+        self.catalog_create_folder(request).await
+    }
+
+    async fn list_folders(
+        &self,
+        request: Request<pb::ListFoldersRequest>,
+    ) -> Result<Response<pb::ListFoldersResponse>, Status> {
+        self.catalog_list_folders(request).await
+    }
+
+    async fn rename_folder(
+        &self,
+        request: Request<pb::RenameFolderRequest>,
+    ) -> Result<Response<pb::RenameFolderResponse>, Status> {
+        self.catalog_rename_folder(request).await
+    }
+
+    async fn delete_folder(
+        &self,
+        request: Request<pb::DeleteFolderRequest>,
+    ) -> Result<Response<pb::DeleteFolderResponse>, Status> {
+        self.catalog_delete_folder(request).await
+    }
+
+    async fn deploy_package(
+        &self,
+        request: Request<pb::DeployPackageRequest>,
+    ) -> Result<Response<pb::DeployPackageResponse>, Status> {
+        self.catalog_deploy(request).await
+    }
+
+    async fn list_packages(
+        &self,
+        request: Request<pb::ListPackagesRequest>,
+    ) -> Result<Response<pb::ListPackagesResponse>, Status> {
+        self.catalog_list_packages(request).await
+    }
+
+    async fn get_package(
+        &self,
+        request: Request<pb::GetPackageRequest>,
+    ) -> Result<Response<pb::PackageDetail>, Status> {
+        self.catalog_get_package(request).await
+    }
+
+    async fn move_package(
+        &self,
+        request: Request<pb::MovePackageRequest>,
+    ) -> Result<Response<pb::MovePackageResponse>, Status> {
+        self.catalog_move_package(request).await
+    }
+
+    async fn delete_package(
+        &self,
+        request: Request<pb::DeletePackageRequest>,
+    ) -> Result<Response<pb::DeletePackageResponse>, Status> {
+        self.catalog_delete_package(request).await
     }
 }
 

@@ -3,9 +3,11 @@
 //! handle, and map domain errors to `Status` in one place ([`status`]).
 
 pub mod agent_api;
+mod catalog_api;
 pub mod child_output;
 pub mod control_api;
 mod convert;
+mod fetch;
 
 use baton_proto::identity::{Peer, classify};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -83,6 +85,16 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
             Code::NotFound
         }
         CoordinatorError::AgentNotRegistered(_) | CoordinatorError::AgentAlive(_) => {
+            Code::FailedPrecondition
+        }
+        CoordinatorError::FolderNotFound(_)
+        | CoordinatorError::PackageNotFound(_)
+        | CoordinatorError::VersionNotFound { .. }
+        | CoordinatorError::ContentNotFound(_) => Code::NotFound,
+        CoordinatorError::FolderExists(_) | CoordinatorError::PackageExists(_) => {
+            Code::AlreadyExists
+        }
+        CoordinatorError::FolderNotEmpty(_) | CoordinatorError::PackageInUse { .. } => {
             Code::FailedPrecondition
         }
         CoordinatorError::StoreConflict(_) => Code::Aborted,

@@ -126,7 +126,12 @@ impl Scheduler {
             package: Some(pb::PackageRef {
                 name: planned.child.name.clone(),
                 content_hash: planned.child.hash.clone(),
-                content: planned.child.content.to_vec(),
+                // Catalog packages go by hash: the agent fetches and caches them.
+                content: if planned.child.inline {
+                    planned.child.content.to_vec()
+                } else {
+                    Vec::new()
+                },
             }),
             parameters: params.into_iter().collect(),
             coordinator_epoch: self.epoch,

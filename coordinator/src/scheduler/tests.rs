@@ -58,6 +58,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
         stale_events: 0,
         cancel_requested: false,
         final_counts: None,
+        catalog: None,
     };
     s.start(rec, plan)
 }

@@ -127,6 +127,7 @@ fn control_calls(
                         bundle: Some(bundle),
                         parameters: Default::default(),
                         folder: "/".into(),
+                        ..Default::default()
                     })
                     .await),
             ),

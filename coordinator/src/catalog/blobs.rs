@@ -1,0 +1,207 @@
+//! Package content: checking a deployed bundle, its hash, and the blobs that
+//! hold each file's text once per content hash.
+//!
+//! A version's identity is the hash of its whole bundle ([`bundle_hash`]): the
+//! root file's name and every file's path and content hash. Each file's text is
+//! a blob (`b/<sha256 of the text>`), shared by every version and package that
+//! holds the same text; agents fetch child packages by that hash.
+//!
+//! **Removing blobs** ([`sweep`]): a blob is deleted when no version and no
+//! running execution references it. Every write of a referencing record also
+//! rewrites the blobs it uses (deploy in the same commit; a catalog start right
+//! after its execution is durable), and the sweep deletes with the revision it
+//! read *before* looking for references, so a blob that gained a reference
+//! meanwhile is never lost: the delete fails its precondition and the next
+//! sweep looks again.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use baton_package::{Package, TaskKind, content_hash};
+
+use super::model::{BLOB_PREFIX, VERSION_PREFIX, VersionRecord, blob_key};
+use crate::api::{MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES};
+use crate::error::CoordinatorError;
+use crate::records::ExecutionRecord;
+use crate::store::{Op, Precondition, Store, StoreError};
+
+/// Hash of a bundle: SHA-256 of `root\n` then `path\thash\n` per file, in path order.
+pub fn bundle_hash(root: &str, file_hashes: &BTreeMap<String, String>) -> String {
+    let mut text = format!("{root}\n");
+    for (path, hash) in file_hashes {
+        text.push_str(path);
+        text.push('\t');
+        text.push_str(hash);
+        text.push('\n');
+    }
+    content_hash(&text)
+}
+
+/// A bundle that passed [`check_bundle`]: only the files the parent references.
+#[derive(Debug, Clone)]
+pub struct CheckedBundle {
+    pub parent: Package,
+    pub root: String,
+    pub files: BTreeMap<String, String>,
+    /// path → content hash.
+    pub hashes: BTreeMap<String, String>,
+    pub hash: String,
+    pub bytes: u64,
+}
+
+/// Checks a bundle as a start would (without binding parameters, which are
+/// given at run time): the parent parses and runs only foreach tasks, every
+/// child it names is there and parses, and sensitive values stay hidden.
+/// Files the parent does not reference are dropped.
+pub fn check_bundle(
+    root: &str,
+    files: &BTreeMap<String, String>,
+) -> Result<CheckedBundle, CoordinatorError> {
+    if root.is_empty() {
+        return Err(CoordinatorError::InvalidRequest(
+            "bundle root is empty".into(),
+        ));
+    }
+    if files.len() > MAX_BUNDLE_FILES {
+        return Err(CoordinatorError::InvalidRequest(format!(
+            "bundle has {} files; the limit is {MAX_BUNDLE_FILES}",
+            files.len()
+        )));
+    }
+    let total: usize = files.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if total > MAX_BUNDLE_BYTES {
+        return Err(CoordinatorError::InvalidRequest(format!(
+            "bundle is {total} bytes; the limit is {MAX_BUNDLE_BYTES}"
+        )));
+    }
+    let text = files.get(root).ok_or_else(|| {
+        CoordinatorError::InvalidRequest(format!("the bundle has no root file '{root}'"))
+    })?;
+    let parent = Package::parse(root, text)?;
+    parent.check_sensitive_use()?;
+    let mut kept = BTreeMap::from([(root.to_string(), text.clone())]);
+    for task in parent.task_order() {
+        let TaskKind::Foreach(fe) = &task.kind else {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "task '{}' of parent package '{}' is not a foreach; in this version a parent \
+                 package runs only foreach tasks (put the exec in a child package)",
+                task.name, parent.name
+            )));
+        };
+        let child_text = files.get(&fe.child).ok_or_else(|| {
+            CoordinatorError::InvalidRequest(format!(
+                "task '{}' runs child package '{}', which is not in the bundle",
+                task.name, fe.child
+            ))
+        })?;
+        let child = Package::parse(&fe.child, child_text)?;
+        child.check_sensitive_use()?;
+        fe.check_sensitive_flow(&task.name, &parent, &child)?;
+        kept.insert(fe.child.clone(), child_text.clone());
+    }
+    let hashes: BTreeMap<String, String> = kept
+        .iter()
+        .map(|(p, t)| (p.clone(), content_hash(t)))
+        .collect();
+    Ok(CheckedBundle {
+        hash: bundle_hash(root, &hashes),
+        bytes: kept.values().map(|t| t.len() as u64).sum(),
+        parent,
+        root: root.to_string(),
+        files: kept,
+        hashes,
+    })
+}
+
+/// Puts of the blobs of `files` (unconditional: a blob's content is its key).
+pub fn put_ops(files: &BTreeMap<String, String>) -> Vec<Op> {
+    let mut seen = BTreeSet::new();
+    files
+        .values()
+        .filter_map(|text| {
+            let hash = content_hash(text);
+            seen.insert(hash.clone()).then(|| Op::Put {
+                key: blob_key(&hash),
+                value: text.as_bytes().to_vec(),
+                pre: Precondition::Any,
+            })
+        })
+        .collect()
+}
+
+/// The text of the blob `hash`, if stored.
+pub async fn get(store: &dyn Store, hash: &str) -> Result<Option<String>, CoordinatorError> {
+    let Some(kv) = store.get(&blob_key(hash)).await? else {
+        return Ok(None);
+    };
+    String::from_utf8(kv.value)
+        .map(Some)
+        .map_err(|_| CoordinatorError::Store(format!("blob {hash} is not UTF-8")))
+}
+
+/// The texts of a version's files, from their blobs.
+pub async fn files_of(
+    store: &dyn Store,
+    v: &VersionRecord,
+) -> Result<BTreeMap<String, String>, CoordinatorError> {
+    let mut out = BTreeMap::new();
+    for (path, hash) in &v.files {
+        let text = get(store, hash).await?.ok_or_else(|| {
+            CoordinatorError::Store(format!(
+                "the content of '{path}' ({hash}) of version {} is missing from the store",
+                v.version
+            ))
+        })?;
+        out.insert(path.clone(), text);
+    }
+    Ok(out)
+}
+
+/// The content hashes the running executions use.
+pub fn running_hashes(executions: &[ExecutionRecord]) -> BTreeSet<String> {
+    executions
+        .iter()
+        .filter(|e| !e.state.is_terminal())
+        .flat_map(|e| e.files.values().map(|t| content_hash(t)))
+        .collect()
+}
+
+/// Deletes blobs referenced by no version and no running execution; returns
+/// how many. See the module doc for why this is safe against concurrent writers.
+pub async fn sweep(store: &dyn Store) -> Result<usize, CoordinatorError> {
+    // Revisions first, references second (the order matters).
+    let blobs: Vec<(String, u64)> = store
+        .range(BLOB_PREFIX)
+        .await?
+        .into_iter()
+        .map(|kv| (kv.key, kv.mod_revision))
+        .collect();
+    let mut used = BTreeSet::new();
+    for kv in store.range(VERSION_PREFIX).await? {
+        let v: VersionRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| CoordinatorError::Store(format!("corrupt record '{}': {e}", kv.key)))?;
+        used.extend(v.files.into_values());
+    }
+    let executions: Vec<ExecutionRecord> = store
+        .range("e/")
+        .await?
+        .into_iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
+    used.extend(running_hashes(&executions));
+    let mut removed = 0;
+    for (key, rev) in blobs {
+        if used.contains(&key[BLOB_PREFIX.len()..]) {
+            continue;
+        }
+        let op = Op::Delete {
+            key,
+            pre: Precondition::Revision(rev),
+        };
+        match store.commit(vec![op]).await {
+            Ok(_) => removed += 1,
+            Err(StoreError::Conflict { .. }) => {} // gained a reference: kept
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(removed)
+}
