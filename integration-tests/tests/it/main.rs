@@ -18,6 +18,7 @@ mod bad_input;
 mod bench;
 mod cancel;
 mod capacity;
+mod catalog;
 mod coordinator_restart;
 mod drain;
 mod fanout;
