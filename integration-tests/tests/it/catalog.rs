@@ -349,18 +349,16 @@ fn a_reader_lists_and_shows_but_cannot_change_or_run() {
     bob(&["package", "mv", "/etl/load", "/etl/load2"]).expect_code(0);
     c.cli(&["role", "grant", "bob", "execute", "/etl"])
         .expect_code(0);
-    let (id, _) = {
-        let v = ok_json(bob(&[
-            "run",
-            "--package",
-            "/etl/load2",
-            "-p",
-            "children=1",
-            "--output",
-            "json",
-        ]));
-        (v["execution_id"].as_str().unwrap().to_owned(), ())
-    };
+    let run = ok_json(bob(&[
+        "run",
+        "--package",
+        "/etl/load2",
+        "-p",
+        "children=1",
+        "--output",
+        "json",
+    ]));
+    let id = run["execution_id"].as_str().unwrap().to_owned();
     let view = c.wait_exec_terminal(&id, Duration::from_secs(60));
     assert_eq!(view.status, "succeeded", "{}", view.brief());
     assert_eq!(
