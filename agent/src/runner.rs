@@ -583,11 +583,14 @@ async fn supervise(
         r = ctx.cancel.cancelled() => Kill::Cancel(r),
     };
     let _ = killpg(pgid, Signal::SIGTERM);
-    let status = tokio::time::timeout(grace, child.wait())
+    // One grace from this SIGTERM for the whole group, leader included (not a
+    // second one for what the leader leaves behind).
+    let until = Instant::now() + grace;
+    let status = tokio::time::timeout_at(until, child.wait())
         .await
         .ok()
         .and_then(Result::ok);
-    terminate_group(pgid, grace).await;
+    kill_group_at(pgid, until).await;
     let status = match status {
         Some(s) => Some(s),
         None => child.wait().await.ok(),
@@ -601,7 +604,11 @@ async fn supervise(
 /// SIGTERM to the group, wait up to `grace` for it to empty, then SIGKILL.
 async fn terminate_group(pgid: Pid, grace: Duration) {
     let _ = killpg(pgid, Signal::SIGTERM);
-    let until = Instant::now() + grace;
+    kill_group_at(pgid, Instant::now() + grace).await;
+}
+
+/// Waits until `until` for the group to empty, then SIGKILL to what is left.
+async fn kill_group_at(pgid: Pid, until: Instant) {
     while killpg(pgid, None).is_ok() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
