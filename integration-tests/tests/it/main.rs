@@ -24,6 +24,7 @@ mod drain;
 mod fanout;
 mod foreign_report;
 mod listing;
+mod logs_rows;
 mod retention;
 mod rpc_matrix;
 mod run_as;

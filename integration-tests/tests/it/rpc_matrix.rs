@@ -103,6 +103,9 @@ fn control_calls(
         "ListRoles",
         "WhoAmI",
         "RevokeCertificate",
+        "CancelChild",
+        "StreamLogs",
+        "StreamRows",
     ];
     let Some(ch) = ch else {
         return names.iter().map(|n| (*n, Got::NoConnection)).collect();
@@ -240,6 +243,48 @@ fn control_calls(
                     })
                     .await),
             ),
+            (
+                "CancelChild",
+                got(c
+                    .cancel_child(pb::CancelChildRequest {
+                        execution_id: exec_id.into(),
+                        child: "fan[0]".into(),
+                        reason: "matrix".into(),
+                    })
+                    .await),
+            ),
+            (
+                "StreamLogs",
+                got(
+                    match c
+                        .stream_logs(pb::StreamLogsRequest {
+                            execution_id: exec_id.into(),
+                            child: "fan[0]".into(),
+                            ..Default::default()
+                        })
+                        .await
+                    {
+                        Ok(s) => s.into_inner().message().await.map(|_| ()),
+                        Err(e) => Err(e),
+                    },
+                ),
+            ),
+            (
+                "StreamRows",
+                got(
+                    match c
+                        .stream_rows(pb::StreamRowsRequest {
+                            execution_id: exec_id.into(),
+                            child: "fan[1]".into(),
+                            attempt: 0,
+                        })
+                        .await
+                    {
+                        Ok(s) => s.into_inner().message().await.map(|_| ()),
+                        Err(e) => Err(e),
+                    },
+                ),
+            ),
         ]
     })
 }
@@ -303,7 +348,13 @@ fn agent_service_calls(
     rt: &tokio::runtime::Runtime,
     ch: Option<Channel>,
 ) -> Vec<(&'static str, Got)> {
-    let names = ["StartJob", "CancelJob", "GetJob"];
+    let names = [
+        "StartJob",
+        "CancelJob",
+        "GetJob",
+        "StreamLogs",
+        "StreamRows",
+    ];
     let Some(ch) = ch else {
         return names.iter().map(|n| (*n, Got::NoConnection)).collect();
     };
@@ -342,10 +393,27 @@ fn agent_service_calls(
             .await);
         let get = got(c
             .get_job(pb::GetJobRequest {
+                dispatch_id: Some(id.clone()),
+            })
+            .await);
+        let logs = got(c
+            .stream_logs(pb::StreamJobLogsRequest {
+                dispatch_id: Some(id.clone()),
+                ..Default::default()
+            })
+            .await);
+        let rows = got(c
+            .stream_rows(pb::StreamJobRowsRequest {
                 dispatch_id: Some(id),
             })
             .await);
-        vec![("StartJob", start), ("CancelJob", cancel), ("GetJob", get)]
+        vec![
+            ("StartJob", start),
+            ("CancelJob", cancel),
+            ("GetJob", get),
+            ("StreamLogs", logs),
+            ("StreamRows", rows),
+        ]
     })
 }
 
@@ -545,6 +613,10 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
     }]) {
         let calls = agent_service_calls(&rt, agent_ch(&caller.dir));
         let expect = |rpc: &str| match (caller.name, rpc) {
+            // Past the identity check: the matrix's job is unknown on a1.
+            ("coordinator", "StreamLogs" | "StreamRows") => {
+                refused(Code::NotFound, "AGENT_JOB_UNKNOWN")
+            }
             ("coordinator", _) => Got::Ok,
             ("none" | "foreign" | "expired", _) => Got::NoConnection,
             (_, "StartJob") => refused(Code::PermissionDenied, "UNAUTHORIZED"),
