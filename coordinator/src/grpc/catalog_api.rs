@@ -13,7 +13,9 @@
 //! | DeletePackage | `modify` on the package's folder |
 //! | StartExecution with `package` | `execute` on the package's folder |
 //!
-//! Every change is one line in the audit trail.
+//! A package's folder is part of its path, so permissions are checked before
+//! anything is looked up: a refusal tells nothing about what exists. Every
+//! change is one line in the audit trail.
 
 use baton_proto as pb;
 use tonic::{Request, Response, Status};
@@ -86,22 +88,22 @@ impl ControlApi {
                 "give a bundle or a catalog package, not both".into(),
             )));
         }
-        let catalog = self.coordinator.catalog();
-        let (pkg, _) = catalog.package(&r.package).await.map_err(status)?;
-        if !r.folder.is_empty() && normalize_folder(&r.folder).map_err(status)? != pkg.folder {
+        // A package's folder is in its path: permissions are checked before
+        // anything is looked up, so a refusal says nothing about what exists.
+        let (folder, _) = split_path(&r.package).map_err(status)?;
+        if !r.folder.is_empty() && normalize_folder(&r.folder).map_err(status)? != folder {
             return Err(status(CoordinatorError::InvalidRequest(format!(
-                "package {} is in folder {}, and its executions belong there (leave --folder out)",
-                pkg.path(),
-                pkg.folder
+                "package {} is in folder {folder}, and its executions belong there (leave --folder out)",
+                r.package
             ))));
         }
         self.auth
-            .require(&who, Permission::Execute, &pkg.folder, call)
+            .require(&who, Permission::Execute, &folder, call)
             .await
             .map_err(status)?;
         let started = self
             .coordinator
-            .start_package(&pkg.path(), r.version, r.parameters.into_iter().collect())
+            .start_package(&r.package, r.version, r.parameters.into_iter().collect())
             .await
             .map_err(status)?;
         Ok(Response::new(pb::StartExecutionResponse {
@@ -293,12 +295,13 @@ impl ControlApi {
         let call = "GetPackage";
         let who = self.who(&request, call).await?;
         let r = request.into_inner();
-        let catalog = self.coordinator.catalog();
-        let (pkg, _) = catalog.package(&r.path).await.map_err(status)?;
+        let (folder, _) = split_path(&r.path).map_err(status)?;
         self.auth
-            .require(&who, Permission::Read, &pkg.folder, call)
+            .require(&who, Permission::Read, &folder, call)
             .await
             .map_err(status)?;
+        let catalog = self.coordinator.catalog();
+        let (pkg, _) = catalog.package(&r.path).await.map_err(status)?;
         let readable = self.auth.reader(&who).await.map_err(status)?;
         let versions = catalog.versions(&pkg.id).await.map_err(status)?;
         let limit = match r.executions as usize {
@@ -335,24 +338,25 @@ impl ControlApi {
         let call = "MovePackage";
         let who = self.who(&request, call).await?;
         let r = request.into_inner();
-        let catalog = self.coordinator.catalog();
-        let (pkg, _) = catalog.package(&r.from).await.map_err(status)?;
+        let (from_folder, _) = split_path(&r.from).map_err(status)?;
         let (to_folder, _) = split_path(&r.to).map_err(status)?;
-        for f in [&pkg.folder, &to_folder] {
+        for f in [&from_folder, &to_folder] {
             self.auth
                 .require(&who, Permission::Modify, f, call)
                 .await
                 .map_err(status)?;
         }
-        let moved = catalog
-            .move_package(&pkg.path(), &r.to)
+        let moved = self
+            .coordinator
+            .catalog()
+            .move_package(&r.from, &r.to)
             .await
             .map_err(status)?;
         self.auth.audit.changed(
             &who.name,
             call,
-            &pkg.folder,
-            &format!("{} moved to {}", pkg.path(), moved.path()),
+            &from_folder,
+            &format!("{} moved to {}", r.from, moved.path()),
         );
         Ok(Response::new(pb::MovePackageResponse {
             package: Some(summary(&moved)),
@@ -366,29 +370,28 @@ impl ControlApi {
         let call = "DeletePackage";
         let who = self.who(&request, call).await?;
         let r = request.into_inner();
-        let catalog = self.coordinator.catalog();
-        let (pkg, _) = catalog.package(&r.path).await.map_err(status)?;
+        let (folder, _) = split_path(&r.path).map_err(status)?;
         self.auth
-            .require(&who, Permission::Modify, &pkg.folder, call)
+            .require(&who, Permission::Modify, &folder, call)
             .await
             .map_err(status)?;
-        let deleted = catalog
-            .delete_package(&pkg.path(), r.force)
+        let deleted = self
+            .coordinator
+            .catalog()
+            .delete_package(&r.path, r.force)
             .await
             .map_err(status)?;
         let detail = if deleted.running.is_empty() {
-            format!("{} removed ({} versions)", pkg.path(), deleted.versions)
+            format!("{} removed ({} versions)", r.path, deleted.versions)
         } else {
             format!(
                 "{} removed with --force ({} versions, {} executions still running)",
-                pkg.path(),
+                r.path,
                 deleted.versions,
                 deleted.running.len()
             )
         };
-        self.auth
-            .audit
-            .changed(&who.name, call, &pkg.folder, &detail);
+        self.auth.audit.changed(&who.name, call, &folder, &detail);
         Ok(Response::new(pb::DeletePackageResponse {
             versions: deleted.versions,
             running_executions: deleted.running,

@@ -13,7 +13,7 @@
 //! | GrantRole, RevokeRole | `manage` on the folder |
 //! | ListRoles | `read` on the folder |
 //! | WhoAmI | any principal |
-//! | the catalog's calls | see [`super::catalog_api`] |
+//! | the catalog's calls | see `grpc/catalog_api.rs` |
 
 use std::pin::Pin;
 use std::sync::Arc;

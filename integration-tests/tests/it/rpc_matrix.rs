@@ -106,6 +106,15 @@ fn control_calls(
         "CancelChild",
         "StreamLogs",
         "StreamRows",
+        "CreateFolder",
+        "DeployPackage",
+        "ListFolders",
+        "ListPackages",
+        "GetPackage",
+        "MovePackage",
+        "RenameFolder",
+        "DeletePackage",
+        "DeleteFolder",
     ];
     let Some(ch) = ch else {
         return names.iter().map(|n| (*n, Got::NoConnection)).collect();
@@ -122,6 +131,7 @@ fn control_calls(
             ]
             .into(),
         };
+        let catalog_bundle = bundle.clone();
         vec![
             (
                 "StartExecution",
@@ -285,6 +295,76 @@ fn control_calls(
                     },
                 ),
             ),
+            // The catalog, in an order in which each call succeeds for the admin.
+            (
+                "CreateFolder",
+                got(c
+                    .create_folder(pb::CreateFolderRequest {
+                        path: "/m".into(),
+                        parents: false,
+                    })
+                    .await),
+            ),
+            (
+                "DeployPackage",
+                got(c
+                    .deploy_package(pb::DeployPackageRequest {
+                        bundle: Some(catalog_bundle),
+                        folder: "/m".into(),
+                        name: "p".into(),
+                    })
+                    .await),
+            ),
+            (
+                "ListFolders",
+                got(c.list_folders(pb::ListFoldersRequest::default()).await),
+            ),
+            (
+                "ListPackages",
+                got(c.list_packages(pb::ListPackagesRequest::default()).await),
+            ),
+            (
+                "GetPackage",
+                got(c
+                    .get_package(pb::GetPackageRequest {
+                        path: "/m/p".into(),
+                        executions: 0,
+                    })
+                    .await),
+            ),
+            (
+                "MovePackage",
+                got(c
+                    .move_package(pb::MovePackageRequest {
+                        from: "/m/p".into(),
+                        to: "/m/q".into(),
+                    })
+                    .await),
+            ),
+            (
+                "RenameFolder",
+                got(c
+                    .rename_folder(pb::RenameFolderRequest {
+                        from: "/m".into(),
+                        to: "/m2".into(),
+                    })
+                    .await),
+            ),
+            (
+                "DeletePackage",
+                got(c
+                    .delete_package(pb::DeletePackageRequest {
+                        path: "/m2/q".into(),
+                        force: false,
+                    })
+                    .await),
+            ),
+            (
+                "DeleteFolder",
+                got(c
+                    .delete_folder(pb::DeleteFolderRequest { path: "/m2".into() })
+                    .await),
+            ),
         ]
     })
 }
@@ -295,8 +375,15 @@ fn agent_calls(
     ch: Option<Channel>,
     name: &str,
     token: &str,
+    package_hash: &str,
 ) -> Vec<(&'static str, Got)> {
-    let names = ["Register", "ReportEvents", "Renew", "Enroll"];
+    let names = [
+        "Register",
+        "ReportEvents",
+        "Renew",
+        "Enroll",
+        "FetchPackage",
+    ];
     let Some(ch) = ch else {
         return names.iter().map(|n| (*n, Got::NoConnection)).collect();
     };
@@ -334,11 +421,17 @@ fn agent_calls(
                 csr_pem: csr,
             })
             .await;
+        let fetch = c
+            .fetch_package(pb::FetchPackageRequest {
+                content_hash: package_hash.into(),
+            })
+            .await;
         vec![
             ("Register", got(register)),
             ("ReportEvents", got(report)),
             ("Renew", got(renew)),
             ("Enroll", got(enroll)),
+            ("FetchPackage", got(fetch)),
         ]
     })
 }
@@ -489,6 +582,18 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
     let pkg = c.write_fanout("m", &FanoutSpec::new(2, "true"));
     let exec_id = c.start_run(&pkg, &[]);
     let pkg_dir = pkg.parent().unwrap().to_path_buf();
+    // A catalog package whose child agents may fetch by hash.
+    c.cli(&["folder", "create", "/keep"]).expect_code(0);
+    c.cli(&[
+        "package",
+        "deploy",
+        &pkg.display().to_string(),
+        "--folder",
+        "/keep",
+    ])
+    .expect_code(0);
+    let package_hash =
+        crate::harness::fixtures::sha256_hex(&std::fs::read(pkg_dir.join("child.toml")).unwrap());
     let t = c.cli(&["token", "create", "--api", "dave", "--output", "json"]);
     let token_id = t.json()["token_id"].as_str().unwrap().to_owned();
     let enr = c.cli(&["token", "create", "--agent", "--output", "json"]);
@@ -551,7 +656,10 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             "admin" => Got::Ok,
             "none" => refused(Code::Unauthenticated, "UNAUTHENTICATED"),
             "foreign" | "expired" => Got::NoConnection,
-            "bob" if rpc == "WhoAmI" || rpc == "ListExecutions" => Got::Ok,
+            // Listings show bob only what he may read (nothing): allowed.
+            "bob" if ["WhoAmI", "ListExecutions", "ListFolders", "ListPackages"].contains(&rpc) => {
+                Got::Ok
+            }
             _ => refused(Code::PermissionDenied, "PERMISSION_DENIED"),
         };
         bad.extend(mismatches(caller.name, &calls, expect));
@@ -581,9 +689,14 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
         } else {
             "btn_enr_000000000000_bad"
         };
-        let calls = agent_calls(&rt, coord(&caller.dir), claimed, token);
+        let calls = agent_calls(&rt, coord(&caller.dir), claimed, token, &package_hash);
         let expect = |rpc: &str| match (caller.name, rpc) {
             ("foreign" | "expired", _) => Got::NoConnection,
+            // Any registered, unrevoked agent; nobody else.
+            ("agent", "FetchPackage") => Got::Ok,
+            ("none", "FetchPackage") => refused(Code::Unauthenticated, "UNAUTHENTICATED"),
+            ("revoked", "FetchPackage") => refused(Code::PermissionDenied, "CERT_REVOKED"),
+            (_, "FetchPackage") => refused(Code::PermissionDenied, "PERMISSION_DENIED"),
             ("agent", "Register" | "ReportEvents" | "Renew") => Got::Ok,
             ("none", "Register" | "ReportEvents") => {
                 refused(Code::Unauthenticated, "UNAUTHENTICATED")
@@ -600,8 +713,8 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
         bad.extend(mismatches(caller.name, &calls, expect));
     }
     // The same enrolment token a second time.
-    let again = agent_calls(&rt, coord(&none), "m2", &enrol_secret);
-    bad.extend(mismatches("token reused", &again[3..], |_| {
+    let again = agent_calls(&rt, coord(&none), "m2", &enrol_secret, &package_hash);
+    bad.extend(mismatches("token reused", &again[3..4], |_| {
         refused(Code::PermissionDenied, "TOKEN_USED")
     }));
 
