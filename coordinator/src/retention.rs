@@ -4,7 +4,9 @@
 //! An ended execution is pruned when it ended longer than `keep_for` ago, or
 //! when more than `keep_count` ended executions are newer than it. Pruning
 //! deletes its record (`e/<id>`) and every child record (`c/<id>/…`) in batches,
-//! then asks the store to give the freed space back. Running executions are
+//! then asks the store to give the freed space back. Each pass also removes
+//! the catalog's package texts that nothing uses any more
+//! ([`crate::catalog::blobs::sweep`]). Running executions are
 //! never touched. Ended executions live only in the store (the scheduler forgets
 //! them when they end), so pruning needs nothing from the scheduler.
 //!
@@ -109,6 +111,9 @@ pub async fn prune_once(
         report.records += ops.len();
         store.commit(ops).await?;
     }
+    // Package texts of removed catalog packages whose last executions have
+    // ended (a `package rm --force` keeps them while those run).
+    report.records += crate::catalog::blobs::sweep(store).await?;
     if report.records > 0 {
         store.compact().await?;
     }
