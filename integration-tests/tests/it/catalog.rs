@@ -381,3 +381,59 @@ fn a_reader_lists_and_shows_but_cannot_change_or_run() {
     );
     c.finish(&[]);
 }
+
+/// A run by name keeps its version across a coordinator SIGKILL and restart,
+/// a new version deployed meanwhile, and an agent that joins afterwards with
+/// an empty cache (it fetches the pinned version by hash).
+#[test]
+fn a_pinned_run_survives_a_coordinator_restart_and_a_new_agent_fetches_it() {
+    let mut c = Cluster::new("catalog_restart");
+    c.start_coordinator();
+    c.start_agent("a1", 2);
+    c.agents_ready(1);
+    let dir = c.root().join("packages").join("load");
+    let dir_s = dir.display().to_string();
+    write_package(&dir, 1, "0.5");
+    c.cli(&["folder", "create", "/etl"]).expect_code(0);
+    c.cli(&["package", "deploy", &dir_s, "--folder", "/etl"])
+        .expect_code(0);
+    let (id, pinned) = start(&c, "/etl/load", &["-p", "children=10"]);
+    assert_eq!(pinned, 1);
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            c.exec_show(&id).count_state("succeeded") >= 1
+        }),
+        "no child finished"
+    );
+
+    c.coordinator().kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    c.coordinator().restart();
+    c.agents_ready(1);
+    write_package(&dir, 2, "0.5");
+    let v2 = ok_json(c.cli(&[
+        "package", "deploy", &dir_s, "--folder", "/etl", "--output", "json",
+    ]));
+    assert_eq!(v2["version"], 2);
+
+    // The rest of the run goes to a new agent, which has nothing cached.
+    c.cli(&["agents", "cordon", "a1"]).expect_code(0);
+    let before = c.exec_show(&id);
+    assert!(!before.is_terminal(), "ended too soon: {}", before.brief());
+    c.start_agent("a2", 2);
+    let view = c.wait_exec_terminal(&id, Duration::from_secs(60));
+    assert_eq!(view.status, "succeeded", "{}", view.brief());
+    assert!(
+        child_versions(&view).iter().all(|v| v == "1"),
+        "{:?}",
+        child_versions(&view)
+    );
+    assert!(
+        view.children.iter().any(|ch| ch.agent == "a2"),
+        "no child ran on the new agent: {}",
+        view.brief()
+    );
+    let log = crate::harness::read_log(&c.agent("a2").stderr_path());
+    assert!(log.contains("package fetched"), "a2 did not fetch:\n{log}");
+    c.finish(&[]);
+}
