@@ -13,7 +13,7 @@
 //!
 //! A job directory belongs to the job's run-as user, who could swap a log for a
 //! link to a file the agent may read: logs are opened without following links, only
-//! as regular files owned by the agent itself ([`crate::runner::open_job_file`]).
+//! as regular files owned by the agent itself (`runner::open_job_file`).
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@
 //!   [`ROWS_BYTES_MAX`] per job; either way an empty `rows.truncated` file records
 //!   that not everything was kept, and the last batch of a stream says so;
 //! - the job's file is opened as the runner opens every file a job wrote (no links,
-//!   no FIFOs, owned by the run-as user: [`crate::runner::open_job_file`]), and the
+//!   no FIFOs, owned by the run-as user: `runner::open_job_file`), and the
 //!   kept file is created without following links and read back only if the agent
 //!   owns it, so a job cannot make the agent send a file it could not read.
 //!
@@ -107,9 +107,9 @@ pub async fn keep_rows_with(
                 warn!(path = %path.display(), error = %e, "cannot read the job's rows");
                 break;
             }
-            Ok(Line::End) => break,
-            Ok(Line::TooLong) => kept.truncated = true,
-            Ok(Line::Line) => {
+            Ok(LineRead::End) => break,
+            Ok(LineRead::TooLong) => kept.truncated = true,
+            Ok(LineRead::Whole) => {
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches('\r');
                 if text.trim().is_empty() {
@@ -155,9 +155,9 @@ async fn create_own(path: &Path) -> io::Result<tokio::fs::File> {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Line {
-    /// `line` holds a line, without its newline.
-    Line,
+enum LineRead {
+    /// `line` holds a whole line, without its newline.
+    Whole,
     /// A line longer than the limit was skipped (`line` is empty).
     TooLong,
     End,
@@ -168,16 +168,16 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     r: &mut R,
     line: &mut Vec<u8>,
     max: usize,
-) -> io::Result<Line> {
+) -> io::Result<LineRead> {
     line.clear();
     let (mut any, mut too_long) = (false, false);
     loop {
         let buf = r.fill_buf().await?;
         if buf.is_empty() {
             return Ok(match (any, too_long) {
-                (false, _) => Line::End,
-                (true, true) => Line::TooLong,
-                (true, false) => Line::Line,
+                (false, _) => LineRead::End,
+                (true, true) => LineRead::TooLong,
+                (true, false) => LineRead::Whole,
             });
         }
         any = true;
@@ -195,7 +195,11 @@ async fn read_line<R: AsyncBufRead + Unpin>(
         }
         r.consume(take + usize::from(newline));
         if newline {
-            return Ok(if too_long { Line::TooLong } else { Line::Line });
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Whole
+            });
         }
     }
 }
@@ -258,9 +262,9 @@ async fn pump(dir: &Path, tx: &mpsc::Sender<Sent<pb::RowBatch>>) -> Result<(), A
                 .await
                 .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))?;
             match read {
-                Line::End => break,
-                Line::TooLong => continue,
-                Line::Line => {
+                LineRead::End => break,
+                LineRead::TooLong => continue,
+                LineRead::Whole => {
                     size += line.len();
                     batch.rows.push(String::from_utf8_lossy(&line).into_owned());
                     if size >= BATCH_BYTES || batch.rows.len() >= BATCH_ROWS {
@@ -427,9 +431,9 @@ mod tests {
         let mut got = Vec::new();
         loop {
             match read_line(&mut r, &mut line, 10).await.unwrap() {
-                Line::End => break,
-                Line::TooLong => got.push("<long>".to_string()),
-                Line::Line => got.push(String::from_utf8(line.clone()).unwrap()),
+                LineRead::End => break,
+                LineRead::TooLong => got.push("<long>".to_string()),
+                LineRead::Whole => got.push(String::from_utf8(line.clone()).unwrap()),
             }
             assert!(line.len() <= 10);
         }

@@ -40,7 +40,7 @@ pub enum ExecCmd {
     )]
     Cancel {
         id: String,
-        /// Only this child: TASK[INDEX] as `baton exec show` lists it (TASK alone for index 0).
+        /// Only this child: `TASK[INDEX]` as `baton exec show` lists it (`TASK` alone for index 0).
         #[arg(long)]
         child: Option<String>,
         /// Why (recorded on the execution, or on the child).

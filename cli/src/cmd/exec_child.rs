@@ -28,7 +28,7 @@ const POLL: Duration = Duration::from_millis(250);
 pub struct LogsArgs {
     /// The execution id.
     pub id: String,
-    /// The child: TASK[INDEX] as `baton exec show` lists it (TASK alone for index 0).
+    /// The child: `TASK[INDEX]` as `baton exec show` lists it (`TASK` alone for index 0).
     #[arg(long)]
     pub child: String,
     /// Keep printing as the child writes, until its processes have ended (waits
@@ -68,7 +68,7 @@ pub enum RowFormat {
 pub struct RowsArgs {
     /// The execution id.
     pub id: String,
-    /// The child: TASK[INDEX] as `baton exec show` lists it (TASK alone for index 0).
+    /// The child: `TASK[INDEX]` as `baton exec show` lists it (`TASK` alone for index 0).
     #[arg(long)]
     pub child: String,
     #[arg(long, value_enum, default_value = "table")]

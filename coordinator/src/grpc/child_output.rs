@@ -243,7 +243,7 @@ impl ChildOutputs {
         req.dispatch_id = Some(t.dispatch.clone());
         let mut client = self.client(t)?;
         let opened = tokio::time::timeout(OPEN_TIMEOUT, client.stream_logs(req)).await;
-        Ok(pass_through(&t.agent, opened)?)
+        pass_through(&t.agent, opened)
     }
 
     /// The agent's row stream of `t`, passed through.
@@ -274,7 +274,7 @@ impl ChildOutputs {
         };
         let mut client = self.client(t)?;
         let opened = tokio::time::timeout(OPEN_TIMEOUT, client.stream_rows(req)).await;
-        Ok(pass_through(&t.agent, opened)?)
+        pass_through(&t.agent, opened)
     }
 }
 

@@ -55,7 +55,11 @@ impl ControlApi {
         Ok(who)
     }
 
-    pub(super) async fn who<T>(&self, request: &Request<T>, call: &str) -> Result<Principal, Status> {
+    pub(super) async fn who<T>(
+        &self,
+        request: &Request<T>,
+        call: &str,
+    ) -> Result<Principal, Status> {
         self.auth
             .authenticate(&credential(request), call)
             .await

@@ -101,8 +101,18 @@ impl Scheduler {
             .execs
             .get_mut(&slot)
             .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
+        let have: Vec<String> = (e.plan.tasks.iter().zip(&e.tasks))
+            .filter(|(_, run)| !run.children.is_empty())
+            .map(|(t, run)| match run.children.len() {
+                1 => format!("{}[0]", t.name),
+                n => format!("{}[0]..{}[{}]", t.name, t.name, n - 1),
+            })
+            .collect();
         let no_child = || {
-            CoordinatorError::ChildNotFound(format!("execution {id} has no child {task}[{index}]"))
+            CoordinatorError::ChildNotFound(format!(
+                "execution {id} has no child {task}[{index}]; its children are {}",
+                have.join(", ")
+            ))
         };
         let t = *e.task_index.get(task).ok_or_else(no_child)?;
         let run = &mut e.tasks[t as usize];

@@ -239,8 +239,7 @@ impl Scheduler {
                 // and its report will be stale.
                 DispatchOutcome::Rejected { .. } | DispatchOutcome::Unknown(_) => {
                     if let Some(c) = self.child_mut(cref) {
-                        c.rec.reason =
-                            "cancelled while the child was being dispatched".to_string();
+                        c.rec.reason = "cancelled while the child was being dispatched".to_string();
                     }
                     self.set_phase(cref, Phase::Cancelled);
                     self.advance(cref.exec);

@@ -192,7 +192,11 @@ fn unknown_children_and_executions_are_named() {
     start(&mut s, 2);
     let e = s.cancel_child("e1", "fan", 7, "").unwrap_err();
     assert_eq!(e.code(), "CHILD_NOT_FOUND");
-    assert!(e.to_string().contains("fan[7]"), "{e}");
+    assert!(e.to_string().contains("no child fan[7]"), "{e}");
+    assert!(
+        e.to_string().ends_with("its children are fan[0]..fan[1]"),
+        "{e}"
+    );
     assert_eq!(
         s.cancel_child("e1", "nope", 0, "").unwrap_err().code(),
         "CHILD_NOT_FOUND"

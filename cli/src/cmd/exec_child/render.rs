@@ -108,7 +108,7 @@ impl Table {
         self.put(vec![(i, shown)]);
     }
 
-    fn get<'a>(row: &'a [Option<String>], i: usize) -> &'a str {
+    fn get(row: &[Option<String>], i: usize) -> &str {
         row.get(i).and_then(|c| c.as_deref()).unwrap_or("")
     }
 
