@@ -21,8 +21,7 @@
 //! only if they are regular files owned by that user, so a job cannot make the agent
 //! read a file it could not read itself.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -31,23 +30,23 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::mask::{MaskStream, Masker};
+use crate::job_dir::prepare_dir;
+pub use crate::job_dir::reachable_by;
+pub(crate) use crate::job_files::open_job_file;
+pub use crate::job_files::parse_outputs;
+use crate::job_files::{Capture, pump, read_outputs};
+use crate::mask::Masker;
 use crate::model::{DispatchKey, FinishStatus, KillReason, fs_component};
 use crate::run_as::RunAsUser;
 
 /// Most bytes of stdout (and of stderr) written to the job's log files.
 pub const LOG_BYTES_MAX: u64 = 1 << 20;
-/// Most bytes of `$BATON_OUTPUT` read after the job.
-const OUTPUT_FILE_BYTES_MAX: u64 = 1 << 20;
-/// Most outputs kept from `$BATON_OUTPUT`.
-const OUTPUTS_MAX: usize = 1_000;
 /// How long to wait for stdout/stderr to close after the process group is gone
 /// (a process that left the group with `setsid` could hold them open forever).
 const PIPE_DRAIN_MAX: Duration = Duration::from_secs(2);
@@ -374,84 +373,6 @@ fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// Makes a fresh scratch directory (mode 0700; owned by the run-as user if any) and
-/// checks that a run-as user can reach it. `Err` is the job's failure reason.
-async fn prepare_dir(dir: &Path, run_as: Option<&RunAsUser>) -> Result<(), String> {
-    let dir = dir.to_path_buf();
-    let run_as = run_as.cloned();
-    tokio::task::spawn_blocking(move || prepare_dir_blocking(&dir, run_as.as_ref()))
-        .await
-        .map_err(|e| format!("cannot prepare scratch directory: {e}"))?
-}
-
-fn prepare_dir_blocking(dir: &Path, run_as: Option<&RunAsUser>) -> Result<(), String> {
-    let failed =
-        |e: std::io::Error| format!("cannot prepare scratch directory {}: {e}", dir.display());
-    // A dispatch id runs at most once per boot; leftovers of an earlier boot are stale.
-    // (`remove_dir_all` does not follow symbolic links a job left there.)
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(failed(e)),
-    }
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    // The execution's directory: others may pass through it to their own job
-    // directory but not list it.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(parent)
-        .map_err(failed)?;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .map_err(failed)?;
-    let Some(user) = run_as else {
-        return Ok(());
-    };
-    // Under a restrictive umask the execution's directory and `jobs/` lack o+x: add
-    // it (they are the agent's own), then check the whole path for the user.
-    for own in [parent].into_iter().chain(parent.parent()) {
-        if let Ok(meta) = std::fs::metadata(own)
-            && meta.mode() & 0o001 == 0
-        {
-            let mode = (meta.mode() & 0o7777) | 0o001;
-            std::fs::set_permissions(own, std::fs::Permissions::from_mode(mode)).map_err(failed)?;
-        }
-    }
-    std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)).map_err(failed)?;
-    reachable_by(parent, user)
-}
-
-/// Whether `user` (uid, primary gid; no supplementary groups) may search every
-/// directory from `/` down to `dir`. `Err` names the first one it may not.
-pub fn reachable_by(dir: &Path, user: &RunAsUser) -> Result<(), String> {
-    for ancestor in dir.ancestors() {
-        let meta = std::fs::metadata(ancestor)
-            .map_err(|e| format!("cannot check {}: {e}", ancestor.display()))?;
-        let mode = meta.mode();
-        let search = if meta.uid() == user.uid {
-            mode & 0o100
-        } else if meta.gid() == user.gid {
-            mode & 0o010
-        } else {
-            mode & 0o001
-        };
-        if search == 0 {
-            return Err(format!(
-                "run_as user {:?} cannot reach the job directory: {} (mode {:o}, owner uid {}) \
-                 does not let it pass (the agent's data directory and every directory above \
-                 it need search permission, e.g. `chmod o+x`)",
-                user.name,
-                ancestor.display(),
-                mode & 0o7777,
-                meta.uid()
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Variables of the agent's own environment that a run-as job still gets.
 fn inherited_by_run_as(name: &str) -> bool {
     matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ") || name.starts_with("LC_")
@@ -613,165 +534,6 @@ async fn kill_group_at(pgid: Pid, until: Instant) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = killpg(pgid, Signal::SIGKILL);
-}
-
-async fn pump(reader: Option<impl AsyncRead + Unpin>, cap: &mut Capture) {
-    let Some(mut reader) = reader else { return };
-    let mut buf = vec![0u8; 8192];
-    loop {
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => cap.push(&buf[..n]).await,
-        }
-    }
-}
-
-/// One output stream of a job, masked: a log file capped at [`LOG_BYTES_MAX`] and a tail.
-struct Capture {
-    mask: MaskStream,
-    file: Option<BufWriter<tokio::fs::File>>,
-    written: u64,
-    truncated: bool,
-    tail: VecDeque<u8>,
-    tail_max: usize,
-}
-
-impl Capture {
-    async fn open(path: &Path, tail_max: usize, masker: &Masker) -> Capture {
-        // The directory is fresh, but a run-as job's user owns it: create the file
-        // without following anything that user might have put in its place.
-        let created = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)
-            .await;
-        let file = match created {
-            Ok(f) => Some(BufWriter::new(f)),
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot create job log file");
-                None
-            }
-        };
-        Capture {
-            mask: masker.stream(),
-            file,
-            written: 0,
-            truncated: false,
-            tail: VecDeque::with_capacity(tail_max.min(64 * 1024)),
-            tail_max,
-        }
-    }
-
-    async fn push(&mut self, data: &[u8]) {
-        let masked = self.mask.feed(data);
-        self.write(&masked).await;
-        // Flushed at every read of the pipe, so that `StreamLogs --follow` sees
-        // output as it comes (one write per read: the pipe read costs as much).
-        if let Some(f) = &mut self.file
-            && f.flush().await.is_err()
-        {
-            self.file = None;
-        }
-    }
-
-    async fn write(&mut self, data: &[u8]) {
-        let room = LOG_BYTES_MAX.saturating_sub(self.written) as usize;
-        let keep = data.len().min(room);
-        if keep < data.len() {
-            self.truncated = true;
-        }
-        if keep > 0
-            && let Some(f) = &mut self.file
-            && f.write_all(&data[..keep]).await.is_err()
-        {
-            self.file = None;
-        }
-        self.written += keep as u64;
-        let from = data.len().saturating_sub(self.tail_max);
-        self.tail.extend(&data[from..]);
-        while self.tail.len() > self.tail_max {
-            self.tail.pop_front();
-        }
-    }
-
-    async fn finish(&mut self) {
-        let rest = self.mask.finish();
-        self.write(&rest).await;
-        if let Some(f) = &mut self.file {
-            if self.truncated {
-                let note = format!("\n[baton: output truncated after {LOG_BYTES_MAX} bytes]\n");
-                let _ = f.write_all(note.as_bytes()).await;
-            }
-            let _ = f.flush().await;
-        }
-    }
-
-    fn tail(&mut self) -> String {
-        String::from_utf8_lossy(self.tail.make_contiguous()).into_owned()
-    }
-}
-
-/// Parses `key=value` lines; blank and `#` lines are skipped; returns (outputs, malformed).
-pub fn parse_outputs(text: &str) -> (BTreeMap<String, String>, usize) {
-    let mut outputs = BTreeMap::new();
-    let mut malformed = 0;
-    for line in text.lines() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        match line.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() && outputs.len() < OUTPUTS_MAX => {
-                outputs.insert(k.trim().to_string(), v.to_string());
-            }
-            _ => malformed += 1,
-        }
-    }
-    (outputs, malformed)
-}
-
-/// Opens a file the job wrote, for reading: never through a symbolic link, never
-/// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
-/// (a run-as job's user). `None` when absent or refused (refusals are logged).
-pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
-    let opened = tokio::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .await;
-    let file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "job file ignored (a symbolic link, or unreadable)");
-            return None;
-        }
-    };
-    let meta = file.metadata().await.ok()?;
-    if !meta.is_file() {
-        warn!(path = %path.display(), "job file ignored: not a regular file");
-        return None;
-    }
-    if let Some(uid) = owner
-        && meta.uid() != uid
-    {
-        warn!(path = %path.display(), owner = meta.uid(), expected = uid, "job file ignored: not owned by the job's user");
-        return None;
-    }
-    Some(file)
-}
-
-async fn read_outputs(path: &Path, owner: Option<u32>) -> (BTreeMap<String, String>, usize) {
-    let Some(file) = open_job_file(path, owner).await else {
-        return (BTreeMap::new(), 0);
-    };
-    let mut bytes = Vec::new();
-    let _ = file
-        .take(OUTPUT_FILE_BYTES_MAX)
-        .read_to_end(&mut bytes)
-        .await;
-    parse_outputs(&String::from_utf8_lossy(&bytes))
 }
 
 #[cfg(test)]

@@ -1,0 +1,182 @@
+//! What a job leaves behind that the agent reads: its stdout and stderr, masked
+//! and captured to capped log files with a tail kept for the finished event
+//! ([`Capture`]), and the `key=value` lines of `$BATON_OUTPUT`. Files a job wrote
+//! are opened without following symbolic links and only when they are regular
+//! files owned by the job's user ([`open_job_file`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
+use tracing::warn;
+
+use crate::mask::{MaskStream, Masker};
+use crate::runner::LOG_BYTES_MAX;
+
+/// Most bytes read from `$BATON_OUTPUT`.
+const OUTPUT_FILE_BYTES_MAX: u64 = 1 << 20;
+/// Most outputs kept from one job.
+const OUTPUTS_MAX: usize = 1_000;
+
+pub(crate) async fn pump(reader: Option<impl AsyncRead + Unpin>, cap: &mut Capture) {
+    let Some(mut reader) = reader else { return };
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => cap.push(&buf[..n]).await,
+        }
+    }
+}
+
+/// One output stream of a job, masked: a log file capped at [`LOG_BYTES_MAX`] and a tail.
+pub(crate) struct Capture {
+    mask: MaskStream,
+    file: Option<BufWriter<tokio::fs::File>>,
+    written: u64,
+    truncated: bool,
+    tail: VecDeque<u8>,
+    tail_max: usize,
+}
+
+impl Capture {
+    pub(crate) async fn open(path: &Path, tail_max: usize, masker: &Masker) -> Capture {
+        // The directory is fresh, but a run-as job's user owns it: create the file
+        // without following anything that user might have put in its place.
+        let created = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(path)
+            .await;
+        let file = match created {
+            Ok(f) => Some(BufWriter::new(f)),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot create job log file");
+                None
+            }
+        };
+        Capture {
+            mask: masker.stream(),
+            file,
+            written: 0,
+            truncated: false,
+            tail: VecDeque::with_capacity(tail_max.min(64 * 1024)),
+            tail_max,
+        }
+    }
+
+    pub(crate) async fn push(&mut self, data: &[u8]) {
+        let masked = self.mask.feed(data);
+        self.write(&masked).await;
+        // Flushed at every read of the pipe, so that `StreamLogs --follow` sees
+        // output as it comes (one write per read: the pipe read costs as much).
+        if let Some(f) = &mut self.file
+            && f.flush().await.is_err()
+        {
+            self.file = None;
+        }
+    }
+
+    async fn write(&mut self, data: &[u8]) {
+        let room = LOG_BYTES_MAX.saturating_sub(self.written) as usize;
+        let keep = data.len().min(room);
+        if keep < data.len() {
+            self.truncated = true;
+        }
+        if keep > 0
+            && let Some(f) = &mut self.file
+            && f.write_all(&data[..keep]).await.is_err()
+        {
+            self.file = None;
+        }
+        self.written += keep as u64;
+        let from = data.len().saturating_sub(self.tail_max);
+        self.tail.extend(&data[from..]);
+        while self.tail.len() > self.tail_max {
+            self.tail.pop_front();
+        }
+    }
+
+    pub(crate) async fn finish(&mut self) {
+        let rest = self.mask.finish();
+        self.write(&rest).await;
+        if let Some(f) = &mut self.file {
+            if self.truncated {
+                let note = format!("\n[baton: output truncated after {LOG_BYTES_MAX} bytes]\n");
+                let _ = f.write_all(note.as_bytes()).await;
+            }
+            let _ = f.flush().await;
+        }
+    }
+
+    pub(crate) fn tail(&mut self) -> String {
+        String::from_utf8_lossy(self.tail.make_contiguous()).into_owned()
+    }
+}
+
+/// Parses `key=value` lines; blank and `#` lines are skipped; returns (outputs, malformed).
+pub fn parse_outputs(text: &str) -> (BTreeMap<String, String>, usize) {
+    let mut outputs = BTreeMap::new();
+    let mut malformed = 0;
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() && outputs.len() < OUTPUTS_MAX => {
+                outputs.insert(k.trim().to_string(), v.to_string());
+            }
+            _ => malformed += 1,
+        }
+    }
+    (outputs, malformed)
+}
+
+/// Opens a file the job wrote, for reading: never through a symbolic link, never
+/// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
+/// (a run-as job's user). `None` when absent or refused (refusals are logged).
+pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .await;
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "job file ignored (a symbolic link, or unreadable)");
+            return None;
+        }
+    };
+    let meta = file.metadata().await.ok()?;
+    if !meta.is_file() {
+        warn!(path = %path.display(), "job file ignored: not a regular file");
+        return None;
+    }
+    if let Some(uid) = owner
+        && meta.uid() != uid
+    {
+        warn!(path = %path.display(), owner = meta.uid(), expected = uid, "job file ignored: not owned by the job's user");
+        return None;
+    }
+    Some(file)
+}
+
+pub(crate) async fn read_outputs(
+    path: &Path,
+    owner: Option<u32>,
+) -> (BTreeMap<String, String>, usize) {
+    let Some(file) = open_job_file(path, owner).await else {
+        return (BTreeMap::new(), 0);
+    };
+    let mut bytes = Vec::new();
+    let _ = file
+        .take(OUTPUT_FILE_BYTES_MAX)
+        .read_to_end(&mut bytes)
+        .await;
+    parse_outputs(&String::from_utf8_lossy(&bytes))
+}
