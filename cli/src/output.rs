@@ -42,7 +42,11 @@ pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
         "lost_attempts": s.lost_attempts,
         "stale_events": s.stale_events,
         "reason": s.reason,
+        "resumes": s.resumes,
     });
+    if !s.catalog_path.is_empty() {
+        v["catalog"] = json!({"path": s.catalog_path, "version": s.catalog_version});
+    }
     if let Some(w) = wall_s {
         v["wall_s"] = json!((w * 1000.0).round() / 1000.0);
         let done = (s.succeeded + s.failed) as f64;
@@ -61,6 +65,15 @@ pub fn summary_human(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> String {
         "execution {}  package {}  status {}\nchildren: {} total, {} succeeded, {} failed, {} running, {} pending",
         s.execution_id, s.package, s.state, s.total, s.succeeded, s.failed, s.running, s.pending
     );
+    if !s.catalog_path.is_empty() {
+        out += &format!(
+            "\ncatalog: {} version {}",
+            s.catalog_path, s.catalog_version
+        );
+    }
+    if s.resumes > 0 {
+        out += &format!("\nresumed {} time(s)", s.resumes);
+    }
     if s.lost_attempts > 0 || s.stale_events > 0 {
         out += &format!(
             "\nre-runs after agent loss: {}, stale reports ignored: {}",

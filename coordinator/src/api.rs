@@ -36,6 +36,9 @@ pub struct Coordinator {
     pub(crate) store: Arc<dyn Store>,
     /// Seals sensitive parameter values before they reach the store.
     pub(crate) secrets: Arc<crate::secrets::SealingKey>,
+    /// Held while ended executions are read back to be resumed, and by each
+    /// retention pass: a pass never deletes what a resume has just read.
+    pub(crate) history: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What `watch` returns.
@@ -43,7 +46,7 @@ pub enum Watched {
     /// A live execution: summaries until it ends.
     Live(watch::Receiver<Summary>),
     /// An ended execution: its final summary.
-    Ended(Summary),
+    Ended(Box<Summary>),
 }
 
 impl Coordinator {
@@ -122,6 +125,7 @@ impl Coordinator {
             final_counts: None,
             folder,
             catalog,
+            resumes: 0,
         };
         self.handle.start(rec, plan).await
     }
@@ -151,7 +155,7 @@ impl Coordinator {
         if let Some(rx) = self.handle.watch(id.to_string()).await? {
             return Ok(Watched::Live(rx));
         }
-        Ok(Watched::Ended(self.view(id).await?.summary))
+        Ok(Watched::Ended(Box::new(self.view(id).await?.summary)))
     }
 
     /// Executions newest first, filtered by state, package and the folders the
@@ -298,6 +302,58 @@ impl Coordinator {
     /// Latency histograms and scheduler counters since this coordinator started.
     pub async fn metrics(&self) -> Result<MetricsSnapshot, CoordinatorError> {
         self.handle.metrics().await
+    }
+
+    /// Resumes a failed or cancelled execution: its children that did not
+    /// succeed run again (new attempt numbers), succeeded ones are kept.
+    /// Returns how many children run again and how many times it has been
+    /// resumed, once that is durable.
+    pub async fn resume(&self, id: &str) -> Result<(u64, u32), CoordinatorError> {
+        let _history = self.history.lock().await;
+        let kv = self.stored_kv(id).await?;
+        let rec: ExecutionRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| CoordinatorError::Store(format!("corrupt execution record: {e}")))?;
+        if let Some(why) = crate::scheduler::resume_refusal(rec.state) {
+            // A running execution is refused by the scheduler too; this spares
+            // reading every child of one that can never resume.
+            return Err(CoordinatorError::NotResumable {
+                id: rec.id,
+                why: why.into(),
+            });
+        }
+        let children: Vec<(ChildRecord, u64)> = self
+            .store
+            .range(&children_prefix(id))
+            .await?
+            .into_iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map(|c| (c, kv.mod_revision))
+                    .map_err(|e| CoordinatorError::Store(format!("corrupt child record: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let secrets = self.secrets.clone();
+        let (rec, plan) = tokio::task::spawn_blocking(move || {
+            crate::prepare::plan(&rec, &secrets).map(|p| (rec, p))
+        })
+        .await
+        .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
+        let resumes = rec.resumes + 1;
+        let again = self
+            .handle
+            .resume(rec, kv.mod_revision, plan, children)
+            .await?;
+        Ok((again, resumes))
+    }
+
+    async fn stored_kv(&self, id: &str) -> Result<crate::store::KeyValue, CoordinatorError> {
+        if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(CoordinatorError::ExecutionNotFound(id.to_string()));
+        }
+        self.store
+            .get(&execution_key(id))
+            .await?
+            .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))
     }
 
     async fn stored(&self, id: &str) -> Result<ExecutionRecord, CoordinatorError> {

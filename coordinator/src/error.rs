@@ -12,6 +12,8 @@ pub enum CoordinatorError {
     InvalidRequest(String),
     #[error("execution '{0}' not found")]
     ExecutionNotFound(String),
+    #[error("execution '{id}' cannot be resumed: {why}")]
+    NotResumable { id: String, why: String },
     #[error("agent '{0}' is not registered; call Register first")]
     AgentNotRegistered(String),
     #[error("no agent named '{0}'")]
@@ -109,6 +111,7 @@ impl CoordinatorError {
             CoordinatorError::Package(e) => e.code(),
             CoordinatorError::InvalidRequest(_) => "INVALID_REQUEST",
             CoordinatorError::ExecutionNotFound(_) => "EXECUTION_NOT_FOUND",
+            CoordinatorError::NotResumable { .. } => "EXECUTION_NOT_RESUMABLE",
             CoordinatorError::AgentNotRegistered(_) => "AGENT_NOT_REGISTERED",
             CoordinatorError::AgentNotFound(_) => "AGENT_NOT_FOUND",
             CoordinatorError::AgentAlive(_) => "AGENT_ALIVE",

@@ -133,15 +133,18 @@ pub async fn start(
     let dialer = transport::AgentDialer::new(config.security.clone());
     let (handle, sched_task) =
         scheduler_task::spawn(sched, store.clone(), dialer.clone(), shutdown.clone());
+    let history = Arc::new(tokio::sync::Mutex::new(()));
     tokio::spawn(retention::run(
         store.clone(),
         config.retention,
+        history.clone(),
         shutdown.clone(),
     ));
     let coordinator = Coordinator {
         handle: handle.clone(),
         store,
         secrets,
+        history,
     };
     let agent_api = CoordinatorServiceServer::new(grpc::agent_api::AgentApi {
         handle,

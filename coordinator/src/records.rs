@@ -155,6 +155,9 @@ pub struct ExecutionRecord {
     /// sent by the client.
     #[serde(default)]
     pub catalog: Option<CatalogRef>,
+    /// How many times `baton exec resume` re-ran it.
+    #[serde(default)]
+    pub resumes: u32,
 }
 
 /// Which catalog package version an execution runs (it keeps its own copy of

@@ -128,13 +128,24 @@ fn now_ms() -> u64 {
 }
 
 /// Prunes every `policy.every` until `shutdown`.
-pub async fn run(store: Arc<dyn Store>, policy: Policy, shutdown: CancellationToken) {
+/// `history` is held during each pass (a resume holds it while it reads the
+/// execution it brings back).
+pub async fn run(
+    store: Arc<dyn Store>,
+    policy: Policy,
+    history: Arc<tokio::sync::Mutex<()>>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(policy.every) => {}
         }
-        match prune_once(store.as_ref(), &policy, now_ms()).await {
+        let pass = {
+            let _history = history.lock().await;
+            prune_once(store.as_ref(), &policy, now_ms()).await
+        };
+        match pass {
             Ok(r) if r.executions > 0 => info!(
                 executions = r.executions,
                 records = r.records,

@@ -70,6 +70,13 @@ pub(crate) enum Msg {
         plan: Box<Plan>,
         reply: oneshot::Sender<String>,
     },
+    Resume {
+        rec: Box<ExecutionRecord>,
+        version: u64,
+        plan: Box<Plan>,
+        children: Vec<(crate::records::ChildRecord, u64)>,
+        reply: oneshot::Sender<Result<u64, CoordinatorError>>,
+    },
     View {
         id: String,
         reply: oneshot::Sender<Option<ExecutionView>>,
@@ -173,6 +180,25 @@ impl SchedulerHandle {
         .await
     }
 
+    /// Resumes an ended execution read from the store (with the revisions
+    /// read); answers how many children run again, once that is durable.
+    pub async fn resume(
+        &self,
+        rec: ExecutionRecord,
+        version: u64,
+        plan: Plan,
+        children: Vec<(crate::records::ChildRecord, u64)>,
+    ) -> Result<u64, CoordinatorError> {
+        self.ask(|reply| Msg::Resume {
+            rec: Box::new(rec),
+            version,
+            plan: Box::new(plan),
+            children,
+            reply,
+        })
+        .await?
+    }
+
     pub async fn view(&self, id: String) -> Result<Option<ExecutionView>, CoordinatorError> {
         self.ask(|reply| Msg::View { id, reply }).await
     }
@@ -243,6 +269,10 @@ enum Post {
         Result<pb::RegisterResponse, CoordinatorError>,
     ),
     Started(oneshot::Sender<String>, String),
+    Resumed(
+        oneshot::Sender<Result<u64, CoordinatorError>>,
+        Result<u64, CoordinatorError>,
+    ),
     AgentSet(
         oneshot::Sender<Result<AgentListing, CoordinatorError>>,
         Result<AgentListing, CoordinatorError>,
@@ -327,6 +357,9 @@ async fn run(
                 Post::Started(reply, id) => {
                     let _ = reply.send(id);
                 }
+                Post::Resumed(reply, r) => {
+                    let _ = reply.send(r);
+                }
                 Post::AgentSet(reply, r) => {
                     let _ = reply.send(r);
                 }
@@ -377,6 +410,16 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         Msg::Start { rec, plan, reply } => {
             let id = sched.start(*rec, *plan);
             post.push(Post::Started(reply, id));
+        }
+        Msg::Resume {
+            rec,
+            version,
+            plan,
+            children,
+            reply,
+        } => {
+            let r = sched.resume(*rec, version, *plan, children, now);
+            post.push(Post::Resumed(reply, r));
         }
         Msg::View { id, reply } => {
             let _ = reply.send(sched.execution_view(&id));

@@ -18,12 +18,16 @@ pub enum AgentsCmd {
         /// Wait until nothing runs on the agent.
         #[arg(long)]
         wait: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
     /// Give an agent no new work (running work goes on).
     Cordon {
         name: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
@@ -35,6 +39,8 @@ pub enum AgentsCmd {
     )]
     Revoke {
         name: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
@@ -44,12 +50,16 @@ pub enum AgentsCmd {
     #[command(after_help = "Example:\n  baton agents rm etl-07   # the machine was decommissioned")]
     Rm {
         name: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
     /// Let a cordoned or drained agent take work again.
     Uncordon {
         name: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
@@ -67,6 +77,7 @@ async fn set_state(
     name: &str,
     action: &str,
     wait: bool,
+    output: Format,
 ) -> Result<u8, CliError> {
     let mut client = coordinator.connect().await?;
     let mut agent = client
@@ -77,7 +88,9 @@ async fn set_state(
         .await
         .map_err(|s| coordinator.status(s))?
         .into_inner();
-    println!("agent {name}: {} ({} running)", agent.state, agent.running);
+    if output == Format::Human {
+        println!("agent {name}: {} ({} running)", agent.state, agent.running);
+    }
     if wait {
         let started = std::time::Instant::now();
         let mut last_running = agent.running;
@@ -104,7 +117,15 @@ async fn set_state(
                 last_running = agent.running;
             }
         }
-        println!("agent {name}: {}", agent.state);
+        if output == Format::Human {
+            println!("agent {name}: {}", agent.state);
+        }
+    }
+    if output == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({"agent": name, "state": agent.state, "running": agent.running})
+        );
     }
     Ok(0)
 }
@@ -118,15 +139,28 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
         AgentsCmd::Drain {
             name,
             wait,
+            output,
             coordinator,
-        } => return set_state(&coordinator, &name, "drain", wait).await,
-        AgentsCmd::Cordon { name, coordinator } => {
-            return set_state(&coordinator, &name, "cordon", false).await;
+        } => return set_state(&coordinator, &name, "drain", wait, output).await,
+        AgentsCmd::Cordon {
+            name,
+            output,
+            coordinator,
+        } => {
+            return set_state(&coordinator, &name, "cordon", false, output).await;
         }
-        AgentsCmd::Revoke { name, coordinator } => {
-            return set_state(&coordinator, &name, "revoke", false).await;
+        AgentsCmd::Revoke {
+            name,
+            output,
+            coordinator,
+        } => {
+            return set_state(&coordinator, &name, "revoke", false, output).await;
         }
-        AgentsCmd::Rm { name, coordinator } => {
+        AgentsCmd::Rm {
+            name,
+            output,
+            coordinator,
+        } => {
             let mut client = coordinator.connect().await?;
             client
                 .set_agent_state(pb::SetAgentStateRequest {
@@ -135,11 +169,20 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                 })
                 .await
                 .map_err(|s| coordinator.status(s))?;
-            println!("agent {name}: removed");
+            match output {
+                Format::Json => {
+                    println!("{}", serde_json::json!({"agent": name, "state": "removed"}))
+                }
+                Format::Human => println!("agent {name}: removed"),
+            }
             return Ok(0);
         }
-        AgentsCmd::Uncordon { name, coordinator } => {
-            return set_state(&coordinator, &name, "uncordon", false).await;
+        AgentsCmd::Uncordon {
+            name,
+            output,
+            coordinator,
+        } => {
+            return set_state(&coordinator, &name, "uncordon", false, output).await;
         }
     };
     let mut client = coordinator.connect().await?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use baton_coordinator::pki::{self, Identity};
 
 use crate::error::CliError;
+use crate::output::Format;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertsCmd {
@@ -14,6 +15,8 @@ pub enum CertsCmd {
     Init {
         #[arg(long, default_value = "baton-data/tls")]
         dir: PathBuf,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
     },
     /// Issue a certificate for an agent or a client, signed by the CA in --ca-dir.
     #[command(
@@ -36,6 +39,8 @@ pub enum CertsCmd {
         /// it expires; a client certificate must be issued again.
         #[arg(long, default_value = "24h", value_parser = crate::cmd::parse_duration)]
         ttl: std::time::Duration,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
     },
     /// Refuse a client certificate from now on (agents: `baton agents revoke`).
     /// Give the certificate file or its SHA-256 fingerprint. Needs `manage` on /.
@@ -53,6 +58,8 @@ pub enum CertsCmd {
         /// Its hex SHA-256 fingerprint.
         #[arg(long)]
         fingerprint: Option<String>,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: crate::client::CoordinatorOpt,
     },
@@ -72,6 +79,7 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
         CertsCmd::Revoke {
             cert,
             fingerprint,
+            output,
             coordinator,
         } => {
             let fp = match (cert, fingerprint) {
@@ -99,10 +107,16 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
                 })
                 .await
                 .map_err(|s| coordinator.status(s))?;
-            println!("certificate {fp}: revoked");
+            match output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"fingerprint": fp, "state": "revoked"})
+                ),
+                Format::Human => println!("certificate {fp}: revoked"),
+            }
             Ok(0)
         }
-        CertsCmd::Init { dir } => {
+        CertsCmd::Init { dir, output } => {
             let (_, created) =
                 baton_coordinator::live_tls::LiveTls::bootstrap(&dir, pki::DEFAULT_TTL)
                     .map_err(pki_err)?;
@@ -111,11 +125,18 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
             } else {
                 "already present"
             };
-            println!(
-                "{verb}: CA and coordinator certificate in {}, admin client identity in {}",
-                dir.display(),
-                dir.join("admin").display()
-            );
+            match output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"created": created, "dir": dir.display().to_string(),
+                                       "admin_dir": dir.join("admin").display().to_string()})
+                ),
+                Format::Human => println!(
+                    "{verb}: CA and coordinator certificate in {}, admin client identity in {}",
+                    dir.display(),
+                    dir.join("admin").display()
+                ),
+            }
             Ok(0)
         }
         CertsCmd::Issue {
@@ -124,6 +145,7 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
             client,
             out,
             ttl,
+            output,
         } => {
             let who = match (agent, client) {
                 (Some(a), _) => Identity::Agent(a),
@@ -136,12 +158,19 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
                 }
             };
             pki::issue(&ca_dir, &who, &out, ttl).map_err(pki_err)?;
-            println!(
-                "issued {} (valid {} s) into {}",
-                who.dns_name(),
-                ttl.as_secs(),
-                out.display()
-            );
+            match output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"issued": who.dns_name(), "valid_s": ttl.as_secs(),
+                                       "dir": out.display().to_string()})
+                ),
+                Format::Human => println!(
+                    "issued {} (valid {} s) into {}",
+                    who.dns_name(),
+                    ttl.as_secs(),
+                    out.display()
+                ),
+            }
             Ok(0)
         }
     }

@@ -54,6 +54,23 @@ pub enum ExecCmd {
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
+    /// Run a failed or cancelled execution again from where it stopped: every child
+    /// that did not succeed (failed, timed out, cancelled, lost) runs again under a
+    /// new attempt number; succeeded children keep their results and are not started
+    /// again; tasks that had not started yet run as they would have.
+    #[command(
+        after_help = "Examples:\n  baton exec resume 019ab2c4...\n  baton exec resume 019ab2c4... --wait --output json\n\nThe execution keeps its id, parameters and package version. A succeeded or\nrunning execution cannot be resumed (EXECUTION_NOT_RESUMABLE). With --wait the\nexit code is that of `baton run`: 0 when it succeeds."
+    )]
+    Resume {
+        id: String,
+        /// Wait until it ends (with a progress bar on a terminal); exit 0 if it succeeds.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
     /// Print one child's stdout and stderr, from its agent (-f: as it writes, until it ends).
     #[command(
         after_help = "Examples:\n  baton exec logs 019ab2c4... --child 'fan[3]'\n  baton exec logs 019ab2c4... --child 'fan[3]' -f\n  baton exec logs 019ab2c4... --child load --stderr --attempt 1\n\nThe child's stdout goes to stdout and its stderr to stderr, as stored on the agent\n(sensitive parameter values masked). Quote TASK[INDEX] in shells that glob brackets."
@@ -241,6 +258,12 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             }
             Ok(0)
         }
+        ExecCmd::Resume {
+            id,
+            wait,
+            output,
+            coordinator,
+        } => resume(&coordinator, &id, wait, output).await,
         ExecCmd::Logs(a) => super::exec_child::logs(a).await,
         ExecCmd::Rows(a) => super::exec_child::rows(a).await,
         ExecCmd::Cancel {
@@ -329,6 +352,55 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             Ok(0)
         }
     }
+}
+
+/// `baton exec resume`.
+async fn resume(
+    coordinator: &CoordinatorOpt,
+    id: &str,
+    wait: bool,
+    output: Format,
+) -> Result<u8, CliError> {
+    let mut client = coordinator.connect().await?;
+    let resp = client
+        .resume_execution(pb::ResumeExecutionRequest {
+            execution_id: id.to_string(),
+        })
+        .await
+        .map_err(|s| coordinator.status(s))?
+        .into_inner();
+    if !wait {
+        match output {
+            Format::Json => println!(
+                "{}",
+                json!({"execution_id": id, "status": resp.state, "rerun_children": resp.children, "resumes": resp.resumes})
+            ),
+            Format::Human => {
+                println!(
+                    "execution {id}: running again ({} child(ren) to re-run; resumed {} time(s))",
+                    resp.children, resp.resumes
+                );
+                eprintln!("`baton exec show {id}` follows it; --wait waits for the end");
+            }
+        }
+        return Ok(0);
+    }
+    let started = std::time::Instant::now();
+    let summary = super::run::wait(&mut client, coordinator, id, false).await?;
+    let wall = started.elapsed().as_secs_f64();
+    match output {
+        Format::Json => {
+            let mut v = summary_json(&summary, Some(wall));
+            v["rerun_children"] = json!(resp.children);
+            println!("{v}");
+        }
+        Format::Human => println!("{}", summary_human(&summary, Some(wall))),
+    }
+    Ok(if summary.state == "succeeded" {
+        0
+    } else {
+        crate::error::EXIT_FAILED
+    })
 }
 
 #[cfg(test)]

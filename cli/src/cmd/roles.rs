@@ -21,6 +21,8 @@ pub enum RoleCmd {
         principal: String,
         permission: String,
         folder: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
@@ -29,6 +31,8 @@ pub enum RoleCmd {
         principal: String,
         permission: String,
         folder: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
@@ -70,6 +74,7 @@ pub async fn run(cmd: RoleCmd) -> Result<u8, CliError> {
             principal,
             permission,
             folder,
+            output,
             coordinator,
         } => {
             let req = pb::RoleRequest {
@@ -82,16 +87,14 @@ pub async fn run(cmd: RoleCmd) -> Result<u8, CliError> {
                 .grant_role(req.clone())
                 .await
                 .map_err(|s| coordinator.status(s))?;
-            println!(
-                "granted {} {} on {}",
-                req.principal, req.permission, req.folder
-            );
+            print_change("granted", &req, output);
             Ok(0)
         }
         RoleCmd::Revoke {
             principal,
             permission,
             folder,
+            output,
             coordinator,
         } => {
             let req = pb::RoleRequest {
@@ -104,10 +107,7 @@ pub async fn run(cmd: RoleCmd) -> Result<u8, CliError> {
                 .revoke_role(req.clone())
                 .await
                 .map_err(|s| coordinator.status(s))?;
-            println!(
-                "revoked {} {} on {}",
-                req.principal, req.permission, req.folder
-            );
+            print_change("revoked", &req, output);
             Ok(0)
         }
         RoleCmd::List {
@@ -166,4 +166,19 @@ pub async fn whoami(args: WhoAmIArgs) -> Result<u8, CliError> {
         }
     }
     Ok(0)
+}
+
+/// What `role grant` and `role revoke` print.
+fn print_change(done: &str, req: &pb::RoleRequest, output: Format) {
+    match output {
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({"principal": req.principal, "permission": req.permission,
+                               "folder": req.folder, "change": done})
+        ),
+        Format::Human => println!(
+            "{done} {} {} on {}",
+            req.principal, req.permission, req.folder
+        ),
+    }
 }

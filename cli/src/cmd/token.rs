@@ -41,6 +41,8 @@ pub enum TokenCmd {
     /// enrolment token can no longer be used.
     Revoke {
         id: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
@@ -137,7 +139,11 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
             }
             Ok(0)
         }
-        TokenCmd::Revoke { id, coordinator } => {
+        TokenCmd::Revoke {
+            id,
+            output,
+            coordinator,
+        } => {
             let mut client = coordinator.connect().await?;
             client
                 .revoke_token(pb::RevokeTokenRequest {
@@ -145,7 +151,13 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 })
                 .await
                 .map_err(|s| coordinator.status(s))?;
-            println!("token {id}: revoked");
+            match output {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"token_id": id, "state": "revoked"})
+                ),
+                Format::Human => println!("token {id}: revoked"),
+            }
             Ok(0)
         }
     }

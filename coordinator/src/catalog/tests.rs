@@ -70,6 +70,7 @@ async fn execution(
             version,
             hash: r.version.hash,
         }),
+        resumes: 0,
     };
     c.store
         .commit(vec![Op::Put {

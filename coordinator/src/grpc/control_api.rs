@@ -5,7 +5,7 @@
 //!
 //! | call | needs |
 //! | --- | --- |
-//! | StartExecution, CancelExecution, CancelChild | `execute` on the execution's folder |
+//! | StartExecution, CancelExecution, CancelChild, ResumeExecution | `execute` on the execution's folder |
 //! | GetExecution, WatchExecution, StreamLogs, StreamRows | `read` on the execution's folder |
 //! | ListExecutions | lists only folders the caller may read |
 //! | ListAgents | `read` on "/" |
@@ -186,6 +186,29 @@ impl ControlService for ControlApi {
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CancelExecutionResponse { state }))
+    }
+
+    async fn resume_execution(
+        &self,
+        request: Request<pb::ResumeExecutionRequest>,
+    ) -> Result<Response<pb::ResumeExecutionResponse>, Status> {
+        let who = self.who(&request, "ResumeExecution").await?;
+        let r = request.into_inner();
+        let folder = self.folder_of(&r.execution_id).await?;
+        self.auth
+            .require(&who, Permission::Execute, &folder, "ResumeExecution")
+            .await
+            .map_err(status)?;
+        let (children, resumes) = self
+            .coordinator
+            .resume(&r.execution_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ResumeExecutionResponse {
+            state: "running".into(),
+            children,
+            resumes,
+        }))
     }
 
     // One child: super::child_output.

@@ -30,6 +30,9 @@ pub fn summary(s: &Summary) -> pb::ExecutionSummary {
         reason: s.reason.clone(),
         stale_events: s.stale_events,
         folder: s.folder.clone(),
+        catalog_path: s.catalog.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+        catalog_version: s.catalog.as_ref().map_or(0, |c| c.1),
+        resumes: s.resumes,
     }
 }
 

@@ -84,9 +84,9 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::ExecutionNotFound(_) | CoordinatorError::AgentNotFound(_) => {
             Code::NotFound
         }
-        CoordinatorError::AgentNotRegistered(_) | CoordinatorError::AgentAlive(_) => {
-            Code::FailedPrecondition
-        }
+        CoordinatorError::AgentNotRegistered(_)
+        | CoordinatorError::AgentAlive(_)
+        | CoordinatorError::NotResumable { .. } => Code::FailedPrecondition,
         CoordinatorError::FolderNotFound(_)
         | CoordinatorError::PackageNotFound(_)
         | CoordinatorError::VersionNotFound { .. }

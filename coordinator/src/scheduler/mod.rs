@@ -17,6 +17,7 @@ mod agents;
 mod cancel;
 mod dispatch;
 mod executions;
+mod resume;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -36,6 +37,7 @@ use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
 use crate::store::Revision;
 
 pub use agents::Registration;
+pub use resume::refusal as resume_refusal;
 pub use view::{ExecutionView, Summary, summary_from_record, view_from_records};
 
 /// Tunables of the scheduler.

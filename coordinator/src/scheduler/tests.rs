@@ -59,6 +59,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
         cancel_requested: false,
         final_counts: None,
         catalog: None,
+        resumes: 0,
     };
     s.start(rec, plan)
 }

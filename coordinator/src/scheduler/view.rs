@@ -25,6 +25,9 @@ pub struct Summary {
     pub finished_unix_ms: u64,
     pub reason: String,
     pub folder: String,
+    /// Catalog path and version it was started from, if any.
+    pub catalog: Option<(String, u32)>,
+    pub resumes: u32,
 }
 
 /// An execution with every child job.
@@ -46,6 +49,8 @@ fn base(rec: &ExecutionRecord) -> Summary {
         reason: rec.reason.clone(),
         stale_events: rec.stale_events,
         folder: rec.folder().to_string(),
+        catalog: rec.catalog.as_ref().map(|c| (c.path.clone(), c.version)),
+        resumes: rec.resumes,
         ..Summary::default()
     }
 }

@@ -75,7 +75,10 @@ fn drain_lets_running_children_finish_and_gives_no_new_work() {
         .expect("a2 listed");
     assert_eq!(a2.state, "drained");
 
-    c.cli(&["agents", "uncordon", "a2"]).expect_code(0);
+    let out = c.cli(&["agents", "uncordon", "a2", "--output", "json"]);
+    out.expect_code(0);
+    assert_eq!(out.json()["agent"], "a2", "{}", out.describe());
+    assert_eq!(out.json()["state"], "ready", "{}", out.describe());
     let a2 = c
         .agents_list()
         .into_iter()
@@ -109,7 +112,9 @@ fn a_lost_agent_can_be_removed_a_live_one_cannot() {
         }),
         "a2 never lost"
     );
-    c.cli(&["agents", "rm", "a2"]).expect_code(0);
+    let out = c.cli(&["agents", "rm", "a2", "--output", "json"]);
+    out.expect_code(0);
+    assert_eq!(out.json()["state"], "removed", "{}", out.describe());
     let names: Vec<String> = c.agents_list().into_iter().map(|a| a.name).collect();
     assert_eq!(names, vec!["a1".to_string()]);
     let out = c.cli(&["agents", "rm", "a2"]);

@@ -25,6 +25,7 @@ mod fanout;
 mod foreign_report;
 mod listing;
 mod logs_rows;
+mod resume;
 mod retention;
 mod rpc_matrix;
 mod run_as;

@@ -91,6 +91,7 @@ fn control_calls(
         "StartExecution",
         "WatchExecution",
         "GetExecution",
+        "ResumeExecution",
         "ListAgents",
         "CancelExecution",
         "ListExecutions",
@@ -162,6 +163,16 @@ fn control_calls(
                 "GetExecution",
                 got(c
                     .get_execution(pb::GetExecutionRequest {
+                        execution_id: exec_id.into(),
+                    })
+                    .await),
+            ),
+            (
+                // Before the cancel: the execution is running or succeeded, so
+                // an authorised caller gets past the check to EXECUTION_NOT_RESUMABLE.
+                "ResumeExecution",
+                got(c
+                    .resume_execution(pb::ResumeExecutionRequest {
                         execution_id: exec_id.into(),
                     })
                     .await),
@@ -653,6 +664,9 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
     for caller in &callers {
         let calls = control_calls(&pkg_dir, &rt, coord(&caller.dir), &exec_id, &token_id);
         let expect = |rpc: &str| match caller.name {
+            "admin" if rpc == "ResumeExecution" => {
+                refused(Code::FailedPrecondition, "EXECUTION_NOT_RESUMABLE")
+            }
             "admin" => Got::Ok,
             "none" => refused(Code::Unauthenticated, "UNAUTHENTICATED"),
             "foreign" | "expired" => Got::NoConnection,
