@@ -1,27 +1,76 @@
-//! Placement: which agent gets a child job. A pure function; see `README.md` beside
-//! this file for the problem statement and the properties it guarantees.
+//! Placement: which agent gets a child job. A pure function (no IO, no clock,
+//! no randomness); see `README.md` beside this file for the problem, the
+//! strategies and the properties it guarantees.
+//!
+//! - `mod.rs`: the inputs, the answer, eligibility and the strategies;
+//! - [`policy`]: what an execution asks for (strategy, labels, pins, slots);
+//! - `reason.rs`: why nothing fits, in words a person can act on.
 
-use std::collections::BTreeSet;
+mod policy;
+mod reason;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use policy::{PlacementPolicy, Strategy, parse_require};
 
 /// What placement needs to know about one agent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentView {
     pub name: String,
     pub slots: u32,
-    /// Jobs the coordinator has dispatched to the agent and not seen finish.
+    /// Slots taken by the jobs the coordinator has dispatched to the agent and
+    /// not seen finish (a child asking for 2 slots counts 2).
     pub in_flight: u32,
     pub load1: f64,
-    /// Registered, alive, not draining, not known to be full.
+    /// Registered, alive, not draining, not quarantined, not known to be full.
     pub ready: bool,
+    /// Why it is not ready (`quarantined: …`, `cordoned`), for reasons; empty when ready.
+    pub not_ready: String,
+    pub labels: BTreeMap<String, String>,
+    /// Relative share under least-loaded: an agent of weight 2 is filled as if
+    /// it had twice its slots (its real slots still bound it). 0 counts as 1.
+    pub weight: u32,
 }
 
+static LEAST_LOADED: Strategy = Strategy::LeastLoaded;
+static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+
 /// One child job to place.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PlacementRequest<'a> {
     /// The agent the previous attempt failed or was lost on (soft avoidance).
     pub avoid: Option<&'a str>,
     /// Agents that rejected this job in the current dispatch round (hard exclusion).
     pub exclude: Option<&'a BTreeSet<String>>,
+    pub strategy: &'a Strategy,
+    /// Labels the agent must carry with these values (hard constraint).
+    pub require: &'a BTreeMap<String, String>,
+    /// When not empty, only these agents (hard constraint).
+    pub pin: &'a [String],
+    /// Slots the job needs; 0 counts as 1.
+    pub slots: u32,
+    /// Round-robin: the agent chosen last for this task (the caller's cursor).
+    pub cursor: Option<&'a str>,
+    /// Spread: children of this task already placed, per value of the label
+    /// (agents without the label count under the empty value).
+    pub spread_counts: Option<&'a BTreeMap<String, u64>>,
+}
+
+impl Default for PlacementRequest<'_> {
+    fn default() -> Self {
+        PlacementRequest {
+            avoid: None,
+            exclude: None,
+            strategy: &LEAST_LOADED,
+            require: &NO_LABELS,
+            pin: &[],
+            slots: 1,
+            cursor: None,
+            spread_counts: None,
+        }
+    }
 }
 
 /// The answer.
@@ -31,192 +80,79 @@ pub enum Placement {
     NoCapacity(String),
 }
 
+/// Chooses an agent for one job, or says why none can take it.
+pub fn place(agents: &[AgentView], req: &PlacementRequest<'_>) -> Placement {
+    let need = req.slots.max(1);
+    let eligible = agents
+        .iter()
+        .filter(|a| allowed(a, req))
+        .filter(|a| a.ready && fits(a, need))
+        .filter(|a| req.exclude.is_none_or(|ex| !ex.contains(&a.name)));
+    let chosen = match req.strategy {
+        Strategy::LeastLoaded => eligible.min_by(|a, b| load_key(a, req).cmp(&load_key(b, req))),
+        Strategy::RoundRobin => eligible.min_by_key(|a| {
+            let wrapped = req.cursor.is_some_and(|c| a.name.as_str() <= c);
+            (avoided(a, req), wrapped, a.name.as_str())
+        }),
+        Strategy::Spread(label) => eligible.min_by_key(|a| {
+            let value = a.labels.get(label).map_or("", String::as_str);
+            let placed = req
+                .spread_counts
+                .and_then(|c| c.get(value))
+                .copied()
+                .unwrap_or(0);
+            (avoided(a, req), placed, load_key(a, req))
+        }),
+    };
+    match chosen {
+        Some(a) => Placement::Agent(a.name.clone()),
+        None => Placement::NoCapacity(reason::no_capacity(agents, req)),
+    }
+}
+
+/// Hard constraints: the pin list and the labels.
+fn allowed(a: &AgentView, req: &PlacementRequest<'_>) -> bool {
+    (req.pin.is_empty() || req.pin.iter().any(|p| *p == a.name))
+        && req
+            .require
+            .iter()
+            .all(|(k, v)| a.labels.get(k).is_some_and(|have| have == v))
+}
+
+/// Whether `need` more slots fit on the agent.
+fn fits(a: &AgentView, need: u32) -> bool {
+    u64::from(a.in_flight) + u64::from(need) <= u64::from(a.slots)
+}
+
+fn avoided(a: &AgentView, req: &PlacementRequest<'_>) -> bool {
+    req.avoid == Some(a.name.as_str())
+}
+
 /// Least-loaded score; field order is priority order, smaller is better.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Score<'a> {
+    /// The agent this child's previous attempt failed or was lost on sorts
+    /// last (a soft rule: with one agent left, the retry still runs).
     avoided: bool,
-    used_permille: u64,
-    load_milli: u64,
+    /// Slots in use per million of weighted slots (slots × weight).
+    used_ppm: u64,
+    /// Reported 1-minute load per slot, in quarters: coarse on purpose, so a
+    /// small change in load does not reshuffle placements.
+    load_bucket: u64,
     name: &'a str,
 }
 
-/// Chooses an agent for one job (least-loaded strategy).
-pub fn place(agents: &[AgentView], req: &PlacementRequest<'_>) -> Placement {
-    let best = agents
-        .iter()
-        .filter(|a| a.ready && a.in_flight < a.slots)
-        .filter(|a| req.exclude.is_none_or(|ex| !ex.contains(&a.name)))
-        .map(|a| Score {
-            avoided: req.avoid == Some(a.name.as_str()),
-            used_permille: u64::from(a.in_flight) * 1000 / u64::from(a.slots.max(1)),
-            load_milli: if a.load1.is_finite() && a.load1 > 0.0 {
-                (a.load1 * 1000.0) as u64
-            } else {
-                0
-            },
-            name: &a.name,
-        })
-        .min();
-    match best {
-        Some(score) => Placement::Agent(score.name.to_string()),
-        None => Placement::NoCapacity(no_capacity_reason(agents, req)),
-    }
-}
-
-fn no_capacity_reason(agents: &[AgentView], req: &PlacementRequest<'_>) -> String {
-    if agents.is_empty() {
-        return "waiting for capacity: no agent registered".to_string();
-    }
-    let ready = agents.iter().filter(|a| a.ready).count();
-    if ready == 0 {
-        return format!(
-            "waiting for capacity: none of {} agents is ready",
-            agents.len()
-        );
-    }
-    let excluded = req.exclude.map_or(0, BTreeSet::len);
-    let (busy, slots): (u32, u32) = agents.iter().filter(|a| a.ready).fold((0, 0), |(b, s), a| {
-        (b + a.in_flight.min(a.slots), s + a.slots)
-    });
-    if excluded > 0 {
-        format!(
-            "waiting for capacity: {busy} of {slots} slots busy, {excluded} agents refused this job"
-        )
+fn load_key<'a>(a: &'a AgentView, req: &PlacementRequest<'_>) -> Score<'a> {
+    let weighted = u64::from(a.slots.max(1)) * u64::from(a.weight.max(1));
+    let load_bucket = if a.load1.is_finite() && a.load1 > 0.0 {
+        (a.load1 * 4.0 / f64::from(a.slots.max(1))) as u64
     } else {
-        format!("waiting for capacity: {busy} of {slots} slots busy on {ready} ready agents")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn agent(name: &str, slots: u32, in_flight: u32) -> AgentView {
-        AgentView {
-            name: name.into(),
-            slots,
-            in_flight,
-            load1: 0.0,
-            ready: true,
-        }
-    }
-
-    #[test]
-    fn picks_least_used_then_load_then_name() {
-        let mut a = agent("a", 4, 2);
-        let b = agent("b", 8, 2);
-        assert_eq!(
-            place(&[a.clone(), b.clone()], &Default::default()),
-            Placement::Agent("b".into())
-        );
-        a.in_flight = 1; // 25 % vs 25 %: equal use, equal load → name
-        assert_eq!(
-            place(&[b.clone(), a.clone()], &Default::default()),
-            Placement::Agent("a".into())
-        );
-        a.load1 = 3.0;
-        assert_eq!(
-            place(&[a, b], &Default::default()),
-            Placement::Agent("b".into())
-        );
-    }
-
-    #[test]
-    fn avoidance_is_soft_and_exclusion_is_hard() {
-        let agents = [agent("a", 2, 0), agent("b", 2, 1)];
-        let req = PlacementRequest {
-            avoid: Some("a"),
-            exclude: None,
-        };
-        assert_eq!(place(&agents, &req), Placement::Agent("b".into()));
-        let only = [agent("a", 2, 0)];
-        assert_eq!(place(&only, &req), Placement::Agent("a".into()));
-        let ex: BTreeSet<String> = ["a".to_string()].into();
-        let req = PlacementRequest {
-            avoid: None,
-            exclude: Some(&ex),
-        };
-        assert!(matches!(place(&only, &req), Placement::NoCapacity(r) if r.contains("refused")));
-    }
-
-    #[test]
-    fn reasons_name_the_situation() {
-        assert!(
-            matches!(place(&[], &Default::default()), Placement::NoCapacity(r) if r.contains("no agent"))
-        );
-        let full = [agent("a", 2, 2)];
-        assert!(
-            matches!(place(&full, &Default::default()), Placement::NoCapacity(r) if r.contains("2 of 2 slots busy"))
-        );
-    }
-
-    fn arb_agents() -> impl Strategy<Value = Vec<AgentView>> {
-        prop::collection::vec((1u32..8, 0u32..10, 0u32..400, any::<bool>()), 0..8).prop_map(|v| {
-            v.into_iter()
-                .enumerate()
-                .map(|(i, (slots, used, load, ready))| AgentView {
-                    name: format!("agent-{i}"),
-                    slots,
-                    in_flight: used.min(slots + 1),
-                    load1: f64::from(load) / 100.0,
-                    ready,
-                })
-                .collect()
-        })
-    }
-
-    proptest! {
-        /// Capacity and completeness: placing until NoCapacity never overfills an agent,
-        /// and stops only when every ready agent is full.
-        #[test]
-        fn capacity_and_completeness(mut agents in arb_agents()) {
-            let initial: Vec<u32> = agents.iter().map(|a| a.in_flight).collect();
-            for _ in 0..200 {
-                match place(&agents, &Default::default()) {
-                    Placement::Agent(name) => {
-                        let a = agents.iter_mut().find(|a| a.name == name).unwrap();
-                        prop_assert!(a.ready);
-                        prop_assert!(a.in_flight < a.slots, "placed on a full agent");
-                        a.in_flight += 1;
-                    }
-                    Placement::NoCapacity(reason) => {
-                        prop_assert!(!reason.is_empty());
-                        prop_assert!(agents.iter().all(|a| !a.ready || a.in_flight >= a.slots));
-                        break;
-                    }
-                }
-            }
-            for (a, before) in agents.iter().zip(initial) {
-                prop_assert!(a.in_flight <= a.slots.max(before));
-            }
-        }
-
-        /// Determinism: the answer does not depend on the order of the snapshot.
-        #[test]
-        fn deterministic_under_permutation(agents in arb_agents(), rot in 0usize..8) {
-            let first = place(&agents, &Default::default());
-            let mut rotated = agents.clone();
-            if !rotated.is_empty() {
-                let k = rot % rotated.len();
-                rotated.rotate_left(k);
-            }
-            prop_assert_eq!(first.clone(), place(&rotated, &Default::default()));
-            prop_assert_eq!(first, place(&agents, &Default::default()));
-        }
-
-        /// Balance: on equal, idle agents, in-flight counts never differ by more than one.
-        #[test]
-        fn balanced_on_equal_agents(n in 1usize..6, slots in 1u32..10, jobs in 0u32..60) {
-            let mut agents: Vec<AgentView> = (0..n).map(|i| agent(&format!("a{i}"), slots, 0)).collect();
-            for _ in 0..jobs {
-                if let Placement::Agent(name) = place(&agents, &Default::default()) {
-                    agents.iter_mut().find(|a| a.name == name).unwrap().in_flight += 1;
-                }
-            }
-            let max = agents.iter().map(|a| a.in_flight).max().unwrap();
-            let min = agents.iter().map(|a| a.in_flight).min().unwrap();
-            prop_assert!(max - min <= 1);
-        }
+        0
+    };
+    Score {
+        avoided: avoided(a, req),
+        used_ppm: u64::from(a.in_flight) * 1_000_000 / weighted,
+        load_bucket,
+        name: &a.name,
     }
 }

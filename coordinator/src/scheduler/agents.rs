@@ -253,6 +253,9 @@ impl Scheduler {
                 slots: a.rec.slots,
                 in_flight: a.active.len() as u32,
                 load1: a.load1,
+                not_ready: String::new(),
+                labels: a.rec.labels.clone(),
+                weight: 1,
                 ready: a.seen
                     && !a.lost
                     && !a.draining

@@ -77,6 +77,7 @@ impl Scheduler {
         let req = PlacementRequest {
             avoid: c.avoid.as_deref(),
             exclude: Some(&exclude),
+            ..Default::default()
         };
         let cref = ChildRef {
             exec: slot,
