@@ -122,7 +122,7 @@ pub async fn logs(a: LogsArgs) -> Result<u8, CliError> {
         (false, true) => pb::LogStream::Stderr,
         _ => pb::LogStream::Both,
     };
-    let req = pb::StreamLogsRequest {
+    let mut req = pb::StreamLogsRequest {
         execution_id: a.id.clone(),
         child: a.child.clone(),
         stream: stream as i32,
@@ -131,47 +131,128 @@ pub async fn logs(a: LogsArgs) -> Result<u8, CliError> {
         stderr_offset: 0,
         attempt: a.attempt,
     };
+    if a.follow && a.attempt == 0 {
+        // Reconnections must read the same attempt's logs from the same offsets:
+        // pin the attempt that is current now.
+        req.attempt = current_attempt(&mut client, &a.id, &a.child).await;
+    }
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let mut waiting = false;
-    let mut chunks = loop {
-        match client.stream_logs(req.clone()).await {
-            Ok(r) => break r.into_inner(),
+    // With -f, a lost connection (coordinator restart, agent unreachable) is
+    // followed by a new stream from the offsets already printed, for up to
+    // RECONNECT_FOR without any progress.
+    let mut broken_since: Option<std::time::Instant> = None;
+    loop {
+        let mut chunks = match client.stream_logs(req.clone()).await {
+            Ok(r) => r.into_inner(),
             Err(s) => {
                 let e = a.coordinator.status(s);
-                if !(a.follow && e.code == "CHILD_NOT_STARTED") {
+                if a.follow && e.code == "CHILD_NOT_STARTED" {
+                    if !waiting {
+                        eprintln!("waiting for child {} to start ...", a.child);
+                        waiting = true;
+                    }
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                if !reconnect(&a, &e, &mut broken_since).await {
                     return Err(hint(e));
                 }
-                if !waiting {
-                    eprintln!("waiting for child {} to start ...", a.child);
-                    waiting = true;
+                if let Ok(c) = a.coordinator.connect().await {
+                    client = c;
                 }
-                tokio::time::sleep(POLL).await;
+                continue;
             }
-        }
-    };
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    while let Some(c) = chunks
-        .message()
-        .await
-        .map_err(|s| hint(a.coordinator.status(s)))?
-    {
-        let is_err = c.stream == pb::LogStream::Stderr as i32;
-        let more = match a.output {
-            Format::Json => {
-                let line = json!({
-                    "stream": if is_err { "stderr" } else { "stdout" },
-                    "offset": c.offset,
-                    "data": String::from_utf8_lossy(&c.data),
-                });
-                write_out(&mut out, format!("{line}\n").as_bytes())?
-            }
-            Format::Human if is_err => write_out(&mut err, &c.data)?,
-            Format::Human => write_out(&mut out, &c.data)?,
         };
-        if !more {
-            break;
+        loop {
+            let c = match chunks.message().await {
+                Ok(Some(c)) => c,
+                Ok(None) => return Ok(0),
+                Err(s) => {
+                    let e = a.coordinator.status(s);
+                    if !reconnect(&a, &e, &mut broken_since).await {
+                        return Err(hint(e));
+                    }
+                    break;
+                }
+            };
+            broken_since = None;
+            let is_err = c.stream == pb::LogStream::Stderr as i32;
+            let next = c.offset + c.data.len() as u64;
+            if is_err {
+                req.stderr_offset = next;
+            } else {
+                req.stdout_offset = next;
+            }
+            let more = match a.output {
+                Format::Json => {
+                    let line = json!({
+                        "stream": if is_err { "stderr" } else { "stdout" },
+                        "offset": c.offset,
+                        "data": String::from_utf8_lossy(&c.data),
+                    });
+                    write_out(&mut out, format!("{line}\n").as_bytes())?
+                }
+                Format::Human if is_err => write_out(&mut err, &c.data)?,
+                Format::Human => write_out(&mut out, &c.data)?,
+            };
+            if !more {
+                return Ok(0);
+            }
         }
     }
-    Ok(0)
+}
+
+/// The child's current attempt, or 0 (the coordinator picks) when it cannot tell.
+async fn current_attempt(client: &mut Control, id: &str, child: &str) -> u32 {
+    let Ok(path) = ChildPath::parse(child) else {
+        return 0;
+    };
+    let Ok(detail) = client
+        .get_execution(pb::GetExecutionRequest {
+            execution_id: id.to_string(),
+        })
+        .await
+    else {
+        return 0;
+    };
+    detail
+        .into_inner()
+        .children
+        .iter()
+        .find(|c| c.task_path == path.task && c.item_index == path.index)
+        .map_or(0, |c| c.attempt)
+}
+
+/// How long `logs -f` keeps reconnecting without getting anything.
+const RECONNECT_FOR: Duration = Duration::from_secs(60);
+
+/// Whether `logs -f` should open a new stream after `e` (it waits a little
+/// first); says so on stderr the first time.
+async fn reconnect(
+    a: &LogsArgs,
+    e: &CliError,
+    broken_since: &mut Option<std::time::Instant>,
+) -> bool {
+    let transient = matches!(
+        e.code.as_str(),
+        "UNAVAILABLE" | "AGENT_UNREACHABLE" | "AGENT_BUSY" | "SHUTTING_DOWN" | "TRANSPORT_FAILED"
+    ) || e.exit == crate::error::EXIT_UNAVAILABLE;
+    if !a.follow || !transient {
+        return false;
+    }
+    let since = *broken_since.get_or_insert_with(|| {
+        eprintln!(
+            "baton: log stream interrupted ({}); reconnecting ...",
+            e.message
+        );
+        std::time::Instant::now()
+    });
+    if since.elapsed() > RECONNECT_FOR {
+        return false;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    true
 }
 
 pub async fn rows(a: RowsArgs) -> Result<u8, CliError> {
