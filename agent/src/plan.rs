@@ -42,6 +42,10 @@ pub fn build(
                     task: task.name.clone(),
                     reason: FOREACH_UNSUPPORTED.to_string(),
                 },
+                TaskKind::Script(_) | TaskKind::Child(_) | TaskKind::Group(_) => Step::Fail {
+                    task: task.name.clone(),
+                    reason: "script/child/group tasks are not run by agents yet".to_string(),
+                },
                 TaskKind::Exec(exec) => {
                     let interpolated = (|| {
                         let argv = exec

@@ -8,25 +8,41 @@
 //! async: the coordinator runs parent packages with it, agents run child
 //! packages with it.
 //!
-//! The skeleton language has two task kinds: `exec` (a process, run on an
-//! agent) and `foreach` (fan a child package out over items, run by the
-//! coordinator). The model is shaped so that the full language (scripts,
-//! `child`, groups, expressions on constraints) adds variants rather than
-//! rewriting it.
+//! The language: typed parameters (`string`, `int`, `bool`, `float`, `list`,
+//! `secret`); tasks `exec`, `script`, `child`, `foreach` (over a range, a
+//! list, a parameter or the rows of an earlier task), `group` and `noop`;
+//! precedence constraints on success, failure or completion with `when`
+//! expressions ([`expr`]); retries with backoff, tolerated failures; outputs
+//! that later tasks read (`${tasks.T.outputs.K}`). [`Engine`] is the pure
+//! state machine that runs a package's control flow; [`PackageBuilder`] builds
+//! the same model in Rust and [`Package::to_toml`] writes it back.
 
+mod engine;
 mod error;
+pub mod expr;
 mod interpolate;
+mod items;
 mod model;
 mod params;
 mod parse;
+mod policy;
+mod reference;
+mod sensitive;
 
+pub use engine::{
+    Engine, EngineError, EngineSnapshot, PackageOutcome, TaskOutcome, TaskSnapshot, TaskState,
+};
 pub use error::PackageError;
-pub use interpolate::interpolate;
+pub use expr::{Condition, ExprError};
+pub use interpolate::{interpolate, interpolate_in, template_refs};
 pub use model::{
-    ExecTask, ForeachOver, ForeachTask, Package, ParamType, ParameterDef, RetryPolicy, Task,
+    After, CATALOG_PREFIX, ChildRef, ChildTask, ExecTask, ForeachOver, ForeachTask, GroupTask,
+    MAX_FOREACH_ITEMS, On, Package, ParamType, ParameterDef, SCRIPT_SHELL, ScriptTask, Task,
     TaskKind, valid_user_name,
 };
 pub use params::ParamValues;
+pub use policy::{ChildrenOnCancel, MaxFailures, RetryPolicy};
+pub use reference::{Outputs, Ref, Scope};
 
 use sha2::{Digest, Sha256};
 

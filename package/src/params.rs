@@ -10,6 +10,8 @@ use crate::model::{Package, ParamType};
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct ParamValues {
     values: BTreeMap<String, (String, bool)>,
+    /// Parameters of type `list`, whose values are JSON arrays.
+    lists: std::collections::BTreeSet<String>,
 }
 
 impl std::fmt::Debug for ParamValues {
@@ -36,6 +38,22 @@ impl ParamValues {
         self.values.get(name).is_some_and(|(_, s)| *s)
     }
 
+    /// Whether `name` is a `list` parameter (its value a JSON array of strings).
+    pub fn is_list(&self, name: &str) -> bool {
+        self.lists.contains(name)
+    }
+
+    /// The items of a parameter: a `list` parameter's elements, or the
+    /// comma-separated parts of any other (trimmed, empty parts dropped).
+    pub fn list_items(&self, name: &str) -> Vec<String> {
+        let value = self.get(name).unwrap_or_default();
+        if self.is_list(name) {
+            parse_list(value).unwrap_or_default()
+        } else {
+            split_commas(value)
+        }
+    }
+
     /// `(name, value)` pairs in name order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.values
@@ -57,7 +75,27 @@ pub(crate) fn check_value(name: &str, ty: ParamType, value: &str) -> Result<Stri
         message,
     };
     match ty {
-        ParamType::String => Ok(value.to_string()),
+        ParamType::String | ParamType::Secret => Ok(value.to_string()),
+        ParamType::Float => match value.trim().parse::<f64>() {
+            Ok(f) if f.is_finite() => Ok(render_float(f)),
+            _ => Err(bad("expected a finite number".to_string())),
+        },
+        ParamType::List => {
+            let items = if value.trim_start().starts_with('[') {
+                parse_list(value).ok_or_else(|| {
+                    bad("expected a JSON array of strings or a comma-separated list".to_string())
+                })?
+            } else {
+                split_commas(value)
+            };
+            if items.len() > crate::model::MAX_FOREACH_ITEMS {
+                return Err(bad(format!(
+                    "a list holds at most {} items",
+                    crate::model::MAX_FOREACH_ITEMS
+                )));
+            }
+            Ok(render_list(&items))
+        }
         ParamType::Int => value
             .trim()
             .parse::<i64>()
@@ -69,6 +107,31 @@ pub(crate) fn check_value(name: &str, ty: ParamType, value: &str) -> Result<Stri
             _ => Err(bad("expected true or false".to_string())),
         },
     }
+}
+
+/// The canonical text of a float: the shortest form that reads back the same.
+pub(crate) fn render_float(f: f64) -> String {
+    let f = if f == 0.0 { 0.0 } else { f }; // no "-0"
+    f.to_string()
+}
+
+/// The canonical text of a list: a JSON array of strings.
+pub(crate) fn render_list(items: &[String]) -> String {
+    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// A JSON array of strings, or `None`.
+pub(crate) fn parse_list(value: &str) -> Option<Vec<String>> {
+    serde_json::from_str::<Vec<String>>(value).ok()
+}
+
+fn split_commas(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 impl Package {
@@ -90,7 +153,11 @@ impl Package {
             }
         }
         let mut values = BTreeMap::new();
+        let mut lists = std::collections::BTreeSet::new();
         for (name, def) in &self.parameters {
+            if def.ty == ParamType::List {
+                lists.insert(name.clone());
+            }
             let value = match overrides.get(name) {
                 Some(v) => check_value(name, def.ty, v)?,
                 None => match &def.default {
@@ -98,12 +165,14 @@ impl Package {
                     None if def.required => {
                         return Err(PackageError::MissingParameter { name: name.clone() });
                     }
+                    None if def.ty == ParamType::List => render_list(&[]),
                     None => String::new(),
                 },
             };
-            values.insert(name.clone(), (value, def.sensitive));
+            let sensitive = def.sensitive || def.ty == ParamType::Secret;
+            values.insert(name.clone(), (value, sensitive));
         }
-        Ok(ParamValues { values })
+        Ok(ParamValues { values, lists })
     }
 }
 
@@ -142,6 +211,45 @@ type = "bool"
         assert_eq!(v.get("flag"), Some("true"));
         assert!(v.is_sensitive("token"));
         assert!(!format!("{v:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn floats_lists_and_secrets() {
+        let p = Package::parse(
+            "p.toml",
+            "name='p'\n[parameters.f]\ntype='float'\ndefault=2.50\n\
+             [parameters.l]\ntype='list'\ndefault=['a,b', 'c']\n\
+             [parameters.s]\ntype='secret'\n",
+        )
+        .unwrap();
+        assert!(p.parameters["s"].sensitive);
+        let v = p.bind(&ov(&[("s", "pw")])).unwrap();
+        assert_eq!(v.get("f"), Some("2.5"));
+        assert_eq!(v.get("l"), Some(r#"["a,b","c"]"#));
+        assert_eq!(v.list_items("l"), ["a,b", "c"]);
+        assert!(v.is_sensitive("s"));
+        let v = p
+            .bind(&ov(&[("s", "pw"), ("l", " x, y ,"), ("f", "1e3")]))
+            .unwrap();
+        assert_eq!(v.list_items("l"), ["x", "y"]);
+        assert_eq!(v.get("f"), Some("1000"));
+        let v = p.bind(&ov(&[("s", "pw"), ("l", r#"["p,q"]"#)])).unwrap();
+        assert_eq!(v.list_items("l"), ["p,q"]);
+        for (k, bad) in [
+            ("l", "[1, 2]"),
+            ("l", "[\"a\""),
+            ("f", "NaN"),
+            ("f", "inf"),
+            ("f", "x"),
+        ] {
+            assert_eq!(
+                p.bind(&ov(&[("s", "pw"), (k, bad)])).unwrap_err().code(),
+                "PARAM_INVALID"
+            );
+        }
+        // A canonical value binds to itself (the coordinator rebinds stored values).
+        let again = p.bind(&v.to_map()).unwrap();
+        assert_eq!(again, v);
     }
 
     #[test]

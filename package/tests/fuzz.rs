@@ -19,7 +19,12 @@
 //!   numbers, deep nesting), then binding and foreach expansion of what parses;
 //! - `binding_takes_arbitrary_overrides`: arbitrary overrides bound against a
 //!   generated package, checked against a model of the binding rules;
-//! - `interpolation_takes_arbitrary_templates` and `foreach_items_take_arbitrary_bounds`.
+//! - `interpolation_takes_arbitrary_templates` and `foreach_items_take_arbitrary_bounds`;
+//! - `expressions_take_arbitrary_text`: `when` expressions into the parser
+//!   and, when they parse, the evaluator.
+//!
+//! Every package that parses is also run through the [`Engine`] with
+//! arbitrary outcomes, which must reach a package outcome.
 //!
 //! Every target checks the same contract: no panic, and every error carries one
 //! of the stable codes of `docs/errors.md` that fits the operation.
@@ -28,8 +33,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use baton_package::{
-    ForeachOver, ForeachTask, Package, PackageError, ParamType, ParamValues, RetryPolicy, TaskKind,
-    interpolate,
+    Engine, ForeachOver, ForeachTask, Package, PackageError, ParamType, ParamValues, RetryPolicy,
+    TaskKind, TaskOutcome, interpolate,
 };
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -95,8 +100,8 @@ fn check_package(p: &Package) -> Result<(), TestCaseError> {
     prop_assert_eq!(order.len(), p.tasks.len());
     let mut seen = BTreeSet::new();
     for t in order {
-        for dep in &t.after {
-            prop_assert!(seen.contains(dep.as_str()), "{} before {}", t.name, dep);
+        for dep in t.after_names() {
+            prop_assert!(seen.contains(dep), "{} before {}", t.name, dep);
         }
         seen.insert(t.name.as_str());
         match &t.kind {
@@ -110,6 +115,15 @@ fn check_package(p: &Package) -> Result<(), TestCaseError> {
                     prop_assert!(p.parameters.contains_key(name));
                 }
             }
+            TaskKind::Script(sc) => prop_assert!(!sc.script.trim().is_empty()),
+            TaskKind::Child(c) => prop_assert!(!c.child.trim().is_empty()),
+            TaskKind::Group(g) => {
+                prop_assert!(!g.members.is_empty());
+                for m in &g.members {
+                    prop_assert!(p.tasks.contains_key(m));
+                    prop_assert_eq!(p.group_of(m), Some(t.name.as_str()));
+                }
+            }
             TaskKind::Noop => {}
         }
     }
@@ -117,11 +131,14 @@ fn check_package(p: &Package) -> Result<(), TestCaseError> {
         prop_assert_eq!(name, &def.name);
         if let Some(d) = &def.default {
             match def.ty {
-                ParamType::String => {}
+                ParamType::String | ParamType::Secret => {}
                 ParamType::Int => prop_assert_eq!(&d.parse::<i64>().unwrap().to_string(), d),
                 ParamType::Bool => prop_assert!(d == "true" || d == "false"),
+                ParamType::Float => prop_assert!(d.parse::<f64>().unwrap().is_finite()),
+                ParamType::List => prop_assert!(serde_json::from_str::<Vec<String>>(d).is_ok()),
             }
         }
+        prop_assert!(def.ty != ParamType::Secret || def.sensitive);
     }
     Ok(())
 }
@@ -146,9 +163,11 @@ fn exercise(p: &Package) -> Result<(), TestCaseError> {
                 .filter(|d| d.default.is_none())
                 .map(|d| {
                     let v = match d.ty {
-                        ParamType::String => "a, b,,c",
+                        ParamType::String | ParamType::Secret => "a, b,,c",
                         ParamType::Int => "3",
                         ParamType::Bool => "yes",
+                        ParamType::Float => "2.5",
+                        ParamType::List => "a, b,,c",
                     };
                     (d.name.clone(), v.to_string())
                 })
@@ -186,9 +205,48 @@ fn exercise(p: &Package) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            TaskKind::Noop => {}
+            TaskKind::Script(sc) => {
+                let templates = std::iter::once(&sc.script)
+                    .chain(sc.env.values())
+                    .chain(&sc.workdir);
+                for t in templates {
+                    if let Err(e) = interpolate(t, &values, None) {
+                        check_template_error(&e)?;
+                    }
+                }
+            }
+            TaskKind::Child(c) => {
+                for t in c.params.values() {
+                    if let Err(e) = interpolate(t, &values, None) {
+                        check_template_error(&e)?;
+                    }
+                }
+            }
+            TaskKind::Group(_) | TaskKind::Noop => {}
         }
     }
+    // The engine runs whatever parses: every task ends in one terminal state.
+    let mut engine = Engine::new(p, values);
+    for _ in 0..=2 * p.tasks.len() {
+        let ready = engine.ready();
+        if ready.is_empty() {
+            break;
+        }
+        for t in ready {
+            engine
+                .started(&t)
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let outcome = if t.len() % 2 == 0 {
+                TaskOutcome::Succeeded
+            } else {
+                TaskOutcome::Failed
+            };
+            engine
+                .finished(&t, outcome, BTreeMap::new())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        }
+    }
+    prop_assert!(engine.outcome().is_some(), "{:?}", engine.snapshot());
     Ok(())
 }
 
@@ -439,7 +497,9 @@ const DATES: &[&str] = &[
 ];
 const OPENERS: &[&str] = &["[", "{a="];
 /// The three real types first.
-const TYPES: &[&str] = &["string", "int", "bool", "float", "", "Int", "string "];
+const TYPES: &[&str] = &[
+    "string", "int", "bool", "float", "list", "secret", "", "Int", "string ",
+];
 const RANGE_TEMPLATES: &[&str] = &[
     "${params.n}",
     "${params.s}",
@@ -539,6 +599,10 @@ fn default_for(ty: &'static str) -> BoxedStrategy<String> {
     let good = match ty {
         "int" => int_token().boxed(),
         "bool" => bool_token().boxed(),
+        "float" => select(FLOATS).prop_map(str::to_string).boxed(),
+        "list" => vec(str_token(), 0..4)
+            .prop_map(|v| format!("[{}]", v.join(", ")))
+            .boxed(),
         _ => str_token().boxed(),
     };
     mostly(
@@ -555,7 +619,7 @@ fn default_for(ty: &'static str) -> BoxedStrategy<String> {
 
 /// The body of a `[parameters.NAME]` table.
 fn param_body() -> impl Strategy<Value = String> {
-    let ty = prop_oneof![18 => select(&TYPES[..3]), 2 => select(&TYPES[3..])];
+    let ty = prop_oneof![18 => select(&TYPES[..6]), 2 => select(&TYPES[6..])];
     ty.prop_flat_map(|ty| {
         (
             mostly(Just(q(ty)), any_value()),
@@ -661,6 +725,118 @@ fn foreach_fields() -> impl Strategy<Value = Vec<String>> {
         })
 }
 
+fn script_fields() -> impl Strategy<Value = Vec<String>> {
+    (
+        mostly(str_token(), any_value()),
+        field(0.3, "env", mostly(inline_table(str_token()), any_value())),
+        field(0.2, "workdir", mostly(str_token(), any_value())),
+        field(0.2, "retry", select(RETRIES).prop_map(str::to_string)),
+    )
+        .prop_map(|(sc, env, wd, r)| vec![format!("script = {sc}\n"), env, wd, r])
+}
+
+fn child_fields() -> impl Strategy<Value = Vec<String>> {
+    (
+        prop_oneof![
+            3 => str_token(),
+            1 => select(&["'catalog:/etl/load'", "'catalog:x'", "'catalog:/'"][..])
+                .prop_map(str::to_string),
+        ],
+        field(
+            0.4,
+            "params",
+            mostly(inline_table(str_token()), any_value()),
+        ),
+        field(
+            0.2,
+            "require",
+            mostly(inline_table(str_token()), any_value()),
+        ),
+        field(0.2, "local", mostly(bool_token(), any_value())),
+        field(0.2, "retry", select(RETRIES).prop_map(str::to_string)),
+    )
+        .prop_map(|(c, p, req, l, r)| vec![format!("child = {c}\n"), p, req, l, r])
+}
+
+fn group_fields() -> impl Strategy<Value = Vec<String>> {
+    mostly(
+        vec(name(), 0..3).prop_map(|v| {
+            let v: Vec<String> = v.iter().map(|n| q(n)).collect();
+            format!("[{}]", v.join(", "))
+        }),
+        any_value(),
+    )
+    .prop_map(|g| vec![format!("group = {g}\n")])
+}
+
+const RETRIES: &[&str] = &[
+    "{ attempts = 3 }",
+    "{ attempts = 2, backoff_s = 5, backoff_max_s = 60, jitter = true }",
+    "{ attempts = 0 }",
+    "{ backoff_s = 100, backoff_max_s = 1 }",
+    "{ backoff_s = 99999999 }",
+    "{ attempts = 2, lost_attempts = 1 }",
+];
+
+/// Expression pieces: valid tokens, references to generated names, junk.
+const EXPR_PIECES: &[&str] = &[
+    "true",
+    "false",
+    "1",
+    "-2",
+    "3.5",
+    "'x'",
+    "\"y\"",
+    "==",
+    "!=",
+    "<",
+    "<=",
+    ">",
+    ">=",
+    "&&",
+    "||",
+    "!",
+    "(",
+    ")",
+    "${params.n}",
+    "${params.a}",
+    "${params.flag}",
+    "${tasks.a.state}",
+    "${tasks.b.outputs.k}",
+    "${tasks.zz.state}",
+    "${item}",
+    "${nope}",
+    "${params.",
+    "'",
+    "\\",
+    "#",
+    "é",
+    "99999999999999999999",
+    "1.2.3",
+];
+
+fn expr_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => vec(select(EXPR_PIECES), 0..12).prop_map(|v| v.join(" ")),
+        2 => vec(select(EXPR_PIECES), 0..12).prop_map(|v| v.concat()),
+        1 => any::<String>(),
+        1 => (0usize..100, select(&["(", "!", "(!"][..])).prop_map(|(n, f)| f.repeat(n) + "true"),
+    ]
+}
+
+fn after_value() -> impl Strategy<Value = String> {
+    let one = prop_oneof![
+        3 => name().prop_map(|n| q(&n)),
+        2 => (name(), select(&["success", "failure", "completion", "never"][..]))
+            .prop_map(|(n, on)| format!("{{ task = {}, on = {} }}", q(&n), q(on))),
+        1 => name().prop_map(|n| format!("{{ task = {}, typo = 1 }}", q(&n))),
+    ];
+    mostly(
+        vec(one, 0..3).prop_map(|v| format!("[{}]", v.join(", "))),
+        any_value(),
+    )
+}
+
 /// A field of another kind of task (or none): each kind refuses the others'.
 fn stray_field() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -683,17 +859,14 @@ fn task_fields() -> impl Strategy<Value = Vec<String>> {
     let kind = prop_oneof![
         8 => exec_fields(),
         8 => foreach_fields(),
+        4 => script_fields(),
+        3 => child_fields(),
+        2 => group_fields(),
         2 => mostly(Just("true".to_string()), prop_oneof![Just("false".to_string()), any_value()])
             .prop_map(|b| vec![format!("noop = {b}\n")]),
         1 => Just(Vec::new()),
     ];
-    let after = mostly(
-        vec(name(), 0..3).prop_map(|v| {
-            let v: Vec<String> = v.iter().map(|n| q(n)).collect();
-            format!("[{}]", v.join(", "))
-        }),
-        any_value(),
-    );
+    let after = after_value();
     let timeout = mostly(
         prop_oneof![
             (0u64..100_000).prop_map(|n| n.to_string()),
@@ -707,9 +880,19 @@ fn task_fields() -> impl Strategy<Value = Vec<String>> {
         field(0.2, "timeout_s", timeout),
         field(0.1, "description", str_token()),
         stray_field(),
+        field(
+            0.2,
+            "when",
+            mostly(expr_text().prop_map(|e| q(&e)), any_value()),
+        ),
+        field(
+            0.1,
+            "continue_on_failure",
+            mostly(bool_token(), any_value()),
+        ),
     )
-        .prop_map(|(mut fields, after, timeout, desc, stray)| {
-            fields.extend([after, timeout, desc, stray]);
+        .prop_map(|(mut fields, after, timeout, desc, stray, when, cof)| {
+            fields.extend([after, timeout, desc, stray, when, cof]);
             fields.retain(|f| !f.is_empty());
             fields
         })
@@ -764,7 +947,14 @@ fn package_text() -> impl Strategy<Value = String> {
 
 // ------------------------------------------------------- (c) overrides
 
-const PARAM_TYPES: &[ParamType] = &[ParamType::String, ParamType::Int, ParamType::Bool];
+const PARAM_TYPES: &[ParamType] = &[
+    ParamType::String,
+    ParamType::Int,
+    ParamType::Bool,
+    ParamType::Float,
+    ParamType::List,
+    ParamType::Secret,
+];
 const REPEATED: &[&str] = &["9", "a", "é", "\u{fffd}", " "];
 const OVERRIDE_VALUES: &[&str] = &[
     "42",
@@ -834,15 +1024,26 @@ fn decl() -> impl Strategy<Value = (Decl, String)> {
     )
         .prop_map(|(ty, has_default, required, sensitive, i, b, s)| {
             let (default, token) = match ty {
-                ParamType::String => (s.clone(), q(&s)),
+                ParamType::String | ParamType::Secret => (s.clone(), q(&s)),
                 ParamType::Int => (i.to_string(), i.to_string()),
                 ParamType::Bool => (b.to_string(), b.to_string()),
+                ParamType::Float => {
+                    let f = (i % 100_000) as f64 + 0.25;
+                    (f.to_string(), format!("{f:?}"))
+                }
+                ParamType::List => {
+                    let items = vec!["a,b".to_string(), s.clone()];
+                    (
+                        serde_json::to_string(&items).unwrap(),
+                        format!("['a,b', {}]", q(&s)),
+                    )
+                }
             };
             let d = Decl {
                 ty,
                 default: has_default.then_some(default),
                 required,
-                sensitive,
+                sensitive: sensitive || ty == ParamType::Secret,
             };
             let text = format!(
                 "type = {}\n{}required = {required}\nsensitive = {sensitive}\n",
@@ -910,8 +1111,26 @@ fn package_and_overrides()
 /// The binding rules, written out: the canonical value or the error code and name.
 fn model_value(ty: ParamType, v: &str) -> Option<String> {
     match ty {
-        ParamType::String => Some(v.to_string()),
+        ParamType::String | ParamType::Secret => Some(v.to_string()),
         ParamType::Int => v.trim().parse::<i64>().ok().map(|i| i.to_string()),
+        ParamType::Float => v
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| if f == 0.0 { 0.0f64 } else { f }.to_string()),
+        ParamType::List => {
+            let items: Vec<String> = if v.trim_start().starts_with('[') {
+                serde_json::from_str(v).ok()?
+            } else {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            };
+            serde_json::to_string(&items).ok()
+        }
         ParamType::Bool => match v.trim() {
             "true" | "1" | "yes" => Some("true".into()),
             "false" | "0" | "no" => Some("false".into()),
@@ -933,6 +1152,7 @@ fn model_bind(
             (Some(v), _) => model_value(d.ty, v).ok_or_else(|| ("PARAM_INVALID", name.clone()))?,
             (None, Some(def)) => def.clone(),
             (None, None) if d.required => return Err(("PARAM_REQUIRED", name.clone())),
+            (None, None) if d.ty == ParamType::List => "[]".to_string(),
             (None, None) => String::new(),
         };
         out.insert(name.clone(), v);
@@ -1057,6 +1277,8 @@ fn foreach(over: ForeachOver) -> ForeachTask {
         parallelism: 1,
         params: BTreeMap::new(),
         retry: RetryPolicy::default(),
+        max_failures: Default::default(),
+        require: BTreeMap::new(),
     }
 }
 
@@ -1200,6 +1422,37 @@ proptest! {
         }
         let got = foreach(ForeachOver::Param(param)).items(bound()).unwrap();
         prop_assert!(got.iter().all(|i| !i.is_empty() && i.trim() == i));
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// (e) Arbitrary text into the `when` expression parser: no panic, errors
+    /// point inside the text (or just past its end), and what parses
+    /// evaluates (to a value or an error with a column) without panicking.
+    #[test]
+    fn expressions_take_arbitrary_text(src in expr_text()) {
+        let len = src.chars().count();
+        match baton_package::expr::parse(&src) {
+            Ok(e) => {
+                let outputs = [("b".to_string(), [("k".to_string(), "7".to_string())].into())].into();
+                let states = [("a".to_string(), "succeeded".to_string())].into();
+                let scope = baton_package::Scope {
+                    params: bound(),
+                    item: None,
+                    outputs: &outputs,
+                    states: &states,
+                };
+                if let Err(err) = e.eval(&scope) {
+                    prop_assert!(err.column >= 1 && err.column <= len + 1, "{:?}", err);
+                }
+            }
+            Err(err) => {
+                prop_assert!(err.column >= 1 && err.column <= len + 1, "{}: {:?}", src, err);
+                prop_assert!(!err.message.is_empty());
+            }
+        }
     }
 }
 

@@ -1,0 +1,546 @@
+//! The control-flow engine: a pure state machine over one package's tasks.
+//!
+//! Both drivers use it: the coordinator for parent packages, agents for child
+//! packages. The driver asks [`Engine::ready`] which tasks may start, runs
+//! them, and reports [`Engine::started`] and [`Engine::finished`]; the engine
+//! decides everything else itself — precedence constraints (`after` with
+//! `on`), `when` expressions, skips, groups — and says when the package is
+//! done ([`Engine::outcome`]). No IO, no clock: a retry's delay is computed
+//! ([`Engine::retry_delay`]) and waited for by the driver.
+//!
+//! Rules, in short (docs/packages.md has the long form):
+//! - a task is *ready* when every constraint is met (its predecessor ended as
+//!   `on` says) and its `when` is true; a constraint that can no longer be met
+//!   (the predecessor ended otherwise, was skipped or cancelled) skips it, as
+//!   does a false `when`; a `when` that cannot be evaluated fails it;
+//! - a group starts (inside the engine) when its constraints are met; its
+//!   members are then scheduled like any task; it succeeds when every member
+//!   ended without a failure that counts (see below), and is skipped with its
+//!   members when it does not run;
+//! - a failure counts (fails the group or the package) unless the task has
+//!   `continue_on_failure`; skipped tasks never count;
+//! - [`Engine::cancel`] cancels every task not started; running tasks end
+//!   when the driver reports them.
+//!
+//! [`Engine::snapshot`] / [`Engine::restore`] persist the state as plain data;
+//! [`Engine::resume`] makes failed, cancelled and skipped tasks pending again
+//! and keeps the succeeded ones, for "resume from failure".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::error::PackageError;
+use crate::interpolate::interpolate_in;
+use crate::model::{On, Package, TaskKind};
+use crate::params::ParamValues;
+use crate::reference::{Outputs, Scope};
+
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+pub use snapshot::{EngineSnapshot, TaskSnapshot};
+
+/// The state of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Failed => "failed",
+            TaskState::Skipped => "skipped",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, TaskState::Pending | TaskState::Running)
+    }
+}
+
+/// How one run of a task ended, as the driver reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskOutcome {
+    Succeeded,
+    /// Failed after its last attempt (the driver retries before reporting).
+    Failed,
+    Cancelled,
+}
+
+/// How the whole package ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackageOutcome {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+/// A driver's request the engine cannot apply; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    #[error("unknown task '{0}'")]
+    UnknownTask(String),
+    #[error("task '{task}' cannot {action} while it is {state}")]
+    Transition {
+        task: String,
+        action: &'static str,
+        state: &'static str,
+    },
+    #[error("snapshot does not match the package: {0}")]
+    Snapshot(String),
+}
+
+impl EngineError {
+    /// The stable symbolic code (see `docs/errors.md`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::UnknownTask(_) | EngineError::Transition { .. } => "ENGINE_TRANSITION",
+            EngineError::Snapshot(_) => "ENGINE_SNAPSHOT_INVALID",
+        }
+    }
+}
+
+/// What the engine knows about one task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskRun {
+    pub(crate) state: TaskState,
+    pub(crate) attempts: u32,
+    pub(crate) reason: Option<String>,
+}
+
+impl TaskRun {
+    fn new() -> TaskRun {
+        TaskRun {
+            state: TaskState::Pending,
+            attempts: 0,
+            reason: None,
+        }
+    }
+}
+
+/// The state machine of one package run.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    package: Package,
+    params: ParamValues,
+    /// Task names in [`Package::task_order`].
+    order: Vec<String>,
+    /// Group of each member.
+    group_of: BTreeMap<String, String>,
+    runs: BTreeMap<String, TaskRun>,
+    outputs: Outputs,
+    /// Pending tasks whose constraints and `when` passed, not yet started.
+    ready: BTreeSet<String>,
+    cancelled: bool,
+}
+
+impl Engine {
+    /// An engine with every task pending. `package` must be validated (as
+    /// [`Package::parse`] and the builder do); `params` bound for it.
+    pub fn new(package: &Package, params: ParamValues) -> Engine {
+        let order: Vec<String> = package
+            .task_order()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        let mut group_of = BTreeMap::new();
+        for t in package.tasks.values() {
+            if let TaskKind::Group(g) = &t.kind {
+                for m in &g.members {
+                    group_of.insert(m.clone(), t.name.clone());
+                }
+            }
+        }
+        let runs = order.iter().map(|n| (n.clone(), TaskRun::new())).collect();
+        let mut e = Engine {
+            package: package.clone(),
+            params,
+            order,
+            group_of,
+            runs,
+            outputs: Outputs::new(),
+            ready: BTreeSet::new(),
+            cancelled: false,
+        };
+        e.settle();
+        e
+    }
+
+    pub fn package(&self) -> &Package {
+        &self.package
+    }
+
+    pub fn params(&self) -> &ParamValues {
+        &self.params
+    }
+
+    /// Tasks that may start now, in task order: independent tasks are ready
+    /// together. Groups never appear (the engine runs them); a task stays
+    /// ready until [`Engine::started`].
+    pub fn ready(&mut self) -> Vec<String> {
+        self.settle();
+        self.order
+            .iter()
+            .filter(|n| self.ready.contains(*n))
+            .cloned()
+            .collect()
+    }
+
+    /// The driver started `task`: its first attempt (it was ready), or a
+    /// further attempt of a running task after a retry delay.
+    pub fn started(&mut self, task: &str) -> Result<(), EngineError> {
+        let state = self.state(task)?;
+        let is_group = matches!(self.package.tasks[task].kind, TaskKind::Group(_));
+        let run = self.runs.get_mut(task).ok_or_else(|| unknown(task))?;
+        match state {
+            TaskState::Pending if self.ready.contains(task) && !is_group => {
+                self.ready.remove(task);
+                run.state = TaskState::Running;
+                run.attempts = 1;
+                Ok(())
+            }
+            TaskState::Running if !is_group => {
+                run.attempts = run.attempts.saturating_add(1);
+                Ok(())
+            }
+            _ => Err(transition(task, "start", state)),
+        }
+    }
+
+    /// The driver reports the end of a running task (after its last attempt)
+    /// with the outputs it wrote (kept for `${tasks.T.outputs.K}`).
+    pub fn finished(
+        &mut self,
+        task: &str,
+        outcome: TaskOutcome,
+        outputs: BTreeMap<String, String>,
+    ) -> Result<(), EngineError> {
+        let state = self.state(task)?;
+        if state != TaskState::Running
+            || matches!(self.package.tasks[task].kind, TaskKind::Group(_))
+        {
+            return Err(transition(task, "finish", state));
+        }
+        let run = self.runs.get_mut(task).ok_or_else(|| unknown(task))?;
+        run.state = match outcome {
+            TaskOutcome::Succeeded => TaskState::Succeeded,
+            TaskOutcome::Failed => TaskState::Failed,
+            TaskOutcome::Cancelled => TaskState::Cancelled,
+        };
+        self.outputs.insert(task.to_string(), outputs);
+        self.settle();
+        Ok(())
+    }
+
+    /// Like [`Engine::finished`] with a reason recorded for a failure.
+    pub fn failed(&mut self, task: &str, reason: impl Into<String>) -> Result<(), EngineError> {
+        self.finished(task, TaskOutcome::Failed, BTreeMap::new())?;
+        if let Some(run) = self.runs.get_mut(task) {
+            run.reason = Some(reason.into());
+        }
+        Ok(())
+    }
+
+    /// The delay before the next attempt of `task` after attempt `attempt`
+    /// failed, per its retry policy; `None`: no attempt left, report it
+    /// failed. Deterministic for a given `seed`.
+    pub fn retry_delay(&self, task: &str, attempt: u32, seed: u64) -> Option<Duration> {
+        self.package
+            .tasks
+            .get(task)?
+            .retry_policy()
+            .delay_after(attempt, seed)
+    }
+
+    /// Cancels the run: every task not started is cancelled; returns the
+    /// tasks still running, which the driver cancels and then reports.
+    pub fn cancel(&mut self) -> Vec<String> {
+        self.cancelled = true;
+        self.ready.clear();
+        for run in self.runs.values_mut() {
+            if run.state == TaskState::Pending {
+                run.state = TaskState::Cancelled;
+                run.reason = Some("the execution was cancelled".into());
+            }
+        }
+        self.settle();
+        self.running()
+    }
+
+    /// Tasks running now (not groups), in task order.
+    pub fn running(&self) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|n| {
+                self.runs[*n].state == TaskState::Running
+                    && !matches!(self.package.tasks[*n].kind, TaskKind::Group(_))
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// The package's outcome once every task ended; `None` before.
+    pub fn outcome(&self) -> Option<PackageOutcome> {
+        if self.runs.values().any(|r| !r.state.is_terminal()) {
+            return None;
+        }
+        if self.cancelled {
+            return Some(PackageOutcome::Cancelled);
+        }
+        let failed = self
+            .order
+            .iter()
+            .any(|n| !self.group_of.contains_key(n) && self.counts_as_failure(n));
+        Some(if failed {
+            PackageOutcome::Failed
+        } else {
+            PackageOutcome::Succeeded
+        })
+    }
+
+    /// The state of a task.
+    pub fn state(&self, task: &str) -> Result<TaskState, EngineError> {
+        self.runs
+            .get(task)
+            .map(|r| r.state)
+            .ok_or_else(|| unknown(task))
+    }
+
+    /// Attempts started so far (0 before the first).
+    pub fn attempts(&self, task: &str) -> u32 {
+        self.runs.get(task).map_or(0, |r| r.attempts)
+    }
+
+    /// Why a task was skipped, failed by the engine or cancelled, if known.
+    pub fn reason(&self, task: &str) -> Option<&str> {
+        self.runs.get(task).and_then(|r| r.reason.as_deref())
+    }
+
+    /// Outputs of the tasks that ended.
+    pub fn outputs(&self) -> &Outputs {
+        &self.outputs
+    }
+
+    /// Every task's state name, for `${tasks.T.state}`.
+    pub fn states(&self) -> BTreeMap<String, String> {
+        self.runs
+            .iter()
+            .map(|(n, r)| (n.clone(), r.state.as_str().to_string()))
+            .collect()
+    }
+
+    /// Expands a template of a task against the parameters, the outputs so
+    /// far and `item`.
+    pub fn render(&self, template: &str, item: Option<&str>) -> Result<String, PackageError> {
+        let states = self.states();
+        let scope = Scope {
+            params: &self.params,
+            item,
+            outputs: &self.outputs,
+            states: &states,
+        };
+        interpolate_in(template, &scope)
+    }
+
+    /// Makes failed, cancelled and skipped tasks (and groups) pending again
+    /// and keeps succeeded ones with their outputs: a resumed run does only
+    /// what did not succeed. Refused while a task runs.
+    pub fn resume(&mut self) -> Result<(), EngineError> {
+        if let Some(t) = self.running().first() {
+            return Err(transition(t, "resume", TaskState::Running));
+        }
+        let mut reset: Vec<String> = Vec::new();
+        for (name, run) in &mut self.runs {
+            if matches!(
+                run.state,
+                TaskState::Failed | TaskState::Cancelled | TaskState::Skipped
+            ) {
+                *run = TaskRun::new();
+                self.outputs.remove(name);
+                reset.push(name.clone());
+            }
+        }
+        // A group that ran and holds a reset member runs again (its own
+        // constraints were met); one that never ran is pending like the rest.
+        for name in reset {
+            let mut member = name;
+            while let Some(g) = self.group_of.get(&member).cloned() {
+                let run = self.runs.get_mut(&g).ok_or_else(|| unknown(&g))?;
+                if run.state.is_terminal() {
+                    run.state = if run.attempts > 0 {
+                        TaskState::Running
+                    } else {
+                        TaskState::Pending
+                    };
+                    run.reason = None;
+                }
+                member = g;
+            }
+        }
+        self.cancelled = false;
+        self.ready.clear();
+        self.settle();
+        Ok(())
+    }
+
+    /// Whether a task's end fails its group or the package.
+    fn counts_as_failure(&self, task: &str) -> bool {
+        let state = self.runs[task].state;
+        let cof = self.package.tasks[task].continue_on_failure;
+        matches!(state, TaskState::Failed | TaskState::Cancelled) && !cof
+    }
+
+    fn skip(&mut self, task: &str, reason: String) {
+        if let Some(run) = self.runs.get_mut(task) {
+            run.state = TaskState::Skipped;
+            run.reason = Some(reason);
+        }
+        self.ready.remove(task);
+    }
+
+    /// Applies every decision that follows from the current states until
+    /// nothing changes: skips, `when`, groups starting and ending.
+    fn settle(&mut self) {
+        // Each pass decides at least one task or stops; bounded by their number.
+        for _ in 0..=self.order.len() * 2 + 1 {
+            let mut changed = false;
+            for i in 0..self.order.len() {
+                let name = self.order[i].clone();
+                if self.runs[&name].state == TaskState::Pending && !self.ready.contains(&name) {
+                    changed |= self.decide(&name);
+                } else if self.runs[&name].state == TaskState::Running {
+                    changed |= self.end_group(&name);
+                }
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    /// Decides a pending task if its constraints allow; true if it changed.
+    fn decide(&mut self, name: &str) -> bool {
+        if self.cancelled {
+            return false;
+        }
+        if let Some(g) = self.group_of.get(name) {
+            match self.runs[g].state {
+                TaskState::Running => {}
+                TaskState::Pending => return false,
+                other => {
+                    let why = format!("its group '{g}' did not run ({})", other.as_str());
+                    self.skip(name, why);
+                    return true;
+                }
+            }
+        }
+        let task = &self.package.tasks[name];
+        let mut waiting = false;
+        for a in &task.after {
+            let st = self.runs[&a.task].state;
+            if !st.is_terminal() {
+                waiting = true;
+                continue;
+            }
+            let met = match a.on {
+                On::Success => st == TaskState::Succeeded,
+                On::Failure => st == TaskState::Failed,
+                On::Completion => matches!(st, TaskState::Succeeded | TaskState::Failed),
+            };
+            if !met {
+                let why = format!(
+                    "runs on {} of '{}', which {}",
+                    a.on.as_str(),
+                    a.task,
+                    st.as_str()
+                );
+                self.skip(name, why);
+                return true;
+            }
+        }
+        if waiting {
+            return false;
+        }
+        if let Some(cond) = &task.when {
+            let states = self.states();
+            let scope = Scope {
+                params: &self.params,
+                item: None,
+                outputs: &self.outputs,
+                states: &states,
+            };
+            match cond.eval(&scope) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let why = format!("`when` is false: {}", cond.source);
+                    self.skip(name, why);
+                    return true;
+                }
+                Err(e) => {
+                    let run = self.runs.get_mut(name).expect("task of the package");
+                    run.state = TaskState::Failed;
+                    run.reason = Some(format!("`when` {:?}: {e}", cond.source));
+                    return true;
+                }
+            }
+        }
+        if matches!(task.kind, TaskKind::Group(_)) {
+            let run = self.runs.get_mut(name).expect("task of the package");
+            run.state = TaskState::Running;
+            run.attempts = 1;
+        } else {
+            self.ready.insert(name.to_string());
+        }
+        true
+    }
+
+    /// Ends a running group whose members all ended; true if it did.
+    fn end_group(&mut self, name: &str) -> bool {
+        let TaskKind::Group(g) = &self.package.tasks[name].kind else {
+            return false;
+        };
+        if g.members.iter().any(|m| !self.runs[m].state.is_terminal()) {
+            return false;
+        }
+        let failed = g
+            .members
+            .iter()
+            .find(|m| self.counts_as_failure(m))
+            .cloned();
+        let cancelled = g
+            .members
+            .iter()
+            .any(|m| self.runs[m].state == TaskState::Cancelled);
+        let run = self.runs.get_mut(name).expect("task of the package");
+        (run.state, run.reason) = match failed {
+            Some(_) if self.cancelled && cancelled => (TaskState::Cancelled, None),
+            Some(m) => (TaskState::Failed, Some(format!("member '{m}' failed"))),
+            None => (TaskState::Succeeded, None),
+        };
+        true
+    }
+}
+
+fn unknown(task: &str) -> EngineError {
+    EngineError::UnknownTask(task.to_string())
+}
+
+fn transition(task: &str, action: &'static str, state: TaskState) -> EngineError {
+    EngineError::Transition {
+        task: task.to_string(),
+        action,
+        state: state.as_str(),
+    }
+}
