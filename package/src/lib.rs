@@ -17,6 +17,7 @@
 //! state machine that runs a package's control flow; [`PackageBuilder`] builds
 //! the same model in Rust and [`Package::to_toml`] writes it back.
 
+mod builder;
 mod engine;
 mod error;
 pub mod expr;
@@ -28,7 +29,9 @@ mod parse;
 mod policy;
 mod reference;
 mod sensitive;
+mod to_toml;
 
+pub use builder::{PackageBuilder, ParamBuilder, TaskBuilder};
 pub use engine::{
     Engine, EngineError, EngineSnapshot, PackageOutcome, TaskOutcome, TaskSnapshot, TaskState,
 };

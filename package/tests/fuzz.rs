@@ -254,6 +254,12 @@ fn parse_and_check(text: &str) -> Result<(), TestCaseError> {
     match Package::parse(ORIGIN, text) {
         Ok(p) => {
             check_package(&p)?;
+            // What parses, written back, parses to the same package.
+            let text = p.to_toml();
+            match Package::parse(ORIGIN, &text) {
+                Ok(again) => prop_assert_eq!(&again, &p, "{}", text),
+                Err(e) => return Err(TestCaseError::fail(format!("to_toml: {e}\n{text}"))),
+            }
             exercise(&p)
         }
         Err(e) => check_parse_error(&e, text),

@@ -11,11 +11,14 @@ use toml::Spanned;
 use crate::error::PackageError;
 use crate::model::{ChildrenOnCancel, Package, valid_user_name};
 
+#[cfg(test)]
+mod lang_tests;
 mod params;
 mod refs;
 mod tasks;
 
 use params::RawParam;
+pub(crate) use tasks::DEFAULT_PARALLELISM;
 use tasks::RawTask;
 
 #[derive(Deserialize)]

@@ -66,7 +66,7 @@ struct RawRetry {
 
 /// Upper bound of `parallelism`, so a typo cannot ask for a billion slots.
 pub(crate) const MAX_PARALLELISM: u32 = 100_000;
-pub(crate) const DEFAULT_PARALLELISM: u32 = 64;
+pub const DEFAULT_PARALLELISM: u32 = 64;
 
 /// The fields of a task that only some kinds take.
 const KIND_FIELDS: &[(&str, &[&str])] = &[
