@@ -18,6 +18,8 @@ pub const DEFAULT_OUTPUT_TAIL_BYTES: usize = 4_096;
 
 /// Upper bounds, so that a typo cannot configure something absurd.
 const SLOTS_MAX: u32 = 10_000;
+/// Largest placement weight an agent may ask for.
+pub const WEIGHT_MAX: u32 = 100;
 const KILL_GRACE_MS_MAX: u64 = 10 * 60 * 1_000;
 const TASK_TIMEOUT_S_MAX: u64 = 7 * 24 * 3_600;
 const OUTPUT_TAIL_BYTES_MAX: usize = 1 << 20;
@@ -36,6 +38,9 @@ pub struct AgentConfig {
     pub slots: u32,
     /// Labels for placement constraints.
     pub labels: BTreeMap<String, String>,
+    /// Relative share of work under least-loaded placement (1 = normal, 2 =
+    /// filled as if it had twice its slots; never beyond them).
+    pub weight: u32,
     /// Directory for the outbox (`agent.redb`) and job scratch directories.
     pub data_dir: PathBuf,
     /// SIGTERM → SIGKILL grace when a job's process group is ended.
@@ -65,6 +70,7 @@ impl Default for AgentConfig {
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
             labels: BTreeMap::new(),
+            weight: 1,
             data_dir: PathBuf::from("baton-agent-data"),
             kill_grace_ms: DEFAULT_KILL_GRACE_MS,
             default_task_timeout_s: DEFAULT_TASK_TIMEOUT_S,
@@ -117,6 +123,12 @@ impl AgentConfig {
             return bad(format!(
                 "slots must be between 1 and {SLOTS_MAX}, got {}",
                 self.slots
+            ));
+        }
+        if self.weight == 0 || self.weight > WEIGHT_MAX {
+            return bad(format!(
+                "weight must be between 1 and {WEIGHT_MAX}, got {}",
+                self.weight
             ));
         }
         if self.labels.len() > LABELS_MAX {

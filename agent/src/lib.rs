@@ -126,6 +126,7 @@ pub async fn run(
                 advertise_addr: config.advertise_addr.clone(),
                 labels: config.labels.clone(),
                 slots: config.slots,
+                weight: config.weight,
                 boot_id,
                 tls: tls.clone(),
             },

@@ -47,6 +47,7 @@ pub struct Identity {
     pub advertise_addr: String,
     pub labels: BTreeMap<String, String>,
     pub slots: u32,
+    pub weight: u32,
     /// Random per process start.
     pub boot_id: String,
     /// Mutual TLS material; `None` only with `--insecure`.
@@ -117,6 +118,7 @@ impl Reporter {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 boot_id: id.boot_id.clone(),
                 outbox_id: self.outbox.outbox_id().to_string(),
+                weight: id.weight,
             })
             .await
             .map_err(|s| unreachable("register", &s))?

@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 the execution failed or was cancelled; 2 invalid
 //! input (usage, package, parameters, unknown id); 3 the coordinator is
-//! unavailable; 4 any other error.
+//! unavailable; 4 any other error; 5 the coordinator is busy (retry later).
 
 use std::fmt;
 
@@ -10,6 +10,8 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_OTHER: u8 = 4;
+/// The coordinator is busy (COORDINATOR_BUSY): the same command may work later.
+pub const EXIT_BUSY: u8 = 5;
 
 #[derive(Debug)]
 pub struct CliError {
@@ -74,6 +76,19 @@ impl CliError {
                 "the connection broke at once; a coordinator serves mutual TLS unless started with \
                  --insecure, so use https:// (or http:// for an --insecure one)",
             );
+        }
+        if server_code.as_deref() == Some("COORDINATOR_BUSY") {
+            let secs = s
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(30);
+            return CliError {
+                code: "COORDINATOR_BUSY".into(),
+                message: format!("busy, retry after {secs} s: {}", s.message()),
+                exit: EXIT_BUSY,
+            };
         }
         let code = server_code.unwrap_or_else(|| format!("GRPC_{:?}", s.code()).to_uppercase());
         CliError {

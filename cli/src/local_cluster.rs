@@ -112,6 +112,7 @@ impl LocalCluster {
             heartbeat_ms: spec.heartbeat_ms,
             security: baton_coordinator::transport::Security::Tls(live),
             retention: baton_coordinator::retention::Policy::default(),
+            scheduling: Default::default(),
         };
         let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
         let opt = CoordinatorOpt {

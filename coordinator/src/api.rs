@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::error::CoordinatorError;
 pub use crate::metrics::{Histogram, Latency, MetricsSnapshot};
+use crate::placement::PlacementPolicy;
 use crate::prepare::plan_bundle;
 use crate::records::{
     ChildRecord, ExecutionRecord, ExecutionState, children_prefix, execution_key, now_unix_ms,
@@ -58,7 +59,20 @@ impl Coordinator {
         params: BTreeMap<String, String>,
         folder: String,
     ) -> Result<String, CoordinatorError> {
-        self.start_bundle(Bundle { root, files }, params, folder, None)
+        self.start_placed(root, files, params, folder, PlacementPolicy::default())
+            .await
+    }
+
+    /// [`Self::start`] with placement and admission settings for its children.
+    pub async fn start_placed(
+        &self,
+        root: String,
+        files: BTreeMap<String, String>,
+        params: BTreeMap<String, String>,
+        folder: String,
+        placement: PlacementPolicy,
+    ) -> Result<String, CoordinatorError> {
+        self.start_bundle(Bundle { root, files }, params, folder, None, placement)
             .await
     }
 
@@ -70,7 +84,11 @@ impl Coordinator {
         params: BTreeMap<String, String>,
         folder: String,
         catalog: Option<crate::records::CatalogRef>,
+        placement: PlacementPolicy,
     ) -> Result<String, CoordinatorError> {
+        placement
+            .validate()
+            .map_err(CoordinatorError::InvalidRequest)?;
         let Bundle { root, files } = bundle;
         if root.is_empty() {
             return Err(CoordinatorError::InvalidRequest(
@@ -126,6 +144,7 @@ impl Coordinator {
             folder,
             catalog,
             resumes: 0,
+            placement,
         };
         self.handle.start(rec, plan).await
     }

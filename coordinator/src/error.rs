@@ -101,6 +101,21 @@ pub enum CoordinatorError {
     /// The child's agent has too many log and row streams open.
     #[error("{0}")]
     AgentBusy(String),
+    /// Starting would pass `--max-pending-children`; retry later.
+    #[error(
+        "coordinator busy: {pending} children not yet finished, and this execution adds {adding}; the limit is {limit} (--max-pending-children); retry after {retry_after_s} s"
+    )]
+    Busy {
+        pending: u64,
+        adding: u64,
+        limit: u64,
+        retry_after_s: u64,
+    },
+    /// One execution alone has more children than `--max-pending-children`.
+    #[error(
+        "execution too large: it has {adding} children and the coordinator takes at most {limit} unfinished children (--max-pending-children); split it into smaller runs or raise the limit"
+    )]
+    TooLarge { adding: u64, limit: u64 },
 }
 
 impl CoordinatorError {
@@ -141,6 +156,8 @@ impl CoordinatorError {
             CoordinatorError::RowsUnavailable(_) => "ROWS_UNAVAILABLE",
             CoordinatorError::AgentUnreachable(_) => "AGENT_UNREACHABLE",
             CoordinatorError::AgentBusy(_) => "AGENT_BUSY",
+            CoordinatorError::Busy { .. } => "COORDINATOR_BUSY",
+            CoordinatorError::TooLarge { .. } => "EXECUTION_TOO_LARGE",
         }
     }
 
@@ -153,6 +170,7 @@ impl CoordinatorError {
                 | CoordinatorError::Transport(_)
                 | CoordinatorError::AgentUnreachable(_)
                 | CoordinatorError::AgentBusy(_)
+                | CoordinatorError::Busy { .. }
         )
     }
 }

@@ -55,6 +55,29 @@ pub struct CoordinatorConfig {
     pub security: transport::Security,
     /// How long and how many ended executions are kept.
     pub retention: retention::Policy,
+    /// Default placement strategy, quarantine and admission limits.
+    pub scheduling: SchedulingConfig,
+}
+
+/// Placement and admission settings of the coordinator (`baton coordinator
+/// --placement`, `--quarantine-*`, `--max-pending-children`).
+#[derive(Debug, Clone)]
+pub struct SchedulingConfig {
+    /// Strategy of executions that name none.
+    pub default_strategy: placement::Strategy,
+    pub quarantine: scheduler::QuarantineConfig,
+    /// Most unfinished children over all running executions (0: no limit).
+    pub max_pending_children: u64,
+}
+
+impl Default for SchedulingConfig {
+    fn default() -> Self {
+        SchedulingConfig {
+            default_strategy: placement::Strategy::LeastLoaded,
+            quarantine: scheduler::QuarantineConfig::default(),
+            max_pending_children: scheduler::DEFAULT_MAX_PENDING_CHILDREN,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -65,6 +88,7 @@ impl Default for CoordinatorConfig {
             heartbeat_ms: 1_000,
             security: transport::Security::Insecure,
             retention: retention::Policy::default(),
+            scheduling: SchedulingConfig::default(),
         }
     }
 }
@@ -81,6 +105,12 @@ impl CoordinatorConfig {
                 "the pruning interval must be positive".into(),
             ));
         }
+        let q = &self.scheduling.quarantine;
+        if q.failures > 0 && (q.window.is_zero() || q.cooldown.is_zero()) {
+            return Err(CoordinatorError::Config(
+                "the quarantine window and cool-down must be positive (or --quarantine-failures 0 to disable)".into(),
+            ));
+        }
         if self.lease_ttl_ms < 2 * self.heartbeat_ms {
             return Err(CoordinatorError::Config(format!(
                 "lease TTL ({} ms) must be at least twice the heartbeat interval ({} ms), \
@@ -95,6 +125,9 @@ impl CoordinatorConfig {
         scheduler::SchedulerConfig {
             lease_ttl: Duration::from_millis(self.lease_ttl_ms),
             heartbeat_interval: Duration::from_millis(self.heartbeat_ms),
+            default_strategy: self.scheduling.default_strategy.clone(),
+            quarantine: self.scheduling.quarantine,
+            max_pending_children: self.scheduling.max_pending_children,
             ..Default::default()
         }
     }

@@ -60,6 +60,13 @@ pub struct AgentRecord {
     /// SHA-256 (hex) of the certificate the agent registered with; empty without TLS.
     #[serde(default)]
     pub cert_fingerprint: String,
+    /// Relative share under least-loaded placement (`baton agent --weight`); 0 means 1.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub weight: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Prefix of the certificates issued to agent `name`.
@@ -158,6 +165,14 @@ pub struct ExecutionRecord {
     /// How many times `baton exec resume` re-ran it.
     #[serde(default)]
     pub resumes: u32,
+    /// How its children are placed and how many run at once (`baton run
+    /// --placement/--require/--pin/--slots-per-child/--max-in-flight`).
+    #[serde(default, skip_serializing_if = "is_default_policy")]
+    pub placement: crate::placement::PlacementPolicy,
+}
+
+fn is_default_policy(p: &crate::placement::PlacementPolicy) -> bool {
+    *p == crate::placement::PlacementPolicy::default()
 }
 
 /// Which catalog package version an execution runs (it keeps its own copy of

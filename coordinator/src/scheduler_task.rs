@@ -39,6 +39,8 @@ pub struct AgentListing {
     pub running: u32,
     pub load1: f64,
     pub last_heartbeat_unix_ms: u64,
+    /// Why it is quarantined and until when (unix ms); `None` when it is not.
+    pub quarantine: Option<(String, u64)>,
 }
 
 pub(crate) enum Msg {
@@ -68,7 +70,7 @@ pub(crate) enum Msg {
     Start {
         rec: Box<ExecutionRecord>,
         plan: Box<Plan>,
-        reply: oneshot::Sender<String>,
+        reply: oneshot::Sender<Result<String, CoordinatorError>>,
     },
     Resume {
         rec: Box<ExecutionRecord>,
@@ -177,7 +179,7 @@ impl SchedulerHandle {
             plan: Box::new(plan),
             reply,
         })
-        .await
+        .await?
     }
 
     /// Resumes an ended execution read from the store (with the revisions
@@ -268,7 +270,10 @@ enum Post {
         oneshot::Sender<Result<pb::RegisterResponse, CoordinatorError>>,
         Result<pb::RegisterResponse, CoordinatorError>,
     ),
-    Started(oneshot::Sender<String>, String),
+    Started(
+        oneshot::Sender<Result<String, CoordinatorError>>,
+        Result<String, CoordinatorError>,
+    ),
     Resumed(
         oneshot::Sender<Result<u64, CoordinatorError>>,
         Result<u64, CoordinatorError>,
@@ -408,8 +413,9 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             sched.dispatch_result(child, &agent, attempt, outcome, now);
         }
         Msg::Start { rec, plan, reply } => {
-            let id = sched.start(*rec, *plan);
-            post.push(Post::Started(reply, id));
+            // Admission first: a refused start leaves nothing behind.
+            let r = sched.admit(&plan).map(|()| sched.start(*rec, *plan));
+            post.push(Post::Started(reply, r));
         }
         Msg::Resume {
             rec,
@@ -477,13 +483,16 @@ fn listings(sched: &Scheduler) -> Vec<AgentListing> {
     sched
         .agent_list()
         .into_iter()
-        .map(|(rec, state, running, load1, hb)| AgentListing {
-            rec,
-            state,
-            running,
-            load1,
-            last_heartbeat_unix_ms: hb,
-        })
+        .map(
+            |(rec, state, running, load1, hb, quarantine)| AgentListing {
+                rec,
+                state,
+                running,
+                load1,
+                last_heartbeat_unix_ms: hb,
+                quarantine,
+            },
+        )
         .collect()
 }
 

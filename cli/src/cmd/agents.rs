@@ -201,6 +201,8 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                         "name": a.name, "address": a.address, "state": a.state, "slots": a.slots,
                         "running": a.running, "load1": a.load1, "labels": a.labels,
                         "last_heartbeat_unix_ms": a.last_heartbeat_unix_ms, "version": a.version,
+                        "weight": a.weight.max(1), "quarantine_reason": a.quarantine_reason,
+                        "quarantined_until_unix_ms": a.quarantined_until_unix_ms,
                     })
                 })
                 .collect();
@@ -208,22 +210,26 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
         }
         Format::Human => {
             println!(
-                "{:<20} {:<22} {:<9} {:>5} {:>7} {:>6}  LABELS",
-                "NAME", "ADDRESS", "STATE", "SLOTS", "RUNNING", "LOAD"
+                "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6}  LABELS",
+                "NAME", "ADDRESS", "STATE", "SLOTS", "WEIGHT", "RUNNING", "LOAD"
             );
             for a in &agents {
                 let labels: Vec<String> =
                     a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "{:<20} {:<22} {:<9} {:>5} {:>7} {:>6.2}  {}",
+                    "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6.2}  {}",
                     a.name,
                     a.address,
                     a.state,
                     a.slots,
+                    a.weight.max(1),
                     a.running,
                     a.load1,
                     labels.join(",")
                 );
+            }
+            for a in agents.iter().filter(|a| !a.quarantine_reason.is_empty()) {
+                println!("{}: quarantined: {}", a.name, a.quarantine_reason);
             }
         }
     }

@@ -46,6 +46,26 @@ pub struct CoordinatorArgs {
     /// How often to prune, e.g. 5m.
     #[arg(long, default_value = "5m", value_parser = crate::cmd::parse_duration)]
     pub prune_every: std::time::Duration,
+    /// Placement strategy of executions that name none: least-loaded,
+    /// round-robin or spread:LABEL (`baton run --placement` overrides it).
+    #[arg(long, env = "BATON_PLACEMENT", default_value = "least-loaded")]
+    pub placement: baton_coordinator::placement::Strategy,
+    /// Refuse a start (COORDINATOR_BUSY, retry later) that would bring the
+    /// children not yet finished, over all running executions, past this; an
+    /// execution larger than this alone is refused for good (EXECUTION_TOO_LARGE).
+    /// Each unfinished child costs about 1.8 KB of coordinator memory. 0: no limit.
+    #[arg(long, env = "BATON_MAX_PENDING_CHILDREN", default_value_t = baton_coordinator::scheduler::DEFAULT_MAX_PENDING_CHILDREN)]
+    pub max_pending_children: u64,
+    /// Quarantine an agent after this many failed children within
+    /// --quarantine-window with no success between (0: never).
+    #[arg(long, env = "BATON_QUARANTINE_FAILURES", default_value_t = 5)]
+    pub quarantine_failures: u32,
+    /// The window of --quarantine-failures, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::parse_duration)]
+    pub quarantine_window: std::time::Duration,
+    /// How long a quarantined agent gets no new children, e.g. 5m.
+    #[arg(long, default_value = "5m", value_parser = crate::cmd::parse_duration)]
+    pub quarantine_cooldown: std::time::Duration,
     /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure: bool,
@@ -75,6 +95,10 @@ pub struct AgentArgs {
     /// Label for placement, repeatable: --label pool=etl --label zone=a.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Relative share of work under least-loaded placement: an agent of weight 2
+    /// is filled as if it had twice its slots (never beyond them). 1-100.
+    #[arg(long, env = "BATON_AGENT_WEIGHT", default_value_t = 1)]
+    pub weight: u32,
     /// Directory of the outbox and job scratch space (created if missing).
     #[arg(long, env = "BATON_AGENT_DATA_DIR", default_value = "baton-agent-data")]
     pub data_dir: PathBuf,
@@ -148,6 +172,15 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             keep_for: args.retain_for,
             keep_count: args.retain_count,
             every: args.prune_every,
+        },
+        scheduling: baton_coordinator::SchedulingConfig {
+            default_strategy: args.placement,
+            quarantine: baton_coordinator::scheduler::QuarantineConfig {
+                failures: args.quarantine_failures,
+                window: args.quarantine_window,
+                cooldown: args.quarantine_cooldown,
+            },
+            max_pending_children: args.max_pending_children,
         },
     };
     config
@@ -261,6 +294,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         coordinator_url: args.coordinator,
         advertise_addr: advertise,
         labels: parse_labels(&args.labels)?,
+        weight: args.weight,
         data_dir: args.data_dir,
         kill_grace_ms: args.kill_grace_ms,
         tls,

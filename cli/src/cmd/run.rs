@@ -42,6 +42,22 @@ pub struct RunArgs {
     /// needs `execute` there.
     #[arg(long, conflicts_with = "package")]
     pub folder: Option<String>,
+    /// How children are placed: least-loaded, round-robin or spread:LABEL
+    /// (default: the coordinator's --placement).
+    #[arg(long, value_name = "STRATEGY")]
+    pub placement: Option<baton_coordinator::placement::Strategy>,
+    /// Only agents with this label get children, repeatable (all must match): --require zone=eu.
+    #[arg(long = "require", value_name = "KEY=VALUE")]
+    pub require: Vec<String>,
+    /// Only these agents get children: --pin etl-01,etl-02.
+    #[arg(long, value_name = "AGENT[,AGENT]", value_delimiter = ',')]
+    pub pin: Vec<String>,
+    /// Slots each child occupies on its agent (a child that needs 4 CPUs: 4).
+    #[arg(long, value_name = "N")]
+    pub slots_per_child: Option<u32>,
+    /// Most children of this execution dispatched or running at once.
+    #[arg(long, value_name = "N")]
+    pub max_in_flight: Option<u32>,
     #[command(flatten)]
     pub coordinator: CoordinatorOpt,
 }
@@ -54,7 +70,9 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
         ));
     }
     let params = bundle::params(&args.params)?;
-    let request = match (&args.file, &args.package) {
+    let require = baton_coordinator::placement::parse_require(&args.require)
+        .map_err(|e| CliError::invalid("USAGE", e))?;
+    let mut request = match (&args.file, &args.package) {
         (Some(file), _) => {
             let bundle = bundle::load(file)?;
             pb::StartExecutionRequest {
@@ -74,6 +92,15 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
             ..Default::default()
         },
     };
+    request.placement = args
+        .placement
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    request.require = require.into_iter().collect();
+    request.pin = args.pin.clone();
+    request.slots_per_child = args.slots_per_child.unwrap_or(0);
+    request.max_in_flight = args.max_in_flight.unwrap_or(0);
     let mut client = args.coordinator.connect().await?;
     let started = Instant::now();
     let response = client

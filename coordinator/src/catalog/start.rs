@@ -38,6 +38,7 @@ impl Coordinator {
         path: &str,
         version: u32,
         params: BTreeMap<String, String>,
+        placement: crate::placement::PlacementPolicy,
     ) -> Result<StartedPackage, CoordinatorError> {
         let catalog = self.catalog();
         let r = catalog.resolve(path, version).await?;
@@ -53,7 +54,13 @@ impl Coordinator {
         };
         let folder = r.package.folder.clone();
         let id = self
-            .start_bundle(bundle, params, folder.clone(), Some(reference.clone()))
+            .start_bundle(
+                bundle,
+                params,
+                folder.clone(),
+                Some(reference.clone()),
+                placement,
+            )
             .await?;
         // Agents fetch these blobs while the execution runs: rewrite them now
         // that the execution is durable, so that a concurrent sweep cannot

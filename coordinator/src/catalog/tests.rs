@@ -71,6 +71,7 @@ async fn execution(
             hash: r.version.hash,
         }),
         resumes: 0,
+        placement: Default::default(),
     };
     c.store
         .commit(vec![Op::Put {

@@ -112,6 +112,9 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Largest weight honoured; a larger one is capped (an agent cannot claim the fleet).
+const MAX_WEIGHT: u32 = 100;
+
 impl TryFrom<pb::RegisterRequest> for Registration {
     type Error = CoordinatorError;
     fn try_from(r: pb::RegisterRequest) -> Result<Self, Self::Error> {
@@ -144,6 +147,7 @@ impl TryFrom<pb::RegisterRequest> for Registration {
             boot_id: r.boot_id,
             outbox_id: r.outbox_id,
             cert_fingerprint: String::new(),
+            weight: r.weight.clamp(1, MAX_WEIGHT),
         })
     }
 }

@@ -21,7 +21,7 @@ use baton_proto as pb;
 use tonic::{Request, Response, Status};
 
 use super::control_api::ControlApi;
-use super::status;
+use super::{convert, status};
 use crate::auth::{Permission, normalize_folder};
 use crate::catalog::model::split_path;
 use crate::catalog::{Deploy, PackageRecord, VersionRecord};
@@ -101,9 +101,15 @@ impl ControlApi {
             .require(&who, Permission::Execute, &folder, call)
             .await
             .map_err(status)?;
+        let placement = convert::placement(&r).map_err(status)?;
         let started = self
             .coordinator
-            .start_package(&r.package, r.version, r.parameters.into_iter().collect())
+            .start_package(
+                &r.package,
+                r.version,
+                r.parameters.into_iter().collect(),
+                placement,
+            )
             .await
             .map_err(status)?;
         Ok(Response::new(pb::StartExecutionResponse {

@@ -103,6 +103,7 @@ impl ControlService for ControlApi {
         self.allow(&request, "StartExecution", Permission::Execute, &folder)
             .await?;
         let r = request.into_inner();
+        let placement = convert::placement(&r).map_err(status)?;
         let bundle = r.bundle.ok_or_else(|| {
             status(CoordinatorError::InvalidRequest(
                 "bundle is required".into(),
@@ -110,11 +111,12 @@ impl ControlService for ControlApi {
         })?;
         let id = self
             .coordinator
-            .start(
+            .start_placed(
                 bundle.root,
                 bundle.files.into_iter().collect(),
                 r.parameters.into_iter().collect(),
                 folder,
+                placement,
             )
             .await
             .map_err(status)?;

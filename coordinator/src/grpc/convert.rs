@@ -2,6 +2,7 @@
 
 use baton_proto as pb;
 
+use crate::error::CoordinatorError;
 use crate::scheduler::{ExecutionView, Summary};
 use crate::scheduler_task::AgentListing;
 
@@ -76,5 +77,42 @@ pub fn agent(a: AgentListing) -> pb::AgentInfo {
         state: a.state.to_string(),
         last_heartbeat_unix_ms: a.last_heartbeat_unix_ms,
         version: a.rec.version,
+        weight: a.rec.weight.max(1),
+        quarantine_reason: a
+            .quarantine
+            .as_ref()
+            .map(|q| q.0.clone())
+            .unwrap_or_default(),
+        quarantined_until_unix_ms: a.quarantine.map_or(0, |q| q.1),
     }
+}
+
+/// The placement and admission settings of a StartExecution request, validated.
+pub fn placement(
+    r: &pb::StartExecutionRequest,
+) -> Result<crate::placement::PlacementPolicy, CoordinatorError> {
+    let strategy = if r.placement.trim().is_empty() {
+        None
+    } else {
+        Some(
+            r.placement
+                .parse::<crate::placement::Strategy>()
+                .map_err(CoordinatorError::InvalidRequest)?,
+        )
+    };
+    let policy = crate::placement::PlacementPolicy {
+        strategy,
+        require: r
+            .require
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        pin: r.pin.clone(),
+        slots_per_child: r.slots_per_child,
+        max_in_flight: r.max_in_flight,
+    };
+    policy
+        .validate()
+        .map_err(CoordinatorError::InvalidRequest)?;
+    Ok(policy)
 }

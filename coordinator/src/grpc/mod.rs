@@ -73,6 +73,8 @@ pub(crate) fn fingerprint(cred: &Credential) -> String {
 
 /// Metadata key carrying the stable error code on every error `Status`.
 pub const ERROR_CODE_KEY: &str = "baton-code";
+/// Metadata key of the seconds to wait before retrying (on COORDINATOR_BUSY).
+pub const RETRY_AFTER_KEY: &str = "retry-after";
 
 /// The one mapping from domain errors to gRPC statuses.
 pub fn status(e: CoordinatorError) -> tonic::Status {
@@ -113,11 +115,21 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
             Code::FailedPrecondition
         }
         CoordinatorError::AgentUnreachable(_) => Code::Unavailable,
-        CoordinatorError::AgentBusy(_) => Code::ResourceExhausted,
+        CoordinatorError::AgentBusy(_) | CoordinatorError::Busy { .. } => Code::ResourceExhausted,
+        CoordinatorError::TooLarge { .. } => Code::OutOfRange,
+    };
+    let retry_after = match &e {
+        CoordinatorError::Busy { retry_after_s, .. } => Some(*retry_after_s),
+        _ => None,
     };
     let mut s = tonic::Status::new(code, e.to_string());
     if let Ok(v) = e.code().parse() {
         s.metadata_mut().insert(ERROR_CODE_KEY, v);
+    }
+    if let Some(secs) = retry_after
+        && let Ok(v) = secs.to_string().parse()
+    {
+        s.metadata_mut().insert(RETRY_AFTER_KEY, v);
     }
     s
 }

@@ -112,7 +112,7 @@ pub fn place(agents: &[AgentView], req: &PlacementRequest<'_>) -> Placement {
 
 /// Hard constraints: the pin list and the labels.
 fn allowed(a: &AgentView, req: &PlacementRequest<'_>) -> bool {
-    (req.pin.is_empty() || req.pin.iter().any(|p| *p == a.name))
+    (req.pin.is_empty() || req.pin.contains(&a.name))
         && req
             .require
             .iter()

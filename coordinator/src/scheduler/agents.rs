@@ -25,6 +25,8 @@ pub struct Registration {
     pub outbox_id: String,
     /// Hex SHA-256 of the certificate used; empty without TLS.
     pub cert_fingerprint: String,
+    /// Placement weight (1 when not given).
+    pub weight: u32,
 }
 
 impl Scheduler {
@@ -50,6 +52,7 @@ impl Scheduler {
                 .map(|a| a.rec.admin)
                 .unwrap_or_default(),
             cert_fingerprint: reg.cert_fingerprint.clone(),
+            weight: reg.weight,
         };
         let restarted: Vec<ChildRef> = match self.agents.get_mut(&reg.name) {
             Some(a) if a.rec.boot_id != reg.boot_id => {
@@ -242,31 +245,68 @@ impl Scheduler {
         for (_, cref) in due {
             self.resend_dispatch(cref, now);
         }
+        self.end_quarantines(now);
     }
 
-    /// Placement's view of the fleet.
+    /// Placement's view of the fleet; in-flight counts are in slots.
     pub(crate) fn agent_views(&self, now: Instant) -> Vec<AgentView> {
         self.agents
             .values()
-            .map(|a| AgentView {
-                name: a.rec.name.clone(),
-                slots: a.rec.slots,
-                in_flight: a.active.len() as u32,
-                load1: a.load1,
-                not_ready: String::new(),
-                labels: a.rec.labels.clone(),
-                weight: 1,
-                ready: a.seen
-                    && !a.lost
-                    && !a.draining
-                    && a.rec.admin == AdminState::Active
-                    && a.full_until.is_none_or(|t| now >= t),
+            .map(|a| {
+                let in_flight: u64 = a
+                    .active
+                    .iter()
+                    .map(|c| {
+                        self.execs
+                            .get(&c.exec)
+                            .map_or(1, |e| u64::from(e.rec.placement.slots()))
+                    })
+                    .sum();
+                let not_ready = if a.lost {
+                    "lost".to_string()
+                } else if !a.seen {
+                    "not heard from since the coordinator started".to_string()
+                } else if a.draining || a.rec.admin == AdminState::Draining {
+                    "draining".to_string()
+                } else if a.rec.admin == AdminState::Cordoned {
+                    "cordoned".to_string()
+                } else if a.quarantine.active(now) {
+                    format!(
+                        "quarantined: {}",
+                        a.quarantine.reason().map_or("", |(r, _)| r)
+                    )
+                } else if a.full_until.is_some_and(|t| now < t) {
+                    "answered at capacity".to_string()
+                } else {
+                    String::new()
+                };
+                AgentView {
+                    name: a.rec.name.clone(),
+                    slots: a.rec.slots,
+                    in_flight: u32::try_from(in_flight).unwrap_or(u32::MAX),
+                    load1: a.load1,
+                    ready: not_ready.is_empty(),
+                    not_ready,
+                    labels: a.rec.labels.clone(),
+                    weight: a.rec.weight.max(1),
+                }
             })
             .collect()
     }
 
-    /// Agents for listings: (record, state, running, load, last heartbeat).
-    pub fn agent_list(&self) -> Vec<(AgentRecord, &'static str, u32, f64, u64)> {
+    /// Agents for listings: (record, state, running, load, last heartbeat,
+    /// quarantine reason and its end in unix ms).
+    #[allow(clippy::type_complexity)]
+    pub fn agent_list(
+        &self,
+    ) -> Vec<(
+        AgentRecord,
+        &'static str,
+        u32,
+        f64,
+        u64,
+        Option<(String, u64)>,
+    )> {
         self.agents
             .values()
             .map(|a| {
@@ -284,6 +324,8 @@ impl Scheduler {
                     "cordoned"
                 } else if !a.seen {
                     "unknown"
+                } else if a.quarantine.reason().is_some() {
+                    "quarantined"
                 } else {
                     "ready"
                 };
@@ -293,6 +335,9 @@ impl Scheduler {
                     a.active.len() as u32,
                     a.load1,
                     a.last_heartbeat_unix_ms,
+                    a.quarantine
+                        .reason()
+                        .map(|(r, until)| (r.to_string(), until)),
                 )
             })
             .collect()
@@ -426,6 +471,7 @@ impl AgentEntry {
             draining: false,
             full_until: None,
             active: Default::default(),
+            quarantine: Default::default(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The dispatch half of the execution logic: the pump that places pending
 //! children on agents (fairly across executions, within each foreach's
-//! parallelism), the StartJob requests, and what each answer of an agent means.
+//! parallelism and each execution's in-flight cap), the StartJob requests, and
+//! what each answer of an agent means.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use baton_proto as pb;
@@ -11,6 +13,14 @@ use super::{ChildRef, DispatchOutcome, Effect, Scheduler};
 use crate::placement::{Placement, PlacementRequest, place};
 use crate::prepare::child_params;
 use crate::records::Phase;
+
+/// What placement remembers per task between children: the round-robin
+/// cursor and, for spread, how many children went to each label value.
+#[derive(Debug, Default)]
+pub(crate) struct PlaceMemory {
+    pub cursor: Option<String>,
+    pub spread: BTreeMap<String, u64>,
+}
 
 impl Scheduler {
     /// Dispatches as many pending children as placement and the caps allow,
@@ -30,8 +40,9 @@ impl Scheduler {
                 }
                 match self.next_for(slot, &views, now) {
                     Some((cref, agent)) => {
+                        let slots = self.execs.get(&slot).map_or(1, |e| e.rec.placement.slots());
                         if let Some(v) = views.iter_mut().find(|v| v.name == agent) {
-                            v.in_flight += 1;
+                            v.in_flight = v.in_flight.saturating_add(slots);
                         }
                         self.dispatch_to(cref, agent, now);
                         progressed = true;
@@ -62,6 +73,15 @@ impl Scheduler {
         }
         let ti = e.rec.current_task;
         let parallelism = e.plan.tasks[ti].foreach.parallelism;
+        let cap = e.rec.placement.max_in_flight;
+        if cap > 0 && e.tasks.iter().map(|t| t.in_flight).sum::<u32>() >= cap {
+            return None;
+        }
+        let policy = &e.rec.placement;
+        let strategy = policy
+            .strategy
+            .as_ref()
+            .unwrap_or(&self.config.default_strategy);
         let task = &mut e.tasks[ti];
         if task.in_flight >= parallelism {
             return None;
@@ -77,7 +97,12 @@ impl Scheduler {
         let req = PlacementRequest {
             avoid: c.avoid.as_deref(),
             exclude: Some(&exclude),
-            ..Default::default()
+            strategy,
+            require: &policy.require,
+            pin: &policy.pin,
+            slots: policy.slots(),
+            cursor: task.place.cursor.as_deref(),
+            spread_counts: Some(&task.place.spread),
         };
         let cref = ChildRef {
             exec: slot,
@@ -87,6 +112,16 @@ impl Scheduler {
         match place(views, &req) {
             Placement::Agent(agent) => {
                 task.queue.pop_front();
+                if let crate::placement::Strategy::Spread(label) = strategy {
+                    let value = views
+                        .iter()
+                        .find(|v| v.name == agent)
+                        .and_then(|v| v.labels.get(label))
+                        .cloned()
+                        .unwrap_or_default();
+                    *task.place.spread.entry(value).or_default() += 1;
+                }
+                task.place.cursor = Some(agent.clone());
                 Some((cref, agent))
             }
             Placement::NoCapacity(reason) => {

@@ -152,6 +152,7 @@ impl Scheduler {
                 in_flight: 0,
                 terminal: 0,
                 failed: 0,
+                place: Default::default(),
             };
             for (rec, version) in children {
                 phase_counts[phase_idx(rec.phase)] += 1;
@@ -345,6 +346,7 @@ impl Scheduler {
             return;
         };
         let status = pb::JobStatus::try_from(f.status).unwrap_or(pb::JobStatus::Unspecified);
+        self.note_child_end(agent, status, now);
         let Some(e) = self.execs.get_mut(&cref.exec) else {
             return;
         };

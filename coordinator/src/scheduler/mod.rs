@@ -13,15 +13,19 @@
 //! (`accepted`, `running`, a terminal phase). Reports are fenced by
 //! (agent, attempt): anything else is stale, ignored and counted.
 
+mod admission;
 mod agents;
 mod cancel;
 mod dispatch;
 mod executions;
+mod quarantine;
 mod resume;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_cancel_child;
+#[cfg(test)]
+mod tests_fairness;
 #[cfg(test)]
 mod tests_ops;
 mod view;
@@ -37,8 +41,13 @@ use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
 use crate::store::Revision;
 
 pub use agents::Registration;
+pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;
 pub use view::{ExecutionView, Summary, summary_from_record, view_from_records};
+
+/// Default of `--max-pending-children`: about 1.8 GB of coordinator memory at
+/// the ~1.8 KB per child measured in `docs/benchmarks.md` (1M children).
+pub const DEFAULT_MAX_PENDING_CHILDREN: u64 = 1_000_000;
 
 /// Tunables of the scheduler.
 #[derive(Debug, Clone)]
@@ -51,6 +60,15 @@ pub struct SchedulerConfig {
     /// How long an agent that answered "at capacity" gets no new dispatch
     /// (cut short by any event that frees a slot).
     pub full_backoff: Duration,
+    /// Strategy of executions that name none (`baton coordinator --placement`).
+    pub default_strategy: crate::placement::Strategy,
+    /// When an agent that fails children quickly is quarantined.
+    pub quarantine: QuarantineConfig,
+    /// Most children not yet finished, over all running executions; a start
+    /// that would pass it is refused as busy (0: no limit).
+    pub max_pending_children: u64,
+    /// The retry-after hint of a busy refusal.
+    pub busy_retry_after: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -60,6 +78,10 @@ impl Default for SchedulerConfig {
             heartbeat_interval: Duration::from_secs(1),
             dispatch_retry: Duration::from_millis(500),
             full_backoff: Duration::from_millis(500),
+            default_strategy: Default::default(),
+            quarantine: QuarantineConfig::default(),
+            max_pending_children: DEFAULT_MAX_PENDING_CHILDREN,
+            busy_retry_after: Duration::from_secs(30),
         }
     }
 }
@@ -143,6 +165,8 @@ pub(crate) struct AgentEntry {
     pub full_until: Option<Instant>,
     /// Children dispatched to, accepted by or running on this agent.
     pub active: HashSet<ChildRef>,
+    /// Recent failures and any quarantine (in memory only).
+    pub quarantine: quarantine::Quarantine,
 }
 
 pub(crate) struct Child {
@@ -168,6 +192,8 @@ pub(crate) struct TaskRun {
     pub in_flight: u32,
     pub terminal: u32,
     pub failed: u32,
+    /// Round-robin cursor and spread counts of this task (in memory only).
+    pub place: dispatch::PlaceMemory,
 }
 
 pub(crate) struct Exec {

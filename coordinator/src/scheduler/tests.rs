@@ -29,6 +29,7 @@ pub(super) fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: In
             boot_id: boot.into(),
             outbox_id: format!("ob-{name}"),
             cert_fingerprint: format!("fp-{name}"),
+            weight: 1,
         },
         now,
     )
@@ -60,6 +61,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
         final_counts: None,
         catalog: None,
         resumes: 0,
+        placement: Default::default(),
     };
     s.start(rec, plan)
 }

@@ -169,6 +169,7 @@ fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
         boot_id: "b2".into(),
         outbox_id: "ob-b".into(),
         cert_fingerprint: "fp-b".into(),
+        weight: 1,
     };
     assert_eq!(
         s.register(again.clone(), now).unwrap_err().code(),
