@@ -215,6 +215,13 @@ pub(super) fn task(cx: &mut Ctx<'_>, tname: &str, spanned: &Spanned<RawTask>) ->
             TaskKind::Noop
         }
     };
+    if t.timeout_s.is_some_and(|s| s > i64::MAX as u64) {
+        cx.report(
+            at,
+            format!("task '{tname}': timeout_s must be at most {}", i64::MAX),
+        );
+        return None;
+    }
     let retry = match (&kind, &t.retry) {
         (TaskKind::Foreach(_), _) | (_, None) => RetryPolicy::default(),
         (_, Some(r)) => retry(cx, at, tname, r)?,
