@@ -144,6 +144,7 @@ impl Coordinator {
             folder,
             catalog,
             resumes: 0,
+            task_states: Default::default(),
             placement,
         };
         self.handle.start(rec, plan).await

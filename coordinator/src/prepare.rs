@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use baton_package::{ForeachTask, Package, ParamValues, TaskKind, content_hash, interpolate};
+use baton_package::{
+    ChildTask, ExecTask, ForeachOver, ForeachTask, MAX_FOREACH_ITEMS, MaxFailures, Package,
+    ParamValues, RetryPolicy, Scope, TaskKind, content_hash, interpolate_in, template_refs,
+};
 
 use crate::error::CoordinatorError;
 use crate::records::ExecutionRecord;
@@ -21,14 +24,52 @@ pub struct ChildPackage {
     pub inline: bool,
 }
 
-/// One foreach task of the parent, ready to run.
+impl ChildPackage {
+    fn from_text(name: &str, text: &str) -> ChildPackage {
+        ChildPackage {
+            name: name.to_string(),
+            hash: content_hash(text),
+            content: Arc::from(text.as_bytes()),
+            inline: true,
+        }
+    }
+}
+
+/// What one task of the parent does on the fleet.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// One child per item of the foreach.
+    Foreach {
+        fe: ForeachTask,
+        child: ChildPackage,
+    },
+    /// One child package, its parameters rendered when the task starts.
+    Child { ct: ChildTask, child: ChildPackage },
+    /// An `exec` or `script` task of the parent: one job on an agent, a
+    /// one-task package made when the task starts ([`process_package`]).
+    Process { exec: ExecTask },
+    /// Nothing to run: it succeeds when it starts.
+    Noop,
+}
+
+/// One task of the parent package, ready to run (groups live only in the engine).
 #[derive(Debug, Clone)]
 pub struct PlannedTask {
     pub name: String,
-    pub foreach: ForeachTask,
-    pub child: ChildPackage,
+    pub work: Work,
+    /// Items known at start (a foreach over a range, list or parameter that
+    /// reads no task output); one empty item for a single-child task; empty
+    /// when they are known only once earlier tasks have ended (`dynamic`).
     pub items: Vec<String>,
+    /// Items come from earlier tasks' outputs or rows, when the task starts.
+    pub dynamic: bool,
     pub timeout_s: Option<u64>,
+    pub retry: RetryPolicy,
+    /// Children of this task in flight at once.
+    pub parallelism: u32,
+    /// Agent labels every child needs.
+    pub require: BTreeMap<String, String>,
+    pub max_failures: MaxFailures,
 }
 
 /// A parent package bound to its parameters.
@@ -36,6 +77,8 @@ pub struct PlannedTask {
 pub struct Plan {
     pub package: String,
     pub params: ParamValues,
+    /// The parent package, for the engine that decides which task runs when.
+    pub parent: Arc<Package>,
     pub tasks: Vec<PlannedTask>,
 }
 
@@ -43,8 +86,16 @@ impl Plan {
     /// Children go to agents by hash only (the catalog's packages).
     pub fn fetch_by_hash(&mut self) {
         for t in &mut self.tasks {
-            t.child.inline = false;
+            match &mut t.work {
+                Work::Foreach { child, .. } | Work::Child { child, .. } => child.inline = false,
+                Work::Process { .. } | Work::Noop => {}
+            }
         }
+    }
+
+    /// Index of a planned task by name.
+    pub fn task_index(&self, name: &str) -> Option<usize> {
+        self.tasks.iter().position(|t| t.name == name)
     }
 }
 
@@ -59,72 +110,316 @@ pub fn plan(record: &ExecutionRecord, secrets: &SealingKey) -> Result<Plan, Coor
     Ok(plan)
 }
 
+fn invalid(msg: String) -> CoordinatorError {
+    CoordinatorError::InvalidRequest(msg)
+}
+
+/// Whether `template` reads an earlier task's outputs or state.
+fn reads_tasks(template: &str) -> bool {
+    template_refs(template)
+        .map(|refs| refs.iter().any(|r| r.task().is_some()))
+        .unwrap_or(false)
+}
+
+/// Parses, checks and hashes a child package named by a parent task.
+fn load_child(
+    task: &str,
+    path: &str,
+    files: &BTreeMap<String, String>,
+) -> Result<(Package, ChildPackage), CoordinatorError> {
+    if let baton_package::ChildRef::Catalog(name) = baton_package::ChildRef::parse(path) {
+        return Err(invalid(format!(
+            "task '{task}' names catalog package '{name}'; in this version a parent runs child \
+             packages that travel in its bundle (deploy them together with `baton package deploy DIR`)"
+        )));
+    }
+    let text = files.get(path).ok_or_else(|| {
+        invalid(format!(
+            "task '{task}' runs child package '{path}', which is not in the bundle"
+        ))
+    })?;
+    let child = Package::parse(path, text)?;
+    child.check_sensitive_use()?;
+    let shipped = ChildPackage::from_text(&child.name, text);
+    Ok((child, shipped))
+}
+
 /// Parses the root package and its children, binds parameters and expands
-/// every foreach. Child parameters are checked for the first item, so that a
-/// typo fails the start instead of every child.
+/// every foreach whose items are known now. Child parameters are checked for
+/// the first item, so that a typo fails the start instead of every child.
 pub fn plan_bundle(
     root: &str,
     files: &BTreeMap<String, String>,
     overrides: &BTreeMap<String, String>,
 ) -> Result<Plan, CoordinatorError> {
-    let text = files.get(root).ok_or_else(|| {
-        CoordinatorError::InvalidRequest(format!("the bundle has no root file '{root}'"))
-    })?;
+    let text = files
+        .get(root)
+        .ok_or_else(|| invalid(format!("the bundle has no root file '{root}'")))?;
     let parent = Package::parse(root, text)?;
     parent.check_sensitive_use()?;
     let params = parent.bind(overrides)?;
     let mut tasks = Vec::new();
     for task in parent.task_order() {
-        let TaskKind::Foreach(fe) = &task.kind else {
-            return Err(CoordinatorError::InvalidRequest(format!(
-                "task '{}' of parent package '{}' is an exec task; in this version a parent package \
-                 runs only foreach tasks (put the exec in a child package)",
-                task.name, parent.name
-            )));
-        };
-        let child_text = files.get(&fe.child).ok_or_else(|| {
-            CoordinatorError::InvalidRequest(format!(
-                "task '{}' runs child package '{}', which is not in the bundle",
-                task.name, fe.child
-            ))
-        })?;
-        let child = Package::parse(&fe.child, child_text)?;
-        child.check_sensitive_use()?;
-        fe.check_sensitive_flow(&task.name, &parent, &child)?;
-        let items = fe.items(&params)?;
-        if let Some(first) = items.first() {
-            child_params(fe, &params, first).and_then(|p| Ok(child.bind(&p)?))?;
-        }
-        tasks.push(PlannedTask {
+        let single = |work: Work| PlannedTask {
             name: task.name.clone(),
-            foreach: fe.clone(),
-            child: ChildPackage {
-                name: child.name.clone(),
-                hash: content_hash(child_text),
-                content: Arc::from(child_text.as_bytes()),
-                inline: true,
-            },
-            items,
+            work,
+            items: vec![String::new()],
+            dynamic: false,
             timeout_s: task.timeout_s,
-        });
+            retry: task.retry,
+            parallelism: 1,
+            require: BTreeMap::new(),
+            max_failures: MaxFailures::Count(0),
+        };
+        let planned = match &task.kind {
+            TaskKind::Group(_) => continue,
+            TaskKind::Noop => single(Work::Noop),
+            TaskKind::Exec(exec) => single(Work::Process { exec: exec.clone() }),
+            TaskKind::Script(script) => single(Work::Process {
+                exec: ExecTask {
+                    argv: script.argv(),
+                    env: script.env.clone(),
+                    workdir: script.workdir.clone(),
+                },
+            }),
+            TaskKind::Child(ct) => {
+                let (child, shipped) = load_child(&task.name, &ct.child, files)?;
+                ct.check_sensitive_flow(&task.name, &parent, &child)?;
+                if ct.local {
+                    return Err(invalid(format!(
+                        "task '{}' is a local child: it runs only with `baton run --local`; \
+                         on a coordinator every child goes to an agent",
+                        task.name
+                    )));
+                }
+                if !ct.params.values().any(|t| reads_tasks(t)) {
+                    let p = render_all(&ct.params, &Scope::new(&params, None))?;
+                    child.bind(&p)?;
+                }
+                let mut t = single(Work::Child {
+                    ct: ct.clone(),
+                    child: shipped,
+                });
+                t.require = ct.require.clone();
+                t
+            }
+            TaskKind::Foreach(fe) => {
+                let (child, shipped) = load_child(&task.name, &fe.child, files)?;
+                fe.check_sensitive_flow(&task.name, &parent, &child)?;
+                let dynamic = match &fe.over {
+                    ForeachOver::Rows(_) => true,
+                    ForeachOver::Param(_) => false,
+                    ForeachOver::Items(items) => items.iter().any(|i| reads_tasks(i)),
+                    ForeachOver::Range { start, end } => reads_tasks(start) || reads_tasks(end),
+                };
+                let items = if dynamic {
+                    Vec::new()
+                } else {
+                    fe.items(&params)?
+                };
+                let params_read_tasks = fe.params.values().any(|t| reads_tasks(t));
+                if let Some(first) = items.first()
+                    && !params_read_tasks
+                    && !matches!(fe.over, ForeachOver::Rows(_))
+                {
+                    child_params(fe, &Scope::new(&params, Some(first)))
+                        .and_then(|p| Ok(child.bind(&p)?))?;
+                }
+                PlannedTask {
+                    name: task.name.clone(),
+                    work: Work::Foreach {
+                        fe: fe.clone(),
+                        child: shipped,
+                    },
+                    items,
+                    dynamic,
+                    timeout_s: task.timeout_s,
+                    retry: fe.retry,
+                    parallelism: fe.parallelism,
+                    require: fe.require.clone(),
+                    max_failures: fe.max_failures,
+                }
+            }
+        };
+        tasks.push(planned);
     }
     Ok(Plan {
-        package: parent.name,
+        package: parent.name.clone(),
         params,
+        parent: Arc::new(parent),
         tasks,
     })
 }
 
-/// The parameters of one child: the foreach's templates bound to `item`.
+fn render_all(
+    templates: &BTreeMap<String, String>,
+    scope: &Scope<'_>,
+) -> Result<BTreeMap<String, String>, CoordinatorError> {
+    templates
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), interpolate_in(t, scope)?)))
+        .collect()
+}
+
+/// The parameters of one child of a foreach: its templates bound to the item
+/// (in `scope`), the parameters and the outputs of tasks that ended.
 pub fn child_params(
     fe: &ForeachTask,
-    params: &ParamValues,
-    item: &str,
+    scope: &Scope<'_>,
 ) -> Result<BTreeMap<String, String>, CoordinatorError> {
-    fe.params
+    render_all(&fe.params, scope)
+}
+
+/// The parameters of a `child` task.
+pub fn single_child_params(
+    ct: &ChildTask,
+    scope: &Scope<'_>,
+) -> Result<BTreeMap<String, String>, CoordinatorError> {
+    render_all(&ct.params, scope)
+}
+
+/// The items of a foreach whose items depend on earlier tasks, once they have
+/// ended: templates rendered in `scope`; `rows` are those of the task it
+/// reads (for `foreach = { rows = … }`).
+pub fn dynamic_items(
+    fe: &ForeachTask,
+    scope: &Scope<'_>,
+    rows: &[String],
+) -> Result<Vec<String>, CoordinatorError> {
+    let items = match &fe.over {
+        ForeachOver::Rows(_) => fe.items_from_rows(rows.iter().map(String::as_str))?,
+        ForeachOver::Param(_) => fe.items(scope.params)?,
+        ForeachOver::Items(items) => items
+            .iter()
+            .map(|i| interpolate_in(i, scope))
+            .collect::<Result<_, _>>()?,
+        ForeachOver::Range { start, end } => {
+            let num = |t: &str| -> Result<i64, CoordinatorError> {
+                let v = interpolate_in(t, scope)?;
+                v.trim().parse::<i64>().map_err(|_| {
+                    invalid(format!("range bound '{t}' is not an integer once expanded"))
+                })
+            };
+            let (a, b) = (num(start)?, num(end)?);
+            if b < a {
+                Vec::new()
+            } else {
+                let n = i128::from(b) - i128::from(a) + 1;
+                if n > MAX_FOREACH_ITEMS as i128 {
+                    return Err(invalid(format!(
+                        "range of {n} items exceeds the limit of {MAX_FOREACH_ITEMS}"
+                    )));
+                }
+                (a..=b).map(|i| i.to_string()).collect()
+            }
+        }
+    };
+    if items.len() > MAX_FOREACH_ITEMS {
+        return Err(invalid(format!(
+            "{} items exceed the limit of {MAX_FOREACH_ITEMS}",
+            items.len()
+        )));
+    }
+    Ok(items)
+}
+
+/// Literal text for a package template: `${` is written `$${`.
+fn literal(s: &str) -> String {
+    s.replace("${", "$${")
+}
+
+/// A TOML basic string (JSON string escapes are a subset of TOML's).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// The one-task package that runs a parent's `exec` or `script` task on an
+/// agent, and its parameters. Templates are rendered here, with the outputs
+/// of the tasks that ended; a value that reads a sensitive parameter (allowed
+/// only in `env`) stays a template, and that parameter travels as a sensitive
+/// parameter of the package, so that its value is never part of a package text.
+pub fn process_package(
+    parent: &Package,
+    task: &str,
+    exec: &ExecTask,
+    timeout_s: Option<u64>,
+    scope: &Scope<'_>,
+) -> Result<(ChildPackage, BTreeMap<String, String>), CoordinatorError> {
+    let sensitive_refs = |t: &str| -> Vec<String> {
+        template_refs(t)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| match r {
+                baton_package::Ref::Param(p) if scope.params.is_sensitive(&p) => Some(p),
+                _ => None,
+            })
+            .collect()
+    };
+    let render =
+        |t: &str| -> Result<String, CoordinatorError> { Ok(literal(&interpolate_in(t, scope)?)) };
+    let argv: Vec<String> = exec
+        .argv
         .iter()
-        .map(|(k, t)| Ok((k.clone(), interpolate(t, params, Some(item))?)))
-        .collect()
+        .map(|a| render(a))
+        .collect::<Result<_, _>>()?;
+    let mut passed: BTreeMap<String, String> = BTreeMap::new();
+    let mut env = Vec::new();
+    for (k, t) in &exec.env {
+        let secret = sensitive_refs(t);
+        if secret.is_empty() {
+            env.push(format!("{} = {}", toml_str(k), toml_str(&render(t)?)));
+            continue;
+        }
+        if reads_tasks(t) {
+            return Err(invalid(format!(
+                "task '{task}': env {k} reads a sensitive parameter and a task's outputs; \
+                 split it in two variables"
+            )));
+        }
+        for p in secret {
+            if let Some(v) = scope.params.get(&p) {
+                passed.insert(p, v.to_string());
+            }
+        }
+        env.push(format!("{} = {}", toml_str(k), toml_str(t)));
+    }
+    let mut text = format!(
+        "name = {}\n",
+        toml_str(&format!("{}.{}", parent.name, task))
+    );
+    for p in passed.keys() {
+        text += &format!(
+            "[parameters.{}]\ntype = \"string\"\nsensitive = true\n",
+            toml_str(p)
+        );
+    }
+    text += &format!("[tasks.{}]\nexec = [", toml_str(task));
+    text += &argv
+        .iter()
+        .map(|a| toml_str(a))
+        .collect::<Vec<_>>()
+        .join(", ");
+    text += "]\n";
+    if !env.is_empty() {
+        text += &format!("env = {{ {} }}\n", env.join(", "));
+    }
+    if let Some(w) = &exec.workdir {
+        text += &format!("workdir = {}\n", toml_str(&render(w)?));
+    }
+    if let Some(s) = timeout_s {
+        text += &format!("timeout_s = {s}\n");
+    }
+    // The text must load on the agent: check it here, where the error is clear.
+    Package::parse(&format!("{task}.toml"), &text).map_err(|e| {
+        invalid(format!(
+            "task '{task}' cannot be sent to an agent: {}",
+            e.code()
+        ))
+    })?;
+    Ok((
+        ChildPackage::from_text(&format!("{}.{task}", parent.name), &text),
+        passed,
+    ))
 }
 
 #[cfg(test)]
@@ -153,9 +448,87 @@ mod tests {
         .unwrap();
         assert_eq!(plan.tasks.len(), 1);
         assert_eq!(plan.tasks[0].items.len(), 5);
-        assert_eq!(plan.tasks[0].child.hash, content_hash(CHILD));
-        let p = child_params(&plan.tasks[0].foreach, &plan.params, "4").unwrap();
+        let Work::Foreach { fe, child } = &plan.tasks[0].work else {
+            panic!("a foreach")
+        };
+        assert_eq!(child.hash, content_hash(CHILD));
+        let p = child_params(fe, &Scope::new(&plan.params, Some("4"))).unwrap();
         assert_eq!(p["shard"], "4");
+    }
+
+    #[test]
+    fn child_parameters_may_read_outputs_of_earlier_tasks() {
+        let parent = "name='p'\n[tasks.count]\nscript='echo n=3 >> $BATON_OUTPUT'\n\
+            [tasks.fan]\nforeach={range={start=1,end=2}}\nchild='c.toml'\n\
+            params={shard='${tasks.count.outputs.n}'}\nafter=['count']\n";
+        let plan = plan_bundle("p.toml", &bundle(parent, CHILD), &BTreeMap::new()).unwrap();
+        assert_eq!(plan.tasks.len(), 2);
+        assert!(matches!(plan.tasks[0].work, Work::Process { .. }));
+        assert_eq!(plan.tasks[0].items, vec![String::new()], "one child");
+        assert_eq!(plan.tasks[1].items, ["1", "2"]);
+        let Work::Foreach { fe, .. } = &plan.tasks[1].work else {
+            panic!("a foreach")
+        };
+        let outputs: baton_package::Outputs = [(
+            "count".to_string(),
+            [("n".to_string(), "3".to_string())].into(),
+        )]
+        .into();
+        let states = BTreeMap::new();
+        let scope = Scope {
+            params: &plan.params,
+            item: Some("1"),
+            outputs: &outputs,
+            states: &states,
+        };
+        assert_eq!(child_params(fe, &scope).unwrap()["shard"], "3");
+        assert_eq!(dynamic_items(fe, &scope, &[]).unwrap(), ["1", "2"]);
+    }
+
+    #[test]
+    fn a_parent_process_task_becomes_a_one_task_package() {
+        let parent = "name='p'\n[parameters.pw]\ntype='string'\nsensitive=true\ndefault='s3cr3t'\n\
+            [parameters.day]\ntype='string'\ndefault='mon'\n\
+            [tasks.a]\nnoop=true\n\
+            [tasks.sum]\nexec=['echo', '${params.day}', '${tasks.a.outputs.k}']\n\
+            env={PW='${params.pw}', DAY='${params.day}'}\ntimeout_s=9\nafter=['a']\n";
+        let pkg = Package::parse("p.toml", parent).unwrap();
+        let params = pkg.bind(&BTreeMap::new()).unwrap();
+        let outputs: baton_package::Outputs = [(
+            "a".to_string(),
+            [("k".to_string(), "v ${x}".to_string())].into(),
+        )]
+        .into();
+        let states = BTreeMap::new();
+        let scope = Scope {
+            params: &params,
+            item: None,
+            outputs: &outputs,
+            states: &states,
+        };
+        let TaskKind::Exec(exec) = &pkg.tasks["sum"].kind else {
+            panic!()
+        };
+        let (child, passed) = process_package(&pkg, "sum", exec, Some(9), &scope).unwrap();
+        let text = std::str::from_utf8(&child.content).unwrap();
+        assert!(
+            !text.contains("s3cr3t"),
+            "a secret never goes into a package text: {text}"
+        );
+        assert_eq!(passed.get("pw").map(String::as_str), Some("s3cr3t"));
+        let loaded = Package::parse("x.toml", text).unwrap();
+        assert!(loaded.parameters["pw"].sensitive);
+        let TaskKind::Exec(e) = &loaded.tasks["sum"].kind else {
+            panic!()
+        };
+        let bound = loaded.bind(&passed).unwrap();
+        let argv: Vec<String> = e
+            .argv
+            .iter()
+            .map(|a| baton_package::interpolate(a, &bound, None).unwrap())
+            .collect();
+        assert_eq!(argv, ["echo", "mon", "v ${x}"], "outputs are literal text");
+        assert_eq!(loaded.tasks["sum"].timeout_s, Some(9));
     }
 
     #[test]

@@ -165,6 +165,10 @@ pub struct ExecutionRecord {
     /// How many times `baton exec resume` re-ran it.
     #[serde(default)]
     pub resumes: u32,
+    /// The state of every task of the parent (`succeeded`, `skipped`, …),
+    /// written when the execution ends; while it runs they are the engine's.
+    #[serde(default)]
+    pub task_states: BTreeMap<String, String>,
     /// How its children are placed and how many run at once (`baton run
     /// --placement/--require/--pin/--slots-per-child/--max-in-flight`).
     #[serde(default, skip_serializing_if = "is_default_policy")]

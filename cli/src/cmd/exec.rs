@@ -119,7 +119,7 @@ fn child_json(c: &pb::ChildJob) -> serde_json::Value {
 /// The execution as a tree: each task of the parent with its counts, then its
 /// children — those that did not succeed first, since they are what a person
 /// looks for — up to `limit` rows per task.
-fn tree(children: &[pb::ChildJob], limit: usize) -> String {
+fn tree(infos: &[pb::TaskInfo], children: &[pb::ChildJob], limit: usize) -> String {
     use std::collections::BTreeMap;
     use std::fmt::Write;
     let mut tasks: BTreeMap<&str, Vec<&pb::ChildJob>> = BTreeMap::new();
@@ -127,6 +127,25 @@ fn tree(children: &[pb::ChildJob], limit: usize) -> String {
         tasks.entry(c.task_path.as_str()).or_default().push(c);
     }
     let mut out = String::new();
+    // Tasks without children (noop, skipped, not started yet, groups) first
+    // get a line of their own, in task order.
+    for t in infos {
+        if !tasks.contains_key(t.name.as_str()) {
+            let why = if t.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", t.reason)
+            };
+            let _ = writeln!(out, "task {} {}{why}", t.name, t.state);
+        }
+    }
+    let state_of = |task: &str| {
+        infos
+            .iter()
+            .find(|t| t.name == task)
+            .map(|t| format!("{} ", t.state))
+            .unwrap_or_default()
+    };
     for (task, mut rows) in tasks {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         for c in &rows {
@@ -135,7 +154,8 @@ fn tree(children: &[pb::ChildJob], limit: usize) -> String {
         let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
         let _ = writeln!(
             out,
-            "task {task} ({} children: {})",
+            "task {task} {}({} children: {})",
+            state_of(task),
             rows.len(),
             counts.join(", ")
         );
@@ -340,13 +360,14 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                         "execution_id": summary.execution_id,
                         "status": summary.state,
                         "summary": summary_json(&summary, None),
+                        "tasks": detail.tasks.iter().map(|t| json!({"task": t.name, "state": t.state, "reason": t.reason})).collect::<Vec<_>>(),
                         "children": detail.children.iter().map(child_json).collect::<Vec<_>>(),
                     });
                     println!("{v}");
                 }
                 Format::Human => {
                     println!("{}\n", summary_human(&summary, None));
-                    print!("{}", tree(&detail.children, limit));
+                    print!("{}", tree(&detail.tasks, &detail.children, limit));
                 }
             }
             Ok(0)
@@ -422,7 +443,7 @@ mod tests {
             child("load", 1, "failed"),
             child("extract", 0, "succeeded"),
         ];
-        let t = super::tree(&rows, 1);
+        let t = super::tree(&[], &rows, 1);
         let extract = t.find("task extract (1 children: 1 succeeded)").unwrap();
         let load = t
             .find("task load (2 children: 1 failed, 1 succeeded)")

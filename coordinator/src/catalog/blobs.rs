@@ -80,23 +80,25 @@ pub fn check_bundle(
     parent.check_sensitive_use()?;
     let mut kept = BTreeMap::from([(root.to_string(), text.clone())]);
     for task in parent.task_order() {
-        let TaskKind::Foreach(fe) = &task.kind else {
-            return Err(CoordinatorError::InvalidRequest(format!(
-                "task '{}' of parent package '{}' is not a foreach; in this version a parent \
-                 package runs only foreach tasks (put the exec in a child package)",
-                task.name, parent.name
-            )));
+        let child_path = match &task.kind {
+            TaskKind::Foreach(fe) => &fe.child,
+            TaskKind::Child(ct) => &ct.child,
+            _ => continue,
         };
-        let child_text = files.get(&fe.child).ok_or_else(|| {
+        let child_text = files.get(child_path).ok_or_else(|| {
             CoordinatorError::InvalidRequest(format!(
                 "task '{}' runs child package '{}', which is not in the bundle",
-                task.name, fe.child
+                task.name, child_path
             ))
         })?;
-        let child = Package::parse(&fe.child, child_text)?;
+        let child = Package::parse(child_path, child_text)?;
         child.check_sensitive_use()?;
-        fe.check_sensitive_flow(&task.name, &parent, &child)?;
-        kept.insert(fe.child.clone(), child_text.clone());
+        match &task.kind {
+            TaskKind::Foreach(fe) => fe.check_sensitive_flow(&task.name, &parent, &child)?,
+            TaskKind::Child(ct) => ct.check_sensitive_flow(&task.name, &parent, &child)?,
+            _ => {}
+        }
+        kept.insert(child_path.clone(), child_text.clone());
     }
     let hashes: BTreeMap<String, String> = kept
         .iter()

@@ -71,6 +71,7 @@ async fn execution(
             hash: r.version.hash,
         }),
         resumes: 0,
+        task_states: Default::default(),
         placement: Default::default(),
     };
     c.store

@@ -39,6 +39,15 @@ pub fn summary(s: &Summary) -> pb::ExecutionSummary {
 
 pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
     let summary = Some(summary(&v.summary));
+    let tasks = v
+        .tasks
+        .into_iter()
+        .map(|(name, state, reason)| pb::TaskInfo {
+            name,
+            state,
+            reason,
+        })
+        .collect();
     let children = v
         .children
         .into_iter()
@@ -63,7 +72,11 @@ pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
             pid: c.pid,
         })
         .collect();
-    pb::ExecutionDetail { summary, children }
+    pb::ExecutionDetail {
+        summary,
+        children,
+        tasks,
+    }
 }
 
 pub fn agent(a: AgentListing) -> pb::AgentInfo {

@@ -11,7 +11,9 @@ use tracing::{debug, warn};
 
 use super::{ChildRef, DispatchOutcome, Effect, Scheduler};
 use crate::placement::{Placement, PlacementRequest, place};
-use crate::prepare::child_params;
+use baton_package::Scope;
+
+use crate::prepare::{Work, child_params};
 use crate::records::Phase;
 
 /// What placement remembers per task between children: the round-robin
@@ -65,14 +67,19 @@ impl Scheduler {
     ) -> Option<(ChildRef, String)> {
         let gen_now = self.capacity_gen;
         let e = self.execs.get_mut(&slot)?;
-        if e.rec.state.is_terminal()
-            || e.rec.cancel_requested
-            || e.rec.current_task >= e.tasks.len()
-        {
+        if e.rec.state.is_terminal() || e.rec.cancel_requested {
             return None;
         }
-        let ti = e.rec.current_task;
-        let parallelism = e.plan.tasks[ti].foreach.parallelism;
+        // The first task the engine started (in task order) with a child
+        // waiting and room under its parallelism: independent tasks run at once.
+        let ti = (0..e.tasks.len()).find(|&t| {
+            let run = &e.tasks[t];
+            run.started
+                && !run.ended
+                && !run.queue.is_empty()
+                && run.in_flight < e.plan.tasks[t].parallelism
+        })?;
+        let parallelism = e.plan.tasks[ti].parallelism;
         let cap = e.rec.placement.max_in_flight;
         if cap > 0 && e.tasks.iter().map(|t| t.in_flight).sum::<u32>() >= cap {
             return None;
@@ -82,6 +89,15 @@ impl Scheduler {
             .strategy
             .as_ref()
             .unwrap_or(&self.config.default_strategy);
+        let merged;
+        let require = if e.plan.tasks[ti].require.is_empty() {
+            &policy.require
+        } else {
+            let mut m = policy.require.clone();
+            m.extend(e.plan.tasks[ti].require.clone());
+            merged = m;
+            &merged
+        };
         let task = &mut e.tasks[ti];
         if task.in_flight >= parallelism {
             return None;
@@ -98,7 +114,7 @@ impl Scheduler {
             avoid: c.avoid.as_deref(),
             exclude: Some(&exclude),
             strategy,
-            require: &policy.require,
+            require,
             pin: &policy.pin,
             slots: policy.slots(),
             cursor: task.place.cursor.as_deref(),
@@ -149,9 +165,26 @@ impl Scheduler {
     fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
         let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
         let planned = &e.plan.tasks[cref.task as usize];
-        let c = &e.tasks[cref.task as usize].children[cref.child as usize];
-        let params = child_params(&planned.foreach, &e.plan.params, &c.rec.item)
-            .map_err(|err| format!("cannot bind child parameters: {err}"))?;
+        let run = &e.tasks[cref.task as usize];
+        let c = &run.children[cref.child as usize];
+        let package = run
+            .package
+            .as_ref()
+            .ok_or("the task has not started (no package)")?;
+        let params = match &planned.work {
+            Work::Foreach { fe, .. } => {
+                let states = e.engine.states();
+                let scope = Scope {
+                    params: &e.plan.params,
+                    item: Some(&c.rec.item),
+                    outputs: e.engine.outputs(),
+                    states: &states,
+                };
+                child_params(fe, &scope)
+                    .map_err(|err| format!("cannot bind child parameters: {err}"))?
+            }
+            _ => run.params.clone(),
+        };
         Ok(pb::StartJobRequest {
             dispatch_id: Some(pb::DispatchId {
                 execution_id: e.rec.id.clone(),
@@ -160,11 +193,11 @@ impl Scheduler {
                 attempt: c.rec.attempt,
             }),
             package: Some(pb::PackageRef {
-                name: planned.child.name.clone(),
-                content_hash: planned.child.hash.clone(),
+                name: package.name.clone(),
+                content_hash: package.hash.clone(),
                 // Catalog packages go by hash: the agent fetches and caches them.
-                content: if planned.child.inline {
-                    planned.child.content.to_vec()
+                content: if package.inline {
+                    package.content.to_vec()
                 } else {
                     Vec::new()
                 },

@@ -10,57 +10,20 @@ use tracing::{debug, info, warn};
 
 use super::{Child, ChildRef, Exec, Scheduler, TaskRun};
 use crate::prepare::Plan;
-use crate::records::{ChildRecord, ExecutionRecord, ExecutionState, Phase, now_unix_ms};
+use crate::records::{ChildRecord, ExecutionRecord, Phase, now_unix_ms};
 
 fn phase_idx(p: Phase) -> usize {
     p as usize
 }
 
 impl Scheduler {
-    /// Adds a new execution; every child starts `pending`, attempt 1.
+    /// Adds a new execution; the tasks the engine makes ready at once get
+    /// their children (`pending`, attempt 1), the others when they start.
     pub fn start(&mut self, rec: ExecutionRecord, plan: Plan) -> String {
-        let children = plan
-            .tasks
-            .iter()
-            .map(|t| {
-                t.items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| ChildRecord {
-                        task: t.name.clone(),
-                        index: i as u32,
-                        item: item.clone(),
-                        phase: Phase::Pending,
-                        attempt: 1,
-                        agent: None,
-                        attempt_agents: Vec::new(),
-                        failures: 0,
-                        lost: 0,
-                        exit_code: None,
-                        reason: String::new(),
-                        outputs: BTreeMap::new(),
-                        started_unix_ms: 0,
-                        finished_unix_ms: 0,
-                        pid: 0,
-                        cancel_requested: false,
-                    })
-                    .map(|r| (r, None))
-                    .collect()
-            })
-            .collect();
+        let children = plan.tasks.iter().map(|_| Vec::new()).collect();
         let id = rec.id.clone();
         let slot = self.insert_exec(rec, None, plan, children);
         self.dirty_execs.insert(slot);
-        let e = &self.execs[&slot];
-        for (t, task) in e.tasks.iter().enumerate() {
-            for c in 0..task.children.len() {
-                self.dirty_children.insert(ChildRef {
-                    exec: slot,
-                    task: t as u16,
-                    child: c as u32,
-                });
-            }
-        }
         info!(execution = %id, package = %self.execs[&slot].rec.package, "execution started");
         self.advance(slot);
         id
@@ -153,6 +116,10 @@ impl Scheduler {
                 terminal: 0,
                 failed: 0,
                 place: Default::default(),
+                started: false,
+                ended: false,
+                package: None,
+                params: BTreeMap::new(),
             };
             for (rec, version) in children {
                 phase_counts[phase_idx(rec.phase)] += 1;
@@ -174,16 +141,9 @@ impl Scheduler {
                         e.1 += 1;
                     }
                 }
-                run.children.push(Child {
-                    rec,
-                    version,
-                    avoid: None,
-                    soft_excluded: Default::default(),
-                    excluded_gen: 0,
-                    hard_rejected: Default::default(),
-                    waiting_reason: String::new(),
-                    dispatched_at: None,
-                });
+                let mut child = Child::new(rec);
+                child.version = version;
+                run.children.push(child);
             }
             tasks.push(run);
         }
@@ -195,6 +155,7 @@ impl Scheduler {
             Exec {
                 rec,
                 version,
+                engine: baton_package::Engine::new(&plan.parent, plan.params.clone()),
                 plan,
                 tasks,
                 task_index,
@@ -350,7 +311,7 @@ impl Scheduler {
         let Some(e) = self.execs.get_mut(&cref.exec) else {
             return;
         };
-        let retry = e.plan.tasks[cref.task as usize].foreach.retry;
+        let retry = e.plan.tasks[cref.task as usize].retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
         if let Some(at) = c.dispatched_at.take() {
             let ms = now.saturating_duration_since(at).as_millis();
@@ -395,7 +356,7 @@ impl Scheduler {
         let Some(e) = self.execs.get_mut(&cref.exec) else {
             return;
         };
-        let retry = e.plan.tasks[cref.task as usize].foreach.retry;
+        let retry = e.plan.tasks[cref.task as usize].retry;
         e.lost_attempts += 1;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
         if !c.rec.phase.is_on_agent() {
@@ -414,50 +375,5 @@ impl Scheduler {
             self.set_phase(cref, Phase::Lost);
             self.advance(cref.exec);
         }
-    }
-
-    /// Moves an execution on when its current task is complete.
-    pub(crate) fn advance(&mut self, slot: u64) {
-        let Some(e) = self.execs.get_mut(&slot) else {
-            return;
-        };
-        while !e.rec.state.is_terminal() {
-            let ti = e.rec.current_task;
-            if ti >= e.tasks.len() {
-                e.rec.state = ExecutionState::Succeeded;
-                break;
-            }
-            let task = &e.tasks[ti];
-            if (task.terminal as usize) < task.children.len() {
-                return;
-            }
-            if e.rec.cancel_requested {
-                e.rec.state = ExecutionState::Cancelled;
-                break;
-            }
-            if task.failed > 0 {
-                e.rec.state = ExecutionState::Failed;
-                e.rec.reason = format!(
-                    "{} of {} children of task '{}' did not succeed",
-                    task.failed,
-                    task.children.len(),
-                    e.plan.tasks[ti].name
-                );
-                break;
-            }
-            e.rec.current_task += 1;
-            self.dirty_execs.insert(slot);
-        }
-        e.rec.finished_unix_ms = now_unix_ms();
-        let sum = super::view::summary_of(e);
-        e.rec.final_counts = Some(crate::records::FinalCounts {
-            total: sum.total,
-            succeeded: sum.succeeded,
-            failed: sum.failed,
-            lost_attempts: sum.lost_attempts,
-        });
-        e.touched = true;
-        self.dirty_execs.insert(slot);
-        info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
     }
 }

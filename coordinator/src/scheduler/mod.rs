@@ -18,6 +18,7 @@ mod agents;
 mod cancel;
 mod dispatch;
 mod executions;
+mod flow;
 mod quarantine;
 mod resume;
 #[cfg(test)]
@@ -194,12 +195,24 @@ pub(crate) struct TaskRun {
     pub failed: u32,
     /// Round-robin cursor and spread counts of this task (in memory only).
     pub place: dispatch::PlaceMemory,
+    /// The engine started this task: its children exist (`flow.rs`).
+    pub started: bool,
+    /// Its end was reported to the engine.
+    pub ended: bool,
+    /// The package its children run (made when it starts for a parent's
+    /// `exec`/`script` task).
+    pub package: Option<crate::prepare::ChildPackage>,
+    /// Parameters of a single-child task, rendered when it started (for a
+    /// parent's `exec`/`script` task: the sensitive ones its package reads).
+    pub params: BTreeMap<String, String>,
 }
 
 pub(crate) struct Exec {
     pub rec: ExecutionRecord,
     pub version: Option<Revision>,
     pub plan: Plan,
+    /// Which task runs when: the package engine, driven by `flow.rs`.
+    pub engine: baton_package::Engine,
     pub tasks: Vec<TaskRun>,
     pub task_index: HashMap<String, u16>,
     pub phase_counts: [u64; 9],

@@ -96,6 +96,7 @@ impl Scheduler {
         rec.finished_unix_ms = 0;
         rec.final_counts = None;
         rec.resumes += 1;
+        rec.task_states.clear();
         info!(execution = %rec.id, resumes = rec.resumes, children = again, "execution resumed");
         let id = rec.id.clone();
         self.restore_execution(rec, version, plan, children, now);

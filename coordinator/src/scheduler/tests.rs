@@ -61,6 +61,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
         final_counts: None,
         catalog: None,
         resumes: 0,
+        task_states: Default::default(),
         placement: Default::default(),
     };
     s.start(rec, plan)

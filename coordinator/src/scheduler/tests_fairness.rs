@@ -73,6 +73,7 @@ fn start_as(
         final_counts: None,
         catalog: None,
         resumes: 0,
+        task_states: Default::default(),
         placement,
     };
     Ok(s.start(rec, plan))

@@ -37,6 +37,8 @@ pub struct ExecutionView {
     pub children: Vec<ChildRecord>,
     /// In-memory reasons of waiting children (by position in `children`).
     pub waiting: Vec<String>,
+    /// Every task of the parent: (name, state, reason), in task order.
+    pub tasks: Vec<(String, String, String)>,
 }
 
 fn base(rec: &ExecutionRecord) -> Summary {
@@ -105,10 +107,16 @@ pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> E
         }
     }
     let waiting = vec![String::new(); children.len()];
+    let tasks = rec
+        .task_states
+        .iter()
+        .map(|(n, st)| (n.clone(), st.clone(), String::new()))
+        .collect();
     ExecutionView {
         summary: s,
         children,
         waiting,
+        tasks,
     }
 }
 
@@ -124,10 +132,26 @@ impl Scheduler {
                 waiting.push(c.waiting_reason.clone());
             }
         }
+        let tasks = e
+            .engine
+            .package()
+            .task_order()
+            .iter()
+            .map(|t| {
+                let state = e
+                    .engine
+                    .state(&t.name)
+                    .map_or("unknown", |s| s.as_str())
+                    .to_string();
+                let reason = e.engine.reason(&t.name).unwrap_or_default().to_string();
+                (t.name.clone(), state, reason)
+            })
+            .collect();
         Some(ExecutionView {
             summary: summary_of(e),
             children,
             waiting,
+            tasks,
         })
     }
 

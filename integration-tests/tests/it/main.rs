@@ -26,6 +26,7 @@ mod foreign_report;
 mod listing;
 mod logs_reconnect;
 mod logs_rows;
+mod parent_flow;
 mod resume;
 mod retention;
 mod rpc_matrix;

@@ -1,0 +1,417 @@
+//! The control flow of a parent package: the package engine
+//! ([`baton_package::Engine`]) decides which task runs when — precedence
+//! constraints, `when` expressions, skips, groups — and this module drives it.
+//!
+//! A task *starts* when the engine says it is ready: its children are created
+//! (`pending`, attempt 1; one per foreach item, one for a `child`, `exec` or
+//! `script` task, none for `noop`) and the pump dispatches them. A task *ends*
+//! when its last child is terminal: it succeeded if no child failed (a foreach
+//! tolerates up to its `max_failures`), and its outputs — the child's, or for a
+//! foreach the counts and per-key aggregates ([`foreach_outputs`]) — become
+//! `${tasks.T.outputs.K}` for the tasks after it.
+//!
+//! Nothing here is stored besides the children: after a restart (or a resume)
+//! the engine is rebuilt by replaying the same decisions from the children's
+//! records ([`Scheduler::advance`] finds tasks that already have children and
+//! does not create them twice). The replay is deterministic because every input
+//! of a decision — parameters, outputs, which children ended how — is in the
+//! store.
+
+use std::collections::BTreeMap;
+
+use baton_package::{PackageOutcome, Scope, TaskOutcome, TaskState};
+use tracing::{info, warn};
+
+use super::{Child, ChildRef, Exec, Scheduler};
+use crate::prepare::{Work, child_params, dynamic_items, process_package, single_child_params};
+use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, now_unix_ms};
+
+/// Per-child outputs are repeated as `KEY.INDEX` only up to this many children.
+pub const INDEXED_OUTPUTS_MAX: usize = 1_000;
+
+/// A fresh child record.
+pub(crate) fn new_child(task: &str, index: u32, item: String) -> ChildRecord {
+    ChildRecord {
+        task: task.to_string(),
+        index,
+        item,
+        phase: Phase::Pending,
+        attempt: 1,
+        agent: None,
+        attempt_agents: Vec::new(),
+        failures: 0,
+        lost: 0,
+        exit_code: None,
+        reason: String::new(),
+        outputs: BTreeMap::new(),
+        started_unix_ms: 0,
+        finished_unix_ms: 0,
+        pid: 0,
+        cancel_requested: false,
+    }
+}
+
+/// The outputs of a foreach task: `children`, `succeeded`, `failed`, and for
+/// every key the children wrote, `KEY.count` (children that wrote it),
+/// `KEY.sum` (when every value is a number) and `KEY.INDEX` (each child's
+/// value, up to [`INDEXED_OUTPUTS_MAX`] children).
+pub fn foreach_outputs<'a>(
+    children: impl IntoIterator<Item = (u32, Phase, &'a BTreeMap<String, String>)>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let (mut n, mut ok) = (0u64, 0u64);
+    let mut keys: BTreeMap<&str, (u64, Option<f64>, bool)> = BTreeMap::new();
+    let mut indexed = Vec::new();
+    for (index, phase, outputs) in children {
+        n += 1;
+        if phase == Phase::Succeeded {
+            ok += 1;
+        }
+        for (k, v) in outputs {
+            let e = keys.entry(k.as_str()).or_insert((0, Some(0.0), true));
+            e.0 += 1;
+            let num = v.trim().parse::<f64>().ok().filter(|f| f.is_finite());
+            e.1 = e.1.zip(num).map(|(a, b)| a + b);
+            e.2 &= v.trim().parse::<i64>().is_ok();
+            indexed.push((format!("{k}.{index}"), v.clone()));
+        }
+    }
+    out.insert("children".into(), n.to_string());
+    out.insert("succeeded".into(), ok.to_string());
+    out.insert("failed".into(), (n - ok).to_string());
+    for (k, (count, sum, ints)) in keys {
+        out.insert(format!("{k}.count"), count.to_string());
+        if let Some(sum) = sum {
+            let text = if ints && sum.abs() < 9.0e15 {
+                format!("{}", sum as i64)
+            } else {
+                format!("{sum}")
+            };
+            out.insert(format!("{k}.sum"), text);
+        }
+    }
+    if n as usize <= INDEXED_OUTPUTS_MAX {
+        out.extend(indexed);
+    }
+    out
+}
+
+impl Scheduler {
+    /// Moves an execution on: reports ended tasks to the engine, starts the
+    /// tasks it makes ready, and ends the execution when the engine says so.
+    pub(crate) fn advance(&mut self, slot: u64) {
+        let mut created: Vec<ChildRef> = Vec::new();
+        {
+            let Some(e) = self.execs.get_mut(&slot) else {
+                return;
+            };
+            if e.rec.state.is_terminal() {
+                return;
+            }
+            if e.rec.cancel_requested {
+                e.engine.cancel();
+            }
+        }
+        loop {
+            let mut progressed = self.stop_failed_foreaches(slot);
+            {
+                let Some(e) = self.execs.get_mut(&slot) else {
+                    return;
+                };
+                progressed |= report_ended(e);
+                if !e.rec.cancel_requested {
+                    for name in e.engine.ready() {
+                        start_task(e, slot, &name, &mut created);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let any_created = !created.is_empty();
+        for cref in created {
+            self.dirty_children.insert(cref);
+        }
+        let Some(e) = self.execs.get_mut(&slot) else {
+            return;
+        };
+        if any_created {
+            e.touched = true;
+        }
+        // The execution record changes only when it ends (task states are
+        // the engine's, rebuilt from the children after a restart).
+        let Some(outcome) = e.engine.outcome() else {
+            return;
+        };
+        e.touched = true;
+        self.dirty_execs.insert(slot);
+        e.rec.task_states = e.engine.states();
+        e.rec.state = match outcome {
+            PackageOutcome::Succeeded => ExecutionState::Succeeded,
+            PackageOutcome::Failed => ExecutionState::Failed,
+            PackageOutcome::Cancelled => ExecutionState::Cancelled,
+        };
+        if e.rec.state == ExecutionState::Failed && e.rec.reason.is_empty() {
+            e.rec.reason = failure_reason(e);
+        }
+        e.rec.finished_unix_ms = now_unix_ms();
+        let sum = super::view::summary_of(e);
+        e.rec.final_counts = Some(FinalCounts {
+            total: sum.total,
+            succeeded: sum.succeeded,
+            failed: sum.failed,
+            lost_attempts: sum.lost_attempts,
+        });
+        info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
+    }
+}
+
+/// Why a failed execution failed: its failed tasks, with their counts.
+fn failure_reason(e: &Exec) -> String {
+    let mut parts = Vec::new();
+    for (t, run) in e.plan.tasks.iter().zip(&e.tasks) {
+        if e.engine.state(&t.name) != Ok(TaskState::Failed) {
+            continue;
+        }
+        if run.children.is_empty() {
+            let why = e.engine.reason(&t.name).unwrap_or("it failed");
+            parts.push(format!("task '{}': {why}", t.name));
+        } else {
+            parts.push(format!(
+                "{} of {} children of task '{}' did not succeed",
+                run.failed,
+                run.children.len(),
+                t.name
+            ));
+        }
+    }
+    if parts.is_empty() {
+        "a task failed".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+impl Scheduler {
+    /// A foreach past its `max_failures` starts no further child: its pending
+    /// children end `cancelled`. Returns whether anything changed.
+    fn stop_failed_foreaches(&mut self, slot: u64) -> bool {
+        let mut doomed = Vec::new();
+        if let Some(e) = self.execs.get_mut(&slot) {
+            for ti in 0..e.tasks.len() {
+                let max = e.plan.tasks[ti].max_failures;
+                let run = &mut e.tasks[ti];
+                if !run.started
+                    || run.ended
+                    || run.queue.is_empty()
+                    || max.keeps_going(u64::from(run.failed))
+                {
+                    continue;
+                }
+                while let Some(ci) = run.queue.pop_front() {
+                    let c = &mut run.children[ci as usize];
+                    if c.rec.phase != Phase::Pending {
+                        continue;
+                    }
+                    c.rec.reason = format!(
+                        "not started: task '{}' has more failed children than its max_failures",
+                        c.rec.task
+                    );
+                    doomed.push(ChildRef {
+                        exec: slot,
+                        task: ti as u16,
+                        child: ci,
+                    });
+                }
+            }
+        }
+        for cref in &doomed {
+            self.set_phase(*cref, Phase::Cancelled);
+        }
+        !doomed.is_empty()
+    }
+}
+
+impl Child {
+    /// A child as it is created (no dispatch history in memory).
+    pub(crate) fn new(rec: ChildRecord) -> Child {
+        Child {
+            rec,
+            version: None,
+            avoid: None,
+            soft_excluded: Default::default(),
+            excluded_gen: 0,
+            hard_rejected: Default::default(),
+            waiting_reason: String::new(),
+            dispatched_at: None,
+        }
+    }
+}
+
+/// Reports to the engine every started task whose children have all ended.
+fn report_ended(e: &mut Exec) -> bool {
+    let mut changed = false;
+    for ti in 0..e.tasks.len() {
+        let run = &e.tasks[ti];
+        if !run.started || run.ended || (run.terminal as usize) < run.children.len() {
+            continue;
+        }
+        let planned = &e.plan.tasks[ti];
+        let name = planned.name.clone();
+        let cancelled = run
+            .children
+            .iter()
+            .any(|c| c.rec.phase == Phase::Cancelled && !c.rec.cancel_requested)
+            && e.rec.cancel_requested;
+        let outcome = if cancelled {
+            TaskOutcome::Cancelled
+        } else if planned.max_failures.succeeded(u64::from(run.failed)) {
+            TaskOutcome::Succeeded
+        } else {
+            TaskOutcome::Failed
+        };
+        let outputs = match &planned.work {
+            Work::Foreach { .. } => foreach_outputs(
+                run.children
+                    .iter()
+                    .map(|c| (c.rec.index, c.rec.phase, &c.rec.outputs)),
+            ),
+            _ => run
+                .children
+                .first()
+                .map(|c| c.rec.outputs.clone())
+                .unwrap_or_default(),
+        };
+        if let Err(err) = e.engine.finished(&name, outcome, outputs) {
+            warn!(execution = %e.rec.id, task = %name, error = %err, "engine refused a task end");
+        }
+        e.tasks[ti].ended = true;
+        changed = true;
+    }
+    changed
+}
+
+/// Starts a task the engine made ready: creates its children (unless a
+/// replay finds them already stored) or ends it at once.
+fn start_task(e: &mut Exec, slot: u64, name: &str, created: &mut Vec<ChildRef>) {
+    if let Err(err) = e.engine.started(name) {
+        warn!(execution = %e.rec.id, task = %name, error = %err, "engine refused a task start");
+        return;
+    }
+    let Some(&ti) = e.task_index.get(name) else {
+        // Not a planned task (the engine runs groups itself).
+        return;
+    };
+    let ti = ti as usize;
+    e.tasks[ti].started = true;
+    let planned = e.plan.tasks[ti].clone();
+    let states = e.engine.states();
+    let prepared = {
+        let scope = Scope {
+            params: &e.plan.params,
+            item: None,
+            outputs: e.engine.outputs(),
+            states: &states,
+        };
+        prepare_task(e, &planned, &scope)
+    };
+    let (items, package, params) = match prepared {
+        Ok(p) => p,
+        Err(reason) => {
+            let _ = e.engine.failed(name, reason);
+            e.tasks[ti].ended = true;
+            return;
+        }
+    };
+    let run = &mut e.tasks[ti];
+    run.package = package;
+    run.params = params;
+    if !run.children.is_empty() {
+        // Replayed after a restart or a resume: the children are stored.
+        return;
+    }
+    if items.is_empty() {
+        // A noop, or a foreach over nothing: it has nothing to wait for.
+        run.ended = true;
+        let _ = e
+            .engine
+            .finished(name, TaskOutcome::Succeeded, BTreeMap::new());
+        return;
+    }
+    e.phase_counts[Phase::Pending as usize] += items.len() as u64;
+    let run = &mut e.tasks[ti];
+    run.children.reserve(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let index = i as u32;
+        run.queue.push_back(index);
+        run.children.push(Child::new(new_child(name, index, item)));
+        created.push(ChildRef {
+            exec: slot,
+            task: ti as u16,
+            child: index,
+        });
+    }
+}
+
+/// The items, package and parameters of a task about to start; `Err` is why
+/// it fails instead.
+#[allow(clippy::type_complexity)]
+fn prepare_task(
+    e: &Exec,
+    planned: &crate::prepare::PlannedTask,
+    scope: &Scope<'_>,
+) -> Result<
+    (
+        Vec<String>,
+        Option<crate::prepare::ChildPackage>,
+        BTreeMap<String, String>,
+    ),
+    String,
+> {
+    match &planned.work {
+        Work::Noop => Ok((Vec::new(), None, BTreeMap::new())),
+        Work::Process { exec } => {
+            let (pkg, params) = process_package(
+                &e.plan.parent,
+                &planned.name,
+                exec,
+                planned.timeout_s,
+                scope,
+            )
+            .map_err(|err| err.to_string())?;
+            Ok((vec![String::new()], Some(pkg), params))
+        }
+        Work::Child { ct, child } => {
+            let params = single_child_params(ct, scope).map_err(|err| err.to_string())?;
+            Ok((vec![String::new()], Some(child.clone()), params))
+        }
+        Work::Foreach { fe, child } => {
+            let items = if planned.dynamic {
+                let rows = Vec::new();
+                if let baton_package::ForeachOver::Rows(task) = &fe.over {
+                    return Err(format!(
+                        "a foreach over the rows of task '{task}' is not run by the coordinator \
+                         yet (the rows stay on the agent that ran it)"
+                    ));
+                }
+                dynamic_items(fe, scope, &rows).map_err(|err| err.to_string())?
+            } else {
+                planned.items.clone()
+            };
+            // Check the first child's parameters now: a typo fails the task
+            // once instead of every child.
+            if let Some(first) = items.first() {
+                let s = Scope {
+                    params: scope.params,
+                    item: Some(first),
+                    outputs: scope.outputs,
+                    states: scope.states,
+                };
+                child_params(fe, &s).map_err(|err| err.to_string())?;
+            }
+            Ok((items, Some(child.clone()), BTreeMap::new()))
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! The coordinator runs a parent package's control flow: a `script` task on an
+//! agent writes outputs, a foreach's children read them, a summary `exec` task
+//! reads the foreach's aggregated outputs, an on-failure handler and a `when`
+//! that is false are skipped; then the failure path: a failing foreach runs its
+//! on-failure handler, skips its on-success dependent, and fails the execution.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::harness::{AgentOpts, Cluster};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// `tasks` of `exec show --output json` as name → state.
+fn task_states(show: &Value) -> std::collections::BTreeMap<String, String> {
+    show["tasks"]
+        .as_array()
+        .expect("tasks in exec show")
+        .iter()
+        .map(|t| {
+            (
+                t["task"].as_str().unwrap().to_owned(),
+                t["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn children_of<'a>(show: &'a Value, task: &str) -> Vec<&'a Value> {
+    show["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["task"] == task)
+        .collect()
+}
+
+fn child(marks: &Path) -> String {
+    let m = marks.display();
+    format!(
+        r#"
+name = "load"
+[parameters.shard]
+type = "int"
+required = true
+[parameters.date]
+type = "string"
+required = true
+[parameters.fail_above]
+type = "int"
+default = 100
+[tasks.load]
+exec = ["sh", "-c", """
+echo "shard=$BATON_PARAM_SHARD date=$BATON_PARAM_DATE" >> "{m}/load"
+echo "rows=$((BATON_PARAM_SHARD * 10))" >> "$BATON_OUTPUT"
+[ "$BATON_PARAM_SHARD" -le "$BATON_PARAM_FAIL_ABOVE" ]
+"""]
+"#
+    )
+}
+
+fn parent(marks: &Path, fail_above: u32) -> String {
+    let m = marks.display();
+    format!(
+        r#"
+name = "etl"
+[parameters.day]
+type = "string"
+default = "mon"
+
+[tasks.extract]
+script = "echo x >> {m}/extract; echo date=${{params.day}} >> $BATON_OUTPUT"
+
+[tasks.shards]
+foreach = {{ range = {{ start = 1, end = 4 }} }}
+child = "child.toml"
+params = {{ shard = "${{item}}", date = "${{tasks.extract.outputs.date}}", fail_above = "{fail_above}" }}
+after = ["extract"]
+
+[tasks.summary]
+exec = ["sh", "-c", "echo total=$0 >> $BATON_OUTPUT; echo $0 >> {m}/summary", "${{tasks.shards.outputs.rows.sum}}"]
+after = ["shards"]
+
+[tasks.on_fail]
+script = "echo x >> {m}/on_fail"
+after = [{{ task = "shards", on = "failure" }}]
+
+[tasks.weekend]
+script = "echo x >> {m}/weekend"
+after = ["extract"]
+when = "${{tasks.extract.outputs.date}} == 'sat'"
+"#
+    )
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn outputs_flow_from_task_to_task_and_constraints_skip() {
+    let mut c = Cluster::new("parent_flow");
+    c.start_coordinator();
+    let marks = c.root().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    c.start_agent_with(AgentOpts::new("a1", 4));
+    c.agents_ready(1);
+
+    let dir = c.root().join("pkg-ok");
+    write(&dir, "child.toml", &child(&marks));
+    write(&dir, "parent.toml", &parent(&marks, 100));
+    let out = c.cli(&[
+        "run",
+        &dir.join("parent.toml").display().to_string(),
+        "-p",
+        "day=tue",
+        "--wait",
+        "--output",
+        "json",
+    ]);
+    out.expect_code(0);
+    let id = out.json()["execution_id"].as_str().unwrap().to_owned();
+    let show = c.cli(&["exec", "show", &id, "--output", "json"]);
+    show.expect_code(0);
+    let show = show.json();
+    let states = task_states(&show);
+    assert_eq!(states["extract"], "succeeded", "{states:?}");
+    assert_eq!(states["shards"], "succeeded", "{states:?}");
+    assert_eq!(states["summary"], "succeeded", "{states:?}");
+    assert_eq!(states["on_fail"], "skipped", "{states:?}");
+    assert_eq!(states["weekend"], "skipped", "when is false: {states:?}");
+
+    // extract's output reached every child's parameters.
+    let mut loads = lines(&marks.join("load"));
+    loads.sort();
+    assert_eq!(
+        loads,
+        (1..=4)
+            .map(|s| format!("shard={s} date=tue"))
+            .collect::<Vec<_>>()
+    );
+    // The foreach's summed outputs reached the summary task: 10+20+30+40.
+    assert_eq!(lines(&marks.join("summary")), ["100"]);
+    let summary = children_of(&show, "summary");
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["outputs"]["total"], "100", "{}", summary[0]);
+    // Each task ran once; skipped ones never started a process.
+    assert_eq!(lines(&marks.join("extract")).len(), 1);
+    assert!(!marks.join("on_fail").exists() && !marks.join("weekend").exists());
+    assert!(children_of(&show, "on_fail").is_empty());
+
+    // The human tree names every task with its state.
+    let human = c.cli(&["exec", "show", &id]);
+    human.expect_code(0);
+    assert!(
+        human.stdout.contains("task weekend skipped"),
+        "{}",
+        human.stdout
+    );
+    assert!(
+        human.stdout.contains("task shards succeeded (4 children"),
+        "{}",
+        human.stdout
+    );
+    c.finish(&[]);
+}
+
+#[test]
+fn a_failed_foreach_runs_its_failure_handler_and_fails_the_run() {
+    let mut c = Cluster::new("parent_flow_fail");
+    c.start_coordinator();
+    let marks = c.root().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    c.start_agent_with(AgentOpts::new("a1", 4));
+    c.agents_ready(1);
+
+    let dir = c.root().join("pkg-fail");
+    write(&dir, "child.toml", &child(&marks));
+    // Shards 3 and 4 fail.
+    write(&dir, "parent.toml", &parent(&marks, 2));
+    let out = c.cli(&[
+        "run",
+        &dir.join("parent.toml").display().to_string(),
+        "-p",
+        "day=sat",
+        "--wait",
+        "--output",
+        "json",
+    ]);
+    out.expect_code(1);
+    let v = out.json();
+    assert_eq!(v["status"], "failed", "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 4 children of task 'shards' did not succeed"),
+        "{v}"
+    );
+    let id = v["execution_id"].as_str().unwrap().to_owned();
+    let show = c.cli(&["exec", "show", &id, "--output", "json"]);
+    show.expect_code(0);
+    let states = task_states(&show.json());
+    assert_eq!(states["shards"], "failed", "{states:?}");
+    assert_eq!(states["on_fail"], "succeeded", "{states:?}");
+    assert_eq!(states["summary"], "skipped", "{states:?}");
+    assert_eq!(
+        states["weekend"], "succeeded",
+        "when is true on saturdays: {states:?}"
+    );
+    assert_eq!(lines(&marks.join("on_fail")).len(), 1);
+    assert!(!marks.join("summary").exists(), "summary never ran");
+    c.finish(&[]);
+}
