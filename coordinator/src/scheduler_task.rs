@@ -72,6 +72,11 @@ pub(crate) enum Msg {
         plan: Box<Plan>,
         reply: oneshot::Sender<Result<String, CoordinatorError>>,
     },
+    RowsFetched {
+        execution_id: String,
+        task: String,
+        rows: Result<Vec<String>, String>,
+    },
     Resume {
         rec: Box<ExecutionRecord>,
         version: u64,
@@ -417,6 +422,11 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             let r = sched.admit(&plan).map(|()| sched.start(*rec, *plan));
             post.push(Post::Started(reply, r));
         }
+        Msg::RowsFetched {
+            execution_id,
+            task,
+            rows,
+        } => sched.rows_fetched(&execution_id, &task, rows),
         Msg::Resume {
             rec,
             version,
@@ -577,7 +587,69 @@ fn perform(io: &mut Io, effect: Effect) {
         Effect::ResetStream { agent } => {
             io.acks.remove(&agent);
         }
+        Effect::FetchRows {
+            execution_id,
+            task,
+            sources,
+        } => {
+            let clients: Result<Vec<_>, String> = sources
+                .into_iter()
+                .map(
+                    |(agent, address, id)| match io.dialer.client(&agent, &address) {
+                        Ok(c) => Ok((agent, c, id)),
+                        Err(e) => Err(format!("cannot reach agent {agent}: {e}")),
+                    },
+                )
+                .collect();
+            let tx = io.tx.clone();
+            tokio::spawn(async move {
+                let rows = match clients {
+                    Ok(clients) => fetch_rows(clients).await,
+                    Err(e) => Err(e),
+                };
+                let _ = tx
+                    .send(Msg::RowsFetched {
+                        execution_id,
+                        task,
+                        rows,
+                    })
+                    .await;
+            });
+        }
     }
+}
+
+/// The rows of several children, in order, up to one more than a foreach may
+/// take (so that too many is an error, not a silent cut).
+async fn fetch_rows(
+    clients: Vec<(String, AgentServiceClient<Channel>, pb::DispatchId)>,
+) -> Result<Vec<String>, String> {
+    let mut rows = Vec::new();
+    for (agent, mut client, id) in clients {
+        let req = pb::StreamJobRowsRequest {
+            dispatch_id: Some(id.clone()),
+        };
+        let mut stream = tokio::time::timeout(Duration::from_secs(10), client.stream_rows(req))
+            .await
+            .map_err(|_| format!("agent {agent} did not answer for the rows of {id}"))?
+            .map_err(|s| format!("agent {agent}: rows of {id}: {}", s.message()))?
+            .into_inner();
+        loop {
+            let batch = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .map_err(|_| format!("agent {agent} stalled sending the rows of {id}"))?
+                .map_err(|s| format!("agent {agent}: rows of {id}: {}", s.message()))?;
+            let Some(batch) = batch else { break };
+            rows.extend(batch.rows);
+            if rows.len() > baton_package::MAX_FOREACH_ITEMS {
+                return Ok(rows);
+            }
+            if batch.end {
+                break;
+            }
+        }
+    }
+    Ok(rows)
 }
 
 async fn start_job(

@@ -120,6 +120,7 @@ impl Scheduler {
                 ended: false,
                 package: None,
                 params: BTreeMap::new(),
+                awaiting_rows: false,
             };
             for (rec, version) in children {
                 phase_counts[phase_idx(rec.phase)] += 1;

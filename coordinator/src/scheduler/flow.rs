@@ -101,6 +101,7 @@ impl Scheduler {
     /// tasks it makes ready, and ends the execution when the engine says so.
     pub(crate) fn advance(&mut self, slot: u64) {
         let mut created: Vec<ChildRef> = Vec::new();
+        let mut wants_rows: Vec<usize> = Vec::new();
         {
             let Some(e) = self.execs.get_mut(&slot) else {
                 return;
@@ -121,7 +122,7 @@ impl Scheduler {
                 progressed |= report_ended(e);
                 if !e.rec.cancel_requested {
                     for name in e.engine.ready() {
-                        start_task(e, slot, &name, &mut created);
+                        start_task(e, slot, &name, &mut created, &mut wants_rows);
                         progressed = true;
                     }
                 }
@@ -129,6 +130,9 @@ impl Scheduler {
             if !progressed {
                 break;
             }
+        }
+        for ti in wants_rows {
+            self.request_rows(slot, ti);
         }
         let any_created = !created.is_empty();
         for cref in created {
@@ -255,7 +259,11 @@ fn report_ended(e: &mut Exec) -> bool {
     let mut changed = false;
     for ti in 0..e.tasks.len() {
         let run = &e.tasks[ti];
-        if !run.started || run.ended || (run.terminal as usize) < run.children.len() {
+        if !run.started
+            || run.ended
+            || run.awaiting_rows
+            || (run.terminal as usize) < run.children.len()
+        {
             continue;
         }
         let planned = &e.plan.tasks[ti];
@@ -295,7 +303,13 @@ fn report_ended(e: &mut Exec) -> bool {
 
 /// Starts a task the engine made ready: creates its children (unless a
 /// replay finds them already stored) or ends it at once.
-fn start_task(e: &mut Exec, slot: u64, name: &str, created: &mut Vec<ChildRef>) {
+fn start_task(
+    e: &mut Exec,
+    slot: u64,
+    name: &str,
+    created: &mut Vec<ChildRef>,
+    wants_rows: &mut Vec<usize>,
+) {
     if let Err(err) = e.engine.started(name) {
         warn!(execution = %e.rec.id, task = %name, error = %err, "engine refused a task start");
         return;
@@ -307,6 +321,30 @@ fn start_task(e: &mut Exec, slot: u64, name: &str, created: &mut Vec<ChildRef>) 
     let ti = ti as usize;
     e.tasks[ti].started = true;
     let planned = e.plan.tasks[ti].clone();
+    if let Work::Foreach { fe, .. } = &planned.work
+        && matches!(fe.over, baton_package::ForeachOver::Rows(_))
+        && e.tasks[ti].children.is_empty()
+    {
+        // Its items are the rows of an earlier task, kept on the agents that
+        // ran it: the children are made when they arrive (`rows_fetched`).
+        e.tasks[ti].awaiting_rows = true;
+        wants_rows.push(ti);
+        return;
+    }
+    expand(e, slot, ti, &planned, &[], created);
+}
+
+/// Makes the children of a started task (its items rendered now, `rows` for
+/// a rows foreach), or ends it at once when it has none or cannot start.
+fn expand(
+    e: &mut Exec,
+    slot: u64,
+    ti: usize,
+    planned: &crate::prepare::PlannedTask,
+    rows: &[String],
+    created: &mut Vec<ChildRef>,
+) {
+    let name = planned.name.as_str();
     let states = e.engine.states();
     let prepared = {
         let scope = Scope {
@@ -315,7 +353,7 @@ fn start_task(e: &mut Exec, slot: u64, name: &str, created: &mut Vec<ChildRef>) 
             outputs: e.engine.outputs(),
             states: &states,
         };
-        prepare_task(e, &planned, &scope)
+        prepare_task(e, planned, &scope, rows)
     };
     let (items, package, params) = match prepared {
         Ok(p) => p,
@@ -362,6 +400,7 @@ fn prepare_task(
     e: &Exec,
     planned: &crate::prepare::PlannedTask,
     scope: &Scope<'_>,
+    rows: &[String],
 ) -> Result<
     (
         Vec<String>,
@@ -389,14 +428,7 @@ fn prepare_task(
         }
         Work::Foreach { fe, child } => {
             let items = if planned.dynamic {
-                let rows = Vec::new();
-                if let baton_package::ForeachOver::Rows(task) = &fe.over {
-                    return Err(format!(
-                        "a foreach over the rows of task '{task}' is not run by the coordinator \
-                         yet (the rows stay on the agent that ran it)"
-                    ));
-                }
-                dynamic_items(fe, scope, &rows).map_err(|err| err.to_string())?
+                dynamic_items(fe, scope, rows).map_err(|err| err.to_string())?
             } else {
                 planned.items.clone()
             };
@@ -413,5 +445,108 @@ fn prepare_task(
             }
             Ok((items, Some(child.clone()), BTreeMap::new()))
         }
+    }
+}
+
+impl Scheduler {
+    /// Asks the agents that ran the source task of a rows foreach for its rows.
+    fn request_rows(&mut self, slot: u64, ti: usize) {
+        let Some(e) = self.execs.get(&slot) else {
+            return;
+        };
+        let Work::Foreach { fe, .. } = &e.plan.tasks[ti].work else {
+            return;
+        };
+        let baton_package::ForeachOver::Rows(source) = &fe.over else {
+            return;
+        };
+        let mut sources = Vec::new();
+        let mut missing = None;
+        if let Some(&si) = e.task_index.get(source.as_str()) {
+            for c in &e.tasks[si as usize].children {
+                if c.rec.phase != Phase::Succeeded {
+                    continue;
+                }
+                let agent = c.rec.agent.clone().unwrap_or_default();
+                match self.agents.get(&agent) {
+                    Some(a) => sources.push((
+                        agent,
+                        a.rec.address.clone(),
+                        baton_proto::DispatchId {
+                            execution_id: e.rec.id.clone(),
+                            task_path: c.rec.task.clone(),
+                            item_index: c.rec.index,
+                            attempt: c.rec.attempt,
+                        },
+                    )),
+                    None => missing = Some(agent),
+                }
+            }
+        }
+        let id = e.rec.id.clone();
+        let task = e.plan.tasks[ti].name.clone();
+        match missing {
+            Some(agent) => self.rows_fetched(
+                &id,
+                &task,
+                Err(format!(
+                    "the rows of task '{source}' are on agent '{agent}', which this coordinator \
+                     does not know any more"
+                )),
+            ),
+            None => self.effects.push(super::Effect::FetchRows {
+                execution_id: id,
+                task,
+                sources,
+            }),
+        }
+    }
+
+    /// The rows a rows foreach waited for arrived (or could not be read).
+    pub(crate) fn rows_fetched(
+        &mut self,
+        execution_id: &str,
+        task: &str,
+        rows: Result<Vec<String>, String>,
+    ) {
+        let Some(&slot) = self.exec_ids.get(execution_id) else {
+            return;
+        };
+        let mut created = Vec::new();
+        {
+            let Some(e) = self.execs.get_mut(&slot) else {
+                return;
+            };
+            let Some(&ti) = e.task_index.get(task) else {
+                return;
+            };
+            let ti = ti as usize;
+            if !e.tasks[ti].awaiting_rows || e.rec.state.is_terminal() {
+                return;
+            }
+            e.tasks[ti].awaiting_rows = false;
+            if e.rec.cancel_requested {
+                e.tasks[ti].ended = true;
+                let _ = e
+                    .engine
+                    .finished(task, TaskOutcome::Cancelled, BTreeMap::new());
+            } else {
+                match rows {
+                    Ok(rows) => {
+                        let planned = e.plan.tasks[ti].clone();
+                        expand(e, slot, ti, &planned, &rows, &mut created);
+                    }
+                    Err(why) => {
+                        warn!(execution = %execution_id, task, error = %why, "cannot read the rows a foreach runs over");
+                        e.tasks[ti].ended = true;
+                        let _ = e.engine.failed(task, why);
+                    }
+                }
+            }
+        }
+        for cref in created {
+            self.dirty_children.insert(cref);
+        }
+        self.advance(slot);
     }
 }

@@ -116,6 +116,14 @@ pub enum Effect {
     Ack { agent: String, seq: u64 },
     /// Close an agent's completion stream so that it reconnects and resends.
     ResetStream { agent: String },
+    /// Read the rows a task's children kept on their agents (for a
+    /// `foreach = { rows = … }`), then report them with `rows_fetched`.
+    FetchRows {
+        execution_id: String,
+        task: String,
+        /// (agent, address, the child's dispatch id), in child order.
+        sources: Vec<(String, String, pb::DispatchId)>,
+    },
 }
 
 /// How a StartJob call ended.
@@ -205,6 +213,8 @@ pub(crate) struct TaskRun {
     /// Parameters of a single-child task, rendered when it started (for a
     /// parent's `exec`/`script` task: the sensitive ones its package reads).
     pub params: BTreeMap<String, String>,
+    /// A `rows` foreach waits for the rows of the task it reads.
+    pub awaiting_rows: bool,
 }
 
 pub(crate) struct Exec {

@@ -220,3 +220,69 @@ fn a_failed_foreach_runs_its_failure_handler_and_fails_the_run() {
     assert!(!marks.join("summary").exists(), "summary never ran");
     c.finish(&[]);
 }
+
+#[test]
+fn rows_of_one_task_feed_a_later_foreach() {
+    let mut c = Cluster::new("parent_rows");
+    c.start_coordinator();
+    let marks = c.root().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    c.start_agent_with(AgentOpts::new("a1", 4));
+    c.start_agent_with(AgentOpts::new("a2", 4));
+    c.agents_ready(2);
+    let m = marks.display();
+    let dir = c.root().join("pkg-rows");
+    write(
+        &dir,
+        "region.toml",
+        &format!(
+            r#"
+name = "region"
+[parameters.region]
+type = "string"
+required = true
+[parameters.size]
+type = "int"
+required = true
+[tasks.load]
+exec = ["sh", "-c", "echo $BATON_PARAM_REGION=$BATON_PARAM_SIZE >> {m}/regions"]
+"#
+        ),
+    );
+    write(
+        &dir,
+        "parent.toml",
+        r#"
+name = "by-rows"
+[tasks.list]
+script = """
+printf '{"region":"eu","size":3}\n{"region":"us","size":5}\n{"region":"ap","size":1}\n' >> "$BATON_ROWS"
+"""
+[tasks.regions]
+foreach = { rows = "list" }
+child = "region.toml"
+params = { region = "${item.region}", size = "${item.size}" }
+after = ["list"]
+"#,
+    );
+    let out = c.cli(&[
+        "run",
+        &dir.join("parent.toml").display().to_string(),
+        "--wait",
+        "--output",
+        "json",
+    ]);
+    out.expect_code(0);
+    let v = out.json();
+    let id = v["execution_id"].as_str().unwrap().to_owned();
+    let rows = c.cli(&["exec", "rows", &id, "--child", "list", "--format", "json"]);
+    assert_eq!(rows.stdout.lines().count(), 3, "{}", rows.describe());
+    assert_eq!(
+        v["children"]["succeeded"], 4,
+        "one list + three regions: {v}"
+    );
+    let mut got = lines(&marks.join("regions"));
+    got.sort();
+    assert_eq!(got, ["ap=1", "eu=3", "us=5"]);
+    c.finish(&[]);
+}
