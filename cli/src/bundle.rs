@@ -1,10 +1,11 @@
 //! Reads a parent package file and the child packages it references into a
-//! bundle for `StartExecution`, validating each on the way.
+//! bundle for `StartExecution`, validating each on the way. Children named by
+//! `foreach` and `child` tasks as files are bundled; `catalog:` ones are not.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use baton_package::{Package, TaskKind};
+use baton_package::{ChildRef, Package, TaskKind};
 
 use crate::error::CliError;
 
@@ -23,6 +24,37 @@ fn read(path: &Path) -> Result<String, CliError> {
     })
 }
 
+/// The child packages a package names by file (`foreach` and `child` tasks),
+/// as `(task, path relative to the package's file)`. Catalog references
+/// (`catalog:/folder/name`) are resolved by the coordinator, not bundled.
+pub fn child_files(p: &Package) -> Vec<(&str, &str)> {
+    p.tasks
+        .values()
+        .filter_map(|t| {
+            let child = match &t.kind {
+                TaskKind::Foreach(fe) => &fe.child,
+                TaskKind::Child(c) => &c.child,
+                _ => return None,
+            };
+            match ChildRef::parse(child) {
+                ChildRef::File(_) => Some((t.name.as_str(), child.as_str())),
+                ChildRef::Catalog(_) => None,
+            }
+        })
+        .collect()
+}
+
+/// Refuses a sensitive value of `parent` flowing into a child parameter that
+/// `child` does not declare sensitive, for the task `task` of `parent`.
+pub fn check_flow(parent: &Package, task: &str, child: &Package) -> Result<(), CliError> {
+    match &parent.tasks[task].kind {
+        TaskKind::Foreach(fe) => fe.check_sensitive_flow(task, parent, child)?,
+        TaskKind::Child(c) => c.check_sensitive_flow(task, parent, child)?,
+        _ => {}
+    }
+    Ok(())
+}
+
 /// Loads `path` and every child it references (relative to its directory).
 pub fn load(path: &Path) -> Result<Bundle, CliError> {
     let text = read(path)?;
@@ -38,18 +70,16 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let mut files = BTreeMap::new();
-    for task in parent.tasks.values() {
-        if let TaskKind::Foreach(fe) = &task.kind {
-            let child_path = dir.join(&fe.child);
-            let child_text = match files.get(&fe.child) {
-                Some(text) => String::clone(text),
-                None => read(&child_path)?,
-            };
-            let child = Package::parse(&child_path.display().to_string(), &child_text)?;
-            child.check_sensitive_use()?;
-            fe.check_sensitive_flow(&task.name, &parent, &child)?;
-            files.insert(fe.child.clone(), child_text);
-        }
+    for (task, child_name) in child_files(&parent) {
+        let child_path = dir.join(child_name);
+        let child_text = match files.get(child_name) {
+            Some(text) => String::clone(text),
+            None => read(&child_path)?,
+        };
+        let child = Package::parse(&child_path.display().to_string(), &child_text)?;
+        child.check_sensitive_use()?;
+        check_flow(&parent, task, &child)?;
+        files.insert(child_name.to_string(), child_text);
     }
     files.insert(root.clone(), text);
     Ok(Bundle { root, files })

@@ -1,6 +1,13 @@
 //! `baton validate`: check package files without running them.
+//!
+//! Every finding is printed as `error[CODE]: FILE:LINE:COL: message` (a file's
+//! parse and validation errors all at once, then those of the child packages
+//! it names by file); the exit code is that of the first finding (2 for an
+//! invalid package). A valid file prints `ok FILE (N file(s))` as before.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use baton_package::Package;
 
 use crate::bundle;
 use crate::error::CliError;
@@ -14,18 +21,81 @@ pub struct ValidateArgs {
 }
 
 pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
-    let mut first_error = None;
+    let mut first_error: Option<CliError> = None;
     for f in &args.files {
-        match bundle::load(f) {
-            Ok(b) => println!("ok {} ({} file(s))", f.display(), b.files.len()),
-            Err(e) => {
-                eprintln!("error[{}]: {}", e.code, e.message);
-                first_error.get_or_insert(e);
+        let findings = check_file(f);
+        if findings.is_empty() {
+            match bundle::load(f) {
+                Ok(b) => println!("ok {} ({} file(s))", f.display(), b.files.len()),
+                Err(e) => report(e, &mut first_error),
             }
+        }
+        for e in findings {
+            report(e, &mut first_error);
         }
     }
     match first_error {
         Some(e) => Ok(e.exit),
         None => Ok(0),
     }
+}
+
+fn report(e: CliError, first_error: &mut Option<CliError>) {
+    eprintln!("error[{}]: {}", e.code, e.message);
+    first_error.get_or_insert(e);
+}
+
+/// Every finding in `path` and the children it names by file.
+fn check_file(path: &Path) -> Vec<CliError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return vec![CliError::invalid(
+                "PACKAGE_UNREADABLE",
+                format!("cannot read package file {}: {e}", path.display()),
+            )];
+        }
+    };
+    let parent = match Package::check(&path.display().to_string(), &text) {
+        Ok(p) => p,
+        Err(errors) => return errors.into_iter().map(CliError::from).collect(),
+    };
+    let mut out = Vec::new();
+    if let Err(e) = parent.check_sensitive_use() {
+        out.push(e.into());
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut seen = std::collections::BTreeSet::new();
+    for (task, child) in bundle::child_files(&parent) {
+        let child_path = dir.join(child);
+        let child_text = match std::fs::read_to_string(&child_path) {
+            Ok(t) => t,
+            Err(e) => {
+                out.push(CliError::invalid(
+                    "PACKAGE_UNREADABLE",
+                    format!(
+                        "{}: task '{task}' names child package {}, which cannot be read: {e}",
+                        path.display(),
+                        child_path.display()
+                    ),
+                ));
+                continue;
+            }
+        };
+        match Package::check(&child_path.display().to_string(), &child_text) {
+            Ok(c) => {
+                if seen.insert(child)
+                    && let Err(e) = c.check_sensitive_use()
+                {
+                    out.push(e.into());
+                }
+                if let Err(e) = bundle::check_flow(&parent, task, &c) {
+                    out.push(e);
+                }
+            }
+            Err(errors) if seen.insert(child) => out.extend(errors.into_iter().map(CliError::from)),
+            Err(_) => {}
+        }
+    }
+    out
 }
