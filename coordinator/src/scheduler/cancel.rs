@@ -1,6 +1,8 @@
 //! Cancelling an execution: pending children end `cancelled` at once; children
 //! on agents are asked to stop (`CancelJob`: SIGTERM, grace, SIGKILL on the
-//! process group) and end `cancelled` when the agent reports. Nothing is
+//! process group) and end `cancelled` when the agent reports — unless the
+//! parent says `children_on_cancel = "abandon"`: then they run to their end,
+//! their results are recorded, and the execution ends `cancelled` after them. Nothing is
 //! dispatched or retried afterwards, and the request is persisted, so a
 //! coordinator restart carries the cancellation on.
 //!
@@ -55,6 +57,7 @@ impl Scheduler {
         let Some(e) = self.execs.get_mut(&slot) else {
             return;
         };
+        let abandon = e.plan.parent.children_on_cancel == baton_package::ChildrenOnCancel::Abandon;
         let mut pending = Vec::new();
         let mut on_agent = Vec::new();
         for (t, task) in e.tasks.iter_mut().enumerate() {
@@ -77,6 +80,15 @@ impl Scheduler {
                 c.rec.reason = "execution cancelled before the child started".to_string();
             }
             self.set_phase(cref, Phase::Cancelled);
+        }
+        if abandon {
+            // `children_on_cancel = "abandon"`: running children finish on
+            // their own; the execution records them and ends `cancelled`.
+            info!(
+                children = on_agent.len(),
+                "execution cancelled; its running children are abandoned, not stopped"
+            );
+            return;
         }
         for cref in on_agent {
             self.request_stop(cref);

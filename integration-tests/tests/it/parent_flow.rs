@@ -286,3 +286,83 @@ after = ["list"]
     assert_eq!(got, ["ap=1", "eu=3", "us=5"]);
     c.finish(&[]);
 }
+
+#[test]
+fn abandoned_children_run_to_their_end_after_a_cancel() {
+    let mut c = Cluster::new("parent_abandon");
+    c.start_coordinator();
+    let marks = c.root().join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    c.start_agent_with(AgentOpts::new("a1", 4));
+    c.agents_ready(1);
+    let m = marks.display();
+    let dir = c.root().join("pkg-abandon");
+    // Each child marks its start, waits for the gate (bounded), marks its end.
+    write(
+        &dir,
+        "child.toml",
+        &format!(
+            r#"
+name = "slow"
+[parameters.shard]
+type = "int"
+required = true
+[tasks.work]
+exec = ["sh", "-c", "echo $BATON_PARAM_SHARD >> {m}/started; i=0; while [ ! -e {m}/gate ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done; echo $BATON_PARAM_SHARD >> {m}/ended"]
+"#
+        ),
+    );
+    write(
+        &dir,
+        "parent.toml",
+        r#"
+name = "abandon"
+children_on_cancel = "abandon"
+[tasks.fan]
+foreach = { range = { start = 1, end = 4 } }
+child = "child.toml"
+params = { shard = "${item}" }
+parallelism = 2
+"#,
+    );
+    let id = c.start_run(&dir.join("parent.toml"), &[]);
+    assert!(
+        crate::harness::wait_until(
+            std::time::Duration::from_secs(20),
+            std::time::Duration::from_millis(100),
+            || lines(&marks.join("started")).len() == 2
+        ),
+        "two children never started"
+    );
+    let out = c.cli(&["exec", "cancel", &id, "--output", "json"]);
+    out.expect_code(0);
+    assert_eq!(out.json()["status"], "cancelling", "{}", out.describe());
+    // The running children are not stopped: they end when the gate opens.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(lines(&marks.join("ended")).is_empty(), "nothing ended yet");
+    std::fs::write(marks.join("gate"), b"").unwrap();
+    let view = c.wait_exec_terminal(&id, std::time::Duration::from_secs(30));
+    assert_eq!(view.status, "cancelled");
+    let mut ended = lines(&marks.join("ended"));
+    ended.sort();
+    let mut started = lines(&marks.join("started"));
+    started.sort();
+    assert_eq!(ended, started, "both running children ran to their end");
+    assert_eq!(started.len(), 2, "the two pending ones never started");
+    let show = c.cli(&["exec", "show", &id, "--output", "json"]);
+    let kids = children_of(&show.json(), "fan")
+        .iter()
+        .map(|c| c["state"].as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert_eq!(
+        kids.iter().filter(|s| *s == "succeeded").count(),
+        2,
+        "{kids:?}"
+    );
+    assert_eq!(
+        kids.iter().filter(|s| *s == "cancelled").count(),
+        2,
+        "{kids:?}"
+    );
+    c.finish(&[]);
+}
