@@ -334,10 +334,12 @@ fn toml_str(s: &str) -> String {
 }
 
 /// The one-task package that runs a parent's `exec` or `script` task on an
-/// agent, and its parameters. Templates are rendered here, with the outputs
-/// of the tasks that ended; a value that reads a sensitive parameter (allowed
-/// only in `env`) stays a template, and that parameter travels as a sensitive
-/// parameter of the package, so that its value is never part of a package text.
+/// agent, and its parameters: every parameter of the parent, so that the
+/// process sees `BATON_PARAM_<NAME>` as a child's would. Templates are
+/// rendered here, with the outputs of the tasks that ended; a value that
+/// reads a sensitive parameter (allowed only in `env`) stays a template, and
+/// sensitive parameters are declared sensitive: a secret is never part of a
+/// package text.
 pub fn process_package(
     parent: &Package,
     task: &str,
@@ -362,7 +364,11 @@ pub fn process_package(
         .iter()
         .map(|a| render(a))
         .collect::<Result<_, _>>()?;
-    let mut passed: BTreeMap<String, String> = BTreeMap::new();
+    let passed: BTreeMap<String, String> = scope
+        .params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let mut env = Vec::new();
     for (k, t) in &exec.env {
         let secret = sensitive_refs(t);
@@ -376,11 +382,6 @@ pub fn process_package(
                  split it in two variables"
             )));
         }
-        for p in secret {
-            if let Some(v) = scope.params.get(&p) {
-                passed.insert(p, v.to_string());
-            }
-        }
         env.push(format!("{} = {}", toml_str(k), toml_str(t)));
     }
     let mut text = format!(
@@ -389,8 +390,9 @@ pub fn process_package(
     );
     for p in passed.keys() {
         text += &format!(
-            "[parameters.{}]\ntype = \"string\"\nsensitive = true\n",
-            toml_str(p)
+            "[parameters.{}]\ntype = \"string\"\nsensitive = {}\n",
+            toml_str(p),
+            scope.params.is_sensitive(p)
         );
     }
     text += &format!("[tasks.{}]\nexec = [", toml_str(task));
@@ -516,8 +518,10 @@ mod tests {
             "a secret never goes into a package text: {text}"
         );
         assert_eq!(passed.get("pw").map(String::as_str), Some("s3cr3t"));
+        assert_eq!(passed.get("day").map(String::as_str), Some("mon"));
         let loaded = Package::parse("x.toml", text).unwrap();
         assert!(loaded.parameters["pw"].sensitive);
+        assert!(!loaded.parameters["day"].sensitive);
         let TaskKind::Exec(e) = &loaded.tasks["sum"].kind else {
             panic!()
         };

@@ -58,6 +58,18 @@ pub struct RunArgs {
     /// Most children of this execution dispatched or running at once.
     #[arg(long, value_name = "N")]
     pub max_in_flight: Option<u32>,
+    /// Run on this machine without a coordinator: an embedded coordinator and
+    /// one local agent in a temporary directory, for this run only (implies
+    /// --wait). Debug a child package on its own: `baton run child.toml --local -p shard=3`.
+    #[arg(long, conflicts_with_all = ["package", "folder", "pin"])]
+    pub local: bool,
+    /// With --local: slots of the local agent (default: the number of CPUs).
+    #[arg(long, value_name = "N", requires = "local")]
+    pub local_slots: Option<u32>,
+    /// With --local: keep the temporary directory (store, agent logs and job
+    /// directories) even when the run succeeds (it is kept when it fails).
+    #[arg(long, requires = "local")]
+    pub keep: bool,
     #[command(flatten)]
     pub coordinator: CoordinatorOpt,
 }
@@ -101,6 +113,9 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     request.pin = args.pin.clone();
     request.slots_per_child = args.slots_per_child.unwrap_or(0);
     request.max_in_flight = args.max_in_flight.unwrap_or(0);
+    if args.local {
+        return run_local(&args, request).await;
+    }
     let mut client = args.coordinator.connect().await?;
     let started = Instant::now();
     let response = client
@@ -146,6 +161,58 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// `baton run FILE --local`: the same execution on a coordinator and one
+/// agent that live only for this run, on loopback, in a temporary directory.
+async fn run_local(args: &RunArgs, request: pb::StartExecutionRequest) -> Result<u8, CliError> {
+    let slots = args
+        .local_slots
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
+    if slots == 0 || slots > 1024 {
+        return Err(CliError::invalid("USAGE", "--local-slots must be 1..=1024"));
+    }
+    let spec = crate::local_cluster::ClusterSpec {
+        agent_slots: vec![slots],
+        lease_ttl_ms: 3000,
+        heartbeat_ms: 500,
+    };
+    let human = args.output == Format::Human;
+    let mut cluster = crate::local_cluster::LocalCluster::start(&spec, "baton-local-").await?;
+    if human {
+        eprintln!(
+            "local run: embedded coordinator and one agent ({slots} slots) in {}",
+            cluster.path().display()
+        );
+    }
+    let opt = cluster.opt.clone();
+    let started = Instant::now();
+    let outcome = async {
+        let id = cluster
+            .client
+            .start_execution(request)
+            .await
+            .map_err(|s| opt.status(s))?
+            .into_inner()
+            .execution_id;
+        wait(&mut cluster.client, &opt, &id, args.follow).await
+    }
+    .await;
+    let wall = started.elapsed().as_secs_f64();
+    let ok = matches!(&outcome, Ok(s) if s.state == "succeeded");
+    let kept = cluster.stop(args.keep || !ok).await;
+    let summary = outcome?;
+    match args.output {
+        Format::Json => println!("{}", summary_json(&summary, Some(wall))),
+        Format::Human => println!("{}", summary_human(&summary, Some(wall))),
+    }
+    if let Some(kept) = kept {
+        eprintln!(
+            "kept {} (coordinator store, agent log and job directories with each child's logs)",
+            kept.display()
+        );
+    }
+    Ok(if ok { 0 } else { EXIT_FAILED })
 }
 
 /// Follows an execution's summaries until it ends; returns the last one.

@@ -24,6 +24,7 @@ mod drain;
 mod fanout;
 mod foreign_report;
 mod listing;
+mod local;
 mod logs_reconnect;
 mod logs_rows;
 mod parent_flow;

@@ -1,0 +1,68 @@
+//! `baton run FILE --local`: a package (and its children) runs on this machine
+//! with no coordinator to talk to — an embedded coordinator and one agent live
+//! for the run only; a child package can be run on its own to debug it.
+
+use crate::harness::{Cluster, FanoutSpec};
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn a_package_runs_locally_without_a_coordinator() {
+    let c = Cluster::new("local");
+    let marks = c.root().join("marks");
+    let cmd = format!("echo $BATON_PARAM_SHARD >> {}", marks.display());
+    let parent = c.write_fanout("local", &FanoutSpec::new(20, &cmd).parallelism(8));
+    let parent = parent.display().to_string();
+    let out = c.cli_raw(&[
+        "run",
+        &parent,
+        "--local",
+        "--local-slots",
+        "4",
+        "--output",
+        "json",
+    ]);
+    out.expect_code(0);
+    let v = out.json();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["children"]["succeeded"], 20, "{v}");
+    let mut got: Vec<u32> = lines(&marks).iter().map(|l| l.parse().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>());
+
+    // A child package on its own, with its parameter given by hand.
+    let child = std::path::Path::new(&parent).with_file_name("child.toml");
+    std::fs::remove_file(&marks).unwrap();
+    let out = c.cli_raw(&[
+        "run",
+        &child.display().to_string(),
+        "--local",
+        "-p",
+        "shard=7",
+        "--output",
+        "json",
+    ]);
+    out.expect_code(0);
+    assert_eq!(lines(&marks), ["7"]);
+
+    // A failure exits 1 and keeps the directory with the logs.
+    let bad = c.write_fanout("local-bad", &FanoutSpec::new(2, "echo nope >&2; exit 3"));
+    let out = c.cli_raw(&["run", &bad.display().to_string(), "--local"]);
+    out.expect_code(1);
+    let kept = out
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("kept "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no kept directory: {}", out.describe()));
+    let kept = std::path::PathBuf::from(kept);
+    assert!(kept.is_dir(), "{}", kept.display());
+    std::fs::remove_dir_all(&kept).unwrap();
+    c.finish(&[]);
+}
