@@ -69,17 +69,30 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
+    // Children of children too (nested fan-out), every path relative to the
+    // root's directory; each file is read once.
     let mut files = BTreeMap::new();
-    for (task, child_name) in child_files(&parent) {
-        let child_path = dir.join(child_name);
-        let child_text = match files.get(child_name) {
-            Some(text) => String::clone(text),
-            None => read(&child_path)?,
-        };
-        let child = Package::parse(&child_path.display().to_string(), &child_text)?;
-        child.check_sensitive_use()?;
-        check_flow(&parent, task, &child)?;
-        files.insert(child_name.to_string(), child_text);
+    let mut parsed: BTreeMap<String, Package> = BTreeMap::new();
+    let mut queue = std::collections::VecDeque::from([parent.clone()]);
+    while let Some(pkg) = queue.pop_front() {
+        for (task, child_name) in child_files(&pkg) {
+            if let Some(child) = parsed.get(child_name) {
+                check_flow(&pkg, task, child)?;
+                continue;
+            }
+            let child_path = dir.join(child_name);
+            let child_text = if child_name == root {
+                text.clone()
+            } else {
+                read(&child_path)?
+            };
+            let child = Package::parse(&child_path.display().to_string(), &child_text)?;
+            child.check_sensitive_use()?;
+            check_flow(&pkg, task, &child)?;
+            files.insert(child_name.to_string(), child_text);
+            parsed.insert(child_name.to_string(), child.clone());
+            queue.push_back(child);
+        }
     }
     files.insert(root.clone(), text);
     Ok(Bundle { root, files })

@@ -145,6 +145,7 @@ impl Coordinator {
             catalog,
             resumes: 0,
             task_states: Default::default(),
+            parent: None,
             placement,
         };
         self.handle.start(rec, plan).await

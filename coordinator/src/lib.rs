@@ -155,7 +155,8 @@ pub async fn start(
             .map_err(|e| CoordinatorError::Store(e.to_string()))??,
     );
     let secrets = Arc::new(secrets::load(&config.data_dir, store.as_ref()).await?);
-    let sched = recovery::load(store.as_ref(), config.scheduler(), &secrets).await?;
+    let mut sched = recovery::load(store.as_ref(), config.scheduler(), &secrets).await?;
+    sched.set_secrets(secrets.clone());
     let audit = Arc::new(auth::audit::Audit::open(&config.data_dir)?);
     let auth = auth::Auth::new(store.clone(), audit);
     auth.ensure_admin().await?;

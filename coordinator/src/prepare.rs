@@ -17,6 +17,11 @@ use crate::secrets::SealingKey;
 #[derive(Debug, Clone)]
 pub struct ChildPackage {
     pub name: String,
+    /// Its path in the bundle (empty for the package of a parent's `exec`).
+    pub path: String,
+    /// It has `child` or `foreach` tasks: the coordinator runs it as a
+    /// sub-execution instead of sending it to an agent (nested fan-out).
+    pub fans_out: bool,
     pub hash: String,
     pub content: Arc<[u8]>,
     /// Sent inside StartJob; when false (catalog packages) agents fetch the
@@ -28,6 +33,8 @@ impl ChildPackage {
     fn from_text(name: &str, text: &str) -> ChildPackage {
         ChildPackage {
             name: name.to_string(),
+            path: String::new(),
+            fans_out: false,
             hash: content_hash(text),
             content: Arc::from(text.as_bytes()),
             inline: true,
@@ -127,6 +134,18 @@ fn load_child(
     path: &str,
     files: &BTreeMap<String, String>,
 ) -> Result<(Package, ChildPackage), CoordinatorError> {
+    load_child_at(task, path, files, 1)
+}
+
+/// Most levels of child packages a bundle may nest (a cycle hits it too).
+const MAX_BUNDLE_DEPTH: u32 = 8;
+
+fn load_child_at(
+    task: &str,
+    path: &str,
+    files: &BTreeMap<String, String>,
+    depth: u32,
+) -> Result<(Package, ChildPackage), CoordinatorError> {
     if let baton_package::ChildRef::Catalog(name) = baton_package::ChildRef::parse(path) {
         return Err(invalid(format!(
             "task '{task}' names catalog package '{name}'; in this version a parent runs child \
@@ -140,8 +159,46 @@ fn load_child(
     })?;
     let child = Package::parse(path, text)?;
     child.check_sensitive_use()?;
-    let shipped = ChildPackage::from_text(&child.name, text);
+    let mut shipped = ChildPackage::from_text(&child.name, text);
+    shipped.path = path.to_string();
+    shipped.fans_out = child
+        .tasks
+        .values()
+        .any(|t| matches!(t.kind, TaskKind::Child(_) | TaskKind::Foreach(_)));
+    if shipped.fans_out {
+        // Its own children must be in the bundle too: plan it now, so that a
+        // missing file or a bad package fails the start, not a child later.
+        plan_shape(path, files, depth)?;
+    }
     Ok((child, shipped))
+}
+
+/// Checks that a package that fans out has its children in the bundle (its
+/// parameters are bound only when it runs as a sub-execution).
+fn plan_shape(
+    path: &str,
+    files: &BTreeMap<String, String>,
+    depth: u32,
+) -> Result<(), CoordinatorError> {
+    if depth >= MAX_BUNDLE_DEPTH {
+        return Err(invalid(format!(
+            "child packages nest more than {MAX_BUNDLE_DEPTH} levels below the root at '{path}' \
+             (does a package run itself through its children?)"
+        )));
+    }
+    let text = files
+        .get(path)
+        .ok_or_else(|| invalid(format!("the bundle has no file '{path}'")))?;
+    let pkg = Package::parse(path, text)?;
+    for t in pkg.tasks.values() {
+        let child = match &t.kind {
+            TaskKind::Child(ct) => &ct.child,
+            TaskKind::Foreach(fe) => &fe.child,
+            _ => continue,
+        };
+        load_child_at(&t.name, child, files, depth + 1)?;
+    }
+    Ok(())
 }
 
 /// Parses the root package and its children, binds parameters and expands

@@ -173,6 +173,20 @@ pub struct ExecutionRecord {
     /// --placement/--require/--pin/--slots-per-child/--max-in-flight`).
     #[serde(default, skip_serializing_if = "is_default_policy")]
     pub placement: crate::placement::PlacementPolicy,
+    /// Set on a sub-execution (nested fan-out): the child it runs as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+/// The child of another execution that a sub-execution runs as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentLink {
+    pub execution_id: String,
+    pub task: String,
+    pub index: u32,
+    pub attempt: u32,
+    /// 1 for a child of a top-level execution, 2 below that, …
+    pub depth: u32,
 }
 
 fn is_default_policy(p: &crate::placement::PlacementPolicy) -> bool {

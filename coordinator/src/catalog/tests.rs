@@ -72,6 +72,7 @@ async fn execution(
         }),
         resumes: 0,
         task_states: Default::default(),
+        parent: None,
         placement: Default::default(),
     };
     c.store

@@ -191,6 +191,15 @@ impl Scheduler {
         let Some(agent) = c.rec.agent.clone() else {
             return;
         };
+        if agent == super::nested::COORDINATOR {
+            let reason = if c.rec.cancel_requested {
+                c.rec.reason.clone()
+            } else {
+                e.rec.reason.clone()
+            };
+            self.cancel_nested(cref, &reason);
+            return;
+        }
         let Some(a) = self.agents.get(&agent) else {
             return;
         };

@@ -103,6 +103,16 @@ impl Scheduler {
             return None;
         }
         let &ci = task.queue.front()?;
+        if task.package.as_ref().is_some_and(|p| p.fans_out) {
+            // Nested fan-out: the coordinator runs it, no agent needed.
+            task.queue.pop_front();
+            let cref = ChildRef {
+                exec: slot,
+                task: ti as u16,
+                child: ci,
+            };
+            return Some((cref, super::nested::COORDINATOR.to_string()));
+        }
         let c = &mut task.children[ci as usize];
         if c.excluded_gen != gen_now {
             c.soft_excluded.clear();
@@ -161,17 +171,17 @@ impl Scheduler {
         }
     }
 
-    /// The StartJob request of a child's current attempt (same dispatch id on every resend).
-    fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
+    /// The parameters of a child: a foreach's templates bound to its item and
+    /// the outputs so far; those rendered when a single-child task started.
+    pub(crate) fn child_parameters(
+        &self,
+        cref: ChildRef,
+    ) -> Result<BTreeMap<String, String>, String> {
         let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
         let planned = &e.plan.tasks[cref.task as usize];
         let run = &e.tasks[cref.task as usize];
         let c = &run.children[cref.child as usize];
-        let package = run
-            .package
-            .as_ref()
-            .ok_or("the task has not started (no package)")?;
-        let params = match &planned.work {
+        Ok(match &planned.work {
             Work::Foreach { fe, .. } => {
                 let states = e.engine.states();
                 let scope = Scope {
@@ -180,11 +190,24 @@ impl Scheduler {
                     outputs: e.engine.outputs(),
                     states: &states,
                 };
-                child_params(fe, &scope)
-                    .map_err(|err| format!("cannot bind child parameters: {err}"))?
+                child_params(fe, &scope).map_err(|err| err.to_string())?
             }
             _ => run.params.clone(),
-        };
+        })
+    }
+
+    /// The StartJob request of a child's current attempt (same dispatch id on every resend).
+    fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
+        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let run = &e.tasks[cref.task as usize];
+        let c = &run.children[cref.child as usize];
+        let package = run
+            .package
+            .as_ref()
+            .ok_or("the task has not started (no package)")?;
+        let params = self
+            .child_parameters(cref)
+            .map_err(|err| format!("cannot bind child parameters: {err}"))?;
         Ok(pb::StartJobRequest {
             dispatch_id: Some(pb::DispatchId {
                 execution_id: e.rec.id.clone(),
@@ -204,13 +227,19 @@ impl Scheduler {
             }),
             parameters: params.into_iter().collect(),
             coordinator_epoch: self.epoch,
-            deadline_ms: planned.timeout_s.map_or(0, |s| s.saturating_mul(1000)),
+            deadline_ms: e.plan.tasks[cref.task as usize]
+                .timeout_s
+                .map_or(0, |s| s.saturating_mul(1000)),
             traceparent: String::new(),
             folder: e.rec.folder().to_string(),
         })
     }
 
     fn dispatch_to(&mut self, cref: ChildRef, agent: String, now: Instant) {
+        if agent == super::nested::COORDINATOR {
+            self.start_nested(cref);
+            return;
+        }
         let request = match self.start_request(cref) {
             Ok(r) => r,
             Err(reason) => {

@@ -75,6 +75,10 @@ impl Scheduler {
         }
         for (cref, c) in on_agent {
             let agent = c.agent.clone().unwrap_or_default();
+            if agent == super::nested::COORDINATOR {
+                // Its sub-execution is restored as a running execution of its own.
+                continue;
+            }
             match self.agents.get_mut(&agent) {
                 Some(a) => {
                     a.active.insert(cref);
@@ -309,23 +313,50 @@ impl Scheduler {
         };
         let status = pb::JobStatus::try_from(f.status).unwrap_or(pb::JobStatus::Unspecified);
         self.note_child_end(agent, status, now);
+        let mut completion_ms = None;
+        if let Some(c) = self.child_mut(cref) {
+            if let Some(at) = c.dispatched_at.take() {
+                completion_ms = Some(now.saturating_duration_since(at).as_millis() as u64);
+            }
+            if c.rec.started_unix_ms == 0 {
+                c.rec.started_unix_ms = at_ms.saturating_sub(f.duration_ms);
+            }
+        }
+        if let Some(ms) = completion_ms {
+            self.latency.completion_ms.record(ms);
+        }
+        self.child_ended(
+            cref,
+            agent,
+            status,
+            f.exit_code,
+            f.outputs.into_iter().collect(),
+            f.reason,
+        );
+    }
+
+    /// A child's current attempt ended on `agent` (an agent's report, or the
+    /// end of the sub-execution it ran as): retry it by policy, or record its
+    /// terminal phase and move the execution on.
+    pub(crate) fn child_ended(
+        &mut self,
+        cref: ChildRef,
+        agent: &str,
+        status: pb::JobStatus,
+        exit_code: i32,
+        outputs: BTreeMap<String, String>,
+        reason: String,
+    ) {
         let Some(e) = self.execs.get_mut(&cref.exec) else {
             return;
         };
         let retry = e.plan.tasks[cref.task as usize].retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
-        if let Some(at) = c.dispatched_at.take() {
-            let ms = now.saturating_duration_since(at).as_millis();
-            self.latency.completion_ms.record(ms as u64);
-        }
-        c.rec.exit_code = Some(f.exit_code);
-        c.rec.outputs = f.outputs.into_iter().collect();
+        c.rec.exit_code = Some(exit_code);
+        c.rec.outputs = outputs;
         // A child cancelled alone keeps the reason it was cancelled for.
         if !(c.rec.cancel_requested && status == pb::JobStatus::Cancelled) {
-            c.rec.reason = f.reason;
-        }
-        if c.rec.started_unix_ms == 0 {
-            c.rec.started_unix_ms = at_ms.saturating_sub(f.duration_ms);
+            c.rec.reason = reason;
         }
         let terminal = match status {
             pb::JobStatus::Succeeded => Phase::Succeeded,

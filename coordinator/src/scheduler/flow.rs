@@ -169,6 +169,9 @@ impl Scheduler {
             lost_attempts: sum.lost_attempts,
         });
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
+        if e.rec.parent.is_some() {
+            self.nested_ended(slot);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod cancel;
 mod dispatch;
 mod executions;
 mod flow;
+mod nested;
 mod quarantine;
 mod resume;
 #[cfg(test)]
@@ -259,6 +260,8 @@ pub struct Scheduler {
     pub stats: Stats,
     /// Latency histograms (fixed memory); the scheduler task records accept times.
     pub latency: Latency,
+    /// Seals sensitive parameters of sub-executions (nested fan-out).
+    pub(crate) secrets: Option<std::sync::Arc<crate::secrets::SealingKey>>,
 }
 
 impl Scheduler {
@@ -286,7 +289,13 @@ impl Scheduler {
             effects: Vec::new(),
             stats: Stats::default(),
             latency: Latency::default(),
+            secrets: None,
         }
+    }
+
+    /// The key that seals sensitive parameters of the sub-executions it starts.
+    pub fn set_secrets(&mut self, key: std::sync::Arc<crate::secrets::SealingKey>) {
+        self.secrets = Some(key);
     }
 
     pub fn epoch(&self) -> u64 {

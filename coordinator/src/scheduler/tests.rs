@@ -62,6 +62,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
         catalog: None,
         resumes: 0,
         task_states: Default::default(),
+        parent: None,
         placement: Default::default(),
     };
     s.start(rec, plan)

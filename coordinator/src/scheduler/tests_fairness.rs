@@ -74,6 +74,7 @@ fn start_as(
         catalog: None,
         resumes: 0,
         task_states: Default::default(),
+        parent: None,
         placement,
     };
     Ok(s.start(rec, plan))

@@ -1,0 +1,199 @@
+//! Nested fan-out: a child package that itself has `child` or `foreach` tasks
+//! is never shipped to an agent (an agent runs processes, not fan-outs). The
+//! coordinator runs it as a *sub-execution* — an execution of its own, linked
+//! to the child it stands for — whose children go to agents like any other.
+//!
+//! - The child is "running" on [`COORDINATOR`] while its sub-execution runs;
+//!   the sub-execution's record names the parent child (execution, task, index,
+//!   attempt) and its nesting depth, at most [`MAX_DEPTH`].
+//! - When the sub-execution ends, the child ends the same way (succeeded,
+//!   failed, cancelled), in the same store batch, with the sub-execution's
+//!   outputs (every task's, later tasks winning a shared key); the parent's
+//!   retry policy applies to it as to any child.
+//! - Cancelling the parent (or the child alone) cancels the sub-execution; a
+//!   restart restores both as running executions and the link holds.
+
+use std::collections::BTreeMap;
+
+use tracing::{info, warn};
+
+use super::{ChildRef, Scheduler};
+use crate::prepare::plan_bundle;
+use crate::records::{ExecutionRecord, ExecutionState, ParentLink, Phase, now_unix_ms};
+
+/// The pseudo-agent that runs sub-executions.
+pub const COORDINATOR: &str = "@coordinator";
+
+/// Deepest nesting: a parent's child is depth 1, its child's child depth 2, …
+pub const MAX_DEPTH: u32 = 4;
+
+impl Scheduler {
+    /// Starts the sub-execution of a child whose package fans out, instead of
+    /// a dispatch. A child that cannot start one fails with the reason.
+    pub(crate) fn start_nested(&mut self, cref: ChildRef) {
+        let made = self.nested_record(cref);
+        let (rec, plan) = match made {
+            Ok(r) => r,
+            Err(reason) => {
+                if let Some(c) = self.child_mut(cref) {
+                    c.rec.reason = reason;
+                }
+                self.set_phase(cref, Phase::Failed);
+                self.advance(cref.exec);
+                return;
+            }
+        };
+        let sub_id = rec.id.clone();
+        if let Some(c) = self.child_mut(cref) {
+            if c.rec.attempt_agents.len() < c.rec.attempt as usize {
+                c.rec.attempt_agents.push(COORDINATOR.to_string());
+            }
+            c.rec.agent = Some(COORDINATOR.to_string());
+            c.rec.reason = format!("runs as execution {sub_id}");
+            c.rec.started_unix_ms = now_unix_ms();
+            c.waiting_reason.clear();
+        }
+        self.set_phase(cref, Phase::Running);
+        self.stats.dispatches += 1;
+        info!(child = ?cref, execution = %sub_id, "nested fan-out: child runs as a sub-execution");
+        self.start(rec, plan);
+    }
+
+    fn nested_record(
+        &self,
+        cref: ChildRef,
+    ) -> Result<(ExecutionRecord, crate::prepare::Plan), String> {
+        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let depth = e.rec.parent.as_ref().map_or(0, |p| p.depth) + 1;
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "nested fan-out deeper than {MAX_DEPTH} levels: a child package that fans out \
+                 runs here at depth {depth}"
+            ));
+        }
+        let run = &e.tasks[cref.task as usize];
+        let c = &run.children[cref.child as usize];
+        let root = run
+            .package
+            .as_ref()
+            .map(|p| p.path.clone())
+            .ok_or("the task has not started (no package)")?;
+        let params = self
+            .child_parameters(cref)
+            .map_err(|err| format!("cannot bind child parameters: {err}"))?;
+        let plan = plan_bundle(&root, &e.rec.files, &params).map_err(|err| err.to_string())?;
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let sealed = match &self.secrets {
+            Some(key) => {
+                crate::secrets::seal_params(key, &id, params, |name| plan.params.is_sensitive(name))
+                    .map_err(|err| err.to_string())?
+            }
+            None if plan.params.iter().any(|(n, _)| plan.params.is_sensitive(n)) => {
+                return Err("no sealing key to keep sensitive parameters at rest".into());
+            }
+            None => params,
+        };
+        let rec = ExecutionRecord {
+            id,
+            package: plan.package.clone(),
+            root,
+            files: e.rec.files.clone(),
+            params: sealed,
+            state: ExecutionState::Running,
+            current_task: 0,
+            created_unix_ms: now_unix_ms(),
+            finished_unix_ms: 0,
+            reason: String::new(),
+            stale_events: 0,
+            cancel_requested: false,
+            final_counts: None,
+            folder: e.rec.folder.clone(),
+            catalog: e.rec.catalog.clone(),
+            resumes: 0,
+            task_states: BTreeMap::new(),
+            placement: e.rec.placement.clone(),
+            parent: Some(ParentLink {
+                execution_id: e.rec.id.clone(),
+                task: c.rec.task.clone(),
+                index: c.rec.index,
+                attempt: c.rec.attempt,
+                depth,
+            }),
+        };
+        let mut plan = plan;
+        if e.rec.catalog.is_some() {
+            plan.fetch_by_hash();
+        }
+        Ok((rec, plan))
+    }
+
+    /// A sub-execution ended: its parent child ends the same way.
+    pub(crate) fn nested_ended(&mut self, sub_slot: u64) {
+        let Some(sub) = self.execs.get(&sub_slot) else {
+            return;
+        };
+        let Some(link) = sub.rec.parent.clone() else {
+            return;
+        };
+        let state = sub.rec.state;
+        let reason = format!("execution {}: {}", sub.rec.id, sub.rec.reason);
+        let mut outputs = BTreeMap::new();
+        for t in sub.engine.package().task_order() {
+            if let Some(o) = sub.engine.outputs().get(&t.name) {
+                outputs.extend(o.clone());
+            }
+        }
+        let Some(&slot) = self.exec_ids.get(&link.execution_id) else {
+            warn!(execution = %link.execution_id, "the parent of a sub-execution is not running");
+            return;
+        };
+        let Some(e) = self.execs.get(&slot) else {
+            return;
+        };
+        let Some(&ti) = e.task_index.get(&link.task) else {
+            return;
+        };
+        let cref = ChildRef {
+            exec: slot,
+            task: ti,
+            child: link.index,
+        };
+        let Some(c) = self.child(cref) else {
+            return;
+        };
+        if c.rec.attempt != link.attempt || !c.rec.phase.is_on_agent() {
+            return;
+        }
+        let status = match state {
+            ExecutionState::Succeeded => baton_proto::JobStatus::Succeeded,
+            ExecutionState::Cancelled => baton_proto::JobStatus::Cancelled,
+            _ => baton_proto::JobStatus::Failed,
+        };
+        self.child_ended(cref, COORDINATOR, status, 0, outputs, reason);
+    }
+
+    /// Cancels the sub-execution a child runs as (the child ends when it does).
+    pub(crate) fn cancel_nested(&mut self, cref: ChildRef, reason: &str) {
+        let Some(e) = self.execs.get(&cref.exec) else {
+            return;
+        };
+        let parent_id = e.rec.id.clone();
+        let c = &e.tasks[cref.task as usize].children[cref.child as usize];
+        let (task, index, attempt) = (c.rec.task.clone(), c.rec.index, c.rec.attempt);
+        let sub = self.execs.iter().find_map(|(s, x)| {
+            x.rec
+                .parent
+                .as_ref()
+                .filter(|p| {
+                    p.execution_id == parent_id
+                        && p.task == task
+                        && p.index == index
+                        && p.attempt == attempt
+                })
+                .map(|_| (*s, x.rec.id.clone()))
+        });
+        if let Some((_, sub_id)) = sub {
+            let _ = self.cancel(&sub_id, reason);
+        }
+    }
+}
