@@ -245,6 +245,13 @@ impl Scheduler {
         for (_, cref) in due {
             self.resend_dispatch(cref, now);
         }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry_later)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.retry_later = later;
+        for (_, cref) in due {
+            self.retry_due(cref);
+        }
         self.end_quarantines(now);
     }
 

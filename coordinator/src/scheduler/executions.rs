@@ -332,12 +332,29 @@ impl Scheduler {
             f.exit_code,
             f.outputs.into_iter().collect(),
             f.reason,
+            Some(now),
         );
+    }
+
+    /// A child's retry backoff is over: it takes its place in the queue again.
+    pub(crate) fn retry_due(&mut self, cref: ChildRef) {
+        let Some(e) = self.execs.get_mut(&cref.exec) else {
+            return;
+        };
+        let task = &mut e.tasks[cref.task as usize];
+        let Some(c) = task.children.get(cref.child as usize) else {
+            return;
+        };
+        if c.rec.phase == Phase::Pending && !e.rec.cancel_requested && !c.rec.cancel_requested {
+            task.queue.push_back(cref.child);
+        }
     }
 
     /// A child's current attempt ended on `agent` (an agent's report, or the
     /// end of the sub-execution it ran as): retry it by policy, or record its
-    /// terminal phase and move the execution on.
+    /// terminal phase and move the execution on. With `now`, a retry waits
+    /// for the task's backoff (`retry.backoff_s`, doubling, jittered).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn child_ended(
         &mut self,
         cref: ChildRef,
@@ -346,6 +363,7 @@ impl Scheduler {
         exit_code: i32,
         outputs: BTreeMap<String, String>,
         reason: String,
+        now: Option<Instant>,
     ) {
         let Some(e) = self.execs.get_mut(&cref.exec) else {
             return;
@@ -372,8 +390,19 @@ impl Scheduler {
             c.rec.failures += 1;
             c.rec.attempt += 1;
             c.avoid = Some(agent.to_string());
-            info!(dispatch = ?cref, agent, attempt = c.rec.attempt, "child failed; retrying");
-            self.requeue(cref, false);
+            // Jitter seeded by the child, so that siblings spread out.
+            let seed = crate::scheduler::flow::child_seed(&e.rec.id, &c.rec.task, c.rec.index);
+            let delay = retry
+                .delay_after(c.rec.failures, seed)
+                .filter(|d| !d.is_zero());
+            info!(dispatch = ?cref, agent, attempt = c.rec.attempt, delay_ms = delay.map_or(0, |d| d.as_millis() as u64), "child failed; retrying");
+            match (delay, now) {
+                (Some(d), Some(now)) => {
+                    self.set_phase(cref, Phase::Pending);
+                    self.retry_later.push((now + d, cref));
+                }
+                _ => self.requeue(cref, false),
+            }
             return;
         }
         if terminal != Phase::Succeeded {

@@ -29,6 +29,14 @@ use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, now_unix_m
 /// Per-child outputs are repeated as `KEY.INDEX` only up to this many children.
 pub const INDEXED_OUTPUTS_MAX: usize = 1_000;
 
+/// A stable seed for one child's retry jitter.
+pub(crate) fn child_seed(execution: &str, task: &str, index: u32) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (execution, task, index).hash(&mut h);
+    h.finish()
+}
+
 /// A fresh child record.
 pub(crate) fn new_child(task: &str, index: u32, item: String) -> ChildRecord {
     ChildRecord {

@@ -18,7 +18,7 @@ mod agents;
 mod cancel;
 mod dispatch;
 mod executions;
-mod flow;
+pub(crate) mod flow;
 mod nested;
 mod quarantine;
 mod resume;
@@ -28,6 +28,8 @@ mod tests;
 mod tests_cancel_child;
 #[cfg(test)]
 mod tests_fairness;
+#[cfg(test)]
+mod tests_flow;
 #[cfg(test)]
 mod tests_ops;
 mod view;
@@ -246,6 +248,9 @@ pub struct Scheduler {
     /// Bumped whenever capacity may have appeared; clears soft exclusions.
     pub(crate) capacity_gen: u64,
     pub(crate) resend: Vec<(Instant, ChildRef)>,
+    /// Failed children waiting for their retry's backoff (in memory only: a
+    /// restart retries them at once).
+    pub(crate) retry_later: Vec<(Instant, ChildRef)>,
     pub(crate) dirty_children: HashSet<ChildRef>,
     pub(crate) dirty_execs: HashSet<u64>,
     pub(crate) dirty_agents: HashSet<String>,
@@ -278,6 +283,7 @@ impl Scheduler {
             next_slot: 1,
             capacity_gen: 0,
             resend: Vec::new(),
+            retry_later: Vec::new(),
             dirty_children: HashSet::new(),
             dirty_execs: HashSet::new(),
             dirty_agents: HashSet::new(),

@@ -169,7 +169,7 @@ impl Scheduler {
             ExecutionState::Cancelled => baton_proto::JobStatus::Cancelled,
             _ => baton_proto::JobStatus::Failed,
         };
-        self.child_ended(cref, COORDINATOR, status, 0, outputs, reason);
+        self.child_ended(cref, COORDINATOR, status, 0, outputs, reason, None);
     }
 
     /// Cancels the sub-execution a child runs as (the child ends when it does).

@@ -1,0 +1,206 @@
+//! Scheduler tests of a parent package's control flow: independent tasks are
+//! dispatched together, a dependent task waits for both, an on-failure task
+//! runs only on failure, outputs reach the next task's children, and a
+//! retry waits for its backoff.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use baton_proto as pb;
+
+use super::tests::{finished, reg, settle};
+use super::*;
+use crate::prepare::plan_bundle;
+use crate::records::ExecutionState;
+
+const CHILD: &str = "name='c'\n[parameters.shard]\ntype='string'\n[tasks.run]\nexec=['true']\n";
+
+fn start_with(s: &mut Scheduler, parent: &str) {
+    let files: BTreeMap<String, String> = [
+        ("p.toml".into(), parent.into()),
+        ("c.toml".into(), CHILD.into()),
+    ]
+    .into();
+    let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
+    let rec = ExecutionRecord {
+        folder: String::new(),
+        id: "e1".into(),
+        package: plan.package.clone(),
+        root: "p.toml".into(),
+        files,
+        params: BTreeMap::new(),
+        state: ExecutionState::Running,
+        current_task: 0,
+        created_unix_ms: 0,
+        finished_unix_ms: 0,
+        reason: String::new(),
+        stale_events: 0,
+        cancel_requested: false,
+        final_counts: None,
+        catalog: None,
+        resumes: 0,
+        task_states: Default::default(),
+        parent: None,
+        placement: Default::default(),
+    };
+    s.start(rec, plan);
+}
+
+fn long_lease() -> Scheduler {
+    Scheduler::new(
+        SchedulerConfig {
+            lease_ttl: Duration::from_secs(3600),
+            ..SchedulerConfig::default()
+        },
+        1,
+    )
+}
+
+fn tasks_of(d: &[(String, ChildRef, u32, pb::DispatchId)]) -> Vec<String> {
+    let mut t: Vec<String> = d.iter().map(|x| x.3.task_path.clone()).collect();
+    t.sort();
+    t
+}
+
+fn state(s: &Scheduler, task: &str) -> String {
+    s.execution_view("e1")
+        .unwrap()
+        .tasks
+        .into_iter()
+        .find(|t| t.0 == task)
+        .map(|t| t.1)
+        .unwrap()
+}
+
+const DIAMOND: &str = "name='p'\n\
+    [tasks.a]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='${item}'}\n\
+    [tasks.b]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='${item}'}\n\
+    [tasks.join]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='${tasks.a.outputs.k.0}'}\nafter=['a','b']\n\
+    [tasks.rescue]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\nafter=[{task='join', on='failure'}]\n";
+
+#[test]
+fn independent_tasks_run_together_and_a_join_waits_for_both() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    start_with(&mut s, DIAMOND);
+    let d = settle(&mut s, now);
+    assert_eq!(tasks_of(&d), ["a", "b"], "a and b at once, nothing else");
+    let id_a = d.iter().find(|x| x.3.task_path == "a").unwrap().3.clone();
+    let id_b = d.iter().find(|x| x.3.task_path == "b").unwrap().3.clone();
+    // a ends with an output; join is not ready while b runs.
+    s.agent_event("a", with_output(1, &id_a, "k", "from-a"), now);
+    assert!(settle(&mut s, now).is_empty(), "join waits for b");
+    s.agent_event("a", finished(2, &id_b, pb::JobStatus::Succeeded), now);
+    let d = settle(&mut s, now);
+    assert_eq!(tasks_of(&d), ["join"]);
+    // a's output reached join's child parameters.
+    let params = s.child_parameters(d[0].1).unwrap();
+    assert_eq!(params["shard"], "from-a");
+    s.agent_event("a", finished(3, &d[0].3, pb::JobStatus::Succeeded), now);
+    assert_eq!(state(&s, "rescue"), "skipped");
+    assert_eq!(summary_state(&s), "succeeded");
+    assert!(settle(&mut s, now).is_empty());
+}
+
+fn summary_state(s: &Scheduler) -> String {
+    super::tests::summary(s).state
+}
+
+fn with_output(seq: u64, id: &pb::DispatchId, k: &str, v: &str) -> pb::AgentEvent {
+    let mut ev = finished(seq, id, pb::JobStatus::Succeeded);
+    if let Some(pb::agent_event::Body::Finished(f)) = &mut ev.body {
+        f.outputs = [(k.to_string(), v.to_string())].into();
+    }
+    ev
+}
+
+#[test]
+fn a_failure_runs_the_on_failure_task_and_fails_the_execution() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    start_with(&mut s, DIAMOND);
+    let d = settle(&mut s, now);
+    for (i, x) in d.iter().enumerate() {
+        s.agent_event("a", with_output(i as u64 + 1, &x.3, "k", "v"), now);
+    }
+    let d = settle(&mut s, now);
+    assert_eq!(tasks_of(&d), ["join"]);
+    s.agent_event("a", finished(3, &d[0].3, pb::JobStatus::Failed), now);
+    let d = settle(&mut s, now);
+    assert_eq!(tasks_of(&d), ["rescue"], "the on-failure task runs");
+    s.agent_event("a", finished(4, &d[0].3, pb::JobStatus::Succeeded), now);
+    assert_eq!(state(&s, "join"), "failed");
+    assert_eq!(state(&s, "rescue"), "succeeded");
+    assert_eq!(
+        summary_state(&s),
+        "failed",
+        "a handled failure still fails the run"
+    );
+}
+
+#[test]
+fn a_template_that_cannot_be_rendered_fails_its_task_before_any_child() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    start_with(&mut s, DIAMOND);
+    let d = settle(&mut s, now);
+    // a writes no output `k`: join's parameters cannot be rendered.
+    for (i, x) in d.iter().enumerate() {
+        s.agent_event(
+            "a",
+            finished(i as u64 + 1, &x.3, pb::JobStatus::Succeeded),
+            now,
+        );
+    }
+    let view = s.execution_view("e1").unwrap();
+    let join = view.tasks.iter().find(|t| t.0 == "join").unwrap();
+    assert_eq!(join.1, "failed");
+    assert!(join.2.contains("has no output 'k.0'"), "{join:?}");
+    assert!(
+        view.children.iter().all(|c| c.task != "join"),
+        "no child was made"
+    );
+    let d = settle(&mut s, now);
+    assert_eq!(tasks_of(&d), ["rescue"]);
+}
+
+#[test]
+fn a_retry_waits_for_its_backoff() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    let parent = "name='p'\n[tasks.t]\nforeach={items=['1']}\nchild='c.toml'\n\
+        params={shard='${item}'}\nretry={attempts=2, backoff_s=5}\n";
+    start_with(&mut s, parent);
+    let d = settle(&mut s, now);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Failed), now);
+    assert!(settle(&mut s, now).is_empty(), "not before the backoff");
+    s.tick(now + Duration::from_secs(4));
+    assert!(settle(&mut s, now + Duration::from_secs(4)).is_empty());
+    s.tick(now + Duration::from_secs(6));
+    let d = settle(&mut s, now + Duration::from_secs(6));
+    assert_eq!(d.len(), 1, "retried after 5 s");
+    assert_eq!(d[0].2, 2, "attempt 2");
+}
+
+#[test]
+fn max_failures_stops_a_foreach_early() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 1, "b1", now);
+    let parent = "name='p'\n[tasks.t]\nforeach={items=['1','2','3','4']}\nchild='c.toml'\n\
+        params={shard='${item}'}\nmax_failures=0\n";
+    start_with(&mut s, parent);
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 1, "one slot");
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Failed), now);
+    let sum = super::tests::summary(&s);
+    assert_eq!((sum.state.as_str(), sum.failed), ("failed", 4), "{sum:?}");
+    assert!(
+        settle(&mut s, now).is_empty(),
+        "no child after the first failure"
+    );
+}
