@@ -1,0 +1,175 @@
+//! Placement and admission end to end, on real processes: label constraints put
+//! every child on matching agents (and say so when none match), spread by label
+//! splits children evenly over the values, weights are registered and listed, an
+//! agent whose children all fail is quarantined with its reason in `agents list`,
+//! and a start past `--max-pending-children` is refused as busy (exit 5) or,
+//! when it can never fit, as too large.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
+
+fn agent(c: &mut Cluster, name: &str, slots: u32, extra: &[&str]) {
+    let mut opts = AgentOpts::new(name, slots);
+    opts.extra_args = extra.iter().map(|s| (*s).to_owned()).collect();
+    c.start_agent_with(opts).expect("agent announced");
+}
+
+#[test]
+fn labels_constrain_and_spread_children() {
+    let mut c = Cluster::new("placement_labels");
+    c.start_coordinator();
+    agent(&mut c, "a1", 4, &["--label", "zone=a"]);
+    agent(&mut c, "a2", 4, &["--label", "zone=a"]);
+    agent(&mut c, "b1", 4, &["--label", "zone=b"]);
+    agent(&mut c, "b2", 4, &["--label", "zone=b", "--weight", "2"]);
+    c.agents_ready(4);
+    let listing = c.cli(&["agents", "list", "--output", "json"]).json();
+    let weights: BTreeMap<String, u64> = listing["agents"]
+        .as_array()
+        .expect("agents array")
+        .iter()
+        .map(|a| {
+            (
+                a["name"].as_str().unwrap_or_default().to_owned(),
+                a["weight"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(weights["b2"], 2, "{listing}");
+    assert_eq!(weights["a1"], 1, "{listing}");
+
+    let parent = c.write_fanout("fan", &FanoutSpec::new(8, "sleep 0.5"));
+    let id = c.start_run(&parent, &["--require", "zone=b"]);
+    let view = c.wait_exec_terminal(&id, Duration::from_secs(30));
+    assert_eq!(view.status, "succeeded", "{}", view.brief());
+    for child in &view.children {
+        assert!(
+            child.agent == "b1" || child.agent == "b2",
+            "child {} ran on {} despite --require zone=b",
+            child.index,
+            child.agent
+        );
+    }
+
+    // All eight fit at once (16 slots): spread puts four in each zone.
+    let id = c.start_run(&parent, &["--placement", "spread:zone"]);
+    let view = c.wait_exec_terminal(&id, Duration::from_secs(30));
+    assert_eq!(view.status, "succeeded", "{}", view.brief());
+    let in_a = view
+        .children
+        .iter()
+        .filter(|ch| ch.agent.starts_with('a'))
+        .count();
+    assert_eq!(
+        (in_a, view.children.len() - in_a),
+        (4, 4),
+        "spread:zone split unevenly: {}",
+        view.brief()
+    );
+
+    // A constraint no agent meets: the children wait, and say why.
+    let id = c.start_run(&parent, &["--require", "zone=eu"]);
+    let said = wait_until(Duration::from_secs(10), Duration::from_millis(200), || {
+        c.exec_show(&id)
+            .raw
+            .to_string()
+            .contains("no agent has zone=eu")
+    });
+    assert!(said, "no reason naming zone=eu: {}", c.exec_show(&id).raw);
+    c.cli(&["exec", "cancel", &id]).expect_code(0);
+    c.finish(&[]);
+}
+
+#[test]
+fn an_agent_whose_children_fail_is_quarantined() {
+    let mut c = Cluster::new("placement_quarantine");
+    c.start_coordinator_with(&[
+        "--quarantine-failures",
+        "3",
+        "--quarantine-window",
+        "60s",
+        "--quarantine-cooldown",
+        "10m",
+    ]);
+    agent(&mut c, "good1", 2, &[]);
+    agent(&mut c, "good2", 2, &[]);
+    // Its jobs run under its data directory: the child fails only there.
+    agent(&mut c, "zbad", 2, &[]);
+    c.agents_ready(3);
+    let mut spec = FanoutSpec::new(
+        24,
+        r#"case "$PWD" in */zbad/data/*) exit 3;; esac; sleep 0.1"#,
+    );
+    spec.attempts = 4;
+    let parent = c.write_fanout("flaky", &spec);
+    let id = c.start_run(&parent, &[]);
+    let view = c.wait_exec_terminal(&id, Duration::from_secs(60));
+    assert_eq!(
+        view.status,
+        "succeeded",
+        "retries avoid the bad agent: {}",
+        view.brief()
+    );
+    let listing = c.cli(&["agents", "list", "--output", "json"]).json();
+    let bad = listing["agents"]
+        .as_array()
+        .expect("agents array")
+        .iter()
+        .find(|a| a["name"] == "zbad")
+        .cloned()
+        .expect("zbad listed");
+    assert_eq!(bad["state"], "quarantined", "{listing}");
+    let reason = bad["quarantine_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("3 children failed"), "reason: {reason:?}");
+    assert!(bad["quarantined_until_unix_ms"].as_u64().unwrap_or(0) > 0);
+    let human = c.cli(&["agents", "list"]);
+    human.expect_code(0);
+    assert!(
+        human
+            .stdout
+            .contains("zbad: quarantined: 3 children failed"),
+        "{}",
+        human.stdout
+    );
+    // The good agents are never quarantined (at most half the fleet is).
+    for a in listing["agents"].as_array().expect("agents array") {
+        if a["name"] != "zbad" {
+            assert_eq!(a["state"], "ready", "{a}");
+        }
+    }
+    c.finish(&[]);
+}
+
+#[test]
+fn starts_past_the_pending_limit_are_refused_as_busy() {
+    let mut c = Cluster::new("placement_busy");
+    c.start_coordinator_with(&["--max-pending-children", "10"]);
+    c.start_agent("a1", 1);
+    c.agents_ready(1);
+    let parent = c.write_fanout("slow", &FanoutSpec::new(8, "sleep 2"));
+    let first = c.start_run(&parent, &[]);
+
+    let pkg = parent.display().to_string();
+    let busy = c.cli(&["run", &pkg, "-p", "children=5"]);
+    busy.expect_code(5);
+    assert!(
+        busy.stderr.contains("COORDINATOR_BUSY") && busy.stderr.contains("busy, retry after 30 s"),
+        "{}",
+        busy.describe()
+    );
+
+    let huge = c.cli(&["run", &pkg, "-p", "children=11"]);
+    huge.expect_code(2);
+    assert!(
+        huge.stderr.contains("EXECUTION_TOO_LARGE"),
+        "{}",
+        huge.describe()
+    );
+
+    // Small enough to fit next to the first: accepted.
+    c.start_run(&parent, &["-p", "children=2"]);
+    c.cli(&["exec", "cancel", &first]).expect_code(0);
+    c.finish(&[]);
+}
