@@ -27,6 +27,7 @@ mod listing;
 mod local;
 mod logs_reconnect;
 mod logs_rows;
+mod placement;
 mod nested;
 mod parent_flow;
 mod resume;
