@@ -112,7 +112,11 @@ impl LocalCluster {
             heartbeat_ms: spec.heartbeat_ms,
             security: baton_coordinator::transport::Security::Tls(live),
             retention: baton_coordinator::retention::Policy::default(),
-            scheduling: Default::default(),
+            // Every agent is a process on this machine.
+            scheduling: baton_coordinator::SchedulingConfig {
+                local_children: true,
+                ..Default::default()
+            },
         };
         let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
         let opt = CoordinatorOpt {

@@ -40,6 +40,8 @@ pub struct Coordinator {
     /// Held while ended executions are read back to be resumed, and by each
     /// retention pass: a pass never deletes what a resume has just read.
     pub(crate) history: Arc<tokio::sync::Mutex<()>>,
+    /// `child` tasks with `local = true` may run (every agent is on this machine).
+    pub(crate) local_children: bool,
 }
 
 /// What `watch` returns.
@@ -120,6 +122,19 @@ impl Coordinator {
         .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
         if catalog.is_some() {
             plan.fetch_by_hash();
+        }
+        if !self.local_children
+            && let Some(t) = plan
+                .tasks
+                .iter()
+                .find(|t| matches!(&t.work, crate::prepare::Work::Child { ct, .. } if ct.local))
+        {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "task '{}' is a local child (`local = true`): it runs on the machine that runs \
+                 the package, which only `baton run --local` provides; on a fleet every child \
+                 goes to an agent (remove `local`, or pin it with --pin/--require)",
+                t.name
+            )));
         }
         // Sensitive values are sealed before they reach the record (and so the
         // store); the plan keeps them in memory for the StartJob requests.

@@ -68,6 +68,9 @@ pub struct SchedulingConfig {
     pub quarantine: scheduler::QuarantineConfig,
     /// Most unfinished children over all running executions (0: no limit).
     pub max_pending_children: u64,
+    /// Every agent runs on this machine (`baton run --local`): `child` tasks
+    /// with `local = true` may run; a fleet's coordinator refuses them.
+    pub local_children: bool,
 }
 
 impl Default for SchedulingConfig {
@@ -76,6 +79,7 @@ impl Default for SchedulingConfig {
             default_strategy: placement::Strategy::LeastLoaded,
             quarantine: scheduler::QuarantineConfig::default(),
             max_pending_children: scheduler::DEFAULT_MAX_PENDING_CHILDREN,
+            local_children: false,
         }
     }
 }
@@ -179,6 +183,7 @@ pub async fn start(
         store,
         secrets,
         history,
+        local_children: config.scheduling.local_children,
     };
     let agent_api = CoordinatorServiceServer::new(grpc::agent_api::AgentApi {
         handle,

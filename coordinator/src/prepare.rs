@@ -242,13 +242,6 @@ pub fn plan_bundle(
             TaskKind::Child(ct) => {
                 let (child, shipped) = load_child(&task.name, &ct.child, files)?;
                 ct.check_sensitive_flow(&task.name, &parent, &child)?;
-                if ct.local {
-                    return Err(invalid(format!(
-                        "task '{}' is a local child: it runs only with `baton run --local`; \
-                         on a coordinator every child goes to an agent",
-                        task.name
-                    )));
-                }
                 if !ct.params.values().any(|t| reads_tasks(t)) {
                     let p = render_all(&ct.params, &Scope::new(&params, None))?;
                     child.bind(&p)?;

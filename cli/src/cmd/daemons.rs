@@ -181,6 +181,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
                 cooldown: args.quarantine_cooldown,
             },
             max_pending_children: args.max_pending_children,
+            local_children: false,
         },
     };
     config

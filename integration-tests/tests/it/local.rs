@@ -66,3 +66,38 @@ fn a_package_runs_locally_without_a_coordinator() {
     std::fs::remove_dir_all(&kept).unwrap();
     c.finish(&[]);
 }
+
+#[test]
+fn a_local_child_runs_with_local_and_is_refused_by_a_fleet() {
+    let mut c = Cluster::new("local_child");
+    let marks = c.root().join("marks");
+    let dir = c.root().join("pkg");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("child.toml"),
+        format!(
+            "name = 'one'\n[tasks.t]\nexec = ['sh', '-c', 'echo ran >> {}']\n",
+            marks.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("parent.toml"),
+        "name = 'p'\n[tasks.here]\nchild = 'child.toml'\nlocal = true\n",
+    )
+    .unwrap();
+    let parent = dir.join("parent.toml").display().to_string();
+    let out = c.cli_raw(&["run", &parent, "--local", "--output", "json"]);
+    out.expect_code(0);
+    assert_eq!(lines(&marks), ["ran"]);
+
+    c.start_coordinator();
+    let out = c.cli(&["run", &parent]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("error[INVALID_REQUEST]") && out.stderr.contains("local child"),
+        "{}",
+        out.describe()
+    );
+    c.finish(&[]);
+}
