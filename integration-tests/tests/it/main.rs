@@ -16,6 +16,7 @@ mod harness;
 mod agent_loss;
 mod bad_input;
 mod bench;
+mod builder_example;
 mod cancel;
 mod capacity;
 mod catalog;
