@@ -3,12 +3,19 @@
 //! ([`Capture`]), and the `key=value` lines of `$BATON_OUTPUT`. Files a job wrote
 //! are opened without following symbolic links and only when they are regular
 //! files owned by the job's user ([`open_job_file`]).
+//!
+//! The tasks of a job may run at once: they share the job's two [`Capture`]s
+//! (behind a lock), each process pipe with its own masking stream ([`pump`]), so
+//! that a chunk read from one process is written whole, never interleaved byte
+//! by byte with another's, and a sensitive value split across two reads of one
+//! pipe is still masked.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::mask::{MaskStream, Masker};
@@ -16,23 +23,39 @@ use crate::runner::LOG_BYTES_MAX;
 
 /// Most bytes read from `$BATON_OUTPUT`.
 const OUTPUT_FILE_BYTES_MAX: u64 = 1 << 20;
-/// Most outputs kept from one job.
-const OUTPUTS_MAX: usize = 1_000;
+/// Most outputs kept from one task, and from one job.
+pub(crate) const OUTPUTS_MAX: usize = 1_000;
 
-pub(crate) async fn pump(reader: Option<impl AsyncRead + Unpin>, cap: &mut Capture) {
+/// Copies one process's pipe into the job's shared capture, masked: each chunk
+/// read is written whole, under the lock.
+pub(crate) async fn pump(
+    reader: Option<impl AsyncRead + Unpin>,
+    cap: &Mutex<Capture>,
+    masker: &Masker,
+) {
     let Some(mut reader) = reader else { return };
+    let mut mask: MaskStream = masker.stream();
     let mut buf = vec![0u8; 8192];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
-            Ok(n) => cap.push(&buf[..n]).await,
+            Ok(n) => {
+                let masked = mask.feed(&buf[..n]);
+                if !masked.is_empty() {
+                    cap.lock().await.push(&masked).await;
+                }
+            }
         }
+    }
+    let rest = mask.finish();
+    if !rest.is_empty() {
+        cap.lock().await.push(&rest).await;
     }
 }
 
-/// One output stream of a job, masked: a log file capped at [`LOG_BYTES_MAX`] and a tail.
+/// One output stream of a job (already masked by [`pump`]): a log file capped at
+/// [`LOG_BYTES_MAX`] and a tail.
 pub(crate) struct Capture {
-    mask: MaskStream,
     file: Option<BufWriter<tokio::fs::File>>,
     written: u64,
     truncated: bool,
@@ -41,7 +64,7 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    pub(crate) async fn open(path: &Path, tail_max: usize, masker: &Masker) -> Capture {
+    pub(crate) async fn open(path: &Path, tail_max: usize) -> Capture {
         // The directory is fresh, but a run-as job's user owns it: create the file
         // without following anything that user might have put in its place.
         let created = tokio::fs::OpenOptions::new()
@@ -58,7 +81,6 @@ impl Capture {
             }
         };
         Capture {
-            mask: masker.stream(),
             file,
             written: 0,
             truncated: false,
@@ -67,9 +89,9 @@ impl Capture {
         }
     }
 
+    /// Appends bytes that are already masked.
     pub(crate) async fn push(&mut self, data: &[u8]) {
-        let masked = self.mask.feed(data);
-        self.write(&masked).await;
+        self.write(data).await;
         // Flushed at every read of the pipe, so that `StreamLogs --follow` sees
         // output as it comes (one write per read: the pipe read costs as much).
         if let Some(f) = &mut self.file
@@ -100,8 +122,6 @@ impl Capture {
     }
 
     pub(crate) async fn finish(&mut self) {
-        let rest = self.mask.finish();
-        self.write(&rest).await;
         if let Some(f) = &mut self.file {
             if self.truncated {
                 let note = format!("\n[baton: output truncated after {LOG_BYTES_MAX} bytes]\n");

@@ -27,6 +27,7 @@ pub mod admission;
 pub mod config;
 pub mod enrol;
 pub mod error;
+pub mod job_dag;
 pub mod job_dir;
 pub mod job_files;
 pub mod jobs;

@@ -380,26 +380,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_running_job_s_output_is_seen_before_it_ends() {
-        use crate::runner::{ExecStep, JobCancel, JobPlan, RunnerSettings, Step, run_job};
+        use crate::runner::{JobCancel, JobPlan, RunnerSettings, run_job};
         let root = tempfile::tempdir().unwrap();
         let settings = RunnerSettings {
             scratch_root: root.path().join("jobs"),
             kill_grace: Duration::from_millis(500),
             output_tail_bytes: 64,
         };
+        let package = baton_package::Package::parse(
+            "lines.toml",
+            "name = 'lines'\n[tasks.t]\nscript = 'for i in 1 2 3 4; do echo line $i; sleep 0.3; done'\ntimeout_s = 30\n",
+        )
+        .unwrap();
         let plan = JobPlan {
             dispatch: key(),
-            steps: vec![Step::Exec(ExecStep {
-                task: "t".into(),
-                argv: vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "for i in 1 2 3 4; do echo line $i; sleep 0.3; done".into(),
-                ],
-                env: Vec::new(),
-                workdir: None,
-                timeout: Duration::from_secs(30),
-            })],
+            package: Arc::new(package),
+            params: Default::default(),
+            default_task_timeout: Duration::from_secs(30),
             env: Vec::new(),
             deadline: None,
             run_as: None,

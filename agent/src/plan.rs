@@ -1,23 +1,28 @@
-//! Child package + bound parameters → a concrete [`JobPlan`] for the runner.
+//! Child package + bound parameters → a [`JobPlan`] for the runner, and each task →
+//! a concrete [`Step`] at the moment it becomes ready.
 //!
-//! Tasks are taken in `task_order()`. Every argv element and env value is interpolated
-//! here; a task that cannot run on an agent yet (`foreach`) or whose interpolation
-//! fails becomes a [`Step::Fail`], so the job fails when it reaches that task (earlier
-//! tasks still run, as they would have with a real engine). A `noop` task becomes a
-//! [`Step::Noop`], which succeeds without a process.
+//! Nothing of a task is interpolated at plan time: a task's argv, env and workdir may
+//! name the outputs of tasks before it (`${tasks.T.outputs.K}`), known only once they
+//! ended, so [`step`] renders them through the engine ([`Engine::render`]) when the
+//! engine says the task is ready. A task agents do not run (`child`, `foreach`: nested
+//! fan-out needs the coordinator) or whose interpolation fails becomes a
+//! [`Step::Fail`]; a `noop` task a [`Step::Noop`], which succeeds without a process;
+//! `exec` and `script` (`/bin/sh -c SCRIPT`) tasks a [`Step::Exec`].
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use baton_package::{Package, ParamValues, TaskKind, interpolate};
+use baton_package::{Engine, Package, PackageError, ParamValues, Task, TaskKind};
 
 use crate::mask::Masker;
 use crate::model::StartJob;
 use crate::run_as::RunAsUser;
 use crate::runner::{ExecStep, JobPlan, Step};
 
-/// Reason given for a `foreach` inside a child package.
-pub const FOREACH_UNSUPPORTED: &str = "foreach in a child package is not supported yet";
+/// Reason given for a `child` or `foreach` task inside a child package.
+pub const NESTED_FANOUT: &str =
+    "nested fan-out: a child package's `child`/`foreach` tasks are not run by agents yet";
 
 /// Builds the plan of an accepted job; `run_as` is the user admission approved.
 pub fn build(
@@ -27,62 +32,6 @@ pub fn build(
     default_task_timeout: Duration,
     run_as: Option<RunAsUser>,
 ) -> JobPlan {
-    let steps = package
-        .task_order()
-        .into_iter()
-        .map(|task| {
-            let timeout = task
-                .timeout_s
-                .map_or(default_task_timeout, Duration::from_secs);
-            match &task.kind {
-                TaskKind::Noop => Step::Noop {
-                    task: task.name.clone(),
-                },
-                TaskKind::Foreach(_) => Step::Fail {
-                    task: task.name.clone(),
-                    reason: FOREACH_UNSUPPORTED.to_string(),
-                },
-                TaskKind::Script(_) | TaskKind::Child(_) | TaskKind::Group(_) => Step::Fail {
-                    task: task.name.clone(),
-                    reason: "script/child/group tasks are not run by agents yet".to_string(),
-                },
-                TaskKind::Exec(exec) => {
-                    let interpolated = (|| {
-                        let argv = exec
-                            .argv
-                            .iter()
-                            .map(|a| interpolate(a, params, None))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        let env = exec
-                            .env
-                            .iter()
-                            .map(|(k, v)| Ok((k.clone(), interpolate(v, params, None)?)))
-                            .collect::<Result<Vec<_>, baton_package::PackageError>>()?;
-                        let workdir = exec
-                            .workdir
-                            .as_deref()
-                            .map(|w| interpolate(w, params, None).map(PathBuf::from))
-                            .transpose()?;
-                        Ok::<_, baton_package::PackageError>((argv, env, workdir))
-                    })();
-                    match interpolated {
-                        Ok((argv, env, workdir)) => Step::Exec(ExecStep {
-                            task: task.name.clone(),
-                            argv,
-                            env,
-                            workdir,
-                            timeout,
-                        }),
-                        Err(e) => Step::Fail {
-                            task: task.name.clone(),
-                            reason: format!("{}: {e}", e.code()),
-                        },
-                    }
-                }
-            }
-        })
-        .collect();
-
     let mut env: Vec<(String, String)> = params
         .iter()
         .map(|(name, value)| (param_env_name(name), value.to_string()))
@@ -98,11 +47,69 @@ pub fn build(
     );
     JobPlan {
         dispatch: job.dispatch.clone(),
-        steps,
+        package: Arc::new(package.clone()),
+        params: params.clone(),
+        default_task_timeout,
         env,
         deadline: job.deadline,
         run_as,
         masker,
+    }
+}
+
+/// The step of a task the engine just said is ready, interpolated against the
+/// parameters and the outputs of the tasks that ended so far.
+pub fn step(engine: &Engine, task: &Task, default_task_timeout: Duration) -> Step {
+    let name = task.name.clone();
+    let timeout = task
+        .timeout_s
+        .map_or(default_task_timeout, Duration::from_secs);
+    let (argv, env, workdir) = match &task.kind {
+        TaskKind::Noop => return Step::Noop { task: name },
+        TaskKind::Child(_) | TaskKind::Foreach(_) => {
+            return Step::Fail {
+                task: name,
+                reason: NESTED_FANOUT.to_string(),
+            };
+        }
+        // The engine runs groups itself; one never becomes ready.
+        TaskKind::Group(_) => {
+            return Step::Fail {
+                task: name,
+                reason: "a group does not run by itself".to_string(),
+            };
+        }
+        TaskKind::Exec(exec) => (exec.argv.clone(), &exec.env, &exec.workdir),
+        TaskKind::Script(script) => (script.argv(), &script.env, &script.workdir),
+    };
+    let render = |t: &str| engine.render(t, None);
+    let interpolated = (|| {
+        let argv = argv
+            .iter()
+            .map(|a| render(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), render(v)?)))
+            .collect::<Result<Vec<_>, PackageError>>()?;
+        let workdir = workdir
+            .as_deref()
+            .map(|w| render(w).map(PathBuf::from))
+            .transpose()?;
+        Ok::<_, PackageError>((argv, env, workdir))
+    })();
+    match interpolated {
+        Ok((argv, env, workdir)) => Step::Exec(ExecStep {
+            task: name,
+            argv,
+            env,
+            workdir,
+            timeout,
+        }),
+        Err(e) => Step::Fail {
+            task: name,
+            reason: format!("{}: {e}", e.code()),
+        },
     }
 }
 
@@ -118,6 +125,7 @@ pub fn param_env_name(name: &str) -> String {
 mod tests {
     use super::*;
     use crate::model::{DispatchKey, Epoch, PackageSource};
+    use baton_package::TaskOutcome;
 
     const CHILD: &str = r#"
 name = "child"
@@ -129,28 +137,27 @@ type = "string"
 sensitive = true
 default = "pw-123"
 [tasks.b]
-exec = ["echo", "${params.shard-id}"]
+exec = ["echo", "${params.shard-id}", "${tasks.a.outputs.k}"]
 after = ["a"]
 env = { X = "v${params.shard-id}" }
+workdir = "/tmp/${tasks.a.outputs.k}"
 timeout_s = 5
 [tasks.a]
-exec = ["true"]
+script = "echo k=${params.shard-id} >> $BATON_OUTPUT"
 [tasks.c]
 foreach = { items = ["x"] }
 child = "other.toml"
 after = ["b"]
 [tasks.d]
 noop = true
-after = ["c"]
+after = [{ task = "c", on = "failure" }]
+[tasks.e]
+exec = ["echo", "${tasks.a.outputs.missing}"]
+after = [{ task = "c", on = "failure" }]
 "#;
 
-    #[test]
-    fn builds_steps_in_order_with_interpolation() {
-        let pkg = Package::parse("child.toml", CHILD).unwrap();
-        let params = pkg
-            .bind(&[("shard-id".to_string(), "7".to_string())].into())
-            .unwrap();
-        let job = StartJob {
+    fn job() -> StartJob {
+        StartJob {
             dispatch: DispatchKey {
                 execution_id: "e".into(),
                 task_path: "fan".into(),
@@ -167,34 +174,31 @@ after = ["c"]
             deadline: None,
             traceparent: Some("00-abc-def-01".into()),
             folder: "/".into(),
-        };
-        let plan = build(&job, &pkg, &params, Duration::from_secs(99), None);
+        }
+    }
+
+    /// Starts the ready task named `want` and returns its step.
+    fn ready_step(engine: &mut Engine, want: &str) -> Step {
+        assert_eq!(engine.ready(), [want]);
+        engine.started(want).unwrap();
+        let task = engine.package().tasks[want].clone();
+        step(engine, &task, Duration::from_secs(99))
+    }
+
+    #[test]
+    fn plan_holds_the_environment_and_masks_sensitive_values() {
+        let pkg = Package::parse("child.toml", CHILD).unwrap();
+        let params = pkg
+            .bind(&[("shard-id".to_string(), "7".to_string())].into())
+            .unwrap();
+        let plan = build(&job(), &pkg, &params, Duration::from_secs(99), None);
         assert!(plan.run_as.is_none());
+        assert_eq!(plan.default_task_timeout, Duration::from_secs(99));
         assert_eq!(
             plan.masker.mask_str("7 pw-123"),
             "7 ***",
             "sensitive values are masked, others are not"
         );
-        let names: Vec<String> = plan
-            .steps
-            .iter()
-            .map(|s| match s {
-                Step::Exec(e) => e.task.clone(),
-                Step::Fail { task, .. } => format!("fail:{task}"),
-                Step::Noop { task } => format!("noop:{task}"),
-            })
-            .collect();
-        assert_eq!(names, ["a", "b", "fail:c", "noop:d"]);
-        let Step::Exec(b) = &plan.steps[1] else {
-            panic!()
-        };
-        assert_eq!(b.argv, ["echo", "7"]);
-        assert_eq!(b.env, [("X".to_string(), "v7".to_string())]);
-        assert_eq!(b.timeout, Duration::from_secs(5));
-        let Step::Exec(a) = &plan.steps[0] else {
-            panic!()
-        };
-        assert_eq!(a.timeout, Duration::from_secs(99));
         assert!(
             plan.env
                 .contains(&("BATON_PARAM_SHARD_ID".into(), "7".into()))
@@ -203,9 +207,61 @@ after = ["c"]
             plan.env
                 .contains(&("TRACEPARENT".into(), "00-abc-def-01".into()))
         );
-        let Step::Fail { reason, .. } = &plan.steps[2] else {
-            panic!()
+    }
+
+    #[test]
+    fn steps_are_interpolated_when_ready_with_earlier_outputs() {
+        let pkg = Package::parse("child.toml", CHILD).unwrap();
+        let params = pkg
+            .bind(&[("shard-id".to_string(), "7".to_string())].into())
+            .unwrap();
+        let mut engine = Engine::new(&pkg, params);
+        let Step::Exec(a) = ready_step(&mut engine, "a") else {
+            panic!("a script is a process")
         };
-        assert_eq!(reason, FOREACH_UNSUPPORTED);
+        assert_eq!(
+            a.argv,
+            ["/bin/sh", "-c", "echo k=7 >> $BATON_OUTPUT"],
+            "a script runs with /bin/sh -c"
+        );
+        assert_eq!(a.timeout, Duration::from_secs(99));
+        let outputs = [("k".to_string(), "out-a".to_string())].into();
+        engine
+            .finished("a", TaskOutcome::Succeeded, outputs)
+            .unwrap();
+
+        let Step::Exec(b) = ready_step(&mut engine, "b") else {
+            panic!("b is a process")
+        };
+        assert_eq!(b.argv, ["echo", "7", "out-a"]);
+        assert_eq!(b.env, [("X".to_string(), "v7".to_string())]);
+        assert_eq!(b.workdir, Some(PathBuf::from("/tmp/out-a")));
+        assert_eq!(b.timeout, Duration::from_secs(5));
+        engine
+            .finished("b", TaskOutcome::Succeeded, Default::default())
+            .unwrap();
+
+        let Step::Fail { reason, .. } = ready_step(&mut engine, "c") else {
+            panic!("nested fan-out fails")
+        };
+        assert_eq!(reason, NESTED_FANOUT);
+        engine.failed("c", reason).unwrap();
+
+        let mut ready = engine.ready();
+        ready.sort();
+        assert_eq!(ready, ["d", "e"]);
+        for t in ["d", "e"] {
+            engine.started(t).unwrap();
+        }
+        let d = engine.package().tasks["d"].clone();
+        assert!(matches!(
+            step(&engine, &d, Duration::ZERO),
+            Step::Noop { .. }
+        ));
+        let e = engine.package().tasks["e"].clone();
+        let Step::Fail { reason, .. } = step(&engine, &e, Duration::ZERO) else {
+            panic!("an unknown output is an interpolation error")
+        };
+        assert!(reason.starts_with("TEMPLATE_INVALID"), "{reason}");
     }
 }

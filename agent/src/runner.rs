@@ -1,12 +1,19 @@
-//! Runs one child job: its steps in order, each as a process in its own process group.
+//! Runs one child job's processes: each task attempt as a process in its own
+//! process group.
 //!
-//! The runner knows nothing about packages: [`crate::plan`] turns a child package and
-//! its bound parameters into a [`JobPlan`] of concrete argv / env, and this module
-//! executes it: spawn without a shell, capture stdout/stderr (file capped at
-//! [`LOG_BYTES_MAX`], tail kept for the finished event), enforce the task timeout and
-//! the job deadline, end the whole process group (SIGTERM, grace, SIGKILL) on timeout
-//! or cancel, and collect `$BATON_OUTPUT` and keep `$BATON_ROWS` ([`crate::rows`]) after
-//! success. Reading logs and rows back for clients is [`crate::logs`] and [`crate::rows`].
+//! [`crate::plan`] turns a child package and its bound parameters into a [`JobPlan`];
+//! [`crate::job_dag`] drives the package's tasks through the engine (which task
+//! starts when, retries, skips, the job's outcome) and calls [`run_attempt`] for each
+//! process, several at once for independent tasks. This module owns the processes:
+//! spawn without a shell, capture stdout/stderr (all tasks into the job's two log
+//! files, capped at [`LOG_BYTES_MAX`], tail kept for the finished event), enforce the
+//! task timeout and the job deadline, end the whole process group (SIGTERM, grace,
+//! SIGKILL) on timeout or cancel — every running task's group at once, so one grace
+//! for the whole job — and keep `$BATON_ROWS` ([`crate::rows`]) after success.
+//! Reading logs and rows back for clients is [`crate::logs`] and [`crate::rows`].
+//!
+//! Each task gets its own `$BATON_OUTPUT` file (`output.<task>`); `$BATON_ROWS` is
+//! one file for the whole job, which every task appends to.
 //!
 //! Parameter values reach the child only through argv and the environment; the runner
 //! never logs argv or environment values (parameters may be sensitive), and masks the
@@ -28,10 +35,11 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use baton_package::{Package, ParamValues, TaskKind};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
-use tokio::sync::oneshot;
+use tokio::sync::{Mutex, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -40,7 +48,7 @@ use crate::job_dir::prepare_dir;
 pub use crate::job_dir::reachable_by;
 pub(crate) use crate::job_files::open_job_file;
 pub use crate::job_files::parse_outputs;
-use crate::job_files::{Capture, pump, read_outputs};
+use crate::job_files::{Capture, pump};
 use crate::mask::Masker;
 use crate::model::{DispatchKey, FinishStatus, KillReason, fs_component};
 use crate::run_as::RunAsUser;
@@ -51,13 +59,13 @@ pub const LOG_BYTES_MAX: u64 = 1 << 20;
 /// (a process that left the group with `setsid` could hold them open forever).
 const PIPE_DRAIN_MAX: Duration = Duration::from_secs(2);
 
-/// One concrete step of a job.
+/// What one task becomes once it is ready (see [`crate::plan::step`]).
 #[derive(Debug, Clone)]
 pub enum Step {
     /// Run a process.
     Exec(ExecStep),
-    /// The step cannot run (unsupported task kind, interpolation error): the job fails
-    /// with this reason when it gets here.
+    /// The task cannot run (a kind agents do not run, an interpolation error): it
+    /// fails with this reason, without a process.
     Fail { task: String, reason: String },
     /// A `noop` task: succeeds at once, no process.
     Noop { task: String },
@@ -88,8 +96,13 @@ impl std::fmt::Debug for ExecStep {
 #[derive(Clone)]
 pub struct JobPlan {
     pub dispatch: DispatchKey,
-    pub steps: Vec<Step>,
-    /// Job-wide environment (`BATON_PARAM_*`, `TRACEPARENT`, ...), before each step's own.
+    /// The child package; its tasks are interpolated when they become ready.
+    pub package: Arc<Package>,
+    /// Its bound parameters.
+    pub params: ParamValues,
+    /// Timeout of a task without `timeout_s`.
+    pub default_task_timeout: Duration,
+    /// Job-wide environment (`BATON_PARAM_*`, `TRACEPARENT`, ...), before each task's own.
     pub env: Vec<(String, String)>,
     /// Wall-clock budget of the whole job.
     pub deadline: Option<Duration>,
@@ -112,9 +125,12 @@ pub struct RunnerSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobReport {
     pub status: FinishStatus,
-    /// Exit code of the last process, -1 if none (not started, killed by a signal);
-    /// 0 for a job made only of `noop` steps.
+    /// 0 when the job succeeded; when it failed, the exit code of the process of
+    /// the task whose failure failed it; -1 if none (not started, killed by a
+    /// signal, cancelled).
     pub exit_code: i32,
+    /// The union of the tasks' outputs (a later task wins on the same key), when
+    /// the job succeeded.
     pub outputs: BTreeMap<String, String>,
     pub row_count: u64,
     pub reason: String,
@@ -145,6 +161,12 @@ impl JobCancel {
         self.token.is_cancelled()
     }
 
+    /// The reason, once cancelled.
+    pub(crate) fn reason_if_cancelled(&self) -> Option<KillReason> {
+        self.is_cancelled()
+            .then(|| self.reason.get().copied().unwrap_or(KillReason::Cancelled))
+    }
+
     pub(crate) async fn cancelled(&self) -> KillReason {
         self.token.cancelled().await;
         self.reason.get().copied().unwrap_or(KillReason::Cancelled)
@@ -164,10 +186,16 @@ pub fn scratch_dir(scratch_root: &Path, key: &DispatchKey) -> PathBuf {
 }
 
 /// File names inside the scratch directory.
-pub const OUTPUT_FILE: &str = "output";
+/// `$BATON_OUTPUT` of task `T` is `output.T` ([`output_file`]).
+pub const OUTPUT_FILE_PREFIX: &str = "output.";
 pub const ROWS_FILE: &str = "rows.jsonl";
 pub const STDOUT_LOG: &str = "stdout.log";
 pub const STDERR_LOG: &str = "stderr.log";
+
+/// The `$BATON_OUTPUT` file of `task` in the job directory `dir`.
+pub fn output_file(dir: &Path, task: &str) -> PathBuf {
+    dir.join(format!("{OUTPUT_FILE_PREFIX}{}", fs_component(task)))
+}
 
 /// Why a step stopped before its process exited by itself.
 #[derive(Debug, Clone, Copy)]
@@ -182,9 +210,11 @@ struct StepExit {
     kill: Option<Kill>,
 }
 
-/// Runs the plan to the end. Sends the pid of the first process on `started` as soon as
-/// it runs (dropped unsent if no process ever starts). Never panics on child failures:
-/// every failure becomes a [`JobReport`].
+/// Runs the plan to the end: the package's tasks through the engine
+/// ([`crate::job_dag`]), each process as [`run_attempt`] runs it. Sends the pid of
+/// the job's first process on `started` as soon as it runs (dropped unsent if no
+/// process ever starts). Never panics on child failures: every failure becomes a
+/// [`JobReport`].
 pub async fn run_job(
     plan: &JobPlan,
     settings: &RunnerSettings,
@@ -204,156 +234,166 @@ pub async fn run_job(
         stderr_tail: String::new(),
         duration_ms: 0,
     };
-    if plan.steps.iter().all(|s| matches!(s, Step::Noop { .. })) {
-        // Nothing will run, so nothing can write logs, outputs or rows: skip the
-        // scratch directory (this is what makes `noop` measure the orchestration alone).
-        match stop_before_step(cancel, deadline_at) {
-            Some(reason) => (report.status, report.reason) = reason,
-            None => report.exit_code = 0,
+    // Without a process nothing can write logs, outputs or rows: no scratch
+    // directory (this is what makes `noop` measure the orchestration alone).
+    let procs = if needs_processes(&plan.package) {
+        if let Err(reason) = prepare_dir(&dir, plan.run_as.as_ref()).await {
+            report.status = FinishStatus::Failed;
+            report.reason = plan.masker.mask_str(&reason);
+            report.duration_ms = begin.elapsed().as_millis() as u64;
+            return report;
         }
-        report.duration_ms = begin.elapsed().as_millis() as u64;
-        return report;
-    }
-    if let Err(reason) = prepare_dir(&dir, plan.run_as.as_ref()).await {
-        report.status = FinishStatus::Failed;
-        report.reason = reason;
-        report.duration_ms = begin.elapsed().as_millis() as u64;
-        return report;
-    }
-    let tail_max = settings.output_tail_bytes;
-    let mut out = Capture::open(&dir.join(STDOUT_LOG), tail_max, &plan.masker).await;
-    let mut err = Capture::open(&dir.join(STDERR_LOG), tail_max, &plan.masker).await;
-    let mut started = Some(started);
-    let common_env = job_env(plan, &dir);
-
-    for step in &plan.steps {
-        if let Some(reason) = stop_before_step(cancel, deadline_at) {
-            (report.status, report.reason) = reason;
-            break;
-        }
-        let exec = match step {
-            Step::Exec(exec) => exec,
-            Step::Fail { task, reason } => {
-                report.status = FinishStatus::Failed;
-                report.reason = format!("task {task}: {reason}");
-                break;
-            }
-            Step::Noop { .. } => continue,
-        };
-        let ctx = StepContext {
-            dir: &dir,
-            env: &common_env,
-            run_as: plan.run_as.as_ref(),
-            settings,
-            cancel,
+        let tail_max = settings.output_tail_bytes;
+        Some(Arc::new(Processes {
+            env: job_env(plan, &dir),
+            out: Mutex::new(Capture::open(&dir.join(STDOUT_LOG), tail_max).await),
+            err: Mutex::new(Capture::open(&dir.join(STDERR_LOG), tail_max).await),
+            dir: dir.clone(),
+            run_as: plan.run_as.clone(),
+            settings: settings.clone(),
+            cancel: cancel.clone(),
             deadline_at,
-        };
-        match run_step(exec, &ctx, &mut started, &mut out, &mut err).await {
-            Err(reason) => {
-                report.status = FinishStatus::Failed;
-                report.reason = reason;
-                break;
-            }
-            Ok(exit) => {
-                report.exit_code = exit.status.and_then(|s| s.code()).unwrap_or(-1);
-                if let Some((status, reason)) = judge(exec, &exit, plan.deadline) {
-                    report.status = status;
-                    report.reason = reason;
-                    break;
-                }
-            }
-        }
+            masker: plan.masker.clone(),
+            started: std::sync::Mutex::new(Some(started)),
+        }))
+    } else {
+        None
+    };
+    let end = crate::job_dag::drive(plan, procs.clone(), cancel, deadline_at).await;
+    (report.status, report.reason, report.exit_code) = (end.status, end.reason, end.exit_code);
+    if let Some(procs) = &procs {
+        let mut out = procs.out.lock().await;
+        out.finish().await;
+        report.stdout_tail = out.tail();
+        let mut err = procs.err.lock().await;
+        err.finish().await;
+        report.stderr_tail = err.tail();
     }
-    out.finish().await;
-    err.finish().await;
-    report.stdout_tail = out.tail();
-    report.stderr_tail = err.tail();
     if report.status == FinishStatus::Succeeded {
-        let owner = plan.run_as.as_ref().map(|u| u.uid);
-        let (outputs, malformed) = read_outputs(&dir.join(OUTPUT_FILE), owner).await;
-        if malformed > 0 {
-            warn!(dispatch = %plan.dispatch, malformed, "ignored malformed lines in BATON_OUTPUT");
-        }
-        report.outputs = outputs
+        report.outputs = end
+            .outputs
             .into_iter()
             .map(|(k, v)| (plan.masker.mask_str(&k), plan.masker.mask_str(&v)))
             .collect();
-        let kept = crate::rows::keep_rows(&dir, owner, &plan.masker).await;
-        if kept.truncated {
-            warn!(dispatch = %plan.dispatch, rows = kept.rows, "rows not all kept (a row over 1 MiB, or past the 64 MiB cap)");
+        if procs.is_some() {
+            let owner = plan.run_as.as_ref().map(|u| u.uid);
+            let kept = crate::rows::keep_rows(&dir, owner, &plan.masker).await;
+            if kept.truncated {
+                warn!(dispatch = %plan.dispatch, rows = kept.rows, "rows not all kept (a row over 1 MiB, or past the 64 MiB cap)");
+            }
+            report.row_count = kept.rows;
         }
-        report.row_count = kept.rows;
     }
     report.reason = plan.masker.mask_str(&report.reason);
     report.duration_ms = begin.elapsed().as_millis() as u64;
     report
 }
 
-fn stop_before_step(
-    cancel: &JobCancel,
-    deadline_at: Option<Instant>,
-) -> Option<(FinishStatus, String)> {
-    if cancel.is_cancelled() {
-        let r = cancel
-            .reason
-            .get()
-            .copied()
-            .unwrap_or(KillReason::Cancelled);
-        return Some((FinishStatus::Cancelled, cancel_reason(r).to_string()));
-    }
-    if deadline_at.is_some_and(|d| Instant::now() >= d) {
-        return Some((FinishStatus::TimedOut, "job deadline exceeded".to_string()));
-    }
-    None
+/// Whether any task of the package starts a process.
+fn needs_processes(package: &Package) -> bool {
+    package
+        .tasks
+        .values()
+        .any(|t| matches!(t.kind, TaskKind::Exec(_) | TaskKind::Script(_)))
 }
 
-fn cancel_reason(r: KillReason) -> &'static str {
+pub(crate) fn cancel_reason(r: KillReason) -> &'static str {
     match r {
         KillReason::Cancelled => "cancelled by the coordinator",
         KillReason::Shutdown => "cancelled: agent shutting down",
     }
 }
 
-/// `None` when the step succeeded and the job goes on.
-fn judge(
+/// How one attempt of a task ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Succeeded,
+    /// Exit code, signal, spawn failure or the task's own timeout: retried by the
+    /// task's policy. `timed_out`: the task's timeout killed it.
+    Failed {
+        reason: String,
+        timed_out: bool,
+    },
+    /// The job's deadline killed it (or came during its retry delay).
+    Deadline,
+    /// The job was cancelled.
+    Cancelled(KillReason),
+}
+
+/// One attempt's end: how, and the exit code (-1 when none: not started, a signal).
+#[derive(Debug, Clone)]
+pub(crate) struct AttemptEnd {
+    pub ended: Ended,
+    pub exit_code: i32,
+}
+
+/// Runs one attempt of a task after `delay` (a retry's backoff; the job's cancel
+/// and deadline cut the wait short).
+pub(crate) async fn run_attempt(
     exec: &ExecStep,
-    exit: &StepExit,
-    deadline: Option<Duration>,
-) -> Option<(FinishStatus, String)> {
+    attempt: u32,
+    delay: Duration,
+    procs: &Processes,
+) -> AttemptEnd {
+    let not_run = |ended| AttemptEnd {
+        ended,
+        exit_code: -1,
+    };
+    if !delay.is_zero() {
+        let deadline = async {
+            match procs.deadline_at {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            r = procs.cancel.cancelled() => return not_run(Ended::Cancelled(r)),
+            () = deadline => return not_run(Ended::Deadline),
+        }
+    }
+    if let Some(r) = procs.cancel.reason_if_cancelled() {
+        return not_run(Ended::Cancelled(r));
+    }
+    if procs.deadline_at.is_some_and(|d| Instant::now() >= d) {
+        return not_run(Ended::Deadline);
+    }
+    match run_step(exec, attempt, procs).await {
+        Err(reason) => not_run(Ended::Failed {
+            reason,
+            timed_out: false,
+        }),
+        Ok(exit) => AttemptEnd {
+            exit_code: exit.status.and_then(|s| s.code()).unwrap_or(-1),
+            ended: judge(exec, &exit),
+        },
+    }
+}
+
+fn judge(exec: &ExecStep, exit: &StepExit) -> Ended {
     let task = &exec.task;
+    let failed = |reason: String| Ended::Failed {
+        reason,
+        timed_out: false,
+    };
     match exit.kill {
-        Some(Kill::TaskTimeout) => Some((
-            FinishStatus::TimedOut,
-            format!(
+        Some(Kill::TaskTimeout) => Ended::Failed {
+            reason: format!(
                 "task {task} timed out after {} s",
                 exec.timeout.as_secs_f64()
             ),
-        )),
-        Some(Kill::Deadline) => Some((
-            FinishStatus::TimedOut,
-            format!(
-                "job deadline of {} ms exceeded in task {task}",
-                deadline.unwrap_or_default().as_millis()
-            ),
-        )),
-        Some(Kill::Cancel(r)) => Some((FinishStatus::Cancelled, cancel_reason(r).to_string())),
+            timed_out: true,
+        },
+        Some(Kill::Deadline) => Ended::Deadline,
+        Some(Kill::Cancel(r)) => Ended::Cancelled(r),
         None => match exit.status {
-            Some(s) if s.success() => None,
+            Some(s) if s.success() => Ended::Succeeded,
             Some(s) => match (s.code(), s.signal()) {
-                (Some(code), _) => Some((
-                    FinishStatus::Failed,
-                    format!("task {task} exited with code {code}"),
-                )),
-                (None, Some(sig)) => Some((
-                    FinishStatus::Failed,
-                    format!("task {task} killed by signal {sig}"),
-                )),
-                (None, None) => Some((FinishStatus::Failed, format!("task {task} ended"))),
+                (Some(code), _) => failed(format!("task {task} exited with code {code}")),
+                (None, Some(sig)) => failed(format!("task {task} killed by signal {sig}")),
+                (None, None) => failed(format!("task {task} ended")),
             },
-            None => Some((
-                FinishStatus::Failed,
-                format!("task {task}: lost track of the process"),
-            )),
+            None => failed(format!("task {task}: lost track of the process")),
         },
     }
 }
@@ -361,7 +401,6 @@ fn judge(
 fn job_env(plan: &JobPlan, dir: &Path) -> Vec<(String, String)> {
     let mut env = plan.env.clone();
     let k = &plan.dispatch;
-    env.push(("BATON_OUTPUT".into(), path_str(&dir.join(OUTPUT_FILE))));
     env.push(("BATON_ROWS".into(), path_str(&dir.join(ROWS_FILE))));
     env.push(("BATON_EXECUTION_ID".into(), k.execution_id.clone()));
     env.push(("BATON_ATTEMPT".into(), k.attempt.to_string()));
@@ -381,28 +420,30 @@ fn inherited_by_run_as(name: &str) -> bool {
 /// PATH of a run-as job when the agent has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
-struct StepContext<'a> {
-    dir: &'a Path,
-    env: &'a [(String, String)],
-    run_as: Option<&'a RunAsUser>,
-    settings: &'a RunnerSettings,
-    cancel: &'a JobCancel,
+/// What every process of one job shares: its directory, environment, user, the
+/// captures of its stdout and stderr, cancel, deadline, and the `started` signal
+/// of its first process.
+pub(crate) struct Processes {
+    pub(crate) dir: PathBuf,
+    env: Vec<(String, String)>,
+    pub(crate) run_as: Option<RunAsUser>,
+    settings: RunnerSettings,
+    cancel: JobCancel,
     deadline_at: Option<Instant>,
+    masker: Masker,
+    out: Mutex<Capture>,
+    err: Mutex<Capture>,
+    started: std::sync::Mutex<Option<oneshot::Sender<u32>>>,
 }
 
-/// Spawns one step and waits for it; `Err` is a spawn failure (already a reason).
-async fn run_step(
-    exec: &ExecStep,
-    ctx: &StepContext<'_>,
-    started: &mut Option<oneshot::Sender<u32>>,
-    out: &mut Capture,
-    err: &mut Capture,
-) -> Result<StepExit, String> {
+/// Spawns one attempt of a task and waits for it; `Err` is a spawn failure
+/// (already a reason).
+async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<StepExit, String> {
     let Some(program) = exec.argv.first() else {
         return Err(format!("task {}: empty argv", exec.task));
     };
     let mut cmd = Command::new(program);
-    if let Some(user) = ctx.run_as {
+    if let Some(user) = &ctx.run_as {
         cmd.env_clear();
         for (k, v) in std::env::vars_os() {
             if k.to_str().is_some_and(inherited_by_run_as) {
@@ -421,8 +462,10 @@ async fn run_step(
     cmd.args(&exec.argv[1..])
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))
         .env("BATON_TASK", &exec.task)
+        .env("BATON_TASK_ATTEMPT", attempt.to_string())
+        .env("BATON_OUTPUT", output_file(&ctx.dir, &exec.task))
         .envs(exec.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(exec.workdir.as_deref().unwrap_or(ctx.dir))
+        .current_dir(exec.workdir.as_deref().unwrap_or(&ctx.dir))
         .process_group(0)
         .kill_on_drop(false)
         .stdin(Stdio::null())
@@ -431,14 +474,16 @@ async fn run_step(
     let mut child = cmd.spawn().map_err(|e| {
         let user = ctx
             .run_as
+            .as_ref()
             .map(|u| format!(" as run_as user {:?}", u.name))
             .unwrap_or_default();
         format!("task {}: cannot start {program:?}{user}: {e}", exec.task)
     })?;
     let pid = child.id().unwrap_or(0);
-    debug!(task = %exec.task, pid, "task process started");
+    debug!(task = %exec.task, attempt, pid, "task process started");
     crate::leftovers::record(&ctx.settings.scratch_root, pid);
-    if let Some(tx) = started.take() {
+    let first = ctx.started.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(tx) = first {
         let _ = tx.send(pid);
     }
     let pgid = Pid::from_raw(pid as i32);
@@ -459,7 +504,10 @@ async fn run_step(
         exit
     };
     let readers = async {
-        tokio::join!(pump(stdout, out), pump(stderr, err));
+        tokio::join!(
+            pump(stdout, &ctx.out, &ctx.masker),
+            pump(stderr, &ctx.err, &ctx.masker)
+        );
     };
     tokio::pin!(waiter);
     tokio::pin!(readers);
@@ -487,7 +535,7 @@ async fn supervise(
     pgid: Pid,
     timeout_at: Instant,
     deadline_first: bool,
-    ctx: &StepContext<'_>,
+    ctx: &Processes,
 ) -> StepExit {
     let grace = ctx.settings.kill_grace;
     let kill = tokio::select! {

@@ -12,20 +12,71 @@ fn key(name: &str) -> DispatchKey {
     }
 }
 
-fn sh(task: &str, script: &str, timeout: Duration) -> Step {
-    Step::Exec(ExecStep {
-        task: task.into(),
-        argv: vec!["sh".into(), "-c".into(), script.into()],
-        env: vec![("TASK_VAR".into(), "tv".into())],
-        workdir: None,
-        timeout,
-    })
+/// One task of a test package.
+pub(super) enum T {
+    /// `exec = ["sh", "-c", SCRIPT]` with `env = { TASK_VAR = "tv" }`.
+    Sh {
+        name: String,
+        script: String,
+        timeout_s: u64,
+    },
+    /// `exec = ARGV`.
+    Exec {
+        name: String,
+        argv: Vec<String>,
+    },
+    Noop {
+        name: String,
+    },
+    /// A `foreach` (nested fan-out: agents do not run it).
+    Nested {
+        name: String,
+    },
 }
 
-fn plan(name: &str, steps: Vec<Step>) -> JobPlan {
+impl T {
+    fn name(&self) -> &str {
+        match self {
+            T::Sh { name, .. } | T::Exec { name, .. } | T::Noop { name } | T::Nested { name } => {
+                name
+            }
+        }
+    }
+}
+
+/// A TOML basic string.
+pub(super) fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A task timeout in whole seconds (rounded up: `timeout_s` has no fractions).
+pub(super) fn sh(task: &str, script: &str, timeout: Duration) -> T {
+    T::Sh {
+        name: task.into(),
+        script: script.into(),
+        timeout_s: timeout.as_millis().div_ceil(1000).max(1) as u64,
+    }
+}
+
+/// A plan of a package from its TOML text.
+pub(super) fn plan_toml(name: &str, toml: &str) -> JobPlan {
+    let package = Package::parse("test.toml", toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
     JobPlan {
         dispatch: key(name),
-        steps,
+        package: Arc::new(package),
+        params: ParamValues::default(),
+        default_task_timeout: LONG,
         env: vec![("BATON_PARAM_N".into(), "42".into())],
         deadline: None,
         run_as: None,
@@ -33,7 +84,37 @@ fn plan(name: &str, steps: Vec<Step>) -> JobPlan {
     }
 }
 
-fn settings(dir: &Path) -> RunnerSettings {
+/// A plan whose tasks run one after another (each after the previous one's success).
+fn plan(name: &str, tasks: Vec<T>) -> JobPlan {
+    let mut toml = format!("name = {}\n", toml_str(name));
+    let mut previous: Option<String> = None;
+    for t in &tasks {
+        toml.push_str(&format!("[tasks.{}]\n", t.name()));
+        match t {
+            T::Sh {
+                script, timeout_s, ..
+            } => toml.push_str(&format!(
+                "exec = [\"sh\", \"-c\", {}]\nenv = {{ TASK_VAR = \"tv\" }}\ntimeout_s = {timeout_s}\n",
+                toml_str(script)
+            )),
+            T::Exec { argv, .. } => {
+                let argv: Vec<String> = argv.iter().map(|a| toml_str(a)).collect();
+                toml.push_str(&format!("exec = [{}]\n", argv.join(", ")));
+            }
+            T::Noop { .. } => toml.push_str("noop = true\n"),
+            T::Nested { .. } => {
+                toml.push_str("foreach = { items = [\"x\"] }\nchild = \"other.toml\"\n")
+            }
+        }
+        if let Some(p) = &previous {
+            toml.push_str(&format!("after = [{}]\n", toml_str(p)));
+        }
+        previous = Some(t.name().to_string());
+    }
+    plan_toml(name, &toml)
+}
+
+pub(super) fn settings(dir: &Path) -> RunnerSettings {
     RunnerSettings {
         scratch_root: dir.join("jobs"),
         kill_grace: Duration::from_millis(500),
@@ -41,7 +122,11 @@ fn settings(dir: &Path) -> RunnerSettings {
     }
 }
 
-async fn run(plan: &JobPlan, s: &RunnerSettings, cancel: &JobCancel) -> (JobReport, Option<u32>) {
+pub(super) async fn run(
+    plan: &JobPlan,
+    s: &RunnerSettings,
+    cancel: &JobCancel,
+) -> (JobReport, Option<u32>) {
     let (tx, rx) = oneshot::channel();
     let report = tokio::time::timeout(Duration::from_secs(30), run_job(plan, s, cancel, tx))
         .await
@@ -49,10 +134,10 @@ async fn run(plan: &JobPlan, s: &RunnerSettings, cancel: &JobCancel) -> (JobRepo
     (report, rx.await.ok())
 }
 
-const LONG: Duration = Duration::from_secs(60);
+pub(super) const LONG: Duration = Duration::from_secs(60);
 
 /// True while the process exists and is not a zombie.
-fn alive(pid: i32) -> bool {
+pub(super) fn alive(pid: i32) -> bool {
     if nix::sys::signal::kill(Pid::from_raw(pid), None).is_err() {
         return false;
     }
@@ -138,27 +223,21 @@ async fn killed_by_signal_and_spawn_failure_and_fail_step() {
     assert_eq!((r.status, r.exit_code), (FinishStatus::Failed, -1));
     assert_eq!(r.reason, "task t killed by signal 9");
 
-    let missing = Step::Exec(ExecStep {
-        task: "t".into(),
+    let missing = T::Exec {
+        name: "t".into(),
         argv: vec!["/nonexistent/baton-test".into()],
-        env: vec![],
-        workdir: None,
-        timeout: LONG,
-    });
+    };
     let (r, pid) = run(&plan("missing", vec![missing]), &s, &JobCancel::new()).await;
     assert_eq!(r.status, FinishStatus::Failed);
     assert!(r.reason.contains("cannot start"), "{}", r.reason);
     assert_eq!(pid, None, "no process, no started event");
 
-    let fail = Step::Fail {
-        task: "fan".into(),
-        reason: "foreach in a child package is not supported yet".into(),
-    };
+    let fail = T::Nested { name: "fan".into() };
     let (r, _) = run(&plan("unsupported", vec![fail]), &s, &JobCancel::new()).await;
     assert_eq!(r.status, FinishStatus::Failed);
     assert_eq!(
         r.reason,
-        "task fan: foreach in a child package is not supported yet"
+        format!("task fan: {}", crate::plan::NESTED_FANOUT)
     );
 }
 
@@ -256,7 +335,7 @@ fn outputs_parsing() {
 async fn noop_job_succeeds_at_once_without_a_process_or_scratch_dir() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
-    let p = plan("noop", vec![Step::Noop { task: "a".into() }]);
+    let p = plan("noop", vec![T::Noop { name: "a".into() }]);
     let (r, pid) = run(&p, &s, &JobCancel::new()).await;
     assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
     assert_eq!(r.exit_code, 0);
@@ -271,9 +350,9 @@ async fn noop_steps_between_processes_are_skipped() {
     let p = plan(
         "mixed",
         vec![
-            Step::Noop { task: "a".into() },
+            T::Noop { name: "a".into() },
             sh("b", "echo b=1 >> \"$BATON_OUTPUT\"", LONG),
-            Step::Noop { task: "c".into() },
+            T::Noop { name: "c".into() },
         ],
     );
     let (r, pid) = run(&p, &settings(dir.path()), &JobCancel::new()).await;
@@ -287,7 +366,7 @@ async fn cancelled_noop_job_is_cancelled() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = JobCancel::new();
     cancel.cancel(KillReason::Cancelled);
-    let p = plan("noop-cancelled", vec![Step::Noop { task: "a".into() }]);
+    let p = plan("noop-cancelled", vec![T::Noop { name: "a".into() }]);
     let (r, _) = run(&p, &settings(dir.path()), &cancel).await;
     assert_eq!(r.status, FinishStatus::Cancelled, "{r:?}");
 }
@@ -515,13 +594,10 @@ async fn sensitive_values_are_masked_in_logs_tails_outputs_and_reasons() {
     p.masker = Masker::new(["hunter2-s3cret"]);
     let (r, _) = run(&p, &s, &JobCancel::new()).await;
     assert_eq!(r.outputs.get("pw").map(String::as_str), Some("***"));
-    let missing = Step::Exec(ExecStep {
-        task: "t".into(),
+    let missing = T::Exec {
+        name: "t".into(),
         argv: vec!["/nonexistent/hunter2-s3cret".into()],
-        env: vec![],
-        workdir: None,
-        timeout: LONG,
-    });
+    };
     let mut p = plan("masked-missing", vec![missing]);
     p.masker = Masker::new(["hunter2-s3cret"]);
     let (r, _) = run(&p, &s, &JobCancel::new()).await;
