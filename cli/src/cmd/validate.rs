@@ -11,38 +11,62 @@ use baton_package::Package;
 
 use crate::bundle;
 use crate::error::CliError;
+use crate::output::Format;
 
 /// Check package files (and the child packages they reference) without running anything.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  baton validate examples/fanout/parent.toml")]
+#[command(
+    after_help = "Examples:\n  baton validate examples/fanout/parent.toml\n  baton validate examples/etl/parent.toml --output json   # one JSON line per file"
+)]
 pub struct ValidateArgs {
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// json: one line per file, `{"file", "ok", "files", "errors": [{"code", "message"}]}`.
+    #[arg(long, value_enum, default_value = "human")]
+    pub output: Format,
 }
 
 pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
     let mut first_error: Option<CliError> = None;
     for f in &args.files {
-        let findings = check_file(f);
+        let mut findings = check_file(f);
+        let mut bundled = 0;
         if findings.is_empty() {
             match bundle::load(f) {
-                Ok(b) => println!("ok {} ({} file(s))", f.display(), b.files.len()),
-                Err(e) => report(e, &mut first_error),
+                Ok(b) => bundled = b.files.len(),
+                Err(e) => findings.push(e),
             }
         }
-        for e in findings {
-            report(e, &mut first_error);
+        match args.output {
+            Format::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "file": f.display().to_string(),
+                    "ok": findings.is_empty(),
+                    "files": bundled,
+                    "errors": findings
+                        .iter()
+                        .map(|e| serde_json::json!({"code": e.code, "message": e.message}))
+                        .collect::<Vec<_>>(),
+                })
+            ),
+            Format::Human if findings.is_empty() => {
+                println!("ok {} ({bundled} file(s))", f.display());
+            }
+            Format::Human => {
+                for e in &findings {
+                    eprintln!("error[{}]: {}", e.code, e.message);
+                }
+            }
+        }
+        if let Some(e) = findings.into_iter().next() {
+            first_error.get_or_insert(e);
         }
     }
     match first_error {
         Some(e) => Ok(e.exit),
         None => Ok(0),
     }
-}
-
-fn report(e: CliError, first_error: &mut Option<CliError>) {
-    eprintln!("error[{}]: {}", e.code, e.message);
-    first_error.get_or_insert(e);
 }
 
 /// Every finding in `path` and the children it names by file.
