@@ -4,7 +4,7 @@
 //! package's outcome); this loop does what it decides: every ready task becomes a
 //! [`Step`] at that moment ([`crate::plan::step`]: interpolated with the outputs
 //! of the tasks that ended), and a process step runs as one attempt
-//! ([`runner::run_attempt`]) in a task of its own, so that independent tasks run
+//! (`runner::run_attempt`) in a task of its own, so that independent tasks run
 //! at once (at most [`PARALLEL_TASKS_MAX`] per job; the rest wait their turn,
 //! still ready). When an attempt ends:
 //!
@@ -13,7 +13,7 @@
 //!   `retry_delay` (backoff with jitter, seeded by the dispatch and the task);
 //! - otherwise the task's `$BATON_OUTPUT` (`output.<task>`) is read and given to
 //!   the engine with the outcome; the job's outputs are the union of its tasks'
-//!   (a later task wins on the same key, [`OUTPUTS_MAX`] keys at most).
+//!   (a later task wins on the same key, `OUTPUTS_MAX` keys at most).
 //!
 //! Cancelling the job or reaching its deadline cancels the engine (nothing more
 //! starts) while the running processes end their groups themselves (they watch
@@ -34,10 +34,9 @@ use tracing::{debug, info, warn};
 
 use crate::job_files::{OUTPUTS_MAX, read_outputs};
 use crate::model::{FinishStatus, KillReason};
-use crate::plan;
+use crate::plan::{self, Step};
 use crate::runner::{
-    self, AttemptEnd, Ended, ExecStep, JobCancel, JobPlan, Processes, Step, cancel_reason,
-    output_file,
+    self, AttemptEnd, Ended, ExecStep, JobCancel, JobPlan, Processes, cancel_reason, output_file,
 };
 
 /// Most tasks of one job running at once (the job holds one slot of the agent).
@@ -224,7 +223,7 @@ impl Driver<'_> {
     /// An attempt ended: try again, or report the task's end.
     async fn attempt_ended(&mut self, task: String, end: AttemptEnd) {
         let attempt = self.engine.attempts(&task);
-        debug!(dispatch = %self.plan.dispatch, %task, attempt, ended = ?end.ended, exit_code = end.exit_code, "task attempt ended");
+        debug!(dispatch = %self.plan.dispatch, %task, attempt, ended = end.ended.kind(), exit_code = end.exit_code, "task attempt ended");
         if let Ended::Failed { .. } = &end.ended
             && self.stop.is_none()
             && let Some(delay) = self.engine.retry_delay(&task, attempt, self.seed(&task))

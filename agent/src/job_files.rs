@@ -1,11 +1,11 @@
 //! What a job leaves behind that the agent reads: its stdout and stderr, masked
 //! and captured to capped log files with a tail kept for the finished event
-//! ([`Capture`]), and the `key=value` lines of `$BATON_OUTPUT`. Files a job wrote
+//! (`Capture`), and the `key=value` lines of `$BATON_OUTPUT`. Files a job wrote
 //! are opened without following symbolic links and only when they are regular
-//! files owned by the job's user ([`open_job_file`]).
+//! files owned by the job's user (`open_job_file`).
 //!
-//! The tasks of a job may run at once: they share the job's two [`Capture`]s
-//! (behind a lock), each process pipe with its own masking stream ([`pump`]), so
+//! The tasks of a job may run at once: they share the job's two `Capture`s
+//! (behind a lock), each process pipe with its own masking stream (`pump`), so
 //! that a chunk read from one process is written whole, never interleaved byte
 //! by byte with another's, and a sensitive value split across two reads of one
 //! pipe is still masked.

@@ -18,7 +18,19 @@ use baton_package::{Engine, Package, PackageError, ParamValues, Task, TaskKind};
 use crate::mask::Masker;
 use crate::model::StartJob;
 use crate::run_as::RunAsUser;
-use crate::runner::{ExecStep, JobPlan, Step};
+use crate::runner::{ExecStep, JobPlan};
+
+/// What one task becomes once it is ready (see [`step`]).
+#[derive(Debug, Clone)]
+pub enum Step {
+    /// Run a process.
+    Exec(ExecStep),
+    /// The task cannot run (a kind agents do not run, an interpolation error): it
+    /// fails with this reason, without a process.
+    Fail { task: String, reason: String },
+    /// A `noop` task: succeeds at once, no process.
+    Noop { task: String },
+}
 
 /// Reason given for a `child` or `foreach` task inside a child package.
 pub const NESTED_FANOUT: &str =

@@ -3,7 +3,7 @@
 //!
 //! [`crate::plan`] turns a child package and its bound parameters into a [`JobPlan`];
 //! [`crate::job_dag`] drives the package's tasks through the engine (which task
-//! starts when, retries, skips, the job's outcome) and calls [`run_attempt`] for each
+//! starts when, retries, skips, the job's outcome) and calls `run_attempt` for each
 //! process, several at once for independent tasks. This module owns the processes:
 //! spawn without a shell, capture stdout/stderr (all tasks into the job's two log
 //! files, capped at [`LOG_BYTES_MAX`], tail kept for the finished event), enforce the
@@ -58,18 +58,6 @@ pub const LOG_BYTES_MAX: u64 = 1 << 20;
 /// How long to wait for stdout/stderr to close after the process group is gone
 /// (a process that left the group with `setsid` could hold them open forever).
 const PIPE_DRAIN_MAX: Duration = Duration::from_secs(2);
-
-/// What one task becomes once it is ready (see [`crate::plan::step`]).
-#[derive(Debug, Clone)]
-pub enum Step {
-    /// Run a process.
-    Exec(ExecStep),
-    /// The task cannot run (a kind agents do not run, an interpolation error): it
-    /// fails with this reason, without a process.
-    Fail { task: String, reason: String },
-    /// A `noop` task: succeeds at once, no process.
-    Noop { task: String },
-}
 
 /// A process to run, fully interpolated.
 #[derive(Clone)]
@@ -211,7 +199,7 @@ struct StepExit {
 }
 
 /// Runs the plan to the end: the package's tasks through the engine
-/// ([`crate::job_dag`]), each process as [`run_attempt`] runs it. Sends the pid of
+/// ([`crate::job_dag`]), each process as `run_attempt` runs it. Sends the pid of
 /// the job's first process on `started` as soon as it runs (dropped unsent if no
 /// process ever starts). Never panics on child failures: every failure becomes a
 /// [`JobReport`].
@@ -318,6 +306,21 @@ pub(crate) enum Ended {
     Deadline,
     /// The job was cancelled.
     Cancelled(KillReason),
+}
+
+impl Ended {
+    /// For logs: the reason may quote argv (sensitive values), the kind never does.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Ended::Succeeded => "succeeded",
+            Ended::Failed {
+                timed_out: true, ..
+            } => "timed_out",
+            Ended::Failed { .. } => "failed",
+            Ended::Deadline => "deadline",
+            Ended::Cancelled(_) => "cancelled",
+        }
+    }
 }
 
 /// One attempt's end: how, and the exit code (-1 when none: not started, a signal).
