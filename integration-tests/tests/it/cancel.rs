@@ -95,3 +95,60 @@ fn cancel_stops_every_process_group_and_starts_nothing_new() {
     assert_eq!(again.json()["status"], "cancelled");
     c.finish(&[]);
 }
+
+/// The scale: 200 long-running children running at once on two agents;
+/// after the cancel every one of their process groups is gone within the grace.
+#[test]
+fn cancel_of_200_running_children_leaves_no_process() {
+    const N: usize = 200;
+    let mut c = Cluster::new("cancel200");
+    c.start_coordinator();
+    c.start_agent("a1", 100);
+    c.start_agent("a2", 100);
+    c.agents_ready(2);
+    let spec = FanoutSpec::new(N as u32, "sleep 300 & wait").parallelism(N as u32);
+    let parent = c.write_fanout("cancel200", &spec);
+    let id = c.start_run(&parent, &[]);
+
+    let mut pids = Vec::new();
+    let ok = wait_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let v = c.exec_show(&id);
+        pids = v
+            .children
+            .iter()
+            .filter(|ch| ch.state == "running" && ch.pid > 0)
+            .map(|ch| ch.pid)
+            .collect();
+        pids.len() == N
+    });
+    assert!(ok, "only {} of {N} children running", pids.len());
+    let agents: std::collections::BTreeSet<String> = c
+        .exec_show(&id)
+        .children
+        .iter()
+        .map(|ch| ch.agent.clone())
+        .collect();
+    assert_eq!(agents.len(), 2, "both agents run children: {agents:?}");
+
+    let started = Instant::now();
+    let out = c.cli_at(
+        &c.coordinator_url(),
+        &["exec", "cancel", &id, "--wait", "--output", "json"],
+        Duration::from_secs(60),
+    );
+    out.expect_code(0);
+    assert_eq!(out.json()["status"], "cancelled", "{}", out.describe());
+    // SIGTERM ends `wait` at once; SIGKILL would follow after the 5 s grace.
+    let gone = wait_until(Duration::from_secs(8), Duration::from_millis(50), || {
+        pids.iter().all(|p| !group_alive(*p))
+    });
+    let alive = pids.iter().filter(|p| group_alive(**p)).count();
+    assert!(
+        gone,
+        "{alive} of {N} process groups still alive {:?} after the cancel",
+        started.elapsed()
+    );
+    let end = c.exec_show(&id);
+    assert!(end.children.iter().all(|ch| ch.state == "cancelled"));
+    c.finish(&[]);
+}
