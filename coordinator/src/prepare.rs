@@ -146,16 +146,17 @@ fn load_child_at(
     files: &BTreeMap<String, String>,
     depth: u32,
 ) -> Result<(Package, ChildPackage), CoordinatorError> {
-    if let baton_package::ChildRef::Catalog(name) = baton_package::ChildRef::parse(path) {
-        return Err(invalid(format!(
-            "task '{task}' names catalog package '{name}'; in this version a parent runs child \
-             packages that travel in its bundle (deploy them together with `baton package deploy DIR`)"
-        )));
-    }
     let text = files.get(path).ok_or_else(|| {
-        invalid(format!(
-            "task '{task}' runs child package '{path}', which is not in the bundle"
-        ))
+        invalid(match baton_package::ChildRef::parse(path) {
+            baton_package::ChildRef::Catalog(name) => format!(
+                "task '{task}' names catalog package '{name}': catalog children are read when a \
+                 parent sent by the client starts; a package run from the catalog must carry its \
+                 children in its own bundle (`baton package deploy DIR`)"
+            ),
+            baton_package::ChildRef::File(_) => {
+                format!("task '{task}' runs child package '{path}', which is not in the bundle")
+            }
+        })
     })?;
     let child = Package::parse(path, text)?;
     child.check_sensitive_use()?;

@@ -100,7 +100,8 @@ impl ControlService for ControlApi {
             return self.start_package(request).await;
         }
         let folder = normalize_folder(&request.get_ref().folder).map_err(status)?;
-        self.allow(&request, "StartExecution", Permission::Execute, &folder)
+        let who = self
+            .allow(&request, "StartExecution", Permission::Execute, &folder)
             .await?;
         let r = request.into_inner();
         let placement = convert::placement(&r).map_err(status)?;
@@ -109,11 +110,15 @@ impl ControlService for ControlApi {
                 "bundle is required".into(),
             ))
         })?;
+        let mut files: std::collections::BTreeMap<String, String> =
+            bundle.files.into_iter().collect();
+        self.add_catalog_children(&who, &bundle.root, &mut files)
+            .await?;
         let id = self
             .coordinator
             .start_placed(
                 bundle.root,
-                bundle.files.into_iter().collect(),
+                files,
                 r.parameters.into_iter().collect(),
                 folder,
                 placement,

@@ -4,6 +4,7 @@
 
 pub mod agent_api;
 mod catalog_api;
+mod catalog_children;
 pub mod child_output;
 pub mod control_api;
 mod convert;

@@ -20,7 +20,7 @@ mod builder_example;
 mod cancel;
 mod capacity;
 mod catalog;
-mod child_dag;
+mod catalog_child;
 mod coordinator_restart;
 mod drain;
 mod fanout;
