@@ -21,6 +21,7 @@ mod cancel;
 mod capacity;
 mod catalog;
 mod catalog_child;
+mod child_dag;
 mod coordinator_restart;
 mod drain;
 mod fanout;
