@@ -3,7 +3,7 @@
 //! strategies and the properties it guarantees.
 //!
 //! - `mod.rs`: the inputs, the answer, eligibility and the strategies;
-//! - [`policy`]: what an execution asks for (strategy, labels, pins, slots);
+//! - `policy.rs`: what an execution asks for (strategy, labels, pins, slots);
 //! - `reason.rs`: why nothing fits, in words a person can act on.
 
 mod policy;
