@@ -24,6 +24,7 @@ mod catalog_child;
 mod child_dag;
 mod coordinator_restart;
 mod drain;
+mod etl_example;
 mod fanout;
 mod foreign_report;
 mod listing;
