@@ -39,7 +39,10 @@ fn the_etl_example_runs_end_to_end() {
     let id = v["execution_id"].as_str().unwrap().to_owned();
     let show = c.cli(&["exec", "show", &id, "--output", "json"]);
     show.expect_code(0);
-    assert!(!show.stdout.contains(secret), "the password leaked into exec show");
+    assert!(
+        !show.stdout.contains(secret),
+        "the password leaked into exec show"
+    );
     let show = show.json();
     let children = show["children"].as_array().unwrap();
     let loads: Vec<_> = children.iter().filter(|c| c["task"] == "load").collect();
@@ -69,7 +72,9 @@ fn the_etl_example_runs_end_to_end() {
         .collect();
     assert_eq!(states["alert"], "skipped", "{states:?}");
     // The rows of one load, streamed from its agent through the coordinator.
-    let rows = c.cli(&["exec", "rows", &id, "--child", "load[0]", "--format", "json"]);
+    let rows = c.cli(&[
+        "exec", "rows", &id, "--child", "load[0]", "--format", "json",
+    ]);
     rows.expect_code(0);
     assert!(rows.stdout.contains("\"loaded\""), "{}", rows.describe());
     c.finish(&[]);
