@@ -98,6 +98,53 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
     Ok(Bundle { root, files })
 }
 
+/// Reads `--params FILE.json`: a JSON object of parameter names to values.
+/// Strings are taken as they are, numbers and booleans as their JSON text,
+/// arrays (for `list` parameters) as JSON text. Messages never quote a value.
+pub fn params_file(path: &Path) -> Result<BTreeMap<String, String>, CliError> {
+    let text = read(path)?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        CliError::invalid(
+            "USAGE",
+            format!(
+                "{}: not JSON (line {}, column {})",
+                path.display(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(CliError::invalid(
+            "USAGE",
+            format!(
+                "{}: must be a JSON object of parameter names to values",
+                path.display()
+            ),
+        ));
+    };
+    map.into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(_)
+                | serde_json::Value::Bool(_)
+                | serde_json::Value::Array(_) => v.to_string(),
+                serde_json::Value::Null | serde_json::Value::Object(_) => {
+                    return Err(CliError::invalid(
+                        "USAGE",
+                        format!(
+                            "{}: parameter '{k}' must be a string, number, boolean or list",
+                            path.display()
+                        ),
+                    ));
+                }
+            };
+            Ok((k, text))
+        })
+        .collect()
+}
+
 /// Parses `-p key=value` pairs.
 pub fn params(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
     let mut out = BTreeMap::new();
@@ -123,4 +170,41 @@ pub fn params(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.json");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn a_params_file_gives_strings_numbers_booleans_and_lists() {
+        let (_d, path) = file(r#"{"day": "mon", "n": 8, "dry": true, "regions": ["eu", "us"]}"#);
+        let p = params_file(&path).unwrap();
+        assert_eq!(p["day"], "mon");
+        assert_eq!(p["n"], "8");
+        assert_eq!(p["dry"], "true");
+        assert_eq!(p["regions"], r#"["eu","us"]"#);
+    }
+
+    #[test]
+    fn a_bad_params_file_is_a_usage_error_that_quotes_no_value() {
+        for bad in [
+            "[1, 2]",
+            "{\"pw\": {\"x\": \"s3cret\"}}",
+            "{nope",
+            "{\"a\": null}",
+        ] {
+            let (_d, path) = file(bad);
+            let e = params_file(&path).unwrap_err();
+            assert_eq!(e.code, "USAGE", "{bad}");
+            assert!(!e.message.contains("s3cret"), "{}", e.message);
+        }
+    }
 }

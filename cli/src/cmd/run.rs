@@ -30,6 +30,10 @@ pub struct RunArgs {
     /// Parameter override, repeatable: -p name=value.
     #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
     pub params: Vec<String>,
+    /// Parameter overrides from a JSON object file: {"day": "2026-11-30", "shards": 8,
+    /// "regions": ["eu", "us"]}; -p given on the command line wins over the file.
+    #[arg(long = "params", value_name = "FILE.json")]
+    pub params_file: Option<PathBuf>,
     /// Wait for the end; the exit code is the execution's result (0 succeeded, 1 not).
     #[arg(long)]
     pub wait: bool,
@@ -81,7 +85,11 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
             "--version picks a version of a catalog package: use it with --package FOLDER/NAME",
         ));
     }
-    let params = bundle::params(&args.params)?;
+    let mut params = match &args.params_file {
+        Some(path) => bundle::params_file(path)?,
+        None => Default::default(),
+    };
+    params.extend(bundle::params(&args.params)?);
     let require = baton_coordinator::placement::parse_require(&args.require)
         .map_err(|e| CliError::invalid("USAGE", e))?;
     let mut request = match (&args.file, &args.package) {
