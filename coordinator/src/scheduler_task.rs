@@ -318,6 +318,20 @@ pub fn spawn(
     (SchedulerHandle { tx }, join)
 }
 
+/// A batch whose commit is under way: what to do once it is durable.
+struct InFlight<'a> {
+    commit: crate::store::BoxFuture<'a, Result<crate::store::Revision, crate::store::StoreError>>,
+    written: Vec<crate::scheduler::Written>,
+    post: Vec<Post>,
+    effects: Vec<Effect>,
+}
+
+/// The loop. While one batch is being committed (an fsync, on a blocking
+/// thread) the next batch is already being handled in memory; it is flushed
+/// as soon as the commit before it is durable, so the scheduler never waits
+/// for the disk with messages in its inbox. Effects and replies of a batch
+/// are taken when it is flushed and performed only after its commit: nothing
+/// leaves this task before the state that caused it is durable.
 async fn run(
     mut sched: Scheduler,
     store: Arc<dyn Store>,
@@ -327,11 +341,33 @@ async fn run(
 ) -> Result<(), CoordinatorError> {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut post = Vec::new();
+    let mut inflight: Option<InFlight<'_>> = None;
     loop {
-        let mut post = Vec::new();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            res = async {
+                match inflight.as_mut() {
+                    Some(f) => (&mut f.commit).await,
+                    None => std::future::pending().await,
+                }
+            }, if inflight.is_some() => {
+                let Some(done) = inflight.take() else { continue };
+                match res {
+                    Ok(rev) => sched.committed(done.written, rev),
+                    Err(e) => {
+                        // Memory is ahead of the store now: stop rather than act on
+                        // state that is not durable. A restart reloads the truth.
+                        error!(error = %e, "store commit failed; stopping the scheduler");
+                        return Err(e.into());
+                    }
+                }
+                reply(done.post);
+                for effect in done.effects {
+                    perform(&mut io, effect);
+                }
+            }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 handle(&mut sched, &mut io, msg, &mut post);
@@ -344,43 +380,49 @@ async fn run(
             }
             _ = tick.tick() => sched.tick(Instant::now()),
         }
+        if inflight.is_some() {
+            // The pump and the next flush wait for the commit under way
+            // (record revisions are its preconditions).
+            continue;
+        }
         sched.pump(Instant::now());
         if sched.has_dirty() {
             let (ops, written) = sched.flush();
-            match store.commit(ops).await {
-                Ok(rev) => sched.committed(written, rev),
-                Err(e) => {
-                    // Memory is ahead of the store now: stop rather than act on
-                    // state that is not durable. A restart reloads the truth.
-                    error!(error = %e, "store commit failed; stopping the scheduler");
-                    return Err(e.into());
-                }
-            }
+            inflight = Some(InFlight {
+                commit: store.commit(ops),
+                written,
+                post: std::mem::take(&mut post),
+                effects: sched.take_effects(),
+            });
         } else {
             sched.publish_and_evict();
-        }
-        for p in post {
-            match p {
-                Post::Registered(reply, resp) => {
-                    let _ = reply.send(resp);
-                }
-                Post::Started(reply, id) => {
-                    let _ = reply.send(id);
-                }
-                Post::Resumed(reply, r) => {
-                    let _ = reply.send(r);
-                }
-                Post::AgentSet(reply, r) => {
-                    let _ = reply.send(r);
-                }
+            reply(std::mem::take(&mut post));
+            for effect in sched.take_effects() {
+                perform(&mut io, effect);
             }
-        }
-        for effect in sched.take_effects() {
-            perform(&mut io, effect);
         }
     }
     debug!("scheduler stopped");
     Ok(())
+}
+
+fn reply(post: Vec<Post>) {
+    for p in post {
+        match p {
+            Post::Registered(reply, resp) => {
+                let _ = reply.send(resp);
+            }
+            Post::Started(reply, id) => {
+                let _ = reply.send(id);
+            }
+            Post::Resumed(reply, r) => {
+                let _ = reply.send(r);
+            }
+            Post::AgentSet(reply, r) => {
+                let _ = reply.send(r);
+            }
+        }
+    }
 }
 
 fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {

@@ -205,8 +205,15 @@ impl Scheduler {
                     return;
                 }
                 entry.seq.applied_seq = ev.seq;
-                self.dirty_seqs.insert(agent.to_string());
-                self.pending_acks.insert(agent.to_string(), ev.seq);
+                if !self.dirty_seqs.contains(agent) {
+                    self.dirty_seqs.insert(agent.to_string());
+                }
+                match self.pending_acks.get_mut(agent) {
+                    Some(seq) => *seq = ev.seq,
+                    None => {
+                        self.pending_acks.insert(agent.to_string(), ev.seq);
+                    }
+                }
                 match durable {
                     Body::Started(s) => self.child_started(agent, s, ev.at_unix_ms),
                     Body::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms, now),

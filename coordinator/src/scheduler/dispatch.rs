@@ -183,12 +183,21 @@ impl Scheduler {
         let c = &run.children[cref.child as usize];
         Ok(match &planned.work {
             Work::Foreach { fe, .. } => {
-                let states = e.engine.states();
+                // Every task's state is a map built on demand: only for
+                // templates that may read `${tasks.…}` (most read the item).
+                static NONE: BTreeMap<String, String> = BTreeMap::new();
+                let states;
+                let states = if fe.params.values().any(|t| t.contains("tasks.")) {
+                    states = e.engine.states();
+                    &states
+                } else {
+                    &NONE
+                };
                 let scope = Scope {
                     params: &e.plan.params,
                     item: Some(&c.rec.item),
                     outputs: e.engine.outputs(),
-                    states: &states,
+                    states,
                 };
                 child_params(fe, &scope).map_err(|err| err.to_string())?
             }
@@ -346,7 +355,7 @@ impl Scheduler {
             return;
         }
         match outcome {
-            DispatchOutcome::Accepted => self.set_phase(cref, Phase::Accepted),
+            DispatchOutcome::Accepted => self.set_phase_unsaved(cref, Phase::Accepted),
             DispatchOutcome::Unknown(err) => {
                 debug!(agent, %err, "dispatch outcome unknown; will ask again");
                 self.resend.push((now + self.config.dispatch_retry, cref));

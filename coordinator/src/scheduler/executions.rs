@@ -217,6 +217,19 @@ impl Scheduler {
         self.dirty_children.insert(cref);
     }
 
+    /// A phase change that need not be durable on its own: the child's
+    /// record is written with its next durable change. Used for `accepted`:
+    /// a record left at `dispatching` makes a restarted coordinator send the
+    /// same dispatch id again, which the agent answers idempotently, so
+    /// writing every acceptance would buy nothing for a third of the writes.
+    pub(super) fn set_phase_unsaved(&mut self, cref: ChildRef, new: Phase) {
+        let was_dirty = self.dirty_children.contains(&cref);
+        self.set_phase(cref, new);
+        if !was_dirty {
+            self.dirty_children.remove(&cref);
+        }
+    }
+
     pub(super) fn child(&self, cref: ChildRef) -> Option<&Child> {
         self.execs
             .get(&cref.exec)

@@ -331,7 +331,7 @@ fn start_task(
     };
     let ti = ti as usize;
     e.tasks[ti].started = true;
-    let planned = e.plan.tasks[ti].clone();
+    let planned = planned_shallow(e, ti);
     if let Work::Foreach { fe, .. } = &planned.work
         && matches!(fe.over, baton_package::ForeachOver::Rows(_))
         && e.tasks[ti].children.is_empty()
@@ -343,6 +343,15 @@ fn start_task(
         return;
     }
     expand(e, slot, ti, &planned, &[], created);
+}
+
+/// A copy of a planned task without its items (a foreach's may be a million
+/// strings; [`prepare_task`] reads them from the plan).
+fn planned_shallow(e: &mut Exec, ti: usize) -> crate::prepare::PlannedTask {
+    let items = std::mem::take(&mut e.plan.tasks[ti].items);
+    let planned = e.plan.tasks[ti].clone();
+    e.plan.tasks[ti].items = items;
+    planned
 }
 
 /// Makes the children of a started task (its items rendered now, `rows` for
@@ -441,7 +450,11 @@ fn prepare_task(
             let items = if planned.dynamic {
                 dynamic_items(fe, scope, rows).map_err(|err| err.to_string())?
             } else {
-                planned.items.clone()
+                // The plan's own list (`planned` is a copy without it).
+                e.task_index
+                    .get(&planned.name)
+                    .map(|&t| e.plan.tasks[t as usize].items.clone())
+                    .unwrap_or_default()
             };
             // Check the first child's parameters now: a typo fails the task
             // once instead of every child.
@@ -544,7 +557,7 @@ impl Scheduler {
             } else {
                 match rows {
                     Ok(rows) => {
-                        let planned = e.plan.tasks[ti].clone();
+                        let planned = planned_shallow(e, ti);
                         expand(e, slot, ti, &planned, &rows, &mut created);
                     }
                     Err(why) => {
