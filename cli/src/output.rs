@@ -44,6 +44,9 @@ pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
         "reason": s.reason,
         "resumes": s.resumes,
     });
+    if !s.parent.is_empty() {
+        v["parent"] = json!(s.parent);
+    }
     if !s.catalog_path.is_empty() {
         v["catalog"] = json!({"path": s.catalog_path, "version": s.catalog_version});
     }
@@ -70,6 +73,9 @@ pub fn summary_human(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> String {
             "\ncatalog: {} version {}",
             s.catalog_path, s.catalog_version
         );
+    }
+    if !s.parent.is_empty() {
+        out += &format!("\nsub-execution of {} (nested fan-out)", s.parent);
     }
     if s.resumes > 0 {
         out += &format!("\nresumed {} time(s)", s.resumes);

@@ -34,6 +34,7 @@ pub fn summary(s: &Summary) -> pb::ExecutionSummary {
         catalog_path: s.catalog.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
         catalog_version: s.catalog.as_ref().map_or(0, |c| c.1),
         resumes: s.resumes,
+        parent: s.parent.clone(),
     }
 }
 

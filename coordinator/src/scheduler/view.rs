@@ -28,6 +28,8 @@ pub struct Summary {
     /// Catalog path and version it was started from, if any.
     pub catalog: Option<(String, u32)>,
     pub resumes: u32,
+    /// "ID task[index]" of the child a sub-execution runs as.
+    pub parent: String,
 }
 
 /// An execution with every child job.
@@ -53,6 +55,11 @@ fn base(rec: &ExecutionRecord) -> Summary {
         folder: rec.folder().to_string(),
         catalog: rec.catalog.as_ref().map(|c| (c.path.clone(), c.version)),
         resumes: rec.resumes,
+        parent: rec
+            .parent
+            .as_ref()
+            .map(|p| format!("{} {}[{}]", p.execution_id, p.task, p.index))
+            .unwrap_or_default(),
         ..Summary::default()
     }
 }

@@ -114,8 +114,18 @@ fn a_child_that_fans_out_runs_as_a_sub_execution() {
     }
     let list = c.cli(&["exec", "list", "--output", "json"]);
     list.expect_code(0);
-    let execs = list.json()["executions"].as_array().unwrap().len();
-    assert_eq!(execs, 3, "the parent and two sub-executions");
+    let execs = list.json()["executions"].as_array().unwrap().clone();
+    assert_eq!(execs.len(), 3, "the parent and two sub-executions");
+    let mut parents: Vec<String> = execs
+        .iter()
+        .filter_map(|e| e["parent"].as_str().map(str::to_owned))
+        .collect();
+    parents.sort();
+    assert_eq!(
+        parents,
+        [format!("{id} regions[0]"), format!("{id} regions[1]")],
+        "each sub-execution names the child it runs as"
+    );
     c.finish(&[]);
 }
 
