@@ -110,4 +110,3 @@ pub fn process_package(
         passed,
     ))
 }
-
