@@ -346,7 +346,7 @@ fn start_task(
 }
 
 /// A copy of a planned task without its items (a foreach's may be a million
-/// strings; [`prepare_task`] reads them from the plan).
+/// strings; [`expand`] takes them from the plan).
 fn planned_shallow(e: &mut Exec, ti: usize) -> crate::prepare::PlannedTask {
     let items = std::mem::take(&mut e.plan.tasks[ti].items);
     let planned = e.plan.tasks[ti].clone();
@@ -366,6 +366,9 @@ fn expand(
 ) {
     let name = planned.name.as_str();
     let states = e.engine.states();
+    // The plan gives its item list to the children (a foreach's may be a
+    // million strings: it is not kept twice).
+    let known_items = std::mem::take(&mut e.plan.tasks[ti].items);
     let prepared = {
         let scope = Scope {
             params: &e.plan.params,
@@ -373,7 +376,7 @@ fn expand(
             outputs: e.engine.outputs(),
             states: &states,
         };
-        prepare_task(e, planned, &scope, rows)
+        prepare_task(e, planned, &scope, rows, known_items)
     };
     let (items, package, params) = match prepared {
         Ok(p) => p,
@@ -421,6 +424,7 @@ fn prepare_task(
     planned: &crate::prepare::PlannedTask,
     scope: &Scope<'_>,
     rows: &[String],
+    known_items: Vec<String>,
 ) -> Result<
     (
         Vec<String>,
@@ -450,11 +454,7 @@ fn prepare_task(
             let items = if planned.dynamic {
                 dynamic_items(fe, scope, rows).map_err(|err| err.to_string())?
             } else {
-                // The plan's own list (`planned` is a copy without it).
-                e.task_index
-                    .get(&planned.name)
-                    .map(|&t| e.plan.tasks[t as usize].items.clone())
-                    .unwrap_or_default()
+                known_items
             };
             // Check the first child's parameters now: a typo fails the task
             // once instead of every child.

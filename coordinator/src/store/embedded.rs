@@ -21,7 +21,7 @@ const REVISION_KEY: &str = "revision";
 /// million children's records made the coordinator's RSS 1.8 GB. Writes go
 /// to the end of the key space of one execution and reads are rare (views of
 /// ended executions), so a small cache costs little.
-pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// A [`Store`] over a redb file.
 pub struct EmbeddedStore {
