@@ -1,5 +1,5 @@
 //! Admission: whether a new execution may start. The coordinator keeps every
-//! unfinished child in memory (about 1.8 KB each, `docs/benchmarks.md`), so
+//! unfinished child in memory (about 1 KB each, `docs/benchmarks.md`), so
 //! the total of children not yet finished over all running executions is
 //! bounded (`--max-pending-children`). A start that would pass the bound is
 //! refused as busy with a retry-after hint; an execution that alone is larger

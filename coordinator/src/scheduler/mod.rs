@@ -49,8 +49,8 @@ pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;
 pub use view::{ExecutionView, Summary, summary_from_record, view_from_records};
 
-/// Default of `--max-pending-children`: about 1.8 GB of coordinator memory at
-/// the ~1.8 KB per child measured in `docs/benchmarks.md` (1M children).
+/// Default of `--max-pending-children`: about 1 GB of coordinator memory at
+/// the ~1 KB per child measured in `docs/benchmarks.md` (1M children).
 pub const DEFAULT_MAX_PENDING_CHILDREN: u64 = 1_000_000;
 
 /// Tunables of the scheduler.
