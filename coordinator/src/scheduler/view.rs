@@ -28,7 +28,7 @@ pub struct Summary {
     /// Catalog path and version it was started from, if any.
     pub catalog: Option<(String, u32)>,
     pub resumes: u32,
-    /// "ID task[index]" of the child a sub-execution runs as.
+    /// `ID task[index]` of the child a sub-execution runs as.
     pub parent: String,
 }
 
