@@ -186,12 +186,107 @@ impl Coordinator {
         Ok(view_from_records(&rec, children))
     }
 
+    /// An execution with at most `limit` of its children (those that did not
+    /// succeed first) and counts over all of them; an ended one is scanned
+    /// from the store without holding every child in memory.
+    pub async fn view_limited(
+        &self,
+        id: &str,
+        limit: usize,
+    ) -> Result<ExecutionView, CoordinatorError> {
+        if let Some(v) = self.handle.view_limited(id.to_string(), limit).await? {
+            return Ok(v);
+        }
+        let rec = self.stored(id).await?;
+        type Acc = (
+            Summary,
+            Vec<(ChildRecord, bool)>,
+            usize,
+            usize,
+            Option<String>,
+        );
+        let acc: Arc<std::sync::Mutex<Acc>> = Arc::new(std::sync::Mutex::new((
+            crate::scheduler::summary_from_record(&rec),
+            Vec::new(),
+            0,
+            0,
+            None,
+        )));
+        {
+            let mut a = acc.lock().unwrap_or_else(|p| p.into_inner());
+            // Counts come from the children themselves.
+            let s = &mut a.0;
+            (
+                s.total,
+                s.pending,
+                s.running,
+                s.succeeded,
+                s.failed,
+                s.lost_attempts,
+            ) = (0, 0, 0, 0, 0, 0);
+            s.per_agent.clear();
+        }
+        let inner = acc.clone();
+        self.store
+            .scan(
+                &children_prefix(id),
+                Box::new(move |kv| {
+                    let mut a = inner.lock().unwrap_or_else(|p| p.into_inner());
+                    match serde_json::from_slice::<ChildRecord>(&kv.value) {
+                        Ok(c) => {
+                            crate::scheduler::tally(&mut a.0, &c);
+                            let ok = c.phase == crate::records::Phase::Succeeded;
+                            // Up to `limit` of each kind; the pick is made after.
+                            let (kept_bad, kept_ok) = (a.2, a.3);
+                            if ok && kept_ok < limit {
+                                a.3 += 1;
+                                a.1.push((c, ok));
+                            } else if !ok && kept_bad < limit {
+                                a.2 += 1;
+                                a.1.push((c, ok));
+                            }
+                        }
+                        Err(e) => {
+                            a.4.get_or_insert_with(|| format!("corrupt record '{}': {e}", kv.key));
+                        }
+                    }
+                    false
+                }),
+            )
+            .await?;
+        let (summary, kept, _, _, corrupt) =
+            std::mem::take(&mut *acc.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(e) = corrupt {
+            return Err(CoordinatorError::Store(e));
+        }
+        let phases: Vec<crate::records::Phase> = kept.iter().map(|(c, _)| c.phase).collect();
+        let picked = crate::scheduler::pick_children(&phases, limit);
+        let mut kept: Vec<Option<ChildRecord>> = kept.into_iter().map(|(c, _)| Some(c)).collect();
+        let children: Vec<ChildRecord> =
+            picked.into_iter().filter_map(|i| kept[i].take()).collect();
+        let children_total = summary.total;
+        let mut view = view_from_records(&rec, children);
+        view.summary = summary;
+        view.children_total = children_total;
+        Ok(view)
+    }
+
+    /// The folder of an execution, without reading its children.
+    pub async fn folder(&self, id: &str) -> Result<String, CoordinatorError> {
+        if let Some(v) = self.handle.view_limited(id.to_string(), 0).await? {
+            return Ok(v.summary.folder);
+        }
+        Ok(self.stored(id).await?.folder().to_string())
+    }
+
     /// Summaries of an execution as it progresses.
     pub async fn watch(&self, id: &str) -> Result<Watched, CoordinatorError> {
         if let Some(rx) = self.handle.watch(id.to_string()).await? {
             return Ok(Watched::Live(rx));
         }
-        Ok(Watched::Ended(Box::new(self.view(id).await?.summary)))
+        Ok(Watched::Ended(Box::new(
+            self.view_limited(id, 0).await?.summary,
+        )))
     }
 
     /// Executions newest first, filtered by state, package and the folders the

@@ -86,6 +86,8 @@ pub(crate) enum Msg {
     },
     View {
         id: String,
+        /// Most children in the view.
+        limit: usize,
         reply: oneshot::Sender<Option<ExecutionView>>,
     },
     Watch {
@@ -207,7 +209,16 @@ impl SchedulerHandle {
     }
 
     pub async fn view(&self, id: String) -> Result<Option<ExecutionView>, CoordinatorError> {
-        self.ask(|reply| Msg::View { id, reply }).await
+        self.view_limited(id, usize::MAX).await
+    }
+
+    /// [`Self::view`] with at most `limit` children (those that did not succeed first).
+    pub async fn view_limited(
+        &self,
+        id: String,
+        limit: usize,
+    ) -> Result<Option<ExecutionView>, CoordinatorError> {
+        self.ask(|reply| Msg::View { id, limit, reply }).await
     }
 
     pub async fn watch(
@@ -479,8 +490,8 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             let r = sched.resume(*rec, version, *plan, children, now);
             post.push(Post::Resumed(reply, r));
         }
-        Msg::View { id, reply } => {
-            let _ = reply.send(sched.execution_view(&id));
+        Msg::View { id, limit, reply } => {
+            let _ = reply.send(sched.execution_view_limited(&id, limit));
         }
         Msg::Watch { id, reply } => {
             let _ = reply.send(sched.watch(&id));

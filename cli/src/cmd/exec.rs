@@ -89,9 +89,13 @@ pub enum ExecCmd {
         id: String,
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
-        /// Rows of the child table in human output (all with --output json).
+        /// Rows of the child table per task in human output.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Most children to fetch (at most 100,000): those that did not succeed
+        /// come first; counts always cover every child.
+        #[arg(long, default_value_t = 10_000)]
+        children: u32,
         #[command(flatten)]
         coordinator: CoordinatorOpt,
     },
@@ -345,11 +349,15 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             id,
             output,
             limit,
+            children,
             coordinator,
         } => {
             let mut client = coordinator.connect().await?;
             let detail = client
-                .get_execution(pb::GetExecutionRequest { execution_id: id })
+                .get_execution(pb::GetExecutionRequest {
+                    execution_id: id,
+                    children_limit: children.max(1),
+                })
                 .await
                 .map_err(|s| coordinator.status(s))?
                 .into_inner();
@@ -362,12 +370,21 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                         "summary": summary_json(&summary, None),
                         "tasks": detail.tasks.iter().map(|t| json!({"task": t.name, "state": t.state, "reason": t.reason})).collect::<Vec<_>>(),
                         "children": detail.children.iter().map(child_json).collect::<Vec<_>>(),
+                        "children_total": detail.children_total,
+                        "children_truncated": detail.children_truncated,
                     });
                     println!("{v}");
                 }
                 Format::Human => {
                     println!("{}\n", summary_human(&summary, None));
                     print!("{}", tree(&detail.tasks, &detail.children, limit));
+                    if detail.children_truncated {
+                        eprintln!(
+                            "showing {} of {} children (those that did not succeed first); --children N for more",
+                            detail.children.len(),
+                            detail.children_total
+                        );
+                    }
                 }
             }
             Ok(0)

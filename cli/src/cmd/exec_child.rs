@@ -211,6 +211,8 @@ async fn current_attempt(client: &mut Control, id: &str, child: &str) -> u32 {
     let Ok(detail) = client
         .get_execution(pb::GetExecutionRequest {
             execution_id: id.to_string(),
+            // The most the coordinator gives: the child looked for must be in it.
+            children_limit: u32::MAX,
         })
         .await
     else {
@@ -379,6 +381,7 @@ async fn wait_child(
         let detail = client
             .get_execution(pb::GetExecutionRequest {
                 execution_id: id.to_string(),
+                children_limit: u32::MAX,
             })
             .await
             .map_err(|s| coordinator.status(s))?

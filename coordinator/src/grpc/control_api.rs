@@ -68,15 +68,14 @@ impl ControlApi {
 
     /// The folder of an execution (for permission checks).
     pub(super) async fn folder_of(&self, id: &str) -> Result<String, Status> {
-        Ok(self
-            .coordinator
-            .view(id)
-            .await
-            .map_err(status)?
-            .summary
-            .folder)
+        self.coordinator.folder(id).await.map_err(status)
     }
 }
+
+/// Children `GetExecution` returns when the request names no limit.
+const DEFAULT_CHILDREN_LIMIT: usize = 10_000;
+/// The most children one `GetExecution` returns (about 6 MB of JSON).
+const MAX_CHILDREN_LIMIT: usize = 100_000;
 
 fn grant_rows(rows: Vec<(String, Permission, String)>) -> Vec<pb::RoleGrant> {
     rows.into_iter()
@@ -162,10 +161,21 @@ impl ControlService for ControlApi {
         request: Request<pb::GetExecutionRequest>,
     ) -> Result<Response<pb::ExecutionDetail>, Status> {
         let who = self.who(&request, "GetExecution").await?;
-        let id = request.into_inner().execution_id;
-        let view = self.coordinator.view(&id).await.map_err(status)?;
+        let r = request.into_inner();
+        let id = r.execution_id;
+        let limit = match r.children_limit {
+            0 => DEFAULT_CHILDREN_LIMIT,
+            n => (n as usize).min(MAX_CHILDREN_LIMIT),
+        };
+        // The folder first: a refusal reads nothing else.
+        let folder = self.folder_of(&id).await?;
         self.auth
-            .require(&who, Permission::Read, &view.summary.folder, "GetExecution")
+            .require(&who, Permission::Read, &folder, "GetExecution")
+            .await
+            .map_err(status)?;
+        let view = self
+            .coordinator
+            .view_limited(&id, limit)
             .await
             .map_err(status)?;
         Ok(Response::new(convert::detail(view)))

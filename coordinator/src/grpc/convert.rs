@@ -40,6 +40,8 @@ pub fn summary(s: &Summary) -> pb::ExecutionSummary {
 
 pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
     let summary = Some(summary(&v.summary));
+    let children_total = v.children_total;
+    let children_truncated = (v.children.len() as u64) < children_total;
     let tasks = v
         .tasks
         .into_iter()
@@ -77,6 +79,8 @@ pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
         summary,
         children,
         tasks,
+        children_total,
+        children_truncated,
     }
 }
 

@@ -47,7 +47,9 @@ use crate::store::Revision;
 pub use agents::Registration;
 pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;
-pub use view::{ExecutionView, Summary, summary_from_record, view_from_records};
+pub use view::{
+    ExecutionView, Summary, pick_children, summary_from_record, tally, view_from_records,
+};
 
 /// Default of `--max-pending-children`: about 1 GB of coordinator memory at
 /// the ~1 KB per child measured in `docs/benchmarks.md` (1M children).

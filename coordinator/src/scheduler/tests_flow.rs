@@ -204,3 +204,13 @@ fn max_failures_stops_a_foreach_early() {
         "no child after the first failure"
     );
 }
+
+#[test]
+fn a_limited_view_picks_what_did_not_succeed_first() {
+    use crate::records::Phase::{Failed, Pending, Succeeded};
+    let phases = [Succeeded, Failed, Succeeded, Pending, Succeeded, Failed];
+    assert_eq!(super::pick_children(&phases, 3), [1, 3, 5]);
+    assert_eq!(super::pick_children(&phases, 4), [0, 1, 3, 5]);
+    assert_eq!(super::pick_children(&phases, 0), Vec::<usize>::new());
+    assert_eq!(super::pick_children(&phases, 10).len(), 6);
+}

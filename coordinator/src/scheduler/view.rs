@@ -41,6 +41,48 @@ pub struct ExecutionView {
     pub waiting: Vec<String>,
     /// Every task of the parent: (name, state, reason), in task order.
     pub tasks: Vec<(String, String, String)>,
+    /// Children of the execution; `children` may hold fewer (a limit).
+    pub children_total: u64,
+}
+
+/// Which children a limited view shows: those that did not succeed first
+/// (what a person looks for), then the others, each group in child order;
+/// returns the positions to keep, in child order.
+pub fn pick_children(phases: &[Phase], limit: usize) -> Vec<usize> {
+    let mut keep: Vec<usize> = (0..phases.len())
+        .filter(|&i| phases[i] != Phase::Succeeded)
+        .take(limit)
+        .collect();
+    let room = limit.saturating_sub(keep.len());
+    keep.extend(
+        (0..phases.len())
+            .filter(|&i| phases[i] == Phase::Succeeded)
+            .take(room),
+    );
+    keep.sort_unstable();
+    keep
+}
+
+/// Adds one child to a summary's counts.
+pub fn tally(s: &mut Summary, c: &ChildRecord) {
+    s.total += 1;
+    s.lost_attempts += u64::from(c.lost);
+    match c.phase {
+        Phase::Pending => s.pending += 1,
+        p if p.is_on_agent() => s.running += 1,
+        Phase::Succeeded => s.succeeded += 1,
+        _ => s.failed += 1,
+    }
+    if c.phase.is_terminal()
+        && let Some(agent) = &c.agent
+    {
+        let e = s.per_agent.entry(agent.clone()).or_default();
+        if c.phase == Phase::Succeeded {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
 }
 
 fn base(rec: &ExecutionRecord) -> Summary {
@@ -94,24 +136,7 @@ pub fn summary_from_record(rec: &ExecutionRecord) -> Summary {
 pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> ExecutionView {
     let mut s = base(rec);
     for c in &children {
-        s.total += 1;
-        s.lost_attempts += u64::from(c.lost);
-        match c.phase {
-            Phase::Pending => s.pending += 1,
-            p if p.is_on_agent() => s.running += 1,
-            Phase::Succeeded => s.succeeded += 1,
-            _ => s.failed += 1,
-        }
-        if c.phase.is_terminal()
-            && let Some(agent) = &c.agent
-        {
-            let e = s.per_agent.entry(agent.clone()).or_default();
-            if c.phase == Phase::Succeeded {
-                e.0 += 1;
-            } else {
-                e.1 += 1;
-            }
-        }
+        tally(&mut s, c);
     }
     let waiting = vec![String::new(); children.len()];
     let tasks = rec
@@ -120,6 +145,7 @@ pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> E
         .map(|(n, st)| (n.clone(), st.clone(), String::new()))
         .collect();
     ExecutionView {
+        children_total: children.len() as u64,
         summary: s,
         children,
         waiting,
@@ -130,14 +156,25 @@ pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> E
 impl Scheduler {
     /// The live view of an execution, if it is in memory.
     pub fn execution_view(&self, id: &str) -> Option<ExecutionView> {
+        self.execution_view_limited(id, usize::MAX)
+    }
+
+    /// The live view with at most `limit` children ([`pick_children`]).
+    pub fn execution_view_limited(&self, id: &str, limit: usize) -> Option<ExecutionView> {
         let e = self.execs.get(self.exec_ids.get(id)?)?;
-        let mut children = Vec::new();
-        let mut waiting = Vec::new();
-        for t in &e.tasks {
-            for c in &t.children {
-                children.push(c.rec.clone());
-                waiting.push(c.waiting_reason.clone());
-            }
+        let all: Vec<&super::Child> = e.tasks.iter().flat_map(|t| &t.children).collect();
+        let phases: Vec<Phase> = all.iter().map(|c| c.rec.phase).collect();
+        let picked = if all.len() <= limit {
+            (0..all.len()).collect()
+        } else {
+            pick_children(&phases, limit)
+        };
+        let children_total = all.len() as u64;
+        let mut children = Vec::with_capacity(picked.len());
+        let mut waiting = Vec::with_capacity(picked.len());
+        for i in picked {
+            children.push(all[i].rec.clone());
+            waiting.push(all[i].waiting_reason.clone());
         }
         let tasks = e
             .engine
@@ -159,6 +196,7 @@ impl Scheduler {
             children,
             waiting,
             tasks,
+            children_total,
         })
     }
 

@@ -181,6 +181,37 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        mut keep: Box<dyn FnMut(&KeyValue) -> bool + Send + 'static>,
+    ) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>> {
+        let db = self.db.clone();
+        let prefix = prefix.to_string();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let db = db.read().unwrap_or_else(|p| p.into_inner());
+                let tx = db.begin_read().map_err(backend)?;
+                let kv = tx.open_table(KV).map_err(backend)?;
+                let mut out = Vec::new();
+                for entry in kv.range(prefix.as_str()..).map_err(backend)? {
+                    let (k, v) = entry.map_err(backend)?;
+                    let key = k.value();
+                    if !key.starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    let pair = decode(key, v.value())?;
+                    if keep(&pair) {
+                        out.push(pair);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(backend)?
+        })
+    }
+
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Revision, StoreError>> {
         let db = self.db.clone();
         let events = self.events.clone();

@@ -89,6 +89,24 @@ pub trait Store: Send + Sync + 'static {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, StoreError>>;
     /// Every key starting with `prefix`, in key order.
     fn range<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>>;
+    /// Every key starting with `prefix`, in key order, handed to `keep`; only
+    /// those it keeps are returned, so that memory stays bounded under a huge
+    /// prefix (an execution's million children). Backends without a cursor
+    /// may read the whole range first.
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        mut keep: Box<dyn FnMut(&KeyValue) -> bool + Send + 'static>,
+    ) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .range(prefix)
+                .await?
+                .into_iter()
+                .filter(|kv| keep(kv))
+                .collect())
+        })
+    }
     /// Applies `ops` atomically if all preconditions hold; returns the new revision.
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Revision, StoreError>>;
     /// Changes under `prefix` committed after this call.

@@ -40,4 +40,5 @@ mod rpc_matrix;
 mod run_as;
 mod secrets;
 mod security;
+mod show_limit;
 mod tls;

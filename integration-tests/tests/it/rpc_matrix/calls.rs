@@ -98,6 +98,7 @@ pub(super) fn control_calls(
                 got(c
                     .get_execution(pb::GetExecutionRequest {
                         execution_id: exec_id.into(),
+                        ..Default::default()
                     })
                     .await),
             ),
