@@ -444,6 +444,15 @@ impl Coordinator {
         let kv = self.stored_kv(id).await?;
         let rec: ExecutionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| CoordinatorError::Store(format!("corrupt execution record: {e}")))?;
+        if let Some(p) = &rec.parent {
+            return Err(CoordinatorError::NotResumable {
+                id: rec.id,
+                why: format!(
+                    "it is a sub-execution of {} (nested fan-out); resume that one",
+                    p.execution_id
+                ),
+            });
+        }
         if let Some(why) = crate::scheduler::resume_refusal(rec.state) {
             // A running execution is refused by the scheduler too; this spares
             // reading every child of one that can never resume.

@@ -89,6 +89,7 @@ pub async fn load(
             }
         }
     }
+    sched.end_orphaned_nested();
     info!(
         epoch = sched.epoch(),
         agents,

@@ -672,12 +672,17 @@ fn perform(io: &mut Io, effect: Effect) {
     }
 }
 
+/// Most bytes of rows one foreach reads (they become its children's items,
+/// kept in memory and in the store).
+const ROWS_BYTES_MAX: usize = 128 << 20;
+
 /// The rows of several children, in order, up to one more than a foreach may
 /// take (so that too many is an error, not a silent cut).
 async fn fetch_rows(
     clients: Vec<(String, AgentServiceClient<Channel>, pb::DispatchId)>,
 ) -> Result<Vec<String>, String> {
     let mut rows = Vec::new();
+    let mut bytes = 0usize;
     for (agent, mut client, id) in clients {
         let req = pb::StreamJobRowsRequest {
             dispatch_id: Some(id.clone()),
@@ -693,6 +698,13 @@ async fn fetch_rows(
                 .map_err(|_| format!("agent {agent} stalled sending the rows of {id}"))?
                 .map_err(|s| format!("agent {agent}: rows of {id}: {}", s.message()))?;
             let Some(batch) = batch else { break };
+            bytes += batch.rows.iter().map(String::len).sum::<usize>();
+            if bytes > ROWS_BYTES_MAX {
+                return Err(format!(
+                    "the rows exceed {} MiB; a foreach over rows takes at most that much",
+                    ROWS_BYTES_MAX >> 20
+                ));
+            }
             rows.extend(batch.rows);
             if rows.len() > baton_package::MAX_FOREACH_ITEMS {
                 return Ok(rows);

@@ -25,6 +25,17 @@ impl super::control_api::ControlApi {
         root: &str,
         files: &mut BTreeMap<String, String>,
     ) -> Result<(), Status> {
+        // Only the catalog provides `catalog:` files: a client cannot pass
+        // one off as a catalog package.
+        if let Some(name) = files
+            .keys()
+            .find(|k| k.starts_with(baton_package::CATALOG_PREFIX))
+        {
+            return Err(status(CoordinatorError::InvalidRequest(format!(
+                "the bundle has a file named '{name}': names starting with `catalog:` are \
+                 reserved for packages read from the catalog"
+            ))));
+        }
         let Some(text) = files.get(root) else {
             return Ok(());
         };

@@ -65,20 +65,40 @@ impl Scheduler {
         views: &[crate::placement::AgentView],
         _now: Instant,
     ) -> Option<(ChildRef, String)> {
+        let e = self.execs.get(&slot)?;
+        if e.rec.state.is_terminal() || e.rec.cancel_requested {
+            return None;
+        }
+        // Tasks the engine started (in task order) with a child waiting and
+        // room under their parallelism: independent tasks run at once, and one
+        // whose children find no agent (a label nobody has free) does not hold
+        // up the others.
+        let candidates: Vec<usize> = (0..e.tasks.len())
+            .filter(|&t| {
+                let run = &e.tasks[t];
+                run.started
+                    && !run.ended
+                    && !run.queue.is_empty()
+                    && run.in_flight < e.plan.tasks[t].parallelism
+            })
+            .collect();
+        candidates
+            .into_iter()
+            .find_map(|ti| self.next_in_task(slot, ti, views))
+    }
+
+    /// The next child of one task of an execution and where it goes.
+    fn next_in_task(
+        &mut self,
+        slot: u64,
+        ti: usize,
+        views: &[crate::placement::AgentView],
+    ) -> Option<(ChildRef, String)> {
         let gen_now = self.capacity_gen;
         let e = self.execs.get_mut(&slot)?;
         if e.rec.state.is_terminal() || e.rec.cancel_requested {
             return None;
         }
-        // The first task the engine started (in task order) with a child
-        // waiting and room under its parallelism: independent tasks run at once.
-        let ti = (0..e.tasks.len()).find(|&t| {
-            let run = &e.tasks[t];
-            run.started
-                && !run.ended
-                && !run.queue.is_empty()
-                && run.in_flight < e.plan.tasks[t].parallelism
-        })?;
         let parallelism = e.plan.tasks[ti].parallelism;
         let cap = e.rec.placement.max_in_flight;
         if cap > 0 && e.tasks.iter().map(|t| t.in_flight).sum::<u32>() >= cap {

@@ -354,13 +354,27 @@ impl Scheduler {
         let Some(e) = self.execs.get_mut(&cref.exec) else {
             return;
         };
+        let max = e.plan.tasks[cref.task as usize].max_failures;
         let task = &mut e.tasks[cref.task as usize];
         let Some(c) = task.children.get(cref.child as usize) else {
             return;
         };
-        if c.rec.phase == Phase::Pending && !e.rec.cancel_requested && !c.rec.cancel_requested {
-            task.queue.push_back(cref.child);
+        if c.rec.phase != Phase::Pending || e.rec.cancel_requested || c.rec.cancel_requested {
+            return;
         }
+        if max.keeps_going(u64::from(task.failed)) {
+            task.queue.push_back(cref.child);
+            return;
+        }
+        // Its foreach went past max_failures during the backoff: no new attempt.
+        if let Some(c) = self.child_mut(cref) {
+            c.rec.reason = format!(
+                "not retried: task '{}' has more failed children than its max_failures",
+                c.rec.task
+            );
+        }
+        self.set_phase(cref, Phase::Cancelled);
+        self.advance(cref.exec);
     }
 
     /// A child's current attempt ended on `agent` (an agent's report, or the

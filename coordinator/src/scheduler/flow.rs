@@ -28,6 +28,8 @@ use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, now_unix_m
 
 /// Per-child outputs are repeated as `KEY.INDEX` only up to this many children.
 pub const INDEXED_OUTPUTS_MAX: usize = 1_000;
+/// Distinct output keys a foreach aggregates (`KEY.count`, `KEY.sum`).
+pub const AGGREGATED_KEYS_MAX: usize = 1_000;
 
 /// A stable seed for one child's retry jitter.
 pub(crate) fn child_seed(execution: &str, task: &str, index: u32) -> u64 {
@@ -76,12 +78,18 @@ pub fn foreach_outputs<'a>(
             ok += 1;
         }
         for (k, v) in outputs {
+            if !keys.contains_key(k.as_str()) && keys.len() >= AGGREGATED_KEYS_MAX {
+                continue;
+            }
             let e = keys.entry(k.as_str()).or_insert((0, Some(0.0), true));
             e.0 += 1;
             let num = v.trim().parse::<f64>().ok().filter(|f| f.is_finite());
             e.1 = e.1.zip(num).map(|(a, b)| a + b);
             e.2 &= v.trim().parse::<i64>().is_ok();
-            indexed.push((format!("{k}.{index}"), v.clone()));
+            // Per-child values only for small foreaches (not built past the limit).
+            if n as usize <= INDEXED_OUTPUTS_MAX {
+                indexed.push((format!("{k}.{index}"), v.clone()));
+            }
         }
     }
     out.insert("children".into(), n.to_string());
@@ -110,17 +118,14 @@ impl Scheduler {
     pub(crate) fn advance(&mut self, slot: u64) {
         let mut created: Vec<ChildRef> = Vec::new();
         let mut wants_rows: Vec<usize> = Vec::new();
-        {
-            let Some(e) = self.execs.get_mut(&slot) else {
-                return;
-            };
-            if e.rec.state.is_terminal() {
-                return;
-            }
-            if e.rec.cancel_requested {
-                e.engine.cancel();
-            }
+        match self.execs.get(&slot) {
+            Some(e) if !e.rec.state.is_terminal() => {}
+            _ => return,
         }
+        // Twice when a cancel is under way: first replay (only tasks whose
+        // children are stored start, so that a restarted coordinator waits for
+        // the children still running), then cancel what never started.
+        let mut cancelled = false;
         loop {
             let mut progressed = self.stop_failed_foreaches(slot);
             {
@@ -128,9 +133,23 @@ impl Scheduler {
                     return;
                 };
                 progressed |= report_ended(e);
-                if !e.rec.cancel_requested {
-                    for name in e.engine.ready() {
-                        start_task(e, slot, &name, &mut created, &mut wants_rows);
+                let cancel = e.rec.cancel_requested;
+                for name in e.engine.ready() {
+                    let stored = e
+                        .task_index
+                        .get(&name)
+                        .is_some_and(|&ti| !e.tasks[ti as usize].children.is_empty());
+                    if cancel && !stored {
+                        continue;
+                    }
+                    start_task(e, slot, &name, &mut created, &mut wants_rows);
+                    progressed = true;
+                }
+                if cancel {
+                    progressed |= end_awaiting_rows(e);
+                    if !progressed && !cancelled {
+                        e.engine.cancel();
+                        cancelled = true;
                         progressed = true;
                     }
                 }
@@ -157,6 +176,18 @@ impl Scheduler {
         let Some(outcome) = e.engine.outcome() else {
             return;
         };
+        // Children of tasks the engine will not wait for (a task skipped or
+        // cancelled after a resume reset its children): stop them first.
+        if self.stop_strays(slot) {
+            return;
+        }
+        let Some(e) = self.execs.get_mut(&slot) else {
+            return;
+        };
+        if e.rec.state.is_terminal() {
+            // Ended already, by a nested call (rows arriving at once).
+            return;
+        }
         e.touched = true;
         self.dirty_execs.insert(slot);
         e.rec.task_states = e.engine.states();
@@ -180,6 +211,72 @@ impl Scheduler {
         if e.rec.parent.is_some() {
             self.nested_ended(slot);
         }
+    }
+}
+
+/// A cancel does not wait for rows: a rows foreach still waiting ends
+/// cancelled (a late answer is ignored).
+fn end_awaiting_rows(e: &mut Exec) -> bool {
+    let mut changed = false;
+    for ti in 0..e.tasks.len() {
+        if !e.tasks[ti].awaiting_rows {
+            continue;
+        }
+        e.tasks[ti].awaiting_rows = false;
+        e.tasks[ti].ended = true;
+        let name = e.plan.tasks[ti].name.clone();
+        let _ = e
+            .engine
+            .finished(&name, TaskOutcome::Cancelled, BTreeMap::new());
+        changed = true;
+    }
+    changed
+}
+
+impl Scheduler {
+    /// Ends the children that no task waits for once the engine has decided:
+    /// pending ones at once, running ones asked to stop. True while some are
+    /// still running (the execution ends when they have).
+    fn stop_strays(&mut self, slot: u64) -> bool {
+        let Some(e) = self.execs.get(&slot) else {
+            return false;
+        };
+        let mut pending = Vec::new();
+        let mut running = Vec::new();
+        for (ti, run) in e.tasks.iter().enumerate() {
+            if run.started && !run.ended {
+                continue;
+            }
+            for (ci, c) in run.children.iter().enumerate() {
+                let cref = ChildRef {
+                    exec: slot,
+                    task: ti as u16,
+                    child: ci as u32,
+                };
+                match c.rec.phase {
+                    Phase::Pending => pending.push(cref),
+                    p if p.is_on_agent() => running.push((cref, c.rec.cancel_requested)),
+                    _ => {}
+                }
+            }
+        }
+        for cref in pending {
+            if let Some(c) = self.child_mut(cref) {
+                c.rec.reason = "not started: its task will not run".into();
+            }
+            self.set_phase(cref, Phase::Cancelled);
+        }
+        for (cref, asked) in &running {
+            if !asked {
+                if let Some(c) = self.child_mut(*cref) {
+                    c.rec.cancel_requested = true;
+                    c.rec.reason = "stopped: its task will not run".into();
+                }
+                self.dirty_children.insert(*cref);
+                self.request_stop(*cref);
+            }
+        }
+        !running.is_empty()
     }
 }
 

@@ -27,6 +27,9 @@ pub const COORDINATOR: &str = "@coordinator";
 /// Deepest nesting: a parent's child is depth 1, its child's child depth 2, …
 pub const MAX_DEPTH: u32 = 4;
 
+/// Most outputs a sub-execution hands back to its child (as an agent's job).
+pub const NESTED_OUTPUTS_MAX: usize = 1_000;
+
 impl Scheduler {
     /// Starts the sub-execution of a child whose package fans out, instead of
     /// a dispatch. A child that cannot start one fails with the reason.
@@ -137,10 +140,16 @@ impl Scheduler {
         };
         let state = sub.rec.state;
         let reason = format!("execution {}: {}", sub.rec.id, sub.rec.reason);
+        // Every task's outputs, later tasks winning a key, at most as many as
+        // an agent reports for one job.
         let mut outputs = BTreeMap::new();
         for t in sub.engine.package().task_order() {
             if let Some(o) = sub.engine.outputs().get(&t.name) {
-                outputs.extend(o.clone());
+                for (k, v) in o {
+                    if outputs.len() < NESTED_OUTPUTS_MAX || outputs.contains_key(k) {
+                        outputs.insert(k.clone(), v.clone());
+                    }
+                }
             }
         }
         let Some(&slot) = self.exec_ids.get(&link.execution_id) else {
@@ -194,6 +203,55 @@ impl Scheduler {
         });
         if let Some((_, sub_id)) = sub {
             let _ = self.cancel(&sub_id, reason);
+        }
+    }
+}
+
+impl Scheduler {
+    /// After a restart: a child that runs as a sub-execution which is not
+    /// running any more (it could not be planned again, or was pruned) would
+    /// wait for ever; it fails instead, and its retry policy applies.
+    pub fn end_orphaned_nested(&mut self) {
+        let live: std::collections::HashSet<(String, String, u32, u32)> = self
+            .execs
+            .values()
+            .filter(|e| !e.rec.state.is_terminal())
+            .filter_map(|e| e.rec.parent.as_ref())
+            .map(|p| (p.execution_id.clone(), p.task.clone(), p.index, p.attempt))
+            .collect();
+        let mut orphans = Vec::new();
+        for (&slot, e) in &self.execs {
+            for (ti, run) in e.tasks.iter().enumerate() {
+                for (ci, c) in run.children.iter().enumerate() {
+                    if c.rec.agent.as_deref() == Some(COORDINATOR)
+                        && c.rec.phase.is_on_agent()
+                        && !live.contains(&(
+                            e.rec.id.clone(),
+                            c.rec.task.clone(),
+                            c.rec.index,
+                            c.rec.attempt,
+                        ))
+                    {
+                        orphans.push(ChildRef {
+                            exec: slot,
+                            task: ti as u16,
+                            child: ci as u32,
+                        });
+                    }
+                }
+            }
+        }
+        for cref in orphans {
+            warn!(child = ?cref, "the sub-execution of a child is not running after the restart; the child fails");
+            self.child_ended(
+                cref,
+                COORDINATOR,
+                baton_proto::JobStatus::Failed,
+                -1,
+                BTreeMap::new(),
+                "its sub-execution did not survive a coordinator restart".into(),
+                None,
+            );
         }
     }
 }

@@ -11,7 +11,7 @@ use baton_proto as pb;
 use super::tests::{finished, reg, settle};
 use super::*;
 use crate::prepare::plan_bundle;
-use crate::records::ExecutionState;
+use crate::records::{ChildRecord, ExecutionState, Phase};
 
 const CHILD: &str = "name='c'\n[parameters.shard]\ntype='string'\n[tasks.run]\nexec=['true']\n";
 
@@ -213,4 +213,86 @@ fn a_limited_view_picks_what_did_not_succeed_first() {
     assert_eq!(super::pick_children(&phases, 4), [0, 1, 3, 5]);
     assert_eq!(super::pick_children(&phases, 0), Vec::<usize>::new());
     assert_eq!(super::pick_children(&phases, 10).len(), 6);
+}
+
+/// A coordinator restarted while a cancel is under way waits for the
+/// children that still run (it used to end the execution at once, leaving
+/// their records `running` for ever).
+#[test]
+fn a_restart_during_a_cancel_waits_for_the_running_children() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    let parent = "name='p'\n[tasks.t]\nforeach={items=['1','2']}\nchild='c.toml'\n\
+        params={shard='${item}'}\n";
+    start_with(&mut s, parent);
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 2);
+    for (i, x) in d.iter().enumerate() {
+        s.agent_event(
+            "a",
+            pb::AgentEvent {
+                seq: i as u64 + 1,
+                at_unix_ms: 1,
+                body: Some(pb::agent_event::Body::Started(pb::JobStarted {
+                    dispatch_id: Some(x.3.clone()),
+                    pid: 100 + i as u32,
+                })),
+            },
+            now,
+        );
+    }
+    s.cancel("e1", "test").unwrap();
+    settle(&mut s, now);
+    // What a restart reads back: the execution (cancel requested) and its children.
+    let view = s.execution_view("e1").unwrap();
+    assert!(view.children.iter().all(|c| c.phase == Phase::Running));
+    let e = &s.execs[&s.exec_ids["e1"]];
+    let (rec, plan) = (e.rec.clone(), e.plan.clone());
+    assert!(rec.cancel_requested);
+    let stored: Vec<(ChildRecord, u64)> = view.children.into_iter().map(|c| (c, 7)).collect();
+
+    let mut s2 = long_lease();
+    reg(&mut s2, "a", 8, "b1", now);
+    s2.restore_execution(rec, 7, plan, stored, now);
+    let sum = super::tests::summary(&s2);
+    assert_eq!(sum.state, "running", "two children still run: {sum:?}");
+    for (i, x) in d.iter().enumerate() {
+        s2.agent_event(
+            "a",
+            finished(i as u64 + 1, &x.3, pb::JobStatus::Cancelled),
+            now,
+        );
+    }
+    let sum = super::tests::summary(&s2);
+    assert_eq!(
+        (sum.state.as_str(), sum.failed),
+        ("cancelled", 2),
+        "{sum:?}"
+    );
+}
+
+/// A task whose children find no agent does not hold up an independent task.
+#[test]
+fn a_task_waiting_for_a_label_does_not_block_an_independent_one() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    let parent = "name='p'\n\
+        [tasks.gpu]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='${item}'}\nrequire={gpu='yes'}\n\
+        [tasks.cpu]\nforeach={items=['1','2']}\nchild='c.toml'\nparams={shard='${item}'}\n";
+    start_with(&mut s, parent);
+    let d = settle(&mut s, now);
+    assert_eq!(
+        tasks_of(&d),
+        ["cpu", "cpu"],
+        "the cpu task runs while gpu waits"
+    );
+    let view = s.execution_view("e1").unwrap();
+    let gpu = view.children.iter().position(|c| c.task == "gpu").unwrap();
+    assert!(
+        view.waiting[gpu].contains("gpu=yes"),
+        "it says why: {}",
+        view.waiting[gpu]
+    );
 }
