@@ -326,6 +326,9 @@ impl Scheduler {
             return;
         }
         let Ok(request) = self.start_request(cref) else {
+            // Its task has not been started again yet (a restart replays the
+            // engine; a rows foreach waits for its rows): ask again later.
+            self.resend.push((now + self.config.dispatch_retry, cref));
             return;
         };
         let attempt = request.dispatch_id.as_ref().map_or(0, |d| d.attempt);
