@@ -161,6 +161,7 @@ impl Coordinator {
             resumes: 0,
             task_states: Default::default(),
             parent: None,
+            rows_outcomes: Default::default(),
             placement,
         };
         self.handle.start(rec, plan).await

@@ -176,6 +176,22 @@ pub struct ExecutionRecord {
     /// Set on a sub-execution (nested fan-out): the child it runs as.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentLink>,
+    /// Rows foreaches that made no child (no rows, or the rows could not be
+    /// read or expanded), by task: a replay after a restart decides the same
+    /// way instead of reading rows again (children, when there are some, are
+    /// the record of the others).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rows_outcomes: BTreeMap<String, RowsOutcome>,
+}
+
+/// How a rows foreach that made no child ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowsOutcome {
+    /// There were no rows: the foreach succeeded with no child.
+    Empty,
+    /// The rows could not be read or expanded: the foreach failed, for this reason.
+    Failed(String),
 }
 
 /// The child of another execution that a sub-execution runs as.

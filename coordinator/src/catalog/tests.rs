@@ -73,6 +73,7 @@ async fn execution(
         resumes: 0,
         task_states: Default::default(),
         parent: None,
+        rows_outcomes: Default::default(),
         placement: Default::default(),
     };
     c.store

@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use super::{Child, ChildRef, Exec, Scheduler};
 use crate::prepare::{Work, child_params, dynamic_items, process_package, single_child_params};
-use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, now_unix_ms};
+use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome, now_unix_ms};
 
 /// Per-child outputs are repeated as `KEY.INDEX` only up to this many children.
 pub const INDEXED_OUTPUTS_MAX: usize = 1_000;
@@ -433,6 +433,22 @@ fn start_task(
         && matches!(fe.over, baton_package::ForeachOver::Rows(_))
         && e.tasks[ti].children.is_empty()
     {
+        // Decided before a restart: the same again, without reading rows.
+        match e.rec.rows_outcomes.get(name).cloned() {
+            Some(RowsOutcome::Empty) => {
+                e.tasks[ti].ended = true;
+                let _ = e
+                    .engine
+                    .finished(name, TaskOutcome::Succeeded, BTreeMap::new());
+                return;
+            }
+            Some(RowsOutcome::Failed(why)) => {
+                e.tasks[ti].ended = true;
+                let _ = e.engine.failed(name, why);
+                return;
+            }
+            None => {}
+        }
         // Its items are the rows of an earlier task, kept on the agents that
         // ran it: the children are made when they arrive (`rows_fetched`).
         e.tasks[ti].awaiting_rows = true;
@@ -646,6 +662,7 @@ impl Scheduler {
                 return;
             }
             e.tasks[ti].awaiting_rows = false;
+            let mut outcome = None;
             if e.rec.cancel_requested {
                 e.tasks[ti].ended = true;
                 let _ = e
@@ -656,13 +673,27 @@ impl Scheduler {
                     Ok(rows) => {
                         let planned = planned_shallow(e, ti);
                         expand(e, slot, ti, &planned, &rows, &mut created);
+                        if e.tasks[ti].children.is_empty() {
+                            outcome = Some(match e.engine.state(task) {
+                                Ok(TaskState::Succeeded) => RowsOutcome::Empty,
+                                _ => RowsOutcome::Failed(
+                                    e.engine.reason(task).unwrap_or("it failed").to_string(),
+                                ),
+                            });
+                        }
                     }
                     Err(why) => {
                         warn!(execution = %execution_id, task, error = %why, "cannot read the rows a foreach runs over");
                         e.tasks[ti].ended = true;
-                        let _ = e.engine.failed(task, why);
+                        let _ = e.engine.failed(task, why.clone());
+                        outcome = Some(RowsOutcome::Failed(why));
                     }
                 }
+            }
+            if let Some(o) = outcome {
+                e.rec.rows_outcomes.insert(task.to_string(), o);
+                e.touched = true;
+                self.dirty_execs.insert(slot);
             }
         }
         for cref in created {

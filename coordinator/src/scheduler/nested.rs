@@ -114,6 +114,7 @@ impl Scheduler {
             catalog: e.rec.catalog.clone(),
             resumes: 0,
             task_states: BTreeMap::new(),
+            rows_outcomes: BTreeMap::new(),
             placement: e.rec.placement.clone(),
             parent: Some(ParentLink {
                 execution_id: e.rec.id.clone(),

@@ -97,6 +97,9 @@ impl Scheduler {
         rec.final_counts = None;
         rec.resumes += 1;
         rec.task_states.clear();
+        // Rows that could not be read are read again; "there were none" stands.
+        rec.rows_outcomes
+            .retain(|_, o| *o == crate::records::RowsOutcome::Empty);
         info!(execution = %rec.id, resumes = rec.resumes, children = again, "execution resumed");
         let id = rec.id.clone();
         self.restore_execution(rec, version, plan, children, now);

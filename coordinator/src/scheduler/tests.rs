@@ -63,6 +63,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
         resumes: 0,
         task_states: Default::default(),
         parent: None,
+        rows_outcomes: Default::default(),
         placement: Default::default(),
     };
     s.start(rec, plan)

@@ -75,6 +75,7 @@ fn start_as(
         resumes: 0,
         task_states: Default::default(),
         parent: None,
+        rows_outcomes: Default::default(),
         placement,
     };
     Ok(s.start(rec, plan))

@@ -41,6 +41,7 @@ fn start_with(s: &mut Scheduler, parent: &str) {
         resumes: 0,
         task_states: Default::default(),
         parent: None,
+        rows_outcomes: Default::default(),
         placement: Default::default(),
     };
     s.start(rec, plan);
@@ -295,4 +296,49 @@ fn a_task_waiting_for_a_label_does_not_block_an_independent_one() {
         "it says why: {}",
         view.waiting[gpu]
     );
+}
+
+/// A rows foreach that found no rows is recorded as such: a restart replays
+/// that decision instead of reading rows again (which might differ by then).
+#[test]
+fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
+        [tasks.each]\nforeach={rows='list'}\nchild='c.toml'\nparams={shard='${item}'}\nafter=['list']\n\
+        [tasks.last]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='y'}\nafter=['each']\n";
+    start_with(&mut s, parent);
+    let d = settle(&mut s, now);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    let fetches = s
+        .take_effects()
+        .into_iter()
+        .filter(|e| matches!(e, Effect::FetchRows { .. }))
+        .count();
+    assert_eq!(fetches, 1, "the rows of list are asked for");
+    s.rows_fetched("e1", "each", Ok(Vec::new()));
+    let e = &s.execs[&s.exec_ids["e1"]];
+    assert_eq!(
+        e.rec.rows_outcomes.get("each"),
+        Some(&crate::records::RowsOutcome::Empty)
+    );
+    let d = settle(&mut s, now);
+    assert_eq!(tasks_of(&d), ["last"], "what comes after runs");
+
+    // A restart before `last` ended: the replay does not read rows again.
+    let view = s.execution_view("e1").unwrap();
+    let e = &s.execs[&s.exec_ids["e1"]];
+    let (rec, plan) = (e.rec.clone(), e.plan.clone());
+    let stored: Vec<(ChildRecord, u64)> = view.children.into_iter().map(|c| (c, 7)).collect();
+    let mut s2 = long_lease();
+    reg(&mut s2, "a", 8, "b1", now);
+    s2.restore_execution(rec, 7, plan, stored, now);
+    let fetches = s2
+        .take_effects()
+        .into_iter()
+        .filter(|e| matches!(e, Effect::FetchRows { .. }))
+        .count();
+    assert_eq!(fetches, 0, "no second read of the rows");
+    assert_eq!(state(&s2, "each"), "succeeded");
 }
