@@ -146,7 +146,7 @@ impl Scheduler {
                     progressed = true;
                 }
                 if cancel {
-                    progressed |= end_awaiting_rows(e);
+                    progressed |= super::rows::end_awaiting_rows(e);
                     if !progressed && !cancelled {
                         e.engine.cancel();
                         cancelled = true;
@@ -212,25 +212,6 @@ impl Scheduler {
             self.nested_ended(slot);
         }
     }
-}
-
-/// A cancel does not wait for rows: a rows foreach still waiting ends
-/// cancelled (a late answer is ignored).
-fn end_awaiting_rows(e: &mut Exec) -> bool {
-    let mut changed = false;
-    for ti in 0..e.tasks.len() {
-        if !e.tasks[ti].awaiting_rows {
-            continue;
-        }
-        e.tasks[ti].awaiting_rows = false;
-        e.tasks[ti].ended = true;
-        let name = e.plan.tasks[ti].name.clone();
-        let _ = e
-            .engine
-            .finished(&name, TaskOutcome::Cancelled, BTreeMap::new());
-        changed = true;
-    }
-    changed
 }
 
 impl Scheduler {
@@ -460,7 +441,7 @@ fn start_task(
 
 /// A copy of a planned task without its items (a foreach's may be a million
 /// strings; [`expand`] takes them from the plan).
-fn planned_shallow(e: &mut Exec, ti: usize) -> crate::prepare::PlannedTask {
+pub(super) fn planned_shallow(e: &mut Exec, ti: usize) -> crate::prepare::PlannedTask {
     let items = std::mem::take(&mut e.plan.tasks[ti].items);
     let planned = e.plan.tasks[ti].clone();
     e.plan.tasks[ti].items = items;
@@ -469,7 +450,7 @@ fn planned_shallow(e: &mut Exec, ti: usize) -> crate::prepare::PlannedTask {
 
 /// Makes the children of a started task (its items rendered now, `rows` for
 /// a rows foreach), or ends it at once when it has none or cannot start.
-fn expand(
+pub(super) fn expand(
     e: &mut Exec,
     slot: u64,
     ti: usize,
@@ -582,123 +563,5 @@ fn prepare_task(
             }
             Ok((items, Some(child.clone()), BTreeMap::new()))
         }
-    }
-}
-
-impl Scheduler {
-    /// Asks the agents that ran the source task of a rows foreach for its rows.
-    fn request_rows(&mut self, slot: u64, ti: usize) {
-        let Some(e) = self.execs.get(&slot) else {
-            return;
-        };
-        let Work::Foreach { fe, .. } = &e.plan.tasks[ti].work else {
-            return;
-        };
-        let baton_package::ForeachOver::Rows(source) = &fe.over else {
-            return;
-        };
-        let mut sources = Vec::new();
-        let mut missing = None;
-        if let Some(&si) = e.task_index.get(source.as_str()) {
-            for c in &e.tasks[si as usize].children {
-                if c.rec.phase != Phase::Succeeded {
-                    continue;
-                }
-                let agent = c.rec.agent.clone().unwrap_or_default();
-                match self.agents.get(&agent) {
-                    Some(a) => sources.push((
-                        agent,
-                        a.rec.address.clone(),
-                        baton_proto::DispatchId {
-                            execution_id: e.rec.id.clone(),
-                            task_path: c.rec.task.clone(),
-                            item_index: c.rec.index,
-                            attempt: c.rec.attempt,
-                        },
-                    )),
-                    None => missing = Some(agent),
-                }
-            }
-        }
-        let id = e.rec.id.clone();
-        let task = e.plan.tasks[ti].name.clone();
-        match missing {
-            Some(agent) => self.rows_fetched(
-                &id,
-                &task,
-                Err(format!(
-                    "the rows of task '{source}' are on agent '{agent}', which this coordinator \
-                     does not know any more"
-                )),
-            ),
-            None => self.effects.push(super::Effect::FetchRows {
-                execution_id: id,
-                task,
-                sources,
-            }),
-        }
-    }
-
-    /// The rows a rows foreach waited for arrived (or could not be read).
-    pub(crate) fn rows_fetched(
-        &mut self,
-        execution_id: &str,
-        task: &str,
-        rows: Result<Vec<String>, String>,
-    ) {
-        let Some(&slot) = self.exec_ids.get(execution_id) else {
-            return;
-        };
-        let mut created = Vec::new();
-        {
-            let Some(e) = self.execs.get_mut(&slot) else {
-                return;
-            };
-            let Some(&ti) = e.task_index.get(task) else {
-                return;
-            };
-            let ti = ti as usize;
-            if !e.tasks[ti].awaiting_rows || e.rec.state.is_terminal() {
-                return;
-            }
-            e.tasks[ti].awaiting_rows = false;
-            let mut outcome = None;
-            if e.rec.cancel_requested {
-                e.tasks[ti].ended = true;
-                let _ = e
-                    .engine
-                    .finished(task, TaskOutcome::Cancelled, BTreeMap::new());
-            } else {
-                match rows {
-                    Ok(rows) => {
-                        let planned = planned_shallow(e, ti);
-                        expand(e, slot, ti, &planned, &rows, &mut created);
-                        if e.tasks[ti].children.is_empty() {
-                            outcome = Some(match e.engine.state(task) {
-                                Ok(TaskState::Succeeded) => RowsOutcome::Empty,
-                                _ => RowsOutcome::Failed(
-                                    e.engine.reason(task).unwrap_or("it failed").to_string(),
-                                ),
-                            });
-                        }
-                    }
-                    Err(why) => {
-                        warn!(execution = %execution_id, task, error = %why, "cannot read the rows a foreach runs over");
-                        e.tasks[ti].ended = true;
-                        let _ = e.engine.failed(task, why.clone());
-                        outcome = Some(RowsOutcome::Failed(why));
-                    }
-                }
-            }
-            if let Some(o) = outcome {
-                e.rec.rows_outcomes.insert(task.to_string(), o);
-                e.touched = true;
-                self.dirty_execs.insert(slot);
-            }
-        }
-        for cref in created {
-            self.dirty_children.insert(cref);
-        }
-        self.advance(slot);
     }
 }

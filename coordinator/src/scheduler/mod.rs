@@ -22,6 +22,7 @@ pub(crate) mod flow;
 mod nested;
 mod quarantine;
 mod resume;
+mod rows;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
