@@ -272,6 +272,34 @@ impl Coordinator {
         Ok(view)
     }
 
+    /// One child of an execution by its key (no other child is read);
+    /// `None` when the execution has no such child.
+    pub async fn child(
+        &self,
+        id: &str,
+        task: &str,
+        index: u32,
+    ) -> Result<Option<ChildRecord>, CoordinatorError> {
+        if let Some(found) = self
+            .handle
+            .child(id.to_string(), task.to_string(), index)
+            .await?
+        {
+            return Ok(found);
+        }
+        self.stored(id).await?;
+        match self
+            .store
+            .get(&crate::records::child_key(id, task, index))
+            .await?
+        {
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map(Some)
+                .map_err(|e| CoordinatorError::Store(format!("corrupt record '{}': {e}", kv.key))),
+            None => Ok(None),
+        }
+    }
+
     /// The folder of an execution, without reading its children.
     pub async fn folder(&self, id: &str) -> Result<String, CoordinatorError> {
         if let Some(v) = self.handle.view_limited(id.to_string(), 0).await? {
@@ -382,18 +410,15 @@ impl Coordinator {
         match asked {
             Ok(state) => Ok(state.to_string()),
             // An ended execution: every child has ended too.
-            Err(CoordinatorError::ExecutionNotFound(_)) => {
-                let view = self.view(id).await?;
-                view.children
-                    .iter()
-                    .find(|c| c.task == task && c.index == index)
-                    .map(|c| c.phase.as_str().to_string())
-                    .ok_or_else(|| {
-                        CoordinatorError::ChildNotFound(format!(
-                            "execution {id} has no child {task}[{index}]"
-                        ))
-                    })
-            }
+            Err(CoordinatorError::ExecutionNotFound(_)) => self
+                .child(id, task, index)
+                .await?
+                .map(|c| c.phase.as_str().to_string())
+                .ok_or_else(|| {
+                    CoordinatorError::ChildNotFound(format!(
+                        "execution {id} has no child {task}[{index}]"
+                    ))
+                }),
             Err(e) => Err(e),
         }
     }

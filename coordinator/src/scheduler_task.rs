@@ -87,6 +87,12 @@ pub(crate) enum Msg {
         children: Vec<(crate::records::ChildRecord, u64)>,
         reply: oneshot::Sender<Result<u64, CoordinatorError>>,
     },
+    Child {
+        id: String,
+        task: String,
+        index: u32,
+        reply: oneshot::Sender<Option<Option<crate::records::ChildRecord>>>,
+    },
     View {
         id: String,
         /// Most children in the view.
@@ -213,6 +219,22 @@ impl SchedulerHandle {
 
     pub async fn view(&self, id: String) -> Result<Option<ExecutionView>, CoordinatorError> {
         self.view_limited(id, usize::MAX).await
+    }
+
+    /// One child of an in-memory execution (`None`: not in memory).
+    pub async fn child(
+        &self,
+        id: String,
+        task: String,
+        index: u32,
+    ) -> Result<Option<Option<crate::records::ChildRecord>>, CoordinatorError> {
+        self.ask(|reply| Msg::Child {
+            id,
+            task,
+            index,
+            reply,
+        })
+        .await
     }
 
     /// [`Self::view`] with at most `limit` children (those that did not succeed first).
@@ -492,6 +514,14 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         } => {
             let r = sched.resume(*rec, version, *plan, children, now);
             post.push(Post::Resumed(reply, r));
+        }
+        Msg::Child {
+            id,
+            task,
+            index,
+            reply,
+        } => {
+            let _ = reply.send(sched.child_record(&id, &task, index));
         }
         Msg::View { id, limit, reply } => {
             let _ = reply.send(sched.execution_view_limited(&id, limit));

@@ -198,8 +198,19 @@ impl ChildOutputs {
         attempt: u32,
     ) -> Result<Target, CoordinatorError> {
         let path = ChildPath::parse(child)?;
-        let view = self.coordinator.view(execution_id).await?;
-        let (dispatch, agent, phase, latest) = pick(execution_id, &view.children, &path, attempt)?;
+        // By key: an execution of a million children is not read to find one.
+        let found = self
+            .coordinator
+            .child(execution_id, &path.task, path.index)
+            .await?;
+        let (dispatch, agent, phase, latest) = match found {
+            Some(c) => pick(execution_id, std::slice::from_ref(&c), &path, attempt)?,
+            None => {
+                // No such child: the error names those there are.
+                let view = self.coordinator.view_limited(execution_id, 10_000).await?;
+                pick(execution_id, &view.children, &path, attempt)?
+            }
+        };
         let listing = self.coordinator.agents().await?;
         let Some(a) = listing.iter().find(|a| a.rec.name == agent) else {
             return Err(CoordinatorError::AgentUnreachable(format!(

@@ -154,6 +154,18 @@ pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> E
 }
 
 impl Scheduler {
+    /// One child of an in-memory execution: `None` when the execution is not
+    /// in memory, `Some(None)` when it has no such child (yet).
+    pub fn child_record(&self, id: &str, task: &str, index: u32) -> Option<Option<ChildRecord>> {
+        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        let found = e
+            .task_index
+            .get(task)
+            .and_then(|&t| e.tasks[t as usize].children.get(index as usize))
+            .map(|c| c.rec.clone());
+        Some(found)
+    }
+
     /// The live view of an execution, if it is in memory.
     pub fn execution_view(&self, id: &str) -> Option<ExecutionView> {
         self.execution_view_limited(id, usize::MAX)
