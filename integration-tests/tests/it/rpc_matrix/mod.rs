@@ -163,7 +163,24 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
     let enrol = enr.json()["token"].as_str().unwrap().to_owned();
     let enrol_secret = enrol.rsplit_once('_').unwrap().0.to_owned();
     c.wait_exec_terminal(&exec_id, Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(1500)); // "expired" is now expired
+    // "expired" must be past its notAfter (whole seconds) before the calls.
+    let pem = std::fs::read_to_string(dir("expired").join("tls.pem")).unwrap();
+    let der = baton_proto::tls::certs_from_pem(&pem).unwrap();
+    let (_, not_after) = baton_proto::identity::validity(&der[0]).expect("a validity");
+    let now_s = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    assert!(
+        not_after - now_s() < 20,
+        "the 1 s certificate ends {} s from now",
+        not_after - now_s()
+    );
+    while now_s() <= not_after + 1 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(wait_until(
         Duration::from_secs(10),
         Duration::from_millis(100),
