@@ -44,9 +44,21 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
     .into();
     let params: BTreeMap<String, String> = [("n".into(), n.to_string())].into();
     let plan = plan_bundle("p.toml", &files, &params).unwrap();
-    let rec = ExecutionRecord {
+    let rec = running_record("e1", files, params, &plan);
+    s.start(rec, plan)
+}
+
+/// A running execution's record for `plan`, as `StartExecution` writes it
+/// (root `p.toml`, no catalog, default placement).
+pub(super) fn running_record(
+    id: &str,
+    files: BTreeMap<String, String>,
+    params: BTreeMap<String, String>,
+    plan: &crate::prepare::Plan,
+) -> ExecutionRecord {
+    ExecutionRecord {
         folder: String::new(),
-        id: "e1".into(),
+        id: id.into(),
         package: plan.package.clone(),
         root: "p.toml".into(),
         files,
@@ -65,8 +77,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
         parent: None,
         rows_outcomes: Default::default(),
         placement: Default::default(),
-    };
-    s.start(rec, plan)
+    }
 }
 
 /// Commits everything (as the task would) and returns the dispatches.

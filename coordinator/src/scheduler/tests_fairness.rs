@@ -11,7 +11,6 @@ use super::tests::{finished, settle};
 use super::*;
 use crate::placement::{PlacementPolicy, Strategy};
 use crate::prepare::plan_bundle;
-use crate::records::ExecutionState;
 
 const PARENT: &str = "name='p'\n[parameters.n]\ntype='int'\ndefault=4\n[tasks.fan]\nforeach={range={start=1,end='${params.n}'}}\nchild='c.toml'\nparallelism=1000\nparams={shard='${item}'}\n";
 const CHILD: &str = "name='c'\n[parameters.shard]\ntype='int'\n[tasks.run]\nexec=['true']\n";
@@ -56,28 +55,8 @@ fn start_as(
 ) -> Result<String, crate::error::CoordinatorError> {
     let (files, params, plan) = plan(n);
     s.admit(&plan)?;
-    let rec = ExecutionRecord {
-        folder: String::new(),
-        id: id.into(),
-        package: plan.package.clone(),
-        root: "p.toml".into(),
-        files,
-        params,
-        state: ExecutionState::Running,
-        current_task: 0,
-        created_unix_ms: 0,
-        finished_unix_ms: 0,
-        reason: String::new(),
-        stale_events: 0,
-        cancel_requested: false,
-        final_counts: None,
-        catalog: None,
-        resumes: 0,
-        task_states: Default::default(),
-        parent: None,
-        rows_outcomes: Default::default(),
-        placement,
-    };
+    let mut rec = super::tests::running_record(id, files, params, &plan);
+    rec.placement = placement;
     Ok(s.start(rec, plan))
 }
 

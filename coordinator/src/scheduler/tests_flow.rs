@@ -11,7 +11,7 @@ use baton_proto as pb;
 use super::tests::{finished, reg, settle};
 use super::*;
 use crate::prepare::plan_bundle;
-use crate::records::{ChildRecord, ExecutionState, Phase};
+use crate::records::{ChildRecord, Phase};
 
 const CHILD: &str = "name='c'\n[parameters.shard]\ntype='string'\n[tasks.run]\nexec=['true']\n";
 
@@ -22,28 +22,7 @@ fn start_with(s: &mut Scheduler, parent: &str) {
     ]
     .into();
     let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
-    let rec = ExecutionRecord {
-        folder: String::new(),
-        id: "e1".into(),
-        package: plan.package.clone(),
-        root: "p.toml".into(),
-        files,
-        params: BTreeMap::new(),
-        state: ExecutionState::Running,
-        current_task: 0,
-        created_unix_ms: 0,
-        finished_unix_ms: 0,
-        reason: String::new(),
-        stale_events: 0,
-        cancel_requested: false,
-        final_counts: None,
-        catalog: None,
-        resumes: 0,
-        task_states: Default::default(),
-        parent: None,
-        rows_outcomes: Default::default(),
-        placement: Default::default(),
-    };
+    let rec = super::tests::running_record("e1", files, BTreeMap::new(), &plan);
     s.start(rec, plan);
 }
 

@@ -158,27 +158,7 @@ impl Store for EmbeddedStore {
     }
 
     fn range<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>> {
-        let db = self.db.clone();
-        let prefix = prefix.to_string();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || {
-                let db = db.read().unwrap_or_else(|p| p.into_inner());
-                let tx = db.begin_read().map_err(backend)?;
-                let kv = tx.open_table(KV).map_err(backend)?;
-                let mut out = Vec::new();
-                for entry in kv.range(prefix.as_str()..).map_err(backend)? {
-                    let (k, v) = entry.map_err(backend)?;
-                    let key = k.value();
-                    if !key.starts_with(prefix.as_str()) {
-                        break;
-                    }
-                    out.push(decode(key, v.value())?);
-                }
-                Ok(out)
-            })
-            .await
-            .map_err(backend)?
-        })
+        self.scan(prefix, Box::new(|_| true))
     }
 
     fn scan<'a>(
