@@ -9,12 +9,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::harness::fixtures::{file_lines, write_file};
 use crate::harness::{AgentOpts, Cluster};
-
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join(name), text).unwrap();
-}
 
 fn child(marks: &Path, flaky_tolerated: bool) -> String {
     let m = marks.display();
@@ -75,12 +71,6 @@ fn stamp(marks: &Path, file: &str) -> u128 {
         .unwrap_or_else(|e| panic!("{file}: {text:?}: {e}"))
 }
 
-fn lines(path: &Path) -> usize {
-    std::fs::read_to_string(path)
-        .map(|t| t.lines().count())
-        .unwrap_or(0)
-}
-
 fn run(c: &Cluster, dir: &Path) -> (Option<i32>, Value) {
     let out = c.cli(&[
         "run",
@@ -105,8 +95,8 @@ fn a_child_package_runs_as_a_dag_on_its_agent() {
     c.agents_ready(1);
 
     let dir = c.root().join("pkg");
-    write(&dir, "child.toml", &child(&marks, true));
-    write(&dir, "parent.toml", PARENT);
+    write_file(&dir, "child.toml", &child(&marks, true));
+    write_file(&dir, "parent.toml", PARENT);
     let (code, show) = run(&c, &dir);
     assert_eq!(code, Some(0), "{show:#}");
     assert_eq!(show["status"], "succeeded", "{show:#}");
@@ -127,13 +117,13 @@ fn a_child_package_runs_as_a_dag_on_its_agent() {
             s("produce.start") < s("side.end") && s("side.start") < s("produce.end"),
             "independent tasks of shard {shard} did not overlap"
         );
-        assert_eq!(lines(&marks.join(format!("consume.{shard}"))), 1);
+        assert_eq!(file_lines(&marks.join(format!("consume.{shard}"))).len(), 1);
         assert_eq!(
-            lines(&marks.join(format!("flaky.{shard}"))),
+            file_lines(&marks.join(format!("flaky.{shard}"))).len(),
             2,
             "two attempts of flaky"
         );
-        assert_eq!(lines(&marks.join(format!("handler.{shard}"))), 1);
+        assert_eq!(file_lines(&marks.join(format!("handler.{shard}"))).len(), 1);
         assert!(
             !marks.join(format!("never.{shard}")).exists(),
             "an on-success dependent of a failed task ran"
@@ -145,14 +135,14 @@ fn a_child_package_runs_as_a_dag_on_its_agent() {
     let dir = c.root().join("pkg-fail");
     let marks_fail = c.root().join("marks-fail");
     std::fs::create_dir_all(&marks_fail).unwrap();
-    write(&dir, "child.toml", &child(&marks_fail, false));
-    write(&dir, "parent.toml", PARENT);
+    write_file(&dir, "child.toml", &child(&marks_fail, false));
+    write_file(&dir, "parent.toml", PARENT);
     let (code, show) = run(&c, &dir);
     assert_eq!(code, Some(1), "{show:#}");
     assert_eq!(show["status"], "failed", "{show:#}");
     let text = show.to_string();
     assert!(text.contains("task flaky exited with code 1"), "{show:#}");
-    assert_eq!(lines(&marks_fail.join("handler.1")), 1);
+    assert_eq!(file_lines(&marks_fail.join("handler.1")).len(), 1);
     assert!(!marks_fail.join("never.1").exists());
     c.finish(&[]);
 }

@@ -59,17 +59,7 @@ fn the_etl_example_runs_end_to_end() {
         summary["outputs"]["summary"], "2026-11-30: 600 rows in 3 shards",
         "{summary}"
     );
-    let states: std::collections::BTreeMap<String, String> = show["tasks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["task"].as_str().unwrap().to_owned(),
-                t["state"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let states = crate::harness::exec::task_states(&show);
     assert_eq!(states["alert"], "skipped", "{states:?}");
     // The rows of one load, streamed from its agent through the coordinator.
     let rows = c.cli(&[

@@ -301,6 +301,25 @@ impl Cluster {
         self.cli_at(&self.coordinator_url(), args, CLI_TIMEOUT)
     }
 
+    /// Starts `baton ARGS` against this cluster's coordinator (admin identity)
+    /// with piped stdout and stderr, for a command that runs a while (`exec
+    /// logs -f`); the caller reads it, bounds it and kills it by pid.
+    pub fn spawn_cli(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(baton_bin())
+            .args(args)
+            .env("BATON_COORDINATOR", self.coordinator_url())
+            .env(
+                "BATON_TLS_DIR",
+                self.ca_dir().join("admin").display().to_string(),
+            )
+            .env("BATON_LOG", log_level())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn baton {args:?}: {e}"))
+    }
+
     /// Runs `baton ARGS` with no coordinator in its environment (for `certs`, `validate`).
     pub fn cli_raw(&self, args: &[&str]) -> CliOutput {
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();

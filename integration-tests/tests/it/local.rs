@@ -2,15 +2,8 @@
 //! with no coordinator to talk to — an embedded coordinator and one agent live
 //! for the run only; a child package can be run on its own to debug it.
 
+use crate::harness::fixtures::file_lines;
 use crate::harness::{Cluster, FanoutSpec};
-
-fn lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 #[test]
 fn a_package_runs_locally_without_a_coordinator() {
@@ -32,7 +25,10 @@ fn a_package_runs_locally_without_a_coordinator() {
     let v = out.json();
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["children"]["succeeded"], 20, "{v}");
-    let mut got: Vec<u32> = lines(&marks).iter().map(|l| l.parse().unwrap()).collect();
+    let mut got: Vec<u32> = file_lines(&marks)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
     got.sort_unstable();
     assert_eq!(got, (1..=20).collect::<Vec<_>>());
 
@@ -49,7 +45,7 @@ fn a_package_runs_locally_without_a_coordinator() {
         "json",
     ]);
     out.expect_code(0);
-    assert_eq!(lines(&marks), ["7"]);
+    assert_eq!(file_lines(&marks), ["7"]);
 
     // A failure exits 1 and keeps the directory with the logs.
     let bad = c.write_fanout("local-bad", &FanoutSpec::new(2, "echo nope >&2; exit 3"));
@@ -89,7 +85,7 @@ fn a_local_child_runs_with_local_and_is_refused_by_a_fleet() {
     let parent = dir.join("parent.toml").display().to_string();
     let out = c.cli_raw(&["run", &parent, "--local", "--output", "json"]);
     out.expect_code(0);
-    assert_eq!(lines(&marks), ["ran"]);
+    assert_eq!(file_lines(&marks), ["ran"]);
 
     c.start_coordinator();
     let out = c.cli(&["run", &parent]);

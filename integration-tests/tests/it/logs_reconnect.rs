@@ -2,11 +2,10 @@
 //! and carries on from the offsets it has printed — every line once, in order.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::harness::{Cluster, FanoutSpec, baton_bin, log_level, wait_until};
+use crate::harness::{Cluster, FanoutSpec, wait_until};
 
 #[test]
 fn logs_follow_survives_a_coordinator_restart() {
@@ -30,19 +29,7 @@ fn logs_follow_survives_a_coordinator_restart() {
         "the child never ran"
     );
 
-    let mut follow = Command::new(baton_bin())
-        .args(["exec", "logs", &id, "--child", "fan[0]", "-f", "--stdout"])
-        .env("BATON_COORDINATOR", c.coordinator_url())
-        .env(
-            "BATON_TLS_DIR",
-            c.ca_dir().join("admin").display().to_string(),
-        )
-        .env("BATON_LOG", log_level())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn baton exec logs -f");
+    let mut follow = c.spawn_cli(&["exec", "logs", &id, "--child", "fan[0]", "-f", "--stdout"]);
     let follower_pid = follow.id();
     let (tx, rx) = mpsc::channel();
     let stdout = follow.stdout.take().expect("piped stdout");

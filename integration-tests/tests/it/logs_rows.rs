@@ -4,14 +4,13 @@
 //! after the grace, checked by pid; its siblings keep running).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::killpg;
 use nix::unistd::Pid;
 
-use crate::harness::{AgentOpts, Cluster, FanoutSpec, baton_bin, log_level, wait_until};
+use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
 
 /// Whether any process of the group `pgid` is alive (as the agent would see it).
 fn group_alive(pgid: u64) -> bool {
@@ -53,19 +52,7 @@ fn logs_follow_a_running_child_and_end_when_it_ends() {
     running_pid(&c, &id, 0);
 
     // `exec logs -f` as a user runs it, its stdout read line by line as it comes.
-    let mut follow = Command::new(baton_bin())
-        .args(["exec", "logs", &id, "--child", "fan[0]", "-f", "--stdout"])
-        .env("BATON_COORDINATOR", c.coordinator_url())
-        .env(
-            "BATON_TLS_DIR",
-            c.ca_dir().join("admin").display().to_string(),
-        )
-        .env("BATON_LOG", log_level())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn baton exec logs -f");
+    let mut follow = c.spawn_cli(&["exec", "logs", &id, "--child", "fan[0]", "-f", "--stdout"]);
     let (tx, rx) = mpsc::channel();
     let stdout = follow.stdout.take().expect("piped stdout");
     std::thread::spawn(move || {

@@ -6,24 +6,12 @@
 use std::path::Path;
 use std::time::Duration;
 
+use crate::harness::fixtures::{file_lines, write_file};
 use crate::harness::{AgentOpts, Cluster, wait_until};
-
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join(name), text).unwrap();
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
 
 /// parent → foreach region (a, b) → region.toml → foreach shard 1..3 → shard.toml.
 fn write_packages(dir: &Path, shard_cmd: &str) {
-    write(
+    write_file(
         dir,
         "parent.toml",
         r#"
@@ -34,7 +22,7 @@ child = "region.toml"
 params = { region = "${item}" }
 "#,
     );
-    write(
+    write_file(
         dir,
         "region.toml",
         r#"
@@ -48,7 +36,7 @@ child = "shard.toml"
 params = { region = "${params.region}", shard = "${item}" }
 "#,
     );
-    write(
+    write_file(
         dir,
         "shard.toml",
         &format!(
@@ -95,7 +83,7 @@ fn a_child_that_fans_out_runs_as_a_sub_execution() {
     let v = out.json();
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["children"]["succeeded"], 2, "two regions: {v}");
-    let mut got = lines(&marks);
+    let mut got = file_lines(&marks);
     got.sort();
     assert_eq!(got, ["a-1", "a-2", "a-3", "b-1", "b-2", "b-3"]);
 
@@ -144,16 +132,19 @@ fn cancelling_the_parent_stops_the_nested_children() {
     let id = c.start_run(&dir.join("parent.toml"), &[]);
     assert!(
         wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
-            lines(&marks).len() == 6
+            file_lines(&marks).len() == 6
         }),
         "six nested children never ran: {:?}",
-        lines(&marks)
+        file_lines(&marks)
     );
     let out = c.cli(&["exec", "cancel", &id, "--wait", "--output", "json"]);
     out.expect_code(0);
     assert_eq!(out.json()["status"], "cancelled", "{}", out.describe());
     // Every shard's shell is gone (SIGTERM to its group; `wait` returns).
-    let pids: Vec<i32> = lines(&marks).iter().map(|l| l.parse().unwrap()).collect();
+    let pids: Vec<i32> = file_lines(&marks)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
     assert!(
         wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
             pids.iter()

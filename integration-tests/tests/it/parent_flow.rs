@@ -8,27 +8,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::harness::exec::task_states;
+use crate::harness::fixtures::{file_lines, write_file};
 use crate::harness::{AgentOpts, Cluster};
-
-fn write(dir: &Path, name: &str, text: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join(name), text).unwrap();
-}
-
-/// `tasks` of `exec show --output json` as name → state.
-fn task_states(show: &Value) -> std::collections::BTreeMap<String, String> {
-    show["tasks"]
-        .as_array()
-        .expect("tasks in exec show")
-        .iter()
-        .map(|t| {
-            (
-                t["task"].as_str().unwrap().to_owned(),
-                t["state"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
 
 fn children_of<'a>(show: &'a Value, task: &str) -> Vec<&'a Value> {
     show["children"]
@@ -97,14 +79,6 @@ when = "${{tasks.extract.outputs.date}} == 'sat'"
     )
 }
 
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 #[test]
 fn outputs_flow_from_task_to_task_and_constraints_skip() {
     let mut c = Cluster::new("parent_flow");
@@ -115,8 +89,8 @@ fn outputs_flow_from_task_to_task_and_constraints_skip() {
     c.agents_ready(1);
 
     let dir = c.root().join("pkg-ok");
-    write(&dir, "child.toml", &child(&marks));
-    write(&dir, "parent.toml", &parent(&marks, 100));
+    write_file(&dir, "child.toml", &child(&marks));
+    write_file(&dir, "parent.toml", &parent(&marks, 100));
     let out = c.cli(&[
         "run",
         &dir.join("parent.toml").display().to_string(),
@@ -139,7 +113,7 @@ fn outputs_flow_from_task_to_task_and_constraints_skip() {
     assert_eq!(states["weekend"], "skipped", "when is false: {states:?}");
 
     // extract's output reached every child's parameters.
-    let mut loads = lines(&marks.join("load"));
+    let mut loads = file_lines(&marks.join("load"));
     loads.sort();
     assert_eq!(
         loads,
@@ -148,12 +122,12 @@ fn outputs_flow_from_task_to_task_and_constraints_skip() {
             .collect::<Vec<_>>()
     );
     // The foreach's summed outputs reached the summary task: 10+20+30+40.
-    assert_eq!(lines(&marks.join("summary")), ["100"]);
+    assert_eq!(file_lines(&marks.join("summary")), ["100"]);
     let summary = children_of(&show, "summary");
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["outputs"]["total"], "100", "{}", summary[0]);
     // Each task ran once; skipped ones never started a process.
-    assert_eq!(lines(&marks.join("extract")).len(), 1);
+    assert_eq!(file_lines(&marks.join("extract")).len(), 1);
     assert!(!marks.join("on_fail").exists() && !marks.join("weekend").exists());
     assert!(children_of(&show, "on_fail").is_empty());
 
@@ -183,9 +157,9 @@ fn a_failed_foreach_runs_its_failure_handler_and_fails_the_run() {
     c.agents_ready(1);
 
     let dir = c.root().join("pkg-fail");
-    write(&dir, "child.toml", &child(&marks));
+    write_file(&dir, "child.toml", &child(&marks));
     // Shards 3 and 4 fail.
-    write(&dir, "parent.toml", &parent(&marks, 2));
+    write_file(&dir, "parent.toml", &parent(&marks, 2));
     let out = c.cli(&[
         "run",
         &dir.join("parent.toml").display().to_string(),
@@ -216,7 +190,7 @@ fn a_failed_foreach_runs_its_failure_handler_and_fails_the_run() {
         states["weekend"], "succeeded",
         "when is true on saturdays: {states:?}"
     );
-    assert_eq!(lines(&marks.join("on_fail")).len(), 1);
+    assert_eq!(file_lines(&marks.join("on_fail")).len(), 1);
     assert!(!marks.join("summary").exists(), "summary never ran");
     c.finish(&[]);
 }
@@ -232,7 +206,7 @@ fn rows_of_one_task_feed_a_later_foreach() {
     c.agents_ready(2);
     let m = marks.display();
     let dir = c.root().join("pkg-rows");
-    write(
+    write_file(
         &dir,
         "region.toml",
         &format!(
@@ -249,7 +223,7 @@ exec = ["sh", "-c", "echo $BATON_PARAM_REGION=$BATON_PARAM_SIZE >> {m}/regions"]
 "#
         ),
     );
-    write(
+    write_file(
         &dir,
         "parent.toml",
         r#"
@@ -281,7 +255,7 @@ after = ["list"]
         v["children"]["succeeded"], 4,
         "one list + three regions: {v}"
     );
-    let mut got = lines(&marks.join("regions"));
+    let mut got = file_lines(&marks.join("regions"));
     got.sort();
     assert_eq!(got, ["ap=1", "eu=3", "us=5"]);
     c.finish(&[]);
@@ -298,7 +272,7 @@ fn abandoned_children_run_to_their_end_after_a_cancel() {
     let m = marks.display();
     let dir = c.root().join("pkg-abandon");
     // Each child marks its start, waits for the gate (bounded), marks its end.
-    write(
+    write_file(
         &dir,
         "child.toml",
         &format!(
@@ -312,7 +286,7 @@ exec = ["sh", "-c", "echo $BATON_PARAM_SHARD >> {m}/started; i=0; while [ ! -e {
 "#
         ),
     );
-    write(
+    write_file(
         &dir,
         "parent.toml",
         r#"
@@ -330,7 +304,7 @@ parallelism = 2
         crate::harness::wait_until(
             std::time::Duration::from_secs(20),
             std::time::Duration::from_millis(100),
-            || lines(&marks.join("started")).len() == 2
+            || file_lines(&marks.join("started")).len() == 2
         ),
         "two children never started"
     );
@@ -339,13 +313,16 @@ parallelism = 2
     assert_eq!(out.json()["status"], "cancelling", "{}", out.describe());
     // The running children are not stopped: they end when the gate opens.
     std::thread::sleep(std::time::Duration::from_millis(500));
-    assert!(lines(&marks.join("ended")).is_empty(), "nothing ended yet");
+    assert!(
+        file_lines(&marks.join("ended")).is_empty(),
+        "nothing ended yet"
+    );
     std::fs::write(marks.join("gate"), b"").unwrap();
     let view = c.wait_exec_terminal(&id, std::time::Duration::from_secs(30));
     assert_eq!(view.status, "cancelled");
-    let mut ended = lines(&marks.join("ended"));
+    let mut ended = file_lines(&marks.join("ended"));
     ended.sort();
-    let mut started = lines(&marks.join("started"));
+    let mut started = file_lines(&marks.join("started"));
     started.sort();
     assert_eq!(ended, started, "both running children ran to their end");
     assert_eq!(started.len(), 2, "the two pending ones never started");

@@ -8,6 +8,21 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
+/// `tasks` of `exec show --output json` as name → state.
+pub fn task_states(show: &Value) -> BTreeMap<String, String> {
+    show["tasks"]
+        .as_array()
+        .expect("tasks in exec show")
+        .iter()
+        .map(|t| {
+            (
+                t["task"].as_str().unwrap().to_owned(),
+                t["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// States in which an execution is over.
 pub const TERMINAL_EXEC_STATES: [&str; 3] = ["succeeded", "failed", "cancelled"];
 

@@ -97,6 +97,21 @@ pub fn write_fanout(dir: &Path, spec: &FanoutSpec) -> PathBuf {
     parent
 }
 
+/// Writes `text` to `dir/name`, making `dir` first.
+pub fn write_file(dir: &Path, name: &str, text: &str) {
+    fs::create_dir_all(dir).expect("create package dir");
+    fs::write(dir.join(name), text).expect("write package file");
+}
+
+/// The lines of a file the test's processes append to (none if it is absent).
+pub fn file_lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Lower-case hex SHA-256, the package content hash of the protocol.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
