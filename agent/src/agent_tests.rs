@@ -325,3 +325,113 @@ async fn scenario() {
     coord_stop.cancel();
     let _ = coord.await;
 }
+
+fn start_sleep(item: u32) -> pb::StartJobRequest {
+    const SLEEP: &str = "name = 'sleep'\n[tasks.a]\nexec = ['sleep', '30']\n";
+    let mut req = start(item);
+    req.package = Some(pb::PackageRef {
+        name: "sleep".into(),
+        content_hash: baton_package::content_hash(SLEEP),
+        content: SLEEP.as_bytes().to_vec(),
+    });
+    req
+}
+
+fn answer(r: &pb::StartJobResponse) -> String {
+    match &r.outcome {
+        Some(pb::start_job_response::Outcome::Accepted(_)) => "accepted".into(),
+        Some(pb::start_job_response::Outcome::Rejected(r)) => {
+            pb::RejectCode::try_from(r.code).map_or("?".into(), |c| c.as_str_name().to_string())
+        }
+        None => "none".into(),
+    }
+}
+
+/// `StartJobs` decides every job as `StartJob` would, in order, in one call:
+/// capacity counts the jobs accepted earlier in the same call, a repeated
+/// dispatch is accepted once, a bad job is rejected alone; a call over the
+/// limit starts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_jobs_decides_each_job_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::default();
+    fake.with(|st| st.ack_enabled = true);
+    let coord_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coord_addr = coord_listener.local_addr().unwrap();
+    let svc = CoordinatorServiceServer::new(fake.clone());
+    let coord = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(TcpListenerStream::new(coord_listener)),
+    );
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = agent_listener.local_addr().unwrap();
+    let config = AgentConfig {
+        name: "batch-agent".into(),
+        coordinator_url: format!("http://{coord_addr}"),
+        advertise_addr: agent_addr.to_string(),
+        slots: 2,
+        data_dir: dir.path().join("data"),
+        kill_grace_ms: 100,
+        ..AgentConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config, agent_listener, shutdown.clone()));
+    fake.wait_until("registration", |st| !st.registrations.is_empty())
+        .await;
+    let mut client = AgentServiceClient::connect(format!("http://{agent_addr}"))
+        .await
+        .unwrap();
+
+    let mut no_id = start_sleep(11);
+    no_id.dispatch_id = None;
+    let jobs = vec![
+        start_sleep(10),
+        no_id,
+        start_sleep(10),
+        start_sleep(12),
+        start_sleep(13),
+    ];
+    let got = client
+        .start_jobs(pb::StartJobsRequest { jobs })
+        .await
+        .unwrap()
+        .into_inner();
+    let answers: Vec<String> = got.results.iter().map(answer).collect();
+    assert_eq!(
+        answers,
+        [
+            "accepted",
+            "REJECT_CODE_INVALID_REQUEST",
+            "accepted",
+            "accepted",
+            "REJECT_CODE_AT_CAPACITY"
+        ]
+    );
+    fake.wait_until("two jobs started", |st| {
+        st.events
+            .iter()
+            .filter(|(_, e)| kind(e) == "started")
+            .count()
+            == 2
+    })
+    .await;
+
+    let too_many = vec![start_sleep(20); pb::START_JOBS_MAX + 1];
+    let err = client
+        .start_jobs(pb::StartJobsRequest { jobs: too_many })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    coord.abort();
+    let started = fake.with(|st| {
+        st.events
+            .iter()
+            .filter(|(_, e)| kind(e) == "started")
+            .count()
+    });
+    assert_eq!(started, 2, "nothing more started after the refused call");
+}

@@ -23,11 +23,7 @@ fn key(name: &str) -> DispatchKey {
 }
 
 fn settings(dir: &Path) -> RunnerSettings {
-    RunnerSettings {
-        scratch_root: dir.join("jobs"),
-        kill_grace: Duration::from_millis(500),
-        output_tail_bytes: 256,
-    }
+    RunnerSettings::new(dir.join("jobs"), Duration::from_millis(500), 256)
 }
 
 fn plan(name: &str, toml: &str) -> JobPlan {

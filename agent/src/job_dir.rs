@@ -20,13 +20,6 @@ pub(crate) async fn prepare_dir(dir: &Path, run_as: Option<&RunAsUser>) -> Resul
 fn prepare_dir_blocking(dir: &Path, run_as: Option<&RunAsUser>) -> Result<(), String> {
     let failed =
         |e: std::io::Error| format!("cannot prepare scratch directory {}: {e}", dir.display());
-    // A dispatch id runs at most once per boot; leftovers of an earlier boot are stale.
-    // (`remove_dir_all` does not follow symbolic links a job left there.)
-    match std::fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(failed(e)),
-    }
     let parent = dir.parent().unwrap_or(Path::new("/"));
     // The execution's directory: others may pass through it to their own job
     // directory but not list it.
@@ -35,10 +28,19 @@ fn prepare_dir_blocking(dir: &Path, run_as: Option<&RunAsUser>) -> Result<(), St
         .mode(0o711)
         .create(parent)
         .map_err(failed)?;
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(dir)
-        .map_err(failed)?;
+    let fresh = || std::fs::DirBuilder::new().mode(0o700).create(dir);
+    match fresh() {
+        Ok(()) => {}
+        // A dispatch id runs at most once per boot; leftovers of an earlier boot
+        // are stale. (`remove_dir_all` does not follow symbolic links a job left
+        // there.) Tried only when the directory is there: on a path that does not
+        // exist it costs more than the mkdir.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_dir_all(dir).map_err(failed)?;
+            fresh().map_err(failed)?;
+        }
+        Err(e) => return Err(failed(e)),
+    }
     let Some(user) = run_as else {
         return Ok(());
     };

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::Mutex;
@@ -54,9 +54,14 @@ pub(crate) async fn pump(
 }
 
 /// One output stream of a job (already masked by [`pump`]): a log file capped at
-/// [`LOG_BYTES_MAX`] and a tail.
+/// [`LOG_BYTES_MAX`] and a tail. The file is made when the first byte comes: a
+/// job that prints nothing costs no file (a file made is an inode allocated, which
+/// is most of what a short process costs the agent).
 pub(crate) struct Capture {
+    path: PathBuf,
     file: Option<BufWriter<tokio::fs::File>>,
+    /// The file was made (or could not be): not tried again.
+    tried: bool,
     written: u64,
     truncated: bool,
     tail: VecDeque<u8>,
@@ -64,28 +69,34 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    pub(crate) async fn open(path: &Path, tail_max: usize) -> Capture {
+    /// A capture into `path`, made on the first write.
+    pub(crate) fn new(path: PathBuf, tail_max: usize) -> Capture {
+        Capture {
+            path,
+            file: None,
+            tried: false,
+            written: 0,
+            truncated: false,
+            tail: VecDeque::new(),
+            tail_max,
+        }
+    }
+
+    async fn create(&mut self) {
+        self.tried = true;
         // The directory is fresh, but a run-as job's user owns it: create the file
         // without following anything that user might have put in its place.
         let created = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(path)
+            .open(&self.path)
             .await;
-        let file = match created {
-            Ok(f) => Some(BufWriter::new(f)),
+        match created {
+            Ok(f) => self.file = Some(BufWriter::new(f)),
             Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot create job log file");
-                None
+                warn!(path = %self.path.display(), error = %e, "cannot create job log file");
             }
-        };
-        Capture {
-            file,
-            written: 0,
-            truncated: false,
-            tail: VecDeque::with_capacity(tail_max.min(64 * 1024)),
-            tail_max,
         }
     }
 
@@ -102,6 +113,9 @@ impl Capture {
     }
 
     async fn write(&mut self, data: &[u8]) {
+        if !self.tried && !data.is_empty() {
+            self.create().await;
+        }
         let room = LOG_BYTES_MAX.saturating_sub(self.written) as usize;
         let keep = data.len().min(room);
         if keep < data.len() {

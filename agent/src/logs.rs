@@ -222,7 +222,16 @@ where
             () = tx.closed() => return Ok(()),
         }
     }
-    if state() != JobState::Running && tails.iter().all(|t| t.file.is_none()) {
+    // A job that printed nothing has no log files (they are made on the first
+    // byte): its logs are empty. Without its directory, or with log files that
+    // may not be read (a link, say), they are gone.
+    let refused = tails
+        .iter()
+        .any(|t| t.file.is_none() && t.path.symlink_metadata().is_ok());
+    if state() != JobState::Running
+        && tails.iter().all(|t| t.file.is_none())
+        && (refused || !dir.is_dir())
+    {
         return Err(AgentError::OutputGone(format!(
             "job {} left no log on this agent (removed by retention, or it ran no process)",
             req.key
@@ -382,11 +391,8 @@ mod tests {
     async fn a_running_job_s_output_is_seen_before_it_ends() {
         use crate::runner::{JobCancel, JobPlan, RunnerSettings, run_job};
         let root = tempfile::tempdir().unwrap();
-        let settings = RunnerSettings {
-            scratch_root: root.path().join("jobs"),
-            kill_grace: Duration::from_millis(500),
-            output_tail_bytes: 64,
-        };
+        let settings =
+            RunnerSettings::new(root.path().join("jobs"), Duration::from_millis(500), 64);
         let package = baton_package::Package::parse(
             "lines.toml",
             "name = 'lines'\n[tasks.t]\nscript = 'for i in 1 2 3 4; do echo line $i; sleep 0.3; done'\ntimeout_s = 30\n",
@@ -484,8 +490,14 @@ mod tests {
             "AGENT_OUTPUT_GONE"
         );
 
-        // The directory is there but the logs are not (or are not the agent's own).
+        // The directory is there without logs: the job printed nothing.
         let dir = job_dir(root.path());
+        let rx = stream_logs(root.path(), req(Which::Both, false, 0, 0), finished).unwrap();
+        let (out, err, chunks, e) = collect(rx).await;
+        assert!(out.is_empty() && err.is_empty() && chunks.is_empty());
+        assert!(e.is_none(), "no output is not an error: {e:?}");
+
+        // The logs are not the agent's own.
         std::os::unix::fs::symlink("/etc/hostname", dir.join(STDOUT_LOG)).unwrap();
         let rx = stream_logs(root.path(), req(Which::Stdout, false, 0, 0), finished).unwrap();
         let (out, _, _, e) = collect(rx).await;

@@ -98,6 +98,16 @@ impl Outbox {
 
     /// Durably appends an event and returns its sequence number.
     pub async fn append(&self, body: agent_event::Body) -> Result<u64, AgentError> {
+        self.enqueue(body).await?.await
+    }
+
+    /// Queues an event (its place in the sequence is taken now: an event queued
+    /// later gets a higher number) and returns what becomes ready once it is
+    /// durable, so the caller may go on meanwhile.
+    pub async fn enqueue(
+        &self,
+        body: agent_event::Body,
+    ) -> Result<impl Future<Output = Result<u64, AgentError>> + use<>, AgentError> {
         let (reply, rx) = oneshot::channel();
         let event = Box::new(AgentEvent {
             seq: 0,
@@ -105,7 +115,7 @@ impl Outbox {
             body: Some(body),
         });
         self.send(Request::Append { event, reply }).await?;
-        rx.await.map_err(|_| writer_gone())?
+        Ok(async move { rx.await.map_err(|_| writer_gone())? })
     }
 
     /// Deletes every event with a sequence number `<= upto` (cumulative acknowledgement).
@@ -249,7 +259,14 @@ impl Writer {
         ack_upto: Option<u64>,
     ) -> Result<(), String> {
         let inner = || -> Result<(), redb::Error> {
-            let tx = self.db.begin_write()?;
+            let mut tx = self.db.begin_write()?;
+            if appended.is_empty() {
+                // Only acknowledgements: they need not survive a crash. If one is
+                // lost, its events are sent again and the coordinator drops them
+                // as duplicates; the next commit with events makes it durable.
+                tx.set_durability(redb::Durability::None)
+                    .map_err(redb::Error::from)?;
+            }
             {
                 let mut events = tx.open_table(EVENTS)?;
                 for (seq, bytes) in appended {

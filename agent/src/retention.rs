@@ -2,7 +2,7 @@
 //! logs, outputs and rows) are removed once they are older than the agent's
 //! `retain_for`, so its disk does not fill up. A job that still runs is never
 //! touched, however old; nor are the records of running process groups
-//! (`jobs/.running`). Age is the newest modification time of the directory and
+//! (`jobs/.running.log`). Age is the newest modification time of the directory and
 //! the files directly in it (a job that writes its logs stays young).
 
 use std::collections::HashSet;

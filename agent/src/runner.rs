@@ -49,6 +49,7 @@ pub use crate::job_dir::reachable_by;
 pub(crate) use crate::job_files::open_job_file;
 pub use crate::job_files::parse_outputs;
 use crate::job_files::{Capture, pump};
+use crate::leftovers::Leftovers;
 use crate::mask::Masker;
 use crate::model::{DispatchKey, FinishStatus, KillReason, fs_component};
 use crate::run_as::RunAsUser;
@@ -107,6 +108,21 @@ pub struct RunnerSettings {
     pub scratch_root: PathBuf,
     pub kill_grace: Duration,
     pub output_tail_bytes: usize,
+    /// The record of the process groups running now ([`crate::leftovers`]).
+    pub leftovers: Arc<Leftovers>,
+}
+
+impl RunnerSettings {
+    /// Settings for jobs under `scratch_root` (reap what an earlier boot left
+    /// there first: this starts a new record of running groups).
+    pub fn new(scratch_root: PathBuf, kill_grace: Duration, output_tail_bytes: usize) -> Self {
+        RunnerSettings {
+            leftovers: Arc::new(Leftovers::new(&scratch_root)),
+            scratch_root,
+            kill_grace,
+            output_tail_bytes,
+        }
+    }
 }
 
 /// What the finished event reports.
@@ -234,8 +250,8 @@ pub async fn run_job(
         let tail_max = settings.output_tail_bytes;
         Some(Arc::new(Processes {
             env: job_env(plan, &dir),
-            out: Mutex::new(Capture::open(&dir.join(STDOUT_LOG), tail_max).await),
-            err: Mutex::new(Capture::open(&dir.join(STDERR_LOG), tail_max).await),
+            out: Mutex::new(Capture::new(dir.join(STDOUT_LOG), tail_max)),
+            err: Mutex::new(Capture::new(dir.join(STDERR_LOG), tail_max)),
             dir: dir.clone(),
             run_as: plan.run_as.clone(),
             settings: settings.clone(),
@@ -484,7 +500,7 @@ async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<Step
     })?;
     let pid = child.id().unwrap_or(0);
     debug!(task = %exec.task, attempt, pid, "task process started");
-    crate::leftovers::record(&ctx.settings.scratch_root, pid);
+    ctx.settings.leftovers.record(pid);
     let first = ctx.started.lock().unwrap_or_else(|p| p.into_inner()).take();
     if let Some(tx) = first {
         let _ = tx.send(pid);
@@ -503,7 +519,7 @@ async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<Step
     let waiter = async {
         // `supervise` always leaves the group empty: then its record can go.
         let exit = supervise(&mut child, pgid, timeout_at, deadline_first, ctx).await;
-        crate::leftovers::forget(&ctx.settings.scratch_root, pid);
+        ctx.settings.leftovers.forget(pid);
         exit
     };
     let readers = async {

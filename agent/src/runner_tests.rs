@@ -115,11 +115,7 @@ fn plan(name: &str, tasks: Vec<T>) -> JobPlan {
 }
 
 pub(super) fn settings(dir: &Path) -> RunnerSettings {
-    RunnerSettings {
-        scratch_root: dir.join("jobs"),
-        kill_grace: Duration::from_millis(500),
-        output_tail_bytes: 64,
-    }
+    RunnerSettings::new(dir.join("jobs"), Duration::from_millis(500), 64)
 }
 
 pub(super) async fn run(

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use baton_proto as pb;
+use baton_proto::START_JOBS_MAX;
 use baton_proto::agent_service_server::AgentService;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::{Stream, StreamExt};
@@ -64,12 +65,44 @@ fn accepted() -> pb::StartJobResponse {
     }
 }
 
+fn unauthorized(reason: String) -> pb::StartJobResponse {
+    rejected(Rejection::new(pb::RejectCode::Unauthorized, reason))
+}
+
 fn rejected(r: Rejection) -> pb::StartJobResponse {
     pb::StartJobResponse {
         outcome: Some(pb::start_job_response::Outcome::Rejected(pb::Rejected {
             code: r.code as i32,
             reason: r.reason,
         })),
+    }
+}
+
+impl AgentGrpc {
+    /// Decides one StartJob of the coordinator (already authenticated).
+    fn decide(&self, request: pb::StartJobRequest) -> pb::StartJobResponse {
+        let job = match StartJob::try_from(request) {
+            Ok(job) => job,
+            Err(e) => {
+                let reason = match e {
+                    AgentError::InvalidRequest(m) => m,
+                    other => other.to_string(),
+                };
+                info!(code = "INVALID_REQUEST", %reason, "job rejected");
+                return rejected(Rejection::new(pb::RejectCode::InvalidRequest, reason));
+            }
+        };
+        let id = job.dispatch.clone();
+        match self.supervisor.start_job(job) {
+            Ok(()) => {
+                debug!(dispatch = %id, "job accepted");
+                accepted()
+            }
+            Err(r) => {
+                info!(dispatch = %id, code = r.code_str(), "job rejected");
+                rejected(r)
+            }
+        }
     }
 }
 
@@ -81,36 +114,31 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<pb::StartJobResponse>, Status> {
         if let Err(reason) = from_coordinator(&request) {
             info!(code = "UNAUTHORIZED", %reason, "job rejected");
-            return Ok(Response::new(rejected(Rejection::new(
-                pb::RejectCode::Unauthorized,
-                reason,
-            ))));
+            return Ok(Response::new(unauthorized(reason)));
         }
-        let job = match StartJob::try_from(request.into_inner()) {
-            Ok(job) => job,
-            Err(e) => {
-                let reason = match e {
-                    AgentError::InvalidRequest(m) => m,
-                    other => other.to_string(),
-                };
-                info!(code = "INVALID_REQUEST", %reason, "job rejected");
-                return Ok(Response::new(rejected(Rejection::new(
-                    pb::RejectCode::InvalidRequest,
-                    reason,
-                ))));
+        Ok(Response::new(self.decide(request.into_inner())))
+    }
+
+    async fn start_jobs(
+        &self,
+        request: Request<pb::StartJobsRequest>,
+    ) -> Result<Response<pb::StartJobsResponse>, Status> {
+        let auth = from_coordinator(&request);
+        let jobs = request.into_inner().jobs;
+        if jobs.len() > START_JOBS_MAX {
+            return Err(Status::invalid_argument(format!(
+                "{} jobs in one StartJobs call; at most {START_JOBS_MAX}",
+                jobs.len()
+            )));
+        }
+        let results = match auth {
+            Err(reason) => {
+                info!(code = "UNAUTHORIZED", %reason, jobs = jobs.len(), "jobs rejected");
+                jobs.iter().map(|_| unauthorized(reason.clone())).collect()
             }
+            Ok(()) => jobs.into_iter().map(|job| self.decide(job)).collect(),
         };
-        let id = job.dispatch.clone();
-        Ok(Response::new(match self.supervisor.start_job(job) {
-            Ok(()) => {
-                debug!(dispatch = %id, "job accepted");
-                accepted()
-            }
-            Err(r) => {
-                info!(dispatch = %id, code = r.code_str(), "job rejected");
-                rejected(r)
-            }
-        }))
+        Ok(Response::new(pb::StartJobsResponse { results }))
     }
 
     async fn cancel_job(

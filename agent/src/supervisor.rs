@@ -70,11 +70,11 @@ impl Supervisor {
                 jobs: JobTable::new(),
             }),
             outbox,
-            settings: RunnerSettings {
-                scratch_root: config.data_dir.join("jobs"),
-                kill_grace: Duration::from_millis(config.kill_grace_ms),
-                output_tail_bytes: config.output_tail_bytes,
-            },
+            settings: RunnerSettings::new(
+                config.data_dir.join("jobs"),
+                Duration::from_millis(config.kill_grace_ms),
+                config.output_tail_bytes,
+            ),
             default_task_timeout: Duration::from_secs(config.default_task_timeout_s),
             allow_run_as: config.allow_run_as.clone(),
             tasks: watch::channel(0).0,
@@ -166,18 +166,36 @@ impl Supervisor {
                 pid,
             })
         };
+        // `started` is queued as soon as the process runs (its sequence number
+        // is taken then, so it always precedes `finished`), but the job goes on
+        // while it is being made durable: no fsync wait between spawn and reap.
         let report = tokio::select! {
             biased;
             pid = &mut started_rx => {
-                if let Ok(pid) = pid {
-                    self.append(&key, started(pid)).await;
+                match pid {
+                    Ok(pid) => match self.outbox.enqueue(started(pid)).await {
+                        Ok(durable) => {
+                            let (report, written) = tokio::join!(run, durable);
+                            if let Err(e) = written {
+                                error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+                            }
+                            report
+                        }
+                        Err(e) => {
+                            error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+                            run.await
+                        }
+                    },
+                    Err(_) => run.await,
                 }
-                run.await
             }
             report = &mut run => {
-                // The process may have started and ended within one poll of the runner.
-                if let Ok(pid) = started_rx.try_recv() {
-                    self.append(&key, started(pid)).await;
+                // The process may have started and ended within one poll of the
+                // runner. `finished`, queued after it, is durable only once it is.
+                if let Ok(pid) = started_rx.try_recv()
+                    && let Err(e) = self.outbox.enqueue(started(pid)).await
+                {
+                    error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
                 }
                 report
             }

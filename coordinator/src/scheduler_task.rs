@@ -25,7 +25,7 @@ use crate::store::Store;
 use crate::transport;
 
 mod effects;
-use effects::perform;
+use effects::perform_all;
 
 /// Most messages handled between two commits: bounds batch size and latency.
 const MAX_BATCH_MSGS: usize = 4096;
@@ -331,6 +331,9 @@ struct Io {
     /// agent → (address, TLS generation, client).
     clients: HashMap<String, (String, u64, AgentServiceClient<Channel>)>,
     acks: HashMap<String, watch::Sender<u64>>,
+    /// Agents that do not serve `StartJobs` (an earlier release): one
+    /// `StartJob` per child for them.
+    singles_only: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
 /// Spawns the scheduler task; returns its handle and join handle.
@@ -349,6 +352,7 @@ pub fn spawn(
         dialer,
         clients: HashMap::new(),
         acks: HashMap::new(),
+        singles_only: Arc::default(),
     };
     let join = tokio::spawn(run(sched, store, rx, io, shutdown));
     (SchedulerHandle { tx }, join)
@@ -400,9 +404,7 @@ async fn run(
                     }
                 }
                 reply(done.post);
-                for effect in done.effects {
-                    perform(&mut io, effect);
-                }
+                perform_all(&mut io, done.effects);
             }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
@@ -433,9 +435,7 @@ async fn run(
         } else {
             sched.publish_and_evict();
             reply(std::mem::take(&mut post));
-            for effect in sched.take_effects() {
-                perform(&mut io, effect);
-            }
+            perform_all(&mut io, sched.take_effects());
         }
     }
     debug!("scheduler stopped");

@@ -17,6 +17,9 @@ pub mod tls;
 
 pub use v1::*;
 
+/// Most jobs in one `AgentService.StartJobs` call (agents refuse more).
+pub const START_JOBS_MAX: usize = 1024;
+
 impl std::fmt::Display for v1::DispatchId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

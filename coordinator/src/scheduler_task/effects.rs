@@ -3,17 +3,225 @@
 //! sent back as a message), an acknowledgement on a completion stream, and
 //! the rows of a task read from the agents that kept them.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use baton_proto as pb;
 use pb::agent_service_client::AgentServiceClient;
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
 use super::{DISPATCH_TIMEOUT, Io, Msg};
-use crate::scheduler::{DispatchOutcome, Effect};
+use crate::scheduler::{ChildRef, DispatchOutcome, Effect};
 
-pub(super) fn perform(io: &mut Io, effect: Effect) {
+/// Performs the effects of one flushed batch. The dispatches to one agent go
+/// out together: one `StartJobs` call for several (in chunks of
+/// [`pb::START_JOBS_MAX`]), a `StartJob` for one. Everything else is performed
+/// one by one, in order.
+pub(super) fn perform_all(io: &mut Io, effects: Vec<Effect>) {
+    let mut batches: Vec<(String, String, Vec<Job>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for effect in effects {
+        match effect {
+            Effect::Dispatch {
+                agent,
+                address,
+                child,
+                attempt,
+                request,
+            } => {
+                let job = Job {
+                    child,
+                    attempt,
+                    request,
+                };
+                match index.get(&agent) {
+                    Some(&i) if batches[i].1 == address => batches[i].2.push(job),
+                    _ => {
+                        index.insert(agent.clone(), batches.len());
+                        batches.push((agent, address, vec![job]));
+                    }
+                }
+            }
+            other => perform(io, other),
+        }
+    }
+    for (agent, address, jobs) in batches {
+        dispatch(io, agent, address, jobs);
+    }
+}
+
+/// One child's StartJob.
+struct Job {
+    child: ChildRef,
+    attempt: u32,
+    request: Box<pb::StartJobRequest>,
+}
+
+/// Sends `jobs` to one agent; every answer (or the lack of one) comes back
+/// to the scheduler as a [`Msg::Dispatched`] per child.
+fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
+    let generation = io.dialer.generation();
+    let client = match io.clients.get(&agent) {
+        Some((addr, g, c)) if *addr == address && *g == generation => c.clone(),
+        _ => match io.dialer.client(&agent, &address) {
+            Ok(c) => {
+                io.clients
+                    .insert(agent.clone(), (address.clone(), generation, c.clone()));
+                c
+            }
+            Err(e) => {
+                warn!(%agent, %address, error = %e, "cannot build a client for the agent");
+                let outcome = DispatchOutcome::Unknown(e.to_string());
+                tokio::spawn(report(
+                    io.tx.clone(),
+                    agent,
+                    jobs,
+                    vec![],
+                    outcome,
+                    Duration::ZERO,
+                ));
+                return;
+            }
+        },
+    };
+    let tx = io.tx.clone();
+    let singles = io.singles_only.clone();
+    let one_by_one = jobs.len() == 1 || singles.lock().unwrap().contains(&agent);
+    if one_by_one {
+        for job in jobs {
+            let (client, tx, agent) = (client.clone(), tx.clone(), agent.clone());
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let outcome = start_job(client, *job.request).await;
+                let rtt = sent.elapsed();
+                let _ = tx
+                    .send(Msg::Dispatched {
+                        child: job.child,
+                        agent,
+                        attempt: job.attempt,
+                        outcome,
+                        rtt,
+                    })
+                    .await;
+            });
+        }
+        return;
+    }
+    let mut jobs = jobs;
+    while !jobs.is_empty() {
+        let rest = jobs.split_off(jobs.len().min(pb::START_JOBS_MAX));
+        let chunk = std::mem::replace(&mut jobs, rest);
+        let (client, tx, agent, singles) =
+            (client.clone(), tx.clone(), agent.clone(), singles.clone());
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let (chunk, requests): (Vec<Job>, Vec<pb::StartJobRequest>) = chunk
+                .into_iter()
+                .map(|mut j| {
+                    let r = std::mem::take(&mut *j.request);
+                    (j, r)
+                })
+                .unzip();
+            let (answers, otherwise) = start_jobs(client, requests).await;
+            let rtt = sent.elapsed();
+            if otherwise.is_none() && answers.is_empty() {
+                // StartJobs is not served: an agent of an earlier release.
+                singles.lock().unwrap().insert(agent.clone());
+            }
+            let otherwise = otherwise.unwrap_or_else(|| {
+                DispatchOutcome::Unknown(
+                    "the agent does not serve StartJobs yet; resending one by one".to_string(),
+                )
+            });
+            report(tx, agent, chunk, answers, otherwise, rtt).await;
+        });
+    }
+}
+
+/// Sends one `Msg::Dispatched` per job: its answer from `answers` (same
+/// order), or `otherwise` where there is none.
+async fn report(
+    tx: mpsc::Sender<Msg>,
+    agent: String,
+    jobs: Vec<Job>,
+    answers: Vec<DispatchOutcome>,
+    otherwise: DispatchOutcome,
+    rtt: Duration,
+) {
+    let mut answers = answers.into_iter();
+    for job in jobs {
+        let outcome = answers.next().unwrap_or_else(|| otherwise.clone());
+        let _ = tx
+            .send(Msg::Dispatched {
+                child: job.child,
+                agent: agent.clone(),
+                attempt: job.attempt,
+                outcome,
+                rtt,
+            })
+            .await;
+    }
+}
+
+/// Several jobs in one `StartJobs` call: the answers in order, and what the
+/// jobs without an answer get (`None`: the agent does not serve `StartJobs`).
+async fn start_jobs(
+    mut client: AgentServiceClient<Channel>,
+    jobs: Vec<pb::StartJobRequest>,
+) -> (Vec<DispatchOutcome>, Option<DispatchOutcome>) {
+    let n = jobs.len();
+    let call = client.start_jobs(pb::StartJobsRequest { jobs });
+    match tokio::time::timeout(DISPATCH_TIMEOUT, call).await {
+        Err(_) => (
+            vec![],
+            Some(DispatchOutcome::Unknown("StartJobs timed out".to_string())),
+        ),
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => (vec![], None),
+        Ok(Err(status)) => (
+            vec![],
+            Some(DispatchOutcome::Unknown(format!(
+                "StartJobs failed: {}",
+                status.message()
+            ))),
+        ),
+        Ok(Ok(resp)) => {
+            let results = resp.into_inner().results;
+            if results.len() != n {
+                warn!(
+                    sent = n,
+                    answered = results.len(),
+                    "StartJobs answered a different number of jobs"
+                );
+            }
+            let answers = results.into_iter().take(n).map(outcome_of).collect();
+            (
+                answers,
+                Some(DispatchOutcome::Unknown(
+                    "StartJobs gave no answer for this job".to_string(),
+                )),
+            )
+        }
+    }
+}
+
+/// What one StartJob answer means for the scheduler.
+fn outcome_of(resp: pb::StartJobResponse) -> DispatchOutcome {
+    match resp.outcome {
+        Some(pb::start_job_response::Outcome::Accepted(_)) => DispatchOutcome::Accepted,
+        Some(pb::start_job_response::Outcome::Rejected(r)) => DispatchOutcome::Rejected {
+            code: pb::RejectCode::try_from(r.code).unwrap_or(pb::RejectCode::Unspecified),
+            reason: r.reason,
+        },
+        None => DispatchOutcome::Rejected {
+            code: pb::RejectCode::Unspecified,
+            reason: "agent answered with neither accepted nor rejected".to_string(),
+        },
+    }
+}
+
+fn perform(io: &mut Io, effect: Effect) {
     match effect {
         Effect::Cancel {
             agent,
@@ -35,51 +243,16 @@ pub(super) fn perform(io: &mut Io, effect: Effect) {
             child,
             attempt,
             request,
-        } => {
-            let generation = io.dialer.generation();
-            let client = match io.clients.get(&agent) {
-                Some((addr, g, c)) if *addr == address && *g == generation => c.clone(),
-                _ => match io.dialer.client(&agent, &address) {
-                    Ok(c) => {
-                        io.clients
-                            .insert(agent.clone(), (address.clone(), generation, c.clone()));
-                        c
-                    }
-                    Err(e) => {
-                        warn!(%agent, %address, error = %e, "cannot build a client for the agent");
-                        let tx = io.tx.clone();
-                        tokio::spawn(async move {
-                            let outcome = DispatchOutcome::Unknown(e.to_string());
-                            let _ = tx
-                                .send(Msg::Dispatched {
-                                    child,
-                                    agent,
-                                    attempt,
-                                    outcome,
-                                    rtt: Duration::ZERO,
-                                })
-                                .await;
-                        });
-                        return;
-                    }
-                },
-            };
-            let tx = io.tx.clone();
-            tokio::spawn(async move {
-                let sent = Instant::now();
-                let outcome = start_job(client, *request).await;
-                let rtt = sent.elapsed();
-                let _ = tx
-                    .send(Msg::Dispatched {
-                        child,
-                        agent,
-                        attempt,
-                        outcome,
-                        rtt,
-                    })
-                    .await;
-            });
-        }
+        } => dispatch(
+            io,
+            agent,
+            address,
+            vec![Job {
+                child,
+                attempt,
+                request,
+            }],
+        ),
         Effect::Ack { agent, seq } => {
             if let Some(tx) = io.acks.get(&agent) {
                 tx.send_if_modified(|cur| {
@@ -180,17 +353,7 @@ async fn start_job(
         Ok(Err(status)) => {
             DispatchOutcome::Unknown(format!("StartJob failed: {}", status.message()))
         }
-        Ok(Ok(resp)) => match resp.into_inner().outcome {
-            Some(pb::start_job_response::Outcome::Accepted(_)) => DispatchOutcome::Accepted,
-            Some(pb::start_job_response::Outcome::Rejected(r)) => DispatchOutcome::Rejected {
-                code: pb::RejectCode::try_from(r.code).unwrap_or(pb::RejectCode::Unspecified),
-                reason: r.reason,
-            },
-            None => DispatchOutcome::Rejected {
-                code: pb::RejectCode::Unspecified,
-                reason: "agent answered with neither accepted nor rejected".to_string(),
-            },
-        },
+        Ok(Ok(resp)) => outcome_of(resp.into_inner()),
     }
 }
 
@@ -213,3 +376,7 @@ async fn cancel_job(
     }
     warn!(%agent, "could not reach the agent to cancel a job");
 }
+
+#[cfg(test)]
+#[path = "effects_tests.rs"]
+mod tests;

@@ -389,6 +389,7 @@ pub(super) fn agent_service_calls(
 ) -> Vec<(&'static str, Got)> {
     let names = [
         "StartJob",
+        "StartJobs",
         "CancelJob",
         "GetJob",
         "StreamLogs",
@@ -424,6 +425,34 @@ pub(super) fn agent_service_calls(
             Ok("unauthorized") => refused(Code::PermissionDenied, "UNAUTHORIZED"),
             other => got(other),
         };
+        let batch = c
+            .start_jobs(pb::StartJobsRequest {
+                jobs: vec![pb::StartJobRequest {
+                    dispatch_id: Some(id.clone()),
+                    coordinator_epoch: 0,
+                    ..Default::default()
+                }],
+            })
+            .await
+            .map(|r| {
+                match r
+                    .into_inner()
+                    .results
+                    .first()
+                    .and_then(|r| r.outcome.clone())
+                {
+                    Some(pb::start_job_response::Outcome::Rejected(r))
+                        if r.code == pb::RejectCode::Unauthorized as i32 =>
+                    {
+                        "unauthorized"
+                    }
+                    _ => "answered",
+                }
+            });
+        let batch = match batch {
+            Ok("unauthorized") => refused(Code::PermissionDenied, "UNAUTHORIZED"),
+            other => got(other),
+        };
         let cancel = got(c
             .cancel_job(pb::CancelJobRequest {
                 dispatch_id: Some(id.clone()),
@@ -448,6 +477,7 @@ pub(super) fn agent_service_calls(
             .await);
         vec![
             ("StartJob", start),
+            ("StartJobs", batch),
             ("CancelJob", cancel),
             ("GetJob", get),
             ("StreamLogs", logs),

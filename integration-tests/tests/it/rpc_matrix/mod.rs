@@ -315,7 +315,7 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             }
             ("coordinator", _) => Got::Ok,
             ("none" | "foreign" | "expired", _) => Got::NoConnection,
-            (_, "StartJob") => refused(Code::PermissionDenied, "UNAUTHORIZED"),
+            (_, "StartJob" | "StartJobs") => refused(Code::PermissionDenied, "UNAUTHORIZED"),
             _ => refused(Code::PermissionDenied, ""),
         };
         bad.extend(mismatches(caller.name, &calls, expect));
