@@ -20,10 +20,25 @@ pub enum JobState {
     },
 }
 
+impl JobState {
+    /// Finished and succeeded.
+    pub fn is_succeeded(&self) -> bool {
+        matches!(
+            self,
+            JobState::Finished {
+                status: FinishStatus::Succeeded,
+                ..
+            }
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct JobTable {
     running: HashMap<DispatchKey, JobCancel>,
-    finished: HashMap<DispatchKey, (FinishStatus, i32)>,
+    /// status, exit code, and whether the job left nothing behind (its empty
+    /// scratch directory went back to the pool: its logs and rows are empty).
+    finished: HashMap<DispatchKey, (FinishStatus, i32, bool)>,
     finished_order: VecDeque<DispatchKey>,
 }
 
@@ -68,7 +83,7 @@ impl JobTable {
         self.running.remove(&key);
         if self
             .finished
-            .insert(key.clone(), (status, exit_code))
+            .insert(key.clone(), (status, exit_code, false))
             .is_none()
         {
             self.finished_order.push_back(key);
@@ -80,12 +95,25 @@ impl JobTable {
         }
     }
 
+    /// Notes that a finished job left no file behind.
+    pub fn mark_left_nothing(&mut self, key: &DispatchKey) {
+        if let Some(f) = self.finished.get_mut(key) {
+            f.2 = true;
+        }
+    }
+
+    /// Whether a finished job is known to have left no file behind (false once
+    /// it is forgotten, or after a restart).
+    pub fn left_nothing(&self, key: &DispatchKey) -> bool {
+        self.finished.get(key).is_some_and(|f| f.2)
+    }
+
     pub fn state(&self, key: &DispatchKey) -> JobState {
         if self.running.contains_key(key) {
             return JobState::Running;
         }
         match self.finished.get(key) {
-            Some(&(status, exit_code)) => JobState::Finished { status, exit_code },
+            Some(&(status, exit_code, _)) => JobState::Finished { status, exit_code },
             None => JobState::Unknown,
         }
     }
@@ -124,5 +152,10 @@ mod tests {
             }
         );
         assert!(!t.cancel(&key(1), KillReason::Cancelled));
+        assert!(!t.left_nothing(&key(1)));
+        t.mark_left_nothing(&key(1));
+        assert!(t.left_nothing(&key(1)));
+        t.mark_left_nothing(&key(2));
+        assert!(!t.left_nothing(&key(2)), "only a finished job is marked");
     }
 }

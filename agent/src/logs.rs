@@ -196,9 +196,13 @@ where
         tails.push(Tail::new(dir, pb::LogStream::Stderr, req.stderr_offset));
     }
     let mut buf = vec![0u8; LOG_CHUNK_BYTES];
+    // A job seen running may end with no log and give its empty directory back
+    // for reuse ([`crate::job_dir`]): it printed nothing, which is no error.
+    let mut seen_running = false;
     loop {
         // Sampled before reading: once the job is seen ended, this pass reads all.
         let running = state() == JobState::Running;
+        seen_running |= running;
         loop {
             // A chunk of each log in turn, so that a busy stdout does not hold stderr back.
             let mut sent = false;
@@ -230,7 +234,7 @@ where
         .any(|t| t.file.is_none() && t.path.symlink_metadata().is_ok());
     if state() != JobState::Running
         && tails.iter().all(|t| t.file.is_none())
-        && (refused || !dir.is_dir())
+        && (refused || (!dir.is_dir() && !seen_running))
     {
         return Err(AgentError::OutputGone(format!(
             "job {} left no log on this agent (removed by retention, or it ran no process)",

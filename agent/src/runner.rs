@@ -44,8 +44,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::job_dir::prepare_dir;
 pub use crate::job_dir::reachable_by;
+use crate::job_dir::{DirPool, prepare_dir};
 pub(crate) use crate::job_files::open_job_file;
 pub use crate::job_files::parse_outputs;
 use crate::job_files::{Capture, pump};
@@ -110,6 +110,8 @@ pub struct RunnerSettings {
     pub output_tail_bytes: usize,
     /// The record of the process groups running now ([`crate::leftovers`]).
     pub leftovers: Arc<Leftovers>,
+    /// Empty scratch directories for reuse ([`crate::job_dir`]).
+    pub dirs: Arc<DirPool>,
 }
 
 impl RunnerSettings {
@@ -118,6 +120,7 @@ impl RunnerSettings {
     pub fn new(scratch_root: PathBuf, kill_grace: Duration, output_tail_bytes: usize) -> Self {
         RunnerSettings {
             leftovers: Arc::new(Leftovers::new(&scratch_root)),
+            dirs: Arc::new(DirPool::new(&scratch_root)),
             scratch_root,
             kill_grace,
             output_tail_bytes,
@@ -141,6 +144,8 @@ pub struct JobReport {
     pub stdout_tail: String,
     pub stderr_tail: String,
     pub duration_ms: u64,
+    /// The job left no file: its empty directory went back to the pool.
+    pub left_nothing: bool,
 }
 
 /// Cancel handle of a running job: a token plus the first reason given.
@@ -237,11 +242,12 @@ pub async fn run_job(
         stdout_tail: String::new(),
         stderr_tail: String::new(),
         duration_ms: 0,
+        left_nothing: false,
     };
     // Without a process nothing can write logs, outputs or rows: no scratch
     // directory (this is what makes `noop` measure the orchestration alone).
     let procs = if needs_processes(&plan.package) {
-        if let Err(reason) = prepare_dir(&dir, plan.run_as.as_ref()).await {
+        if let Err(reason) = prepare_dir(&dir, plan.run_as.as_ref(), &settings.dirs).await {
             report.status = FinishStatus::Failed;
             report.reason = plan.masker.mask_str(&reason);
             report.duration_ms = begin.elapsed().as_millis() as u64;
@@ -287,6 +293,13 @@ pub async fn run_job(
             }
             report.row_count = kept.rows;
         }
+    }
+    if procs.is_some() && plan.run_as.is_none() {
+        // Last: after the outputs and rows were read from the directory.
+        let (pool, d) = (settings.dirs.clone(), dir.clone());
+        report.left_nothing = tokio::task::spawn_blocking(move || pool.give_back(&d))
+            .await
+            .unwrap_or(false);
     }
     report.reason = plan.masker.mask_str(&report.reason);
     report.duration_ms = begin.elapsed().as_millis() as u64;

@@ -203,11 +203,13 @@ impl Supervisor {
         debug!(dispatch = %key, status = ?report.status, duration_ms = report.duration_ms, "job finished");
         // Free the slot before the event is durable: the coordinator may send the next
         // job as soon as it reads the event, and must not find the slot still taken.
-        self.state
-            .lock()
-            .unwrap()
-            .jobs
-            .finish(key.clone(), report.status, report.exit_code);
+        {
+            let mut st = self.state.lock().unwrap();
+            st.jobs.finish(key.clone(), report.status, report.exit_code);
+            if report.left_nothing {
+                st.jobs.mark_left_nothing(&key);
+            }
+        }
         self.append(&key, finished_body(&key, report)).await;
     }
 
@@ -230,6 +232,12 @@ impl Supervisor {
     /// `data_dir/jobs`: where the jobs' scratch directories are.
     pub fn scratch_root(&self) -> &std::path::Path {
         &self.settings.scratch_root
+    }
+
+    /// Whether a finished job is known to have left no file (its logs and
+    /// rows are empty; its directory was reused).
+    pub fn left_nothing(&self, key: &DispatchKey) -> bool {
+        self.state.lock().unwrap().jobs.left_nothing(key)
     }
 
     pub fn job_state(&self, key: &DispatchKey) -> JobState {

@@ -137,6 +137,7 @@ impl Supervisor {
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             duration_ms,
+            left_nothing: false,
         };
         self.append(key, finished_body(key, report)).await;
     }

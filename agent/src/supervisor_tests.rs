@@ -226,3 +226,28 @@ async fn allowed_run_as_job_runs_as_that_user() {
         Some(nobody.uid.to_string().as_str())
     );
 }
+
+/// A job that leaves nothing gives its directory back and the next job runs in
+/// it; a job that leaves a file keeps its directory.
+#[tokio::test]
+async fn a_job_that_leaves_nothing_gives_its_directory_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, outbox) = setup(dir.path(), 2);
+    let silent = package("true");
+    sup.start_job(job(1, &silent)).unwrap();
+    events(&outbox, 2).await;
+    let first = job(1, &silent).dispatch;
+    let first_dir = runner::scratch_dir(sup.scratch_root(), &first);
+    assert!(sup.left_nothing(&first));
+    assert!(!first_dir.exists(), "given back to the pool");
+    assert_eq!(sup.settings.dirs.pooled(), 1);
+
+    let talkative = package("echo hello");
+    sup.start_job(job(2, &talkative)).unwrap();
+    events(&outbox, 4).await;
+    let second = job(2, &talkative).dispatch;
+    assert_eq!(sup.settings.dirs.pooled(), 0, "taken from the pool");
+    assert!(!sup.left_nothing(&second));
+    let log = runner::scratch_dir(sup.scratch_root(), &second).join(runner::STDOUT_LOG);
+    assert_eq!(std::fs::read_to_string(log).unwrap(), "hello\n");
+}
