@@ -25,11 +25,12 @@
 //! lock and does the spawning.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use baton_package::{Package, ParamValues};
 use baton_proto::RejectCode;
 
-use crate::model::{DispatchKey, Epoch, StartJob};
+use crate::model::{DispatchKey, Epoch, PackageSource, StartJob};
 use crate::run_as::{Host, RunAsRule, RunAsUser};
 
 /// Accepted dispatch ids remembered for idempotency.
@@ -157,7 +158,16 @@ impl Admission {
 }
 
 /// Step 6: verify, parse and bind the package of a request.
-pub fn check_package(job: &StartJob) -> Result<(Package, ParamValues), Rejection> {
+pub fn check_package(job: &StartJob) -> Result<(Arc<Package>, ParamValues), Rejection> {
+    check_package_with(job, None)
+}
+
+/// [`check_package`], taking the parsed package from `cache` when it holds the
+/// same text (and leaving it there when it does not yet).
+pub fn check_package_with(
+    job: &StartJob,
+    cache: Option<&crate::parsed::ParsedPackages>,
+) -> Result<(Arc<Package>, ParamValues), Rejection> {
     let src = &job.package;
     let Some(content) = &src.content else {
         return Err(Rejection::new(
@@ -168,6 +178,28 @@ pub fn check_package(job: &StartJob) -> Result<(Package, ParamValues), Rejection
             ),
         ));
     };
+    let cached = cache.and_then(|c| c.get(&src.content_hash, content));
+    let package = match cached {
+        Some(p) => p,
+        None => {
+            let p = Arc::new(parse_package(src, content)?);
+            if let Some(c) = cache {
+                c.put(&src.content_hash, content, p.clone());
+            }
+            p
+        }
+    };
+    let params = package.bind(&job.parameters).map_err(|e| {
+        Rejection::new(
+            RejectCode::InvalidRequest,
+            format!("parameters do not bind: {}: {e}", e.code()),
+        )
+    })?;
+    Ok((package, params))
+}
+
+/// Checks the text against its hash and parses it.
+fn parse_package(src: &PackageSource, content: &str) -> Result<Package, Rejection> {
     let actual = baton_package::content_hash(content);
     if actual != src.content_hash {
         return Err(Rejection::new(
@@ -183,19 +215,12 @@ pub fn check_package(job: &StartJob) -> Result<(Package, ParamValues), Rejection
     } else {
         &src.name
     };
-    let package = Package::parse(origin, content).map_err(|e| {
+    Package::parse(origin, content).map_err(|e| {
         Rejection::new(
             RejectCode::InvalidRequest,
             format!("package {origin:?} does not parse: {}: {e}", e.code()),
         )
-    })?;
-    let params = package.bind(&job.parameters).map_err(|e| {
-        Rejection::new(
-            RejectCode::InvalidRequest,
-            format!("parameters do not bind: {}: {e}", e.code()),
-        )
-    })?;
-    Ok((package, params))
+    })
 }
 
 /// Step 7: the user a job runs as. `Ok(None)`: the package names no `run_as`, the job

@@ -37,6 +37,7 @@ pub mod mask;
 pub mod model;
 pub mod outbox;
 pub mod packages;
+pub mod parsed;
 pub mod plan;
 pub mod renew;
 pub mod reporter;

@@ -39,7 +39,7 @@ pub const NESTED_FANOUT: &str =
 /// Builds the plan of an accepted job; `run_as` is the user admission approved.
 pub fn build(
     job: &StartJob,
-    package: &Package,
+    package: Arc<Package>,
     params: &ParamValues,
     default_task_timeout: Duration,
     run_as: Option<RunAsUser>,
@@ -59,7 +59,7 @@ pub fn build(
     );
     JobPlan {
         dispatch: job.dispatch.clone(),
-        package: Arc::new(package.clone()),
+        package,
         params: params.clone(),
         default_task_timeout,
         env,
@@ -203,7 +203,13 @@ after = [{ task = "c", on = "failure" }]
         let params = pkg
             .bind(&[("shard-id".to_string(), "7".to_string())].into())
             .unwrap();
-        let plan = build(&job(), &pkg, &params, Duration::from_secs(99), None);
+        let plan = build(
+            &job(),
+            Arc::new(pkg),
+            &params,
+            Duration::from_secs(99),
+            None,
+        );
         assert!(plan.run_as.is_none());
         assert_eq!(plan.default_task_timeout, Duration::from_secs(99));
         assert_eq!(

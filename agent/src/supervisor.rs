@@ -26,12 +26,13 @@ use baton_proto::{JobFinished, JobStarted, agent_event::Body};
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, error, info};
 
-use crate::admission::{Admission, Decision, Rejection, check_package, check_run_as};
+use crate::admission::{Admission, Decision, Rejection, check_package_with, check_run_as};
 use crate::config::AgentConfig;
 use crate::jobs::{JobState, JobTable};
 use crate::model::{DispatchKey, Epoch, KillReason, StartJob};
 use crate::outbox::Outbox;
 use crate::packages::PackageCache;
+use crate::parsed::ParsedPackages;
 use crate::plan;
 use crate::run_as::{RealHost, RunAsRule};
 use crate::runner::{self, JobCancel, JobReport, RunnerSettings};
@@ -60,6 +61,8 @@ pub struct Supervisor {
     spawned: AtomicU64,
     /// Packages sent by hash only.
     packages: Arc<PackageCache>,
+    /// Child packages parsed once, for every child of a fan-out.
+    parsed: ParsedPackages,
 }
 
 impl Supervisor {
@@ -80,6 +83,7 @@ impl Supervisor {
             tasks: watch::channel(0).0,
             spawned: AtomicU64::new(0),
             packages: Arc::new(PackageCache::new(config.data_dir.join("packages"))),
+            parsed: ParsedPackages::new(),
         })
     }
 
@@ -122,10 +126,10 @@ impl Supervisor {
                 None => return self.admit_fetching(job),
             }
         }
-        let (package, params) = check_package(&job)?;
+        let (package, params) = check_package_with(&job, Some(&self.parsed))?;
         // Looked up at every start (outside the lock: it may ask NSS), never cached.
         let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
-        let plan = plan::build(&job, &package, &params, self.default_task_timeout, run_as);
+        let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
         let cancel = JobCancel::new();
         {
             let mut st = self.state.lock().unwrap();

@@ -17,7 +17,7 @@ use baton_proto::RejectCode;
 use tracing::{info, warn};
 
 use super::{Supervisor, finished_body};
-use crate::admission::{Decision, Rejection, check_package, check_run_as};
+use crate::admission::{Decision, Rejection, check_package_with, check_run_as};
 use crate::model::{DispatchKey, FinishStatus, StartJob};
 use crate::packages::valid_hash;
 use crate::plan;
@@ -104,11 +104,11 @@ impl Supervisor {
 
     /// The package checks of admission, on a fetched package.
     fn prepare(&self, job: &StartJob) -> Result<JobPlan, Rejection> {
-        let (package, params) = check_package(job)?;
+        let (package, params) = check_package_with(job, Some(&self.parsed))?;
         let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
         Ok(plan::build(
             job,
-            &package,
+            package,
             &params,
             self.default_task_timeout,
             run_as,
