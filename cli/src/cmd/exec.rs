@@ -357,6 +357,7 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                 .get_execution(pb::GetExecutionRequest {
                     execution_id: id,
                     children_limit: children.max(1),
+                    child: None,
                 })
                 .await
                 .map_err(|s| coordinator.status(s))?

@@ -211,8 +211,11 @@ async fn current_attempt(client: &mut Control, id: &str, child: &str) -> u32 {
     let Ok(detail) = client
         .get_execution(pb::GetExecutionRequest {
             execution_id: id.to_string(),
-            // The most the coordinator gives: the child looked for must be in it.
-            children_limit: u32::MAX,
+            children_limit: 0,
+            child: Some(pb::ChildKey {
+                task_path: path.task.clone(),
+                item_index: path.index,
+            }),
         })
         .await
     else {
@@ -381,7 +384,11 @@ async fn wait_child(
         let detail = client
             .get_execution(pb::GetExecutionRequest {
                 execution_id: id.to_string(),
-                children_limit: u32::MAX,
+                children_limit: 0,
+                child: Some(pb::ChildKey {
+                    task_path: path.task.clone(),
+                    item_index: path.index,
+                }),
             })
             .await
             .map_err(|s| coordinator.status(s))?
