@@ -36,6 +36,10 @@ pub struct AgentConfig {
     pub advertise_addr: String,
     /// How many child jobs may run at once.
     pub slots: u32,
+    /// Jobs accepted beyond the slots, which wait here (in order) for a slot:
+    /// the coordinator may keep `slots + queue` jobs on this agent, so a slot
+    /// that frees starts the next job without a round trip. 0: none.
+    pub queue: u32,
     /// Labels for placement constraints.
     pub labels: BTreeMap<String, String>,
     /// Relative share of work under least-loaded placement (1 = normal, 2 =
@@ -69,6 +73,7 @@ impl Default for AgentConfig {
             slots: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1),
+            queue: 0,
             labels: BTreeMap::new(),
             weight: 1,
             data_dir: PathBuf::from("baton-agent-data"),
@@ -123,6 +128,12 @@ impl AgentConfig {
             return bad(format!(
                 "slots must be between 1 and {SLOTS_MAX}, got {}",
                 self.slots
+            ));
+        }
+        if self.queue > SLOTS_MAX {
+            return bad(format!(
+                "queue must be between 0 and {SLOTS_MAX}, got {}",
+                self.queue
             ));
         }
         if self.weight == 0 || self.weight > WEIGHT_MAX {
@@ -194,6 +205,7 @@ mod tests {
                 Box::new(|c| c.advertise_addr = "h:0".into()),
             ),
             ("slots", Box::new(|c| c.slots = 0)),
+            ("queue", Box::new(|c| c.queue = SLOTS_MAX + 1)),
             ("data_dir", Box::new(|c| c.data_dir = PathBuf::new())),
             (
                 "default_task_timeout_s",

@@ -127,7 +127,8 @@ pub async fn run(
                 coordinator_url: config.coordinator_url.clone(),
                 advertise_addr: config.advertise_addr.clone(),
                 labels: config.labels.clone(),
-                slots: config.slots,
+                // What the coordinator may keep here: the slots and the queue.
+                slots: config.slots + config.queue,
                 weight: config.weight,
                 boot_id,
                 tls: tls.clone(),

@@ -29,7 +29,7 @@ use tracing::{debug, error, info};
 use crate::admission::{Admission, Decision, Rejection, check_package_with, check_run_as};
 use crate::config::AgentConfig;
 use crate::jobs::{JobState, JobTable};
-use crate::model::{DispatchKey, Epoch, KillReason, StartJob};
+use crate::model::{DispatchKey, Epoch, FinishStatus, KillReason, StartJob};
 use crate::outbox::Outbox;
 use crate::packages::PackageCache;
 use crate::parsed::ParsedPackages;
@@ -63,13 +63,16 @@ pub struct Supervisor {
     packages: Arc<PackageCache>,
     /// Child packages parsed once, for every child of a fan-out.
     parsed: ParsedPackages,
+    /// One permit per slot: a job accepted into the queue (`--queue`) waits for
+    /// one before it starts (the semaphore is fair: in order of acceptance).
+    run_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Supervisor {
     pub fn new(config: &AgentConfig, outbox: Arc<Outbox>) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             state: Mutex::new(State {
-                admission: Admission::new(config.slots),
+                admission: Admission::new(config.slots + config.queue),
                 jobs: JobTable::new(),
             }),
             outbox,
@@ -84,6 +87,7 @@ impl Supervisor {
             spawned: AtomicU64::new(0),
             packages: Arc::new(PackageCache::new(config.data_dir.join("packages"))),
             parsed: ParsedPackages::new(),
+            run_slots: Arc::new(tokio::sync::Semaphore::new(config.slots as usize)),
         })
     }
 
@@ -160,6 +164,19 @@ impl Supervisor {
 
     async fn run(self: Arc<Self>, plan: runner::JobPlan, cancel: JobCancel) {
         let key = plan.dispatch.clone();
+        // Accepted into the queue: wait for a slot (or the cancel).
+        let begin = std::time::Instant::now();
+        let slot = tokio::select! {
+            biased;
+            r = cancel.cancelled() => {
+                info!(dispatch = %key, "job cancelled while queued");
+                let ms = u64::try_from(begin.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let reason = format!("{} while queued for a slot", runner::cancel_reason(r));
+                self.finish_unstarted(&key, FinishStatus::Cancelled, reason, ms).await;
+                return;
+            }
+            permit = self.run_slots.clone().acquire_owned() => permit.ok(),
+        };
         let (started_tx, started_rx) = oneshot::channel();
         let run = runner::run_job(&plan, &self.settings, &cancel, started_tx);
         tokio::pin!(run);
@@ -214,6 +231,7 @@ impl Supervisor {
                 st.jobs.mark_left_nothing(&key);
             }
         }
+        drop(slot); // the next queued job may start
         self.append(&key, finished_body(&key, report)).await;
     }
 

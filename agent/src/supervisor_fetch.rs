@@ -116,7 +116,7 @@ impl Supervisor {
     }
 
     /// Ends a job that never started a process: one `JobFinished`.
-    async fn finish_unstarted(
+    pub(super) async fn finish_unstarted(
         &self,
         key: &DispatchKey,
         status: FinishStatus,

@@ -251,3 +251,66 @@ async fn a_job_that_leaves_nothing_gives_its_directory_to_the_next() {
     let log = runner::scratch_dir(sup.scratch_root(), &second).join(runner::STDOUT_LOG);
     assert_eq!(std::fs::read_to_string(log).unwrap(), "hello\n");
 }
+
+/// `--queue`: jobs beyond the slots are accepted and wait, in order, for a
+/// slot; the queue has a bound; a queued job that is cancelled ends without
+/// starting a process.
+#[tokio::test]
+async fn queued_jobs_wait_for_a_slot_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        slots: 1,
+        queue: 2,
+        data_dir: dir.path().to_path_buf(),
+        kill_grace_ms: 300,
+        ..AgentConfig::default()
+    };
+    let outbox = Arc::new(Outbox::open(&dir.path().join("agent.redb")).unwrap());
+    let sup = Supervisor::new(&config, outbox.clone());
+    let text = package("sleep 0.3");
+    for i in 1..=3 {
+        sup.start_job(job(i, &text)).unwrap();
+    }
+    let full = sup.start_job(job(4, &text)).unwrap_err();
+    assert_eq!(full.code, RejectCode::AtCapacity);
+    assert!(
+        sup.cancel_job(&job(3, &text).dispatch),
+        "a queued job can be cancelled"
+    );
+    let evs = events(&outbox, 5).await;
+    let order: Vec<(&str, u32)> = evs
+        .iter()
+        .map(|e| match &e.body {
+            Some(Body::Started(s)) => ("started", s.dispatch_id.as_ref().unwrap().item_index),
+            Some(Body::Finished(f)) => ("finished", f.dispatch_id.as_ref().unwrap().item_index),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // Job 3 ends without starting (cancelled in the queue); 1 then 2 run one
+    // after the other on the one slot.
+    type Seen<'a> = Vec<(&'a str, u32)>;
+    let (three, others): (Seen, Seen) = order.into_iter().partition(|(_, i)| *i == 3);
+    assert_eq!(three, [("finished", 3)], "{evs:?}");
+    assert_eq!(
+        others,
+        [
+            ("started", 1),
+            ("finished", 1),
+            ("started", 2),
+            ("finished", 2)
+        ],
+        "{evs:?}"
+    );
+    let cancelled = evs
+        .iter()
+        .find(|e| matches!(&e.body, Some(Body::Finished(f)) if f.dispatch_id.as_ref().unwrap().item_index == 3))
+        .map(finished)
+        .unwrap();
+    assert_eq!(cancelled.status, JobStatus::Cancelled as i32);
+    assert!(
+        cancelled.reason.contains("queued"),
+        "{:?}",
+        cancelled.reason
+    );
+    assert_eq!(sup.load().running, 0);
+}

@@ -24,6 +24,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 pub struct ClusterSpec {
     /// Slots of each agent, one entry per agent.
     pub agent_slots: Vec<u32>,
+    /// Jobs each agent accepts beyond its slots (`baton agent --queue`).
+    pub agent_queue: u32,
     pub lease_ttl_ms: u64,
     pub heartbeat_ms: u64,
 }
@@ -55,7 +57,7 @@ fn spawn_agent(
     url: &str,
     dir: &Path,
     name: &str,
-    slots: u32,
+    (slots, queue): (u32, u32),
     enrol_token: &str,
 ) -> Result<AgentProc, CliError> {
     let data = dir.join(name);
@@ -65,6 +67,7 @@ fn spawn_agent(
     let child = Command::new(exe)
         .args(["agent", "--coordinator", url, "--listen", "127.0.0.1:0"])
         .args(["--name", name, "--slots", &slots.to_string()])
+        .args(["--queue", &queue.to_string()])
         .arg("--data-dir")
         .arg(&data)
         .env(
@@ -153,7 +156,7 @@ impl LocalCluster {
                 &cluster.opt.url,
                 cluster.dir.path(),
                 &name,
-                *slots,
+                (*slots, spec.agent_queue),
                 &token,
             )?;
             cluster.agents.push(a);

@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Slots per agent (for `mixed`, the size of the fourth agent of each group of four).
     #[arg(long, default_value_t = 4)]
     pub slots: u32,
+    /// Jobs each agent accepts beyond its slots, started as slots free
+    /// (`baton agent --queue`; 0: none).
+    #[arg(long, default_value_t = 0)]
+    pub queue: u32,
     /// The coordinator's lease: an agent silent this long is lost.
     #[arg(long, default_value_t = 3000)]
     pub lease_ttl_ms: u64,
@@ -100,6 +104,9 @@ pub fn validate(a: &BenchArgs) -> Result<(), CliError> {
     }
     if a.slots == 0 || a.slots > SLOTS_MAX {
         return Err(usage(format!("--slots must be 1..={SLOTS_MAX}")));
+    }
+    if a.queue > SLOTS_MAX {
+        return Err(usage(format!("--queue must be 0..={SLOTS_MAX}")));
     }
     if !(LEASE_TTL_MS_MIN..=LEASE_TTL_MS_MAX).contains(&a.lease_ttl_ms) {
         return Err(usage(format!(
@@ -333,6 +340,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
     let human = args.output == Format::Human;
     let spec = ClusterSpec {
         agent_slots: slots.clone(),
+        agent_queue: args.queue,
         lease_ttl_ms: args.lease_ttl_ms,
         heartbeat_ms: (args.lease_ttl_ms / 6).max(50),
     };
@@ -508,6 +516,7 @@ mod tests {
             agents: 4,
             children: 1000,
             slots: 4,
+            queue: 0,
             lease_ttl_ms: 3000,
             keep: false,
             output: Format::Json,
@@ -580,6 +589,10 @@ mod tests {
             },
             BenchArgs {
                 lease_ttl_ms: 10,
+                ..args(Workload::Noop)
+            },
+            BenchArgs {
+                queue: SLOTS_MAX + 1,
                 ..args(Workload::Noop)
             },
             BenchArgs {

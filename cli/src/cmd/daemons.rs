@@ -92,6 +92,13 @@ pub struct AgentArgs {
     /// Child jobs run at once (default: number of CPUs).
     #[arg(long, env = "BATON_SLOTS")]
     pub slots: Option<u32>,
+    /// Jobs accepted beyond the slots, started in order as slots free: the
+    /// coordinator may keep slots + N jobs here, so a freed slot starts the next
+    /// one without a round trip. Good for many short jobs; 0 (the default) for
+    /// long uneven ones, where a queued job could wait behind a long one while
+    /// another agent is idle.
+    #[arg(long, env = "BATON_AGENT_QUEUE", default_value_t = 0)]
+    pub queue: u32,
     /// Label for placement, repeatable: --label pool=etl --label zone=a.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -296,6 +303,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         advertise_addr: advertise,
         labels: parse_labels(&args.labels)?,
         weight: args.weight,
+        queue: args.queue,
         data_dir: args.data_dir,
         kill_grace_ms: args.kill_grace_ms,
         tls,

@@ -51,6 +51,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
     let human = args.output == Format::Human;
     let spec = ClusterSpec {
         agent_slots: vec![args.slots; args.agents as usize],
+        agent_queue: 0,
         lease_ttl_ms: 3000,
         heartbeat_ms: 500,
     };

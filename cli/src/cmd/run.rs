@@ -182,6 +182,7 @@ async fn run_local(args: &RunArgs, request: pb::StartExecutionRequest) -> Result
     }
     let spec = crate::local_cluster::ClusterSpec {
         agent_slots: vec![slots],
+        agent_queue: 0,
         lease_ttl_ms: 3000,
         heartbeat_ms: 500,
     };
