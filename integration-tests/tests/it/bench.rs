@@ -103,8 +103,13 @@ fn bench(args: &[&str]) -> Run {
 /// Runs a workload with `--output json`; checks exit 0, the common fields and that
 /// all `children` succeeded; returns the JSON object.
 fn run_json(workload: &str, agents: u32, children: u64) -> Value {
+    run_json_with(workload, agents, children, &[])
+}
+
+/// [`run_json`] with more flags.
+fn run_json_with(workload: &str, agents: u32, children: u64, extra: &[&str]) -> Value {
     let (a, n) = (agents.to_string(), children.to_string());
-    let run = bench(&[
+    let mut args = vec![
         "--workload",
         workload,
         "--agents",
@@ -113,7 +118,9 @@ fn run_json(workload: &str, agents: u32, children: u64) -> Value {
         &n,
         "--output",
         "json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let run = bench(&args);
     assert_eq!(run.code, Some(0), "{}", run.describe());
     assert!(!run.stderr.contains("panicked"), "{}", run.describe());
     let line = run
@@ -173,6 +180,16 @@ fn bench_agent_loss_loses_and_duplicates_nothing() {
     assert_eq!(v["duplicated"].as_u64(), Some(0), "{v}");
     assert!(num(&v, "detect_s") > 0.0, "{v}");
     assert!(v["redispatched"].as_u64().is_some(), "{v}");
+    assert_eq!(v["agents_lost"].as_u64(), Some(1), "{v}");
+}
+
+/// With `--queue`, the jobs queued on the killed agent are lost with it and run
+/// again elsewhere: still nothing lost, nothing run twice.
+#[test]
+fn bench_agent_loss_with_queued_jobs_loses_and_duplicates_nothing() {
+    let v = run_json_with("agent-loss", 3, 30, &["--queue", "2"]);
+    assert_eq!(v["lost"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["duplicated"].as_u64(), Some(0), "{v}");
     assert_eq!(v["agents_lost"].as_u64(), Some(1), "{v}");
 }
 
