@@ -39,6 +39,7 @@ pub mod outbox;
 pub mod packages;
 pub mod parsed;
 pub mod plan;
+pub(crate) mod process_group;
 pub mod renew;
 pub mod reporter;
 pub mod retention;

@@ -8,8 +8,9 @@
 //! spawn without a shell, capture stdout/stderr (all tasks into the job's two log
 //! files, capped at [`LOG_BYTES_MAX`], tail kept for the finished event), enforce the
 //! task timeout and the job deadline, end the whole process group (SIGTERM, grace,
-//! SIGKILL) on timeout or cancel — every running task's group at once, so one grace
-//! for the whole job — and keep `$BATON_ROWS` ([`crate::rows`]) after success.
+//! SIGKILL; [`crate::process_group`]) on timeout or cancel — every running task's
+//! group at once, so one grace for the whole job — and keep `$BATON_ROWS`
+//! ([`crate::rows`]) after success.
 //! Reading logs and rows back for clients is [`crate::logs`] and [`crate::rows`].
 //!
 //! Each task gets its own `$BATON_OUTPUT` file (`output.<task>`); `$BATON_ROWS` is
@@ -31,14 +32,13 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use baton_package::{Package, ParamValues, TaskKind};
-use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{Mutex, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,7 @@ use crate::job_files::{Capture, pump};
 use crate::leftovers::Leftovers;
 use crate::mask::Masker;
 use crate::model::{DispatchKey, FinishStatus, KillReason, fs_component};
+use crate::process_group::{Kill, StepExit, supervise};
 use crate::run_as::RunAsUser;
 
 /// Most bytes of stdout (and of stderr) written to the job's log files.
@@ -204,19 +205,6 @@ pub const STDERR_LOG: &str = "stderr.log";
 /// The `$BATON_OUTPUT` file of `task` in the job directory `dir`.
 pub fn output_file(dir: &Path, task: &str) -> PathBuf {
     dir.join(format!("{OUTPUT_FILE_PREFIX}{}", fs_component(task)))
-}
-
-/// Why a step stopped before its process exited by itself.
-#[derive(Debug, Clone, Copy)]
-enum Kill {
-    TaskTimeout,
-    Deadline,
-    Cancel(KillReason),
-}
-
-struct StepExit {
-    status: Option<ExitStatus>,
-    kill: Option<Kill>,
 }
 
 /// Runs the plan to the end: the package's tasks through the engine
@@ -531,7 +519,15 @@ async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<Step
 
     let waiter = async {
         // `supervise` always leaves the group empty: then its record can go.
-        let exit = supervise(&mut child, pgid, timeout_at, deadline_first, ctx).await;
+        let exit = supervise(
+            &mut child,
+            pgid,
+            timeout_at,
+            deadline_first,
+            ctx.settings.kill_grace,
+            &ctx.cancel,
+        )
+        .await;
         ctx.settings.leftovers.forget(pid);
         exit
     };
@@ -558,62 +554,6 @@ async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<Step
         warn!(task = %exec.task, "output pipes still open after the process group ended");
     }
     Ok(exit)
-}
-
-/// Waits for the leader to exit or for a reason to kill the group, and always leaves
-/// the group empty.
-async fn supervise(
-    child: &mut Child,
-    pgid: Pid,
-    timeout_at: Instant,
-    deadline_first: bool,
-    ctx: &Processes,
-) -> StepExit {
-    let grace = ctx.settings.kill_grace;
-    let kill = tokio::select! {
-        status = child.wait() => {
-            // Background processes the task left behind must not outlive the job.
-            if killpg(pgid, None).is_ok() {
-                terminate_group(pgid, grace).await;
-            }
-            return StepExit { status: status.ok(), kill: None };
-        }
-        () = tokio::time::sleep_until(timeout_at) => {
-            if deadline_first { Kill::Deadline } else { Kill::TaskTimeout }
-        }
-        r = ctx.cancel.cancelled() => Kill::Cancel(r),
-    };
-    let _ = killpg(pgid, Signal::SIGTERM);
-    // One grace from this SIGTERM for the whole group, leader included (not a
-    // second one for what the leader leaves behind).
-    let until = Instant::now() + grace;
-    let status = tokio::time::timeout_at(until, child.wait())
-        .await
-        .ok()
-        .and_then(Result::ok);
-    kill_group_at(pgid, until).await;
-    let status = match status {
-        Some(s) => Some(s),
-        None => child.wait().await.ok(),
-    };
-    StepExit {
-        status,
-        kill: Some(kill),
-    }
-}
-
-/// SIGTERM to the group, wait up to `grace` for it to empty, then SIGKILL.
-async fn terminate_group(pgid: Pid, grace: Duration) {
-    let _ = killpg(pgid, Signal::SIGTERM);
-    kill_group_at(pgid, Instant::now() + grace).await;
-}
-
-/// Waits until `until` for the group to empty, then SIGKILL to what is left.
-async fn kill_group_at(pgid: Pid, until: Instant) {
-    while killpg(pgid, None).is_ok() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = killpg(pgid, Signal::SIGKILL);
 }
 
 #[cfg(test)]
