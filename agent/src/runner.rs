@@ -8,7 +8,7 @@
 //! spawn without a shell, capture stdout/stderr (all tasks into the job's two log
 //! files, capped at [`LOG_BYTES_MAX`], tail kept for the finished event), enforce the
 //! task timeout and the job deadline, end the whole process group (SIGTERM, grace,
-//! SIGKILL; [`crate::process_group`]) on timeout or cancel — every running task's
+//! SIGKILL; `process_group.rs`) on timeout or cancel — every running task's
 //! group at once, so one grace for the whole job — and keep `$BATON_ROWS`
 //! ([`crate::rows`]) after success.
 //! Reading logs and rows back for clients is [`crate::logs`] and [`crate::rows`].
