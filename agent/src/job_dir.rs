@@ -123,9 +123,19 @@ fn prepare_dir_blocking(
         // Fails when `dir` is there and not empty (left by an earlier boot):
         // then it is made the slow way below.
         if std::fs::rename(&free, dir).is_ok() {
-            return Ok(());
+            // Still empty (nothing that outlived its last job wrote into it),
+            // and young: retention judges a directory by its modification
+            // time, which a rename does not change.
+            let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+            let touched = std::fs::File::open(dir).and_then(|f| {
+                f.set_times(std::fs::FileTimes::new().set_modified(std::time::SystemTime::now()))
+            });
+            if empty && touched.is_ok() {
+                return Ok(());
+            }
+        } else {
+            let _ = std::fs::remove_dir(&free);
         }
-        let _ = std::fs::remove_dir(&free);
     }
     let fresh = || std::fs::DirBuilder::new().mode(0o700).create(dir);
     match fresh() {
@@ -200,8 +210,21 @@ mod tests {
         assert!(!job(1).exists());
         assert_eq!(pool.pooled(), 1);
 
-        // The next job's directory is the pooled one: fresh, empty, 0700.
+        // The next job's directory is the pooled one: fresh, empty, 0700, and
+        // young (retention goes by modification time; a rename keeps it).
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(30 * 86_400);
+        let pooled = root.path().join(".free").join("0");
+        std::fs::File::open(&pooled)
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(old))
+            .unwrap();
         prepare_dir_blocking(&job(2), None, &pool).unwrap();
+        let age = std::fs::metadata(job(2))
+            .unwrap()
+            .modified()
+            .unwrap()
+            .elapsed();
+        assert!(age.unwrap_or_default() < std::time::Duration::from_secs(60));
         assert_eq!(pool.pooled(), 0);
         let meta = std::fs::metadata(job(2)).unwrap();
         assert_eq!(meta.mode() & 0o7777, 0o700);

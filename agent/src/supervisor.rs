@@ -137,6 +137,9 @@ impl Supervisor {
         let cancel = JobCancel::new();
         {
             let mut st = self.state.lock().unwrap();
+            if st.jobs.state(&job.dispatch) != JobState::Unknown {
+                return Ok(());
+            }
             let running = st.jobs.running_len();
             match st.admission.check(&job, running) {
                 Decision::New => {}
@@ -158,6 +161,12 @@ impl Supervisor {
 
     fn check(&self, job: &StartJob) -> Decision {
         let mut st = self.state.lock().unwrap();
+        // A dispatch this agent runs or ran is the same job again, even once
+        // admission's memory of accepted ids has let it go (a restarted
+        // coordinator re-sends every child it last saw dispatched).
+        if st.jobs.state(&job.dispatch) != JobState::Unknown {
+            return Decision::Duplicate;
+        }
         let running = st.jobs.running_len();
         st.admission.check(job, running)
     }

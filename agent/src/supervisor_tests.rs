@@ -314,3 +314,26 @@ async fn queued_jobs_wait_for_a_slot_in_order() {
     );
     assert_eq!(sup.load().running, 0);
 }
+
+/// A dispatch the agent runs is the same job again even after admission's
+/// memory of accepted ids has let it go (a restarted coordinator re-sends
+/// every child it last saw dispatched): accepted, nothing new started.
+#[tokio::test]
+async fn a_running_dispatch_sent_again_starts_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sup, outbox) = setup(dir.path(), 2);
+    let text = package("sleep 0.5");
+    sup.start_job(job(1, &text)).unwrap();
+    events(&outbox, 1).await;
+    // Forget the accepted ids, as a busy agent does after 100,000 others.
+    sup.state.lock().unwrap().admission = Admission::new(2);
+    sup.start_job(job(1, &text)).unwrap();
+    assert_eq!(sup.load().running, 1);
+    assert_eq!(sup.jobs_spawned(), 1);
+    let evs = events(&outbox, 2).await;
+    assert!(matches!(evs[1].body, Some(Body::Finished(_))), "{evs:?}");
+    // Finished and still remembered: the same again.
+    sup.state.lock().unwrap().admission = Admission::new(2);
+    sup.start_job(job(1, &text)).unwrap();
+    assert_eq!(sup.jobs_spawned(), 1);
+}

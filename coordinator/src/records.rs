@@ -319,6 +319,10 @@ pub struct ChildRecord {
     /// is not retried, and is never started again.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Rows the succeeded attempt kept (`$BATON_ROWS`), as its agent reported;
+    /// `None` in records written before this field existed.
+    #[serde(default)]
+    pub rows: Option<u64>,
 }
 
 pub fn now_unix_ms() -> u64 {

@@ -211,7 +211,9 @@ async fn current_attempt(client: &mut Control, id: &str, child: &str) -> u32 {
     let Ok(detail) = client
         .get_execution(pb::GetExecutionRequest {
             execution_id: id.to_string(),
-            children_limit: 0,
+            // Ignored by a coordinator that knows `child`; an older one
+            // sends its most children, where the child should be.
+            children_limit: u32::MAX,
             child: Some(pb::ChildKey {
                 task_path: path.task.clone(),
                 item_index: path.index,
@@ -384,7 +386,7 @@ async fn wait_child(
         let detail = client
             .get_execution(pb::GetExecutionRequest {
                 execution_id: id.to_string(),
-                children_limit: 0,
+                children_limit: u32::MAX,
                 child: Some(pb::ChildKey {
                     task_path: path.task.clone(),
                     item_index: path.index,

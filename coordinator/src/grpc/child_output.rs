@@ -436,6 +436,7 @@ mod tests {
             finished_unix_ms: 0,
             pid: 0,
             cancel_requested: false,
+            rows: None,
         }
     }
 

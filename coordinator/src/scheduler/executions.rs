@@ -330,6 +330,7 @@ impl Scheduler {
         self.note_child_end(agent, status, now);
         let mut completion_ms = None;
         if let Some(c) = self.child_mut(cref) {
+            c.rec.rows = Some(f.row_count);
             if let Some(at) = c.dispatched_at.take() {
                 completion_ms = Some(now.saturating_duration_since(at).as_millis() as u64);
             }

@@ -58,6 +58,7 @@ pub(crate) fn new_child(task: &str, index: u32, item: String) -> ChildRecord {
         finished_unix_ms: 0,
         pid: 0,
         cancel_requested: false,
+        rows: None,
     }
 }
 

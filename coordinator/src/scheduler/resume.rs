@@ -46,6 +46,7 @@ pub fn reset_child(c: &mut ChildRecord) -> bool {
     c.started_unix_ms = 0;
     c.finished_unix_ms = 0;
     c.pid = 0;
+    c.rows = None;
     c.cancel_requested = false;
     true
 }
@@ -150,6 +151,7 @@ mod tests {
             finished_unix_ms: 6,
             pid: 77,
             cancel_requested: true,
+            rows: Some(3),
         }
     }
 
@@ -167,6 +169,7 @@ mod tests {
             assert_eq!(c.attempt, 3, "a new attempt number fences the old one");
             assert_eq!((c.failures, c.lost), (0, 0), "the retry budget is renewed");
             assert!(c.outputs.is_empty() && c.exit_code.is_none() && !c.cancel_requested);
+            assert_eq!(c.rows, None);
             assert_eq!(c.attempt_agents.len(), 2, "the history of attempts stays");
         }
         let mut ok = child(Phase::Succeeded);

@@ -50,7 +50,9 @@ impl Scheduler {
         let mut missing = None;
         if let Some(&si) = e.task_index.get(source.as_str()) {
             for c in &e.tasks[si as usize].children {
-                if c.rec.phase != Phase::Succeeded {
+                // A child that kept no rows is not asked (its agent may have
+                // reused its empty directory and forgotten it).
+                if c.rec.phase != Phase::Succeeded || c.rec.rows == Some(0) {
                     continue;
                 }
                 let agent = c.rec.agent.clone().unwrap_or_default();
