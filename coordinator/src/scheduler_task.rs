@@ -332,7 +332,7 @@ struct Io {
     clients: HashMap<String, (String, u64, AgentServiceClient<Channel>)>,
     acks: HashMap<String, watch::Sender<u64>>,
     /// Agents that do not serve `StartJobs` (an earlier release): one
-    /// `StartJob` per child for them.
+    /// `StartJob` per child for them, until they register again.
     singles_only: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
@@ -465,6 +465,11 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
     let now = Instant::now();
     match msg {
         Msg::Register { reg, reply } => {
+            // It may have been upgraded: try StartJobs with it again.
+            io.singles_only
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&reg.name);
             let resp = sched.register(reg, now);
             post.push(Post::Registered(reply, resp));
         }
