@@ -20,19 +20,6 @@ pub enum JobState {
     },
 }
 
-impl JobState {
-    /// Finished and succeeded.
-    pub fn is_succeeded(&self) -> bool {
-        matches!(
-            self,
-            JobState::Finished {
-                status: FinishStatus::Succeeded,
-                ..
-            }
-        )
-    }
-}
-
 #[derive(Default)]
 pub struct JobTable {
     running: HashMap<DispatchKey, JobCancel>,

@@ -105,17 +105,23 @@ pub(crate) fn check_dir(dir: &Path, key: &DispatchKey, state: JobState) -> Resul
 /// Starts sending the logs `req` asks for; `state` tells whether the job still runs.
 /// `Err` (job unknown, files gone) before anything is sent; a failure later is the
 /// last item of the channel.
+/// `left_nothing`: the job is known to have ended with no file (it printed
+/// nothing and its empty directory was reused): its logs are empty.
 pub fn stream_logs<F>(
     scratch_root: &Path,
     req: LogRequest,
+    left_nothing: bool,
     state: F,
 ) -> Result<mpsc::Receiver<Sent<pb::LogChunk>>, AgentError>
 where
     F: Fn() -> JobState + Send + 'static,
 {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    if left_nothing {
+        return Ok(rx); // `tx` dropped: the stream ends at once, empty
+    }
     let dir = scratch_dir(scratch_root, &req.key);
     check_dir(&dir, &req.key, state())?;
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         if let Err(e) = pump(&dir, &req, state, &tx).await {
             let _ = tx.send(Err(e)).await;
@@ -314,7 +320,7 @@ mod tests {
         std::fs::write(dir.join(STDOUT_LOG), &big).unwrap();
         std::fs::write(dir.join(STDERR_LOG), b"0123456789").unwrap();
 
-        let rx = stream_logs(root.path(), req(Which::Both, false, 0, 0), finished).unwrap();
+        let rx = stream_logs(root.path(), req(Which::Both, false, 0, 0), false, finished).unwrap();
         let (out, err, chunks, e) = collect(rx).await;
         assert!(e.is_none());
         assert_eq!(out, big);
@@ -330,14 +336,26 @@ mod tests {
             next += c.data.len() as u64;
         }
 
-        let rx = stream_logs(root.path(), req(Which::Stderr, false, 0, 4), finished).unwrap();
+        let rx = stream_logs(
+            root.path(),
+            req(Which::Stderr, false, 0, 4),
+            false,
+            finished,
+        )
+        .unwrap();
         let (out, err, chunks, _) = collect(rx).await;
         assert!(out.is_empty(), "stdout was not asked for");
         assert_eq!(err, b"456789");
         assert_eq!(chunks[0].offset, 4);
 
         // An offset past the end is simply the end.
-        let rx = stream_logs(root.path(), req(Which::Stderr, false, 0, 99), finished).unwrap();
+        let rx = stream_logs(
+            root.path(),
+            req(Which::Stderr, false, 0, 99),
+            false,
+            finished,
+        )
+        .unwrap();
         let (_, err, _, e) = collect(rx).await;
         assert!(err.is_empty() && e.is_none());
     }
@@ -357,7 +375,8 @@ mod tests {
                 finished()
             }
         };
-        let mut rx = stream_logs(root.path(), req(Which::Stdout, true, 0, 0), state).unwrap();
+        let mut rx =
+            stream_logs(root.path(), req(Which::Stdout, true, 0, 0), false, state).unwrap();
         let first = rx.recv().await.unwrap().unwrap();
         assert_eq!(first.data, b"one\n");
 
@@ -431,6 +450,7 @@ mod tests {
         let mut rx = stream_logs(
             &root.path().join("jobs"),
             req(Which::Both, true, 0, 0),
+            false,
             state,
         )
         .unwrap();
@@ -467,7 +487,7 @@ mod tests {
             }
         };
         // The job is accepted but its directory is not made yet.
-        let rx = stream_logs(root.path(), req(Which::Both, true, 0, 0), state).unwrap();
+        let rx = stream_logs(root.path(), req(Which::Both, true, 0, 0), false, state).unwrap();
         let dir = job_dir(root.path());
         std::fs::write(dir.join(STDERR_LOG), b"late\n").unwrap();
         tokio::time::sleep(FOLLOW_POLL * 2).await;
@@ -480,12 +500,13 @@ mod tests {
     #[tokio::test]
     async fn unknown_jobs_and_gone_logs_are_clear_errors() {
         let root = tempfile::tempdir().unwrap();
-        let e = stream_logs(root.path(), req(Which::Both, false, 0, 0), || {
+        let e = stream_logs(root.path(), req(Which::Both, false, 0, 0), false, || {
             JobState::Unknown
         })
         .unwrap_err();
         assert_eq!(e.code(), "AGENT_JOB_UNKNOWN");
-        let e = stream_logs(root.path(), req(Which::Both, true, 0, 0), finished).unwrap_err();
+        let e =
+            stream_logs(root.path(), req(Which::Both, true, 0, 0), false, finished).unwrap_err();
         assert_eq!(e.code(), "AGENT_OUTPUT_GONE");
         let status = tonic::Status::from(e);
         assert_eq!(status.code(), tonic::Code::NotFound);
@@ -496,14 +517,20 @@ mod tests {
 
         // The directory is there without logs: the job printed nothing.
         let dir = job_dir(root.path());
-        let rx = stream_logs(root.path(), req(Which::Both, false, 0, 0), finished).unwrap();
+        let rx = stream_logs(root.path(), req(Which::Both, false, 0, 0), false, finished).unwrap();
         let (out, err, chunks, e) = collect(rx).await;
         assert!(out.is_empty() && err.is_empty() && chunks.is_empty());
         assert!(e.is_none(), "no output is not an error: {e:?}");
 
         // The logs are not the agent's own.
         std::os::unix::fs::symlink("/etc/hostname", dir.join(STDOUT_LOG)).unwrap();
-        let rx = stream_logs(root.path(), req(Which::Stdout, false, 0, 0), finished).unwrap();
+        let rx = stream_logs(
+            root.path(),
+            req(Which::Stdout, false, 0, 0),
+            false,
+            finished,
+        )
+        .unwrap();
         let (out, _, _, e) = collect(rx).await;
         assert!(out.is_empty(), "a link is never followed");
         assert_eq!(e.map(|e| e.code()), Some("AGENT_OUTPUT_GONE"));
@@ -520,7 +547,8 @@ mod tests {
             p.fetch_add(1, Ordering::SeqCst);
             JobState::Running
         };
-        let mut rx = stream_logs(root.path(), req(Which::Stdout, true, 0, 0), state).unwrap();
+        let mut rx =
+            stream_logs(root.path(), req(Which::Stdout, true, 0, 0), false, state).unwrap();
         // Back-pressure: with nobody reading, the reader waits after a few chunks.
         tokio::time::sleep(FOLLOW_POLL * 2).await;
         assert!(polls.load(Ordering::SeqCst) <= 2, "the reader ran ahead");

@@ -215,10 +215,13 @@ fn status_name(s: FinishStatus) -> &'static str {
 
 /// Starts sending the rows a job kept. `Err` before anything is sent when the job
 /// still runs, did not succeed, is unknown here or its files are gone.
+/// `left_nothing`: the job is known to have ended with no file (no rows; its
+/// empty directory was reused).
 pub fn stream_rows(
     scratch_root: &Path,
     key: &DispatchKey,
     state: JobState,
+    left_nothing: bool,
 ) -> Result<mpsc::Receiver<Sent<pb::RowBatch>>, AgentError> {
     match state {
         JobState::Running => {
@@ -234,9 +237,16 @@ pub fn stream_rows(
         }
         _ => {}
     }
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    if left_nothing {
+        let _ = tx.try_send(Ok(pb::RowBatch {
+            end: true,
+            ..Default::default()
+        }));
+        return Ok(rx);
+    }
     let dir = scratch_dir(scratch_root, key);
     check_dir(&dir, key, state)?;
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     tokio::spawn(async move {
         if let Err(e) = pump(&dir, &tx).await {
             let _ = tx.send(Err(e)).await;
@@ -310,7 +320,7 @@ mod tests {
     }
 
     async fn all_rows(root: &Path, state: JobState) -> (Vec<String>, Vec<pb::RowBatch>) {
-        let mut rx = stream_rows(root, &key(), state).unwrap();
+        let mut rx = stream_rows(root, &key(), state, false).unwrap();
         let mut batches = Vec::new();
         while let Some(b) = rx.recv().await {
             batches.push(b.unwrap());
@@ -382,17 +392,17 @@ mod tests {
     #[tokio::test]
     async fn rows_of_running_failed_unknown_and_rowless_jobs() {
         let root = tempfile::tempdir().unwrap();
-        let e = stream_rows(root.path(), &key(), JobState::Running).unwrap_err();
+        let e = stream_rows(root.path(), &key(), JobState::Running, false).unwrap_err();
         assert_eq!(e.code(), "AGENT_ROWS_UNAVAILABLE");
         let failed = JobState::Finished {
             status: FinishStatus::Failed,
             exit_code: 3,
         };
-        let e = stream_rows(root.path(), &key(), failed).unwrap_err();
+        let e = stream_rows(root.path(), &key(), failed, false).unwrap_err();
         assert!(e.to_string().contains("ended failed"), "{e}");
-        let e = stream_rows(root.path(), &key(), JobState::Unknown).unwrap_err();
+        let e = stream_rows(root.path(), &key(), JobState::Unknown, false).unwrap_err();
         assert_eq!(e.code(), "AGENT_JOB_UNKNOWN");
-        let e = stream_rows(root.path(), &key(), succeeded()).unwrap_err();
+        let e = stream_rows(root.path(), &key(), succeeded(), false).unwrap_err();
         assert_eq!(e.code(), "AGENT_OUTPUT_GONE");
 
         // A job that wrote no rows: one empty, final batch.

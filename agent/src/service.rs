@@ -186,17 +186,16 @@ impl AgentService for AgentGrpc {
         from_coordinator(&request).map_err(Status::permission_denied)?;
         let req = LogRequest::try_from(request.into_inner())?;
         let permit = self.stream_permit()?;
-        if self.supervisor.left_nothing(&req.key) {
-            // It printed nothing; its empty directory was reused.
-            let (_, rx) = tokio::sync::mpsc::channel(1);
-            return Ok(Response::new(outgoing(rx, permit)));
-        }
         let supervisor = self.supervisor.clone();
         let key = req.key.clone();
         debug!(dispatch = %key, follow = req.follow, "log stream opened");
-        let rx = logs::stream_logs(self.supervisor.scratch_root(), req, move || {
-            supervisor.job_state(&key)
-        })?;
+        let left_nothing = self.supervisor.left_nothing(&key);
+        let rx = logs::stream_logs(
+            self.supervisor.scratch_root(),
+            req,
+            left_nothing,
+            move || supervisor.job_state(&key),
+        )?;
         Ok(Response::new(outgoing(rx, permit)))
     }
 
@@ -210,16 +209,9 @@ impl AgentService for AgentGrpc {
         let key = DispatchKey::from_field(request.into_inner().dispatch_id, "dispatch_id")?;
         let permit = self.stream_permit()?;
         let state = self.supervisor.job_state(&key);
-        if state.is_succeeded() && self.supervisor.left_nothing(&key) {
-            // It wrote no rows; its empty directory was reused.
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let _ = tx.try_send(Ok(pb::RowBatch {
-                end: true,
-                ..Default::default()
-            }));
-            return Ok(Response::new(outgoing(rx, permit)));
-        }
-        let rx = crate::rows::stream_rows(self.supervisor.scratch_root(), &key, state)?;
+        let left_nothing = self.supervisor.left_nothing(&key);
+        let rx =
+            crate::rows::stream_rows(self.supervisor.scratch_root(), &key, state, left_nothing)?;
         Ok(Response::new(outgoing(rx, permit)))
     }
 }

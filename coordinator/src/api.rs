@@ -274,6 +274,21 @@ impl Coordinator {
 
     /// One child of an execution by its key (no other child is read);
     /// `None` when the execution has no such child.
+    /// The view of an execution with one child alone (by its key, whatever the
+    /// size of the execution), or none if it has no such child; the counts
+    /// cover every child.
+    pub async fn view_child(
+        &self,
+        id: &str,
+        task: &str,
+        index: u32,
+    ) -> Result<ExecutionView, CoordinatorError> {
+        let mut view = self.view_limited(id, 0).await?;
+        view.children = self.child(id, task, index).await?.into_iter().collect();
+        view.waiting = vec![String::new(); view.children.len()];
+        Ok(view)
+    }
+
     pub async fn child(
         &self,
         id: &str,

@@ -173,29 +173,15 @@ impl ControlService for ControlApi {
             .require(&who, Permission::Read, &folder, "GetExecution")
             .await
             .map_err(status)?;
-        let Some(key) = r.child else {
-            let view = self
-                .coordinator
-                .view_limited(&id, limit)
-                .await
-                .map_err(status)?;
-            return Ok(Response::new(convert::detail(view)));
-        };
-        // One child by its key: the counts of a view without children, and
-        // that child read on its own (in memory, or one store read).
-        let mut view = self
-            .coordinator
-            .view_limited(&id, 0)
-            .await
-            .map_err(status)?;
-        view.children = self
-            .coordinator
-            .child(&id, &key.task_path, key.item_index)
-            .await
-            .map_err(status)?
-            .into_iter()
-            .collect();
-        view.waiting = vec![String::new(); view.children.len()];
+        let view = match r.child {
+            None => self.coordinator.view_limited(&id, limit).await,
+            Some(key) => {
+                self.coordinator
+                    .view_child(&id, &key.task_path, key.item_index)
+                    .await
+            }
+        }
+        .map_err(status)?;
         Ok(Response::new(convert::detail(view)))
     }
 

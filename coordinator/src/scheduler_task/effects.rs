@@ -237,22 +237,8 @@ fn perform(io: &mut Io, effect: Effect) {
             };
             tokio::spawn(cancel_job(client, agent, request));
         }
-        Effect::Dispatch {
-            agent,
-            address,
-            child,
-            attempt,
-            request,
-        } => dispatch(
-            io,
-            agent,
-            address,
-            vec![Job {
-                child,
-                attempt,
-                request,
-            }],
-        ),
+        // (perform_all batches dispatches before they get here)
+        dispatch @ Effect::Dispatch { .. } => perform_all(io, vec![dispatch]),
         Effect::Ack { agent, seq } => {
             if let Some(tx) = io.acks.get(&agent) {
                 tx.send_if_modified(|cur| {
