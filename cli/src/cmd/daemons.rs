@@ -53,6 +53,7 @@ pub struct CoordinatorArgs {
     /// Refuse a start (COORDINATOR_BUSY, retry later) that would bring the
     /// children not yet finished, over all running executions, past this; an
     /// execution larger than this alone is refused for good (EXECUTION_TOO_LARGE).
+    /// Sub-executions and rows foreach children wait until there is room.
     /// Each unfinished child costs about 1 KB of coordinator memory. 0: no limit.
     #[arg(long, env = "BATON_MAX_PENDING_CHILDREN", default_value_t = baton_coordinator::scheduler::DEFAULT_MAX_PENDING_CHILDREN)]
     pub max_pending_children: u64,

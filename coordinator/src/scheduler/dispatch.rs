@@ -28,6 +28,7 @@ impl Scheduler {
     /// Dispatches as many pending children as placement and the caps allow,
     /// taking one child per execution in turn so that executions share the fleet.
     pub fn pump(&mut self, now: Instant) {
+        self.retry_parked_rows();
         let mut views = self.agent_views(now);
         let order: Vec<u64> = self.exec_order.iter().copied().collect();
         if let Some(first) = self.exec_order.pop_front() {
@@ -94,6 +95,9 @@ impl Scheduler {
         ti: usize,
         views: &[crate::placement::AgentView],
     ) -> Option<(ChildRef, String)> {
+        if self.nested_waits_for_room(slot, ti) {
+            return None;
+        }
         let gen_now = self.capacity_gen;
         let e = self.execs.get_mut(&slot)?;
         if e.rec.state.is_terminal() || e.rec.cancel_requested {
@@ -188,6 +192,30 @@ impl Scheduler {
                 }
                 None
             }
+        }
+    }
+
+    /// The next child of the task is a sub-execution that waits for room
+    /// (admission) and there is still none: the task waits.
+    fn nested_waits_for_room(&mut self, slot: u64, ti: usize) -> bool {
+        if self.parked_nested.is_empty() {
+            return false;
+        }
+        let Some(&ci) = self
+            .execs
+            .get(&slot)
+            .and_then(|e| e.tasks[ti].queue.front())
+        else {
+            return false;
+        };
+        let cref = ChildRef {
+            exec: slot,
+            task: ti as u16,
+            child: ci,
+        };
+        match self.parked_nested.get(&cref) {
+            Some(&adding) => matches!(self.room_for(adding, None), super::admission::Room::Wait(_)),
+            None => false,
         }
     }
 

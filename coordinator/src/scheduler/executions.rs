@@ -125,6 +125,8 @@ impl Scheduler {
                 package: None,
                 params: BTreeMap::new(),
                 awaiting_rows: false,
+                held_rows: None,
+                waiting: String::new(),
             };
             for (rec, version) in children {
                 phase_counts[phase_idx(rec.phase)] += 1;

@@ -26,6 +26,8 @@ mod rows;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_admission;
+#[cfg(test)]
 mod tests_cancel_child;
 #[cfg(test)]
 mod tests_fairness;
@@ -221,6 +223,11 @@ pub(crate) struct TaskRun {
     pub params: BTreeMap<String, String>,
     /// A `rows` foreach waits for the rows of the task it reads.
     pub awaiting_rows: bool,
+    /// Rows that arrived while the coordinator had no room for their
+    /// children (admission): they wait here, `awaiting_rows` stays set.
+    pub held_rows: Option<Vec<String>>,
+    /// In memory only: why a started task makes no children yet.
+    pub waiting: String,
 }
 
 pub(crate) struct Exec {
@@ -270,6 +277,11 @@ pub struct Scheduler {
     pub latency: Latency,
     /// Seals sensitive parameters of sub-executions (nested fan-out).
     pub(crate) secrets: Option<std::sync::Arc<crate::secrets::SealingKey>>,
+    /// Children whose sub-execution waits for room, with how many children
+    /// it would add (admission; in memory only).
+    pub(crate) parked_nested: BTreeMap<ChildRef, u64>,
+    /// Rows foreach tasks (execution slot, task) holding rows until there is room.
+    pub(crate) parked_rows: std::collections::BTreeSet<(u64, u16)>,
 }
 
 impl Scheduler {
@@ -299,6 +311,8 @@ impl Scheduler {
             stats: Stats::default(),
             latency: Latency::default(),
             secrets: None,
+            parked_nested: BTreeMap::new(),
+            parked_rows: Default::default(),
         }
     }
 

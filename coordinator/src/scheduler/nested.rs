@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use tracing::{info, warn};
 
+use super::admission::Room;
 use super::{ChildRef, Scheduler};
 use crate::prepare::plan_bundle;
 use crate::records::{ExecutionRecord, ExecutionState, ParentLink, Phase, now_unix_ms};
@@ -35,8 +36,27 @@ impl Scheduler {
     /// a dispatch. A child that cannot start one fails with the reason.
     pub(crate) fn start_nested(&mut self, cref: ChildRef) {
         let made = self.nested_record(cref);
+        let made = made.and_then(|(rec, plan)| {
+            let adding: u64 = plan.tasks.iter().map(|t| t.items.len() as u64).sum();
+            match self.room_for(adding, Some((cref.exec, cref.task as usize))) {
+                Room::Fits => Ok(Some((rec, plan))),
+                Room::Wait(why) => {
+                    // Back to the head of its task's queue until children finish.
+                    if let Some(c) = self.child_mut(cref) {
+                        c.waiting_reason = why;
+                    }
+                    self.parked_nested.insert(cref, adding);
+                    if let Some(e) = self.execs.get_mut(&cref.exec) {
+                        e.tasks[cref.task as usize].queue.push_front(cref.child);
+                    }
+                    Ok(None)
+                }
+                Room::Never(why) => Err(format!("cannot start its sub-execution: {why}")),
+            }
+        });
         let (rec, plan) = match made {
-            Ok(r) => r,
+            Ok(Some(r)) => r,
+            Ok(None) => return,
             Err(reason) => {
                 if let Some(c) = self.child_mut(cref) {
                     c.rec.reason = reason;
@@ -46,6 +66,7 @@ impl Scheduler {
                 return;
             }
         };
+        self.parked_nested.remove(&cref);
         let sub_id = rec.id.clone();
         if let Some(c) = self.child_mut(cref) {
             if c.rec.attempt_agents.len() < c.rec.attempt as usize {

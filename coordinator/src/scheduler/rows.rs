@@ -1,15 +1,17 @@
 //! A foreach over the rows of an earlier task: the rows stay on the agents
 //! that ran that task's children, so the foreach starts by asking for them
 //! ([`super::Effect::FetchRows`]) and makes its children when they arrive
-//! (`rows_fetched`). A foreach that made no child records why on the
+//! (`rows_fetched`), once the coordinator has room for them (admission:
+//! until then the rows wait in the task). A foreach that made no child records why on the
 //! execution (`rows_outcomes`), so that a replay decides the same way; a
 //! cancel does not wait for rows.
 
 use std::collections::BTreeMap;
 
 use baton_package::{TaskOutcome, TaskState};
-use tracing::warn;
+use tracing::{info, warn};
 
+use super::admission::Room;
 use super::flow::{expand, planned_shallow};
 use super::{Exec, Scheduler};
 use crate::prepare::Work;
@@ -24,6 +26,8 @@ pub(super) fn end_awaiting_rows(e: &mut Exec) -> bool {
             continue;
         }
         e.tasks[ti].awaiting_rows = false;
+        e.tasks[ti].held_rows = None;
+        e.tasks[ti].waiting.clear();
         e.tasks[ti].ended = true;
         let name = e.plan.tasks[ti].name.clone();
         let _ = e
@@ -91,6 +95,8 @@ impl Scheduler {
     }
 
     /// The rows a rows foreach waited for arrived (or could not be read).
+    /// Its children are made only when the coordinator has room for them
+    /// (admission, [`Room`]): otherwise the rows wait in the task.
     pub(crate) fn rows_fetched(
         &mut self,
         execution_id: &str,
@@ -100,21 +106,46 @@ impl Scheduler {
         let Some(&slot) = self.exec_ids.get(execution_id) else {
             return;
         };
+        let Some(ti) = self.execs.get(&slot).and_then(|e| {
+            let ti = *e.task_index.get(task)? as usize;
+            let live = e.tasks[ti].awaiting_rows && !e.rec.state.is_terminal();
+            live.then_some((ti, e.rec.cancel_requested))
+        }) else {
+            return;
+        };
+        let (ti, cancelling) = ti;
+        let mut too_large = None;
+        let rows = match rows {
+            Ok(rows) if !cancelling => match self.room_for(rows.len() as u64, None) {
+                Room::Fits => Ok(rows),
+                Room::Wait(why) => {
+                    let run = &mut self.execs.get_mut(&slot).expect("checked above").tasks[ti];
+                    if run.waiting != why {
+                        info!(execution = %execution_id, task, "{why}");
+                    }
+                    run.held_rows = Some(rows);
+                    run.waiting = why;
+                    self.parked_rows.insert((slot, ti as u16));
+                    return;
+                }
+                Room::Never(why) => {
+                    too_large = Some(format!("cannot make this foreach's children: {why}"));
+                    Err(String::new())
+                }
+            },
+            other => other,
+        };
+        self.parked_rows.remove(&(slot, ti as u16));
         let mut created = Vec::new();
         {
             let Some(e) = self.execs.get_mut(&slot) else {
                 return;
             };
-            let Some(&ti) = e.task_index.get(task) else {
-                return;
-            };
-            let ti = ti as usize;
-            if !e.tasks[ti].awaiting_rows || e.rec.state.is_terminal() {
-                return;
-            }
             e.tasks[ti].awaiting_rows = false;
+            e.tasks[ti].held_rows = None;
+            e.tasks[ti].waiting.clear();
             let mut outcome = None;
-            if e.rec.cancel_requested {
+            if cancelling {
                 e.tasks[ti].ended = true;
                 let _ = e
                     .engine
@@ -134,7 +165,16 @@ impl Scheduler {
                         }
                     }
                     Err(why) => {
-                        warn!(execution = %execution_id, task, error = %why, "cannot read the rows a foreach runs over");
+                        let why = match too_large {
+                            Some(why) => {
+                                warn!(execution = %execution_id, task, "{why}");
+                                why
+                            }
+                            None => {
+                                warn!(execution = %execution_id, task, error = %why, "cannot read the rows a foreach runs over");
+                                why
+                            }
+                        };
                         e.tasks[ti].ended = true;
                         let _ = e.engine.failed(task, why.clone());
                         outcome = Some(RowsOutcome::Failed(why));
@@ -151,5 +191,22 @@ impl Scheduler {
             self.dirty_children.insert(cref);
         }
         self.advance(slot);
+    }
+
+    /// Tries again the rows foreach tasks that hold rows for want of room.
+    pub(super) fn retry_parked_rows(&mut self) {
+        if self.parked_rows.is_empty() {
+            return;
+        }
+        for (slot, ti) in std::mem::take(&mut self.parked_rows) {
+            let Some(e) = self.execs.get_mut(&slot) else {
+                continue;
+            };
+            let Some(rows) = e.tasks[ti as usize].held_rows.take() else {
+                continue;
+            };
+            let (id, task) = (e.rec.id.clone(), e.plan.tasks[ti as usize].name.clone());
+            self.rows_fetched(&id, &task, Ok(rows));
+        }
     }
 }

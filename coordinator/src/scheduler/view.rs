@@ -199,7 +199,13 @@ impl Scheduler {
                     .state(&t.name)
                     .map_or("unknown", |s| s.as_str())
                     .to_string();
-                let reason = e.engine.reason(&t.name).unwrap_or_default().to_string();
+                let mut reason = e.engine.reason(&t.name).unwrap_or_default().to_string();
+                if reason.is_empty() {
+                    // A rows foreach holding its rows until there is room.
+                    if let Some(&ti) = e.task_index.get(&t.name) {
+                        reason.clone_from(&e.tasks[ti as usize].waiting);
+                    }
+                }
                 (t.name.clone(), state, reason)
             })
             .collect();
@@ -236,6 +242,8 @@ impl Scheduler {
                 self.exec_ids.remove(&e.rec.id);
                 self.exec_order.retain(|s| *s != slot);
                 self.resend.retain(|(_, c)| c.exec != slot);
+                self.parked_nested.retain(|c, _| c.exec != slot);
+                self.parked_rows.retain(|(s, _)| *s != slot);
                 for a in self.agents.values_mut() {
                     a.active.retain(|c| c.exec != slot);
                 }

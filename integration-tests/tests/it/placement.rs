@@ -2,12 +2,13 @@
 //! every child on matching agents (and say so when none match), spread by label
 //! splits children evenly over the values, weights are registered and listed, an
 //! agent whose children all fail is quarantined with its reason in `agents list`,
-//! and a start past `--max-pending-children` is refused as busy (exit 5) or,
-//! when it can never fit, as too large.
+//! a start past `--max-pending-children` is refused as busy (exit 5) or,
+//! when it can never fit, as too large, and a rows foreach waits for room.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::harness::fixtures::write_file;
 use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
 
 fn agent(c: &mut Cluster, name: &str, slots: u32, extra: &[&str]) {
@@ -171,5 +172,97 @@ fn starts_past_the_pending_limit_are_refused_as_busy() {
     // Small enough to fit next to the first: accepted.
     c.start_run(&parent, &["-p", "children=2"]);
     c.cli(&["exec", "cancel", &first]).expect_code(0);
+    c.finish(&[]);
+}
+
+/// A rows foreach is held to the same bound as a start: its rows wait until
+/// children that finish make room, `exec show` says why, and then every row
+/// runs once.
+#[test]
+fn a_rows_foreach_waits_for_room_under_the_pending_limit() {
+    let mut c = Cluster::new("placement_rows_room");
+    c.start_coordinator_with(&["--max-pending-children", "6"]);
+    c.start_agent("a1", 8);
+    c.agents_ready(1);
+    let dir = c.root().join("pkg");
+    let marks = c.root().join("marks");
+    let gate = c.root().join("gate");
+    std::fs::create_dir_all(&marks).unwrap();
+    write_file(
+        &dir,
+        "each.toml",
+        &format!(
+            "name = \"each\"\n[parameters.n]\ntype = \"int\"\n[tasks.mark]\n\
+             exec = [\"sh\", \"-c\", \"touch {}/$BATON_PARAM_N\"]\n",
+            marks.display()
+        ),
+    );
+    // `hold` keeps 4 children unfinished until the gate opens (at most 60 s).
+    let wait_gate = format!(
+        "for i in $(seq 1200); do [ -e {} ] && exit 0; sleep 0.05; done; exit 1",
+        gate.display()
+    );
+    write_file(
+        &dir,
+        "hold.toml",
+        &format!(
+            "name = \"hold\"\n[parameters.n]\ntype = \"int\"\n[tasks.wait]\nexec = [\"sh\", \"-c\", {}]\n",
+            serde_json::to_string(&wait_gate).unwrap()
+        ),
+    );
+    write_file(
+        &dir,
+        "parent.toml",
+        r#"
+name = "rows-room"
+[tasks.list]
+script = "printf '1\n2\n3\n4\n' >> \"$BATON_ROWS\""
+[tasks.hold]
+foreach = { range = { start = 1, end = 4 } }
+child = "hold.toml"
+params = { n = "${item}" }
+[tasks.each]
+foreach = { rows = "list" }
+child = "each.toml"
+params = { n = "${item}" }
+after = ["list"]
+"#,
+    );
+    let id = c.start_run(&dir.join("parent.toml"), &[]);
+    // 4 children of hold are unfinished and the limit is 6: 4 rows wait.
+    let mut reason = String::new();
+    let waited = wait_until(Duration::from_secs(30), Duration::from_millis(100), || {
+        let v = c.exec_show(&id).raw;
+        reason = v["tasks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["task"] == "each"))
+            .map(|t| t["reason"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        reason.starts_with("waits for room")
+    });
+    assert!(
+        waited,
+        "each never waited for room; last reason: {reason:?}"
+    );
+    assert!(
+        reason.contains("adds 4") && reason.contains("limit is 6"),
+        "{reason}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&marks).unwrap().count(),
+        0,
+        "no row ran yet"
+    );
+
+    std::fs::write(&gate, "").unwrap();
+    let v = c.wait_exec_terminal(&id, Duration::from_secs(60));
+    assert_eq!(v.status, "succeeded", "{}", v.brief());
+    assert_eq!(v.children.len(), 9, "list + 4 hold + 4 each: {}", v.brief());
+    let mut got: Vec<String> = std::fs::read_dir(&marks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["1", "2", "3", "4"]);
     c.finish(&[]);
 }

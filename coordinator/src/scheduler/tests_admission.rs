@@ -1,0 +1,268 @@
+//! Scheduler tests of admission for work that grows a running execution:
+//! a rows foreach and a sub-execution make their children only when the
+//! coordinator has room for them under `--max-pending-children`; they wait
+//! (with a visible reason) while it has none, and fail with a reason when
+//! they could never fit. The bound holds at every step.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use baton_proto as pb;
+
+use super::tests::{finished, reg, settle};
+use super::*;
+use crate::prepare::plan_bundle;
+use crate::records::Phase;
+
+const CHILD: &str = "name='c'\n[parameters.shard]\ntype='string'\n[tasks.run]\nexec=['true']\n";
+
+/// `list` (one child, whose rows feed `each`) beside `busy` (8 children).
+const ROWS_PARENT: &str = "name='p'\n\
+    [tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
+    [tasks.busy]\nforeach={range={start=1,end=8}}\nchild='c.toml'\nparams={shard='${item}'}\n\
+    [tasks.each]\nforeach={rows='list'}\nchild='c.toml'\nparams={shard='${item}'}\nafter=['list']\n";
+
+/// Three children, each a package that fans out to four.
+const NESTED_PARENT: &str = "name='p'\n\
+    [tasks.regions]\nforeach={items=['a','b','c']}\nchild='r.toml'\nparams={shard='${item}'}\n";
+const REGION: &str = "name='r'\n[parameters.shard]\ntype='string'\n\
+    [tasks.shards]\nforeach={range={start=1,end=4}}\nchild='c.toml'\nparams={shard='${item}'}\n";
+
+fn limited(max_pending_children: u64) -> Scheduler {
+    Scheduler::new(
+        SchedulerConfig {
+            lease_ttl: Duration::from_secs(3600),
+            max_pending_children,
+            ..SchedulerConfig::default()
+        },
+        1,
+    )
+}
+
+fn start_files(s: &mut Scheduler, files: &[(&str, &str)]) {
+    let files: BTreeMap<String, String> = files
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
+    s.admit(&plan).unwrap();
+    let rec = super::tests::running_record("e1", files, BTreeMap::new(), &plan);
+    s.start(rec, plan);
+}
+
+fn task_view(s: &Scheduler, task: &str) -> (String, String) {
+    let t = s
+        .execution_view("e1")
+        .unwrap()
+        .tasks
+        .into_iter()
+        .find(|t| t.0 == task)
+        .unwrap();
+    (t.1, t.2)
+}
+
+fn rows(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("\"r{i}\"")).collect()
+}
+
+/// Drives dispatches to the end, finishing `per_round` of them per round,
+/// and checks the bound after every step; returns the execution's last
+/// view (taken before it leaves memory).
+fn run_to_end(s: &mut Scheduler, limit: u64, per_round: usize, seq: &mut u64) -> ExecutionView {
+    let now = Instant::now();
+    let mut open: Vec<(String, pb::DispatchId)> = Vec::new();
+    let mut last = s.execution_view("e1").unwrap();
+    for _ in 0..200 {
+        if last.summary.state != "running" {
+            return last;
+        }
+        for (agent, child, attempt, id) in settle(s, now) {
+            s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
+            open.push((agent, id));
+        }
+        assert!(
+            s.pending_children() <= limit,
+            "{} > {limit}",
+            s.pending_children()
+        );
+        let n = per_round.min(open.len());
+        for (agent, id) in open.drain(..n) {
+            *seq += 1;
+            s.agent_event(&agent, finished(*seq, &id, pb::JobStatus::Succeeded), now);
+        }
+        if let Some(v) = s.execution_view("e1") {
+            last = v;
+        }
+    }
+    panic!("the execution did not end");
+}
+
+#[test]
+fn a_rows_foreach_waits_for_room_then_makes_its_children() {
+    let now = Instant::now();
+    let mut s = limited(10);
+    reg(&mut s, "a", 16, "b1", now);
+    start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 9, "list and busy run");
+    for (agent, child, attempt, _) in &d {
+        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
+    }
+    let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
+    s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
+    s.rows_fetched("e1", "each", Ok(rows(5)));
+    // 8 busy children are unfinished: 8 + 5 > 10.
+    let (state, reason) = task_view(&s, "each");
+    assert_eq!(state, "running");
+    assert!(reason.starts_with("waits for room"), "{reason}");
+    assert!(
+        reason.contains("holds 8") && reason.contains("adds 5"),
+        "{reason}"
+    );
+    assert!(settle(&mut s, now).is_empty(), "no child of each yet");
+
+    // Three busy children end: 5 + 5 fits.
+    let busy: Vec<_> = d.iter().filter(|x| x.3.task_path == "busy").collect();
+    for (i, b) in busy.iter().take(3).enumerate() {
+        s.agent_event(
+            "a",
+            finished(2 + i as u64, &b.3, pb::JobStatus::Succeeded),
+            now,
+        );
+    }
+    let d2 = settle(&mut s, now);
+    assert_eq!(d2.len(), 5, "each's children are made and dispatched");
+    assert!(d2.iter().all(|x| x.3.task_path == "each"));
+    assert_eq!(task_view(&s, "each").1, "", "no waiting reason any more");
+    assert_eq!(s.pending_children(), 10);
+}
+
+#[test]
+fn rows_that_could_never_fit_fail_their_foreach_with_the_reason() {
+    let now = Instant::now();
+    let mut s = limited(10);
+    reg(&mut s, "a", 16, "b1", now);
+    start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
+    let d = settle(&mut s, now);
+    let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
+    s.dispatch_result(list.1, "a", 1, DispatchOutcome::Accepted, now);
+    s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
+    s.rows_fetched("e1", "each", Ok(rows(11)));
+    let (state, reason) = task_view(&s, "each");
+    assert_eq!(state, "failed");
+    assert!(
+        reason.contains("cannot make this foreach's children") && reason.contains("at most 10"),
+        "{reason}"
+    );
+    let e = &s.execs[&s.exec_ids["e1"]];
+    assert!(matches!(
+        e.rec.rows_outcomes.get("each"),
+        Some(crate::records::RowsOutcome::Failed(_))
+    ));
+}
+
+#[test]
+fn a_cancel_ends_a_rows_foreach_that_holds_rows() {
+    let now = Instant::now();
+    let mut s = limited(10);
+    reg(&mut s, "a", 16, "b1", now);
+    start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
+    let d = settle(&mut s, now);
+    for (agent, child, attempt, _) in &d {
+        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
+    }
+    let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
+    s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
+    s.rows_fetched("e1", "each", Ok(rows(5)));
+    assert!(task_view(&s, "each").1.starts_with("waits for room"));
+    s.cancel("e1", "test").unwrap();
+    let (state, reason) = task_view(&s, "each");
+    assert_eq!(state, "cancelled", "{reason}");
+    assert_eq!(reason, "");
+    // Room that comes later does not bring the rows back.
+    for (i, b) in d.iter().filter(|x| x.3.task_path == "busy").enumerate() {
+        s.agent_event(
+            "a",
+            finished(2 + i as u64, &b.3, pb::JobStatus::Cancelled),
+            now,
+        );
+    }
+    assert!(settle(&mut s, now).is_empty());
+    assert!(s.parked_rows.is_empty());
+}
+
+#[test]
+fn sub_executions_wait_for_room_and_all_run_under_the_bound() {
+    let now = Instant::now();
+    let limit = 8;
+    let mut s = limited(limit);
+    reg(&mut s, "a", 16, "b1", now);
+    start_files(
+        &mut s,
+        &[
+            ("p.toml", NESTED_PARENT),
+            ("r.toml", REGION),
+            ("c.toml", CHILD),
+        ],
+    );
+    // The first pump starts a sub-execution, the next dispatches its children.
+    let mut d = settle(&mut s, now);
+    d.extend(settle(&mut s, now));
+    // 3 regions + 4 shards of the first: the second would make 11.
+    assert_eq!(d.len(), 4, "one sub-execution's children");
+    assert_eq!(s.running_executions(), 2);
+    let view = s.execution_view("e1").unwrap();
+    let waiting: Vec<&String> = view.waiting.iter().filter(|w| !w.is_empty()).collect();
+    assert_eq!(waiting.len(), 1, "{:?}", view.waiting);
+    assert!(waiting[0].starts_with("waits for room"), "{}", waiting[0]);
+    for (agent, child, attempt, _) in &d {
+        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
+    }
+    let mut seq = 0;
+    for (agent, _, _, id) in &d {
+        seq += 1;
+        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), now);
+    }
+    let view = run_to_end(&mut s, limit, 2, &mut seq);
+    assert_eq!(view.summary.state, "succeeded");
+    assert!(view.children.iter().all(|c| c.phase == Phase::Succeeded));
+    assert!(s.parked_nested.is_empty());
+}
+
+#[test]
+fn sub_executions_that_could_never_fit_fail_instead_of_waiting_forever() {
+    let now = Instant::now();
+    // 3 regions pending, each wanting 4 more under a bound of 5: while
+    // its siblings wait, a region could never start (nothing else runs to
+    // make room), so it fails; the last one then fits (1 + 4).
+    let mut s = limited(5);
+    reg(&mut s, "a", 16, "b1", now);
+    start_files(
+        &mut s,
+        &[
+            ("p.toml", NESTED_PARENT),
+            ("r.toml", REGION),
+            ("c.toml", CHILD),
+        ],
+    );
+    let mut seq = 0;
+    let view = run_to_end(&mut s, 5, 1, &mut seq);
+    assert_eq!(view.summary.state, "failed");
+    let failed: Vec<_> = view
+        .children
+        .iter()
+        .filter(|c| c.phase == Phase::Failed)
+        .collect();
+    assert_eq!(failed.len(), 2);
+    for c in &failed {
+        assert!(
+            c.reason.contains("cannot start its sub-execution")
+                && c.reason.contains("wait for room themselves"),
+            "{}",
+            c.reason
+        );
+    }
+    // Once two of them failed, the last one fit and ran.
+    let ok = view.children.iter().filter(|c| c.phase == Phase::Succeeded);
+    assert_eq!(ok.count(), 1);
+}
