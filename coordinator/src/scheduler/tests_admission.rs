@@ -266,3 +266,119 @@ fn sub_executions_that_could_never_fit_fail_instead_of_waiting_forever() {
     let ok = view.children.iter().filter(|c| c.phase == Phase::Succeeded);
     assert_eq!(ok.count(), 1);
 }
+
+mod properties {
+    //! Whatever the bound, the shape of the fan-out and the order in which
+    //! children finish, the unfinished children never pass the bound, the
+    //! execution always ends, and each child that did not run says why.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn packages(regions: usize, shards: u32, rows: bool) -> Vec<(String, String)> {
+        let items: Vec<String> = (0..regions).map(|i| format!("'r{i}'")).collect();
+        let mut parent = format!(
+            "name='p'\n[tasks.regions]\nforeach={{items=[{}]}}\nchild='r.toml'\nparams={{shard='${{item}}'}}\n",
+            items.join(",")
+        );
+        if rows {
+            parent.push_str(
+                "[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
+                 [tasks.each]\nforeach={rows='list'}\nchild='c.toml'\nparams={shard='${item}'}\nafter=['list']\n",
+            );
+        }
+        let region = format!(
+            "name='r'\n[parameters.shard]\ntype='string'\n\
+             [tasks.shards]\nforeach={{range={{start=1,end={shards}}}}}\nchild='c.toml'\nparams={{shard='${{item}}'}}\n"
+        );
+        vec![
+            ("p.toml".into(), parent),
+            ("r.toml".into(), region),
+            ("c.toml".into(), CHILD.into()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn the_bound_holds_and_every_execution_ends(
+            limit in 4u64..24,
+            regions in 1usize..6,
+            shards in 1u32..8,
+            rows in proptest::option::of(0usize..12),
+            order in proptest::collection::vec(any::<u16>(), 64),
+        ) {
+            let now = Instant::now();
+            let mut s = limited(limit);
+            reg(&mut s, "a", 3, "b1", now);
+            reg(&mut s, "b", 2, "b1", now);
+            let files: BTreeMap<String, String> =
+                packages(regions, shards, rows.is_some()).into_iter().collect();
+            let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
+            prop_assume!(s.admit(&plan).is_ok());
+            let rec = super::super::tests::running_record("e1", files, BTreeMap::new(), &plan);
+            s.start(rec, plan);
+            let mut open: Vec<(String, pb::DispatchId)> = Vec::new();
+            let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
+            let mut last = s.execution_view("e1").unwrap();
+            let mut rounds = 0;
+            while last.summary.state == "running" {
+                rounds += 1;
+                prop_assert!(rounds < 2_000, "the execution never ended");
+                // As `settle`, but rows are asked for too, and the view is
+                // taken before a commit lets an ended execution go.
+                s.pump(now);
+                if let Some(v) = s.execution_view("e1") {
+                    last = v;
+                }
+                if last.summary.state != "running" {
+                    break;
+                }
+                let (_, written) = s.flush();
+                s.committed(written, 7);
+                for e in s.take_effects() {
+                    match e {
+                        Effect::Dispatch { agent, child, attempt, request, .. } => {
+                            s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
+                            open.push((agent, request.dispatch_id.clone().unwrap()));
+                        }
+                        Effect::FetchRows { execution_id, task, .. } => {
+                            let n = rows.unwrap_or(0);
+                            s.rows_fetched(&execution_id, &task, Ok(super::rows(n)));
+                        }
+                        _ => {}
+                    }
+                }
+                prop_assert!(
+                    s.pending_children() <= limit,
+                    "{} unfinished children, limit {}", s.pending_children(), limit
+                );
+                if !open.is_empty() {
+                    let pick = usize::from(order[rounds % order.len()]) % open.len();
+                    let (agent, id) = open.swap_remove(pick);
+                    let seq = seqs.entry(agent.clone()).or_default();
+                    *seq += 1;
+                    s.agent_event(&agent, finished(*seq, &id, pb::JobStatus::Succeeded), now);
+                } else {
+                    // Nothing runs: only what waits for room is left, and it must
+                    // start or fail by itself on the next pump.
+                    s.pump(now);
+                }
+            }
+            for c in &last.children {
+                if c.phase == Phase::Failed {
+                    prop_assert!(c.reason.contains("--max-pending-children"), "{}", c.reason);
+                } else {
+                    prop_assert_eq!(c.phase, Phase::Succeeded);
+                }
+            }
+            for (name, state, reason) in &last.tasks {
+                if state == "failed" {
+                    let ok = reason.contains("--max-pending-children")
+                        || last.children.iter().any(|c| &c.task == name && c.phase == Phase::Failed);
+                    prop_assert!(ok, "{} failed: {}", name, reason);
+                }
+            }
+        }
+    }
+}
