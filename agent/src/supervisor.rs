@@ -197,35 +197,33 @@ impl Supervisor {
             })
         };
         // `started` is queued as soon as the process runs (its sequence number
-        // is taken then, so it always precedes `finished`), but the job goes on
-        // while it is being made durable: no fsync wait between spawn and reap.
+        // is taken then, so it always precedes `finished`), lazily: it needs no
+        // fsync of its own and becomes durable with the next durable commit,
+        // most often this job's `finished` (or `outbox::LAZY_MAX` later).
+        let mut started_written = None;
         let report = tokio::select! {
             biased;
             pid = &mut started_rx => {
-                match pid {
-                    Ok(pid) => match self.outbox.enqueue(started(pid)).await {
-                        Ok(durable) => {
-                            let (report, written) = tokio::join!(run, durable);
-                            if let Err(e) = written {
-                                error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
-                            }
-                            report
-                        }
+                if let Ok(pid) = pid {
+                    match self.outbox.enqueue_lazy(started(pid)).await {
+                        Ok(durable) => started_written = Some(durable),
                         Err(e) => {
                             error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
-                            run.await
                         }
-                    },
-                    Err(_) => run.await,
+                    }
                 }
+                run.await
             }
             report = &mut run => {
                 // The process may have started and ended within one poll of the
                 // runner. `finished`, queued after it, is durable only once it is.
-                if let Ok(pid) = started_rx.try_recv()
-                    && let Err(e) = self.outbox.enqueue(started(pid)).await
-                {
-                    error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+                if let Ok(pid) = started_rx.try_recv() {
+                    match self.outbox.enqueue_lazy(started(pid)).await {
+                        Ok(durable) => started_written = Some(durable),
+                        Err(e) => {
+                            error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+                        }
+                    }
                 }
                 report
             }
@@ -242,6 +240,12 @@ impl Supervisor {
         }
         drop(slot); // the next queued job may start
         self.append(&key, finished_body(&key, report)).await;
+        // Durable with `finished` (an earlier commit at the latest).
+        if let Some(durable) = started_written
+            && let Err(e) = durable.await
+        {
+            error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+        }
     }
 
     async fn append(&self, key: &DispatchKey, body: Body) {
