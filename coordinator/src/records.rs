@@ -285,6 +285,8 @@ impl Phase {
 }
 
 /// One child job: intent (attempt N on agent X) and what is known of it.
+/// Fields at their default are left out of the stored JSON (a pending child
+/// is about 70 bytes, not 260: a million of them are written at once).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildRecord {
     pub task: String,
@@ -293,40 +295,83 @@ pub struct ChildRecord {
     pub phase: Phase,
     /// Current attempt, from 1. Reports for any other attempt are stale.
     pub attempt: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
     /// The agent of each attempt, in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attempt_agents: Vec<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub lost: u32,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub started_unix_ms: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub finished_unix_ms: u64,
     /// Process id (and group) of the current attempt, as the agent reported it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub pid: u32,
     /// This child alone was asked to stop (`CancelChild`): it ends `cancelled`,
     /// is not retried, and is never started again.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub cancel_requested: bool,
     /// Rows the succeeded attempt kept (`$BATON_ROWS`), as its agent reported;
     /// `None` in records written before this field existed.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_child_is_stored_without_its_defaults_and_reads_back() {
+        let rec = crate::scheduler::flow::new_child("fan", 7, "x".into());
+        let json = String::from_utf8(serde_json::to_vec(&rec).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            r#"{"task":"fan","index":7,"item":"x","phase":"pending","attempt":1}"#
+        );
+        let back: ChildRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, rec);
+    }
+
+    #[test]
+    fn a_child_written_with_every_field_still_reads() {
+        // As earlier releases wrote it: every field, defaults included.
+        let old = r#"{"task":"fan","index":7,"item":"x","phase":"succeeded","attempt":2,
+            "agent":"a1","attempt_agents":["a2","a1"],"failures":1,"lost":0,"exit_code":0,
+            "reason":"","outputs":{"k":"v"},"started_unix_ms":5,"finished_unix_ms":9,"pid":42,
+            "cancel_requested":false,"rows":3}"#;
+        let rec: ChildRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.attempt_agents, ["a2", "a1"]);
+        assert_eq!((rec.exit_code, rec.pid, rec.rows), (Some(0), 42, Some(3)));
+        let again: ChildRecord =
+            serde_json::from_slice(&serde_json::to_vec(&rec).unwrap()).unwrap();
+        assert_eq!(
+            again, rec,
+            "exit code 0 and a row count survive the round trip"
+        );
+    }
 }
