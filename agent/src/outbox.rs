@@ -213,8 +213,8 @@ struct Writer {
     next_seq: u64,
     mirror: Mirror,
     durable: watch::Sender<u64>,
-    /// Lazy events written without an fsync, waiting for a durable commit;
-    /// with the time the first of them was written.
+    /// Lazy events written without an fsync, in sequence order, waiting for
+    /// a durable commit (they are always the last ones written).
     lazy: Vec<(Box<AgentEvent>, Reply)>,
 }
 
@@ -256,7 +256,8 @@ impl Writer {
                 Next::Batch(r) => r,
                 Next::Flush => {
                     self.commit(&mut batch, true);
-                    lazy_since = None;
+                    // After a failed commit they are tried again, LAZY_MAX later.
+                    lazy_since = (!self.lazy.is_empty()).then(tokio::time::Instant::now);
                     continue;
                 }
                 Next::Closed => break,

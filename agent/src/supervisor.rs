@@ -205,12 +205,7 @@ impl Supervisor {
             biased;
             pid = &mut started_rx => {
                 if let Ok(pid) = pid {
-                    match self.outbox.enqueue_lazy(started(pid)).await {
-                        Ok(durable) => started_written = Some(durable),
-                        Err(e) => {
-                            error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
-                        }
-                    }
+                    started_written = self.queue_started(&key, started(pid)).await;
                 }
                 run.await
             }
@@ -218,12 +213,7 @@ impl Supervisor {
                 // The process may have started and ended within one poll of the
                 // runner. `finished`, queued after it, is durable only once it is.
                 if let Ok(pid) = started_rx.try_recv() {
-                    match self.outbox.enqueue_lazy(started(pid)).await {
-                        Ok(durable) => started_written = Some(durable),
-                        Err(e) => {
-                            error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
-                        }
-                    }
+                    started_written = self.queue_started(&key, started(pid)).await;
                 }
                 report
             }
@@ -245,6 +235,21 @@ impl Supervisor {
             && let Err(e) = durable.await
         {
             error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+        }
+    }
+
+    /// Queues a job's `started` lazily; what becomes ready once it is durable.
+    async fn queue_started(
+        &self,
+        key: &DispatchKey,
+        body: Body,
+    ) -> Option<impl Future<Output = Result<u64, crate::error::AgentError>> + use<>> {
+        match self.outbox.enqueue_lazy(body).await {
+            Ok(durable) => Some(durable),
+            Err(e) => {
+                error!(dispatch = %key, code = e.code(), error = %e, "cannot record job event");
+                None
+            }
         }
     }
 
