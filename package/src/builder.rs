@@ -223,6 +223,7 @@ impl TaskBuilder {
                 child: child.into(),
                 params: BTreeMap::new(),
                 require: BTreeMap::new(),
+                slots: 0,
                 local: false,
             }),
         )
@@ -243,6 +244,7 @@ impl TaskBuilder {
                 retry: RetryPolicy::default(),
                 max_failures: MaxFailures::default(),
                 require: BTreeMap::new(),
+                slots: 0,
             }),
         )
     }
@@ -348,6 +350,17 @@ impl TaskBuilder {
             TaskKind::Child(c) => drop(c.require.insert(label.into(), value.into())),
             TaskKind::Foreach(f) => drop(f.require.insert(label.into(), value.into())),
             _ => self.kind_error("require"),
+        }
+        self
+    }
+
+    /// The agent slots each child of a `child` or `foreach` task occupies
+    /// (1 to 1024; checked when the package is parsed).
+    pub fn slots(mut self, slots: u32) -> Self {
+        match &mut self.task.kind {
+            TaskKind::Child(c) => c.slots = slots,
+            TaskKind::Foreach(f) => f.slots = slots,
+            _ => self.kind_error("slots"),
         }
         self
     }

@@ -116,6 +116,7 @@ mod tests {
             retry: Default::default(),
             max_failures: Default::default(),
             require: BTreeMap::new(),
+            slots: 0,
         }
     }
 

@@ -256,6 +256,9 @@ pub struct ChildTask {
     pub params: BTreeMap<String, String>,
     /// Agent labels the child must run on (`require = { zone = "eu" }`).
     pub require: BTreeMap<String, String>,
+    /// Agent slots the child occupies (`slots = 4`); 0: as the run says
+    /// (`baton run --slots-per-child`, default 1).
+    pub slots: u32,
     /// Run on the node that runs this package instead of a placed agent.
     pub local: bool,
 }
@@ -283,6 +286,8 @@ pub struct ForeachTask {
     pub max_failures: MaxFailures,
     /// Agent labels every child must run on.
     pub require: BTreeMap<String, String>,
+    /// Agent slots each child occupies; 0: as the run says.
+    pub slots: u32,
 }
 
 impl ForeachTask {

@@ -130,6 +130,9 @@ fn task(task: &Task) -> Table {
             if !c.require.is_empty() {
                 t.insert("require".into(), map(&c.require));
             }
+            if c.slots != 0 {
+                t.insert("slots".into(), Value::Integer(c.slots.into()));
+            }
             if c.local {
                 t.insert("local".into(), Value::Boolean(true));
             }
@@ -167,6 +170,9 @@ fn task(task: &Task) -> Table {
             }
             if !fe.require.is_empty() {
                 t.insert("require".into(), map(&fe.require));
+            }
+            if fe.slots != 0 {
+                t.insert("slots".into(), Value::Integer(fe.slots.into()));
             }
         }
         TaskKind::Group(g) => {

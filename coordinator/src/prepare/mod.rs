@@ -76,6 +76,9 @@ pub struct PlannedTask {
     pub parallelism: u32,
     /// Agent labels every child needs.
     pub require: BTreeMap<String, String>,
+    /// Agent slots each child occupies, as the package says (`slots = N`);
+    /// 0: as the run says (`--slots-per-child`).
+    pub slots: u32,
     pub max_failures: MaxFailures,
 }
 
@@ -227,6 +230,7 @@ pub fn plan_bundle(
             retry: task.retry,
             parallelism: 1,
             require: BTreeMap::new(),
+            slots: 0,
             max_failures: MaxFailures::Count(0),
         };
         let planned = match &task.kind {
@@ -252,6 +256,7 @@ pub fn plan_bundle(
                     child: shipped,
                 });
                 t.require = ct.require.clone();
+                t.slots = ct.slots;
                 t
             }
             TaskKind::Foreach(fe) => {
@@ -288,6 +293,7 @@ pub fn plan_bundle(
                     retry: fe.retry,
                     parallelism: fe.parallelism,
                     require: fe.require.clone(),
+                    slots: fe.slots,
                     max_failures: fe.max_failures,
                 }
             }

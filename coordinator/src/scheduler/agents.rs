@@ -273,7 +273,7 @@ impl Scheduler {
                     .map(|c| {
                         self.execs
                             .get(&c.exec)
-                            .map_or(1, |e| u64::from(e.rec.placement.slots()))
+                            .map_or(1, |e| u64::from(e.slots_of(c.task as usize)))
                     })
                     .sum();
                 let not_ready = if a.lost {

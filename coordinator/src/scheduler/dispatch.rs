@@ -43,7 +43,10 @@ impl Scheduler {
                 }
                 match self.next_for(slot, &views, now) {
                     Some((cref, agent)) => {
-                        let slots = self.execs.get(&slot).map_or(1, |e| e.rec.placement.slots());
+                        let slots = self
+                            .execs
+                            .get(&slot)
+                            .map_or(1, |e| e.slots_of(cref.task as usize));
                         if let Some(v) = views.iter_mut().find(|v| v.name == agent) {
                             v.in_flight = v.in_flight.saturating_add(slots);
                         }
@@ -104,6 +107,7 @@ impl Scheduler {
             return None;
         }
         let parallelism = e.plan.tasks[ti].parallelism;
+        let child_slots = e.slots_of(ti);
         let cap = e.rec.placement.max_in_flight;
         if cap > 0 && e.tasks.iter().map(|t| t.in_flight).sum::<u32>() >= cap {
             return None;
@@ -150,7 +154,7 @@ impl Scheduler {
             strategy,
             require,
             pin: &policy.pin,
-            slots: policy.slots(),
+            slots: child_slots,
             cursor: task.place.cursor.as_deref(),
             spread_counts: Some(&task.place.spread),
         };

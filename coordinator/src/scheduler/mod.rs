@@ -245,6 +245,17 @@ pub(crate) struct Exec {
     pub touched: bool,
 }
 
+impl Exec {
+    /// Agent slots each child of task `ti` occupies: the package's `slots`
+    /// for that task, else the run's `--slots-per-child` (default 1).
+    pub(crate) fn slots_of(&self, ti: usize) -> u32 {
+        match self.plan.tasks.get(ti).map_or(0, |t| t.slots) {
+            0 => self.rec.placement.slots(),
+            n => n,
+        }
+    }
+}
+
 /// The scheduler state.
 pub struct Scheduler {
     pub(crate) config: SchedulerConfig,

@@ -144,6 +144,41 @@ fn execution_cap_and_slots_per_child_hold() {
     assert_eq!(s.agent_views(now)[0].in_flight, 7, "in-flight counts slots");
 }
 
+/// A package's `slots = N` on a task counts for that task's children; its
+/// other tasks take the run's `--slots-per-child`.
+#[test]
+fn a_task_that_asks_for_slots_gets_them() {
+    let now = Instant::now();
+    let parent = "name='p'\n\
+        [tasks.wide]\nforeach={items=['1','2','3']}\nchild='c.toml'\nparams={shard='${item}'}\nslots=2\n\
+        [tasks.narrow]\nforeach={items=['1','2','3']}\nchild='c.toml'\nparams={shard='${item}'}\n";
+    let files: BTreeMap<String, String> = [
+        ("p.toml".into(), parent.into()),
+        ("c.toml".into(), CHILD.into()),
+    ]
+    .into();
+    // 5 slots: narrow children first (task order), then what fits of wide.
+    for (run_slots, wide, narrow, used) in [(1, 1, 3, 5), (3, 1, 1, 5)] {
+        let mut s = Scheduler::new(SchedulerConfig::default(), 1);
+        reg(&mut s, "a", 5, &[], now);
+        let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
+        let mut rec = super::tests::running_record("e1", files.clone(), BTreeMap::new(), &plan);
+        rec.placement = PlacementPolicy {
+            slots_per_child: run_slots,
+            ..Default::default()
+        };
+        s.start(rec, plan);
+        let d = settle(&mut s, now);
+        let count = |t: &str| d.iter().filter(|x| x.3.task_path == t).count();
+        assert_eq!(
+            (count("wide"), count("narrow")),
+            (wide, narrow),
+            "run slots {run_slots}: {d:?}"
+        );
+        assert_eq!(s.agent_views(now)[0].in_flight, used, "in slots");
+    }
+}
+
 #[test]
 fn require_pin_round_robin_and_spread_reach_the_agents() {
     let now = Instant::now();

@@ -199,3 +199,42 @@ fn check_returns_every_error_in_file_order() {
     assert!(lines[0].starts_with("f.toml:2:"), "{lines:?}");
     assert!(lines[2].starts_with("f.toml:6:"), "{lines:?}");
 }
+
+#[test]
+fn slots_are_asked_per_child_task_and_bounded() {
+    let p = ok(r#"
+name = "wide"
+[tasks.one]
+child = "c.toml"
+slots = 4
+[tasks.many]
+foreach = { items = ["a", "b"] }
+child = "c.toml"
+slots = 2
+[tasks.plain]
+foreach = { items = ["a"] }
+child = "c.toml"
+"#);
+    let slots = |t: &str| match &p.tasks[t].kind {
+        TaskKind::Child(c) => c.slots,
+        TaskKind::Foreach(f) => f.slots,
+        _ => panic!(),
+    };
+    assert_eq!((slots("one"), slots("many"), slots("plain")), (4, 2, 0));
+    // Written back as read.
+    let again = ok(&p.to_toml());
+    assert_eq!(again.tasks["many"], p.tasks["many"]);
+    assert_eq!(again.tasks["plain"], p.tasks["plain"]);
+
+    for bad in ["0", "1025"] {
+        let e = err(&format!(
+            "name='w'\n[tasks.t]\nchild='c.toml'\nslots={bad}\n"
+        ));
+        assert!(
+            e.contains("slots (per child) must be between 1 and 1024"),
+            "{e}"
+        );
+    }
+    let e = err("name='w'\n[tasks.t]\nexec=['true']\nslots=2\n");
+    assert!(e.contains("slots"), "{e}");
+}

@@ -34,6 +34,7 @@ pub(super) struct RawTask {
     retry: Option<RawRetry>,
     max_failures: Option<toml::Value>,
     require: Option<BTreeMap<String, String>>,
+    slots: Option<u32>,
     local: Option<bool>,
     continue_on_failure: Option<bool>,
 }
@@ -74,6 +75,7 @@ const KIND_FIELDS: &[(&str, &[&str])] = &[
     ("workdir", &["exec", "script"]),
     ("params", &["child", "foreach"]),
     ("require", &["child", "foreach"]),
+    ("slots", &["child", "foreach"]),
     ("local", &["child"]),
     ("parallelism", &["foreach"]),
     ("max_failures", &["foreach"]),
@@ -87,6 +89,7 @@ impl RawTask {
             "workdir" => self.workdir.is_some(),
             "params" => self.params.is_some(),
             "require" => self.require.is_some(),
+            "slots" => self.slots.is_some(),
             "local" => self.local.is_some(),
             "parallelism" => self.parallelism.is_some(),
             "max_failures" => self.max_failures.is_some(),
@@ -183,6 +186,7 @@ pub(super) fn task(cx: &mut Ctx<'_>, tname: &str, spanned: &Spanned<RawTask>) ->
             child: child_path(cx, at, tname, t)?,
             params: child_params(cx, at, tname, t)?,
             require: t.require.clone().unwrap_or_default(),
+            slots: slots(cx, at, tname, t)?,
             local: t.local.unwrap_or(false),
         }),
         "foreach" => TaskKind::Foreach(foreach_task(cx, at, tname, t)?),
@@ -424,7 +428,26 @@ fn foreach_task(cx: &mut Ctx<'_>, at: usize, tname: &str, t: &RawTask) -> Option
         retry,
         max_failures,
         require: t.require.clone().unwrap_or_default(),
+        slots: slots(cx, at, tname, t)?,
     })
+}
+
+/// Most agent slots one child may ask for (as `baton run --slots-per-child`).
+pub const MAX_SLOTS: u32 = 1024;
+
+/// The `slots` of a child or foreach task: 0 when it names none.
+fn slots(cx: &mut Ctx<'_>, at: usize, tname: &str, t: &RawTask) -> Option<u32> {
+    match t.slots {
+        None => Some(0),
+        Some(n) if (1..=MAX_SLOTS).contains(&n) => Some(n),
+        Some(_) => {
+            cx.report(
+                at,
+                format!("task '{tname}': slots (per child) must be between 1 and {MAX_SLOTS}"),
+            );
+            None
+        }
+    }
 }
 
 fn retry(cx: &mut Ctx<'_>, at: usize, tname: &str, r: &RawRetry) -> Option<RetryPolicy> {

@@ -397,5 +397,6 @@ pub(crate) fn foreach(over: ForeachOver) -> ForeachTask {
         retry: RetryPolicy::default(),
         max_failures: Default::default(),
         require: BTreeMap::new(),
+        slots: 0,
     }
 }
