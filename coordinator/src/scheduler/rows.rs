@@ -114,26 +114,32 @@ impl Scheduler {
             return;
         };
         let (ti, cancelling) = ti;
-        let mut too_large = None;
+        // What the rows come to: children to make, or why the foreach fails.
         let rows = match rows {
             Ok(rows) if !cancelling => match self.room_for(rows.len() as u64, None) {
                 Room::Fits => Ok(rows),
                 Room::Wait(why) => {
-                    let run = &mut self.execs.get_mut(&slot).expect("checked above").tasks[ti];
-                    if run.waiting != why {
-                        info!(execution = %execution_id, task, "{why}");
+                    if let Some(run) = self.execs.get_mut(&slot).map(|e| &mut e.tasks[ti]) {
+                        if run.waiting.is_empty() {
+                            info!(execution = %execution_id, task, "{why}");
+                        }
+                        run.held_rows = Some(rows);
+                        run.waiting = why;
+                        self.parked_rows.insert((slot, ti as u16));
                     }
-                    run.held_rows = Some(rows);
-                    run.waiting = why;
-                    self.parked_rows.insert((slot, ti as u16));
                     return;
                 }
                 Room::Never(why) => {
-                    too_large = Some(format!("cannot make this foreach's children: {why}"));
-                    Err(String::new())
+                    let why = format!("cannot make this foreach's children: {why}");
+                    warn!(execution = %execution_id, task, "{why}");
+                    Err(why)
                 }
             },
-            other => other,
+            Ok(rows) => Ok(rows),
+            Err(why) => {
+                warn!(execution = %execution_id, task, error = %why, "cannot read the rows a foreach runs over");
+                Err(why)
+            }
         };
         self.parked_rows.remove(&(slot, ti as u16));
         let mut created = Vec::new();
@@ -165,16 +171,6 @@ impl Scheduler {
                         }
                     }
                     Err(why) => {
-                        let why = match too_large {
-                            Some(why) => {
-                                warn!(execution = %execution_id, task, "{why}");
-                                why
-                            }
-                            None => {
-                                warn!(execution = %execution_id, task, error = %why, "cannot read the rows a foreach runs over");
-                                why
-                            }
-                        };
                         e.tasks[ti].ended = true;
                         let _ = e.engine.failed(task, why.clone());
                         outcome = Some(RowsOutcome::Failed(why));
