@@ -3,7 +3,8 @@
 //! splits children evenly over the values, weights are registered and listed, an
 //! agent whose children all fail is quarantined with its reason in `agents list`,
 //! a start past `--max-pending-children` is refused as busy (exit 5) or,
-//! when it can never fit, as too large, and a rows foreach waits for room.
+//! when it can never fit, as too large, a rows foreach waits for room, and a
+//! package task's `slots` bound how many of its children share an agent.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -264,5 +265,53 @@ after = ["list"]
         .collect();
     got.sort();
     assert_eq!(got, ["1", "2", "3", "4"]);
+    c.finish(&[]);
+}
+
+/// A package task's `slots = 2` holds on real processes: on an agent with 4
+/// slots, at most two of its children run at once (without it, four would).
+#[test]
+fn a_package_task_s_slots_bound_how_many_children_share_an_agent() {
+    let mut c = Cluster::new("placement_task_slots");
+    c.start_coordinator();
+    c.start_agent("a1", 4);
+    c.agents_ready(1);
+    let dir = c.root().join("pkg");
+    let log = c.root().join("spans.log");
+    let span = format!(
+        "echo begin >> {l}; sleep 0.4; echo end >> {l}",
+        l = log.display()
+    );
+    write_file(
+        &dir,
+        "c.toml",
+        &format!(
+            "name = \"c\"\n[parameters.n]\ntype = \"int\"\n[tasks.run]\nexec = [\"sh\", \"-c\", {}]\n",
+            serde_json::to_string(&span).unwrap()
+        ),
+    );
+    write_file(
+        &dir,
+        "parent.toml",
+        r#"
+name = "wide"
+[tasks.fan]
+foreach = { range = { start = 1, end = 6 } }
+child = "c.toml"
+params = { n = "${item}" }
+slots = 2
+"#,
+    );
+    let id = c.start_run(&dir.join("parent.toml"), &[]);
+    let v = c.wait_exec_terminal(&id, Duration::from_secs(60));
+    assert_eq!(v.status, "succeeded", "{}", v.brief());
+    let (mut now, mut most) = (0i32, 0i32);
+    let lines = crate::harness::fixtures::file_lines(&log);
+    assert_eq!(lines.len(), 12, "{lines:?}");
+    for line in &lines {
+        now += if line == "begin" { 1 } else { -1 };
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "4 slots / 2 per child: {lines:?}");
     c.finish(&[]);
 }
