@@ -142,14 +142,17 @@ impl Scheduler {
             return Some((cref, super::nested::COORDINATOR.to_string()));
         }
         let c = &mut task.children[ci as usize];
-        if c.excluded_gen != gen_now {
-            c.soft_excluded.clear();
-            c.excluded_gen = gen_now;
+        let mut exclude = std::collections::BTreeSet::new();
+        if let Some(d) = c.detours.as_deref_mut() {
+            if d.excluded_gen != gen_now {
+                d.soft_excluded.clear();
+                d.excluded_gen = gen_now;
+            }
+            exclude.extend(d.soft_excluded.iter().cloned());
+            exclude.extend(d.hard_rejected.iter().cloned());
         }
-        let mut exclude = c.soft_excluded.clone();
-        exclude.extend(c.hard_rejected.iter().cloned());
         let req = PlacementRequest {
-            avoid: c.avoid.as_deref(),
+            avoid: c.detours.as_ref().and_then(|d| d.avoid.as_deref()),
             exclude: Some(&exclude),
             strategy,
             require,
@@ -184,8 +187,10 @@ impl Scheduler {
                     .filter(|v| v.ready)
                     .map(|v| v.name.as_str())
                     .collect();
-                let refused_by_all = !c.hard_rejected.is_empty()
-                    && ready.iter().all(|a| c.hard_rejected.contains(*a));
+                let refused_by_all = c.detours.as_ref().is_some_and(|d| {
+                    !d.hard_rejected.is_empty()
+                        && ready.iter().all(|a| d.hard_rejected.contains(*a))
+                });
                 if refused_by_all {
                     task.queue.pop_front();
                     c.rec.reason = format!("refused by every ready agent: {}", c.rec.reason);
@@ -432,17 +437,24 @@ impl Scheduler {
                         "agent has seen a newer coordinator epoch; is another coordinator running?"
                     );
                 }
+                let generation = self.capacity_gen;
                 let Some(c) = self.child_mut(cref) else {
                     return;
                 };
                 c.rec.reason = format!("{agent} rejected ({}): {reason}", code.as_str_name());
                 match code {
                     R::AtCapacity | R::Draining | R::StaleEpoch => {
-                        c.soft_excluded.insert(agent.to_string());
+                        // Excluded until capacity changes again (a new generation).
+                        let d = c.detours_mut();
+                        if d.excluded_gen != generation {
+                            d.soft_excluded.clear();
+                            d.excluded_gen = generation;
+                        }
+                        d.soft_excluded.insert(agent.to_string());
                         self.requeue(cref, true);
                     }
                     R::UnknownPackage | R::Unauthorized | R::RunAsDenied => {
-                        c.hard_rejected.insert(agent.to_string());
+                        c.detours_mut().hard_rejected.insert(agent.to_string());
                         self.requeue(cref, true);
                     }
                     R::InvalidRequest | R::Unspecified => {

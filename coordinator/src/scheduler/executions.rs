@@ -421,7 +421,7 @@ impl Scheduler {
         {
             c.rec.failures += 1;
             c.rec.attempt += 1;
-            c.avoid = Some(agent.to_string());
+            c.detours_mut().avoid = Some(agent.to_string());
             // Jitter seeded by the child, so that siblings spread out.
             let seed = crate::scheduler::flow::child_seed(&e.rec.id, &c.rec.task, c.rec.index);
             let delay = retry
@@ -462,7 +462,7 @@ impl Scheduler {
             self.advance(cref.exec);
         } else if c.rec.lost <= retry.lost_attempts {
             c.rec.attempt += 1;
-            c.avoid = Some(agent.to_string());
+            c.detours_mut().avoid = Some(agent.to_string());
             self.requeue(cref, true);
         } else {
             self.set_phase(cref, Phase::Lost);

@@ -334,10 +334,7 @@ impl Child {
         Child {
             rec,
             version: None,
-            avoid: None,
-            soft_excluded: Default::default(),
-            excluded_gen: 0,
-            hard_rejected: Default::default(),
+            detours: None,
             waiting_reason: String::new(),
             dispatched_at: None,
         }

@@ -189,6 +189,19 @@ pub(crate) struct AgentEntry {
 pub(crate) struct Child {
     pub rec: ChildRecord,
     pub version: Option<Revision>,
+    /// Where it should or must not go, once an attempt failed or an agent
+    /// refused it; `None` for most children (a million of them are in memory).
+    pub detours: Option<Box<Detours>>,
+    /// In-memory only: why a pending child waits.
+    pub waiting_reason: String,
+    /// In-memory only: when the current attempt was last dispatched (for the
+    /// completion latency metric; `None` after a restart).
+    pub dispatched_at: Option<Instant>,
+}
+
+/// A child's placement history (in memory only).
+#[derive(Debug, Default)]
+pub(crate) struct Detours {
     /// Agent of the previous failed or lost attempt (placement avoids it).
     pub avoid: Option<String>,
     /// Agents that refused this child for lack of room; cleared when capacity changes.
@@ -196,11 +209,13 @@ pub(crate) struct Child {
     pub excluded_gen: u64,
     /// Agents that refused this child for good (package, authorisation).
     pub hard_rejected: std::collections::BTreeSet<String>,
-    /// In-memory only: why a pending child waits.
-    pub waiting_reason: String,
-    /// In-memory only: when the current attempt was last dispatched (for the
-    /// completion latency metric; `None` after a restart).
-    pub dispatched_at: Option<Instant>,
+}
+
+impl Child {
+    /// Its placement history, made on first use.
+    pub(crate) fn detours_mut(&mut self) -> &mut Detours {
+        self.detours.get_or_insert_with(Default::default)
+    }
 }
 
 pub(crate) struct TaskRun {
