@@ -255,9 +255,9 @@ impl Writer {
             let first = match next {
                 Next::Batch(r) => r,
                 Next::Flush => {
+                    // Durable now, or their callers hear why not: none is left.
                     self.commit(&mut batch, true);
-                    // After a failed commit they are tried again, LAZY_MAX later.
-                    lazy_since = (!self.lazy.is_empty()).then(tokio::time::Instant::now);
+                    lazy_since = None;
                     continue;
                 }
                 Next::Closed => break,
@@ -275,6 +275,12 @@ impl Writer {
                 (false, None) => Some(tokio::time::Instant::now()),
                 (false, since) => since,
             };
+            // A steady stream of lazy events and acks never leaves the queue
+            // empty for the timer: LAZY_MAX holds here too.
+            if lazy_since.is_some_and(|since| since.elapsed() >= LAZY_MAX) {
+                self.commit(&mut batch, true);
+                lazy_since = None;
+            }
         }
         // Closing: what is still lazy becomes durable before the file closes.
         if !self.lazy.is_empty() {
@@ -312,6 +318,12 @@ impl Writer {
             self.next_seq = next;
         }
         let mut made_durable = Vec::new();
+        if sync && result.is_err() {
+            // The lazy events did not become durable, and retrying would not
+            // help (redb refuses writes after a failed commit until it is
+            // reopened): their callers hear the error instead of waiting.
+            made_durable = std::mem::take(&mut self.lazy);
+        }
         let mut ack_replies = Vec::new();
         for req in batch.drain(..) {
             match req {

@@ -174,3 +174,36 @@ async fn concurrent_appends_are_durable_and_unique() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_stream_of_lazy_events_still_flushes_within_lazy_max() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Arc::new(Outbox::open(&dir.path().join("agent.redb")).unwrap());
+        let first = ob.enqueue_lazy(body(0)).await.unwrap();
+        // Lazy events keep the writer's queue full for 10 × LAZY_MAX: its
+        // timer never finds the queue empty.
+        let feeder = {
+            let ob = ob.clone();
+            tokio::spawn(async move {
+                let begin = std::time::Instant::now();
+                let mut n = 0;
+                while begin.elapsed() < LAZY_MAX * 10 {
+                    n += 1;
+                    drop(ob.enqueue_lazy(body(n)).await.unwrap());
+                }
+                n
+            })
+        };
+        let begin = std::time::Instant::now();
+        let seq = tokio::time::timeout(LAZY_MAX * 5, first)
+            .await
+            .expect("the first lazy event waited for the stream to end")
+            .unwrap();
+        assert_eq!(seq, 1);
+        assert!(begin.elapsed() < LAZY_MAX * 5);
+        let n = feeder.await.unwrap();
+        assert!(n > 1);
+    })
+    .await;
+}

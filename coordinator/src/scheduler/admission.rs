@@ -8,8 +8,8 @@
 //! Executions also grow while they run: a child whose package fans out
 //! starts a sub-execution, and a rows foreach makes its children from the
 //! rows it reads. That work is held to the same bound ([`Room`]): it waits
-//! for room (visible as the child's or the task's waiting reason) and fails
-//! only when it can never fit.
+//! for room (visible as the child's or the task's waiting reason), goes
+//! before new starts while it waits, and fails only when it can never fit.
 
 use super::Scheduler;
 use crate::error::CoordinatorError;
@@ -31,8 +31,9 @@ impl Scheduler {
     }
 
     /// Refuses a plan that does not fit under `max_pending_children` now
-    /// (busy, retry later) or ever (too large).
-    pub fn admit(&self, plan: &Plan) -> Result<(), CoordinatorError> {
+    /// (busy, retry later) or ever (too large). Work of running executions
+    /// that waits for room counts as pending: it goes first.
+    pub fn admit(&mut self, plan: &Plan) -> Result<(), CoordinatorError> {
         let limit = self.config.max_pending_children;
         if limit == 0 {
             return Ok(());
@@ -41,7 +42,9 @@ impl Scheduler {
         if adding > limit {
             return Err(CoordinatorError::TooLarge { adding, limit });
         }
-        let pending = self.pending_children();
+        let pending = self
+            .pending_children()
+            .saturating_add(self.waiting_demand());
         if pending.saturating_add(adding) > limit {
             return Err(CoordinatorError::Busy {
                 pending,
@@ -51,6 +54,29 @@ impl Scheduler {
             });
         }
         Ok(())
+    }
+
+    /// Children that work waiting for room would add (sub-executions and
+    /// rows foreach tasks held back by [`Scheduler::room_for`]).
+    fn waiting_demand(&mut self) -> u64 {
+        let execs = &self.execs;
+        self.parked_nested.retain(|c, _| {
+            execs
+                .get(&c.exec)
+                .and_then(|e| e.tasks.get(c.task as usize))
+                .and_then(|t| t.children.get(c.child as usize))
+                .is_some_and(|ch| ch.rec.phase == crate::records::Phase::Pending)
+        });
+        let nested: u64 = self.parked_nested.values().sum();
+        let rows: u64 = self
+            .parked_rows
+            .iter()
+            .filter_map(|(slot, ti)| {
+                let t = self.execs.get(slot)?.tasks.get(*ti as usize)?;
+                t.held_rows.as_ref().map(|r| r.len() as u64)
+            })
+            .sum();
+        nested.saturating_add(rows)
     }
 }
 
@@ -70,10 +96,10 @@ impl Scheduler {
     /// bound is the same as for a start ([`Scheduler::admit`]) but a growing
     /// execution is not refused at once: its work waits for room (children
     /// that finish make it). It fails only when it can never fit: alone above
-    /// the bound, or when no unfinished child can make progress (each waits
-    /// behind a sub-execution that waits for room), so that no room would
-    /// ever come. `asking` is the task whose next child asks (it waits too).
-    pub(crate) fn room_for(&mut self, adding: u64, asking: Option<(u64, usize)>) -> Room {
+    /// the bound, or when no unfinished child can end before it does (each
+    /// runs a sub-execution, or waits to start one), so that no room would
+    /// ever come.
+    pub(crate) fn room_for(&mut self, adding: u64) -> Room {
         let limit = self.config.max_pending_children;
         if limit == 0 {
             return Room::Fits;
@@ -88,10 +114,10 @@ impl Scheduler {
         if pending.saturating_add(adding) <= limit {
             return Room::Fits;
         }
-        if self.progressing_children(asking) == 0 {
+        if self.progressing_children() == 0 {
             return Room::Never(format!(
-                "it would add {adding} children beside {pending} unfinished ones that all wait \
-                 for room themselves; the limit is {limit} (--max-pending-children)"
+                "it would add {adding} children beside {pending} unfinished ones, none of \
+                 which can end before it does; the limit is {limit} (--max-pending-children)"
             ));
         }
         Room::Wait(format!(
@@ -100,40 +126,17 @@ impl Scheduler {
         ))
     }
 
-    /// Unfinished children that may still end (and so make room): all of a
-    /// task's, or only those in flight when the task's next child is a
-    /// sub-execution waiting for room (the rest of its queue waits behind it).
-    fn progressing_children(&mut self, asking: Option<(u64, usize)>) -> u64 {
-        let execs = &self.execs;
-        self.parked_nested.retain(|c, _| {
-            execs
-                .get(&c.exec)
-                .and_then(|e| e.tasks.get(c.task as usize))
-                .and_then(|t| t.children.get(c.child as usize))
-                .is_some_and(|ch| ch.rec.phase == crate::records::Phase::Pending)
-        });
-        let mut progressing = 0u64;
-        for (&slot, e) in &self.execs {
-            if e.rec.state.is_terminal() {
-                continue;
-            }
-            for (ti, t) in e.tasks.iter().enumerate() {
-                let unfinished = (t.children.len() as u64).saturating_sub(u64::from(t.terminal));
-                let blocked = asking == Some((slot, ti))
-                    || t.queue.front().is_some_and(|&child| {
-                        self.parked_nested.contains_key(&super::ChildRef {
-                            exec: slot,
-                            task: ti as u16,
-                            child,
-                        })
-                    });
-                progressing += if blocked {
-                    u64::from(t.in_flight)
-                } else {
-                    unfinished
-                };
-            }
-        }
-        progressing
+    /// Unfinished children that will end by themselves and so make room: those
+    /// of tasks whose children run on agents. A child that runs a
+    /// sub-execution ends only when its sub-execution does (whose own children
+    /// are counted where they are), and one waiting to start one needs room.
+    fn progressing_children(&self) -> u64 {
+        self.execs
+            .values()
+            .filter(|e| !e.rec.state.is_terminal())
+            .flat_map(|e| &e.tasks)
+            .filter(|t| !t.package.as_ref().is_some_and(|p| p.fans_out))
+            .map(|t| (t.children.len() as u64).saturating_sub(u64::from(t.terminal)))
+            .sum()
     }
 }

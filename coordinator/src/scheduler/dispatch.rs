@@ -223,7 +223,7 @@ impl Scheduler {
             child: ci,
         };
         match self.parked_nested.get(&cref) {
-            Some(&adding) => matches!(self.room_for(adding, None), super::admission::Room::Wait(_)),
+            Some(&adding) => matches!(self.room_for(adding), super::admission::Room::Wait(_)),
             None => false,
         }
     }

@@ -38,7 +38,7 @@ impl Scheduler {
         let made = self.nested_record(cref);
         let made = made.and_then(|(rec, plan)| {
             let adding: u64 = plan.tasks.iter().map(|t| t.items.len() as u64).sum();
-            match self.room_for(adding, Some((cref.exec, cref.task as usize))) {
+            match self.room_for(adding) {
                 Room::Fits => Ok(Some((rec, plan))),
                 Room::Wait(why) => {
                     // Back to the head of its task's queue until children finish.

@@ -116,7 +116,7 @@ impl Scheduler {
         let (ti, cancelling) = ti;
         // What the rows come to: children to make, or why the foreach fails.
         let rows = match rows {
-            Ok(rows) if !cancelling => match self.room_for(rows.len() as u64, None) {
+            Ok(rows) if !cancelling => match self.room_for(rows.len() as u64) {
                 Room::Fits => Ok(rows),
                 Room::Wait(why) => {
                     if let Some(run) = self.execs.get_mut(&slot).map(|e| &mut e.tasks[ti]) {
