@@ -65,52 +65,114 @@ fn rows(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("\"r{i}\"")).collect()
 }
 
-/// Drives dispatches to the end, finishing `per_round` of them per round,
-/// and checks the bound after every step; returns the execution's last
-/// view (taken before it leaves memory).
-fn run_to_end(s: &mut Scheduler, limit: u64, per_round: usize, seq: &mut u64) -> ExecutionView {
-    let now = Instant::now();
-    let mut open: Vec<(String, pb::DispatchId)> = Vec::new();
-    let mut last = s.execution_view("e1").unwrap();
-    for _ in 0..200 {
-        if last.summary.state != "running" {
-            return last;
-        }
-        for (agent, child, attempt, id) in settle(s, now) {
-            s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
-            open.push((agent, id));
-        }
-        assert!(
-            s.pending_children() <= limit,
-            "{} > {limit}",
-            s.pending_children()
-        );
-        let n = per_round.min(open.len());
-        for (agent, id) in open.drain(..n) {
-            *seq += 1;
-            s.agent_event(&agent, finished(*seq, &id, pb::JobStatus::Succeeded), now);
-        }
-        if let Some(v) = s.execution_view("e1") {
-            last = v;
-        }
-    }
-    panic!("the execution did not end");
+/// A fleet that accepts every dispatch and finishes, one per round, the
+/// dispatch `pick` chooses among those open.
+#[derive(Default)]
+struct Fleet {
+    open: Vec<(String, pb::DispatchId)>,
+    seqs: BTreeMap<String, u64>,
 }
 
-#[test]
-fn a_rows_foreach_waits_for_room_then_makes_its_children() {
+impl Fleet {
+    fn accept(&mut self, s: &mut Scheduler, d: Vec<(String, ChildRef, u32, pb::DispatchId)>) {
+        for (agent, child, attempt, id) in d {
+            s.dispatch_result(
+                child,
+                &agent,
+                attempt,
+                DispatchOutcome::Accepted,
+                Instant::now(),
+            );
+            self.open.push((agent, id));
+        }
+    }
+
+    /// Drives "e1" to its end, answering every request for rows with
+    /// `rows_n` rows and checking the bound at every step: its last view
+    /// (taken before a commit lets an ended execution go), or what is left
+    /// when it does not end.
+    fn drive(
+        &mut self,
+        s: &mut Scheduler,
+        limit: u64,
+        rows_n: usize,
+        mut pick: impl FnMut(usize) -> usize,
+    ) -> Result<ExecutionView, String> {
+        let now = Instant::now();
+        for round in 0..2_000 {
+            // As `settle`, but rows are asked for too.
+            s.pump(now);
+            match s.execution_view("e1") {
+                Some(v) if v.summary.state != "running" => return Ok(v),
+                None => return Err("the execution left memory while running".into()),
+                _ => {}
+            }
+            let (_, written) = s.flush();
+            s.committed(written, 7);
+            for e in s.take_effects() {
+                match e {
+                    Effect::Dispatch {
+                        agent,
+                        child,
+                        attempt,
+                        request,
+                        ..
+                    } => {
+                        s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
+                        self.open
+                            .push((agent, request.dispatch_id.clone().unwrap()));
+                    }
+                    Effect::FetchRows {
+                        execution_id, task, ..
+                    } => s.rows_fetched(&execution_id, &task, Ok(rows(rows_n))),
+                    _ => {}
+                }
+            }
+            assert!(
+                s.pending_children() <= limit,
+                "{} unfinished children, limit {limit}",
+                s.pending_children()
+            );
+            // With nothing open, only what waits for room is left: the next
+            // pump must start it or fail it.
+            if !self.open.is_empty() {
+                let (agent, id) = self.open.swap_remove(pick(round) % self.open.len());
+                let seq = self.seqs.entry(agent.clone()).or_default();
+                *seq += 1;
+                s.agent_event(&agent, finished(*seq, &id, pb::JobStatus::Succeeded), now);
+            }
+        }
+        Err(format!(
+            "stuck: pending {}, parked rows {:?}, parked sub-executions {:?}",
+            s.pending_children(),
+            s.parked_rows,
+            s.parked_nested
+        ))
+    }
+}
+
+/// `ROWS_PARENT` under `limit`: `list` and `busy` dispatched and accepted,
+/// `list` finished, its `n` rows arrived. The scheduler and the dispatches.
+fn rows_arrived(limit: u64, n: usize) -> (Scheduler, Vec<(String, ChildRef, u32, pb::DispatchId)>) {
     let now = Instant::now();
-    let mut s = limited(10);
+    let mut s = limited(limit);
     reg(&mut s, "a", 16, "b1", now);
     start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
     let d = settle(&mut s, now);
-    assert_eq!(d.len(), 9, "list and busy run");
     for (agent, child, attempt, _) in &d {
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
     }
     let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
     s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
-    s.rows_fetched("e1", "each", Ok(rows(5)));
+    s.rows_fetched("e1", "each", Ok(rows(n)));
+    (s, d)
+}
+
+#[test]
+fn a_rows_foreach_waits_for_room_then_makes_its_children() {
+    let now = Instant::now();
+    let (mut s, d) = rows_arrived(10, 5);
+    assert_eq!(d.len(), 9, "list and busy run");
     // 8 busy children are unfinished: 8 + 5 > 10.
     let (state, reason) = task_view(&s, "each");
     assert_eq!(state, "running");
@@ -139,15 +201,7 @@ fn a_rows_foreach_waits_for_room_then_makes_its_children() {
 
 #[test]
 fn rows_that_could_never_fit_fail_their_foreach_with_the_reason() {
-    let now = Instant::now();
-    let mut s = limited(10);
-    reg(&mut s, "a", 16, "b1", now);
-    start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
-    let d = settle(&mut s, now);
-    let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
-    s.dispatch_result(list.1, "a", 1, DispatchOutcome::Accepted, now);
-    s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
-    s.rows_fetched("e1", "each", Ok(rows(11)));
+    let (s, _) = rows_arrived(10, 11);
     let (state, reason) = task_view(&s, "each");
     assert_eq!(state, "failed");
     assert!(
@@ -164,16 +218,7 @@ fn rows_that_could_never_fit_fail_their_foreach_with_the_reason() {
 #[test]
 fn a_cancel_ends_a_rows_foreach_that_holds_rows() {
     let now = Instant::now();
-    let mut s = limited(10);
-    reg(&mut s, "a", 16, "b1", now);
-    start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
-    let d = settle(&mut s, now);
-    for (agent, child, attempt, _) in &d {
-        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
-    }
-    let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
-    s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
-    s.rows_fetched("e1", "each", Ok(rows(5)));
+    let (mut s, d) = rows_arrived(10, 5);
     assert!(task_view(&s, "each").1.starts_with("waits for room"));
     s.cancel("e1", "test").unwrap();
     let (state, reason) = task_view(&s, "each");
@@ -215,15 +260,9 @@ fn sub_executions_wait_for_room_and_all_run_under_the_bound() {
     let waiting: Vec<&String> = view.waiting.iter().filter(|w| !w.is_empty()).collect();
     assert_eq!(waiting.len(), 1, "{:?}", view.waiting);
     assert!(waiting[0].starts_with("waits for room"), "{}", waiting[0]);
-    for (agent, child, attempt, _) in &d {
-        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
-    }
-    let mut seq = 0;
-    for (agent, _, _, id) in &d {
-        seq += 1;
-        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), now);
-    }
-    let view = run_to_end(&mut s, limit, 2, &mut seq);
+    let mut fleet = Fleet::default();
+    fleet.accept(&mut s, d);
+    let view = fleet.drive(&mut s, limit, 0, |_| 0).unwrap();
     assert_eq!(view.summary.state, "succeeded");
     assert!(view.children.iter().all(|c| c.phase == Phase::Succeeded));
     assert!(s.parked_nested.is_empty());
@@ -246,8 +285,7 @@ fn sub_executions_that_could_never_fit_fail_instead_of_waiting_forever() {
             ("c.toml", CHILD),
         ],
     );
-    let mut seq = 0;
-    let view = run_to_end(&mut s, 5, 1, &mut seq);
+    let view = Fleet::default().drive(&mut s, 5, 0, |_| 0).unwrap();
     assert_eq!(view.summary.state, "failed");
     let failed: Vec<_> = view
         .children
@@ -268,52 +306,12 @@ fn sub_executions_that_could_never_fit_fail_instead_of_waiting_forever() {
     assert_eq!(ok.count(), 1);
 }
 
-/// Drives an execution to its end (rows as asked for), checking the bound;
-/// returns its last state, or what is left when it never ends.
-fn drive(s: &mut Scheduler, rows_n: usize, limit: u64) -> String {
-    let now = Instant::now();
-    let mut open: Vec<(String, pb::DispatchId)> = Vec::new();
-    let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
-    for _ in 0..500 {
-        s.pump(now);
-        match s.execution_view("e1") {
-            Some(v) if v.summary.state != "running" => return v.summary.state,
-            None => return "gone".into(),
-            _ => {}
-        }
-        let (_, written) = s.flush();
-        s.committed(written, 7);
-        for e in s.take_effects() {
-            match e {
-                Effect::Dispatch {
-                    agent,
-                    child,
-                    attempt,
-                    request,
-                    ..
-                } => {
-                    s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
-                    open.push((agent, request.dispatch_id.clone().unwrap()));
-                }
-                Effect::FetchRows {
-                    execution_id, task, ..
-                } => s.rows_fetched(&execution_id, &task, Ok(rows(rows_n))),
-                _ => {}
-            }
-        }
-        assert!(s.pending_children() <= limit);
-        if let Some((agent, id)) = open.pop() {
-            let seq = seqs.entry(agent.clone()).or_default();
-            *seq += 1;
-            s.agent_event(&agent, finished(*seq, &id, pb::JobStatus::Succeeded), now);
-        }
+/// How "e1" ends, or what is left when it does not.
+fn state_at_end(s: &mut Scheduler, limit: u64, rows_n: usize) -> String {
+    match Fleet::default().drive(s, limit, rows_n, |_| 0) {
+        Ok(v) => v.summary.state,
+        Err(stuck) => stuck,
     }
-    format!(
-        "stuck: pending {}, parked rows {:?}, parked sub-executions {:?}",
-        s.pending_children(),
-        s.parked_rows,
-        s.parked_nested
-    )
 }
 
 const ONE_SUB: &str =
@@ -334,7 +332,7 @@ fn rows_that_only_fit_without_their_own_parent_fail_instead_of_waiting() {
         &mut s,
         &[("p.toml", ONE_SUB), ("s.toml", sub), ("c.toml", CHILD)],
     );
-    assert_eq!(drive(&mut s, 10, 10), "failed");
+    assert_eq!(state_at_end(&mut s, 10, 10), "failed");
     // Nine rows fit beside it.
     let mut s = limited(10);
     reg(&mut s, "a", 16, "b1", now);
@@ -342,7 +340,7 @@ fn rows_that_only_fit_without_their_own_parent_fail_instead_of_waiting() {
         &mut s,
         &[("p.toml", ONE_SUB), ("s.toml", sub), ("c.toml", CHILD)],
     );
-    assert_eq!(drive(&mut s, 9, 10), "succeeded");
+    assert_eq!(state_at_end(&mut s, 10, 9), "succeeded");
 }
 
 /// Two levels of sub-executions under a tight bound end (each level either
@@ -366,7 +364,7 @@ fn nested_sub_executions_never_wait_for_each_other() {
                 ("c.toml", CHILD),
             ],
         );
-        let end = drive(&mut s, 0, limit);
+        let end = state_at_end(&mut s, limit, 0);
         assert!(
             end == "succeeded" || end == "failed",
             "limit {limit}: {end}"
@@ -378,17 +376,7 @@ fn nested_sub_executions_never_wait_for_each_other() {
 /// as busy even when they would fit: the waiting work goes first.
 #[test]
 fn work_waiting_for_room_goes_before_new_runs() {
-    let now = Instant::now();
-    let mut s = limited(10);
-    reg(&mut s, "a", 16, "b1", now);
-    start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
-    let d = settle(&mut s, now);
-    for (agent, child, attempt, _) in &d {
-        s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
-    }
-    let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
-    s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
-    s.rows_fetched("e1", "each", Ok(rows(5)));
+    let (mut s, _) = rows_arrived(10, 5);
     assert!(task_view(&s, "each").1.starts_with("waits for room"));
     // 8 unfinished and 5 waiting: a run of one child would fit beside the 8.
     let files: BTreeMap<String, String> = [(
@@ -462,53 +450,10 @@ mod properties {
             prop_assume!(s.admit(&plan).is_ok());
             let rec = super::super::tests::running_record("e1", files, BTreeMap::new(), &plan);
             s.start(rec, plan);
-            let mut open: Vec<(String, pb::DispatchId)> = Vec::new();
-            let mut seqs: BTreeMap<String, u64> = BTreeMap::new();
-            let mut last = s.execution_view("e1").unwrap();
-            let mut rounds = 0;
-            while last.summary.state == "running" {
-                rounds += 1;
-                prop_assert!(rounds < 2_000, "the execution never ended");
-                // As `settle`, but rows are asked for too, and the view is
-                // taken before a commit lets an ended execution go.
-                s.pump(now);
-                if let Some(v) = s.execution_view("e1") {
-                    last = v;
-                }
-                if last.summary.state != "running" {
-                    break;
-                }
-                let (_, written) = s.flush();
-                s.committed(written, 7);
-                for e in s.take_effects() {
-                    match e {
-                        Effect::Dispatch { agent, child, attempt, request, .. } => {
-                            s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
-                            open.push((agent, request.dispatch_id.clone().unwrap()));
-                        }
-                        Effect::FetchRows { execution_id, task, .. } => {
-                            let n = rows;
-                            s.rows_fetched(&execution_id, &task, Ok(super::rows(n)));
-                        }
-                        _ => {}
-                    }
-                }
-                prop_assert!(
-                    s.pending_children() <= limit,
-                    "{} unfinished children, limit {}", s.pending_children(), limit
-                );
-                if !open.is_empty() {
-                    let pick = usize::from(order[rounds % order.len()]) % open.len();
-                    let (agent, id) = open.swap_remove(pick);
-                    let seq = seqs.entry(agent.clone()).or_default();
-                    *seq += 1;
-                    s.agent_event(&agent, finished(*seq, &id, pb::JobStatus::Succeeded), now);
-                } else {
-                    // Nothing runs: only what waits for room is left, and it must
-                    // start or fail by itself on the next pump.
-                    s.pump(now);
-                }
-            }
+            let pick = |round: usize| usize::from(order[round % order.len()]);
+            let last = Fleet::default().drive(&mut s, limit, rows, pick);
+            prop_assert!(last.is_ok(), "{}", last.unwrap_err());
+            let last = last.unwrap();
             for c in &last.children {
                 if c.phase == Phase::Failed {
                     // Its own sub-execution could not start, or it ran one that
