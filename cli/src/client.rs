@@ -36,6 +36,14 @@ pub struct CoordinatorOpt {
     /// environment variable: a flag shows up in `ps`.
     #[arg(long = "token", env = "BATON_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding an API token (read when --token / BATON_TOKEN is not set):
+    /// keeps the token out of `ps` and of the environment.
+    #[arg(long = "token-file", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The context whose connection settings are the defaults (default: the
+    /// current one; `baton context list`).
+    #[arg(long = "context", env = "BATON_CONTEXT", value_name = "NAME")]
+    pub context: Option<String>,
 }
 
 /// Adds the API token, if any, to every call.
@@ -69,8 +77,22 @@ fn read(dir: &std::path::Path, file: &str) -> Result<String, CliError> {
 }
 
 impl CoordinatorOpt {
+    /// The API token: `--token` / `BATON_TOKEN`, else the `--token-file`.
+    fn token(&self) -> Result<Option<String>, CliError> {
+        match (&self.token, &self.token_file) {
+            (Some(t), _) => Ok(Some(t.clone())),
+            (None, None) => Ok(None),
+            (None, Some(f)) => std::fs::read_to_string(f).map(Some).map_err(|e| {
+                CliError::invalid(
+                    "TOKEN_FILE_UNREADABLE",
+                    format!("cannot read the token file {}: {e}", f.display()),
+                )
+            }),
+        }
+    }
+
     pub async fn connect(&self) -> Result<Control, CliError> {
-        let bearer = match &self.token {
+        let bearer = match self.token()? {
             None => None,
             Some(t) => {
                 let mut v: MetadataValue<Ascii> =
@@ -134,7 +156,15 @@ impl CoordinatorOpt {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| CliError::unavailable(&self.url, e))?;
+            .map_err(|e| {
+                let mut err = CliError::unavailable(&self.url, e);
+                if let Some(ctx) = &self.context {
+                    err.message += &format!(
+                        "\n  note: the connection settings come from context '{ctx}' where no flag or variable sets them (`baton context show {ctx}`)"
+                    );
+                }
+                err
+            })?;
         Ok(
             ControlServiceClient::with_interceptor(channel, Bearer(bearer))
                 .max_decoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES)

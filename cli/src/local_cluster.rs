@@ -126,6 +126,8 @@ impl LocalCluster {
             url: format!("https://{addr}"),
             tls_dir: tls_dir.join("admin"),
             token: None,
+            token_file: None,
+            context: None,
         };
         let client = opt.connect().await?;
         let mut cluster = LocalCluster {

@@ -7,13 +7,17 @@
 mod bundle;
 mod client;
 mod cmd;
+mod config;
+mod contexts;
 mod error;
 mod local_cluster;
 mod output;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::error::CliError;
 
@@ -25,8 +29,56 @@ use crate::error::CliError;
     after_help = "Start here:\n  baton demo                      run the example fan-out on local agents\n  baton coordinator               serve a coordinator\n  baton agent --coordinator URL   join a machine to the fleet\n  baton run FILE --wait           run a parent package\n\nLogs go to stderr; set BATON_LOG (e.g. debug, or baton_coordinator=debug)."
 )]
 struct Cli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    #[command(flatten)]
+    connection: RootConnection,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// Options of every command, before or after the subcommand.
+#[derive(Debug, clap::Args)]
+#[allow(dead_code)] // read from the ArgMatches by `config::parse`
+struct GlobalOpts {
+    /// Read options from this TOML file (keys are long flag names:
+    /// `data-dir = "/var/lib/baton"`, `label = ["pool=etl"]`). Layers:
+    /// defaults < context < file < BATON_* environment < flags.
+    #[arg(long = "config", value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
+    /// Print the effective settings of the command, with the source of each
+    /// (secrets shown as <set>), and exit without running it.
+    #[arg(long = "print-config", global = true)]
+    print_config: bool,
+}
+
+/// Connection options written before the subcommand (`baton --coordinator URL
+/// exec list`): they go to the client command, as if written after it.
+#[derive(Debug, clap::Args)]
+#[allow(dead_code)] // moved to the subcommand by `config::parse`
+#[command(next_help_heading = "Connection (client commands; also accepted after the subcommand)")]
+struct RootConnection {
+    /// Coordinator URL.
+    #[arg(long = "coordinator", value_name = "URL")]
+    coordinator: Option<String>,
+    /// Directory with the client identity (ca.pem, tls.pem, tls.key).
+    #[arg(long = "tls-dir", value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
+    /// API token instead of a client certificate (prefer --token-file or BATON_TOKEN).
+    #[arg(long = "token", value_name = "TOKEN")]
+    token: Option<String>,
+    /// File holding an API token.
+    #[arg(long = "token-file", value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Use this context instead of the current one (`baton context list`).
+    #[arg(long = "context", value_name = "NAME")]
+    context: Option<String>,
+}
+
+/// The command tree as it is parsed: every command that prints a result
+/// takes `-o` (see [`config::decorate`]).
+fn command() -> clap::Command {
+    config::decorate(Cli::command())
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +113,9 @@ enum Cmd {
     /// Enrolment tokens for agents, API tokens for principals.
     #[command(subcommand)]
     Token(cmd::token::TokenCmd),
+    /// Named connection settings (coordinator, identity), like kubectl's contexts.
+    #[command(subcommand)]
+    Context(cmd::context::ContextCmd),
     /// Permissions of principals on folders.
     #[command(subcommand)]
     Role(cmd::roles::RoleCmd),
@@ -97,15 +152,15 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Token(c) => cmd::token::run(c).await,
         Cmd::Package(c) => cmd::package::run(c).await,
         Cmd::Folder(c) => cmd::folder::run(c).await,
+        Cmd::Context(c) => cmd::context::run(c),
         Cmd::Role(c) => cmd::roles::run(c).await,
         Cmd::Whoami(a) => cmd::roles::whoami(a).await,
         Cmd::Completions { shell } => {
-            use clap::CommandFactory;
             use std::io::Write;
             // Into a buffer first: clap_complete panics on a write error, and a
             // closed pipe (`| head`) is not one worth a panic.
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "baton", &mut script);
+            clap_complete::generate(shell, &mut command(), "baton", &mut script);
             match std::io::stdout().lock().write_all(&script) {
                 Ok(()) => Ok(0),
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
@@ -118,7 +173,23 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
 fn main() -> ExitCode {
     // One crypto provider (ring) for every TLS connection of the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let env = |k: &str| std::env::var_os(k);
+    let parsed = match config::parse(command(), std::env::args_os().collect(), &env) {
+        Ok(p) => p,
+        Err(config::ParseError::Clap(e)) => e.exit(),
+        Err(config::ParseError::Cli(e)) => {
+            eprintln!("error[{}]: {}", e.code, e.message);
+            return ExitCode::from(e.exit);
+        }
+    };
+    if parsed.print_config {
+        print!("{}", config::render(&parsed.path, &parsed.settings));
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::from_arg_matches(&parsed.matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let daemon = matches!(cli.cmd, Cmd::Coordinator(_) | Cmd::Agent(_));
     init_tracing(if daemon { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -142,11 +213,26 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
-
     #[test]
     fn the_command_line_is_consistent() {
-        super::Cli::command().debug_assert();
+        super::command().debug_assert();
+    }
+
+    /// One output flag everywhere: every command with `--output` takes `-o`.
+    #[test]
+    fn every_output_flag_has_the_short_o() {
+        fn walk(cmd: &clap::Command, path: &str, found: &mut usize) {
+            for a in cmd.get_arguments().filter(|a| a.get_long() == Some("output")) {
+                assert_eq!(a.get_short(), Some('o'), "`{path}` --output has no -o");
+                *found += 1;
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut found = 0;
+        walk(&super::command(), "baton", &mut found);
+        assert!(found > 30, "only {found} commands take --output");
     }
 
     #[test]
@@ -154,7 +240,7 @@ mod tests {
         let mut out = Vec::new();
         clap_complete::generate(
             clap_complete::Shell::Bash,
-            &mut super::Cli::command(),
+            &mut super::command(),
             "baton",
             &mut out,
         );

@@ -155,3 +155,70 @@ impl Progress {
         }
     }
 }
+
+/// The one JSON shape of every list command: `{"items": [...],
+/// "next_page_token": null | "..."}` (a token when more pages exist: pass it
+/// back with `--page-token`).
+pub fn list_json(items: Vec<Value>, next_page_token: Option<&str>) -> Value {
+    json!({
+        "items": items,
+        "next_page_token": next_page_token.filter(|t| !t.is_empty()),
+    })
+}
+
+/// A time for people: RFC 3339 in UTC to the second (`2026-12-07T09:01:12Z`);
+/// `-` for 0 (never). JSON carries the same times as unix milliseconds in
+/// fields named `*_unix_ms`.
+pub fn rfc3339(unix_ms: u64) -> String {
+    if unix_ms == 0 {
+        return "-".to_owned();
+    }
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod list_and_time_tests {
+    use super::*;
+
+    #[test]
+    fn every_list_has_one_envelope() {
+        let v = list_json(vec![json!({"a": 1})], None);
+        assert_eq!(v, json!({"items": [{"a": 1}], "next_page_token": null}));
+        let v = list_json(vec![], Some(""));
+        assert_eq!(v["next_page_token"], Value::Null, "empty token = no more pages");
+        let v = list_json(vec![], Some("abc"));
+        assert_eq!(v["next_page_token"], "abc");
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "-");
+        assert_eq!(rfc3339(1), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_634_072_999), "2026-12-07T09:01:12Z");
+        assert_eq!(rfc3339(4_102_444_800_000), "2100-01-01T00:00:00Z");
+    }
+}

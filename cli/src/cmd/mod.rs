@@ -3,6 +3,7 @@
 pub mod agents;
 pub mod bench;
 pub mod certs;
+pub mod context;
 pub mod daemons;
 pub mod demo;
 pub mod exec;

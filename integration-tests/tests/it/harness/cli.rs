@@ -83,6 +83,9 @@ pub fn run(
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "1")
         .env_remove("BATON_COORDINATOR")
+        // The user's own CLI contexts must not reach a test's commands.
+        .env("BATON_CONFIG_DIR", cwd.join("cli-config"))
+        .env_remove("BATON_CONTEXT")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
