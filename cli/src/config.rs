@@ -112,12 +112,14 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
 /// and hides what must not be shown; applied to the whole tree so that a new
 /// command gets it without asking.
 pub fn decorate(cmd: Command) -> Command {
-    let cmd = if cmd.get_arguments().any(|a| a.get_id() == "output") {
-        cmd.mut_arg("output", |a| a.short('o'))
-    } else {
-        cmd
-    };
-    cmd.mut_subcommands(decorate)
+    cmd.mut_args(|a| {
+        if a.get_long() == Some("output") {
+            a.short('o')
+        } else {
+            a
+        }
+    })
+    .mut_subcommands(decorate)
 }
 
 /// Parses `argv` against `base` (already [`decorate`]d) with every layer applied.
@@ -421,9 +423,8 @@ fn file_layer(
             }
             continue;
         };
-        let bad = |what: &str| {
-            CliError::invalid("CONFIG_BAD_VALUE", format!("{}: `{key}` {what}", at()))
-        };
+        let bad =
+            |what: &str| CliError::invalid("CONFIG_BAD_VALUE", format!("{}: `{key}` {what}", at()));
         let many = matches!(arg.get_action(), ArgAction::Append);
         let values = match value {
             toml::Value::Array(items) if many => items
@@ -461,14 +462,15 @@ fn any_command_takes(cmd: &Command, key: &str) -> bool {
 
 /// The 1-based line where `key` is set at the top of a TOML text, if found.
 fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines().position(|l| {
-        let l = l.trim_start();
-        let rest = l
-            .strip_prefix(key)
-            .or_else(|| l.strip_prefix(&format!("\"{key}\"")));
-        rest.is_some_and(|r| r.trim_start().starts_with('='))
-    })
-    .map(|i| i + 1)
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            let rest = l
+                .strip_prefix(key)
+                .or_else(|| l.strip_prefix(&format!("\"{key}\"")));
+            rest.is_some_and(|r| r.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
 }
 
 fn settings_of(

@@ -89,9 +89,7 @@ pub fn check_name(name: &str) -> Result<(), CliError> {
     } else {
         Err(CliError::invalid(
             "USAGE",
-            format!(
-                "context name '{name}' must be 1-{NAME_MAX} letters, digits, '.', '_' or '-'"
-            ),
+            format!("context name '{name}' must be 1-{NAME_MAX} letters, digits, '.', '_' or '-'"),
         ))
     }
 }
@@ -222,7 +220,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub").join(FILE_NAME);
-        assert_eq!(Store::load(&path).unwrap(), Store::default(), "missing = empty");
+        assert_eq!(
+            Store::load(&path).unwrap(),
+            Store::default(),
+            "missing = empty"
+        );
         let mut store = Store::default();
         store.contexts.insert(
             "prod".into(),
@@ -257,8 +259,11 @@ mod tests {
             Store::load(&path).unwrap_err().code,
             "CONTEXT_STORE_INVALID"
         );
-        std::fs::write(&path, "[contexts.a]\ncoordinator = \"x\"\ntls-dir = \"/d\"\ncolour = 1\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "[contexts.a]\ncoordinator = \"x\"\ntls-dir = \"/d\"\ncolour = 1\n",
+        )
+        .unwrap();
         let e = Store::load(&path).unwrap_err();
         assert_eq!(e.code, "CONTEXT_STORE_INVALID");
         assert!(e.message.contains("colour"), "{}", e.message);

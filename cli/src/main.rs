@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn every_output_flag_has_the_short_o() {
         fn walk(cmd: &clap::Command, path: &str, found: &mut usize) {
-            for a in cmd.get_arguments().filter(|a| a.get_long() == Some("output")) {
+            for a in cmd
+                .get_arguments()
+                .filter(|a| a.get_long() == Some("output"))
+            {
                 assert_eq!(a.get_short(), Some('o'), "`{path}` --output has no -o");
                 *found += 1;
             }

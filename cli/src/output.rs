@@ -208,7 +208,11 @@ mod list_and_time_tests {
         let v = list_json(vec![json!({"a": 1})], None);
         assert_eq!(v, json!({"items": [{"a": 1}], "next_page_token": null}));
         let v = list_json(vec![], Some(""));
-        assert_eq!(v["next_page_token"], Value::Null, "empty token = no more pages");
+        assert_eq!(
+            v["next_page_token"],
+            Value::Null,
+            "empty token = no more pages"
+        );
         let v = list_json(vec![], Some("abc"));
         assert_eq!(v["next_page_token"], "abc");
     }

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, list_json, rfc3339};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentsCmd {
@@ -206,18 +206,18 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                     })
                 })
                 .collect();
-            println!("{}", json!({ "agents": list }));
+            println!("{}", list_json(list, None));
         }
         Format::Human => {
             println!(
-                "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6}  LABELS",
-                "NAME", "ADDRESS", "STATE", "SLOTS", "WEIGHT", "RUNNING", "LOAD"
+                "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6}  {:<20}  LABELS",
+                "NAME", "ADDRESS", "STATE", "SLOTS", "WEIGHT", "RUNNING", "LOAD", "LAST HEARTBEAT"
             );
             for a in &agents {
                 let labels: Vec<String> =
                     a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!(
-                    "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6.2}  {}",
+                    "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6.2}  {:<20}  {}",
                     a.name,
                     a.address,
                     a.state,
@@ -225,6 +225,7 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                     a.weight.max(1),
                     a.running,
                     a.load1,
+                    rfc3339(a.last_heartbeat_unix_ms),
                     labels.join(",")
                 );
             }

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, summary_human, summary_json};
+use crate::output::{Format, list_json, summary_human, summary_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ExecCmd {
@@ -200,28 +200,9 @@ fn tree(infos: &[pb::TaskInfo], children: &[pb::ChildJob], limit: usize) -> Stri
     out
 }
 
+/// A time for people, RFC 3339 in UTC (see [`crate::output::rfc3339`]).
 pub(crate) fn ms_to_utc(ms: u64) -> String {
-    if ms == 0 {
-        return "-".to_string();
-    }
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    crate::output::rfc3339(ms)
 }
 
 pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
@@ -252,14 +233,11 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                         .iter()
                         .map(|s| summary_json(s, None))
                         .collect();
-                    println!(
-                        "{}",
-                        json!({ "executions": list, "next_page_token": resp.next_page_token })
-                    );
+                    println!("{}", list_json(list, Some(&resp.next_page_token)));
                 }
                 Format::Human => {
                     println!(
-                        "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>7}  CREATED (UTC)",
+                        "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>7}  CREATED",
                         "EXECUTION", "PACKAGE", "STATE", "TOTAL", "SUCCEEDED", "FAILED", "RUNNING"
                     );
                     for s in &resp.executions {
@@ -477,8 +455,8 @@ mod tests {
     #[test]
     fn utc_rendering() {
         assert_eq!(super::ms_to_utc(0), "-");
-        assert_eq!(super::ms_to_utc(1_000), "1970-01-01 00:00:01");
-        assert_eq!(super::ms_to_utc(1_795_305_600_000), "2026-11-22 00:00:00");
-        assert_eq!(super::ms_to_utc(951_782_400_000), "2000-02-29 00:00:00");
+        assert_eq!(super::ms_to_utc(1_000), "1970-01-01T00:00:01Z");
+        assert_eq!(super::ms_to_utc(1_795_305_600_000), "2026-11-22T00:00:00Z");
+        assert_eq!(super::ms_to_utc(951_782_400_000), "2000-02-29T00:00:00Z");
     }
 }

@@ -52,7 +52,7 @@ pub struct LogsArgs {
     pub coordinator: CoordinatorOpt,
 }
 
-/// `--format` of `baton exec rows`.
+/// `--output` of `baton exec rows`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RowFormat {
     /// The JSON lines as the child wrote them (sensitive values masked).
@@ -71,7 +71,14 @@ pub struct RowsArgs {
     /// The child: `TASK[INDEX]` as `baton exec show` lists it (`TASK` alone for index 0).
     #[arg(long)]
     pub child: String,
-    #[arg(long, value_enum, default_value = "table")]
+    /// How rows are shown (`--format` is a deprecated alias).
+    #[arg(
+        id = "output",
+        long = "output",
+        alias = "format",
+        value_enum,
+        default_value = "table"
+    )]
     pub format: RowFormat,
     /// At most this many rows (0: all).
     #[arg(long, default_value_t = 0)]

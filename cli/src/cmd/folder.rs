@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::client::CoordinatorOpt;
 use crate::cmd::exec::ms_to_utc;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, list_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum FolderCmd {
@@ -112,16 +112,16 @@ pub async fn run(cmd: FolderCmd) -> Result<u8, CliError> {
                             })
                         })
                         .collect();
-                    println!("{}", serde_json::Value::Array(rows));
+                    println!("{}", list_json(rows, None));
                 }
                 Format::Human => {
                     println!(
-                        "{:<40} {:>8} {:>8}  {:<19}  CREATED BY",
-                        "FOLDER", "PACKAGES", "FOLDERS", "CREATED (UTC)"
+                        "{:<40} {:>8} {:>8}  {:<20}  CREATED BY",
+                        "FOLDER", "PACKAGES", "FOLDERS", "CREATED"
                     );
                     for f in &folders {
                         println!(
-                            "{:<40} {:>8} {:>8}  {:<19}  {}",
+                            "{:<40} {:>8} {:>8}  {:<20}  {}",
                             f.path,
                             f.packages,
                             f.folders,

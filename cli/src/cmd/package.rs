@@ -10,7 +10,7 @@ use crate::bundle;
 use crate::client::CoordinatorOpt;
 use crate::cmd::exec::ms_to_utc;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, list_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PackageCmd {
@@ -211,12 +211,12 @@ fn print_detail(d: &pb::PackageDetail) {
         short(&p.latest_hash)
     );
     println!(
-        "\n{:<8} {:<12}  {:<19}  {:<16} FILES",
-        "VERSION", "HASH", "DEPLOYED (UTC)", "BY"
+        "\n{:<8} {:<12}  {:<20}  {:<16} FILES",
+        "VERSION", "HASH", "DEPLOYED", "BY"
     );
     for v in &d.versions {
         println!(
-            "{:<8} {:<12}  {:<19}  {:<16} {}",
+            "{:<8} {:<12}  {:<20}  {:<16} {}",
             v.version,
             short(&v.hash),
             ms_to_utc(v.deployed_unix_ms),
@@ -257,12 +257,12 @@ fn print_detail(d: &pb::PackageDetail) {
         return;
     }
     println!(
-        "{:<34} {:>7}  {:<10} {:<19}  FOLDER",
-        "EXECUTION", "VERSION", "STATE", "STARTED (UTC)"
+        "{:<34} {:>7}  {:<10} {:<20}  FOLDER",
+        "EXECUTION", "VERSION", "STATE", "STARTED"
     );
     for e in &d.executions {
         println!(
-            "{:<34} {:>7}  {:<10} {:<19}  {}",
+            "{:<34} {:>7}  {:<10} {:<20}  {}",
             e.execution_id,
             e.version,
             e.state,
@@ -347,11 +347,14 @@ pub async fn run(cmd: PackageCmd) -> Result<u8, CliError> {
                 .packages;
             match output {
                 Format::Json => {
-                    println!("{}", Value::Array(list.iter().map(summary_json).collect()))
+                    println!(
+                        "{}",
+                        list_json(list.iter().map(summary_json).collect(), None)
+                    )
                 }
                 Format::Human => {
                     println!(
-                        "{:<40} {:>7}  {:<12}  UPDATED (UTC)",
+                        "{:<40} {:>7}  {:<12}  UPDATED",
                         "PACKAGE", "VERSION", "HASH"
                     );
                     for p in &list {

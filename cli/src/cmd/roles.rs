@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, list_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RoleCmd {
@@ -57,7 +57,7 @@ fn print_grants(grants: &[pb::RoleGrant], output: Format) {
                 .iter()
                 .map(|g| json!({"principal": g.principal, "permission": g.permission, "folder": g.folder}))
                 .collect();
-            println!("{}", serde_json::Value::Array(rows));
+            println!("{}", list_json(rows, None));
         }
         Format::Human => {
             println!("{:<20} {:<10} FOLDER", "PRINCIPAL", "PERMISSION");

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, list_json, rfc3339};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCmd {
@@ -81,7 +81,7 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 Format::Json => println!(
                     "{}",
                     json!({"token_id": t.token_id, "kind": kind, "name": name,
-                           "expires_unix_s": t.expires_unix_s, "token": t.token})
+                           "expires_unix_ms": t.expires_unix_s.saturating_mul(1000), "token": t.token})
                 ),
                 Format::Human => {
                     // The secret alone on stdout, so that `$(baton token create …)` works;
@@ -93,8 +93,9 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                         "API token: BATON_TOKEN=<token> baton ..."
                     };
                     eprintln!(
-                        "token {} ({what}); expires at unix {}; it is shown only now",
-                        t.token_id, t.expires_unix_s
+                        "token {} ({what}); expires {}; it is shown only now",
+                        t.token_id,
+                        rfc3339(t.expires_unix_s.saturating_mul(1000))
                     );
                 }
             }
@@ -118,21 +119,27 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                         .map(|t| {
                             json!({"token_id": t.token_id, "kind": t.kind, "name": t.name,
                                "state": t.state, "created_by": t.created_by,
-                               "created_unix_s": t.created_unix_s, "expires_unix_s": t.expires_unix_s})
+                               "created_unix_ms": t.created_unix_s.saturating_mul(1000),
+                               "expires_unix_ms": t.expires_unix_s.saturating_mul(1000)})
                         })
                         .collect();
-                    println!("{}", serde_json::Value::Array(rows));
+                    println!("{}", list_json(rows, None));
                 }
                 Format::Human => {
                     println!(
-                        "{:<14} {:<6} {:<16} {:<8} {:<12} EXPIRES (unix)",
+                        "{:<14} {:<6} {:<16} {:<8} {:<12} EXPIRES",
                         "ID", "KIND", "NAME", "STATE", "CREATED BY"
                     );
                     for t in list {
                         let name = if t.name.is_empty() { "*" } else { &t.name };
                         println!(
                             "{:<14} {:<6} {:<16} {:<8} {:<12} {}",
-                            t.token_id, t.kind, name, t.state, t.created_by, t.expires_unix_s
+                            t.token_id,
+                            t.kind,
+                            name,
+                            t.state,
+                            t.created_by,
+                            rfc3339(t.expires_unix_s.saturating_mul(1000))
                         );
                     }
                 }

@@ -14,7 +14,11 @@ const ENV_VAR: &str = "PATH";
 
 fn tree() -> Command {
     let daemon = Command::new("daemon")
-        .arg(Arg::new("listen").long("listen").default_value("127.0.0.1:7400"))
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .default_value("127.0.0.1:7400"),
+        )
         .arg(Arg::new("data_dir").long("data-dir").default_value("data"))
         .arg(
             Arg::new("slots")
@@ -22,7 +26,11 @@ fn tree() -> Command {
                 .value_parser(value_parser!(u32)),
         )
         .arg(Arg::new("labels").long("label").action(ArgAction::Append))
-        .arg(Arg::new("insecure").long("insecure").action(ArgAction::SetTrue))
+        .arg(
+            Arg::new("insecure")
+                .long("insecure")
+                .action(ArgAction::SetTrue),
+        )
         .arg(
             Arg::new("enroll")
                 .long("enroll")
@@ -31,8 +39,16 @@ fn tree() -> Command {
         )
         .arg(Arg::new("search").long("search").env(ENV_VAR));
     let list = Command::new("list")
-        .arg(Arg::new("url").long("coordinator").default_value("https://127.0.0.1:7400"))
-        .arg(Arg::new("tls_dir").long("tls-dir").default_value("baton-data/tls/admin"))
+        .arg(
+            Arg::new("url")
+                .long("coordinator")
+                .default_value("https://127.0.0.1:7400"),
+        )
+        .arg(
+            Arg::new("tls_dir")
+                .long("tls-dir")
+                .default_value("baton-data/tls/admin"),
+        )
         .arg(Arg::new("token_file").long("token-file"))
         .arg(Arg::new(CONTEXT_ARG).long("context"))
         .arg(Arg::new("output").long("output").default_value("human"));
@@ -130,7 +146,11 @@ fn defaults_then_file_then_environment_then_flags() {
     assert_eq!(setting(&p, "data-dir").source, Source::File(path.clone()));
     assert_eq!(value(&p, "slots"), ["4"], "a TOML integer");
     assert_eq!(value(&p, "label"), ["pool=etl", "zone=a"]);
-    assert_eq!(value(&p, "insecure"), ["true"], "a TOML boolean sets a flag");
+    assert_eq!(
+        value(&p, "insecure"),
+        ["true"],
+        "a TOML boolean sets a flag"
+    );
     // The environment is above the file.
     let path_var = std::env::var(ENV_VAR).unwrap();
     assert_eq!(value(&p, "search"), [path_var.as_str()]);
@@ -154,7 +174,11 @@ fn defaults_then_file_then_environment_then_flags() {
     assert_eq!(value(&p, "data-dir"), ["/flag"]);
     assert_eq!(setting(&p, "data-dir").source, Source::Flag);
     assert_eq!(value(&p, "search"), ["from-flag"]);
-    assert_eq!(value(&p, "label"), ["only=this"], "a flag replaces the file's list");
+    assert_eq!(
+        value(&p, "label"),
+        ["only=this"],
+        "a flag replaces the file's list"
+    );
 
     // `--config` is global: before the subcommand too.
     let p = fx.ok(&["--config", &cfg, "daemon"]);
@@ -295,7 +319,11 @@ fn the_current_context_is_below_the_file_and_a_named_one_replaces_it() {
     assert_eq!(value(&p, "token-file"), ["/ids/dev.token"]);
     let p = fx.ok(&["--coordinator", "https://flag:1", "exec", "list"]);
     assert_eq!(value(&p, "coordinator"), ["https://flag:1"]);
-    assert_eq!(value(&p, "tls-dir"), ["/ids/prod"], "the rest from the context");
+    assert_eq!(
+        value(&p, "tls-dir"),
+        ["/ids/prod"],
+        "the rest from the context"
+    );
 
     let cfg = fx.file("c.toml", "tls-dir = \"/from/file\"\n");
     let p = fx.ok(&["exec", "list", "--config", &cfg]);
@@ -307,7 +335,11 @@ fn the_current_context_is_below_the_file_and_a_named_one_replaces_it() {
     assert!(e.message.contains("dev, prod"), "{}", e.message);
     // Daemons never take a context.
     let p = fx.ok(&["daemon"]);
-    assert!(p.settings.iter().all(|s| s.source == Source::Default || matches!(s.source, Source::Env(_))));
+    assert!(
+        p.settings
+            .iter()
+            .all(|s| s.source == Source::Default || matches!(s.source, Source::Env(_)))
+    );
 }
 
 #[test]

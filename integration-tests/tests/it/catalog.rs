@@ -265,7 +265,7 @@ fn versions_pin_moves_keep_references_and_removal_waits_for_runs() {
     // Empty folders go; listings show what is left.
     c.cli(&["folder", "rm", "/prod/nightly"]).expect_code(0);
     let folders = ok_json(c.cli(&["folder", "list", "--output", "json"]));
-    let paths: Vec<&str> = folders
+    let paths: Vec<&str> = folders["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -301,7 +301,7 @@ fn a_reader_lists_and_shows_but_cannot_change_or_run() {
     };
     // Nothing granted: nothing listed, nothing shown.
     let list = ok_json(bob(&["package", "list", "--output", "json"]));
-    assert_eq!(list, Value::Array(vec![]));
+    assert_eq!(list["items"], Value::Array(vec![]));
     expect_error(
         &bob(&["package", "show", "/etl/load"]),
         4,
@@ -311,7 +311,7 @@ fn a_reader_lists_and_shows_but_cannot_change_or_run() {
     c.cli(&["role", "grant", "bob", "read", "/etl"])
         .expect_code(0);
     let list = ok_json(bob(&["package", "list", "--output", "json"]));
-    let paths: Vec<&str> = list
+    let paths: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
         .iter()

@@ -24,7 +24,7 @@ fn fanout_500_children_over_three_agents() {
     c.agents_ready(AGENTS.len());
     // The contract's agents list shape, beyond what the harness parses.
     let listing = c.cli(&["agents", "list", "--output", "json"]).json();
-    for a in listing["agents"].as_array().expect("agents array") {
+    for a in listing["items"].as_array().expect("agents array") {
         for key in [
             "name",
             "address",

@@ -174,15 +174,36 @@ impl Cluster {
             HEARTBEAT_MS.to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.start_coordinator_args(args)
+    }
+
+    /// Starts `baton ARGS` as the coordinator, with exactly these arguments (its
+    /// data dir must be `<root>/coordinator/data` for [`Cluster::ca_dir`]).
+    pub fn start_coordinator_args(&mut self, args: Vec<String>) -> SocketAddr {
+        assert!(self.coordinator.is_none(), "one coordinator per cluster");
         let mut node = Node::new(NodeSpec {
             name: "coordinator".to_owned(),
             role: Role::Coordinator,
-            dir,
+            dir: self.root().join("coordinator"),
             bin: self.bin.clone(),
             args,
         });
         let addr = node.start();
         self.coordinator = Some(node);
+        addr
+    }
+
+    /// Starts `baton ARGS` as agent `name`, with exactly these arguments.
+    pub fn start_agent_args(&mut self, name: &str, args: Vec<String>) -> SocketAddr {
+        let mut node = Node::new(NodeSpec {
+            name: name.to_owned(),
+            role: Role::Agent,
+            dir: self.root().join(name),
+            bin: self.bin.clone(),
+            args,
+        });
+        let addr = node.start();
+        self.agents.push(node);
         addr
     }
 
@@ -322,8 +343,14 @@ impl Cluster {
 
     /// Runs `baton ARGS` with no coordinator in its environment (for `certs`, `validate`).
     pub fn cli_raw(&self, args: &[&str]) -> CliOutput {
+        self.cli_env(args, &[])
+    }
+
+    /// Runs `baton ARGS` with only these variables of Baton's in its environment
+    /// (the CLI contexts are in `<root>/cli-config` unless `BATON_CONFIG_DIR` is given).
+    pub fn cli_env(&self, args: &[&str], envs: &[(&str, String)]) -> CliOutput {
         let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-        let out = cli::run(&self.bin, &args, &[], self.root(), CLI_TIMEOUT);
+        let out = cli::run(&self.bin, &args, envs, self.root(), CLI_TIMEOUT);
         if let Ok(mut log) = self.cli_log.lock() {
             let _ = writeln!(log, "====\n{}\n", out.describe());
         }

@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::harness::{Cluster, FanoutSpec};
 
 fn ids(v: &Value) -> Vec<String> {
-    v["executions"]
+    v["items"]
         .as_array()
         .expect("executions array")
         .iter()
@@ -41,7 +41,7 @@ fn list_filters_pages_and_orders_newest_first() {
         "newest first"
     );
     let by_id = |id: &str| {
-        all["executions"]
+        all["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -88,7 +88,7 @@ fn list_filters_pages_and_orders_newest_first() {
         ])
         .json();
     assert_eq!(ids(&page2), [first.as_str()]);
-    assert_eq!(page2["next_page_token"], "");
+    assert_eq!(page2["next_page_token"], Value::Null, "no more pages");
 
     let cancel = c.cli(&["exec", "cancel", &third, "--wait"]);
     cancel.expect_code(0);

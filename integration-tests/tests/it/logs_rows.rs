@@ -149,7 +149,7 @@ fn rows_in_json_csv_and_table() {
     let v = c.wait_exec_terminal(&id, Duration::from_secs(30));
     assert_eq!(v.status, "failed", "{}", v.brief());
 
-    let json = c.cli(&["exec", "rows", &id, "--child", "fan[0]", "--format", "json"]);
+    let json = c.cli(&["exec", "rows", &id, "--child", "fan[0]", "-o", "json"]);
     json.expect_code(0);
     assert_eq!(
         json.stdout, "{\"id\":1,\"name\":\"a,b\"}\n{\"id\":2,\"extra\":true,\"name\":null}\n",

@@ -102,7 +102,7 @@ fn a_child_that_fans_out_runs_as_a_sub_execution() {
     }
     let list = c.cli(&["exec", "list", "--output", "json"]);
     list.expect_code(0);
-    let execs = list.json()["executions"].as_array().unwrap().clone();
+    let execs = list.json()["items"].as_array().unwrap().clone();
     assert_eq!(execs.len(), 3, "the parent and two sub-executions");
     let mut parents: Vec<String> = execs
         .iter()
@@ -153,7 +153,7 @@ fn cancelling_the_parent_stops_the_nested_children() {
         "nested child processes still alive: {pids:?}"
     );
     let list = c.cli(&["exec", "list", "--output", "json"]);
-    for e in list.json()["executions"].as_array().unwrap() {
+    for e in list.json()["items"].as_array().unwrap() {
         assert_eq!(e["status"], "cancelled", "{e}");
     }
     c.finish(&[]);

@@ -28,7 +28,7 @@ fn labels_constrain_and_spread_children() {
     agent(&mut c, "b2", 4, &["--label", "zone=b", "--weight", "2"]);
     c.agents_ready(4);
     let listing = c.cli(&["agents", "list", "--output", "json"]).json();
-    let weights: BTreeMap<String, u64> = listing["agents"]
+    let weights: BTreeMap<String, u64> = listing["items"]
         .as_array()
         .expect("agents array")
         .iter()
@@ -115,7 +115,7 @@ fn an_agent_whose_children_fail_is_quarantined() {
         view.brief()
     );
     let listing = c.cli(&["agents", "list", "--output", "json"]).json();
-    let bad = listing["agents"]
+    let bad = listing["items"]
         .as_array()
         .expect("agents array")
         .iter()
@@ -136,7 +136,7 @@ fn an_agent_whose_children_fail_is_quarantined() {
         human.stdout
     );
     // The good agents are never quarantined (at most half the fleet is).
-    for a in listing["agents"].as_array().expect("agents array") {
+    for a in listing["items"].as_array().expect("agents array") {
         if a["name"] != "zbad" {
             assert_eq!(a["state"], "ready", "{a}");
         }

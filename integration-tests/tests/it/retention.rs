@@ -17,7 +17,7 @@ fn job_dirs(jobs: &Path) -> usize {
 fn listed(c: &Cluster) -> Vec<String> {
     let out = c.cli(&["exec", "list", "--limit", "1000", "--output", "json"]);
     out.expect_code(0);
-    out.json()["executions"]
+    out.json()["items"]
         .as_array()
         .unwrap()
         .iter()

@@ -212,9 +212,9 @@ pub struct AgentView {
 
 /// Parses `{"agents":[...]}`.
 pub fn parse_agents(v: &Value) -> Vec<AgentView> {
-    v.get("agents")
+    v.get("items")
         .and_then(Value::as_array)
-        .unwrap_or_else(|| panic!("no `agents` array in agents list: {v:#}"))
+        .unwrap_or_else(|| panic!("no `items` array in agents list: {v:#}"))
         .iter()
         .map(|a| AgentView {
             name: str_at(a, "/name").to_owned(),
