@@ -149,7 +149,7 @@ pub fn parse(base: Command, argv: Vec<OsString>, env: EnvLookup<'_>) -> Result<P
     if let Some(file) = first.get_one::<PathBuf>(CONFIG_ARG) {
         let text = std::fs::read_to_string(file).map_err(|e| {
             CliError::invalid(
-                "CONFIG_UNREADABLE",
+                "CONFIG_FILE_UNREADABLE",
                 format!("cannot read the config file {}: {e}", file.display()),
             )
         })?;
@@ -397,7 +397,7 @@ fn file_layer(
 ) -> Result<Vec<(String, Vec<String>)>, CliError> {
     let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
         CliError::invalid(
-            "CONFIG_INVALID",
+            "CONFIG_FILE_INVALID",
             format!("{}: {}", file.display(), e.to_string().trim_end()),
         )
     })?;

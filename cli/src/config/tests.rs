@@ -230,11 +230,11 @@ fn bad_files_and_values_are_errors_that_say_where() {
     let missing = fx.dir.path().join("nope.toml").display().to_string();
     assert_eq!(
         fx.err(&["daemon", "--config", &missing]).code,
-        "CONFIG_UNREADABLE"
+        "CONFIG_FILE_UNREADABLE"
     );
     let cfg = fx.file("syntax.toml", "listen = \n");
     let e = fx.err(&["daemon", "--config", &cfg]);
-    assert_eq!(e.code, "CONFIG_INVALID");
+    assert_eq!(e.code, "CONFIG_FILE_INVALID");
     assert!(e.message.contains(&cfg), "{}", e.message);
     for (text, what) in [
         ("listen = [\"a\", \"b\"]\n", "one value"),
