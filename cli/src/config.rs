@@ -14,7 +14,8 @@
 //!
 //! `--print-config` shows the effective settings with the source of each
 //! (never a secret value: an argument whose environment value clap hides is
-//! printed as `<set>`), as TOML that can be used as a config file.
+//! printed as `<set>`, a package parameter `-p NAME=<set>`, as it may be a
+//! sensitive one), as TOML that can be used as a config file.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -368,7 +369,12 @@ fn context_layer(
     env: EnvLookup<'_>,
 ) -> Result<Vec<(String, String, Source)>, CliError> {
     let named = leaf_m.get_one::<String>(CONTEXT_ARG).cloned();
-    let file = contexts::store_path(env)?;
+    let file = match contexts::store_path(env) {
+        Ok(f) => f,
+        // Nowhere to keep contexts: none is current, and naming one is an error.
+        Err(_) if named.is_none() => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
     let store = contexts::Store::load(&file)?;
     let Some(name) = named.or_else(|| store.current.clone()) else {
         return Ok(Vec::new());
@@ -495,16 +501,29 @@ fn settings_of(
                     .map(|(_, s)| s.clone())
                     .unwrap_or(Source::Default),
             };
+            let secret = a.is_hide_env_values_set();
+            // Secrets never leave this function: a token is `<set>`, a
+            // package parameter (it may be a sensitive one) `NAME=<set>`.
             let values = m.get_raw(id).map(|vs| {
-                vs.map(|v| v.to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
+                vs.map(|v| {
+                    let v = v.to_string_lossy();
+                    if secret {
+                        SECRET_SHOWN_AS.to_owned()
+                    } else if key == "param" {
+                        let name = v.split_once('=').map_or(v.as_ref(), |(n, _)| n);
+                        format!("{name}={SECRET_SHOWN_AS}")
+                    } else {
+                        v.into_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
             });
             Setting {
                 key,
                 values,
                 is_flag: is_flag(a),
                 is_list: matches!(a.get_action(), ArgAction::Append),
-                secret: a.is_hide_env_values_set(),
+                secret,
                 source,
             }
         })

@@ -37,7 +37,13 @@ fn tree() -> Command {
                 .env("BATON_TEST_NEVER_SET_ENROLL")
                 .hide_env_values(true),
         )
-        .arg(Arg::new("search").long("search").env(ENV_VAR));
+        .arg(Arg::new("search").long("search").env(ENV_VAR))
+        .arg(
+            Arg::new("param")
+                .short('p')
+                .long("param")
+                .action(ArgAction::Append),
+        );
     let list = Command::new("list")
         .arg(
             Arg::new("url")
@@ -333,6 +339,24 @@ fn the_current_context_is_below_the_file_and_a_named_one_replaces_it() {
     let e = fx.err(&["exec", "list", "--context", "staging"]);
     assert_eq!(e.code, "CONTEXT_NOT_FOUND");
     assert!(e.message.contains("dev, prod"), "{}", e.message);
+    // No place for contexts (no HOME): none is current; naming one is an error.
+    let argv = |args: &[&str]| {
+        std::iter::once("baton")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect::<Vec<_>>()
+    };
+    let no_env = |_: &str| None;
+    let p = parse(tree(), argv(&["exec", "list"]), &no_env).unwrap();
+    assert_eq!(setting(&p, "coordinator").source, Source::Default);
+    match parse(
+        tree(),
+        argv(&["exec", "list", "--context", "prod"]),
+        &no_env,
+    ) {
+        Err(ParseError::Cli(e)) => assert_eq!(e.code, "CONTEXT_STORE_UNAVAILABLE"),
+        other => panic!("{other:?}"),
+    }
     // Daemons never take a context.
     let p = fx.ok(&["daemon"]);
     assert!(
@@ -352,12 +376,16 @@ fn print_config_shows_sources_and_never_a_secret() {
         &cfg,
         "--enroll",
         "s3cr3t-token",
+        "-p",
+        "password=hunter2",
         "--print-config",
     ]);
     assert!(p.print_config);
     let text = render(&p.path, &p.settings);
     assert!(!text.contains("s3cr3t"), "{text}");
     assert!(text.contains("enroll = \"<set>\""), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(text.contains("param = [\"password=<set>\"]"), "{text}");
     assert!(text.contains(&format!("# file {cfg}")), "{text}");
     assert!(text.contains("listen = \"127.0.0.1:7400\""), "{text}");
     assert!(text.contains("# default"), "{text}");

@@ -334,6 +334,8 @@ impl Cluster {
                 self.ca_dir().join("admin").display().to_string(),
             )
             .env("BATON_LOG", log_level())
+            .env("BATON_CONFIG_DIR", self.root().join("cli-config"))
+            .env_remove("BATON_CONTEXT")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
