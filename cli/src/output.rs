@@ -43,6 +43,8 @@ pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
         "stale_events": s.stale_events,
         "reason": s.reason,
         "resumes": s.resumes,
+        "created_unix_ms": s.created_unix_ms,
+        "finished_unix_ms": s.finished_unix_ms,
     });
     if !s.parent.is_empty() {
         v["parent"] = json!(s.parent);

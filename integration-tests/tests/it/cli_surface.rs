@@ -358,6 +358,15 @@ fn every_list_prints_one_envelope_and_times_as_rfc3339() {
         }
     }
 
+    let execs = c.cli(&["exec", "list", "-o", "json"]).json();
+    let first = &execs["items"][0];
+    assert!(
+        first["created_unix_ms"].as_u64().unwrap() > 1_700_000_000_000
+            && first["finished_unix_ms"].as_u64().unwrap()
+                >= first["created_unix_ms"].as_u64().unwrap(),
+        "{execs:#}"
+    );
+
     // The last heartbeat, in JSON and as an RFC 3339 column.
     let json = c.cli(&["agents", "list", "-o", "json"]).json();
     let hb = json["items"][0]["last_heartbeat_unix_ms"].as_u64().unwrap();
