@@ -44,11 +44,16 @@ struct GlobalOpts {
     /// Read options from this TOML file (keys are long flag names:
     /// `data-dir = "/var/lib/baton"`, `label = ["pool=etl"]`). Layers:
     /// defaults < context < file < BATON_* environment < flags.
-    #[arg(long = "config", value_name = "FILE", global = true)]
+    #[arg(
+        long = "config",
+        value_name = "FILE",
+        global = true,
+        help_heading = "Configuration"
+    )]
     config: Option<PathBuf>,
     /// Print the effective settings of the command, with the source of each
     /// (secrets shown as <set>), and exit without running it.
-    #[arg(long = "print-config", global = true)]
+    #[arg(long = "print-config", global = true, help_heading = "Configuration")]
     print_config: bool,
 }
 
@@ -174,7 +179,11 @@ fn main() -> ExitCode {
     // One crypto provider (ring) for every TLS connection of the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let env = |k: &str| std::env::var_os(k);
-    let parsed = match config::parse(command(), std::env::args_os().collect(), &env) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let deprecated_format = argv
+        .iter()
+        .any(|a| a == "--format" || a.to_string_lossy().starts_with("--format="));
+    let parsed = match config::parse(command(), argv, &env) {
         Ok(p) => p,
         Err(config::ParseError::Clap(e)) => e.exit(),
         Err(config::ParseError::Cli(e)) => {
@@ -182,6 +191,9 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit);
         }
     };
+    if deprecated_format && parsed.path == ["exec", "rows"] {
+        eprintln!("warning: `--format` is deprecated: write `-o` / `--output`");
+    }
     if parsed.print_config {
         print!("{}", config::render(&parsed.path, &parsed.settings));
         return ExitCode::SUCCESS;
