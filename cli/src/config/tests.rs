@@ -286,6 +286,19 @@ fn connection_flags_before_the_subcommand_go_to_it() {
         "https://b:2",
     ]);
     assert_eq!(value(&p, "coordinator"), ["https://b:2"]);
+    // A value that is also a command's name is still a value.
+    let p = fx.ok(&["--coordinator", "exec", "exec", "list"]);
+    assert_eq!(value(&p, "coordinator"), ["exec"]);
+    // The command's own options after it are left as written.
+    let p = fx.ok(&[
+        "--coordinator",
+        "https://a:1",
+        "exec",
+        "list",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(value(&p, "output"), ["json"]);
     // A command without the option refuses it, wherever it is written.
     let e = fx.err(&["--coordinator", "https://a:1", "validate", "f.toml"]);
     assert_eq!(e.code, "USAGE");
