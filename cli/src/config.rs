@@ -192,7 +192,14 @@ pub fn parse(base: Command, argv: Vec<OsString>, env: EnvLookup<'_>) -> Result<P
                 format!(
                     "a value from {} is not valid: {}",
                     sources.join(", "),
-                    e.render().to_string().trim().trim_start_matches("error: ")
+                    // Clap's first paragraph; its "try --help" does not apply.
+                    e.render()
+                        .to_string()
+                        .split("\n\n")
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .trim_start_matches("error: ")
                 ),
             )
         })?

@@ -230,7 +230,11 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                 );
             }
             for a in agents.iter().filter(|a| !a.quarantine_reason.is_empty()) {
-                println!("{}: quarantined: {}", a.name, a.quarantine_reason);
+                let until = match a.quarantined_until_unix_ms {
+                    0 => String::new(),
+                    ms => format!(" (until {})", rfc3339(ms)),
+                };
+                println!("{}: quarantined: {}{until}", a.name, a.quarantine_reason);
             }
         }
     }

@@ -135,6 +135,11 @@ fn an_agent_whose_children_fail_is_quarantined() {
         "{}",
         human.stdout
     );
+    assert!(
+        human.stdout.contains(" (until 20"),
+        "the end of the quarantine as RFC 3339: {}",
+        human.stdout
+    );
     // The good agents are never quarantined (at most half the fleet is).
     for a in listing["items"].as_array().expect("agents array") {
         if a["name"] != "zbad" {
