@@ -74,7 +74,7 @@ fn a_coordinator_and_an_agent_start_from_config_files_only() {
     std::fs::write(
         &agent_file,
         format!(
-            "coordinator = {}\nname = \"a1\"\nlisten = \"127.0.0.1:0\"\nslots = 3\nlabel = [\"pool=cfg\", \"zone=z1\"]\ndata-dir = {}\ntls-dir = {}\n",
+            "coordinator = {}\nname = \"a1\"\nlisten = \"127.0.0.1:0\"\nslots = 3\nweight = 1\nlabel = [\"pool=cfg\", \"zone=z1\"]\ndata-dir = {}\ntls-dir = {}\n",
             toml_str(&c.coordinator_url()),
             toml_path(&agent_data),
             toml_path(&tls_dir)
@@ -104,24 +104,32 @@ fn a_coordinator_and_an_agent_start_from_config_files_only() {
     assert_eq!(end.status, "succeeded", "{}", end.brief());
 
     // The layers, as `--print-config` shows them: the file, the environment
-    // (`c.cli` exports BATON_COORDINATOR) above it, a flag above both.
+    // above it, a flag above both.
     let agent_file_s = agent_file.display().to_string();
-    let shown = c.cli(&[
-        "agent",
-        "--config",
-        &agent_file_s,
-        "--slots",
-        "5",
-        "--enroll",
-        "one-time-s3cret",
-        "--print-config",
-    ]);
+    let shown = c.cli_env(
+        &[
+            "agent",
+            "--config",
+            &agent_file_s,
+            "--slots",
+            "5",
+            "--enroll",
+            "one-time-s3cret",
+            "--print-config",
+        ],
+        &[("BATON_AGENT_WEIGHT", "2".into())],
+    );
     shown.expect_code(0);
     let text = &shown.stdout;
     assert!(config_line(text, "name").contains("# file "), "{text}");
     assert!(
-        config_line(text, "coordinator").contains("# env BATON_COORDINATOR"),
+        config_line(text, "coordinator").contains("# file "),
         "{text}"
+    );
+    let weight = config_line(text, "weight");
+    assert!(
+        weight.starts_with("weight = 2") && weight.ends_with("# env BATON_AGENT_WEIGHT"),
+        "the environment is above the file: {text}"
     );
     assert!(config_line(text, "slots").contains("= 5"), "{text}");
     assert!(config_line(text, "slots").ends_with("# flag"), "{text}");
