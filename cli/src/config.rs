@@ -159,13 +159,15 @@ pub fn parse(base: Command, argv: Vec<OsString>, env: EnvLookup<'_>) -> Result<P
             layered.insert(key, (values, Source::File(file.clone())));
         }
     }
-    // Only where neither a flag nor the environment set the argument.
+    // Only where the command has the argument and neither a flag nor the
+    // environment set it.
     layered.retain(|key, _| {
-        let id = id_of(leaf_cmd, key);
-        !matches!(
-            id.and_then(|id| leaf_m.value_source(&id)),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
+        id_of(leaf_cmd, key).is_some_and(|id| {
+            !matches!(
+                leaf_m.value_source(&id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
     });
 
     // 3. The final parse, with the layered values as defaults.
@@ -174,7 +176,9 @@ pub fn parse(base: Command, argv: Vec<OsString>, env: EnvLookup<'_>) -> Result<P
     } else {
         let with_defaults = with_leaf(base.clone(), &path, &|cmd: Command| {
             layered.iter().fold(cmd, |cmd, (key, (values, _))| {
-                let id = id_of(&cmd, key).unwrap_or_default();
+                let Some(id) = id_of(&cmd, key) else {
+                    return cmd;
+                };
                 cmd.mut_arg(id, |a| {
                     a.default_values(values.iter().map(|v| leak(v.clone())))
                 })
