@@ -93,7 +93,11 @@ fn containers<'a>(file: &str, doc: &'a Yaml) -> Vec<Container<'a>> {
                 [sh, dash_c, rest @ ..] if sh.ends_with("sh") && dash_c == "-c" => {
                     let script = rest.first().or(args.first()).cloned().unwrap_or_default();
                     let mut inv = baton_invocations(&script);
-                    assert_eq!(inv.len(), 1, "{where_}: the script runs baton once: {script}");
+                    assert_eq!(
+                        inv.len(),
+                        1,
+                        "{where_}: the script runs baton once: {script}"
+                    );
                     (inv.remove(0), Some(script))
                 }
                 [bin, rest @ ..] if bin == "baton" || bin.ends_with("/baton") => {
@@ -110,7 +114,10 @@ fn containers<'a>(file: &str, doc: &'a Yaml) -> Vec<Container<'a>> {
                     .map(Yaml::strings)
                     .unwrap_or_default();
                 if let Some((bin, rest)) = cmd.split_first() {
-                    assert!(bin == "baton" || bin.ends_with("/baton"), "{where_}: {probe} runs {bin}");
+                    assert!(
+                        bin == "baton" || bin.ends_with("/baton"),
+                        "{where_}: {probe} runs {bin}"
+                    );
                     probes.push(Invocation::from_words(rest));
                 }
             }
@@ -119,7 +126,12 @@ fn containers<'a>(file: &str, doc: &'a Yaml) -> Vec<Container<'a>> {
                 .map(Yaml::items)
                 .unwrap_or_default()
                 .iter()
-                .map(|e| e.get("name").and_then(Yaml::as_str).unwrap_or("").to_owned())
+                .map(|e| {
+                    e.get("name")
+                        .and_then(Yaml::as_str)
+                        .unwrap_or("")
+                        .to_owned()
+                })
                 .collect();
             out.push(Container {
                 where_,
@@ -178,7 +190,10 @@ fn kubernetes_manifests_use_what_the_binary_accepts() {
             }
         }
     }
-    assert!(checked >= 2, "expected a coordinator and an agent container");
+    assert!(
+        checked >= 2,
+        "expected a coordinator and an agent container"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -189,14 +204,20 @@ fn kubernetes_manifests_use_what_the_binary_accepts() {
 fn kubernetes_manifests_fit_together() {
     let docs = manifests();
     let find = |k: &str| -> Vec<&Yaml> {
-        docs.iter().map(|(_, d)| d).filter(|d| kind(d) == k).collect()
+        docs.iter()
+            .map(|(_, d)| d)
+            .filter(|d| kind(d) == k)
+            .collect()
     };
 
     // The coordinator.
     let sts = find("StatefulSet");
     assert_eq!(sts.len(), 1, "one coordinator StatefulSet");
     let sts = sts[0];
-    assert_eq!(sts.at(&["spec", "replicas"]).and_then(Yaml::as_str), Some("1"));
+    assert_eq!(
+        sts.at(&["spec", "replicas"]).and_then(Yaml::as_str),
+        Some("1")
+    );
     let cs = containers("coordinator", sts);
     let coord = cs
         .iter()
@@ -208,7 +229,10 @@ fn kubernetes_manifests_fit_together() {
         .expect("--listen")
         .parse()
         .expect("--listen IP:PORT");
-    assert!(listen.ip().is_unspecified(), "the coordinator listens on every interface");
+    assert!(
+        listen.ip().is_unspecified(),
+        "the coordinator listens on every interface"
+    );
     assert!(!coord.main.flags().iter().any(|f| f == "--insecure"));
     let data = coord.main.value("--data-dir").expect("--data-dir");
     let claims: Vec<String> = sts
@@ -216,7 +240,11 @@ fn kubernetes_manifests_fit_together() {
         .map(Yaml::items)
         .unwrap_or_default()
         .iter()
-        .filter_map(|t| t.at(&["metadata", "name"]).and_then(Yaml::as_str).map(str::to_owned))
+        .filter_map(|t| {
+            t.at(&["metadata", "name"])
+                .and_then(Yaml::as_str)
+                .map(str::to_owned)
+        })
         .collect();
     let data_volume = mount_of(coord.node, &data).expect("the data dir is a volume mount");
     assert!(
@@ -225,7 +253,10 @@ fn kubernetes_manifests_fit_together() {
     );
     for probe in &coord.probes {
         if let Some(tls) = probe.value("--tls-dir") {
-            assert!(tls.starts_with(&data), "the probe's identity is in the data dir: {tls}");
+            assert!(
+                tls.starts_with(&data),
+                "the probe's identity is in the data dir: {tls}"
+            );
         }
     }
     let pod_labels = sts
@@ -242,14 +273,19 @@ fn kubernetes_manifests_fit_together() {
         })
         .expect("a Service selects the coordinator's pods");
     let svc_name = name(svc);
-    let svc_ports = svc.at(&["spec", "ports"]).map(Yaml::items).unwrap_or_default();
+    let svc_ports = svc
+        .at(&["spec", "ports"])
+        .map(Yaml::items)
+        .unwrap_or_default();
     let port_names: Vec<&str> = coord
         .node
         .get("ports")
         .map(Yaml::items)
         .unwrap_or_default()
         .iter()
-        .filter(|p| p.get("containerPort").and_then(Yaml::as_str) == Some(&listen.port().to_string()))
+        .filter(|p| {
+            p.get("containerPort").and_then(Yaml::as_str) == Some(&listen.port().to_string())
+        })
         .filter_map(|p| p.get("name").and_then(Yaml::as_str))
         .collect();
     let svc_port = svc_ports
@@ -262,14 +298,20 @@ fn kubernetes_manifests_fit_together() {
         .expect("the Service forwards to the coordinator's --listen port");
 
     // The agents.
-    let workloads: Vec<&Yaml> = find("DaemonSet").into_iter().chain(find("Deployment")).collect();
+    let workloads: Vec<&Yaml> = find("DaemonSet")
+        .into_iter()
+        .chain(find("Deployment"))
+        .collect();
     let agent = workloads
         .iter()
         .flat_map(|d| containers("agent", d))
         .find(|c| c.main.path == ["agent"])
         .expect("a DaemonSet or Deployment runs `baton agent`");
     let url = agent.main.value("--coordinator").expect("--coordinator");
-    let ns = sts.at(&["metadata", "namespace"]).and_then(Yaml::as_str).unwrap_or("default");
+    let ns = sts
+        .at(&["metadata", "namespace"])
+        .and_then(Yaml::as_str)
+        .unwrap_or("default");
     assert!(
         [
             format!("https://{svc_name}:{svc_port}"),
@@ -281,12 +323,19 @@ fn kubernetes_manifests_fit_together() {
         "the agent must dial the coordinator's Service over https, not {url}"
     );
     assert!(
-        !agent.main.flags().iter().any(|f| f == "--enroll" || f == "--insecure"),
+        !agent
+            .main
+            .flags()
+            .iter()
+            .any(|f| f == "--enroll" || f == "--insecure"),
         "no token and no --insecure on the agent's command line: {:?}",
         agent.main.args
     );
     let a_data = agent.main.value("--data-dir").expect("--data-dir");
-    assert!(mount_of(agent.node, &a_data).is_some(), "the agent's data dir is a volume");
+    assert!(
+        mount_of(agent.node, &a_data).is_some(),
+        "the agent's data dir is a volume"
+    );
     assert!(
         agent.main.value("--advertise").is_some(),
         "the agent advertises an address the coordinator can dial"
@@ -297,10 +346,16 @@ fn kubernetes_manifests_fit_together() {
         .iter()
         .find_map(|d| pod_spec(d))
         .expect("agent pod spec");
-    let from_env = agent.node.get("env").map(Yaml::items).unwrap_or_default().iter().any(|e| {
-        e.get("name").and_then(Yaml::as_str) == Some("BATON_ENROLL_TOKEN")
-            && e.at(&["valueFrom", "secretKeyRef", "name"]).is_some()
-    });
+    let from_env = agent
+        .node
+        .get("env")
+        .map(Yaml::items)
+        .unwrap_or_default()
+        .iter()
+        .any(|e| {
+            e.get("name").and_then(Yaml::as_str) == Some("BATON_ENROLL_TOKEN")
+                && e.at(&["valueFrom", "secretKeyRef", "name"]).is_some()
+        });
     let from_file = agent_pod
         .get("volumes")
         .map(Yaml::items)

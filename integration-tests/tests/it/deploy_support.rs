@@ -38,9 +38,8 @@ pub fn read_deploy_file(rel: &str) -> String {
 
 /// True when `program` is found on `PATH`.
 pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// Prints why a test did not run; the test then returns (passes) without checking.
@@ -360,11 +359,7 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Ran {
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
     };
-    assert!(
-        !timed_out,
-        "killed after {timeout:?}: {}",
-        ran.describe()
-    );
+    assert!(!timed_out, "killed after {timeout:?}: {}", ran.describe());
     ran
 }
 
@@ -491,8 +486,23 @@ fn shell_words_split_commands_and_drop_redirections() {
     assert_eq!(
         words,
         [
-            "read", "-r", "T", ";", "exit", "1", ";", "exec", "baton", "agent", "--name", "$N",
-            "--listen", "0.0.0.0:7401", ";", "echo", "a b"
+            "read",
+            "-r",
+            "T",
+            ";",
+            "exit",
+            "1",
+            ";",
+            "exec",
+            "baton",
+            "agent",
+            "--name",
+            "$N",
+            "--listen",
+            "0.0.0.0:7401",
+            ";",
+            "echo",
+            "a b"
         ]
     );
     let inv = baton_invocations(&words.join(" "));
@@ -548,7 +558,12 @@ pub fn wait_agents_ready(url: &str, tls_dir: &Path, names: &[&str], timeout: Dur
     let want: BTreeSet<&str> = names.iter().copied().collect();
     let mut last = String::new();
     let ok = crate::harness::wait_until(timeout, Duration::from_millis(250), || {
-        let out = client(url, tls_dir, &["agents", "list", "--output", "json"], timeout);
+        let out = client(
+            url,
+            tls_dir,
+            &["agents", "list", "--output", "json"],
+            timeout,
+        );
         if out.code != Some(0) {
             last = out.describe();
             return false;

@@ -54,7 +54,10 @@ impl Unit {
             let (k, v) = line
                 .split_once('=')
                 .unwrap_or_else(|| panic!("not `Key=value`: {line:?}"));
-            assert!(!line.ends_with('\\'), "continued lines are not used: {line:?}");
+            assert!(
+                !line.ends_with('\\'),
+                "continued lines are not used: {line:?}"
+            );
             entries.push((section.clone(), k.trim().to_owned(), v.trim().to_owned()));
         }
         Unit { entries }
@@ -169,7 +172,8 @@ fn assert_hardened(name: &str, unit: &Unit, data_dir: &str) {
     expect("ProtectKernelModules", "yes");
     expect("RestrictSUIDSGID", "yes");
     assert!(
-        unit.last("ProtectHome").is_some_and(|v| v == "yes" || v == "read-only"),
+        unit.last("ProtectHome")
+            .is_some_and(|v| v == "yes" || v == "read-only"),
         "{name}: ProtectHome= must be set"
     );
     let writable: Vec<&str> = unit
@@ -199,9 +203,16 @@ fn systemd_units_use_what_the_binary_accepts_and_are_hardened() {
 
     let c = baton_of(&coordinator);
     assert_eq!(c.path, ["coordinator"]);
-    let c_env: Vec<String> = coordinator.environment().into_iter().map(|(k, _)| k).collect();
+    let c_env: Vec<String> = coordinator
+        .environment()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
     let problems = c.problems(&c_env);
-    assert!(problems.is_empty(), "baton-coordinator.service: {problems:?}");
+    assert!(
+        problems.is_empty(),
+        "baton-coordinator.service: {problems:?}"
+    );
     let listen: SocketAddr = c
         .value("--listen")
         .expect("the coordinator unit names its --listen address")
@@ -217,12 +228,13 @@ fn systemd_units_use_what_the_binary_accepts_and_are_hardened() {
     assert_eq!(coordinator.last("User"), Some("baton"));
     assert_eq!(coordinator.last("CapabilityBoundingSet"), Some(""));
 
-    for (name, unit) in [("baton-agent.service", &agent), ("with run-as.conf", &run_as)] {
+    for (name, unit) in [
+        ("baton-agent.service", &agent),
+        ("with run-as.conf", &run_as),
+    ] {
         let mut env = unit.environment();
         env.extend(agent_env.iter().cloned());
-        let a = Invocation::from_words(
-            &shell_words(&expand(&unit.exec_start(), &env))[1..],
-        );
+        let a = Invocation::from_words(&shell_words(&expand(&unit.exec_start(), &env))[1..]);
         assert_eq!(a.path, ["agent"], "{name}");
         let names: Vec<String> = env.iter().map(|(k, _)| k.clone()).collect();
         let mut problems = a.problems(&names);
@@ -234,7 +246,9 @@ fn systemd_units_use_what_the_binary_accepts_and_are_hardened() {
             "{name}: the agent must dial the coordinator over TLS, not {url}"
         );
         assert!(
-            !a.flags().iter().any(|f| f == "--enroll" || f == "--insecure"),
+            !a.flags()
+                .iter()
+                .any(|f| f == "--enroll" || f == "--insecure"),
             "{name}: no token and no --insecure on the command line: {:?}",
             a.args
         );
@@ -252,7 +266,11 @@ fn systemd_units_use_what_the_binary_accepts_and_are_hardened() {
     // Run-as: root, but only the capabilities run-as uses, and no way to gain more.
     assert_eq!(run_as.last("User"), Some("root"));
     let caps = run_as.service("CapabilityBoundingSet");
-    assert_eq!(caps.iter().rev().nth(1), Some(&""), "run-as.conf resets the set first");
+    assert_eq!(
+        caps.iter().rev().nth(1),
+        Some(&""),
+        "run-as.conf resets the set first"
+    );
     assert!(
         !caps.last().unwrap_or(&"").contains("CAP_SYS_ADMIN"),
         "run-as.conf: {caps:?}"
@@ -309,7 +327,9 @@ fn systemd_units_pass_verify_and_their_exposure_limits() {
         Duration::from_secs(60),
     );
     assert!(
-        verify.code == Some(0) && verify.stderr.trim().is_empty() && verify.stdout.trim().is_empty(),
+        verify.code == Some(0)
+            && verify.stderr.trim().is_empty()
+            && verify.stdout.trim().is_empty(),
         "systemd-analyze verify must accept the units without a warning\n{}",
         verify.describe()
     );
@@ -386,7 +406,10 @@ fn systemd_units_bring_up_a_fleet_that_enrols_over_tls() {
         .stdout
         .trim()
         .to_owned();
-        assert!(token.starts_with("btn_enr_"), "a token on stdout: {token:?}");
+        assert!(
+            token.starts_with("btn_enr_"),
+            "a token on stdout: {token:?}"
+        );
         let etc = root.path().join(name).join("etc");
         fs::create_dir_all(&etc).expect("create etc");
         let port = dead_port();
@@ -418,7 +441,12 @@ fn systemd_units_bring_up_a_fleet_that_enrols_over_tls() {
     }
     for a in &mut agents {
         a.announced(Duration::from_secs(30));
-        assert!(a.stderr().contains("enrolled"), "{} enrolled:\n{}", a.name, a.stderr());
+        assert!(
+            a.stderr().contains("enrolled"),
+            "{} enrolled:\n{}",
+            a.name,
+            a.stderr()
+        );
     }
     wait_agents_ready(&url, &admin, &names, Duration::from_secs(30));
     fanout_through(&url, &admin, &root.path().join("packages"), 24, &names);
@@ -430,8 +458,15 @@ fn systemd_units_bring_up_a_fleet_that_enrols_over_tls() {
             &fs::read_to_string(root.path().join(name).join("etc").join("agent.env"))
                 .expect("read agent.env"),
         );
-        let adv = &env.iter().find(|(k, _)| k == "AGENT_ADVERTISE").expect("advertise").1;
-        adv.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+        let adv = &env
+            .iter()
+            .find(|(k, _)| k == "AGENT_ADVERTISE")
+            .expect("advertise")
+            .1;
+        adv.rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
     };
     agents[0].kill();
     fs::remove_file(root.path().join(name).join("etc").join("enroll.env")).expect("rm enroll.env");

@@ -205,7 +205,7 @@ impl Parser {
             let rest = content[1..].trim_start().to_owned();
             if rest.is_empty() {
                 self.pos += 1;
-                items.push(self.nested(indent, number)?);
+                items.push(self.nested(indent)?);
             } else if split_key(&rest).is_some() {
                 // `- key: value`: a mapping whose first entry sits after the dash;
                 // rewrite the line so the mapping reads it at its own indentation.
@@ -241,7 +241,7 @@ impl Parser {
             }
             self.pos += 1;
             let node = if value.is_empty() {
-                self.nested(indent, number)?
+                self.nested(indent)?
             } else {
                 self.scalar_or_block(&value, indent, number)?
             };
@@ -252,16 +252,13 @@ impl Parser {
 
     /// The value of a key or dash with nothing after it: a block on the next lines,
     /// more indented (or a sequence at the same indentation), else an empty scalar.
-    fn nested(&mut self, indent: usize, number: usize) -> Result<Yaml, YamlError> {
+    fn nested(&mut self, indent: usize) -> Result<Yaml, YamlError> {
         match self.peek()? {
             Some((i, _)) if i > indent => self.block(i),
             Some((i, c)) if i == indent && (c == "-" || c.starts_with("- ")) => {
                 self.sequence(indent)
             }
-            _ => {
-                let _ = number;
-                Ok(Yaml::Str(String::new()))
-            }
+            _ => Ok(Yaml::Str(String::new())),
         }
     }
 
@@ -272,18 +269,20 @@ impl Parser {
         number: usize,
     ) -> Result<Yaml, YamlError> {
         match value {
-            "|" | "|-" | "|+" | ">" | ">-" | ">+" => Ok(Yaml::Str(self.block_scalar(value, indent))),
+            "|" | "|-" | "|+" | ">" | ">-" | ">+" => {
+                Ok(Yaml::Str(self.block_scalar(value, indent)))
+            }
             "{}" => Ok(Yaml::Map(Vec::new())),
             "[]" => Ok(Yaml::Seq(Vec::new())),
             _ => {
                 // A plain scalar may not go on over more lines in this subset.
-                if let Some((i, _)) = self.peek()? {
-                    if i > indent {
-                        return err(
-                            self.line_number(),
-                            "a scalar continued on the next line is not supported",
-                        );
-                    }
+                if let Some((i, _)) = self.peek()?
+                    && i > indent
+                {
+                    return err(
+                        self.line_number(),
+                        "a scalar continued on the next line is not supported",
+                    );
                 }
                 scalar(value, number).map(Yaml::Str)
             }
@@ -386,7 +385,10 @@ fn scalar(value: &str, line: usize) -> Result<String, YamlError> {
                 None => err(line, format!("unterminated string {value}")),
             }
         }
-        '&' | '*' | '!' => err(line, format!("anchors, aliases and tags are not supported: {value}")),
+        '&' | '*' | '!' => err(
+            line,
+            format!("anchors, aliases and tags are not supported: {value}"),
+        ),
         '{' | '[' => err(line, format!("flow collections are not supported: {value}")),
         '|' | '>' => err(line, format!("unsupported block scalar header {value}")),
         _ => Ok(value.to_owned()),
@@ -427,7 +429,8 @@ mod tests {
 
     #[test]
     fn block_scalars_keep_their_lines_and_comments() {
-        let doc = one("args:\n  - |\n    if x; then # not a comment\n        y \\\n    fi\n\n  - next\n");
+        let doc =
+            one("args:\n  - |\n    if x; then # not a comment\n        y \\\n    fi\n\n  - next\n");
         let args = doc.get("args").unwrap().strings();
         assert_eq!(
             args,
