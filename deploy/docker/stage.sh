@@ -9,7 +9,8 @@
 # of `script` tasks and `exec` of `sh -c` need a shell), every shared library that
 # `ldd` names for them (with the dynamic loader), /etc/passwd and /etc/group with
 # the user `baton` (uid and gid 10001), a minimal /etc/nsswitch.conf, /tmp, and the
-# data directories /var/lib/baton/{coordinator,agent} owned by that user.
+# data directories /var/lib/baton/{coordinator,agent,enroll} owned by that user
+# (`enroll` receives one-time enrolment tokens in the compose cluster).
 #
 # --bin PATH      the binary to ship (default: target/release/baton, else target/debug/baton)
 # --with PROGRAM  also ship this program and its libraries (repeatable), e.g.
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --bin) bin="$2"; shift 2 ;;
         --with) extra="$extra $2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         -*) echo "stage.sh: unknown option $1" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -58,12 +59,12 @@ copy_with_libs() {
     chmod 0755 "$rootfs$2"
     ldd "$1" | while read -r a b c _; do
         # "libc.so.6 => /lib/.../libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        case "$a" in /*) lib="$a" ;; *) lib="$c" ;; esac
-        case "$lib" in /*) ;; *) continue ;; esac
         if [ "$b" = "=>" ] && [ "$c" = "not" ]; then
             echo "stage.sh: $1 needs $a, which ldd cannot find" >&2
             exit 1
         fi
+        case "$a" in /*) lib="$a" ;; *) lib="$c" ;; esac
+        case "$lib" in /*) ;; *) continue ;; esac
         mkdir -p "$rootfs$(dirname "$lib")"
         [ -e "$rootfs$lib" ] || cp -L "$lib" "$rootfs$lib"
     done
