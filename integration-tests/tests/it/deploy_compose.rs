@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::deploy_support::{
-    Ran, deploy_dir, fanout_through, on_path, run_bounded, skip, wait_agents_ready,
+    Ran, TestDir, deploy_dir, fanout_through, on_path, run_bounded, skip, wait_agents_ready,
 };
 use crate::harness::baton_bin;
 
@@ -137,10 +137,7 @@ fn compose_cluster_of_one_coordinator_and_three_agents_runs_a_fanout() {
         return;
     };
 
-    let root = tempfile::Builder::new()
-        .prefix("baton-it-deploy-compose-")
-        .tempdir()
-        .expect("temp dir");
+    let root = TestDir::new("deploy-compose");
     let unique = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() % 1_000_000_000);
@@ -244,7 +241,4 @@ fn compose_cluster_of_one_coordinator_and_three_agents_runs_a_fanout() {
     project.take_down();
     let left = project.leftovers();
     assert!(left.is_empty(), "left behind after `down -v`: {left:?}");
-    if std::env::var_os("BATON_IT_KEEP").is_some() {
-        eprintln!("BATON_IT_KEEP: kept {}", root.keep().display());
-    }
 }

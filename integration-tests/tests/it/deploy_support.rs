@@ -629,3 +629,38 @@ pub fn fanout_through(url: &str, tls_dir: &Path, dir: &Path, children: u32, agen
     );
     view.assert_all_succeeded_once(children as usize, agents);
 }
+
+/// A test's temp dir, kept (and its path printed) when the test fails or
+/// `BATON_IT_KEEP` is set, so the daemons' logs and the files they were given can
+/// be read afterwards.
+pub struct TestDir {
+    dir: Option<tempfile::TempDir>,
+    test: &'static str,
+}
+
+impl TestDir {
+    pub fn new(test: &'static str) -> TestDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("baton-it-{test}-"))
+            .tempdir()
+            .expect("create temp dir");
+        TestDir {
+            dir: Some(dir),
+            test,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().expect("temp dir").path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if (std::thread::panicking() || std::env::var_os("BATON_IT_KEEP").is_some())
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("[{}] temp dir kept at {}", self.test, dir.keep().display());
+        }
+    }
+}

@@ -18,8 +18,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::deploy_support::{
-    Daemon, Invocation, baton_invocations, client, fanout_through, on_path, read_deploy_file,
-    run_bounded, shell_words, skip, wait_agents_ready,
+    Daemon, Invocation, TestDir, baton_invocations, client, fanout_through, on_path,
+    read_deploy_file, run_bounded, shell_words, skip, wait_agents_ready,
 };
 use crate::harness::{baton_bin, dead_port};
 
@@ -369,10 +369,7 @@ fn systemd_units_pass_verify_and_their_exposure_limits() {
 #[test]
 fn systemd_units_bring_up_a_fleet_that_enrols_over_tls() {
     let (coordinator_unit, agent_unit, _) = units();
-    let root = tempfile::Builder::new()
-        .prefix("baton-it-deploy-systemd-")
-        .tempdir()
-        .expect("temp dir");
+    let root = TestDir::new("deploy-systemd");
     let bin = baton_bin().display().to_string();
 
     // Machine 1: the coordinator, as its unit starts it (Environment= only).
