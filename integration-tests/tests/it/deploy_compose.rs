@@ -8,12 +8,20 @@
 //! own compose project and image tag, and removes its containers, network,
 //! volumes and image at the end, pass or fail (container logs are printed on a
 //! failure).
+//!
+//! The same run also starts the agent of `deploy/kubernetes/agent.yaml` the way its
+//! manifest says (script, variables, the token file named after its node in the
+//! Secret's mount, read-only root filesystem, no capabilities) as a fourth agent:
+//! no cluster runs here, but that script and that image are tried for real.
 
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::deploy_support::{
-    Ran, TestDir, deploy_dir, fanout_through, on_path, run_bounded, skip, wait_agents_ready,
+    Ran, TestDir, client, deploy_dir, fanout_through, on_path, run_bounded, skip, wait_agents_ready,
 };
 use crate::harness::baton_bin;
 
@@ -41,6 +49,8 @@ struct Project {
     name: String,
     image: String,
     env: Vec<(String, String)>,
+    /// Containers started outside compose on its network (removed first).
+    extra: Vec<String>,
     down: bool,
 }
 
@@ -91,6 +101,12 @@ impl Project {
             return;
         }
         self.down = true;
+        for name in &self.extra {
+            let _ = run_bounded(
+                Command::new("docker").args(["rm", "-f", name]),
+                Duration::from_secs(60),
+            );
+        }
         let out = self.run(
             &["down", "-v", "--remove-orphans", "--timeout", "10"],
             Duration::from_secs(180),
@@ -152,6 +168,7 @@ fn compose_cluster_of_one_coordinator_and_three_agents_runs_a_fanout() {
             // Publish the coordinator on a free loopback port.
             ("BATON_PUBLISH".to_owned(), "127.0.0.1:".to_owned()),
         ],
+        extra: Vec::new(),
         down: false,
     };
 
@@ -203,6 +220,15 @@ fn compose_cluster_of_one_coordinator_and_three_agents_runs_a_fanout() {
     wait_agents_ready(&url, &admin, &AGENTS, Duration::from_secs(90));
     fanout_through(&url, &admin, &root.path().join("packages"), 30, &AGENTS);
 
+    // The Kubernetes DaemonSet's agent, run as its manifest says in the same
+    // image, joins as a fourth agent with a token from a "Secret" directory.
+    let node = "node-4";
+    kubernetes_agent_joins(&mut project, &url, &admin, root.path(), node);
+    let mut all: Vec<&str> = AGENTS.to_vec();
+    all.push(node);
+    wait_agents_ready(&url, &admin, &all, Duration::from_secs(60));
+    fanout_through(&url, &admin, &root.path().join("packages-4"), 40, &all);
+
     // The tokens reached the agents by a file, not by their configuration.
     for agent in AGENTS {
         let id = project
@@ -221,8 +247,23 @@ fn compose_cluster_of_one_coordinator_and_three_agents_runs_a_fanout() {
             "{agent}: a token in the container's configuration"
         );
     }
-    let logs = project.logs();
-    for agent in AGENTS {
+    let node_config = run_bounded(
+        Command::new("docker").args(["inspect", "--format", "{{json .Config}}", &project.extra[0]]),
+        Duration::from_secs(30),
+    )
+    .ok();
+    assert!(
+        !node_config.stdout.contains("btn_enr_"),
+        "{node}: a token in its configuration"
+    );
+    let node_logs = run_bounded(
+        Command::new("docker").args(["logs", &project.extra[0]]),
+        Duration::from_secs(30),
+    );
+    let mut logs = project.logs();
+    logs.push_str(&node_logs.stdout);
+    logs.push_str(&node_logs.stderr);
+    for agent in all {
         assert!(
             logs.contains(&format!("agent enrolled agent={agent}")),
             "{agent} did not enrol with a token:\n{logs}"
@@ -241,4 +282,80 @@ fn compose_cluster_of_one_coordinator_and_three_agents_runs_a_fanout() {
     project.take_down();
     let left = project.leftovers();
     assert!(left.is_empty(), "left behind after `down -v`: {left:?}");
+}
+
+/// Starts the agent container of `deploy/kubernetes/agent.yaml` on the compose
+/// network, as a pod would run: its script, its literal variables, `NODE_NAME`,
+/// `POD_IP` (here the container's network alias), the token file named after the
+/// node in a read-only mount at the Secret's path, a read-only root filesystem, no
+/// capabilities. The Service's name resolves to the coordinator (`--add-host`).
+fn kubernetes_agent_joins(project: &mut Project, url: &str, admin: &Path, root: &Path, node: &str) {
+    let pod = crate::deploy_kubernetes::agent_pod();
+    let network = format!("{}_default", project.name);
+    let coordinator = project
+        .run(&["ps", "-q", "coordinator"], Duration::from_secs(30))
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let service = pod
+        .script
+        .split("https://")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .expect("the script dials https://SERVICE:PORT")
+        .to_owned();
+    let ip = run_bounded(
+        Command::new("docker").args([
+            "inspect",
+            "--format",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &coordinator,
+        ]),
+        Duration::from_secs(30),
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_owned();
+    let token = client(
+        url,
+        admin,
+        &["token", "create", "--agent", node, "--ttl", "15m"],
+        Duration::from_secs(30),
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_owned();
+    // The Secret's file: readable by the container's user, as fsGroup makes it.
+    let secret = root.join("secret");
+    fs::create_dir_all(&secret).expect("secret dir");
+    fs::write(secret.join(node), format!("{token}\n")).expect("token file");
+    fs::set_permissions(secret.join(node), fs::Permissions::from_mode(0o644)).expect("chmod");
+    let name = format!("{}-{node}", project.name);
+    // Removed by take_down, even if what follows fails.
+    project.extra.push(name.clone());
+    let mut cmd = Command::new("docker");
+    cmd.args(["run", "-d", "--name", &name, "--network", &network])
+        .args(["--network-alias", node, "--read-only", "--cap-drop", "ALL"])
+        .args(["--security-opt", "no-new-privileges"])
+        .args(["--tmpfs", "/tmp"])
+        .arg("--add-host")
+        .arg(format!("{service}:{ip}"))
+        .arg("--tmpfs")
+        .arg(format!("{}:uid=10001,gid=10001,mode=0700", pod.data_dir))
+        .arg("-v")
+        .arg(format!("{}:{}:ro", secret.display(), pod.secret_mount))
+        .args([
+            "-e",
+            &format!("NODE_NAME={node}"),
+            "-e",
+            &format!("POD_IP={node}"),
+        ]);
+    for (k, v) in &pod.env {
+        cmd.arg("-e").arg(format!("{k}={v}"));
+    }
+    cmd.args(["--entrypoint", "/bin/sh", &project.image, "-c", &pod.script]);
+    run_bounded(&mut cmd, Duration::from_secs(60)).ok();
 }

@@ -433,3 +433,66 @@ fn kubernetes_manifests_render_with_kubectl_kustomize() {
     // What kubectl rendered is also in the subset the other tests read.
     parse_documents(&out.stdout).unwrap_or_else(|e| panic!("rendered manifests: {e}"));
 }
+
+/// What the agent DaemonSet's container runs, for running it elsewhere (the
+/// compose test starts it in a container of the same image).
+pub struct AgentPod {
+    /// The `sh -c` script.
+    pub script: String,
+    /// The variables with a literal `value:` (those from `valueFrom` are the
+    /// caller's to set: `NODE_NAME`, `POD_IP`).
+    pub env: Vec<(String, String)>,
+    /// Where the Secret `baton-enroll` is mounted.
+    pub secret_mount: String,
+    /// The agent's `--data-dir`.
+    pub data_dir: String,
+}
+
+pub fn agent_pod() -> AgentPod {
+    let docs = manifests();
+    let (file, ds) = docs
+        .iter()
+        .find(|(_, d)| kind(d) == "DaemonSet")
+        .expect("an agent DaemonSet");
+    let all = containers(file, ds);
+    let c = all
+        .iter()
+        .find(|c| c.main.path == ["agent"])
+        .expect("a container runs `baton agent`");
+    let env = c
+        .node
+        .get("env")
+        .map(Yaml::items)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| {
+            let name = e.get("name").and_then(Yaml::as_str)?;
+            let value = e.get("value").and_then(Yaml::as_str)?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect();
+    let secret_volume = pod_spec(ds)
+        .and_then(|p| p.get("volumes"))
+        .map(Yaml::items)
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.at(&["secret", "secretName"]).and_then(Yaml::as_str) == Some("baton-enroll"))
+        .and_then(|v| v.get("name").and_then(Yaml::as_str))
+        .expect("a volume of the Secret baton-enroll");
+    let secret_mount = c
+        .node
+        .get("volumeMounts")
+        .map(Yaml::items)
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.get("name").and_then(Yaml::as_str) == Some(secret_volume))
+        .and_then(|m| m.get("mountPath").and_then(Yaml::as_str))
+        .expect("the Secret is mounted")
+        .to_owned();
+    AgentPod {
+        script: c.script.clone().expect("the agent runs a script"),
+        env,
+        secret_mount,
+        data_dir: c.main.value("--data-dir").expect("--data-dir"),
+    }
+}
