@@ -446,25 +446,21 @@ impl Coordinator {
     ) -> Result<AgentListing, CoordinatorError> {
         let mut also = Vec::new();
         if action == "revoke" {
-            // Every unexpired certificate issued to it, not only the one it
-            // registered with: a renewal may be in flight.
-            let now = crate::auth::now_s();
-            for kv in self
-                .store
-                .range(&crate::records::issued_prefix(name))
-                .await?
-            {
-                let not_after: u64 = serde_json::from_slice(&kv.value).unwrap_or(u64::MAX);
-                if not_after > now
-                    && let Some(fp) = kv.key.rsplit('/').next()
-                {
-                    also.push(fp.to_string());
-                }
-            }
+            // The identity first, then every unexpired certificate issued to
+            // it: a renewal that has not committed by then fails, one that
+            // has is among these (crate::auth::identity).
+            also = crate::auth::identity::revoke(self.store.as_ref(), name, crate::auth::now_s())
+                .await?;
         }
-        self.handle
+        let listing = self
+            .handle
             .set_agent(name.to_string(), action.to_string(), also)
-            .await
+            .await?;
+        if action == "remove" {
+            // The name may enrol again.
+            crate::auth::identity::forget(self.store.as_ref(), name).await?;
+        }
+        Ok(listing)
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
