@@ -280,7 +280,12 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             ("none", "FetchPackage") => refused(Code::Unauthenticated, "UNAUTHENTICATED"),
             ("revoked", "FetchPackage") => refused(Code::PermissionDenied, "CERT_REVOKED"),
             (_, "FetchPackage") => refused(Code::PermissionDenied, "PERMISSION_DENIED"),
-            ("agent", "Register" | "ReportEvents" | "Renew") => Got::Ok,
+            ("agent", "Register" | "ReportEvents") => Got::Ok,
+            // A certificate with most of its lifetime left need not renew.
+            ("agent", "Renew") => refused(Code::ResourceExhausted, "RENEW_TOO_SOON"),
+            ("revoked", "Register" | "ReportEvents") => {
+                refused(Code::PermissionDenied, "CERT_REVOKED")
+            }
             ("none", "Register" | "ReportEvents") => {
                 refused(Code::Unauthenticated, "UNAUTHENTICATED")
             }
