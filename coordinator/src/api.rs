@@ -452,10 +452,32 @@ impl Coordinator {
             also = crate::auth::identity::revoke(self.store.as_ref(), name, crate::auth::now_s())
                 .await?;
         }
-        let listing = self
+        let listing = match self
             .handle
             .set_agent(name.to_string(), action.to_string(), also)
-            .await?;
+            .await
+        {
+            Ok(l) => l,
+            // An identity enrolled but never registered: the scheduler does
+            // not know it, yet it can be revoked, and forgotten.
+            Err(CoordinatorError::AgentNotFound(_))
+                if (action == "revoke" || action == "remove")
+                    && crate::auth::identity::load(self.store.as_ref(), name)
+                        .await?
+                        .0
+                        .is_some() =>
+            {
+                unregistered_listing(
+                    name,
+                    if action == "revoke" {
+                        "revoked"
+                    } else {
+                        "removed"
+                    },
+                )
+            }
+            Err(e) => return Err(e),
+        };
         if action == "remove" {
             // The name may enrol again.
             crate::auth::identity::forget(self.store.as_ref(), name).await?;
@@ -549,5 +571,27 @@ impl Coordinator {
     /// Bytes the store occupies.
     pub fn store_bytes(&self) -> u64 {
         self.store.size_bytes()
+    }
+}
+
+/// The listing of an agent identity that never registered.
+fn unregistered_listing(name: &str, state: &'static str) -> AgentListing {
+    AgentListing {
+        rec: crate::records::AgentRecord {
+            name: name.to_string(),
+            address: String::new(),
+            labels: Default::default(),
+            slots: 0,
+            version: String::new(),
+            boot_id: String::new(),
+            admin: Default::default(),
+            cert_fingerprint: String::new(),
+            weight: 0,
+        },
+        state,
+        running: 0,
+        load1: 0.0,
+        last_heartbeat_unix_ms: 0,
+        quarantine: None,
     }
 }

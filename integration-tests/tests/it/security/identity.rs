@@ -49,6 +49,36 @@ async fn client(
     Ok(CoordinatorServiceClient::new(ch))
 }
 
+/// Enrols agent `name` with `token` over TLS without a client certificate;
+/// the stable code of a refusal, or "enrolled".
+async fn enrol_direct(addr: SocketAddr, ca: &str, name: &str, token: &str) -> String {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("coordinator.baton");
+    let ch = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .timeout(Duration::from_secs(10))
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (csr_pem, _) = csr(name);
+    // The token as `baton agent --enroll` sends it: without the CA pin.
+    let token = token.rsplit_once('_').unwrap().0.to_owned();
+    match CoordinatorServiceClient::new(ch)
+        .enroll(pb::EnrollRequest {
+            token,
+            name: name.into(),
+            csr_pem,
+        })
+        .await
+    {
+        Ok(_) => "enrolled".to_owned(),
+        Err(s) => code_of(&s),
+    }
+}
+
 /// A new key pair and a CSR for agent `name`.
 fn csr(name: &str) -> (String, String) {
     let params = rcgen::CertificateParams::new(vec![format!("{name}.agent.baton")]).unwrap();
@@ -405,6 +435,23 @@ fn a_nameless_token_cannot_take_a_live_agents_name() {
         audited(&lines, "Enroll", "AGENT_NAME_TAKEN") > 0,
         "{lines:?}"
     );
+
+    // An identity enrolled but not yet registered holds its name too; it can
+    // be revoked (then enrolled again) and forgotten.
+    let t1 = token(&c, &["--agent"]);
+    let t2 = token(&c, &["--agent"]);
+    let t3 = token(&c, &["--agent"]);
+    assert_eq!(rt.block_on(enrol_direct(addr, &ca, "z9", &t1)), "enrolled");
+    assert_eq!(
+        rt.block_on(enrol_direct(addr, &ca, "z9", &t2)),
+        "AGENT_NAME_TAKEN"
+    );
+    c.cli(&["agents", "revoke", "z9"]).expect_code(0);
+    assert_eq!(rt.block_on(enrol_direct(addr, &ca, "z9", &t2)), "enrolled");
+    c.cli(&["agents", "rm", "z9"]).expect_code(0);
+    assert_eq!(rt.block_on(enrol_direct(addr, &ca, "z9", &t3)), "enrolled");
+    let out = c.cli(&["agents", "revoke", "nobody"]);
+    assert!(out.stderr.contains("AGENT_NOT_FOUND"), "{}", out.describe());
 
     // Deliberately: revoke v1, then a new machine enrols as v1.
     c.cli(&["agents", "revoke", "v1"]).expect_code(0);
