@@ -148,6 +148,7 @@ impl LocalCluster {
                     kind: "agent".into(),
                     name: name.clone(),
                     ttl_s: 600,
+                    labels: Vec::new(),
                 })
                 .await
                 .map_err(|s| cluster.opt.status(s))?

@@ -446,25 +446,43 @@ impl Coordinator {
     ) -> Result<AgentListing, CoordinatorError> {
         let mut also = Vec::new();
         if action == "revoke" {
-            // Every unexpired certificate issued to it, not only the one it
-            // registered with: a renewal may be in flight.
-            let now = crate::auth::now_s();
-            for kv in self
-                .store
-                .range(&crate::records::issued_prefix(name))
-                .await?
-            {
-                let not_after: u64 = serde_json::from_slice(&kv.value).unwrap_or(u64::MAX);
-                if not_after > now
-                    && let Some(fp) = kv.key.rsplit('/').next()
-                {
-                    also.push(fp.to_string());
-                }
-            }
+            // The identity first, then every unexpired certificate issued to
+            // it: a renewal that has not committed by then fails, one that
+            // has is among these (crate::auth::identity).
+            also = crate::auth::identity::revoke(self.store.as_ref(), name, crate::auth::now_s())
+                .await?;
         }
-        self.handle
+        let listing = match self
+            .handle
             .set_agent(name.to_string(), action.to_string(), also)
             .await
+        {
+            Ok(l) => l,
+            // An identity enrolled but never registered: the scheduler does
+            // not know it, yet it can be revoked, and forgotten.
+            Err(CoordinatorError::AgentNotFound(_))
+                if (action == "revoke" || action == "remove")
+                    && crate::auth::identity::load(self.store.as_ref(), name)
+                        .await?
+                        .0
+                        .is_some() =>
+            {
+                unregistered_listing(
+                    name,
+                    if action == "revoke" {
+                        "revoked"
+                    } else {
+                        "removed"
+                    },
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        if action == "remove" {
+            // The name may enrol again.
+            crate::auth::identity::forget(self.store.as_ref(), name).await?;
+        }
+        Ok(listing)
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentListing>, CoordinatorError> {
@@ -553,5 +571,27 @@ impl Coordinator {
     /// Bytes the store occupies.
     pub fn store_bytes(&self) -> u64 {
         self.store.size_bytes()
+    }
+}
+
+/// The listing of an agent identity that never registered.
+fn unregistered_listing(name: &str, state: &'static str) -> AgentListing {
+    AgentListing {
+        rec: crate::records::AgentRecord {
+            name: name.to_string(),
+            address: String::new(),
+            labels: Default::default(),
+            slots: 0,
+            version: String::new(),
+            boot_id: String::new(),
+            admin: Default::default(),
+            cert_fingerprint: String::new(),
+            weight: 0,
+        },
+        state,
+        running: 0,
+        load1: 0.0,
+        last_heartbeat_unix_ms: 0,
+        quarantine: None,
     }
 }

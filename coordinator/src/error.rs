@@ -40,6 +40,17 @@ pub enum CoordinatorError {
     TokenRevoked(String),
     #[error("certificate refused: {0}")]
     CertRevoked(String),
+    /// An enrolment for a name an enrolled, unrevoked identity holds.
+    #[error(
+        "agent name '{0}' is held by an enrolled agent; to re-enrol that machine deliberately, first `baton agents revoke {0}` (or `baton agents rm {0}` once it is lost), then enrol again"
+    )]
+    AgentNameTaken(String),
+    /// A registration claiming labels its enrolment token did not allow.
+    #[error("{0}")]
+    LabelNotAllowed(String),
+    /// A renewal too soon after the last one, or of a certificate far from expiry.
+    #[error("{why}; retry after {retry_after_s} s")]
+    RenewTooSoon { why: String, retry_after_s: u64 },
     #[error(
         "folder {0} does not exist; create it with `baton folder create {0}` (--parents for its ancestors too)"
     )]
@@ -138,6 +149,9 @@ impl CoordinatorError {
             CoordinatorError::TokenExpired(_) => "TOKEN_EXPIRED",
             CoordinatorError::TokenRevoked(_) => "TOKEN_REVOKED",
             CoordinatorError::CertRevoked(_) => "CERT_REVOKED",
+            CoordinatorError::AgentNameTaken(_) => "AGENT_NAME_TAKEN",
+            CoordinatorError::LabelNotAllowed(_) => "AGENT_LABEL_NOT_ALLOWED",
+            CoordinatorError::RenewTooSoon { .. } => "RENEW_TOO_SOON",
             CoordinatorError::FolderNotFound(_) => "FOLDER_NOT_FOUND",
             CoordinatorError::FolderExists(_) => "FOLDER_EXISTS",
             CoordinatorError::FolderNotEmpty(_) => "FOLDER_NOT_EMPTY",

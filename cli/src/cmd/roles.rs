@@ -10,11 +10,14 @@ use crate::output::{Format, list_json};
 #[derive(Debug, clap::Subcommand)]
 pub enum RoleCmd {
     /// Give PRINCIPAL a permission on FOLDER and everything below it.
-    /// Permissions: read (see executions), execute (start and cancel; implies
-    /// read), modify (change packages; implies read), manage (everything,
-    /// including granting). Needs `manage` on FOLDER.
+    /// Permissions: read (see executions), run (start only the folder's
+    /// catalog packages, and cancel; implies read), execute (start anything,
+    /// ad hoc files included, and cancel; implies run), modify (change
+    /// packages; implies read), manage (everything, including granting).
+    /// Needs `manage` on FOLDER.
     #[command(after_help = "Examples:\n  \
         baton role grant alice execute /etl\n  \
+        baton role grant bob run /etl/daily     # catalog packages only\n  \
         baton role grant ops manage /\n  \
         baton role list /etl")]
     Grant {

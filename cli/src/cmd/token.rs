@@ -13,6 +13,7 @@ pub enum TokenCmd {
     #[command(after_help = "Examples:\n  \
         baton token create --agent                 # any agent name, valid 1 hour\n  \
         baton token create --agent etl-07 --ttl 15m\n  \
+        baton token create --agent etl-08 --label zone=eu --label tier=*\n  \
         BATON_ENROLL_TOKEN=<token> baton agent --name etl-07 --coordinator https://coord:7400\n  \
         baton token create --api alice --ttl 30d   # then: BATON_TOKEN=<token> baton exec list")]
     Create {
@@ -25,6 +26,10 @@ pub enum TokenCmd {
         /// Lifetime, e.g. 15m, 1h, 30d (default: 1h for agents, 30d for API tokens).
         #[arg(long, value_parser = crate::cmd::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// A label (KEY=VALUE, or KEY=* for any value) the agent enrolled with
+        /// this token may register with; repeatable. Without any, it may claim none.
+        #[arg(long = "label", value_name = "KEY=VALUE", requires = "agent")]
+        labels: Vec<String>,
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
         #[command(flatten)]
@@ -54,6 +59,7 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
             agent,
             api,
             ttl,
+            labels,
             output,
             coordinator,
         } => {
@@ -73,6 +79,7 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                     kind: kind.into(),
                     name: name.clone(),
                     ttl_s: ttl.map_or(0, |d| d.as_secs()),
+                    labels,
                 })
                 .await
                 .map_err(|s| coordinator.status(s))?

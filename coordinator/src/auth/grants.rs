@@ -2,8 +2,8 @@
 //!
 //! A grant gives a principal one [`Permission`] on a folder; it holds for the
 //! folder, its sub-folders and everything in them. Nothing is allowed without a
-//! grant (deny by default). `manage` implies every other permission; `modify`
-//! and `execute` each imply `read`.
+//! grant (deny by default). `manage` implies every other permission; `modify`,
+//! `execute` and `run` each imply `read`, and `execute` implies `run`.
 //!
 //! Grants are stored per principal under `g/<principal>` (one small record), so
 //! a check is one read.
@@ -20,7 +20,11 @@ use crate::error::CoordinatorError;
 pub enum Permission {
     /// See executions (and, with the catalog, packages).
     Read,
-    /// Start and cancel executions.
+    /// Start catalog packages of the folder (not ad hoc files or bundles) and
+    /// cancel executions there: what the folder's packages run, nothing else.
+    Run,
+    /// Start and cancel executions of any package, ad hoc files included:
+    /// whatever command they name runs as the agent's user.
     Execute,
     /// Change packages and folders.
     Modify,
@@ -29,8 +33,9 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 4] = [
+    pub const ALL: [Permission; 5] = [
         Permission::Read,
+        Permission::Run,
         Permission::Execute,
         Permission::Modify,
         Permission::Manage,
@@ -39,6 +44,7 @@ impl Permission {
     pub fn as_str(self) -> &'static str {
         match self {
             Permission::Read => "read",
+            Permission::Run => "run",
             Permission::Execute => "execute",
             Permission::Modify => "modify",
             Permission::Manage => "manage",
@@ -47,7 +53,10 @@ impl Permission {
 
     /// Whether holding `self` gives `needed`.
     pub fn implies(self, needed: Permission) -> bool {
-        self == needed || self == Permission::Manage || needed == Permission::Read
+        self == needed
+            || self == Permission::Manage
+            || needed == Permission::Read
+            || (self == Permission::Execute && needed == Permission::Run)
     }
 }
 
@@ -59,7 +68,7 @@ impl std::str::FromStr for Permission {
             .find(|p| p.as_str() == s)
             .ok_or_else(|| {
                 CoordinatorError::InvalidRequest(format!(
-                    "unknown permission '{s}': use read, execute, modify or manage"
+                    "unknown permission '{s}': use read, run, execute, modify or manage"
                 ))
             })
     }
@@ -195,6 +204,23 @@ mod tests {
         assert!(g.revoke(Permission::Manage, "/"));
         assert!(!g.revoke(Permission::Manage, "/"));
         assert!(!g.allows(Permission::Manage, "/etl"));
+    }
+
+    #[test]
+    fn run_is_narrower_than_execute() {
+        let mut g = GrantSet::default();
+        g.grant(Permission::Run, "/etl");
+        assert!(g.allows(Permission::Run, "/etl/daily"));
+        assert!(g.allows(Permission::Read, "/etl"), "run implies read");
+        assert!(!g.allows(Permission::Execute, "/etl"), "run is not execute");
+        assert!(!g.allows(Permission::Run, "/finance"));
+        let mut e = GrantSet::default();
+        e.grant(Permission::Execute, "/etl");
+        assert!(e.allows(Permission::Run, "/etl"), "execute implies run");
+        let mut m = GrantSet::default();
+        m.grant(Permission::Modify, "/etl");
+        assert!(!m.allows(Permission::Run, "/etl"));
+        assert_eq!("run".parse::<Permission>().unwrap(), Permission::Run);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod grants;
+pub mod identity;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -177,6 +178,16 @@ impl Auth {
                         name,
                         method: Method::Token,
                     }),
+                    Err(
+                        e @ (CoordinatorError::TokenRevoked(_) | CoordinatorError::TokenExpired(_)),
+                    ) => {
+                        let who = match &e {
+                            CoordinatorError::TokenRevoked(id)
+                            | CoordinatorError::TokenExpired(id) => format!("token {id}"),
+                            _ => "anonymous".to_string(),
+                        };
+                        refuse(&who, e)
+                    }
                     Err(e) => refuse("anonymous", e),
                 }
             }
@@ -315,7 +326,29 @@ impl Auth {
         name: &str,
         ttl_s: u64,
         created_by: &str,
+        labels: Vec<String>,
     ) -> Result<tokens::NewToken, CoordinatorError> {
+        if !labels.is_empty() && kind != tokens::TokenKind::Agent {
+            return Err(CoordinatorError::InvalidRequest(
+                "labels bound what an enrolled agent may claim: only an --agent token takes them"
+                    .into(),
+            ));
+        }
+        if labels.len() > 64 {
+            return Err(CoordinatorError::InvalidRequest(
+                "at most 64 labels per token".into(),
+            ));
+        }
+        for l in &labels {
+            let ok = l.len() <= 256
+                && l.split_once('=')
+                    .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty());
+            if !ok {
+                return Err(CoordinatorError::InvalidRequest(format!(
+                    "label '{l}' is not key=value (or key=* for any value)"
+                )));
+            }
+        }
         match kind {
             tokens::TokenKind::Api if !valid_principal(name) => {
                 return Err(CoordinatorError::InvalidRequest(format!(
@@ -329,7 +362,8 @@ impl Auth {
             }
             _ => {}
         }
-        let t = tokens::new_token(kind, name, ttl_s, created_by, now_s())?;
+        let mut t = tokens::new_token(kind, name, ttl_s, created_by, now_s())?;
+        t.record.labels = labels;
         self.store
             .commit(vec![Op::Put {
                 key: tokens::token_key(&t.record.id),

@@ -52,6 +52,10 @@ pub struct TokenRecord {
     pub used_unix_s: u64,
     #[serde(default)]
     pub revoked: bool,
+    /// Agent: the labels an agent enrolled with it may claim (`key=value` or
+    /// `key=*`); none listed allows none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 impl TokenRecord {
@@ -149,6 +153,7 @@ pub fn new_token(
             created_by: created_by.to_string(),
             used_unix_s: 0,
             revoked: false,
+            labels: Vec::new(),
         },
         secret_text: format!("{}{id}_{secret}", prefix(kind)),
     })
@@ -199,15 +204,15 @@ pub async fn authenticate_api(
     }
 }
 
-/// Uses an enrolment token for agent `agent`: checks and marks it used in one
-/// compare-and-swap. Returns the token id.
-pub async fn consume_enrolment(
+/// Checks an enrolment token for agent `agent` without using it; returns
+/// its record and revision for [`burn_op`].
+pub async fn check_enrolment(
     store: &dyn Store,
     text: &str,
     agent: &str,
     now_s: u64,
-) -> Result<String, CoordinatorError> {
-    let (mut rec, rev) = load(store, TokenKind::Agent, text).await?;
+) -> Result<(TokenRecord, u64), CoordinatorError> {
+    let (rec, rev) = load(store, TokenKind::Agent, text).await?;
     match rec.state(now_s) {
         "active" => {}
         "used" => return Err(CoordinatorError::TokenUsed(rec.id)),
@@ -220,18 +225,34 @@ pub async fn consume_enrolment(
             rec.id, rec.name
         )));
     }
+    Ok((rec, rev))
+}
+
+/// The compare-and-swap that marks a checked token used: commit it with
+/// whatever the enrolment records, so that both happen or neither.
+pub fn burn_op(mut rec: TokenRecord, rev: u64, now_s: u64) -> Result<Op, CoordinatorError> {
     rec.used_unix_s = now_s.max(1);
     let value = serde_json::to_vec(&rec).map_err(|e| CoordinatorError::Store(e.to_string()))?;
-    match store
-        .commit(vec![Op::Put {
-            key: token_key(&rec.id),
-            value,
-            pre: Precondition::Revision(rev),
-        }])
-        .await
-    {
-        Ok(_) => Ok(rec.id),
-        Err(crate::store::StoreError::Conflict { .. }) => Err(CoordinatorError::TokenUsed(rec.id)),
+    Ok(Op::Put {
+        key: token_key(&rec.id),
+        value,
+        pre: Precondition::Revision(rev),
+    })
+}
+
+/// Uses an enrolment token for agent `agent`: checks and marks it used in one
+/// compare-and-swap. Returns the token id.
+pub async fn consume_enrolment(
+    store: &dyn Store,
+    text: &str,
+    agent: &str,
+    now_s: u64,
+) -> Result<String, CoordinatorError> {
+    let (rec, rev) = check_enrolment(store, text, agent, now_s).await?;
+    let id = rec.id.clone();
+    match store.commit(vec![burn_op(rec, rev, now_s)?]).await {
+        Ok(_) => Ok(id),
+        Err(crate::store::StoreError::Conflict { .. }) => Err(CoordinatorError::TokenUsed(id)),
         Err(e) => Err(e.into()),
     }
 }

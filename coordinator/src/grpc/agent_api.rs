@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
 use super::status;
+use crate::auth::Credential;
 use crate::error::CoordinatorError;
 use crate::scheduler::Registration;
 use crate::scheduler_task::SchedulerHandle;
@@ -31,39 +32,6 @@ impl AgentApi {
                 "{call} needs TLS; this coordinator runs --insecure"
             )))
         })
-    }
-
-    /// Records a certificate issued to `name` (so that revoking the agent
-    /// revokes it too) and forgets the expired ones.
-    async fn record_issued(
-        &self,
-        name: &str,
-        issued: &crate::pki::Issued,
-    ) -> Result<(), CoordinatorError> {
-        use crate::store::{Op, Precondition};
-        let store = self.auth.store();
-        let prefix = crate::records::issued_prefix(name);
-        let now = crate::auth::now_s();
-        let mut ops: Vec<Op> = store
-            .range(&prefix)
-            .await?
-            .into_iter()
-            .filter(|kv| serde_json::from_slice::<u64>(&kv.value).is_ok_and(|t| t <= now))
-            .map(|kv| Op::Delete {
-                key: kv.key,
-                pre: Precondition::Any,
-            })
-            .collect();
-        let fp = baton_proto::tls::certs_from_pem(&issued.cert_pem)
-            .map(|c| baton_proto::tls::sha256_hex(&c[0]))
-            .map_err(|e| CoordinatorError::Transport(e.to_string()))?;
-        ops.push(Op::Put {
-            key: format!("{prefix}{fp}"),
-            value: issued.not_after.max(0).to_string().into_bytes(),
-            pre: Precondition::Any,
-        });
-        store.commit(ops).await?;
-        Ok(())
     }
 
     /// Signs `csr_pem` as agent `name` off the runtime threads (nothing recorded yet).
@@ -89,13 +57,8 @@ impl AgentApi {
         })
     }
 
-    /// Records `issued` for `name` and answers with it.
-    async fn hand_out(
-        &self,
-        name: &str,
-        issued: crate::pki::Issued,
-    ) -> Result<pb::CertificateResponse, Status> {
-        self.record_issued(name, &issued).await.map_err(status)?;
+    /// The answer carrying a certificate already recorded.
+    fn answer(&self, issued: crate::pki::Issued) -> Result<pb::CertificateResponse, Status> {
         let ca_pem = self.live_tls("signing")?.authority().ca_pem().to_string();
         Ok(pb::CertificateResponse {
             cert_pem: issued.cert_pem,
@@ -103,6 +66,68 @@ impl AgentApi {
             not_after_unix_s: u64::try_from(issued.not_after).unwrap_or(0),
         })
     }
+
+    /// An audited refusal of an agent call.
+    fn refuse(&self, who: &str, call: &str, e: CoordinatorError) -> Status {
+        self.auth.audit.denied(who, call, "", e.code());
+        status(e)
+    }
+
+    /// The caller must be agent `agent`'s certificate (or plaintext), of an
+    /// identity that is not revoked; returns its identity record. Refusals
+    /// are audited.
+    async fn check_caller(
+        &self,
+        cred: &Credential,
+        agent: &str,
+        call: &str,
+    ) -> Result<Option<crate::auth::identity::AgentIdentity>, Status> {
+        if let Err(s) = super::check_agent(cred, agent, call) {
+            let who = match cred {
+                Credential::Certificate { peer, .. } => peer.to_string(),
+                _ => "anonymous".to_string(),
+            };
+            let code = s
+                .metadata()
+                .get(super::ERROR_CODE_KEY)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("PERMISSION_DENIED")
+                .to_string();
+            self.auth
+                .audit
+                .denied(&format!("{who} (as agent {agent})"), call, "", &code);
+            return Err(s);
+        }
+        if matches!(cred, Credential::Plaintext) {
+            return Ok(None);
+        }
+        crate::auth::identity::check(self.auth.store(), agent)
+            .await
+            .map_err(|e| self.refuse(&format!("agent {agent}"), call, e))
+    }
+}
+
+/// Hex SHA-256 of the first certificate of `cert_pem`.
+fn pem_fingerprint(cert_pem: &str) -> Result<String, Status> {
+    baton_proto::tls::certs_from_pem(cert_pem)
+        .map(|c| baton_proto::tls::sha256_hex(&c[0]))
+        .map_err(|e| status(CoordinatorError::Transport(e.to_string())))
+}
+
+/// Validity `(not_before, not_after)` of the caller's certificate.
+fn peer_validity<T>(request: &Request<T>) -> Option<(i64, i64)> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let info = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    baton_proto::identity::validity(certs.first()?)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn valid_name(s: &str) -> bool {
@@ -160,11 +185,20 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        const CALL: &str = "Register";
         let cred = super::credential(&request);
         let mut reg = Registration::try_from(request.into_inner()).map_err(status)?;
         reg.cert_fingerprint = super::fingerprint(&cred);
-        super::check_agent(&cred, &reg.name, "Register")?;
-        let resp = self.handle.register(reg).await.map_err(status)?;
+        let identity = self.check_caller(&cred, &reg.name, CALL).await?;
+        let who = format!("agent {}", reg.name);
+        crate::auth::identity::check_labels(&reg.name, identity.as_ref(), &reg.labels)
+            .map_err(|e| self.refuse(&who, CALL, e))?;
+        let resp = self.handle.register(reg).await.map_err(|e| match e {
+            CoordinatorError::PermissionDenied(_) | CoordinatorError::CertRevoked(_) => {
+                self.refuse(&who, CALL, e)
+            }
+            e => status(e),
+        })?;
         Ok(Response::new(resp))
     }
 
@@ -186,13 +220,19 @@ impl CoordinatorService for AgentApi {
                 "the first event of a completion stream must be Hello".into(),
             )));
         };
+        const CALL: &str = "ReportEvents";
         let agent = hello.agent_id;
-        super::check_agent(&cred, &agent, "ReportEvents")?;
+        self.check_caller(&cred, &agent, CALL).await?;
         let (acks, rx) = tokio::sync::watch::channel(0u64);
         self.handle
             .open_stream(agent.clone(), hello.boot_id, fingerprint, acks)
             .await
-            .map_err(status)?;
+            .map_err(|e| match e {
+                CoordinatorError::PermissionDenied(_) | CoordinatorError::CertRevoked(_) => {
+                    self.refuse(&format!("agent {agent}"), CALL, e)
+                }
+                e => status(e),
+            })?;
         info!(%agent, "completion stream open");
         let handle = self.handle.clone();
         tokio::spawn(async move {
@@ -221,79 +261,143 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::CertificateResponse>, Status> {
-        self.live_tls("Enroll")?;
+        const CALL: &str = "Enroll";
+        self.live_tls(CALL)?;
         let r = request.into_inner();
         if !valid_name(&r.name) || r.name.contains(['_', '.']) {
             return Err(status(CoordinatorError::InvalidRequest(
                 "agent name must be 1-63 letters, digits and '-' (it becomes a DNS label)".into(),
             )));
         }
-        let audit = &self.auth.audit;
+        let who = format!("agent {}", r.name);
+        let store = self.auth.store();
         // The request is checked and signed before the token is burned: a bad
         // request does not cost the operator a token.
         let issued = self.issue(r.csr_pem, &r.name).await?;
+        let fingerprint = pem_fingerprint(&issued.cert_pem)?;
         let now = crate::auth::now_s();
-        match crate::auth::tokens::consume_enrolment(self.auth.store(), &r.token, &r.name, now)
+        let (token, rev) = crate::auth::tokens::check_enrolment(store, &r.token, &r.name, now)
             .await
-        {
-            Ok(id) => {
-                let resp = self.hand_out(&r.name, issued).await?;
-                audit.changed(
-                    &r.name,
-                    "Enroll",
-                    "",
-                    &format!("agent enrolled with token {id}"),
-                );
-                info!(agent = %r.name, token = %id, "agent enrolled");
-                Ok(Response::new(resp))
+            .map_err(|e| self.refuse(&who, CALL, e))?;
+        let id = token.id.clone();
+        let enrolment = crate::auth::identity::Enrolment {
+            name: &r.name,
+            token_id: &id,
+            allowed_labels: token.labels.clone(),
+            fingerprint: &fingerprint,
+            not_after: issued.not_after,
+            now_s: now,
+        };
+        // The name must be free; the token burns, the identity and its first
+        // certificate are recorded, all in one commit.
+        let mut ops = crate::auth::identity::enrolment_ops(store, &enrolment)
+            .await
+            .map_err(|e| self.refuse(&who, CALL, e))?;
+        ops.push(crate::auth::tokens::burn_op(token, rev, now).map_err(status)?);
+        match store.commit(ops).await {
+            Ok(_) => {}
+            Err(crate::store::StoreError::Conflict { .. }) => {
+                // The token was used meanwhile, or the name taken.
+                let e = match crate::auth::tokens::check_enrolment(store, &r.token, &r.name, now)
+                    .await
+                {
+                    Err(e) => e,
+                    Ok(_) => CoordinatorError::AgentNameTaken(r.name.clone()),
+                };
+                return Err(self.refuse(&who, CALL, e));
             }
-            Err(e) => {
-                audit.denied(&format!("agent {}", r.name), "Enroll", "", e.code());
-                Err(status(e))
-            }
+            Err(e) => return Err(status(e.into())),
         }
+        self.auth.audit.changed(
+            &r.name,
+            CALL,
+            "",
+            &format!("agent enrolled with token {id}"),
+        );
+        info!(agent = %r.name, token = %id, "agent enrolled");
+        Ok(Response::new(self.answer(issued)?))
     }
 
     async fn renew(
         &self,
         request: Request<pb::RenewRequest>,
     ) -> Result<Response<pb::CertificateResponse>, Status> {
-        self.live_tls("Renew")?;
+        const CALL: &str = "Renew";
+        let live = self.live_tls(CALL)?;
         let cred = super::credential(&request);
-        let crate::auth::Credential::Certificate {
+        let Credential::Certificate {
             peer: baton_proto::identity::Peer::Agent(name),
             fingerprint,
         } = &cred
         else {
             let who = match &cred {
-                crate::auth::Credential::Certificate { peer, .. } => peer.to_string(),
+                Credential::Certificate { peer, .. } => peer.to_string(),
                 _ => "anonymous".to_string(),
             };
-            self.auth
-                .audit
-                .denied(&who, "Renew", "", "PERMISSION_DENIED");
-            return Err(status(CoordinatorError::PermissionDenied(
-                "Renew is for agents, with their current certificate".into(),
-            )));
+            return Err(self.refuse(
+                &who,
+                CALL,
+                CoordinatorError::PermissionDenied(
+                    "Renew is for agents, with their current certificate".into(),
+                ),
+            ));
         };
-        let revoked = self
-            .auth
-            .store()
+        let who = format!("agent {name}");
+        let store = self.auth.store();
+        if store
             .get(&crate::records::revoked_key(fingerprint))
             .await
-            .map_err(|e| status(e.into()))?;
-        if revoked.is_some() {
-            self.auth
-                .audit
-                .denied(&format!("agent {name}"), "Renew", "", "CERT_REVOKED");
-            return Err(status(CoordinatorError::CertRevoked(format!(
-                "the certificate of agent '{name}' was revoked; it cannot be renewed"
-            ))));
+            .map_err(|e| status(e.into()))?
+            .is_some()
+        {
+            return Err(self.refuse(
+                &who,
+                CALL,
+                CoordinatorError::CertRevoked(format!(
+                    "the certificate of agent '{name}' was revoked; it cannot be renewed"
+                )),
+            ));
         }
+        crate::auth::identity::check(store, name)
+            .await
+            .map_err(|e| self.refuse(&who, CALL, e))?;
+        // A certificate far from its end need not renew (agents renew at two
+        // thirds of its lifetime).
+        let now_s = i64::try_from(crate::auth::now_s()).unwrap_or(i64::MAX);
+        if let Some((nb, na)) = peer_validity(&request)
+            && na - now_s > (na - nb) / 2
+        {
+            return Err(self.refuse(
+                &who,
+                CALL,
+                CoordinatorError::RenewTooSoon {
+                    why: format!(
+                        "the certificate of agent '{name}' has more than half of its lifetime left"
+                    ),
+                    retry_after_s: u64::try_from(na - now_s - (na - nb) / 2).unwrap_or(1),
+                },
+            ));
+        }
+        let interval_ms = crate::auth::identity::renew_interval_ms(
+            u64::try_from(live.cert_ttl().as_millis()).unwrap_or(u64::MAX),
+        );
+        crate::auth::identity::may_renew(store, name, unix_ms(), interval_ms)
+            .await
+            .map_err(|e| self.refuse(&who, CALL, e))?;
         let issued = self.issue(request.into_inner().csr_pem, name).await?;
-        let resp = self.hand_out(name, issued).await?;
+        let fp = pem_fingerprint(&issued.cert_pem)?;
+        crate::auth::identity::record_renewal(
+            store,
+            name,
+            &fp,
+            issued.not_after,
+            unix_ms(),
+            interval_ms,
+        )
+        .await
+        .map_err(|e| self.refuse(&who, CALL, e))?;
         debug!(agent = %name, "agent certificate renewed");
-        Ok(Response::new(resp))
+        Ok(Response::new(self.answer(issued)?))
     }
 
     async fn fetch_package(

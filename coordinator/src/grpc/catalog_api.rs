@@ -97,8 +97,9 @@ impl ControlApi {
                 r.package
             ))));
         }
+        // `run` suffices: a catalog package runs only what was deployed there.
         self.auth
-            .require(&who, Permission::Execute, &folder, call)
+            .require(&who, Permission::Run, &folder, call)
             .await
             .map_err(status)?;
         let placement = convert::placement(&r).map_err(status)?;

@@ -57,7 +57,7 @@ impl super::control_api::ControlApi {
             }
             let (folder, _) = split_path(&path).map_err(status)?;
             self.auth
-                .require(who, Permission::Execute, &folder, "StartExecution")
+                .require(who, Permission::Run, &folder, "StartExecution")
                 .await
                 .map_err(status)?;
             let r = self

@@ -301,7 +301,7 @@ impl super::control_api::ControlApi {
         let r = request.into_inner();
         let folder = self.folder_of(&r.execution_id).await?;
         self.auth
-            .require(&who, Permission::Execute, &folder, CALL)
+            .require(&who, Permission::Run, &folder, CALL)
             .await
             .map_err(status)?;
         if r.reason.len() > 1024 {

@@ -193,7 +193,7 @@ impl ControlService for ControlApi {
         let r = request.into_inner();
         let folder = self.folder_of(&r.execution_id).await?;
         self.auth
-            .require(&who, Permission::Execute, &folder, "CancelExecution")
+            .require(&who, Permission::Run, &folder, "CancelExecution")
             .await
             .map_err(status)?;
         if r.reason.len() > 1024 {
@@ -335,7 +335,7 @@ impl ControlService for ControlApi {
         };
         let mut t = self
             .auth
-            .create_token(kind, &r.name, r.ttl_s, &who.name)
+            .create_token(kind, &r.name, r.ttl_s, &who.name, r.labels.clone())
             .await
             .map_err(status)?;
         if kind == TokenKind::Agent {
@@ -351,7 +351,17 @@ impl ControlService for ControlApi {
             &who.name,
             "CreateToken",
             "/",
-            &format!("{} token {} for '{}'", kind.as_str(), t.record.id, r.name),
+            &if r.labels.is_empty() {
+                format!("{} token {} for '{}'", kind.as_str(), t.record.id, r.name)
+            } else {
+                format!(
+                    "{} token {} for '{}' with labels {}",
+                    kind.as_str(),
+                    t.record.id,
+                    r.name,
+                    r.labels.join(",")
+                )
+            },
         );
         Ok(Response::new(pb::CreateTokenResponse {
             token_id: t.record.id.clone(),

@@ -50,6 +50,11 @@ async fn check_caller(auth: &Auth, cred: &Credential) -> Result<(), Status> {
             "the certificate of agent '{name}' was revoked"
         ))));
     }
+    if let Err(e) = crate::auth::identity::check(store, name).await {
+        auth.audit
+            .denied(&format!("agent {name}"), CALL, "", e.code());
+        return Err(status(e));
+    }
     let registered = store
         .get(&crate::records::agent_key(name))
         .await

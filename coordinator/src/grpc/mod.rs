@@ -103,7 +103,10 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::StoreConflict(_) => Code::Aborted,
         CoordinatorError::PermissionDenied(_)
         | CoordinatorError::TokenUsed(_)
-        | CoordinatorError::CertRevoked(_) => Code::PermissionDenied,
+        | CoordinatorError::CertRevoked(_)
+        | CoordinatorError::LabelNotAllowed(_) => Code::PermissionDenied,
+        CoordinatorError::AgentNameTaken(_) => Code::AlreadyExists,
+        CoordinatorError::RenewTooSoon { .. } => Code::ResourceExhausted,
         CoordinatorError::Unauthenticated(_)
         | CoordinatorError::TokenExpired(_)
         | CoordinatorError::TokenRevoked(_) => Code::Unauthenticated,
@@ -120,7 +123,8 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::TooLarge { .. } => Code::OutOfRange,
     };
     let retry_after = match &e {
-        CoordinatorError::Busy { retry_after_s, .. } => Some(*retry_after_s),
+        CoordinatorError::Busy { retry_after_s, .. }
+        | CoordinatorError::RenewTooSoon { retry_after_s, .. } => Some(*retry_after_s),
         _ => None,
     };
     let mut s = tonic::Status::new(code, e.to_string());

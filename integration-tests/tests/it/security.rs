@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+mod identity;
+
 use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
 
 fn cert_of(dir: &std::path::Path) -> String {
@@ -227,6 +229,15 @@ fn principals_need_a_grant_on_the_folder() {
         "{}",
         out.describe()
     );
+    // ... and its refusal is audited with its id, not as "anonymous".
+    let audit = std::fs::read_to_string(c.root().join("coordinator/data/audit.log")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains(&format!("\"who\":\"token {token_id}\""))
+                && l.contains("TOKEN_REVOKED")),
+        "{audit}"
+    );
     let bare = c.root().join("ca-only");
     std::fs::create_dir_all(&bare).unwrap();
     std::fs::copy(c.ca_dir().join("ca.pem"), bare.join("ca.pem")).unwrap();
@@ -242,5 +253,57 @@ fn principals_need_a_grant_on_the_folder() {
         "{}",
         out.describe()
     );
+    c.finish(&[]);
+}
+
+/// `run` on a folder starts the folder's catalog packages, and nothing else:
+/// not an ad hoc file, not a package of another folder.
+#[test]
+fn run_starts_only_catalog_packages_of_the_folder() {
+    let mut c = Cluster::new("sec_run");
+    c.start_coordinator();
+    c.start_agent("a1", 4);
+    c.agents_ready(1);
+    let pkg = c.write_fanout("runperm", &FanoutSpec::new(2, "true"));
+    let pkg_s = pkg.display().to_string();
+    c.cli(&["folder", "create", "/etl"]).expect_code(0);
+    let out = c.cli(&[
+        "package", "deploy", &pkg_s, "--folder", "/etl", "--output", "json",
+    ]);
+    out.expect_code(0);
+    let path = out.json()["path"].as_str().unwrap().to_owned();
+    let out = c.cli(&["token", "create", "--api", "bob", "--output", "json"]);
+    let token = out.json()["token"].as_str().unwrap().to_owned();
+    let bob = |args: &[&str]| {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--token", token.as_str()]);
+        c.cli(&a)
+    };
+    c.cli(&["role", "grant", "bob", "run", "/etl"])
+        .expect_code(0);
+
+    // The catalog package runs, and bob may watch it.
+    bob(&["run", "--package", &path, "--wait"]).expect_code(0);
+    bob(&["exec", "list"]).expect_code(0);
+    // An ad hoc file in the same folder needs execute.
+    let out = bob(&["run", &pkg_s, "--folder", "/etl"]);
+    assert!(
+        out.stderr.contains("error[PERMISSION_DENIED]") && out.stderr.contains("'execute'"),
+        "{}",
+        out.describe()
+    );
+    // Nothing beside the folder, and no changes to it.
+    let out = bob(&["package", "deploy", &pkg_s, "--folder", "/etl"]);
+    assert!(
+        out.stderr.contains("error[PERMISSION_DENIED]"),
+        "{}",
+        out.describe()
+    );
+    let list = c.cli(&["role", "list", "--output", "json"]);
+    assert!(list.stdout.contains("\"run\""), "{}", list.describe());
+    // execute implies run.
+    c.cli(&["role", "grant", "bob", "execute", "/etl"])
+        .expect_code(0);
+    bob(&["run", &pkg_s, "--folder", "/etl", "--wait"]).expect_code(0);
     c.finish(&[]);
 }

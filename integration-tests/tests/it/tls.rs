@@ -190,6 +190,9 @@ fn revoked_agent_certificate_is_refused_and_a_new_one_works() {
         .expect("a2 listed");
     assert_eq!(a2.state, "revoked");
     c.agent("a2").kill9();
+    // The identity stays revoked, whatever certificate it shows, until an
+    // operator forgets it (or it enrols again with a new token).
+    c.cli(&["agents", "rm", "a2"]).expect_code(0);
 
     // Re-enrolment: a new certificate for the same name, a new process.
     let fresh = c.root().join("a2-new-tls");

@@ -151,6 +151,7 @@ pub(super) fn control_calls(
                         kind: "api".into(),
                         name: "carol".into(),
                         ttl_s: 60,
+                        labels: Vec::new(),
                     })
                     .await),
             ),

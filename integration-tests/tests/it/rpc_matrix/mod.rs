@@ -3,8 +3,12 @@
 //!
 //! Callers: the cluster's admin (a client certificate with `manage` on "/"), no
 //! certificate, a certificate of another CA, an expired certificate, an agent
-//! certificate, a client without grants (bob), a revoked agent, and a reused
-//! enrolment token.
+//! certificate, a client without grants (bob), a revoked agent, another agent's
+//! certificate (m1 claiming to be a1), and a reused enrolment token.
+//!
+//! Every refusal that reaches the coordinator's handlers (all but the TLS
+//! handshake's: a foreign CA, an expired certificate) must be in `audit.log`
+//! with its call and code.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -79,6 +83,51 @@ pub(crate) fn channel(
 
 mod calls;
 use calls::{agent_calls, agent_service_calls, control_calls};
+
+/// Codes of refusals of who the caller is or what it may do: each is audited.
+const AUDITED: [&str; 7] = [
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "CERT_REVOKED",
+    "TOKEN_USED",
+    "RENEW_TOO_SOON",
+    "AGENT_NAME_TAKEN",
+    "AGENT_LABEL_NOT_ALLOWED",
+];
+
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Refusals of `got` with no audit entry among `lines` (those written since
+/// the calls began); counts the audited ones into `audited`.
+fn unaudited(
+    caller: &str,
+    got: &[(&'static str, Got)],
+    lines: &[serde_json::Value],
+    audited: &mut usize,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (rpc, g) in got {
+        let Got::Refused(_, code) = g else { continue };
+        if !AUDITED.contains(&code.as_str()) {
+            continue;
+        }
+        if lines
+            .iter()
+            .any(|l| l["call"] == *rpc && l["outcome"] == "denied" && l["detail"] == *code)
+        {
+            *audited += 1;
+        } else {
+            out.push(format!("{caller} × {rpc}: refused {code} but not audited"));
+        }
+    }
+    out
+}
 
 /// Anything whose outcome differs from the expectation, with both.
 fn mismatches(
@@ -226,11 +275,18 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             name: "revoked",
             dir: dir("r1"),
         },
+        Caller {
+            name: "other-agent",
+            dir: dir("m1"),
+        },
     ];
     let mut bad = Vec::new();
+    let audit_path = root.join("coordinator/data/audit.log");
+    let (mut audited, mut refusals_asserted) = (0usize, 0usize);
 
     // ControlService.
     for caller in &callers {
+        let before = audit_lines(&audit_path).len();
         let calls = control_calls(&pkg_dir, &rt, coord(&caller.dir), &exec_id, &token_id);
         let expect = |rpc: &str| match caller.name {
             "admin" if rpc == "ResumeExecution" => {
@@ -245,7 +301,15 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             }
             _ => refused(Code::PermissionDenied, "PERMISSION_DENIED"),
         };
+        refusals_asserted += calls.iter().filter(|(_, g)| *g != Got::Ok).count();
         bad.extend(mismatches(caller.name, &calls, expect));
+        let lines = audit_lines(&audit_path);
+        bad.extend(unaudited(
+            caller.name,
+            &calls,
+            &lines[before.min(lines.len())..],
+            &mut audited,
+        ));
     }
     // The principal without grants sees no executions.
     let bob_channel = coord(&dir("bob")).expect("bob connects");
@@ -265,6 +329,7 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
         let claimed = match caller.name {
             "agent" => "m1",
             "revoked" => "r1",
+            "other-agent" => "a1",
             _ => "m1",
         };
         let token = if caller.name == "none" {
@@ -272,15 +337,23 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
         } else {
             "btn_enr_000000000000_bad"
         };
+        let before = audit_lines(&audit_path).len();
         let calls = agent_calls(&rt, coord(&caller.dir), claimed, token, &package_hash);
         let expect = |rpc: &str| match (caller.name, rpc) {
             ("foreign" | "expired", _) => Got::NoConnection,
             // Any registered, unrevoked agent; nobody else.
-            ("agent", "FetchPackage") => Got::Ok,
+            ("agent" | "other-agent", "FetchPackage") => Got::Ok,
+            // Renew names no agent: m1's certificate renews m1, if it may.
+            ("other-agent", "Renew") => refused(Code::ResourceExhausted, "RENEW_TOO_SOON"),
             ("none", "FetchPackage") => refused(Code::Unauthenticated, "UNAUTHENTICATED"),
             ("revoked", "FetchPackage") => refused(Code::PermissionDenied, "CERT_REVOKED"),
             (_, "FetchPackage") => refused(Code::PermissionDenied, "PERMISSION_DENIED"),
-            ("agent", "Register" | "ReportEvents" | "Renew") => Got::Ok,
+            ("agent", "Register" | "ReportEvents") => Got::Ok,
+            // A certificate with most of its lifetime left need not renew.
+            ("agent", "Renew") => refused(Code::ResourceExhausted, "RENEW_TOO_SOON"),
+            ("revoked", "Register" | "ReportEvents") => {
+                refused(Code::PermissionDenied, "CERT_REVOKED")
+            }
             ("none", "Register" | "ReportEvents") => {
                 refused(Code::Unauthenticated, "UNAUTHENTICATED")
             }
@@ -293,13 +366,29 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             (_, "Enroll") => refused(Code::Unauthenticated, "UNAUTHENTICATED"),
             _ => Got::Ok,
         };
+        refusals_asserted += calls.iter().filter(|(_, g)| *g != Got::Ok).count();
         bad.extend(mismatches(caller.name, &calls, expect));
+        let lines = audit_lines(&audit_path);
+        bad.extend(unaudited(
+            caller.name,
+            &calls,
+            &lines[before.min(lines.len())..],
+            &mut audited,
+        ));
     }
     // The same enrolment token a second time.
+    let before = audit_lines(&audit_path).len();
     let again = agent_calls(&rt, coord(&none), "m2", &enrol_secret, &package_hash);
     bad.extend(mismatches("token reused", &again[3..4], |_| {
         refused(Code::PermissionDenied, "TOKEN_USED")
     }));
+    let lines = audit_lines(&audit_path);
+    bad.extend(unaudited(
+        "token reused",
+        &again[3..4],
+        &lines[before.min(lines.len())..],
+        &mut audited,
+    ));
 
     // AgentService on a1: only the coordinator's certificate may control jobs.
     let agent_ch = |d: &Path| channel(&rt, a1, d, "a1.agent.baton");
@@ -318,8 +407,13 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             (_, "StartJob" | "StartJobs") => refused(Code::PermissionDenied, "UNAUTHORIZED"),
             _ => refused(Code::PermissionDenied, ""),
         };
+        refusals_asserted += calls.iter().filter(|(_, g)| *g != Got::Ok).count();
         bad.extend(mismatches(caller.name, &calls, expect));
     }
+    eprintln!(
+        "rpc_matrix: {refusals_asserted} refusals asserted, {audited} of them audited by the coordinator; {} mismatches",
+        bad.len()
+    );
 
     assert!(
         bad.is_empty(),
