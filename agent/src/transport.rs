@@ -4,7 +4,8 @@
 //! TLS — it presents `NAME.agent.baton` and accepts only clients holding a
 //! certificate of the same CA — and verifies that the coordinator it dials is
 //! `coordinator.baton`. Without it (the CLI's `--insecure`, loopback only) both
-//! sides are plaintext. Nothing else in the crate builds a server or an endpoint
+//! sides are plaintext, and [`refuse_plaintext_beyond_loopback`] keeps it on
+//! this machine: the coordinator URL and the advertised address must be loopback. Nothing else in the crate builds a server or an endpoint
 //! (but enrolment, [`crate::enrol`], which has no certificate yet).
 //!
 //! The certificate renews while the agent runs ([`crate::renew`]): [`LiveTls`]
@@ -160,12 +161,97 @@ pub async fn serve(
     served.map_err(|e| AgentError::Transport(e.to_string()))
 }
 
-/// Connects to the coordinator at `url` (`https://host:port`, or `http://` without TLS).
+/// Refuses plaintext beyond this machine before anything is served or dialled:
+/// without TLS, the coordinator URL and the address the coordinator is told to
+/// dial must both be loopback ([`baton_proto::plaintext`]).
+pub async fn refuse_plaintext_beyond_loopback(
+    coordinator_url: &str,
+    advertise: &str,
+) -> Result<(), AgentError> {
+    let refuse = |e: baton_proto::plaintext::PlaintextError| {
+        AgentError::PlaintextNotLoopback(e.to_string())
+    };
+    if !coordinator_url.to_ascii_lowercase().starts_with("http://") {
+        return Err(AgentError::PlaintextNotLoopback(format!(
+            "an agent without TLS (--insecure) speaks plaintext, so its coordinator URL must be \
+             http:// on a loopback address, not {coordinator_url}; drop --insecure to use mutual TLS"
+        )));
+    }
+    baton_proto::plaintext::loopback_url(coordinator_url)
+        .await
+        .map_err(refuse)?;
+    baton_proto::plaintext::loopback_addr(advertise)
+        .await
+        .map_err(|e| {
+            AgentError::PlaintextNotLoopback(format!(
+                "--advertise {advertise}: the coordinator would send jobs there in plaintext \
+                 (--insecure): {}",
+                e.reason
+            ))
+        })?;
+    Ok(())
+}
+
+/// What a failed connection to the coordinator means: a TLS failure says which
+/// certificate was refused and by whom; a revoked certificate is [`AgentError::Revoked`].
+pub fn connect_error(
+    url: &str,
+    tls: Option<&TlsPem>,
+    err: &(dyn std::error::Error + 'static),
+) -> AgentError {
+    use baton_proto::tls::HandshakeFailure as F;
+    let Some(failure) = baton_proto::tls::handshake_failure(err) else {
+        return AgentError::CoordinatorUnreachable(format!("connecting to {url}: {err}"));
+    };
+    let dir = tls
+        .and_then(|t| t.dir.as_ref())
+        .map_or_else(|| "the agent's TLS directory".to_string(), |d| d.display().to_string());
+    let what = match failure {
+        F::OursRevoked => {
+            return AgentError::Revoked(format!(
+                "the coordinator at {url} refused this agent's certificate ({dir}/tls.pem) as revoked"
+            ));
+        }
+        F::ServerUnknownIssuer => format!(
+            "the coordinator's certificate is not signed by the CA in {dir}/ca.pem (unknown issuer): \
+             this agent was enrolled with another CA"
+        ),
+        F::ServerWrongName(names) => format!(
+            "the server is not a Baton coordinator: its certificate names {names:?}, not {COORDINATOR_NAME}"
+        ),
+        F::ServerExpired => {
+            "the coordinator's certificate has expired or is not valid yet (clocks?)".to_string()
+        }
+        F::ServerCertificate(why) => format!("the coordinator's certificate was refused ({why})"),
+        F::OursUnknownCa => format!(
+            "the coordinator refused this agent's certificate {dir}/tls.pem: not signed by its CA"
+        ),
+        F::OursExpired => format!(
+            "the coordinator refused this agent's certificate {dir}/tls.pem: expired or not valid yet"
+        ),
+        F::OursMissing => "the coordinator wants a client certificate and got none".to_string(),
+        F::OursRefused(alert) => format!("the coordinator refused this agent's certificate (TLS alert {alert})"),
+        F::NotTls(detail) => format!(
+            "the server does not speak TLS ({detail}); an --insecure coordinator wants http://"
+        ),
+    };
+    AgentError::CoordinatorUnreachable(format!("TLS handshake with {url} failed: {what}"))
+}
+
+/// Connects to the coordinator at `url` (`https://host:port`, or `http://` without
+/// TLS, which is dialled only on a loopback address).
 pub async fn connect_coordinator(
     url: &str,
     tls: Option<&TlsPem>,
 ) -> Result<CoordinatorServiceClient<Channel>, AgentError> {
-    let mut endpoint = Endpoint::from_shared(url.to_string())
+    let dial = if tls.is_none() {
+        baton_proto::plaintext::loopback_url(url)
+            .await
+            .map_err(|e| AgentError::PlaintextNotLoopback(e.to_string()))?
+    } else {
+        url.to_string()
+    };
+    let mut endpoint = Endpoint::from_shared(dial)
         .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url {url:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -184,6 +270,6 @@ pub async fn connect_coordinator(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| AgentError::CoordinatorUnreachable(format!("connecting to {url}: {e}")))?;
+        .map_err(|e| connect_error(url, tls, &e))?;
     Ok(CoordinatorServiceClient::new(channel))
 }

@@ -40,6 +40,13 @@ pub enum CoordinatorError {
     TokenRevoked(String),
     #[error("certificate refused: {0}")]
     CertRevoked(String),
+    /// An operator revoked this agent (`baton agents revoke`): it is refused
+    /// for good, and told so, so that it stops instead of retrying.
+    #[error("agent revoked: {0}")]
+    AgentRevoked(String),
+    /// Plaintext (`--insecure`) to an address that is not loopback.
+    #[error("{0}")]
+    PlaintextNotLoopback(String),
     #[error(
         "folder {0} does not exist; create it with `baton folder create {0}` (--parents for its ancestors too)"
     )]
@@ -138,6 +145,8 @@ impl CoordinatorError {
             CoordinatorError::TokenExpired(_) => "TOKEN_EXPIRED",
             CoordinatorError::TokenRevoked(_) => "TOKEN_REVOKED",
             CoordinatorError::CertRevoked(_) => "CERT_REVOKED",
+            CoordinatorError::AgentRevoked(_) => "AGENT_REVOKED",
+            CoordinatorError::PlaintextNotLoopback(_) => "PLAINTEXT_NOT_LOOPBACK",
             CoordinatorError::FolderNotFound(_) => "FOLDER_NOT_FOUND",
             CoordinatorError::FolderExists(_) => "FOLDER_EXISTS",
             CoordinatorError::FolderNotEmpty(_) => "FOLDER_NOT_EMPTY",

@@ -324,6 +324,81 @@ pub async fn fetch_pinned_ca(addr: &str, server_name: &str, pin: &str) -> Result
     Ok(to_pem(&ca))
 }
 
+/// What a failed TLS connection means, read from the error a client got
+/// (connect or first call), so that a message can say which side refused which
+/// certificate instead of "transport error".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// We do not trust the server's certificate: it is not signed by our CA.
+    ServerUnknownIssuer,
+    /// The server's certificate is for another name (the names it carries).
+    ServerWrongName(Vec<String>),
+    /// The server's certificate has expired or is not valid yet.
+    ServerExpired,
+    /// Any other reason we refused the server's certificate (rustls' words).
+    ServerCertificate(String),
+    /// The server refused our certificate as not signed by its CA.
+    OursUnknownCa,
+    /// The server says our certificate was revoked.
+    OursRevoked,
+    /// The server says our certificate has expired (or is not valid yet).
+    OursExpired,
+    /// The server wants a certificate and we sent none.
+    OursMissing,
+    /// The server refused our certificate for another reason (the TLS alert).
+    OursRefused(String),
+    /// The peer does not speak TLS (a plaintext server on that port?).
+    NotTls(String),
+}
+
+/// Finds the TLS failure, if any, in the source chain of `err` (tonic wraps
+/// rustls' error in I/O errors, whose `source()` skips it: each is opened).
+pub fn handshake_failure(err: &(dyn std::error::Error + 'static)) -> Option<HandshakeFailure> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<rustls::Error>().and_then(classify) {
+            return Some(found);
+        }
+        if let Some(found) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .and_then(classify)
+        {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn classify(e: &rustls::Error) -> Option<HandshakeFailure> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    Some(match e {
+        E::InvalidCertificate(c) => match c {
+            C::UnknownIssuer | C::BadSignature => HandshakeFailure::ServerUnknownIssuer,
+            C::NotValidForNameContext { presented, .. } => {
+                HandshakeFailure::ServerWrongName(presented.clone())
+            }
+            C::NotValidForName => HandshakeFailure::ServerWrongName(Vec::new()),
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
+                HandshakeFailure::ServerExpired
+            }
+            other => HandshakeFailure::ServerCertificate(format!("{other:?}")),
+        },
+        E::AlertReceived(a) => match a {
+            A::UnknownCA | A::BadCertificate | A::DecryptError => HandshakeFailure::OursUnknownCa,
+            A::CertificateRevoked => HandshakeFailure::OursRevoked,
+            A::CertificateExpired => HandshakeFailure::OursExpired,
+            A::CertificateRequired => HandshakeFailure::OursMissing,
+            other => HandshakeFailure::OursRefused(format!("{other:?}")),
+        },
+        E::InvalidMessage(m) => HandshakeFailure::NotTls(format!("{m:?}")),
+        E::InappropriateMessage { .. } => HandshakeFailure::NotTls(e.to_string()),
+        _ => return None,
+    })
+}
+
 /// PEM text of one DER certificate.
 pub fn to_pem(der: &[u8]) -> String {
     let b64 = base64_encode(der);

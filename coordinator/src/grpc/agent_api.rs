@@ -164,6 +164,13 @@ impl CoordinatorService for AgentApi {
         let mut reg = Registration::try_from(request.into_inner()).map_err(status)?;
         reg.cert_fingerprint = super::fingerprint(&cred);
         super::check_agent(&cred, &reg.name, "Register")?;
+        if self.tls.is_none() {
+            // Without TLS this coordinator would send jobs (and their
+            // parameters) to that address in clear: only on this machine.
+            baton_proto::plaintext::loopback_addr(&reg.address)
+                .await
+                .map_err(|e| status(CoordinatorError::PlaintextNotLoopback(e.to_string())))?;
+        }
         let resp = self.handle.register(reg).await.map_err(status)?;
         Ok(Response::new(resp))
     }

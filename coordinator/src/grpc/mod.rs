@@ -83,7 +83,8 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
     let code = match &e {
         CoordinatorError::Package(_)
         | CoordinatorError::InvalidRequest(_)
-        | CoordinatorError::Config(_) => Code::InvalidArgument,
+        | CoordinatorError::Config(_)
+        | CoordinatorError::PlaintextNotLoopback(_) => Code::InvalidArgument,
         CoordinatorError::ExecutionNotFound(_) | CoordinatorError::AgentNotFound(_) => {
             Code::NotFound
         }
@@ -103,7 +104,8 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::StoreConflict(_) => Code::Aborted,
         CoordinatorError::PermissionDenied(_)
         | CoordinatorError::TokenUsed(_)
-        | CoordinatorError::CertRevoked(_) => Code::PermissionDenied,
+        | CoordinatorError::CertRevoked(_)
+        | CoordinatorError::AgentRevoked(_) => Code::PermissionDenied,
         CoordinatorError::Unauthenticated(_)
         | CoordinatorError::TokenExpired(_)
         | CoordinatorError::TokenRevoked(_) => Code::Unauthenticated,
