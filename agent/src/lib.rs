@@ -76,8 +76,11 @@ pub async fn run(
 ) -> Result<(), AgentError> {
     config.validate()?;
     if config.tls.is_none() {
-        transport::refuse_plaintext_beyond_loopback(&config.coordinator_url, &config.advertise_addr)
-            .await?;
+        transport::refuse_plaintext_beyond_loopback(
+            &config.coordinator_url,
+            &config.advertise_addr,
+        )
+        .await?;
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::io(format!("creating {}", config.data_dir.display()), e))?;

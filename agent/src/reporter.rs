@@ -248,7 +248,11 @@ impl Reporter {
 
 /// A refusal that no retry will change, told by the coordinator's error code.
 fn refusal(s: &tonic::Status) -> Option<AgentError> {
-    let code = s.metadata().get(crate::error::ERROR_CODE_KEY)?.to_str().ok()?;
+    let code = s
+        .metadata()
+        .get(crate::error::ERROR_CODE_KEY)?
+        .to_str()
+        .ok()?;
     match code {
         "AGENT_REVOKED" | "CERT_REVOKED" => Some(AgentError::Revoked(s.message().to_string())),
         "PLAINTEXT_NOT_LOOPBACK" => Some(AgentError::PlaintextNotLoopback(s.message().to_string())),
@@ -347,7 +351,11 @@ mod tests {
             assert_eq!(e.code(), "AGENT_REVOKED");
             assert!(e.fatal() && e.to_string().contains("revoked"), "{e}");
         }
-        assert!(refusal(&with_code("PLAINTEXT_NOT_LOOPBACK")).unwrap().fatal());
+        assert!(
+            refusal(&with_code("PLAINTEXT_NOT_LOOPBACK"))
+                .unwrap()
+                .fatal()
+        );
         assert!(refusal(&with_code("PERMISSION_DENIED")).is_none());
         assert!(refusal(&tonic::Status::unavailable("down")).is_none());
         assert!(!unreachable("register", &tonic::Status::unavailable("down")).fatal());

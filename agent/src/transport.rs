@@ -168,9 +168,8 @@ pub async fn refuse_plaintext_beyond_loopback(
     coordinator_url: &str,
     advertise: &str,
 ) -> Result<(), AgentError> {
-    let refuse = |e: baton_proto::plaintext::PlaintextError| {
-        AgentError::PlaintextNotLoopback(e.to_string())
-    };
+    let refuse =
+        |e: baton_proto::plaintext::PlaintextError| AgentError::PlaintextNotLoopback(e.to_string());
     if !coordinator_url.to_ascii_lowercase().starts_with("http://") {
         return Err(AgentError::PlaintextNotLoopback(format!(
             "an agent without TLS (--insecure) speaks plaintext, so its coordinator URL must be \
@@ -203,9 +202,10 @@ pub fn connect_error(
     let Some(failure) = baton_proto::tls::handshake_failure(err) else {
         return AgentError::CoordinatorUnreachable(format!("connecting to {url}: {err}"));
     };
-    let dir = tls
-        .and_then(|t| t.dir.as_ref())
-        .map_or_else(|| "the agent's TLS directory".to_string(), |d| d.display().to_string());
+    let dir = tls.and_then(|t| t.dir.as_ref()).map_or_else(
+        || "the agent's TLS directory".to_string(),
+        |d| d.display().to_string(),
+    );
     let what = match failure {
         F::OursRevoked => {
             return AgentError::Revoked(format!(
@@ -230,7 +230,9 @@ pub fn connect_error(
             "the coordinator refused this agent's certificate {dir}/tls.pem: expired or not valid yet"
         ),
         F::OursMissing => "the coordinator wants a client certificate and got none".to_string(),
-        F::OursRefused(alert) => format!("the coordinator refused this agent's certificate (TLS alert {alert})"),
+        F::OursRefused(alert) => {
+            format!("the coordinator refused this agent's certificate (TLS alert {alert})")
+        }
         F::NotTls(detail) => format!(
             "the server does not speak TLS ({detail}); an --insecure coordinator wants http://"
         ),

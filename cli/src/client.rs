@@ -141,10 +141,10 @@ impl CoordinatorOpt {
                 ),
             ));
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| self.tls_failure(&e).unwrap_or_else(|| CliError::unavailable(&self.url, e)))?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            self.tls_failure(&e)
+                .unwrap_or_else(|| CliError::unavailable(&self.url, e))
+        })?;
         Ok(
             ControlServiceClient::with_interceptor(channel, Bearer(bearer))
                 .max_decoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES)

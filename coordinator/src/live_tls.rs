@@ -191,7 +191,10 @@ mod tests {
         let e = LiveTls::bootstrap(&admin, Duration::from_secs(86_400)).unwrap_err();
         assert_eq!(e.code(), "PKI_NOT_A_CA_DIR");
         let text = e.to_string();
-        assert!(text.contains("tls.pem") && text.contains("ca.pem"), "{text}");
+        assert!(
+            text.contains("tls.pem") && text.contains("ca.pem"),
+            "{text}"
+        );
         assert!(text.contains("BATON_COORDINATOR_TLS_DIR"), "{text}");
         assert_eq!(
             std::fs::read(admin.join("ca.pem")).unwrap(),

@@ -44,7 +44,9 @@ impl std::error::Error for PlaintextError {}
 pub fn is_loopback_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -80,7 +82,9 @@ fn split_host_port(authority: &str, default_port: u16) -> Result<(&str, u16), St
     }
     let port = match port {
         None => default_port,
-        Some(p) => p.parse().map_err(|_| format!("port '{p}' is not a number"))?,
+        Some(p) => p
+            .parse()
+            .map_err(|_| format!("port '{p}' is not a number"))?,
     };
     Ok((host, port))
 }

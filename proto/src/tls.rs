@@ -381,9 +381,10 @@ fn classify(e: &rustls::Error) -> Option<HandshakeFailure> {
                 HandshakeFailure::ServerWrongName(presented.clone())
             }
             C::NotValidForName => HandshakeFailure::ServerWrongName(Vec::new()),
-            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. } => {
-                HandshakeFailure::ServerExpired
-            }
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => HandshakeFailure::ServerExpired,
             other => HandshakeFailure::ServerCertificate(format!("{other:?}")),
         },
         E::AlertReceived(a) => match a {

@@ -23,7 +23,11 @@ use crate::error::CliError;
 )]
 pub struct CoordinatorArgs {
     /// Address to serve gRPC on (port 0 picks a free port; the chosen one is printed).
-    #[arg(long, env = "BATON_COORDINATOR_LISTEN", default_value = "127.0.0.1:7400")]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_LISTEN",
+        default_value = "127.0.0.1:7400"
+    )]
     pub listen: String,
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "BATON_COORDINATOR_DATA_DIR", default_value = "baton-data")]
@@ -56,7 +60,11 @@ pub struct CoordinatorArgs {
     pub prune_every: std::time::Duration,
     /// Placement strategy of executions that name none: least-loaded,
     /// round-robin or spread:LABEL (`baton run --placement` overrides it).
-    #[arg(long, env = "BATON_COORDINATOR_PLACEMENT", default_value = "least-loaded")]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_PLACEMENT",
+        default_value = "least-loaded"
+    )]
     pub placement: baton_coordinator::placement::Strategy,
     /// Refuse a start (COORDINATOR_BUSY, retry later) that would bring the
     /// children not yet finished, over all running executions, past this; an
@@ -67,7 +75,11 @@ pub struct CoordinatorArgs {
     pub max_pending_children: u64,
     /// Quarantine an agent after this many failed children within
     /// --quarantine-window with no success between (0: never).
-    #[arg(long, env = "BATON_COORDINATOR_QUARANTINE_FAILURES", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_QUARANTINE_FAILURES",
+        default_value_t = 5
+    )]
     pub quarantine_failures: u32,
     /// The window of --quarantine-failures, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = crate::cmd::parse_duration)]

@@ -42,3 +42,4 @@ mod secrets;
 mod security;
 mod show_limit;
 mod tls;
+mod transport;
