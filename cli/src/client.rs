@@ -156,7 +156,46 @@ impl CoordinatorOpt {
         if let Some(e) = self.tls_failure(&s) {
             return e;
         }
+        if s.metadata().get("baton-code").is_none()
+            && matches!(
+                s.code(),
+                tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Internal
+                    | tonic::Code::Unavailable
+            )
+            && let Some(e) = self.probe_tls()
+        {
+            return e;
+        }
         CliError::from_status(&self.url, s)
+    }
+
+    /// A call that broke without a Baton code may be a TLS refusal that only
+    /// the connection saw (TLS 1.3 refuses a client certificate after the
+    /// handshake): ask the server again, once, and explain what it says.
+    fn probe_tls(&self) -> Option<CliError> {
+        let authority = self
+            .url
+            .strip_prefix("https://")?
+            .split(['/', '?', '#'])
+            .next()?;
+        let ca = std::fs::read_to_string(self.tls_dir.join("ca.pem")).ok()?;
+        let identity = match self.token {
+            Some(_) => None,
+            None => Some((
+                std::fs::read_to_string(self.tls_dir.join("tls.pem")).ok()?,
+                std::fs::read_to_string(self.tls_dir.join("tls.key")).ok()?,
+            )),
+        };
+        let failure = baton_proto::tls::probe_handshake(
+            authority,
+            baton_coordinator::pki::COORDINATOR_NAME,
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+            Duration::from_secs(2),
+        )?;
+        Some(explain_tls(&self.url, &self.tls_dir, failure))
     }
 
     /// `TLS_HANDSHAKE_FAILED` with what went wrong, if `err` is a TLS failure.

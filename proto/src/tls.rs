@@ -400,6 +400,52 @@ fn classify(e: &rustls::Error) -> Option<HandshakeFailure> {
     })
 }
 
+/// Asks a server how it judges this client's handshake, for an error message.
+///
+/// Under TLS 1.3 a server refuses a client certificate only after the
+/// client's side of the handshake is done, so the refusal (an alert) reaches
+/// the connection, not the call that failed, and the caller sees only "the
+/// connection broke". This connects once more to `addr` (`host:port`), with
+/// the same trust root and identity, and reads until the server either sends
+/// data (it accepted: `None`) or an alert (the failure). Blocking, bounded by
+/// `timeout`; meant for an error path.
+pub fn probe_handshake(
+    addr: &str,
+    server_name: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Option<HandshakeFailure> {
+    use std::io::Read;
+    use std::net::ToSocketAddrs;
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots(ca_pem).ok()?);
+    let mut config = match identity {
+        Some((chain_pem, key_pem)) => {
+            let chain = certs_from_pem(chain_pem).ok()?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(server_name.to_string()).ok()?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let target = addr.to_socket_addrs().ok()?.next()?;
+    let tcp = std::net::TcpStream::connect_timeout(&target, timeout).ok()?;
+    tcp.set_read_timeout(Some(timeout)).ok()?;
+    tcp.set_write_timeout(Some(timeout)).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut byte = [0u8; 1];
+    match tls.read(&mut byte) {
+        Ok(_) => None,
+        Err(e) => handshake_failure(&e),
+    }
+}
+
 /// PEM text of one DER certificate.
 pub fn to_pem(der: &[u8]) -> String {
     let b64 = base64_encode(der);
