@@ -177,11 +177,11 @@ fn run_coordinator_once(root: &Path, args: &[&str], envs: &[(&str, String)]) -> 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut announced = String::new();
     while Instant::now() < deadline {
-        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
-            if line.contains("baton coordinator listening on") {
-                announced = line;
-                break;
-            }
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100))
+            && line.contains("baton coordinator listening on")
+        {
+            announced = line;
+            break;
         }
         if child.try_wait().ok().flatten().is_some() {
             break;
@@ -201,7 +201,7 @@ fn a_coordinator_never_makes_a_ca_over_the_cli_identity() {
     let mut c = Cluster::new("tls_dir_names");
     c.start_coordinator();
     let admin = c.ca_dir().join("admin");
-    let ca_before = std::fs::read(admin.join("ca.pem")).expect("admin ca.pem");
+    let ca_before = std::fs::read_to_string(admin.join("ca.pem")).expect("admin ca.pem");
 
     // The README's shell: BATON_TLS_DIR exported for the CLI, then a coordinator
     // (re)started in it. It must keep to its own directory.
@@ -221,7 +221,7 @@ fn a_coordinator_never_makes_a_ca_over_the_cli_identity() {
         "the second coordinator did not start"
     );
     assert_eq!(
-        std::fs::read(admin.join("ca.pem")).unwrap(),
+        std::fs::read_to_string(admin.join("ca.pem")).unwrap(),
         ca_before,
         "the admin's ca.pem was overwritten"
     );
@@ -276,7 +276,10 @@ fn a_coordinator_never_makes_a_ca_over_the_cli_identity() {
         "{}",
         out.describe()
     );
-    assert_eq!(std::fs::read(admin.join("ca.pem")).unwrap(), ca_before);
+    assert_eq!(
+        std::fs::read_to_string(admin.join("ca.pem")).unwrap(),
+        ca_before
+    );
     c.finish(&[]);
 }
 
