@@ -75,12 +75,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     config.validate()?;
-    if config.tls.is_none() {
-        transport::refuse_plaintext_beyond_loopback(
-            &config.coordinator_url,
-            &config.advertise_addr,
-        )
-        .await?;
+    match &config.tls {
+        None => {
+            transport::refuse_plaintext_beyond_loopback(
+                &config.coordinator_url,
+                &config.advertise_addr,
+            )
+            .await?;
+        }
+        Some(_) => transport::require_https(&config.coordinator_url)?,
     }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::io(format!("creating {}", config.data_dir.display()), e))?;

@@ -191,6 +191,20 @@ pub async fn refuse_plaintext_beyond_loopback(
     Ok(())
 }
 
+/// An agent with a TLS identity speaks only TLS. tonic dials an `http://` URL
+/// in plaintext whatever TLS settings it was given, so such a URL would carry
+/// the registration and every job event in clear: refused.
+pub fn require_https(url: &str) -> Result<(), AgentError> {
+    if url.to_ascii_lowercase().starts_with("https://") {
+        Ok(())
+    } else {
+        Err(AgentError::ConfigInvalid(format!(
+            "coordinator URL {url} is not https://, but this agent speaks mutual TLS: use \
+             https://HOST:PORT (http:// is only for --insecure, on loopback)"
+        )))
+    }
+}
+
 /// What a failed connection to the coordinator means: a TLS failure says which
 /// certificate was refused and by whom; a revoked certificate is [`AgentError::Revoked`].
 pub fn connect_error(
@@ -246,13 +260,12 @@ pub async fn connect_coordinator(
     url: &str,
     tls: Option<&TlsPem>,
 ) -> Result<CoordinatorServiceClient<Channel>, AgentError> {
-    let dial = if tls.is_none() {
-        baton_proto::plaintext::loopback_url(url)
-            .await
-            .map_err(|e| AgentError::PlaintextNotLoopback(e.to_string()))?
-    } else {
-        url.to_string()
-    };
+    if tls.is_some() {
+        require_https(url)?;
+    }
+    let dial = baton_proto::plaintext::loopback_url(url)
+        .await
+        .map_err(|e| AgentError::PlaintextNotLoopback(e.to_string()))?;
     let mut endpoint = Endpoint::from_shared(dial)
         .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url {url:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -274,4 +287,57 @@ pub async fn connect_coordinator(
         .await
         .map_err(|e| connect_error(url, tls, &e))?;
     Ok(CoordinatorServiceClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn plaintext_stays_on_this_machine() {
+        rt().block_on(async {
+            let ok = refuse_plaintext_beyond_loopback("http://localhost:7400", "127.0.0.1:7401");
+            assert!(ok.await.is_ok());
+            for (url, adv, why) in [
+                ("http://10.0.0.5:7400", "127.0.0.1:7401", "10.0.0.5"),
+                (
+                    "http://127.0.0.1:7400",
+                    "10.0.0.7:7401",
+                    "--advertise 10.0.0.7:7401",
+                ),
+                (
+                    "http://127.0.0.1:7400",
+                    "[2001:db8::7]:7401",
+                    "not a loopback",
+                ),
+                ("https://127.0.0.1:7400", "127.0.0.1:7401", "must be"),
+            ] {
+                let e = refuse_plaintext_beyond_loopback(url, adv)
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), "PLAINTEXT_NOT_LOOPBACK");
+                assert!(e.fatal() && e.to_string().contains(why), "{e}");
+            }
+            // Dialling refuses too, before any connection.
+            let e = connect_coordinator("http://10.255.255.1:1", None)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "PLAINTEXT_NOT_LOOPBACK");
+        });
+    }
+
+    #[test]
+    fn an_agent_with_tls_never_dials_http() {
+        assert!(require_https("https://10.0.0.5:7400").is_ok());
+        let e = require_https("http://10.0.0.5:7400").unwrap_err();
+        assert_eq!(e.code(), "AGENT_CONFIG_INVALID");
+        assert!(e.to_string().contains("https://"), "{e}");
+    }
 }

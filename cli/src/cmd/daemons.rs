@@ -328,6 +328,8 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         warn!(%bound, "serving plaintext (--insecure)");
         None
     } else {
+        baton_agent::transport::require_https(&args.coordinator)
+            .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
         let dir = args
             .tls_dir
             .clone()

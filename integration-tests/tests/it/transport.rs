@@ -132,6 +132,26 @@ fn plaintext_beyond_loopback_is_refused_before_connecting() {
         out.describe()
     );
 
+    // An agent with a TLS identity never dials http:// (tonic would send plaintext).
+    let data = c.root().join("agent-tls-http").display().to_string();
+    let out = c.cli_raw(&[
+        "agent",
+        "--name",
+        "x3",
+        "--listen",
+        "127.0.0.1:0",
+        "--coordinator",
+        "http://10.0.0.5:7400",
+        "--data-dir",
+        &data,
+    ]);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("error[AGENT_CONFIG_INVALID]") && out.stderr.contains("https://"),
+        "{}",
+        out.describe()
+    );
+
     let mut opts = AgentOpts::new("p1", 1);
     opts.coordinator_url = Some(local.clone());
     opts.tls_dir = Some(c.root().join("no-tls"));
