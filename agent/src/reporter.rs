@@ -131,9 +131,11 @@ impl Reporter {
                 outbox_id: self.outbox.outbox_id().to_string(),
                 weight: id.weight,
             })
-            .await
-            .map_err(|s| self.call_error("register", &s, tls.as_ref()))?
-            .into_inner();
+            .await;
+        let reg = match reg {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.call_error("register", &s, tls.as_ref()).await),
+        };
         self.supervisor.observe_epoch(Epoch(reg.coordinator_epoch));
         self.outbox.ack(reg.acked_seq).await?;
         info!(agent_id = %reg.agent_id, epoch = reg.coordinator_epoch, "registered with coordinator");
@@ -147,11 +149,10 @@ impl Reporter {
             boot_id: id.boot_id.clone(),
         }));
         tx.send(hello).await.map_err(|_| stream_closed())?;
-        let acks = client
-            .report_events(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| self.call_error("report_events", &s, tls.as_ref()))?
-            .into_inner();
+        let acks = match client.report_events(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.call_error("report_events", &s, tls.as_ref()).await),
+        };
         let mut ack_task = AbortOnDrop(tokio::spawn(read_acks(acks, self.outbox.clone())));
 
         let mut sent = reg.acked_seq;
@@ -230,7 +231,7 @@ fn event(body: Body) -> AgentEvent {
 impl Reporter {
     /// What a failed call means: revoked (stop), a TLS failure (say which
     /// certificate), or the coordinator is unreachable (retry).
-    fn call_error(
+    async fn call_error(
         &self,
         what: &str,
         s: &tonic::Status,
@@ -239,8 +240,23 @@ impl Reporter {
         if let Some(e) = refusal(s) {
             return e;
         }
+        let url = &self.identity.coordinator_url;
         if baton_proto::tls::handshake_failure(s).is_some() {
-            return transport::connect_error(&self.identity.coordinator_url, tls, s);
+            return transport::connect_error(url, tls, s);
+        }
+        let broke = s.metadata().get(crate::error::ERROR_CODE_KEY).is_none()
+            && matches!(
+                s.code(),
+                tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Internal
+                    | tonic::Code::Unavailable
+            );
+        if broke
+            && let Some(tls) = tls
+            && let Some(e) = transport::probe_refusal(url, tls).await
+        {
+            return e;
         }
         unreachable(what, s)
     }

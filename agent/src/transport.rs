@@ -212,10 +212,46 @@ pub fn connect_error(
     tls: Option<&TlsPem>,
     err: &(dyn std::error::Error + 'static),
 ) -> AgentError {
+    match baton_proto::tls::handshake_failure(err) {
+        Some(failure) => explain_tls(url, tls, failure),
+        None => AgentError::CoordinatorUnreachable(format!("connecting to {url}: {err}")),
+    }
+}
+
+/// A call that broke without the coordinator's error code, over TLS: under
+/// TLS 1.3 a refusal of this agent's certificate (another CA, expired,
+/// revoked) reaches only the connection. Asks the coordinator once more with
+/// the same identity (bounded, off the runtime threads) and explains what it
+/// says; `None` if the handshake is fine.
+pub async fn probe_refusal(url: &str, tls: &TlsPem) -> Option<AgentError> {
+    let authority = url
+        .get(8..)
+        .filter(|_| url.to_ascii_lowercase().starts_with("https://"))?
+        .split(['/', '?', '#'])
+        .next()?
+        .to_string();
+    let pem = tls.clone();
+    let failure = tokio::task::spawn_blocking(move || {
+        baton_proto::tls::probe_handshake(
+            &authority,
+            COORDINATOR_NAME,
+            &pem.ca,
+            Some((&pem.cert, &pem.key)),
+            Duration::from_secs(2),
+        )
+    })
+    .await
+    .ok()??;
+    Some(explain_tls(url, Some(tls), failure))
+}
+
+/// An agent error that says which side refused which certificate.
+fn explain_tls(
+    url: &str,
+    tls: Option<&TlsPem>,
+    failure: baton_proto::tls::HandshakeFailure,
+) -> AgentError {
     use baton_proto::tls::HandshakeFailure as F;
-    let Some(failure) = baton_proto::tls::handshake_failure(err) else {
-        return AgentError::CoordinatorUnreachable(format!("connecting to {url}: {err}"));
-    };
     let dir = tls.and_then(|t| t.dir.as_ref()).map_or_else(
         || "the agent's TLS directory".to_string(),
         |d| d.display().to_string(),

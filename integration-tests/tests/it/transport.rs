@@ -363,6 +363,35 @@ fn a_tls_failure_says_which_certificate_and_which_ca() {
         "want {want:?}\n{}",
         out.describe()
     );
+
+    // An agent holding another CA's certificate says so in its log, instead of
+    // "coordinator unreachable: transport error".
+    let agent_tls = c.root().join("m1-tls");
+    c.cli_raw(&[
+        "certs",
+        "issue",
+        "--ca-dir",
+        &other.display().to_string(),
+        "--agent",
+        "m1",
+        "--out",
+        &agent_tls.display().to_string(),
+    ])
+    .expect_code(0);
+    std::fs::copy(c.ca_dir().join("ca.pem"), agent_tls.join("ca.pem")).unwrap();
+    let mut opts = AgentOpts::new("m1", 1);
+    opts.tls_dir = Some(agent_tls.clone());
+    c.start_agent_with(opts);
+    let want = format!(
+        "the coordinator refused this agent's certificate {}/tls.pem: not signed by its CA",
+        agent_tls.display()
+    );
+    let mut log = String::new();
+    let said = wait_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        log = read_log(&c.agent("m1").stderr_path());
+        log.contains(&want)
+    });
+    assert!(said, "want {want:?} in the agent's log:\n{log}");
     c.finish(&[]);
 }
 
