@@ -109,7 +109,23 @@ fn plaintext_beyond_loopback_is_refused_before_connecting() {
     c.cli_at(&local, &["agents", "list"], Duration::from_secs(20))
         .expect_code(0);
 
-    // ... but it may not advertise an address beyond loopback.
+    // The coordinator holds the same line: a Register (made by hand) whose
+    // address is not loopback would make it dial jobs there in plaintext.
+    let status = register_by_hand(
+        &format!("http://127.0.0.1:{}", addr.port()),
+        "10.0.0.7:7401",
+    );
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(
+        status
+            .metadata()
+            .get("baton-code")
+            .and_then(|v| v.to_str().ok()),
+        Some("PLAINTEXT_NOT_LOOPBACK"),
+        "{status:?}"
+    );
+
+    // ... and an --insecure agent may not advertise an address beyond loopback.
     let data = c.root().join("agent-adv").display().to_string();
     let out = c.cli_raw(&[
         "agent",
@@ -170,6 +186,38 @@ fn plaintext_beyond_loopback_is_refused_before_connecting() {
         "the --insecure agent did not register over http://localhost"
     );
     c.finish(&[]);
+}
+
+/// `CoordinatorService.Register` in plaintext as agent `h1` at `address`; the refusal.
+fn register_by_hand(url: &str, address: &str) -> tonic::Status {
+    use baton_proto::coordinator_service_client::CoordinatorServiceClient;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let call = async {
+            let mut client = CoordinatorServiceClient::connect(url.to_owned())
+                .await
+                .expect("connect to the --insecure coordinator");
+            client
+                .register(baton_proto::RegisterRequest {
+                    name: "h1".into(),
+                    address: address.into(),
+                    slots: 1,
+                    version: "test".into(),
+                    boot_id: "b1".into(),
+                    outbox_id: "o1".into(),
+                    weight: 1,
+                    ..Default::default()
+                })
+                .await
+                .expect_err("a non-loopback address was registered without TLS")
+        };
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("Register answered within 10 s")
+    })
 }
 
 /// Starts `baton coordinator` with `envs`, waits for its announcement, then kills it.
