@@ -31,7 +31,8 @@ pub const DEFAULT_CLIENT_TLS_DIR: &str = "baton-data/tls/admin";
 /// Shared `--coordinator` / `--tls-dir` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorOpt {
-    /// Coordinator URL (https:// for TLS, http:// for an --insecure coordinator).
+    /// Coordinator URL (https:// for TLS; http:// only for an --insecure coordinator on
+    /// loopback: plaintext to any other address is refused before connecting).
     #[arg(long = "coordinator", env = "BATON_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub url: String,
     /// Directory with this client's identity: ca.pem, tls.pem, tls.key.
