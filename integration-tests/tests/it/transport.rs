@@ -220,8 +220,11 @@ fn register_by_hand(url: &str, address: &str) -> tonic::Status {
     })
 }
 
-/// Starts `baton coordinator` with `envs`, waits for its announcement, then kills it.
-fn run_coordinator_once(root: &Path, args: &[&str], envs: &[(&str, String)]) -> String {
+/// Starts `baton coordinator` with `envs`, waits for its announcement, then
+/// kills it; returns the announcement line (empty if none) and its stderr.
+fn run_coordinator_once(root: &Path, args: &[&str], envs: &[(&str, String)]) -> (String, String) {
+    let err_path = root.join(format!("coordinator-once-{}.stderr", std::process::id()));
+    let err_file = std::fs::File::create(&err_path).expect("create stderr file");
     let mut cmd = Command::new(baton_bin());
     cmd.arg("coordinator")
         .args(args)
@@ -230,7 +233,7 @@ fn run_coordinator_once(root: &Path, args: &[&str], envs: &[(&str, String)]) -> 
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(Stdio::from(err_file));
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -261,7 +264,7 @@ fn run_coordinator_once(root: &Path, args: &[&str], envs: &[(&str, String)]) -> 
         nix::sys::signal::Signal::SIGKILL,
     );
     let _ = child.wait();
-    announced
+    (announced, read_log(&err_path))
 }
 
 #[test]
@@ -274,7 +277,8 @@ fn a_coordinator_never_makes_a_ca_over_the_cli_identity() {
     // The README's shell: BATON_TLS_DIR exported for the CLI, then a coordinator
     // (re)started in it. It must keep to its own directory.
     let second = c.root().join("second");
-    let announced = run_coordinator_once(
+    let elsewhere = c.root().join("old-name-data");
+    let (announced, stderr) = run_coordinator_once(
         c.root(),
         &[
             "--listen",
@@ -282,8 +286,17 @@ fn a_coordinator_never_makes_a_ca_over_the_cli_identity() {
             "--data-dir",
             &second.display().to_string(),
         ],
-        &[("BATON_TLS_DIR", admin.display().to_string())],
+        &[
+            ("BATON_TLS_DIR", admin.display().to_string()),
+            ("BATON_DATA_DIR", elsewhere.display().to_string()),
+        ],
     );
+    // A variable of the old, shared name is not read, and the log says so.
+    assert!(
+        stderr.contains("BATON_DATA_DIR") && stderr.contains("BATON_COORDINATOR_DATA_DIR"),
+        "no warning about the renamed variable:\n{stderr}"
+    );
+    assert!(!elsewhere.exists());
     assert!(
         !announced.is_empty(),
         "the second coordinator did not start"
@@ -303,7 +316,7 @@ fn a_coordinator_never_makes_a_ca_over_the_cli_identity() {
     );
     // The coordinator's own variable names its TLS directory.
     let third = c.root().join("third-tls");
-    let announced = run_coordinator_once(
+    let (announced, _) = run_coordinator_once(
         c.root(),
         &[
             "--listen",
