@@ -55,6 +55,14 @@ pub enum AgentError {
     /// Too many log and row streams are open on this agent.
     #[error("{0}")]
     Busy(String),
+    /// The coordinator says an operator revoked this agent: it stops for good
+    /// instead of retrying (the CLI exits with its own code).
+    #[error("this agent was revoked by the coordinator: {0}")]
+    Revoked(String),
+    /// Plaintext (`--insecure`) towards, or advertised at, an address that is
+    /// not loopback: refused before any connection.
+    #[error("{0}")]
+    PlaintextNotLoopback(String),
 }
 
 impl AgentError {
@@ -73,7 +81,18 @@ impl AgentError {
             AgentError::OutputGone(_) => "AGENT_OUTPUT_GONE",
             AgentError::RowsUnavailable(_) => "AGENT_ROWS_UNAVAILABLE",
             AgentError::Busy(_) => "AGENT_BUSY",
+            AgentError::Revoked(_) => "AGENT_REVOKED",
+            AgentError::PlaintextNotLoopback(_) => "PLAINTEXT_NOT_LOOPBACK",
         }
+    }
+
+    /// Whether the agent must stop: nothing it can retry will work
+    /// (revoked, or told to speak plaintext beyond this machine).
+    pub fn fatal(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Revoked(_) | AgentError::PlaintextNotLoopback(_)
+        )
     }
 
     /// Whether the same operation may succeed if tried again later.
@@ -90,7 +109,9 @@ impl AgentError {
             AgentError::ConfigInvalid(_)
             | AgentError::InvalidRequest(_)
             | AgentError::Store(_)
-            | AgentError::EnrolmentRefused(_) => false,
+            | AgentError::EnrolmentRefused(_)
+            | AgentError::Revoked(_)
+            | AgentError::PlaintextNotLoopback(_) => false,
         }
     }
 
@@ -118,10 +139,12 @@ impl From<AgentError> for tonic::Status {
         let code = e.code();
         let msg = format!("{code}: {e}");
         let mut status = match e {
-            AgentError::InvalidRequest(_) | AgentError::ConfigInvalid(_) => {
-                tonic::Status::invalid_argument(msg)
+            AgentError::InvalidRequest(_)
+            | AgentError::ConfigInvalid(_)
+            | AgentError::PlaintextNotLoopback(_) => tonic::Status::invalid_argument(msg),
+            AgentError::EnrolmentRefused(_) | AgentError::Revoked(_) => {
+                tonic::Status::permission_denied(msg)
             }
-            AgentError::EnrolmentRefused(_) => tonic::Status::permission_denied(msg),
             AgentError::ShuttingDown | AgentError::CoordinatorUnreachable(_) => {
                 tonic::Status::unavailable(msg)
             }

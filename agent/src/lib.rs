@@ -75,6 +75,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), AgentError> {
     config.validate()?;
+    match &config.tls {
+        None => {
+            transport::refuse_plaintext_beyond_loopback(
+                &config.coordinator_url,
+                &config.advertise_addr,
+            )
+            .await?;
+        }
+        Some(_) => transport::require_https(&config.coordinator_url)?,
+    }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| AgentError::io(format!("creating {}", config.data_dir.display()), e))?;
     // Jobs run with their scratch directory as working directory: every path
@@ -121,7 +131,7 @@ pub async fn run(
         ))
     };
     let reporter_stop = CancellationToken::new();
-    let reporter = tokio::spawn(
+    let mut reporter = tokio::spawn(
         reporter::Reporter::new(
             reporter::Identity {
                 name: config.name.clone(),
@@ -156,11 +166,23 @@ pub async fn run(
         ));
     }
 
-    // Run until asked to stop, or until the server fails.
+    // Run until asked to stop, until the server fails, or until the
+    // coordinator says it will never take this agent (revoked).
     let mut server = server;
+    let mut fatal = None;
+    let mut reporter_done = false;
     let server_result = tokio::select! {
         () = shutdown.cancelled() => None,
         r = &mut server => Some(r),
+        r = &mut reporter => {
+            reporter_done = true;
+            fatal = match r {
+                Ok(Err(e)) => Some(e),
+                Ok(Ok(())) => None,
+                Err(e) => Some(AgentError::Transport(format!("reporter task failed: {e}"))),
+            };
+            None
+        }
     };
 
     info!("agent draining");
@@ -184,13 +206,18 @@ pub async fn run(
         );
     }
     reporter_stop.cancel();
-    let _ = reporter.await;
+    if !reporter_done {
+        let _ = reporter.await;
+    }
     server_stop.cancel();
     let result = match server_result {
         Some(r) => r,
         None => server.await,
     };
     info!("agent stopped");
+    if let Some(e) = fatal {
+        return Err(e);
+    }
     match result {
         Ok(r) => r,
         Err(e) => Err(AgentError::Transport(format!("server task failed: {e}"))),

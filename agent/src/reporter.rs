@@ -10,6 +10,10 @@
 //! change of state, back off (250 ms doubling to 5 s, with jitter), register again and
 //! resend from the coordinator's `acked_seq`. The agent never exits because the
 //! coordinator is down: jobs keep running and their events pile up in the outbox.
+//! It stops only when the coordinator says it will never take it: the agent was
+//! revoked (`AGENT_REVOKED`, or its certificate refused as revoked) or plaintext
+//! would leave the machine (`PLAINTEXT_NOT_LOOPBACK`); [`Reporter::run`] then
+//! returns that error and the agent shuts down.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
@@ -21,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::error::AgentError;
 use crate::model::Epoch;
@@ -76,16 +80,22 @@ impl Reporter {
         }
     }
 
-    /// Runs sessions until `stop` is cancelled.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Runs sessions until `stop` is cancelled, or until the coordinator says
+    /// this agent was revoked (or plaintext would leave the machine): then it
+    /// returns that error, which stops the agent.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), AgentError> {
         let mut backoff = Backoff::new();
         let mut link = Link::Unknown;
         while !stop.is_cancelled() {
             let result = tokio::select! {
                 r = self.session(&stop, &mut backoff, &mut link) => r,
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return Ok(()),
             };
-            let Err(e) = result else { return };
+            let Err(e) = result else { return Ok(()) };
+            if e.fatal() {
+                error!(code = e.code(), error = %e, "the coordinator will not take this agent; stopping");
+                return Err(e);
+            }
             if link != Link::Down {
                 warn!(code = e.code(), error = %e, "coordinator unreachable; will retry");
                 link = Link::Down;
@@ -94,9 +104,10 @@ impl Reporter {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff.next_delay()) => {}
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return Ok(()),
             }
         }
+        Ok(())
     }
 
     /// One registration and stream; `Ok` only when stopped.
@@ -120,9 +131,11 @@ impl Reporter {
                 outbox_id: self.outbox.outbox_id().to_string(),
                 weight: id.weight,
             })
-            .await
-            .map_err(|s| unreachable("register", &s))?
-            .into_inner();
+            .await;
+        let reg = match reg {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.call_error("register", &s, tls.as_ref()).await),
+        };
         self.supervisor.observe_epoch(Epoch(reg.coordinator_epoch));
         self.outbox.ack(reg.acked_seq).await?;
         info!(agent_id = %reg.agent_id, epoch = reg.coordinator_epoch, "registered with coordinator");
@@ -136,11 +149,10 @@ impl Reporter {
             boot_id: id.boot_id.clone(),
         }));
         tx.send(hello).await.map_err(|_| stream_closed())?;
-        let acks = client
-            .report_events(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| unreachable("report_events", &s))?
-            .into_inner();
+        let acks = match client.report_events(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.call_error("report_events", &s, tls.as_ref()).await),
+        };
         let mut ack_task = AbortOnDrop(tokio::spawn(read_acks(acks, self.outbox.clone())));
 
         let mut sent = reg.acked_seq;
@@ -213,6 +225,54 @@ fn event(body: Body) -> AgentEvent {
         seq: 0,
         at_unix_ms: now_unix_ms(),
         body: Some(body),
+    }
+}
+
+impl Reporter {
+    /// What a failed call means: revoked (stop), a TLS failure (say which
+    /// certificate), or the coordinator is unreachable (retry).
+    async fn call_error(
+        &self,
+        what: &str,
+        s: &tonic::Status,
+        tls: Option<&transport::TlsPem>,
+    ) -> AgentError {
+        if let Some(e) = refusal(s) {
+            return e;
+        }
+        let url = &self.identity.coordinator_url;
+        if baton_proto::tls::handshake_failure(s).is_some() {
+            return transport::connect_error(url, tls, s);
+        }
+        let broke = s.metadata().get(crate::error::ERROR_CODE_KEY).is_none()
+            && matches!(
+                s.code(),
+                tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Internal
+                    | tonic::Code::Unavailable
+            );
+        if broke
+            && let Some(tls) = tls
+            && let Some(e) = transport::probe_refusal(url, tls).await
+        {
+            return e;
+        }
+        unreachable(what, s)
+    }
+}
+
+/// A refusal that no retry will change, told by the coordinator's error code.
+fn refusal(s: &tonic::Status) -> Option<AgentError> {
+    let code = s
+        .metadata()
+        .get(crate::error::ERROR_CODE_KEY)?
+        .to_str()
+        .ok()?;
+    match code {
+        "AGENT_REVOKED" | "CERT_REVOKED" => Some(AgentError::Revoked(s.message().to_string())),
+        "PLAINTEXT_NOT_LOOPBACK" => Some(AgentError::PlaintextNotLoopback(s.message().to_string())),
+        _ => None,
     }
 }
 
@@ -292,6 +352,29 @@ mod tests {
         assert!(delays[7] >= BACKOFF_MAX / 2 && delays[7] <= BACKOFF_MAX);
         b.reset();
         assert!(b.next_delay() <= BACKOFF_MIN);
+    }
+
+    #[test]
+    fn a_revocation_is_fatal_and_an_outage_is_not() {
+        let with_code = |code: &str| {
+            let mut s = tonic::Status::permission_denied("agent 'a1' was revoked");
+            s.metadata_mut()
+                .insert(crate::error::ERROR_CODE_KEY, code.parse().unwrap());
+            s
+        };
+        for code in ["AGENT_REVOKED", "CERT_REVOKED"] {
+            let e = refusal(&with_code(code)).unwrap();
+            assert_eq!(e.code(), "AGENT_REVOKED");
+            assert!(e.fatal() && e.to_string().contains("revoked"), "{e}");
+        }
+        assert!(
+            refusal(&with_code("PLAINTEXT_NOT_LOOPBACK"))
+                .unwrap()
+                .fatal()
+        );
+        assert!(refusal(&with_code("PERMISSION_DENIED")).is_none());
+        assert!(refusal(&tonic::Status::unavailable("down")).is_none());
+        assert!(!unreachable("register", &tonic::Status::unavailable("down")).fatal());
     }
 
     #[test]

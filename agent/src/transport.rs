@@ -4,7 +4,8 @@
 //! TLS — it presents `NAME.agent.baton` and accepts only clients holding a
 //! certificate of the same CA — and verifies that the coordinator it dials is
 //! `coordinator.baton`. Without it (the CLI's `--insecure`, loopback only) both
-//! sides are plaintext. Nothing else in the crate builds a server or an endpoint
+//! sides are plaintext, and [`refuse_plaintext_beyond_loopback`] keeps it on
+//! this machine: the coordinator URL and the advertised address must be loopback. Nothing else in the crate builds a server or an endpoint
 //! (but enrolment, [`crate::enrol`], which has no certificate yet).
 //!
 //! The certificate renews while the agent runs ([`crate::renew`]): [`LiveTls`]
@@ -160,12 +161,148 @@ pub async fn serve(
     served.map_err(|e| AgentError::Transport(e.to_string()))
 }
 
-/// Connects to the coordinator at `url` (`https://host:port`, or `http://` without TLS).
+/// Refuses plaintext beyond this machine before anything is served or dialled:
+/// without TLS, the coordinator URL and the address the coordinator is told to
+/// dial must both be loopback ([`baton_proto::plaintext`]).
+pub async fn refuse_plaintext_beyond_loopback(
+    coordinator_url: &str,
+    advertise: &str,
+) -> Result<(), AgentError> {
+    let refuse =
+        |e: baton_proto::plaintext::PlaintextError| AgentError::PlaintextNotLoopback(e.to_string());
+    if !coordinator_url.to_ascii_lowercase().starts_with("http://") {
+        return Err(AgentError::PlaintextNotLoopback(format!(
+            "an agent without TLS (--insecure) speaks plaintext, so its coordinator URL must be \
+             http:// on a loopback address, not {coordinator_url}; drop --insecure to use mutual TLS"
+        )));
+    }
+    baton_proto::plaintext::loopback_url(coordinator_url)
+        .await
+        .map_err(refuse)?;
+    baton_proto::plaintext::loopback_addr(advertise)
+        .await
+        .map_err(|e| {
+            AgentError::PlaintextNotLoopback(format!(
+                "--advertise {advertise}: the coordinator would send jobs there in plaintext \
+                 (--insecure): {}",
+                e.reason
+            ))
+        })?;
+    Ok(())
+}
+
+/// An agent with a TLS identity speaks only TLS. tonic dials an `http://` URL
+/// in plaintext whatever TLS settings it was given, so such a URL would carry
+/// the registration and every job event in clear: refused.
+pub fn require_https(url: &str) -> Result<(), AgentError> {
+    if url.to_ascii_lowercase().starts_with("https://") {
+        Ok(())
+    } else {
+        Err(AgentError::ConfigInvalid(format!(
+            "coordinator URL {url} is not https://, but this agent speaks mutual TLS: use \
+             https://HOST:PORT (http:// is only for --insecure, on loopback)"
+        )))
+    }
+}
+
+/// What a failed connection to the coordinator means: a TLS failure says which
+/// certificate was refused and by whom; a revoked certificate is [`AgentError::Revoked`].
+pub fn connect_error(
+    url: &str,
+    tls: Option<&TlsPem>,
+    err: &(dyn std::error::Error + 'static),
+) -> AgentError {
+    match baton_proto::tls::handshake_failure(err) {
+        Some(failure) => explain_tls(url, tls, failure),
+        None => AgentError::CoordinatorUnreachable(format!("connecting to {url}: {err}")),
+    }
+}
+
+/// A call that broke without the coordinator's error code, over TLS: under
+/// TLS 1.3 a refusal of this agent's certificate (another CA, expired,
+/// revoked) reaches only the connection. Asks the coordinator once more with
+/// the same identity (bounded, off the runtime threads) and explains what it
+/// says; `None` if the handshake is fine.
+pub async fn probe_refusal(url: &str, tls: &TlsPem) -> Option<AgentError> {
+    let authority = url
+        .get(8..)
+        .filter(|_| url.to_ascii_lowercase().starts_with("https://"))?
+        .split(['/', '?', '#'])
+        .next()?
+        .to_string();
+    let pem = tls.clone();
+    let failure = tokio::task::spawn_blocking(move || {
+        baton_proto::tls::probe_handshake(
+            &authority,
+            COORDINATOR_NAME,
+            &pem.ca,
+            Some((&pem.cert, &pem.key)),
+            Duration::from_secs(2),
+        )
+    })
+    .await
+    .ok()??;
+    Some(explain_tls(url, Some(tls), failure))
+}
+
+/// An agent error that says which side refused which certificate.
+fn explain_tls(
+    url: &str,
+    tls: Option<&TlsPem>,
+    failure: baton_proto::tls::HandshakeFailure,
+) -> AgentError {
+    use baton_proto::tls::HandshakeFailure as F;
+    let dir = tls.and_then(|t| t.dir.as_ref()).map_or_else(
+        || "the agent's TLS directory".to_string(),
+        |d| d.display().to_string(),
+    );
+    let what = match failure {
+        F::OursRevoked => {
+            return AgentError::Revoked(format!(
+                "the coordinator at {url} refused this agent's certificate ({dir}/tls.pem) as revoked"
+            ));
+        }
+        F::ServerUnknownIssuer => format!(
+            "the coordinator's certificate is not signed by the CA in {dir}/ca.pem (unknown issuer): \
+             this agent was enrolled with another CA"
+        ),
+        F::ServerWrongName(names) => format!(
+            "the server is not a Baton coordinator: its certificate names {names:?}, not {COORDINATOR_NAME}"
+        ),
+        F::ServerExpired => {
+            "the coordinator's certificate has expired or is not valid yet (clocks?)".to_string()
+        }
+        F::ServerCertificate(why) => format!("the coordinator's certificate was refused ({why})"),
+        F::OursUnknownCa => format!(
+            "the coordinator refused this agent's certificate {dir}/tls.pem: not signed by its CA"
+        ),
+        F::OursExpired => format!(
+            "the coordinator refused this agent's certificate {dir}/tls.pem: expired or not valid yet"
+        ),
+        F::OursMissing => "the coordinator wants a client certificate and got none".to_string(),
+        F::OursRefused(alert) => {
+            format!("the coordinator refused this agent's certificate (TLS alert {alert})")
+        }
+        F::NotTls(detail) => format!(
+            "the server does not speak TLS ({detail}); an --insecure coordinator wants http://"
+        ),
+    };
+    AgentError::CoordinatorUnreachable(format!("TLS handshake with {url} failed: {what}"))
+}
+
+/// Connects to the coordinator at `url` (`https://host:port`, or `http://` without
+/// TLS, which is dialled only on a loopback address).
 pub async fn connect_coordinator(
     url: &str,
     tls: Option<&TlsPem>,
 ) -> Result<CoordinatorServiceClient<Channel>, AgentError> {
-    let mut endpoint = Endpoint::from_shared(url.to_string())
+    if tls.is_some() {
+        require_https(url)?;
+    }
+    let dial = baton_proto::plaintext::loopback_url(url)
+        .await
+        .map_err(|e| AgentError::PlaintextNotLoopback(e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(dial)
         .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url {url:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -184,6 +321,59 @@ pub async fn connect_coordinator(
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| AgentError::CoordinatorUnreachable(format!("connecting to {url}: {e}")))?;
+        .map_err(|e| connect_error(url, tls, &e))?;
     Ok(CoordinatorServiceClient::new(channel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn plaintext_stays_on_this_machine() {
+        rt().block_on(async {
+            let ok = refuse_plaintext_beyond_loopback("http://localhost:7400", "127.0.0.1:7401");
+            assert!(ok.await.is_ok());
+            for (url, adv, why) in [
+                ("http://10.0.0.5:7400", "127.0.0.1:7401", "10.0.0.5"),
+                (
+                    "http://127.0.0.1:7400",
+                    "10.0.0.7:7401",
+                    "--advertise 10.0.0.7:7401",
+                ),
+                (
+                    "http://127.0.0.1:7400",
+                    "[2001:db8::7]:7401",
+                    "not a loopback",
+                ),
+                ("https://127.0.0.1:7400", "127.0.0.1:7401", "must be"),
+            ] {
+                let e = refuse_plaintext_beyond_loopback(url, adv)
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.code(), "PLAINTEXT_NOT_LOOPBACK");
+                assert!(e.fatal() && e.to_string().contains(why), "{e}");
+            }
+            // Dialling refuses too, before any connection.
+            let e = connect_coordinator("http://10.255.255.1:1", None)
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), "PLAINTEXT_NOT_LOOPBACK");
+        });
+    }
+
+    #[test]
+    fn an_agent_with_tls_never_dials_http() {
+        assert!(require_https("https://10.0.0.5:7400").is_ok());
+        let e = require_https("http://10.0.0.5:7400").unwrap_err();
+        assert_eq!(e.code(), "AGENT_CONFIG_INVALID");
+        assert!(e.to_string().contains("https://"), "{e}");
+    }
 }

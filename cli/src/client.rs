@@ -5,7 +5,13 @@
 //! is either with the client certificate there (`tls.pem`, `tls.key`) or, when
 //! `--token` / `BATON_TOKEN` is set, with that API token (sent as
 //! `authorization: Bearer …`, never printed). `http://` is plaintext, for a
-//! coordinator started with `--insecure` on loopback.
+//! coordinator started with `--insecure` on loopback: it is refused before any
+//! connection to an address that is not loopback (`PLAINTEXT_NOT_LOOPBACK`,
+//! [`baton_proto::plaintext`]), so neither a token nor a request leaves the
+//! machine in clear.
+//!
+//! A TLS failure says that it is one (`TLS_HANDSHAKE_FAILED`): which side
+//! refused which certificate, and which CA file the client trusted.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +31,8 @@ pub const DEFAULT_CLIENT_TLS_DIR: &str = "baton-data/tls/admin";
 /// Shared `--coordinator` / `--tls-dir` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorOpt {
-    /// Coordinator URL (https:// for TLS, http:// for an --insecure coordinator).
+    /// Coordinator URL (https:// for TLS; http:// only for an --insecure coordinator on
+    /// loopback: plaintext to any other address is refused before connecting).
     #[arg(long = "coordinator", env = "BATON_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub url: String,
     /// Directory with this client's identity: ca.pem, tls.pem, tls.key.
@@ -106,7 +113,11 @@ impl CoordinatorOpt {
                 Some(v)
             }
         };
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
+        // Before anything else: plaintext to another machine is never tried.
+        let dial = baton_proto::plaintext::loopback_url(&self.url)
+            .await
+            .map_err(|e| CliError::invalid(baton_proto::plaintext::CODE, e.to_string()))?;
+        let mut endpoint = Endpoint::from_shared(dial)
             .map_err(|e| {
                 CliError::invalid("USAGE", format!("bad coordinator URL '{}': {e}", self.url))
             })?
@@ -153,18 +164,17 @@ impl CoordinatorOpt {
                 ),
             ));
         }
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| {
-                let mut err = CliError::unavailable(&self.url, e);
-                if let Some(ctx) = &self.context {
-                    err.message += &format!(
-                        "\n  note: the connection settings come from context '{ctx}' where no flag or variable sets them (`baton context show {ctx}`)"
-                    );
-                }
-                err
-            })?;
+        let channel = endpoint.connect().await.map_err(|e| {
+            let mut err = self
+                .tls_failure(&e)
+                .unwrap_or_else(|| CliError::unavailable(&self.url, e));
+            if let Some(ctx) = &self.context {
+                err.message += &format!(
+                    "\n  note: the connection settings come from context '{ctx}' where no flag or variable sets them (`baton context show {ctx}`)"
+                );
+            }
+            err
+        })?;
         Ok(
             ControlServiceClient::with_interceptor(channel, Bearer(bearer))
                 .max_decoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES)
@@ -173,6 +183,147 @@ impl CoordinatorOpt {
     }
 
     pub fn status(&self, s: tonic::Status) -> CliError {
+        if let Some(e) = self.tls_failure(&s) {
+            return e;
+        }
+        if s.metadata().get("baton-code").is_none()
+            && matches!(
+                s.code(),
+                tonic::Code::Unknown
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Internal
+                    | tonic::Code::Unavailable
+            )
+            && let Some(e) = self.probe_tls()
+        {
+            return e;
+        }
         CliError::from_status(&self.url, s)
     }
+
+    /// A call that broke without a Baton code may be a TLS refusal that only
+    /// the connection saw (TLS 1.3 refuses a client certificate after the
+    /// handshake): ask the server again, once, and explain what it says.
+    fn probe_tls(&self) -> Option<CliError> {
+        let authority = self
+            .url
+            .strip_prefix("https://")?
+            .split(['/', '?', '#'])
+            .next()?;
+        let ca = std::fs::read_to_string(self.tls_dir.join("ca.pem")).ok()?;
+        let identity = match self.token {
+            Some(_) => None,
+            None => Some((
+                std::fs::read_to_string(self.tls_dir.join("tls.pem")).ok()?,
+                std::fs::read_to_string(self.tls_dir.join("tls.key")).ok()?,
+            )),
+        };
+        let failure = baton_proto::tls::probe_handshake(
+            authority,
+            baton_coordinator::pki::COORDINATOR_NAME,
+            &ca,
+            identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+            Duration::from_secs(2),
+        )?;
+        Some(explain_tls(&self.url, &self.tls_dir, failure))
+    }
+
+    /// `TLS_HANDSHAKE_FAILED` with what went wrong, if `err` is a TLS failure.
+    fn tls_failure(&self, err: &(dyn std::error::Error + 'static)) -> Option<CliError> {
+        let failure = baton_proto::tls::handshake_failure(err)?;
+        Some(explain_tls(&self.url, &self.tls_dir, failure))
+    }
+}
+
+/// Says which side refused which certificate, and what to do.
+pub fn explain_tls(
+    url: &str,
+    tls_dir: &std::path::Path,
+    failure: baton_proto::tls::HandshakeFailure,
+) -> CliError {
+    use baton_proto::tls::HandshakeFailure as F;
+    let ca = tls_dir.join("ca.pem");
+    let cert = tls_dir.join("tls.pem");
+    let (what, hint) = match failure {
+        F::ServerUnknownIssuer => (
+            format!(
+                "the coordinator's certificate is not signed by the CA in {} (unknown issuer)",
+                ca.display()
+            ),
+            "this client identity belongs to another CA (another cluster, or a CA made again); \
+             point --tls-dir / BATON_TLS_DIR at an identity of this coordinator's CA (its \
+             DATA_DIR/tls/admin, or one from `baton certs issue --client NAME`)"
+                .to_string(),
+        ),
+        F::ServerWrongName(names) => (
+            format!(
+                "the server is not a Baton coordinator: its certificate names {}, not {}",
+                if names.is_empty() {
+                    "something else".to_string()
+                } else {
+                    names.join(", ")
+                },
+                baton_coordinator::pki::COORDINATOR_NAME
+            ),
+            "check the address in --coordinator / BATON_COORDINATOR".to_string(),
+        ),
+        F::ServerExpired => (
+            "the coordinator's certificate has expired or is not valid yet".to_string(),
+            "check the clocks of both machines; a running coordinator renews its own certificate"
+                .to_string(),
+        ),
+        F::ServerCertificate(why) => (
+            format!(
+                "the coordinator's certificate was refused ({why}) when checked against the CA in {}",
+                ca.display()
+            ),
+            "point --tls-dir / BATON_TLS_DIR at an identity of this coordinator's CA".to_string(),
+        ),
+        F::OursUnknownCa => (
+            format!(
+                "the coordinator refused this client's certificate {}: it is not signed by the \
+                 coordinator's CA (unknown CA)",
+                cert.display()
+            ),
+            "issue this client an identity from the coordinator's CA (`baton certs issue --client NAME`)"
+                .to_string(),
+        ),
+        F::OursRevoked => (
+            format!(
+                "the coordinator refused this client's certificate {}: it was revoked",
+                cert.display()
+            ),
+            "ask an administrator for a new identity or an API token".to_string(),
+        ),
+        F::OursExpired => (
+            format!(
+                "the coordinator refused this client's certificate {}: it has expired (or is not valid yet)",
+                cert.display()
+            ),
+            "issue a new one (`baton certs issue --client NAME`) or use an API token".to_string(),
+        ),
+        F::OursMissing => (
+            "the coordinator requires a client certificate and got none".to_string(),
+            "point --tls-dir / BATON_TLS_DIR at a client identity (ca.pem, tls.pem, tls.key)"
+                .to_string(),
+        ),
+        F::OursRefused(alert) => (
+            format!(
+                "the coordinator refused the connection (TLS alert {alert}) with this client's \
+                 certificate {}",
+                cert.display()
+            ),
+            "check that --tls-dir / BATON_TLS_DIR holds an identity of this coordinator's CA"
+                .to_string(),
+        ),
+        F::NotTls(detail) => (
+            format!("the server does not speak TLS ({detail})"),
+            "a coordinator started with --insecure serves plaintext: use http:// (loopback only)"
+                .to_string(),
+        ),
+    };
+    CliError::other(
+        "TLS_HANDSHAKE_FAILED",
+        format!("TLS handshake with {url} failed: {what}\n  hint: {hint}"),
+    )
 }

@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the execution failed or was cancelled; 2 invalid
 //! input (usage, package, parameters, unknown id); 3 the coordinator is
-//! unavailable; 4 any other error; 5 the coordinator is busy (retry later).
+//! unavailable; 4 any other error; 5 the coordinator is busy (retry later);
+//! 6 `baton agent` stopped because the coordinator revoked it.
 
 use std::fmt;
 
@@ -12,6 +13,9 @@ pub const EXIT_UNAVAILABLE: u8 = 3;
 pub const EXIT_OTHER: u8 = 4;
 /// The coordinator is busy (COORDINATOR_BUSY): the same command may work later.
 pub const EXIT_BUSY: u8 = 5;
+/// `baton agent` stopped because the coordinator revoked it (AGENT_REVOKED): a
+/// supervisor should not restart it until the machine is enrolled again.
+pub const EXIT_REVOKED: u8 = 6;
 
 #[derive(Debug)]
 pub struct CliError {

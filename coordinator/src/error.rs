@@ -51,6 +51,13 @@ pub enum CoordinatorError {
     /// A renewal too soon after the last one, or of a certificate far from expiry.
     #[error("{why}; retry after {retry_after_s} s")]
     RenewTooSoon { why: String, retry_after_s: u64 },
+    /// An operator revoked this agent (`baton agents revoke`): it is refused
+    /// for good, and told so, so that it stops instead of retrying.
+    #[error("agent revoked: {0}")]
+    AgentRevoked(String),
+    /// Plaintext (`--insecure`) to an address that is not loopback.
+    #[error("{0}")]
+    PlaintextNotLoopback(String),
     #[error(
         "folder {0} does not exist; create it with `baton folder create {0}` (--parents for its ancestors too)"
     )]
@@ -152,6 +159,8 @@ impl CoordinatorError {
             CoordinatorError::AgentNameTaken(_) => "AGENT_NAME_TAKEN",
             CoordinatorError::LabelNotAllowed(_) => "AGENT_LABEL_NOT_ALLOWED",
             CoordinatorError::RenewTooSoon { .. } => "RENEW_TOO_SOON",
+            CoordinatorError::AgentRevoked(_) => "AGENT_REVOKED",
+            CoordinatorError::PlaintextNotLoopback(_) => "PLAINTEXT_NOT_LOOPBACK",
             CoordinatorError::FolderNotFound(_) => "FOLDER_NOT_FOUND",
             CoordinatorError::FolderExists(_) => "FOLDER_EXISTS",
             CoordinatorError::FolderNotEmpty(_) => "FOLDER_NOT_EMPTY",

@@ -182,6 +182,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_ca_is_made_over_a_client_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        LiveTls::bootstrap(dir.path(), Duration::from_secs(86_400)).unwrap();
+        let admin = dir.path().join("admin");
+        let before = std::fs::read(admin.join("ca.pem")).unwrap();
+        // The mistake of issue 14: the coordinator pointed at the admin's identity.
+        let e = LiveTls::bootstrap(&admin, Duration::from_secs(86_400)).unwrap_err();
+        assert_eq!(e.code(), "PKI_NOT_A_CA_DIR");
+        let text = e.to_string();
+        assert!(
+            text.contains("tls.pem") && text.contains("ca.pem"),
+            "{text}"
+        );
+        assert!(text.contains("BATON_COORDINATOR_TLS_DIR"), "{text}");
+        assert_eq!(
+            std::fs::read(admin.join("ca.pem")).unwrap(),
+            before,
+            "the identity's trust root is untouched"
+        );
+        assert!(!admin.join("ca.key").exists());
+        // A lone ca.pem (a directory that only trusts a CA) is refused too.
+        let trust_only = dir.path().join("trust");
+        std::fs::create_dir_all(&trust_only).unwrap();
+        std::fs::write(trust_only.join("ca.pem"), &before).unwrap();
+        let e = LiveTls::bootstrap(&trust_only, Duration::from_secs(86_400)).unwrap_err();
+        assert_eq!(e.code(), "PKI_NOT_A_CA_DIR");
+        // An empty or missing directory still gets a CA.
+        assert!(LiveTls::bootstrap(&dir.path().join("fresh"), Duration::from_secs(86_400)).is_ok());
+    }
+
+    #[test]
     fn bootstrap_creates_then_reuses_and_renews_when_due() {
         let dir = tempfile::tempdir().unwrap();
         let (live, created) = LiveTls::bootstrap(dir.path(), Duration::from_secs(86_400)).unwrap();

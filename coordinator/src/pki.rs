@@ -73,6 +73,13 @@ pub enum PkiError {
     NoCa(PathBuf),
     #[error("certificate signing request refused: {0}")]
     BadCsr(String),
+    #[error(
+        "refusing to create a CA in {dir}: it already holds {found} but no complete CA \
+         (ca.key, ca.pem, ca.name) — it looks like a client or agent identity, whose ca.pem a new \
+         CA would overwrite. Give the coordinator a TLS directory of its own (--tls-dir / \
+         BATON_COORDINATOR_TLS_DIR, default DATA_DIR/tls; BATON_TLS_DIR is the CLI's identity)"
+    )]
+    NotCaDir { dir: PathBuf, found: String },
 }
 
 impl PkiError {
@@ -83,6 +90,7 @@ impl PkiError {
             PkiError::BadName(_) => "PKI_BAD_NAME",
             PkiError::NoCa(_) => "PKI_NO_CA",
             PkiError::BadCsr(_) => "PKI_BAD_CSR",
+            PkiError::NotCaDir { .. } => "PKI_NOT_A_CA_DIR",
         }
     }
 }
@@ -144,10 +152,22 @@ pub fn has_ca(dir: &Path) -> bool {
     dir.join("ca.key").exists() && dir.join("ca.pem").exists() && dir.join("ca.name").exists()
 }
 
-/// Creates a CA in `dir` (refuses to overwrite one).
+/// Creates a CA in `dir` (refuses to overwrite one). Refuses too when `dir`
+/// holds part of one, or an identity (`tls.pem`, `ca.pem` without `ca.key`):
+/// a CA made there would overwrite that identity's trust root.
 pub fn init_ca(dir: &Path) -> Result<(), PkiError> {
     if has_ca(dir) {
         return Ok(());
+    }
+    let found: Vec<&str> = ["ca.pem", "ca.key", "ca.name", "tls.pem", "tls.key"]
+        .into_iter()
+        .filter(|f| dir.join(f).exists())
+        .collect();
+    if !found.is_empty() {
+        return Err(PkiError::NotCaDir {
+            dir: dir.to_path_buf(),
+            found: found.join(", "),
+        });
     }
     let name = format!("Baton CA {}", uuid::Uuid::new_v4().simple());
     let mut params = ca_params(&name);

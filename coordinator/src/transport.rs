@@ -8,7 +8,8 @@
 //! it dials agent NAME it verifies `NAME.agent.baton`, whatever the address.
 //! Certificates renew while running ([`crate::live_tls`]). Plaintext exists
 //! only as [`Security::Insecure`], which the CLI allows only with `--insecure`
-//! on a loopback address.
+//! on a loopback address; such a coordinator registers and dials only agents
+//! whose address is loopback ([`baton_proto::plaintext`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,22 @@ pub fn server() -> Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
 }
 
+/// Plaintext goes to loopback only. Names were resolved and checked when the
+/// agent registered (`Register` refuses a non-loopback address without TLS);
+/// here an address written as a non-loopback IP is refused outright.
+fn refuse_plaintext_literal(address: &str) -> Result<(), CoordinatorError> {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h);
+    match baton_proto::plaintext::ip_literal(host) {
+        Some(ip) if !baton_proto::plaintext::is_loopback_ip(ip) => {
+            Err(CoordinatorError::PlaintextNotLoopback(format!(
+                "refusing to dial agent address {address} in plaintext (--insecure): {ip} is not a \
+                 loopback address; serve mutual TLS to reach agents on other machines"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Dials agents: one lazily connecting client per agent.
 #[derive(Debug, Clone)]
 pub struct AgentDialer {
@@ -78,6 +95,9 @@ impl AgentDialer {
         name: &str,
         address: &str,
     ) -> Result<AgentServiceClient<Channel>, CoordinatorError> {
+        if matches!(self.security, Security::Insecure) {
+            refuse_plaintext_literal(address)?;
+        }
         let url = format!("{}://{address}", self.security.scheme());
         let mut endpoint = Endpoint::from_shared(url)
             .map_err(|e| {
@@ -96,5 +116,27 @@ impl AgentDialer {
             endpoint = endpoint.tls_config(tls).map_err(transport_err)?;
         }
         Ok(AgentServiceClient::new(endpoint.connect_lazy()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_insecure_coordinator_dials_only_loopback_agents() {
+        let dialer = AgentDialer::new(Security::Insecure);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        assert!(dialer.client("a1", "127.0.0.1:7401").is_ok());
+        assert!(dialer.client("a1", "[::1]:7401").is_ok());
+        let e = dialer.client("a1", "10.0.0.7:7401").unwrap_err();
+        assert_eq!(e.code(), "PLAINTEXT_NOT_LOOPBACK");
+        assert!(e.to_string().contains("10.0.0.7"), "{e}");
+        let e = dialer.client("a1", "[2001:db8::1]:7401").unwrap_err();
+        assert_eq!(e.code(), "PLAINTEXT_NOT_LOOPBACK");
     }
 }

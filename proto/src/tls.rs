@@ -324,6 +324,128 @@ pub async fn fetch_pinned_ca(addr: &str, server_name: &str, pin: &str) -> Result
     Ok(to_pem(&ca))
 }
 
+/// What a failed TLS connection means, read from the error a client got
+/// (connect or first call), so that a message can say which side refused which
+/// certificate instead of "transport error".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// We do not trust the server's certificate: it is not signed by our CA.
+    ServerUnknownIssuer,
+    /// The server's certificate is for another name (the names it carries).
+    ServerWrongName(Vec<String>),
+    /// The server's certificate has expired or is not valid yet.
+    ServerExpired,
+    /// Any other reason we refused the server's certificate (rustls' words).
+    ServerCertificate(String),
+    /// The server refused our certificate as not signed by its CA.
+    OursUnknownCa,
+    /// The server says our certificate was revoked.
+    OursRevoked,
+    /// The server says our certificate has expired (or is not valid yet).
+    OursExpired,
+    /// The server wants a certificate and we sent none.
+    OursMissing,
+    /// The server refused our certificate for another reason (the TLS alert).
+    OursRefused(String),
+    /// The peer does not speak TLS (a plaintext server on that port?).
+    NotTls(String),
+}
+
+/// Finds the TLS failure, if any, in the source chain of `err` (tonic wraps
+/// rustls' error in I/O errors, whose `source()` skips it: each is opened).
+pub fn handshake_failure(err: &(dyn std::error::Error + 'static)) -> Option<HandshakeFailure> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(found) = e.downcast_ref::<rustls::Error>().and_then(classify) {
+            return Some(found);
+        }
+        if let Some(found) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .and_then(classify)
+        {
+            return Some(found);
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn classify(e: &rustls::Error) -> Option<HandshakeFailure> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    Some(match e {
+        E::InvalidCertificate(c) => match c {
+            C::UnknownIssuer | C::BadSignature => HandshakeFailure::ServerUnknownIssuer,
+            C::NotValidForNameContext { presented, .. } => {
+                HandshakeFailure::ServerWrongName(presented.clone())
+            }
+            C::NotValidForName => HandshakeFailure::ServerWrongName(Vec::new()),
+            C::Expired
+            | C::ExpiredContext { .. }
+            | C::NotValidYet
+            | C::NotValidYetContext { .. } => HandshakeFailure::ServerExpired,
+            other => HandshakeFailure::ServerCertificate(format!("{other:?}")),
+        },
+        E::AlertReceived(a) => match a {
+            A::UnknownCA | A::BadCertificate | A::DecryptError => HandshakeFailure::OursUnknownCa,
+            A::CertificateRevoked => HandshakeFailure::OursRevoked,
+            A::CertificateExpired => HandshakeFailure::OursExpired,
+            A::CertificateRequired => HandshakeFailure::OursMissing,
+            other => HandshakeFailure::OursRefused(format!("{other:?}")),
+        },
+        E::InvalidMessage(m) => HandshakeFailure::NotTls(format!("{m:?}")),
+        E::InappropriateMessage { .. } => HandshakeFailure::NotTls(e.to_string()),
+        _ => return None,
+    })
+}
+
+/// Asks a server how it judges this client's handshake, for an error message.
+///
+/// Under TLS 1.3 a server refuses a client certificate only after the
+/// client's side of the handshake is done, so the refusal (an alert) reaches
+/// the connection, not the call that failed, and the caller sees only "the
+/// connection broke". This connects once more to `addr` (`host:port`), with
+/// the same trust root and identity, and reads until the server either sends
+/// data (it accepted: `None`) or an alert (the failure). Blocking, bounded by
+/// `timeout`; meant for an error path.
+pub fn probe_handshake(
+    addr: &str,
+    server_name: &str,
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    timeout: Duration,
+) -> Option<HandshakeFailure> {
+    use std::io::Read;
+    use std::net::ToSocketAddrs;
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(roots(ca_pem).ok()?);
+    let mut config = match identity {
+        Some((chain_pem, key_pem)) => {
+            let chain = certs_from_pem(chain_pem).ok()?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).ok()?;
+            builder.with_client_auth_cert(chain, key).ok()?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(server_name.to_string()).ok()?;
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).ok()?;
+    let target = addr.to_socket_addrs().ok()?.next()?;
+    let tcp = std::net::TcpStream::connect_timeout(&target, timeout).ok()?;
+    tcp.set_read_timeout(Some(timeout)).ok()?;
+    tcp.set_write_timeout(Some(timeout)).ok()?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let mut byte = [0u8; 1];
+    match tls.read(&mut byte) {
+        Ok(_) => None,
+        Err(e) => handshake_failure(&e),
+    }
+}
+
 /// PEM text of one DER certificate.
 pub fn to_pem(der: &[u8]) -> String {
     let b64 = base64_encode(der);

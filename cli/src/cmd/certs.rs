@@ -66,7 +66,10 @@ pub enum CertsCmd {
 }
 
 fn pki_err(e: pki::PkiError) -> CliError {
-    let exit = if matches!(e, pki::PkiError::BadName(_) | pki::PkiError::NoCa(_)) {
+    let exit = if matches!(
+        e,
+        pki::PkiError::BadName(_) | pki::PkiError::NoCa(_) | pki::PkiError::NotCaDir { .. }
+    ) {
         2
     } else {
         4

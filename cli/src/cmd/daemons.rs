@@ -1,4 +1,10 @@
 //! `baton coordinator` and `baton agent`: the two long-running processes.
+//!
+//! Each process reads only variables of its own: `BATON_COORDINATOR_*` for the
+//! coordinator, `BATON_AGENT_*` (and `BATON_COORDINATOR`, the address it
+//! dials, `BATON_ENROLL_TOKEN`) for an agent. `BATON_TLS_DIR` is the CLI's
+//! client identity and nothing else: a coordinator started in a shell that
+//! exported it for the CLI must not take it for its CA directory.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -17,49 +23,63 @@ use crate::error::CliError;
 )]
 pub struct CoordinatorArgs {
     /// Address to serve gRPC on (port 0 picks a free port; the chosen one is printed).
-    #[arg(long, env = "BATON_LISTEN", default_value = "127.0.0.1:7400")]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_LISTEN",
+        default_value = "127.0.0.1:7400"
+    )]
     pub listen: String,
     /// Directory of the embedded store (created if missing).
-    #[arg(long, env = "BATON_DATA_DIR", default_value = "baton-data")]
+    #[arg(long, env = "BATON_COORDINATOR_DATA_DIR", default_value = "baton-data")]
     pub data_dir: PathBuf,
     /// An agent silent this long is declared lost and its children re-run.
-    #[arg(long, env = "BATON_LEASE_TTL_MS", default_value_t = 5000)]
+    #[arg(long, env = "BATON_COORDINATOR_LEASE_TTL_MS", default_value_t = 5000)]
     pub lease_ttl_ms: u64,
     /// Heartbeat interval asked of agents.
-    #[arg(long, env = "BATON_HEARTBEAT_MS", default_value_t = 1000)]
+    #[arg(long, env = "BATON_COORDINATOR_HEARTBEAT_MS", default_value_t = 1000)]
     pub heartbeat_ms: u64,
     /// TLS directory: CA, the coordinator's certificate, `admin/` client identity
-    /// (created on first start; default: DATA_DIR/tls).
-    #[arg(long, env = "BATON_TLS_DIR")]
+    /// (created on first start; default: DATA_DIR/tls). Never BATON_TLS_DIR,
+    /// which is the CLI's client identity; a directory that holds a client or
+    /// agent identity (tls.pem or ca.pem without ca.key) is refused.
+    #[arg(long, env = "BATON_COORDINATOR_TLS_DIR")]
     pub tls_dir: Option<PathBuf>,
     /// Lifetime of the certificates this coordinator issues (its own, the admin
     /// identity's, every agent's): e.g. 24h, 30m, 90s. Each renews at two thirds
     /// of it, without a restart.
-    #[arg(long, env = "BATON_CERT_TTL", default_value = "24h", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, env = "BATON_COORDINATOR_CERT_TTL", default_value = "24h", value_parser = crate::cmd::parse_duration)]
     pub cert_ttl: std::time::Duration,
     /// Keep ended executions (their records, children, outputs) this long, e.g. 7d, 12h.
-    #[arg(long, env = "BATON_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, env = "BATON_COORDINATOR_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::parse_duration)]
     pub retain_for: std::time::Duration,
     /// Keep at most this many ended executions (the newest); older ones are pruned.
-    #[arg(long, env = "BATON_RETAIN_COUNT", default_value_t = 10_000)]
+    #[arg(long, env = "BATON_COORDINATOR_RETAIN_COUNT", default_value_t = 10_000)]
     pub retain_count: usize,
     /// How often to prune, e.g. 5m.
     #[arg(long, default_value = "5m", value_parser = crate::cmd::parse_duration)]
     pub prune_every: std::time::Duration,
     /// Placement strategy of executions that name none: least-loaded,
     /// round-robin or spread:LABEL (`baton run --placement` overrides it).
-    #[arg(long, env = "BATON_PLACEMENT", default_value = "least-loaded")]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_PLACEMENT",
+        default_value = "least-loaded"
+    )]
     pub placement: baton_coordinator::placement::Strategy,
     /// Refuse a start (COORDINATOR_BUSY, retry later) that would bring the
     /// children not yet finished, over all running executions, past this; an
     /// execution larger than this alone is refused for good (EXECUTION_TOO_LARGE).
     /// Sub-executions and rows foreach children wait until there is room.
     /// Each unfinished child costs about 1 KB of coordinator memory. 0: no limit.
-    #[arg(long, env = "BATON_MAX_PENDING_CHILDREN", default_value_t = baton_coordinator::scheduler::DEFAULT_MAX_PENDING_CHILDREN)]
+    #[arg(long, env = "BATON_COORDINATOR_MAX_PENDING_CHILDREN", default_value_t = baton_coordinator::scheduler::DEFAULT_MAX_PENDING_CHILDREN)]
     pub max_pending_children: u64,
     /// Quarantine an agent after this many failed children within
     /// --quarantine-window with no success between (0: never).
-    #[arg(long, env = "BATON_QUARANTINE_FAILURES", default_value_t = 5)]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_QUARANTINE_FAILURES",
+        default_value_t = 5
+    )]
     pub quarantine_failures: u32,
     /// The window of --quarantine-failures, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = crate::cmd::parse_duration)]
@@ -75,7 +95,7 @@ pub struct CoordinatorArgs {
 /// Run an agent on this machine.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  baton agent --coordinator http://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
+    after_help = "Example:\n  baton agent --coordinator https://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
 )]
 pub struct AgentArgs {
     /// Coordinator URL.
@@ -91,7 +111,7 @@ pub struct AgentArgs {
     #[arg(long, env = "BATON_AGENT_ADVERTISE")]
     pub advertise: Option<String>,
     /// Child jobs run at once (default: number of CPUs).
-    #[arg(long, env = "BATON_SLOTS")]
+    #[arg(long, env = "BATON_AGENT_SLOTS")]
     pub slots: Option<u32>,
     /// Jobs accepted beyond the slots, started in order as slots free: the
     /// coordinator may keep slots + N jobs here, so a freed slot starts the next
@@ -123,7 +143,8 @@ pub struct AgentArgs {
     /// variable: a flag shows up in `ps`.
     #[arg(long = "enroll", env = "BATON_ENROLL_TOKEN", hide_env_values = true)]
     pub enroll: Option<String>,
-    /// Plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
+    /// Plaintext instead of mutual TLS. Refused unless --listen, --advertise and
+    /// the --coordinator URL are all loopback addresses (PLAINTEXT_NOT_LOOPBACK).
     #[arg(long)]
     pub insecure: bool,
     /// Let packages with `run_as = "USER"` run as that OS user, repeatable. Without
@@ -151,7 +172,32 @@ fn announce(line: String) {
     let _ = out.flush();
 }
 
+/// Variables `baton coordinator` read before they got its own prefix. They
+/// are ignored now, with a warning, so that a setting is not silently lost.
+const RENAMED_COORDINATOR_VARS: [&str; 10] = [
+    "BATON_LISTEN",
+    "BATON_DATA_DIR",
+    "BATON_LEASE_TTL_MS",
+    "BATON_HEARTBEAT_MS",
+    "BATON_CERT_TTL",
+    "BATON_RETAIN_FOR",
+    "BATON_RETAIN_COUNT",
+    "BATON_PLACEMENT",
+    "BATON_MAX_PENDING_CHILDREN",
+    "BATON_QUARANTINE_FAILURES",
+];
+
+fn warn_renamed(old: &[&str], prefix: &str, strip: &str) {
+    for name in old {
+        if std::env::var_os(name).is_some() {
+            let new = format!("{prefix}{}", name.trim_start_matches(strip));
+            warn!(variable = name, use_instead = %new, "ignored: this variable was renamed");
+        }
+    }
+}
+
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
+    warn_renamed(&RENAMED_COORDINATOR_VARS, "BATON_COORDINATOR_", "BATON_");
     let listener = bind(&args.listen).await?;
     let addr = listener
         .local_addr()
@@ -164,7 +210,18 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         let tls_dir = args.tls_dir.unwrap_or_else(|| args.data_dir.join("tls"));
         let (live, created) =
             baton_coordinator::live_tls::LiveTls::bootstrap(&tls_dir, args.cert_ttl).map_err(
-                |e| CliError::other(e.code(), format!("TLS setup in {}: {e}", tls_dir.display())),
+                |e| {
+                    let exit = if matches!(e, baton_coordinator::pki::PkiError::NotCaDir { .. }) {
+                        crate::error::EXIT_INVALID
+                    } else {
+                        crate::error::EXIT_OTHER
+                    };
+                    CliError::new(
+                        e.code(),
+                        format!("TLS setup in {}: {e}", tls_dir.display()),
+                        exit,
+                    )
+                },
             )?;
         if created {
             info!(dir = %tls_dir.display(), admin = %tls_dir.join("admin").display(), "created a CA, the coordinator certificate and an admin client identity");
@@ -245,6 +302,7 @@ fn hostname() -> String {
 }
 
 pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
+    warn_renamed(&["BATON_SLOTS"], "BATON_AGENT_", "BATON_");
     let listener = bind(&args.listen).await?;
     let bound = listener
         .local_addr()
@@ -264,9 +322,14 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
     let name = args.name.unwrap_or_else(hostname);
     let tls = if args.insecure {
         refuse_insecure_beyond_loopback(bound)?;
+        baton_agent::transport::refuse_plaintext_beyond_loopback(&args.coordinator, &advertise)
+            .await
+            .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
         warn!(%bound, "serving plaintext (--insecure)");
         None
     } else {
+        baton_agent::transport::require_https(&args.coordinator)
+            .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
         let dir = args
             .tls_dir
             .clone()
@@ -328,5 +391,19 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
     announce(format!("baton agent {name} listening on {bound}"));
     baton_agent::run(config, listener, shutdown)
         .await
-        .map_err(|e| CliError::other(e.code(), e.to_string()))
+        .map_err(|e| match e {
+            baton_agent::AgentError::Revoked(_) => CliError::new(
+                e.code(),
+                format!(
+                    "{e}\n  hint: an operator ran `baton agents revoke {name}`; to bring this \
+                     machine back, enrol it again with a new token (`baton token create --agent \
+                     {name}`, then `baton agent --enroll TOKEN` with an empty TLS directory)"
+                ),
+                crate::error::EXIT_REVOKED,
+            ),
+            e if e.code() == baton_proto::plaintext::CODE => {
+                CliError::invalid(e.code(), e.to_string())
+            }
+            e => CliError::other(e.code(), e.to_string()),
+        })
 }

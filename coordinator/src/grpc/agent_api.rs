@@ -193,8 +193,17 @@ impl CoordinatorService for AgentApi {
         let who = format!("agent {}", reg.name);
         crate::auth::identity::check_labels(&reg.name, identity.as_ref(), &reg.labels)
             .map_err(|e| self.refuse(&who, CALL, e))?;
+        if self.tls.is_none() {
+            // Without TLS this coordinator would send jobs (and their
+            // parameters) to that address in clear: only on this machine.
+            baton_proto::plaintext::loopback_addr(&reg.address)
+                .await
+                .map_err(|e| status(CoordinatorError::PlaintextNotLoopback(e.to_string())))?;
+        }
         let resp = self.handle.register(reg).await.map_err(|e| match e {
-            CoordinatorError::PermissionDenied(_) | CoordinatorError::CertRevoked(_) => {
+            CoordinatorError::PermissionDenied(_)
+            | CoordinatorError::CertRevoked(_)
+            | CoordinatorError::AgentRevoked(_) => {
                 self.refuse(&who, CALL, e)
             }
             e => status(e),
@@ -228,7 +237,9 @@ impl CoordinatorService for AgentApi {
             .open_stream(agent.clone(), hello.boot_id, fingerprint, acks)
             .await
             .map_err(|e| match e {
-                CoordinatorError::PermissionDenied(_) | CoordinatorError::CertRevoked(_) => {
+                CoordinatorError::PermissionDenied(_)
+                | CoordinatorError::CertRevoked(_)
+                | CoordinatorError::AgentRevoked(_) => {
                     self.refuse(&format!("agent {agent}"), CALL, e)
                 }
                 e => status(e),

@@ -83,7 +83,8 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
     let code = match &e {
         CoordinatorError::Package(_)
         | CoordinatorError::InvalidRequest(_)
-        | CoordinatorError::Config(_) => Code::InvalidArgument,
+        | CoordinatorError::Config(_)
+        | CoordinatorError::PlaintextNotLoopback(_) => Code::InvalidArgument,
         CoordinatorError::ExecutionNotFound(_) | CoordinatorError::AgentNotFound(_) => {
             Code::NotFound
         }
@@ -104,7 +105,8 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::PermissionDenied(_)
         | CoordinatorError::TokenUsed(_)
         | CoordinatorError::CertRevoked(_)
-        | CoordinatorError::LabelNotAllowed(_) => Code::PermissionDenied,
+        | CoordinatorError::LabelNotAllowed(_)
+        | CoordinatorError::AgentRevoked(_) => Code::PermissionDenied,
         CoordinatorError::AgentNameTaken(_) => Code::AlreadyExists,
         CoordinatorError::RenewTooSoon { .. } => Code::ResourceExhausted,
         CoordinatorError::Unauthenticated(_)

@@ -97,8 +97,10 @@ impl Scheduler {
     fn refuse_revoked(&self, agent: &str, fingerprint: &str) -> Result<(), CoordinatorError> {
         if !fingerprint.is_empty() && self.revoked.contains_key(fingerprint) {
             warn!(agent, "refused: the certificate was revoked");
-            return Err(CoordinatorError::PermissionDenied(format!(
-                "the certificate of agent '{agent}' was revoked; issue a new one with `baton certs issue --agent {agent}`"
+            return Err(CoordinatorError::AgentRevoked(format!(
+                "agent '{agent}' was revoked (`baton agents revoke`); to bring this machine back, \
+                 enrol it again with a new token (`baton token create --agent {agent}`) or issue \
+                 it a new certificate (`baton certs issue --agent {agent}`)"
             )));
         }
         Ok(())

@@ -173,9 +173,13 @@ fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
     };
     assert_eq!(
         s.register(again.clone(), now).unwrap_err().code(),
-        "PERMISSION_DENIED"
+        "AGENT_REVOKED",
+        "the agent is told it was revoked, so that it stops retrying"
     );
-    assert!(s.open_stream("b", "b1", "fp-b", now).is_err());
+    assert_eq!(
+        s.open_stream("b", "b1", "fp-b", now).unwrap_err().code(),
+        "AGENT_REVOKED"
+    );
     // A new certificate for the same name is welcome.
     let renewed = Registration {
         cert_fingerprint: "fp-b-new".into(),

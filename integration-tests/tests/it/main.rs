@@ -48,3 +48,4 @@ mod secrets;
 mod security;
 mod show_limit;
 mod tls;
+mod transport;

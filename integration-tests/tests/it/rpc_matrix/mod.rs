@@ -358,6 +358,10 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
                 refused(Code::Unauthenticated, "UNAUTHENTICATED")
             }
             ("revoked", "Renew") => refused(Code::PermissionDenied, "CERT_REVOKED"),
+            // Told apart from impersonation, so that a revoked agent stops.
+            ("revoked", "Register" | "ReportEvents") => {
+                refused(Code::PermissionDenied, "AGENT_REVOKED")
+            }
             (_, "Register" | "ReportEvents" | "Renew") => {
                 refused(Code::PermissionDenied, "PERMISSION_DENIED")
             }
