@@ -351,6 +351,7 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             ("agent", "Register" | "ReportEvents") => Got::Ok,
             // A certificate with most of its lifetime left need not renew.
             ("agent", "Renew") => refused(Code::ResourceExhausted, "RENEW_TOO_SOON"),
+            // The identity is revoked: final, so that a revoked agent stops.
             ("revoked", "Register" | "ReportEvents") => {
                 refused(Code::PermissionDenied, "CERT_REVOKED")
             }
@@ -358,10 +359,6 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
                 refused(Code::Unauthenticated, "UNAUTHENTICATED")
             }
             ("revoked", "Renew") => refused(Code::PermissionDenied, "CERT_REVOKED"),
-            // Told apart from impersonation, so that a revoked agent stops.
-            ("revoked", "Register" | "ReportEvents") => {
-                refused(Code::PermissionDenied, "AGENT_REVOKED")
-            }
             (_, "Register" | "ReportEvents" | "Renew") => {
                 refused(Code::PermissionDenied, "PERMISSION_DENIED")
             }
