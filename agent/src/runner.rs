@@ -282,6 +282,11 @@ pub async fn run_job(
             report.row_count = kept.rows;
         }
     }
+    if procs.is_some() {
+        // The raw `$BATON_OUTPUT`/`$BATON_ROWS` files hold values unmasked: gone
+        // once read (rows were kept masked above, or not at all).
+        remove_raw_files(&dir).await;
+    }
     if procs.is_some() && plan.run_as.is_none() {
         // Last: after the outputs and rows were read from the directory.
         let (pool, d) = (settings.dirs.clone(), dir.clone());
@@ -292,6 +297,25 @@ pub async fn run_job(
     report.reason = plan.masker.mask_str(&report.reason);
     report.duration_ms = begin.elapsed().as_millis() as u64;
     report
+}
+
+/// Removes every raw `$BATON_OUTPUT` (`output.*`) and `$BATON_ROWS` file left in the
+/// job directory `dir`: called when the job has ended and its rows were kept.
+async fn remove_raw_files(dir: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    let mut raw = Vec::new();
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(OUTPUT_FILE_PREFIX) || name == ROWS_FILE {
+            raw.push(e.path());
+        }
+    }
+    for path in raw {
+        crate::job_files::remove_raw(&path).await;
+    }
 }
 
 /// Whether any task of the package starts a process.
