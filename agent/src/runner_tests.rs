@@ -636,8 +636,7 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
             assert_eq!(r.outputs.get("pw").map(String::as_str), Some("***"));
             assert_eq!(r.row_count, 1);
             let job_dir = scratch_dir(&s.scratch_root, &p.dispatch);
-            let kept =
-                std::fs::read_to_string(job_dir.join(crate::rows::ROWS_KEPT_FILE)).unwrap();
+            let kept = std::fs::read_to_string(job_dir.join(crate::rows::ROWS_KEPT_FILE)).unwrap();
             assert_eq!(kept, "{\"pw\":\"***\"}\n");
             assert!(!job_dir.join(ROWS_FILE).exists());
             assert!(!output_file(&job_dir, "t").exists());
@@ -647,5 +646,8 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
     }
     let mut found = Vec::new();
     files_holding(dir.path(), secret.as_bytes(), &mut found);
-    assert!(found.is_empty(), "files hold the sensitive value: {found:?}");
+    assert!(
+        found.is_empty(),
+        "files hold the sensitive value: {found:?}"
+    );
 }

@@ -10,6 +10,7 @@ mod cmd;
 mod error;
 mod local_cluster;
 mod output;
+mod private_dir;
 
 use std::process::ExitCode;
 

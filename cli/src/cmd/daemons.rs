@@ -156,12 +156,14 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::other("LISTEN_FAILED", e.to_string()))?;
+    crate::private_dir::secure(&args.data_dir, crate::private_dir::COORDINATOR)?;
     let security = if args.insecure {
         refuse_insecure_beyond_loopback(addr)?;
         warn!(%addr, "serving plaintext (--insecure): anyone on this host can control the fleet");
         baton_coordinator::transport::Security::Insecure
     } else {
         let tls_dir = args.tls_dir.unwrap_or_else(|| args.data_dir.join("tls"));
+        crate::private_dir::secure_subdir(&tls_dir)?;
         let (live, created) =
             baton_coordinator::live_tls::LiveTls::bootstrap(&tls_dir, args.cert_ttl).map_err(
                 |e| CliError::other(e.code(), format!("TLS setup in {}: {e}", tls_dir.display())),
@@ -262,6 +264,9 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         None => bound.to_string(),
     };
     let name = args.name.unwrap_or_else(hostname);
+    // Run-as users pass through the data directory to their job directories.
+    let layout = crate::private_dir::agent(!args.allow_run_as.is_empty());
+    crate::private_dir::secure(&args.data_dir, layout)?;
     let tls = if args.insecure {
         refuse_insecure_beyond_loopback(bound)?;
         warn!(%bound, "serving plaintext (--insecure)");
@@ -271,6 +276,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
             .tls_dir
             .clone()
             .unwrap_or_else(|| args.data_dir.join("tls"));
+        crate::private_dir::secure_subdir(&dir)?;
         if let Some(token) = &args.enroll
             && !dir.join("tls.pem").exists()
         {
