@@ -102,6 +102,11 @@ pub async fn prune_once(
             key: execution_key(id),
             pre: Precondition::Any,
         });
+        // What the execution counted against its starter's quota: freed with it.
+        ops.push(Op::Delete {
+            key: crate::quota::usage_key(id),
+            pre: Precondition::Any,
+        });
         if ops.len() >= BATCH {
             report.records += ops.len();
             store.commit(std::mem::take(&mut ops)).await?;

@@ -70,6 +70,44 @@ pub struct CoordinatorArgs {
     /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure: bool,
+    /// Rotate DATA_DIR/audit.log when it reaches this size (e.g. 64MiB, 500000).
+    #[arg(long, env = "BATON_AUDIT_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept (audit.log.1 … audit.log.N); 0: none, the file is emptied.
+    #[arg(long, env = "BATON_AUDIT_KEEP", default_value_t = baton_coordinator::auth::audit_file::DEFAULT_KEEP)]
+    pub audit_keep: u32,
+    /// Most bytes one principal may keep in the store: package versions it
+    /// deployed and executions it started that retention has not removed yet
+    /// (QUOTA_EXCEEDED past it). 0: no quota.
+    #[arg(long, env = "BATON_QUOTA_BYTES_PER_PRINCIPAL", default_value = "1GiB", value_parser = parse_bytes)]
+    pub quota_bytes_per_principal: u64,
+}
+
+/// A byte count: digits with an optional unit (B, KB, MB, GB: powers of 1000;
+/// KiB, MiB, GiB: powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count (e.g. 1GiB, 500MB, 1048576)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Run an agent on this machine.
@@ -193,6 +231,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             max_pending_children: args.max_pending_children,
             local_children: false,
         },
+        audit: baton_coordinator::auth::audit_file::Limits {
+            max_bytes: args.audit_max_bytes,
+            keep: args.audit_keep,
+        },
+        quota_bytes_per_principal: args.quota_bytes_per_principal,
     };
     config
         .validate()
@@ -335,4 +378,25 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
     baton_agent::run(config, listener, shutdown)
         .await
         .map_err(|e| CliError::other(e.code(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_with_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("2 KiB"), Ok(2048));
+        assert!(parse_bytes("1TiB").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(
+            parse_bytes("99999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
 }

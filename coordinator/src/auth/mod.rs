@@ -11,7 +11,9 @@
 //! caller is the principal `insecure` and every call is allowed.
 
 pub mod audit;
+pub mod audit_file;
 pub mod grants;
+pub mod refusals;
 pub mod tokens;
 
 use std::sync::Arc;

@@ -163,7 +163,7 @@ impl CoordinatorService for AgentApi {
         let cred = super::credential(&request);
         let mut reg = Registration::try_from(request.into_inner()).map_err(status)?;
         reg.cert_fingerprint = super::fingerprint(&cred);
-        super::check_agent(&cred, &reg.name, "Register")?;
+        super::check_agent(&self.auth.audit, &cred, &reg.name, "Register")?;
         let resp = self.handle.register(reg).await.map_err(status)?;
         Ok(Response::new(resp))
     }
@@ -187,7 +187,7 @@ impl CoordinatorService for AgentApi {
             )));
         };
         let agent = hello.agent_id;
-        super::check_agent(&cred, &agent, "ReportEvents")?;
+        super::check_agent(&self.auth.audit, &cred, &agent, "ReportEvents")?;
         let (acks, rx) = tokio::sync::watch::channel(0u64);
         self.handle
             .open_stream(agent.clone(), hello.boot_id, fingerprint, acks)
