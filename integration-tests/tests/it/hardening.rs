@@ -184,3 +184,183 @@ exec = ["sh", "-c", {script}]
     c.note(&format!("scanned {} agent files", files.len()));
     c.finish(&[]);
 }
+
+/// Lines of `text` holding every one of `needles`.
+fn count_lines(text: &str, needles: &[&str]) -> usize {
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+#[test]
+fn a_burst_of_unauthenticated_calls_writes_a_bounded_number_of_lines() {
+    use baton_proto as pb;
+    use pb::control_service_client::ControlServiceClient;
+
+    const CALLS: usize = 500;
+    let mut c = Cluster::new("refusal_burst");
+    let addr = c.start_coordinator();
+    // A caller that trusts the CA but has no certificate and no token.
+    let none = c.root().join("none");
+    fs::create_dir_all(&none).expect("mkdir");
+    fs::copy(c.ca_dir().join("ca.pem"), none.join("ca.pem")).expect("copy ca.pem");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let channel = crate::rpc_matrix::channel(&rt, addr, &none, "coordinator.baton")
+        .expect("a TLS connection without a client certificate");
+    let refused = rt.block_on(async {
+        let mut client = ControlServiceClient::new(channel);
+        let mut refused = 0;
+        for _ in 0..CALLS {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.who_am_i(pb::WhoAmIRequest {}),
+            )
+            .await
+            .expect("WhoAmI answered");
+            if let Err(s) = r
+                && s.code() == tonic::Code::Unauthenticated
+            {
+                refused += 1;
+            }
+        }
+        refused
+    });
+    assert_eq!(refused, CALLS, "every call is refused");
+
+    let audit_path = c.root().join("coordinator/data/audit.log");
+    let log_path = c.coordinator().stderr_path();
+    let audit = fs::read_to_string(&audit_path).expect("audit.log");
+    let full = count_lines(&audit, &["\"call\":\"WhoAmI\"", "\"source\":\"127.0.0.1\""]);
+    assert!(
+        (1..=2).contains(&full),
+        "{full} audit lines for {CALLS} refusals:\n{audit}"
+    );
+    // The rest comes as one summary when the 10 s window ends (flushed every second).
+    let mut summary = String::new();
+    let came =
+        crate::harness::wait_until(Duration::from_secs(20), Duration::from_millis(200), || {
+            let text = fs::read_to_string(&audit_path).unwrap_or_default();
+            summary = text
+                .lines()
+                .find(|l| l.contains("\"repeated\"") && l.contains("WhoAmI"))
+                .unwrap_or_default()
+                .to_owned();
+            !summary.is_empty()
+        });
+    assert!(came, "no summary line in audit.log");
+    let v: serde_json::Value = serde_json::from_str(&summary).expect("a JSON line");
+    assert_eq!(v["source"], "127.0.0.1", "{summary}");
+    assert_eq!(v["detail"], "UNAUTHENTICATED", "{summary}");
+    assert_eq!(
+        v["repeated"].as_u64().unwrap_or(0) as usize + full,
+        CALLS,
+        "every refusal is counted: {summary}"
+    );
+    let audit = fs::read_to_string(&audit_path).expect("audit.log");
+    let log = read_log(&log_path);
+    let audit_lines = count_lines(&audit, &["WhoAmI"]);
+    let warn_lines = count_lines(&log, &["WhoAmI"]);
+    assert!(audit_lines <= 3, "{audit_lines} audit lines:\n{audit}");
+    assert!(warn_lines <= 3, "{warn_lines} log lines:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "{} more refusals from 127.0.0.1 in the last 10 s",
+            CALLS - full
+        )),
+        "{log}"
+    );
+    c.note(&format!(
+        "{CALLS} refused calls: {audit_lines} audit lines, {warn_lines} log lines"
+    ));
+    c.finish(&[]);
+}
+
+#[test]
+fn the_audit_log_rotates_at_its_bound() {
+    let mut c = Cluster::new("audit_rotation");
+    c.start_coordinator_with(&["--audit-max-bytes", "2000", "--audit-keep", "2"]);
+    // Each folder created is one audit line of about 150 bytes.
+    for i in 0..60 {
+        c.cli(&["folder", "create", &format!("/rotation-{i:02}")])
+            .expect_code(0);
+    }
+    let data = c.root().join("coordinator/data");
+    let size = |name: &str| fs::metadata(data.join(name)).map(|m| m.len());
+    for name in ["audit.log", "audit.log.1", "audit.log.2"] {
+        let bytes = size(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(bytes > 0 && bytes <= 2000, "{name} holds {bytes} bytes");
+        assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+    }
+    assert!(
+        size("audit.log.3").is_err(),
+        "only two rotated files are kept"
+    );
+    // The newest lines are in audit.log, whole.
+    let text = fs::read_to_string(data.join("audit.log")).expect("audit.log");
+    assert!(text.contains("/rotation-59"), "{text}");
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not a whole JSON line ({e}): {line}"));
+    }
+    c.finish(&[]);
+}
+
+#[test]
+fn a_principal_over_its_quota_is_refused_while_another_is_not() {
+    let mut c = Cluster::new("quota");
+    c.start_coordinator_with(&["--quota-bytes-per-principal", "20000"]);
+    c.start_agent("a1", 2);
+    c.agents_ready(1);
+    let mut ids = Vec::new();
+    for who in ["carol", "dave"] {
+        let dir = c.root().join(who);
+        c.cli_raw(&[
+            "certs",
+            "issue",
+            "--ca-dir",
+            &c.ca_dir().display().to_string(),
+            "--client",
+            who,
+            "--out",
+            &dir.display().to_string(),
+        ])
+        .expect_code(0);
+        c.cli(&["role", "grant", who, "execute", "/"])
+            .expect_code(0);
+        ids.push(dir.display().to_string());
+    }
+    // A bundle of about 8 KB: the child carries a long comment.
+    let pkg_dir = c.root().join("packages");
+    fs::create_dir_all(&pkg_dir).expect("mkdir");
+    let padding = "# padding padding padding padding padding padding padding padding\n".repeat(120);
+    fs::write(
+        pkg_dir.join("child.toml"),
+        format!("{padding}name = \"q-child\"\n\n[tasks.t]\nexec = [\"true\"]\n"),
+    )
+    .expect("write child");
+    fs::write(
+        pkg_dir.join("parent.toml"),
+        "name = \"q\"\n\n[tasks.fan]\nforeach = { range = { start = 1, end = 1 } }\nchild = \"child.toml\"\n",
+    )
+    .expect("write parent");
+    let parent = pkg_dir.join("parent.toml").display().to_string();
+    let run_as = |tls: &str| c.cli(&["run", &parent, "--wait", "--tls-dir", tls]);
+    run_as(&ids[0]).expect_code(0);
+    run_as(&ids[0]).expect_code(0);
+    let over = run_as(&ids[0]);
+    assert!(
+        over.stderr.contains("error[QUOTA_EXCEEDED]")
+            && over.stderr.contains("carol uses")
+            && over.stderr.contains("the limit is 20000"),
+        "{}",
+        over.describe()
+    );
+    assert_ne!(over.code, Some(0));
+    // Another principal is not affected.
+    run_as(&ids[1]).expect_code(0);
+    c.finish(&[]);
+}
