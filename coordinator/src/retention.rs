@@ -90,6 +90,16 @@ pub async fn prune_once(
         bytes_before,
         ..Report::default()
     };
+    let counted: std::collections::HashSet<String> = if doomed.is_empty() {
+        Default::default()
+    } else {
+        store
+            .range(crate::quota::USAGE_PREFIX)
+            .await?
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect()
+    };
     let mut ops = Vec::new();
     for id in &doomed {
         for kv in store.range(&children_prefix(id)).await? {
@@ -103,10 +113,12 @@ pub async fn prune_once(
             pre: Precondition::Any,
         });
         // What the execution counted against its starter's quota: freed with it.
-        ops.push(Op::Delete {
-            key: crate::quota::usage_key(id),
-            pre: Precondition::Any,
-        });
+        if counted.contains(&crate::quota::usage_key(id)) {
+            ops.push(Op::Delete {
+                key: crate::quota::usage_key(id),
+                pre: Precondition::Any,
+            });
+        }
         if ops.len() >= BATCH {
             report.records += ops.len();
             store.commit(std::mem::take(&mut ops)).await?;
@@ -217,6 +229,13 @@ mod tests {
                 value: rec.to_string().into_bytes(),
                 pre: Precondition::Any,
             }];
+            if e == 0 || e == 199 {
+                ops.push(Op::Put {
+                    key: crate::quota::usage_key(&id),
+                    value: br#"{"who":"alice","bytes":100}"#.to_vec(),
+                    pre: Precondition::Any,
+                });
+            }
             for i in 0..50 {
                 ops.push(Op::Put {
                     key: child_key(&id, "fan", i),
@@ -237,10 +256,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.executions, 190);
-        assert_eq!(report.records, 190 * 51);
+        assert_eq!(report.records, 190 * 51 + 1);
         assert!(report.bytes_after < report.bytes_before / 2, "{report:?}");
         assert_eq!(store.range("e/").await.unwrap().len(), 10);
         assert!(store.range("c/000000/").await.unwrap().is_empty());
+        assert_eq!(
+            store.range(crate::quota::USAGE_PREFIX).await.unwrap().len(),
+            1,
+            "the pruned executions' quota usage is freed, the kept one's is not"
+        );
         assert_eq!(
             store.range("c/000199/").await.unwrap().len(),
             50,
