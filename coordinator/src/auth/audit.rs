@@ -114,6 +114,7 @@ impl Audit {
             source,
             who: who.to_string(),
             call: call.to_string(),
+            folder: folder.to_string(),
             code: code.to_string(),
         };
         let (record, done) = self
@@ -165,15 +166,21 @@ impl Audit {
 
     fn summarise(&self, done: Vec<Summary>) {
         for s in done {
-            let (who, call, code, source) = match &s.key {
-                Some(k) => (k.who.as_str(), k.call.as_str(), k.code.as_str(), k.source),
-                None => ("", "", "", None),
+            let (who, call, folder, code, source) = match &s.key {
+                Some(k) => (
+                    k.who.as_str(),
+                    k.call.as_str(),
+                    k.folder.as_str(),
+                    k.code.as_str(),
+                    k.source,
+                ),
+                None => ("", "", "", "", None),
             };
             self.write(&Entry {
                 unix_ms: now_ms(),
                 who,
                 call,
-                folder: "",
+                folder,
                 outcome: "denied",
                 detail: code,
                 source: source.map(|s| s.to_string()),

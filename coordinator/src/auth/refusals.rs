@@ -2,7 +2,7 @@
 //! fill the coordinator's disk with audit lines and warnings.
 //!
 //! A refusal is keyed by the caller's source address (the peer IP, when the gRPC
-//! edge knows it), who it claimed to be, the call and the code. The first refusal
+//! edge knows it), who it claimed to be, the call, the folder and the code. The first refusal
 //! of a key is recorded in full (an audit line and a WARN); the next ones within
 //! [`WINDOW`] are only counted, and when the window ends one summary says "N more
 //! refusals from IP in the last 10 s". A key's window starts with its first
@@ -31,6 +31,7 @@ pub struct Key {
     pub source: Option<IpAddr>,
     pub who: String,
     pub call: String,
+    pub folder: String,
     pub code: String,
 }
 
@@ -153,6 +154,7 @@ mod tests {
             source: Some(IpAddr::from([10, 0, 0, ip])),
             who: "anonymous".into(),
             call: call.into(),
+            folder: String::new(),
             code: "UNAUTHENTICATED".into(),
         }
     }
