@@ -58,7 +58,7 @@ pub const COORDINATOR: Layout<'static> = Layout {
 pub fn agent(others_search: bool) -> Layout<'static> {
     Layout {
         others_search,
-        entries: &["agent.redb", "jobs", "tls", "tls/tls.key"],
+        entries: &["agent.redb", "jobs", "packages", "tls", "tls/tls.key"],
     }
 }
 
