@@ -7,14 +7,14 @@
 //!   size; freed when the package is deleted);
 //! - every execution it started that retention has not removed yet: the bundle
 //!   and parameters the execution record keeps (recorded at start under
-//!   [`USAGE_PREFIX`]`<execution id>`, a small key that retention deletes with
-//!   the execution).
+//!   [`USAGE_PREFIX`]`<principal>/<execution id>`, a small key that retention
+//!   deletes with the execution).
 //!
 //! A start or deploy that would take the principal past the limit
 //! (`--quota-bytes-per-principal`, default [`DEFAULT_QUOTA_BYTES`], 0: none) is
 //! refused with `QUOTA_EXCEEDED`, naming what is used and the limit; other
-//! principals are not affected. The check reads the usage records (small) and
-//! the version records, not the bundles. Two concurrent starts of one principal
+//! principals are not affected. The check reads the principal's usage records
+//! (small) and the version records, not the bundles. Two concurrent starts of one principal
 //! may both pass the check: the quota can be passed by at most one bundle per
 //! concurrent call, never without bound.
 //!
@@ -34,12 +34,19 @@ use crate::store::{Op, Precondition, Store};
 
 /// Default quota: 1 GiB per principal.
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
-/// Keys of the executions' usage records.
+/// Keys of the executions' usage records: `q/e/<principal>/<execution id>`.
 pub const USAGE_PREFIX: &str = "q/e/";
 
-/// The usage record of execution `id`.
-pub fn usage_key(id: &str) -> String {
-    format!("{USAGE_PREFIX}{id}")
+/// The usage record of execution `id` started by `who`.
+pub fn usage_key(who: &str, id: &str) -> String {
+    format!("{USAGE_PREFIX}{who}/{id}")
+}
+
+/// The execution id of a usage record's key.
+pub fn usage_execution(key: &str) -> Option<&str> {
+    key.strip_prefix(USAGE_PREFIX)?
+        .rsplit_once('/')
+        .map(|(_, id)| id)
 }
 
 /// What an execution counts against its starter.
@@ -98,7 +105,7 @@ impl Quota {
     /// What `who` uses now.
     pub async fn usage(&self, who: &str) -> Result<Usage, CoordinatorError> {
         let mut u = Usage::default();
-        for kv in self.store.range(USAGE_PREFIX).await? {
+        for kv in self.store.range(&format!("{USAGE_PREFIX}{who}/")).await? {
             if let Ok(e) = serde_json::from_slice::<ExecutionUsage>(&kv.value)
                 && e.who == who
             {
@@ -148,7 +155,7 @@ impl Quota {
         .map_err(|e| CoordinatorError::Store(format!("usage record: {e}")))?;
         self.store
             .commit(vec![Op::Put {
-                key: usage_key(id),
+                key: usage_key(&who.name, id),
                 value,
                 pre: Precondition::Any,
             }])
@@ -200,6 +207,7 @@ mod tests {
             .await
             .unwrap();
         q.record_execution("e1", &alice, 300).await.unwrap();
+        assert_eq!(usage_execution(&usage_key("alice", "e1")), Some("e1"));
         assert_eq!(
             q.usage("alice").await.unwrap(),
             Usage {
@@ -219,7 +227,7 @@ mod tests {
         // Retention removes the execution with its usage record: freed.
         store
             .commit(vec![Op::Delete {
-                key: usage_key("e1"),
+                key: usage_key("alice", "e1"),
                 pre: Precondition::Any,
             }])
             .await

@@ -90,14 +90,18 @@ pub async fn prune_once(
         bytes_before,
         ..Report::default()
     };
-    let counted: std::collections::HashSet<String> = if doomed.is_empty() {
+    // execution id → its quota usage record (`quota::usage_key`).
+    let counted: std::collections::HashMap<String, String> = if doomed.is_empty() {
         Default::default()
     } else {
         store
             .range(crate::quota::USAGE_PREFIX)
             .await?
             .into_iter()
-            .map(|kv| kv.key)
+            .filter_map(|kv| {
+                let id = crate::quota::usage_execution(&kv.key)?.to_string();
+                Some((id, kv.key))
+            })
             .collect()
     };
     let mut ops = Vec::new();
@@ -113,9 +117,9 @@ pub async fn prune_once(
             pre: Precondition::Any,
         });
         // What the execution counted against its starter's quota: freed with it.
-        if counted.contains(&crate::quota::usage_key(id)) {
+        if let Some(key) = counted.get(id) {
             ops.push(Op::Delete {
-                key: crate::quota::usage_key(id),
+                key: key.clone(),
                 pre: Precondition::Any,
             });
         }
@@ -231,7 +235,7 @@ mod tests {
             }];
             if e == 0 || e == 199 {
                 ops.push(Op::Put {
-                    key: crate::quota::usage_key(&id),
+                    key: crate::quota::usage_key("alice", &id),
                     value: br#"{"who":"alice","bytes":100}"#.to_vec(),
                     pre: Precondition::Any,
                 });
