@@ -651,3 +651,29 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
         "files hold the sensitive value: {found:?}"
     );
 }
+
+#[test]
+fn raw_files_an_earlier_boot_left_are_removed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let job = root.path().join("exec1").join("fan-0-1");
+    std::fs::create_dir_all(&job).unwrap();
+    for f in [
+        "output.t",
+        "output.u",
+        ROWS_FILE,
+        "stdout.log",
+        "rows.kept.jsonl",
+    ] {
+        std::fs::write(job.join(f), "pw=hunter2\n").unwrap();
+    }
+    std::fs::write(root.path().join(".running.log"), "+1 2\n").unwrap();
+    assert_eq!(remove_raw_files_left(root.path()), 3);
+    let mut left: Vec<String> = std::fs::read_dir(&job)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["rows.kept.jsonl", "stdout.log"]);
+    assert!(root.path().join(".running.log").exists());
+    assert_eq!(remove_raw_files_left(&root.path().join("absent")), 0);
+}
