@@ -141,8 +141,16 @@ impl Quota {
         Ok(())
     }
 
-    /// Records that execution `id`, started by `who`, keeps `bytes`.
-    pub async fn record_execution(
+    /// Records that execution `id`, started by `who`, keeps `bytes`. Called once
+    /// the execution is durable: a failure here does not undo the start (which
+    /// the caller was told about), it is logged and the execution goes uncounted.
+    pub async fn record_execution(&self, id: &str, who: &Principal, bytes: u64) {
+        if let Err(e) = self.put_usage(id, who, bytes).await {
+            tracing::warn!(execution = id, principal = %who, error = %e, "cannot record the execution's quota usage");
+        }
+    }
+
+    async fn put_usage(
         &self,
         id: &str,
         who: &Principal,
@@ -206,7 +214,7 @@ mod tests {
             }])
             .await
             .unwrap();
-        q.record_execution("e1", &alice, 300).await.unwrap();
+        q.record_execution("e1", &alice, 300).await;
         assert_eq!(usage_execution(&usage_key("alice", "e1")), Some("e1"));
         assert_eq!(
             q.usage("alice").await.unwrap(),
