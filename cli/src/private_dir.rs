@@ -100,20 +100,30 @@ pub fn secure(dir: &Path, layout: Layout<'_>) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Makes a directory private that may exist (a TLS directory outside the data
-/// directory): created 0700, or fixed as the data directory's entries are.
-pub fn secure_subdir(dir: &Path) -> Result<(), CliError> {
-    secure(
-        dir,
-        Layout {
-            others_search: false,
-            entries: &[],
-        },
-    )
+/// A TLS directory, which may live outside the data directory (`--tls-dir`):
+/// created 0700 when missing; an open one of ours is made private (WARN). One the
+/// daemon does not own (provisioned by root, a Kubernetes secret mount) is only
+/// warned about: its keys are what matter, and they are its owner's to protect.
+pub fn secure_tls_dir(dir: &Path) -> Result<(), CliError> {
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {
+            if let Err(e) = fix(dir, &meta, DIR_OPEN_BITS) {
+                warn!(path = %dir.display(), "{}", e.message);
+            }
+            Ok(())
+        }
+        _ => secure(
+            dir,
+            Layout {
+                others_search: false,
+                entries: &[],
+            },
+        ),
+    }
 }
 
 /// Takes `open` bits away from `path` (warning), or refuses when they are there and
-/// cannot be taken away.
+/// cannot be taken away (the data directory and its entries).
 fn fix(path: &Path, meta: &std::fs::Metadata, open: u32) -> Result<(), CliError> {
     fix_as(path, meta, open, nix::unistd::geteuid().as_raw())
 }
@@ -201,6 +211,17 @@ mod tests {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         secure(&d, COORDINATOR).unwrap();
         assert_eq!(mode(&d), 0o700);
+    }
+
+    #[test]
+    fn a_tls_dir_is_made_private_or_made_when_missing() {
+        let root = tempfile::tempdir().unwrap();
+        let tls = root.path().join("tls");
+        secure_tls_dir(&tls).unwrap();
+        assert_eq!(mode(&tls), 0o700);
+        std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o755)).unwrap();
+        secure_tls_dir(&tls).unwrap();
+        assert_eq!(mode(&tls), 0o711);
     }
 
     #[test]

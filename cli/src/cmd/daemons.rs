@@ -201,7 +201,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         baton_coordinator::transport::Security::Insecure
     } else {
         let tls_dir = args.tls_dir.unwrap_or_else(|| args.data_dir.join("tls"));
-        crate::private_dir::secure_subdir(&tls_dir)?;
+        crate::private_dir::secure_tls_dir(&tls_dir)?;
         let (live, created) =
             baton_coordinator::live_tls::LiveTls::bootstrap(&tls_dir, args.cert_ttl).map_err(
                 |e| CliError::other(e.code(), format!("TLS setup in {}: {e}", tls_dir.display())),
@@ -319,7 +319,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
             .tls_dir
             .clone()
             .unwrap_or_else(|| args.data_dir.join("tls"));
-        crate::private_dir::secure_subdir(&dir)?;
+        crate::private_dir::secure_tls_dir(&dir)?;
         if let Some(token) = &args.enroll
             && !dir.join("tls.pem").exists()
         {
