@@ -4,6 +4,12 @@
 //! are opened without following symbolic links and only when they are regular
 //! files owned by the job's user (`open_job_file`).
 //!
+//! The job's raw files (`$BATON_OUTPUT`, `$BATON_ROWS`) may hold sensitive values
+//! unmasked: each `$BATON_OUTPUT` file is removed as soon as it is read
+//! (`read_outputs`), and whatever is left of them when the job ends (a task that
+//! never finished, rows of a job that did not succeed, rows once kept masked) is
+//! removed when the job ends (`runner::remove_raw_files`). The agent's data never holds them past the job.
+//!
 //! The tasks of a job may run at once: they share the job's two `Capture`s
 //! (behind a lock), each process pipe with its own masking stream (`pump`), so
 //! that a chunk read from one process is written whole, never interleaved byte
@@ -200,11 +206,13 @@ pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tok
     Some(file)
 }
 
+/// Reads a task's `$BATON_OUTPUT` file, then removes it (it holds values unmasked).
 pub(crate) async fn read_outputs(
     path: &Path,
     owner: Option<u32>,
 ) -> (BTreeMap<String, String>, usize) {
     let Some(file) = open_job_file(path, owner).await else {
+        remove_raw(path).await;
         return (BTreeMap::new(), 0);
     };
     let mut bytes = Vec::new();
@@ -212,5 +220,18 @@ pub(crate) async fn read_outputs(
         .take(OUTPUT_FILE_BYTES_MAX)
         .read_to_end(&mut bytes)
         .await;
+    remove_raw(path).await;
     parse_outputs(&String::from_utf8_lossy(&bytes))
+}
+
+/// Removes a raw file the job wrote (never following a link: `remove_file` unlinks
+/// the name itself). Absent is fine; another failure is logged.
+pub(crate) async fn remove_raw(path: &Path) {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "cannot remove a job's raw output file");
+        }
+    }
 }

@@ -100,6 +100,14 @@ pub async fn run(
     );
     // Before any job starts: end what an earlier boot left running.
     leftovers::reap(&config.data_dir.join("jobs"));
+    // Their raw output and rows files (unmasked values) were never read: gone.
+    let raw = runner::remove_raw_files_left(&config.data_dir.join("jobs"));
+    if raw > 0 {
+        info!(
+            files = raw,
+            "removed raw output and rows files an earlier boot left"
+        );
+    }
     warn_about_run_as(&config);
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
     let boot_id = uuid::Uuid::new_v4().to_string();

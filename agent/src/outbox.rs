@@ -74,10 +74,20 @@ impl Outbox {
     /// Opens (or creates) the outbox file, loads the unacknowledged events and starts
     /// the writer thread.
     pub fn open(path: &Path) -> Result<Outbox, AgentError> {
+        use std::os::unix::fs::OpenOptionsExt;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| AgentError::io(format!("creating {}", dir.display()), e))?;
         }
+        // redb initialises an empty file: made here so that it is born 0600 (it
+        // holds the jobs' outputs and reasons, masked but private all the same).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| AgentError::io(format!("creating {}", path.display()), e))?;
         let db = Database::create(path).map_err(|e| store_err("opening outbox", e))?;
         let (outbox_id, next_seq) = init_meta(&db)?;
         let loaded = load_events(&db)?;

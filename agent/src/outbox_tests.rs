@@ -207,3 +207,16 @@ async fn a_steady_stream_of_lazy_events_still_flushes_within_lazy_max() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_new_outbox_file_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.redb");
+        let _ob = Outbox::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    })
+    .await;
+}

@@ -177,9 +177,21 @@ impl PackageCache {
 
     /// Writes `text` as the file of `hash` (temp file, rename), then prunes.
     fn store(&self, hash: &str, text: &str) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        // The agent's alone, as the rest of its data directory.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
         let tmp = self.dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-        std::fs::write(&tmp, text)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?
+            .write_all(text.as_bytes())?;
         std::fs::rename(&tmp, self.path(hash))?;
         prune(&self.dir, CACHE_ENTRIES_MAX)
     }
@@ -229,6 +241,12 @@ mod tests {
         assert_eq!(cache.cached(&hash), None);
         cache.store(&hash, text).unwrap();
         assert_eq!(cache.cached(&hash).as_deref(), Some(text));
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&dir.path().join("packages")), 0o700);
+            assert_eq!(mode(&cache.path(&hash)), 0o600);
+        }
 
         // A damaged file is dropped, not used.
         std::fs::write(cache.path(&hash), "name = 'evil'\n").unwrap();

@@ -282,6 +282,11 @@ pub async fn run_job(
             report.row_count = kept.rows;
         }
     }
+    if procs.is_some() {
+        // The raw `$BATON_OUTPUT`/`$BATON_ROWS` files hold values unmasked: gone
+        // once read (rows were kept masked above, or not at all).
+        remove_raw_files(&dir).await;
+    }
     if procs.is_some() && plan.run_as.is_none() {
         // Last: after the outputs and rows were read from the directory.
         let (pool, d) = (settings.dirs.clone(), dir.clone());
@@ -292,6 +297,56 @@ pub async fn run_job(
     report.reason = plan.masker.mask_str(&report.reason);
     report.duration_ms = begin.elapsed().as_millis() as u64;
     report
+}
+
+/// Removes every raw `$BATON_OUTPUT` (`output.*`) and `$BATON_ROWS` file left in the
+/// job directory `dir`: called when the job has ended and its rows were kept.
+async fn remove_raw_files(dir: &Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    let mut raw = Vec::new();
+    while let Ok(Some(e)) = entries.next_entry().await {
+        if is_raw(&e.file_name().to_string_lossy()) {
+            raw.push(e.path());
+        }
+    }
+    for path in raw {
+        crate::job_files::remove_raw(&path).await;
+    }
+}
+
+/// Whether a file a job wrote is one of its raw `$BATON_OUTPUT`/`$BATON_ROWS` files.
+fn is_raw(name: &str) -> bool {
+    name.starts_with(OUTPUT_FILE_PREFIX) || name == ROWS_FILE
+}
+
+/// Removes the raw files that jobs of an earlier boot left under `jobs_root`
+/// (`<execution>/<job>/`): a killed agent never read them, and those jobs run
+/// again elsewhere. Called at start, before any job runs; returns how many went.
+pub fn remove_raw_files_left(jobs_root: &Path) -> usize {
+    let mut removed = 0;
+    let dirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for execution in dirs(jobs_root) {
+        for job in dirs(&execution) {
+            for e in std::fs::read_dir(&job).into_iter().flatten().flatten() {
+                if is_raw(&e.file_name().to_string_lossy())
+                    && std::fs::remove_file(e.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
 }
 
 /// Whether any task of the package starts a process.

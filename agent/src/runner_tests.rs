@@ -599,3 +599,81 @@ async fn sensitive_values_are_masked_in_logs_tails_outputs_and_reasons() {
     let (r, _) = run(&p, &s, &JobCancel::new()).await;
     assert!(r.reason.contains("/nonexistent/***"), "{}", r.reason);
 }
+
+/// Every file under `dir` whose bytes contain `needle` (symbolic links not followed).
+fn files_holding(dir: &Path, needle: &[u8], found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let ty = entry.file_type().unwrap();
+        if ty.is_dir() {
+            files_holding(&entry.path(), needle, found);
+        } else if ty.is_file() {
+            let bytes = std::fs::read(entry.path()).unwrap();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                found.push(entry.path());
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn raw_output_and_rows_files_are_gone_once_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    let secret = "hunter2-raw-s3cret";
+    let script = r#"echo "pw=$BATON_PARAM_PW" >> "$BATON_OUTPUT"; printf '{"pw":"%s"}\n' "$BATON_PARAM_PW" >> "$BATON_ROWS""#;
+    // One job that succeeds (its rows are kept, masked) and one that fails after
+    // writing the same (its rows are not kept).
+    for (name, script) in [
+        ("ok", script.to_string()),
+        ("fails", format!("{script}; exit 3")),
+    ] {
+        let mut p = plan(name, vec![sh("t", &script, LONG)]);
+        p.env.push(("BATON_PARAM_PW".into(), secret.into()));
+        p.masker = Masker::new([secret]);
+        let (r, _) = run(&p, &s, &JobCancel::new()).await;
+        if name == "ok" {
+            assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+            assert_eq!(r.outputs.get("pw").map(String::as_str), Some("***"));
+            assert_eq!(r.row_count, 1);
+            let job_dir = scratch_dir(&s.scratch_root, &p.dispatch);
+            let kept = std::fs::read_to_string(job_dir.join(crate::rows::ROWS_KEPT_FILE)).unwrap();
+            assert_eq!(kept, "{\"pw\":\"***\"}\n");
+            assert!(!job_dir.join(ROWS_FILE).exists());
+            assert!(!output_file(&job_dir, "t").exists());
+        } else {
+            assert_eq!(r.status, FinishStatus::Failed, "{r:?}");
+        }
+    }
+    let mut found = Vec::new();
+    files_holding(dir.path(), secret.as_bytes(), &mut found);
+    assert!(
+        found.is_empty(),
+        "files hold the sensitive value: {found:?}"
+    );
+}
+
+#[test]
+fn raw_files_an_earlier_boot_left_are_removed_at_start() {
+    let root = tempfile::tempdir().unwrap();
+    let job = root.path().join("exec1").join("fan-0-1");
+    std::fs::create_dir_all(&job).unwrap();
+    for f in [
+        "output.t",
+        "output.u",
+        ROWS_FILE,
+        "stdout.log",
+        "rows.kept.jsonl",
+    ] {
+        std::fs::write(job.join(f), "pw=hunter2\n").unwrap();
+    }
+    std::fs::write(root.path().join(".running.log"), "+1 2\n").unwrap();
+    assert_eq!(remove_raw_files_left(root.path()), 3);
+    let mut left: Vec<String> = std::fs::read_dir(&job)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["rows.kept.jsonl", "stdout.log"]);
+    assert!(root.path().join(".running.log").exists());
+    assert_eq!(remove_raw_files_left(&root.path().join("absent")), 0);
+}

@@ -120,6 +120,7 @@ impl LocalCluster {
                 local_children: true,
                 ..Default::default()
             },
+            ..Default::default()
         };
         let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
         let opt = CoordinatorOpt {

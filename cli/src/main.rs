@@ -12,6 +12,7 @@ mod contexts;
 mod error;
 mod local_cluster;
 mod output;
+mod private_dir;
 
 use std::process::ExitCode;
 

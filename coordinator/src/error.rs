@@ -134,6 +134,16 @@ pub enum CoordinatorError {
         "execution too large: it has {adding} children and the coordinator takes at most {limit} unfinished children (--max-pending-children); split it into smaller runs or raise the limit"
     )]
     TooLarge { adding: u64, limit: u64 },
+    /// The principal's stored bundles and executions would pass its quota.
+    #[error(
+        "storage quota exceeded: {principal} uses {used} bytes (packages deployed and executions kept), this adds {adding}, and the limit is {limit} (--quota-bytes-per-principal); delete packages or wait for retention to remove old executions"
+    )]
+    QuotaExceeded {
+        principal: String,
+        used: u64,
+        adding: u64,
+        limit: u64,
+    },
 }
 
 impl CoordinatorError {
@@ -181,6 +191,7 @@ impl CoordinatorError {
             CoordinatorError::AgentBusy(_) => "AGENT_BUSY",
             CoordinatorError::Busy { .. } => "COORDINATOR_BUSY",
             CoordinatorError::TooLarge { .. } => "EXECUTION_TOO_LARGE",
+            CoordinatorError::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
         }
     }
 

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod pki;
 pub mod placement;
 pub mod prepare;
+pub mod quota;
 pub mod records;
 pub mod recovery;
 pub mod retention;
@@ -57,6 +58,10 @@ pub struct CoordinatorConfig {
     pub retention: retention::Policy,
     /// Default placement strategy, quarantine and admission limits.
     pub scheduling: SchedulingConfig,
+    /// Size at which `audit.log` rotates, and rotated files kept.
+    pub audit: auth::audit_file::Limits,
+    /// Stored bytes (packages deployed, executions kept) per principal; 0: none.
+    pub quota_bytes_per_principal: u64,
 }
 
 /// Placement and admission settings of the coordinator (`baton coordinator
@@ -93,6 +98,8 @@ impl Default for CoordinatorConfig {
             security: transport::Security::Insecure,
             retention: retention::Policy::default(),
             scheduling: SchedulingConfig::default(),
+            audit: auth::audit_file::Limits::default(),
+            quota_bytes_per_principal: quota::DEFAULT_QUOTA_BYTES,
         }
     }
 }
@@ -161,7 +168,11 @@ pub async fn start(
     let secrets = Arc::new(secrets::load(&config.data_dir, store.as_ref()).await?);
     let mut sched = recovery::load(store.as_ref(), config.scheduler(), &secrets).await?;
     sched.set_secrets(secrets.clone());
-    let audit = Arc::new(auth::audit::Audit::open(&config.data_dir)?);
+    let audit = Arc::new(auth::audit::Audit::open_with(
+        &config.data_dir,
+        config.audit,
+    )?);
+    tokio::spawn(audit.clone().flush_every_second(shutdown.clone()));
     let auth = auth::Auth::new(store.clone(), audit);
     auth.ensure_admin().await?;
     let live_tls = match &config.security {
@@ -196,6 +207,7 @@ pub async fn start(
         auth,
         tls: live_tls.clone(),
         outputs: grpc::child_output::ChildOutputs::new(coordinator.clone(), dialer),
+        quota: quota::Quota::new(coordinator.store.clone(), config.quota_bytes_per_principal),
     })
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -204,9 +216,10 @@ pub async fn start(
     // The server stops on shutdown, and also when the scheduler stops on its own
     // (a store failure): a coordinator that cannot decide must not keep serving.
     let server_stop = shutdown.child_token();
+    // Every call knows its caller's address: refusals are aggregated per source.
     let router = transport::server()
-        .add_service(agent_api)
-        .add_service(control_api);
+        .add_service(grpc::source::WithSource(agent_api))
+        .add_service(grpc::source::WithSource(control_api));
     let stop = server_stop.clone().cancelled_owned();
     type Served = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,

@@ -90,6 +90,20 @@ pub async fn prune_once(
         bytes_before,
         ..Report::default()
     };
+    // execution id → its quota usage record (`quota::usage_key`).
+    let counted: std::collections::HashMap<String, String> = if doomed.is_empty() {
+        Default::default()
+    } else {
+        store
+            .range(crate::quota::USAGE_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|kv| {
+                let id = crate::quota::usage_execution(&kv.key)?.to_string();
+                Some((id, kv.key))
+            })
+            .collect()
+    };
     let mut ops = Vec::new();
     for id in &doomed {
         for kv in store.range(&children_prefix(id)).await? {
@@ -102,6 +116,13 @@ pub async fn prune_once(
             key: execution_key(id),
             pre: Precondition::Any,
         });
+        // What the execution counted against its starter's quota: freed with it.
+        if let Some(key) = counted.get(id) {
+            ops.push(Op::Delete {
+                key: key.clone(),
+                pre: Precondition::Any,
+            });
+        }
         if ops.len() >= BATCH {
             report.records += ops.len();
             store.commit(std::mem::take(&mut ops)).await?;
@@ -212,6 +233,13 @@ mod tests {
                 value: rec.to_string().into_bytes(),
                 pre: Precondition::Any,
             }];
+            if e == 0 || e == 199 {
+                ops.push(Op::Put {
+                    key: crate::quota::usage_key("alice", &id),
+                    value: br#"{"who":"alice","bytes":100}"#.to_vec(),
+                    pre: Precondition::Any,
+                });
+            }
             for i in 0..50 {
                 ops.push(Op::Put {
                     key: child_key(&id, "fan", i),
@@ -232,10 +260,15 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(report.executions, 190);
-        assert_eq!(report.records, 190 * 51);
+        assert_eq!(report.records, 190 * 51 + 1);
         assert!(report.bytes_after < report.bytes_before / 2, "{report:?}");
         assert_eq!(store.range("e/").await.unwrap().len(), 10);
         assert!(store.range("c/000000/").await.unwrap().is_empty());
+        assert_eq!(
+            store.range(crate::quota::USAGE_PREFIX).await.unwrap().len(),
+            1,
+            "the pruned executions' quota usage is freed, the kept one's is not"
+        );
         assert_eq!(
             store.range("c/000199/").await.unwrap().len(),
             50,

@@ -90,6 +90,44 @@ pub struct CoordinatorArgs {
     /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
     pub insecure: bool,
+    /// Rotate DATA_DIR/audit.log when it reaches this size (e.g. 64MiB, 500000).
+    #[arg(long, env = "BATON_AUDIT_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    pub audit_max_bytes: u64,
+    /// Rotated audit files kept (audit.log.1 … audit.log.N); 0: none, the file is emptied.
+    #[arg(long, env = "BATON_AUDIT_KEEP", default_value_t = baton_coordinator::auth::audit_file::DEFAULT_KEEP)]
+    pub audit_keep: u32,
+    /// Most bytes one principal may keep in the store: package versions it
+    /// deployed and executions it started that retention has not removed yet
+    /// (QUOTA_EXCEEDED past it). 0: no quota.
+    #[arg(long, env = "BATON_QUOTA_BYTES_PER_PRINCIPAL", default_value = "1GiB", value_parser = parse_bytes)]
+    pub quota_bytes_per_principal: u64,
+}
+
+/// A byte count: digits with an optional unit (B, KB, MB, GB: powers of 1000;
+/// KiB, MiB, GiB: powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("'{s}' is not a byte count (e.g. 1GiB, 500MB, 1048576)"))?;
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{s}' (B, KB, MB, GB, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("'{s}' is too large"))
 }
 
 /// Run an agent on this machine.
@@ -202,12 +240,14 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::other("LISTEN_FAILED", e.to_string()))?;
+    crate::private_dir::secure(&args.data_dir, crate::private_dir::COORDINATOR)?;
     let security = if args.insecure {
         refuse_insecure_beyond_loopback(addr)?;
         warn!(%addr, "serving plaintext (--insecure): anyone on this host can control the fleet");
         baton_coordinator::transport::Security::Insecure
     } else {
         let tls_dir = args.tls_dir.unwrap_or_else(|| args.data_dir.join("tls"));
+        crate::private_dir::secure_tls_dir(&tls_dir)?;
         let (live, created) =
             baton_coordinator::live_tls::LiveTls::bootstrap(&tls_dir, args.cert_ttl).map_err(
                 |e| {
@@ -248,6 +288,11 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             max_pending_children: args.max_pending_children,
             local_children: false,
         },
+        audit: baton_coordinator::auth::audit_file::Limits {
+            max_bytes: args.audit_max_bytes,
+            keep: args.audit_keep,
+        },
+        quota_bytes_per_principal: args.quota_bytes_per_principal,
     };
     config
         .validate()
@@ -320,6 +365,9 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         None => bound.to_string(),
     };
     let name = args.name.unwrap_or_else(hostname);
+    // Run-as users pass through the data directory to their job directories.
+    let layout = crate::private_dir::agent(!args.allow_run_as.is_empty());
+    crate::private_dir::secure(&args.data_dir, layout)?;
     let tls = if args.insecure {
         refuse_insecure_beyond_loopback(bound)?;
         baton_agent::transport::refuse_plaintext_beyond_loopback(&args.coordinator, &advertise)
@@ -334,6 +382,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
             .tls_dir
             .clone()
             .unwrap_or_else(|| args.data_dir.join("tls"));
+        crate::private_dir::secure_tls_dir(&dir)?;
         if let Some(token) = &args.enroll
             && !dir.join("tls.pem").exists()
         {
@@ -406,4 +455,25 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
             }
             e => CliError::other(e.code(), e.to_string()),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_with_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("2 KiB"), Ok(2048));
+        assert!(parse_bytes("1TiB").unwrap_err().contains("unknown unit"));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(
+            parse_bytes("99999999999GiB")
+                .unwrap_err()
+                .contains("too large")
+        );
+    }
 }

@@ -3,12 +3,36 @@
 //! Each entry is one tracing event on target `baton::audit` and one JSON line
 //! appended to `DATA_DIR/audit.log` (who, what, which folder, the outcome).
 //! Entries never hold secrets: tokens appear by id, parameters not at all.
+//!
+//! Bounded: refusals are aggregated per source ([`super::refusals`]: the first of
+//! a kind in full, then one summary line per window with the count and the
+//! source address), and the file rotates by size ([`super::audit_file`],
+//! `--audit-max-bytes`, `--audit-keep`). The gRPC edge runs each call inside
+//! [`with_source`] so that a refusal knows its caller's address.
 
-use std::io::Write;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use serde::Serialize;
+
+use super::audit_file::{Limits, RotatingFile};
+use super::refusals::{Key, Refusals, Summary};
+
+tokio::task_local! {
+    static SOURCE: Option<IpAddr>;
+}
+
+/// Runs `f` with `source` as the caller's address of every refusal it audits.
+pub async fn with_source<F: std::future::Future>(source: Option<IpAddr>, f: F) -> F::Output {
+    SOURCE.scope(source, f).await
+}
+
+/// The caller's address of the call being served, if known.
+pub fn current_source() -> Option<IpAddr> {
+    SOURCE.try_with(|s| *s).ok().flatten()
+}
 
 /// One audit entry.
 #[derive(Debug, Serialize)]
@@ -24,31 +48,50 @@ pub struct Entry<'a> {
     pub outcome: &'a str,
     /// The stable error code of a refusal, or what was changed.
     pub detail: &'a str,
+    /// The caller's address (refusals, when known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// A summary: this many more refusals like this one, within `window_s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window_s: Option<u64>,
 }
 
 /// Where audit entries go.
 #[derive(Debug, Default)]
 pub struct Audit {
-    file: Option<Mutex<std::fs::File>>,
+    file: Option<Mutex<RotatingFile>>,
+    refusals: Mutex<Refusals>,
 }
 
 impl Audit {
-    /// An audit trail appending to `dir/audit.log` (created 0600).
+    /// An audit trail appending to `dir/audit.log` (created 0600), default limits.
     pub fn open(dir: &Path) -> std::io::Result<Audit> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(dir.join("audit.log"))?;
+        Audit::open_with(dir, Limits::default())
+    }
+
+    /// An audit trail appending to `dir/audit.log`, rotated at `limits`.
+    pub fn open_with(dir: &Path, limits: Limits) -> std::io::Result<Audit> {
+        let file = RotatingFile::open(&dir.join("audit.log"), limits)?;
         Ok(Audit {
             file: Some(Mutex::new(file)),
+            refusals: Mutex::default(),
         })
     }
 
     fn write(&self, e: &Entry<'_>) {
-        if e.outcome == "denied" {
-            tracing::warn!(target: "baton::audit", who = e.who, call = e.call, folder = e.folder, code = e.detail, "denied");
+        let source = e.source.as_deref().unwrap_or("");
+        if let Some(n) = e.repeated {
+            let from = if source.is_empty() {
+                "other sources"
+            } else {
+                source
+            };
+            let secs = e.window_s.unwrap_or(0);
+            tracing::warn!(target: "baton::audit", who = e.who, call = e.call, code = e.detail, source, repeated = n, "{n} more refusals from {from} in the last {secs} s");
+        } else if e.outcome == "denied" {
+            tracing::warn!(target: "baton::audit", who = e.who, call = e.call, folder = e.folder, code = e.detail, source, "denied");
         } else {
             tracing::info!(target: "baton::audit", who = e.who, call = e.call, folder = e.folder, change = e.detail, "allowed");
         }
@@ -57,22 +100,94 @@ impl Audit {
         {
             line.push(b'\n');
             let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(err) = f.write_all(&line) {
+            if let Err(err) = f.append(&line) {
                 tracing::error!(error = %err, "cannot write the audit log");
             }
         }
     }
 
-    /// A refused call.
+    /// A refused call: recorded in full if it is the first of its kind from its
+    /// source within the window, otherwise counted for a summary.
     pub fn denied(&self, who: &str, call: &str, folder: &str, code: &str) {
-        self.write(&Entry {
-            unix_ms: now_ms(),
-            who,
-            call,
-            folder,
-            outcome: "denied",
-            detail: code,
-        });
+        let source = current_source();
+        let key = Key {
+            source,
+            who: who.to_string(),
+            call: call.to_string(),
+            folder: folder.to_string(),
+            code: code.to_string(),
+        };
+        let (record, done) = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .refuse(key, Instant::now());
+        self.summarise(done);
+        if record {
+            self.write(&Entry {
+                unix_ms: now_ms(),
+                who,
+                call,
+                folder,
+                outcome: "denied",
+                detail: code,
+                source: source.map(|s| s.to_string()),
+                repeated: None,
+                window_s: None,
+            });
+        }
+    }
+
+    /// Writes the summaries of the refusal windows that are over.
+    pub fn flush(&self) {
+        let done = self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush(Instant::now());
+        self.summarise(done);
+    }
+
+    /// Calls [`Audit::flush`] every second until `stop`, and once more then.
+    pub async fn flush_every_second(
+        self: std::sync::Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => self.flush(),
+            }
+        }
+        self.flush();
+    }
+
+    fn summarise(&self, done: Vec<Summary>) {
+        for s in done {
+            let (who, call, folder, code, source) = match &s.key {
+                Some(k) => (
+                    k.who.as_str(),
+                    k.call.as_str(),
+                    k.folder.as_str(),
+                    k.code.as_str(),
+                    k.source,
+                ),
+                None => ("", "", "", "", None),
+            };
+            self.write(&Entry {
+                unix_ms: now_ms(),
+                who,
+                call,
+                folder,
+                outcome: "denied",
+                detail: code,
+                source: source.map(|s| s.to_string()),
+                repeated: Some(s.count),
+                window_s: Some(s.window.as_secs()),
+            });
+        }
     }
 
     /// A change to permissions, tokens or the fleet.
@@ -84,6 +199,9 @@ impl Audit {
             folder,
             outcome: "allowed",
             detail: what,
+            source: None,
+            repeated: None,
+            window_s: None,
         });
     }
 }
@@ -119,5 +237,39 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_refusals_from_one_source_is_one_line_and_one_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Audit::open(dir.path()).unwrap();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        with_source(Some(ip), async {
+            for _ in 0..1000 {
+                a.denied("anonymous", "WhoAmI", "", "UNAUTHENTICATED");
+            }
+        })
+        .await;
+        let read = || -> Vec<serde_json::Value> {
+            std::fs::read_to_string(dir.path().join("audit.log"))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        let lines = read();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["source"], "192.0.2.7");
+        // The summary comes when the window is over.
+        let early = a.refusals.lock().unwrap().flush(Instant::now());
+        assert!(early.is_empty(), "the window is not over yet");
+        let later = Instant::now() + super::super::refusals::WINDOW;
+        let done = a.refusals.lock().unwrap().flush(later);
+        a.summarise(done);
+        let lines = read();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[1]["repeated"], 999);
+        assert_eq!(lines[1]["source"], "192.0.2.7");
+        assert_eq!(lines[1]["call"], "WhoAmI");
     }
 }

@@ -11,8 +11,10 @@
 //! caller is the principal `insecure` and every call is allowed.
 
 pub mod audit;
+pub mod audit_file;
 pub mod grants;
 pub mod identity;
+pub mod refusals;
 pub mod tokens;
 
 use std::sync::Arc;

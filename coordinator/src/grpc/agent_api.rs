@@ -82,22 +82,7 @@ impl AgentApi {
         agent: &str,
         call: &str,
     ) -> Result<Option<crate::auth::identity::AgentIdentity>, Status> {
-        if let Err(s) = super::check_agent(cred, agent, call) {
-            let who = match cred {
-                Credential::Certificate { peer, .. } => peer.to_string(),
-                _ => "anonymous".to_string(),
-            };
-            let code = s
-                .metadata()
-                .get(super::ERROR_CODE_KEY)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("PERMISSION_DENIED")
-                .to_string();
-            self.auth
-                .audit
-                .denied(&format!("{who} (as agent {agent})"), call, "", &code);
-            return Err(s);
-        }
+        super::check_agent(&self.auth.audit, cred, agent, call)?;
         if matches!(cred, Credential::Plaintext) {
             return Ok(None);
         }

@@ -103,16 +103,28 @@ impl ControlApi {
             .await
             .map_err(status)?;
         let placement = convert::placement(&r).map_err(status)?;
+        let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
+        // The execution keeps the version's bundle: counted against the starter.
+        let catalog = self.coordinator.catalog();
+        let (pkg, _) = catalog.package(&r.package).await.map_err(status)?;
+        let v = if r.version == 0 {
+            pkg.latest
+        } else {
+            r.version
+        };
+        let v = catalog.version(&pkg, v).await.map_err(status)?;
+        let bytes =
+            v.bytes
+                .saturating_add(crate::quota::bundle_bytes("", &Default::default(), &params));
+        self.quota.check(&who, bytes).await.map_err(status)?;
         let started = self
             .coordinator
-            .start_package(
-                &r.package,
-                r.version,
-                r.parameters.into_iter().collect(),
-                placement,
-            )
+            .start_package(&r.package, r.version, params, placement)
             .await
             .map_err(status)?;
+        self.quota
+            .record_execution(&started.execution_id, &who, bytes)
+            .await;
         Ok(Response::new(pb::StartExecutionResponse {
             execution_id: started.execution_id,
             package_version: started.version,
@@ -241,12 +253,16 @@ impl ControlApi {
                 "bundle is required".into(),
             ))
         })?;
+        let files: std::collections::BTreeMap<String, String> = bundle.files.into_iter().collect();
+        // At most this is stored (files the parent does not reference are dropped).
+        let bytes = crate::quota::bundle_bytes(&bundle.root, &files, &Default::default());
+        self.quota.check(&who, bytes).await.map_err(status)?;
         let d = self
             .coordinator
             .catalog()
             .deploy(Deploy {
                 root: bundle.root,
-                files: bundle.files.into_iter().collect(),
+                files,
                 folder: folder.clone(),
                 name: r.name,
                 who: who.name.clone(),

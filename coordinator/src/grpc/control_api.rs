@@ -36,6 +36,8 @@ pub struct ControlApi {
     pub(crate) tls: Option<Arc<LiveTls>>,
     /// Children's logs and rows, from their agents ([`super::child_output`]).
     pub(crate) outputs: super::child_output::ChildOutputs,
+    /// Stored bytes per principal ([`crate::quota`]).
+    pub(crate) quota: crate::quota::Quota,
 }
 
 impl ControlApi {
@@ -113,17 +115,15 @@ impl ControlService for ControlApi {
             bundle.files.into_iter().collect();
         self.add_catalog_children(&who, &bundle.root, &mut files)
             .await?;
+        let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
+        let bytes = crate::quota::bundle_bytes(&bundle.root, &files, &params);
+        self.quota.check(&who, bytes).await.map_err(status)?;
         let id = self
             .coordinator
-            .start_placed(
-                bundle.root,
-                files,
-                r.parameters.into_iter().collect(),
-                folder,
-                placement,
-            )
+            .start_placed(bundle.root, files, params, folder, placement)
             .await
             .map_err(status)?;
+        self.quota.record_execution(&id, &who, bytes).await;
         Ok(Response::new(pb::StartExecutionResponse {
             execution_id: id,
             ..Default::default()

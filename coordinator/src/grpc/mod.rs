@@ -9,13 +9,13 @@ pub mod child_output;
 pub mod control_api;
 mod convert;
 mod fetch;
-
-use baton_proto::identity::{Peer, classify};
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tracing::warn;
+pub mod source;
 
 use crate::auth::Credential;
+use crate::auth::audit::Audit;
 use crate::error::CoordinatorError;
+use baton_proto::identity::{Peer, classify};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// What the caller presented: no TLS at all, a verified certificate, or
 /// (TLS without a certificate) maybe a bearer token.
@@ -41,8 +41,14 @@ fn bearer(md: &tonic::metadata::MetadataMap) -> Option<String> {
     Some(t.trim().to_string())
 }
 
-/// Refuses an agent call whose caller is not agent `agent`'s certificate.
-pub(crate) fn check_agent(cred: &Credential, agent: &str, what: &str) -> Result<(), tonic::Status> {
+/// Refuses an agent call whose caller is not agent `agent`'s certificate
+/// (audited, aggregated per source like every refusal).
+pub(crate) fn check_agent(
+    audit: &Audit,
+    cred: &Credential,
+    agent: &str,
+    what: &str,
+) -> Result<(), tonic::Status> {
     match cred {
         Credential::Plaintext => Ok(()),
         Credential::Certificate {
@@ -50,16 +56,18 @@ pub(crate) fn check_agent(cred: &Credential, agent: &str, what: &str) -> Result<
             ..
         } if n == agent => Ok(()),
         Credential::Certificate { peer, .. } => {
-            warn!(target: "baton::audit", peer = %peer, claimed = agent, call = what, "refused: the certificate names another identity");
-            Err(status(CoordinatorError::PermissionDenied(format!(
+            let e = CoordinatorError::PermissionDenied(format!(
                 "{what} as agent '{agent}' refused: the certificate is {peer}"
-            ))))
+            ));
+            audit.denied(&format!("{peer} (as agent {agent})"), what, "", e.code());
+            Err(status(e))
         }
         Credential::Bearer(_) => {
-            warn!(target: "baton::audit", claimed = agent, call = what, "refused: no client certificate");
-            Err(status(CoordinatorError::Unauthenticated(format!(
+            let e = CoordinatorError::Unauthenticated(format!(
                 "{what} needs the agent's certificate; enrol first (baton agent --enroll TOKEN)"
-            ))))
+            ));
+            audit.denied(&format!("anonymous (as agent {agent})"), what, "", e.code());
+            Err(status(e))
         }
     }
 }
@@ -121,7 +129,9 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
             Code::FailedPrecondition
         }
         CoordinatorError::AgentUnreachable(_) => Code::Unavailable,
-        CoordinatorError::AgentBusy(_) | CoordinatorError::Busy { .. } => Code::ResourceExhausted,
+        CoordinatorError::AgentBusy(_)
+        | CoordinatorError::Busy { .. }
+        | CoordinatorError::QuotaExceeded { .. } => Code::ResourceExhausted,
         CoordinatorError::TooLarge { .. } => Code::OutOfRange,
     };
     let retry_after = match &e {

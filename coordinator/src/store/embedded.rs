@@ -61,11 +61,25 @@ fn revision_of(key: &str, raw: &[u8]) -> Result<Revision, StoreError> {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store file at `path`.
+    /// Opens (or creates) the store file at `path`: a new file (and directory) is
+    /// the process user's alone (0600 in 0700), whatever the umask.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(backend)?;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(backend)?;
         }
+        // redb initialises an empty file: made here so that it is born 0600.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(backend)?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -255,6 +269,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
         crate::store::conformance::run_all(&store).await;
+    }
+
+    #[test]
+    fn a_new_store_is_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data").join("coordinator.redb");
+        let _store = EmbeddedStore::open(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
     }
 
     #[tokio::test]

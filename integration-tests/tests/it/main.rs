@@ -33,6 +33,7 @@ mod drain;
 mod etl_example;
 mod fanout;
 mod foreign_report;
+mod hardening;
 mod listing;
 mod local;
 mod logs_reconnect;

@@ -1,0 +1,255 @@
+//! Storage quota per principal: one user cannot fill the coordinator's store.
+//!
+//! What a principal uses is the bytes of what it put in the store and that is
+//! still there:
+//!
+//! - every package version it deployed (`VersionRecord::bytes`, the bundle's
+//!   size; freed when the package is deleted);
+//! - every execution it started that retention has not removed yet: the bundle
+//!   and parameters the execution record keeps (recorded at start under
+//!   [`USAGE_PREFIX`]`<principal>/<execution id>`, a small key that retention
+//!   deletes with the execution).
+//!
+//! A start or deploy that would take the principal past the limit
+//! (`--quota-bytes-per-principal`, default [`DEFAULT_QUOTA_BYTES`], 0: none) is
+//! refused with `QUOTA_EXCEEDED`, naming what is used and the limit; other
+//! principals are not affected. The check reads the principal's usage records
+//! (small) and the version records, not the bundles. Two concurrent starts of one principal
+//! may both pass the check: the quota can be passed by at most one bundle per
+//! concurrent call, never without bound.
+//!
+//! Not counted: children's records and outputs (bounded per child by the
+//! agent's limits) and sub-executions, which run under their parent's start.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Method, Principal};
+use crate::catalog::VersionRecord;
+use crate::catalog::model::VERSION_PREFIX;
+use crate::error::CoordinatorError;
+use crate::store::{Op, Precondition, Store};
+
+/// Default quota: 1 GiB per principal.
+pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
+/// Keys of the executions' usage records: `q/e/<principal>/<execution id>`.
+pub const USAGE_PREFIX: &str = "q/e/";
+
+/// The usage record of execution `id` started by `who`.
+pub fn usage_key(who: &str, id: &str) -> String {
+    format!("{USAGE_PREFIX}{who}/{id}")
+}
+
+/// The execution id of a usage record's key.
+pub fn usage_execution(key: &str) -> Option<&str> {
+    key.strip_prefix(USAGE_PREFIX)?
+        .rsplit_once('/')
+        .map(|(_, id)| id)
+}
+
+/// What an execution counts against its starter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ExecutionUsage {
+    who: String,
+    bytes: u64,
+}
+
+/// Bytes an execution record keeps of a bundle and its parameters.
+pub fn bundle_bytes(
+    root: &str,
+    files: &BTreeMap<String, String>,
+    params: &BTreeMap<String, String>,
+) -> u64 {
+    let sum = |m: &BTreeMap<String, String>| -> u64 {
+        m.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
+    };
+    root.len() as u64 + sum(files) + sum(params)
+}
+
+/// What one principal uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub packages: u64,
+    pub executions: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.packages.saturating_add(self.executions)
+    }
+}
+
+/// The quota over a store.
+#[derive(Clone)]
+pub struct Quota {
+    store: Arc<dyn Store>,
+    /// Bytes per principal; 0: no quota.
+    limit_bytes: u64,
+}
+
+impl std::fmt::Debug for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quota")
+            .field("limit_bytes", &self.limit_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Quota {
+    pub fn new(store: Arc<dyn Store>, limit_bytes: u64) -> Quota {
+        Quota { store, limit_bytes }
+    }
+
+    /// What `who` uses now.
+    pub async fn usage(&self, who: &str) -> Result<Usage, CoordinatorError> {
+        let mut u = Usage::default();
+        for kv in self.store.range(&format!("{USAGE_PREFIX}{who}/")).await? {
+            if let Ok(e) = serde_json::from_slice::<ExecutionUsage>(&kv.value)
+                && e.who == who
+            {
+                u.executions = u.executions.saturating_add(e.bytes);
+            }
+        }
+        for kv in self.store.range(VERSION_PREFIX).await? {
+            if let Ok(v) = serde_json::from_slice::<VersionRecord>(&kv.value)
+                && v.deployed_by == who
+            {
+                u.packages = u.packages.saturating_add(v.bytes);
+            }
+        }
+        Ok(u)
+    }
+
+    /// Refuses with `QUOTA_EXCEEDED` when `adding` more bytes would take `who`
+    /// past the limit. The insecure principal (plaintext on loopback, everyone)
+    /// is not limited.
+    pub async fn check(&self, who: &Principal, adding: u64) -> Result<(), CoordinatorError> {
+        if self.limit_bytes == 0 || who.method == Method::Insecure {
+            return Ok(());
+        }
+        let used = self.usage(&who.name).await?.total();
+        if used.saturating_add(adding) > self.limit_bytes {
+            return Err(CoordinatorError::QuotaExceeded {
+                principal: who.name.clone(),
+                used,
+                adding,
+                limit: self.limit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records that execution `id`, started by `who`, keeps `bytes`. Called once
+    /// the execution is durable: a failure here does not undo the start (which
+    /// the caller was told about), it is logged and the execution goes uncounted.
+    pub async fn record_execution(&self, id: &str, who: &Principal, bytes: u64) {
+        if let Err(e) = self.put_usage(id, who, bytes).await {
+            tracing::warn!(execution = id, principal = %who, error = %e, "cannot record the execution's quota usage");
+        }
+    }
+
+    async fn put_usage(
+        &self,
+        id: &str,
+        who: &Principal,
+        bytes: u64,
+    ) -> Result<(), CoordinatorError> {
+        let value = serde_json::to_vec(&ExecutionUsage {
+            who: who.name.clone(),
+            bytes,
+        })
+        .map_err(|e| CoordinatorError::Store(format!("usage record: {e}")))?;
+        self.store
+            .commit(vec![Op::Put {
+                key: usage_key(&who.name, id),
+                value,
+                pre: Precondition::Any,
+            }])
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    fn principal(name: &str) -> Principal {
+        Principal {
+            name: name.into(),
+            method: Method::Certificate,
+        }
+    }
+
+    fn version(who: &str, bytes: u64) -> Vec<u8> {
+        serde_json::to_vec(&VersionRecord {
+            version: 1,
+            hash: "h".into(),
+            root: "p.toml".into(),
+            files: BTreeMap::new(),
+            package_name: "p".into(),
+            parameters: Vec::new(),
+            bytes,
+            deployed_unix_ms: 0,
+            deployed_by: who.into(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_principal_over_quota_is_refused_while_another_is_not_and_retention_frees() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let q = Quota::new(store.clone(), 1_000);
+        let (alice, bob) = (principal("alice"), principal("bob"));
+        store
+            .commit(vec![Op::Put {
+                key: format!("{VERSION_PREFIX}pkg1/0000000001"),
+                value: version("alice", 600),
+                pre: Precondition::Any,
+            }])
+            .await
+            .unwrap();
+        q.record_execution("e1", &alice, 300).await;
+        assert_eq!(usage_execution(&usage_key("alice", "e1")), Some("e1"));
+        assert_eq!(
+            q.usage("alice").await.unwrap(),
+            Usage {
+                packages: 600,
+                executions: 300
+            }
+        );
+        q.check(&alice, 100).await.unwrap();
+        let e = q.check(&alice, 101).await.unwrap_err();
+        assert_eq!(e.code(), "QUOTA_EXCEEDED");
+        let text = e.to_string();
+        assert!(
+            text.contains("alice uses 900 bytes") && text.contains("limit is 1000"),
+            "{text}"
+        );
+        q.check(&bob, 1_000).await.unwrap();
+        // Retention removes the execution with its usage record: freed.
+        store
+            .commit(vec![Op::Delete {
+                key: usage_key("alice", "e1"),
+                pre: Precondition::Any,
+            }])
+            .await
+            .unwrap();
+        q.check(&alice, 400).await.unwrap();
+        // No quota, and the insecure principal, are never refused.
+        Quota::new(store.clone(), 0)
+            .check(&alice, u64::MAX)
+            .await
+            .unwrap();
+        let insecure = Principal {
+            name: "insecure".into(),
+            method: Method::Insecure,
+        };
+        q.check(&insecure, u64::MAX).await.unwrap();
+    }
+}
