@@ -11,7 +11,7 @@ use baton_package::Package;
 
 use crate::bundle;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, outln};
 
 /// Check package files (and the child packages they reference) without running anything.
 #[derive(Debug, clap::Args)]
@@ -38,7 +38,7 @@ pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
             }
         }
         match args.output {
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 serde_json::json!({
                     "file": f.display().to_string(),
@@ -51,7 +51,7 @@ pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
                 })
             ),
             Format::Human if findings.is_empty() => {
-                println!("ok {} ({bundled} file(s))", f.display());
+                outln!("ok {} ({bundled} file(s))", f.display());
             }
             Format::Human => {
                 for e in &findings {
