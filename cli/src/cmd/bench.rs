@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::error::{CliError, EXIT_FAILED};
 use crate::local_cluster::{ClusterSpec, LocalCluster};
-use crate::output::Format;
+use crate::output::{Format, outln};
 
 const AGENTS_MAX: u32 = 64;
 const SLOTS_MAX: u32 = 1024;
@@ -477,12 +477,12 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         Format::Json => {
             let obj: serde_json::Map<String, Value> =
                 out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            println!("{}", Value::Object(obj));
+            outln!("{}", Value::Object(obj));
         }
         Format::Human => {
             let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
             for (k, v) in &out {
-                println!("{k:<width$}  {v}");
+                outln!("{k:<width$}  {v}");
             }
         }
     }

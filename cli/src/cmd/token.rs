@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCmd {
@@ -78,7 +78,7 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 .map_err(|s| coordinator.status(s))?
                 .into_inner();
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     json!({"token_id": t.token_id, "kind": kind, "name": name,
                            "expires_unix_s": t.expires_unix_s, "token": t.token})
@@ -86,7 +86,7 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 Format::Human => {
                     // The secret alone on stdout, so that `$(baton token create …)` works;
                     // the explanation on stderr.
-                    println!("{}", t.token);
+                    outln!("{}", t.token);
                     let what = if kind == "agent" {
                         "one-time agent enrolment token: BATON_ENROLL_TOKEN=<token> baton agent ..."
                     } else {
@@ -121,18 +121,27 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                                "created_unix_s": t.created_unix_s, "expires_unix_s": t.expires_unix_s})
                         })
                         .collect();
-                    println!("{}", serde_json::Value::Array(rows));
+                    outln!("{}", serde_json::Value::Array(rows));
                 }
                 Format::Human => {
-                    println!(
+                    outln!(
                         "{:<14} {:<6} {:<16} {:<8} {:<12} EXPIRES (unix)",
-                        "ID", "KIND", "NAME", "STATE", "CREATED BY"
+                        "ID",
+                        "KIND",
+                        "NAME",
+                        "STATE",
+                        "CREATED BY"
                     );
                     for t in list {
                         let name = if t.name.is_empty() { "*" } else { &t.name };
-                        println!(
+                        outln!(
                             "{:<14} {:<6} {:<16} {:<8} {:<12} {}",
-                            t.token_id, t.kind, name, t.state, t.created_by, t.expires_unix_s
+                            t.token_id,
+                            t.kind,
+                            name,
+                            t.state,
+                            t.created_by,
+                            t.expires_unix_s
                         );
                     }
                 }
@@ -152,11 +161,11 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 .await
                 .map_err(|s| coordinator.status(s))?;
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::json!({"token_id": id, "state": "revoked"})
                 ),
-                Format::Human => println!("token {id}: revoked"),
+                Format::Human => outln!("token {id}: revoked"),
             }
             Ok(0)
         }

@@ -346,7 +346,10 @@ fn the_children_of_a_rows_foreach_reach_the_published_counts() {
     assert_eq!(tasks_of(&d), ["hog"], "the one slot goes to hog");
     let rows = (1..=3).map(|i| format!("{{\"id\":\"{i}\"}}")).collect();
     s.rows_fetched("e1", "each", Ok(rows));
-    assert!(settle(&mut s, now).is_empty(), "no slot for the rows' children");
+    assert!(
+        settle(&mut s, now).is_empty(),
+        "no slot for the rows' children"
+    );
     let shown = super::tests::summary(&s);
     let published = rx.borrow().clone();
     assert_eq!(
