@@ -22,6 +22,7 @@ mod capacity;
 mod catalog;
 mod catalog_child;
 mod child_dag;
+mod cli_frictions;
 mod coordinator_restart;
 mod drain;
 mod etl_example;
