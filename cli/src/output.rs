@@ -331,3 +331,73 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(done: u64, pending: u64) -> pb::ExecutionSummary {
+        pb::ExecutionSummary {
+            execution_id: "e1".into(),
+            state: "running".into(),
+            total: done + pending + 1,
+            succeeded: done,
+            cancelled: 1,
+            pending,
+            waiting: "waiting for capacity: every agent is full".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_counts_say_cancelled_apart_and_why_children_wait() {
+        let s = summary(2, 3);
+        assert_eq!(
+            counts_phrase(&s),
+            "2 succeeded, 0 failed, 1 cancelled, 0 running, 3 pending \
+             (waiting for capacity: every agent is full)"
+        );
+        assert_eq!(done(&s), 3);
+        let ended = pb::ExecutionSummary {
+            state: "cancelled".into(),
+            ..s
+        };
+        assert!(!counts_phrase(&ended).contains("waiting"), "not once ended");
+        let v = summary_json(&ended, None);
+        assert_eq!(v["children"]["cancelled"], 1);
+        assert_eq!(v["children"]["failed"], 0);
+    }
+
+    #[test]
+    fn plain_lines_are_rate_limited_and_the_last_one_is_kept() {
+        let mut p = Progress::new(Lines::Stderr);
+        assert!(p.bar.is_none() || std::io::stderr().is_terminal());
+        if p.bar.is_some() {
+            return; // a terminal: a bar, not lines
+        }
+        p.update(&summary(1, 3));
+        assert_eq!(p.due(), None, "the first line goes out at once");
+        assert!(p.last_line.starts_with("running 2/5 done: 1 succeeded"));
+        p.update(&summary(2, 2));
+        let due = p.due().expect("the next one waits for the interval");
+        assert!(due > Instant::now());
+        p.update(&summary(3, 1));
+        p.flush();
+        assert!(
+            p.last_line.starts_with("running 4/5 done: 3 succeeded"),
+            "the newest line wins: {}",
+            p.last_line
+        );
+        p.update(&summary(3, 1));
+        assert_eq!(p.due(), None, "an unchanged summary prints nothing");
+    }
+
+    #[test]
+    fn json_lines_are_summary_objects() {
+        let p = Progress::with_format(Lines::Stdout, true);
+        let line = p.line(&summary(1, 1));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["execution_id"], "e1");
+        assert_eq!(v["waiting"], "waiting for capacity: every agent is full");
+    }
+}

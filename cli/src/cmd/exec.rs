@@ -573,6 +573,31 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_says_what_it_did() {
+        let answer = |state: &str, ended: bool, cancelled: u64, stopping: u64| {
+            super::pb::CancelExecutionResponse {
+                state: state.into(),
+                already_ended: ended,
+                children_cancelled: cancelled,
+                children_stopping: stopping,
+            }
+        };
+        assert_eq!(
+            super::cancel_phrase("e1", &answer("cancelled", false, 3, 0)),
+            "execution e1: cancelled (3 child(ren) cancelled before they started)"
+        );
+        assert_eq!(
+            super::cancel_phrase("e1", &answer("cancelling", false, 1, 2)),
+            "execution e1: cancelling (1 child(ren) cancelled before they started; \
+             2 running child(ren) being stopped on their agents)"
+        );
+        assert!(
+            super::cancel_phrase("e1", &answer("succeeded", true, 0, 0))
+                .contains("it had already ended")
+        );
+    }
+
+    #[test]
     fn utc_rendering() {
         assert_eq!(super::ms_to_utc(0), "-");
         assert_eq!(super::ms_to_utc(1_000), "1970-01-01 00:00:01");
