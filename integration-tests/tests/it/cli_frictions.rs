@@ -356,3 +356,122 @@ after = ["five"]
     );
     c.finish(&[]);
 }
+
+/// `exec list`, `exec show` and `exec watch` count the children of a foreach
+/// over rows the same way while they wait (here for an agent with a label
+/// nobody has): `exec list` said TOTAL 1 while `exec show` said 4 more pending.
+#[test]
+fn every_listing_counts_a_rows_foreach_alike() {
+    let c = cluster("rows-counts", 2);
+    let dir = c.root().join("packages").join("rows");
+    write_file(
+        &dir,
+        "item.toml",
+        "name = \"item\"\n[parameters.id]\ntype = \"string\"\nrequired = true\n\
+         [tasks.run]\nexec = [\"true\"]\n",
+    );
+    write_file(
+        &dir,
+        "parent.toml",
+        r#"name = "by-rows"
+[tasks.list]
+script = """
+printf '{"id":"1"}\n{"id":"2"}\n{"id":"3"}\n{"id":"4"}\n' >> "$BATON_ROWS"
+"""
+[tasks.each]
+foreach = { rows = "list" }
+child = "item.toml"
+params = { id = "${item.id}" }
+require = { zone = "nowhere" }
+after = ["list"]
+"#,
+    );
+    let id = c.start_run(&dir.join("parent.toml"), &[]);
+    let counts = |v: &serde_json::Value| {
+        let ch = &v["children"];
+        (
+            ch["total"].as_u64(),
+            ch["succeeded"].as_u64(),
+            ch["pending"].as_u64(),
+        )
+    };
+    let want = (Some(5), Some(1), Some(4));
+    let mut shown = serde_json::Value::Null;
+    assert!(
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), || {
+            shown = c.exec_show(&id).raw["summary"].clone();
+            counts(&shown) == want
+        }),
+        "exec show: {shown}"
+    );
+    let listed = c.cli(&["exec", "list", "--output", "json"]);
+    listed.expect_code(0);
+    let listed = listed.json()["executions"][0].clone();
+    assert_eq!(listed["execution_id"], id.as_str(), "{listed}");
+    assert_eq!(
+        counts(&listed),
+        want,
+        "exec list agrees with exec show: {listed}"
+    );
+    assert!(
+        listed["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("zone")),
+        "and says why they wait: {listed}"
+    );
+    // A watch's first line is the same summary.
+    let mut watch = c.spawn_cli(&["exec", "watch", &id, "--output", "json"]);
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let first = BufReader::new(stdout)
+        .lines()
+        .next()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let first: serde_json::Value = serde_json::from_str(&first).expect("a JSON line");
+    assert_eq!(counts(&first), want, "exec watch agrees: {first}");
+    c.cli(&["exec", "cancel", &id]).expect_code(0);
+    c.finish(&[]);
+}
+
+/// The README tour: the example fan-out's children write rows, and
+/// `exec rows --child 'shards[3]'` shows the one of shard 4.
+#[test]
+fn the_example_fanout_writes_rows_for_the_tour() {
+    let c = cluster("tour-rows", 4);
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/fanout/parent.toml")
+        .display()
+        .to_string();
+    let out = c.cli(&[
+        "run",
+        &example,
+        "-p",
+        "children=4",
+        "-p",
+        "work_s=0",
+        "--wait",
+        "--output",
+        "json",
+    ]);
+    out.expect_code(0);
+    let id = out.json()["execution_id"].as_str().unwrap().to_owned();
+    let rows = c.cli(&[
+        "exec",
+        "rows",
+        &id,
+        "--child",
+        "shards[3]",
+        "--format",
+        "json",
+    ]);
+    rows.expect_code(0);
+    let row: serde_json::Value =
+        serde_json::from_str(rows.stdout.trim()).unwrap_or_else(|_| panic!("{}", rows.describe()));
+    assert_eq!(
+        (row["shard"].as_u64(), row["square"].as_u64()),
+        (Some(4), Some(16))
+    );
+    c.finish(&[]);
+}
