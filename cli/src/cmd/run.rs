@@ -37,6 +37,9 @@ pub struct RunArgs {
     #[arg(long = "params", value_name = "FILE.json")]
     pub params_file: Option<PathBuf>,
     /// Wait for the end; the exit code is the execution's result (0 succeeded, 1 not).
+    /// The execution id comes first, at once: on stderr, or with --output json as a
+    /// first line `{"event":"started","execution_id":…}` before the summary line.
+    /// An interrupted wait is taken up again with `baton exec wait ID`.
     #[arg(long)]
     pub wait: bool,
     /// Like --wait, and print progress lines even when not on a terminal.
@@ -44,8 +47,8 @@ pub struct RunArgs {
     pub follow: bool,
     #[arg(long, value_enum, default_value = "human")]
     pub output: Format,
-    /// Catalog folder the execution of a file belongs to (default /); starting
-    /// needs `execute` there.
+    /// Catalog folder the execution of a file belongs to (default /); it must
+    /// exist (`baton folder create`), and starting needs `execute` there.
     #[arg(long, conflicts_with = "package")]
     pub folder: Option<String>,
     /// How children are placed: least-loaded, round-robin or spread:LABEL
