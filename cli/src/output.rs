@@ -46,7 +46,12 @@ pub fn stdout_closed() -> bool {
 
 /// A write error of stdout other than a closed pipe, if there was one.
 pub fn stdout_error() -> Option<String> {
-    std::io::stdout().lock().flush().ok();
+    if !stdout_closed()
+        && let Err(e) = std::io::stdout().lock().flush()
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Some(e.to_string());
+    }
     STDOUT_ERROR
         .lock()
         .unwrap_or_else(|p| p.into_inner())

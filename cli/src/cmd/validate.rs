@@ -13,7 +13,7 @@ use baton_package::Package;
 
 use crate::bundle;
 use crate::error::CliError;
-use crate::output::{Format, outln};
+use crate::output::{Format, errln, outln};
 
 /// Check package files (and the child packages they reference) without running anything.
 #[derive(Debug, clap::Args)]
@@ -57,7 +57,7 @@ pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
             }
             Format::Human => {
                 for e in &findings {
-                    eprintln!("error[{}]: {}", e.code, e.message);
+                    errln!("error[{}]: {}", e.code, e.message);
                 }
             }
         }
