@@ -4,7 +4,11 @@
 //! parent says `children_on_cancel = "abandon"`: then they run to their end,
 //! their results are recorded, and the execution ends `cancelled` after them. Nothing is
 //! dispatched or retried afterwards, and the request is persisted, so a
-//! coordinator restart carries the cancellation on.
+//! coordinator restart carries the cancellation on. The answer
+//! ([`CancelOutcome`]) says what the request did — children cancelled before
+//! they started, children asked to stop, or nothing because the execution had
+//! already ended — so that a cancel of an execution whose children all waited
+//! for capacity (it ends at once) is not taken for one that had ended.
 //!
 //! One child can be cancelled alone ([`Scheduler::cancel_child`]): the same steps for
 //! that child only, with the request persisted on the child's record. Its task then
