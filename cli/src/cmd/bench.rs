@@ -293,7 +293,7 @@ async fn kill_halfway(
     loop {
         let done = {
             let s = rx.borrow_and_update();
-            s.succeeded + s.failed
+            s.succeeded + s.failed + s.cancelled
         };
         if done * 2 >= total {
             break;
@@ -463,7 +463,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
                     .filter(|c| !seen.insert((c.task.clone(), c.index)))
                     .count()
             });
-            let lost = total.saturating_sub(summary.succeeded + summary.failed);
+            let lost = total.saturating_sub(summary.succeeded + summary.failed + summary.cancelled);
             out.push((
                 "detect_s",
                 json!(loss.as_ref().map(|l| round(l.detect_s, 3))),
