@@ -2,7 +2,10 @@
 //! client commands (`run`, `exec`, `agents`, `validate`) and `demo`.
 //!
 //! Errors print as `error[CODE]: message` on stderr; exit codes are listed in
-//! [`error`] and in `docs/errors.md`.
+//! [`error`] and in `docs/errors.md`. Results go through [`output`]'s
+//! `outln!`, never `println!` (which panics on a closed pipe).
+
+#![deny(clippy::print_stdout)]
 
 mod bundle;
 mod client;
@@ -196,7 +199,7 @@ fn main() -> ExitCode {
         eprintln!("warning: `--format` is deprecated: write `-o` / `--output`");
     }
     if parsed.print_config {
-        print!("{}", config::render(&parsed.path, &parsed.settings));
+        crate::output::out!("{}", config::render(&parsed.path, &parsed.settings));
         return ExitCode::SUCCESS;
     }
     let cli = match Cli::from_arg_matches(&parsed.matches) {
@@ -215,7 +218,13 @@ fn main() -> ExitCode {
             return ExitCode::from(error::EXIT_OTHER);
         }
     };
-    match runtime.block_on(dispatch(cli.cmd)) {
+    let result = runtime.block_on(dispatch(cli.cmd));
+    if let Some(e) = output::stdout_error() {
+        // A full disk or a broken file: the results are not all there.
+        eprintln!("error[IO_FAILED]: cannot write the output: {e}");
+        return ExitCode::from(error::EXIT_OTHER);
+    }
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error[{}]: {}", e.code, e.message);

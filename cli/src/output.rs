@@ -1,11 +1,91 @@
 //! How results are shown: human text by default, one JSON object with
-//! `--output json`, and a progress line while waiting on a terminal.
+//! `--output json`, and a progress line while waiting (a bar on a terminal,
+//! plain lines at a bounded rate otherwise).
+//!
+//! Every result goes through [`outln!`] / [`out!`] ([`write_stdout`]), never
+//! `println!` (the crate denies `clippy::print_stdout`): `println!` panics
+//! when the reader of a pipe has gone (`baton exec list | head -3`), while
+//! these stop writing quietly, as Unix tools do, and the command ends with
+//! its own exit code.
 
-use std::io::IsTerminal;
-use std::time::Duration;
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use baton_proto as pb;
 use serde_json::{Value, json};
+
+/// The reader of stdout went away: nothing more is written.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// Another write error (a full disk): `main` reports it once at the end.
+static STDOUT_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// Writes a result to stdout. A closed pipe ends the output quietly; any
+/// other error is kept for [`stdout_error`] and ends the output too.
+pub fn write_stdout(args: fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let mut first = STDOUT_ERROR.lock().unwrap_or_else(|p| p.into_inner());
+            first.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Whether stdout can no longer be written (its reader went away): a
+/// command that would print for ever (`exec watch`) stops.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// A write error of stdout other than a closed pipe, if there was one.
+pub fn stdout_error() -> Option<String> {
+    if !stdout_closed()
+        && let Err(e) = std::io::stdout().lock().flush()
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Some(e.to_string());
+    }
+    STDOUT_ERROR
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+/// `println!` for results, through [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+pub(crate) use outln;
+
+/// `print!` for results, through [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+pub(crate) use out;
+
+/// `eprintln!` for notes and progress: a closed stderr is ignored instead of
+/// a panic.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use errln;
 
 /// `--output` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -35,9 +115,11 @@ pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
             "total": s.total,
             "succeeded": s.succeeded,
             "failed": s.failed,
+            "cancelled": s.cancelled,
             "pending": s.pending,
             "running": s.running,
         },
+        "waiting": s.waiting,
         "per_agent": per_agent,
         "lost_attempts": s.lost_attempts,
         "stale_events": s.stale_events,
@@ -54,7 +136,7 @@ pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
     }
     if let Some(w) = wall_s {
         v["wall_s"] = json!((w * 1000.0).round() / 1000.0);
-        let done = (s.succeeded + s.failed) as f64;
+        let done = done(s) as f64;
         v["children_per_s"] = json!(if w > 0.0 {
             (done / w * 10.0).round() / 10.0
         } else {
@@ -64,11 +146,34 @@ pub fn summary_json(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> Value {
     v
 }
 
+/// Children that have ended, whatever their end.
+pub fn done(s: &pb::ExecutionSummary) -> u64 {
+    s.succeeded + s.failed + s.cancelled
+}
+
+/// The counts of a summary in one phrase, with why children wait:
+/// `3 succeeded, 0 failed, 1 running, 4 pending (waiting for capacity: …)`.
+pub fn counts_phrase(s: &pb::ExecutionSummary) -> String {
+    let mut out = format!("{} succeeded, {} failed", s.succeeded, s.failed);
+    if s.cancelled > 0 {
+        out += &format!(", {} cancelled", s.cancelled);
+    }
+    out += &format!(", {} running, {} pending", s.running, s.pending);
+    if !s.waiting.is_empty() && s.state == "running" {
+        out += &format!(" ({})", s.waiting);
+    }
+    out
+}
+
 /// A human summary of an execution.
 pub fn summary_human(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> String {
     let mut out = format!(
-        "execution {}  package {}  status {}\nchildren: {} total, {} succeeded, {} failed, {} running, {} pending",
-        s.execution_id, s.package, s.state, s.total, s.succeeded, s.failed, s.running, s.pending
+        "execution {}  package {}  status {}\nchildren: {} total, {}",
+        s.execution_id,
+        s.package,
+        s.state,
+        s.total,
+        counts_phrase(s)
     );
     if !s.catalog_path.is_empty() {
         out += &format!(
@@ -89,7 +194,7 @@ pub fn summary_human(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> String {
         );
     }
     if let Some(w) = wall_s {
-        let done = (s.succeeded + s.failed) as f64;
+        let done = done(s) as f64;
         out += &format!(
             "\nwall time {w:.2} s, {:.1} children/s",
             if w > 0.0 { done / w } else { 0.0 }
@@ -107,17 +212,41 @@ pub fn summary_human(s: &pb::ExecutionSummary, wall_s: Option<f64>) -> String {
     out
 }
 
-/// Shows progress while waiting: a bar on a terminal, nothing otherwise
-/// (unless `plain_lines`, used by `--follow`).
+/// How often plain progress lines may be printed (the last state is always
+/// printed): a fan-out of 10,000 children changes many times a second.
+pub const LINE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where plain progress lines go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lines {
+    /// None (a bar on a terminal, else nothing: `run --wait`, `exec wait`).
+    Off,
+    /// To stderr (`run --follow`: stdout keeps the result alone).
+    Stderr,
+    /// To stdout: they are the output (`exec watch`).
+    Stdout,
+}
+
+/// Shows progress while waiting: a bar on a terminal (unless lines go to
+/// stdout), plain lines at most once per [`LINE_INTERVAL`] otherwise.
 pub struct Progress {
     bar: Option<indicatif::ProgressBar>,
-    plain_lines: bool,
+    lines: Lines,
+    json: bool,
+    /// The last line printed, and one not printed yet (rate limit).
     last_line: String,
+    held: Option<String>,
+    last_at: Option<Instant>,
 }
 
 impl Progress {
-    pub fn new(plain_lines: bool) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
+    pub fn new(lines: Lines) -> Self {
+        Self::with_format(lines, false)
+    }
+
+    /// With `json`, each line is the summary object (`exec watch -o json`).
+    pub fn with_format(lines: Lines, json: bool) -> Self {
+        let bar = (lines != Lines::Stdout && std::io::stderr().is_terminal()).then(|| {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -131,27 +260,79 @@ impl Progress {
         });
         Progress {
             bar,
-            plain_lines,
+            lines,
+            json,
             last_line: String::new(),
+            held: None,
+            last_at: None,
         }
+    }
+
+    /// Where its plain lines go.
+    pub fn lines(&self) -> Lines {
+        self.lines
+    }
+
+    /// The plain line of a summary.
+    fn line(&self, s: &pb::ExecutionSummary) -> String {
+        if self.json {
+            return summary_json(s, None).to_string();
+        }
+        format!(
+            "{} {}/{} done: {}",
+            s.state,
+            done(s),
+            s.total,
+            counts_phrase(s)
+        )
     }
 
     pub fn update(&mut self, s: &pb::ExecutionSummary) {
-        let msg = format!(
-            "{} ok, {} failed, {} running, {} waiting",
-            s.succeeded, s.failed, s.running, s.pending
-        );
         if let Some(bar) = &self.bar {
             bar.set_length(s.total);
-            bar.set_position(s.succeeded + s.failed);
-            bar.set_message(msg);
-        } else if self.plain_lines && msg != self.last_line {
-            eprintln!("{}/{} done: {msg}", s.succeeded + s.failed, s.total);
-            self.last_line = msg;
+            bar.set_position(done(s));
+            bar.set_message(counts_phrase(s));
+            return;
+        }
+        if self.lines == Lines::Off {
+            return;
+        }
+        let line = self.line(s);
+        if line == self.last_line {
+            self.held = None;
+            return;
+        }
+        self.held = Some(line);
+        if self.last_at.is_none_or(|t| t.elapsed() >= LINE_INTERVAL) {
+            self.flush();
         }
     }
 
-    pub fn finish(self) {
+    /// When a held line is due (`None`: nothing held).
+    pub fn due(&self) -> Option<Instant> {
+        self.held.as_ref()?;
+        Some(
+            self.last_at
+                .map_or_else(Instant::now, |t| t + LINE_INTERVAL),
+        )
+    }
+
+    /// Prints the held line, if any.
+    pub fn flush(&mut self) {
+        let Some(line) = self.held.take() else {
+            return;
+        };
+        match self.lines {
+            Lines::Stdout => outln!("{line}"),
+            Lines::Stderr => errln!("{line}"),
+            Lines::Off => {}
+        }
+        self.last_line = line;
+        self.last_at = Some(Instant::now());
+    }
+
+    pub fn finish(mut self) {
+        self.flush();
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
         }
@@ -226,5 +407,75 @@ mod list_and_time_tests {
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_796_634_072_999), "2026-12-07T09:01:12Z");
         assert_eq!(rfc3339(4_102_444_800_000), "2100-01-01T00:00:00Z");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(done: u64, pending: u64) -> pb::ExecutionSummary {
+        pb::ExecutionSummary {
+            execution_id: "e1".into(),
+            state: "running".into(),
+            total: done + pending + 1,
+            succeeded: done,
+            cancelled: 1,
+            pending,
+            waiting: "waiting for capacity: every agent is full".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_counts_say_cancelled_apart_and_why_children_wait() {
+        let s = summary(2, 3);
+        assert_eq!(
+            counts_phrase(&s),
+            "2 succeeded, 0 failed, 1 cancelled, 0 running, 3 pending \
+             (waiting for capacity: every agent is full)"
+        );
+        assert_eq!(done(&s), 3);
+        let ended = pb::ExecutionSummary {
+            state: "cancelled".into(),
+            ..s
+        };
+        assert!(!counts_phrase(&ended).contains("waiting"), "not once ended");
+        let v = summary_json(&ended, None);
+        assert_eq!(v["children"]["cancelled"], 1);
+        assert_eq!(v["children"]["failed"], 0);
+    }
+
+    #[test]
+    fn plain_lines_are_rate_limited_and_the_last_one_is_kept() {
+        let mut p = Progress::new(Lines::Stderr);
+        assert!(p.bar.is_none() || std::io::stderr().is_terminal());
+        if p.bar.is_some() {
+            return; // a terminal: a bar, not lines
+        }
+        p.update(&summary(1, 3));
+        assert_eq!(p.due(), None, "the first line goes out at once");
+        assert!(p.last_line.starts_with("running 2/5 done: 1 succeeded"));
+        p.update(&summary(2, 2));
+        let due = p.due().expect("the next one waits for the interval");
+        assert!(due > Instant::now());
+        p.update(&summary(3, 1));
+        p.flush();
+        assert!(
+            p.last_line.starts_with("running 4/5 done: 3 succeeded"),
+            "the newest line wins: {}",
+            p.last_line
+        );
+        p.update(&summary(3, 1));
+        assert_eq!(p.due(), None, "an unchanged summary prints nothing");
+    }
+
+    #[test]
+    fn json_lines_are_summary_objects() {
+        let p = Progress::with_format(Lines::Stdout, true);
+        let line = p.line(&summary(1, 1));
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["execution_id"], "e1");
+        assert_eq!(v["waiting"], "waiting for capacity: every agent is full");
     }
 }

@@ -223,8 +223,9 @@ impl Coordinator {
                 s.running,
                 s.succeeded,
                 s.failed,
+                s.cancelled,
                 s.lost_attempts,
-            ) = (0, 0, 0, 0, 0, 0);
+            ) = (0, 0, 0, 0, 0, 0, 0);
             s.per_agent.clear();
         }
         let inner = acc.clone();
@@ -397,14 +398,18 @@ impl Coordinator {
         Ok((out, next))
     }
 
-    /// Cancels an execution; returns `cancelling`, or the state it had already
-    /// ended in (cancelling an ended execution changes nothing).
-    pub async fn cancel(&self, id: &str, reason: &str) -> Result<String, CoordinatorError> {
+    /// Cancels an execution and says what that did (cancelling an ended
+    /// execution changes nothing: `already_ended`, with its state).
+    pub async fn cancel(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<crate::scheduler::CancelOutcome, CoordinatorError> {
         match self.handle.cancel(id.to_string(), reason.to_string()).await {
-            Ok(state) => Ok(state.to_string()),
-            Err(CoordinatorError::ExecutionNotFound(_)) => {
-                Ok(self.stored(id).await?.state.as_str().to_string())
-            }
+            Ok(outcome) => Ok(outcome),
+            Err(CoordinatorError::ExecutionNotFound(_)) => Ok(
+                crate::scheduler::CancelOutcome::ended(self.stored(id).await?.state.as_str()),
+            ),
             Err(e) => Err(e),
         }
     }

@@ -238,7 +238,11 @@ impl ExecutionRecord {
 pub struct FinalCounts {
     pub total: u64,
     pub succeeded: u64,
+    /// Failed, timed out or lost; records written before `cancelled` was
+    /// kept apart count cancelled children here too.
     pub failed: u64,
+    #[serde(default)]
+    pub cancelled: u64,
     pub lost_attempts: u64,
 }
 

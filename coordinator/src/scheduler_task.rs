@@ -109,7 +109,7 @@ pub(crate) enum Msg {
     Cancel {
         id: String,
         reason: String,
-        reply: oneshot::Sender<Result<&'static str, CoordinatorError>>,
+        reply: oneshot::Sender<Result<crate::scheduler::CancelOutcome, CoordinatorError>>,
     },
     CancelChild {
         id: String,
@@ -258,7 +258,7 @@ impl SchedulerHandle {
         &self,
         id: String,
         reason: String,
-    ) -> Result<&'static str, CoordinatorError> {
+    ) -> Result<crate::scheduler::CancelOutcome, CoordinatorError> {
         self.ask(|reply| Msg::Cancel { id, reason, reply }).await?
     }
 

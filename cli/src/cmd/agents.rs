@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, list_json, rfc3339};
+use crate::output::{Format, outln, list_json, rfc3339};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentsCmd {
@@ -89,7 +89,7 @@ async fn set_state(
         .map_err(|s| coordinator.status(s))?
         .into_inner();
     if output == Format::Human {
-        println!("agent {name}: {} ({} running)", agent.state, agent.running);
+        outln!("agent {name}: {} ({} running)", agent.state, agent.running);
     }
     if wait {
         let started = std::time::Instant::now();
@@ -118,11 +118,11 @@ async fn set_state(
             }
         }
         if output == Format::Human {
-            println!("agent {name}: {}", agent.state);
+            outln!("agent {name}: {}", agent.state);
         }
     }
     if output == Format::Json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"agent": name, "state": agent.state, "running": agent.running})
         );
@@ -171,9 +171,9 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                 .map_err(|s| coordinator.status(s))?;
             match output {
                 Format::Json => {
-                    println!("{}", serde_json::json!({"agent": name, "state": "removed"}))
+                    outln!("{}", serde_json::json!({"agent": name, "state": "removed"}))
                 }
-                Format::Human => println!("agent {name}: removed"),
+                Format::Human => outln!("agent {name}: removed"),
             }
             return Ok(0);
         }
@@ -206,17 +206,17 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                     })
                 })
                 .collect();
-            println!("{}", list_json(list, None));
+            outln!("{}", list_json(list, None));
         }
         Format::Human => {
-            println!(
+            outln!(
                 "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6}  {:<20}  LABELS",
                 "NAME", "ADDRESS", "STATE", "SLOTS", "WEIGHT", "RUNNING", "LOAD", "LAST HEARTBEAT"
             );
             for a in &agents {
                 let labels: Vec<String> =
                     a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                println!(
+                outln!(
                     "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6.2}  {:<20}  {}",
                     a.name,
                     a.address,
@@ -234,7 +234,7 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
                     0 => String::new(),
                     ms => format!(" (until {})", rfc3339(ms)),
                 };
-                println!("{}: quarantined: {}{until}", a.name, a.quarantine_reason);
+                outln!("{}: quarantined: {}{until}", a.name, a.quarantine_reason);
             }
         }
     }

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use crate::error::{CliError, EXIT_FAILED};
 use crate::local_cluster::{ClusterSpec, LocalCluster};
-use crate::output::Format;
+use crate::output::{Format, outln};
 
 const AGENTS_MAX: u32 = 64;
 const SLOTS_MAX: u32 = 1024;
@@ -293,7 +293,7 @@ async fn kill_halfway(
     loop {
         let done = {
             let s = rx.borrow_and_update();
-            s.succeeded + s.failed
+            s.succeeded + s.failed + s.cancelled
         };
         if done * 2 >= total {
             break;
@@ -463,7 +463,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
                     .filter(|c| !seen.insert((c.task.clone(), c.index)))
                     .count()
             });
-            let lost = total.saturating_sub(summary.succeeded + summary.failed);
+            let lost = total.saturating_sub(summary.succeeded + summary.failed + summary.cancelled);
             out.push((
                 "detect_s",
                 json!(loss.as_ref().map(|l| round(l.detect_s, 3))),
@@ -477,12 +477,12 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         Format::Json => {
             let obj: serde_json::Map<String, Value> =
                 out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            println!("{}", Value::Object(obj));
+            outln!("{}", Value::Object(obj));
         }
         Format::Human => {
             let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
             for (k, v) in &out {
-                println!("{k:<width$}  {v}");
+                outln!("{k:<width$}  {v}");
             }
         }
     }

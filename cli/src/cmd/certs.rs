@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use baton_coordinator::pki::{self, Identity};
 
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CertsCmd {
@@ -111,11 +111,11 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
                 .await
                 .map_err(|s| coordinator.status(s))?;
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::json!({"fingerprint": fp, "state": "revoked"})
                 ),
-                Format::Human => println!("certificate {fp}: revoked"),
+                Format::Human => outln!("certificate {fp}: revoked"),
             }
             Ok(0)
         }
@@ -129,12 +129,12 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
                 "already present"
             };
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::json!({"created": created, "dir": dir.display().to_string(),
                                        "admin_dir": dir.join("admin").display().to_string()})
                 ),
-                Format::Human => println!(
+                Format::Human => outln!(
                     "{verb}: CA and coordinator certificate in {}, admin client identity in {}",
                     dir.display(),
                     dir.join("admin").display()
@@ -162,12 +162,12 @@ pub async fn run(cmd: CertsCmd) -> Result<u8, CliError> {
             };
             pki::issue(&ca_dir, &who, &out, ttl).map_err(pki_err)?;
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::json!({"issued": who.dns_name(), "valid_s": ttl.as_secs(),
                                        "dir": out.display().to_string()})
                 ),
-                Format::Human => println!(
+                Format::Human => outln!(
                     "issued {} (valid {} s) into {}",
                     who.dns_name(),
                     ttl.as_secs(),

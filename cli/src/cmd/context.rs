@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::contexts::{self, Context, Store};
 use crate::error::CliError;
-use crate::output::{Format, list_json};
+use crate::output::{Format, outln, list_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ContextCmd {
@@ -108,9 +108,9 @@ pub fn run(cmd: ContextCmd) -> Result<u8, CliError> {
                 Format::Json => {
                     let mut v = context_json(&name, &ctx, current);
                     v["replaced"] = json!(replaced);
-                    println!("{v}");
+                    outln!("{v}");
                 }
-                Format::Human => println!(
+                Format::Human => outln!(
                     "context {name}: {}{}",
                     if replaced { "replaced" } else { "added" },
                     if current { " (current)" } else { "" }
@@ -122,8 +122,8 @@ pub fn run(cmd: ContextCmd) -> Result<u8, CliError> {
             store.current = Some(name.clone());
             store.save(&path)?;
             match output {
-                Format::Json => println!("{}", json!({ "current": name })),
-                Format::Human => println!("current context: {name}"),
+                Format::Json => outln!("{}", json!({ "current": name })),
+                Format::Human => outln!("current context: {name}"),
             }
         }
         ContextCmd::List { output } => {
@@ -135,15 +135,15 @@ pub fn run(cmd: ContextCmd) -> Result<u8, CliError> {
                         .iter()
                         .map(|(n, c)| context_json(n, c, cur == Some(n.as_str())))
                         .collect();
-                    println!("{}", list_json(items, None));
+                    outln!("{}", list_json(items, None));
                 }
                 Format::Human => {
-                    println!(
+                    outln!(
                         "{:<1} {:<16} {:<32} {:<36} TOKEN FILE",
                         "", "NAME", "COORDINATOR", "TLS DIR"
                     );
                     for (n, c) in &store.contexts {
-                        println!(
+                        outln!(
                             "{:<1} {:<16} {:<32} {:<36} {}",
                             if cur == Some(n.as_str()) { "*" } else { "" },
                             n,
@@ -177,16 +177,16 @@ pub fn run(cmd: ContextCmd) -> Result<u8, CliError> {
                 Format::Json => {
                     let mut v = context_json(&name, ctx, current);
                     v["store"] = json!(path);
-                    println!("{v}");
+                    outln!("{v}");
                 }
                 Format::Human => {
-                    println!("context {name}{}", if current { " (current)" } else { "" });
-                    println!("  coordinator  {}", ctx.coordinator);
-                    println!("  tls-dir      {}", ctx.tls_dir.display());
+                    outln!("context {name}{}", if current { " (current)" } else { "" });
+                    outln!("  coordinator  {}", ctx.coordinator);
+                    outln!("  tls-dir      {}", ctx.tls_dir.display());
                     if let Some(f) = &ctx.token_file {
-                        println!("  token-file   {}", f.display());
+                        outln!("  token-file   {}", f.display());
                     }
-                    println!("  stored in    {}", path.display());
+                    outln!("  stored in    {}", path.display());
                 }
             }
         }
@@ -200,9 +200,9 @@ pub fn run(cmd: ContextCmd) -> Result<u8, CliError> {
             store.save(&path)?;
             match output {
                 Format::Json => {
-                    println!("{}", json!({ "removed": name, "was_current": was_current }))
+                    outln!("{}", json!({ "removed": name, "was_current": was_current }))
                 }
-                Format::Human => println!(
+                Format::Human => outln!(
                     "context {name}: removed{}",
                     if was_current {
                         " (no context is current now)"

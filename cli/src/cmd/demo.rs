@@ -7,7 +7,7 @@ use baton_proto as pb;
 
 use crate::error::{CliError, EXIT_FAILED};
 use crate::local_cluster::{ClusterSpec, LocalCluster};
-use crate::output::{Format, summary_human, summary_json};
+use crate::output::{Format, errln, outln, summary_human, summary_json};
 
 const PARENT: &str = include_str!("../../../examples/fanout/parent.toml");
 const CHILD: &str = include_str!("../../../examples/fanout/child.toml");
@@ -57,7 +57,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
     };
     let mut cluster = LocalCluster::start(&spec, "baton-demo-").await?;
     if human {
-        eprintln!(
+        errln!(
             "coordinator on {}, {} agents ready ({} slots each), data in {}; fanning out {} children",
             cluster.opt.url,
             args.agents,
@@ -97,14 +97,21 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
     let summary = super::run::wait(client, &opt, &id, false).await?;
     let wall = started.elapsed().as_secs_f64();
     let ok = summary.state == "succeeded";
-    let kept = cluster.stop(args.keep || !ok).await;
-
+    // The result first: stopping the agents and removing the directory take
+    // a while, and an interrupted demo should still have shown it.
     match args.output {
-        Format::Json => println!("{}", summary_json(&summary, Some(wall))),
-        Format::Human => println!("{}", summary_human(&summary, Some(wall))),
+        Format::Json => outln!("{}", summary_json(&summary, Some(wall))),
+        Format::Human => outln!("{}", summary_human(&summary, Some(wall))),
     }
-    if let Some(kept) = kept {
-        eprintln!("kept {} (coordinator store, agent logs)", kept.display());
+    let keep = args.keep || !ok;
+    if human && !keep {
+        errln!(
+            "stopping the agents and removing {}",
+            cluster.path().display()
+        );
+    }
+    if let Some(kept) = cluster.stop(keep).await {
+        errln!("kept {} (coordinator store, agent logs)", kept.display());
     }
     Ok(if ok { 0 } else { EXIT_FAILED })
 }

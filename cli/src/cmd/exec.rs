@@ -5,7 +5,9 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, list_json, summary_human, summary_json};
+use crate::output::{
+    Format, Lines, Progress, errln, list_json, out, outln, summary_human, summary_json,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ExecCmd {
@@ -66,6 +68,32 @@ pub enum ExecCmd {
         /// Wait until it ends (with a progress bar on a terminal); exit 0 if it succeeds.
         #[arg(long)]
         wait: bool,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
+    /// Wait for an execution to end (again, after an interrupted `run --wait`);
+    /// the exit code is its result, as with `baton run --wait`.
+    #[command(
+        after_help = "Examples:\n  baton exec wait 019ab2c4...\n  baton exec wait 019ab2c4... --output json | jq .status\n\nExit code: 0 when the execution succeeded, 1 when it failed or was cancelled,\n3 when the coordinator went away (the execution goes on). A progress bar is\nshown on a terminal; `baton exec watch` prints progress lines anywhere."
+    )]
+    Wait {
+        id: String,
+        #[arg(long, value_enum, default_value = "human")]
+        output: Format,
+        #[command(flatten)]
+        coordinator: CoordinatorOpt,
+    },
+    /// Follow an execution live: one line per change of its counts (at most one
+    /// a second), with why children wait; ends with its summary when it ends.
+    #[command(
+        after_help = "Examples:\n  baton exec watch 019ab2c4...\n  baton exec watch 019ab2c4... --output json   # one summary object per line\n\nA line: `running 120/500 done: 118 succeeded, 2 failed, 8 running, 372 pending\n(waiting for capacity: …)`. Works without a terminal (logs, CI). The exit code\nis that of `baton exec wait`; Ctrl-C stops watching, not the execution."
+    )]
+    Watch {
+        id: String,
+        /// human: a line per change, then the summary; json: a summary object
+        /// per change (the last one is the final summary).
         #[arg(long, value_enum, default_value = "human")]
         output: Format,
         #[command(flatten)]
@@ -200,6 +228,33 @@ fn tree(infos: &[pb::TaskInfo], children: &[pb::ChildJob], limit: usize) -> Stri
     out
 }
 
+/// What a cancel request did, in words.
+fn cancel_phrase(id: &str, a: &pb::CancelExecutionResponse) -> String {
+    if a.already_ended {
+        return format!(
+            "execution {id}: {} (it had already ended; nothing changed)",
+            a.state
+        );
+    }
+    let mut did = Vec::new();
+    if a.children_cancelled > 0 {
+        did.push(format!(
+            "{} child(ren) cancelled before they started",
+            a.children_cancelled
+        ));
+    }
+    if a.children_stopping > 0 {
+        did.push(format!(
+            "{} running child(ren) being stopped on their agents",
+            a.children_stopping
+        ));
+    }
+    if did.is_empty() {
+        did.push("no child was pending or running".to_string());
+    }
+    format!("execution {id}: {} ({})", a.state, did.join("; "))
+}
+
 /// A time for people, RFC 3339 in UTC (see [`crate::output::rfc3339`]).
 pub(crate) fn ms_to_utc(ms: u64) -> String {
     crate::output::rfc3339(ms)
@@ -233,28 +288,41 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                         .iter()
                         .map(|s| summary_json(s, None))
                         .collect();
-                    println!("{}", list_json(list, Some(&resp.next_page_token)));
+                    outln!(
+                        "{}",
+                        list_json(list, Some(&resp.next_page_token))
+                    );
                 }
                 Format::Human => {
-                    println!(
-                        "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>7}  CREATED",
-                        "EXECUTION", "PACKAGE", "STATE", "TOTAL", "SUCCEEDED", "FAILED", "RUNNING"
+                    outln!(
+                        "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>9} {:>7} {:>7}  CREATED (UTC)",
+                        "EXECUTION",
+                        "PACKAGE",
+                        "STATE",
+                        "TOTAL",
+                        "SUCCEEDED",
+                        "FAILED",
+                        "CANCELLED",
+                        "RUNNING",
+                        "PENDING"
                     );
                     for s in &resp.executions {
-                        println!(
-                            "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>7}  {}",
+                        outln!(
+                            "{:<32}  {:<16} {:<10} {:>7} {:>9} {:>7} {:>9} {:>7} {:>7}  {}",
                             s.execution_id,
                             s.package,
                             s.state,
                             s.total,
                             s.succeeded,
                             s.failed,
+                            s.cancelled,
                             s.running,
+                            s.pending,
                             ms_to_utc(s.created_unix_ms)
                         );
                     }
                     if !resp.next_page_token.is_empty() {
-                        println!("more: --page-token {}", resp.next_page_token);
+                        outln!("more: --page-token {}", resp.next_page_token);
                     }
                 }
             }
@@ -266,6 +334,33 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             output,
             coordinator,
         } => resume(&coordinator, &id, wait, output).await,
+        ExecCmd::Wait {
+            id,
+            output,
+            coordinator,
+        } => {
+            let mut client = coordinator.connect().await?;
+            let summary = super::run::wait(&mut client, &coordinator, &id, false).await?;
+            super::run::print_summary(&summary, None, output);
+            Ok(super::run::exit_of(&summary))
+        }
+        ExecCmd::Watch {
+            id,
+            output,
+            coordinator,
+        } => {
+            let mut client = coordinator.connect().await?;
+            let progress = Progress::with_format(Lines::Stdout, output == Format::Json);
+            let summary = super::run::follow(&mut client, &coordinator, &id, progress).await?;
+            if crate::output::stdout_closed() {
+                // `| head`: the reader has seen enough; the execution goes on.
+                return Ok(0);
+            }
+            if output == Format::Human {
+                outln!("{}", summary_human(&summary, None));
+            }
+            Ok(super::run::exit_of(&summary))
+        }
         ExecCmd::Logs(a) => super::exec_child::logs(a).await,
         ExecCmd::Rows(a) => super::exec_child::rows(a).await,
         ExecCmd::Cancel {
@@ -285,41 +380,46 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             coordinator,
         } => {
             let mut client = coordinator.connect().await?;
-            let state = client
+            let answer = client
                 .cancel_execution(pb::CancelExecutionRequest {
                     execution_id: id.clone(),
                     reason,
                 })
                 .await
                 .map_err(|s| coordinator.status(s))?
-                .into_inner()
-                .state;
-            let summary = if wait && state == "cancelling" {
+                .into_inner();
+            let summary = if wait && answer.state == "cancelling" {
                 Some(super::run::wait(&mut client, &coordinator, &id, false).await?)
             } else {
                 None
             };
             let final_state = summary
                 .as_ref()
-                .map_or(state.as_str(), |s| s.state.as_str());
+                .map_or(answer.state.as_str(), |s| s.state.as_str());
             match output {
                 Format::Json => {
-                    let mut v = json!({ "execution_id": id, "status": final_state });
+                    let mut v = json!({
+                        "execution_id": id,
+                        "status": final_state,
+                        "already_ended": answer.already_ended,
+                        "children_cancelled": answer.children_cancelled,
+                        "children_stopping": answer.children_stopping,
+                    });
                     if let Some(s) = &summary {
                         v["summary"] = summary_json(s, None);
                     }
-                    println!("{v}");
+                    outln!("{v}");
                 }
-                Format::Human => match &summary {
-                    Some(s) => println!("{}", summary_human(s, None)),
-                    None if final_state == "cancelling" => {
-                        println!("execution {id}: cancelling");
-                        eprintln!(
-                            "running children are being stopped; `baton exec show {id}` follows them, --wait waits"
-                        );
+                Format::Human => {
+                    outln!("{}", cancel_phrase(&id, &answer));
+                    match &summary {
+                        Some(s) => outln!("{}", summary_human(s, None)),
+                        None if final_state == "cancelling" => errln!(
+                            "`baton exec watch {id}` follows them, `baton exec wait {id}` waits for the end"
+                        ),
+                        None => {}
                     }
-                    None => println!("execution {id}: {final_state} (it had already ended)"),
-                },
+                }
             }
             Ok(0)
         }
@@ -352,13 +452,13 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                         "children_total": detail.children_total,
                         "children_truncated": detail.children_truncated,
                     });
-                    println!("{v}");
+                    outln!("{v}");
                 }
                 Format::Human => {
-                    println!("{}\n", summary_human(&summary, None));
-                    print!("{}", tree(&detail.tasks, &detail.children, limit));
+                    outln!("{}\n", summary_human(&summary, None));
+                    out!("{}", tree(&detail.tasks, &detail.children, limit));
                     if detail.children_truncated {
-                        eprintln!(
+                        errln!(
                             "showing {} of {} children (those that did not succeed first); --children N for more",
                             detail.children.len(),
                             detail.children_total
@@ -388,16 +488,19 @@ async fn resume(
         .into_inner();
     if !wait {
         match output {
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 json!({"execution_id": id, "status": resp.state, "rerun_children": resp.children, "resumes": resp.resumes})
             ),
             Format::Human => {
-                println!(
+                outln!(
                     "execution {id}: running again ({} child(ren) to re-run; resumed {} time(s))",
-                    resp.children, resp.resumes
+                    resp.children,
+                    resp.resumes
                 );
-                eprintln!("`baton exec show {id}` follows it; --wait waits for the end");
+                errln!(
+                    "`baton exec watch {id}` follows it; `baton exec wait {id}` waits for the end"
+                );
             }
         }
         return Ok(0);
@@ -409,9 +512,9 @@ async fn resume(
         Format::Json => {
             let mut v = summary_json(&summary, Some(wall));
             v["rerun_children"] = json!(resp.children);
-            println!("{v}");
+            outln!("{v}");
         }
-        Format::Human => println!("{}", summary_human(&summary, Some(wall))),
+        Format::Human => outln!("{}", summary_human(&summary, Some(wall))),
     }
     Ok(if summary.state == "succeeded" {
         0
@@ -450,6 +553,31 @@ mod tests {
             "the failure is shown first: {t}"
         );
         assert!(t.contains("... 1 more"), "{t}");
+    }
+
+    #[test]
+    fn a_cancel_says_what_it_did() {
+        let answer = |state: &str, ended: bool, cancelled: u64, stopping: u64| {
+            super::pb::CancelExecutionResponse {
+                state: state.into(),
+                already_ended: ended,
+                children_cancelled: cancelled,
+                children_stopping: stopping,
+            }
+        };
+        assert_eq!(
+            super::cancel_phrase("e1", &answer("cancelled", false, 3, 0)),
+            "execution e1: cancelled (3 child(ren) cancelled before they started)"
+        );
+        assert_eq!(
+            super::cancel_phrase("e1", &answer("cancelling", false, 1, 2)),
+            "execution e1: cancelling (1 child(ren) cancelled before they started; \
+             2 running child(ren) being stopped on their agents)"
+        );
+        assert!(
+            super::cancel_phrase("e1", &answer("succeeded", true, 0, 0))
+                .contains("it had already ended")
+        );
     }
 
     #[test]

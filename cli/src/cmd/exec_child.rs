@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::client::{Control, CoordinatorOpt};
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, errln, outln};
 
 /// How often `logs -f` asks again while the child has not started, and
 /// `cancel --child --wait` looks at the child.
@@ -156,7 +156,7 @@ pub async fn logs(a: LogsArgs) -> Result<u8, CliError> {
                 let e = a.coordinator.status(s);
                 if a.follow && e.code == "CHILD_NOT_STARTED" {
                     if !waiting {
-                        eprintln!("waiting for child {} to start ...", a.child);
+                        errln!("waiting for child {} to start ...", a.child);
                         waiting = true;
                     }
                     tokio::time::sleep(POLL).await;
@@ -256,7 +256,7 @@ async fn reconnect(
         return false;
     }
     let since = *broken_since.get_or_insert_with(|| {
-        eprintln!(
+        errln!(
             "baton: log stream interrupted ({}); reconnecting ...",
             e.message
         );
@@ -313,21 +313,21 @@ pub async fn rows(a: RowsArgs) -> Result<u8, CliError> {
         RowFormat::Csv => {
             write_out(&mut out, table.csv().as_bytes())?;
         }
-        RowFormat::Table if count == 0 => println!("(no rows)"),
+        RowFormat::Table if count == 0 => outln!("(no rows)"),
         RowFormat::Table => {
             write_out(&mut out, table.text().as_bytes())?;
-            println!("({count} rows)");
+            outln!("({count} rows)");
         }
     }
     if table.invalid > 0 {
-        eprintln!(
+        errln!(
             "warning: {} row(s) are not JSON; shown whole in the `{}` column",
             table.invalid,
             render::VALUE_COLUMN
         );
     }
     if truncated {
-        eprintln!(
+        errln!(
             "warning: the agent did not keep every row of this child (a row over 1 MiB, or \
              rows past 64 MiB per child)"
         );
@@ -363,17 +363,17 @@ pub async fn cancel(
         state
     };
     match output {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             json!({ "execution_id": id, "child": path.to_string(), "status": state })
         ),
         Format::Human if already => {
-            println!("child {path} of execution {id}: {state} (it had already ended)")
+            outln!("child {path} of execution {id}: {state} (it had already ended)")
         }
         Format::Human => {
-            println!("child {path} of execution {id}: {state}");
+            outln!("child {path} of execution {id}: {state}");
             if state == "cancelling" {
-                eprintln!(
+                errln!(
                     "its processes are being stopped; --wait waits, `baton exec show {id}` shows it"
                 );
             }

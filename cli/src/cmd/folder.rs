@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::client::CoordinatorOpt;
 use crate::cmd::exec::ms_to_utc;
 use crate::error::CliError;
-use crate::output::{Format, list_json};
+use crate::output::{Format, outln, list_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum FolderCmd {
@@ -78,10 +78,10 @@ pub async fn run(cmd: FolderCmd) -> Result<u8, CliError> {
                 .into_inner()
                 .created;
             match output {
-                Format::Json => println!("{}", json!({ "created": created })),
+                Format::Json => outln!("{}", json!({ "created": created })),
                 Format::Human => {
                     for f in created {
-                        println!("created folder {f}");
+                        outln!("created folder {f}");
                     }
                 }
             }
@@ -112,15 +112,15 @@ pub async fn run(cmd: FolderCmd) -> Result<u8, CliError> {
                             })
                         })
                         .collect();
-                    println!("{}", list_json(rows, None));
+                    outln!("{}", list_json(rows, None));
                 }
                 Format::Human => {
-                    println!(
+                    outln!(
                         "{:<40} {:>8} {:>8}  {:<20}  CREATED BY",
                         "FOLDER", "PACKAGES", "FOLDERS", "CREATED"
                     );
                     for f in &folders {
-                        println!(
+                        outln!(
                             "{:<40} {:>8} {:>8}  {:<20}  {}",
                             f.path,
                             f.packages,
@@ -148,11 +148,11 @@ pub async fn run(cmd: FolderCmd) -> Result<u8, CliError> {
                 .map_err(|s| coordinator.status(s))?
                 .into_inner();
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     json!({"from": from, "to": to, "folders": moved.folders, "packages": moved.packages})
                 ),
-                Format::Human => println!(
+                Format::Human => outln!(
                     "renamed {from} to {to} ({} folder(s), {} package(s) moved)",
                     moved.folders, moved.packages
                 ),
@@ -169,8 +169,8 @@ pub async fn run(cmd: FolderCmd) -> Result<u8, CliError> {
                 .await
                 .map_err(|s| coordinator.status(s))?;
             match output {
-                Format::Json => println!("{}", json!({ "removed": path })),
-                Format::Human => println!("removed folder {path}"),
+                Format::Json => outln!("{}", json!({ "removed": path })),
+                Format::Human => outln!("removed folder {path}"),
             }
         }
     }

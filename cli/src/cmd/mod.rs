@@ -12,6 +12,7 @@ pub mod folder;
 pub mod package;
 pub mod roles;
 pub mod run;
+pub mod run_local;
 pub mod token;
 pub mod validate;
 

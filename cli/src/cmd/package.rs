@@ -10,7 +10,7 @@ use crate::bundle;
 use crate::client::CoordinatorOpt;
 use crate::cmd::exec::ms_to_utc;
 use crate::error::CliError;
-use crate::output::{Format, list_json};
+use crate::output::{Format, outln, list_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PackageCmd {
@@ -201,21 +201,21 @@ fn short(hash: &str) -> &str {
 
 fn print_detail(d: &pb::PackageDetail) {
     let Some(p) = &d.package else { return };
-    println!("package {}  (id {})", p.path, p.id);
+    outln!("package {}  (id {})", p.path, p.id);
     if !p.description.is_empty() {
-        println!("  {}", p.description);
+        outln!("  {}", p.description);
     }
-    println!(
+    outln!(
         "latest: version {}  {}",
         p.latest_version,
         short(&p.latest_hash)
     );
-    println!(
+    outln!(
         "\n{:<8} {:<12}  {:<20}  {:<16} FILES",
         "VERSION", "HASH", "DEPLOYED", "BY"
     );
     for v in &d.versions {
-        println!(
+        outln!(
             "{:<8} {:<12}  {:<20}  {:<16} {}",
             v.version,
             short(&v.hash),
@@ -225,11 +225,11 @@ fn print_detail(d: &pb::PackageDetail) {
         );
     }
     if let Some(latest) = d.versions.first() {
-        println!("\nparameters of version {}:", latest.version);
+        outln!("\nparameters of version {}:", latest.version);
         if latest.parameters.is_empty() {
-            println!("  (none)");
+            outln!("  (none)");
         } else {
-            println!(
+            outln!(
                 "{:<20} {:<7} {:<20} {:<9} SENSITIVE",
                 "NAME", "TYPE", "DEFAULT", "REQUIRED"
             );
@@ -240,7 +240,7 @@ fn print_detail(d: &pb::PackageDetail) {
                     (true, false) => prm.default.clone(),
                 };
                 let yes = |b: bool| if b { "yes" } else { "no" };
-                println!(
+                outln!(
                     "{:<20} {:<7} {:<20} {:<9} {}",
                     prm.name,
                     prm.r#type,
@@ -251,17 +251,17 @@ fn print_detail(d: &pb::PackageDetail) {
             }
         }
     }
-    println!("\nexecutions (newest first):");
+    outln!("\nexecutions (newest first):");
     if d.executions.is_empty() {
-        println!("  (none)");
+        outln!("  (none)");
         return;
     }
-    println!(
+    outln!(
         "{:<34} {:>7}  {:<10} {:<20}  FOLDER",
         "EXECUTION", "VERSION", "STATE", "STARTED"
     );
     for e in &d.executions {
-        println!(
+        outln!(
             "{:<34} {:>7}  {:<10} {:<20}  {}",
             e.execution_id,
             e.version,
@@ -312,15 +312,15 @@ pub async fn run(cmd: PackageCmd) -> Result<u8, CliError> {
                     out["path"] = json!(p.path);
                     out["id"] = json!(p.id);
                     out["unchanged"] = json!(r.unchanged);
-                    println!("{out}");
+                    outln!("{out}");
                 }
-                Format::Human if r.unchanged => println!(
+                Format::Human if r.unchanged => outln!(
                     "unchanged: {} is already version {} ({})",
                     p.path,
                     v.version,
                     short(&v.hash)
                 ),
-                Format::Human => println!(
+                Format::Human => outln!(
                     "deployed {} version {} ({}, {} file(s))",
                     p.path,
                     v.version,
@@ -347,18 +347,18 @@ pub async fn run(cmd: PackageCmd) -> Result<u8, CliError> {
                 .packages;
             match output {
                 Format::Json => {
-                    println!(
+                    outln!(
                         "{}",
                         list_json(list.iter().map(summary_json).collect(), None)
                     )
                 }
                 Format::Human => {
-                    println!(
+                    outln!(
                         "{:<40} {:>7}  {:<12}  UPDATED",
                         "PACKAGE", "VERSION", "HASH"
                     );
                     for p in &list {
-                        println!(
+                        outln!(
                             "{:<40} {:>7}  {:<12}  {}",
                             p.path,
                             p.latest_version,
@@ -402,7 +402,7 @@ pub async fn run(cmd: PackageCmd) -> Result<u8, CliError> {
                         "versions": d.versions.iter().map(version_json).collect::<Vec<_>>(),
                         "executions": runs,
                     });
-                    println!("{out}");
+                    outln!("{out}");
                 }
                 Format::Human => print_detail(&d),
             }
@@ -426,9 +426,9 @@ pub async fn run(cmd: PackageCmd) -> Result<u8, CliError> {
                 .unwrap_or_default();
             match output {
                 Format::Json => {
-                    println!("{}", json!({"from": from, "to": p.path, "id": p.id}))
+                    outln!("{}", json!({"from": from, "to": p.path, "id": p.id}))
                 }
-                Format::Human => println!("moved {from} to {}", p.path),
+                Format::Human => outln!("moved {from} to {}", p.path),
             }
         }
         PackageCmd::Rm {
@@ -447,12 +447,12 @@ pub async fn run(cmd: PackageCmd) -> Result<u8, CliError> {
                 .map_err(|s| coordinator.status(s))?
                 .into_inner();
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     json!({"removed": path, "versions": r.versions, "running_executions": r.running_executions})
                 ),
                 Format::Human => {
-                    println!("removed {path} ({} version(s))", r.versions);
+                    outln!("removed {path} ({} version(s))", r.versions);
                     if !r.running_executions.is_empty() {
                         eprintln!(
                             "{} execution(s) of it still run with the version they pinned: {}",

@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, list_json};
+use crate::output::{Format, outln, list_json};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RoleCmd {
@@ -60,12 +60,12 @@ fn print_grants(grants: &[pb::RoleGrant], output: Format) {
                 .iter()
                 .map(|g| json!({"principal": g.principal, "permission": g.permission, "folder": g.folder}))
                 .collect();
-            println!("{}", list_json(rows, None));
+            outln!("{}", list_json(rows, None));
         }
         Format::Human => {
-            println!("{:<20} {:<10} FOLDER", "PRINCIPAL", "PERMISSION");
+            outln!("{:<20} {:<10} FOLDER", "PRINCIPAL", "PERMISSION");
             for g in grants {
-                println!("{:<20} {:<10} {}", g.principal, g.permission, g.folder);
+                outln!("{:<20} {:<10} {}", g.principal, g.permission, g.folder);
             }
         }
     }
@@ -158,13 +158,13 @@ pub async fn whoami(args: WhoAmIArgs) -> Result<u8, CliError> {
                 .iter()
                 .map(|g| json!({"permission": g.permission, "folder": g.folder}))
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 json!({"principal": me.principal, "method": me.method, "grants": grants})
             );
         }
         Format::Human => {
-            println!("{} (by {})", me.principal, me.method);
+            outln!("{} (by {})", me.principal, me.method);
             print_grants(&me.grants, Format::Human);
         }
     }
@@ -174,12 +174,12 @@ pub async fn whoami(args: WhoAmIArgs) -> Result<u8, CliError> {
 /// What `role grant` and `role revoke` print.
 fn print_change(done: &str, req: &pb::RoleRequest, output: Format) {
     match output {
-        Format::Json => println!(
+        Format::Json => outln!(
             "{}",
             serde_json::json!({"principal": req.principal, "permission": req.permission,
                                "folder": req.folder, "change": done})
         ),
-        Format::Human => println!(
+        Format::Human => outln!(
             "{done} {} {} on {}",
             req.principal, req.permission, req.folder
         ),

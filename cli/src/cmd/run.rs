@@ -8,7 +8,9 @@ use baton_proto as pb;
 use crate::bundle;
 use crate::client::CoordinatorOpt;
 use crate::error::{CliError, EXIT_FAILED};
-use crate::output::{Format, Progress, summary_human, summary_json};
+use crate::output::{
+    Format, Lines, Progress, errln, outln, stdout_closed, summary_human, summary_json,
+};
 
 /// Start an execution of a parent package.
 #[derive(Debug, clap::Args)]
@@ -35,6 +37,9 @@ pub struct RunArgs {
     #[arg(long = "params", value_name = "FILE.json")]
     pub params_file: Option<PathBuf>,
     /// Wait for the end; the exit code is the execution's result (0 succeeded, 1 not).
+    /// The execution id comes first, at once: on stderr, or with --output json as a
+    /// first line `{"event":"started","execution_id":…}` before the summary line.
+    /// An interrupted wait is taken up again with `baton exec wait ID`.
     #[arg(long)]
     pub wait: bool,
     /// Like --wait, and print progress lines even when not on a terminal.
@@ -42,8 +47,8 @@ pub struct RunArgs {
     pub follow: bool,
     #[arg(long, value_enum, default_value = "human")]
     pub output: Format,
-    /// Catalog folder the execution of a file belongs to (default /); starting
-    /// needs `execute` there.
+    /// Catalog folder the execution of a file belongs to (default /); it must
+    /// exist (`baton folder create`), and starting needs `execute` there.
     #[arg(long, conflicts_with = "package")]
     pub folder: Option<String>,
     /// How children are placed: least-loaded, round-robin or spread:LABEL
@@ -122,7 +127,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     request.slots_per_child = args.slots_per_child.unwrap_or(0);
     request.max_in_flight = args.max_in_flight.unwrap_or(0);
     if args.local {
-        return run_local(&args, request).await;
+        return super::run_local::run_local(&args, request).await;
     }
     let mut client = args.coordinator.connect().await?;
     let started = Instant::now();
@@ -134,7 +139,7 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     let id = response.execution_id;
     if !(args.wait || args.follow) {
         match args.output {
-            Format::Json if response.package_version > 0 => println!(
+            Format::Json if response.package_version > 0 => outln!(
                 "{}",
                 serde_json::json!({
                     "execution_id": id,
@@ -143,98 +148,115 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
                     "hash": response.package_hash,
                 })
             ),
-            Format::Json => println!("{}", serde_json::json!({ "execution_id": id })),
+            Format::Json => outln!("{}", serde_json::json!({ "execution_id": id })),
             Format::Human => {
-                println!("{id}");
+                outln!("{id}");
                 if response.package_version > 0 {
-                    eprintln!(
+                    errln!(
                         "started version {} of {}",
                         response.package_version,
                         args.package.as_deref().unwrap_or_default()
                     );
                 }
-                eprintln!("started; follow it with `baton exec show {id}`");
+                errln!(
+                    "started; `baton exec watch {id}` follows it, `baton exec wait {id}` waits for its end"
+                );
             }
         }
         return Ok(0);
     }
+    // The id first, before any wait: an interrupted wait can be taken up
+    // again with `baton exec wait ID` while the execution goes on.
+    let version = (response.package_version > 0).then(|| {
+        (
+            args.package.clone().unwrap_or_default(),
+            response.package_version,
+            response.package_hash.clone(),
+        )
+    });
+    announce(&id, args.output, version.as_ref());
     let summary = wait(&mut client, &args.coordinator, &id, args.follow).await?;
     let wall = started.elapsed().as_secs_f64();
-    match args.output {
-        Format::Json => println!("{}", summary_json(&summary, Some(wall))),
-        Format::Human => println!("{}", summary_human(&summary, Some(wall))),
+    print_summary(&summary, Some(wall), args.output);
+    Ok(exit_of(&summary))
+}
+
+/// Says at once which execution a wait is about: on stderr in human
+/// output, as the first JSON line on stdout with `--output json`
+/// (`{"event":"started","execution_id":…}`; the last line is the summary).
+pub fn announce(id: &str, output: Format, version: Option<&(String, u32, String)>) {
+    match output {
+        Format::Json => {
+            let mut v = serde_json::json!({"event": "started", "execution_id": id});
+            if let Some((package, version, hash)) = version {
+                v["package"] = serde_json::json!(package);
+                v["version"] = serde_json::json!(version);
+                v["hash"] = serde_json::json!(hash);
+            }
+            outln!("{v}");
+        }
+        Format::Human => {
+            if let Some((package, version, _)) = version {
+                errln!("started version {version} of {package}");
+            }
+            errln!(
+                "execution {id} started; waiting for its end (Ctrl-C stops waiting, not the \
+                 execution: `baton exec wait {id}` waits again)"
+            );
+        }
     }
-    Ok(if summary.state == "succeeded" {
+}
+
+/// The summary of an ended execution, as `run --wait` prints it.
+pub fn print_summary(summary: &pb::ExecutionSummary, wall: Option<f64>, output: Format) {
+    match output {
+        Format::Json => outln!("{}", summary_json(summary, wall)),
+        Format::Human => outln!("{}", summary_human(summary, wall)),
+    }
+}
+
+/// The exit code of a waited-for execution: 0 when it succeeded.
+pub fn exit_of(summary: &pb::ExecutionSummary) -> u8 {
+    if summary.state == "succeeded" {
         0
     } else {
         EXIT_FAILED
-    })
-}
-
-/// `baton run FILE --local`: the same execution on a coordinator and one
-/// agent that live only for this run, on loopback, in a temporary directory.
-async fn run_local(args: &RunArgs, request: pb::StartExecutionRequest) -> Result<u8, CliError> {
-    let slots = args
-        .local_slots
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
-    if slots == 0 || slots > 1024 {
-        return Err(CliError::invalid("USAGE", "--local-slots must be 1..=1024"));
     }
-    let spec = crate::local_cluster::ClusterSpec {
-        agent_slots: vec![slots],
-        agent_queue: 0,
-        lease_ttl_ms: 3000,
-        heartbeat_ms: 500,
-    };
-    let human = args.output == Format::Human;
-    let mut cluster = crate::local_cluster::LocalCluster::start(&spec, "baton-local-").await?;
-    if human {
-        eprintln!(
-            "local run: embedded coordinator and one agent ({slots} slots) in {}",
-            cluster.path().display()
-        );
-    }
-    let opt = cluster.opt.clone();
-    let started = Instant::now();
-    let outcome = async {
-        let id = cluster
-            .client
-            .start_execution(request)
-            .await
-            .map_err(|s| opt.status(s))?
-            .into_inner()
-            .execution_id;
-        wait(&mut cluster.client, &opt, &id, args.follow).await
-    }
-    .await;
-    let wall = started.elapsed().as_secs_f64();
-    let ok = matches!(&outcome, Ok(s) if s.state == "succeeded");
-    let kept = cluster.stop(args.keep || !ok).await;
-    let summary = outcome?;
-    match args.output {
-        Format::Json => println!("{}", summary_json(&summary, Some(wall))),
-        Format::Human => println!("{}", summary_human(&summary, Some(wall))),
-    }
-    if let Some(kept) = kept {
-        eprintln!(
-            "kept {} (coordinator store, agent log and job directories with each child's logs)",
-            kept.display()
-        );
-    }
-    Ok(if ok { 0 } else { EXIT_FAILED })
 }
 
 /// Follows an execution's summaries until it ends; returns the last one.
+/// `plain_lines`: progress lines on stderr even off a terminal (`--follow`).
 pub async fn wait(
     client: &mut crate::client::Control,
     coordinator: &CoordinatorOpt,
     id: &str,
     plain_lines: bool,
 ) -> Result<pb::ExecutionSummary, CliError> {
+    let lines = if plain_lines {
+        Lines::Stderr
+    } else {
+        Lines::Off
+    };
+    follow(client, coordinator, id, Progress::new(lines)).await
+}
+
+/// Follows an execution's summaries (the `WatchExecution` stream), showing
+/// them with `progress`, until it ends; returns the last one. With lines on
+/// stdout whose reader went away (`exec watch | head -3`) it stops early
+/// and returns the last summary seen, still running.
+pub async fn follow(
+    client: &mut crate::client::Control,
+    coordinator: &CoordinatorOpt,
+    id: &str,
+    mut progress: Progress,
+) -> Result<pb::ExecutionSummary, CliError> {
     let lost = |detail: String| {
         CliError::unavailable(
             &coordinator.url,
-            format!("{detail}; execution {id} goes on — check it with `baton exec show {id}`"),
+            format!(
+                "{detail}; execution {id} goes on — `baton exec wait {id}` waits again, \
+                 `baton exec show {id}` shows it"
+            ),
         )
     };
     let mut stream = client
@@ -244,13 +266,28 @@ pub async fn wait(
         .await
         .map_err(|s| coordinator.status(s))?
         .into_inner();
-    let mut progress = Progress::new(plain_lines);
+    let to_stdout = progress.lines() == Lines::Stdout;
     let mut last = None;
     loop {
-        match stream.message().await {
+        let next = match progress.due() {
+            // A progress line held back by the rate limit is printed when
+            // it is due, even if nothing else changes until then.
+            Some(at) => tokio::select! {
+                m = stream.message() => m,
+                () = tokio::time::sleep_until(at.into()) => {
+                    progress.flush();
+                    continue;
+                }
+            },
+            None => stream.message().await,
+        };
+        match next {
             Ok(Some(s)) => {
                 progress.update(&s);
                 last = Some(s);
+                if to_stdout && stdout_closed() {
+                    break;
+                }
             }
             Ok(None) => break,
             Err(s) => {
@@ -261,7 +298,7 @@ pub async fn wait(
     }
     progress.finish();
     let last = last.ok_or_else(|| lost("the watch ended without a summary".into()))?;
-    if last.state == "running" {
+    if last.state == "running" && !(to_stdout && stdout_closed()) {
         return Err(lost("the watch ended early".into()));
     }
     Ok(last)

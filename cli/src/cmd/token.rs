@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, list_json, rfc3339};
+use crate::output::{Format, outln, list_json, rfc3339};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCmd {
@@ -85,7 +85,7 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 .map_err(|s| coordinator.status(s))?
                 .into_inner();
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     json!({"token_id": t.token_id, "kind": kind, "name": name,
                            "expires_unix_ms": t.expires_unix_s.saturating_mul(1000), "token": t.token})
@@ -93,7 +93,7 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 Format::Human => {
                     // The secret alone on stdout, so that `$(baton token create …)` works;
                     // the explanation on stderr.
-                    println!("{}", t.token);
+                    outln!("{}", t.token);
                     let what = if kind == "agent" {
                         "one-time agent enrolment token: BATON_ENROLL_TOKEN=<token> baton agent ..."
                     } else {
@@ -130,16 +130,16 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                                "expires_unix_ms": t.expires_unix_s.saturating_mul(1000)})
                         })
                         .collect();
-                    println!("{}", list_json(rows, None));
+                    outln!("{}", list_json(rows, None));
                 }
                 Format::Human => {
-                    println!(
+                    outln!(
                         "{:<14} {:<6} {:<16} {:<8} {:<12} EXPIRES",
                         "ID", "KIND", "NAME", "STATE", "CREATED BY"
                     );
                     for t in list {
                         let name = if t.name.is_empty() { "*" } else { &t.name };
-                        println!(
+                        outln!(
                             "{:<14} {:<6} {:<16} {:<8} {:<12} {}",
                             t.token_id,
                             t.kind,
@@ -166,11 +166,11 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 .await
                 .map_err(|s| coordinator.status(s))?;
             match output {
-                Format::Json => println!(
+                Format::Json => outln!(
                     "{}",
                     serde_json::json!({"token_id": id, "state": "revoked"})
                 ),
-                Format::Human => println!("token {id}: revoked"),
+                Format::Human => outln!("token {id}: revoked"),
             }
             Ok(0)
         }

@@ -1,9 +1,11 @@
 //! `baton validate`: check package files without running them.
 //!
 //! Every finding is printed as `error[CODE]: FILE:LINE:COL: message` (a file's
-//! parse and validation errors all at once, then those of the child packages
-//! it names by file); the exit code is that of the first finding (2 for an
-//! invalid package). A valid file prints `ok FILE (N file(s))` as before.
+//! parse and validation errors all at once — fields the schema does not know
+//! in several tasks, unknown references, bad expressions, cycles — then those
+//! of the child packages its tasks name by file, the tasks with errors aside);
+//! the exit code is that of the first finding (2 for an invalid package). A
+//! valid file prints `ok FILE (N file(s))` as before.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +13,7 @@ use baton_package::Package;
 
 use crate::bundle;
 use crate::error::CliError;
-use crate::output::Format;
+use crate::output::{Format, errln, outln};
 
 /// Check package files (and the child packages they reference) without running anything.
 #[derive(Debug, clap::Args)]
@@ -38,7 +40,7 @@ pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
             }
         }
         match args.output {
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 serde_json::json!({
                     "file": f.display().to_string(),
@@ -51,11 +53,11 @@ pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
                 })
             ),
             Format::Human if findings.is_empty() => {
-                println!("ok {} ({bundled} file(s))", f.display());
+                outln!("ok {} ({bundled} file(s))", f.display());
             }
             Format::Human => {
                 for e in &findings {
-                    eprintln!("error[{}]: {}", e.code, e.message);
+                    errln!("error[{}]: {}", e.code, e.message);
                 }
             }
         }
@@ -80,11 +82,13 @@ fn check_file(path: &Path) -> Vec<CliError> {
             )];
         }
     };
-    let parent = match Package::check(&path.display().to_string(), &text) {
-        Ok(p) => p,
-        Err(errors) => return errors.into_iter().map(CliError::from).collect(),
+    // With findings, the tasks that could be built are checked on: the
+    // child packages they name too (every stage that can run).
+    let (parent, errors) = Package::check_partial(&path.display().to_string(), &text);
+    let mut out: Vec<CliError> = errors.into_iter().map(CliError::from).collect();
+    let Some(parent) = parent else {
+        return out;
     };
-    let mut out = Vec::new();
     if let Err(e) = parent.check_sensitive_use() {
         out.push(e.into());
     }

@@ -104,6 +104,17 @@ impl ControlService for ControlApi {
         let who = self
             .allow(&request, "StartExecution", Permission::Execute, &folder)
             .await?;
+        // An execution belongs to a folder that exists, as a deployed package
+        // does: a typo must not file it under a folder nobody can list.
+        if !self
+            .coordinator
+            .catalog()
+            .folder_exists(&folder)
+            .await
+            .map_err(status)?
+        {
+            return Err(status(CoordinatorError::FolderNotFound(folder)));
+        }
         let r = request.into_inner();
         let placement = convert::placement(&r).map_err(status)?;
         let bundle = r.bundle.ok_or_else(|| {
@@ -201,12 +212,17 @@ impl ControlService for ControlApi {
                 "reason is longer than 1024 bytes".into(),
             )));
         }
-        let state = self
+        let done = self
             .coordinator
             .cancel(&r.execution_id, &r.reason)
             .await
             .map_err(status)?;
-        Ok(Response::new(pb::CancelExecutionResponse { state }))
+        Ok(Response::new(pb::CancelExecutionResponse {
+            state: done.state.to_string(),
+            already_ended: done.already_ended,
+            children_cancelled: done.children_cancelled,
+            children_stopping: done.children_stopping,
+        }))
     }
 
     async fn resume_execution(

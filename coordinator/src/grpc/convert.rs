@@ -35,6 +35,8 @@ pub fn summary(s: &Summary) -> pb::ExecutionSummary {
         catalog_version: s.catalog.as_ref().map_or(0, |c| c.1),
         resumes: s.resumes,
         parent: s.parent.clone(),
+        cancelled: s.cancelled,
+        waiting: s.waiting.clone(),
     }
 }
 

@@ -4,7 +4,11 @@
 //! parent says `children_on_cancel = "abandon"`: then they run to their end,
 //! their results are recorded, and the execution ends `cancelled` after them. Nothing is
 //! dispatched or retried afterwards, and the request is persisted, so a
-//! coordinator restart carries the cancellation on.
+//! coordinator restart carries the cancellation on. The answer
+//! ([`CancelOutcome`]) says what the request did — children cancelled before
+//! they started, children asked to stop, or nothing because the execution had
+//! already ended — so that a cancel of an execution whose children all waited
+//! for capacity (it ends at once) is not taken for one that had ended.
 //!
 //! One child can be cancelled alone ([`Scheduler::cancel_child`]): the same steps for
 //! that child only, with the request persisted on the child's record. Its task then
@@ -19,10 +23,36 @@ use super::{ChildRef, Effect, Scheduler};
 use crate::error::CoordinatorError;
 use crate::records::Phase;
 
+/// What a request to cancel an execution did, so that the caller can say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CancelOutcome {
+    /// `cancelling` while children on agents stop, else the execution's
+    /// state: `cancelled` when nothing was left running, or the state it had
+    /// already ended in.
+    pub state: &'static str,
+    /// The execution had ended before the request: nothing changed.
+    pub already_ended: bool,
+    /// Pending children this request cancelled before they started.
+    pub children_cancelled: u64,
+    /// Children on agents this request asked to stop.
+    pub children_stopping: u64,
+}
+
+impl CancelOutcome {
+    /// The answer about an execution that had already ended in `state`.
+    pub fn ended(state: &'static str) -> Self {
+        CancelOutcome {
+            state,
+            already_ended: true,
+            children_cancelled: 0,
+            children_stopping: 0,
+        }
+    }
+}
+
 impl Scheduler {
-    /// Requests cancellation of a running execution; returns its state after
-    /// the request (`cancelling`, or `cancelled` if nothing was left running).
-    pub fn cancel(&mut self, id: &str, reason: &str) -> Result<&'static str, CoordinatorError> {
+    /// Requests cancellation of a running execution and says what it did.
+    pub fn cancel(&mut self, id: &str, reason: &str) -> Result<CancelOutcome, CoordinatorError> {
         let slot = *self
             .exec_ids
             .get(id)
@@ -31,6 +61,10 @@ impl Scheduler {
             .execs
             .get_mut(&slot)
             .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
+        if e.rec.state.is_terminal() {
+            // Ended, not yet evicted from memory: the request changes nothing.
+            return Ok(CancelOutcome::ended(e.rec.state.as_str()));
+        }
         if !e.rec.cancel_requested {
             e.rec.cancel_requested = true;
             e.rec.reason = if reason.is_empty() {
@@ -42,20 +76,26 @@ impl Scheduler {
             self.dirty_execs.insert(slot);
             info!(execution = %id, %reason, "execution cancel requested");
         }
-        self.cancel_children(slot);
+        let (children_cancelled, children_stopping) = self.cancel_children(slot);
         self.advance(slot);
         let e = &self.execs[&slot];
-        Ok(if e.rec.state.is_terminal() {
-            e.rec.state.as_str()
-        } else {
-            "cancelling"
+        Ok(CancelOutcome {
+            state: if e.rec.state.is_terminal() {
+                e.rec.state.as_str()
+            } else {
+                "cancelling"
+            },
+            already_ended: false,
+            children_cancelled,
+            children_stopping,
         })
     }
 
-    /// Cancels what is pending and asks agents to stop what runs.
-    pub(crate) fn cancel_children(&mut self, slot: u64) {
+    /// Cancels what is pending and asks agents to stop what runs; returns
+    /// how many children it cancelled and how many it asked to stop.
+    pub(crate) fn cancel_children(&mut self, slot: u64) -> (u64, u64) {
         let Some(e) = self.execs.get_mut(&slot) else {
-            return;
+            return (0, 0);
         };
         let abandon = e.plan.parent.children_on_cancel == baton_package::ChildrenOnCancel::Abandon;
         let mut pending = Vec::new();
@@ -75,6 +115,7 @@ impl Scheduler {
                 }
             }
         }
+        let cancelled = pending.len() as u64;
         for cref in pending {
             if let Some(c) = self.child_mut(cref) {
                 c.rec.reason = "execution cancelled before the child started".to_string();
@@ -88,11 +129,13 @@ impl Scheduler {
                 children = on_agent.len(),
                 "execution cancelled; its running children are abandoned, not stopped"
             );
-            return;
+            return (cancelled, 0);
         }
+        let stopping = on_agent.len() as u64;
         for cref in on_agent {
             self.request_stop(cref);
         }
+        (cancelled, stopping)
     }
 
     /// Cancels one child of a running execution; returns the child's state after

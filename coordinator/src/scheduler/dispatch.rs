@@ -196,8 +196,10 @@ impl Scheduler {
                     c.rec.reason = format!("refused by every ready agent: {}", c.rec.reason);
                     self.set_phase(cref, Phase::Failed);
                     self.advance(slot);
-                } else {
+                } else if c.waiting_reason != reason {
                     c.waiting_reason = reason;
+                    // Watchers show why children wait ([`super::view`]).
+                    e.touched = true;
                 }
                 None
             }

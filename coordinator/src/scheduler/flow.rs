@@ -206,6 +206,7 @@ impl Scheduler {
             total: sum.total,
             succeeded: sum.succeeded,
             failed: sum.failed,
+            cancelled: sum.cancelled,
             lost_attempts: sum.lost_attempts,
         });
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
@@ -494,6 +495,9 @@ pub(super) fn expand(
         return;
     }
     e.phase_counts[Phase::Pending as usize] += items.len() as u64;
+    // The counts changed: watchers and `exec list` must see the new children
+    // (a foreach over rows makes them after its execution started).
+    e.touched = true;
     let run = &mut e.tasks[ti];
     run.children.reserve(items.len());
     for (i, item) in items.into_iter().enumerate() {

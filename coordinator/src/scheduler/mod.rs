@@ -48,6 +48,7 @@ use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
 use crate::store::Revision;
 
 pub use agents::Registration;
+pub use cancel::CancelOutcome;
 pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;
 pub use view::{

@@ -126,6 +126,9 @@ impl Scheduler {
                         run.held_rows = Some(rows);
                         run.waiting = why;
                         self.parked_rows.insert((slot, ti as u16));
+                        if let Some(e) = self.execs.get_mut(&slot) {
+                            e.touched = true;
+                        }
                     }
                     return;
                 }

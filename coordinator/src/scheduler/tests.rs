@@ -447,7 +447,10 @@ proptest! {
             if let Some(v) = s.execution_view("e1") {
                 let sum = &v.summary;
                 prop_assert_eq!(sum.total, 8);
-                prop_assert_eq!(sum.pending + sum.running + sum.succeeded + sum.failed, 8);
+                prop_assert_eq!(
+                    sum.pending + sum.running + sum.succeeded + sum.failed + sum.cancelled,
+                    8
+                );
                 for c in &v.children {
                     let key = (c.task.clone(), c.index);
                     if let Some(p) = terminal_seen.get(&key) {

@@ -65,7 +65,7 @@ fn a_pending_child_is_cancelled_at_once_and_never_started() {
         (
             v.summary.state.as_str(),
             v.summary.succeeded,
-            v.summary.failed
+            v.summary.cancelled
         ),
         ("failed", 2, 1)
     );

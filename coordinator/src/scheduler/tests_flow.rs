@@ -178,7 +178,11 @@ fn max_failures_stops_a_foreach_early() {
     assert_eq!(d.len(), 1, "one slot");
     s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Failed), now);
     let sum = super::tests::summary(&s);
-    assert_eq!((sum.state.as_str(), sum.failed), ("failed", 4), "{sum:?}");
+    assert_eq!(
+        (sum.state.as_str(), sum.failed, sum.cancelled),
+        ("failed", 1, 3),
+        "the others are cancelled, not failed: {sum:?}"
+    );
     assert!(
         settle(&mut s, now).is_empty(),
         "no child after the first failure"
@@ -246,8 +250,8 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
     }
     let sum = super::tests::summary(&s2);
     assert_eq!(
-        (sum.state.as_str(), sum.failed),
-        ("cancelled", 2),
+        (sum.state.as_str(), sum.failed, sum.cancelled),
+        ("cancelled", 0, 2),
         "{sum:?}"
     );
 }
@@ -320,4 +324,51 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
         .count();
     assert_eq!(fetches, 0, "no second read of the rows");
     assert_eq!(state(&s2, "each"), "succeeded");
+}
+
+/// `exec list` and watchers read the published summary while `exec show`
+/// computes one: once a foreach over rows made its children (after the
+/// execution started, with no slot free for them) both must count them
+/// (the published one said TOTAL 1, SUCCEEDED 1 while `show` said 4 total).
+#[test]
+fn the_children_of_a_rows_foreach_reach_the_published_counts() {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 1, "b1", now);
+    let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
+        [tasks.hog]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='h'}\nafter=['list']\n\
+        [tasks.each]\nforeach={rows='list'}\nchild='c.toml'\nparams={shard='${item.id}'}\nafter=['list']\n";
+    start_with(&mut s, parent);
+    let rx = s.watch("e1").unwrap();
+    let d = settle(&mut s, now);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    let d = settle(&mut s, now);
+    assert_eq!(tasks_of(&d), ["hog"], "the one slot goes to hog");
+    let rows = (1..=3).map(|i| format!("{{\"id\":\"{i}\"}}")).collect();
+    s.rows_fetched("e1", "each", Ok(rows));
+    assert!(
+        settle(&mut s, now).is_empty(),
+        "no slot for the rows' children"
+    );
+    let shown = super::tests::summary(&s);
+    let published = rx.borrow().clone();
+    assert_eq!(
+        (shown.total, shown.pending, shown.running, shown.succeeded),
+        (5, 3, 1, 1),
+        "{shown:?}"
+    );
+    assert_eq!(
+        (
+            published.total,
+            published.pending,
+            published.running,
+            published.succeeded
+        ),
+        (shown.total, shown.pending, shown.running, shown.succeeded),
+        "{published:?}"
+    );
+    assert!(
+        published.waiting.contains("capacity"),
+        "why they wait: {published:?}"
+    );
 }

@@ -27,12 +27,12 @@ fn cancel_ends_pending_children_at_once_and_stops_running_ones() {
     for (agent, child, attempt, _) in &d {
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
     }
-    assert_eq!(s.cancel("e1", "operator").unwrap(), "cancelling");
+    assert_eq!(s.cancel("e1", "operator").unwrap().state, "cancelling");
     assert_eq!(cancels(&mut s), 2, "one CancelJob per running child");
     let sum = summary(&s);
     assert_eq!(
-        (sum.pending, sum.running, sum.failed),
-        (0, 2, 3),
+        (sum.pending, sum.running, sum.failed, sum.cancelled),
+        (0, 2, 0, 3),
         "pending children cancelled at once"
     );
     assert!(
@@ -66,7 +66,10 @@ fn cancel_does_not_retry_failed_or_lost_children() {
     assert!(s.agents[other].lost);
     assert!(settle(&mut s, later).is_empty(), "no retry after a cancel");
     let last = rx.borrow().clone();
-    assert_eq!((last.state.as_str(), last.failed), ("cancelled", 2));
+    assert_eq!(
+        (last.state.as_str(), last.failed, last.cancelled),
+        ("cancelled", 1, 1)
+    );
 }
 
 #[test]
@@ -235,4 +238,39 @@ fn only_a_lost_agent_can_be_removed_and_its_records_go() {
         s.set_admin("b", "remove").unwrap_err().code(),
         "AGENT_ALIVE"
     );
+}
+
+/// Cancelling an execution whose children all wait for capacity ends it at
+/// once: the answer says so (it did not "already end"), and the children
+/// count as cancelled, not failed.
+#[test]
+fn cancelling_children_that_wait_for_capacity_says_what_it_did() {
+    let now = Instant::now();
+    let mut s = sched();
+    start(&mut s, 3);
+    assert!(settle(&mut s, now).is_empty(), "no agent: nothing runs");
+    let before = s.watch("e1").unwrap().borrow().clone();
+    assert_eq!(before.pending, 3);
+    assert!(
+        !before.waiting.is_empty(),
+        "watchers see why children wait: {before:?}"
+    );
+    let out = s.cancel("e1", "operator").unwrap();
+    assert_eq!(
+        out,
+        super::CancelOutcome {
+            state: "cancelled",
+            already_ended: false,
+            children_cancelled: 3,
+            children_stopping: 0,
+        }
+    );
+    let sum = summary(&s);
+    assert_eq!(
+        (sum.state.as_str(), sum.failed, sum.cancelled, sum.total),
+        ("cancelled", 0, 3, 3)
+    );
+    assert!(sum.waiting.is_empty(), "nothing waits any more: {sum:?}");
+    let again = s.cancel("e1", "operator").unwrap();
+    assert_eq!(again, super::CancelOutcome::ended("cancelled"));
 }

@@ -16,7 +16,9 @@ pub struct Summary {
     pub pending: u64,
     pub running: u64,
     pub succeeded: u64,
+    /// Failed, timed out or lost (cancelled children apart).
     pub failed: u64,
+    pub cancelled: u64,
     pub lost_attempts: u64,
     pub stale_events: u64,
     /// agent → (succeeded, failed)
@@ -30,6 +32,8 @@ pub struct Summary {
     pub resumes: u32,
     /// `ID task[index]` of the child a sub-execution runs as.
     pub parent: String,
+    /// Why pending children wait, when known (in memory only).
+    pub waiting: String,
 }
 
 /// An execution with every child job.
@@ -63,16 +67,37 @@ pub fn pick_children(phases: &[Phase], limit: usize) -> Vec<usize> {
     keep
 }
 
+/// Adds `n` children in `phase` to a summary's counts: the one rule that
+/// every count (list, show, watch, the final counts of an ended execution)
+/// follows, whether it comes from memory or from the stored children.
+pub fn count_phase(s: &mut Summary, phase: Phase, n: u64) {
+    s.total += n;
+    match phase {
+        Phase::Pending => s.pending += n,
+        Phase::Succeeded => s.succeeded += n,
+        Phase::Cancelled => s.cancelled += n,
+        Phase::Failed | Phase::TimedOut | Phase::Lost => s.failed += n,
+        Phase::Dispatching | Phase::Accepted | Phase::Running => s.running += n,
+    }
+}
+
+/// Every phase, in the order of [`Phase`]'s discriminants.
+const PHASES: [Phase; 9] = [
+    Phase::Pending,
+    Phase::Dispatching,
+    Phase::Accepted,
+    Phase::Running,
+    Phase::Succeeded,
+    Phase::Failed,
+    Phase::Cancelled,
+    Phase::TimedOut,
+    Phase::Lost,
+];
+
 /// Adds one child to a summary's counts.
 pub fn tally(s: &mut Summary, c: &ChildRecord) {
-    s.total += 1;
     s.lost_attempts += u64::from(c.lost);
-    match c.phase {
-        Phase::Pending => s.pending += 1,
-        p if p.is_on_agent() => s.running += 1,
-        Phase::Succeeded => s.succeeded += 1,
-        _ => s.failed += 1,
-    }
+    count_phase(s, c.phase, 1);
     if c.phase.is_terminal()
         && let Some(agent) = &c.agent
     {
@@ -107,17 +132,38 @@ fn base(rec: &ExecutionRecord) -> Summary {
 }
 
 pub(super) fn summary_of(e: &Exec) -> Summary {
-    let c = |p: Phase| e.phase_counts[p as usize];
     let mut s = base(&e.rec);
-    s.total = e.phase_counts.iter().sum();
-    s.pending = c(Phase::Pending);
-    s.running = c(Phase::Dispatching) + c(Phase::Accepted) + c(Phase::Running);
-    s.succeeded = c(Phase::Succeeded);
-    s.failed = c(Phase::Failed) + c(Phase::Cancelled) + c(Phase::TimedOut) + c(Phase::Lost);
+    for p in PHASES {
+        count_phase(&mut s, p, e.phase_counts[p as usize]);
+    }
     s.lost_attempts = e.lost_attempts;
     s.per_agent = e.per_agent.clone();
     s.per_agent.retain(|k, _| !k.is_empty());
+    if !e.rec.state.is_terminal() {
+        s.waiting = waiting_reason(e);
+    }
     s
+}
+
+/// Why the execution's pending children wait: the reason of the first task
+/// whose next child (the head of its queue) could not be placed, or that
+/// holds rows for want of room. Looks at one child per task, not at every
+/// child (an execution may have a million).
+fn waiting_reason(e: &Exec) -> String {
+    for run in &e.tasks {
+        if !run.waiting.is_empty() {
+            return run.waiting.clone();
+        }
+        if let Some(c) = run
+            .queue
+            .front()
+            .and_then(|&i| run.children.get(i as usize))
+            && !c.waiting_reason.is_empty()
+        {
+            return c.waiting_reason.clone();
+        }
+    }
+    String::new()
 }
 
 /// The summary of an ended execution from its record alone (no per-agent counts).
@@ -127,6 +173,7 @@ pub fn summary_from_record(rec: &ExecutionRecord) -> Summary {
         s.total = c.total;
         s.succeeded = c.succeeded;
         s.failed = c.failed;
+        s.cancelled = c.cancelled;
         s.lost_attempts = c.lost_attempts;
     }
     s

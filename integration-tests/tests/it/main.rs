@@ -23,6 +23,7 @@ mod catalog;
 mod catalog_child;
 mod child_dag;
 mod cli_surface;
+mod cli_frictions;
 mod coordinator_restart;
 mod deploy_compose;
 mod deploy_kubernetes;

@@ -116,7 +116,11 @@ fn principals_need_a_grant_on_the_folder() {
     let pkg = c.write_fanout("roles", &FanoutSpec::new(3, "true"));
     let pkg = pkg.display().to_string();
 
-    // The admin runs something in /finance.
+    // The admin runs something in /finance (folders exist before a run
+    // goes in them, as before a deploy).
+    c.cli(&["folder", "create", "/finance"]).expect_code(0);
+    c.cli(&["folder", "create", "/etl/daily", "--parents"])
+        .expect_code(0);
     c.cli(&["run", &pkg, "--folder", "/finance", "--wait"])
         .expect_code(0);
 

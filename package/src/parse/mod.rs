@@ -118,27 +118,160 @@ impl Package {
     }
 
     /// Parses and validates a package, returning every error found (never an
-    /// empty list), in file order, each with its position. A TOML syntax or
-    /// schema error stops at once: there is nothing to check further.
+    /// empty list), in file order, each with its position. A TOML syntax
+    /// error stops at once (there is nothing to check further); a schema
+    /// error (a field the schema does not know, a wrong type) in one task or
+    /// parameter hides neither those of the others nor the checks of what
+    /// decoded (references, expressions, cycles).
     pub fn check(origin: &str, text: &str) -> Result<Package, Vec<PackageError>> {
         parse(origin, text)
     }
+
+    /// Like [`Package::check`], but also returns what could be built when
+    /// there are findings: the package without the tasks and parameters that
+    /// have errors (`None` when the document did not decode), so that a
+    /// caller can go on checking (the child packages its tasks name). Such a
+    /// package is for more checks only, never to run.
+    pub fn check_partial(origin: &str, text: &str) -> (Option<Package>, Vec<PackageError>) {
+        parse_partial(origin, text)
+    }
+}
+
+/// A TOML error as a `PACKAGE_PARSE` finding at its position.
+fn parse_error(origin: &str, text: &str, e: &toml::de::Error) -> PackageError {
+    let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
+    PackageError::Parse {
+        origin: origin.to_string(),
+        line,
+        column,
+        message: e.message().trim().to_string(),
+    }
+}
+
+/// Decodes the document. The decoder stops at its first schema error (a
+/// field it does not know, a wrong type), so a document that has one is
+/// decoded again table by table — the top level, each parameter, each task
+/// — to report every such error at once; the tables that decode go on to
+/// the semantic checks, and the names of those that do not are returned so
+/// that no reference to them is reported as unknown. A TOML syntax error
+/// stops at once: there is no structure to go on with.
+fn decode(
+    origin: &str,
+    text: &str,
+    errors: &mut Vec<PackageError>,
+) -> Option<(RawPackage, Undecoded)> {
+    let first = match toml::from_str::<RawPackage>(text) {
+        Ok(raw) => return Some((raw, Undecoded::default())),
+        Err(e) => e,
+    };
+    let give_up = |errors: &mut Vec<PackageError>| {
+        errors.push(parse_error(origin, text, &first));
+        None
+    };
+    let Ok(doc) = toml::de::DeTable::parse(text) else {
+        return give_up(errors);
+    };
+    let span = doc.span();
+    let mut rest = toml::de::DeTable::default();
+    let (mut tasks, mut params) = (None, None);
+    for (k, v) in doc.into_inner() {
+        match k.get_ref().as_ref() {
+            "tasks" => tasks = Some(v),
+            "parameters" => params = Some(v),
+            _ => {
+                rest.insert(k, v);
+            }
+        }
+    }
+    // Each entry of `tasks` and `parameters` on its own (a table each).
+    fn entries<'i, T: serde::de::DeserializeOwned>(
+        table: Option<toml::Spanned<toml::de::DeValue<'i>>>,
+        origin: &str,
+        text: &str,
+        errors: &mut Vec<PackageError>,
+        failed: &mut Vec<String>,
+    ) -> Option<BTreeMap<String, Spanned<T>>> {
+        let mut out = BTreeMap::new();
+        let Some(table) = table else {
+            return Some(out);
+        };
+        let toml::de::DeValue::Table(table) = table.into_inner() else {
+            return None;
+        };
+        for (k, v) in table {
+            let name = k.get_ref().to_string();
+            let de = toml::de::ValueDeserializer::from(v);
+            match <Spanned<T> as serde::Deserialize>::deserialize(de) {
+                Ok(t) => {
+                    out.insert(name, t);
+                }
+                Err(e) => {
+                    errors.push(parse_error(origin, text, &e));
+                    failed.push(name);
+                }
+            }
+        }
+        Some(out)
+    }
+    let before = errors.len();
+    let mut failed = Vec::new();
+    let tasks = entries::<RawTask>(tasks, origin, text, errors, &mut failed);
+    let mut failed_params = Vec::new();
+    let parameters = entries::<RawParam>(params, origin, text, errors, &mut failed_params);
+    let top = <RawPackage as serde::Deserialize>::deserialize(toml::de::Deserializer::from(
+        Spanned::new(span, rest),
+    ));
+    let (Some(tasks), Some(parameters)) = (tasks, parameters) else {
+        errors.truncate(before);
+        return give_up(errors);
+    };
+    let mut raw = match top {
+        Ok(raw) => raw,
+        Err(e) => {
+            errors.push(parse_error(origin, text, &e));
+            return None;
+        }
+    };
+    if errors.len() == before {
+        // Decoded piece by piece after all: report what the decoder said.
+        return give_up(errors);
+    }
+    raw.tasks = tasks;
+    raw.parameters = parameters;
+    Some((
+        raw,
+        Undecoded {
+            tasks: failed,
+            params: failed_params,
+        },
+    ))
+}
+
+/// Tasks and parameters whose tables did not decode (each reported).
+#[derive(Default)]
+struct Undecoded {
+    tasks: Vec<String>,
+    params: Vec<String>,
 }
 
 fn parse(origin: &str, text: &str) -> Result<Package, Vec<PackageError>> {
-    let raw: RawPackage = toml::from_str(text).map_err(|e| {
-        let (line, column) = e.span().map_or((1, 1), |span| line_col(text, span.start));
-        vec![PackageError::Parse {
-            origin: origin.to_string(),
-            line,
-            column,
-            message: e.message().trim().to_string(),
-        }]
-    })?;
+    match parse_partial(origin, text) {
+        (Some(p), errors) if errors.is_empty() => Ok(p),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// The package with what could be built (`None` when the document could
+/// not be decoded), and every finding sorted by position.
+fn parse_partial(origin: &str, text: &str) -> (Option<Package>, Vec<PackageError>) {
+    let mut errors = Vec::new();
+    let Some((raw, undecoded)) = decode(origin, text, &mut errors) else {
+        return (None, errors);
+    };
     let mut cx = Ctx {
         origin,
         text,
-        errors: Vec::new(),
+        errors,
     };
 
     let name = raw.name.get_ref().trim().to_string();
@@ -192,6 +325,19 @@ fn parse(origin: &str, text: &str) -> Result<Package, Vec<PackageError>> {
             task_map.insert(tname.clone(), task);
         }
     }
+    // Names declared but not built (an error was reported for each): the
+    // checks across tasks still run, with a stand-in for each, so that
+    // every other finding is reported in the same run.
+    let broken_params: Vec<String> = (raw.parameters.keys())
+        .filter(|n| !parameters.contains_key(*n))
+        .chain(undecoded.params.iter())
+        .cloned()
+        .collect();
+    let broken_tasks: Vec<String> = (raw.tasks.keys())
+        .filter(|n| !task_map.contains_key(*n))
+        .chain(undecoded.tasks.iter())
+        .cloned()
+        .collect();
     let package = Package {
         name,
         description: raw.description,
@@ -200,21 +346,61 @@ fn parse(origin: &str, text: &str) -> Result<Package, Vec<PackageError>> {
         run_as,
         children_on_cancel,
     };
-    if cx.errors.is_empty() {
-        let spans: BTreeMap<&str, &Spanned<RawTask>> =
-            raw.tasks.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let spans: BTreeMap<&str, &Spanned<RawTask>> =
+        raw.tasks.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    if broken_tasks.is_empty() && broken_params.is_empty() {
         refs::check(&mut cx, &package, &spans);
-    }
-    if cx.errors.is_empty() {
-        Ok(package)
     } else {
-        let mut errors = cx.errors;
-        errors.sort_by_key(|e| match e {
-            PackageError::Invalid { line, column, .. } => (*line, *column),
-            _ => (0, 0),
-        });
-        Err(errors)
+        refs::check(
+            &mut cx,
+            &with_stand_ins(&package, &broken_tasks, &broken_params),
+            &spans,
+        );
     }
+    let mut errors = cx.errors;
+    errors.sort_by_key(|e| match e {
+        PackageError::Invalid { line, column, .. } | PackageError::Parse { line, column, .. } => {
+            (*line, *column)
+        }
+        _ => (0, 0),
+    });
+    (Some(package), errors)
+}
+
+/// `p` with a stand-in for each task and parameter that could not be built:
+/// references to them are not unknown. A task's stand-in is an empty group
+/// (no constraints, no templates, it cannot be a `noop`), a parameter's a
+/// string with no default.
+fn with_stand_ins(p: &Package, tasks: &[String], params: &[String]) -> Package {
+    use crate::model::{GroupTask, ParamType, ParameterDef, Task, TaskKind};
+    let mut p = p.clone();
+    for name in tasks {
+        p.tasks.entry(name.clone()).or_insert_with(|| Task {
+            name: name.clone(),
+            description: String::new(),
+            after: Vec::new(),
+            when: None,
+            timeout_s: None,
+            retry: Default::default(),
+            continue_on_failure: false,
+            kind: TaskKind::Group(GroupTask {
+                members: Vec::new(),
+            }),
+        });
+    }
+    for name in params {
+        p.parameters
+            .entry(name.clone())
+            .or_insert_with(|| ParameterDef {
+                name: name.clone(),
+                ty: ParamType::String,
+                default: None,
+                required: false,
+                sensitive: false,
+                description: String::new(),
+            });
+    }
+    p
 }
 
 #[cfg(test)]
@@ -377,6 +563,41 @@ params = { shard = "${item}" }
         }
         let e = Package::parse("f.toml", "name='x'\nrun_as = 0\n").unwrap_err();
         assert_eq!(e.code(), "PACKAGE_PARSE", "{e}");
+    }
+
+    /// Every finding of every stage in one run: fields the schema does not
+    /// know in two tasks (and a parameter), an unknown `after`, a `when`
+    /// that does not parse, a cycle — and no false finding about the tasks
+    /// that did not decode.
+    #[test]
+    fn every_finding_is_reported_at_once() {
+        let text = "name = 'bad'\n\
+            [parameters.day]\ntype = 'string'\ndefalt = 'x'\n\
+            [tasks.one]\nexec = ['true']\nretries = 3\n\
+            [tasks.two]\nscript = 'echo ${params.day}'\ntimeout = 10\n\
+            [tasks.three]\nexec = ['true']\nafter = ['nobody', 'one']\n\
+            [tasks.four]\nexec = ['true']\nwhen = 'params.x =='\nafter = ['two']\n\
+            [tasks.five]\nexec = ['true']\nafter = ['six']\n\
+            [tasks.six]\nexec = ['true']\nafter = ['five']\n";
+        let errors = Package::check("f.toml", text).unwrap_err();
+        let all: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        for want in ["defalt", "retries", "timeout", "'nobody'", "when", "cycle"] {
+            assert!(
+                all.iter().any(|e| e.contains(want)),
+                "no finding about {want}: {all:#?}"
+            );
+        }
+        assert_eq!(all.len(), 6, "{all:#?}");
+        assert!(
+            all.iter().all(|e| !e.contains("unknown task 'one'")
+                && !e.contains("unknown task 'two'")
+                && !e.contains("unknown parameter")),
+            "{all:#?}"
+        );
+        assert!(
+            all[0].starts_with("f.toml:4:") && all[1].starts_with("f.toml:7:"),
+            "in file order, with positions inside the tables that did not decode: {all:#?}"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub(super) fn check(cx: &mut Ctx<'_>, p: &Package, spans: &Spans<'_, '_>) {
             .and_then(|s| s.get_ref().after.as_ref())
             .map_or(at(t), |a| a.span().start)
     };
+    let start = cx.errors.len();
     // Groups: members exist, and belong to one group.
     let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
     for (g, task) in &p.tasks {
@@ -64,9 +65,15 @@ pub(super) fn check(cx: &mut Ctx<'_>, p: &Package, spans: &Spans<'_, '_>) {
             }
         }
     }
-    if !cx.errors.is_empty() {
-        return;
-    }
+    // The checks below need an order of the tasks: without the names found
+    // wrong above, so that they still report every other finding.
+    let cleaned;
+    let p = if cx.errors.len() > start {
+        cleaned = without_unknown_names(p);
+        &cleaned
+    } else {
+        p
+    };
     let order = p.task_order();
     if order.len() != p.tasks.len() {
         let ordered: BTreeSet<&str> = order.iter().map(|t| t.name.as_str()).collect();
@@ -128,9 +135,24 @@ pub(super) fn check(cx: &mut Ctx<'_>, p: &Package, spans: &Spans<'_, '_>) {
             }
         }
     }
-    if cx.errors.is_empty() {
-        unreachable_tasks(cx, p, &at);
+    unreachable_tasks(cx, p, &at);
+}
+
+/// `p` without the constraints and group members that name a missing task
+/// or the task itself, and without a second group's claim on a member.
+fn without_unknown_names(p: &Package) -> Package {
+    let mut out = p.clone();
+    let names: BTreeSet<String> = p.tasks.keys().cloned().collect();
+    let mut owned: BTreeSet<String> = BTreeSet::new();
+    for (name, task) in out.tasks.iter_mut() {
+        task.after
+            .retain(|a| a.task != *name && names.contains(&a.task));
+        if let TaskKind::Group(g) = &mut task.kind {
+            g.members
+                .retain(|m| m != name && names.contains(m) && owned.insert(m.clone()));
+        }
     }
+    out
 }
 
 /// Which item references a template may use.
