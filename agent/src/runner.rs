@@ -492,6 +492,10 @@ fn inherited_by_run_as(name: &str) -> bool {
     matches!(name, "PATH" | "LANG" | "LANGUAGE" | "TZ") || name.starts_with("LC_")
 }
 
+/// Variables of the agent's environment that hold its credentials: removed
+/// from every job's environment.
+const AGENT_SECRET_VARS: [&str; 2] = ["BATON_ENROLL_TOKEN", "BATON_TOKEN"];
+
 /// PATH of a run-as job when the agent has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
@@ -533,6 +537,12 @@ async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<Step
             .env("LOGNAME", &user.name)
             .uid(user.uid)
             .gid(user.gid);
+    }
+    // The agent's own secrets never reach a job (a job without run-as
+    // inherits the agent's environment): an enrolment token left in it would
+    // let a job enrol a rogue agent under this name.
+    for secret in AGENT_SECRET_VARS {
+        cmd.env_remove(secret);
     }
     cmd.args(&exec.argv[1..])
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))

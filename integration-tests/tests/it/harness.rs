@@ -105,6 +105,8 @@ pub struct AgentOpts {
     pub tls_dir: Option<PathBuf>,
     /// More `baton agent` arguments (e.g. `--allow-run-as nobody`).
     pub extra_args: Vec<String>,
+    /// More environment variables of the agent process.
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOpts {
@@ -116,6 +118,7 @@ impl AgentOpts {
             wait_announce: true,
             tls_dir: None,
             extra_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -295,6 +298,7 @@ impl Cluster {
             bin: self.bin.clone(),
             args,
         });
+        node.set_env(opts.env.clone());
         let addr = if opts.wait_announce {
             Some(node.start())
         } else {

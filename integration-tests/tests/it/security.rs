@@ -311,3 +311,42 @@ fn run_starts_only_catalog_packages_of_the_folder() {
     bob(&["run", &pkg_s, "--folder", "/etl", "--wait"]).expect_code(0);
     c.finish(&[]);
 }
+
+/// A job never sees the agent's credentials: an agent enrolled with
+/// `BATON_ENROLL_TOKEN` in its environment (as the deploy files do) runs
+/// children whose environment holds no such variable (a job without run-as
+/// inherits the agent's environment otherwise, and could enrol a rogue agent).
+#[test]
+fn a_job_never_sees_the_agents_enrolment_token() {
+    let mut c = Cluster::new("sec_env_token");
+    c.start_coordinator();
+    let out = c.cli(&["token", "create", "--agent", "t1", "--output", "json"]);
+    out.expect_code(0);
+    let token = out.json()["token"].as_str().unwrap().to_owned();
+    let mut opts = AgentOpts::new("t1", 2);
+    opts.tls_dir = Some(c.root().join("t1-tls"));
+    opts.env = vec![
+        ("BATON_ENROLL_TOKEN".into(), token),
+        ("BATON_TOKEN".into(), "btn_api_not_for_jobs".into()),
+    ];
+    c.start_agent_with(opts);
+    c.agents_ready(1);
+    // Each child fails if it can see either variable.
+    let pkg = c.write_fanout(
+        "env_token",
+        &FanoutSpec::new(
+            3,
+            "if env | grep -q -e '^BATON_ENROLL_TOKEN=' -e '^BATON_TOKEN='; then echo leaked; exit 1; fi",
+        ),
+    );
+    let id = c.start_run(&pkg, &[]);
+    let view = c.wait_exec_terminal(&id, Duration::from_secs(60));
+    assert_eq!(
+        view.status,
+        "succeeded",
+        "a child saw the agent's token: {:#}",
+        view.raw
+    );
+    view.assert_all_succeeded_once(3, &["t1"]);
+    c.finish(&[]);
+}

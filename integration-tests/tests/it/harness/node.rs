@@ -35,6 +35,8 @@ pub struct Node {
     /// Arguments without `--listen`, which changes on restart (port 0, then the port).
     args: Vec<String>,
     listen: String,
+    /// More environment variables of the process.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     lines: Option<Receiver<String>>,
     addr: Option<SocketAddr>,
@@ -61,6 +63,7 @@ impl Node {
             bin: spec.bin,
             args: spec.args,
             listen: "127.0.0.1:0".to_owned(),
+            env: Vec::new(),
             child: None,
             lines: None,
             addr: None,
@@ -70,6 +73,11 @@ impl Node {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Sets the process's extra environment (from its next start on).
+    pub fn set_env(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
     }
 
     pub fn dir(&self) -> &Path {
@@ -123,6 +131,7 @@ impl Node {
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
             .env_remove("BATON_COORDINATOR")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
