@@ -135,6 +135,13 @@ fn parse(origin: &str, text: &str) -> Result<Package, Vec<PackageError>> {
             message: e.message().trim().to_string(),
         }]
     })?;
+    if raw.tasks.len() > crate::model::MAX_TASKS {
+        return Err(vec![PackageError::TooManyTasks {
+            origin: origin.to_string(),
+            tasks: raw.tasks.len(),
+            limit: crate::model::MAX_TASKS,
+        }]);
+    }
     let mut cx = Ctx {
         origin,
         text,
