@@ -48,6 +48,7 @@ impl Scheduler {
                     self.parked_nested.insert(cref, adding);
                     if let Some(e) = self.execs.get_mut(&cref.exec) {
                         e.tasks[cref.task as usize].queue.push_front(cref.child);
+                        e.watch.queued(cref.task as usize);
                     }
                     Ok(None)
                 }

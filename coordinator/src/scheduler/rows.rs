@@ -150,6 +150,7 @@ impl Scheduler {
             e.tasks[ti].awaiting_rows = false;
             e.tasks[ti].held_rows = None;
             e.tasks[ti].waiting.clear();
+            e.watch.may_end(ti);
             let mut outcome = None;
             if cancelling {
                 e.tasks[ti].ended = true;
