@@ -457,7 +457,9 @@ impl Scheduler {
                 }
                 // Nothing runs, or if it does, the CancelJob already sent ends it
                 // and its report will be stale.
-                DispatchOutcome::Rejected { .. } | DispatchOutcome::Unknown(_) => {
+                DispatchOutcome::Rejected { .. }
+                | DispatchOutcome::Unknown(_)
+                | DispatchOutcome::WrongAgent(_) => {
                     if let Some(c) = self.child_mut(cref) {
                         c.rec.reason = "cancelled while the child was being dispatched".to_string();
                     }
@@ -471,7 +473,31 @@ impl Scheduler {
             DispatchOutcome::Accepted => self.set_phase_unsaved(cref, Phase::Accepted),
             DispatchOutcome::Unknown(err) => {
                 debug!(agent, %err, "dispatch outcome unknown; will ask again");
+                // Shown while it waits in `dispatching` (not stored).
+                if let Some(c) = self.child_mut(cref) {
+                    c.waiting_reason = format!("no answer from {agent} yet, asking again: {err}");
+                }
                 self.resend.push((now + self.config.dispatch_retry, cref));
+            }
+            DispatchOutcome::WrongAgent(err) => {
+                let address = self
+                    .agents
+                    .get(agent)
+                    .map(|a| a.rec.address.clone())
+                    .unwrap_or_default();
+                warn!(agent, %address, error = %err, "an agent's registered address is served by another agent; it gets no jobs there");
+                self.stats.rejections += 1;
+                let Some(c) = self.child_mut(cref) else {
+                    return;
+                };
+                // Refused for good by that agent: the next one is tried, and
+                // if none is left (a pin) the child fails with this reason.
+                c.rec.reason = format!(
+                    "{agent}'s registered address {address} is served by another agent \
+                     (its certificate is not {agent}'s): {err}"
+                );
+                c.detours_mut().hard_rejected.insert(agent.to_string());
+                self.requeue(cref, true);
             }
             DispatchOutcome::Rejected { code, reason } => {
                 self.stats.rejections += 1;

@@ -239,6 +239,10 @@ impl Scheduler {
         e.phase_counts[phase_idx(old)] -= 1;
         e.phase_counts[phase_idx(new)] += 1;
         c.rec.phase = new;
+        if new != Phase::Pending {
+            // Why it waited is over (placement, or no answer to a dispatch).
+            c.waiting_reason.clear();
+        }
         e.touched = true;
         self.dirty_children.insert(cref);
     }

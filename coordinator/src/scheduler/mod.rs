@@ -144,6 +144,10 @@ pub enum DispatchOutcome {
     },
     /// No answer (connection refused, timeout): the agent may or may not have the job.
     Unknown(String),
+    /// The agent's registered address is served by another agent (its
+    /// certificate names another): the job was not started, and sending it
+    /// there again never will be.
+    WrongAgent(String),
 }
 
 /// What a flush wrote, so that versions can be updated after the commit.

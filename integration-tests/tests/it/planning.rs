@@ -119,3 +119,75 @@ fn a_large_plan_does_not_block_another_users_small_run() {
     assert!(done && status.success(), "the big run: {status:?}");
     c.finish(&[]);
 }
+
+#[test]
+fn a_package_over_the_size_limit_is_refused_as_too_large() {
+    let mut c = Cluster::new("package_too_large");
+    c.start_coordinator();
+    // 33 MiB: past the coordinator's message limit too, which used to break
+    // the connection (`COORDINATOR_UNAVAILABLE … use https://`, exit 3).
+    let dir = c.root().join("packages").join("huge");
+    std::fs::create_dir_all(&dir).expect("create dir");
+    let path = dir.join("huge.toml");
+    let mut text = String::from("name = \"huge\"\n[tasks.a]\nnoop = true\n");
+    text.push_str(&"#".repeat(33 << 20));
+    std::fs::write(&path, &text).expect("write package");
+    let out = c.cli(&["run", &path_str(&path), "--wait"]);
+    out.expect_code(2);
+    for expected in [
+        "error[PACKAGE_TOO_LARGE]",
+        &format!("{} bytes", text.len()),
+        "at most 16777216 bytes (16 MiB)",
+    ] {
+        assert!(
+            out.stderr.contains(expected),
+            "{expected:?}\n{}",
+            out.describe()
+        );
+    }
+    c.finish(&[]);
+}
+
+#[test]
+fn a_child_pinned_to_an_agent_whose_address_serves_another_fails_with_the_reason() {
+    let mut c = Cluster::new("wrong_address");
+    c.start_coordinator();
+    let a1 = c.start_agent("a1", 2);
+    // a2 registers a1's address: dispatches for a2 reach a1, whose
+    // certificate is not a2's.
+    let mut opts = AgentOpts::new("a2", 2);
+    opts.extra_args = vec!["--advertise".into(), a1.to_string()];
+    c.start_agent_with(opts).expect("a2 announced");
+    c.agents_ready(2);
+    let parent = c.write_fanout("pinned", &FanoutSpec::new(1, "true"));
+    let t0 = Instant::now();
+    let out = c.cli_at(
+        &c.coordinator_url(),
+        &[
+            "run",
+            &path_str(&parent),
+            "--pin",
+            "a2",
+            "--wait",
+            "--output",
+            "json",
+        ],
+        Duration::from_secs(60),
+    );
+    c.note(&format!("--wait returned after {:?}", t0.elapsed()));
+    out.expect_code(1);
+    let id = out.json()["execution_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let view = c.exec_show(&id);
+    let reason = crate::harness::exec::str_at(&view.raw, "/children/0/reason").to_owned();
+    assert_eq!(view.children[0].state, "failed", "{:#}", view.raw);
+    for expected in ["a2's registered address", "served by another agent"] {
+        assert!(reason.contains(expected), "{expected:?}: {reason}");
+    }
+    // Not pinned, the child runs on a1 (a2 is passed over).
+    let out = c.cli(&["run", &path_str(&parent), "--wait"]);
+    out.expect_code(0);
+    c.finish(&["served by another agent"]);
+}
