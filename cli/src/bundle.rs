@@ -133,50 +133,6 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
     Ok(Bundle { root, files })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_package_over_the_limit_is_refused_with_its_size() {
-        let dir = tempfile::tempdir().unwrap();
-        // One file just over the limit, and a bundle over it in two files.
-        let big = dir.path().join("big.toml");
-        let mut text = String::from("name = 'big'\n[tasks.a]\nnoop = true\n");
-        text.push_str(&"#".repeat(MAX_BUNDLE_BYTES));
-        std::fs::write(&big, &text).unwrap();
-        let e = load(&big).err().expect("refused");
-        assert_eq!(e.code, "PACKAGE_TOO_LARGE");
-        assert_eq!(e.exit, 2);
-        assert!(
-            e.message.contains(&format!("{} bytes", text.len())),
-            "{}",
-            e.message
-        );
-        assert!(
-            e.message.contains("at most 16777216 bytes (16 MiB)"),
-            "{}",
-            e.message
-        );
-
-        let half = "#".repeat(MAX_BUNDLE_BYTES / 2 + 10);
-        let parent = dir.path().join("p.toml");
-        std::fs::write(
-            &parent,
-            format!("name = 'p'\n[tasks.c]\nchild = 'c.toml'\n{half}\n"),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("c.toml"),
-            format!("name = 'c'\n[tasks.a]\nnoop = true\n{half}\n"),
-        )
-        .unwrap();
-        let e = load(&parent).err().expect("refused");
-        assert_eq!(e.code, "PACKAGE_TOO_LARGE");
-        assert!(e.message.contains("(2 files)"), "{}", e.message);
-    }
-}
-
 /// Reads `--params FILE.json`: a JSON object of parameter names to values.
 /// Strings are taken as they are, numbers and booleans as their JSON text,
 /// arrays (for `list` parameters) as JSON text. Messages never quote a value.
@@ -254,6 +210,45 @@ pub fn params(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_package_over_the_limit_is_refused_with_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        // One file just over the limit, and a bundle over it in two files.
+        let big = dir.path().join("big.toml");
+        let mut text = String::from("name = 'big'\n[tasks.a]\nnoop = true\n");
+        text.push_str(&"#".repeat(MAX_BUNDLE_BYTES));
+        std::fs::write(&big, &text).unwrap();
+        let e = load(&big).err().expect("refused");
+        assert_eq!(e.code, "PACKAGE_TOO_LARGE");
+        assert_eq!(e.exit, 2);
+        assert!(
+            e.message.contains(&format!("{} bytes", text.len())),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("at most 16777216 bytes (16 MiB)"),
+            "{}",
+            e.message
+        );
+
+        let half = "#".repeat(MAX_BUNDLE_BYTES / 2 + 10);
+        let parent = dir.path().join("p.toml");
+        std::fs::write(
+            &parent,
+            format!("name = 'p'\n[tasks.c]\nchild = 'c.toml'\n{half}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            format!("name = 'c'\n[tasks.a]\nnoop = true\n{half}\n"),
+        )
+        .unwrap();
+        let e = load(&parent).err().expect("refused");
+        assert_eq!(e.code, "PACKAGE_TOO_LARGE");
+        assert!(e.message.contains("(2 files)"), "{}", e.message);
+    }
 
     fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
