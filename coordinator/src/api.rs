@@ -118,6 +118,12 @@ impl Coordinator {
         // the runtime threads and the scheduler's loop (the plan arrives with
         // its engine built), and stop it when the caller goes away (this
         // future is dropped with the request).
+        // At most PLANNING_MAX plans at once: a user who sends many big
+        // packages queues behind their own (the wait ends if the caller goes).
+        let _permit = PLANNING
+            .acquire()
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
         let gone = CallerGone::default();
         let stop = gone.flag();
         let (mut plan, root, files, params) = tokio::task::spawn_blocking(move || {
@@ -564,6 +570,11 @@ impl Coordinator {
         self.store.size_bytes()
     }
 }
+
+/// Starts planned at once (each in a blocking task, CPU and memory in
+/// proportion to its bundle of at most 16 MiB).
+const PLANNING_MAX: usize = 2;
+static PLANNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PLANNING_MAX);
 
 /// Set when dropped: a start request's future holds one while it plans, so
 /// that the blocking planning task sees when the caller went away.
