@@ -83,7 +83,7 @@ impl Scheduler {
         full: &mut std::collections::BTreeSet<u32>,
     ) -> Option<(ChildRef, String)> {
         let e = self.execs.get(&slot)?;
-        if e.rec.state.is_terminal() || e.rec.cancel_requested {
+        if e.rec.state.is_terminal() || e.rec.cancel_requested || e.at_in_flight_cap() {
             return None;
         }
         // Tasks the engine started (in task order within a kind) with a child
@@ -159,13 +159,7 @@ impl Scheduler {
         }
         let parallelism = e.plan.tasks[ti].parallelism;
         let child_slots = e.slots_of(ti);
-        let cap = e.rec.placement.max_in_flight;
-        // Children on agents, from the phase counters (not a sweep of the tasks).
-        let on_agent: u64 = [Phase::Dispatching, Phase::Accepted, Phase::Running]
-            .iter()
-            .map(|&p| e.phase_counts[p as usize])
-            .sum();
-        if cap > 0 && on_agent >= u64::from(cap) {
+        if e.at_in_flight_cap() {
             return Next::Wait;
         }
         let policy = &e.rec.placement;

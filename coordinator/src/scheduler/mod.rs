@@ -44,7 +44,7 @@ use baton_proto as pb;
 
 use crate::metrics::Latency;
 use crate::prepare::Plan;
-use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
+use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, Phase, SeqRecord};
 use crate::store::Revision;
 
 pub use agents::Registration;
@@ -353,6 +353,17 @@ impl TaskWatch {
 }
 
 impl Exec {
+    /// The run's `--max-in-flight` children are on agents (read from the
+    /// phase counters, not a sweep of the tasks).
+    pub(crate) fn at_in_flight_cap(&self) -> bool {
+        let cap = self.rec.placement.max_in_flight;
+        let on_agent: u64 = [Phase::Dispatching, Phase::Accepted, Phase::Running]
+            .iter()
+            .map(|&p| self.phase_counts[p as usize])
+            .sum();
+        cap > 0 && on_agent >= u64::from(cap)
+    }
+
     /// Agent slots each child of task `ti` occupies: the package's `slots`
     /// for that task, else the run's `--slots-per-child` (default 1).
     pub(crate) fn slots_of(&self, ti: usize) -> u32 {
