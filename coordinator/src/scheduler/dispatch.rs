@@ -128,15 +128,18 @@ impl Scheduler {
         None
     }
 
-    /// The task's next child has no placement history (no agent to avoid
-    /// or excluded): it finds room exactly where its siblings of the same
-    /// kind do.
+    /// The task's next child goes to an agent and has no placement history
+    /// (no agent to avoid or excluded): it finds room exactly where its
+    /// siblings of the same kind do. (A child run as a sub-execution needs
+    /// no agent: never skipped for want of room.)
     fn front_is_plain(&self, slot: u64, ti: usize) -> bool {
         self.execs.get(&slot).is_some_and(|e| {
             let run = &e.tasks[ti];
-            run.queue
-                .front()
-                .is_some_and(|&ci| run.children[ci as usize].detours.is_none())
+            !run.package.as_ref().is_some_and(|p| p.fans_out)
+                && run
+                    .queue
+                    .front()
+                    .is_some_and(|&ci| run.children[ci as usize].detours.is_none())
         })
     }
 
