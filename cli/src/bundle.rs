@@ -15,7 +15,34 @@ pub struct Bundle {
     pub files: BTreeMap<String, String>,
 }
 
+/// The most bytes of package text one start or deploy may send (the
+/// coordinator's limit, checked here so that the answer says so instead of a
+/// broken connection).
+pub const MAX_BUNDLE_BYTES: usize = baton_coordinator::api::MAX_BUNDLE_BYTES;
+
+fn too_large(what: &str, bytes: u64) -> CliError {
+    CliError::invalid(
+        "PACKAGE_TOO_LARGE",
+        format!(
+            "{what} is {bytes} bytes ({:.1} MiB); a coordinator takes at most {MAX_BUNDLE_BYTES} \
+             bytes ({} MiB) of package files per run or deploy: keep data out of the package \
+             (pass it as parameters, or as files its tasks read)",
+            bytes as f64 / (1024.0 * 1024.0),
+            MAX_BUNDLE_BYTES >> 20
+        ),
+    )
+}
+
 fn read(path: &Path) -> Result<String, CliError> {
+    // Refused before it is read and parsed: a huge file costs nothing.
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.len() > MAX_BUNDLE_BYTES as u64
+    {
+        return Err(too_large(
+            &format!("package file {}", path.display()),
+            meta.len(),
+        ));
+    }
     std::fs::read_to_string(path).map_err(|e| {
         CliError::invalid(
             "PACKAGE_UNREADABLE",
@@ -95,6 +122,14 @@ pub fn load(path: &Path) -> Result<Bundle, CliError> {
         }
     }
     files.insert(root.clone(), text);
+    // As the coordinator counts: names and texts of every file.
+    let bytes: usize = files.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_BUNDLE_BYTES {
+        return Err(too_large(
+            &format!("the bundle of {} ({} files)", path.display(), files.len()),
+            bytes as u64,
+        ));
+    }
     Ok(Bundle { root, files })
 }
 
@@ -175,6 +210,45 @@ pub fn params(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_package_over_the_limit_is_refused_with_its_size() {
+        let dir = tempfile::tempdir().unwrap();
+        // One file just over the limit, and a bundle over it in two files.
+        let big = dir.path().join("big.toml");
+        let mut text = String::from("name = 'big'\n[tasks.a]\nnoop = true\n");
+        text.push_str(&"#".repeat(MAX_BUNDLE_BYTES));
+        std::fs::write(&big, &text).unwrap();
+        let e = load(&big).err().expect("refused");
+        assert_eq!(e.code, "PACKAGE_TOO_LARGE");
+        assert_eq!(e.exit, 2);
+        assert!(
+            e.message.contains(&format!("{} bytes", text.len())),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("at most 16777216 bytes (16 MiB)"),
+            "{}",
+            e.message
+        );
+
+        let half = "#".repeat(MAX_BUNDLE_BYTES / 2 + 10);
+        let parent = dir.path().join("p.toml");
+        std::fs::write(
+            &parent,
+            format!("name = 'p'\n[tasks.c]\nchild = 'c.toml'\n{half}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("c.toml"),
+            format!("name = 'c'\n[tasks.a]\nnoop = true\n{half}\n"),
+        )
+        .unwrap();
+        let e = load(&parent).err().expect("refused");
+        assert_eq!(e.code, "PACKAGE_TOO_LARGE");
+        assert!(e.message.contains("(2 files)"), "{}", e.message);
+    }
 
     fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();

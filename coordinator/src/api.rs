@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use crate::error::CoordinatorError;
 pub use crate::metrics::{Histogram, Latency, MetricsSnapshot};
 use crate::placement::PlacementPolicy;
-use crate::prepare::plan_bundle;
+use crate::prepare::plan_bundle_until;
 use crate::records::{
     ChildRecord, ExecutionRecord, ExecutionState, children_prefix, execution_key, now_unix_ms,
 };
@@ -114,12 +114,27 @@ impl Coordinator {
                 "more than {MAX_PARAMS} parameters"
             )));
         }
-        // Planning can be heavy (a million items): keep it off the runtime threads.
+        // Planning can be heavy (a million items, 10,000 tasks): keep it off
+        // the runtime threads and the scheduler's loop (the plan arrives with
+        // its engine built), and stop it when the caller goes away (this
+        // future is dropped with the request).
+        // At most PLANNING_MAX plans at once: a user who sends many big
+        // packages queues behind their own (the wait ends if the caller goes).
+        let _permit = PLANNING
+            .acquire()
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        let gone = CallerGone::default();
+        let stop = gone.flag();
         let (mut plan, root, files, params) = tokio::task::spawn_blocking(move || {
-            plan_bundle(&root, &files, &params).map(|p| (p, root, files, params))
+            plan_bundle_until(&root, &files, &params, &|| {
+                stop.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .map(|p| (p, root, files, params))
         })
         .await
         .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
+        drop(gone);
         if catalog.is_some() {
             plan.fetch_by_hash();
         }
@@ -598,5 +613,27 @@ fn unregistered_listing(name: &str, state: &'static str) -> AgentListing {
         load1: 0.0,
         last_heartbeat_unix_ms: 0,
         quarantine: None,
+    }
+}
+
+/// Starts planned at once (each in a blocking task, CPU and memory in
+/// proportion to its bundle of at most 16 MiB).
+const PLANNING_MAX: usize = 2;
+static PLANNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PLANNING_MAX);
+
+/// Set when dropped: a start request's future holds one while it plans, so
+/// that the blocking planning task sees when the caller went away.
+#[derive(Default)]
+struct CallerGone(Arc<std::sync::atomic::AtomicBool>);
+
+impl CallerGone {
+    fn flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.0.clone()
+    }
+}
+
+impl Drop for CallerGone {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

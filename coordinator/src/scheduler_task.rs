@@ -494,7 +494,10 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             outcome,
             rtt,
         } => {
-            if !matches!(outcome, DispatchOutcome::Unknown(_)) {
+            if !matches!(
+                outcome,
+                DispatchOutcome::Unknown(_) | DispatchOutcome::WrongAgent(_)
+            ) {
                 let us = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
                 sched.latency.accept_us.record(us);
             }

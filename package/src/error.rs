@@ -31,6 +31,16 @@ pub enum PackageError {
     /// A template that cannot be expanded.
     #[error("template '{template}': {message}")]
     Template { template: String, message: String },
+    /// More tasks than one package may hold ([`crate::MAX_TASKS`]).
+    #[error(
+        "{origin}: the package has {tasks} tasks; the limit is {limit} per package \
+         (split it into child packages)"
+    )]
+    TooManyTasks {
+        origin: String,
+        tasks: usize,
+        limit: usize,
+    },
 }
 
 impl PackageError {
@@ -43,6 +53,7 @@ impl PackageError {
             PackageError::InvalidParameter { .. } => "PARAM_INVALID",
             PackageError::MissingParameter { .. } => "PARAM_REQUIRED",
             PackageError::Template { .. } => "TEMPLATE_INVALID",
+            PackageError::TooManyTasks { .. } => "TOO_MANY_TASKS",
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod expr;
 mod interpolate;
 mod items;
 mod model;
+mod order;
 mod params;
 mod parse;
 mod policy;
@@ -40,8 +41,8 @@ pub use expr::{Condition, ExprError};
 pub use interpolate::{interpolate, interpolate_in, template_refs};
 pub use model::{
     After, CATALOG_PREFIX, ChildRef, ChildTask, ExecTask, ForeachOver, ForeachTask, GroupTask,
-    MAX_FOREACH_ITEMS, On, Package, ParamType, ParameterDef, SCRIPT_SHELL, ScriptTask, Task,
-    TaskKind, valid_user_name,
+    MAX_FOREACH_ITEMS, MAX_TASKS, On, Package, ParamType, ParameterDef, SCRIPT_SHELL, ScriptTask,
+    Task, TaskKind, valid_user_name,
 };
 pub use params::ParamValues;
 pub use policy::{ChildrenOnCancel, MaxFailures, RetryPolicy};

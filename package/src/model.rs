@@ -321,32 +321,25 @@ pub struct GroupTask {
 /// The most items one foreach may expand to (a limit on everything).
 pub const MAX_FOREACH_ITEMS: usize = 1_000_000;
 
+/// The most tasks (groups included) one package may have: planning is
+/// near-linear in them, but a start is planned in one piece, so one package
+/// must not hold a scheduler's worth of work (docs/packages.md). Fan out
+/// with a `foreach` or child packages instead.
+pub const MAX_TASKS: usize = 10_000;
+
 impl Package {
     /// Tasks in dependency order; ties broken by name. `parse` rejects cycles.
     /// A group comes before its members (they start inside it), and every
     /// member before a task that runs after the group.
     pub fn task_order(&self) -> Vec<&Task> {
-        let deps = self.order_deps();
-        let mut done: std::collections::BTreeSet<&str> = Default::default();
-        let mut order = Vec::with_capacity(self.tasks.len());
-        while order.len() < self.tasks.len() {
-            let before = order.len();
-            for (name, task) in &self.tasks {
-                if !done.contains(name.as_str())
-                    && deps[name.as_str()].iter().all(|d| done.contains(d))
-                {
-                    done.insert(name);
-                    order.push(task);
-                }
-            }
-            if order.len() == before {
-                break; // unreachable for validated packages
-            }
-        }
-        order
+        let mut graph = crate::order::Graph::new(self);
+        let order = graph.order();
+        let tasks: Vec<&Task> = self.tasks.values().collect();
+        order.into_iter().map(|i| tasks[i]).collect()
     }
 
-    /// The group that holds `task`, if any.
+    /// The group that holds `task`, if any (a scan of the tasks: for one
+    /// question; the order and the engine index the groups once).
     pub fn group_of(&self, task: &str) -> Option<&str> {
         self.tasks.values().find_map(|t| match &t.kind {
             TaskKind::Group(g) if g.members.iter().any(|m| m == task) => Some(t.name.as_str()),
@@ -356,7 +349,9 @@ impl Package {
 
     /// For ordering: each task's predecessors. `after` names, plus the group a
     /// member is in, plus (for a task after a group) every member of it,
-    /// transitively through nested groups.
+    /// transitively through nested groups. The definition the linear
+    /// [`crate::order::Graph`] is tested against (quadratic: tests only).
+    #[cfg(test)]
     pub(crate) fn order_deps(&self) -> BTreeMap<&str, Vec<&str>> {
         let mut deps: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, task) in &self.tasks {
@@ -374,6 +369,7 @@ impl Package {
     }
 
     /// Members of group `name`, and of groups inside it (bounded by the task count).
+    #[cfg(test)]
     pub(crate) fn members_deep(&self, name: &str) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
         let mut stack = vec![name];

@@ -110,6 +110,12 @@ pub fn place(agents: &[AgentView], req: &PlacementRequest<'_>) -> Placement {
     }
 }
 
+/// Whether the agent could ever take the job: its pin list and labels
+/// allow it and it has the slots, full or not, refused or not.
+pub fn could_take(a: &AgentView, req: &PlacementRequest<'_>) -> bool {
+    allowed(a, req) && a.slots >= req.slots.max(1)
+}
+
 /// Hard constraints: the pin list and the labels.
 fn allowed(a: &AgentView, req: &PlacementRequest<'_>) -> bool {
     (req.pin.is_empty() || req.pin.contains(&a.name))

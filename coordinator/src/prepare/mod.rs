@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use baton_package::{
-    ChildTask, ExecTask, ForeachOver, ForeachTask, MAX_FOREACH_ITEMS, MaxFailures, Package,
+    ChildTask, Engine, ExecTask, ForeachOver, ForeachTask, MAX_FOREACH_ITEMS, MaxFailures, Package,
     ParamValues, RetryPolicy, Scope, TaskKind, content_hash, interpolate_in, template_refs,
 };
 
@@ -90,6 +90,9 @@ pub struct Plan {
     /// The parent package, for the engine that decides which task runs when.
     pub parent: Arc<Package>,
     pub tasks: Vec<PlannedTask>,
+    /// The parent's engine, built with the plan (off the scheduler's loop:
+    /// it orders and decides every task); taken by the scheduler.
+    pub engine: Option<Box<Engine>>,
 }
 
 impl Plan {
@@ -131,78 +134,109 @@ fn reads_tasks(template: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Parses, checks and hashes a child package named by a parent task.
-fn load_child(
-    task: &str,
-    path: &str,
-    files: &BTreeMap<String, String>,
-) -> Result<(Package, ChildPackage), CoordinatorError> {
-    load_child_at(task, path, files, 1)
-}
-
 /// Most levels of child packages a bundle may nest (a cycle hits it too).
 const MAX_BUNDLE_DEPTH: u32 = 8;
 
-fn load_child_at(
-    task: &str,
-    path: &str,
-    files: &BTreeMap<String, String>,
-    depth: u32,
-) -> Result<(Package, ChildPackage), CoordinatorError> {
-    let text = files.get(path).ok_or_else(|| {
-        invalid(match baton_package::ChildRef::parse(path) {
-            baton_package::ChildRef::Catalog(name) => format!(
-                "task '{task}' names catalog package '{name}': catalog children are read when a \
-                 parent sent by the client starts; a package run from the catalog must carry its \
-                 children in its own bundle (`baton package deploy DIR`)"
-            ),
-            baton_package::ChildRef::File(_) => {
-                format!("task '{task}' runs child package '{path}', which is not in the bundle")
-            }
-        })
-    })?;
-    let child = Package::parse(path, text)?;
-    child.check_sensitive_use()?;
-    let mut shipped = ChildPackage::from_text(&child.name, text);
-    shipped.path = path.to_string();
-    shipped.fans_out = child
-        .tasks
-        .values()
-        .any(|t| matches!(t.kind, TaskKind::Child(_) | TaskKind::Foreach(_)));
-    if shipped.fans_out {
-        // Its own children must be in the bundle too: plan it now, so that a
-        // missing file or a bad package fails the start, not a child later.
-        plan_shape(path, files, depth)?;
-    }
-    Ok((child, shipped))
+/// Reads the child packages of a bundle, each file parsed and checked once
+/// however many tasks name it (a bundle whose packages each run the next
+/// one from ten tasks would otherwise cost 10^depth parses).
+struct Loader<'a> {
+    files: &'a BTreeMap<String, String>,
+    /// Child packages parsed so far, by path.
+    parsed: BTreeMap<String, (Arc<Package>, ChildPackage)>,
+    /// Packages whose own children were checked, with the shallowest depth
+    /// they were checked at (deeper is checked again: the depth limit).
+    shaped: BTreeMap<String, u32>,
+    /// True once the caller went away: planning stops.
+    stop: &'a dyn Fn() -> bool,
 }
 
-/// Checks that a package that fans out has its children in the bundle (its
-/// parameters are bound only when it runs as a sub-execution).
-fn plan_shape(
-    path: &str,
-    files: &BTreeMap<String, String>,
-    depth: u32,
-) -> Result<(), CoordinatorError> {
-    if depth >= MAX_BUNDLE_DEPTH {
-        return Err(invalid(format!(
-            "child packages nest more than {MAX_BUNDLE_DEPTH} levels below the root at '{path}' \
-             (does a package run itself through its children?)"
-        )));
+impl Loader<'_> {
+    fn check_stop(&self) -> Result<(), CoordinatorError> {
+        if (self.stop)() {
+            return Err(invalid(
+                "planning stopped: the caller went away".to_string(),
+            ));
+        }
+        Ok(())
     }
-    let text = files
-        .get(path)
-        .ok_or_else(|| invalid(format!("the bundle has no file '{path}'")))?;
-    let pkg = Package::parse(path, text)?;
-    for t in pkg.tasks.values() {
-        let child = match &t.kind {
-            TaskKind::Child(ct) => &ct.child,
-            TaskKind::Foreach(fe) => &fe.child,
-            _ => continue,
+
+    /// Parses, checks and hashes a child package named by a parent task.
+    fn child(
+        &mut self,
+        task: &str,
+        path: &str,
+    ) -> Result<(Arc<Package>, ChildPackage), CoordinatorError> {
+        self.child_at(task, path, 1)
+    }
+
+    fn child_at(
+        &mut self,
+        task: &str,
+        path: &str,
+        depth: u32,
+    ) -> Result<(Arc<Package>, ChildPackage), CoordinatorError> {
+        self.check_stop()?;
+        let loaded = match self.parsed.get(path) {
+            Some(done) => done.clone(),
+            None => {
+                let files = self.files;
+                let text = files.get(path).ok_or_else(|| {
+                    invalid(match baton_package::ChildRef::parse(path) {
+                        baton_package::ChildRef::Catalog(name) => format!(
+                            "task '{task}' names catalog package '{name}': catalog children are read when a \
+                             parent sent by the client starts; a package run from the catalog must carry its \
+                             children in its own bundle (`baton package deploy DIR`)"
+                        ),
+                        baton_package::ChildRef::File(_) => {
+                            format!("task '{task}' runs child package '{path}', which is not in the bundle")
+                        }
+                    })
+                })?;
+                let child = Package::parse(path, text)?;
+                child.check_sensitive_use()?;
+                let mut shipped = ChildPackage::from_text(&child.name, text);
+                shipped.path = path.to_string();
+                shipped.fans_out = child
+                    .tasks
+                    .values()
+                    .any(|t| matches!(t.kind, TaskKind::Child(_) | TaskKind::Foreach(_)));
+                let done = (Arc::new(child), shipped);
+                self.parsed.insert(path.to_string(), done.clone());
+                done
+            }
         };
-        load_child_at(&t.name, child, files, depth + 1)?;
+        if loaded.1.fans_out {
+            // Its own children must be in the bundle too: plan it now, so that a
+            // missing file or a bad package fails the start, not a child later.
+            self.shape(path, &loaded.0, depth)?;
+        }
+        Ok(loaded)
     }
-    Ok(())
+
+    /// Checks that a package that fans out has its children in the bundle (its
+    /// parameters are bound only when it runs as a sub-execution).
+    fn shape(&mut self, path: &str, pkg: &Package, depth: u32) -> Result<(), CoordinatorError> {
+        if depth >= MAX_BUNDLE_DEPTH {
+            return Err(invalid(format!(
+                "child packages nest more than {MAX_BUNDLE_DEPTH} levels below the root at '{path}' \
+                 (does a package run itself through its children?)"
+            )));
+        }
+        if self.shaped.get(path).is_some_and(|&d| d <= depth) {
+            return Ok(());
+        }
+        self.shaped.insert(path.to_string(), depth);
+        for t in pkg.tasks.values() {
+            let child = match &t.kind {
+                TaskKind::Child(ct) => &ct.child,
+                TaskKind::Foreach(fe) => &fe.child,
+                _ => continue,
+            };
+            self.child_at(&t.name, child, depth + 1)?;
+        }
+        Ok(())
+    }
 }
 
 /// Parses the root package and its children, binds parameters and expands
@@ -213,6 +247,24 @@ pub fn plan_bundle(
     files: &BTreeMap<String, String>,
     overrides: &BTreeMap<String, String>,
 ) -> Result<Plan, CoordinatorError> {
+    plan_bundle_until(root, files, overrides, &|| false)
+}
+
+/// [`plan_bundle`] that gives up as soon as `stop` says so (the caller of a
+/// start went away: its plan would be thrown away). It also builds the
+/// plan's engine, so that the scheduler's loop gets a plan ready to run.
+pub fn plan_bundle_until(
+    root: &str,
+    files: &BTreeMap<String, String>,
+    overrides: &BTreeMap<String, String>,
+    stop: &dyn Fn() -> bool,
+) -> Result<Plan, CoordinatorError> {
+    let mut loader = Loader {
+        files,
+        parsed: BTreeMap::new(),
+        shaped: BTreeMap::new(),
+        stop,
+    };
     let text = files
         .get(root)
         .ok_or_else(|| invalid(format!("the bundle has no root file '{root}'")))?;
@@ -221,6 +273,7 @@ pub fn plan_bundle(
     let params = parent.bind(overrides)?;
     let mut tasks = Vec::new();
     for task in parent.task_order() {
+        loader.check_stop()?;
         let single = |work: Work| PlannedTask {
             name: task.name.clone(),
             work,
@@ -245,7 +298,7 @@ pub fn plan_bundle(
                 },
             }),
             TaskKind::Child(ct) => {
-                let (child, shipped) = load_child(&task.name, &ct.child, files)?;
+                let (child, shipped) = loader.child(&task.name, &ct.child)?;
                 ct.check_sensitive_flow(&task.name, &parent, &child)?;
                 if !ct.params.values().any(|t| reads_tasks(t)) {
                     let p = render_all(&ct.params, &Scope::new(&params, None))?;
@@ -260,7 +313,7 @@ pub fn plan_bundle(
                 t
             }
             TaskKind::Foreach(fe) => {
-                let (child, shipped) = load_child(&task.name, &fe.child, files)?;
+                let (child, shipped) = loader.child(&task.name, &fe.child)?;
                 fe.check_sensitive_flow(&task.name, &parent, &child)?;
                 let dynamic = match &fe.over {
                     ForeachOver::Rows(_) => true,
@@ -300,11 +353,14 @@ pub fn plan_bundle(
         };
         tasks.push(planned);
     }
+    loader.check_stop()?;
+    let engine = Engine::new(&parent, params.clone());
     Ok(Plan {
         package: parent.name.clone(),
         params,
         parent: Arc::new(parent),
         tasks,
+        engine: Some(Box::new(engine)),
     })
 }
 
@@ -510,5 +566,40 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code(), "PARAM_UNKNOWN");
+    }
+
+    #[test]
+    fn planning_stops_when_the_caller_went_away() {
+        let files = bundle(PARENT, CHILD);
+        let e = plan_bundle_until("p.toml", &files, &BTreeMap::new(), &|| true).unwrap_err();
+        assert!(e.to_string().contains("the caller went away"), "{e}");
+        let plan = plan_bundle_until("p.toml", &files, &BTreeMap::new(), &|| false).unwrap();
+        assert!(plan.engine.is_some(), "the plan comes with its engine");
+    }
+
+    #[test]
+    fn a_package_named_by_many_tasks_is_parsed_once() {
+        // Seven levels, each package running the next from ten tasks: 10^7
+        // parses if each task's child were planned on its own.
+        let mut files = BTreeMap::new();
+        for level in 0..7 {
+            let mut text = format!("name='l{level}'\n");
+            for t in 0..10 {
+                text.push_str(&format!("[tasks.t{t}]\nchild='l{}.toml'\n", level + 1));
+            }
+            files.insert(format!("l{level}.toml"), text);
+        }
+        files.insert(
+            "l7.toml".into(),
+            "name='leaf'\n[tasks.run]\nexec=['true']\n".into(),
+        );
+        let calls = std::cell::Cell::new(0u64);
+        let plan = plan_bundle_until("l0.toml", &files, &BTreeMap::new(), &|| {
+            calls.set(calls.get() + 1);
+            false
+        })
+        .unwrap();
+        assert_eq!(plan.tasks.len(), 10);
+        assert!(calls.get() < 200, "{} child loads", calls.get());
     }
 }

@@ -10,7 +10,7 @@ use baton_proto as pb;
 use tracing::{debug, warn};
 
 use super::{ChildRef, DispatchOutcome, Effect, Scheduler};
-use crate::placement::{Placement, PlacementRequest, place};
+use crate::placement::{Placement, PlacementRequest, could_take, place};
 use baton_package::Scope;
 
 use crate::prepare::{Work, child_params};
@@ -24,6 +24,16 @@ pub(crate) struct PlaceMemory {
     pub spread: BTreeMap<String, u64>,
 }
 
+/// What the pump does with one task's next child.
+enum Next {
+    /// Send this child to this agent (or run it as a sub-execution).
+    Go(ChildRef, String),
+    /// No agent has room for a child with no placement history.
+    Full,
+    /// Nothing to send from this task now (its caps, a refusal, admission).
+    Wait,
+}
+
 impl Scheduler {
     /// Dispatches as many pending children as placement and the caps allow,
     /// taking one child per execution in turn so that executions share the fleet.
@@ -35,13 +45,14 @@ impl Scheduler {
             self.exec_order.push_back(first);
         }
         let mut blocked = vec![false; order.len()];
+        let mut full = vec![std::collections::BTreeSet::new(); order.len()];
         loop {
             let mut progressed = false;
             for (i, &slot) in order.iter().enumerate() {
                 if blocked[i] {
                     continue;
                 }
-                match self.next_for(slot, &views, now) {
+                match self.next_for(slot, &views, &mut full[i]) {
                     Some((cref, agent)) => {
                         let slots = self
                             .execs
@@ -62,33 +73,74 @@ impl Scheduler {
         }
     }
 
-    /// The next child of an execution and where it goes, or `None` if it must wait.
+    /// The next child of an execution and where it goes, or `None` if it
+    /// must wait. `full`: the kinds of task (labels and slots asked) that
+    /// found no room in this pump round (room only shrinks within a round).
     fn next_for(
         &mut self,
         slot: u64,
         views: &[crate::placement::AgentView],
-        _now: Instant,
+        full: &mut std::collections::BTreeSet<u32>,
     ) -> Option<(ChildRef, String)> {
         let e = self.execs.get(&slot)?;
-        if e.rec.state.is_terminal() || e.rec.cancel_requested {
+        if e.rec.state.is_terminal() || e.rec.cancel_requested || e.at_in_flight_cap() {
             return None;
         }
-        // Tasks the engine started (in task order) with a child waiting and
-        // room under their parallelism: independent tasks run at once, and one
-        // whose children find no agent (a label nobody has free) does not hold
-        // up the others.
-        let candidates: Vec<usize> = (0..e.tasks.len())
-            .filter(|&t| {
-                let run = &e.tasks[t];
-                run.started
-                    && !run.ended
-                    && !run.queue.is_empty()
-                    && run.in_flight < e.plan.tasks[t].parallelism
-            })
-            .collect();
-        candidates
-            .into_iter()
-            .find_map(|ti| self.next_in_task(slot, ti, views))
+        // Tasks the engine started (in task order within a kind) with a child
+        // waiting and room under their parallelism: independent tasks run at
+        // once, and one whose children find no agent (a label nobody has
+        // free) does not hold up the others. Only tasks with a child queued
+        // are looked at, and once a child with no placement history of its
+        // own finds no room, the other tasks of its kind are not (a child
+        // with a history can go only where such a child could): the work per
+        // event does not grow with the number of tasks.
+        for kind in e.watch.queued_kinds() {
+            if full.contains(&kind) {
+                continue;
+            }
+            let mut cursor = None;
+            loop {
+                let e = self.execs.get_mut(&slot)?;
+                let Some(ti) = e.watch.next_queued(kind, cursor) else {
+                    break;
+                };
+                cursor = Some(ti);
+                self.stats.task_checks += 1;
+                let run = &e.tasks[ti];
+                if !run.started || run.ended || run.queue.is_empty() {
+                    e.watch.unqueue(ti);
+                    continue;
+                }
+                if run.in_flight >= e.plan.tasks[ti].parallelism {
+                    continue;
+                }
+                let plain = self.front_is_plain(slot, ti);
+                match self.next_in_task(slot, ti, views) {
+                    Next::Go(cref, agent) => return Some((cref, agent)),
+                    Next::Full if plain => {
+                        full.insert(kind);
+                        break;
+                    }
+                    Next::Full | Next::Wait => {}
+                }
+            }
+        }
+        None
+    }
+
+    /// The task's next child goes to an agent and has no placement history
+    /// (no agent to avoid or excluded): it finds room exactly where its
+    /// siblings of the same kind do. (A child run as a sub-execution needs
+    /// no agent: never skipped for want of room.)
+    fn front_is_plain(&self, slot: u64, ti: usize) -> bool {
+        self.execs.get(&slot).is_some_and(|e| {
+            let run = &e.tasks[ti];
+            !run.package.as_ref().is_some_and(|p| p.fans_out)
+                && run
+                    .queue
+                    .front()
+                    .is_some_and(|&ci| run.children[ci as usize].detours.is_none())
+        })
     }
 
     /// The next child of one task of an execution and where it goes.
@@ -97,20 +149,21 @@ impl Scheduler {
         slot: u64,
         ti: usize,
         views: &[crate::placement::AgentView],
-    ) -> Option<(ChildRef, String)> {
+    ) -> Next {
         if self.nested_waits_for_room(slot, ti) {
-            return None;
+            return Next::Wait;
         }
         let gen_now = self.capacity_gen;
-        let e = self.execs.get_mut(&slot)?;
+        let Some(e) = self.execs.get_mut(&slot) else {
+            return Next::Wait;
+        };
         if e.rec.state.is_terminal() || e.rec.cancel_requested {
-            return None;
+            return Next::Wait;
         }
         let parallelism = e.plan.tasks[ti].parallelism;
         let child_slots = e.slots_of(ti);
-        let cap = e.rec.placement.max_in_flight;
-        if cap > 0 && e.tasks.iter().map(|t| t.in_flight).sum::<u32>() >= cap {
-            return None;
+        if e.at_in_flight_cap() {
+            return Next::Wait;
         }
         let policy = &e.rec.placement;
         let strategy = policy
@@ -128,9 +181,11 @@ impl Scheduler {
         };
         let task = &mut e.tasks[ti];
         if task.in_flight >= parallelism {
-            return None;
+            return Next::Wait;
         }
-        let &ci = task.queue.front()?;
+        let Some(&ci) = task.queue.front() else {
+            return Next::Wait;
+        };
         if task.package.as_ref().is_some_and(|p| p.fans_out) {
             // Nested fan-out: the coordinator runs it, no agent needed.
             task.queue.pop_front();
@@ -139,7 +194,7 @@ impl Scheduler {
                 task: ti as u16,
                 child: ci,
             };
-            return Some((cref, super::nested::COORDINATOR.to_string()));
+            return Next::Go(cref, super::nested::COORDINATOR.to_string());
         }
         let c = &mut task.children[ci as usize];
         let mut exclude = std::collections::BTreeSet::new();
@@ -179,29 +234,36 @@ impl Scheduler {
                     *task.place.spread.entry(value).or_default() += 1;
                 }
                 task.place.cursor = Some(agent.clone());
-                Some((cref, agent))
+                Next::Go(cref, agent)
             }
             Placement::NoCapacity(reason) => {
-                let ready: Vec<&str> = views
-                    .iter()
-                    .filter(|v| v.ready)
-                    .map(|v| v.name.as_str())
-                    .collect();
+                // Agents that refused it for good (package, authorisation,
+                // run-as) will not change their mind: once every ready agent
+                // that could take it (its labels, pin and slots) has, it
+                // fails with their reasons instead of waiting for ever.
+                // Agents its constraints rule out do not count.
                 let refused_by_all = c.detours.as_ref().is_some_and(|d| {
                     !d.hard_rejected.is_empty()
-                        && ready.iter().all(|a| d.hard_rejected.contains(*a))
+                        && views
+                            .iter()
+                            .filter(|v| v.ready && could_take(v, &req))
+                            .all(|v| d.hard_rejected.contains(&v.name))
                 });
                 if refused_by_all {
                     task.queue.pop_front();
                     c.rec.reason = format!("refused by every ready agent: {}", c.rec.reason);
                     self.set_phase(cref, Phase::Failed);
                     self.advance(slot);
-                } else if c.waiting_reason != reason {
-                    c.waiting_reason = reason;
-                    // Watchers show why children wait ([`super::view`]).
-                    e.touched = true;
+                    Next::Wait
+                } else {
+                    let plain = c.detours.is_none();
+                    if c.waiting_reason != reason {
+                        c.waiting_reason = reason;
+                        // Watchers show why children wait ([`super::view`]).
+                        e.touched = true;
+                    }
+                    if plain { Next::Full } else { Next::Wait }
                 }
-                None
             }
         }
     }
@@ -242,21 +304,11 @@ impl Scheduler {
         let c = &run.children[cref.child as usize];
         Ok(match &planned.work {
             Work::Foreach { fe, .. } => {
-                // Every task's state is a map built on demand: only for
-                // templates that may read `${tasks.…}` (most read the item).
-                static NONE: BTreeMap<String, String> = BTreeMap::new();
-                let states;
-                let states = if fe.params.values().any(|t| t.contains("tasks.")) {
-                    states = e.engine.states();
-                    &states
-                } else {
-                    &NONE
-                };
                 let scope = Scope {
                     params: &e.plan.params,
                     item: Some(&c.rec.item),
                     outputs: e.engine.outputs(),
-                    states,
+                    states: e.engine.state_names(),
                 };
                 child_params(fe, &scope).map_err(|err| err.to_string())?
             }
@@ -406,7 +458,9 @@ impl Scheduler {
                 }
                 // Nothing runs, or if it does, the CancelJob already sent ends it
                 // and its report will be stale.
-                DispatchOutcome::Rejected { .. } | DispatchOutcome::Unknown(_) => {
+                DispatchOutcome::Rejected { .. }
+                | DispatchOutcome::Unknown(_)
+                | DispatchOutcome::WrongAgent(_) => {
                     if let Some(c) = self.child_mut(cref) {
                         c.rec.reason = "cancelled while the child was being dispatched".to_string();
                     }
@@ -420,7 +474,31 @@ impl Scheduler {
             DispatchOutcome::Accepted => self.set_phase_unsaved(cref, Phase::Accepted),
             DispatchOutcome::Unknown(err) => {
                 debug!(agent, %err, "dispatch outcome unknown; will ask again");
+                // Shown while it waits in `dispatching` (not stored).
+                if let Some(c) = self.child_mut(cref) {
+                    c.waiting_reason = format!("no answer from {agent} yet, asking again: {err}");
+                }
                 self.resend.push((now + self.config.dispatch_retry, cref));
+            }
+            DispatchOutcome::WrongAgent(err) => {
+                let address = self
+                    .agents
+                    .get(agent)
+                    .map(|a| a.rec.address.clone())
+                    .unwrap_or_default();
+                warn!(agent, %address, error = %err, "an agent's registered address is served by another agent; it gets no jobs there");
+                self.stats.rejections += 1;
+                let Some(c) = self.child_mut(cref) else {
+                    return;
+                };
+                // Refused for good by that agent: the next one is tried, and
+                // if none is left (a pin) the child fails with this reason.
+                c.rec.reason = format!(
+                    "{agent}'s registered address {address} is served by another agent \
+                     (its certificate is not {agent}'s): {err}"
+                );
+                c.detours_mut().hard_rejected.insert(agent.to_string());
+                self.requeue(cref, true);
             }
             DispatchOutcome::Rejected { code, reason } => {
                 self.stats.rejections += 1;

@@ -102,7 +102,7 @@ impl Scheduler {
         &mut self,
         rec: ExecutionRecord,
         version: Option<u64>,
-        plan: Plan,
+        mut plan: Plan,
         children: Vec<Vec<(ChildRecord, Option<u64>)>>,
     ) -> u64 {
         let slot = self.alloc_slot();
@@ -111,6 +111,7 @@ impl Scheduler {
         let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut tasks = Vec::with_capacity(plan.tasks.len());
         let mut task_index = HashMap::new();
+        let mut queued = Vec::new();
         for (t, children) in plan.tasks.iter().zip(children) {
             task_index.insert(t.name.clone(), tasks.len() as u16);
             let mut run = TaskRun {
@@ -133,6 +134,7 @@ impl Scheduler {
                 lost_attempts += u64::from(rec.lost);
                 if rec.phase == Phase::Pending {
                     run.queue.push_back(rec.index);
+                    queued.push(tasks.len());
                 }
                 if rec.phase.is_on_agent() {
                     run.in_flight += 1;
@@ -155,6 +157,23 @@ impl Scheduler {
             tasks.push(run);
         }
         let (summary, _) = tokio::sync::watch::channel(super::Summary::default());
+        let mut kinds: BTreeMap<(BTreeMap<String, String>, u32), u32> = BTreeMap::new();
+        let place_keys: Vec<u32> = plan
+            .tasks
+            .iter()
+            .map(|t| {
+                let slots = match t.slots {
+                    0 => rec.placement.slots(),
+                    n => n,
+                };
+                let next = kinds.len() as u32;
+                *kinds.entry((t.require.clone(), slots)).or_insert(next)
+            })
+            .collect();
+        let mut watch = super::TaskWatch::new(place_keys);
+        for ti in queued {
+            watch.queued(ti);
+        }
         self.exec_ids.insert(rec.id.clone(), slot);
         self.exec_order.push_back(slot);
         self.execs.insert(
@@ -162,7 +181,10 @@ impl Scheduler {
             Exec {
                 rec,
                 version,
-                engine: baton_package::Engine::new(&plan.parent, plan.params.clone()),
+                engine: match plan.engine.take() {
+                    Some(engine) => *engine,
+                    None => baton_package::Engine::new(&plan.parent, plan.params.clone()),
+                },
                 plan,
                 tasks,
                 task_index,
@@ -171,6 +193,7 @@ impl Scheduler {
                 per_agent,
                 summary,
                 touched: true,
+                watch,
             },
         );
         slot
@@ -199,6 +222,7 @@ impl Scheduler {
             }
         }
         if new.is_terminal() {
+            e.watch.may_end(cref.task as usize);
             task.terminal += 1;
             c.rec.finished_unix_ms = now_unix_ms();
             let counts = e
@@ -215,6 +239,10 @@ impl Scheduler {
         e.phase_counts[phase_idx(old)] -= 1;
         e.phase_counts[phase_idx(new)] += 1;
         c.rec.phase = new;
+        if new != Phase::Pending {
+            // Why it waited is over (placement, or no answer to a dispatch).
+            c.waiting_reason.clear();
+        }
         e.touched = true;
         self.dirty_children.insert(cref);
     }
@@ -250,6 +278,7 @@ impl Scheduler {
     pub(super) fn requeue(&mut self, cref: ChildRef, front: bool) {
         self.set_phase(cref, Phase::Pending);
         if let Some(e) = self.execs.get_mut(&cref.exec) {
+            e.watch.queued(cref.task as usize);
             let q = &mut e.tasks[cref.task as usize].queue;
             if front {
                 q.push_front(cref.child);
@@ -369,6 +398,7 @@ impl Scheduler {
         }
         if max.keeps_going(u64::from(task.failed)) {
             task.queue.push_back(cref.child);
+            e.watch.queued(cref.task as usize);
             return;
         }
         // Its foreach went past max_failures during the backoff: no new attempt.

@@ -128,12 +128,18 @@ impl Scheduler {
         // the children still running), then cancel what never started.
         let mut cancelled = false;
         loop {
-            let mut progressed = self.stop_failed_foreaches(slot);
+            // Only the tasks marked since the last look (see `TaskWatch`).
+            let candidates = match self.execs.get_mut(&slot) {
+                Some(e) => e.watch.take_ending(e.tasks.len()),
+                None => return,
+            };
+            self.stats.task_checks += candidates.len() as u64;
+            let mut progressed = self.stop_failed_foreaches(slot, &candidates);
             {
                 let Some(e) = self.execs.get_mut(&slot) else {
                     return;
                 };
-                progressed |= report_ended(e);
+                progressed |= report_ended(e, &candidates);
                 let cancel = e.rec.cancel_requested;
                 for name in e.engine.ready() {
                     let stored = e
@@ -292,10 +298,10 @@ fn failure_reason(e: &Exec) -> String {
 impl Scheduler {
     /// A foreach past its `max_failures` starts no further child: its pending
     /// children end `cancelled`. Returns whether anything changed.
-    fn stop_failed_foreaches(&mut self, slot: u64) -> bool {
+    fn stop_failed_foreaches(&mut self, slot: u64, candidates: &[usize]) -> bool {
         let mut doomed = Vec::new();
         if let Some(e) = self.execs.get_mut(&slot) {
-            for ti in 0..e.tasks.len() {
+            for &ti in candidates {
                 let max = e.plan.tasks[ti].max_failures;
                 let run = &mut e.tasks[ti];
                 if !run.started
@@ -342,10 +348,11 @@ impl Child {
     }
 }
 
-/// Reports to the engine every started task whose children have all ended.
-fn report_ended(e: &mut Exec) -> bool {
+/// Reports to the engine every started task among `candidates` whose
+/// children have all ended.
+fn report_ended(e: &mut Exec, candidates: &[usize]) -> bool {
     let mut changed = false;
-    for ti in 0..e.tasks.len() {
+    for &ti in candidates {
         let run = &e.tasks[ti];
         if !run.started
             || run.ended
@@ -408,6 +415,7 @@ fn start_task(
     };
     let ti = ti as usize;
     e.tasks[ti].started = true;
+    e.watch.may_end(ti);
     let planned = planned_shallow(e, ti);
     if let Work::Foreach { fe, .. } = &planned.work
         && matches!(fe.over, baton_package::ForeachOver::Rows(_))
@@ -458,7 +466,6 @@ pub(super) fn expand(
     created: &mut Vec<ChildRef>,
 ) {
     let name = planned.name.as_str();
-    let states = e.engine.states();
     // The plan gives its item list to the children (a foreach's may be a
     // million strings: it is not kept twice).
     let known_items = std::mem::take(&mut e.plan.tasks[ti].items);
@@ -467,7 +474,7 @@ pub(super) fn expand(
             params: &e.plan.params,
             item: None,
             outputs: e.engine.outputs(),
-            states: &states,
+            states: e.engine.state_names(),
         };
         prepare_task(e, planned, &scope, rows, known_items)
     };
@@ -498,6 +505,7 @@ pub(super) fn expand(
     // The counts changed: watchers and `exec list` must see the new children
     // (a foreach over rows makes them after its execution started).
     e.touched = true;
+    e.watch.queued(ti);
     let run = &mut e.tasks[ti];
     run.children.reserve(items.len());
     for (i, item) in items.into_iter().enumerate() {

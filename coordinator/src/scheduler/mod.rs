@@ -44,7 +44,7 @@ use baton_proto as pb;
 
 use crate::metrics::Latency;
 use crate::prepare::Plan;
-use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, SeqRecord};
+use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, Phase, SeqRecord};
 use crate::store::Revision;
 
 pub use agents::Registration;
@@ -145,6 +145,10 @@ pub enum DispatchOutcome {
     },
     /// No answer (connection refused, timeout): the agent may or may not have the job.
     Unknown(String),
+    /// The agent's registered address is served by another agent (its
+    /// certificate names another): the job was not started, and sending it
+    /// there again never will be.
+    WrongAgent(String),
 }
 
 /// What a flush wrote, so that versions can be updated after the commit.
@@ -165,6 +169,9 @@ pub struct Stats {
     pub agents_lost: u64,
     pub dispatches: u64,
     pub rejections: u64,
+    /// Tasks the pump and the flow looked at: a deterministic measure of
+    /// the scheduler's work per event (its cost tests count it).
+    pub task_checks: u64,
 }
 
 pub(crate) struct AgentEntry {
@@ -259,9 +266,105 @@ pub(crate) struct Exec {
     pub per_agent: BTreeMap<String, (u64, u64)>,
     pub summary: tokio::sync::watch::Sender<Summary>,
     pub touched: bool,
+    /// Which tasks to look at, so that the work per event does not grow with
+    /// the number of tasks (a 10,000-task package costs the same per child
+    /// as a one-task one).
+    pub watch: TaskWatch,
+}
+
+/// The tasks of an execution worth looking at (in memory only). Marks are
+/// cheap and may be stale: a reader checks the task's state and drops a
+/// mark that no longer holds.
+#[derive(Debug, Default)]
+pub(crate) struct TaskWatch {
+    /// Tasks that may have ended (a child became terminal, the task
+    /// started, rows arrived) or gone past `max_failures`.
+    ending: std::collections::BTreeSet<u16>,
+    /// Every task is to be looked at (a new or restored execution).
+    all: bool,
+    /// Per task: which kind of placement its children need (same labels
+    /// and slots, same kind), so that one finding no room stands for all.
+    kinds: Vec<u32>,
+    /// Tasks that may have a child waiting in their queue, by kind.
+    queued: BTreeMap<u32, std::collections::BTreeSet<u16>>,
+}
+
+impl TaskWatch {
+    /// A watch that looks at every task once; `kinds` as above.
+    pub(crate) fn new(kinds: Vec<u32>) -> TaskWatch {
+        TaskWatch {
+            all: true,
+            kinds,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn may_end(&mut self, ti: usize) {
+        self.ending.insert(ti as u16);
+    }
+
+    pub(crate) fn queued(&mut self, ti: usize) {
+        let kind = self.kinds.get(ti).copied().unwrap_or(0);
+        self.queued.entry(kind).or_default().insert(ti as u16);
+    }
+
+    /// The tasks to check for an end now (`tasks`: how many there are).
+    pub(crate) fn take_ending(&mut self, tasks: usize) -> Vec<usize> {
+        if std::mem::take(&mut self.all) {
+            self.ending.clear();
+            return (0..tasks).collect();
+        }
+        std::mem::take(&mut self.ending)
+            .into_iter()
+            .map(usize::from)
+            .collect()
+    }
+
+    /// The kinds with a task queued, the kind of the first queued task first.
+    pub(crate) fn queued_kinds(&self) -> Vec<u32> {
+        let mut firsts: Vec<(u16, u32)> = self
+            .queued
+            .iter()
+            .filter_map(|(&k, set)| set.first().map(|&t| (t, k)))
+            .collect();
+        firsts.sort_unstable();
+        firsts.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// The queued task of `kind` after `after` (the first with `None`).
+    pub(crate) fn next_queued(&self, kind: u32, after: Option<usize>) -> Option<usize> {
+        let set = self.queued.get(&kind)?;
+        let next = match after {
+            None => set.first(),
+            Some(t) => set.range(t as u16 + 1..).next(),
+        };
+        next.map(|&t| usize::from(t))
+    }
+
+    /// The task has no child waiting any more.
+    pub(crate) fn unqueue(&mut self, ti: usize) {
+        let kind = self.kinds.get(ti).copied().unwrap_or(0);
+        if let Some(set) = self.queued.get_mut(&kind) {
+            set.remove(&(ti as u16));
+            if set.is_empty() {
+                self.queued.remove(&kind);
+            }
+        }
+    }
 }
 
 impl Exec {
+    /// The run's `--max-in-flight` children are on agents (read from the
+    /// phase counters, not a sweep of the tasks).
+    pub(crate) fn at_in_flight_cap(&self) -> bool {
+        let cap = self.rec.placement.max_in_flight;
+        let on_agent: u64 = [Phase::Dispatching, Phase::Accepted, Phase::Running]
+            .iter()
+            .map(|&p| self.phase_counts[p as usize])
+            .sum();
+        cap > 0 && on_agent >= u64::from(cap)
+    }
+
     /// Agent slots each child of task `ti` occupies: the package's `slots`
     /// for that task, else the run's `--slots-per-child` (default 1).
     pub(crate) fn slots_of(&self, ti: usize) -> u32 {

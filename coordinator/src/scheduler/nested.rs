@@ -49,6 +49,7 @@ impl Scheduler {
                     if let Some(e) = self.execs.get_mut(&cref.exec) {
                         e.tasks[cref.task as usize].queue.push_front(cref.child);
                         e.touched = true;
+                        e.watch.queued(cref.task as usize);
                     }
                     Ok(None)
                 }

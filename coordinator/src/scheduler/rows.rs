@@ -115,7 +115,19 @@ impl Scheduler {
         };
         let (ti, cancelling) = ti;
         // What the rows come to: children to make, or why the foreach fails.
+        let limit = baton_package::MAX_FOREACH_ITEMS;
         let rows = match rows {
+            // More items than a foreach may have: that limit is the reason,
+            // not the coordinator's room for children.
+            Ok(rows)
+                if !cancelling && rows.iter().filter(|r| !r.trim().is_empty()).count() > limit =>
+            {
+                let why = format!(
+                    "the rows of the task it reads are more than a foreach's limit of {limit} items"
+                );
+                warn!(execution = %execution_id, task, "{why}");
+                Err(why)
+            }
             Ok(rows) if !cancelling => match self.room_for(rows.len() as u64) {
                 Room::Fits => Ok(rows),
                 Room::Wait(why) => {
@@ -153,6 +165,7 @@ impl Scheduler {
             e.tasks[ti].awaiting_rows = false;
             e.tasks[ti].held_rows = None;
             e.tasks[ti].waiting.clear();
+            e.watch.may_end(ti);
             let mut outcome = None;
             if cancelling {
                 e.tasks[ti].ended = true;

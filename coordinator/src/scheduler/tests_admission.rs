@@ -475,3 +475,19 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn rows_over_the_item_limit_name_that_limit() {
+    // The coordinator's default room (1,000,000 unfinished children) is the
+    // same number: the item limit is the reason, not --max-pending-children.
+    let (s, _) = rows_arrived(
+        crate::scheduler::DEFAULT_MAX_PENDING_CHILDREN,
+        baton_package::MAX_FOREACH_ITEMS + 1,
+    );
+    let (state, reason) = task_view(&s, "each");
+    assert_eq!(state, "failed");
+    assert!(
+        reason.contains("limit of 1000000 items") && !reason.contains("--max-pending-children"),
+        "{reason}"
+    );
+}

@@ -372,3 +372,52 @@ fn the_children_of_a_rows_foreach_reach_the_published_counts() {
         "why they wait: {published:?}"
     );
 }
+
+/// Runs an execution of `tasks` one-child tasks and a chain of as many noop
+/// tasks on one agent of 16 slots (every agent full most of the time) to its
+/// end; returns the tasks the scheduler looked at and the engine's steps.
+fn work_of_a_run(tasks: usize) -> u64 {
+    let now = Instant::now();
+    let mut s = long_lease();
+    reg(&mut s, "a", 16, "b1", now);
+    let mut parent = String::from("name='p'\n");
+    for i in 0..tasks {
+        parent.push_str(&format!(
+            "[tasks.c{i:05}]\nforeach={{items=['1']}}\nchild='c.toml'\nparams={{shard='${{item}}'}}\n\
+             [tasks.n{i:05}]\nnoop=true\n"
+        ));
+        if i > 0 {
+            parent.push_str(&format!("after=['n{:05}']\n", i - 1));
+        }
+    }
+    start_with(&mut s, &parent);
+    let (mut seq, mut steps, mut state) = (0, 0, String::new());
+    loop {
+        let d = settle(&mut s, now);
+        if d.is_empty() {
+            break;
+        }
+        for x in d {
+            seq += 1;
+            s.agent_event("a", finished(seq, &x.3, pb::JobStatus::Succeeded), now);
+        }
+        // Read before an ended execution leaves memory (at the next flush).
+        if let Some(e) = s.execs.values().next() {
+            steps = e.engine.steps();
+            state = e.rec.state.as_str().to_string();
+        }
+    }
+    assert_eq!((state.as_str(), seq), ("succeeded", tasks as u64));
+    s.stats.task_checks + steps
+}
+
+#[test]
+fn the_work_per_child_does_not_grow_with_the_number_of_tasks() {
+    // Before: every child's end swept every task (ended? past max_failures?
+    // queued?) and the engine every task again: quadratic in the tasks.
+    let (small, big) = (work_of_a_run(100), work_of_a_run(800));
+    assert!(
+        big <= small * 8 * 2,
+        "8x the tasks cost {big} against {small}: not linear"
+    );
+}

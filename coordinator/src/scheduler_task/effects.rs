@@ -179,13 +179,7 @@ async fn start_jobs(
             Some(DispatchOutcome::Unknown("StartJobs timed out".to_string())),
         ),
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => (vec![], None),
-        Ok(Err(status)) => (
-            vec![],
-            Some(DispatchOutcome::Unknown(format!(
-                "StartJobs failed: {}",
-                status.message()
-            ))),
-        ),
+        Ok(Err(status)) => (vec![], Some(failed_call("StartJobs", &status))),
         Ok(Ok(resp)) => {
             let results = resp.into_inner().results;
             if results.len() != n {
@@ -203,6 +197,24 @@ async fn start_jobs(
                 )),
             )
         }
+    }
+}
+
+/// What a failed dispatch call means: no answer (`Unknown`: ask again), or,
+/// when the TLS handshake met a certificate of another agent at that
+/// address, `WrongAgent` (asking again would never reach the right one).
+fn failed_call(call: &str, status: &tonic::Status) -> DispatchOutcome {
+    let mut text = status.message().to_string();
+    let mut cause = std::error::Error::source(status);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if text.contains("not valid for name") || text.contains("NotValidForName") {
+        DispatchOutcome::WrongAgent(text)
+    } else {
+        DispatchOutcome::Unknown(format!("{call} failed: {text}"))
     }
 }
 
@@ -336,9 +348,7 @@ async fn start_job(
 ) -> DispatchOutcome {
     match tokio::time::timeout(DISPATCH_TIMEOUT, client.start_job(request)).await {
         Err(_) => DispatchOutcome::Unknown("StartJob timed out".to_string()),
-        Ok(Err(status)) => {
-            DispatchOutcome::Unknown(format!("StartJob failed: {}", status.message()))
-        }
+        Ok(Err(status)) => failed_call("StartJob", &status),
         Ok(Ok(resp)) => outcome_of(resp.into_inner()),
     }
 }

@@ -42,6 +42,7 @@ mod logs_rows;
 mod nested;
 mod parent_flow;
 mod placement;
+mod planning;
 mod resume;
 mod retention;
 mod rpc_matrix;

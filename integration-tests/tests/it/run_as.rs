@@ -141,3 +141,55 @@ fn agent_not_allowed_refuses_and_the_child_does_not_run() {
     );
     c.finish(&[]);
 }
+
+#[test]
+fn a_refusal_by_every_agent_that_may_take_the_child_fails_the_run() {
+    if nobody_uid("run-as-required").is_none() {
+        return;
+    }
+    // a1 carries the label the run requires but may not use `nobody` here;
+    // a2 could, but the run's `--require` rules it out. a1's refusal is for
+    // good, so the run fails with its reason instead of waiting for ever.
+    let mut c = cluster(
+        "run-as-required",
+        &["--allow-run-as", "nobody:/etl", "--label", "zone=x"],
+    );
+    let mut opts = AgentOpts::new("a2", 2);
+    opts.extra_args = vec!["--allow-run-as".into(), USER.into()];
+    c.start_agent_with(opts).expect("agent announced");
+    c.agents_ready(2);
+    let marker = c.root().join("ran");
+    let cmd = format!("touch '{}'-$(id -u)", marker.display());
+    let parent = write_run_as_packages(&c.root().join("packages").join("run-as"), &cmd);
+    let t0 = std::time::Instant::now();
+    let out = c.cli_at(
+        &c.coordinator_url(),
+        &[
+            "run",
+            &parent.display().to_string(),
+            "--require",
+            "zone=x",
+            "--wait",
+            "--output",
+            "json",
+        ],
+        Duration::from_secs(60),
+    );
+    c.note(&format!("--wait returned after {:?}", t0.elapsed()));
+    out.expect_code(1);
+    let id = out.json()["execution_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let view = c.exec_show(&id);
+    assert_eq!(view.status, "failed", "{:#}", view.raw);
+    let reason = str_at(&view.raw, "/children/0/reason");
+    for expected in ["refused by every ready agent", "a1", "RUN_AS_DENIED"] {
+        assert!(
+            reason.contains(expected),
+            "reason lacks {expected:?}: {reason}"
+        );
+    }
+    assert!(!reason.contains("a2"), "a2 was never asked: {reason}");
+    c.finish(&[]);
+}

@@ -131,18 +131,39 @@ impl TaskRun {
 }
 
 /// The state machine of one package run.
+///
+/// Its cost is near-linear in the tasks over a whole run: a task is looked at
+/// again only when a task it waits for changes state (a worklist), never by
+/// sweeping every task after each report, and every query a driver makes
+/// per report (`ready`, `running`, `outcome`, [`Engine::state_names`]) reads
+/// an index kept up to date instead of scanning the tasks.
 #[derive(Debug, Clone)]
 pub struct Engine {
     package: Package,
     params: ParamValues,
     /// Task names in [`Package::task_order`].
     order: Vec<String>,
+    /// Position of each task in `order`.
+    pos: BTreeMap<String, usize>,
     /// Group of each member.
     group_of: BTreeMap<String, String>,
+    /// By position: the tasks to look at again when this one changes state
+    /// (tasks after it, its members if it is a group, its group).
+    dependents: Vec<Vec<usize>>,
     runs: BTreeMap<String, TaskRun>,
     outputs: Outputs,
-    /// Pending tasks whose constraints and `when` passed, not yet started.
-    ready: BTreeSet<String>,
+    /// Positions of pending tasks whose constraints and `when` passed, not yet started.
+    ready: BTreeSet<usize>,
+    /// Positions of running tasks that are not groups.
+    running: BTreeSet<usize>,
+    /// Tasks not in a terminal state.
+    unfinished: usize,
+    /// Every task's state name (`${tasks.T.state}`), kept in step with `runs`.
+    state_names: BTreeMap<String, String>,
+    /// Positions of tasks to decide again (see [`Engine::settle`]).
+    dirty: BTreeSet<usize>,
+    /// Tasks looked at so far: a deterministic measure of the work done.
+    steps: u64,
     cancelled: bool,
 }
 
@@ -163,19 +184,125 @@ impl Engine {
                 }
             }
         }
+        let pos: BTreeMap<String, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); order.len()];
+        for (i, name) in order.iter().enumerate() {
+            let task = &package.tasks[name];
+            for a in &task.after {
+                if let Some(&ai) = pos.get(&a.task) {
+                    dependents[ai].push(i);
+                }
+            }
+            if let Some(g) = group_of.get(name).and_then(|g| pos.get(g)) {
+                dependents[*g].push(i);
+                dependents[i].push(*g);
+            }
+        }
         let runs = order.iter().map(|n| (n.clone(), TaskRun::new())).collect();
         let mut e = Engine {
             package: package.clone(),
             params,
             order,
+            pos,
             group_of,
+            dependents,
             runs,
             outputs: Outputs::new(),
             ready: BTreeSet::new(),
+            running: BTreeSet::new(),
+            unfinished: 0,
+            state_names: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            steps: 0,
             cancelled: false,
         };
+        e.rebuild();
         e.settle();
         e
+    }
+
+    /// Tasks looked at so far (each decision or check of one task counts
+    /// one): a deterministic measure of the engine's work, which its cost
+    /// tests count instead of timing it.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Every task's state name, for `${tasks.T.state}`, without a copy
+    /// ([`Engine::states`] makes one).
+    pub fn state_names(&self) -> &BTreeMap<String, String> {
+        &self.state_names
+    }
+
+    /// Recomputes the indexes from `runs` after a change of many tasks at
+    /// once (restore, resume) and marks every task to be decided again.
+    pub(crate) fn rebuild(&mut self) {
+        self.ready.clear();
+        self.running.clear();
+        self.unfinished = 0;
+        self.state_names.clear();
+        for (i, name) in self.order.iter().enumerate() {
+            let state = self.runs[name].state;
+            if !state.is_terminal() {
+                self.unfinished += 1;
+            }
+            if state == TaskState::Running && !self.is_group(i) {
+                self.running.insert(i);
+            }
+            self.state_names
+                .insert(name.clone(), state.as_str().to_string());
+        }
+        self.dirty = (0..self.order.len()).collect();
+    }
+
+    fn is_group(&self, i: usize) -> bool {
+        matches!(self.package.tasks[&self.order[i]].kind, TaskKind::Group(_))
+    }
+
+    /// The one place a task changes state: keeps the indexes in step and
+    /// marks the tasks that depend on it to be looked at again.
+    fn set_state(&mut self, i: usize, new: TaskState) {
+        let name = &self.order[i];
+        let Some(run) = self.runs.get_mut(name) else {
+            return;
+        };
+        let old = run.state;
+        if old == new {
+            return;
+        }
+        run.state = new;
+        if !old.is_terminal() && new.is_terminal() {
+            self.unfinished -= 1;
+        } else if old.is_terminal() && !new.is_terminal() {
+            self.unfinished += 1;
+        }
+        if let Some(s) = self.state_names.get_mut(name) {
+            *s = new.as_str().to_string();
+        }
+        let group = self.is_group(i);
+        if new == TaskState::Running && !group {
+            self.running.insert(i);
+        } else {
+            self.running.remove(&i);
+        }
+        if new != TaskState::Pending {
+            self.ready.remove(&i);
+        }
+        if new.is_terminal() || group {
+            self.dirty.extend(self.dependents[i].iter().copied());
+        }
+        if group && new == TaskState::Running {
+            // A group with no member left to wait for ends at once.
+            self.dirty.insert(i);
+        }
+    }
+
+    fn index_of(&self, task: &str) -> Result<usize, EngineError> {
+        self.pos.get(task).copied().ok_or_else(|| unknown(task))
     }
 
     pub fn package(&self) -> &Package {
@@ -191,28 +318,27 @@ impl Engine {
     /// ready until [`Engine::started`].
     pub fn ready(&mut self) -> Vec<String> {
         self.settle();
-        self.order
-            .iter()
-            .filter(|n| self.ready.contains(*n))
-            .cloned()
-            .collect()
+        self.ready.iter().map(|&i| self.order[i].clone()).collect()
     }
 
     /// The driver started `task`: its first attempt (it was ready), or a
     /// further attempt of a running task after a retry delay.
     pub fn started(&mut self, task: &str) -> Result<(), EngineError> {
         let state = self.state(task)?;
-        let is_group = matches!(self.package.tasks[task].kind, TaskKind::Group(_));
-        let run = self.runs.get_mut(task).ok_or_else(|| unknown(task))?;
+        let i = self.index_of(task)?;
+        let is_group = self.is_group(i);
         match state {
-            TaskState::Pending if self.ready.contains(task) && !is_group => {
-                self.ready.remove(task);
-                run.state = TaskState::Running;
-                run.attempts = 1;
+            TaskState::Pending if self.ready.contains(&i) && !is_group => {
+                self.set_state(i, TaskState::Running);
+                if let Some(run) = self.runs.get_mut(task) {
+                    run.attempts = 1;
+                }
                 Ok(())
             }
             TaskState::Running if !is_group => {
-                run.attempts = run.attempts.saturating_add(1);
+                if let Some(run) = self.runs.get_mut(task) {
+                    run.attempts = run.attempts.saturating_add(1);
+                }
                 Ok(())
             }
             _ => Err(transition(task, "start", state)),
@@ -233,12 +359,15 @@ impl Engine {
         {
             return Err(transition(task, "finish", state));
         }
-        let run = self.runs.get_mut(task).ok_or_else(|| unknown(task))?;
-        run.state = match outcome {
-            TaskOutcome::Succeeded => TaskState::Succeeded,
-            TaskOutcome::Failed => TaskState::Failed,
-            TaskOutcome::Cancelled => TaskState::Cancelled,
-        };
+        let i = self.index_of(task)?;
+        self.set_state(
+            i,
+            match outcome {
+                TaskOutcome::Succeeded => TaskState::Succeeded,
+                TaskOutcome::Failed => TaskState::Failed,
+                TaskOutcome::Cancelled => TaskState::Cancelled,
+            },
+        );
         self.outputs.insert(task.to_string(), outputs);
         self.settle();
         Ok(())
@@ -269,10 +398,12 @@ impl Engine {
     pub fn cancel(&mut self) -> Vec<String> {
         self.cancelled = true;
         self.ready.clear();
-        for run in self.runs.values_mut() {
-            if run.state == TaskState::Pending {
-                run.state = TaskState::Cancelled;
-                run.reason = Some("the execution was cancelled".into());
+        for i in 0..self.order.len() {
+            if self.runs[&self.order[i]].state == TaskState::Pending {
+                self.set_state(i, TaskState::Cancelled);
+                if let Some(run) = self.runs.get_mut(&self.order[i]) {
+                    run.reason = Some("the execution was cancelled".into());
+                }
             }
         }
         self.settle();
@@ -281,19 +412,15 @@ impl Engine {
 
     /// Tasks running now (not groups), in task order.
     pub fn running(&self) -> Vec<String> {
-        self.order
+        self.running
             .iter()
-            .filter(|n| {
-                self.runs[*n].state == TaskState::Running
-                    && !matches!(self.package.tasks[*n].kind, TaskKind::Group(_))
-            })
-            .cloned()
+            .map(|&i| self.order[i].clone())
             .collect()
     }
 
     /// The package's outcome once every task ended; `None` before.
     pub fn outcome(&self) -> Option<PackageOutcome> {
-        if self.runs.values().any(|r| !r.state.is_terminal()) {
+        if self.unfinished > 0 {
             return None;
         }
         if self.cancelled {
@@ -344,12 +471,11 @@ impl Engine {
     /// Expands a template of a task against the parameters, the outputs so
     /// far and `item`.
     pub fn render(&self, template: &str, item: Option<&str>) -> Result<String, PackageError> {
-        let states = self.states();
         let scope = Scope {
             params: &self.params,
             item,
             outputs: &self.outputs,
-            states: &states,
+            states: &self.state_names,
         };
         interpolate_in(template, &scope)
     }
@@ -390,7 +516,7 @@ impl Engine {
             }
         }
         self.cancelled = false;
-        self.ready.clear();
+        self.rebuild();
         self.settle();
         Ok(())
     }
@@ -402,36 +528,37 @@ impl Engine {
         matches!(state, TaskState::Failed | TaskState::Cancelled) && !cof
     }
 
-    fn skip(&mut self, task: &str, reason: String) {
-        if let Some(run) = self.runs.get_mut(task) {
-            run.state = TaskState::Skipped;
+    fn skip(&mut self, i: usize, reason: String) {
+        self.set_state(i, TaskState::Skipped);
+        if let Some(run) = self.runs.get_mut(&self.order[i]) {
             run.reason = Some(reason);
         }
-        self.ready.remove(task);
     }
 
-    /// Applies every decision that follows from the current states until
-    /// nothing changes: skips, `when`, groups starting and ending.
+    /// Applies every decision that follows from the states: skips, `when`,
+    /// groups starting and ending. Only tasks marked dirty are looked at —
+    /// every task at first, then those a change of state concerns — lowest
+    /// position first, until none is left. Each task is decided once and
+    /// a group ended once, so a whole run costs about tasks + constraints.
     fn settle(&mut self) {
-        // Each pass decides at least one task or stops; bounded by their number.
-        for _ in 0..=self.order.len() * 2 + 1 {
-            let mut changed = false;
-            for i in 0..self.order.len() {
-                let name = self.order[i].clone();
-                if self.runs[&name].state == TaskState::Pending && !self.ready.contains(&name) {
-                    changed |= self.decide(&name);
-                } else if self.runs[&name].state == TaskState::Running {
-                    changed |= self.end_group(&name);
+        while let Some(i) = self.dirty.pop_first() {
+            self.steps += 1;
+            match self.runs[&self.order[i]].state {
+                TaskState::Pending if !self.ready.contains(&i) => {
+                    self.decide(i);
                 }
-            }
-            if !changed {
-                return;
+                TaskState::Running => {
+                    self.end_group(i);
+                }
+                _ => {}
             }
         }
     }
 
     /// Decides a pending task if its constraints allow; true if it changed.
-    fn decide(&mut self, name: &str) -> bool {
+    fn decide(&mut self, i: usize) -> bool {
+        let name = self.order[i].clone();
+        let name = name.as_str();
         if self.cancelled {
             return false;
         }
@@ -441,7 +568,7 @@ impl Engine {
                 TaskState::Pending => return false,
                 other => {
                     let why = format!("its group '{g}' did not run ({})", other.as_str());
-                    self.skip(name, why);
+                    self.skip(i, why);
                     return true;
                 }
             }
@@ -466,7 +593,7 @@ impl Engine {
                     a.task,
                     st.as_str()
                 );
-                self.skip(name, why);
+                self.skip(i, why);
                 return true;
             }
         }
@@ -474,40 +601,44 @@ impl Engine {
             return false;
         }
         if let Some(cond) = &task.when {
-            let states = self.states();
             let scope = Scope {
                 params: &self.params,
                 item: None,
                 outputs: &self.outputs,
-                states: &states,
+                states: &self.state_names,
             };
             match cond.eval(&scope) {
                 Ok(true) => {}
                 Ok(false) => {
                     let why = format!("`when` is false: {}", cond.source);
-                    self.skip(name, why);
+                    self.skip(i, why);
                     return true;
                 }
                 Err(e) => {
-                    let run = self.runs.get_mut(name).expect("task of the package");
-                    run.state = TaskState::Failed;
-                    run.reason = Some(format!("`when` {:?}: {e}", cond.source));
+                    let why = format!("`when` {:?}: {e}", cond.source);
+                    self.set_state(i, TaskState::Failed);
+                    if let Some(run) = self.runs.get_mut(name) {
+                        run.reason = Some(why);
+                    }
                     return true;
                 }
             }
         }
         if matches!(task.kind, TaskKind::Group(_)) {
-            let run = self.runs.get_mut(name).expect("task of the package");
-            run.state = TaskState::Running;
-            run.attempts = 1;
+            self.set_state(i, TaskState::Running);
+            if let Some(run) = self.runs.get_mut(name) {
+                run.attempts = 1;
+            }
         } else {
-            self.ready.insert(name.to_string());
+            self.ready.insert(i);
         }
         true
     }
 
     /// Ends a running group whose members all ended; true if it did.
-    fn end_group(&mut self, name: &str) -> bool {
+    fn end_group(&mut self, i: usize) -> bool {
+        let name = self.order[i].clone();
+        let name = name.as_str();
         let TaskKind::Group(g) = &self.package.tasks[name].kind else {
             return false;
         };
@@ -523,12 +654,15 @@ impl Engine {
             .members
             .iter()
             .any(|m| self.runs[m].state == TaskState::Cancelled);
-        let run = self.runs.get_mut(name).expect("task of the package");
-        (run.state, run.reason) = match failed {
+        let (state, reason) = match failed {
             Some(_) if self.cancelled && cancelled => (TaskState::Cancelled, None),
             Some(m) => (TaskState::Failed, Some(format!("member '{m}' failed"))),
             None => (TaskState::Succeeded, None),
         };
+        self.set_state(i, state);
+        if let Some(run) = self.runs.get_mut(name) {
+            run.reason = reason;
+        }
         true
     }
 }

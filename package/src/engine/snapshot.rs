@@ -84,7 +84,6 @@ impl Engine {
                 "task '{missing}' is missing"
             )));
         }
-        engine.ready.clear();
         engine.outputs.clear();
         for (name, snap) in &snapshot.tasks {
             engine.runs.insert(
@@ -100,6 +99,7 @@ impl Engine {
             }
         }
         engine.cancelled = snapshot.cancelled;
+        engine.rebuild();
         engine.settle();
         Ok(engine)
     }

@@ -327,3 +327,68 @@ proptest! {
         prop_assert!(r.outcome().is_some());
     }
 }
+
+/// Runs a package to its end as a driver does (start every ready task,
+/// report it, ask again) and returns the engine's work in steps.
+fn steps_of_a_run(text: &str) -> u64 {
+    let mut e = engine(text);
+    loop {
+        let ready = e.ready();
+        if ready.is_empty() {
+            break;
+        }
+        for t in ready {
+            run(&mut e, &t, TaskOutcome::Succeeded);
+        }
+    }
+    assert_eq!(e.outcome(), Some(PackageOutcome::Succeeded));
+    e.steps()
+}
+
+#[test]
+fn a_run_costs_steps_linear_in_its_tasks() {
+    // Independent tasks, a chain whose names sort against it, and a group
+    // whose members feed tasks after it.
+    let independent = |n: usize| {
+        let mut t = String::from("name='p'\n");
+        for i in 0..n {
+            t.push_str(&format!("[tasks.t{i}]\nnoop=true\n"));
+        }
+        t
+    };
+    let chain = |n: usize| {
+        let mut t = String::from("name='p'\n");
+        for i in 0..n {
+            t.push_str(&format!("[tasks.t{:05}]\nnoop=true\n", n - i));
+            if i > 0 {
+                t.push_str(&format!(
+                    "after=['t{:05}']\nwhen=\"${{tasks.t{:05}.state}} == 'succeeded'\"\n",
+                    n - i + 1,
+                    n - i + 1
+                ));
+            }
+        }
+        t
+    };
+    let group = |n: usize| {
+        let mut t = String::from("name='p'\n[tasks.g]\ngroup=[");
+        for i in 0..n / 2 {
+            t.push_str(&format!("'m{i}',"));
+        }
+        t.push_str("]\n");
+        for i in 0..n / 2 {
+            t.push_str(&format!(
+                "[tasks.m{i}]\nnoop=true\n[tasks.a{i}]\nnoop=true\nafter=['g']\n"
+            ));
+        }
+        t
+    };
+    for make in [independent, chain, group] {
+        let (small, big) = (steps_of_a_run(&make(400)), steps_of_a_run(&make(3_200)));
+        assert!(small >= 400, "every task is looked at: {small}");
+        assert!(
+            big <= small * 8 * 2,
+            "8x the tasks cost {big} steps against {small}: not linear"
+        );
+    }
+}

@@ -53,11 +53,30 @@ pub(super) struct Ctx<'a> {
     origin: &'a str,
     text: &'a str,
     errors: Vec<PackageError>,
+    /// Byte offsets where lines start, made at the first error: positions
+    /// of many errors cost a binary search each, not a scan of the text.
+    line_starts: std::cell::OnceCell<Vec<usize>>,
 }
 
 impl Ctx<'_> {
+    /// 1-based line and column of a byte offset (as [`line_col`]).
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let starts = self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.text.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        });
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = starts.partition_point(|&s| s <= offset);
+        let start = starts[line - 1];
+        (line, self.text[start..offset].chars().count() + 1)
+    }
+
     pub(super) fn invalid(&self, offset: usize, message: impl Into<String>) -> PackageError {
-        let (line, column) = line_col(self.text, offset);
+        let (line, column) = self.position(offset);
         PackageError::Invalid {
             origin: self.origin.to_string(),
             line,
@@ -268,10 +287,22 @@ fn parse_partial(origin: &str, text: &str) -> (Option<Package>, Vec<PackageError
     let Some((raw, undecoded)) = decode(origin, text, &mut errors) else {
         return (None, errors);
     };
+    let tasks = raw.tasks.len() + undecoded.tasks.len();
+    if tasks > crate::model::MAX_TASKS {
+        return (
+            None,
+            vec![PackageError::TooManyTasks {
+                origin: origin.to_string(),
+                tasks,
+                limit: crate::model::MAX_TASKS,
+            }],
+        );
+    }
     let mut cx = Ctx {
         origin,
         text,
         errors,
+        line_starts: Default::default(),
     };
 
     let name = raw.name.get_ref().trim().to_string();
@@ -602,6 +633,16 @@ params = { shard = "${item}" }
 
     #[test]
     fn line_col_counts_from_one() {
+        let text = "ab\ncdé\n\nx";
+        let cx = Ctx {
+            origin: "t",
+            text,
+            errors: Vec::new(),
+            line_starts: Default::default(),
+        };
+        for offset in 0..=text.len() + 2 {
+            assert_eq!(cx.position(offset), line_col(text, offset), "at {offset}");
+        }
         assert_eq!(line_col("ab\ncd", 0), (1, 1));
         assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }

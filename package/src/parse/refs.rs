@@ -14,6 +14,7 @@ use super::Ctx;
 use super::tasks::RawTask;
 use crate::interpolate::template_refs;
 use crate::model::{ForeachOver, On, Package, TaskKind};
+use crate::order::Graph;
 use crate::reference::Ref;
 
 type Spans<'a, 'b> = BTreeMap<&'a str, &'b Spanned<RawTask>>;
@@ -92,9 +93,10 @@ pub(super) fn check(cx: &mut Ctx<'_>, p: &Package, spans: &Spans<'_, '_>) {
         );
         return;
     }
-    let ancestors = ancestors(p);
+    let pairs = decided_before(p);
     for (tname, task) in &p.tasks {
-        let anc = &ancestors[tname.as_str()];
+        let before = |x: &str| pairs.contains(&(tname.as_str(), x));
+        let anc: &dyn Fn(&str) -> bool = &before;
         let t_at = at(tname);
         if let Some(cond) = &task.when {
             let w = spans[tname.as_str()].get_ref().when.as_ref();
@@ -124,7 +126,7 @@ pub(super) fn check(cx: &mut Ctx<'_>, p: &Package, spans: &Spans<'_, '_>) {
                     t_at,
                     format!("task '{tname}': foreach over the rows of unknown task '{src}'"),
                 ),
-                ForeachOver::Rows(src) if !anc.contains(src.as_str()) => cx.report(
+                ForeachOver::Rows(src) if !anc(src.as_str()) => cx.report(
                     t_at,
                     format!(
                         "task '{tname}': foreach over the rows of task '{src}', which does not \
@@ -235,7 +237,7 @@ fn templates(kind: &TaskKind) -> Vec<(&'static str, &str, Allow)> {
 }
 
 /// What is wrong with one reference, if anything.
-fn check_ref(p: &Package, anc: &BTreeSet<&str>, r: &Ref, allow: Allow) -> Option<String> {
+fn check_ref(p: &Package, anc: &dyn Fn(&str) -> bool, r: &Ref, allow: Allow) -> Option<String> {
     match r {
         Ref::Param(name) if !p.parameters.contains_key(name) => {
             Some(format!("unknown parameter '{name}'"))
@@ -252,7 +254,7 @@ fn check_ref(p: &Package, anc: &BTreeSet<&str>, r: &Ref, allow: Allow) -> Option
                 Some("foreach ranges and items may use only ${params.NAME}".to_string())
             } else if !p.tasks.contains_key(task) {
                 Some(format!("unknown task '{task}'"))
-            } else if !anc.contains(task.as_str()) {
+            } else if !anc(task.as_str()) {
                 Some(format!(
                     "reads task '{task}', which does not run before this task: add \
                      `after = [\"{task}\"]` (or a constraint with `on`)"
@@ -264,21 +266,47 @@ fn check_ref(p: &Package, anc: &BTreeSet<&str>, r: &Ref, allow: Allow) -> Option
     }
 }
 
-/// Every task's transitive predecessors (see [`Package::task_order`]).
-pub(crate) fn ancestors(p: &Package) -> BTreeMap<&str, BTreeSet<&str>> {
-    let deps = p.order_deps();
-    let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for t in p.task_order() {
-        let mut set = BTreeSet::new();
-        for d in &deps[t.name.as_str()] {
-            set.insert(*d);
-            if let Some(a) = out.get(d) {
-                set.extend(a.iter().copied());
+/// The pairs (task, target) where a task reads `target` (in `when`, a
+/// template or as its rows) and `target` is decided before it starts: among
+/// its transitive predecessors (see [`Package::task_order`]). Only the pairs
+/// asked about are computed, in time linear in the tasks for the usual case.
+fn decided_before(p: &Package) -> BTreeSet<(&str, &str)> {
+    let mut graph = Graph::new(p);
+    let mut queries: Vec<(usize, usize)> = Vec::new();
+    for (tname, task) in &p.tasks {
+        let ti = graph.index[tname.as_str()];
+        let mut ask = |target: &str| {
+            if let Some(&xi) = graph.index.get(target) {
+                queries.push((ti, xi));
+            }
+        };
+        if let Some(cond) = &task.when {
+            for (r, _) in cond.expr.refs() {
+                if let Some(t) = r.task() {
+                    ask(t);
+                }
             }
         }
-        out.insert(t.name.as_str(), set);
+        for (_, template, _) in templates(&task.kind) {
+            for r in template_refs(template).unwrap_or_default() {
+                if let Some(t) = r.task() {
+                    ask(t);
+                }
+            }
+        }
+        if let TaskKind::Foreach(fe) = &task.kind
+            && let ForeachOver::Rows(src) = &fe.over
+        {
+            ask(src);
+        }
     }
-    out
+    let answers = graph.precedes(&queries);
+    queries
+        .iter()
+        .zip(answers)
+        .filter(|(_, yes)| *yes)
+        .map(|(&(t, x), _)| (graph.names[t], graph.names[x]))
+        .collect()
 }
 
 /// Reports tasks that can never run, in these clear cases only: a `when`
@@ -286,6 +314,8 @@ pub(crate) fn ancestors(p: &Package) -> BTreeMap<&str, BTreeSet<&str>> {
 /// (which cannot fail); a constraint on a task that never runs; a member of a
 /// group that never runs.
 fn unreachable_tasks(cx: &mut Ctx<'_>, p: &Package, at: &dyn Fn(&str) -> usize) {
+    let graph = Graph::new(p);
+    let group_of = |t: &str| graph.group_of[graph.index[t]].map(|g| graph.names[g]);
     let mut never: BTreeMap<&str, String> = BTreeMap::new();
     for t in p.task_order() {
         let why = if t
@@ -306,7 +336,7 @@ fn unreachable_tasks(cx: &mut Ctx<'_>, p: &Package, at: &dyn Fn(&str) -> usize) 
         } else if let Some(a) = t.after.iter().find(|a| never.contains_key(a.task.as_str())) {
             Some(format!("it runs after '{}', which never runs", a.task))
         } else {
-            p.group_of(&t.name)
+            group_of(&t.name)
                 .filter(|g| never.contains_key(g))
                 .map(|g| format!("its group '{g}' never runs"))
         };
