@@ -71,6 +71,10 @@ enum Cmd {
         after_help = "Examples:\n  baton completions bash > /etc/bash_completion.d/baton\n  baton completions zsh > \"${fpath[1]}/_baton\"\n  baton completions fish > ~/.config/fish/completions/baton.fish"
     )]
     Completions { shell: clap_complete::Shell },
+    /// Internal: the process watchdog `baton agent` starts (reads the agent's
+    /// records on stdin; at end of file, kills the job process groups left).
+    #[command(hide = true)]
+    AgentWatchdog,
 }
 
 fn init_tracing(default: &str) {
@@ -99,6 +103,8 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Folder(c) => cmd::folder::run(c).await,
         Cmd::Role(c) => cmd::roles::run(c).await,
         Cmd::Whoami(a) => cmd::roles::whoami(a).await,
+        // Handled in `main`, before the runtime's threads start.
+        Cmd::AgentWatchdog => Ok(baton_agent::watchdog::main()),
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
             use std::io::Write;
@@ -119,8 +125,15 @@ fn main() -> ExitCode {
     // One crypto provider (ring) for every TLS connection of the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let daemon = matches!(cli.cmd, Cmd::Coordinator(_) | Cmd::Agent(_));
+    let daemon = matches!(
+        cli.cmd,
+        Cmd::Coordinator(_) | Cmd::Agent(_) | Cmd::AgentWatchdog
+    );
     init_tracing(if daemon { "info" } else { "warn" });
+    if let Cmd::AgentWatchdog = cli.cmd {
+        // Single-threaded: the signals it blocks must be blocked in every thread.
+        return ExitCode::from(baton_agent::watchdog::main());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
