@@ -347,7 +347,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_ne!(w.pid(), first, "no new watchdog");
-        let text = got(dir.path(), "+12 3\n");
+        w.send(&Line::Ended { pgid: 999_999 }.to_string(), &live);
+        let text = got(dir.path(), "-999999\n");
         let mut seen = LiveGroups::default();
         seen.apply_text(&text);
         assert_eq!(seen, live, "{text:?}");
