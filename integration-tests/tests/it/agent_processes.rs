@@ -58,14 +58,13 @@ fn wait_pids(path: &Path, n: usize) -> Vec<u32> {
 }
 
 /// The pid in the agent's `process watchdog started pid=N` log line (the last one).
-fn watchdog_pid(stderr: &Path) -> u32 {
+fn watchdog_pid(stderr: &Path) -> Option<u32> {
     let text = read_log(stderr);
     text.lines()
         .filter(|l| l.contains("process watchdog started"))
         .filter_map(|l| l.split("pid=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .last()
-        .unwrap_or_else(|| panic!("no watchdog line in {}", stderr.display()))
 }
 
 #[test]
@@ -87,15 +86,22 @@ fn a_killed_agent_takes_its_job_processes_with_it() {
     c.agents_ready(2);
     let stderr = c.agent("a1").stderr_path();
     let watchdog = watchdog_pid(&stderr);
-    assert!(runs(watchdog), "watchdog {watchdog} is not running");
     c.agent("a1").kill9();
-    c.note(&format!("killed a1; its jobs' pids {pids:?}, watchdog {watchdog}"));
+    c.note(&format!("killed a1; its jobs' pids {pids:?}, watchdog {watchdog:?}"));
 
     let gone = wait_until(GONE_WITHIN, Duration::from_millis(20), || {
         pids.iter().all(|p| !runs(*p))
     });
-    let left: Vec<_> = pids.iter().filter(|p| runs(**p)).collect();
+    let left: Vec<_> = pids.iter().filter(|p| runs(**p)).copied().collect();
+    for p in &left {
+        // Do not leave them to the next test run.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
     assert!(gone, "still running {GONE_WITHIN:?} after the agent's death: {left:?}");
+    let watchdog = watchdog.expect("the agent logged no watchdog pid");
     assert!(
         wait_until(GONE_WITHIN, Duration::from_millis(20), || !runs(watchdog)),
         "the watchdog {watchdog} outlived its work"
@@ -136,7 +142,7 @@ fn a_restarted_agent_ends_the_orphans_of_its_earlier_boot_before_registering() {
     let pids = wait_pids(&pids_file, CHILDREN * PIDS_PER_CHILD);
 
     let stderr = c.agent("a1").stderr_path();
-    let watchdog = watchdog_pid(&stderr);
+    let watchdog = watchdog_pid(&stderr).expect("the agent logged no watchdog pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(watchdog as i32),
         nix::sys::signal::Signal::SIGKILL,
