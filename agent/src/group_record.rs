@@ -41,7 +41,10 @@ impl Line {
             let mut parts = rest.split(' ');
             let pgid = parts.next()?.parse().ok()?;
             let start = parts.next()?.parse().ok()?;
-            return parts.next().is_none().then_some(Line::Started { pgid, start });
+            return parts
+                .next()
+                .is_none()
+                .then_some(Line::Started { pgid, start });
         }
         let pgid = line.strip_prefix('-')?.parse().ok()?;
         Some(Line::Ended { pgid })
@@ -174,14 +177,19 @@ mod tests {
     #[test]
     fn lines_round_trip_and_malformed_ones_are_skipped() {
         for line in [
-            Line::Started { pgid: 12, start: 34 },
+            Line::Started {
+                pgid: 12,
+                start: 34,
+            },
             Line::Ended { pgid: 12 },
             Line::Reset,
         ] {
             let text = line.to_string();
             assert_eq!(Line::parse(text.trim_end()), Some(line), "{text:?}");
         }
-        for bad in ["", "+", "+12", "+12 x", "+x 1", "+1 2 3", "-", "-x", "garbage", "**"] {
+        for bad in [
+            "", "+", "+12", "+12 x", "+x 1", "+1 2 3", "-", "-x", "garbage", "**",
+        ] {
             assert_eq!(Line::parse(bad), None, "{bad:?}");
         }
         let mut live = LiveGroups::default();

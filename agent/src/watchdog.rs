@@ -298,10 +298,7 @@ mod tests {
     fn recorder(dir: &std::path::Path) -> Launcher {
         Launcher {
             program: "sh".into(),
-            args: vec![
-                "-c".into(),
-                format!("cat >> {}", dir.join("got").display()),
-            ],
+            args: vec!["-c".into(), format!("cat >> {}", dir.join("got").display())],
         }
     }
 

@@ -87,7 +87,9 @@ fn a_killed_agent_takes_its_job_processes_with_it() {
     let stderr = c.agent("a1").stderr_path();
     let watchdog = watchdog_pid(&stderr);
     c.agent("a1").kill9();
-    c.note(&format!("killed a1; its jobs' pids {pids:?}, watchdog {watchdog:?}"));
+    c.note(&format!(
+        "killed a1; its jobs' pids {pids:?}, watchdog {watchdog:?}"
+    ));
 
     let gone = wait_until(GONE_WITHIN, Duration::from_millis(20), || {
         pids.iter().all(|p| !runs(*p))
@@ -100,7 +102,10 @@ fn a_killed_agent_takes_its_job_processes_with_it() {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
-    assert!(gone, "still running {GONE_WITHIN:?} after the agent's death: {left:?}");
+    assert!(
+        gone,
+        "still running {GONE_WITHIN:?} after the agent's death: {left:?}"
+    );
     let watchdog = watchdog.expect("the agent logged no watchdog pid");
     assert!(
         wait_until(GONE_WITHIN, Duration::from_millis(20), || !runs(watchdog)),
@@ -164,7 +169,10 @@ fn a_restarted_agent_ends_the_orphans_of_its_earlier_boot_before_registering() {
     let gone = wait_until(GONE_WITHIN, Duration::from_millis(20), || {
         pids.iter().all(|p| !runs(*p))
     });
-    assert!(gone, "orphans {pids:?} still alive after the agent restarted");
+    assert!(
+        gone,
+        "orphans {pids:?} still alive after the agent restarted"
+    );
     // The second boot ended them before it registered.
     let mut boot = String::new();
     assert!(
