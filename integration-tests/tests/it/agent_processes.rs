@@ -61,10 +61,10 @@ fn wait_pids(path: &Path, n: usize) -> Vec<u32> {
 fn watchdog_pid(stderr: &Path) -> Option<u32> {
     let text = read_log(stderr);
     text.lines()
+        .rev()
         .filter(|l| l.contains("process watchdog started"))
         .filter_map(|l| l.split("pid=").nth(1))
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .last()
+        .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
 #[test]
