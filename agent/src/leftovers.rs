@@ -12,7 +12,7 @@
 //! grows past a few times their number.
 //!
 //! Pids are reused, so a group is killed only if it is provably ours
-//! ([`crate::group_record`]).
+//! (`group_record.rs`).
 //!
 //! The journal covers the case where nothing was left to clean up at the
 //! moment of death; while the agent lives, each record also goes to its

@@ -9,7 +9,7 @@
 //! start the agent spawns one small process, `baton agent-watchdog` (its own
 //! binary again, see [`Launcher`]), in a process group of its own, whose stdin
 //! is one end of a socket pair; only the agent holds the other end (close-on-
-//! exec, so no job inherits it). The agent writes a [`crate::group_record`]
+//! exec, so no job inherits it). The agent writes a `group_record.rs`
 //! line for each job process group it starts (`+PGID START`) and empties
 //! (`-PGID`): one small non-blocking write per event. When the socket reaches
 //! end of file — the agent is gone — the watchdog SIGKILLs every group still
