@@ -62,6 +62,10 @@ pub struct AgentConfig {
     /// Scratch directories of finished jobs (logs, outputs, rows) older than
     /// this are removed.
     pub retain_jobs_for: std::time::Duration,
+    /// How to start the process watchdog that ends running jobs if the agent
+    /// dies ([`crate::watchdog`]); `None`: no watchdog (embedders, unit tests;
+    /// the journal still ends them at the next start). `baton agent` sets it.
+    pub watchdog: Option<crate::watchdog::Launcher>,
 }
 
 impl Default for AgentConfig {
@@ -83,6 +87,7 @@ impl Default for AgentConfig {
             tls: None,
             allow_run_as: Vec::new(),
             retain_jobs_for: std::time::Duration::from_secs(7 * 86_400),
+            watchdog: None,
         }
     }
 }

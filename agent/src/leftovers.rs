@@ -11,26 +11,32 @@
 //! short process. The journal is rewritten with the live groups alone when it
 //! grows past a few times their number.
 //!
-//! Pids are reused, so a group is killed only if it is provably ours: its
-//! leader is alive with the recorded start time, or the leader is gone but
-//! processes remain in the group (Linux does not hand out a pid that is still
-//! some group's id, so such a group cannot be a newcomer's).
+//! Pids are reused, so a group is killed only if it is provably ours
+//! (`group_record.rs`).
+//!
+//! The journal covers the case where nothing was left to clean up at the
+//! moment of death; while the agent lives, each record also goes to its
+//! watchdog process ([`crate::watchdog`], when one is attached), which ends
+//! the groups as soon as the agent dies instead of at its next start.
 //!
 //! Records are best effort: a failure to write one only loses that cleanup.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::unistd::Pid;
 use tracing::{debug, warn};
+
+use crate::group_record::{Line, LiveGroups, start_time};
+use crate::watchdog::Watchdog;
 
 /// The journal's file name under the jobs directory.
 const JOURNAL: &str = ".running.log";
 /// Lines the journal may hold beyond this many per live group before a rewrite.
 const COMPACT_SLACK: usize = 4_096;
+/// How long [`reap`] waits for the groups it killed to be gone.
+const REAP_WAIT: Duration = Duration::from_secs(2);
 
 /// The records of the groups running now (one per agent, for its jobs directory).
 pub struct Leftovers {
@@ -41,10 +47,11 @@ pub struct Leftovers {
 #[derive(Default)]
 struct Journal {
     file: Option<std::fs::File>,
-    /// pgid → the leader's start time.
-    live: HashMap<u32, u64>,
+    live: LiveGroups,
     /// Lines in the file now.
     lines: usize,
+    /// The process that ends the live groups if the agent dies.
+    watchdog: Option<Watchdog>,
 }
 
 impl std::fmt::Debug for Leftovers {
@@ -65,26 +72,48 @@ impl Leftovers {
         }
     }
 
+    /// From now on, every record also goes to `watchdog` (which is told the
+    /// groups live now first).
+    pub(crate) fn attach(&self, mut watchdog: Watchdog) {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let j = &mut *guard;
+        if !j.live.0.is_empty() {
+            watchdog.send(&j.live.lines(), &j.live);
+        }
+        j.watchdog = Some(watchdog);
+    }
+
     /// Records a running group.
     pub fn record(&self, pgid: u32) {
         let Some(start) = start_time(pgid) else {
             return;
         };
-        let mut j = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        j.live.insert(pgid, start);
-        self.append(&mut j, &format!("+{pgid} {start}\n"));
+        let line = Line::Started { pgid, start };
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let j = &mut *guard;
+        j.live.apply(line);
+        let text = line.to_string();
+        if let Some(w) = j.watchdog.as_mut() {
+            w.send(&text, &j.live);
+        }
+        self.append(j, &text);
     }
 
     /// Forgets a group whose processes have all ended.
     pub fn forget(&self, pgid: u32) {
-        let mut j = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if j.live.remove(&pgid).is_none() {
+        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let j = &mut *guard;
+        if j.live.0.remove(&pgid).is_none() {
             return;
         }
-        if j.lines > COMPACT_SLACK + 4 * j.live.len() {
-            self.rewrite(&mut j);
+        let text = Line::Ended { pgid }.to_string();
+        if let Some(w) = j.watchdog.as_mut() {
+            w.send(&text, &j.live);
+        }
+        if j.lines > COMPACT_SLACK + 4 * j.live.0.len() {
+            self.rewrite(j);
         } else {
-            self.append(&mut j, &format!("-{pgid}\n"));
+            self.append(j, &text);
         }
     }
 
@@ -109,11 +138,7 @@ impl Leftovers {
     /// Writes the live set to a new journal and puts it in place of the old.
     fn rewrite(&self, j: &mut Journal) {
         let tmp = self.path.with_extension("log.new");
-        let text: String = j
-            .live
-            .iter()
-            .map(|(pgid, start)| format!("+{pgid} {start}\n"))
-            .collect();
+        let text = j.live.lines();
         let made = (|| {
             if let Some(dir) = self.path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -125,7 +150,7 @@ impl Leftovers {
         match made {
             Ok(f) => {
                 j.file = Some(f);
-                j.lines = j.live.len();
+                j.lines = j.live.0.len();
             }
             Err(e) => {
                 debug!(error = %e, "cannot write the journal of running process groups");
@@ -135,42 +160,16 @@ impl Leftovers {
     }
 }
 
-/// The start time of process `pid` (clock ticks since boot), from `/proc/PID/stat`.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // Fields after ')' start at field 3 (state); starttime is field 22.
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// The groups a journal leaves recorded: `+` lines not followed by their `-`.
-fn replay(text: &str) -> HashMap<u32, u64> {
-    let mut live = HashMap::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix('+') {
-            let mut parts = rest.split_whitespace();
-            if let (Some(Ok(pgid)), Some(Ok(start))) = (
-                parts.next().map(str::parse::<u32>),
-                parts.next().map(str::parse::<u64>),
-            ) {
-                live.insert(pgid, start);
-            }
-        } else if let Some(Ok(pgid)) = line.strip_prefix('-').map(str::parse::<u32>) {
-            live.remove(&pgid);
-        }
-    }
-    live
-}
-
-/// Ends every group an earlier boot left recorded, and clears the records;
-/// returns how many groups were killed. Also reads the records of earlier
-/// releases (a file per group under `jobs/.running/`).
+/// Ends every group an earlier boot left recorded (and waits a little for them
+/// to be gone), and clears the records; returns how many groups were killed.
+/// Also reads the records of earlier releases (a file per group under
+/// `jobs/.running/`).
 pub fn reap(scratch_root: &Path) -> usize {
     let journal = scratch_root.join(JOURNAL);
-    let mut recorded: Vec<(u32, u64)> = std::fs::read_to_string(&journal)
-        .map(|t| replay(&t).into_iter().collect())
-        .unwrap_or_default();
+    let mut recorded = LiveGroups::default();
+    if let Ok(text) = std::fs::read_to_string(&journal) {
+        recorded.apply_text(&text);
+    }
     let old_dir = scratch_root.join(".running");
     if let Ok(entries) = std::fs::read_dir(&old_dir) {
         for entry in entries.flatten() {
@@ -183,24 +182,11 @@ pub fn reap(scratch_root: &Path) -> usize {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok());
             if let (Some(pgid), Some(start)) = (pgid, start) {
-                recorded.push((pgid, start));
+                recorded.apply(Line::Started { pgid, start });
             }
         }
     }
-    let mut killed = 0;
-    for (pgid, recorded) in recorded {
-        if pgid <= 1 {
-            continue;
-        }
-        let group = Pid::from_raw(pgid as i32);
-        let ours = match start_time(pgid) {
-            Some(now) => now == recorded,
-            None => killpg(group, None).is_ok(),
-        };
-        if ours && killpg(group, Signal::SIGKILL).is_ok() {
-            killed += 1;
-        }
-    }
+    let killed = recorded.kill_all(REAP_WAIT);
     let _ = std::fs::remove_file(&journal);
     let _ = std::fs::remove_dir_all(&old_dir);
     if killed > 0 {
@@ -215,12 +201,6 @@ pub fn reap(scratch_root: &Path) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_time_of_self_is_readable() {
-        assert!(start_time(std::process::id()).is_some());
-        assert_eq!(start_time(u32::MAX), None);
-    }
 
     fn sleeper() -> std::process::Child {
         use std::os::unix::process::CommandExt;
@@ -293,14 +273,10 @@ mod tests {
             "{} lines",
             text.lines().count()
         );
-        assert_eq!(replay(&text).into_keys().collect::<Vec<_>>(), [child.id()]);
+        let mut live = LiveGroups::default();
+        live.apply_text(&text);
+        assert_eq!(live.0.into_keys().collect::<Vec<_>>(), [child.id()]);
         let _ = child.kill();
         let _ = child.wait();
-    }
-
-    #[test]
-    fn replay_ignores_malformed_lines() {
-        let live = replay("+12 34\n+x 1\ngarbage\n-99\n+13 5\n-12\n+14\n");
-        assert_eq!(live, HashMap::from([(13, 5)]));
     }
 }

@@ -13,6 +13,8 @@
 //! - [`plan`]: child package + parameters → concrete steps;
 //! - [`run_as`]: `--allow-run-as` rules, folders, the host's users;
 //! - [`runner`]: runs the steps as processes (timeouts, kill, output capture, run-as);
+//! - [`leftovers`], [`watchdog`]: no job outlives its agent (a journal replayed at
+//!   start, a watchdog process that ends the jobs when the agent dies);
 //! - [`mask`]: masks sensitive parameter values in what a job leaves behind;
 //! - [`logs`], [`rows`]: a job's logs and kept rows, streamed back to the coordinator;
 //! - [`jobs`]: the table of running and recently finished jobs;
@@ -27,6 +29,7 @@ pub mod admission;
 pub mod config;
 pub mod enrol;
 pub mod error;
+pub(crate) mod group_record;
 pub mod job_dag;
 pub mod job_dir;
 pub mod job_files;
@@ -49,6 +52,7 @@ pub mod runner;
 pub mod service;
 pub mod supervisor;
 pub mod transport;
+pub mod watchdog;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +102,8 @@ pub async fn run(
             .await
             .map_err(|e| AgentError::Store(format!("opening outbox: {e}")))??,
     );
-    // Before any job starts: end what an earlier boot left running.
+    // Before any job starts, before registering and serving: end what an
+    // earlier boot left running (its watchdog, if it lived, did already).
     leftovers::reap(&config.data_dir.join("jobs"));
     // Their raw output and rows files (unmasked values) were never read: gone.
     let raw = runner::remove_raw_files_left(&config.data_dir.join("jobs"));
@@ -110,6 +115,12 @@ pub async fn run(
     }
     warn_about_run_as(&config);
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
+    if let Some(launcher) = config.watchdog.clone() {
+        let watchdog = watchdog::Watchdog::start(launcher)
+            .map_err(|e| AgentError::io("starting the process watchdog", e))?;
+        info!(pid = watchdog.pid(), "process watchdog started");
+        supervisor.leftovers().attach(watchdog);
+    }
     let boot_id = uuid::Uuid::new_v4().to_string();
     info!(
         name = %config.name,

@@ -91,6 +91,11 @@ impl Supervisor {
         })
     }
 
+    /// The record of the process groups running now.
+    pub(crate) fn leftovers(&self) -> &Arc<crate::leftovers::Leftovers> {
+        &self.settings.leftovers
+    }
+
     /// The cache of packages sent by hash only.
     pub fn packages(&self) -> &Arc<PackageCache> {
         &self.packages

@@ -135,6 +135,10 @@ enum Cmd {
         after_help = "Examples:\n  baton completions bash > /etc/bash_completion.d/baton\n  baton completions zsh > \"${fpath[1]}/_baton\"\n  baton completions fish > ~/.config/fish/completions/baton.fish"
     )]
     Completions { shell: clap_complete::Shell },
+    /// Internal: the process watchdog `baton agent` starts (reads the agent's
+    /// records on stdin; at end of file, kills the job process groups left).
+    #[command(hide = true)]
+    AgentWatchdog,
 }
 
 fn init_tracing(default: &str) {
@@ -169,6 +173,8 @@ async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
         Cmd::Context(c) => cmd::context::run(c),
         Cmd::Role(c) => cmd::roles::run(c).await,
         Cmd::Whoami(a) => cmd::roles::whoami(a).await,
+        // Handled in `main`, before the runtime's threads start.
+        Cmd::AgentWatchdog => Ok(baton_agent::watchdog::main()),
         Cmd::Completions { shell } => {
             use std::io::Write;
             // Into a buffer first: clap_complete panics on a write error, and a
@@ -211,8 +217,15 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let daemon = matches!(cli.cmd, Cmd::Coordinator(_) | Cmd::Agent(_));
+    let daemon = matches!(
+        cli.cmd,
+        Cmd::Coordinator(_) | Cmd::Agent(_) | Cmd::AgentWatchdog
+    );
     init_tracing(if daemon { "info" } else { "warn" });
+    if let Cmd::AgentWatchdog = cli.cmd {
+        // Single-threaded: the signals it blocks must be blocked in every thread.
+        return ExitCode::from(baton_agent::watchdog::main());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -130,6 +130,21 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{s}' is too large"))
 }
 
+/// The process watchdog of `baton agent`: this executable again, hidden
+/// subcommand `agent-watchdog`.
+fn watchdog_launcher() -> Result<baton_agent::watchdog::Launcher, CliError> {
+    let program = std::env::current_exe().map_err(|e| {
+        CliError::other(
+            "AGENT_IO",
+            format!("cannot find this executable to start the process watchdog: {e}"),
+        )
+    })?;
+    Ok(baton_agent::watchdog::Launcher {
+        program,
+        args: vec!["agent-watchdog".to_owned()],
+    })
+}
+
 /// Run an agent on this machine.
 #[derive(Debug, clap::Args)]
 #[command(
@@ -422,6 +437,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         tls,
         allow_run_as,
         retain_jobs_for: args.retain_for,
+        watchdog: Some(watchdog_launcher()?),
         ..Default::default()
     };
     if let Some(s) = args.slots {

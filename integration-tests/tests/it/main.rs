@@ -14,6 +14,7 @@
 mod harness;
 
 mod agent_loss;
+mod agent_processes;
 mod bad_input;
 mod bench;
 mod builder_example;
