@@ -56,7 +56,7 @@ struct GlobalOpts {
     )]
     config: Option<PathBuf>,
     /// Print the effective settings of the command, with the source of each
-    /// (secrets shown as <set>), and exit without running it.
+    /// (secrets shown as `<set>`), and exit without running it.
     #[arg(long = "print-config", global = true, help_heading = "Configuration")]
     print_config: bool,
 }
