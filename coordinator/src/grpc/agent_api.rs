@@ -122,6 +122,18 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// The agent name a completion stream claims, checked before anything (the
+/// audit's refusal table among them) uses it: the rule of `Register`'s name.
+fn check_agent_id(agent: &str) -> Result<(), CoordinatorError> {
+    if valid_name(agent) {
+        Ok(())
+    } else {
+        Err(CoordinatorError::InvalidRequest(
+            "agent_id must be 1-128 characters of letters, digits, '-', '_', '.'".into(),
+        ))
+    }
+}
+
 /// Largest weight honoured; a larger one is capped (an agent cannot claim the fleet).
 const MAX_WEIGHT: u32 = 100;
 
@@ -188,9 +200,7 @@ impl CoordinatorService for AgentApi {
         let resp = self.handle.register(reg).await.map_err(|e| match e {
             CoordinatorError::PermissionDenied(_)
             | CoordinatorError::CertRevoked(_)
-            | CoordinatorError::AgentRevoked(_) => {
-                self.refuse(&who, CALL, e)
-            }
+            | CoordinatorError::AgentRevoked(_) => self.refuse(&who, CALL, e),
             e => status(e),
         })?;
         Ok(Response::new(resp))
@@ -216,6 +226,7 @@ impl CoordinatorService for AgentApi {
         };
         const CALL: &str = "ReportEvents";
         let agent = hello.agent_id;
+        check_agent_id(&agent).map_err(status)?;
         self.check_caller(&cred, &agent, CALL).await?;
         let (acks, rx) = tokio::sync::watch::channel(0u64);
         self.handle
@@ -402,5 +413,32 @@ impl CoordinatorService for AgentApi {
     ) -> Result<Response<pb::FetchPackageResponse>, Status> {
         let cred = super::credential(&request);
         super::fetch::fetch_package(&self.auth, &cred, request.into_inner()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completion_stream_claims_a_valid_agent_name() {
+        assert!(check_agent_id("build-01.eu_west").is_ok());
+        for bad in [
+            "",
+            "a b",
+            "agent\n",
+            "ä",
+            &"a".repeat(129),
+            &"x".repeat(32 << 20),
+        ] {
+            let e = check_agent_id(bad).unwrap_err();
+            assert_eq!(
+                e.code(),
+                "INVALID_REQUEST",
+                "{:?}",
+                &bad[..bad.len().min(10)]
+            );
+            assert!(e.to_string().len() < 200, "the name is not echoed");
+        }
     }
 }
