@@ -73,9 +73,9 @@ impl AgentApi {
         status(e)
     }
 
-    /// The caller must be agent `agent`'s certificate (or plaintext), of an
-    /// identity that is not revoked; returns its identity record. Refusals
-    /// are audited.
+    /// The caller must be agent `agent`'s certificate (or plaintext), neither
+    /// revoked nor of a revoked identity ([`crate::auth::identity::check_certificate`]);
+    /// returns its identity record. Refusals are audited.
     async fn check_caller(
         &self,
         cred: &Credential,
@@ -86,9 +86,13 @@ impl AgentApi {
         if matches!(cred, Credential::Plaintext) {
             return Ok(None);
         }
-        crate::auth::identity::check(self.auth.store(), agent)
-            .await
-            .map_err(|e| self.refuse(&format!("agent {agent}"), call, e))
+        crate::auth::identity::check_certificate(
+            self.auth.store(),
+            agent,
+            &super::fingerprint(cred),
+        )
+        .await
+        .map_err(|e| self.refuse(&format!("agent {agent}"), call, e))
     }
 }
 
@@ -351,21 +355,7 @@ impl CoordinatorService for AgentApi {
         };
         let who = format!("agent {name}");
         let store = self.auth.store();
-        if store
-            .get(&crate::records::revoked_key(fingerprint))
-            .await
-            .map_err(|e| status(e.into()))?
-            .is_some()
-        {
-            return Err(self.refuse(
-                &who,
-                CALL,
-                CoordinatorError::CertRevoked(format!(
-                    "the certificate of agent '{name}' was revoked; it cannot be renewed"
-                )),
-            ));
-        }
-        crate::auth::identity::check(store, name)
+        crate::auth::identity::check_certificate(store, name, fingerprint)
             .await
             .map_err(|e| self.refuse(&who, CALL, e))?;
         // A certificate far from its end need not renew (agents renew at two
