@@ -126,6 +126,17 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// The address an agent registered without TLS is dialled at: this coordinator
+/// would send jobs (and their parameters) there in clear, so only on this
+/// machine. The name is resolved once, here, and the loopback address checked
+/// is the one kept, so that a DNS answer changing later cannot redirect it.
+async fn plaintext_address(address: &str) -> Result<String, CoordinatorError> {
+    baton_proto::plaintext::loopback_addr(address)
+        .await
+        .map(|a| a.to_string())
+        .map_err(|e| CoordinatorError::PlaintextNotLoopback(e.to_string()))
+}
+
 /// The agent name a completion stream claims, checked before anything (the
 /// audit's refusal table among them) uses it: the rule of `Register`'s name.
 fn check_agent_id(agent: &str) -> Result<(), CoordinatorError> {
@@ -195,11 +206,7 @@ impl CoordinatorService for AgentApi {
         crate::auth::identity::check_labels(&reg.name, identity.as_ref(), &reg.labels)
             .map_err(|e| self.refuse(&who, CALL, e))?;
         if self.tls.is_none() {
-            // Without TLS this coordinator would send jobs (and their
-            // parameters) to that address in clear: only on this machine.
-            baton_proto::plaintext::loopback_addr(&reg.address)
-                .await
-                .map_err(|e| status(CoordinatorError::PlaintextNotLoopback(e.to_string())))?;
+            reg.address = plaintext_address(&reg.address).await.map_err(status)?;
         }
         let resp = self.handle.register(reg).await.map_err(|e| match e {
             CoordinatorError::PermissionDenied(_)
@@ -430,5 +437,17 @@ mod tests {
             );
             assert!(e.to_string().len() < 200, "the name is not echoed");
         }
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_registration_keeps_the_loopback_address_it_resolved() {
+        let a = plaintext_address("localhost:7000").await.unwrap();
+        let sa: std::net::SocketAddr = a.parse().expect("an address, not a name");
+        assert!(sa.ip().is_loopback() && sa.port() == 7000, "{a}");
+        assert_eq!(plaintext_address("[::1]:7").await.unwrap(), "[::1]:7");
+        assert_eq!(
+            plaintext_address("192.0.2.1:7").await.unwrap_err().code(),
+            "PLAINTEXT_NOT_LOOPBACK"
+        );
     }
 }
