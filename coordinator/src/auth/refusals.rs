@@ -32,7 +32,7 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// Most keys tracked at once.
 pub const KEYS_MAX: usize = 4096;
 /// Most keys tracked at once for one source (see [`source_bucket`]).
-pub const KEYS_PER_SOURCE: usize = 64;
+pub const KEYS_PER_SOURCE: usize = 256;
 /// Longest string of a key, in bytes (longer ones are truncated by the audit).
 pub const STRING_MAX: usize = 128;
 
