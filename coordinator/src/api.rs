@@ -466,9 +466,17 @@ impl Coordinator {
     ) -> Result<AgentListing, CoordinatorError> {
         let mut also = Vec::new();
         if action == "revoke" {
-            // The identity first, then every unexpired certificate issued to
-            // it: a renewal that has not committed by then fails, one that
-            // has is among these (crate::auth::identity).
+            // Refused before anything is committed: an agent registered
+            // without TLS has no certificate to revoke (the scheduler would
+            // refuse it after the identity was revoked).
+            let current = self.handle.agents().await?;
+            if let Some(e) = revoke_refusal(name, current.iter().find(|a| a.rec.name == name)) {
+                return Err(e);
+            }
+            // The identity and every unexpired certificate issued to it, in
+            // one commit: a renewal that has not committed by then fails, one
+            // that has is among these (crate::auth::identity). The scheduler
+            // mirrors them.
             also = crate::auth::identity::revoke(self.store.as_ref(), name, crate::auth::now_s())
                 .await?;
         }
@@ -499,8 +507,15 @@ impl Coordinator {
             Err(e) => return Err(e),
         };
         if action == "remove" {
-            // The name may enrol again.
-            crate::auth::identity::forget(self.store.as_ref(), name).await?;
+            // The name may enrol again; the certificates it held are revoked
+            // (a removed machine comes back only by enrolling again).
+            crate::auth::identity::forget(
+                self.store.as_ref(),
+                name,
+                &listing.rec.cert_fingerprint,
+                crate::auth::now_s(),
+            )
+            .await?;
         }
         Ok(listing)
     }
@@ -595,6 +610,19 @@ impl Coordinator {
 }
 
 /// The listing of an agent identity that never registered.
+/// Why `agents revoke NAME` is refused before anything is committed, given the
+/// scheduler's listing of the agent: one registered without TLS has no
+/// certificate to revoke.
+fn revoke_refusal(name: &str, listed: Option<&AgentListing>) -> Option<CoordinatorError> {
+    listed
+        .filter(|a| a.rec.cert_fingerprint.is_empty())
+        .map(|_| {
+            CoordinatorError::InvalidRequest(format!(
+                "agent '{name}' registered without TLS (--insecure): there is no certificate to revoke"
+            ))
+        })
+}
+
 fn unregistered_listing(name: &str, state: &'static str) -> AgentListing {
     AgentListing {
         rec: crate::records::AgentRecord {
@@ -635,5 +663,23 @@ impl CallerGone {
 impl Drop for CallerGone {
     fn drop(&mut self) {
         self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod revoke_tests {
+    use super::*;
+
+    #[test]
+    fn revoking_an_agent_without_a_certificate_is_refused_before_any_commit() {
+        let mut plain = unregistered_listing("p1", "ready");
+        assert_eq!(
+            revoke_refusal("p1", Some(&plain)).map(|e| e.code()),
+            Some("INVALID_REQUEST")
+        );
+        plain.rec.cert_fingerprint = "fp".into();
+        assert!(revoke_refusal("p1", Some(&plain)).is_none());
+        // Enrolled but never registered: the identity is revoked.
+        assert!(revoke_refusal("p1", None).is_none());
     }
 }

@@ -18,7 +18,24 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::audit_file::{Limits, RotatingFile};
-use super::refusals::{Key, Refusals, Summary};
+use super::refusals::{Key, Refusals, STRING_MAX, Summary};
+
+/// Marks a string of a refusal cut at [`STRING_MAX`] bytes.
+pub const TRUNCATED: &str = "…[truncated]";
+
+/// `s` cut to at most [`STRING_MAX`] bytes (at a character boundary) and
+/// marked, so that what a caller claims cannot make a refusal's key, audit
+/// line or WARN large.
+pub fn cap(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= STRING_MAX {
+        return s.into();
+    }
+    let mut end = STRING_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATED}", &s[..end]).into()
+}
 
 tokio::task_local! {
     static SOURCE: Option<IpAddr>;
@@ -107,8 +124,10 @@ impl Audit {
     }
 
     /// A refused call: recorded in full if it is the first of its kind from its
-    /// source within the window, otherwise counted for a summary.
+    /// source within the window, otherwise counted for a summary. Each string is
+    /// capped ([`cap`]).
     pub fn denied(&self, who: &str, call: &str, folder: &str, code: &str) {
+        let (who, call, folder, code) = (&*cap(who), &*cap(call), &*cap(folder), &*cap(code));
         let source = current_source();
         let key = Key {
             source,
@@ -271,5 +290,43 @@ mod tests {
         assert_eq!(lines[1]["repeated"], 999);
         assert_eq!(lines[1]["source"], "192.0.2.7");
         assert_eq!(lines[1]["call"], "WhoAmI");
+    }
+
+    #[tokio::test]
+    async fn a_huge_claimed_name_is_truncated_in_the_key_and_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Audit::open(dir.path()).unwrap();
+        let ip: IpAddr = "192.0.2.8".parse().unwrap();
+        let huge = format!("anonymous (as agent {})", "é".repeat(1 << 20));
+        with_source(Some(ip), async {
+            a.denied(
+                &huge,
+                "ReportEvents",
+                &"f".repeat(10_000),
+                "UNAUTHENTICATED",
+            );
+            // Differing only past the cap: the same key, counted.
+            a.denied(
+                &format!("{huge}x"),
+                "ReportEvents",
+                &"f".repeat(10_001),
+                "UNAUTHENTICATED",
+            );
+        })
+        .await;
+        let text = std::fs::read_to_string(dir.path().join("audit.log")).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "the second refusal was counted");
+        assert!(text.len() < 1024, "{} bytes", text.len());
+        let who = lines[0]["who"].as_str().unwrap();
+        assert!(who.ends_with(TRUNCATED), "{who}");
+        assert!(who.len() <= STRING_MAX + TRUNCATED.len());
+        assert!(lines[0]["folder"].as_str().unwrap().ends_with(TRUNCATED));
+        let r = a.refusals.lock().unwrap();
+        assert_eq!(r.len(), 1, "one key: the strings differ only past the cap");
+        assert!(cap("short") == "short");
     }
 }

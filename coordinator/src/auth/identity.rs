@@ -1,21 +1,27 @@
 //! Agent identities: one record per agent name (`r/<agent>`), the single
 //! place where revocation, renewal and enrolment of that name are decided.
 //!
-//! Revocation revokes the *identity*, not a list of certificates: while the
-//! record says `revoked`, every certificate that names the agent is refused on
-//! every agent call (`Register`, `ReportEvents`, `FetchPackage`, `Renew`).
+//! Revocation revokes the *identity* and every certificate issued to it, in
+//! one store commit: the record says `revoked`, and each unexpired certificate
+//! recorded under `i/<name>/` (and the one the agent registered with) gets a
+//! `v/<fingerprint>` record. [`check_certificate`] is the one check of every
+//! agent call (`Register`, `ReportEvents`, `FetchPackage`, `Renew`): a revoked
+//! certificate is refused `CERT_REVOKED` for ever, and any certificate of a
+//! revoked identity `AGENT_REVOKED` until the name enrols again.
 //! A renewal records its new certificate in the same store commit as an
 //! update of this record, with the record's revision as a precondition, so a
 //! renewal and a revocation are one atomic decision: either the renewal
-//! committed first (and `agents revoke` then sees its certificate among the
-//! issued ones) or it fails and its certificate is never handed out.
+//! committed first (and the revocation, whose commit is conditional on the
+//! record too, revokes its certificate) or it fails and its certificate is
+//! never handed out.
 //!
 //! The record also bounds renewals (at most one per [`renew_interval_ms`] per
 //! identity) and keeps the labels the enrolment token allowed.
 //!
 //! The name is freed again by an enrolment with a new token after a
-//! revocation, or by `baton agents rm NAME` ([`forget`]); the fingerprints
-//! revoked before stay refused (`v/<fingerprint>`).
+//! revocation, or by `baton agents rm NAME` ([`forget`], which revokes the
+//! certificates issued to the name too); the fingerprints revoked before stay
+//! refused (`v/<fingerprint>`).
 
 use serde::{Deserialize, Serialize};
 
@@ -89,8 +95,16 @@ pub async fn load(
 }
 
 fn revoked_error(name: &str) -> CoordinatorError {
-    CoordinatorError::CertRevoked(format!(
+    CoordinatorError::AgentRevoked(format!(
         "agent '{name}' was revoked: no certificate of it is accepted; enrol it again with a new token (`baton token create --agent {name}`), or `baton agents rm {name}` to forget it"
+    ))
+}
+
+/// The answer to a certificate that was revoked (its `v/` record), shared with
+/// the scheduler's in-memory mirror of those records.
+pub fn cert_revoked_error(name: &str) -> CoordinatorError {
+    CoordinatorError::CertRevoked(format!(
+        "this certificate of agent '{name}' was revoked (`baton agents revoke` or `baton agents rm`); it is refused for ever: enrol the machine again with a new token (`baton token create --agent {name}`)"
     ))
 }
 
@@ -104,6 +118,26 @@ pub async fn check(
         Some(r) if r.revoked => Err(revoked_error(name)),
         other => Ok(other),
     }
+}
+
+/// The one revocation check of every agent call: the certificate `fingerprint`
+/// presented as agent `name` must not be revoked (`CERT_REVOKED`), nor the
+/// identity (`AGENT_REVOKED`). Returns the identity record. An empty
+/// fingerprint (no TLS) checks the identity only.
+pub async fn check_certificate(
+    store: &dyn Store,
+    name: &str,
+    fingerprint: &str,
+) -> Result<Option<AgentIdentity>, CoordinatorError> {
+    if !fingerprint.is_empty()
+        && store
+            .get(&crate::records::revoked_key(fingerprint))
+            .await?
+            .is_some()
+    {
+        return Err(cert_revoked_error(name));
+    }
+    check(store, name).await
 }
 
 /// Whether `labels` are all allowed by `allowed` (`key=value` or `key=*`).
@@ -301,6 +335,10 @@ pub async fn enrolment_ops(
         pre: pre(rev),
     }];
     let existing = store.range(&crate::records::issued_prefix(e.name)).await?;
+    if rec.as_ref().is_some_and(|r| r.revoked) {
+        // Whatever the revocation left unrevoked stays refused after this.
+        ops.extend(revoke_ops(e.name, unexpired(&existing, e.now_s)));
+    }
     ops.extend(issued_ops(
         e.name,
         e.fingerprint,
@@ -311,9 +349,53 @@ pub async fn enrolment_ops(
     Ok(ops)
 }
 
-/// Revokes identity `name` and returns the fingerprints of every unexpired
-/// certificate issued to it. The record is written first: a renewal that has
-/// not committed by then fails, and one that has is among those returned.
+/// The fingerprints of the certificates of `issued` (the records under
+/// `i/<name>/`) that have not expired at `now_s`.
+fn unexpired(issued: &[crate::store::KeyValue], now_s: u64) -> Vec<String> {
+    issued
+        .iter()
+        .filter(|kv| serde_json::from_slice::<u64>(&kv.value).map_or(true, |t| t > now_s))
+        .filter_map(|kv| kv.key.rsplit('/').next().map(str::to_string))
+        .collect()
+}
+
+/// The `v/<fingerprint>` records revoking `fingerprints` of agent `name`.
+fn revoke_ops(name: &str, fingerprints: Vec<String>) -> Vec<Op> {
+    fingerprints
+        .into_iter()
+        .filter(|fp| !fp.is_empty())
+        .map(|fp| Op::Put {
+            key: crate::records::revoked_key(&fp),
+            value: name.as_bytes().to_vec(),
+            pre: Precondition::Any,
+        })
+        .collect()
+}
+
+/// The unexpired certificates issued to `name`, and the one its stored
+/// registration names (an offline-issued one is not under `i/`).
+async fn certificates_of(
+    store: &dyn Store,
+    name: &str,
+    registered: Option<&crate::store::KeyValue>,
+    now_s: u64,
+) -> Result<Vec<String>, CoordinatorError> {
+    let issued = store.range(&crate::records::issued_prefix(name)).await?;
+    let mut fps = unexpired(&issued, now_s);
+    if let Some(kv) = registered
+        && let Ok(rec) = serde_json::from_slice::<crate::records::AgentRecord>(&kv.value)
+        && !rec.cert_fingerprint.is_empty()
+        && !fps.contains(&rec.cert_fingerprint)
+    {
+        fps.push(rec.cert_fingerprint);
+    }
+    Ok(fps)
+}
+
+/// Revokes identity `name` and every unexpired certificate issued to it (and
+/// the one its stored registration names), in one commit conditional on the
+/// identity record: a renewal that has not committed by then fails, and one
+/// that has is among those revoked. Returns their fingerprints.
 pub async fn revoke(
     store: &dyn Store,
     name: &str,
@@ -321,7 +403,8 @@ pub async fn revoke(
 ) -> Result<Vec<String>, CoordinatorError> {
     for _ in 0..16 {
         let (rec, rev) = load(store, name).await?;
-        if rec.is_none() && store.get(&crate::records::agent_key(name)).await?.is_none() {
+        let registered = store.get(&crate::records::agent_key(name)).await?;
+        if rec.is_none() && registered.is_none() {
             return Err(CoordinatorError::AgentNotFound(name.to_string()));
         }
         let mut rec = rec.unwrap_or_default();
@@ -330,39 +413,45 @@ pub async fn revoke(
             rec.revoked_unix_s = now_s;
             rec.generation += 1;
         }
-        let op = Op::Put {
+        let fps = certificates_of(store, name, registered.as_ref(), now_s).await?;
+        let mut ops = vec![Op::Put {
             key: identity_key(name),
             value: encode(&rec)?,
             pre: pre(rev),
-        };
-        match store.commit(vec![op]).await {
-            Ok(_) => {}
+        }];
+        ops.extend(revoke_ops(name, fps.clone()));
+        match store.commit(ops).await {
+            Ok(_) => return Ok(fps),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
-        let mut fps = Vec::new();
-        for kv in store.range(&crate::records::issued_prefix(name)).await? {
-            let not_after: u64 = serde_json::from_slice(&kv.value).unwrap_or(u64::MAX);
-            if not_after > now_s
-                && let Some(fp) = kv.key.rsplit('/').next()
-            {
-                fps.push(fp.to_string());
-            }
-        }
-        return Ok(fps);
     }
     Err(CoordinatorError::StoreConflict(identity_key(name)))
 }
 
-/// Forgets identity `name` (`baton agents rm`): the name may enrol again.
-pub async fn forget(store: &dyn Store, name: &str) -> Result<(), CoordinatorError> {
-    store
-        .commit(vec![Op::Delete {
-            key: identity_key(name),
-            pre: Precondition::Any,
-        }])
-        .await?;
-    Ok(())
+/// Forgets identity `name` (`baton agents rm`): the name may enrol again. The
+/// certificates issued to it (and `fingerprint`, the one it registered with,
+/// when known) are revoked in the same commit, so that a removed machine's
+/// certificate cannot come back unrestricted (without the record, nothing
+/// would bound its labels). Returns the fingerprints revoked.
+pub async fn forget(
+    store: &dyn Store,
+    name: &str,
+    fingerprint: &str,
+    now_s: u64,
+) -> Result<Vec<String>, CoordinatorError> {
+    let registered = store.get(&crate::records::agent_key(name)).await?;
+    let mut fps = certificates_of(store, name, registered.as_ref(), now_s).await?;
+    if !fingerprint.is_empty() && !fps.iter().any(|f| f == fingerprint) {
+        fps.push(fingerprint.to_string());
+    }
+    let mut ops = vec![Op::Delete {
+        key: identity_key(name),
+        pre: Precondition::Any,
+    }];
+    ops.extend(revoke_ops(name, fps.clone()));
+    store.commit(ops).await?;
+    Ok(fps)
 }
 
 #[cfg(test)]

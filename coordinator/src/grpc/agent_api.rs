@@ -73,9 +73,9 @@ impl AgentApi {
         status(e)
     }
 
-    /// The caller must be agent `agent`'s certificate (or plaintext), of an
-    /// identity that is not revoked; returns its identity record. Refusals
-    /// are audited.
+    /// The caller must be agent `agent`'s certificate (or plaintext), neither
+    /// revoked nor of a revoked identity ([`crate::auth::identity::check_certificate`]);
+    /// returns its identity record. Refusals are audited.
     async fn check_caller(
         &self,
         cred: &Credential,
@@ -86,9 +86,13 @@ impl AgentApi {
         if matches!(cred, Credential::Plaintext) {
             return Ok(None);
         }
-        crate::auth::identity::check(self.auth.store(), agent)
-            .await
-            .map_err(|e| self.refuse(&format!("agent {agent}"), call, e))
+        crate::auth::identity::check_certificate(
+            self.auth.store(),
+            agent,
+            &super::fingerprint(cred),
+        )
+        .await
+        .map_err(|e| self.refuse(&format!("agent {agent}"), call, e))
     }
 }
 
@@ -120,6 +124,29 @@ fn valid_name(s: &str) -> bool {
         && s.len() <= 128
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// The address an agent registered without TLS is dialled at: this coordinator
+/// would send jobs (and their parameters) there in clear, so only on this
+/// machine. The name is resolved once, here, and the loopback address checked
+/// is the one kept, so that a DNS answer changing later cannot redirect it.
+async fn plaintext_address(address: &str) -> Result<String, CoordinatorError> {
+    baton_proto::plaintext::loopback_addr(address)
+        .await
+        .map(|a| a.to_string())
+        .map_err(|e| CoordinatorError::PlaintextNotLoopback(e.to_string()))
+}
+
+/// The agent name a completion stream claims, checked before anything (the
+/// audit's refusal table among them) uses it: the rule of `Register`'s name.
+fn check_agent_id(agent: &str) -> Result<(), CoordinatorError> {
+    if valid_name(agent) {
+        Ok(())
+    } else {
+        Err(CoordinatorError::InvalidRequest(
+            "agent_id must be 1-128 characters of letters, digits, '-', '_', '.'".into(),
+        ))
+    }
 }
 
 /// Largest weight honoured; a larger one is capped (an agent cannot claim the fleet).
@@ -179,11 +206,7 @@ impl CoordinatorService for AgentApi {
         crate::auth::identity::check_labels(&reg.name, identity.as_ref(), &reg.labels)
             .map_err(|e| self.refuse(&who, CALL, e))?;
         if self.tls.is_none() {
-            // Without TLS this coordinator would send jobs (and their
-            // parameters) to that address in clear: only on this machine.
-            baton_proto::plaintext::loopback_addr(&reg.address)
-                .await
-                .map_err(|e| status(CoordinatorError::PlaintextNotLoopback(e.to_string())))?;
+            reg.address = plaintext_address(&reg.address).await.map_err(status)?;
         }
         let resp = self.handle.register(reg).await.map_err(|e| match e {
             CoordinatorError::PermissionDenied(_)
@@ -214,6 +237,7 @@ impl CoordinatorService for AgentApi {
         };
         const CALL: &str = "ReportEvents";
         let agent = hello.agent_id;
+        check_agent_id(&agent).map_err(status)?;
         self.check_caller(&cred, &agent, CALL).await?;
         let (acks, rx) = tokio::sync::watch::channel(0u64);
         self.handle
@@ -338,21 +362,7 @@ impl CoordinatorService for AgentApi {
         };
         let who = format!("agent {name}");
         let store = self.auth.store();
-        if store
-            .get(&crate::records::revoked_key(fingerprint))
-            .await
-            .map_err(|e| status(e.into()))?
-            .is_some()
-        {
-            return Err(self.refuse(
-                &who,
-                CALL,
-                CoordinatorError::CertRevoked(format!(
-                    "the certificate of agent '{name}' was revoked; it cannot be renewed"
-                )),
-            ));
-        }
-        crate::auth::identity::check(store, name)
+        crate::auth::identity::check_certificate(store, name, fingerprint)
             .await
             .map_err(|e| self.refuse(&who, CALL, e))?;
         // A certificate far from its end need not renew (agents renew at two
@@ -400,5 +410,44 @@ impl CoordinatorService for AgentApi {
     ) -> Result<Response<pb::FetchPackageResponse>, Status> {
         let cred = super::credential(&request);
         super::fetch::fetch_package(&self.auth, &cred, request.into_inner()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_completion_stream_claims_a_valid_agent_name() {
+        assert!(check_agent_id("build-01.eu_west").is_ok());
+        for bad in [
+            "",
+            "a b",
+            "agent\n",
+            "ä",
+            &"a".repeat(129),
+            &"x".repeat(32 << 20),
+        ] {
+            let e = check_agent_id(bad).unwrap_err();
+            assert_eq!(
+                e.code(),
+                "INVALID_REQUEST",
+                "{:?}",
+                &bad[..bad.len().min(10)]
+            );
+            assert!(e.to_string().len() < 200, "the name is not echoed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_registration_keeps_the_loopback_address_it_resolved() {
+        let a = plaintext_address("localhost:7000").await.unwrap();
+        let sa: std::net::SocketAddr = a.parse().expect("an address, not a name");
+        assert!(sa.ip().is_loopback() && sa.port() == 7000, "{a}");
+        assert_eq!(plaintext_address("[::1]:7").await.unwrap(), "[::1]:7");
+        assert_eq!(
+            plaintext_address("192.0.2.1:7").await.unwrap_err().code(),
+            "PLAINTEXT_NOT_LOOPBACK"
+        );
     }
 }

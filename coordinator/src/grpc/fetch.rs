@@ -39,18 +39,7 @@ async fn check_caller(auth: &Auth, cred: &Credential) -> Result<(), Status> {
         }
     };
     let store = auth.store();
-    let revoked = store
-        .get(&crate::records::revoked_key(fingerprint))
-        .await
-        .map_err(|e| status(e.into()))?;
-    if revoked.is_some() {
-        auth.audit
-            .denied(&format!("agent {name}"), CALL, "", "CERT_REVOKED");
-        return Err(status(CoordinatorError::CertRevoked(format!(
-            "the certificate of agent '{name}' was revoked"
-        ))));
-    }
-    if let Err(e) = crate::auth::identity::check(store, name).await {
+    if let Err(e) = crate::auth::identity::check_certificate(store, name, fingerprint).await {
         auth.audit
             .denied(&format!("agent {name}"), CALL, "", e.code());
         return Err(status(e));

@@ -93,15 +93,12 @@ impl Scheduler {
         })
     }
 
-    /// Refuses a certificate an operator revoked.
+    /// Refuses a certificate an operator revoked: the in-memory mirror of the
+    /// `v/` records [`crate::auth::identity::check_certificate`] reads (same code).
     fn refuse_revoked(&self, agent: &str, fingerprint: &str) -> Result<(), CoordinatorError> {
         if !fingerprint.is_empty() && self.revoked.contains_key(fingerprint) {
             warn!(agent, "refused: the certificate was revoked");
-            return Err(CoordinatorError::AgentRevoked(format!(
-                "agent '{agent}' was revoked (`baton agents revoke`); to bring this machine back, \
-                 enrol it again with a new token (`baton token create --agent {agent}`) or issue \
-                 it a new certificate (`baton certs issue --agent {agent}`)"
-            )));
+            return Err(crate::auth::identity::cert_revoked_error(agent));
         }
         Ok(())
     }

@@ -176,12 +176,12 @@ fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
     };
     assert_eq!(
         s.register(again.clone(), now).unwrap_err().code(),
-        "AGENT_REVOKED",
-        "the agent is told it was revoked, so that it stops retrying"
+        "CERT_REVOKED",
+        "the agent is told its certificate was revoked, so that it stops retrying"
     );
     assert_eq!(
         s.open_stream("b", "b1", "fp-b", now).unwrap_err().code(),
-        "AGENT_REVOKED"
+        "CERT_REVOKED"
     );
     // A new certificate for the same name is welcome.
     let renewed = Registration {

@@ -37,10 +37,25 @@ async fn a_renewal_after_revocation_is_refused() {
     let e = record_renewal(s.as_ref(), "a1", "fp2", FAR, 2_000_000, 0)
         .await
         .unwrap_err();
-    assert_eq!(e.code(), "CERT_REVOKED");
+    assert_eq!(e.code(), "AGENT_REVOKED");
     assert_eq!(
         check(s.as_ref(), "a1").await.unwrap_err().code(),
+        "AGENT_REVOKED"
+    );
+    // The one check: the revoked certificate itself first.
+    assert_eq!(
+        check_certificate(s.as_ref(), "a1", "fp1")
+            .await
+            .unwrap_err()
+            .code(),
         "CERT_REVOKED"
+    );
+    assert_eq!(
+        check_certificate(s.as_ref(), "a1", "other")
+            .await
+            .unwrap_err()
+            .code(),
+        "AGENT_REVOKED"
     );
     // Nothing recorded for the refused one.
     let issued = s.range(&crate::records::issued_prefix("a1")).await.unwrap();
@@ -69,7 +84,7 @@ async fn renewals_racing_a_revocation_never_escape_it() {
                     let fp = format!("fp-{t}-{i}");
                     match record_renewal(s.as_ref(), "a1", &fp, FAR, 1 + i, 0).await {
                         Ok(()) => ok.push(fp),
-                        Err(e) if e.code() == "CERT_REVOKED" => after_revoke_errors += 1,
+                        Err(e) if e.code() == "AGENT_REVOKED" => after_revoke_errors += 1,
                         Err(e) => assert_eq!(e.code(), "RENEW_TOO_SOON", "{e}"),
                     }
                     tokio::task::yield_now().await;
@@ -92,7 +107,17 @@ async fn renewals_racing_a_revocation_never_escape_it() {
         let e = record_renewal(s.as_ref(), "a1", "late", FAR, 10_000, 0)
             .await
             .unwrap_err();
-        assert_eq!(e.code(), "CERT_REVOKED");
+        assert_eq!(e.code(), "AGENT_REVOKED");
+        // Every certificate issued was revoked in the revocation's commit.
+        for fp in &succeeded {
+            assert!(
+                s.get(&crate::records::revoked_key(fp))
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "round {round}: {fp} has no v/ record"
+            );
+        }
     }
 }
 
@@ -165,7 +190,7 @@ async fn enrolment_cannot_take_a_held_name() {
     s.commit(ops).await.unwrap();
     assert!(check(s.as_ref(), "v1").await.unwrap().is_some());
     // `agents rm` frees a name.
-    forget(s.as_ref(), "v2").await.unwrap();
+    forget(s.as_ref(), "v2", "", 100).await.unwrap();
     assert!(
         enrolment_ops(s.as_ref(), &enrolment("v2", &[]))
             .await
@@ -216,4 +241,118 @@ fn labels_are_bounded_by_the_token() {
     check_labels("a1", Some(&none), &labels(&[])).unwrap();
     // An identity not enrolled with a token (an offline certificate) is unrestricted.
     check_labels("a1", None, &bad).unwrap();
+}
+
+/// A revocation revokes the certificates in its own commit, whether or not the
+/// agent ever registered; a later enrolment of the name does not bring them back.
+#[tokio::test]
+async fn revoked_certificates_stay_refused_after_the_name_enrols_again() {
+    let (_d, s) = store();
+    // Enrolled, never registered (the scheduler never hears of it).
+    s.commit(
+        enrolment_ops(s.as_ref(), &enrolment("e1", &["zone=a"]))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    record_renewal(s.as_ref(), "e1", "fpR", FAR, 1_000, 0)
+        .await
+        .unwrap();
+    let fps = revoke(s.as_ref(), "e1", 100).await.unwrap();
+    assert_eq!(fps.len(), 2, "{fps:?}");
+    for fp in ["fpE", "fpR"] {
+        let v = s.get(&crate::records::revoked_key(fp)).await.unwrap();
+        assert_eq!(v.unwrap().value, b"e1".to_vec(), "{fp}");
+    }
+    // A new machine enrols as e1: the stolen ones stay refused, the new one works.
+    let mut again = enrolment("e1", &[]);
+    again.fingerprint = "fpNew";
+    s.commit(enrolment_ops(s.as_ref(), &again).await.unwrap())
+        .await
+        .unwrap();
+    for fp in ["fpE", "fpR"] {
+        assert_eq!(
+            check_certificate(s.as_ref(), "e1", fp)
+                .await
+                .unwrap_err()
+                .code(),
+            "CERT_REVOKED",
+            "{fp}"
+        );
+    }
+    assert!(check_certificate(s.as_ref(), "e1", "fpNew").await.is_ok());
+}
+
+/// Data from before revocations wrote `v/` records: an identity revoked with
+/// certificates left unrevoked. Enrolling over it revokes them.
+#[tokio::test]
+async fn an_enrolment_over_a_revoked_identity_revokes_what_remains() {
+    let (_d, s) = store();
+    let rec = AgentIdentity {
+        revoked: true,
+        ..Default::default()
+    };
+    s.commit(vec![
+        Op::Put {
+            key: identity_key("o1"),
+            value: encode(&rec).unwrap(),
+            pre: Precondition::Any,
+        },
+        Op::Put {
+            key: format!("{}fpOld", crate::records::issued_prefix("o1")),
+            value: FAR.to_string().into_bytes(),
+            pre: Precondition::Any,
+        },
+    ])
+    .await
+    .unwrap();
+    s.commit(
+        enrolment_ops(s.as_ref(), &enrolment("o1", &[]))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        check_certificate(s.as_ref(), "o1", "fpOld")
+            .await
+            .unwrap_err()
+            .code(),
+        "CERT_REVOKED"
+    );
+    assert!(check_certificate(s.as_ref(), "o1", "fpE").await.is_ok());
+}
+
+/// `agents rm` forgets the record and revokes the name's certificates: the
+/// removed machine cannot come back without the record's label bound.
+#[tokio::test]
+async fn forgetting_an_identity_revokes_its_certificates() {
+    let (_d, s) = store();
+    s.commit(
+        enrolment_ops(s.as_ref(), &enrolment("m1", &["zone=a"]))
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let fps = forget(s.as_ref(), "m1", "fpOffline", 100).await.unwrap();
+    assert_eq!(fps, vec!["fpE".to_string(), "fpOffline".to_string()]);
+    assert!(load(s.as_ref(), "m1").await.unwrap().0.is_none());
+    for fp in ["fpE", "fpOffline"] {
+        assert_eq!(
+            check_certificate(s.as_ref(), "m1", fp)
+                .await
+                .unwrap_err()
+                .code(),
+            "CERT_REVOKED"
+        );
+    }
+    // The name is free for a new enrolment.
+    let mut again = enrolment("m1", &[]);
+    again.fingerprint = "fpNew";
+    s.commit(enrolment_ops(s.as_ref(), &again).await.unwrap())
+        .await
+        .unwrap();
+    assert!(check_certificate(s.as_ref(), "m1", "fpNew").await.is_ok());
 }
