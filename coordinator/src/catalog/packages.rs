@@ -71,9 +71,8 @@ impl Catalog {
     pub async fn deploy(&self, d: Deploy) -> Result<Deployed, CoordinatorError> {
         let folder = normalize_folder(&d.folder)?;
         let (root, files) = (d.root, d.files);
-        let b: CheckedBundle = tokio::task::spawn_blocking(move || check_bundle(&root, &files))
-            .await
-            .map_err(|e| CoordinatorError::Store(format!("checking task failed: {e}")))??;
+        let b: CheckedBundle =
+            crate::prepare::gate::run(move || check_bundle(&root, &files)).await??;
         let name = if d.name.is_empty() {
             b.parent.name.clone()
         } else {

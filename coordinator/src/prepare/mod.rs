@@ -491,6 +491,7 @@ pub fn dynamic_items(
     Ok(items)
 }
 
+pub mod gate;
 mod process;
 pub use process::process_package;
 
