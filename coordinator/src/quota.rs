@@ -14,9 +14,15 @@
 //! (`--quota-bytes-per-principal`, default [`DEFAULT_QUOTA_BYTES`], 0: none) is
 //! refused with `QUOTA_EXCEEDED`, naming what is used and the limit; other
 //! principals are not affected. The check reads the principal's usage records
-//! (small) and the version records, not the bundles. Two concurrent starts of one principal
-//! may both pass the check: the quota can be passed by at most one bundle per
-//! concurrent call, never without bound.
+//! (small) and the version records, not the bundles.
+//!
+//! **Concurrent calls**: a start or deploy reserves its bytes in memory
+//! ([`Quota::reserve`]) before it plans, and the check counts the bytes every
+//! call of the principal in progress has reserved, so concurrent starts of one
+//! principal cannot all pass. The reservation is released when the call fails
+//! and, on success, only after the usage it became is stored (for a moment it
+//! counts twice, never zero times). Reservations live in one coordinator's
+//! memory (one coordinator per store).
 //!
 //! Not counted: children's records and outputs (bounded per child by the
 //! agent's limits) and sub-executions, which run under their parent's start.
@@ -81,12 +87,40 @@ impl Usage {
     }
 }
 
+/// Bytes reserved per principal by the calls in progress.
+type Reserved = Arc<std::sync::Mutex<BTreeMap<String, u64>>>;
+
 /// The quota over a store.
 #[derive(Clone)]
 pub struct Quota {
     store: Arc<dyn Store>,
     /// Bytes per principal; 0: no quota.
     limit_bytes: u64,
+    reserved: Reserved,
+}
+
+/// Bytes a start or deploy in progress counts against its principal until it
+/// is dropped ([`Quota::reserve`]). Drop it once what it became is stored
+/// ([`Quota::record_execution`], a deployed version), or on failure.
+#[must_use]
+#[derive(Debug)]
+pub struct Reservation {
+    /// None: nothing reserved (no quota, or the insecure principal).
+    held: Option<(Reserved, String, u64)>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some((reserved, who, bytes)) = self.held.take() {
+            let mut map = reserved.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = map.get_mut(&who) {
+                *n = n.saturating_sub(bytes);
+                if *n == 0 {
+                    map.remove(&who);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Quota {
@@ -99,7 +133,52 @@ impl std::fmt::Debug for Quota {
 
 impl Quota {
     pub fn new(store: Arc<dyn Store>, limit_bytes: u64) -> Quota {
-        Quota { store, limit_bytes }
+        Quota {
+            store,
+            limit_bytes,
+            reserved: Arc::default(),
+        }
+    }
+
+    /// Bytes reserved by `who`'s calls in progress.
+    fn reserved_by(&self, who: &str) -> u64 {
+        let map = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(who).copied().unwrap_or(0)
+    }
+
+    /// [`Self::check`] that also holds the `adding` bytes for `who` until the
+    /// returned reservation is dropped: concurrent calls of one principal
+    /// count each other. The bytes are reserved before the stored usage is
+    /// read, so of two racing calls at least the later sees both.
+    pub async fn reserve(
+        &self,
+        who: &Principal,
+        adding: u64,
+    ) -> Result<Reservation, CoordinatorError> {
+        if self.limit_bytes == 0 || who.method == Method::Insecure {
+            return Ok(Reservation { held: None });
+        }
+        {
+            let mut map = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+            let n = map.entry(who.name.clone()).or_default();
+            *n = n.saturating_add(adding);
+        }
+        let reservation = Reservation {
+            held: Some((self.reserved.clone(), who.name.clone(), adding)),
+        };
+        let stored = self.usage(&who.name).await?.total();
+        // Other calls in progress: all reserved but this one's.
+        let others = self.reserved_by(&who.name).saturating_sub(adding);
+        let used = stored.saturating_add(others);
+        if used.saturating_add(adding) > self.limit_bytes {
+            return Err(CoordinatorError::QuotaExceeded {
+                principal: who.name.clone(),
+                used,
+                adding,
+                limit: self.limit_bytes,
+            });
+        }
+        Ok(reservation)
     }
 
     /// What `who` uses now.
@@ -123,22 +202,11 @@ impl Quota {
     }
 
     /// Refuses with `QUOTA_EXCEEDED` when `adding` more bytes would take `who`
-    /// past the limit. The insecure principal (plaintext on loopback, everyone)
-    /// is not limited.
+    /// past the limit (counting what its calls in progress reserved), without
+    /// reserving them. The insecure principal (plaintext on loopback,
+    /// everyone) is not limited.
     pub async fn check(&self, who: &Principal, adding: u64) -> Result<(), CoordinatorError> {
-        if self.limit_bytes == 0 || who.method == Method::Insecure {
-            return Ok(());
-        }
-        let used = self.usage(&who.name).await?.total();
-        if used.saturating_add(adding) > self.limit_bytes {
-            return Err(CoordinatorError::QuotaExceeded {
-                principal: who.name.clone(),
-                used,
-                adding,
-                limit: self.limit_bytes,
-            });
-        }
-        Ok(())
+        self.reserve(who, adding).await.map(drop)
     }
 
     /// Records that execution `id`, started by `who`, keeps `bytes`. Called once
@@ -251,5 +319,41 @@ mod tests {
             method: Method::Insecure,
         };
         q.check(&insecure, u64::MAX).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_of_one_principal_count_each_others_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        let q = Quota::new(store.clone(), 1_000);
+        let (alice, bob) = (principal("alice"), principal("bob"));
+        let first = q.reserve(&alice, 600).await.unwrap();
+        // A second start while the first plans: 600 + 600 > 1000.
+        let e = q.reserve(&alice, 600).await.unwrap_err();
+        assert_eq!(e.code(), "QUOTA_EXCEEDED");
+        assert!(e.to_string().contains("alice uses 600 bytes"), "{e}");
+        assert_eq!(q.reserved_by("alice"), 600, "a refused call holds nothing");
+        // Another principal is not affected.
+        let _bob = q.reserve(&bob, 1_000).await.unwrap();
+        // The first one succeeds: its usage is stored, then it is released.
+        q.record_execution("e1", &alice, 600).await;
+        drop(first);
+        assert_eq!(q.reserved_by("alice"), 0);
+        assert!(
+            q.reserve(&alice, 600).await.is_err(),
+            "now stored, still counted"
+        );
+        // A call that fails releases its bytes.
+        let failed = q.reserve(&alice, 400).await.unwrap();
+        drop(failed);
+        let _again = q.reserve(&alice, 400).await.unwrap();
+        // No quota, and the insecure principal: nothing reserved.
+        let insecure = Principal {
+            name: "insecure".into(),
+            method: Method::Insecure,
+        };
+        let _r = q.reserve(&insecure, u64::MAX).await.unwrap();
+        assert_eq!(q.reserved_by("insecure"), 0);
     }
 }
