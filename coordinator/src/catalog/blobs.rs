@@ -113,10 +113,9 @@ fn check_bundle_counted(
                 v.insert(child)
             }
         };
-        let child = &*child;
         match &task.kind {
-            TaskKind::Foreach(fe) => fe.check_sensitive_flow(&task.name, &parent, &child)?,
-            TaskKind::Child(ct) => ct.check_sensitive_flow(&task.name, &parent, &child)?,
+            TaskKind::Foreach(fe) => fe.check_sensitive_flow(&task.name, &parent, child)?,
+            TaskKind::Child(ct) => ct.check_sensitive_flow(&task.name, &parent, child)?,
             _ => {}
         }
     }
