@@ -4,7 +4,11 @@
 //! still there:
 //!
 //! - every package version it deployed (`VersionRecord::bytes`, the bundle's
-//!   size; freed when the package is deleted);
+//!   size; freed when the package is deleted), recorded with the version under
+//!   [`VERSION_USAGE_PREFIX`]`<principal>/<package id>/<version>`, so that a
+//!   check reads the principal's own keys, not every version of the catalog
+//!   (a store written before these keys existed gets them once, at the first
+//!   check after the upgrade);
 //! - every execution it started that retention has not removed yet: the bundle
 //!   and parameters the execution record keeps (recorded at start under
 //!   [`USAGE_PREFIX`]`<principal>/<execution id>`, a small key that retention
@@ -14,7 +18,7 @@
 //! (`--quota-bytes-per-principal`, default [`DEFAULT_QUOTA_BYTES`], 0: none) is
 //! refused with `QUOTA_EXCEEDED`, naming what is used and the limit; other
 //! principals are not affected. The check reads the principal's usage records
-//! (small) and the version records, not the bundles.
+//! and version usage records (small), not the bundles.
 //!
 //! **Concurrent calls**: a start or deploy reserves its bytes in memory
 //! ([`Quota::reserve`]) before it plans, and the check counts the bytes every
@@ -43,6 +47,38 @@ pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
 /// Keys of the executions' usage records: `q/e/<principal>/<execution id>`.
 pub const USAGE_PREFIX: &str = "q/e/";
 
+/// Keys of the package versions' usage records:
+/// `q/v/<principal>/<package id>/<version>`.
+pub const VERSION_USAGE_PREFIX: &str = "q/v/";
+/// Set once every version stored has its usage record.
+const VERSION_USAGE_INDEXED: &str = "q/v-indexed";
+
+/// The usage record of version `version` of package `package_id`.
+pub fn version_usage_key(who: &str, package_id: &str, version: u32) -> String {
+    format!("{VERSION_USAGE_PREFIX}{who}/{package_id}/{version:010}")
+}
+
+/// The put of the usage record of a version, committed with the version.
+pub fn version_usage_put(package_id: &str, v: &VersionRecord) -> Result<Op, CoordinatorError> {
+    Ok(Op::Put {
+        key: version_usage_key(&v.deployed_by, package_id, v.version),
+        value: serde_json::to_vec(&ExecutionUsage {
+            who: v.deployed_by.clone(),
+            bytes: v.bytes,
+        })
+        .map_err(|e| CoordinatorError::Store(format!("usage record: {e}")))?,
+        pre: Precondition::Any,
+    })
+}
+
+/// The delete of the usage record of a version, committed with its removal.
+pub fn version_usage_delete(package_id: &str, v: &VersionRecord) -> Op {
+    Op::Delete {
+        key: version_usage_key(&v.deployed_by, package_id, v.version),
+        pre: Precondition::Any,
+    }
+}
+
 /// The usage record of execution `id` started by `who`.
 pub fn usage_key(who: &str, id: &str) -> String {
     format!("{USAGE_PREFIX}{who}/{id}")
@@ -55,7 +91,7 @@ pub fn usage_execution(key: &str) -> Option<&str> {
         .map(|(_, id)| id)
 }
 
-/// What an execution counts against its starter.
+/// What an execution or a package version counts against its principal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ExecutionUsage {
     who: String,
@@ -97,6 +133,8 @@ pub struct Quota {
     /// Bytes per principal; 0: no quota.
     limit_bytes: u64,
     reserved: Reserved,
+    /// Every stored version has its usage record ([`Quota::index_versions`]).
+    indexed: Arc<tokio::sync::OnceCell<()>>,
 }
 
 /// Bytes a start or deploy in progress counts against its principal until it
@@ -137,7 +175,46 @@ impl Quota {
             store,
             limit_bytes,
             reserved: Arc::default(),
+            indexed: Arc::default(),
         }
+    }
+
+    /// Gives every stored version without one its usage record (a store from
+    /// before they existed), once. Each is written only if its version is
+    /// still there unchanged (re-put in the same commit with its revision as
+    /// precondition): a package deleted meanwhile leaves no record behind.
+    async fn index_versions(&self) -> Result<(), CoordinatorError> {
+        if self.store.get(VERSION_USAGE_INDEXED).await?.is_some() {
+            return Ok(());
+        }
+        for kv in self.store.range(VERSION_PREFIX).await? {
+            let Ok(v) = serde_json::from_slice::<VersionRecord>(&kv.value) else {
+                continue;
+            };
+            let Some((package_id, _)) = kv.key[VERSION_PREFIX.len()..].split_once('/') else {
+                continue;
+            };
+            let ops = vec![
+                Op::Put {
+                    key: kv.key.clone(),
+                    value: kv.value.clone(),
+                    pre: Precondition::Revision(kv.mod_revision),
+                },
+                version_usage_put(package_id, &v)?,
+            ];
+            match self.store.commit(ops).await {
+                Ok(_) | Err(crate::store::StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store
+            .commit(vec![Op::Put {
+                key: VERSION_USAGE_INDEXED.to_string(),
+                value: b"1".to_vec(),
+                pre: Precondition::Any,
+            }])
+            .await?;
+        Ok(())
     }
 
     /// Bytes reserved by `who`'s calls in progress.
@@ -191,9 +268,16 @@ impl Quota {
                 u.executions = u.executions.saturating_add(e.bytes);
             }
         }
-        for kv in self.store.range(VERSION_PREFIX).await? {
-            if let Ok(v) = serde_json::from_slice::<VersionRecord>(&kv.value)
-                && v.deployed_by == who
+        self.indexed
+            .get_or_try_init(|| self.index_versions())
+            .await?;
+        for kv in self
+            .store
+            .range(&format!("{VERSION_USAGE_PREFIX}{who}/"))
+            .await?
+        {
+            if let Ok(v) = serde_json::from_slice::<ExecutionUsage>(&kv.value)
+                && v.who == who
             {
                 u.packages = u.packages.saturating_add(v.bytes);
             }
@@ -355,5 +439,63 @@ mod tests {
         };
         let _r = q.reserve(&insecure, u64::MAX).await.unwrap();
         assert_eq!(q.reserved_by("insecure"), 0);
+    }
+
+    #[tokio::test]
+    async fn version_usage_is_read_from_the_principals_own_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("s.redb")).unwrap());
+        // A store from before the usage records: one version of alice's.
+        let old_key = format!("{VERSION_PREFIX}pkg1/0000000001");
+        store
+            .commit(vec![Op::Put {
+                key: old_key.clone(),
+                value: version("alice", 600),
+                pre: Precondition::Any,
+            }])
+            .await
+            .unwrap();
+        let q = Quota::new(store.clone(), 1_000);
+        assert_eq!(
+            q.usage("alice").await.unwrap().packages,
+            600,
+            "indexed once"
+        );
+        assert_eq!(q.usage("bob").await.unwrap().packages, 0);
+        let usage_key = version_usage_key("alice", "pkg1", 1);
+        assert!(store.get(&usage_key).await.unwrap().is_some());
+        // From now on only the usage records are read: a deploy writes one
+        // with its version, a removal deletes it with the version.
+        let mut v: VersionRecord = serde_json::from_slice(&version("bob", 300)).unwrap();
+        v.version = 2;
+        store
+            .commit(vec![
+                Op::Put {
+                    key: format!("{VERSION_PREFIX}pkg2/0000000002"),
+                    value: serde_json::to_vec(&v).unwrap(),
+                    pre: Precondition::Any,
+                },
+                version_usage_put("pkg2", &v).unwrap(),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(q.usage("bob").await.unwrap().packages, 300);
+        let alice_v: VersionRecord = serde_json::from_slice(&version("alice", 600)).unwrap();
+        store
+            .commit(vec![
+                Op::Delete {
+                    key: old_key,
+                    pre: Precondition::Any,
+                },
+                version_usage_delete("pkg1", &alice_v),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(q.usage("alice").await.unwrap().packages, 0, "freed");
+        // Another coordinator over the same store does not index again.
+        let again = Quota::new(store.clone(), 1_000);
+        assert_eq!(again.usage("bob").await.unwrap().packages, 300);
+        assert_eq!(again.usage("alice").await.unwrap().packages, 0);
     }
 }

@@ -141,6 +141,8 @@ impl Catalog {
                 value: encode(&version)?,
                 pre: Precondition::Absent,
             });
+            // What the version counts against its deployer's quota.
+            ops.push(crate::quota::version_usage_put(&pkg.id, &version)?);
             ops.push(Op::Put {
                 key: package_key(&pkg.id),
                 value: encode(&pkg)?,
@@ -352,10 +354,15 @@ impl Catalog {
                 pre: Precondition::Revision(rev),
             });
             let count = versions.len() as u32;
-            ops.extend(versions.into_iter().map(|kv| Op::Delete {
-                key: kv.key,
-                pre: Precondition::Revision(kv.mod_revision),
-            }));
+            for kv in versions {
+                // Its quota usage goes with it.
+                let v: VersionRecord = decode(&kv.key, &kv.value)?;
+                ops.push(crate::quota::version_usage_delete(&rec.id, &v));
+                ops.push(Op::Delete {
+                    key: kv.key,
+                    pre: Precondition::Revision(kv.mod_revision),
+                });
+            }
             match self.store.commit(ops).await {
                 Ok(_) => {
                     let blobs_removed = blobs::sweep(self.store.as_ref()).await?;
