@@ -116,24 +116,19 @@ impl Coordinator {
         }
         // Planning can be heavy (a million items, 10,000 tasks): keep it off
         // the runtime threads and the scheduler's loop (the plan arrives with
-        // its engine built), and stop it when the caller goes away (this
-        // future is dropped with the request).
-        // At most PLANNING_MAX plans at once: a user who sends many big
-        // packages queues behind their own (the wait ends if the caller goes).
-        let _permit = PLANNING
-            .acquire()
-            .await
-            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        // its engine built), at most PLANNING_MAX at once across all callers
+        // ([`crate::prepare::gate`]: the permit is held until planning ends),
+        // and stop it when the caller goes away (this future is dropped with
+        // the request, and `gone` with it).
         let gone = CallerGone::default();
         let stop = gone.flag();
-        let (mut plan, root, files, params) = tokio::task::spawn_blocking(move || {
+        let (mut plan, root, files, params) = crate::prepare::gate::run(move || {
             plan_bundle_until(&root, &files, &params, &|| {
                 stop.load(std::sync::atomic::Ordering::Relaxed)
             })
             .map(|p| (p, root, files, params))
         })
-        .await
-        .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
+        .await??;
         drop(gone);
         if catalog.is_some() {
             plan.fetch_by_hash();
@@ -567,11 +562,10 @@ impl Coordinator {
             })
             .collect::<Result<_, _>>()?;
         let secrets = self.secrets.clone();
-        let (rec, plan) = tokio::task::spawn_blocking(move || {
+        let (rec, plan) = crate::prepare::gate::run(move || {
             crate::prepare::plan(&rec, &secrets).map(|p| (rec, p))
         })
-        .await
-        .map_err(|e| CoordinatorError::Store(format!("planning task failed: {e}")))??;
+        .await??;
         let resumes = rec.resumes + 1;
         let again = self
             .handle
@@ -643,11 +637,6 @@ fn unregistered_listing(name: &str, state: &'static str) -> AgentListing {
         quarantine: None,
     }
 }
-
-/// Starts planned at once (each in a blocking task, CPU and memory in
-/// proportion to its bundle of at most 16 MiB).
-const PLANNING_MAX: usize = 2;
-static PLANNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PLANNING_MAX);
 
 /// Set when dropped: a start request's future holds one while it plans, so
 /// that the blocking planning task sees when the caller went away.

@@ -56,6 +56,17 @@ pub fn check_bundle(
     root: &str,
     files: &BTreeMap<String, String>,
 ) -> Result<CheckedBundle, CoordinatorError> {
+    check_bundle_counted(root, files, &mut 0)
+}
+
+/// [`check_bundle`], counting the child packages it parses in `parses`: each
+/// file once, however many tasks name it (10,000 tasks naming one 8 MiB child
+/// would otherwise cost 10,000 parses).
+fn check_bundle_counted(
+    root: &str,
+    files: &BTreeMap<String, String>,
+    parses: &mut u32,
+) -> Result<CheckedBundle, CoordinatorError> {
     if root.is_empty() {
         return Err(CoordinatorError::InvalidRequest(
             "bundle root is empty".into(),
@@ -79,26 +90,34 @@ pub fn check_bundle(
     let parent = Package::parse(root, text)?;
     parent.check_sensitive_use()?;
     let mut kept = BTreeMap::from([(root.to_string(), text.clone())]);
+    let mut parsed: BTreeMap<&str, Package> = BTreeMap::new();
     for task in parent.task_order() {
         let child_path = match &task.kind {
             TaskKind::Foreach(fe) => &fe.child,
             TaskKind::Child(ct) => &ct.child,
             _ => continue,
         };
-        let child_text = files.get(child_path).ok_or_else(|| {
+        let (stored_path, child_text) = files.get_key_value(child_path).ok_or_else(|| {
             CoordinatorError::InvalidRequest(format!(
                 "task '{}' runs child package '{}', which is not in the bundle",
                 task.name, child_path
             ))
         })?;
-        let child = Package::parse(child_path, child_text)?;
-        child.check_sensitive_use()?;
+        let child = match parsed.entry(stored_path.as_str()) {
+            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                *parses += 1;
+                let child = Package::parse(child_path, child_text)?;
+                child.check_sensitive_use()?;
+                kept.insert(child_path.clone(), child_text.clone());
+                v.insert(child)
+            }
+        };
         match &task.kind {
-            TaskKind::Foreach(fe) => fe.check_sensitive_flow(&task.name, &parent, &child)?,
-            TaskKind::Child(ct) => ct.check_sensitive_flow(&task.name, &parent, &child)?,
+            TaskKind::Foreach(fe) => fe.check_sensitive_flow(&task.name, &parent, child)?,
+            TaskKind::Child(ct) => ct.check_sensitive_flow(&task.name, &parent, child)?,
             _ => {}
         }
-        kept.insert(child_path.clone(), child_text.clone());
     }
     let hashes: BTreeMap<String, String> = kept
         .iter()
@@ -206,4 +225,39 @@ pub async fn sweep(store: &dyn Store) -> Result<usize, CoordinatorError> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_named_by_many_tasks_is_parsed_once() {
+        let mut root = "name='p'\n".to_string();
+        for t in 0..1000 {
+            root.push_str(&format!("[tasks.t{t}]\nchild='c.toml'\n"));
+        }
+        root.push_str("[tasks.other]\nchild='d.toml'\n");
+        let files: BTreeMap<String, String> = [
+            ("p.toml".to_string(), root),
+            (
+                "c.toml".to_string(),
+                "name='c'\n[tasks.run]\nexec=['true']\n".to_string(),
+            ),
+            (
+                "d.toml".to_string(),
+                "name='d'\n[tasks.run]\nexec=['true']\n".to_string(),
+            ),
+            ("unused.toml".to_string(), "name='u'\n".to_string()),
+        ]
+        .into();
+        let mut parses = 0;
+        let b = check_bundle_counted("p.toml", &files, &mut parses).unwrap();
+        assert_eq!(parses, 2, "c.toml and d.toml, once each");
+        assert_eq!(
+            b.files.keys().collect::<Vec<_>>(),
+            ["c.toml", "d.toml", "p.toml"],
+            "files no task names are dropped"
+        );
+    }
 }

@@ -71,9 +71,8 @@ impl Catalog {
     pub async fn deploy(&self, d: Deploy) -> Result<Deployed, CoordinatorError> {
         let folder = normalize_folder(&d.folder)?;
         let (root, files) = (d.root, d.files);
-        let b: CheckedBundle = tokio::task::spawn_blocking(move || check_bundle(&root, &files))
-            .await
-            .map_err(|e| CoordinatorError::Store(format!("checking task failed: {e}")))??;
+        let b: CheckedBundle =
+            crate::prepare::gate::run(move || check_bundle(&root, &files)).await??;
         let name = if d.name.is_empty() {
             b.parent.name.clone()
         } else {
@@ -142,6 +141,8 @@ impl Catalog {
                 value: encode(&version)?,
                 pre: Precondition::Absent,
             });
+            // What the version counts against its deployer's quota.
+            ops.push(crate::quota::version_usage_put(&pkg.id, &version)?);
             ops.push(Op::Put {
                 key: package_key(&pkg.id),
                 value: encode(&pkg)?,
@@ -353,10 +354,15 @@ impl Catalog {
                 pre: Precondition::Revision(rev),
             });
             let count = versions.len() as u32;
-            ops.extend(versions.into_iter().map(|kv| Op::Delete {
-                key: kv.key,
-                pre: Precondition::Revision(kv.mod_revision),
-            }));
+            for kv in versions {
+                // Its quota usage goes with it.
+                let v: VersionRecord = decode(&kv.key, &kv.value)?;
+                ops.push(crate::quota::version_usage_delete(&rec.id, &v));
+                ops.push(Op::Delete {
+                    key: kv.key,
+                    pre: Precondition::Revision(kv.mod_revision),
+                });
+            }
             match self.store.commit(ops).await {
                 Ok(_) => {
                     let blobs_removed = blobs::sweep(self.store.as_ref()).await?;

@@ -383,3 +383,19 @@ async fn listing_filters_by_folder_and_name() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_deployed_version_counts_against_its_deployer_until_the_package_is_deleted() {
+    let (_dir, c) = catalog();
+    let q = crate::quota::Quota::new(c.store.clone(), 0);
+    let d = c.deploy(deploy_req("/", &child(1))).await.unwrap();
+    assert!(d.version.bytes > 0);
+    assert_eq!(q.usage("alice").await.unwrap().packages, d.version.bytes);
+    let d2 = c.deploy(deploy_req("/", &child(2))).await.unwrap();
+    assert_eq!(
+        q.usage("alice").await.unwrap().packages,
+        d.version.bytes + d2.version.bytes
+    );
+    c.delete_package("/load", false).await.unwrap();
+    assert_eq!(q.usage("alice").await.unwrap().packages, 0);
+}

@@ -116,7 +116,8 @@ impl ControlApi {
         let bytes =
             v.bytes
                 .saturating_add(crate::quota::bundle_bytes("", &Default::default(), &params));
-        self.quota.check(&who, bytes).await.map_err(status)?;
+        // Held while it plans (released if the start fails or the caller goes).
+        let reservation = self.quota.reserve(&who, bytes).await.map_err(status)?;
         let started = self
             .coordinator
             .start_package(&r.package, r.version, params, placement)
@@ -125,6 +126,7 @@ impl ControlApi {
         self.quota
             .record_execution(&started.execution_id, &who, bytes)
             .await;
+        drop(reservation);
         Ok(Response::new(pb::StartExecutionResponse {
             execution_id: started.execution_id,
             package_version: started.version,
@@ -256,7 +258,8 @@ impl ControlApi {
         let files: std::collections::BTreeMap<String, String> = bundle.files.into_iter().collect();
         // At most this is stored (files the parent does not reference are dropped).
         let bytes = crate::quota::bundle_bytes(&bundle.root, &files, &Default::default());
-        self.quota.check(&who, bytes).await.map_err(status)?;
+        // Held until the version is stored (or the deploy fails).
+        let reservation = self.quota.reserve(&who, bytes).await.map_err(status)?;
         let d = self
             .coordinator
             .catalog()
@@ -269,6 +272,7 @@ impl ControlApi {
             })
             .await
             .map_err(status)?;
+        drop(reservation);
         if !d.unchanged {
             self.auth.audit.changed(
                 &who.name,

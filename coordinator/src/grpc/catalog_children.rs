@@ -36,19 +36,29 @@ impl super::control_api::ControlApi {
                  reserved for packages read from the catalog"
             ))));
         }
-        let Some(text) = files.get(root) else {
+        let Some(text) = files.get(root).cloned() else {
             return Ok(());
         };
-        // A package that does not parse is reported by planning, with its location.
-        let Ok(pkg) = Package::parse(root, text) else {
-            return Ok(());
-        };
-        for t in pkg.tasks.values() {
-            let child = match &t.kind {
-                TaskKind::Child(ct) => &ct.child,
-                TaskKind::Foreach(fe) => &fe.child,
-                _ => continue,
+        // Parsing a root of up to 16 MiB is heavy: off the runtime threads,
+        // through the planning gate. A package that does not parse is
+        // reported by planning, with its location.
+        let root = root.to_string();
+        let named: Vec<(String, String)> = crate::prepare::gate::run(move || {
+            let Ok(pkg) = Package::parse(&root, &text) else {
+                return Vec::new();
             };
+            pkg.tasks
+                .values()
+                .filter_map(|t| match &t.kind {
+                    TaskKind::Child(ct) => Some((t.name.clone(), ct.child.clone())),
+                    TaskKind::Foreach(fe) => Some((t.name.clone(), fe.child.clone())),
+                    _ => None,
+                })
+                .collect()
+        })
+        .await
+        .map_err(status)?;
+        for (task, child) in &named {
             let ChildRef::Catalog(path) = ChildRef::parse(child) else {
                 continue;
             };
@@ -70,7 +80,7 @@ impl super::control_api::ControlApi {
                 return Err(status(CoordinatorError::InvalidRequest(format!(
                     "task '{}' names catalog package {path}, which has child packages of its \
                      own; a catalog child must be a single file",
-                    t.name
+                    task
                 ))));
             }
             let text = r.files.get(&r.version.root).cloned().ok_or_else(|| {

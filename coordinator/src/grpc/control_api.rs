@@ -128,13 +128,15 @@ impl ControlService for ControlApi {
             .await?;
         let params: std::collections::BTreeMap<String, String> = r.parameters.into_iter().collect();
         let bytes = crate::quota::bundle_bytes(&bundle.root, &files, &params);
-        self.quota.check(&who, bytes).await.map_err(status)?;
+        // Held while it plans (released if the start fails or the caller goes).
+        let reservation = self.quota.reserve(&who, bytes).await.map_err(status)?;
         let id = self
             .coordinator
             .start_placed(bundle.root, files, params, folder, placement)
             .await
             .map_err(status)?;
         self.quota.record_execution(&id, &who, bytes).await;
+        drop(reservation);
         Ok(Response::new(pb::StartExecutionResponse {
             execution_id: id,
             ..Default::default()

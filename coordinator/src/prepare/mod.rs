@@ -134,7 +134,8 @@ fn reads_tasks(template: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Most levels of child packages a bundle may nest (a cycle hits it too).
+/// Most levels of fanning child packages a bundle may nest below its root
+/// (a package that runs itself through its children is refused as a cycle).
 const MAX_BUNDLE_DEPTH: u32 = 8;
 
 /// Reads the child packages of a bundle, each file parsed and checked once
@@ -144,14 +145,36 @@ struct Loader<'a> {
     files: &'a BTreeMap<String, String>,
     /// Child packages parsed so far, by path.
     parsed: BTreeMap<String, (Arc<Package>, ChildPackage)>,
-    /// Packages whose own children were checked, with the shallowest depth
-    /// they were checked at (deeper is checked again: the depth limit).
-    shaped: BTreeMap<String, u32>,
+    /// Packages that fan out, by path: being checked (on the current path of
+    /// the walk: meeting one again is a cycle) or checked, with the height of
+    /// their subtree (how many levels of fanning packages lie below them).
+    shaped: BTreeMap<String, Shape>,
+    /// Child packages parsed (each at most once).
+    parses: u32,
     /// True once the caller went away: planning stops.
     stop: &'a dyn Fn() -> bool,
 }
 
-impl Loader<'_> {
+/// Where the walk of a fanning package stands.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Its children are being checked: it is an ancestor of the current package.
+    InProgress,
+    /// Checked; the number of levels of fanning packages below it.
+    Done { height: u32 },
+}
+
+impl<'a> Loader<'a> {
+    fn new(files: &'a BTreeMap<String, String>, stop: &'a dyn Fn() -> bool) -> Loader<'a> {
+        Loader {
+            files,
+            parsed: BTreeMap::new(),
+            shaped: BTreeMap::new(),
+            parses: 0,
+            stop,
+        }
+    }
+
     fn check_stop(&self) -> Result<(), CoordinatorError> {
         if (self.stop)() {
             return Err(invalid(
@@ -167,15 +190,19 @@ impl Loader<'_> {
         task: &str,
         path: &str,
     ) -> Result<(Arc<Package>, ChildPackage), CoordinatorError> {
-        self.child_at(task, path, 1)
+        self.child_at(task, path, 1).map(|(loaded, _)| loaded)
     }
 
+    /// [`Loader::child`] of a package `depth` levels below the root; also
+    /// returns the height of its subtree of fanning packages (`None`: it does
+    /// not fan out).
+    #[allow(clippy::type_complexity)]
     fn child_at(
         &mut self,
         task: &str,
         path: &str,
         depth: u32,
-    ) -> Result<(Arc<Package>, ChildPackage), CoordinatorError> {
+    ) -> Result<((Arc<Package>, ChildPackage), Option<u32>), CoordinatorError> {
         self.check_stop()?;
         let loaded = match self.parsed.get(path) {
             Some(done) => done.clone(),
@@ -193,6 +220,7 @@ impl Loader<'_> {
                         }
                     })
                 })?;
+                self.parses += 1;
                 let child = Package::parse(path, text)?;
                 child.check_sensitive_use()?;
                 let mut shipped = ChildPackage::from_text(&child.name, text);
@@ -206,36 +234,59 @@ impl Loader<'_> {
                 done
             }
         };
-        if loaded.1.fans_out {
+        let height = if loaded.1.fans_out {
             // Its own children must be in the bundle too: plan it now, so that a
             // missing file or a bad package fails the start, not a child later.
-            self.shape(path, &loaded.0, depth)?;
-        }
-        Ok(loaded)
+            Some(self.shape(path, &loaded.0, depth)?)
+        } else {
+            None
+        };
+        Ok((loaded, height))
     }
 
     /// Checks that a package that fans out has its children in the bundle (its
-    /// parameters are bound only when it runs as a sub-execution).
-    fn shape(&mut self, path: &str, pkg: &Package, depth: u32) -> Result<(), CoordinatorError> {
-        if depth >= MAX_BUNDLE_DEPTH {
-            return Err(invalid(format!(
-                "child packages nest more than {MAX_BUNDLE_DEPTH} levels below the root at '{path}' \
-                 (does a package run itself through its children?)"
-            )));
+    /// parameters are bound only when it runs as a sub-execution), that it
+    /// does not run itself through its children, and that the fanning packages
+    /// below it stay within [`MAX_BUNDLE_DEPTH`]. Returns the height of its
+    /// subtree: 0 when none of its children fans out. Each package's subtree
+    /// is walked once; a package met again reuses its height.
+    fn shape(&mut self, path: &str, pkg: &Package, depth: u32) -> Result<u32, CoordinatorError> {
+        let too_deep = || {
+            invalid(format!(
+                "child packages nest more than {MAX_BUNDLE_DEPTH} levels below the root at '{path}'"
+            ))
+        };
+        let height = match self.shaped.get(path) {
+            Some(Shape::InProgress) => {
+                return Err(invalid(format!(
+                    "child package '{path}' runs itself through its children (a cycle)"
+                )));
+            }
+            Some(Shape::Done { height }) => *height,
+            None => {
+                if depth >= MAX_BUNDLE_DEPTH {
+                    return Err(too_deep());
+                }
+                self.shaped.insert(path.to_string(), Shape::InProgress);
+                let mut height = 0;
+                for t in pkg.tasks.values() {
+                    let child = match &t.kind {
+                        TaskKind::Child(ct) => &ct.child,
+                        TaskKind::Foreach(fe) => &fe.child,
+                        _ => continue,
+                    };
+                    if let (_, Some(h)) = self.child_at(&t.name, child, depth + 1)? {
+                        height = height.max(h + 1);
+                    }
+                }
+                self.shaped.insert(path.to_string(), Shape::Done { height });
+                height
+            }
+        };
+        if depth.saturating_add(height) >= MAX_BUNDLE_DEPTH {
+            return Err(too_deep());
         }
-        if self.shaped.get(path).is_some_and(|&d| d <= depth) {
-            return Ok(());
-        }
-        self.shaped.insert(path.to_string(), depth);
-        for t in pkg.tasks.values() {
-            let child = match &t.kind {
-                TaskKind::Child(ct) => &ct.child,
-                TaskKind::Foreach(fe) => &fe.child,
-                _ => continue,
-            };
-            self.child_at(&t.name, child, depth + 1)?;
-        }
-        Ok(())
+        Ok(height)
     }
 }
 
@@ -259,12 +310,16 @@ pub fn plan_bundle_until(
     overrides: &BTreeMap<String, String>,
     stop: &dyn Fn() -> bool,
 ) -> Result<Plan, CoordinatorError> {
-    let mut loader = Loader {
-        files,
-        parsed: BTreeMap::new(),
-        shaped: BTreeMap::new(),
-        stop,
-    };
+    let mut loader = Loader::new(files, stop);
+    plan_with(&mut loader, root, overrides)
+}
+
+fn plan_with(
+    loader: &mut Loader<'_>,
+    root: &str,
+    overrides: &BTreeMap<String, String>,
+) -> Result<Plan, CoordinatorError> {
+    let files = loader.files;
     let text = files
         .get(root)
         .ok_or_else(|| invalid(format!("the bundle has no root file '{root}'")))?;
@@ -436,6 +491,7 @@ pub fn dynamic_items(
     Ok(items)
 }
 
+pub mod gate;
 mod process;
 pub use process::process_package;
 
@@ -601,5 +657,108 @@ mod tests {
         .unwrap();
         assert_eq!(plan.tasks.len(), 10);
         assert!(calls.get() < 200, "{} child loads", calls.get());
+    }
+
+    /// A bundle of packages `name.toml`, each running the listed children.
+    fn graph(edges: &[(&str, &[&str])]) -> BTreeMap<String, String> {
+        edges
+            .iter()
+            .map(|(name, children)| {
+                let mut text = format!("name='{name}'\n");
+                for (i, c) in children.iter().enumerate() {
+                    text.push_str(&format!("[tasks.t{i}]\nchild='{c}.toml'\n"));
+                }
+                if children.is_empty() {
+                    text.push_str("[tasks.run]\nexec=['true']\n");
+                }
+                (format!("{name}.toml"), text)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_package_running_itself_is_refused() {
+        let files = graph(&[("root", &["a"]), ("a", &["a"])]);
+        let e = plan_bundle("root.toml", &files, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("cycle"), "{e}");
+        // Ten self-referencing tasks: refused as well, not multiplied.
+        let files = graph(&[("root", &["a"]), ("a", &["a"; 10])]);
+        let e = plan_bundle("root.toml", &files, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn two_packages_running_each_other_are_refused() {
+        let files = graph(&[("root", &["a"]), ("a", &["b"]), ("b", &["a"])]);
+        let e = plan_bundle("root.toml", &files, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("cycle"), "{e}");
+        // The root named again by a child: a cycle too.
+        let files = graph(&[("root", &["a"]), ("a", &["root"])]);
+        let e = plan_bundle("root.toml", &files, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("cycle"), "{e}");
+    }
+
+    /// `l0` runs `l1` … runs `l{levels}`, a leaf.
+    fn chain(levels: usize) -> BTreeMap<String, String> {
+        let mut files = BTreeMap::new();
+        for level in 0..levels {
+            files.insert(
+                format!("l{level}.toml"),
+                format!("name='l{level}'\n[tasks.t]\nchild='l{}.toml'\n", level + 1),
+            );
+        }
+        files.insert(
+            format!("l{levels}.toml"),
+            "name='leaf'\n[tasks.run]\nexec=['true']\n".into(),
+        );
+        files
+    }
+
+    #[test]
+    fn a_chain_deeper_than_the_limit_is_refused() {
+        let n = MAX_BUNDLE_DEPTH as usize;
+        assert!(plan_bundle("l0.toml", &chain(n), &BTreeMap::new()).is_ok());
+        let e = plan_bundle("l0.toml", &chain(n + 1), &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("levels below the root"), "{e}");
+    }
+
+    #[test]
+    fn a_package_met_again_deeper_is_held_to_the_limit() {
+        // `deep` is first met one level down (within the limit), then again
+        // from a branch where its subtree would go past the limit.
+        let n = MAX_BUNDLE_DEPTH as usize;
+        let mut files = chain(n - 1);
+        files.insert(
+            "root.toml".into(),
+            "name='root'\n[tasks.a]\nchild='l0.toml'\n[tasks.b]\nchild='x.toml'\n".into(),
+        );
+        files.insert(
+            "x.toml".into(),
+            "name='x'\n[tasks.t]\nchild='l0.toml'\n".into(),
+        );
+        let e = plan_bundle("root.toml", &files, &BTreeMap::new()).unwrap_err();
+        assert!(e.to_string().contains("levels below the root"), "{e}");
+        files.remove("x.toml");
+        files.insert(
+            "root.toml".into(),
+            "name='root'\n[tasks.a]\nchild='l0.toml'\n".into(),
+        );
+        assert!(plan_bundle("root.toml", &files, &BTreeMap::new()).is_ok());
+    }
+
+    #[test]
+    fn a_diamond_is_accepted_and_each_package_parsed_once() {
+        let files = graph(&[
+            ("root", &["a"]),
+            ("a", &["b", "c"]),
+            ("b", &["d", "d"]),
+            ("c", &["d"]),
+            ("d", &[]),
+        ]);
+        let never = || false;
+        let mut loader = Loader::new(&files, &never);
+        let plan = plan_with(&mut loader, "root.toml", &BTreeMap::new()).unwrap();
+        assert_eq!(plan.tasks.len(), 1);
+        assert_eq!(loader.parses, 4, "a, b, c and d, once each");
     }
 }

@@ -238,16 +238,27 @@ impl Scheduler {
             }
             Placement::NoCapacity(reason) => {
                 // Agents that refused it for good (package, authorisation,
-                // run-as) will not change their mind: once every ready agent
-                // that could take it (its labels, pin and slots) has, it
-                // fails with their reasons instead of waiting for ever.
-                // Agents its constraints rule out do not count.
+                // run-as) will not change their mind: once every registered
+                // agent that could take it (its labels, pin and slots) has,
+                // ready now or not (one restarting or cordoned may come back
+                // and take it), it fails with their reasons instead of waiting
+                // for ever. Agents its constraints rule out, and agents whose
+                // certificate was revoked (they never come back), do not count;
+                // with none left that could take it, it waits.
+                let (agents, revoked) = (&self.agents, &self.revoked);
                 let refused_by_all = c.detours.as_ref().is_some_and(|d| {
-                    !d.hard_rejected.is_empty()
-                        && views
-                            .iter()
-                            .filter(|v| v.ready && could_take(v, &req))
-                            .all(|v| d.hard_rejected.contains(&v.name))
+                    let mut candidates = views
+                        .iter()
+                        .filter(|v| could_take(v, &req))
+                        .filter(|v| {
+                            !agents.get(&v.name).is_some_and(|a| {
+                                !a.rec.cert_fingerprint.is_empty()
+                                    && revoked.contains_key(&a.rec.cert_fingerprint)
+                            })
+                        })
+                        .peekable();
+                    candidates.peek().is_some()
+                        && candidates.all(|v| d.hard_rejected.contains(&v.name))
                 });
                 if refused_by_all {
                     task.queue.pop_front();

@@ -496,3 +496,58 @@ fn completion_latency_runs_from_dispatch_to_finished_event() {
     assert_eq!(h.max(), 200);
     assert_eq!(s.stats.dispatches, 2);
 }
+
+/// Agent `agent` refuses `child` for good (run-as denied).
+fn refuse_for_good(s: &mut Scheduler, agent: &str, child: ChildRef, attempt: u32, now: Instant) {
+    s.dispatch_result(
+        child,
+        agent,
+        attempt,
+        DispatchOutcome::Rejected {
+            code: pb::RejectCode::RunAsDenied,
+            reason: "no such user".into(),
+        },
+        now,
+    );
+}
+
+#[test]
+fn a_child_refused_for_good_waits_for_an_agent_that_is_down() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    reg(&mut s, "b", 1, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    let (first, child, attempt, _) = d[0].clone();
+    let other = if first == "a" { "b" } else { "a" };
+    // The only other agent that could take it is down for a while.
+    s.set_admin(other, "cordon").unwrap();
+    refuse_for_good(&mut s, &first, child, attempt, now);
+    assert!(settle(&mut s, now).is_empty());
+    assert_eq!(summary(&s).state, "running", "it waits for {other}");
+    // It comes back, is asked, and refuses too: now the child fails.
+    s.set_admin(other, "uncordon").unwrap();
+    let d = settle(&mut s, now);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].0, other);
+    refuse_for_good(&mut s, other, d[0].1, d[0].2, now);
+    s.pump(now);
+    assert_eq!(summary(&s).state, "failed");
+}
+
+#[test]
+fn a_revoked_agent_does_not_hold_a_refused_child() {
+    let now = Instant::now();
+    let mut s = sched();
+    reg(&mut s, "a", 1, "b1", now);
+    reg(&mut s, "b", 1, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    let (first, child, attempt, _) = d[0].clone();
+    let other = if first == "a" { "b" } else { "a" };
+    s.set_admin(other, "revoke").unwrap();
+    refuse_for_good(&mut s, &first, child, attempt, now);
+    s.pump(now);
+    assert_eq!(summary(&s).state, "failed", "{other} never comes back");
+}
