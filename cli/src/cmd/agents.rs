@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, outln, list_json, rfc3339};
+use crate::output::{Format, list_json, outln, rfc3339};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AgentsCmd {
@@ -211,7 +211,14 @@ pub async fn run(cmd: AgentsCmd) -> Result<u8, CliError> {
         Format::Human => {
             outln!(
                 "{:<20} {:<22} {:<11} {:>5} {:>6} {:>7} {:>6}  {:<20}  LABELS",
-                "NAME", "ADDRESS", "STATE", "SLOTS", "WEIGHT", "RUNNING", "LOAD", "LAST HEARTBEAT"
+                "NAME",
+                "ADDRESS",
+                "STATE",
+                "SLOTS",
+                "WEIGHT",
+                "RUNNING",
+                "LOAD",
+                "LAST HEARTBEAT"
             );
             for a in &agents {
                 let labels: Vec<String> =

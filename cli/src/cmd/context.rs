@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::contexts::{self, Context, Store};
 use crate::error::CliError;
-use crate::output::{Format, outln, list_json};
+use crate::output::{Format, list_json, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ContextCmd {
@@ -140,7 +140,10 @@ pub fn run(cmd: ContextCmd) -> Result<u8, CliError> {
                 Format::Human => {
                     outln!(
                         "{:<1} {:<16} {:<32} {:<36} TOKEN FILE",
-                        "", "NAME", "COORDINATOR", "TLS DIR"
+                        "",
+                        "NAME",
+                        "COORDINATOR",
+                        "TLS DIR"
                     );
                     for (n, c) in &store.contexts {
                         outln!(

@@ -148,7 +148,7 @@ fn watchdog_launcher() -> Result<baton_agent::watchdog::Launcher, CliError> {
 /// Run an agent on this machine.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  baton agent --coordinator https://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
+    after_help = "Example (its token must allow its labels: `baton token create --agent etl-07 --label pool=etl`):\n  baton agent --coordinator https://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
 )]
 pub struct AgentArgs {
     /// Coordinator URL.
@@ -173,7 +173,8 @@ pub struct AgentArgs {
     /// another agent is idle.
     #[arg(long, env = "BATON_AGENT_QUEUE", default_value_t = 0)]
     pub queue: u32,
-    /// Label for placement, repeatable: --label pool=etl --label zone=a.
+    /// Label for placement, repeatable: --label pool=etl --label zone=a. The
+    /// enrolment token must allow it (`baton token create --agent NAME --label pool=etl`).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Relative share of work under least-loaded placement: an agent of weight 2
@@ -412,7 +413,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
                 "AGENT_TLS_MISSING",
                 format!(
                     "{e}\n  hint: enrol with a token (`baton token create --agent` on an admin \
-                     host, then `baton agent --enroll TOKEN`), or issue a certificate with \
+                     host, then `BATON_ENROLL_TOKEN=… baton agent …`), or issue a certificate with \
                      `baton certs issue --agent {name} --out {}` and copy the directory here",
                     dir.display()
                 ),
@@ -462,9 +463,18 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
                 format!(
                     "{e}\n  hint: an operator ran `baton agents revoke {name}`; to bring this \
                      machine back, enrol it again with a new token (`baton token create --agent \
-                     {name}`, then `baton agent --enroll TOKEN` with an empty TLS directory)"
+                     {name}`, then `BATON_ENROLL_TOKEN=… baton agent …` with an empty TLS directory)"
                 ),
                 crate::error::EXIT_REVOKED,
+            ),
+            baton_agent::AgentError::RegistrationRefused(_) => CliError::invalid(
+                e.code(),
+                format!(
+                    "{e}\n  hint: the token this machine enrolled with allows only the labels \
+                     it was created with; create one that allows the labels this agent claims \
+                     (`baton token create --agent {name} --label KEY=VALUE`) and enrol again \
+                     with an empty TLS directory, or drop the --label flags the token does not allow"
+                ),
             ),
             e if e.code() == baton_proto::plaintext::CODE => {
                 CliError::invalid(e.code(), e.to_string())

@@ -288,10 +288,7 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                         .iter()
                         .map(|s| summary_json(s, None))
                         .collect();
-                    outln!(
-                        "{}",
-                        list_json(list, Some(&resp.next_page_token))
-                    );
+                    outln!("{}", list_json(list, Some(&resp.next_page_token)));
                 }
                 Format::Human => {
                     outln!(

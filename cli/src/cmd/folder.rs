@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::client::CoordinatorOpt;
 use crate::cmd::exec::ms_to_utc;
 use crate::error::CliError;
-use crate::output::{Format, outln, list_json};
+use crate::output::{Format, list_json, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum FolderCmd {
@@ -117,7 +117,10 @@ pub async fn run(cmd: FolderCmd) -> Result<u8, CliError> {
                 Format::Human => {
                     outln!(
                         "{:<40} {:>8} {:>8}  {:<20}  CREATED BY",
-                        "FOLDER", "PACKAGES", "FOLDERS", "CREATED"
+                        "FOLDER",
+                        "PACKAGES",
+                        "FOLDERS",
+                        "CREATED"
                     );
                     for f in &folders {
                         outln!(
@@ -154,7 +157,8 @@ pub async fn run(cmd: FolderCmd) -> Result<u8, CliError> {
                 ),
                 Format::Human => outln!(
                     "renamed {from} to {to} ({} folder(s), {} package(s) moved)",
-                    moved.folders, moved.packages
+                    moved.folders,
+                    moved.packages
                 ),
             }
         }

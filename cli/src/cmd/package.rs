@@ -10,7 +10,7 @@ use crate::bundle;
 use crate::client::CoordinatorOpt;
 use crate::cmd::exec::ms_to_utc;
 use crate::error::CliError;
-use crate::output::{Format, outln, list_json};
+use crate::output::{Format, list_json, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PackageCmd {
@@ -212,7 +212,10 @@ fn print_detail(d: &pb::PackageDetail) {
     );
     outln!(
         "\n{:<8} {:<12}  {:<20}  {:<16} FILES",
-        "VERSION", "HASH", "DEPLOYED", "BY"
+        "VERSION",
+        "HASH",
+        "DEPLOYED",
+        "BY"
     );
     for v in &d.versions {
         outln!(
@@ -231,7 +234,10 @@ fn print_detail(d: &pb::PackageDetail) {
         } else {
             outln!(
                 "{:<20} {:<7} {:<20} {:<9} SENSITIVE",
-                "NAME", "TYPE", "DEFAULT", "REQUIRED"
+                "NAME",
+                "TYPE",
+                "DEFAULT",
+                "REQUIRED"
             );
             for prm in &latest.parameters {
                 let default = match (prm.has_default, prm.sensitive) {
@@ -258,7 +264,10 @@ fn print_detail(d: &pb::PackageDetail) {
     }
     outln!(
         "{:<34} {:>7}  {:<10} {:<20}  FOLDER",
-        "EXECUTION", "VERSION", "STATE", "STARTED"
+        "EXECUTION",
+        "VERSION",
+        "STATE",
+        "STARTED"
     );
     for e in &d.executions {
         outln!(
@@ -355,7 +364,9 @@ pub async fn run(cmd: PackageCmd) -> Result<u8, CliError> {
                 Format::Human => {
                     outln!(
                         "{:<40} {:>7}  {:<12}  UPDATED",
-                        "PACKAGE", "VERSION", "HASH"
+                        "PACKAGE",
+                        "VERSION",
+                        "HASH"
                     );
                     for p in &list {
                         outln!(

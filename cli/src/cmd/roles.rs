@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, outln, list_json};
+use crate::output::{Format, list_json, outln};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum RoleCmd {
@@ -181,7 +181,9 @@ fn print_change(done: &str, req: &pb::RoleRequest, output: Format) {
         ),
         Format::Human => outln!(
             "{done} {} {} on {}",
-            req.principal, req.permission, req.folder
+            req.principal,
+            req.permission,
+            req.folder
         ),
     }
 }

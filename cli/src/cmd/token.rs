@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
-use crate::output::{Format, outln, list_json, rfc3339};
+use crate::output::{Format, list_json, outln, rfc3339};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCmd {
@@ -135,7 +135,11 @@ pub async fn run(cmd: TokenCmd) -> Result<u8, CliError> {
                 Format::Human => {
                     outln!(
                         "{:<14} {:<6} {:<16} {:<8} {:<12} EXPIRES",
-                        "ID", "KIND", "NAME", "STATE", "CREATED BY"
+                        "ID",
+                        "KIND",
+                        "NAME",
+                        "STATE",
+                        "CREATED BY"
                     );
                     for t in list {
                         let name = if t.name.is_empty() { "*" } else { &t.name };

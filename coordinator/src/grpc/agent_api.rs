@@ -188,9 +188,7 @@ impl CoordinatorService for AgentApi {
         let resp = self.handle.register(reg).await.map_err(|e| match e {
             CoordinatorError::PermissionDenied(_)
             | CoordinatorError::CertRevoked(_)
-            | CoordinatorError::AgentRevoked(_) => {
-                self.refuse(&who, CALL, e)
-            }
+            | CoordinatorError::AgentRevoked(_) => self.refuse(&who, CALL, e),
             e => status(e),
         })?;
         Ok(Response::new(resp))

@@ -475,3 +475,38 @@ fn the_example_fanout_writes_rows_for_the_tour() {
     );
     c.finish(&[]);
 }
+
+/// A token made without `--label` allows no label: an agent that claims one is
+/// refused at registration and stops at once with its own code and a hint,
+/// instead of retrying for ever.
+#[test]
+fn an_agent_claiming_a_label_its_token_does_not_allow_stops() {
+    let mut c = Cluster::new("label_refused_stops");
+    c.start_coordinator();
+    let out = c.cli(&["token", "create", "--agent", "l1", "--output", "json"]);
+    out.expect_code(0);
+    let token = out.json()["token"].as_str().unwrap().to_owned();
+    let mut opts = crate::harness::AgentOpts::new("l1", 1);
+    opts.tls_dir = Some(c.root().join("l1-tls"));
+    opts.wait_announce = false;
+    opts.env = vec![("BATON_ENROLL_TOKEN".into(), token)];
+    opts.extra_args = vec!["--label".into(), "role=loader".into()];
+    c.start_agent_with(opts);
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        status = c.agent("l1").try_exit_status();
+        status.is_some()
+    });
+    let log = crate::harness::read_log(&c.agent("l1").stderr_path());
+    assert!(exited, "the refused agent still runs after 20 s:\n{log}");
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{status:?}\n{log}");
+    assert!(
+        log.contains("error[AGENT_REGISTRATION_REFUSED]")
+            && log.contains("AGENT_LABEL_NOT_ALLOWED")
+            && log.contains("baton token create --agent l1 --label"),
+        "no clear message on stderr:\n{log}"
+    );
+    let retries = log.matches("coordinator unreachable; will retry").count();
+    assert!(retries == 0, "it retried {retries} times:\n{log}");
+    c.finish(&["l1", "AGENT_LABEL_NOT_ALLOWED", "registration"]);
+}

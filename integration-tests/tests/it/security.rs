@@ -342,8 +342,7 @@ fn a_job_never_sees_the_agents_enrolment_token() {
     let id = c.start_run(&pkg, &[]);
     let view = c.wait_exec_terminal(&id, Duration::from_secs(60));
     assert_eq!(
-        view.status,
-        "succeeded",
+        view.status, "succeeded",
         "a child saw the agent's token: {:#}",
         view.raw
     );
