@@ -213,6 +213,10 @@ fn main() -> ExitCode {
         crate::output::out!("{}", config::render(&parsed.path, &parsed.settings));
         return ExitCode::SUCCESS;
     }
+    if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
+        eprintln!("error[{}]: {}", e.code, e.message);
+        return ExitCode::from(e.exit);
+    }
     let cli = match Cli::from_arg_matches(&parsed.matches) {
         Ok(c) => c,
         Err(e) => e.exit(),

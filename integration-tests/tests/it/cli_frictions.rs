@@ -510,3 +510,73 @@ fn an_agent_claiming_a_label_its_token_does_not_allow_stops() {
     assert!(retries == 0, "it retried {retries} times:\n{log}");
     c.finish(&["l1", "AGENT_LABEL_NOT_ALLOWED", "registration"]);
 }
+
+/// `baton coordinator` with a variable it read under its old name: it refuses
+/// to start rather than open a fresh store (and CA) in the default directory;
+/// the new name (or the flag) wins over the old one. A `BATON_TLS_DIR` that
+/// holds a CA while the coordinator's own TLS directory holds none is refused too.
+#[test]
+fn a_coordinator_refuses_to_start_on_a_renamed_variable() {
+    let root = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &std::path::Path)], args: &[&str]| {
+        let mut cmd = Command::new(baton_bin());
+        cmd.current_dir(root.path())
+            .args(["coordinator", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("BATON_TLS_DIR")
+            .env_remove("BATON_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let err = std::thread::spawn(move || read_all(stderr));
+        // The first stdout line is the announcement of a coordinator that serves.
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        let code = if line.contains("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        } else {
+            wait_exit(&mut child, Duration::from_secs(10))
+        };
+        (code, err.join().unwrap_or_default())
+    };
+    let old = root.path().join("old-data");
+    let (code, err) = run(&[("BATON_DATA_DIR", &old)], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("error[ENV_RENAMED]") && err.contains("BATON_COORDINATOR_DATA_DIR"),
+        "{err}"
+    );
+    assert!(!root.path().join("baton-data").exists(), "it made a store");
+    // The flag gives the option a value: the old variable is only warned about.
+    let new = root.path().join("new-data");
+    let (code, err) = run(
+        &[("BATON_DATA_DIR", &old)],
+        &["--data-dir", new.to_str().unwrap()],
+    );
+    assert_eq!(code, None, "with --data-dir it must start: {err}");
+    // BATON_TLS_DIR naming that coordinator's CA directory, with a new data dir.
+    let ca = new.join("tls");
+    assert!(
+        ca.join("ca.key").is_file(),
+        "no CA made in {}",
+        ca.display()
+    );
+    let other = root.path().join("other-data");
+    let (code, err) = run(
+        &[("BATON_TLS_DIR", &ca)],
+        &["--data-dir", other.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("error[ENV_RENAMED]") && err.contains("--tls-dir"),
+        "{err}"
+    );
+    assert!(!other.join("tls").join("ca.key").exists());
+}
