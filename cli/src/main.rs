@@ -213,6 +213,11 @@ fn main() -> ExitCode {
         crate::output::out!("{}", config::render(&parsed.path, &parsed.settings));
         return ExitCode::SUCCESS;
     }
+    client::set_settings_from_context(
+        parsed.settings.iter().any(|s| {
+            s.key != config::CONTEXT_ARG && matches!(s.source, config::Source::Context(_))
+        }),
+    );
     if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
         eprintln!("error[{}]: {}", e.code, e.message);
         return ExitCode::from(e.exit);
