@@ -239,7 +239,7 @@ fn a_run_into_a_missing_folder_is_refused_as_a_deploy_is() {
     let list = c.cli(&["exec", "list", "--output", "json"]);
     list.expect_code(0);
     assert_eq!(
-        list.json()["executions"].as_array().map(Vec::len),
+        list.json()["items"].as_array().map(Vec::len),
         Some(0),
         "nothing was started: {}",
         list.describe()
@@ -406,7 +406,7 @@ after = ["list"]
     );
     let listed = c.cli(&["exec", "list", "--output", "json"]);
     listed.expect_code(0);
-    let listed = listed.json()["executions"][0].clone();
+    let listed = listed.json()["items"][0].clone();
     assert_eq!(listed["execution_id"], id.as_str(), "{listed}");
     assert_eq!(
         counts(&listed),
