@@ -218,10 +218,6 @@ fn main() -> ExitCode {
             s.key != config::CONTEXT_ARG && matches!(s.source, config::Source::Context(_))
         }),
     );
-    if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
-        eprintln!("error[{}]: {}", e.code, e.message);
-        return ExitCode::from(e.exit);
-    }
     let cli = match Cli::from_arg_matches(&parsed.matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -231,6 +227,11 @@ fn main() -> ExitCode {
         Cmd::Coordinator(_) | Cmd::Agent(_) | Cmd::AgentWatchdog
     );
     init_tracing(if daemon { "info" } else { "warn" });
+    // After tracing: an old name that is set but overridden is warned about.
+    if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
+        eprintln!("error[{}]: {}", e.code, e.message);
+        return ExitCode::from(e.exit);
+    }
     if let Cmd::AgentWatchdog = cli.cmd {
         // Single-threaded: the signals it blocks must be blocked in every thread.
         return ExitCode::from(baton_agent::watchdog::main());
