@@ -63,6 +63,11 @@ pub enum AgentError {
     /// not loopback: refused before any connection.
     #[error("{0}")]
     PlaintextNotLoopback(String),
+    /// The coordinator refused this agent's registration for a reason no retry
+    /// changes: a label its token does not allow (`AGENT_LABEL_NOT_ALLOWED`) or
+    /// a name another agent holds (`AGENT_NAME_TAKEN`). The agent stops.
+    #[error("the coordinator refused this agent's registration: {0}")]
+    RegistrationRefused(String),
 }
 
 impl AgentError {
@@ -83,15 +88,19 @@ impl AgentError {
             AgentError::Busy(_) => "AGENT_BUSY",
             AgentError::Revoked(_) => "AGENT_REVOKED",
             AgentError::PlaintextNotLoopback(_) => "PLAINTEXT_NOT_LOOPBACK",
+            AgentError::RegistrationRefused(_) => "AGENT_REGISTRATION_REFUSED",
         }
     }
 
     /// Whether the agent must stop: nothing it can retry will work
-    /// (revoked, or told to speak plaintext beyond this machine).
+    /// (revoked, registration refused, or told to speak plaintext beyond this
+    /// machine).
     pub fn fatal(&self) -> bool {
         matches!(
             self,
-            AgentError::Revoked(_) | AgentError::PlaintextNotLoopback(_)
+            AgentError::Revoked(_)
+                | AgentError::PlaintextNotLoopback(_)
+                | AgentError::RegistrationRefused(_)
         )
     }
 
@@ -111,7 +120,8 @@ impl AgentError {
             | AgentError::Store(_)
             | AgentError::EnrolmentRefused(_)
             | AgentError::Revoked(_)
-            | AgentError::PlaintextNotLoopback(_) => false,
+            | AgentError::PlaintextNotLoopback(_)
+            | AgentError::RegistrationRefused(_) => false,
         }
     }
 
@@ -142,9 +152,9 @@ impl From<AgentError> for tonic::Status {
             AgentError::InvalidRequest(_)
             | AgentError::ConfigInvalid(_)
             | AgentError::PlaintextNotLoopback(_) => tonic::Status::invalid_argument(msg),
-            AgentError::EnrolmentRefused(_) | AgentError::Revoked(_) => {
-                tonic::Status::permission_denied(msg)
-            }
+            AgentError::EnrolmentRefused(_)
+            | AgentError::Revoked(_)
+            | AgentError::RegistrationRefused(_) => tonic::Status::permission_denied(msg),
             AgentError::ShuttingDown | AgentError::CoordinatorUnreachable(_) => {
                 tonic::Status::unavailable(msg)
             }

@@ -11,8 +11,10 @@
 //! resend from the coordinator's `acked_seq`. The agent never exits because the
 //! coordinator is down: jobs keep running and their events pile up in the outbox.
 //! It stops only when the coordinator says it will never take it: the agent was
-//! revoked (`AGENT_REVOKED`, or its certificate refused as revoked) or plaintext
-//! would leave the machine (`PLAINTEXT_NOT_LOOPBACK`); [`Reporter::run`] then
+//! revoked (`AGENT_REVOKED`, or its certificate refused as revoked), its
+//! registration was refused (`AGENT_LABEL_NOT_ALLOWED`, `AGENT_NAME_TAKEN`: it
+//! becomes `AGENT_REGISTRATION_REFUSED`) or plaintext would leave the machine
+//! (`PLAINTEXT_NOT_LOOPBACK`); [`Reporter::run`] then
 //! returns that error and the agent shuts down.
 
 use std::collections::BTreeMap;
@@ -272,6 +274,9 @@ fn refusal(s: &tonic::Status) -> Option<AgentError> {
     match code {
         "AGENT_REVOKED" | "CERT_REVOKED" => Some(AgentError::Revoked(s.message().to_string())),
         "PLAINTEXT_NOT_LOOPBACK" => Some(AgentError::PlaintextNotLoopback(s.message().to_string())),
+        "AGENT_LABEL_NOT_ALLOWED" | "AGENT_NAME_TAKEN" => Some(AgentError::RegistrationRefused(
+            format!("{code}: {}", s.message()),
+        )),
         _ => None,
     }
 }
@@ -372,6 +377,16 @@ mod tests {
                 .unwrap()
                 .fatal()
         );
+        for code in ["AGENT_LABEL_NOT_ALLOWED", "AGENT_NAME_TAKEN"] {
+            let e = refusal(&with_code(code)).unwrap();
+            assert_eq!(e.code(), "AGENT_REGISTRATION_REFUSED");
+            assert!(e.fatal() && !e.retryable(), "{e}");
+            assert!(
+                e.to_string().contains("refused this agent's registration"),
+                "{e}"
+            );
+            assert!(e.to_string().contains(code), "{e}");
+        }
         assert!(refusal(&with_code("PERMISSION_DENIED")).is_none());
         assert!(refusal(&tonic::Status::unavailable("down")).is_none());
         assert!(!unreachable("register", &tonic::Status::unavailable("down")).fatal());

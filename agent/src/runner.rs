@@ -493,8 +493,24 @@ fn inherited_by_run_as(name: &str) -> bool {
 }
 
 /// Variables of the agent's environment that hold its credentials: removed
-/// from every job's environment.
+/// from every job's environment (with every other `BATON_*` of the agent's, see
+/// [`agent_baton_vars`]).
 const AGENT_SECRET_VARS: [&str; 2] = ["BATON_ENROLL_TOKEN", "BATON_TOKEN"];
+
+/// Every `BATON_*` variable of the agent's own environment, read once. None
+/// reaches a job: besides the tokens, a shell that started the agent may have
+/// exported the CLI's `BATON_TLS_DIR` (an admin identity) and
+/// `BATON_COORDINATOR`, with which a job could act as that identity. A job's
+/// own `BATON_*` (task, attempt, output, rows, …) are set after this removal.
+fn agent_baton_vars() -> &'static [std::ffi::OsString] {
+    static VARS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+    VARS.get_or_init(|| {
+        std::env::vars_os()
+            .map(|(k, _)| k)
+            .filter(|k| k.as_encoded_bytes().starts_with(b"BATON_"))
+            .collect()
+    })
+}
 
 /// PATH of a run-as job when the agent has none.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
@@ -538,11 +554,15 @@ async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<Step
             .uid(user.uid)
             .gid(user.gid);
     }
-    // The agent's own secrets never reach a job (a job without run-as
-    // inherits the agent's environment): an enrolment token left in it would
-    // let a job enrol a rogue agent under this name.
+    // The agent's own secrets and settings never reach a job (a job without
+    // run-as inherits the agent's environment): an enrolment token left in it
+    // would let a job enrol a rogue agent under this name, a BATON_TLS_DIR act
+    // as the identity it names.
     for secret in AGENT_SECRET_VARS {
         cmd.env_remove(secret);
+    }
+    for own in agent_baton_vars() {
+        cmd.env_remove(own);
     }
     cmd.args(&exec.argv[1..])
         .envs(ctx.env.iter().map(|(k, v)| (k, v)))

@@ -28,6 +28,16 @@ pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7400";
 /// Default client identity: the admin identity a coordinator creates in its default data dir.
 pub const DEFAULT_CLIENT_TLS_DIR: &str = "baton-data/tls/admin";
 
+/// Whether a connection setting of the command that runs (URL, TLS dir,
+/// token file) came from a context: set once by `main` from the layered settings.
+static FROM_CONTEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records whether any connection setting came from a context (see
+/// [`crate::config::Source::Context`]); a connection failure then says so.
+pub fn set_settings_from_context(yes: bool) {
+    FROM_CONTEXT.store(yes, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Shared `--coordinator` / `--tls-dir` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorOpt {
@@ -168,7 +178,9 @@ impl CoordinatorOpt {
             let mut err = self
                 .tls_failure(&e)
                 .unwrap_or_else(|| CliError::unavailable(&self.url, e));
-            if let Some(ctx) = &self.context {
+            if let Some(ctx) = &self.context
+                && FROM_CONTEXT.load(std::sync::atomic::Ordering::Relaxed)
+            {
                 err.message += &format!(
                     "\n  note: the connection settings come from context '{ctx}' where no flag or variable sets them (`baton context show {ctx}`)"
                 );
@@ -211,13 +223,7 @@ impl CoordinatorOpt {
             .split(['/', '?', '#'])
             .next()?;
         let ca = std::fs::read_to_string(self.tls_dir.join("ca.pem")).ok()?;
-        let identity = match self.token {
-            Some(_) => None,
-            None => Some((
-                std::fs::read_to_string(self.tls_dir.join("tls.pem")).ok()?,
-                std::fs::read_to_string(self.tls_dir.join("tls.key")).ok()?,
-            )),
-        };
+        let identity = self.probe_identity()?;
         let failure = baton_proto::tls::probe_handshake(
             authority,
             baton_coordinator::pki::COORDINATOR_NAME,
@@ -226,6 +232,19 @@ impl CoordinatorOpt {
             Duration::from_secs(2),
         )?;
         Some(explain_tls(&self.url, &self.tls_dir, failure))
+    }
+
+    /// The client certificate and key a probe presents: none with an API token
+    /// (from --token, BATON_TOKEN or --token-file); `None` when they cannot be read.
+    #[allow(clippy::type_complexity)]
+    fn probe_identity(&self) -> Option<Option<(String, String)>> {
+        match self.token() {
+            Ok(Some(_)) | Err(_) => Some(None),
+            Ok(None) => Some(Some((
+                std::fs::read_to_string(self.tls_dir.join("tls.pem")).ok()?,
+                std::fs::read_to_string(self.tls_dir.join("tls.key")).ok()?,
+            ))),
+        }
     }
 
     /// `TLS_HANDSHAKE_FAILED` with what went wrong, if `err` is a TLS failure.
@@ -326,4 +345,38 @@ pub fn explain_tls(
         "TLS_HANDSHAKE_FAILED",
         format!("TLS handshake with {url} failed: {what}\n  hint: {hint}"),
     )
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+
+    fn opt(dir: &std::path::Path) -> CoordinatorOpt {
+        CoordinatorOpt {
+            url: DEFAULT_COORDINATOR.into(),
+            tls_dir: dir.to_path_buf(),
+            token: None,
+            token_file: None,
+            context: None,
+        }
+    }
+
+    #[test]
+    fn a_token_file_user_probes_without_a_client_certificate() {
+        let d = tempfile::tempdir().unwrap();
+        let tf = d.path().join("token");
+        std::fs::write(&tf, "btn_api_x").unwrap();
+        // Only ca.pem: with a token from a file, the probe needs no certificate.
+        let mut o = opt(d.path());
+        o.token_file = Some(tf);
+        assert_eq!(o.probe_identity(), Some(None));
+        // Without a token, the certificate is needed: none here, no probe.
+        assert_eq!(opt(d.path()).probe_identity(), None);
+        std::fs::write(d.path().join("tls.pem"), "c").unwrap();
+        std::fs::write(d.path().join("tls.key"), "k").unwrap();
+        assert_eq!(
+            opt(d.path()).probe_identity(),
+            Some(Some(("c".into(), "k".into())))
+        );
+    }
 }

@@ -33,6 +33,9 @@ pub const CONFIG_ARG: &str = "config";
 pub const PRINT_CONFIG_ARG: &str = "print_config";
 /// The id of the `--context NAME` argument of client commands.
 pub const CONTEXT_ARG: &str = "context";
+/// The commands whose `--config` file is theirs alone (a key they do not take
+/// is an error); every other command may share its file with others.
+pub const DAEMONS: [&str; 2] = ["coordinator", "agent"];
 /// What a secret value is shown as.
 pub const SECRET_SHOWN_AS: &str = "<set>";
 
@@ -154,7 +157,7 @@ pub fn parse(base: Command, argv: Vec<OsString>, env: EnvLookup<'_>) -> Result<P
                 format!("cannot read the config file {}: {e}", file.display()),
             )
         })?;
-        let strict = !leaf_cmd.get_arguments().any(|a| a.get_id() == CONTEXT_ARG);
+        let strict = matches!(path.as_slice(), [c] if DAEMONS.contains(&c.as_str()));
         for (key, values) in file_layer(&base, leaf_cmd, file, &text, strict)? {
             layered.insert(key, (values, Source::File(file.clone())));
         }
@@ -403,8 +406,8 @@ fn context_layer(
 
 /// The values of a config file for the command `leaf`, checked against its
 /// arguments. A key no command of `baton` takes is an error; so is a key
-/// this command does not take when `strict` (the daemons' files are theirs
-/// alone; one file may serve several client commands).
+/// this command does not take when `strict` (the daemons' files, see
+/// [`DAEMONS`], are theirs alone; one file may serve several other commands).
 fn file_layer(
     root: &Command,
     leaf: &Command,

@@ -213,6 +213,11 @@ fn main() -> ExitCode {
         crate::output::out!("{}", config::render(&parsed.path, &parsed.settings));
         return ExitCode::SUCCESS;
     }
+    client::set_settings_from_context(
+        parsed.settings.iter().any(|s| {
+            s.key != config::CONTEXT_ARG && matches!(s.source, config::Source::Context(_))
+        }),
+    );
     let cli = match Cli::from_arg_matches(&parsed.matches) {
         Ok(c) => c,
         Err(e) => e.exit(),
@@ -222,6 +227,11 @@ fn main() -> ExitCode {
         Cmd::Coordinator(_) | Cmd::Agent(_) | Cmd::AgentWatchdog
     );
     init_tracing(if daemon { "info" } else { "warn" });
+    // After tracing: an old name that is set but overridden is warned about.
+    if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
+        eprintln!("error[{}]: {}", e.code, e.message);
+        return ExitCode::from(e.exit);
+    }
     if let Cmd::AgentWatchdog = cli.cmd {
         // Single-threaded: the signals it blocks must be blocked in every thread.
         return ExitCode::from(baton_agent::watchdog::main());

@@ -7,10 +7,12 @@
 //! agent with run-as users, who must pass through it to their job directories)
 //! and checks what is already there:
 //!
-//! - a directory that group or others may read or write (`mode & 0o066`) loses
-//!   those bits; search (`x`) is kept, as run-as users need it;
-//! - a file of the daemon's (`coordinator.redb`, `audit.log`, …) with any group
-//!   or other bit becomes 0600.
+//! - a directory with any group or other bit (`mode & 0o077`) loses them; for an
+//!   agent with run-as users only read and write (`0o066`) go, search (`x`) is
+//!   kept, as those users need it;
+//! - a regular file directly in the data directory (`coordinator.redb`,
+//!   `audit.log`, the rotated `audit.log.N`, …) or a listed one below it (keys)
+//!   with any group or other bit becomes 0600.
 //!
 //! Fixed, with a WARN line naming the path and both modes, rather than refused:
 //! every data directory made before this check was 0755 with a 0644 store, and
@@ -25,8 +27,11 @@ use tracing::warn;
 
 use crate::error::CliError;
 
-/// Bits a directory must not have: read or write for group and others.
-const DIR_OPEN_BITS: u32 = 0o066;
+/// Bits a directory must not have: any for group and others.
+const DIR_OPEN_BITS: u32 = 0o077;
+/// Bits a directory others must search through (run-as users) must not have:
+/// read or write for group and others.
+const SEARCH_DIR_OPEN_BITS: u32 = 0o066;
 /// Bits a file must not have: any for group and others.
 const FILE_OPEN_BITS: u32 = 0o077;
 
@@ -65,6 +70,11 @@ pub fn agent(others_search: bool) -> Layout<'static> {
 /// Makes `dir` private, or checks and fixes it (see the module doc).
 pub fn secure(dir: &Path, layout: Layout<'_>) -> Result<(), CliError> {
     let mode = if layout.others_search { 0o711 } else { 0o700 };
+    let dir_bits = if layout.others_search {
+        SEARCH_DIR_OPEN_BITS
+    } else {
+        DIR_OPEN_BITS
+    };
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
@@ -83,7 +93,17 @@ pub fn secure(dir: &Path, layout: Layout<'_>) -> Result<(), CliError> {
                 format!("the data directory {} is not a directory", dir.display()),
             ));
         }
-        Ok(meta) => fix(dir, &meta, DIR_OPEN_BITS)?,
+        Ok(meta) => fix(dir, &meta, dir_bits)?,
+    }
+    // Every regular file directly inside (rotated audit logs included).
+    let files = std::fs::read_dir(dir).map_err(|e| io_failed(dir, &e))?;
+    for entry in files.flatten() {
+        // Links are not followed: a link's target is not the daemon's to change.
+        if let Ok(meta) = std::fs::symlink_metadata(entry.path())
+            && meta.is_file()
+        {
+            fix(&entry.path(), &meta, FILE_OPEN_BITS)?;
+        }
     }
     for name in layout.entries {
         let path = dir.join(name);
@@ -92,7 +112,7 @@ pub fn secure(dir: &Path, layout: Layout<'_>) -> Result<(), CliError> {
             continue;
         };
         if meta.is_dir() {
-            fix(&path, &meta, DIR_OPEN_BITS)?;
+            fix(&path, &meta, dir_bits)?;
         } else if meta.is_file() {
             fix(&path, &meta, FILE_OPEN_BITS)?;
         }
@@ -201,16 +221,36 @@ mod tests {
         std::fs::write(&outside, b"y").unwrap();
         std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::os::unix::fs::symlink(&outside, d.join("audit.log")).unwrap();
+        let rotated = d.join("audit.log.3");
+        std::fs::write(&rotated, b"z").unwrap();
+        std::fs::set_permissions(&rotated, std::fs::Permissions::from_mode(0o644)).unwrap();
 
         secure(&d, COORDINATOR).unwrap();
-        assert_eq!(mode(&d), 0o711, "search kept, read taken");
+        assert_eq!(
+            mode(&d),
+            0o700,
+            "a coordinator's data dir keeps no search bit"
+        );
         assert_eq!(mode(&store), 0o600);
-        assert_eq!(mode(&d.join("tls")), 0o711);
+        assert_eq!(
+            mode(&rotated),
+            0o600,
+            "every file directly inside is private"
+        );
+        assert_eq!(mode(&d.join("tls")), 0o700);
         assert_eq!(mode(&outside), 0o644, "a link's target is not changed");
         // A private directory is left as it is.
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
         secure(&d, COORDINATOR).unwrap();
         assert_eq!(mode(&d), 0o700);
+        // An agent with run-as users keeps the search bits, not read or write.
+        let a = root.path().join("agent");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o755)).unwrap();
+        secure(&a, agent(true)).unwrap();
+        assert_eq!(mode(&a), 0o711);
+        secure(&a, agent(false)).unwrap();
+        assert_eq!(mode(&a), 0o700);
     }
 
     #[test]
@@ -221,7 +261,7 @@ mod tests {
         assert_eq!(mode(&tls), 0o700);
         std::fs::set_permissions(&tls, std::fs::Permissions::from_mode(0o755)).unwrap();
         secure_tls_dir(&tls).unwrap();
-        assert_eq!(mode(&tls), 0o711);
+        assert_eq!(mode(&tls), 0o700);
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub enum ContextCmd {
     )]
     Add {
         name: String,
-        /// Coordinator URL (a comma-separated list for several coordinators).
+        /// Coordinator URL (one: https://HOST:PORT).
         #[arg(long)]
         coordinator: String,
         /// Directory with the client identity: ca.pem, tls.pem, tls.key.

@@ -91,15 +91,15 @@ pub struct CoordinatorArgs {
     #[arg(long)]
     pub insecure: bool,
     /// Rotate DATA_DIR/audit.log when it reaches this size (e.g. 64MiB, 500000).
-    #[arg(long, env = "BATON_AUDIT_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    #[arg(long, env = "BATON_COORDINATOR_AUDIT_MAX_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
     pub audit_max_bytes: u64,
     /// Rotated audit files kept (audit.log.1 … audit.log.N); 0: none, the file is emptied.
-    #[arg(long, env = "BATON_AUDIT_KEEP", default_value_t = baton_coordinator::auth::audit_file::DEFAULT_KEEP)]
+    #[arg(long, env = "BATON_COORDINATOR_AUDIT_KEEP", default_value_t = baton_coordinator::auth::audit_file::DEFAULT_KEEP)]
     pub audit_keep: u32,
     /// Most bytes one principal may keep in the store: package versions it
     /// deployed and executions it started that retention has not removed yet
     /// (QUOTA_EXCEEDED past it). 0: no quota.
-    #[arg(long, env = "BATON_QUOTA_BYTES_PER_PRINCIPAL", default_value = "1GiB", value_parser = parse_bytes)]
+    #[arg(long, env = "BATON_COORDINATOR_QUOTA_BYTES_PER_PRINCIPAL", default_value = "1GiB", value_parser = parse_bytes)]
     pub quota_bytes_per_principal: u64,
 }
 
@@ -148,7 +148,7 @@ fn watchdog_launcher() -> Result<baton_agent::watchdog::Launcher, CliError> {
 /// Run an agent on this machine.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Example:\n  baton agent --coordinator https://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
+    after_help = "Example (its token must allow its labels: `baton token create --agent etl-07 --label pool=etl`):\n  baton agent --coordinator https://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
 )]
 pub struct AgentArgs {
     /// Coordinator URL.
@@ -173,7 +173,8 @@ pub struct AgentArgs {
     /// another agent is idle.
     #[arg(long, env = "BATON_AGENT_QUEUE", default_value_t = 0)]
     pub queue: u32,
-    /// Label for placement, repeatable: --label pool=etl --label zone=a.
+    /// Label for placement, repeatable: --label pool=etl --label zone=a. The
+    /// enrolment token must allow it (`baton token create --agent NAME --label pool=etl`).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Relative share of work under least-loaded placement: an agent of weight 2
@@ -225,9 +226,11 @@ fn announce(line: String) {
     let _ = out.flush();
 }
 
-/// Variables `baton coordinator` read before they got its own prefix. They
-/// are ignored now, with a warning, so that a setting is not silently lost.
-const RENAMED_COORDINATOR_VARS: [&str; 10] = [
+/// Variables `baton coordinator` read before they got its own prefix
+/// (`BATON_X` is now `BATON_COORDINATOR_X`). One still set while the option has
+/// no other source (flag, new variable, config file) refuses the start: going on
+/// with the default would, for `BATON_DATA_DIR`, open a fresh store and CA.
+const RENAMED_COORDINATOR_VARS: [&str; 13] = [
     "BATON_LISTEN",
     "BATON_DATA_DIR",
     "BATON_LEASE_TTL_MS",
@@ -238,19 +241,87 @@ const RENAMED_COORDINATOR_VARS: [&str; 10] = [
     "BATON_PLACEMENT",
     "BATON_MAX_PENDING_CHILDREN",
     "BATON_QUARANTINE_FAILURES",
+    "BATON_AUDIT_MAX_BYTES",
+    "BATON_AUDIT_KEEP",
+    "BATON_QUOTA_BYTES_PER_PRINCIPAL",
 ];
 
-fn warn_renamed(old: &[&str], prefix: &str, strip: &str) {
+/// The same for `baton agent` (`BATON_X` is now `BATON_AGENT_X`).
+const RENAMED_AGENT_VARS: [&str; 1] = ["BATON_SLOTS"];
+
+/// Refuses to start a daemon (`path` is `["coordinator"]` or `["agent"]`)
+/// while a variable it read under its old name is set and the option it set
+/// has no value from anywhere else: the old name is ignored, and the default
+/// (a fresh data directory, say) must not silently replace it. Exit 2.
+pub fn refuse_renamed(
+    path: &[String],
+    settings: &[crate::config::Setting],
+    env: crate::config::EnvLookup<'_>,
+) -> Result<(), CliError> {
+    let (old, prefix): (&[&str], &str) = match path {
+        [c] if c == "coordinator" => (&RENAMED_COORDINATOR_VARS, "BATON_COORDINATOR_"),
+        [c] if c == "agent" => (&RENAMED_AGENT_VARS, "BATON_AGENT_"),
+        _ => return Ok(()),
+    };
     for name in old {
-        if std::env::var_os(name).is_some() {
-            let new = format!("{prefix}{}", name.trim_start_matches(strip));
-            warn!(variable = name, use_instead = %new, "ignored: this variable was renamed");
+        if env(name).is_none() {
+            continue;
         }
+        let rest = name.trim_start_matches("BATON_");
+        let key = rest.to_ascii_lowercase().replace('_', "-");
+        let defaulted = settings
+            .iter()
+            .find(|s| s.key == key)
+            .is_none_or(|s| s.source == crate::config::Source::Default);
+        if defaulted {
+            return Err(CliError::invalid(
+                "ENV_RENAMED",
+                format!(
+                    "{name} is set but `baton {}` no longer reads it: it is now {prefix}{rest}\n  \
+                     hint: rename the variable (or give --{key}); starting with the default \
+                     instead could, for a data directory, open an empty store",
+                    path[0]
+                ),
+            ));
+        }
+        warn!(variable = name, use_instead = %format!("{prefix}{rest}"), "ignored: this variable was renamed");
     }
+    Ok(())
+}
+
+/// `BATON_TLS_DIR` is the CLI's identity, but the coordinator of earlier
+/// releases took it for its CA directory. When it names a CA directory (it
+/// holds `ca.key`) and the directory this coordinator will use holds none, the
+/// coordinator would make a new CA that no agent trusts: refused (exit 2).
+fn refuse_old_tls_dir(effective: &std::path::Path) -> Result<(), CliError> {
+    let Some(old) = std::env::var_os("BATON_TLS_DIR").map(PathBuf::from) else {
+        return Ok(());
+    };
+    if old.join("ca.key").is_file() && !effective.join("ca.key").exists() {
+        return Err(CliError::invalid(
+            "ENV_RENAMED",
+            format!(
+                "BATON_TLS_DIR={} holds a CA (ca.key) but `baton coordinator` no longer reads \
+                 it, and its TLS directory {} has none: it would make a new CA\n  hint: give \
+                 --tls-dir {} or BATON_COORDINATOR_TLS_DIR (BATON_TLS_DIR is the CLI's client \
+                 identity only)",
+                old.display(),
+                effective.display(),
+                old.display()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
-    warn_renamed(&RENAMED_COORDINATOR_VARS, "BATON_COORDINATOR_", "BATON_");
+    if !args.insecure {
+        let tls_dir = args
+            .tls_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("tls"));
+        refuse_old_tls_dir(&tls_dir)?;
+    }
     let listener = bind(&args.listen).await?;
     let addr = listener
         .local_addr()
@@ -362,7 +433,6 @@ fn hostname() -> String {
 }
 
 pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
-    warn_renamed(&["BATON_SLOTS"], "BATON_AGENT_", "BATON_");
     let listener = bind(&args.listen).await?;
     let bound = listener
         .local_addr()
@@ -412,7 +482,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
                 "AGENT_TLS_MISSING",
                 format!(
                     "{e}\n  hint: enrol with a token (`baton token create --agent` on an admin \
-                     host, then `baton agent --enroll TOKEN`), or issue a certificate with \
+                     host, then `BATON_ENROLL_TOKEN=… baton agent …`), or issue a certificate with \
                      `baton certs issue --agent {name} --out {}` and copy the directory here",
                     dir.display()
                 ),
@@ -462,9 +532,18 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
                 format!(
                     "{e}\n  hint: an operator ran `baton agents revoke {name}`; to bring this \
                      machine back, enrol it again with a new token (`baton token create --agent \
-                     {name}`, then `baton agent --enroll TOKEN` with an empty TLS directory)"
+                     {name}`, then `BATON_ENROLL_TOKEN=… baton agent …` with an empty TLS directory)"
                 ),
                 crate::error::EXIT_REVOKED,
+            ),
+            baton_agent::AgentError::RegistrationRefused(_) => CliError::invalid(
+                e.code(),
+                format!(
+                    "{e}\n  hint: the token this machine enrolled with allows only the labels \
+                     it was created with; create one that allows the labels this agent claims \
+                     (`baton token create --agent {name} --label KEY=VALUE`) and enrol again \
+                     with an empty TLS directory, or drop the --label flags the token does not allow"
+                ),
             ),
             e if e.code() == baton_proto::plaintext::CODE => {
                 CliError::invalid(e.code(), e.to_string())

@@ -38,7 +38,7 @@ pub enum ExecCmd {
     /// With --child, only that child (not retried; its task, and so the execution,
     /// ends failed once the other children are done).
     #[command(
-        after_help = "Examples:\n  baton exec cancel 019ab2c4...\n  baton exec cancel 019ab2c4... --reason 'wrong date' --wait\n  baton exec cancel 019ab2c4... --child 'fan[3]' --wait"
+        after_help = "Examples:\n  baton exec cancel 019ab2c4...\n  baton exec cancel 019ab2c4... --reason 'wrong date' --wait\n  baton exec cancel 019ab2c4... --child 'shards[3]' --wait"
     )]
     Cancel {
         id: String,
@@ -101,12 +101,12 @@ pub enum ExecCmd {
     },
     /// Print one child's stdout and stderr, from its agent (-f: as it writes, until it ends).
     #[command(
-        after_help = "Examples:\n  baton exec logs 019ab2c4... --child 'fan[3]'\n  baton exec logs 019ab2c4... --child 'fan[3]' -f\n  baton exec logs 019ab2c4... --child load --stderr --attempt 1\n\nThe child's stdout goes to stdout and its stderr to stderr, as stored on the agent\n(sensitive parameter values masked). Quote TASK[INDEX] in shells that glob brackets."
+        after_help = "Examples:\n  baton exec logs 019ab2c4... --child 'shards[3]'\n  baton exec logs 019ab2c4... --child 'shards[3]' -f\n  baton exec logs 019ab2c4... --child load --stderr --attempt 1\n\nThe child's stdout goes to stdout and its stderr to stderr, as stored on the agent\n(sensitive parameter values masked). Quote TASK[INDEX] in shells that glob brackets."
     )]
     Logs(super::exec_child::LogsArgs),
     /// Print the rows one succeeded child wrote to $BATON_ROWS (JSON lines).
     #[command(
-        after_help = "Examples:\n  baton exec rows 019ab2c4... --child 'fan[3]'\n  baton exec rows 019ab2c4... --child 'fan[3]' --format csv > fan3.csv\n  baton exec rows 019ab2c4... --child load --format json | jq .total\n\ncsv and table: the columns are the union of the rows' keys in first-seen order;\nstrings as they are, other values as JSON."
+        after_help = "Examples:\n  baton exec rows 019ab2c4... --child 'shards[3]'\n  baton exec rows 019ab2c4... --child 'shards[3]' -o csv > shards3.csv\n  baton exec rows 019ab2c4... --child load -o json | jq .total\n\ncsv and table: the columns are the union of the rows' keys in first-seen order;\nstrings as they are, other values as JSON."
     )]
     Rows(super::exec_child::RowsArgs),
     /// Show an execution and every child job (state, agent, attempt, exit code, reason).

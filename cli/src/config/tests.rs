@@ -13,7 +13,7 @@ use super::*;
 const ENV_VAR: &str = "PATH";
 
 fn tree() -> Command {
-    let daemon = Command::new("daemon")
+    let daemon = Command::new("agent")
         .arg(
             Arg::new("listen")
                 .long("listen")
@@ -145,7 +145,7 @@ fn defaults_then_file_then_environment_then_flags() {
     );
     let path = std::path::PathBuf::from(&cfg);
 
-    let p = fx.ok(&["daemon", "--config", &cfg]);
+    let p = fx.ok(&["agent", "--config", &cfg]);
     assert_eq!(value(&p, "listen"), ["127.0.0.1:7400"]);
     assert_eq!(setting(&p, "listen").source, Source::Default);
     assert_eq!(value(&p, "data-dir"), ["/srv/baton"]);
@@ -161,13 +161,13 @@ fn defaults_then_file_then_environment_then_flags() {
     let path_var = std::env::var(ENV_VAR).unwrap();
     assert_eq!(value(&p, "search"), [path_var.as_str()]);
     assert_eq!(setting(&p, "search").source, Source::Env(ENV_VAR.into()));
-    let leaf = p.matches.subcommand_matches("daemon").unwrap();
+    let leaf = p.matches.subcommand_matches("agent").unwrap();
     assert_eq!(leaf.get_one::<u32>("slots"), Some(&4), "typed like a flag");
     assert!(leaf.get_flag("insecure"));
 
     // Flags are above everything.
     let p = fx.ok(&[
-        "daemon",
+        "agent",
         "--config",
         &cfg,
         "--data-dir",
@@ -187,10 +187,10 @@ fn defaults_then_file_then_environment_then_flags() {
     );
 
     // `--config` is global: before the subcommand too.
-    let p = fx.ok(&["--config", &cfg, "daemon"]);
+    let p = fx.ok(&["--config", &cfg, "agent"]);
     assert_eq!(value(&p, "data-dir"), ["/srv/baton"]);
     // No file: nothing but defaults.
-    let p = fx.ok(&["daemon"]);
+    let p = fx.ok(&["agent"]);
     assert_eq!(value(&p, "data-dir"), ["data"]);
     assert_eq!(setting(&p, "slots").values, None);
 }
@@ -199,7 +199,7 @@ fn defaults_then_file_then_environment_then_flags() {
 fn an_unknown_key_names_itself_the_file_and_the_line() {
     let fx = Fixture::new();
     let cfg = fx.file("d.toml", "listen = \"0.0.0.0:1\"\n\ndata_dir = \"/x\"\n");
-    let e = fx.err(&["daemon", "--config", &cfg]);
+    let e = fx.err(&["agent", "--config", &cfg]);
     assert_eq!(e.code, "CONFIG_UNKNOWN_KEY");
     assert!(
         e.message.contains(&format!("{cfg}:3")) && e.message.contains("`data_dir`"),
@@ -209,7 +209,7 @@ fn an_unknown_key_names_itself_the_file_and_the_line() {
     // A daemon's file is its own: a key of another command is an error too.
     let cfg = fx.file("d2.toml", "output = \"json\"\n");
     assert_eq!(
-        fx.err(&["daemon", "--config", &cfg]).code,
+        fx.err(&["agent", "--config", &cfg]).code,
         "CONFIG_UNKNOWN_KEY"
     );
     // A client command shares its file with others: a key another command
@@ -217,6 +217,9 @@ fn an_unknown_key_names_itself_the_file_and_the_line() {
     let cfg = fx.file("c.toml", "output = \"json\"\nslots = 3\n");
     let p = fx.ok(&["exec", "list", "--config", &cfg]);
     assert_eq!(value(&p, "output"), ["json"]);
+    // So does a command without a context (validate): only daemons are strict.
+    let cfg = fx.file("v.toml", "output = \"json\"\nslots = 3\n");
+    fx.ok(&["validate", "x.toml", "--config", &cfg]);
     let cfg = fx.file("c2.toml", "outptu = \"json\"\n");
     assert_eq!(
         fx.err(&["exec", "list", "--config", &cfg]).code,
@@ -225,7 +228,7 @@ fn an_unknown_key_names_itself_the_file_and_the_line() {
     // Help and the config options themselves are not keys.
     let cfg = fx.file("c3.toml", "config = \"other.toml\"\n");
     assert_eq!(
-        fx.err(&["daemon", "--config", &cfg]).code,
+        fx.err(&["agent", "--config", &cfg]).code,
         "CONFIG_UNKNOWN_KEY"
     );
 }
@@ -235,11 +238,11 @@ fn bad_files_and_values_are_errors_that_say_where() {
     let fx = Fixture::new();
     let missing = fx.dir.path().join("nope.toml").display().to_string();
     assert_eq!(
-        fx.err(&["daemon", "--config", &missing]).code,
+        fx.err(&["agent", "--config", &missing]).code,
         "CONFIG_FILE_UNREADABLE"
     );
     let cfg = fx.file("syntax.toml", "listen = \n");
-    let e = fx.err(&["daemon", "--config", &cfg]);
+    let e = fx.err(&["agent", "--config", &cfg]);
     assert_eq!(e.code, "CONFIG_FILE_INVALID");
     assert!(e.message.contains(&cfg), "{}", e.message);
     for (text, what) in [
@@ -249,13 +252,13 @@ fn bad_files_and_values_are_errors_that_say_where() {
         ("listen = { a = 1 }\n", "string"),
     ] {
         let cfg = fx.file("v.toml", text);
-        let e = fx.err(&["daemon", "--config", &cfg]);
+        let e = fx.err(&["agent", "--config", &cfg]);
         assert_eq!(e.code, "CONFIG_BAD_VALUE", "{text}");
         assert!(e.message.contains(what), "{text}: {}", e.message);
     }
     // A value of the right TOML type that the option refuses: clap's own check.
     let cfg = fx.file("v.toml", "slots = \"many\"\n");
-    let e = fx.err(&["daemon", "--config", &cfg]);
+    let e = fx.err(&["agent", "--config", &cfg]);
     assert_eq!(e.code, "CONFIG_BAD_VALUE");
     assert!(
         e.message.contains(&cfg) && e.message.contains("many") && !e.message.contains("--help"),
@@ -371,7 +374,7 @@ fn the_current_context_is_below_the_file_and_a_named_one_replaces_it() {
         other => panic!("{other:?}"),
     }
     // Daemons never take a context.
-    let p = fx.ok(&["daemon"]);
+    let p = fx.ok(&["agent"]);
     assert!(
         p.settings
             .iter()
@@ -384,7 +387,7 @@ fn print_config_shows_sources_and_never_a_secret() {
     let fx = Fixture::new();
     let cfg = fx.file("d.toml", "data-dir = \"/srv\"\nlabel = [\"a=b\"]\n");
     let p = fx.ok(&[
-        "daemon",
+        "agent",
         "--config",
         &cfg,
         "--enroll",

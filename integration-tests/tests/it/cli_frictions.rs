@@ -475,3 +475,108 @@ fn the_example_fanout_writes_rows_for_the_tour() {
     );
     c.finish(&[]);
 }
+
+/// A token made without `--label` allows no label: an agent that claims one is
+/// refused at registration and stops at once with its own code and a hint,
+/// instead of retrying for ever.
+#[test]
+fn an_agent_claiming_a_label_its_token_does_not_allow_stops() {
+    let mut c = Cluster::new("label_refused_stops");
+    c.start_coordinator();
+    let out = c.cli(&["token", "create", "--agent", "l1", "--output", "json"]);
+    out.expect_code(0);
+    let token = out.json()["token"].as_str().unwrap().to_owned();
+    let mut opts = crate::harness::AgentOpts::new("l1", 1);
+    opts.tls_dir = Some(c.root().join("l1-tls"));
+    opts.wait_announce = false;
+    opts.env = vec![("BATON_ENROLL_TOKEN".into(), token)];
+    opts.extra_args = vec!["--label".into(), "role=loader".into()];
+    c.start_agent_with(opts);
+    let mut status = None;
+    let exited = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        status = c.agent("l1").try_exit_status();
+        status.is_some()
+    });
+    let log = crate::harness::read_log(&c.agent("l1").stderr_path());
+    assert!(exited, "the refused agent still runs after 20 s:\n{log}");
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{status:?}\n{log}");
+    assert!(
+        log.contains("error[AGENT_REGISTRATION_REFUSED]")
+            && log.contains("AGENT_LABEL_NOT_ALLOWED")
+            && log.contains("baton token create --agent l1 --label"),
+        "no clear message on stderr:\n{log}"
+    );
+    let retries = log.matches("coordinator unreachable; will retry").count();
+    assert!(retries == 0, "it retried {retries} times:\n{log}");
+    c.finish(&["l1", "AGENT_LABEL_NOT_ALLOWED", "registration"]);
+}
+
+/// `baton coordinator` with a variable it read under its old name: it refuses
+/// to start rather than open a fresh store (and CA) in the default directory;
+/// the new name (or the flag) wins over the old one. A `BATON_TLS_DIR` that
+/// holds a CA while the coordinator's own TLS directory holds none is refused too.
+#[test]
+fn a_coordinator_refuses_to_start_on_a_renamed_variable() {
+    let root = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, &std::path::Path)], args: &[&str]| {
+        let mut cmd = Command::new(baton_bin());
+        cmd.current_dir(root.path())
+            .args(["coordinator", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("BATON_TLS_DIR")
+            .env_remove("BATON_DATA_DIR")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let err = std::thread::spawn(move || read_all(stderr));
+        // The first stdout line is the announcement of a coordinator that serves.
+        let mut line = String::new();
+        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        let code = if line.contains("listening on") {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        } else {
+            wait_exit(&mut child, Duration::from_secs(10))
+        };
+        (code, err.join().unwrap_or_default())
+    };
+    let old = root.path().join("old-data");
+    let (code, err) = run(&[("BATON_DATA_DIR", &old)], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("error[ENV_RENAMED]") && err.contains("BATON_COORDINATOR_DATA_DIR"),
+        "{err}"
+    );
+    assert!(!root.path().join("baton-data").exists(), "it made a store");
+    // The flag gives the option a value: the old variable is only warned about.
+    let new = root.path().join("new-data");
+    let (code, err) = run(
+        &[("BATON_DATA_DIR", &old)],
+        &["--data-dir", new.to_str().unwrap()],
+    );
+    assert_eq!(code, None, "with --data-dir it must start: {err}");
+    // BATON_TLS_DIR naming that coordinator's CA directory, with a new data dir.
+    let ca = new.join("tls");
+    assert!(
+        ca.join("ca.key").is_file(),
+        "no CA made in {}",
+        ca.display()
+    );
+    let other = root.path().join("other-data");
+    let (code, err) = run(
+        &[("BATON_TLS_DIR", &ca)],
+        &["--data-dir", other.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("error[ENV_RENAMED]") && err.contains("--tls-dir"),
+        "{err}"
+    );
+    assert!(!other.join("tls").join("ca.key").exists());
+}

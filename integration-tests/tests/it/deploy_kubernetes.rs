@@ -247,6 +247,13 @@ fn kubernetes_manifests_fit_together() {
         })
         .collect();
     let data_volume = mount_of(coord.node, &data).expect("the data dir is a volume mount");
+    // kubelet leaves a claim's root owned by root, group fsGroup, mode 2775: a
+    // data directory there is refused (DATA_DIR_INSECURE). It must be below it.
+    assert!(
+        !mount_paths(coord.node).contains(&data),
+        "the coordinator's data dir {data} must be a directory below its volume's mount, \
+         not the mount itself"
+    );
     assert!(
         claims.contains(&data_volume),
         "the coordinator's data dir must be on a volume claim ({claims:?}), not {data_volume}"
@@ -385,6 +392,16 @@ fn kubernetes_manifests_fit_together() {
         from_env || from_file,
         "the agent's BATON_ENROLL_TOKEN must come from a Secret (env secretKeyRef, or a mounted Secret read by its script)"
     );
+}
+
+/// Every mountPath of container `c`.
+fn mount_paths(c: &Yaml) -> Vec<String> {
+    c.get("volumeMounts")
+        .map(Yaml::items)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.get("mountPath").and_then(Yaml::as_str).map(str::to_owned))
+        .collect()
 }
 
 /// The name of the volume mounted at `path` or above it in container `c`.

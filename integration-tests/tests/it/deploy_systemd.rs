@@ -260,6 +260,16 @@ fn systemd_units_use_what_the_binary_accepts_and_are_hardened() {
         let a_data = a.value("--data-dir").expect("--data-dir");
         assert_hardened(name, unit, &a_data);
         assert_eq!(unit.last("KillMode"), Some("mixed"), "{name}");
+        // A revoked (exit 6) or refused (exit 2) agent must stay stopped.
+        let prevent: Vec<&str> = unit
+            .service("RestartPreventExitStatus")
+            .iter()
+            .flat_map(|v| v.split_whitespace())
+            .collect();
+        assert!(
+            prevent.contains(&"6") && prevent.contains(&"2"),
+            "{name}: RestartPreventExitStatus= must hold 2 and 6: {prevent:?}"
+        );
     }
     assert_eq!(agent.last("User"), Some("baton"));
     assert_eq!(agent.last("CapabilityBoundingSet"), Some(""));

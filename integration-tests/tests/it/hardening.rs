@@ -61,8 +61,12 @@ fn data_dirs_stores_and_keys_are_private_and_open_ones_are_fixed_at_start() {
     set_mode(&data, 0o755);
     set_mode(&data.join("coordinator.redb"), 0o644);
     set_mode(&data.join("audit.log"), 0o666);
+    // A rotated audit file, as an earlier release left it.
+    std::fs::write(data.join("audit.log.1"), b"{}\n").unwrap();
+    set_mode(&data.join("audit.log.1"), 0o644);
     c.coordinator().restart();
-    assert_eq!(mode(&data), 0o711, "read and write taken, search kept");
+    assert_eq!(mode(&data), 0o700, "every group and other bit taken");
+    assert_eq!(mode(&data.join("audit.log.1")), 0o600, "rotated audit files too");
     assert_eq!(mode(&data.join("coordinator.redb")), 0o600);
     assert_eq!(mode(&data.join("audit.log")), 0o600);
     let log = read_log(&c.coordinator().stderr_path());

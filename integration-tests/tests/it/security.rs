@@ -328,6 +328,11 @@ fn a_job_never_sees_the_agents_enrolment_token() {
     opts.env = vec![
         ("BATON_ENROLL_TOKEN".into(), token),
         ("BATON_TOKEN".into(), "btn_api_not_for_jobs".into()),
+        // The README's shell exports the CLI's admin identity and the URL.
+        (
+            "BATON_TLS_DIR".into(),
+            c.ca_dir().join("admin").display().to_string(),
+        ),
     ];
     c.start_agent_with(opts);
     c.agents_ready(1);
@@ -336,7 +341,7 @@ fn a_job_never_sees_the_agents_enrolment_token() {
         "env_token",
         &FanoutSpec::new(
             3,
-            "if env | grep -q -e '^BATON_ENROLL_TOKEN=' -e '^BATON_TOKEN='; then echo leaked; exit 1; fi",
+            "if env | grep -q -e '^BATON_ENROLL_TOKEN=' -e '^BATON_TOKEN=' -e '^BATON_TLS_DIR='; then echo leaked; exit 1; fi",
         ),
     );
     let id = c.start_run(&pkg, &[]);
