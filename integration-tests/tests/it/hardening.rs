@@ -66,7 +66,11 @@ fn data_dirs_stores_and_keys_are_private_and_open_ones_are_fixed_at_start() {
     set_mode(&data.join("audit.log.1"), 0o644);
     c.coordinator().restart();
     assert_eq!(mode(&data), 0o700, "every group and other bit taken");
-    assert_eq!(mode(&data.join("audit.log.1")), 0o600, "rotated audit files too");
+    assert_eq!(
+        mode(&data.join("audit.log.1")),
+        0o600,
+        "rotated audit files too"
+    );
     assert_eq!(mode(&data.join("coordinator.redb")), 0o600);
     assert_eq!(mode(&data.join("audit.log")), 0o600);
     let log = read_log(&c.coordinator().stderr_path());
