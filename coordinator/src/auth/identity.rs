@@ -401,7 +401,14 @@ pub async fn revoke(
     name: &str,
     now_s: u64,
 ) -> Result<Vec<String>, CoordinatorError> {
-    for _ in 0..16 {
+    // A renewal that commits between the read and the commit makes this one
+    // conflict: read again and retry. Renewals are bounded per identity, so
+    // in practice this takes one more round; backing off lets a revocation win
+    // even against a storm of commits (the test allows unbounded renewals).
+    for attempt in 0..64u64 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(attempt.min(20))).await;
+        }
         let (rec, rev) = load(store, name).await?;
         let registered = store.get(&crate::records::agent_key(name)).await?;
         if rec.is_none() && registered.is_none() {
