@@ -173,6 +173,7 @@ pub async fn start(
         config.audit,
     )?);
     tokio::spawn(audit.clone().flush_every_second(shutdown.clone()));
+    let tls_audit = audit.clone();
     let auth = auth::Auth::new(store.clone(), audit);
     auth.ensure_admin().await?;
     let live_tls = match &config.security {
@@ -227,7 +228,22 @@ pub async fn start(
     let served: Served = match &live_tls {
         Some(live) => {
             tokio::spawn(live.clone().renew_loop(shutdown.clone()));
-            let incoming = baton_proto::tls::incoming(listener, live.server_config()?);
+            // A certificate refused in the handshake (another CA, expired)
+            // never reaches a handler: audited here, aggregated per source.
+            let on_refused: baton_proto::tls::OnRefused = Arc::new(move |peer, reason| {
+                tls_audit.denied_from(
+                    Some(peer.ip()),
+                    &format!("tls client ({reason})"),
+                    "TLS handshake",
+                    "",
+                    "TLS_HANDSHAKE_REFUSED",
+                );
+            });
+            let incoming = baton_proto::tls::incoming_audited(
+                listener,
+                live.server_config()?,
+                Some(on_refused),
+            );
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
         }
         None => {

@@ -178,6 +178,23 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    incoming_audited(listener, config, None)
+}
+
+/// Told of each handshake the server refused for the client's certificate:
+/// the peer and [`refusal_reason`]'s words.
+pub type OnRefused = Arc<dyn Fn(std::net::SocketAddr, &'static str) + Send + Sync>;
+
+/// [`incoming`], telling `on_refused` of every handshake refused for the
+/// client's certificate (another CA, expired, revoked): those callers never
+/// reach a handler, so this is where their refusal can be audited.
+/// Connections that close or speak no TLS are not refusals of an identity
+/// and are only logged at DEBUG (health checks and port scans).
+pub fn incoming_audited(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    on_refused: Option<OnRefused>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -198,18 +215,44 @@ pub fn incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let on_refused = on_refused.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(conn)) => {
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        if let (Some(f), Some(reason)) = (&on_refused, refusal_reason(&e)) {
+                            f(peer, reason);
+                        }
+                    }
                     Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Why a server refused a client's handshake because of its certificate, in
+/// a few fixed words (a small set, so that an audit of them aggregates);
+/// `None` when the failure is not about the client's identity (the
+/// connection closed, or spoke no TLS).
+pub fn refusal_reason(e: &std::io::Error) -> Option<&'static str> {
+    use rustls::{CertificateError as C, Error as E};
+    let inner = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    Some(match inner {
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
+            "client certificate of an unknown CA"
+        }
+        E::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        ) => "client certificate expired or not yet valid",
+        E::InvalidCertificate(C::Revoked) => "client certificate revoked",
+        E::InvalidCertificate(_) | E::InvalidCertRevocationList(_) => "client certificate invalid",
+        _ => return None,
+    })
 }
 
 /// Verifies a server whose chain carries a CA with the pinned SHA-256, against that CA.
@@ -482,6 +525,35 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_of_an_identity_are_told_apart_from_broken_connections() {
+        use rustls::CertificateError as C;
+        let io = |e: rustls::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        assert_eq!(
+            refusal_reason(&io(rustls::Error::InvalidCertificate(C::UnknownIssuer))),
+            Some("client certificate of an unknown CA")
+        );
+        assert_eq!(
+            refusal_reason(&io(rustls::Error::InvalidCertificate(C::Expired))),
+            Some("client certificate expired or not yet valid")
+        );
+        assert_eq!(
+            refusal_reason(&io(rustls::Error::InvalidCertificate(C::Revoked))),
+            Some("client certificate revoked")
+        );
+        // A port scan or a health check: not a refusal of anyone.
+        assert_eq!(
+            refusal_reason(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof)),
+            None
+        );
+        assert_eq!(
+            refusal_reason(&io(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType
+            ))),
+            None
+        );
+    }
 
     #[test]
     fn base64_matches_known_vectors() {

@@ -127,8 +127,20 @@ impl Audit {
     /// source within the window, otherwise counted for a summary. Each string is
     /// capped ([`cap`]).
     pub fn denied(&self, who: &str, call: &str, folder: &str, code: &str) {
+        self.denied_from(current_source(), who, call, folder, code);
+    }
+
+    /// [`Audit::denied`] for a refusal made outside a call (a TLS handshake),
+    /// whose source is given.
+    pub fn denied_from(
+        &self,
+        source: Option<IpAddr>,
+        who: &str,
+        call: &str,
+        folder: &str,
+        code: &str,
+    ) {
         let (who, call, folder, code) = (&*cap(who), &*cap(call), &*cap(folder), &*cap(code));
-        let source = current_source();
         let key = Key {
             source,
             who: who.to_string(),

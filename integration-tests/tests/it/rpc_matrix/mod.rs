@@ -316,6 +316,28 @@ fn every_rpc_refuses_every_wrong_caller_and_serves_the_right_one() {
             &mut audited,
         ));
     }
+    // A certificate of another CA, or an expired one, is refused in the TLS
+    // handshake, before any call: audited there (aggregated per source).
+    let lines = audit_lines(&audit_path);
+    for (caller, reason) in [
+        ("foreign", "client certificate of an unknown CA"),
+        ("expired", "client certificate expired or not yet valid"),
+    ] {
+        let found = lines.iter().any(|l| {
+            l["call"] == "TLS handshake"
+                && l["outcome"] == "denied"
+                && l["detail"] == "TLS_HANDSHAKE_REFUSED"
+                && l["who"] == format!("tls client ({reason})").as_str()
+                && l["source"].is_string()
+        });
+        if found {
+            audited += 1;
+        } else {
+            bad.push(format!(
+                "{caller}: refused in the TLS handshake but not audited ({reason})"
+            ));
+        }
+    }
     // The principal without grants sees no executions.
     let bob_channel = coord(&dir("bob")).expect("bob connects");
     let bob_list = rt.block_on(async {
