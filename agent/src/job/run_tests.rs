@@ -1,7 +1,18 @@
-//! Tests of the runner on real processes (`sh`, `sleep`).
+//! Tests of a job's run on real processes (`sh`, `sleep`).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use baton_package::ParamValues;
+use nix::unistd::Pid;
 
 use super::*;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use crate::job::capture::LOG_BYTES_MAX;
+use crate::job::layout::{ROWS_FILE, ROWS_KEPT_FILE, output_file};
+use crate::job::plan::NESTED_FANOUT;
+use crate::mask::Masker;
+use crate::model::{DispatchKey, KillReason};
+use crate::run_as::RunAsUser;
 
 fn key(name: &str) -> DispatchKey {
     DispatchKey {
@@ -231,10 +242,7 @@ async fn killed_by_signal_and_spawn_failure_and_fail_step() {
     let fail = T::Nested { name: "fan".into() };
     let (r, _) = run(&plan("unsupported", vec![fail]), &s, &JobCancel::new()).await;
     assert_eq!(r.status, FinishStatus::Failed);
-    assert_eq!(
-        r.reason,
-        format!("task fan: {}", crate::plan::NESTED_FANOUT)
-    );
+    assert_eq!(r.reason, format!("task fan: {}", NESTED_FANOUT));
 }
 
 #[tokio::test]
@@ -316,15 +324,6 @@ async fn stdout_tail_and_log_are_bounded() {
     let log = std::fs::read(scratch_dir(&s.scratch_root, &p.dispatch).join("stdout.log")).unwrap();
     assert!(log.len() as u64 <= LOG_BYTES_MAX + 100);
     assert!(String::from_utf8_lossy(&log).ends_with("truncated after 1048576 bytes]\n"));
-}
-
-#[test]
-fn outputs_parsing() {
-    let (o, bad) = parse_outputs("a=1\n# c\n\n b = x=y\nnovalue\n=empty\r\nc=\r\n");
-    assert_eq!(o.get("a").map(String::as_str), Some("1"));
-    assert_eq!(o.get("b").map(String::as_str), Some(" x=y"));
-    assert_eq!(o.get("c").map(String::as_str), Some(""));
-    assert_eq!(bad, 2);
 }
 
 #[tokio::test]
@@ -636,7 +635,7 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
             assert_eq!(r.outputs.get("pw").map(String::as_str), Some("***"));
             assert_eq!(r.row_count, 1);
             let job_dir = scratch_dir(&s.scratch_root, &p.dispatch);
-            let kept = std::fs::read_to_string(job_dir.join(crate::rows::ROWS_KEPT_FILE)).unwrap();
+            let kept = std::fs::read_to_string(job_dir.join(ROWS_KEPT_FILE)).unwrap();
             assert_eq!(kept, "{\"pw\":\"***\"}\n");
             assert!(!job_dir.join(ROWS_FILE).exists());
             assert!(!output_file(&job_dir, "t").exists());
@@ -652,28 +651,104 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
     );
 }
 
-#[test]
-fn raw_files_an_earlier_boot_left_are_removed_at_start() {
-    let root = tempfile::tempdir().unwrap();
-    let job = root.path().join("exec1").join("fan-0-1");
-    std::fs::create_dir_all(&job).unwrap();
-    for f in [
-        "output.t",
-        "output.u",
-        ROWS_FILE,
-        "stdout.log",
-        "rows.kept.jsonl",
-    ] {
-        std::fs::write(job.join(f), "pw=hunter2\n").unwrap();
+/// Every chunk of a log stream, stdout and stderr apart, and the error that ended it.
+async fn collect(
+    mut rx: tokio::sync::mpsc::Receiver<crate::logs::Sent<baton_proto::LogChunk>>,
+) -> (
+    Vec<u8>,
+    Vec<u8>,
+    Vec<baton_proto::LogChunk>,
+    Option<crate::error::AgentError>,
+) {
+    let (mut out, mut err, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok(c) => {
+                if c.stream == baton_proto::LogStream::Stdout as i32 {
+                    out.extend_from_slice(&c.data);
+                } else {
+                    err.extend_from_slice(&c.data);
+                }
+                chunks.push(c);
+            }
+            Err(e) => return (out, err, chunks, Some(e)),
+        }
     }
-    std::fs::write(root.path().join(".running.log"), "+1 2\n").unwrap();
-    assert_eq!(remove_raw_files_left(root.path()), 3);
-    let mut left: Vec<String> = std::fs::read_dir(&job)
+    (out, err, chunks, None)
+}
+
+#[tokio::test]
+async fn a_running_job_s_output_is_seen_before_it_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::jobs::JobState;
+    use crate::logs::{LogRequest, Which, stream_logs};
+    let finished = || JobState::Finished {
+        status: FinishStatus::Succeeded,
+        exit_code: 0,
+    };
+    let root = tempfile::tempdir().unwrap();
+    let settings = RunnerSettings::new(root.path().join("jobs"), Duration::from_millis(500), 64);
+    let package = baton_package::Package::parse(
+        "lines.toml",
+        "name = 'lines'\n[tasks.t]\nscript = 'for i in 1 2 3 4; do echo line $i; sleep 0.3; done'\ntimeout_s = 30\n",
+    )
+    .unwrap();
+    let plan = JobPlan {
+        dispatch: key("lines"),
+        package: Arc::new(package),
+        params: Default::default(),
+        default_task_timeout: Duration::from_secs(30),
+        env: Vec::new(),
+        deadline: None,
+        run_as: None,
+        masker: Masker::default(),
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let job = tokio::spawn(async move {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let r = run_job(&plan, &settings, &JobCancel::new(), tx).await;
+        d.store(true, Ordering::SeqCst);
+        r
+    });
+    let d = done.clone();
+    let state = move || {
+        if d.load(Ordering::SeqCst) {
+            finished()
+        } else {
+            JobState::Running
+        }
+    };
+    let mut rx = stream_logs(
+        &root.path().join("jobs"),
+        LogRequest {
+            key: key("lines"),
+            which: Which::Both,
+            follow: true,
+            stdout_offset: 0,
+            stderr_offset: 0,
+        },
+        false,
+        state,
+    )
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
         .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["rows.kept.jsonl", "stdout.log"]);
-    assert!(root.path().join(".running.log").exists());
-    assert_eq!(remove_raw_files_left(&root.path().join("absent")), 0);
+        .unwrap()
+        .unwrap();
+    assert!(first.data.starts_with(b"line 1\n"));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the first line came only after the job ended: the log is not flushed as it comes"
+    );
+    let (out, _, _, e) = tokio::time::timeout(Duration::from_secs(10), collect(rx))
+        .await
+        .expect("the stream ends with the job");
+    assert!(e.is_none());
+    let mut all = first.data;
+    all.extend(out);
+    assert_eq!(all, b"line 1\nline 2\nline 3\nline 4\n");
+    assert!(job.await.unwrap().status == FinishStatus::Succeeded);
 }
