@@ -8,7 +8,7 @@
 //! same, the leader included. Every running group is recorded
 //! ([`super::leftovers`]) so that none outlives the agent.
 //!
-//! Nothing above this module touches a process, a pid or a signal: the attempt
+//! Nothing above this module spawns a process or signals a group: the attempt
 //! ([`super::attempt`]) says what to start and judges the `StepExit`.
 //!
 //! What reaches the process's environment: the agent's own (minus every
