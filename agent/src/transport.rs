@@ -5,12 +5,14 @@
 //! certificate of the same CA — and verifies that the coordinator it dials is
 //! `coordinator.baton`. Without it (the CLI's `--insecure`, loopback only) both
 //! sides are plaintext, and [`refuse_plaintext_beyond_loopback`] keeps it on
-//! this machine: the coordinator URL and the advertised address must be loopback. Nothing else in the crate builds a server or an endpoint
-//! (but enrolment, [`crate::enrol`], which has no certificate yet).
+//! this machine: the coordinator URL and the advertised address must be loopback.
+//! Nothing else in the crate builds a server or an endpoint (but enrolment,
+//! [`crate::enrol`], which has no certificate yet). The server is generic over the
+//! service it serves ([`crate::service`] is above this module, not below it).
 //!
 //! The certificate renews while the agent runs ([`crate::renew`]): [`LiveTls`]
-//! ([`crate::tls`]) holds the current one; the server presents it from the next handshake on,
-//! and every new connection to the coordinator uses it.
+//! ([`crate::tls`]) holds the current one; the server presents it from the next
+//! handshake on, and every new connection to the coordinator uses it.
 
 use std::future::Future;
 use std::sync::Arc;
