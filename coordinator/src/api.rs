@@ -762,7 +762,10 @@ mod tests {
         let id = started.await.unwrap().unwrap();
         let rec: ExecutionRecord =
             serde_json::from_slice(&store.value(&execution_key(&id)).unwrap()).unwrap();
-        assert_eq!((rec.state, rec.folder.as_str()), (ExecutionState::Running, "/f"));
+        assert_eq!(
+            (rec.state, rec.folder.as_str()),
+            (ExecutionState::Running, "/f")
+        );
     }
 
     #[tokio::test]
@@ -775,14 +778,19 @@ mod tests {
         let too_many: BTreeMap<String, String> = (0..=MAX_PARAMS)
             .map(|i| (format!("p{i}"), "1".to_string()))
             .collect();
-        let too_many_params = c.start("p.toml".into(), files(), too_many, "/f".into()).await;
+        let too_many_params = c
+            .start("p.toml".into(), files(), too_many, "/f".into())
+            .await;
         let local: BTreeMap<String, String> = [
             (
                 "p.toml".to_string(),
                 "name='p'\n[tasks.one]\nchild='c.toml'\nlocal=true\nparams={shard='1'}\n"
                     .to_string(),
             ),
-            ("c.toml".to_string(), crate::scheduler_task::fixtures::CHILD.to_string()),
+            (
+                "c.toml".to_string(),
+                crate::scheduler_task::fixtures::CHILD.to_string(),
+            ),
         ]
         .into();
         let local_child = c
@@ -832,7 +840,10 @@ mod tests {
         let c = coordinator(&store).await;
         let live = start(&c, 3).await.unwrap();
         let view = c.view(&live).await.unwrap();
-        assert_eq!((view.summary.state.as_str(), view.children.len()), ("running", 3));
+        assert_eq!(
+            (view.summary.state.as_str(), view.children.len()),
+            ("running", 3)
+        );
 
         stored_ended(&store, "e2", "/f", ExecutionState::Failed).await;
         let ended = c.view("e2").await.unwrap();

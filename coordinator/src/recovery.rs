@@ -166,18 +166,28 @@ mod tests {
     }
 
     async fn loaded(store: &FakeStore) -> Scheduler {
-        load(store, SchedulerConfig::default(), &key()).await.unwrap()
+        load(store, SchedulerConfig::default(), &key())
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
     async fn the_epoch_is_raised_and_written_with_the_first_commit() {
         let store = FakeStore::new();
-        assert_eq!(loaded(&store).await.epoch(), 1, "an empty store starts at 1");
+        assert_eq!(
+            loaded(&store).await.epoch(),
+            1,
+            "an empty store starts at 1"
+        );
         prepare(&store, vec![(EPOCH_KEY.into(), b"41".to_vec())]).await;
         let commits = store.applied().len();
         let mut sched = loaded(&store).await;
         assert_eq!(sched.epoch(), 42);
-        assert_eq!(store.applied().len(), commits, "load itself commits nothing");
+        assert_eq!(
+            store.applied().len(),
+            commits,
+            "load itself commits nothing"
+        );
         let (ops, _) = sched.flush();
         assert!(
             ops.iter().any(|op| matches!(op,
@@ -234,16 +244,27 @@ mod tests {
             vec![
                 (agent_key("a1"), json(&agent("a1"))),
                 (execution_key("e1"), json(&rec)),
-                (child_key("e1", "fan", 0), json(&child(0, "running", Some("a1")))),
-                (child_key("e1", "fan", 1), json(&child(1, "running", Some("gone")))),
-                (child_key("e1", "fan", 2), json(&child(2, "succeeded", Some("a1")))),
+                (
+                    child_key("e1", "fan", 0),
+                    json(&child(0, "running", Some("a1"))),
+                ),
+                (
+                    child_key("e1", "fan", 1),
+                    json(&child(1, "running", Some("gone"))),
+                ),
+                (
+                    child_key("e1", "fan", 2),
+                    json(&child(2, "succeeded", Some("a1"))),
+                ),
                 (child_key("e1", "fan", 3), json(&child(3, "pending", None))),
                 (execution_key("e2"), json(&done)),
             ],
         )
         .await;
         let sched = loaded(&store).await;
-        let view = sched.execution_view("e1").expect("a running execution is in memory");
+        let view = sched
+            .execution_view("e1")
+            .expect("a running execution is in memory");
         assert_eq!(view.children.len(), 4);
         assert!(sched.execution_view("e2").is_none(), "an ended one is not");
 
@@ -259,7 +280,11 @@ mod tests {
         // Its child on an agent nobody knows is lost (and so retried or ended).
         let on_gone = sched.child_record("e1", "fan", 1).flatten().unwrap();
         assert_eq!(on_gone.lost, 1);
-        assert!(on_gone.reason.contains("agent unknown after coordinator restart"));
+        assert!(
+            on_gone
+                .reason
+                .contains("agent unknown after coordinator restart")
+        );
         // Ended and pending children are kept as they were.
         let ended = sched.child_record("e1", "fan", 2).flatten().unwrap();
         assert_eq!(ended.phase, Phase::Succeeded);

@@ -138,7 +138,11 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
     };
     let tx = io.tx.clone();
     let singles = io.singles_only.clone();
-    let one_by_one = jobs.len() == 1 || singles.lock().unwrap_or_else(|p| p.into_inner()).contains(&agent);
+    let one_by_one = jobs.len() == 1
+        || singles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&agent);
     if one_by_one {
         for job in jobs {
             let (client, tx, agent) = (client.clone(), tx.clone(), agent.clone());
@@ -178,7 +182,10 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
             let rtt = sent.elapsed();
             if otherwise.is_none() && answers.is_empty() {
                 // StartJobs is not served: an agent of an earlier release.
-                singles.lock().unwrap_or_else(|p| p.into_inner()).insert(agent.clone());
+                singles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(agent.clone());
             }
             let otherwise = otherwise.unwrap_or_else(|| {
                 DispatchOutcome::Unknown(

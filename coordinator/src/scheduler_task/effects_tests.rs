@@ -14,9 +14,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use super::Io;
 use super::perform_all;
 use crate::scheduler::{ChildRef, DispatchOutcome, Effect};
-use super::Io;
 use crate::scheduler_task::msg::Msg;
 use crate::transport::{AgentDialer, Security};
 

@@ -143,7 +143,10 @@ impl Loop {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("fewer than {n} such effects left the loop: {:?}", self.left());
+        panic!(
+            "fewer than {n} such effects left the loop: {:?}",
+            self.left()
+        );
     }
 
     /// Holds commits from now on and returns how many were asked for so far.
@@ -201,9 +204,7 @@ async fn a_start_is_answered_and_its_children_dispatched_only_once_durable() {
     let answered = tokio::time::Instant::now();
     let durable = l.store.first_commit_of(&execution_key("e1")).unwrap();
     assert!(durable.at <= answered);
-    let dispatched = l
-        .wait_left(3, |e| matches!(e, Left::Dispatch { .. }))
-        .await;
+    let dispatched = l.wait_left(3, |e| matches!(e, Left::Dispatch { .. })).await;
     assert_eq!(
         dispatched,
         [Left::Dispatch { durable: true }; 3],
@@ -219,8 +220,7 @@ async fn a_cancel_is_answered_only_once_the_request_is_durable() {
     l.handle.start(rec, plan).await.unwrap();
     let before = l.hold();
     let handle = l.handle.clone();
-    let cancelled =
-        tokio::spawn(async move { handle.cancel("e1".into(), "enough".into()).await });
+    let cancelled = tokio::spawn(async move { handle.cancel("e1".into(), "enough".into()).await });
     l.commit_waiting(before).await;
     assert!(!cancelled.is_finished(), "answered before the commit");
     assert!(l.record("e1").is_some_and(|r| !r.cancel_requested));
@@ -228,7 +228,11 @@ async fn a_cancel_is_answered_only_once_the_request_is_durable() {
     l.store.release_commits();
     let outcome = cancelled.await.unwrap().unwrap();
     assert_eq!(
-        (outcome.state, outcome.children_cancelled, outcome.already_ended),
+        (
+            outcome.state,
+            outcome.children_cancelled,
+            outcome.already_ended
+        ),
         ("cancelled", 3, false)
     );
     let rec = l.record("e1").unwrap();
