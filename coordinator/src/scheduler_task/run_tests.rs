@@ -309,3 +309,42 @@ async fn a_failed_commit_stops_the_loop_answers_an_error_and_performs_nothing_of
     let err = l.handle.view("e1".into()).await.unwrap_err();
     assert_eq!(err.code(), "SHUTTING_DOWN");
 }
+
+#[tokio::test]
+async fn through_the_real_performer_the_stream_sees_an_ack_only_once_durable() {
+    let store = FakeStore::new();
+    let (handle, _task) = crate::scheduler_task::spawn(
+        Scheduler::new(SchedulerConfig::default(), 1),
+        store.clone(),
+        crate::transport::AgentDialer::new(crate::transport::Security::Insecure),
+        CancellationToken::new(),
+    );
+    handle.register(registration("a1", 4)).await.unwrap();
+    let (acks, mut acked) = watch::channel(0);
+    handle
+        .open_stream("a1".into(), "boot-a1".into(), "fp-a1".into(), acks)
+        .await
+        .unwrap();
+    store.hold_commits();
+    let before = store.commits_started();
+    let event = pb::AgentEvent {
+        seq: 1,
+        at_unix_ms: 1,
+        body: Some(pb::agent_event::Body::Progress(pb::JobProgress {
+            dispatch_id: None,
+            message: "halfway".into(),
+        })),
+    };
+    handle.event("a1".into(), event).await.unwrap();
+    store.wait_commits_started(before + 1).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(*acked.borrow(), 0, "acknowledged before the commit");
+
+    store.release_commits();
+    tokio::time::timeout(Duration::from_secs(10), acked.wait_for(|s| *s == 1))
+        .await
+        .expect("acknowledged once durable")
+        .unwrap();
+    let seq: SeqRecord = serde_json::from_slice(&store.value(&seq_key("a1")).unwrap()).unwrap();
+    assert_eq!(seq.applied_seq, 1);
+}
