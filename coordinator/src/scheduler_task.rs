@@ -10,10 +10,13 @@
 //!   gRPC services call; it only sends messages and awaits replies.
 //! - `run`: the loop — receives messages and ticks, drives the scheduler,
 //!   commits each batch in one transaction (group commit), and only then
-//!   releases the batch's replies and effects.
+//!   releases the batch's replies and effects. What leaves goes through its
+//!   `Performer` trait: `effects::Io` here, a recorder in its tests.
 //! - `effects`: performs a committed batch's effects (StartJob(s) and
 //!   CancelJob calls, acknowledgements on completion streams, row fetches)
 //!   outside the scheduler; answers come back as messages.
+//! - `fixtures` (tests only): a fan-out package, its execution record and an
+//!   agent's registration, shared by the tests of the loop, recovery and the API.
 //!
 //! The scheduler holds the logic; these files hold the IO.
 
