@@ -672,3 +672,245 @@ mod revoke_tests {
         assert!(revoke_refusal("p1", None).is_none());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The API over a real scheduler loop and a fake store: what a caller is
+    //! refused before anything is committed, and that starts and cancels are
+    //! answered only once durable.
+
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::records::ParentLink;
+    use crate::scheduler::{Scheduler, SchedulerConfig};
+    use crate::scheduler_task::fixtures::{execution, files, params, registration};
+    use crate::store::fake::FakeStore;
+    use crate::store::{Op, Precondition};
+    use crate::transport::{AgentDialer, Security};
+
+    /// How long a test watches for an answer that must not come yet (real
+    /// time: an early answer would come within microseconds).
+    const QUIET: Duration = Duration::from_millis(100);
+
+    /// A coordinator over `store`, its loop running, its first commit (the
+    /// epoch) applied.
+    async fn coordinator(store: &Arc<FakeStore>) -> Coordinator {
+        let (handle, _task) = crate::scheduler_task::spawn(
+            Scheduler::new(SchedulerConfig::default(), 1),
+            store.clone(),
+            AgentDialer::new(Security::Insecure),
+            CancellationToken::new(),
+        );
+        store.wait_applied(1).await;
+        Coordinator {
+            handle,
+            store: store.clone(),
+            secrets: Arc::new(crate::secrets::SealingKey::from_bytes(&[7; 32]).unwrap()),
+            history: Arc::default(),
+            local_children: false,
+        }
+    }
+
+    async fn start(c: &Coordinator, n: u32) -> Result<String, CoordinatorError> {
+        c.start("p.toml".into(), files(), params(n), "/f".into())
+            .await
+    }
+
+    /// Writes an ended execution `id` (in `folder`) straight to the store.
+    async fn stored_ended(store: &FakeStore, id: &str, folder: &str, state: ExecutionState) {
+        let (mut rec, _) = execution(id, 2);
+        rec.state = state;
+        rec.folder = folder.into();
+        store
+            .commit(vec![Op::Put {
+                key: execution_key(id),
+                value: serde_json::to_vec(&rec).unwrap(),
+                pre: Precondition::Any,
+            }])
+            .await
+            .unwrap();
+    }
+
+    fn executions_in(store: &FakeStore) -> usize {
+        store
+            .applied()
+            .iter()
+            .flat_map(|c| c.ops.clone())
+            .filter(|op| op.key().starts_with("e/"))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn start_answers_the_id_only_once_the_execution_is_durable() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        store.hold_commits();
+        let before = store.commits_started();
+        let caller = c.clone();
+        let started = tokio::spawn(async move { start(&caller, 3).await });
+        store.wait_commits_started(before + 1).await;
+        tokio::time::sleep(QUIET).await;
+        assert!(!started.is_finished(), "answered before the commit");
+        assert_eq!(executions_in(&store), 0);
+
+        store.release_commits();
+        let id = started.await.unwrap().unwrap();
+        let rec: ExecutionRecord =
+            serde_json::from_slice(&store.value(&execution_key(&id)).unwrap()).unwrap();
+        assert_eq!(
+            (rec.state, rec.folder.as_str()),
+            (ExecutionState::Running, "/f")
+        );
+    }
+
+    #[tokio::test]
+    async fn start_refuses_a_bad_request_before_anything_is_committed() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        let empty_root = c
+            .start(String::new(), files(), params(2), "/f".into())
+            .await;
+        let too_many: BTreeMap<String, String> = (0..=MAX_PARAMS)
+            .map(|i| (format!("p{i}"), "1".to_string()))
+            .collect();
+        let too_many_params = c
+            .start("p.toml".into(), files(), too_many, "/f".into())
+            .await;
+        let local: BTreeMap<String, String> = [
+            (
+                "p.toml".to_string(),
+                "name='p'\n[tasks.one]\nchild='c.toml'\nlocal=true\nparams={shard='1'}\n"
+                    .to_string(),
+            ),
+            (
+                "c.toml".to_string(),
+                crate::scheduler_task::fixtures::CHILD.to_string(),
+            ),
+        ]
+        .into();
+        let local_child = c
+            .start("p.toml".into(), local, BTreeMap::new(), "/f".into())
+            .await;
+        for (what, r) in [
+            ("empty root", empty_root),
+            ("too many parameters", too_many_params),
+            ("a local child on a fleet", local_child),
+        ] {
+            let err = r.expect_err(what);
+            assert_eq!(err.code(), "INVALID_REQUEST", "{what}: {err}");
+        }
+        assert_eq!(executions_in(&store), 0, "a refused start leaves nothing");
+    }
+
+    #[tokio::test]
+    async fn cancel_goes_through_the_loop_and_answers_once_the_request_is_durable() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        let id = start(&c, 3).await.unwrap();
+        store.hold_commits();
+        let before = store.commits_started();
+        let (caller, cid) = (c.clone(), id.clone());
+        let cancelled = tokio::spawn(async move { caller.cancel(&cid, "enough").await });
+        store.wait_commits_started(before + 1).await;
+        tokio::time::sleep(QUIET).await;
+        assert!(!cancelled.is_finished(), "answered before the commit");
+
+        store.release_commits();
+        let outcome = cancelled.await.unwrap().unwrap();
+        assert_eq!((outcome.state, outcome.already_ended), ("cancelled", false));
+        let rec = c.stored(&id).await.unwrap();
+        assert!(rec.cancel_requested && rec.state == ExecutionState::Cancelled);
+
+        // Again: it has ended, and nothing changes.
+        let again = c.cancel(&id, "again").await.unwrap();
+        assert_eq!((again.state, again.already_ended), ("cancelled", true));
+        // An execution nobody started.
+        let err = c.cancel("f00d", "").await.unwrap_err();
+        assert_eq!(err.code(), "EXECUTION_NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn show_reads_a_live_execution_from_memory_and_an_ended_one_from_the_store() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        let live = start(&c, 3).await.unwrap();
+        let view = c.view(&live).await.unwrap();
+        assert_eq!(
+            (view.summary.state.as_str(), view.children.len()),
+            ("running", 3)
+        );
+
+        stored_ended(&store, "e2", "/f", ExecutionState::Failed).await;
+        let ended = c.view("e2").await.unwrap();
+        assert_eq!(ended.summary.state, "failed");
+
+        for unknown in ["f00d", "", "../e2", &"e".repeat(65)] {
+            let err = c.view(unknown).await.unwrap_err();
+            assert_eq!(err.code(), "EXECUTION_NOT_FOUND", "{unknown:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn list_shows_only_executions_in_folders_the_caller_may_read() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        stored_ended(&store, "e1", "/mine", ExecutionState::Succeeded).await;
+        stored_ended(&store, "e2", "/theirs", ExecutionState::Succeeded).await;
+        let (seen, next) = c
+            .list("", "", 0, "", &|folder: &str| folder == "/mine")
+            .await
+            .unwrap();
+        let ids: Vec<&str> = seen.iter().map(|s| s.execution_id.as_str()).collect();
+        assert_eq!((ids, next.as_str()), (vec!["e1"], ""));
+        let err = c.list("paused", "", 0, "", &|_: &str| true).await.err();
+        assert_eq!(err.map(|e| e.code()), Some("INVALID_REQUEST"));
+    }
+
+    #[tokio::test]
+    async fn revoking_an_agent_registered_without_tls_commits_nothing() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        let mut plain = registration("p1", 2);
+        plain.cert_fingerprint = String::new();
+        c.handle.register(plain).await.unwrap();
+        let commits = store.commits_started();
+        let err = c.set_agent("p1", "revoke").await.unwrap_err();
+        assert_eq!(err.code(), "INVALID_REQUEST");
+        assert_eq!(store.commits_started(), commits);
+        let listed = c.agents().await.unwrap();
+        assert_eq!(listed.first().map(|a| a.state), Some("ready"));
+    }
+
+    #[tokio::test]
+    async fn resume_refuses_a_running_execution_and_a_sub_execution() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        stored_ended(&store, "e1", "/f", ExecutionState::Running).await;
+        let (mut sub, _) = execution("e2", 2);
+        sub.state = ExecutionState::Failed;
+        sub.parent = Some(ParentLink {
+            execution_id: "e1".into(),
+            task: "fan".into(),
+            index: 0,
+            attempt: 1,
+            depth: 1,
+        });
+        store
+            .commit(vec![Op::Put {
+                key: execution_key("e2"),
+                value: serde_json::to_vec(&sub).unwrap(),
+                pre: Precondition::Any,
+            }])
+            .await
+            .unwrap();
+        for id in ["e1", "e2"] {
+            let err = c.resume(id).await.unwrap_err();
+            assert_eq!(err.code(), "EXECUTION_NOT_RESUMABLE", "{id}: {err}");
+        }
+    }
+}

@@ -1,19 +1,69 @@
 //! The effects of a committed batch, performed outside the scheduler: a
 //! StartJob or CancelJob call to an agent (each in its own task, its answer
 //! sent back as a message), an acknowledgement on a completion stream, and
-//! the rows of a task read from the agents that kept them.
+//! the rows of a task read from the agents that kept them. [`Io`] is the
+//! loop's real `Performer`: the loop calls it only with a durable batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_proto as pb;
 use pb::agent_service_client::AgentServiceClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 use tracing::{debug, warn};
 
-use super::{DISPATCH_TIMEOUT, Io, Msg};
+use super::msg::Msg;
+use super::run::Performer;
 use crate::scheduler::{ChildRef, DispatchOutcome, Effect};
+use crate::transport;
+
+/// How long a StartJob(s) or CancelJob call may take.
+const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The connections to agents, and where answers go back to the loop.
+pub(crate) struct Io {
+    /// The loop's own inbox: answers of calls come back as messages.
+    pub(super) tx: mpsc::Sender<Msg>,
+    pub(super) dialer: transport::AgentDialer,
+    /// agent → (address, TLS generation, client).
+    pub(super) clients: HashMap<String, (String, u64, AgentServiceClient<Channel>)>,
+    pub(super) acks: HashMap<String, watch::Sender<u64>>,
+    /// Agents that do not serve `StartJobs` (an earlier release): one
+    /// `StartJob` per child for them, until they register again.
+    pub(super) singles_only: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Io {
+    pub(super) fn new(tx: mpsc::Sender<Msg>, dialer: transport::AgentDialer) -> Io {
+        Io {
+            tx,
+            dialer,
+            clients: HashMap::new(),
+            acks: HashMap::new(),
+            singles_only: Arc::default(),
+        }
+    }
+}
+
+impl Performer for Io {
+    fn perform(&mut self, effects: Vec<Effect>) {
+        perform_all(self, effects);
+    }
+
+    fn registered(&mut self, name: &str) {
+        // It may have been upgraded: try StartJobs with it again.
+        self.singles_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    fn stream_opened(&mut self, name: String, acks: watch::Sender<u64>) {
+        self.acks.insert(name, acks);
+    }
+}
 
 /// Performs the effects of one flushed batch. The dispatches to one agent go
 /// out together: one `StartJobs` call for several (in chunks of
@@ -88,7 +138,11 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
     };
     let tx = io.tx.clone();
     let singles = io.singles_only.clone();
-    let one_by_one = jobs.len() == 1 || singles.lock().unwrap().contains(&agent);
+    let one_by_one = jobs.len() == 1
+        || singles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&agent);
     if one_by_one {
         for job in jobs {
             let (client, tx, agent) = (client.clone(), tx.clone(), agent.clone());
@@ -128,7 +182,10 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
             let rtt = sent.elapsed();
             if otherwise.is_none() && answers.is_empty() {
                 // StartJobs is not served: an agent of an earlier release.
-                singles.lock().unwrap().insert(agent.clone());
+                singles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(agent.clone());
             }
             let otherwise = otherwise.unwrap_or_else(|| {
                 DispatchOutcome::Unknown(

@@ -14,9 +14,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status};
 
+use super::Io;
 use super::perform_all;
 use crate::scheduler::{ChildRef, DispatchOutcome, Effect};
-use crate::scheduler_task::{Io, Msg};
+use crate::scheduler_task::msg::Msg;
 use crate::transport::{AgentDialer, Security};
 
 /// Accepts even items and rejects odd ones; `StartJobs` only when `batches`.
@@ -149,14 +150,7 @@ async fn outcomes(rx: &mut mpsc::Receiver<Msg>, n: usize) -> HashMap<u32, Dispat
 
 fn io() -> (Io, mpsc::Receiver<Msg>) {
     let (tx, rx) = mpsc::channel(64);
-    let io = Io {
-        tx,
-        dialer: AgentDialer::new(Security::Insecure),
-        clients: HashMap::new(),
-        acks: HashMap::new(),
-        singles_only: Arc::default(),
-    };
-    (io, rx)
+    (Io::new(tx, AgentDialer::new(Security::Insecure)), rx)
 }
 
 fn accepted_items(got: &HashMap<u32, DispatchOutcome>) -> Vec<u32> {

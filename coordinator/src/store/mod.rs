@@ -6,12 +6,16 @@
 //! applies a batch atomically only if every precondition holds — the
 //! mechanism that records a child's terminal state exactly once. Two backends
 //! are planned: [`embedded::EmbeddedStore`] (redb, one file, the default) and
-//! etcd for HA coordinators; both must pass the `conformance` suite.
+//! etcd for HA coordinators; both must pass the `conformance` suite. Tests
+//! use `fake::FakeStore`: in memory, it passes the same suite and can hold,
+//! fail and record commits (the faults the scheduler's loop must survive).
 
 pub mod embedded;
 
 #[cfg(test)]
 pub(crate) mod conformance;
+#[cfg(test)]
+pub(crate) mod fake;
 
 use std::future::Future;
 use std::pin::Pin;
