@@ -2,16 +2,16 @@
 //! same data dir and port, and the execution must finish as if nothing happened.
 //!
 //! 150 children of 0.2–0.5 s run with parallelism 12 on three agents. When at least
-//! 20 have succeeded the coordinator is killed (no graceful stop), left down for about
-//! a second while agents keep running jobs and buffer their events in their durable
-//! outboxes, then started again. The agents reconnect by themselves (they were given
+//! 20 have succeeded the coordinator is killed (no graceful stop), left down until every
+//! agent has noticed and jobs have ended meanwhile (agents keep running jobs and buffer
+//! their events in their durable outboxes), then started again. The agents reconnect by themselves (they were given
 //! the coordinator's URL), resend unacknowledged events, and the same execution id ends
 //! `succeeded` with exactly 150 children, each recorded once. `baton run --wait` is not
 //! used across the restart: the test polls `exec show`.
 
 use std::time::Duration;
 
-use crate::harness::{Cluster, FanoutSpec, wait_until};
+use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
 
 const AGENTS: [&str; 3] = ["a1", "a2", "a3"];
 const CHILDREN: usize = 150;
@@ -23,7 +23,9 @@ fn execution_survives_coordinator_kill_and_restart() {
     let mut c = Cluster::new("coordinator_restart");
     c.start_coordinator();
     for name in AGENTS {
-        c.start_agent(name, 4);
+        // Shows `job finished` (debug) for each job the agent ends.
+        let opts = AgentOpts::new(name, 4).log_targets(&[("baton_agent::supervisor", "debug")]);
+        c.start_agent_with(opts);
     }
     c.agents_ready(AGENTS.len());
 
@@ -50,10 +52,34 @@ fn execution_survives_coordinator_kill_and_restart() {
         before.brief()
     );
 
+    let marks: Vec<_> = AGENTS.iter().map(|a| c.log_mark(a)).collect();
     c.coordinator().kill9();
     c.note(&format!("killed the coordinator at {}", before.brief()));
     // The outage is the point of the test: agents run on without a coordinator.
-    std::thread::sleep(Duration::from_secs(1));
+    // It lasts until every agent has seen it and jobs have ended meanwhile, their
+    // events kept in the outboxes.
+    for mark in &marks {
+        mark.wait_for(
+            &["coordinator unreachable; will retry"],
+            Duration::from_secs(10),
+        );
+    }
+    let finished_meanwhile = || {
+        marks
+            .iter()
+            .map(|m| m.count(&["job finished"]))
+            .sum::<usize>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+            finished_meanwhile() >= 1
+        }),
+        "no job ended while the coordinator was down"
+    );
+    c.note(&format!(
+        "{} jobs ended while the coordinator was down",
+        finished_meanwhile()
+    ));
     let addr = c.coordinator().restart();
     c.note(&format!("coordinator restarted on {addr}"));
 
