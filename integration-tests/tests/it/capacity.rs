@@ -183,7 +183,10 @@ fn start_job_is_idempotent_per_dispatch_id() {
         Answer::Accepted,
         "another dispatch id found no free slot: the duplicate took one"
     );
-    let full = start_job_request("it-idempotent-full", &gated(&c.root().join("full-runs.txt")));
+    let full = start_job_request(
+        "it-idempotent-full",
+        &gated(&c.root().join("full-runs.txt")),
+    );
     let resp = start_job(&c.agent_tls("a1"), addr, full)
         .unwrap_or_else(|e| panic!("StartJob to a full agent: {e}"));
     assert!(
@@ -207,7 +210,8 @@ fn start_job_is_idempotent_per_dispatch_id() {
             .collect::<Vec<_>>()
     };
     let ended = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        lines(&marker).contains(&"end".to_owned()) && lines(&other_marker).contains(&"end".to_owned())
+        lines(&marker).contains(&"end".to_owned())
+            && lines(&other_marker).contains(&"end".to_owned())
     });
     assert!(
         ended,

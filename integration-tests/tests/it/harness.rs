@@ -3,9 +3,14 @@
 //! Why it is built this way (STYLE item 12): every node gets its own directory and
 //! binds port 0, and the harness learns the port from the line the node announces, so
 //! tests run in parallel without clashing and without sleeping for readiness. Every
-//! wait has a deadline. Every process is killed (SIGKILL, by pid) when the cluster is
-//! dropped. When a test fails, the cluster's directory (logs, data, packages, CLI
-//! transcript) is kept and its path printed. After a passing test, every node's stderr
+//! wait has a deadline. Nor does a test sleep to let something happen, or to see
+//! that nothing did: it waits for the log line that marks the event
+//! ([`LogMark`], from a mark taken before it acts) or for the state it expects
+//! ([`Cluster::wait_agent_state`], [`Cluster::wait_exec`]); for "nothing
+//! happened" it waits for a line that proves the system went past the point.
+//! Every process is killed (SIGKILL, by pid) when the cluster is dropped. When a
+//! test fails, the cluster's directory (logs, data, packages, CLI transcript) is
+//! kept and its path printed. After a passing test, every node's stderr
 //! is scanned for ` ERROR ` and `panicked`: an error a person would have to look at is
 //! a failure unless the test says it expects it.
 //!
@@ -39,7 +44,7 @@ pub use cli::{CLI_TIMEOUT, CliOutput};
 pub use exec::{AgentView, ExecView};
 pub use fixtures::FanoutSpec;
 pub use logs::{
-    AGENT_REGISTRATION_FAILED, LogMark, log_level, log_level_with, read_log, strip_ansi,
+    AGENT_SESSION_FAILED, LogMark, field, log_level, log_level_with, read_log, strip_ansi,
 };
 pub use node::Node;
 use node::{NodeSpec, Role, tail};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 mod identity;
 
-use crate::harness::{AGENT_REGISTRATION_FAILED, AgentOpts, Cluster, FanoutSpec, wait_until};
+use crate::harness::{AGENT_SESSION_FAILED, AgentOpts, Cluster, FanoutSpec, wait_until};
 
 fn cert_of(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("tls.pem")).unwrap_or_default()
@@ -94,7 +94,7 @@ fn enrolment_then_renewal_without_restart_then_revocation() {
     c.agent("e1").spawn();
     // Its first registration after the restart has been answered (and refused:
     // it stops, or retries) before the listing is read.
-    restarted.wait_for_any(AGENT_REGISTRATION_FAILED, Duration::from_secs(20));
+    restarted.wait_for_any(AGENT_SESSION_FAILED, Duration::from_secs(20));
     assert!(
         c.agents_list()
             .iter()

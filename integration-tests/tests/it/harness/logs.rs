@@ -29,10 +29,12 @@ const POLL: Duration = Duration::from_millis(20);
 /// Lines of context a failed wait prints.
 const TAIL_LINES: usize = 40;
 
-/// What an agent logs when an attempt to register fails (first failure after
-/// it was up or started): a refusal that stops it (revoked), or one it retries
-/// (unreachable, refused for now). For [`LogMark::wait_for_any`].
-pub const AGENT_REGISTRATION_FAILED: &[&[&str]] = &[
+/// What an agent logs when a session with the coordinator (registration, then
+/// the event stream) fails, the first time after it was up or started: a
+/// refusal that stops it (revoked), or a failure it retries (unreachable,
+/// refused for now, the stream ended). After a start, the first such line is
+/// the answer to its first registration. For [`LogMark::wait_for_any`].
+pub const AGENT_SESSION_FAILED: &[&[&str]] = &[
     &["the coordinator will not take this agent"],
     &["coordinator unreachable; will retry"],
 ];
@@ -162,6 +164,13 @@ impl LogMark {
     }
 }
 
+/// The value of field `key` in a log line (`key=value`, up to the next space),
+/// e.g. `field(line, "dispatch")`.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|token| token.strip_prefix(key)?.strip_prefix('='))
+}
+
 /// Removes ANSI escape sequences (`ESC [ ... letter`), in case a process colours its logs.
 pub fn strip_ansi(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -196,6 +205,15 @@ fn strip_ansi_removes_colour_codes() {
         strip_ansi("\u{1b}[31mERROR\u{1b}[0m x"),
         "ERROR x".to_owned()
     );
+}
+
+#[test]
+fn field_reads_a_key_value_token() {
+    let line = "2026-01-01T00:00:00Z DEBUG job finished dispatch=e1/fan[3]#1 status=Succeeded";
+    assert_eq!(field(line, "dispatch"), Some("e1/fan[3]#1"));
+    assert_eq!(field(line, "status"), Some("Succeeded"));
+    assert_eq!(field(line, "stat"), None);
+    assert_eq!(field(line, "agent"), None);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use baton_proto as pb;
 use pb::coordinator_service_client::CoordinatorServiceClient;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::harness::{AGENT_REGISTRATION_FAILED, AgentOpts, Cluster, FanoutSpec, wait_until};
+use crate::harness::{AGENT_SESSION_FAILED, AgentOpts, Cluster, FanoutSpec, wait_until};
 
 /// An agent identity as PEM: what a thief copies from a TLS directory.
 #[derive(Clone)]
@@ -222,6 +222,7 @@ fn renewals_racing_a_revocation_are_all_refused() {
                 while started.elapsed() < loops_for {
                     let Ok(mut cl) = client(addr, &ca, &current).await else {
                         *refusals.entry("no connection".into()).or_default() += 1;
+                        // Pacing of a retry loop bounded by `loops_for`, not a wait for anything.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     };
@@ -335,7 +336,7 @@ fn renewals_racing_a_revocation_are_all_refused() {
     c.agent("s1").spawn();
     // Its first registration after the restart has been answered (and refused:
     // it stops, or retries) before the listing is read.
-    restarted.wait_for_any(AGENT_REGISTRATION_FAILED, Duration::from_secs(20));
+    restarted.wait_for_any(AGENT_SESSION_FAILED, Duration::from_secs(20));
     assert!(
         c.agents_list()
             .iter()
