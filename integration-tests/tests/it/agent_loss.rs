@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::harness::{Cluster, FanoutSpec, log_level_with};
+use crate::harness::{COORDINATOR_DEBUG, Cluster, FanoutSpec, log_level_with};
 
 const AGENTS: [&str; 3] = ["a1", "a2", "a3"];
 const VICTIM: &str = "a2";
@@ -26,7 +26,7 @@ const CHILDREN: usize = 60;
 fn killed_agent_children_are_rerun_elsewhere() {
     let mut c = Cluster::new("agent_loss");
     // Shows `completion stream closed agent=NAME` (debug).
-    let log = log_level_with(&[("baton_coordinator::grpc::agent_api", "debug")]);
+    let log = log_level_with(COORDINATOR_DEBUG);
     c.start_coordinator_env(&[], vec![("BATON_LOG".to_owned(), log)]);
     for name in AGENTS {
         c.start_agent(name, 4);

@@ -16,7 +16,9 @@ use baton_proto::{DispatchId, RejectCode, StartJobRequest};
 
 use crate::harness::fixtures::{child_toml, sha256_hex};
 use crate::harness::grpc::{Answer, answer, start_job, start_job_request};
-use crate::harness::{AgentOpts, Cluster, FanoutSpec, LogMark, dead_port, read_log, wait_until};
+use crate::harness::{
+    AGENT_DEBUG, AgentOpts, Cluster, FanoutSpec, LogMark, dead_port, read_log, wait_until,
+};
 
 /// Not TOML: the table header on line 3 is never closed.
 const MALFORMED: &str = "name = \"broken\"\n\n[tasks.run\nexec = [\"true\"]\n";
@@ -120,7 +122,7 @@ fn agent_outlives_a_dead_coordinator() {
     let mut c = Cluster::new("dead_coordinator_agent");
     let url = format!("https://127.0.0.1:{}", dead_port());
     // (Its reporter logs each retry that fails again at debug.)
-    let mut opts = AgentOpts::new("lonely", 2).log_targets(&[("baton_agent::reporter", "debug")]);
+    let mut opts = AgentOpts::new("lonely", 2).log_targets(AGENT_DEBUG);
     opts.coordinator_url = Some(url);
     opts.wait_announce = false;
     c.start_agent_with(opts);

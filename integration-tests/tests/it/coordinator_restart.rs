@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::harness::{AgentOpts, Cluster, FanoutSpec, LogMark, field, wait_until};
+use crate::harness::{AGENT_DEBUG, AgentOpts, Cluster, FanoutSpec, LogMark, field, wait_until};
 
 const AGENTS: [&str; 3] = ["a1", "a2", "a3"];
 const CHILDREN: usize = 150;
@@ -37,10 +37,7 @@ fn execution_survives_coordinator_kill_and_restart() {
     c.start_coordinator();
     for name in AGENTS {
         // Shows `job accepted` and `job finished` (debug) with the dispatch id.
-        let opts = AgentOpts::new(name, 4).log_targets(&[
-            ("baton_agent::service", "debug"),
-            ("baton_agent::supervisor", "debug"),
-        ]);
+        let opts = AgentOpts::new(name, 4).log_targets(AGENT_DEBUG);
         c.start_agent_with(opts);
     }
     c.agents_ready(AGENTS.len());

@@ -44,7 +44,8 @@ pub use cli::{CLI_TIMEOUT, CliOutput};
 pub use exec::{AgentView, ExecView};
 pub use fixtures::FanoutSpec;
 pub use logs::{
-    AGENT_SESSION_FAILED, LogMark, field, log_level, log_level_with, read_log, strip_ansi,
+    AGENT_DEBUG, AGENT_SESSION_FAILED, COORDINATOR_DEBUG, LogMark, field, log_level,
+    log_level_with, read_log, strip_ansi,
 };
 pub use node::Node;
 use node::{NodeSpec, Role, tail};

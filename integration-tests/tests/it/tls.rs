@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Cluster, LogMark};
+use crate::harness::{AGENT_DEBUG, Cluster, LogMark};
 
 #[test]
 fn coordinator_refuses_foreign_and_plaintext_clients() {
@@ -127,7 +127,7 @@ fn identities_are_enforced() {
     // An agent cannot register under another agent's name: a process holding a1's
     // certificate but calling itself a2 is refused and never becomes ready.
     // (Its reporter logs each retry that fails again at debug.)
-    let mut opts = AgentOpts::new("a2", 2).log_targets(&[("baton_agent::reporter", "debug")]);
+    let mut opts = AgentOpts::new("a2", 2).log_targets(AGENT_DEBUG);
     opts.tls_dir = Some(a1_tls);
     c.start_agent_with(opts);
     // Refused (WARN), retried and refused again: it went past the point where
