@@ -7,11 +7,16 @@
 //! policy). The execution must still end `succeeded` with 60 children, each recorded
 //! once; no child may be recorded as succeeded on `a2` unless it had already
 //! succeeded there when `a2` died.
+//!
+//! "Already succeeded there when `a2` died" is the coordinator's view once the end
+//! of `a2`'s event stream has reached it (its `completion stream closed` line, at
+//! debug): everything `a2` sent before dying is then in the scheduler's queue, ahead
+//! of the `exec show` that takes the reference snapshot.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::harness::{Cluster, FanoutSpec, wait_until};
+use crate::harness::{COORDINATOR_DEBUG, Cluster, FanoutSpec, log_level_with};
 
 const AGENTS: [&str; 3] = ["a1", "a2", "a3"];
 const VICTIM: &str = "a2";
@@ -20,7 +25,9 @@ const CHILDREN: usize = 60;
 #[test]
 fn killed_agent_children_are_rerun_elsewhere() {
     let mut c = Cluster::new("agent_loss");
-    c.start_coordinator();
+    // Shows `completion stream closed agent=NAME` (debug).
+    let log = log_level_with(COORDINATOR_DEBUG);
+    c.start_coordinator_env(&[], vec![("BATON_LOG".to_owned(), log)]);
     for name in AGENTS {
         c.start_agent(name, 4);
     }
@@ -31,21 +38,15 @@ fn killed_agent_children_are_rerun_elsewhere() {
     let id = c.start_run(&parent, &[]);
 
     // Wait until the victim holds running children.
-    let mut before = None;
-    let ok = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
-        let v = c.exec_show(&id);
-        let running_on_victim = v
-            .children
-            .iter()
-            .any(|ch| ch.agent == VICTIM && ch.state == "running");
-        before = Some(v);
-        running_on_victim
-    });
-    let before = before.expect("polled at least once");
-    assert!(
-        ok,
-        "no child ran on {VICTIM} within 20 s: {}",
-        before.brief()
+    let before = c.wait_exec(
+        &id,
+        &format!("a child running on {VICTIM}"),
+        Duration::from_secs(20),
+        |v| {
+            v.children
+                .iter()
+                .any(|ch| ch.agent == VICTIM && ch.state == "running")
+        },
     );
     let held_by_victim: BTreeSet<_> = before
         .children
@@ -55,13 +56,19 @@ fn killed_agent_children_are_rerun_elsewhere() {
         .collect();
 
     let pid = c.agent(VICTIM).pid();
+    let coordinator_log = c.log_mark("coordinator");
     c.agent(VICTIM).kill9();
     c.note(&format!(
         "killed {VICTIM} (pid {pid:?}); it held {held_by_victim:?}"
     ));
     // Events the victim sent just before dying may still be in flight to the
-    // coordinator; give them a moment before taking the reference snapshot.
-    std::thread::sleep(Duration::from_millis(500));
+    // coordinator. The stream is read in order and each event queued to the
+    // scheduler before the next is read, so once the coordinator has seen the
+    // stream end, every one of them is ahead of the snapshot's `exec show`.
+    coordinator_log.wait_for(
+        &["completion stream closed", &format!("agent={VICTIM}")],
+        Duration::from_secs(10),
+    );
     let after_kill = c.exec_show(&id);
     let succeeded_on_victim_before_loss: BTreeSet<_> = after_kill
         .children
@@ -71,12 +78,7 @@ fn killed_agent_children_are_rerun_elsewhere() {
         .collect();
 
     // The lease expires (TTL 2 s) and the registry says so.
-    let mut last = Vec::new();
-    let lost = wait_until(Duration::from_secs(15), Duration::from_millis(200), || {
-        last = c.agents_list();
-        last.iter().any(|a| a.name == VICTIM && a.state == "lost")
-    });
-    assert!(lost, "{VICTIM} not shown as lost within 15 s: {last:?}");
+    c.wait_agent_state(VICTIM, "lost", Duration::from_secs(15));
 
     let end = c.wait_exec_terminal(&id, Duration::from_secs(45));
     assert_eq!(end.status, "succeeded", "{:#}", end.raw);

@@ -148,6 +148,7 @@ fn a_restarted_agent_ends_the_orphans_of_its_earlier_boot_before_registering() {
 
     let stderr = c.agent("a1").stderr_path();
     let watchdog = watchdog_pid(&stderr).expect("the agent logged no watchdog pid");
+    let since_watchdog_kill = c.log_mark("a1");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(watchdog as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -157,8 +158,15 @@ fn a_restarted_agent_ends_the_orphans_of_its_earlier_boot_before_registering() {
         wait_until(GONE_WITHIN, Duration::from_millis(20), || !runs(watchdog)),
         "watchdog {watchdog} survived SIGKILL"
     );
+    // `kill9` returns once the agent is reaped. Nothing else could end the
+    // orphans — unless the agent started a new watchdog in between (it does at
+    // its next write to a dead one), which would make this case the other test.
     c.agent("a1").kill9();
-    std::thread::sleep(Duration::from_millis(300));
+    let respawned = since_watchdog_kill.matching(&["started a new one"]);
+    assert!(
+        respawned.is_empty(),
+        "the agent replaced its watchdog before it died: {respawned:?}"
+    );
     assert!(
         pids.iter().all(|p| runs(*p)),
         "with the watchdog dead too, the orphans should outlive the agent"

@@ -10,13 +10,15 @@
 
 use std::fs;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto::{DispatchId, RejectCode, StartJobRequest};
 
 use crate::harness::fixtures::{child_toml, sha256_hex};
 use crate::harness::grpc::{Answer, answer, start_job, start_job_request};
-use crate::harness::{AgentOpts, Cluster, FanoutSpec, dead_port, read_log, wait_until};
+use crate::harness::{
+    AGENT_DEBUG, AgentOpts, Cluster, FanoutSpec, LogMark, dead_port, read_log, wait_until,
+};
 
 /// Not TOML: the table header on line 3 is never closed.
 const MALFORMED: &str = "name = \"broken\"\n\n[tasks.run\nexec = [\"true\"]\n";
@@ -112,12 +114,15 @@ fn run_against_dead_coordinator_exits_3() {
     c.finish(&[]);
 }
 
+/// Failed reconnections a lonely agent must live through.
+const RETRIES: usize = 4;
+
 #[test]
 fn agent_outlives_a_dead_coordinator() {
     let mut c = Cluster::new("dead_coordinator_agent");
     let url = format!("https://127.0.0.1:{}", dead_port());
-    let started = Instant::now();
-    let mut opts = AgentOpts::new("lonely", 2);
+    // (Its reporter logs each retry that fails again at debug.)
+    let mut opts = AgentOpts::new("lonely", 2).log_targets(AGENT_DEBUG);
     opts.coordinator_url = Some(url);
     opts.wait_announce = false;
     c.start_agent_with(opts);
@@ -140,8 +145,10 @@ fn agent_outlives_a_dead_coordinator() {
         line.contains(" WARN "),
         "COORDINATOR_UNREACHABLE is not logged at WARN: {line}"
     );
-    // Alive for at least 3 s after start, checked all along (an exit fails at once).
-    while started.elapsed() < Duration::from_secs(3) {
+    // Alive through RETRIES more failed attempts (with the backoff, about 2 to
+    // 4 s), checked all along (an exit fails at once).
+    let log = LogMark::at_start("lonely", &stderr);
+    let retried = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
         let agent = c.agent("lonely");
         assert!(
             agent.is_running(),
@@ -149,9 +156,17 @@ fn agent_outlives_a_dead_coordinator() {
             agent.try_exit_status(),
             read_log(&stderr)
         );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(c.agent("lonely").is_running(), "agent exited after 3 s");
+        log.count(&["coordinator still unreachable"]) >= RETRIES
+    });
+    assert!(
+        retried,
+        "fewer than {RETRIES} retries logged within 20 s:\n{}",
+        read_log(&stderr)
+    );
+    assert!(
+        c.agent("lonely").is_running(),
+        "agent exited after {RETRIES} retries"
+    );
     c.finish(&[]);
 }
 

@@ -146,27 +146,83 @@ fn capacity_queues_children_and_agent_rejects_past_its_slots() {
 
 /// The same dispatch id sent twice is accepted twice and starts one process: the
 /// child appends a line to a file, which must hold exactly one line afterwards.
+///
+/// No sleep decides it. The job holds its slot until a gate opens, on an agent of
+/// two slots, and an agent takes a slot for a new job before it answers
+/// `Accepted`: after the duplicate, a job of another dispatch id still gets the
+/// second slot, and a third is refused `AT_CAPACITY` (the slots do count). Then
+/// the gate opens and both jobs end; nothing else holds a slot to run in.
 #[test]
 fn start_job_is_idempotent_per_dispatch_id() {
     let mut c = Cluster::new("idempotent");
     c.start_coordinator();
-    let addr = c.start_agent("a1", 4);
+    let addr = c.start_agent("a1", 2);
     c.agents_ready(1);
+    let gate = c.root().join("gate");
+    // A run notes its start and end in `marker`; it waits for the gate between
+    // (bounded: 30 s).
+    let gated = |marker: &std::path::Path| {
+        let (m, g) = (marker.display(), gate.display());
+        child_toml(&format!(
+            "echo run >> '{m}'; i=0; while [ ! -e '{g}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; echo end >> '{m}'"
+        ))
+    };
     let marker = c.root().join("runs.txt");
-    let cmd = format!("echo run >> '{}'", marker.display());
-    let req = start_job_request("it-idempotent", &child_toml(&cmd));
+    let req = start_job_request("it-idempotent", &gated(&marker));
     for n in 1..=2 {
         let resp = start_job(&c.agent_tls("a1"), addr, req.clone())
             .unwrap_or_else(|e| panic!("StartJob #{n}: {e}"));
         assert_eq!(answer(&resp), Answer::Accepted, "StartJob #{n}");
     }
-    let one = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
-        std::fs::read_to_string(&marker).is_ok_and(|t| !t.is_empty())
+    let other_marker = c.root().join("other-runs.txt");
+    let other = start_job_request("it-idempotent-other", &gated(&other_marker));
+    let resp = start_job(&c.agent_tls("a1"), addr, other)
+        .unwrap_or_else(|e| panic!("StartJob of another id: {e}"));
+    assert_eq!(
+        answer(&resp),
+        Answer::Accepted,
+        "another dispatch id found no free slot: the duplicate took one"
+    );
+    let full = start_job_request(
+        "it-idempotent-full",
+        &gated(&c.root().join("full-runs.txt")),
+    );
+    let resp = start_job(&c.agent_tls("a1"), addr, full)
+        .unwrap_or_else(|e| panic!("StartJob to a full agent: {e}"));
+    assert!(
+        matches!(
+            answer(&resp),
+            Answer::Rejected {
+                code: RejectCode::AtCapacity,
+                ..
+            }
+        ),
+        "a third job on two slots: {:?}",
+        answer(&resp)
+    );
+
+    std::fs::write(&gate, b"").expect("open the gate");
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let ended = wait_until(Duration::from_secs(20), Duration::from_millis(50), || {
+        lines(&marker).contains(&"end".to_owned())
+            && lines(&other_marker).contains(&"end".to_owned())
     });
-    assert!(one, "the accepted job never ran");
-    // Give a wrongly started second process time to show itself.
-    std::thread::sleep(Duration::from_millis(700));
-    let runs = std::fs::read_to_string(&marker).unwrap_or_default();
-    assert_eq!(runs.lines().count(), 1, "one dispatch id started {runs:?}");
+    assert!(
+        ended,
+        "the accepted jobs did not both run to their end: {:?} {:?}",
+        lines(&marker),
+        lines(&other_marker)
+    );
+    assert_eq!(
+        lines(&marker),
+        ["run", "end"],
+        "one dispatch id sent twice started more than one process"
+    );
     c.finish(&[]);
 }

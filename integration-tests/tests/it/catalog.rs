@@ -406,8 +406,13 @@ fn a_pinned_run_survives_a_coordinator_restart_and_a_new_agent_fetches_it() {
         "no child finished"
     );
 
+    let a1_log = c.log_mark("a1");
     c.coordinator().kill9();
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent has seen the coordinator go: the restart is a reconnection.
+    a1_log.wait_for(
+        &["coordinator unreachable; will retry"],
+        Duration::from_secs(10),
+    );
     c.coordinator().restart();
     c.agents_ready(1);
     write_package(&dir, 2, "0.5");

@@ -3,9 +3,14 @@
 //! Why it is built this way (STYLE item 12): every node gets its own directory and
 //! binds port 0, and the harness learns the port from the line the node announces, so
 //! tests run in parallel without clashing and without sleeping for readiness. Every
-//! wait has a deadline. Every process is killed (SIGKILL, by pid) when the cluster is
-//! dropped. When a test fails, the cluster's directory (logs, data, packages, CLI
-//! transcript) is kept and its path printed. After a passing test, every node's stderr
+//! wait has a deadline. Nor does a test sleep to let something happen, or to see
+//! that nothing did: it waits for the log line that marks the event
+//! ([`LogMark`], from a mark taken before it acts) or for the state it expects
+//! ([`Cluster::wait_agent_state`], [`Cluster::wait_exec`]); for "nothing
+//! happened" it waits for a line that proves the system went past the point.
+//! Every process is killed (SIGKILL, by pid) when the cluster is dropped. When a
+//! test fails, the cluster's directory (logs, data, packages, CLI transcript) is
+//! kept and its path printed. After a passing test, every node's stderr
 //! is scanned for ` ERROR ` and `panicked`: an error a person would have to look at is
 //! a failure unless the test says it expects it.
 //!
@@ -23,6 +28,7 @@ mod cli;
 pub mod exec;
 pub mod fixtures;
 pub mod grpc;
+pub mod logs;
 mod node;
 
 use std::fs::{self, File};
@@ -37,6 +43,10 @@ use tempfile::TempDir;
 pub use cli::{CLI_TIMEOUT, CliOutput};
 pub use exec::{AgentView, ExecView};
 pub use fixtures::FanoutSpec;
+pub use logs::{
+    AGENT_DEBUG, AGENT_SESSION_FAILED, COORDINATOR_DEBUG, LogMark, field, log_level,
+    log_level_with, read_log, strip_ansi,
+};
 pub use node::Node;
 use node::{NodeSpec, Role, tail};
 
@@ -44,11 +54,6 @@ use node::{NodeSpec, Role, tail};
 pub const LEASE_TTL_MS: u64 = 2000;
 /// Heartbeat interval given to test coordinators.
 pub const HEARTBEAT_MS: u64 = 300;
-
-/// Level of the processes' logs: `BATON_LOG` of the test run, else `info`.
-pub fn log_level() -> String {
-    std::env::var("BATON_LOG").unwrap_or_else(|_| "info".to_owned())
-}
 
 /// The `baton` binary: `BATON_BIN`, else `<target>/debug/baton` beside the test
 /// executable (which lives in `<target>/debug/deps/`).
@@ -121,6 +126,14 @@ impl AgentOpts {
             env: Vec::new(),
         }
     }
+
+    /// Logs `TARGET=LEVEL` too (see [`log_level_with`]): for a test that waits
+    /// on a line the agent logs at `debug`.
+    pub fn log_targets(mut self, targets: &[(&str, &str)]) -> AgentOpts {
+        self.env
+            .push(("BATON_LOG".to_owned(), log_level_with(targets)));
+        self
+    }
 }
 
 /// A coordinator, agents and the client commands run against them.
@@ -165,6 +178,17 @@ impl Cluster {
 
     /// Starts `baton coordinator` with more arguments (e.g. `--cert-ttl 8s`).
     pub fn start_coordinator_with(&mut self, extra: &[&str]) -> SocketAddr {
+        self.start_coordinator_env(extra, Vec::new())
+    }
+
+    /// Starts `baton coordinator` with more arguments and more environment
+    /// variables (e.g. a `BATON_LOG` from [`log_level_with`] that shows a debug
+    /// line a test waits for); they stay for its restarts.
+    pub fn start_coordinator_env(
+        &mut self,
+        extra: &[&str],
+        env: Vec<(String, String)>,
+    ) -> SocketAddr {
         assert!(self.coordinator.is_none(), "one coordinator per cluster");
         let dir = self.root().join("coordinator");
         let mut args = vec![
@@ -177,12 +201,20 @@ impl Cluster {
             HEARTBEAT_MS.to_string(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        self.start_coordinator_args(args)
+        self.start_coordinator_node(args, env)
     }
 
     /// Starts `baton ARGS` as the coordinator, with exactly these arguments (its
     /// data dir must be `<root>/coordinator/data` for [`Cluster::ca_dir`]).
     pub fn start_coordinator_args(&mut self, args: Vec<String>) -> SocketAddr {
+        self.start_coordinator_node(args, Vec::new())
+    }
+
+    fn start_coordinator_node(
+        &mut self,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> SocketAddr {
         assert!(self.coordinator.is_none(), "one coordinator per cluster");
         let mut node = Node::new(NodeSpec {
             name: "coordinator".to_owned(),
@@ -191,6 +223,7 @@ impl Cluster {
             bin: self.bin.clone(),
             args,
         });
+        node.set_env(env);
         let addr = node.start();
         self.coordinator = Some(node);
         addr
@@ -411,11 +444,59 @@ impl Cluster {
         last
     }
 
+    /// Waits (polling `agents list`) until agent `name` is listed in `state`;
+    /// returns that listing. Panics after `timeout` with the last listing.
+    pub fn wait_agent_state(&self, name: &str, state: &str, timeout: Duration) -> Vec<AgentView> {
+        let mut last = Vec::new();
+        let ok = wait_until(timeout, Duration::from_millis(100), || {
+            last = self.agents_list();
+            last.iter().any(|a| a.name == name && a.state == state)
+        });
+        assert!(
+            ok,
+            "agent {name} not listed as {state} within {timeout:?}; last listing: {last:?}"
+        );
+        last
+    }
+
+    /// A mark at the current end of node `name`'s stderr (`coordinator` or an
+    /// agent's name): waits on it see only what the node logs from now on.
+    pub fn log_mark(&self, name: &str) -> LogMark {
+        self.nodes()
+            .find(|n| n.name() == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
+            .log_mark()
+    }
+
     /// `baton exec show ID --output json`, which must exit 0.
     pub fn exec_show(&self, id: &str) -> ExecView {
         let out = self.cli(&["exec", "show", id, "--output", "json"]);
         out.expect_code(0);
         ExecView::parse(out.json())
+    }
+
+    /// Polls `exec show` until `done` holds for the view; returns that view.
+    /// Panics after `timeout` with `what` and the last view.
+    pub fn wait_exec(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&ExecView) -> bool,
+    ) -> ExecView {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let view = self.exec_show(id);
+            if done(&view) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "execution {id}: {what} not seen within {timeout:?}: {}",
+                view.brief()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Polls `exec show` until the execution is terminal; panics after `timeout`.
@@ -566,40 +647,4 @@ impl Drop for Cluster {
             }
         }
     }
-}
-
-/// Removes ANSI escape sequences (`ESC [ ... letter`), in case a process colours its logs.
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            if chars.peek() == Some(&'[') {
-                chars.next();
-                for d in chars.by_ref() {
-                    if d.is_ascii_alphabetic() {
-                        break;
-                    }
-                }
-            }
-            continue;
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// The whole stderr of a node, ANSI-stripped (for tests that look for a log line).
-pub fn read_log(path: &Path) -> String {
-    strip_ansi(&String::from_utf8_lossy(
-        &fs::read(path).unwrap_or_default(),
-    ))
-}
-
-#[test]
-fn strip_ansi_removes_colour_codes() {
-    assert_eq!(
-        strip_ansi("\u{1b}[31mERROR\u{1b}[0m x"),
-        "ERROR x".to_owned()
-    );
 }

@@ -72,8 +72,16 @@ fn logs_follow_survives_a_coordinator_restart() {
     if let Some(mut e) = follow.stderr.take() {
         let _ = e.read_to_string(&mut stderr);
     }
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
-        lines.push(l);
+    // The rest of its output, up to the end of its stdout (the reader thread
+    // then ends and the channel closes): not "until nothing came for a while".
+    loop {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(l) => lines.push(l),
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the stdout of logs -f stayed open 10 s after it exited: {lines:?}")
+            }
+        }
     }
     assert!(status.success(), "logs -f failed: {stderr}");
     assert!(stderr.contains("reconnecting"), "stderr: {stderr}");

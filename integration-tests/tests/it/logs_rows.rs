@@ -213,26 +213,35 @@ fn cancel_one_child_ends_its_process_group_and_spares_the_others() {
 
     // A running child: SIGTERM (ignored), the grace, then SIGKILL on its group.
     let victim = pids[1];
+    let victim_agent = c.exec_show(&id).children[1].agent.clone();
+    let agent_log = c.log_mark(&victim_agent);
     let asked = Instant::now();
     let out = c.cli(&[
         "exec", "cancel", &id, "--child", "fan[1]", "--reason", "test", "--output", "json",
     ]);
     out.expect_code(0);
     assert_eq!(out.json()["status"], "cancelling", "{}", out.describe());
-    std::thread::sleep(Duration::from_millis(500));
+    // The agent took the cancel: SIGTERM (ignored), then the grace.
+    agent_log.wait_for(&["job cancel requested"], Duration::from_secs(10));
     assert!(
         group_alive(victim),
-        "the group went before the grace although it ignores SIGTERM"
+        "the group went at once although it ignores SIGTERM"
     );
     let gone = wait_until(
         Duration::from_millis(GRACE_MS + 3_000),
         Duration::from_millis(20),
         || !group_alive(victim) && !proc_exists(victim),
     );
+    let gone_after = asked.elapsed();
     assert!(
         gone,
-        "process group {victim} still alive {:?} after the cancel",
-        asked.elapsed()
+        "process group {victim} still alive {gone_after:?} after the cancel"
+    );
+    // The SIGTERM came after `asked`, the SIGKILL a whole grace after it.
+    assert!(
+        gone_after >= Duration::from_millis(GRACE_MS),
+        "the group went {gone_after:?} after the cancel, before the {GRACE_MS} ms grace, \
+         although it ignores SIGTERM"
     );
     let waited = c.cli(&[
         "exec", "cancel", &id, "--child", "fan[1]", "--wait", "--output", "json",

@@ -308,11 +308,22 @@ parallelism = 2
         ),
         "two children never started"
     );
+    let coordinator_log = c.log_mark("coordinator");
     let out = c.cli(&["exec", "cancel", &id, "--output", "json"]);
     out.expect_code(0);
     assert_eq!(out.json()["status"], "cancelling", "{}", out.describe());
-    // The running children are not stopped: they end when the gate opens.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The running children are not stopped: they end when the gate opens. The
+    // coordinator decided so when it answered (no stop asked of any agent) ...
+    assert_eq!(out.json()["children_stopping"], 0, "{}", out.describe());
+    assert_eq!(out.json()["children_cancelled"], 2, "{}", out.describe());
+    coordinator_log.wait_for(
+        &["children=2", "running children are abandoned, not stopped"],
+        std::time::Duration::from_secs(10),
+    );
+    // ... and they are still on their agent.
+    let view = c.exec_show(&id);
+    let on_agent = view.children.iter().filter(|ch| ch.is_occupying()).count();
+    assert_eq!(on_agent, 2, "{}", view.brief());
     assert!(
         file_lines(&marks.join("ended")).is_empty(),
         "nothing ended yet"

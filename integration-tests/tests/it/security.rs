@@ -5,7 +5,7 @@ use std::time::Duration;
 
 mod identity;
 
-use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
+use crate::harness::{AGENT_SESSION_FAILED, AgentOpts, Cluster, FanoutSpec, wait_until};
 
 fn cert_of(dir: &std::path::Path) -> String {
     std::fs::read_to_string(dir.join("tls.pem")).unwrap_or_default()
@@ -90,8 +90,11 @@ fn enrolment_then_renewal_without_restart_then_revocation() {
     // Every certificate issued to e1 is refused, not only the one it registered
     // with: the renewed one on disk (never used to register) gets e1 nowhere.
     c.agent("e1").kill9();
+    let restarted = c.log_mark("e1");
     c.agent("e1").spawn();
-    std::thread::sleep(Duration::from_secs(3));
+    // Its first registration after the restart has been answered (and refused:
+    // it stops, or retries) before the listing is read.
+    restarted.wait_for_any(AGENT_SESSION_FAILED, Duration::from_secs(20));
     assert!(
         c.agents_list()
             .iter()

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::harness::Cluster;
+use crate::harness::{AGENT_DEBUG, Cluster, LogMark};
 
 #[test]
 fn coordinator_refuses_foreign_and_plaintext_clients() {
@@ -126,10 +126,14 @@ fn identities_are_enforced() {
 
     // An agent cannot register under another agent's name: a process holding a1's
     // certificate but calling itself a2 is refused and never becomes ready.
-    let mut opts = AgentOpts::new("a2", 2);
+    // (Its reporter logs each retry that fails again at debug.)
+    let mut opts = AgentOpts::new("a2", 2).log_targets(AGENT_DEBUG);
     opts.tls_dir = Some(a1_tls);
     c.start_agent_with(opts);
-    std::thread::sleep(Duration::from_secs(2));
+    // Refused (WARN), retried and refused again: it went past the point where
+    // it could have registered, or given up.
+    LogMark::at_start("a2", &c.agent("a2").stderr_path())
+        .wait_for(&["coordinator still unreachable"], Duration::from_secs(20));
     let agents = c.agents_list();
     assert!(
         agents.iter().all(|a| a.name != "a2"),
@@ -166,6 +170,7 @@ fn revoked_agent_certificate_is_refused_and_a_new_one_works() {
     });
     assert!(ok, "a2 never ran a child");
 
+    let a2_log = c.log_mark("a2");
     let out = c.cli(&["agents", "revoke", "a2"]);
     out.expect_code(0);
     assert!(out.stdout.contains("revoked"), "{}", out.describe());
@@ -181,8 +186,12 @@ fn revoked_agent_certificate_is_refused_and_a_new_one_works() {
         end.raw
     );
 
-    // The process still holding the revoked certificate keeps being refused.
-    std::thread::sleep(Duration::from_secs(1));
+    // The process still holding the revoked certificate keeps being refused:
+    // it has tried to register again since the revocation, and was told why.
+    a2_log.wait_for(
+        &["the coordinator will not take this agent", "revoked"],
+        Duration::from_secs(20),
+    );
     let a2 = c
         .agents_list()
         .into_iter()

@@ -31,8 +31,31 @@ impl Trap {
     fn port(&self) -> u16 {
         self.0.local_addr().expect("local_addr").port()
     }
-    fn was_dialled(&self) -> bool {
-        self.0.accept().is_ok()
+    /// Whether anyone but the probe dialled this listener before the probe.
+    ///
+    /// No sleep for "nothing came": the probe connects after the commands under
+    /// test have exited, and a listener hands connections out in the order their
+    /// handshakes completed, so a connection of theirs is accepted before the probe.
+    fn was_dialled_before_probe(&self) -> bool {
+        let port = self.port();
+        let probe = std::net::TcpStream::connect(("127.0.0.1", port)).expect("probe connect");
+        let probe_addr = probe.local_addr().expect("probe local_addr");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.0.accept() {
+                Ok((_, peer)) => return peer != probe_addr,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    // The probe's handshake is done on its side; the listener's
+                    // side follows at once on loopback. Bounded all the same.
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the probe connection never reached the listener"
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
     }
 }
 
@@ -96,8 +119,10 @@ fn plaintext_beyond_loopback_is_refused_before_connecting() {
             "{}",
             out.describe()
         );
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(!trap.was_dialled(), "a plaintext connection left for {url}");
+        assert!(
+            !trap.was_dialled_before_probe(),
+            "a plaintext connection left for {url}"
+        );
     } else {
         eprintln!("no non-loopback address on this machine: the listener check is skipped");
     }

@@ -79,7 +79,7 @@ pub fn run(
     let mut cmd = Command::new(bin);
     cmd.args(args)
         .current_dir(cwd)
-        .env("BATON_LOG", super::log_level())
+        .env("BATON_LOG", super::logs::log_level())
         .env("NO_COLOR", "1")
         .env("RUST_BACKTRACE", "1")
         .env_remove("BATON_COORDINATOR")

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use super::logs::LogMark;
+
 /// How long a process may take to announce its listening address.
 pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -88,6 +90,12 @@ impl Node {
         self.dir.join("stderr.log")
     }
 
+    /// The current end of this node's stderr: a wait on the mark sees only what
+    /// the node logs from now on (across restarts: the log is appended to).
+    pub fn log_mark(&self) -> LogMark {
+        LogMark::at_end(&self.name, &self.stderr_path())
+    }
+
     /// The announced address; panics if the node never announced one.
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -127,7 +135,7 @@ impl Node {
             .arg("--listen")
             .arg(&self.listen)
             .current_dir(&self.dir)
-            .env("BATON_LOG", super::log_level())
+            .env("BATON_LOG", super::logs::log_level())
             .env("NO_COLOR", "1")
             .env("RUST_BACKTRACE", "1")
             .env_remove("BATON_COORDINATOR")

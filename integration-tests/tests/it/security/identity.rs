@@ -6,13 +6,14 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use baton_proto as pb;
 use pb::coordinator_service_client::CoordinatorServiceClient;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
+use crate::harness::{AGENT_SESSION_FAILED, AgentOpts, Cluster, FanoutSpec, wait_until};
 
 /// An agent identity as PEM: what a thief copies from a TLS directory.
 #[derive(Clone)]
@@ -116,6 +117,13 @@ fn outcome<T>(r: Result<T, tonic::Status>) -> String {
     }
 }
 
+/// Wall-clock Unix seconds (certificates' validity is in whole seconds).
+fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn register_req(name: &str) -> pb::RegisterRequest {
     pb::RegisterRequest {
         name: name.into(),
@@ -175,8 +183,20 @@ fn renewals_racing_a_revocation_are_all_refused() {
     c.agents_ready(1);
     let ca = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
 
-    // Past half of the stolen certificate's lifetime, so that it may renew.
-    std::thread::sleep(Duration::from_millis(5500));
+    // Past half of the stolen certificate's lifetime, so that it may renew (the
+    // coordinator's rule, in whole seconds: at most half of the lifetime left).
+    let der = baton_proto::tls::certs_from_pem(&stolen.cert).unwrap();
+    let (not_before, not_after) = baton_proto::identity::validity(&der[0]).expect("a validity");
+    let renewable_s = not_after - (not_after - not_before) / 2 + 1;
+    assert!(
+        renewable_s - now_s() < 20,
+        "the 10 s certificate is renewable only {} s from now",
+        renewable_s - now_s()
+    );
+    // A wait for the clock itself, bounded just above.
+    while now_s() < renewable_s {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = Arc::new(
         tokio::runtime::Builder::new_multi_thread()
@@ -187,10 +207,14 @@ fn renewals_racing_a_revocation_are_all_refused() {
     );
     let loops_for = Duration::from_secs(5);
     let started = Instant::now();
+    // RENEW_TOO_SOON answers so far: the race is on once a renewal has won and
+    // the others are refused for it.
+    let too_soon = Arc::new(AtomicU32::new(0));
     let handles: Vec<_> = (0..8)
         .map(|_| {
             let ca = ca.clone();
             let first = stolen.clone();
+            let too_soon = too_soon.clone();
             rt.spawn(async move {
                 let mut current = first;
                 let mut issued = Vec::new();
@@ -198,6 +222,7 @@ fn renewals_racing_a_revocation_are_all_refused() {
                 while started.elapsed() < loops_for {
                     let Ok(mut cl) = client(addr, &ca, &current).await else {
                         *refusals.entry("no connection".into()).or_default() += 1;
+                        // Pacing of a retry loop bounded by `loops_for`, not a wait for anything.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     };
@@ -210,15 +235,27 @@ fn renewals_racing_a_revocation_are_all_refused() {
                             };
                             issued.push(current.clone());
                         }
-                        Err(s) => *refusals.entry(code_of(&s)).or_default() += 1,
+                        Err(s) => {
+                            let code = code_of(&s);
+                            if code == "RENEW_TOO_SOON" {
+                                too_soon.fetch_add(1, Ordering::Relaxed);
+                            }
+                            *refusals.entry(code).or_default() += 1;
+                        }
                     }
                 }
                 (issued, refusals)
             })
         })
         .collect();
-    // Revoke in the middle of the race.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Revoke in the middle of the race: once it has refused a renewal as too
+    // soon, while the loops still run.
+    assert!(
+        wait_until(loops_for, Duration::from_millis(10), || {
+            too_soon.load(Ordering::Relaxed) > 0
+        }),
+        "no renewal was refused as too soon within {loops_for:?}"
+    );
     c.cli(&["agents", "revoke", "s1"]).expect_code(0);
     let mut issued = Vec::new();
     let mut refusals = std::collections::BTreeMap::<String, u32>::new();
@@ -295,8 +332,11 @@ fn renewals_racing_a_revocation_are_all_refused() {
 
     // The agent, restarted with whatever certificate it has, stays revoked.
     c.agent("s1").kill9();
+    let restarted = c.log_mark("s1");
     c.agent("s1").spawn();
-    std::thread::sleep(Duration::from_secs(3));
+    // Its first registration after the restart has been answered (and refused:
+    // it stops, or retries) before the listing is read.
+    restarted.wait_for_any(AGENT_SESSION_FAILED, Duration::from_secs(20));
     assert!(
         c.agents_list()
             .iter()
