@@ -181,6 +181,24 @@ impl Cluster {
         self.start_coordinator_env(extra, Vec::new())
     }
 
+    /// Starts `baton coordinator` with an agent lease of `lease_ms` instead of
+    /// the fast test lease: for a test whose agents must not be declared lost
+    /// while a loaded machine spawns hundreds of processes (losing one is
+    /// another test's subject).
+    pub fn start_coordinator_with_lease(&mut self, lease_ms: u64) -> SocketAddr {
+        let dir = self.root().join("coordinator");
+        let args = vec![
+            "coordinator".to_owned(),
+            "--data-dir".to_owned(),
+            dir.join("data").display().to_string(),
+            "--lease-ttl-ms".to_owned(),
+            lease_ms.to_string(),
+            "--heartbeat-ms".to_owned(),
+            HEARTBEAT_MS.to_string(),
+        ];
+        self.start_coordinator_node(args, Vec::new())
+    }
+
     /// Starts `baton coordinator` with more arguments and more environment
     /// variables (e.g. a `BATON_LOG` from [`log_level_with`] that shows a debug
     /// line a test waits for); they stay for its restarts.
