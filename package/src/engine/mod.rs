@@ -32,7 +32,7 @@ use std::time::Duration;
 use crate::error::PackageError;
 use crate::interpolate::interpolate_in;
 use crate::model::{On, Package, TaskKind};
-use crate::params::ParamValues;
+use crate::param_values::ParamValues;
 use crate::reference::{Outputs, Scope};
 
 mod snapshot;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError, TaskRun, TaskState};
 use crate::model::Package;
-use crate::params::ParamValues;
+use crate::param_values::ParamValues;
 
 /// One task in a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
