@@ -3,7 +3,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Ctx, scalar, valid_ident};
+use super::ctx::{Ctx, scalar, valid_ident};
 use crate::model::{ParamType, ParameterDef};
 use crate::param_values::render_list;
 use crate::params::check_value;
