@@ -99,7 +99,7 @@ pub enum CoordinatorError {
     #[error("transport: {0}")]
     Transport(String),
     #[error(transparent)]
-    Secret(#[from] crate::secrets::SecretError),
+    Secret(#[from] crate::secrets::key::SecretError),
     /// No child at the path given (`fan[3]`) in that execution.
     #[error("{0}")]
     ChildNotFound(String),

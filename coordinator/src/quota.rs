@@ -37,8 +37,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Method, Principal};
-use crate::catalog::VersionRecord;
-use crate::catalog::model::VERSION_PREFIX;
+use crate::catalog::model::{VERSION_PREFIX, VersionRecord};
 use crate::error::CoordinatorError;
 use crate::store::{Op, Precondition, Store};
 

@@ -153,7 +153,7 @@ impl ParamBuilder {
     /// A default for a `list` parameter.
     pub fn default_list<I: IntoIterator<Item = S>, S: Into<String>>(mut self, items: I) -> Self {
         let items: Vec<String> = items.into_iter().map(Into::into).collect();
-        self.def.default = Some(crate::params::render_list(&items));
+        self.def.default = Some(crate::param_values::render_list(&items));
         self
     }
 

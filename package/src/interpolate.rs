@@ -2,7 +2,7 @@
 //! `${tasks.TASK.outputs.KEY}`, `${tasks.TASK.state}`; `$${` is a literal `${`.
 
 use crate::error::PackageError;
-use crate::params::ParamValues;
+use crate::param_values::ParamValues;
 use crate::reference::{Ref, Scope};
 
 /// Expands `${params.NAME}` and `${item}` (and `${item.FIELD}`) in `template`.

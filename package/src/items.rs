@@ -3,7 +3,7 @@
 use crate::error::PackageError;
 use crate::interpolate::{interpolate, template_params};
 use crate::model::{ForeachOver, ForeachTask, MAX_FOREACH_ITEMS};
-use crate::params::ParamValues;
+use crate::param_values::ParamValues;
 
 impl ForeachTask {
     /// The items this foreach runs over, for the bound parameters.

@@ -25,6 +25,7 @@ mod interpolate;
 mod items;
 mod model;
 mod order;
+mod param_values;
 mod params;
 mod parse;
 mod policy;
@@ -44,7 +45,7 @@ pub use model::{
     MAX_FOREACH_ITEMS, MAX_TASKS, On, Package, ParamType, ParameterDef, SCRIPT_SHELL, ScriptTask,
     Task, TaskKind, valid_user_name,
 };
-pub use params::ParamValues;
+pub use param_values::ParamValues;
 pub use policy::{ChildrenOnCancel, MaxFailures, RetryPolicy};
 pub use reference::{Outputs, Ref, Scope};
 

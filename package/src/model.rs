@@ -328,16 +328,6 @@ pub const MAX_FOREACH_ITEMS: usize = 1_000_000;
 pub const MAX_TASKS: usize = 10_000;
 
 impl Package {
-    /// Tasks in dependency order; ties broken by name. `parse` rejects cycles.
-    /// A group comes before its members (they start inside it), and every
-    /// member before a task that runs after the group.
-    pub fn task_order(&self) -> Vec<&Task> {
-        let mut graph = crate::order::Graph::new(self);
-        let order = graph.order();
-        let tasks: Vec<&Task> = self.tasks.values().collect();
-        order.into_iter().map(|i| tasks[i]).collect()
-    }
-
     /// The group that holds `task`, if any (a scan of the tasks: for one
     /// question; the order and the engine index the groups once).
     pub fn group_of(&self, task: &str) -> Option<&str> {

@@ -11,7 +11,19 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::model::{Package, TaskKind};
+use crate::model::{Package, Task, TaskKind};
+
+impl Package {
+    /// Tasks in dependency order; ties broken by name. `parse` rejects cycles.
+    /// A group comes before its members (they start inside it), and every
+    /// member before a task that runs after the group.
+    pub fn task_order(&self) -> Vec<&Task> {
+        let mut graph = Graph::new(self);
+        let order = graph.order();
+        let tasks: Vec<&Task> = self.tasks.values().collect();
+        order.into_iter().map(|i| tasks[i]).collect()
+    }
+}
 
 /// The precedence graph of a package: tasks by index in name order, plus
 /// one end node per group.

@@ -1,72 +1,11 @@
-//! Run-time parameter binding: defaults, overrides, type checks.
+//! Run-time parameter binding: defaults, overrides, type checks, into
+//! [`ParamValues`].
 
 use std::collections::BTreeMap;
 
 use crate::error::PackageError;
 use crate::model::{Package, ParamType};
-
-/// Bound parameter values of one run. Values are kept as canonical strings;
-/// sensitive ones are flagged so that callers can redact them.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct ParamValues {
-    values: BTreeMap<String, (String, bool)>,
-    /// Parameters of type `list`, whose values are JSON arrays.
-    lists: std::collections::BTreeSet<String>,
-}
-
-impl std::fmt::Debug for ParamValues {
-    /// Redacts sensitive values: a `{:?}` in a log line must not leak a secret.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut m = f.debug_map();
-        for (k, (v, sensitive)) in &self.values {
-            if *sensitive {
-                m.entry(k, &"<redacted>");
-            } else {
-                m.entry(k, v);
-            }
-        }
-        m.finish()
-    }
-}
-
-impl ParamValues {
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.values.get(name).map(|(v, _)| v.as_str())
-    }
-
-    pub fn is_sensitive(&self, name: &str) -> bool {
-        self.values.get(name).is_some_and(|(_, s)| *s)
-    }
-
-    /// Whether `name` is a `list` parameter (its value a JSON array of strings).
-    pub fn is_list(&self, name: &str) -> bool {
-        self.lists.contains(name)
-    }
-
-    /// The items of a parameter: a `list` parameter's elements, or the
-    /// comma-separated parts of any other (trimmed, empty parts dropped).
-    pub fn list_items(&self, name: &str) -> Vec<String> {
-        let value = self.get(name).unwrap_or_default();
-        if self.is_list(name) {
-            parse_list(value).unwrap_or_default()
-        } else {
-            split_commas(value)
-        }
-    }
-
-    /// `(name, value)` pairs in name order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.values
-            .iter()
-            .map(|(k, (v, _))| (k.as_str(), v.as_str()))
-    }
-
-    pub fn to_map(&self) -> BTreeMap<String, String> {
-        self.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-}
+use crate::param_values::{ParamValues, parse_list, render_float, render_list, split_commas};
 
 /// Checks `value` against `ty` and returns its canonical form.
 pub(crate) fn check_value(name: &str, ty: ParamType, value: &str) -> Result<String, PackageError> {
@@ -109,31 +48,6 @@ pub(crate) fn check_value(name: &str, ty: ParamType, value: &str) -> Result<Stri
     }
 }
 
-/// The canonical text of a float: the shortest form that reads back the same.
-pub(crate) fn render_float(f: f64) -> String {
-    let f = if f == 0.0 { 0.0 } else { f }; // no "-0"
-    f.to_string()
-}
-
-/// The canonical text of a list: a JSON array of strings.
-pub(crate) fn render_list(items: &[String]) -> String {
-    serde_json::to_string(items).unwrap_or_else(|_| "[]".to_string())
-}
-
-/// A JSON array of strings, or `None`.
-pub(crate) fn parse_list(value: &str) -> Option<Vec<String>> {
-    serde_json::from_str::<Vec<String>>(value).ok()
-}
-
-fn split_commas(value: &str) -> Vec<String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
 impl Package {
     /// Binds run-time overrides: every override must be declared and well typed;
     /// declared parameters without an override take their default; a required
@@ -172,7 +86,7 @@ impl Package {
             let sensitive = def.sensitive || def.ty == ParamType::Secret;
             values.insert(name.clone(), (value, sensitive));
         }
-        Ok(ParamValues { values, lists })
+        Ok(ParamValues::from_parts(values, lists))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::params::ParamValues;
+use crate::param_values::ParamValues;
 
 /// One `${…}` reference, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]

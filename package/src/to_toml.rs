@@ -8,7 +8,7 @@ use toml::{Table, Value};
 use crate::model::{
     ForeachOver, MaxFailures, On, Package, ParamType, ParameterDef, RetryPolicy, Task, TaskKind,
 };
-use crate::params::parse_list;
+use crate::param_values::parse_list;
 use crate::policy::ChildrenOnCancel;
 
 fn s(v: &str) -> Value {

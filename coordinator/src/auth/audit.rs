@@ -294,7 +294,7 @@ mod tests {
         // The summary comes when the window is over.
         let early = a.refusals.lock().unwrap().flush(Instant::now());
         assert!(early.is_empty(), "the window is not over yet");
-        let later = Instant::now() + super::super::refusals::WINDOW;
+        let later = Instant::now() + crate::auth::refusals::WINDOW;
         let done = a.refusals.lock().unwrap().flush(later);
         a.summarise(done);
         let lines = read();

@@ -9,11 +9,11 @@
 //! Grants are on paths, not on folder records: renaming a folder does not move
 //! the grants on it, and executions keep the folder path they started in.
 
+use super::handle::{Catalog, RETRIES, decode, encode};
 use super::model::{
     FolderRecord, PackageRecord, folder_key, name_key, names_prefix, now_ms, package_key,
     subfolders_prefix,
 };
-use super::{Catalog, RETRIES, decode, encode};
 use crate::auth::grants::within;
 use crate::auth::normalize_folder;
 use crate::error::CoordinatorError;

@@ -21,6 +21,7 @@
 
 pub mod blobs;
 pub mod folders;
+mod handle;
 pub mod model;
 pub mod packages;
 pub mod start;
@@ -28,44 +29,7 @@ pub mod start;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
-
-use crate::error::CoordinatorError;
-use crate::store::Store;
-
 pub use folders::{FolderInfo, Renamed};
+pub use handle::Catalog;
 pub use model::{FolderRecord, PackageRecord, ParamInfo, VersionRecord};
 pub use packages::{Deleted, Deploy, Deployed, Resolved};
-
-/// Attempts of a read-modify-write before giving up with `STORE_CONFLICT`.
-pub(crate) const RETRIES: usize = 8;
-
-/// The catalog over a store. Cheap to clone.
-#[derive(Clone)]
-pub struct Catalog {
-    pub(crate) store: Arc<dyn Store>,
-}
-
-impl std::fmt::Debug for Catalog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Catalog { .. }")
-    }
-}
-
-impl Catalog {
-    pub fn new(store: Arc<dyn Store>) -> Catalog {
-        Catalog { store }
-    }
-}
-
-pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, CoordinatorError> {
-    serde_json::to_vec(v).map_err(|e| CoordinatorError::Store(e.to_string()))
-}
-
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    key: &str,
-    value: &[u8],
-) -> Result<T, CoordinatorError> {
-    serde_json::from_slice(value)
-        .map_err(|e| CoordinatorError::Store(format!("corrupt record '{key}': {e}")))
-}

@@ -18,11 +18,11 @@
 use std::collections::BTreeMap;
 
 use super::blobs::{self, CheckedBundle, check_bundle};
+use super::handle::{Catalog, RETRIES, decode, encode};
 use super::model::{
     PackageRecord, ParamInfo, VersionRecord, check_name, name_key, names_prefix, now_ms,
     package_key, split_path, version_key, versions_prefix,
 };
-use super::{Catalog, RETRIES, decode, encode};
 use crate::auth::normalize_folder;
 use crate::error::CoordinatorError;
 use crate::records::ExecutionRecord;

@@ -9,7 +9,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{Catalog, blobs};
+use super::blobs;
+use super::handle::Catalog;
 use crate::api::{Bundle, Coordinator};
 use crate::error::CoordinatorError;
 use crate::records::CatalogRef;

@@ -9,7 +9,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info};
 
-use super::status;
+use super::error_status::status;
 use crate::auth::Credential;
 use crate::error::CoordinatorError;
 use crate::scheduler::Registration;
@@ -51,7 +51,8 @@ impl AgentApi {
         .map_err(|e| {
             let mut s = Status::invalid_argument(e.to_string());
             if let Ok(v) = e.code().parse() {
-                s.metadata_mut().insert(super::ERROR_CODE_KEY, v);
+                s.metadata_mut()
+                    .insert(super::error_status::ERROR_CODE_KEY, v);
             }
             s
         })
@@ -82,14 +83,14 @@ impl AgentApi {
         agent: &str,
         call: &str,
     ) -> Result<Option<crate::auth::identity::AgentIdentity>, Status> {
-        super::check_agent(&self.auth.audit, cred, agent, call)?;
+        super::caller::check_agent(&self.auth.audit, cred, agent, call)?;
         if matches!(cred, Credential::Plaintext) {
             return Ok(None);
         }
         crate::auth::identity::check_certificate(
             self.auth.store(),
             agent,
-            &super::fingerprint(cred),
+            &super::caller::fingerprint(cred),
         )
         .await
         .map_err(|e| self.refuse(&format!("agent {agent}"), call, e))
@@ -198,9 +199,9 @@ impl CoordinatorService for AgentApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         const CALL: &str = "Register";
-        let cred = super::credential(&request);
+        let cred = super::caller::credential(&request);
         let mut reg = Registration::try_from(request.into_inner()).map_err(status)?;
-        reg.cert_fingerprint = super::fingerprint(&cred);
+        reg.cert_fingerprint = super::caller::fingerprint(&cred);
         let identity = self.check_caller(&cred, &reg.name, CALL).await?;
         let who = format!("agent {}", reg.name);
         crate::auth::identity::check_labels(&reg.name, identity.as_ref(), &reg.labels)
@@ -223,8 +224,8 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<Streaming<pb::AgentEvent>>,
     ) -> Result<Response<Self::ReportEventsStream>, Status> {
-        let cred = super::credential(&request);
-        let fingerprint = super::fingerprint(&cred);
+        let cred = super::caller::credential(&request);
+        let fingerprint = super::caller::fingerprint(&cred);
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -342,7 +343,7 @@ impl CoordinatorService for AgentApi {
     ) -> Result<Response<pb::CertificateResponse>, Status> {
         const CALL: &str = "Renew";
         let live = self.live_tls(CALL)?;
-        let cred = super::credential(&request);
+        let cred = super::caller::credential(&request);
         let Credential::Certificate {
             peer: baton_proto::identity::Peer::Agent(name),
             fingerprint,
@@ -408,7 +409,7 @@ impl CoordinatorService for AgentApi {
         &self,
         request: Request<pb::FetchPackageRequest>,
     ) -> Result<Response<pb::FetchPackageResponse>, Status> {
-        let cred = super::credential(&request);
+        let cred = super::caller::credential(&request);
         super::fetch::fetch_package(&self.auth, &cred, request.into_inner()).await
     }
 }

@@ -20,8 +20,9 @@
 use baton_proto as pb;
 use tonic::{Request, Response, Status};
 
-use super::control_api::ControlApi;
-use super::{convert, status};
+use super::control_state::ControlApi;
+use super::convert;
+use super::error_status::status;
 use crate::auth::{Permission, normalize_folder};
 use crate::catalog::model::split_path;
 use crate::catalog::{Deploy, PackageRecord, VersionRecord};

@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use baton_package::{ChildRef, Package, TaskKind};
 use tonic::Status;
 
-use super::status;
+use super::error_status::status;
 use crate::auth::Principal;
 use crate::auth::grants::Permission;
 use crate::catalog::model::split_path;
 use crate::error::CoordinatorError;
 
-impl super::control_api::ControlApi {
+impl super::control_state::ControlApi {
     /// Adds the text of every `catalog:` child the root package names.
     pub(super) async fn add_catalog_children(
         &self,

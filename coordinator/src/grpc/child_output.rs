@@ -23,9 +23,8 @@ use std::time::Duration;
 use baton_proto as pb;
 use tokio_stream::{Stream, StreamExt};
 
-use super::status;
+use super::error_status::status;
 use crate::api::Coordinator;
-use crate::auth::Permission;
 use crate::error::CoordinatorError;
 use crate::records::{ChildRecord, Phase};
 use crate::transport::AgentDialer;
@@ -289,85 +288,6 @@ impl ChildOutputs {
     }
 }
 
-/// The three calls of `ControlService` served from here (the trait impl in
-/// `control_api.rs` only forwards to these).
-impl super::control_api::ControlApi {
-    pub(super) async fn cancel_child_call(
-        &self,
-        request: tonic::Request<pb::CancelChildRequest>,
-    ) -> Result<tonic::Response<pb::CancelChildResponse>, tonic::Status> {
-        const CALL: &str = "CancelChild";
-        let who = self.who(&request, CALL).await?;
-        let r = request.into_inner();
-        let folder = self.folder_of(&r.execution_id).await?;
-        self.auth
-            .require(&who, Permission::Run, &folder, CALL)
-            .await
-            .map_err(status)?;
-        if r.reason.len() > 1024 {
-            return Err(status(CoordinatorError::InvalidRequest(
-                "reason is longer than 1024 bytes".into(),
-            )));
-        }
-        let path = ChildPath::parse(&r.child).map_err(status)?;
-        let state = self
-            .coordinator
-            .cancel_child(&r.execution_id, &path.task, path.index, &r.reason)
-            .await
-            .map_err(status)?;
-        Ok(tonic::Response::new(pb::CancelChildResponse { state }))
-    }
-
-    pub(super) async fn stream_logs_call(
-        &self,
-        request: tonic::Request<pb::StreamLogsRequest>,
-    ) -> Result<tonic::Response<Proxied<pb::LogChunk>>, tonic::Status> {
-        const CALL: &str = "StreamLogs";
-        let who = self.who(&request, CALL).await?;
-        let r = request.into_inner();
-        let folder = self.folder_of(&r.execution_id).await?;
-        self.auth
-            .require(&who, Permission::Read, &folder, CALL)
-            .await
-            .map_err(status)?;
-        let target = self
-            .outputs
-            .target(&r.execution_id, &r.child, r.attempt)
-            .await
-            .map_err(status)?;
-        let req = pb::StreamJobLogsRequest {
-            dispatch_id: None,
-            stream: r.stream,
-            follow: r.follow,
-            stdout_offset: r.stdout_offset,
-            stderr_offset: r.stderr_offset,
-        };
-        let s = self.outputs.logs(&target, req).await.map_err(status)?;
-        Ok(tonic::Response::new(s))
-    }
-
-    pub(super) async fn stream_rows_call(
-        &self,
-        request: tonic::Request<pb::StreamRowsRequest>,
-    ) -> Result<tonic::Response<Proxied<pb::RowBatch>>, tonic::Status> {
-        const CALL: &str = "StreamRows";
-        let who = self.who(&request, CALL).await?;
-        let r = request.into_inner();
-        let folder = self.folder_of(&r.execution_id).await?;
-        self.auth
-            .require(&who, Permission::Read, &folder, CALL)
-            .await
-            .map_err(status)?;
-        let target = self
-            .outputs
-            .target(&r.execution_id, &r.child, r.attempt)
-            .await
-            .map_err(status)?;
-        let s = self.outputs.rows(&target).await.map_err(status)?;
-        Ok(tonic::Response::new(s))
-    }
-}
-
 type Opened<T> = Result<
     Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
     tokio::time::error::Elapsed,
@@ -397,7 +317,7 @@ fn pass_through<T: Send + 'static>(
 pub fn from_agent(agent: &str, s: &tonic::Status) -> CoordinatorError {
     let code = s
         .metadata()
-        .get(super::ERROR_CODE_KEY)
+        .get(super::error_status::ERROR_CODE_KEY)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     // The agent's message starts with its code: keep the words only.
@@ -491,8 +411,10 @@ mod tests {
     fn agent_errors_get_the_coordinator_s_codes() {
         let with_code = |grpc: tonic::Code, code: &str| {
             let mut s = tonic::Status::new(grpc, format!("{code}: the files are gone"));
-            s.metadata_mut()
-                .insert(super::super::ERROR_CODE_KEY, code.parse().unwrap());
+            s.metadata_mut().insert(
+                crate::grpc::error_status::ERROR_CODE_KEY,
+                code.parse().unwrap(),
+            );
             s
         };
         let e = from_agent("a1", &with_code(tonic::Code::NotFound, "AGENT_OUTPUT_GONE"));

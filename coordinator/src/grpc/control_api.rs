@@ -16,63 +16,20 @@
 //! | the catalog's calls | see `grpc/catalog_api.rs` |
 
 use std::pin::Pin;
-use std::sync::Arc;
 
 use baton_proto as pb;
 use pb::control_service_server::ControlService;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use super::{convert, credential, status};
-use crate::api::{Coordinator, Watched};
+pub use super::control_state::ControlApi;
+
+use super::convert;
+use super::error_status::status;
+use crate::api::Watched;
 use crate::auth::tokens::TokenKind;
-use crate::auth::{Auth, Permission, Principal, normalize_folder};
+use crate::auth::{Permission, normalize_folder};
 use crate::error::CoordinatorError;
-use crate::live_tls::LiveTls;
-
-pub struct ControlApi {
-    pub(crate) coordinator: Coordinator,
-    pub(crate) auth: Auth,
-    pub(crate) tls: Option<Arc<LiveTls>>,
-    /// Children's logs and rows, from their agents ([`super::child_output`]).
-    pub(crate) outputs: super::child_output::ChildOutputs,
-    /// Stored bytes per principal ([`crate::quota`]).
-    pub(crate) quota: crate::quota::Quota,
-}
-
-impl ControlApi {
-    /// Authenticates the caller and checks `needed` on `folder`.
-    pub(super) async fn allow<T>(
-        &self,
-        request: &Request<T>,
-        call: &str,
-        needed: Permission,
-        folder: &str,
-    ) -> Result<Principal, Status> {
-        let who = self.who(request, call).await?;
-        self.auth
-            .require(&who, needed, folder, call)
-            .await
-            .map_err(status)?;
-        Ok(who)
-    }
-
-    pub(super) async fn who<T>(
-        &self,
-        request: &Request<T>,
-        call: &str,
-    ) -> Result<Principal, Status> {
-        self.auth
-            .authenticate(&credential(request), call)
-            .await
-            .map_err(status)
-    }
-
-    /// The folder of an execution (for permission checks).
-    pub(super) async fn folder_of(&self, id: &str) -> Result<String, Status> {
-        self.coordinator.folder(id).await.map_err(status)
-    }
-}
 
 /// Children `GetExecution` returns when the request names no limit.
 const DEFAULT_CHILDREN_LIMIT: usize = 10_000;
@@ -592,5 +549,84 @@ impl ControlApi {
             );
         }
         Ok(Response::new(pb::RoleResponse {}))
+    }
+}
+
+/// The three calls about one child (the trait impl above forwards to these):
+/// permission checks here, the child and its agent in [`super::child_output`].
+impl ControlApi {
+    async fn cancel_child_call(
+        &self,
+        request: tonic::Request<pb::CancelChildRequest>,
+    ) -> Result<tonic::Response<pb::CancelChildResponse>, tonic::Status> {
+        const CALL: &str = "CancelChild";
+        let who = self.who(&request, CALL).await?;
+        let r = request.into_inner();
+        let folder = self.folder_of(&r.execution_id).await?;
+        self.auth
+            .require(&who, Permission::Run, &folder, CALL)
+            .await
+            .map_err(status)?;
+        if r.reason.len() > 1024 {
+            return Err(status(CoordinatorError::InvalidRequest(
+                "reason is longer than 1024 bytes".into(),
+            )));
+        }
+        let path = super::child_output::ChildPath::parse(&r.child).map_err(status)?;
+        let state = self
+            .coordinator
+            .cancel_child(&r.execution_id, &path.task, path.index, &r.reason)
+            .await
+            .map_err(status)?;
+        Ok(tonic::Response::new(pb::CancelChildResponse { state }))
+    }
+
+    async fn stream_logs_call(
+        &self,
+        request: tonic::Request<pb::StreamLogsRequest>,
+    ) -> Result<tonic::Response<super::child_output::Proxied<pb::LogChunk>>, tonic::Status> {
+        const CALL: &str = "StreamLogs";
+        let who = self.who(&request, CALL).await?;
+        let r = request.into_inner();
+        let folder = self.folder_of(&r.execution_id).await?;
+        self.auth
+            .require(&who, Permission::Read, &folder, CALL)
+            .await
+            .map_err(status)?;
+        let target = self
+            .outputs
+            .target(&r.execution_id, &r.child, r.attempt)
+            .await
+            .map_err(status)?;
+        let req = pb::StreamJobLogsRequest {
+            dispatch_id: None,
+            stream: r.stream,
+            follow: r.follow,
+            stdout_offset: r.stdout_offset,
+            stderr_offset: r.stderr_offset,
+        };
+        let s = self.outputs.logs(&target, req).await.map_err(status)?;
+        Ok(tonic::Response::new(s))
+    }
+
+    async fn stream_rows_call(
+        &self,
+        request: tonic::Request<pb::StreamRowsRequest>,
+    ) -> Result<tonic::Response<super::child_output::Proxied<pb::RowBatch>>, tonic::Status> {
+        const CALL: &str = "StreamRows";
+        let who = self.who(&request, CALL).await?;
+        let r = request.into_inner();
+        let folder = self.folder_of(&r.execution_id).await?;
+        self.auth
+            .require(&who, Permission::Read, &folder, CALL)
+            .await
+            .map_err(status)?;
+        let target = self
+            .outputs
+            .target(&r.execution_id, &r.child, r.attempt)
+            .await
+            .map_err(status)?;
+        let s = self.outputs.rows(&target).await.map_err(status)?;
+        Ok(tonic::Response::new(s))
     }
 }

@@ -10,7 +10,7 @@ use baton_proto as pb;
 use baton_proto::identity::Peer;
 use tonic::{Response, Status};
 
-use super::status;
+use super::error_status::status;
 use crate::auth::{Auth, Credential};
 use crate::error::CoordinatorError;
 

@@ -2,7 +2,7 @@
 //! would look: is anyone registered, is the pin list known, does any agent
 //! carry the labels, is any big enough, is any ready, are they all busy.
 
-use super::{AgentView, PlacementRequest, allowed};
+use super::inputs::{AgentView, PlacementRequest, allowed};
 
 /// The reason of a `NoCapacity` answer; always starts "waiting for capacity:".
 pub(super) fn no_capacity(agents: &[AgentView], req: &PlacementRequest<'_>) -> String {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use baton_package::{ExecTask, Package, Scope, interpolate_in, template_refs};
 
-use super::{ChildPackage, invalid, reads_tasks};
+use super::plan::{ChildPackage, invalid, reads_tasks};
 use crate::error::CoordinatorError;
 
 /// Literal text for a package template: `${` is written `$${`.

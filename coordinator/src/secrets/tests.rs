@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 
+use super::key::base64;
 use super::*;
 use crate::records::{ExecutionState, execution_key};
 use crate::store::embedded::EmbeddedStore;

@@ -1,6 +1,6 @@
 //! The backend-independent test suite every [`Store`] must pass.
 
-use super::{Op, Precondition, Store, StoreError, WatchEvent};
+use super::kv::{Op, Precondition, Store, StoreError, WatchEvent};
 
 fn put(key: &str, value: &str, pre: Precondition) -> Op {
     Op::Put {

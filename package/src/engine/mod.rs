@@ -32,103 +32,17 @@ use std::time::Duration;
 use crate::error::PackageError;
 use crate::interpolate::interpolate_in;
 use crate::model::{On, Package, TaskKind};
-use crate::params::ParamValues;
+use crate::param_values::ParamValues;
 use crate::reference::{Outputs, Scope};
 
 mod snapshot;
+mod state;
 #[cfg(test)]
 mod tests;
 
 pub use snapshot::{EngineSnapshot, TaskSnapshot};
-
-/// The state of one task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TaskState {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-    Skipped,
-    Cancelled,
-}
-
-impl TaskState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Pending => "pending",
-            TaskState::Running => "running",
-            TaskState::Succeeded => "succeeded",
-            TaskState::Failed => "failed",
-            TaskState::Skipped => "skipped",
-            TaskState::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, TaskState::Pending | TaskState::Running)
-    }
-}
-
-/// How one run of a task ended, as the driver reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskOutcome {
-    Succeeded,
-    /// Failed after its last attempt (the driver retries before reporting).
-    Failed,
-    Cancelled,
-}
-
-/// How the whole package ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackageOutcome {
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-/// A driver's request the engine cannot apply; the state is unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EngineError {
-    #[error("unknown task '{0}'")]
-    UnknownTask(String),
-    #[error("task '{task}' cannot {action} while it is {state}")]
-    Transition {
-        task: String,
-        action: &'static str,
-        state: &'static str,
-    },
-    #[error("snapshot does not match the package: {0}")]
-    Snapshot(String),
-}
-
-impl EngineError {
-    /// The stable symbolic code (see `docs/errors.md`).
-    pub fn code(&self) -> &'static str {
-        match self {
-            EngineError::UnknownTask(_) | EngineError::Transition { .. } => "ENGINE_TRANSITION",
-            EngineError::Snapshot(_) => "ENGINE_SNAPSHOT_INVALID",
-        }
-    }
-}
-
-/// What the engine knows about one task.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct TaskRun {
-    pub(crate) state: TaskState,
-    pub(crate) attempts: u32,
-    pub(crate) reason: Option<String>,
-}
-
-impl TaskRun {
-    fn new() -> TaskRun {
-        TaskRun {
-            state: TaskState::Pending,
-            attempts: 0,
-            reason: None,
-        }
-    }
-}
+use state::TaskRun;
+pub use state::{EngineError, PackageOutcome, TaskOutcome, TaskState};
 
 /// The state machine of one package run.
 ///
@@ -676,5 +590,80 @@ fn transition(task: &str, action: &'static str, state: TaskState) -> EngineError
         task: task.to_string(),
         action,
         state: state.as_str(),
+    }
+}
+
+/// Checkpoints: the run's state as plain data ([`EngineSnapshot`]) and back.
+impl Engine {
+    /// The run's state as plain data.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        EngineSnapshot {
+            package: self.package.name.clone(),
+            cancelled: self.cancelled,
+            tasks: self
+                .runs
+                .iter()
+                .map(|(name, run)| {
+                    let snap = TaskSnapshot {
+                        state: run.state,
+                        attempts: run.attempts,
+                        reason: run.reason.clone(),
+                        outputs: self.outputs.get(name).cloned().unwrap_or_default(),
+                    };
+                    (name.clone(), snap)
+                })
+                .collect(),
+        }
+    }
+
+    /// An engine in the state of `snapshot`, which must name exactly the
+    /// package's tasks. Decisions that follow from it are applied at once
+    /// (they are deterministic, so nothing changes for a consistent snapshot).
+    pub fn restore(
+        package: &Package,
+        params: ParamValues,
+        snapshot: &EngineSnapshot,
+    ) -> Result<Engine, EngineError> {
+        if snapshot.package != package.name {
+            return Err(EngineError::Snapshot(format!(
+                "it is of package '{}', not '{}'",
+                snapshot.package, package.name
+            )));
+        }
+        let mut engine = Engine::new(package, params);
+        if let Some(extra) = snapshot
+            .tasks
+            .keys()
+            .find(|t| !package.tasks.contains_key(*t))
+        {
+            return Err(EngineError::Snapshot(format!("unknown task '{extra}'")));
+        }
+        if let Some(missing) = package
+            .tasks
+            .keys()
+            .find(|t| !snapshot.tasks.contains_key(*t))
+        {
+            return Err(EngineError::Snapshot(format!(
+                "task '{missing}' is missing"
+            )));
+        }
+        engine.outputs.clear();
+        for (name, snap) in &snapshot.tasks {
+            engine.runs.insert(
+                name.clone(),
+                TaskRun {
+                    state: snap.state,
+                    attempts: snap.attempts,
+                    reason: snap.reason.clone(),
+                },
+            );
+            if snap.state.is_terminal() {
+                engine.outputs.insert(name.clone(), snap.outputs.clone());
+            }
+        }
+        engine.cancelled = snapshot.cancelled;
+        engine.rebuild();
+        engine.settle();
+        Ok(engine)
     }
 }

@@ -3,8 +3,9 @@
 
 use std::cmp::Ordering;
 
+use super::ast::{CmpOp, Expr, ExprError, Lit};
 use super::lex::err;
-use super::{CmpOp, Expr, ExprError, Lit, Ref};
+use crate::reference::Ref;
 use crate::reference::Scope;
 
 /// A value during evaluation: a literal, or the text a reference resolved to.

@@ -1,6 +1,7 @@
 //! The lexer of `when` expressions: text → tokens with their columns.
 
-use super::{CmpOp, ExprError, Lit, Ref};
+use super::ast::{CmpOp, ExprError, Lit};
+use crate::reference::Ref;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Tok {

@@ -1,8 +1,8 @@
 //! The recursive-descent parser of `when` expressions, with depth and
 //! length limits.
 
+use super::ast::{Expr, ExprError, MAX_EXPR_DEPTH, MAX_EXPR_LEN};
 use super::lex::{Tok, err, lex};
-use super::{Expr, ExprError, MAX_EXPR_DEPTH, MAX_EXPR_LEN};
 
 struct Parser {
     toks: Vec<(Tok, usize)>,

@@ -3,9 +3,10 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Ctx, scalar, valid_ident};
+use super::ctx::{Ctx, scalar, valid_ident};
 use crate::model::{ParamType, ParameterDef};
-use crate::params::{check_value, render_list};
+use crate::param_values::render_list;
+use crate::params::check_value;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

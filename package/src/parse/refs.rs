@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use toml::Spanned;
 
-use super::Ctx;
+use super::ctx::Ctx;
 use super::tasks::RawTask;
 use crate::interpolate::template_refs;
 use crate::model::{ForeachOver, On, Package, TaskKind};

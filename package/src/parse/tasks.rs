@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Ctx, scalar, valid_ident};
+use super::ctx::{Ctx, scalar, valid_ident};
 use crate::expr::Condition;
 use crate::model::{
     After, ChildTask, ExecTask, ForeachOver, ForeachTask, GroupTask, On, ScriptTask, Task, TaskKind,

@@ -1,0 +1,157 @@
+//! The store's contract: keys with the revision of their last write,
+//! compare-and-swap preconditions, batched atomic commits, watches on a
+//! prefix, and the [`Store`] trait every backend implements. A leaf of
+//! `store/`: the backends (`embedded.rs`, `fake.rs`) and the `conformance`
+//! suite implement and check it.
+
+use std::future::Future;
+use std::pin::Pin;
+
+/// A global, monotonically increasing revision: every commit gets a new one.
+pub type Revision = u64;
+
+/// A boxed future, so that `Store` can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A stored value with the revision of its last write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: Revision,
+}
+
+/// What must be true of a key for a batch to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// No condition.
+    Any,
+    /// The key must not exist.
+    Absent,
+    /// The key must exist with exactly this revision.
+    Revision(Revision),
+}
+
+/// One operation of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        pre: Precondition,
+    },
+    Delete {
+        key: String,
+        pre: Precondition,
+    },
+}
+
+impl Op {
+    pub fn key(&self) -> &str {
+        match self {
+            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// A change seen by a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchEvent {
+    Put(KeyValue),
+    Delete { key: String, revision: Revision },
+}
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A precondition did not hold; nothing of the batch was applied.
+    #[error("precondition failed on key '{key}'")]
+    Conflict { key: String },
+    /// The backend failed (IO, corruption, connection).
+    #[error("store backend: {0}")]
+    Backend(String),
+    /// A watcher fell behind and missed changes; re-read and watch again.
+    #[error("watch lagged behind by {0} batches")]
+    Lagged(u64),
+}
+
+/// The store trait. Implementations are cheap to share (`Arc<dyn Store>`).
+pub trait Store: Send + Sync + 'static {
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, StoreError>>;
+    /// Every key starting with `prefix`, in key order.
+    fn range<'a>(&'a self, prefix: &'a str) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>>;
+    /// Every key starting with `prefix`, in key order, handed to `keep`; only
+    /// those it keeps are returned, so that memory stays bounded under a huge
+    /// prefix (an execution's million children). Backends without a cursor
+    /// may read the whole range first.
+    fn scan<'a>(
+        &'a self,
+        prefix: &'a str,
+        mut keep: Box<dyn FnMut(&KeyValue) -> bool + Send + 'static>,
+    ) -> BoxFuture<'a, Result<Vec<KeyValue>, StoreError>> {
+        Box::pin(async move {
+            Ok(self
+                .range(prefix)
+                .await?
+                .into_iter()
+                .filter(|kv| keep(kv))
+                .collect())
+        })
+    }
+    /// Applies `ops` atomically if all preconditions hold; returns the new revision.
+    fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Revision, StoreError>>;
+    /// Changes under `prefix` committed after this call.
+    fn watch(&self, prefix: &str) -> Watch;
+    /// Bytes the store occupies on disk (for benchmarks and retention).
+    fn size_bytes(&self) -> u64;
+    /// Gives space freed by deletions back to the file system, if the backend
+    /// needs to be asked; true if it did anything.
+    fn compact(&self) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+/// A watch on a key prefix.
+pub struct Watch {
+    prefix: String,
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<WatchEvent>>>,
+    buffered: std::collections::VecDeque<WatchEvent>,
+}
+
+impl Watch {
+    pub(crate) fn new(
+        prefix: String,
+        rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<WatchEvent>>>,
+    ) -> Self {
+        Watch {
+            prefix,
+            rx,
+            buffered: Default::default(),
+        }
+    }
+
+    /// The next change under the prefix; `None` when the store is gone.
+    pub async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if let Some(ev) = self.buffered.pop_front() {
+                return Some(Ok(ev));
+            }
+            match self.rx.recv().await {
+                Ok(batch) => {
+                    for ev in batch.iter() {
+                        let key = match ev {
+                            WatchEvent::Put(kv) => &kv.key,
+                            WatchEvent::Delete { key, .. } => key,
+                        };
+                        if key.starts_with(&self.prefix) {
+                            self.buffered.push_back(ev.clone());
+                        }
+                    }
+                }
+                Err(RecvError::Lagged(n)) => return Some(Err(StoreError::Lagged(n))),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
