@@ -109,8 +109,7 @@ pub struct Parsed {
     pub print_config: bool,
 }
 
-/// Reads an environment variable (a parameter so that tests never set one).
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<OsString>;
+pub use crate::env_lookup::EnvLookup;
 
 /// Makes every command that prints a result take `-o` as well as `--output`,
 /// and hides what must not be shown; applied to the whole tree so that a new

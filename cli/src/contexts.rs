@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::EnvLookup;
+use crate::env_lookup::EnvLookup;
 use crate::error::CliError;
 
 /// The file's name in the config directory.

@@ -12,6 +12,7 @@ mod client;
 mod cmd;
 mod config;
 mod contexts;
+mod env_lookup;
 mod error;
 mod local_cluster;
 mod output;

@@ -382,12 +382,15 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
     let mut client = cluster.client.clone();
     let (summary, loss) = if w == Workload::AgentLoss {
         let give_up = Duration::from_millis(args.lease_ttl_ms * 3) + Duration::from_secs(10);
-        let waiting = super::run::wait(&mut client, &opt, &id, false);
+        let waiting = super::follow::wait(&mut client, &opt, &id, false);
         let killing = kill_halfway(&mut cluster, &id, total, give_up);
         let (summary, loss) = tokio::join!(waiting, killing);
         (summary?, loss?)
     } else {
-        (super::run::wait(&mut client, &opt, &id, false).await?, None)
+        (
+            super::follow::wait(&mut client, &opt, &id, false).await?,
+            None,
+        )
     };
     let wall_s = started.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu_before;

@@ -37,7 +37,7 @@ pub enum CertsCmd {
         out: PathBuf,
         /// Lifetime, e.g. 24h or 30d. An agent renews its own certificate before
         /// it expires; a client certificate must be issued again.
-        #[arg(long, default_value = "24h", value_parser = crate::cmd::parse_duration)]
+        #[arg(long, default_value = "24h", value_parser = crate::cmd::duration_arg::parse_duration)]
         ttl: std::time::Duration,
         #[arg(long, value_enum, default_value = "human")]
         output: Format,

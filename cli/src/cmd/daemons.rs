@@ -47,16 +47,16 @@ pub struct CoordinatorArgs {
     /// Lifetime of the certificates this coordinator issues (its own, the admin
     /// identity's, every agent's): e.g. 24h, 30m, 90s. Each renews at two thirds
     /// of it, without a restart.
-    #[arg(long, env = "BATON_COORDINATOR_CERT_TTL", default_value = "24h", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, env = "BATON_COORDINATOR_CERT_TTL", default_value = "24h", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub cert_ttl: std::time::Duration,
     /// Keep ended executions (their records, children, outputs) this long, e.g. 7d, 12h.
-    #[arg(long, env = "BATON_COORDINATOR_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, env = "BATON_COORDINATOR_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub retain_for: std::time::Duration,
     /// Keep at most this many ended executions (the newest); older ones are pruned.
     #[arg(long, env = "BATON_COORDINATOR_RETAIN_COUNT", default_value_t = 10_000)]
     pub retain_count: usize,
     /// How often to prune, e.g. 5m.
-    #[arg(long, default_value = "5m", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub prune_every: std::time::Duration,
     /// Placement strategy of executions that name none: least-loaded,
     /// round-robin or spread:LABEL (`baton run --placement` overrides it).
@@ -82,10 +82,10 @@ pub struct CoordinatorArgs {
     )]
     pub quarantine_failures: u32,
     /// The window of --quarantine-failures, e.g. 60s.
-    #[arg(long, default_value = "60s", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub quarantine_window: std::time::Duration,
     /// How long a quarantined agent gets no new children, e.g. 5m.
-    #[arg(long, default_value = "5m", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub quarantine_cooldown: std::time::Duration,
     /// Serve plaintext instead of mutual TLS. Refused unless --listen is a loopback address.
     #[arg(long)]
@@ -210,7 +210,7 @@ pub struct AgentArgs {
     pub allow_run_as: Vec<String>,
     /// Remove the scratch directories (logs, outputs, rows) of jobs that ended
     /// longer ago than this, e.g. 7d, 12h. Running jobs are never touched.
-    #[arg(long, env = "BATON_AGENT_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::parse_duration)]
+    #[arg(long, env = "BATON_AGENT_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub retain_for: std::time::Duration,
 }
 
@@ -388,7 +388,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     announce(format!("baton coordinator listening on {addr}"));
     let mut task = running.task;
     tokio::select! {
-        _ = super::shutdown_signal() => {
+        _ = super::signals::shutdown_signal() => {
             info!("shutting down");
             shutdown.cancel();
             (&mut task).await.map_err(|e| CliError::other("INTERNAL", e.to_string()))??;
@@ -519,7 +519,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        super::shutdown_signal().await;
+        super::signals::shutdown_signal().await;
         info!("shutting down");
         stop.cancel();
     });

@@ -94,7 +94,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
         .map_err(|s| opt.status(s))?
         .into_inner()
         .execution_id;
-    let summary = super::run::wait(client, &opt, &id, false).await?;
+    let summary = super::follow::wait(client, &opt, &id, false).await?;
     let wall = started.elapsed().as_secs_f64();
     let ok = summary.state == "succeeded";
     // The result first: stopping the agents and removing the directory take

@@ -337,9 +337,9 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             coordinator,
         } => {
             let mut client = coordinator.connect().await?;
-            let summary = super::run::wait(&mut client, &coordinator, &id, false).await?;
-            super::run::print_summary(&summary, None, output);
-            Ok(super::run::exit_of(&summary))
+            let summary = super::follow::wait(&mut client, &coordinator, &id, false).await?;
+            super::follow::print_summary(&summary, None, output);
+            Ok(super::follow::exit_of(&summary))
         }
         ExecCmd::Watch {
             id,
@@ -348,7 +348,7 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
         } => {
             let mut client = coordinator.connect().await?;
             let progress = Progress::with_format(Lines::Stdout, output == Format::Json);
-            let summary = super::run::follow(&mut client, &coordinator, &id, progress).await?;
+            let summary = super::follow::follow(&mut client, &coordinator, &id, progress).await?;
             if crate::output::stdout_closed() {
                 // `| head`: the reader has seen enough; the execution goes on.
                 return Ok(0);
@@ -356,7 +356,7 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
             if output == Format::Human {
                 outln!("{}", summary_human(&summary, None));
             }
-            Ok(super::run::exit_of(&summary))
+            Ok(super::follow::exit_of(&summary))
         }
         ExecCmd::Logs(a) => super::exec_child::logs(a).await,
         ExecCmd::Rows(a) => super::exec_child::rows(a).await,
@@ -386,7 +386,7 @@ pub async fn run(cmd: ExecCmd) -> Result<u8, CliError> {
                 .map_err(|s| coordinator.status(s))?
                 .into_inner();
             let summary = if wait && answer.state == "cancelling" {
-                Some(super::run::wait(&mut client, &coordinator, &id, false).await?)
+                Some(super::follow::wait(&mut client, &coordinator, &id, false).await?)
             } else {
                 None
             };
@@ -503,7 +503,7 @@ async fn resume(
         return Ok(0);
     }
     let started = std::time::Instant::now();
-    let summary = super::run::wait(&mut client, coordinator, id, false).await?;
+    let summary = super::follow::wait(&mut client, coordinator, id, false).await?;
     let wall = started.elapsed().as_secs_f64();
     match output {
         Format::Json => {

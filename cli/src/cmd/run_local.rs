@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use baton_proto as pb;
 
-use super::run::{RunArgs, announce, exit_of, print_summary, wait};
+use super::follow::{announce, exit_of, print_summary, wait};
 use crate::client::{Control, CoordinatorOpt};
 use crate::error::CliError;
 use crate::output::{Format, errln};
@@ -19,9 +19,24 @@ const FAILED_SHOWN_MAX: usize = 3;
 /// Bytes of each one's stderr (its end, where the error usually is).
 const STDERR_TAIL_BYTES: usize = 4096;
 
-pub async fn run_local(args: &RunArgs, request: pb::StartExecutionRequest) -> Result<u8, CliError> {
+/// What `baton run --local` takes from the command line.
+#[derive(Debug, Clone)]
+pub struct LocalRun {
+    /// `--local-slots`: the agent's slots (default: the machine's CPUs).
+    pub slots: Option<u32>,
+    pub output: Format,
+    /// `--follow`: progress lines while it runs.
+    pub follow: bool,
+    /// `--keep`: leave the temporary directory behind.
+    pub keep: bool,
+}
+
+pub async fn run_local(
+    args: &LocalRun,
+    request: pb::StartExecutionRequest,
+) -> Result<u8, CliError> {
     let slots = args
-        .local_slots
+        .slots
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get() as u32));
     if slots == 0 || slots > 1024 {
         return Err(CliError::invalid("USAGE", "--local-slots must be 1..=1024"));

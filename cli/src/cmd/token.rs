@@ -24,7 +24,7 @@ pub enum TokenCmd {
         #[arg(long, value_name = "NAME")]
         api: Option<String>,
         /// Lifetime, e.g. 15m, 1h, 30d (default: 1h for agents, 30d for API tokens).
-        #[arg(long, value_parser = crate::cmd::parse_duration)]
+        #[arg(long, value_parser = crate::cmd::duration_arg::parse_duration)]
         ttl: Option<std::time::Duration>,
         /// A label (KEY=VALUE, or KEY=* for any value) the agent enrolled with
         /// this token may register with; repeatable. Without any, it may claim none.
