@@ -418,7 +418,7 @@ impl Coordinator {
         match self.handle.cancel(id.to_string(), reason.to_string()).await {
             Ok(outcome) => Ok(outcome),
             Err(CoordinatorError::ExecutionNotFound(_)) => Ok(
-                crate::scheduler::CancelOutcome::ended(self.stored(id).await?.state.as_str()),
+                crate::scheduler::CancelOutcome::ended(self.stored(id).await?.state),
             ),
             Err(e) => Err(e),
         }

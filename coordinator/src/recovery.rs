@@ -1,10 +1,10 @@
 //! Start-up: raise the epoch and rebuild the scheduler from the store.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use tracing::{info, warn};
 
+use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::prepare::plan;
 use crate::records::{
@@ -29,7 +29,7 @@ pub async fn load(
     config: SchedulerConfig,
     secrets: &SealingKey,
 ) -> Result<Scheduler, CoordinatorError> {
-    let now = Instant::now();
+    let now = Now::read();
     let old_epoch = match store.get(EPOCH_KEY).await? {
         Some(kv) => String::from_utf8_lossy(&kv.value)
             .trim()
@@ -89,7 +89,7 @@ pub async fn load(
             }
         }
     }
-    sched.end_orphaned_nested();
+    sched.end_orphaned_nested(now);
     info!(
         epoch = sched.epoch(),
         agents,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 use pb::agent_service_client::AgentServiceClient;
@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 use tracing::{debug, error};
 
 use crate::api::MetricsSnapshot;
+use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::prepare::Plan;
 use crate::records::{AgentRecord, ExecutionRecord};
@@ -116,7 +117,7 @@ pub(crate) enum Msg {
         task: String,
         index: u32,
         reason: String,
-        reply: oneshot::Sender<Result<&'static str, CoordinatorError>>,
+        reply: oneshot::Sender<Result<crate::scheduler::ChildCancelState, CoordinatorError>>,
     },
     SetAgent {
         name: String,
@@ -269,7 +270,7 @@ impl SchedulerHandle {
         task: String,
         index: u32,
         reason: String,
-    ) -> Result<&'static str, CoordinatorError> {
+    ) -> Result<crate::scheduler::ChildCancelState, CoordinatorError> {
         self.ask(|reply| Msg::CancelChild {
             id,
             task,
@@ -416,14 +417,14 @@ async fn run(
                     }
                 }
             }
-            _ = tick.tick() => sched.tick(Instant::now()),
+            _ = tick.tick() => sched.tick(Now::read()),
         }
         if inflight.is_some() {
             // The pump and the next flush wait for the commit under way
             // (record revisions are its preconditions).
             continue;
         }
-        sched.pump(Instant::now());
+        sched.pump(Now::read());
         if sched.has_dirty() {
             let (ops, written) = sched.flush();
             inflight = Some(InFlight {
@@ -462,7 +463,7 @@ fn reply(post: Vec<Post>) {
 }
 
 fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
-    let now = Instant::now();
+    let now = Now::read();
     match msg {
         Msg::Register { reg, reply } => {
             // It may have been upgraded: try StartJobs with it again.
@@ -505,14 +506,14 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         }
         Msg::Start { rec, plan, reply } => {
             // Admission first: a refused start leaves nothing behind.
-            let r = sched.admit(&plan).map(|()| sched.start(*rec, *plan));
+            let r = sched.admit(&plan).map(|()| sched.start(*rec, *plan, now));
             post.push(Post::Started(reply, r));
         }
         Msg::RowsFetched {
             execution_id,
             task,
             rows,
-        } => sched.rows_fetched(&execution_id, &task, rows),
+        } => sched.rows_fetched(&execution_id, &task, rows, now),
         Msg::Resume {
             rec,
             version,
@@ -545,7 +546,10 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
         } => {
             // A removed agent is listed as it was just before.
             let before = listings(sched).into_iter().find(|a| a.rec.name == name);
-            let r = sched.set_admin(&name, &action).and_then(|()| {
+            let r = action
+                .parse()
+                .and_then(|action| sched.set_admin(&name, action, now));
+            let r = r.and_then(|()| {
                 if action == "revoke" {
                     sched.revoke_certificates(&name, also_revoke);
                 }
@@ -560,7 +564,7 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             post.push(Post::AgentSet(reply, r));
         }
         Msg::Cancel { id, reason, reply } => {
-            let _ = reply.send(sched.cancel(&id, &reason));
+            let _ = reply.send(sched.cancel(&id, &reason, now));
         }
         Msg::CancelChild {
             id,
@@ -569,7 +573,7 @@ fn handle(sched: &mut Scheduler, io: &mut Io, msg: Msg, post: &mut Vec<Post>) {
             reason,
             reply,
         } => {
-            let _ = reply.send(sched.cancel_child(&id, &task, index, &reason));
+            let _ = reply.send(sched.cancel_child(&id, &task, index, &reason, now));
         }
         Msg::ListAgents { reply } => {
             let _ = reply.send(listings(sched));
@@ -587,15 +591,13 @@ fn listings(sched: &Scheduler) -> Vec<AgentListing> {
     sched
         .agent_list()
         .into_iter()
-        .map(
-            |(rec, state, running, load1, hb, quarantine)| AgentListing {
-                rec,
-                state,
-                running,
-                load1,
-                last_heartbeat_unix_ms: hb,
-                quarantine,
-            },
-        )
+        .map(|a| AgentListing {
+            rec: a.rec,
+            state: a.state.as_str(),
+            running: a.running,
+            load1: a.load1,
+            last_heartbeat_unix_ms: a.last_heartbeat_unix_ms,
+            quarantine: a.quarantine,
+        })
         .collect()
 }

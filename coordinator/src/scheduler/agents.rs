@@ -8,10 +8,10 @@ use baton_proto as pb;
 use pb::agent_event::Body;
 use tracing::{debug, info, warn};
 
-use super::{AgentEntry, ChildRef, Effect, Scheduler};
+use super::{AgentEntry, ChildRef, ChildState, Effect, Now, Scheduler};
 use crate::error::CoordinatorError;
 use crate::placement::AgentView;
-use crate::records::{AdminState, AgentRecord, Phase, SeqRecord};
+use crate::records::{AdminState, AgentRecord, SeqRecord};
 
 /// A validated registration request.
 #[derive(Debug, Clone)]
@@ -29,14 +29,104 @@ pub struct Registration {
     pub weight: u32,
 }
 
+/// An agent's state as listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    /// Its certificate was revoked: it is refused from now on.
+    Revoked,
+    /// Silent past its lease.
+    Lost,
+    /// Draining (by an operator) and nothing runs there any more.
+    Drained,
+    /// Takes no new work; running work goes on.
+    Draining,
+    Cordoned,
+    /// Not heard from since this coordinator started.
+    Unknown,
+    Quarantined,
+    Ready,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Revoked => "revoked",
+            AgentState::Lost => "lost",
+            AgentState::Drained => "drained",
+            AgentState::Draining => "draining",
+            AgentState::Cordoned => "cordoned",
+            AgentState::Unknown => "unknown",
+            AgentState::Quarantined => "quarantined",
+            AgentState::Ready => "ready",
+        }
+    }
+}
+
+/// An agent as listed (`baton agents`).
+#[derive(Debug, Clone)]
+pub struct AgentSummary {
+    pub rec: AgentRecord,
+    pub state: AgentState,
+    /// Children dispatched to, accepted by or running on it.
+    pub running: u32,
+    pub load1: f64,
+    pub last_heartbeat_unix_ms: u64,
+    /// Why it is quarantined and until when (unix ms); `None` when it is not.
+    pub quarantine: Option<(String, u64)>,
+}
+
+/// What an operator does to an agent (`baton agents cordon|drain|uncordon|revoke|rm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    Cordon,
+    Drain,
+    Uncordon,
+    /// Revokes its certificate ([`Scheduler::revoke`]).
+    Revoke,
+    /// Forgets a lost agent ([`Scheduler::remove_agent`]).
+    Remove,
+}
+
+impl std::str::FromStr for AdminAction {
+    type Err = CoordinatorError;
+
+    fn from_str(action: &str) -> Result<AdminAction, CoordinatorError> {
+        Ok(match action {
+            "cordon" => AdminAction::Cordon,
+            "drain" => AdminAction::Drain,
+            "uncordon" => AdminAction::Uncordon,
+            "revoke" => AdminAction::Revoke,
+            "remove" => AdminAction::Remove,
+            other => {
+                return Err(CoordinatorError::InvalidRequest(format!(
+                    "action '{other}' is not one of cordon, drain, uncordon, revoke, remove"
+                )));
+            }
+        })
+    }
+}
+
+impl AdminAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminAction::Cordon => "cordon",
+            AdminAction::Drain => "drain",
+            AdminAction::Uncordon => "uncordon",
+            AdminAction::Revoke => "revoke",
+            AdminAction::Remove => "remove",
+        }
+    }
+}
+
 impl Scheduler {
     /// Registers (or re-registers) an agent. A new `boot_id` means the agent
     /// restarted: whatever it had is gone, so its children are lost.
     pub fn register(
         &mut self,
         reg: Registration,
-        now: Instant,
+        now: Now,
     ) -> Result<pb::RegisterResponse, CoordinatorError> {
+        let now = self.at(now);
         self.refuse_revoked(&reg.name, &reg.cert_fingerprint)?;
         let rec = AgentRecord {
             name: reg.name.clone(),
@@ -106,7 +196,8 @@ impl Scheduler {
     /// Makes an agent's current certificate useless at once: its registration
     /// and streams are refused from now on (even after a restart), and its
     /// children are treated as lost.
-    pub fn revoke(&mut self, name: &str) -> Result<(), CoordinatorError> {
+    pub fn revoke(&mut self, name: &str, now: Now) -> Result<(), CoordinatorError> {
+        self.at(now);
         let a = self
             .agents
             .get_mut(name)
@@ -138,8 +229,9 @@ impl Scheduler {
         agent: &str,
         boot_id: &str,
         fingerprint: &str,
-        now: Instant,
+        now: Now,
     ) -> Result<(), CoordinatorError> {
+        let now = self.at(now);
         self.refuse_revoked(agent, fingerprint)?;
         match self.agents.get_mut(agent) {
             Some(a) if a.rec.boot_id == boot_id => {
@@ -155,7 +247,8 @@ impl Scheduler {
     }
 
     /// One event from an agent's completion stream.
-    pub fn agent_event(&mut self, agent: &str, ev: pb::AgentEvent, now: Instant) {
+    pub fn agent_event(&mut self, agent: &str, ev: pb::AgentEvent, now: Now) {
+        let now = self.at(now);
         let Some(entry) = self.agents.get_mut(agent) else {
             warn!(agent, "event from an unregistered agent ignored");
             return;
@@ -224,7 +317,8 @@ impl Scheduler {
     }
 
     /// Lease expiry and dispatch re-sends. Call a few times per second.
-    pub fn tick(&mut self, now: Instant) {
+    pub fn tick(&mut self, now: Now) {
+        let now = self.at(now);
         let ttl = self.config.lease_ttl;
         let expired: Vec<String> = self
             .agents
@@ -307,56 +401,45 @@ impl Scheduler {
             .collect()
     }
 
-    /// Agents for listings: (record, state, running, load, last heartbeat,
-    /// quarantine reason and its end in unix ms).
-    #[allow(clippy::type_complexity)]
-    pub fn agent_list(
-        &self,
-    ) -> Vec<(
-        AgentRecord,
-        &'static str,
-        u32,
-        f64,
-        u64,
-        Option<(String, u64)>,
-    )> {
+    /// Agents for listings.
+    pub fn agent_list(&self) -> Vec<AgentSummary> {
         self.agents
             .values()
             .map(|a| {
                 let state = if !a.rec.cert_fingerprint.is_empty()
                     && self.revoked.contains_key(&a.rec.cert_fingerprint)
                 {
-                    "revoked"
+                    AgentState::Revoked
                 } else if a.lost {
-                    "lost"
+                    AgentState::Lost
                 } else if a.rec.admin == AdminState::Draining && a.active.is_empty() {
-                    "drained"
+                    AgentState::Drained
                 } else if a.draining || a.rec.admin == AdminState::Draining {
-                    "draining"
+                    AgentState::Draining
                 } else if a.rec.admin == AdminState::Cordoned {
-                    "cordoned"
+                    AgentState::Cordoned
                 } else if !a.seen {
-                    "unknown"
+                    AgentState::Unknown
                 } else if a.quarantine.reason().is_some() {
-                    "quarantined"
+                    AgentState::Quarantined
                 } else {
-                    "ready"
+                    AgentState::Ready
                 };
-                (
-                    a.rec.clone(),
+                AgentSummary {
+                    rec: a.rec.clone(),
                     state,
-                    a.active.len() as u32,
-                    a.load1,
-                    a.last_heartbeat_unix_ms,
-                    a.quarantine
+                    running: a.active.len() as u32,
+                    load1: a.load1,
+                    last_heartbeat_unix_ms: a.last_heartbeat_unix_ms,
+                    quarantine: a
+                        .quarantine
                         .reason()
                         .map(|(r, until)| (r.to_string(), until)),
-                )
+                }
             })
             .collect()
     }
 
-    /// Sets an operator's state on an agent (`cordon`, `drain`, `uncordon`).
     /// Refuses these certificates of agent `name` from now on too (those issued
     /// to it that it may not have registered with yet: a renewal in flight).
     pub fn revoke_certificates(&mut self, name: &str, fingerprints: Vec<String>) {
@@ -392,22 +475,20 @@ impl Scheduler {
         Ok(())
     }
 
-    pub fn set_admin(&mut self, name: &str, action: &str) -> Result<(), CoordinatorError> {
-        if action == "revoke" {
-            return self.revoke(name);
-        }
-        if action == "remove" {
-            return self.remove_agent(name);
-        }
+    /// Does what an operator asked to an agent: sets its state (`cordon`,
+    /// `drain`, `uncordon`), revokes its certificate or forgets it.
+    pub fn set_admin(
+        &mut self,
+        name: &str,
+        action: AdminAction,
+        now: Now,
+    ) -> Result<(), CoordinatorError> {
         let admin = match action {
-            "cordon" => AdminState::Cordoned,
-            "drain" => AdminState::Draining,
-            "uncordon" => AdminState::Active,
-            other => {
-                return Err(CoordinatorError::InvalidRequest(format!(
-                    "action '{other}' is not one of cordon, drain, uncordon, revoke, remove"
-                )));
-            }
+            AdminAction::Revoke => return self.revoke(name, now),
+            AdminAction::Remove => return self.remove_agent(name),
+            AdminAction::Cordon => AdminState::Cordoned,
+            AdminAction::Drain => AdminState::Draining,
+            AdminAction::Uncordon => AdminState::Active,
         };
         let a = self
             .agents
@@ -417,7 +498,11 @@ impl Scheduler {
             a.rec.admin = admin;
             self.dirty_agents.insert(name.to_string());
             self.capacity_gen += 1;
-            info!(agent = name, action, "agent state set by an operator");
+            info!(
+                agent = name,
+                action = action.as_str(),
+                "agent state set by an operator"
+            );
         }
         Ok(())
     }
@@ -430,8 +515,9 @@ impl Scheduler {
         rec: AgentRecord,
         version: u64,
         seq: Option<(SeqRecord, u64)>,
-        now: Instant,
+        now: Now,
     ) {
+        let now = self.at(now);
         let name = rec.name.clone();
         let (seq, seq_version) = match seq {
             Some((s, v)) => (s, Some(v)),
@@ -448,12 +534,11 @@ impl Scheduler {
     pub(crate) fn dispatch_target(&self, cref: ChildRef) -> Option<(String, String)> {
         let e = self.execs.get(&cref.exec)?;
         let c = &e.tasks[cref.task as usize].children[cref.child as usize];
-        if c.rec.phase != Phase::Dispatching {
+        let ChildState::Dispatching { agent, .. } = c.state() else {
             return None;
-        }
-        let agent = c.rec.agent.as_ref()?;
-        let a = self.agents.get(agent)?;
-        (!a.lost).then(|| (agent.clone(), a.rec.address.clone()))
+        };
+        let a = self.agents.get(agent.as_str())?;
+        (!a.lost).then(|| (agent.to_string(), a.rec.address.clone()))
     }
 }
 

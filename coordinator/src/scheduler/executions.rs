@@ -8,9 +8,9 @@ use std::time::Instant;
 use baton_proto as pb;
 use tracing::{debug, info, warn};
 
-use super::{Child, ChildRef, Exec, Scheduler, TaskRun};
+use super::{COORDINATOR, Child, ChildRef, ChildState, End, Exec, Now, Scheduler, Step, TaskRun};
 use crate::prepare::Plan;
-use crate::records::{ChildRecord, ExecutionRecord, Phase, now_unix_ms};
+use crate::records::{ChildRecord, ExecutionRecord, Phase};
 
 fn phase_idx(p: Phase) -> usize {
     p as usize
@@ -19,7 +19,14 @@ fn phase_idx(p: Phase) -> usize {
 impl Scheduler {
     /// Adds a new execution; the tasks the engine makes ready at once get
     /// their children (`pending`, attempt 1), the others when they start.
-    pub fn start(&mut self, rec: ExecutionRecord, plan: Plan) -> String {
+    pub fn start(&mut self, rec: ExecutionRecord, plan: Plan, now: Now) -> String {
+        self.at(now);
+        self.start_execution(rec, plan)
+    }
+
+    /// [`Scheduler::start`] at the time of the input being handled (a
+    /// sub-execution starts within its parent child's input).
+    pub(super) fn start_execution(&mut self, rec: ExecutionRecord, plan: Plan) -> String {
         let children = plan.tasks.iter().map(|_| Vec::new()).collect();
         let id = rec.id.clone();
         let slot = self.insert_exec(rec, None, plan, children);
@@ -36,8 +43,9 @@ impl Scheduler {
         version: u64,
         plan: Plan,
         stored: Vec<(ChildRecord, u64)>,
-        now: Instant,
+        now: Now,
     ) {
+        let now = self.at(now);
         let mut by_task: HashMap<String, Vec<(ChildRecord, Option<u64>)>> = HashMap::new();
         for (c, v) in stored {
             by_task
@@ -59,35 +67,35 @@ impl Scheduler {
         // Children on agents: the agents own them until they report or are lost.
         let mut on_agent = Vec::new();
         let e = &self.execs[&slot];
+        // (A child that runs as a sub-execution has none: its sub-execution
+        // is restored as a running execution of its own.)
         for (t, task) in e.tasks.iter().enumerate() {
             for (i, c) in task.children.iter().enumerate() {
-                if c.rec.phase.is_on_agent() {
-                    on_agent.push((
-                        ChildRef {
-                            exec: slot,
-                            task: t as u16,
-                            child: i as u32,
-                        },
-                        c.rec.clone(),
-                    ));
+                if let Some(agent) = c.state().agent() {
+                    let cref = ChildRef {
+                        exec: slot,
+                        task: t as u16,
+                        child: i as u32,
+                    };
+                    let dispatching = matches!(c.state(), ChildState::Dispatching { .. });
+                    on_agent.push((cref, agent.clone(), dispatching));
                 }
             }
         }
-        for (cref, c) in on_agent {
-            let agent = c.agent.clone().unwrap_or_default();
-            if agent == super::nested::COORDINATOR {
-                // Its sub-execution is restored as a running execution of its own.
-                continue;
-            }
-            match self.agents.get_mut(&agent) {
+        for (cref, agent, dispatching) in on_agent {
+            match self.agents.get_mut(agent.as_str()) {
                 Some(a) => {
                     a.active.insert(cref);
-                    if c.phase == Phase::Dispatching {
+                    if dispatching {
                         // Outcome unknown: ask again (idempotent on the agent).
                         self.resend.push((now, cref));
                     }
                 }
-                None => self.child_lost(cref, &agent, "agent unknown after coordinator restart"),
+                None => self.child_lost(
+                    cref,
+                    agent.as_str(),
+                    "agent unknown after coordinator restart",
+                ),
             }
         }
         if cancel_requested {
@@ -130,6 +138,10 @@ impl Scheduler {
                 waiting: String::new(),
             };
             for (rec, version) in children {
+                // The state the record stands for, and the record as its image.
+                let mut child = Child::new(rec);
+                child.version = version;
+                let rec = &child.rec;
                 phase_counts[phase_idx(rec.phase)] += 1;
                 lost_attempts += u64::from(rec.lost);
                 if rec.phase == Phase::Pending {
@@ -150,8 +162,6 @@ impl Scheduler {
                         e.1 += 1;
                     }
                 }
-                let mut child = Child::new(rec);
-                child.version = version;
                 run.children.push(child);
             }
             tasks.push(run);
@@ -199,32 +209,46 @@ impl Scheduler {
         slot
     }
 
-    /// The one place a child changes phase: keeps counters, agent slots and
-    /// the dirty set in step.
-    pub(crate) fn set_phase(&mut self, cref: ChildRef, new: Phase) {
+    /// The one place a child changes state: takes `step` through
+    /// [`Child::step`] and keeps counters, agent slots and the dirty set in
+    /// step with it. A step the state refuses (out of an ended state, in
+    /// release builds too) changes nothing and is counted in
+    /// `stats.refused_steps`. Returns whether the step was taken.
+    pub(crate) fn set_state(&mut self, cref: ChildRef, step: Step) -> bool {
         let Some(e) = self.execs.get_mut(&cref.exec) else {
-            return;
+            return false;
         };
         let task = &mut e.tasks[cref.task as usize];
         let c = &mut task.children[cref.child as usize];
-        let old = c.rec.phase;
-        debug_assert!(!old.is_terminal(), "a terminal phase is never left");
+        let left = match c.step(step) {
+            Ok(left) => left,
+            Err(refused) => {
+                self.stats.refused_steps += 1;
+                warn!(child = ?cref, %refused, "a child's state change was refused");
+                return false;
+            }
+        };
+        let (old, new) = (left.phase(), c.state().phase());
         if old.is_on_agent() {
             task.in_flight -= 1;
-            if let Some(a) = c.rec.agent.as_ref().and_then(|a| self.agents.get_mut(a)) {
+            if let Some(a) = left.agent().and_then(|a| self.agents.get_mut(a.as_str())) {
                 a.active.remove(&cref);
             }
         }
         if new.is_on_agent() {
             task.in_flight += 1;
-            if let Some(a) = c.rec.agent.as_ref().and_then(|a| self.agents.get_mut(a)) {
+            if let Some(a) = c
+                .state()
+                .agent()
+                .and_then(|a| self.agents.get_mut(a.as_str()))
+            {
                 a.active.insert(cref);
             }
         }
         if new.is_terminal() {
             e.watch.may_end(cref.task as usize);
             task.terminal += 1;
-            c.rec.finished_unix_ms = now_unix_ms();
+            c.rec.finished_unix_ms = self.unix_ms;
             let counts = e
                 .per_agent
                 .entry(c.rec.agent.clone().unwrap_or_default())
@@ -238,13 +262,13 @@ impl Scheduler {
         }
         e.phase_counts[phase_idx(old)] -= 1;
         e.phase_counts[phase_idx(new)] += 1;
-        c.rec.phase = new;
         if new != Phase::Pending {
             // Why it waited is over (placement, or no answer to a dispatch).
             c.waiting_reason.clear();
         }
         e.touched = true;
         self.dirty_children.insert(cref);
+        true
     }
 
     /// A phase change that need not be durable on its own: the child's
@@ -254,9 +278,9 @@ impl Scheduler {
     /// again, which the agent answers idempotently, and the child's
     /// `finished` report follows as before. Writing them would buy nothing
     /// for two of every three writes of a child.
-    pub(super) fn set_phase_unsaved(&mut self, cref: ChildRef, new: Phase) {
+    pub(super) fn set_state_unsaved(&mut self, cref: ChildRef, step: Step) {
         let was_dirty = self.dirty_children.contains(&cref);
-        self.set_phase(cref, new);
+        self.set_state(cref, step);
         if !was_dirty {
             self.dirty_children.remove(&cref);
         }
@@ -274,9 +298,13 @@ impl Scheduler {
             .map(|e| &mut e.tasks[cref.task as usize].children[cref.child as usize])
     }
 
-    /// Puts a child back in its task's queue (front: it was next in line).
-    pub(super) fn requeue(&mut self, cref: ChildRef, front: bool) {
-        self.set_phase(cref, Phase::Pending);
+    /// Puts a child back in its task's queue (front: it was next in line)
+    /// by `step`: [`Step::Requeue`] under the same attempt, [`Step::Retry`]
+    /// under the next.
+    pub(super) fn requeue(&mut self, cref: ChildRef, front: bool, step: Step) {
+        if !self.set_state(cref, step) {
+            return;
+        }
         if let Some(e) = self.execs.get_mut(&cref.exec) {
             e.watch.queued(cref.task as usize);
             let q = &mut e.tasks[cref.task as usize].queue;
@@ -295,9 +323,8 @@ impl Scheduler {
             let e = &self.execs[&slot];
             let t = *e.task_index.get(&id.task_path)?;
             let c = e.tasks[t as usize].children.get(id.item_index as usize)?;
-            let ok = c.rec.attempt == id.attempt
-                && c.rec.agent.as_deref() == Some(agent)
-                && c.rec.phase.is_on_agent();
+            let ok = c.state().attempt() == id.attempt
+                && c.state().agent().is_some_and(|a| a.as_str() == agent);
             ok.then_some(ChildRef {
                 exec: slot,
                 task: t,
@@ -338,7 +365,7 @@ impl Scheduler {
             c.rec.started_unix_ms = at_ms;
             c.rec.pid = s.pid;
             if c.rec.phase != Phase::Running {
-                self.set_phase_unsaved(cref, Phase::Running);
+                self.set_state_unsaved(cref, Step::Start);
             }
         }
     }
@@ -374,7 +401,7 @@ impl Scheduler {
         }
         self.child_ended(
             cref,
-            agent,
+            Some(agent),
             status,
             f.exit_code,
             f.outputs.into_iter().collect(),
@@ -408,19 +435,19 @@ impl Scheduler {
                 c.rec.task
             );
         }
-        self.set_phase(cref, Phase::Cancelled);
+        self.set_state(cref, Step::End(End::Cancelled));
         self.advance(cref.exec);
     }
 
-    /// A child's current attempt ended on `agent` (an agent's report, or the
-    /// end of the sub-execution it ran as): retry it by policy, or record its
+    /// A child's current attempt ended on `agent` (an agent's report), or
+    /// with `None`, the sub-execution it ran as ended: retry it by policy, or record its
     /// terminal phase and move the execution on. With `now`, a retry waits
     /// for the task's backoff (`retry.backoff_s`, doubling, jittered).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn child_ended(
         &mut self,
         cref: ChildRef,
-        agent: &str,
+        agent: Option<&str>,
         status: pb::JobStatus,
         exit_code: i32,
         outputs: BTreeMap<String, String>,
@@ -439,38 +466,40 @@ impl Scheduler {
             c.rec.reason = reason;
         }
         let terminal = match status {
-            pb::JobStatus::Succeeded => Phase::Succeeded,
-            pb::JobStatus::Cancelled => Phase::Cancelled,
-            pb::JobStatus::TimedOut => Phase::TimedOut,
-            pb::JobStatus::Failed | pb::JobStatus::Unspecified => Phase::Failed,
+            pb::JobStatus::Succeeded => End::Succeeded,
+            pb::JobStatus::Cancelled => End::Cancelled,
+            pb::JobStatus::TimedOut => End::TimedOut,
+            pb::JobStatus::Failed | pb::JobStatus::Unspecified => End::Failed,
         };
-        if matches!(terminal, Phase::Failed | Phase::TimedOut)
+        if matches!(terminal, End::Failed | End::TimedOut)
             && c.rec.failures + 1 < retry.attempts
             && !e.rec.cancel_requested
             && !c.rec.cancel_requested
         {
             c.rec.failures += 1;
-            c.rec.attempt += 1;
-            c.detours_mut().avoid = Some(agent.to_string());
+            if let Some(agent) = agent {
+                c.detours_mut().avoid = Some(agent.to_string());
+            }
             // Jitter seeded by the child, so that siblings spread out.
             let seed = crate::scheduler::flow::child_seed(&e.rec.id, &c.rec.task, c.rec.index);
             let delay = retry
                 .delay_after(c.rec.failures, seed)
                 .filter(|d| !d.is_zero());
-            info!(dispatch = ?cref, agent, attempt = c.rec.attempt, delay_ms = delay.map_or(0, |d| d.as_millis() as u64), "child failed; retrying");
+            info!(dispatch = ?cref, agent = agent.unwrap_or(COORDINATOR), attempt = c.rec.attempt + 1, delay_ms = delay.map_or(0, |d| d.as_millis() as u64), "child failed; retrying");
             match (delay, now) {
                 (Some(d), Some(now)) => {
-                    self.set_phase(cref, Phase::Pending);
-                    self.retry_later.push((now + d, cref));
+                    if self.set_state(cref, Step::Retry) {
+                        self.retry_later.push((now + d, cref));
+                    }
                 }
-                _ => self.requeue(cref, false),
+                _ => self.requeue(cref, false, Step::Retry),
             }
             return;
         }
-        if terminal != Phase::Succeeded {
+        if terminal != End::Succeeded {
             c.rec.failures += 1;
         }
-        self.set_phase(cref, terminal);
+        self.set_state(cref, Step::End(terminal));
         self.advance(cref.exec);
     }
 
@@ -482,20 +511,19 @@ impl Scheduler {
         let retry = e.plan.tasks[cref.task as usize].retry;
         e.lost_attempts += 1;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
-        if !c.rec.phase.is_on_agent() {
+        if !c.state().is_active() {
             return;
         }
         c.rec.lost += 1;
         c.rec.reason = format!("attempt {} {why} on {agent}", c.rec.attempt);
         if e.rec.cancel_requested || c.rec.cancel_requested {
-            self.set_phase(cref, Phase::Cancelled);
+            self.set_state(cref, Step::End(End::Cancelled));
             self.advance(cref.exec);
         } else if c.rec.lost <= retry.lost_attempts {
-            c.rec.attempt += 1;
             c.detours_mut().avoid = Some(agent.to_string());
-            self.requeue(cref, true);
+            self.requeue(cref, true, Step::Retry);
         } else {
-            self.set_phase(cref, Phase::Lost);
+            self.set_state(cref, Step::End(End::Lost));
             self.advance(cref.exec);
         }
     }

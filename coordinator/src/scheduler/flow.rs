@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use baton_package::{PackageOutcome, Scope, TaskOutcome, TaskState};
 use tracing::{info, warn};
 
-use super::{Child, ChildRef, Exec, Scheduler};
+use super::{Child, ChildRef, End, Exec, Scheduler, Step};
 use crate::prepare::{Work, child_params, dynamic_items, process_package, single_child_params};
-use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome, now_unix_ms};
+use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome};
 
 /// Per-child outputs are repeated as `KEY.INDEX` only up to this many children.
 pub const INDEXED_OUTPUTS_MAX: usize = 1_000;
@@ -206,7 +206,7 @@ impl Scheduler {
         if e.rec.state == ExecutionState::Failed && e.rec.reason.is_empty() {
             e.rec.reason = failure_reason(e);
         }
-        e.rec.finished_unix_ms = now_unix_ms();
+        e.rec.finished_unix_ms = self.unix_ms;
         let sum = super::view::summary_of(e);
         e.rec.final_counts = Some(FinalCounts {
             total: sum.total,
@@ -253,7 +253,7 @@ impl Scheduler {
             if let Some(c) = self.child_mut(cref) {
                 c.rec.reason = "not started: its task will not run".into();
             }
-            self.set_phase(cref, Phase::Cancelled);
+            self.set_state(cref, Step::End(End::Cancelled));
         }
         for (cref, asked) in &running {
             if !asked {
@@ -329,22 +329,9 @@ impl Scheduler {
             }
         }
         for cref in &doomed {
-            self.set_phase(*cref, Phase::Cancelled);
+            self.set_state(*cref, Step::End(End::Cancelled));
         }
         !doomed.is_empty()
-    }
-}
-
-impl Child {
-    /// A child as it is created (no dispatch history in memory).
-    pub(crate) fn new(rec: ChildRecord) -> Child {
-        Child {
-            rec,
-            version: None,
-            detours: None,
-            waiting_reason: String::new(),
-            dispatched_at: None,
-        }
     }
 }
 

@@ -16,9 +16,11 @@
 mod admission;
 mod agents;
 mod cancel;
+mod child;
 mod dispatch;
 mod executions;
 pub(crate) mod flow;
+mod ids;
 mod nested;
 mod quarantine;
 mod resume;
@@ -42,13 +44,17 @@ use std::time::{Duration, Instant};
 
 use baton_proto as pb;
 
+pub use crate::clock::Now;
 use crate::metrics::Latency;
 use crate::prepare::Plan;
-use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, Phase, SeqRecord};
+use crate::records::{AgentRecord, ExecutionRecord, Phase, SeqRecord};
 use crate::store::Revision;
 
-pub use agents::Registration;
-pub use cancel::CancelOutcome;
+pub use agents::{AdminAction, AgentState, AgentSummary, Registration};
+pub use cancel::{CancelOutcome, CancelState, ChildCancelState};
+pub(crate) use child::Child;
+pub use child::{COORDINATOR, ChildState, End, Refused, Step};
+pub use ids::{AgentId, DispatchId, ExecutionId};
 pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;
 pub use view::{
@@ -169,6 +175,9 @@ pub struct Stats {
     pub agents_lost: u64,
     pub dispatches: u64,
     pub rejections: u64,
+    /// Steps a child's state refused (a step out of an ended state, or one
+    /// that makes no sense from where the child is): never taken, counted.
+    pub refused_steps: u64,
     /// Tasks the pump and the flow looked at: a deterministic measure of
     /// the scheduler's work per event (its cost tests count it).
     pub task_checks: u64,
@@ -192,38 +201,6 @@ pub(crate) struct AgentEntry {
     pub active: HashSet<ChildRef>,
     /// Recent failures and any quarantine (in memory only).
     pub quarantine: quarantine::Quarantine,
-}
-
-pub(crate) struct Child {
-    pub rec: ChildRecord,
-    pub version: Option<Revision>,
-    /// Where it should or must not go, once an attempt failed or an agent
-    /// refused it; `None` for most children (a million of them are in memory).
-    pub detours: Option<Box<Detours>>,
-    /// In-memory only: why a pending child waits.
-    pub waiting_reason: String,
-    /// In-memory only: when the current attempt was last dispatched (for the
-    /// completion latency metric; `None` after a restart).
-    pub dispatched_at: Option<Instant>,
-}
-
-/// A child's placement history (in memory only).
-#[derive(Debug, Default)]
-pub(crate) struct Detours {
-    /// Agent of the previous failed or lost attempt (placement avoids it).
-    pub avoid: Option<String>,
-    /// Agents that refused this child for lack of room; cleared when capacity changes.
-    pub soft_excluded: std::collections::BTreeSet<String>,
-    pub excluded_gen: u64,
-    /// Agents that refused this child for good (package, authorisation).
-    pub hard_rejected: std::collections::BTreeSet<String>,
-}
-
-impl Child {
-    /// Its placement history, made on first use.
-    pub(crate) fn detours_mut(&mut self) -> &mut Detours {
-        self.detours.get_or_insert_with(Default::default)
-    }
 }
 
 pub(crate) struct TaskRun {
@@ -412,6 +389,10 @@ pub struct Scheduler {
     pub(crate) parked_nested: BTreeMap<ChildRef, u64>,
     /// Rows foreach tasks (execution slot, task) holding rows until there is room.
     pub(crate) parked_rows: std::collections::BTreeSet<(u64, u16)>,
+    /// Wall-clock time of the input being handled, in unix ms (from the
+    /// [`Now`] every input method takes): the times records show. The
+    /// scheduler reads no clock.
+    pub(crate) unix_ms: u64,
 }
 
 impl Scheduler {
@@ -443,7 +424,14 @@ impl Scheduler {
             secrets: None,
             parked_nested: BTreeMap::new(),
             parked_rows: Default::default(),
+            unix_ms: 0,
         }
+    }
+
+    /// Takes the time of an input (every input method calls it first).
+    pub(crate) fn at(&mut self, now: Now) -> Instant {
+        self.unix_ms = now.unix_ms;
+        now.instant
     }
 
     /// The key that seals sensitive parameters of the sub-executions it starts.

@@ -18,7 +18,6 @@ use baton_proto as pb;
 use tracing::{info, warn};
 
 use super::Scheduler;
-use crate::records::now_unix_ms;
 
 /// Tunables (`baton coordinator --quarantine-failures/--quarantine-window/--quarantine-cooldown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +67,7 @@ impl Scheduler {
     /// Counts a child's end against (or for) the agent it ran on.
     pub(crate) fn note_child_end(&mut self, agent: &str, status: pb::JobStatus, now: Instant) {
         let cfg = self.config.quarantine;
+        let unix_ms = self.unix_ms;
         if cfg.failures == 0 {
             return;
         }
@@ -117,7 +117,7 @@ impl Scheduler {
         }
         let cooldown_ms = u64::try_from(cfg.cooldown.as_millis()).unwrap_or(u64::MAX);
         q.until = Some(now + cfg.cooldown);
-        q.until_unix_ms = now_unix_ms().saturating_add(cooldown_ms);
+        q.until_unix_ms = unix_ms.saturating_add(cooldown_ms);
         q.reason = format!(
             "{} children failed within {} s with no success in between; no new children for {} s",
             cfg.failures,

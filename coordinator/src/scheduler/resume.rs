@@ -10,11 +10,9 @@
 //! concurrent writer makes the commit fail rather than be overwritten) and
 //! restores it as a running execution.
 
-use std::time::Instant;
-
 use tracing::info;
 
-use super::Scheduler;
+use super::{Now, Scheduler};
 use crate::error::CoordinatorError;
 use crate::prepare::Plan;
 use crate::records::{ChildRecord, ExecutionRecord, ExecutionState, Phase};
@@ -60,7 +58,7 @@ impl Scheduler {
         version: u64,
         plan: Plan,
         stored: Vec<(ChildRecord, u64)>,
-        now: Instant,
+        now: Now,
     ) -> Result<u64, CoordinatorError> {
         if let Some(&slot) = self.exec_ids.get(&rec.id) {
             let why = if self.execs[&slot].rec.state.is_terminal() {

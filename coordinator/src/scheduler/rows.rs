@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::admission::Room;
 use super::flow::{expand, planned_shallow};
-use super::{Exec, Scheduler};
+use super::{Exec, Now, Scheduler};
 use crate::prepare::Work;
 use crate::records::{Phase, RowsOutcome};
 
@@ -64,12 +64,7 @@ impl Scheduler {
                     Some(a) => sources.push((
                         agent,
                         a.rec.address.clone(),
-                        baton_proto::DispatchId {
-                            execution_id: e.rec.id.clone(),
-                            task_path: c.rec.task.clone(),
-                            item_index: c.rec.index,
-                            attempt: c.rec.attempt,
-                        },
+                        c.dispatch_id(&e.rec.id).to_proto(),
                     )),
                     None => missing = Some(agent),
                 }
@@ -78,7 +73,7 @@ impl Scheduler {
         let id = e.rec.id.clone();
         let task = e.plan.tasks[ti].name.clone();
         match missing {
-            Some(agent) => self.rows_fetched(
+            Some(agent) => self.rows_arrived(
                 &id,
                 &task,
                 Err(format!(
@@ -102,7 +97,14 @@ impl Scheduler {
         execution_id: &str,
         task: &str,
         rows: Result<Vec<String>, String>,
+        now: Now,
     ) {
+        self.at(now);
+        self.rows_arrived(execution_id, task, rows);
+    }
+
+    /// [`Scheduler::rows_fetched`] at the time of the input being handled.
+    fn rows_arrived(&mut self, execution_id: &str, task: &str, rows: Result<Vec<String>, String>) {
         let Some(&slot) = self.exec_ids.get(execution_id) else {
             return;
         };
@@ -218,7 +220,7 @@ impl Scheduler {
                 continue;
             };
             let (id, task) = (e.rec.id.clone(), e.plan.tasks[ti as usize].name.clone());
-            self.rows_fetched(&id, &task, Ok(rows));
+            self.rows_arrived(&id, &task, Ok(rows));
         }
     }
 }

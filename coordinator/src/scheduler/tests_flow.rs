@@ -4,7 +4,7 @@
 //! retry waits for its backoff.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 
@@ -23,7 +23,7 @@ fn start_with(s: &mut Scheduler, parent: &str) {
     .into();
     let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
     let rec = super::tests::running_record("e1", files, BTreeMap::new(), &plan);
-    s.start(rec, plan);
+    s.start(rec, plan, Now::read());
 }
 
 fn long_lease() -> Scheduler {
@@ -60,7 +60,7 @@ const DIAMOND: &str = "name='p'\n\
 
 #[test]
 fn independent_tasks_run_together_and_a_join_waits_for_both() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     start_with(&mut s, DIAMOND);
@@ -97,7 +97,7 @@ fn with_output(seq: u64, id: &pb::DispatchId, k: &str, v: &str) -> pb::AgentEven
 
 #[test]
 fn a_failure_runs_the_on_failure_task_and_fails_the_execution() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     start_with(&mut s, DIAMOND);
@@ -122,7 +122,7 @@ fn a_failure_runs_the_on_failure_task_and_fails_the_execution() {
 
 #[test]
 fn a_template_that_cannot_be_rendered_fails_its_task_before_any_child() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     start_with(&mut s, DIAMOND);
@@ -149,7 +149,7 @@ fn a_template_that_cannot_be_rendered_fails_its_task_before_any_child() {
 
 #[test]
 fn a_retry_waits_for_its_backoff() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n[tasks.t]\nforeach={items=['1']}\nchild='c.toml'\n\
@@ -168,7 +168,7 @@ fn a_retry_waits_for_its_backoff() {
 
 #[test]
 fn max_failures_stops_a_foreach_early() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 1, "b1", now);
     let parent = "name='p'\n[tasks.t]\nforeach={items=['1','2','3','4']}\nchild='c.toml'\n\
@@ -204,7 +204,7 @@ fn a_limited_view_picks_what_did_not_succeed_first() {
 /// their records `running` for ever).
 #[test]
 fn a_restart_during_a_cancel_waits_for_the_running_children() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n[tasks.t]\nforeach={items=['1','2']}\nchild='c.toml'\n\
@@ -226,7 +226,7 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
             now,
         );
     }
-    s.cancel("e1", "test").unwrap();
+    s.cancel("e1", "test", Now::read()).unwrap();
     settle(&mut s, now);
     // What a restart reads back: the execution (cancel requested) and its children.
     let view = s.execution_view("e1").unwrap();
@@ -259,7 +259,7 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
 /// A task whose children find no agent does not hold up an independent task.
 #[test]
 fn a_task_waiting_for_a_label_does_not_block_an_independent_one() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n\
@@ -285,7 +285,7 @@ fn a_task_waiting_for_a_label_does_not_block_an_independent_one() {
 /// that decision instead of reading rows again (which might differ by then).
 #[test]
 fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
@@ -300,7 +300,7 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
         .filter(|e| matches!(e, Effect::FetchRows { .. }))
         .count();
     assert_eq!(fetches, 1, "the rows of list are asked for");
-    s.rows_fetched("e1", "each", Ok(Vec::new()));
+    s.rows_fetched("e1", "each", Ok(Vec::new()), Now::read());
     let e = &s.execs[&s.exec_ids["e1"]];
     assert_eq!(
         e.rec.rows_outcomes.get("each"),
@@ -332,7 +332,7 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
 /// (the published one said TOTAL 1, SUCCEEDED 1 while `show` said 4 total).
 #[test]
 fn the_children_of_a_rows_foreach_reach_the_published_counts() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 1, "b1", now);
     let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
@@ -345,7 +345,7 @@ fn the_children_of_a_rows_foreach_reach_the_published_counts() {
     let d = settle(&mut s, now);
     assert_eq!(tasks_of(&d), ["hog"], "the one slot goes to hog");
     let rows = (1..=3).map(|i| format!("{{\"id\":\"{i}\"}}")).collect();
-    s.rows_fetched("e1", "each", Ok(rows));
+    s.rows_fetched("e1", "each", Ok(rows), Now::read());
     assert!(
         settle(&mut s, now).is_empty(),
         "no slot for the rows' children"
@@ -377,7 +377,7 @@ fn the_children_of_a_rows_foreach_reach_the_published_counts() {
 /// tasks on one agent of 16 slots (every agent full most of the time) to its
 /// end; returns the tasks the scheduler looked at and the engine's steps.
 fn work_of_a_run(tasks: usize) -> u64 {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 16, "b1", now);
     let mut parent = String::from("name='p'\n");
