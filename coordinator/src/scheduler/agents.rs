@@ -157,11 +157,11 @@ impl Scheduler {
             .or_insert_with(|| AgentEntry::new(rec.clone(), SeqRecord::fresh(&reg.outbox_id), now));
         if entry.rec != rec || entry.version.is_none() {
             entry.rec = rec;
-            self.dirty_agents.insert(reg.name.clone());
+            self.journal.agent(&reg.name);
         }
         if entry.seq.outbox_id != reg.outbox_id || entry.seq_version.is_none() {
             entry.seq = SeqRecord::fresh(&reg.outbox_id);
-            self.dirty_seqs.insert(reg.name.clone());
+            self.journal.seq(&reg.name);
         }
         entry.seen = true;
         entry.lost = false;
@@ -211,10 +211,10 @@ impl Scheduler {
         a.lost = true;
         let active: Vec<ChildRef> = a.active.drain().collect();
         if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
-            self.dirty_revoked.push(fp);
+            self.journal.revoked(fp);
             info!(agent = name, "agent certificate revoked");
         }
-        self.effects.push(Effect::ResetStream {
+        self.journal.effect(Effect::ResetStream {
             agent: name.to_string(),
         });
         for cref in active {
@@ -281,7 +281,7 @@ impl Scheduler {
                 let applied = entry.seq.applied_seq;
                 if ev.seq <= applied {
                     self.stats.duplicate_events += 1;
-                    self.pending_acks.insert(agent.to_string(), applied);
+                    self.journal.ack(agent, applied);
                     return;
                 }
                 if ev.seq != applied + 1 {
@@ -291,21 +291,14 @@ impl Scheduler {
                         applied,
                         "gap in event sequence; asking the agent to resend"
                     );
-                    self.effects.push(Effect::ResetStream {
+                    self.journal.effect(Effect::ResetStream {
                         agent: agent.to_string(),
                     });
                     return;
                 }
                 entry.seq.applied_seq = ev.seq;
-                if !self.dirty_seqs.contains(agent) {
-                    self.dirty_seqs.insert(agent.to_string());
-                }
-                match self.pending_acks.get_mut(agent) {
-                    Some(seq) => *seq = ev.seq,
-                    None => {
-                        self.pending_acks.insert(agent.to_string(), ev.seq);
-                    }
-                }
+                self.journal.seq(agent);
+                self.journal.ack(agent, ev.seq);
                 match durable {
                     Body::Started(s) => self.child_started(agent, s, ev.at_unix_ms),
                     Body::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms, now),
@@ -445,7 +438,7 @@ impl Scheduler {
     pub fn revoke_certificates(&mut self, name: &str, fingerprints: Vec<String>) {
         for fp in fingerprints {
             if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
-                self.dirty_revoked.push(fp);
+                self.journal.revoked(fp);
             }
         }
     }
@@ -467,9 +460,7 @@ impl Scheduler {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
         self.agents.remove(name);
-        self.dirty_agents.remove(name);
-        self.dirty_seqs.remove(name);
-        self.removed_agents.push(name.to_string());
+        self.journal.agent_removed(name);
         self.capacity_gen += 1;
         info!(agent = name, "agent removed by an operator");
         Ok(())
@@ -496,7 +487,7 @@ impl Scheduler {
             .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
         if a.rec.admin != admin {
             a.rec.admin = admin;
-            self.dirty_agents.insert(name.to_string());
+            self.journal.agent(name);
             self.capacity_gen += 1;
             info!(
                 agent = name,

@@ -138,7 +138,7 @@ impl Scheduler {
                 format!("cancelled: {reason}")
             };
             e.touched = true;
-            self.dirty_execs.insert(slot);
+            self.journal.exec(slot);
             info!(execution = %id, %reason, "execution cancel requested");
         }
         let (children_cancelled, children_stopping) = self.cancel_children(slot);
@@ -255,7 +255,7 @@ impl Scheduler {
             } else {
                 format!("cancelled: {reason}")
             };
-            self.dirty_children.insert(cref);
+            self.journal.child(cref);
             info!(execution = %id, child = %format!("{task}[{index}]"), %reason, "child cancel requested");
         }
         if phase == Phase::Pending {
@@ -322,7 +322,7 @@ impl Scheduler {
             },
         };
         let address = a.rec.address.clone();
-        self.effects.push(Effect::Cancel {
+        self.journal.effect(Effect::Cancel {
             agent,
             address,
             request,

@@ -411,7 +411,7 @@ impl Scheduler {
             .map(|a| a.rec.address.clone())
             .unwrap_or_default();
         self.stats.dispatches += 1;
-        self.effects.push(Effect::Dispatch {
+        self.journal.effect(Effect::Dispatch {
             agent,
             address,
             child: cref,
@@ -444,7 +444,7 @@ impl Scheduler {
             return;
         };
         let attempt = request.dispatch_id.as_ref().map_or(0, |d| d.attempt);
-        self.effects.push(Effect::Dispatch {
+        self.journal.effect(Effect::Dispatch {
             agent,
             address,
             child: cref,

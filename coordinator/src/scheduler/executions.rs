@@ -30,7 +30,7 @@ impl Scheduler {
         let children = plan.tasks.iter().map(|_| Vec::new()).collect();
         let id = rec.id.clone();
         let slot = self.insert_exec(rec, None, plan, children);
-        self.dirty_execs.insert(slot);
+        self.journal.exec(slot);
         info!(execution = %id, package = %self.execs[&slot].rec.package, "execution started");
         self.advance(slot);
         id
@@ -267,7 +267,7 @@ impl Scheduler {
             c.waiting_reason.clear();
         }
         e.touched = true;
-        self.dirty_children.insert(cref);
+        self.journal.child(cref);
         true
     }
 
@@ -279,10 +279,10 @@ impl Scheduler {
     /// `finished` report follows as before. Writing them would buy nothing
     /// for two of every three writes of a child.
     pub(super) fn set_state_unsaved(&mut self, cref: ChildRef, step: Step) {
-        let was_dirty = self.dirty_children.contains(&cref);
+        let was_dirty = self.journal.child_is_dirty(cref);
         self.set_state(cref, step);
         if !was_dirty {
-            self.dirty_children.remove(&cref);
+            self.journal.forget_child(cref);
         }
     }
 
@@ -339,7 +339,7 @@ impl Scheduler {
             {
                 e.rec.stale_events += 1;
                 e.touched = true;
-                self.dirty_execs.insert(slot);
+                self.journal.exec(slot);
                 // A late report from an agent that once held the child is normal
                 // after a loss; a report from an agent that never did is not.
                 foreign = e

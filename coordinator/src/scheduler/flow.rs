@@ -127,50 +127,61 @@ impl Scheduler {
         // children are stored start, so that a restarted coordinator waits for
         // the children still running), then cancel what never started.
         let mut cancelled = false;
-        loop {
-            // Only the tasks marked since the last look (see `TaskWatch`).
-            let candidates = match self.execs.get_mut(&slot) {
-                Some(e) => e.watch.take_ending(e.tasks.len()),
-                None => return,
-            };
-            self.stats.task_checks += candidates.len() as u64;
-            let mut progressed = self.stop_failed_foreaches(slot, &candidates);
-            {
-                let Some(e) = self.execs.get_mut(&slot) else {
-                    return;
+        // Again when a rows foreach cannot even ask for its rows: it fails
+        // here (not by a call back into this function) and the engine moves on.
+        'rows: loop {
+            loop {
+                // Only the tasks marked since the last look (see `TaskWatch`).
+                let candidates = match self.execs.get_mut(&slot) {
+                    Some(e) => e.watch.take_ending(e.tasks.len()),
+                    None => return,
                 };
-                progressed |= report_ended(e, &candidates);
-                let cancel = e.rec.cancel_requested;
-                for name in e.engine.ready() {
-                    let stored = e
-                        .task_index
-                        .get(&name)
-                        .is_some_and(|&ti| !e.tasks[ti as usize].children.is_empty());
-                    if cancel && !stored {
-                        continue;
-                    }
-                    start_task(e, slot, &name, &mut created, &mut wants_rows);
-                    progressed = true;
-                }
-                if cancel {
-                    progressed |= super::rows::end_awaiting_rows(e);
-                    if !progressed && !cancelled {
-                        e.engine.cancel();
-                        cancelled = true;
+                self.stats.task_checks += candidates.len() as u64;
+                let mut progressed = self.stop_failed_foreaches(slot, &candidates);
+                {
+                    let Some(e) = self.execs.get_mut(&slot) else {
+                        return;
+                    };
+                    progressed |= report_ended(e, &candidates);
+                    let cancel = e.rec.cancel_requested;
+                    for name in e.engine.ready() {
+                        let stored = e
+                            .task_index
+                            .get(&name)
+                            .is_some_and(|&ti| !e.tasks[ti as usize].children.is_empty());
+                        if cancel && !stored {
+                            continue;
+                        }
+                        start_task(e, slot, &name, &mut created, &mut wants_rows);
                         progressed = true;
                     }
+                    if cancel {
+                        progressed |= super::rows::end_awaiting_rows(e);
+                        if !progressed && !cancelled {
+                            e.engine.cancel();
+                            cancelled = true;
+                            progressed = true;
+                        }
+                    }
+                }
+                if !progressed {
+                    break;
                 }
             }
-            if !progressed {
-                break;
+            let mut unavailable = false;
+            for ti in std::mem::take(&mut wants_rows) {
+                if let Err(why) = self.request_rows(slot, ti) {
+                    self.take_rows(slot, ti, Err(why));
+                    unavailable = true;
+                }
             }
-        }
-        for ti in wants_rows {
-            self.request_rows(slot, ti);
+            if !unavailable {
+                break 'rows;
+            }
         }
         let any_created = !created.is_empty();
         for cref in created {
-            self.dirty_children.insert(cref);
+            self.journal.child(cref);
         }
         let Some(e) = self.execs.get_mut(&slot) else {
             return;
@@ -192,11 +203,12 @@ impl Scheduler {
             return;
         };
         if e.rec.state.is_terminal() {
-            // Ended already, by a nested call (rows arriving at once).
+            // Ended already (stopping its strays ended a sub-execution, whose
+            // end reached this execution first).
             return;
         }
         e.touched = true;
-        self.dirty_execs.insert(slot);
+        self.journal.exec(slot);
         e.rec.task_states = e.engine.states();
         e.rec.state = match outcome {
             PackageOutcome::Succeeded => ExecutionState::Succeeded,
@@ -261,7 +273,7 @@ impl Scheduler {
                     c.rec.cancel_requested = true;
                     c.rec.reason = "stopped: its task will not run".into();
                 }
-                self.dirty_children.insert(*cref);
+                self.journal.child(*cref);
                 self.request_stop(*cref);
             }
         }

@@ -21,6 +21,7 @@ mod dispatch;
 mod executions;
 pub(crate) mod flow;
 mod ids;
+mod journal;
 mod nested;
 mod quarantine;
 mod resume;
@@ -356,7 +357,6 @@ impl Exec {
 pub struct Scheduler {
     pub(crate) config: SchedulerConfig,
     pub(crate) epoch: u64,
-    epoch_dirty: bool,
     pub(crate) agents: BTreeMap<String, AgentEntry>,
     pub(crate) execs: HashMap<u64, Exec>,
     pub(crate) exec_ids: HashMap<String, u64>,
@@ -368,17 +368,10 @@ pub struct Scheduler {
     /// Failed children waiting for their retry's backoff (in memory only: a
     /// restart retries them at once).
     pub(crate) retry_later: Vec<(Instant, ChildRef)>,
-    pub(crate) dirty_children: HashSet<ChildRef>,
-    pub(crate) dirty_execs: HashSet<u64>,
-    pub(crate) dirty_agents: HashSet<String>,
-    pub(crate) dirty_seqs: HashSet<String>,
-    pub(crate) pending_acks: BTreeMap<String, u64>,
+    /// Records to write and effects to perform once they are durable.
+    pub(crate) journal: journal::Journal,
     /// Revoked certificate fingerprints → the agent they belonged to.
     pub(crate) revoked: HashMap<String, String>,
-    pub(crate) dirty_revoked: Vec<String>,
-    /// Agents an operator removed: their records are deleted at the next flush.
-    pub(crate) removed_agents: Vec<String>,
-    pub(crate) effects: Vec<Effect>,
     pub stats: Stats,
     /// Latency histograms (fixed memory); the scheduler task records accept times.
     pub latency: Latency,
@@ -401,7 +394,6 @@ impl Scheduler {
         Scheduler {
             config,
             epoch,
-            epoch_dirty: true,
             agents: BTreeMap::new(),
             execs: HashMap::new(),
             exec_ids: HashMap::new(),
@@ -410,15 +402,8 @@ impl Scheduler {
             capacity_gen: 0,
             resend: Vec::new(),
             retry_later: Vec::new(),
-            dirty_children: HashSet::new(),
-            dirty_execs: HashSet::new(),
-            dirty_agents: HashSet::new(),
-            dirty_seqs: HashSet::new(),
-            pending_acks: BTreeMap::new(),
+            journal: journal::Journal::new(),
             revoked: HashMap::new(),
-            dirty_revoked: Vec::new(),
-            removed_agents: Vec::new(),
-            effects: Vec::new(),
             stats: Stats::default(),
             latency: Latency::default(),
             secrets: None,
@@ -462,7 +447,8 @@ impl Scheduler {
         }
         let mut ops = Vec::new();
         let mut written = Vec::new();
-        if std::mem::take(&mut self.epoch_dirty) {
+        let dirty = self.journal.take_dirty();
+        if dirty.epoch {
             ops.push(Op::Put {
                 key: EPOCH_KEY.to_string(),
                 value: self.epoch.to_string().into_bytes(),
@@ -470,7 +456,7 @@ impl Scheduler {
             });
             written.push(Written::Epoch);
         }
-        for fp in std::mem::take(&mut self.dirty_revoked) {
+        for fp in dirty.revoked {
             let name = self.revoked.get(&fp).cloned().unwrap_or_default();
             ops.push(Op::Put {
                 key: revoked_key(&fp),
@@ -478,7 +464,7 @@ impl Scheduler {
                 pre: Precondition::Any,
             });
         }
-        for name in std::mem::take(&mut self.removed_agents) {
+        for name in dirty.removed_agents {
             for key in [agent_key(&name), seq_key(&name)] {
                 ops.push(Op::Delete {
                     key,
@@ -486,7 +472,7 @@ impl Scheduler {
                 });
             }
         }
-        for name in std::mem::take(&mut self.dirty_agents) {
+        for name in dirty.agents {
             if let Some(a) = self.agents.get(&name) {
                 ops.push(Op::Put {
                     key: agent_key(&name),
@@ -496,7 +482,7 @@ impl Scheduler {
                 written.push(Written::Agent(name));
             }
         }
-        for name in std::mem::take(&mut self.dirty_seqs) {
+        for name in dirty.seqs {
             if let Some(a) = self.agents.get(&name) {
                 ops.push(Op::Put {
                     key: seq_key(&name),
@@ -506,7 +492,7 @@ impl Scheduler {
                 written.push(Written::Seq(name));
             }
         }
-        for slot in std::mem::take(&mut self.dirty_execs) {
+        for slot in dirty.execs {
             if let Some(e) = self.execs.get(&slot) {
                 ops.push(Op::Put {
                     key: execution_key(&e.rec.id),
@@ -516,11 +502,7 @@ impl Scheduler {
                 written.push(Written::Exec(slot));
             }
         }
-        let mut children: Vec<ChildRef> = std::mem::take(&mut self.dirty_children)
-            .into_iter()
-            .collect();
-        children.sort_unstable();
-        for cref in children {
+        for cref in dirty.children {
             if let Some(e) = self.execs.get(&cref.exec) {
                 let c = &e.tasks[cref.task as usize].children[cref.child as usize];
                 ops.push(Op::Put {
@@ -568,20 +550,10 @@ impl Scheduler {
 
     /// Effects to perform now that the last flush is durable (acks last).
     pub fn take_effects(&mut self) -> Vec<Effect> {
-        let mut out = std::mem::take(&mut self.effects);
-        for (agent, seq) in std::mem::take(&mut self.pending_acks) {
-            out.push(Effect::Ack { agent, seq });
-        }
-        out
+        self.journal.take_effects()
     }
 
     pub(crate) fn has_dirty(&self) -> bool {
-        self.epoch_dirty
-            || !self.dirty_children.is_empty()
-            || !self.dirty_execs.is_empty()
-            || !self.dirty_agents.is_empty()
-            || !self.dirty_seqs.is_empty()
-            || !self.dirty_revoked.is_empty()
-            || !self.removed_agents.is_empty()
+        self.journal.has_dirty()
     }
 }

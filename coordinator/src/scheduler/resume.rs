@@ -106,7 +106,7 @@ impl Scheduler {
         let Some(&slot) = self.exec_ids.get(&id) else {
             return Ok(again);
         };
-        self.dirty_execs.insert(slot);
+        self.journal.exec(slot);
         let e = &self.execs[&slot];
         let mut dirty = Vec::with_capacity(reset.len());
         for (task, index) in reset {
@@ -118,7 +118,9 @@ impl Scheduler {
                 });
             }
         }
-        self.dirty_children.extend(dirty);
+        for c in dirty {
+            self.journal.child(c);
+        }
         if let Some(e) = self.execs.get_mut(&slot) {
             e.touched = true;
         }

@@ -39,16 +39,18 @@ pub(super) fn end_awaiting_rows(e: &mut Exec) -> bool {
 }
 
 impl Scheduler {
-    /// Asks the agents that ran the source task of a rows foreach for its rows.
-    pub(super) fn request_rows(&mut self, slot: u64, ti: usize) {
+    /// Asks the agents that ran the source task of a rows foreach for its
+    /// rows; `Err` says why they cannot be asked (the caller fails the
+    /// foreach with it, [`Scheduler::take_rows`]).
+    pub(super) fn request_rows(&mut self, slot: u64, ti: usize) -> Result<(), String> {
         let Some(e) = self.execs.get(&slot) else {
-            return;
+            return Ok(());
         };
         let Work::Foreach { fe, .. } = &e.plan.tasks[ti].work else {
-            return;
+            return Ok(());
         };
         let baton_package::ForeachOver::Rows(source) = &fe.over else {
-            return;
+            return Ok(());
         };
         let mut sources = Vec::new();
         let mut missing = None;
@@ -70,23 +72,20 @@ impl Scheduler {
                 }
             }
         }
+        if let Some(agent) = missing {
+            return Err(format!(
+                "the rows of task '{source}' are on agent '{agent}', which this coordinator \
+                 does not know any more"
+            ));
+        }
         let id = e.rec.id.clone();
         let task = e.plan.tasks[ti].name.clone();
-        match missing {
-            Some(agent) => self.rows_arrived(
-                &id,
-                &task,
-                Err(format!(
-                    "the rows of task '{source}' are on agent '{agent}', which this coordinator \
-                     does not know any more"
-                )),
-            ),
-            None => self.effects.push(super::Effect::FetchRows {
-                execution_id: id,
-                task,
-                sources,
-            }),
-        }
+        self.journal.effect(super::Effect::FetchRows {
+            execution_id: id,
+            task,
+            sources,
+        });
+        Ok(())
     }
 
     /// The rows a rows foreach waited for arrived (or could not be read).
@@ -108,14 +107,36 @@ impl Scheduler {
         let Some(&slot) = self.exec_ids.get(execution_id) else {
             return;
         };
-        let Some(ti) = self.execs.get(&slot).and_then(|e| {
-            let ti = *e.task_index.get(task)? as usize;
-            let live = e.tasks[ti].awaiting_rows && !e.rec.state.is_terminal();
-            live.then_some((ti, e.rec.cancel_requested))
-        }) else {
+        let Some(ti) = self
+            .execs
+            .get(&slot)
+            .and_then(|e| e.task_index.get(task).copied())
+        else {
             return;
         };
-        let (ti, cancelling) = ti;
+        if self.take_rows(slot, usize::from(ti), rows) {
+            self.advance(slot);
+        }
+    }
+
+    /// What the rows of a rows foreach that waits for them come to: its
+    /// children, a wait for room (the rows are held), or its failure. Does
+    /// not move the execution on (the caller does); `false` when the task
+    /// was not waiting for rows or they are held.
+    pub(super) fn take_rows(
+        &mut self,
+        slot: u64,
+        ti: usize,
+        rows: Result<Vec<String>, String>,
+    ) -> bool {
+        let Some((execution_id, task, cancelling)) = self.execs.get(&slot).and_then(|e| {
+            let live = e.tasks[ti].awaiting_rows && !e.rec.state.is_terminal();
+            let names = (e.rec.id.clone(), e.plan.tasks[ti].name.clone());
+            live.then_some((names.0, names.1, e.rec.cancel_requested))
+        }) else {
+            return false;
+        };
+        let task = task.as_str();
         // What the rows come to: children to make, or why the foreach fails.
         let limit = baton_package::MAX_FOREACH_ITEMS;
         let rows = match rows {
@@ -144,7 +165,7 @@ impl Scheduler {
                             e.touched = true;
                         }
                     }
-                    return;
+                    return false;
                 }
                 Room::Never(why) => {
                     let why = format!("cannot make this foreach's children: {why}");
@@ -162,7 +183,7 @@ impl Scheduler {
         let mut created = Vec::new();
         {
             let Some(e) = self.execs.get_mut(&slot) else {
-                return;
+                return false;
             };
             e.tasks[ti].awaiting_rows = false;
             e.tasks[ti].held_rows = None;
@@ -198,13 +219,13 @@ impl Scheduler {
             if let Some(o) = outcome {
                 e.rec.rows_outcomes.insert(task.to_string(), o);
                 e.touched = true;
-                self.dirty_execs.insert(slot);
+                self.journal.exec(slot);
             }
         }
         for cref in created {
-            self.dirty_children.insert(cref);
+            self.journal.child(cref);
         }
-        self.advance(slot);
+        true
     }
 
     /// Tries again the rows foreach tasks that hold rows for want of room.

@@ -280,7 +280,7 @@ impl Scheduler {
                 e.touched = false;
                 e.summary.send_replace(summary_of(e));
             }
-            if e.rec.state.is_terminal() && !self.dirty_execs.contains(slot) {
+            if e.rec.state.is_terminal() && !self.journal.exec_is_dirty(*slot) {
                 ended.push(*slot);
             }
         }
