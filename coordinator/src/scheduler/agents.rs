@@ -331,18 +331,11 @@ impl Scheduler {
                 self.child_lost(cref, &name, "agent lost (lease expired)");
             }
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resend)
-            .into_iter()
-            .partition(|(at, _)| *at <= now);
-        self.resend = later;
-        for (_, cref) in due {
+        let due = self.timers.take_due(now);
+        for cref in due.resend {
             self.resend_dispatch(cref, now);
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry_later)
-            .into_iter()
-            .partition(|(at, _)| *at <= now);
-        self.retry_later = later;
-        for (_, cref) in due {
+        for cref in due.retry {
             self.retry_due(cref);
         }
         self.end_quarantines(now);

@@ -434,13 +434,15 @@ impl Scheduler {
         }
         if !self.agents.get(&agent).is_some_and(|a| a.seen) {
             // Not heard from since our restart: wait for it (or for its lease to expire).
-            self.resend.push((now + self.config.dispatch_retry, cref));
+            self.timers
+                .resend_at(now + self.config.dispatch_retry, cref);
             return;
         }
         let Ok(request) = self.start_request(cref) else {
             // Its task has not been started again yet (a restart replays the
             // engine; a rows foreach waits for its rows): ask again later.
-            self.resend.push((now + self.config.dispatch_retry, cref));
+            self.timers
+                .resend_at(now + self.config.dispatch_retry, cref);
             return;
         };
         let attempt = request.dispatch_id.as_ref().map_or(0, |d| d.attempt);
@@ -499,7 +501,8 @@ impl Scheduler {
                 if let Some(c) = self.child_mut(cref) {
                     c.waiting_reason = format!("no answer from {agent} yet, asking again: {err}");
                 }
-                self.resend.push((now + self.config.dispatch_retry, cref));
+                self.timers
+                    .resend_at(now + self.config.dispatch_retry, cref);
             }
             DispatchOutcome::WrongAgent(err) => {
                 let address = self

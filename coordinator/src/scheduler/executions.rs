@@ -88,7 +88,7 @@ impl Scheduler {
                     a.active.insert(cref);
                     if dispatching {
                         // Outcome unknown: ask again (idempotent on the agent).
-                        self.resend.push((now, cref));
+                        self.timers.resend_at(now, cref);
                     }
                 }
                 None => self.child_lost(
@@ -489,7 +489,7 @@ impl Scheduler {
             match (delay, now) {
                 (Some(d), Some(now)) => {
                     if self.set_state(cref, Step::Retry) {
-                        self.retry_later.push((now + d, cref));
+                        self.timers.retry_at(now + d, cref);
                     }
                 }
                 _ => self.requeue(cref, false, Step::Retry),

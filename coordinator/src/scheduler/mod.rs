@@ -38,6 +38,7 @@ mod tests_fairness;
 mod tests_flow;
 #[cfg(test)]
 mod tests_ops;
+mod timers;
 mod view;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -364,10 +365,8 @@ pub struct Scheduler {
     next_slot: u64,
     /// Bumped whenever capacity may have appeared; clears soft exclusions.
     pub(crate) capacity_gen: u64,
-    pub(crate) resend: Vec<(Instant, ChildRef)>,
-    /// Failed children waiting for their retry's backoff (in memory only: a
-    /// restart retries them at once).
-    pub(crate) retry_later: Vec<(Instant, ChildRef)>,
+    /// Dispatches to send again and retries waiting for their backoff.
+    pub(crate) timers: timers::Timers,
     /// Records to write and effects to perform once they are durable.
     pub(crate) journal: journal::Journal,
     /// Revoked certificate fingerprints → the agent they belonged to.
@@ -400,8 +399,7 @@ impl Scheduler {
             exec_order: VecDeque::new(),
             next_slot: 1,
             capacity_gen: 0,
-            resend: Vec::new(),
-            retry_later: Vec::new(),
+            timers: Default::default(),
             journal: journal::Journal::new(),
             revoked: HashMap::new(),
             stats: Stats::default(),

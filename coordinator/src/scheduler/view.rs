@@ -288,7 +288,7 @@ impl Scheduler {
             if let Some(e) = self.execs.remove(&slot) {
                 self.exec_ids.remove(&e.rec.id);
                 self.exec_order.retain(|s| *s != slot);
-                self.resend.retain(|(_, c)| c.exec != slot);
+                self.timers.forget_execution(slot);
                 self.parked_nested.retain(|c, _| c.exec != slot);
                 self.parked_rows.retain(|(s, _)| *s != slot);
                 for a in self.agents.values_mut() {
