@@ -46,7 +46,7 @@ pub async fn load(
     }
     for kv in store.range("v/").await? {
         let name = String::from_utf8_lossy(&kv.value).to_string();
-        sched.revoked.insert(kv.key["v/".len()..].to_string(), name);
+        sched.restore_revoked(kv.key["v/".len()..].to_string(), &name);
     }
     let mut agents = 0;
     for kv in store.range("a/").await? {

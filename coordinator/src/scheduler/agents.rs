@@ -137,24 +137,23 @@ impl Scheduler {
             boot_id: reg.boot_id.clone(),
             // An operator's cordon or drain outlives the agent's restarts.
             admin: self
-                .agents
+                .registry
                 .get(&reg.name)
                 .map(|a| a.rec.admin)
                 .unwrap_or_default(),
             cert_fingerprint: reg.cert_fingerprint.clone(),
             weight: reg.weight,
         };
-        let restarted: Vec<ChildRef> = match self.agents.get_mut(&reg.name) {
+        let restarted: Vec<ChildRef> = match self.registry.get_mut(&reg.name) {
             Some(a) if a.rec.boot_id != reg.boot_id => {
                 info!(agent = %reg.name, "agent restarted; its unfinished children are lost");
                 a.active.drain().collect()
             }
             _ => Vec::new(),
         };
-        let entry = self
-            .agents
-            .entry(reg.name.clone())
-            .or_insert_with(|| AgentEntry::new(rec.clone(), SeqRecord::fresh(&reg.outbox_id), now));
+        let entry = self.registry.get_or_insert(&reg.name, || {
+            AgentEntry::new(rec.clone(), SeqRecord::fresh(&reg.outbox_id), now)
+        });
         if entry.rec != rec || entry.version.is_none() {
             entry.rec = rec;
             self.journal.agent(&reg.name);
@@ -186,7 +185,7 @@ impl Scheduler {
     /// Refuses a certificate an operator revoked: the in-memory mirror of the
     /// `v/` records [`crate::auth::identity::check_certificate`] reads (same code).
     fn refuse_revoked(&self, agent: &str, fingerprint: &str) -> Result<(), CoordinatorError> {
-        if !fingerprint.is_empty() && self.revoked.contains_key(fingerprint) {
+        if self.registry.fingerprint_revoked(fingerprint) {
             warn!(agent, "refused: the certificate was revoked");
             return Err(crate::auth::identity::cert_revoked_error(agent));
         }
@@ -199,7 +198,7 @@ impl Scheduler {
     pub fn revoke(&mut self, name: &str, now: Now) -> Result<(), CoordinatorError> {
         self.at(now);
         let a = self
-            .agents
+            .registry
             .get_mut(name)
             .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
         let fp = a.rec.cert_fingerprint.clone();
@@ -210,7 +209,7 @@ impl Scheduler {
         }
         a.lost = true;
         let active: Vec<ChildRef> = a.active.drain().collect();
-        if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
+        if self.registry.revoke_fingerprint(fp.clone(), name) {
             self.journal.revoked(fp);
             info!(agent = name, "agent certificate revoked");
         }
@@ -233,7 +232,7 @@ impl Scheduler {
     ) -> Result<(), CoordinatorError> {
         let now = self.at(now);
         self.refuse_revoked(agent, fingerprint)?;
-        match self.agents.get_mut(agent) {
+        match self.registry.get_mut(agent) {
             Some(a) if a.rec.boot_id == boot_id => {
                 a.last_seen = now;
                 a.seen = true;
@@ -249,15 +248,16 @@ impl Scheduler {
     /// One event from an agent's completion stream.
     pub fn agent_event(&mut self, agent: &str, ev: pb::AgentEvent, now: Now) {
         let now = self.at(now);
-        let Some(entry) = self.agents.get_mut(agent) else {
+        let Some(entry) = self.registry.get(agent) else {
             warn!(agent, "event from an unregistered agent ignored");
             return;
         };
-        if !entry.rec.cert_fingerprint.is_empty()
-            && self.revoked.contains_key(&entry.rec.cert_fingerprint)
-        {
+        if self.registry.is_revoked(entry) {
             return; // its stream was cut; anything still in flight is ignored
         }
+        let Some(entry) = self.registry.get_mut(agent) else {
+            return;
+        };
         entry.last_seen = now;
         if entry.lost {
             info!(agent, "lost agent is back");
@@ -313,22 +313,11 @@ impl Scheduler {
     pub fn tick(&mut self, now: Now) {
         let now = self.at(now);
         let ttl = self.config.lease_ttl;
-        let expired: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| !a.lost && now.duration_since(a.last_seen) > ttl)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in expired {
-            let Some(a) = self.agents.get_mut(&name) else {
-                continue;
-            };
-            a.lost = true;
-            let active: Vec<ChildRef> = a.active.drain().collect();
+        for (name, active) in self.registry.expire(now, ttl) {
             self.stats.agents_lost += 1;
             warn!(agent = %name, children = active.len(), ttl_ms = ttl.as_millis() as u64, "agent lost: no heartbeat within the lease");
             for cref in active {
-                self.child_lost(cref, &name, "agent lost (lease expired)");
+                self.child_lost(cref, name.as_str(), "agent lost (lease expired)");
             }
         }
         let due = self.timers.take_due(now);
@@ -343,8 +332,8 @@ impl Scheduler {
 
     /// Placement's view of the fleet; in-flight counts are in slots.
     pub(crate) fn agent_views(&self, now: Instant) -> Vec<AgentView> {
-        self.agents
-            .values()
+        self.registry
+            .entries()
             .map(|a| {
                 let in_flight: u64 = a
                     .active
@@ -389,12 +378,10 @@ impl Scheduler {
 
     /// Agents for listings.
     pub fn agent_list(&self) -> Vec<AgentSummary> {
-        self.agents
-            .values()
+        self.registry
+            .entries()
             .map(|a| {
-                let state = if !a.rec.cert_fingerprint.is_empty()
-                    && self.revoked.contains_key(&a.rec.cert_fingerprint)
-                {
+                let state = if self.registry.is_revoked(a) {
                     AgentState::Revoked
                 } else if a.lost {
                     AgentState::Lost
@@ -430,7 +417,7 @@ impl Scheduler {
     /// to it that it may not have registered with yet: a renewal in flight).
     pub fn revoke_certificates(&mut self, name: &str, fingerprints: Vec<String>) {
         for fp in fingerprints {
-            if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
+            if self.registry.revoke_fingerprint(fp.clone(), name) {
                 self.journal.revoked(fp);
             }
         }
@@ -441,18 +428,17 @@ impl Scheduler {
     /// comes back, it registers as new.
     pub fn remove_agent(&mut self, name: &str) -> Result<(), CoordinatorError> {
         let a = self
-            .agents
+            .registry
             .get(name)
             .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
-        let revoked = !a.rec.cert_fingerprint.is_empty()
-            && self.revoked.contains_key(&a.rec.cert_fingerprint);
+        let revoked = self.registry.is_revoked(a);
         if !(a.lost || !a.seen || revoked) {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
         if !a.active.is_empty() {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
-        self.agents.remove(name);
+        self.registry.remove(name);
         self.journal.agent_removed(name);
         self.capacity_gen += 1;
         info!(agent = name, "agent removed by an operator");
@@ -475,7 +461,7 @@ impl Scheduler {
             AdminAction::Uncordon => AdminState::Active,
         };
         let a = self
-            .agents
+            .registry
             .get_mut(name)
             .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
         if a.rec.admin != admin {
@@ -502,7 +488,6 @@ impl Scheduler {
         now: Now,
     ) {
         let now = self.at(now);
-        let name = rec.name.clone();
         let (seq, seq_version) = match seq {
             Some((s, v)) => (s, Some(v)),
             None => (SeqRecord::fresh(""), None),
@@ -511,7 +496,7 @@ impl Scheduler {
         entry.version = Some(version);
         entry.seq_version = seq_version;
         entry.seen = false;
-        self.agents.insert(name, entry);
+        self.registry.insert(entry);
     }
 
     /// Whether `agent` may still be sent `cref`'s dispatch.
@@ -521,7 +506,7 @@ impl Scheduler {
         let ChildState::Dispatching { agent, .. } = c.state() else {
             return None;
         };
-        let a = self.agents.get(agent.as_str())?;
+        let a = self.registry.get(agent.as_str())?;
         (!a.lost).then(|| (agent.to_string(), a.rec.address.clone()))
     }
 }
@@ -532,28 +517,6 @@ impl SeqRecord {
         SeqRecord {
             outbox_id: outbox_id.to_string(),
             applied_seq: 0,
-        }
-    }
-}
-
-impl AgentEntry {
-    /// A live, ready entry not yet written to the store.
-    fn new(rec: AgentRecord, seq: SeqRecord, now: Instant) -> AgentEntry {
-        AgentEntry {
-            rec,
-            version: None,
-            seq,
-            seq_version: None,
-            seen: true,
-            lost: false,
-            last_seen: now,
-            last_heartbeat_unix_ms: 0,
-            load1: 0.0,
-            running_reported: 0,
-            draining: false,
-            full_until: None,
-            active: Default::default(),
-            quarantine: Default::default(),
         }
     }
 }

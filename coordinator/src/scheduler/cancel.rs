@@ -310,7 +310,7 @@ impl Scheduler {
         let Some(agent) = c.state().agent().map(|a| a.to_string()) else {
             return;
         };
-        let Some(a) = self.agents.get(&agent) else {
+        let Some(a) = self.registry.get(&agent) else {
             return;
         };
         let request = pb::CancelJobRequest {

@@ -256,16 +256,15 @@ impl Scheduler {
                 // for ever. Agents its constraints rule out, and agents whose
                 // certificate was revoked (they never come back), do not count;
                 // with none left that could take it, it waits.
-                let (agents, revoked) = (&self.agents, &self.revoked);
+                let registry = &self.registry;
                 let refused_by_all = c.detours.as_ref().is_some_and(|d| {
                     let mut candidates = views
                         .iter()
                         .filter(|v| could_take(v, &req))
                         .filter(|v| {
-                            !agents.get(&v.name).is_some_and(|a| {
-                                !a.rec.cert_fingerprint.is_empty()
-                                    && revoked.contains_key(&a.rec.cert_fingerprint)
-                            })
+                            !registry
+                                .get(&v.name)
+                                .is_some_and(|a| registry.is_revoked(a))
                         })
                         .peekable();
                     candidates.peek().is_some()
@@ -406,7 +405,7 @@ impl Scheduler {
             return;
         }
         let address = self
-            .agents
+            .registry
             .get(&agent)
             .map(|a| a.rec.address.clone())
             .unwrap_or_default();
@@ -432,7 +431,7 @@ impl Scheduler {
             self.advance(cref.exec);
             return;
         }
-        if !self.agents.get(&agent).is_some_and(|a| a.seen) {
+        if !self.registry.get(&agent).is_some_and(|a| a.seen) {
             // Not heard from since our restart: wait for it (or for its lease to expire).
             self.timers
                 .resend_at(now + self.config.dispatch_retry, cref);
@@ -506,7 +505,7 @@ impl Scheduler {
             }
             DispatchOutcome::WrongAgent(err) => {
                 let address = self
-                    .agents
+                    .registry
                     .get(agent)
                     .map(|a| a.rec.address.clone())
                     .unwrap_or_default();
@@ -528,7 +527,7 @@ impl Scheduler {
                 self.stats.rejections += 1;
                 use pb::RejectCode as R;
                 let full_backoff = self.config.full_backoff;
-                if let Some(a) = self.agents.get_mut(agent) {
+                if let Some(a) = self.registry.get_mut(agent) {
                     match code {
                         R::AtCapacity => a.full_until = Some(now + full_backoff),
                         R::Draining => a.draining = true,

@@ -83,7 +83,7 @@ impl Scheduler {
             }
         }
         for (cref, agent, dispatching) in on_agent {
-            match self.agents.get_mut(agent.as_str()) {
+            match self.registry.get_mut(agent.as_str()) {
                 Some(a) => {
                     a.active.insert(cref);
                     if dispatching {
@@ -231,7 +231,7 @@ impl Scheduler {
         let (old, new) = (left.phase(), c.state().phase());
         if old.is_on_agent() {
             task.in_flight -= 1;
-            if let Some(a) = left.agent().and_then(|a| self.agents.get_mut(a.as_str())) {
+            if let Some(a) = left.agent().and_then(|a| self.registry.get_mut(a.as_str())) {
                 a.active.remove(&cref);
             }
         }
@@ -240,7 +240,7 @@ impl Scheduler {
             if let Some(a) = c
                 .state()
                 .agent()
-                .and_then(|a| self.agents.get_mut(a.as_str()))
+                .and_then(|a| self.registry.get_mut(a.as_str()))
             {
                 a.active.insert(cref);
             }
@@ -377,7 +377,7 @@ impl Scheduler {
         at_ms: u64,
         now: Instant,
     ) {
-        if let Some(a) = self.agents.get_mut(agent) {
+        if let Some(a) = self.registry.get_mut(agent) {
             a.full_until = None;
         }
         self.capacity_gen += 1;

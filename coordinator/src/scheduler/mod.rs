@@ -24,6 +24,7 @@ mod ids;
 mod journal;
 mod nested;
 mod quarantine;
+mod registry;
 mod resume;
 mod rows;
 #[cfg(test)]
@@ -41,7 +42,7 @@ mod tests_ops;
 mod timers;
 mod view;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use baton_proto as pb;
@@ -49,7 +50,7 @@ use baton_proto as pb;
 pub use crate::clock::Now;
 use crate::metrics::Latency;
 use crate::prepare::Plan;
-use crate::records::{AgentRecord, ExecutionRecord, Phase, SeqRecord};
+use crate::records::{ExecutionRecord, Phase};
 use crate::store::Revision;
 
 pub use agents::{AdminAction, AgentState, AgentSummary, Registration};
@@ -58,6 +59,7 @@ pub(crate) use child::Child;
 pub use child::{COORDINATOR, ChildState, End, Refused, Step};
 pub use ids::{AgentId, DispatchId, ExecutionId};
 pub use quarantine::QuarantineConfig;
+pub(crate) use registry::AgentEntry;
 pub use resume::refusal as resume_refusal;
 pub use view::{
     ExecutionView, Summary, pick_children, summary_from_record, tally, view_from_records,
@@ -183,26 +185,6 @@ pub struct Stats {
     /// Tasks the pump and the flow looked at: a deterministic measure of
     /// the scheduler's work per event (its cost tests count it).
     pub task_checks: u64,
-}
-
-pub(crate) struct AgentEntry {
-    pub rec: AgentRecord,
-    pub version: Option<Revision>,
-    pub seq: SeqRecord,
-    pub seq_version: Option<Revision>,
-    /// Registered or heard from since this coordinator started.
-    pub seen: bool,
-    pub lost: bool,
-    pub last_seen: Instant,
-    pub last_heartbeat_unix_ms: u64,
-    pub load1: f64,
-    pub running_reported: u32,
-    pub draining: bool,
-    pub full_until: Option<Instant>,
-    /// Children dispatched to, accepted by or running on this agent.
-    pub active: HashSet<ChildRef>,
-    /// Recent failures and any quarantine (in memory only).
-    pub quarantine: quarantine::Quarantine,
 }
 
 pub(crate) struct TaskRun {
@@ -358,7 +340,8 @@ impl Exec {
 pub struct Scheduler {
     pub(crate) config: SchedulerConfig,
     pub(crate) epoch: u64,
-    pub(crate) agents: BTreeMap<String, AgentEntry>,
+    /// The agents and the revoked certificates.
+    pub(crate) registry: registry::Registry,
     pub(crate) execs: HashMap<u64, Exec>,
     pub(crate) exec_ids: HashMap<String, u64>,
     pub(crate) exec_order: VecDeque<u64>,
@@ -369,8 +352,6 @@ pub struct Scheduler {
     pub(crate) timers: timers::Timers,
     /// Records to write and effects to perform once they are durable.
     pub(crate) journal: journal::Journal,
-    /// Revoked certificate fingerprints → the agent they belonged to.
-    pub(crate) revoked: HashMap<String, String>,
     pub stats: Stats,
     /// Latency histograms (fixed memory); the scheduler task records accept times.
     pub latency: Latency,
@@ -393,7 +374,7 @@ impl Scheduler {
         Scheduler {
             config,
             epoch,
-            agents: BTreeMap::new(),
+            registry: Default::default(),
             execs: HashMap::new(),
             exec_ids: HashMap::new(),
             exec_order: VecDeque::new(),
@@ -401,7 +382,6 @@ impl Scheduler {
             capacity_gen: 0,
             timers: Default::default(),
             journal: journal::Journal::new(),
-            revoked: HashMap::new(),
             stats: Stats::default(),
             latency: Latency::default(),
             secrets: None,
@@ -415,6 +395,12 @@ impl Scheduler {
     pub(crate) fn at(&mut self, now: Now) -> Instant {
         self.unix_ms = now.unix_ms;
         now.instant
+    }
+
+    /// A certificate of `agent` revoked before this coordinator started (read
+    /// from the store: it is refused as those revoked since are).
+    pub(crate) fn restore_revoked(&mut self, fingerprint: String, agent: &str) {
+        self.registry.revoke_fingerprint(fingerprint, agent);
     }
 
     /// The key that seals sensitive parameters of the sub-executions it starts.
@@ -455,7 +441,11 @@ impl Scheduler {
             written.push(Written::Epoch);
         }
         for fp in dirty.revoked {
-            let name = self.revoked.get(&fp).cloned().unwrap_or_default();
+            let name = self
+                .registry
+                .revoked_owner(&fp)
+                .unwrap_or_default()
+                .to_string();
             ops.push(Op::Put {
                 key: revoked_key(&fp),
                 value: name.into_bytes(),
@@ -471,7 +461,7 @@ impl Scheduler {
             }
         }
         for name in dirty.agents {
-            if let Some(a) = self.agents.get(&name) {
+            if let Some(a) = self.registry.get(&name) {
                 ops.push(Op::Put {
                     key: agent_key(&name),
                     value: serde_json::to_vec(&a.rec).unwrap_or_default(),
@@ -481,7 +471,7 @@ impl Scheduler {
             }
         }
         for name in dirty.seqs {
-            if let Some(a) = self.agents.get(&name) {
+            if let Some(a) = self.registry.get(&name) {
                 ops.push(Op::Put {
                     key: seq_key(&name),
                     value: serde_json::to_vec(&a.seq).unwrap_or_default(),
@@ -531,12 +521,12 @@ impl Scheduler {
                     }
                 }
                 Written::Agent(n) => {
-                    if let Some(a) = self.agents.get_mut(&n) {
+                    if let Some(a) = self.registry.get_mut(&n) {
                         a.version = Some(revision);
                     }
                 }
                 Written::Seq(n) => {
-                    if let Some(a) = self.agents.get_mut(&n) {
+                    if let Some(a) = self.registry.get_mut(&n) {
                         a.seq_version = Some(revision);
                     }
                 }

@@ -71,13 +71,17 @@ impl Scheduler {
         if cfg.failures == 0 {
             return;
         }
-        let live = self.agents.values().filter(|a| a.seen && !a.lost).count();
+        let live = self
+            .registry
+            .entries()
+            .filter(|a| a.seen && !a.lost)
+            .count();
         let quarantined = self
-            .agents
-            .values()
+            .registry
+            .entries()
             .filter(|a| a.quarantine.active(now))
             .count();
-        let Some(a) = self.agents.get_mut(agent) else {
+        let Some(a) = self.registry.get_mut(agent) else {
             return;
         };
         let q = &mut a.quarantine;
@@ -131,11 +135,11 @@ impl Scheduler {
     /// Ends quarantines whose cool-down is over (call from `tick`).
     pub(crate) fn end_quarantines(&mut self, now: Instant) {
         let mut ended = false;
-        for (name, a) in self.agents.iter_mut() {
+        for a in self.registry.entries_mut() {
             if a.quarantine.until.is_some_and(|t| now >= t) {
                 a.quarantine = Quarantine::default();
                 ended = true;
-                info!(agent = %name, "quarantine over; the agent takes children again");
+                info!(agent = %a.rec.name, "quarantine over; the agent takes children again");
             }
         }
         if ended {

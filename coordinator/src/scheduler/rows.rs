@@ -62,7 +62,7 @@ impl Scheduler {
                     continue;
                 }
                 let agent = c.rec.agent.clone().unwrap_or_default();
-                match self.agents.get(&agent) {
+                match self.registry.get(&agent) {
                     Some(a) => sources.push((
                         agent,
                         a.rec.address.clone(),

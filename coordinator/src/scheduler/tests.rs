@@ -474,7 +474,7 @@ proptest! {
             } else {
                 prop_assert_eq!(terminal_seen.len(), 8, "execution ended before all children");
             }
-            for a in s.agents.values() {
+            for a in s.registry.entries() {
                 prop_assert!(a.active.len() as u32 <= a.rec.slots, "agent over its slots");
             }
             prop_assert_eq!(s.stats.refused_steps, 0, "the scheduler only takes legal steps");
@@ -488,7 +488,7 @@ proptest! {
                             let agent = c.state().agent();
                             prop_assert!(agent.is_some(), "{:?} runs on no agent", cref);
                             let held = agent
-                                .and_then(|a| s.agents.get(a.as_str()))
+                                .and_then(|a| s.registry.get(a.as_str()))
                                 .is_some_and(|a| a.active.contains(&cref));
                             prop_assert!(held, "{:?} is not in its agent's slots", cref);
                         }

@@ -66,7 +66,7 @@ fn cancel_does_not_retry_failed_or_lost_children() {
     let later = t0 + Duration::from_secs(6);
     reg(&mut s, &fa, 1, "b1", later);
     s.tick(later);
-    assert!(s.agents[other].lost);
+    assert!(s.registry.get(other).unwrap().lost);
     assert!(settle(&mut s, later).is_empty(), "no retry after a cancel");
     let last = rx.borrow().clone();
     assert_eq!(

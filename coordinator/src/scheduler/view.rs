@@ -291,9 +291,7 @@ impl Scheduler {
                 self.timers.forget_execution(slot);
                 self.parked_nested.retain(|c, _| c.exec != slot);
                 self.parked_rows.retain(|(s, _)| *s != slot);
-                for a in self.agents.values_mut() {
-                    a.active.retain(|c| c.exec != slot);
-                }
+                self.registry.forget_execution(slot);
             }
         }
     }
