@@ -8,7 +8,9 @@ use std::time::Instant;
 use baton_proto as pb;
 use tracing::{debug, info, warn};
 
-use super::{COORDINATOR, Child, ChildRef, ChildState, End, Exec, Now, Scheduler, Step, TaskRun};
+use super::{
+    COORDINATOR, Child, ChildRef, ChildState, End, Exec, ExecutionId, Now, Scheduler, Step, TaskRun,
+};
 use crate::prepare::Plan;
 use crate::records::{ChildRecord, ExecutionRecord, Phase};
 
@@ -184,7 +186,8 @@ impl Scheduler {
         for ti in queued {
             watch.queued(ti);
         }
-        self.exec_ids.insert(rec.id.clone(), slot);
+        self.exec_ids
+            .insert(ExecutionId::new(rec.id.as_str()), slot);
         self.exec_order.push_back(slot);
         self.execs.insert(
             slot,
@@ -319,22 +322,25 @@ impl Scheduler {
     /// Finds the child a report is about, if the report is for its current attempt on `agent`.
     fn fenced(&mut self, agent: &str, id: Option<&pb::DispatchId>) -> Option<ChildRef> {
         let id = id?;
-        let found = self.exec_ids.get(&id.execution_id).and_then(|&slot| {
-            let e = &self.execs[&slot];
-            let t = *e.task_index.get(&id.task_path)?;
-            let c = e.tasks[t as usize].children.get(id.item_index as usize)?;
-            let ok = c.state().attempt() == id.attempt
-                && c.state().agent().is_some_and(|a| a.as_str() == agent);
-            ok.then_some(ChildRef {
-                exec: slot,
-                task: t,
-                child: id.item_index,
-            })
-        });
+        let found = self
+            .exec_ids
+            .get(id.execution_id.as_str())
+            .and_then(|&slot| {
+                let e = &self.execs[&slot];
+                let t = *e.task_index.get(&id.task_path)?;
+                let c = e.tasks[t as usize].children.get(id.item_index as usize)?;
+                let ok = c.state().attempt() == id.attempt
+                    && c.state().agent().is_some_and(|a| a.as_str() == agent);
+                ok.then_some(ChildRef {
+                    exec: slot,
+                    task: t,
+                    child: id.item_index,
+                })
+            });
         if found.is_none() {
             self.stats.stale_events += 1;
             let mut foreign = false;
-            if let Some(&slot) = self.exec_ids.get(&id.execution_id)
+            if let Some(&slot) = self.exec_ids.get(id.execution_id.as_str())
                 && let Some(e) = self.execs.get_mut(&slot)
             {
                 e.rec.stale_events += 1;

@@ -156,7 +156,7 @@ impl Scheduler {
                         progressed = true;
                     }
                     if cancel {
-                        progressed |= super::rows::end_awaiting_rows(e);
+                        progressed |= end_awaiting_rows(e);
                         if !progressed && !cancelled {
                             e.engine.cancel();
                             cancelled = true;
@@ -279,6 +279,27 @@ impl Scheduler {
         }
         !running.is_empty()
     }
+}
+
+/// A cancel does not wait for rows: a rows foreach still waiting ends
+/// cancelled (a late answer is ignored).
+fn end_awaiting_rows(e: &mut Exec) -> bool {
+    let mut changed = false;
+    for ti in 0..e.tasks.len() {
+        if !e.tasks[ti].awaiting_rows {
+            continue;
+        }
+        e.tasks[ti].awaiting_rows = false;
+        e.tasks[ti].held_rows = None;
+        e.tasks[ti].waiting.clear();
+        e.tasks[ti].ended = true;
+        let name = e.plan.tasks[ti].name.clone();
+        let _ = e
+            .engine
+            .finished(&name, TaskOutcome::Cancelled, BTreeMap::new());
+        changed = true;
+    }
+    changed
 }
 
 /// Why a failed execution failed: its failed tasks, with their counts.

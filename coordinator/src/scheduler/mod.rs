@@ -1,17 +1,24 @@
 //! The scheduler: every decision of the coordinator, as a plain struct.
 //!
-//! It owns the agent registry (liveness lives here, in memory) and the
-//! running executions with their child jobs. Callers feed it inputs —
-//! registrations, agent events, dispatch outcomes, ticks, start requests —
-//! and it answers with state changes to persist (`Scheduler::flush`) and
-//! effects to perform once they are durable ([`Effect`]). It does no IO and
-//! reads no clock (time comes in as `now`), so its logic is unit-tested
-//! directly; `scheduler_task.rs` owns the loop around it.
+//! Callers feed it inputs — registrations, agent events, dispatch outcomes,
+//! ticks, start requests — each with the time the loop read ([`Now`]), and it
+//! answers with state changes to persist (`Scheduler::flush`) and effects to
+//! perform once they are durable ([`Effect`]). It does no IO and reads no
+//! clock, so its logic is unit-tested directly; `scheduler_task.rs` owns the
+//! loop around it.
 //!
-//! Intent versus observed: a child's record says what the coordinator wants
-//! (attempt N on agent X, phase `dispatching`) and what it has learnt
-//! (`accepted`, `running`, a terminal phase). Reports are fenced by
-//! (agent, attempt): anything else is stale, ignored and counted.
+//! It is composed of parts with private state, and routes between them: the
+//! registry of agents and revoked certificates (`registry.rs`), each child's
+//! state and its one transition function (`child.rs`), the flow of a parent
+//! package (`flow.rs`), the dispatcher's pump and timers (`dispatch.rs`,
+//! `timers.rs`) and the journal of records to write and effects to perform
+//! (`journal.rs`). `docs/ARCHITECTURE.md` (*The scheduler*) follows a child
+//! through them.
+//!
+//! Intent versus observed: a child's state says what the coordinator wants
+//! (attempt N on agent X, [`ChildState::Dispatching`]) and what it has learnt
+//! (accepted, running, ended). Reports are fenced by (agent, attempt):
+//! anything else is stale, ignored and counted.
 
 mod admission;
 mod agents;
@@ -343,7 +350,7 @@ pub struct Scheduler {
     /// The agents and the revoked certificates.
     pub(crate) registry: registry::Registry,
     pub(crate) execs: HashMap<u64, Exec>,
-    pub(crate) exec_ids: HashMap<String, u64>,
+    pub(crate) exec_ids: HashMap<ExecutionId, u64>,
     pub(crate) exec_order: VecDeque<u64>,
     next_slot: u64,
     /// Bumped whenever capacity may have appeared; clears soft exclusions.

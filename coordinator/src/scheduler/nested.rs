@@ -176,7 +176,7 @@ impl Scheduler {
                 }
             }
         }
-        let Some(&slot) = self.exec_ids.get(&link.execution_id) else {
+        let Some(&slot) = self.exec_ids.get(link.execution_id.as_str()) else {
             warn!(execution = %link.execution_id, "the parent of a sub-execution is not running");
             return;
         };

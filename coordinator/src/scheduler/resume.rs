@@ -60,7 +60,7 @@ impl Scheduler {
         stored: Vec<(ChildRecord, u64)>,
         now: Now,
     ) -> Result<u64, CoordinatorError> {
-        if let Some(&slot) = self.exec_ids.get(&rec.id) {
+        if let Some(&slot) = self.exec_ids.get(rec.id.as_str()) {
             let why = if self.execs[&slot].rec.state.is_terminal() {
                 "it is ending right now; try again in a moment"
             } else {
@@ -103,7 +103,7 @@ impl Scheduler {
         let id = rec.id.clone();
         self.restore_execution(rec, version, plan, children, now);
         // Write the execution and every reset child (CAS on the revisions read).
-        let Some(&slot) = self.exec_ids.get(&id) else {
+        let Some(&slot) = self.exec_ids.get(id.as_str()) else {
             return Ok(again);
         };
         self.journal.exec(slot);

@@ -13,30 +13,9 @@ use tracing::{info, warn};
 
 use super::admission::Room;
 use super::flow::{expand, planned_shallow};
-use super::{Exec, Now, Scheduler};
+use super::{Now, Scheduler};
 use crate::prepare::Work;
 use crate::records::{Phase, RowsOutcome};
-
-/// A cancel does not wait for rows: a rows foreach still waiting ends
-/// cancelled (a late answer is ignored).
-pub(super) fn end_awaiting_rows(e: &mut Exec) -> bool {
-    let mut changed = false;
-    for ti in 0..e.tasks.len() {
-        if !e.tasks[ti].awaiting_rows {
-            continue;
-        }
-        e.tasks[ti].awaiting_rows = false;
-        e.tasks[ti].held_rows = None;
-        e.tasks[ti].waiting.clear();
-        e.tasks[ti].ended = true;
-        let name = e.plan.tasks[ti].name.clone();
-        let _ = e
-            .engine
-            .finished(&name, TaskOutcome::Cancelled, BTreeMap::new());
-        changed = true;
-    }
-    changed
-}
 
 impl Scheduler {
     /// Asks the agents that ran the source task of a rows foreach for its

@@ -584,3 +584,50 @@ fn a_revoked_agent_does_not_hold_a_refused_child() {
     s.pump(now);
     assert_eq!(summary(&s).state, "failed", "{other} never comes back");
 }
+
+/// The scheduler reads no clock: the times records show are the times its
+/// inputs carried.
+#[test]
+fn records_show_the_time_the_inputs_carried() {
+    let t0 = Now {
+        instant: std::time::Instant::now(),
+        unix_ms: 1_000_000,
+    };
+    let mut s = sched();
+    reg(&mut s, "a", 4, "b1", t0);
+    start(&mut s, 1);
+    let d = settle(&mut s, t0);
+    let later = t0 + Duration::from_secs(3);
+    s.dispatch_result(d[0].1, "a", d[0].2, DispatchOutcome::Accepted, later);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), later);
+    let v = s.execution_view("e1").unwrap();
+    assert_eq!(v.children[0].finished_unix_ms, 1_003_000);
+    let e = &s.execs[&s.exec_ids["e1"]];
+    assert_eq!(e.rec.state, ExecutionState::Succeeded);
+    assert_eq!(e.rec.finished_unix_ms, 1_003_000);
+}
+
+/// An ended child never changes again, in release builds too: a step out of
+/// its end is refused, counted, and leaves the child and its counters as
+/// they were.
+#[test]
+fn a_step_out_of_an_ended_child_is_refused_and_counted() {
+    let now = Now::read();
+    let mut s = sched();
+    reg(&mut s, "a", 4, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    let cref = d[0].1;
+    let before = s.execution_view("e1").unwrap();
+    assert!(!s.set_state(cref, Step::Dispatch(AgentId::new("a"))));
+    assert!(!s.set_state(cref, Step::End(End::Failed)));
+    assert_eq!(s.stats.refused_steps, 2);
+    let after = s.execution_view("e1").unwrap();
+    assert_eq!(after.children, before.children);
+    assert_eq!(after.summary, before.summary);
+    assert!(
+        s.registry.get("a").unwrap().active.is_empty(),
+        "no slot taken"
+    );
+}

@@ -421,3 +421,52 @@ fn the_work_per_child_does_not_grow_with_the_number_of_tasks() {
         "8x the tasks cost {big} against {small}: not linear"
     );
 }
+
+/// A rows foreach whose rows are on an agent this coordinator no longer
+/// knows (a restart after that agent was removed) cannot ask for them: it
+/// fails with that reason inside the flow's loop, the decision is recorded
+/// for replays, and the task that runs on its failure starts.
+#[test]
+fn a_rows_foreach_whose_rows_are_on_a_forgotten_agent_fails_and_the_flow_goes_on() {
+    let now = Now::read();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
+        [tasks.each]\nforeach={rows='list'}\nchild='c.toml'\nparams={shard='${item}'}\nafter=['list']\n\
+        [tasks.rescue]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='y'}\nafter=[{task='each', on='failure'}]\n";
+    start_with(&mut s, parent);
+    let d = settle(&mut s, now);
+    let mut done = finished(1, &d[0].3, pb::JobStatus::Succeeded);
+    if let Some(pb::agent_event::Body::Finished(f)) = done.body.as_mut() {
+        f.row_count = 3;
+    }
+    s.agent_event("a", done, now);
+    let view = s.execution_view("e1").unwrap();
+    let e = &s.execs[&s.exec_ids["e1"]];
+    let (rec, plan) = (e.rec.clone(), e.plan.clone());
+    let stored: Vec<(ChildRecord, u64)> = view.children.into_iter().map(|c| (c, 7)).collect();
+
+    // Restarted, and agent "a" is not known any more.
+    let mut s2 = long_lease();
+    s2.restore_execution(rec, 7, plan, stored, now);
+    let fetches = s2
+        .take_effects()
+        .into_iter()
+        .filter(|e| matches!(e, Effect::FetchRows { .. }))
+        .count();
+    assert_eq!(fetches, 0, "nobody to ask");
+    assert_eq!(state(&s2, "each"), "failed");
+    let e = &s2.execs[&s2.exec_ids["e1"]];
+    assert!(
+        matches!(e.rec.rows_outcomes.get("each"),
+            Some(crate::records::RowsOutcome::Failed(why)) if why.contains("does not know any more")),
+        "{:?}",
+        e.rec.rows_outcomes
+    );
+    let view = s2.execution_view("e1").unwrap();
+    assert!(
+        view.children.iter().any(|c| c.task == "rescue"),
+        "the task that runs on its failure started"
+    );
+    assert_eq!(s2.stats.refused_steps, 0);
+}

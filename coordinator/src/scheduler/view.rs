@@ -286,7 +286,7 @@ impl Scheduler {
         }
         for slot in ended {
             if let Some(e) = self.execs.remove(&slot) {
-                self.exec_ids.remove(&e.rec.id);
+                self.exec_ids.remove(e.rec.id.as_str());
                 self.exec_order.retain(|s| *s != slot);
                 self.timers.forget_execution(slot);
                 self.parked_nested.retain(|c, _| c.exec != slot);
