@@ -99,7 +99,8 @@ mod tests {
         agents.insert(AgentId::new("a1"), 1);
         assert_eq!(agents.get("a1"), Some(&1));
         assert_eq!(AgentId::from("a1").to_string(), "a1");
-        assert!(ExecutionId::from("e1") == *"e1");
+        let id = ExecutionId::from("e1");
+        assert!(id == *"e1");
     }
 
     #[test]

@@ -343,36 +343,37 @@ impl Exec {
     }
 }
 
-/// The scheduler state.
+/// The scheduler state: its parts, and what it routes between them. Nothing
+/// outside the scheduler reads or writes it but through its methods.
 pub struct Scheduler {
-    pub(crate) config: SchedulerConfig,
-    pub(crate) epoch: u64,
+    config: SchedulerConfig,
+    epoch: u64,
     /// The agents and the revoked certificates.
-    pub(crate) registry: registry::Registry,
-    pub(crate) execs: HashMap<u64, Exec>,
-    pub(crate) exec_ids: HashMap<ExecutionId, u64>,
-    pub(crate) exec_order: VecDeque<u64>,
+    registry: registry::Registry,
+    execs: HashMap<u64, Exec>,
+    exec_ids: HashMap<ExecutionId, u64>,
+    exec_order: VecDeque<u64>,
     next_slot: u64,
     /// Bumped whenever capacity may have appeared; clears soft exclusions.
-    pub(crate) capacity_gen: u64,
+    capacity_gen: u64,
     /// Dispatches to send again and retries waiting for their backoff.
-    pub(crate) timers: timers::Timers,
+    timers: timers::Timers,
     /// Records to write and effects to perform once they are durable.
-    pub(crate) journal: journal::Journal,
+    journal: journal::Journal,
     pub stats: Stats,
     /// Latency histograms (fixed memory); the scheduler task records accept times.
     pub latency: Latency,
     /// Seals sensitive parameters of sub-executions (nested fan-out).
-    pub(crate) secrets: Option<std::sync::Arc<crate::secrets::SealingKey>>,
+    secrets: Option<std::sync::Arc<crate::secrets::SealingKey>>,
     /// Children whose sub-execution waits for room, with how many children
     /// it would add (admission; in memory only).
-    pub(crate) parked_nested: BTreeMap<ChildRef, u64>,
+    parked_nested: BTreeMap<ChildRef, u64>,
     /// Rows foreach tasks (execution slot, task) holding rows until there is room.
-    pub(crate) parked_rows: std::collections::BTreeSet<(u64, u16)>,
+    parked_rows: std::collections::BTreeSet<(u64, u16)>,
     /// Wall-clock time of the input being handled, in unix ms (from the
     /// [`Now`] every input method takes): the times records show. The
     /// scheduler reads no clock.
-    pub(crate) unix_ms: u64,
+    unix_ms: u64,
 }
 
 impl Scheduler {
@@ -408,6 +409,13 @@ impl Scheduler {
     /// from the store: it is refused as those revoked since are).
     pub(crate) fn restore_revoked(&mut self, fingerprint: String, agent: &str) {
         self.registry.revoke_fingerprint(fingerprint, agent);
+    }
+
+    /// A running execution's record and plan (for tests outside the scheduler).
+    #[cfg(test)]
+    pub(crate) fn running_execution(&self, id: &str) -> Option<(&ExecutionRecord, &Plan)> {
+        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        Some((&e.rec, &e.plan))
     }
 
     /// The key that seals sensitive parameters of the sub-executions it starts.
