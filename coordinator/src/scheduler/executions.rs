@@ -460,9 +460,26 @@ impl Scheduler {
         reason: String,
         now: Option<Instant>,
     ) {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
-            return;
-        };
+        if let Some(slot) = self.attempt_ended(cref, agent, status, exit_code, outputs, reason, now)
+        {
+            self.advance(slot);
+        }
+    }
+
+    /// [`Scheduler::child_ended`] without moving the execution on: returns
+    /// the execution to move on when the child ended for good.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attempt_ended(
+        &mut self,
+        cref: ChildRef,
+        agent: Option<&str>,
+        status: pb::JobStatus,
+        exit_code: i32,
+        outputs: BTreeMap<String, String>,
+        reason: String,
+        now: Option<Instant>,
+    ) -> Option<u64> {
+        let e = self.execs.get_mut(&cref.exec)?;
         let retry = e.plan.tasks[cref.task as usize].retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
         c.rec.exit_code = Some(exit_code);
@@ -500,13 +517,13 @@ impl Scheduler {
                 }
                 _ => self.requeue(cref, false, Step::Retry),
             }
-            return;
+            return None;
         }
         if terminal != End::Succeeded {
             c.rec.failures += 1;
         }
         self.set_state(cref, Step::End(terminal));
-        self.advance(cref.exec);
+        Some(cref.exec)
     }
 
     /// The child's agent is gone: retry it under a new attempt number, or give up.

@@ -116,12 +116,24 @@ pub fn foreach_outputs<'a>(
 impl Scheduler {
     /// Moves an execution on: reports ended tasks to the engine, starts the
     /// tasks it makes ready, and ends the execution when the engine says so.
+    /// A sub-execution's end ends its parent child, which moves the parent
+    /// execution on in turn: one after the other here, not by a call back
+    /// into this function.
     pub(crate) fn advance(&mut self, slot: u64) {
+        let mut next = Some(slot);
+        while let Some(slot) = next {
+            next = self.advance_once(slot);
+        }
+    }
+
+    /// [`Scheduler::advance`] for one execution; returns the parent
+    /// execution to move on when this one, a sub-execution, ended its child.
+    fn advance_once(&mut self, slot: u64) -> Option<u64> {
         let mut created: Vec<ChildRef> = Vec::new();
         let mut wants_rows: Vec<usize> = Vec::new();
         match self.execs.get(&slot) {
             Some(e) if !e.rec.state.is_terminal() => {}
-            _ => return,
+            _ => return None,
         }
         // Twice when a cancel is under way: first replay (only tasks whose
         // children are stored start, so that a restarted coordinator waits for
@@ -134,14 +146,12 @@ impl Scheduler {
                 // Only the tasks marked since the last look (see `TaskWatch`).
                 let candidates = match self.execs.get_mut(&slot) {
                     Some(e) => e.watch.take_ending(e.tasks.len()),
-                    None => return,
+                    None => return None,
                 };
                 self.stats.task_checks += candidates.len() as u64;
                 let mut progressed = self.stop_failed_foreaches(slot, &candidates);
                 {
-                    let Some(e) = self.execs.get_mut(&slot) else {
-                        return;
-                    };
+                    let e = self.execs.get_mut(&slot)?;
                     progressed |= report_ended(e, &candidates);
                     let cancel = e.rec.cancel_requested;
                     for name in e.engine.ready() {
@@ -183,29 +193,23 @@ impl Scheduler {
         for cref in created {
             self.journal.child(cref);
         }
-        let Some(e) = self.execs.get_mut(&slot) else {
-            return;
-        };
+        let e = self.execs.get_mut(&slot)?;
         if any_created {
             e.touched = true;
         }
         // The execution record changes only when it ends (task states are
         // the engine's, rebuilt from the children after a restart).
-        let Some(outcome) = e.engine.outcome() else {
-            return;
-        };
+        let outcome = e.engine.outcome()?;
         // Children of tasks the engine will not wait for (a task skipped or
         // cancelled after a resume reset its children): stop them first.
         if self.stop_strays(slot) {
-            return;
+            return None;
         }
-        let Some(e) = self.execs.get_mut(&slot) else {
-            return;
-        };
+        let e = self.execs.get_mut(&slot)?;
         if e.rec.state.is_terminal() {
             // Ended already (stopping its strays ended a sub-execution, whose
             // end reached this execution first).
-            return;
+            return None;
         }
         e.touched = true;
         self.journal.exec(slot);
@@ -229,8 +233,9 @@ impl Scheduler {
         });
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
         if e.rec.parent.is_some() {
-            self.nested_ended(slot);
+            return self.nested_ended(slot);
         }
+        None
     }
 }
 

@@ -154,14 +154,11 @@ impl Scheduler {
         Ok((rec, plan))
     }
 
-    /// A sub-execution ended: its parent child ends the same way.
-    pub(crate) fn nested_ended(&mut self, sub_slot: u64) {
-        let Some(sub) = self.execs.get(&sub_slot) else {
-            return;
-        };
-        let Some(link) = sub.rec.parent.clone() else {
-            return;
-        };
+    /// A sub-execution ended: its parent child ends the same way. Returns
+    /// the parent execution to move on (the caller does).
+    pub(crate) fn nested_ended(&mut self, sub_slot: u64) -> Option<u64> {
+        let sub = self.execs.get(&sub_slot)?;
+        let link = sub.rec.parent.clone()?;
         let state = sub.rec.state;
         let reason = format!("execution {}: {}", sub.rec.id, sub.rec.reason);
         // Every task's outputs, later tasks winning a key, at most as many as
@@ -178,31 +175,25 @@ impl Scheduler {
         }
         let Some(&slot) = self.exec_ids.get(link.execution_id.as_str()) else {
             warn!(execution = %link.execution_id, "the parent of a sub-execution is not running");
-            return;
+            return None;
         };
-        let Some(e) = self.execs.get(&slot) else {
-            return;
-        };
-        let Some(&ti) = e.task_index.get(&link.task) else {
-            return;
-        };
+        let e = self.execs.get(&slot)?;
+        let ti = *e.task_index.get(&link.task)?;
         let cref = ChildRef {
             exec: slot,
             task: ti,
             child: link.index,
         };
-        let Some(c) = self.child(cref) else {
-            return;
-        };
+        let c = self.child(cref)?;
         if !matches!(c.state(), ChildState::SubExecution { attempt } if *attempt == link.attempt) {
-            return;
+            return None;
         }
         let status = match state {
             ExecutionState::Succeeded => baton_proto::JobStatus::Succeeded,
             ExecutionState::Cancelled => baton_proto::JobStatus::Cancelled,
             _ => baton_proto::JobStatus::Failed,
         };
-        self.child_ended(cref, None, status, 0, outputs, reason, None);
+        self.attempt_ended(cref, None, status, 0, outputs, reason, None)
     }
 
     /// Cancels the sub-execution a child runs as (the child ends when it does).
