@@ -1,5 +1,7 @@
-//! The registry half of the scheduler: registration, the completion stream's
-//! events, heartbeats and leases.
+//! What agents and operators tell the scheduler: registration, the completion
+//! stream's events, heartbeats and leases, operator actions and listings. The
+//! agents' state is the registry's (`registry.rs`); what becomes of their
+//! children is decided by the children's state machine (`executions.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;

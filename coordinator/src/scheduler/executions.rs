@@ -1,6 +1,7 @@
-//! The execution half of the scheduler: creating and restoring executions, the
-//! child job state machine (phases, retries, loss, fencing of reports) and the
-//! progress of a parent package from task to task. Dispatch is in `dispatch.rs`.
+//! The execution half of the scheduler: creating and restoring executions, and
+//! the bookkeeping around each child's state (`child.rs`): the one place a
+//! child moves ([`Scheduler::set_state`]), retries, loss and the fencing of
+//! reports. The flow from task to task is in `flow.rs`, dispatch in `dispatch.rs`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
