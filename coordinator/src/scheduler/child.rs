@@ -413,6 +413,39 @@ mod tests {
         assert_eq!(c.rec, before, "a refused step changes nothing");
     }
 
+    /// The record's phase, agent and attempt are the state's image: no file
+    /// of the scheduler writes them but through a step (`stamp`, here).
+    #[test]
+    fn only_a_step_writes_a_childs_phase_agent_or_attempt() {
+        let files = [
+            ("admission.rs", include_str!("admission.rs")),
+            ("agents.rs", include_str!("agents.rs")),
+            ("cancel.rs", include_str!("cancel.rs")),
+            ("dispatch.rs", include_str!("dispatch.rs")),
+            ("executions.rs", include_str!("executions.rs")),
+            ("flow.rs", include_str!("flow.rs")),
+            ("journal.rs", include_str!("journal.rs")),
+            ("mod.rs", include_str!("mod.rs")),
+            ("nested.rs", include_str!("nested.rs")),
+            ("quarantine.rs", include_str!("quarantine.rs")),
+            ("registry.rs", include_str!("registry.rs")),
+            ("resume.rs", include_str!("resume.rs")),
+            ("rows.rs", include_str!("rows.rs")),
+            ("timers.rs", include_str!("timers.rs")),
+            ("view.rs", include_str!("view.rs")),
+        ];
+        for (name, text) in files {
+            for field in ["rec.phase", "rec.agent", "rec.attempt"] {
+                for (at, _) in text.match_indices(field) {
+                    let after = text[at + field.len()..].trim_start();
+                    let writes = (after.starts_with('=') && !after.starts_with("=="))
+                        || after.starts_with("+=");
+                    assert!(!writes, "{name} writes `{field}`");
+                }
+            }
+        }
+    }
+
     fn any_step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (0..3u8).prop_map(|n| Step::Dispatch(AgentId::new(format!("a{n}")))),
