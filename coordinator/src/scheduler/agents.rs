@@ -149,7 +149,7 @@ impl Scheduler {
         let restarted: Vec<ChildRef> = match self.registry.get_mut(&reg.name) {
             Some(a) if a.rec.boot_id != reg.boot_id => {
                 info!(agent = %reg.name, "agent restarted; its unfinished children are lost");
-                a.active.drain().collect()
+                a.drop_children()
             }
             _ => Vec::new(),
         };
@@ -210,7 +210,7 @@ impl Scheduler {
             )));
         }
         a.lost = true;
-        let active: Vec<ChildRef> = a.active.drain().collect();
+        let active = a.drop_children();
         if self.registry.revoke_fingerprint(fp.clone(), name) {
             self.journal.revoked(fp);
             info!(agent = name, "agent certificate revoked");
@@ -338,8 +338,7 @@ impl Scheduler {
             .entries()
             .map(|a| {
                 let in_flight: u64 = a
-                    .active
-                    .iter()
+                    .held()
                     .map(|c| {
                         self.execs
                             .get(&c.exec)
@@ -387,7 +386,7 @@ impl Scheduler {
                     AgentState::Revoked
                 } else if a.lost {
                     AgentState::Lost
-                } else if a.rec.admin == AdminState::Draining && a.active.is_empty() {
+                } else if a.rec.admin == AdminState::Draining && a.held_count() == 0 {
                     AgentState::Drained
                 } else if a.draining || a.rec.admin == AdminState::Draining {
                     AgentState::Draining
@@ -403,7 +402,7 @@ impl Scheduler {
                 AgentSummary {
                     rec: a.rec.clone(),
                     state,
-                    running: a.active.len() as u32,
+                    running: a.held_count() as u32,
                     load1: a.load1,
                     last_heartbeat_unix_ms: a.last_heartbeat_unix_ms,
                     quarantine: a
@@ -437,7 +436,7 @@ impl Scheduler {
         if !(a.lost || !a.seen || revoked) {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
-        if !a.active.is_empty() {
+        if a.held_count() > 0 {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
         self.registry.remove(name);

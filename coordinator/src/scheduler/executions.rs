@@ -88,7 +88,7 @@ impl Scheduler {
         for (cref, agent, dispatching) in on_agent {
             match self.registry.get_mut(agent.as_str()) {
                 Some(a) => {
-                    a.active.insert(cref);
+                    a.hold(cref);
                     if dispatching {
                         // Outcome unknown: ask again (idempotent on the agent).
                         self.timers.resend_at(now, cref);
@@ -236,7 +236,7 @@ impl Scheduler {
         if old.is_on_agent() {
             task.in_flight -= 1;
             if let Some(a) = left.agent().and_then(|a| self.registry.get_mut(a.as_str())) {
-                a.active.remove(&cref);
+                a.release(cref);
             }
         }
         if new.is_on_agent() {
@@ -246,7 +246,7 @@ impl Scheduler {
                 .agent()
                 .and_then(|a| self.registry.get_mut(a.as_str()))
             {
-                a.active.insert(cref);
+                a.hold(cref);
             }
         }
         if new.is_terminal() {

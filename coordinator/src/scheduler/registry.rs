@@ -30,8 +30,10 @@ pub(crate) struct AgentEntry {
     pub running_reported: u32,
     pub draining: bool,
     pub full_until: Option<Instant>,
-    /// Children dispatched to, accepted by or running on this agent.
-    pub active: HashSet<ChildRef>,
+    /// Children dispatched to, accepted by or running on this agent (its
+    /// slots): changed with the children's states only (`hold`, `release`),
+    /// or taken whole when the agent is lost (`drop_children`).
+    active: HashSet<ChildRef>,
     /// Recent failures and any quarantine (in memory only).
     pub quarantine: quarantine::Quarantine,
 }
@@ -55,6 +57,38 @@ impl AgentEntry {
             active: Default::default(),
             quarantine: Default::default(),
         }
+    }
+}
+
+impl AgentEntry {
+    /// The child now occupies a slot of this agent.
+    pub(crate) fn hold(&mut self, c: ChildRef) {
+        self.active.insert(c);
+    }
+
+    /// The child left this agent.
+    pub(crate) fn release(&mut self, c: ChildRef) {
+        self.active.remove(&c);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn holds(&self, c: ChildRef) -> bool {
+        self.active.contains(&c)
+    }
+
+    /// The children it holds, in no order.
+    pub(crate) fn held(&self) -> impl Iterator<Item = &ChildRef> {
+        self.active.iter()
+    }
+
+    pub(crate) fn held_count(&self) -> usize {
+        self.active.len()
+    }
+
+    /// The agent is gone (restarted, revoked, lost): it holds nothing any
+    /// more, and the children it held are returned to be lost.
+    pub(crate) fn drop_children(&mut self) -> Vec<ChildRef> {
+        self.active.drain().collect()
     }
 }
 
@@ -132,7 +166,7 @@ impl Registry {
         for (name, a) in self.agents.iter_mut() {
             if !a.lost && now.duration_since(a.last_seen) > ttl {
                 a.lost = true;
-                lost.push((name.clone(), a.active.drain().collect()));
+                lost.push((name.clone(), a.drop_children()));
             }
         }
         lost
@@ -180,11 +214,11 @@ mod tests {
             task: 0,
             child: 0,
         };
-        r.get_mut("a").unwrap().active.insert(c);
+        r.get_mut("a").unwrap().hold(c);
         let later = t0 + Duration::from_secs(6);
         let lost = r.expire(later, Duration::from_secs(5));
         assert_eq!(lost, [(AgentId::new("a"), vec![c])]);
-        assert!(r.get("a").unwrap().lost && r.get("a").unwrap().active.is_empty());
+        assert!(r.get("a").unwrap().lost && r.get("a").unwrap().held_count() == 0);
         assert!(
             r.expire(later, Duration::from_secs(5)).is_empty(),
             "lost once"

@@ -475,7 +475,7 @@ proptest! {
                 prop_assert_eq!(terminal_seen.len(), 8, "execution ended before all children");
             }
             for a in s.registry.entries() {
-                prop_assert!(a.active.len() as u32 <= a.rec.slots, "agent over its slots");
+                prop_assert!(a.held_count() as u32 <= a.rec.slots, "agent over its slots");
             }
             prop_assert_eq!(s.stats.refused_steps, 0, "the scheduler only takes legal steps");
             for (&slot, e) in &s.execs {
@@ -489,7 +489,7 @@ proptest! {
                             prop_assert!(agent.is_some(), "{:?} runs on no agent", cref);
                             let held = agent
                                 .and_then(|a| s.registry.get(a.as_str()))
-                                .is_some_and(|a| a.active.contains(&cref));
+                                .is_some_and(|a| a.holds(cref));
                             prop_assert!(held, "{:?} is not in its agent's slots", cref);
                         }
                     }
@@ -627,7 +627,7 @@ fn a_step_out_of_an_ended_child_is_refused_and_counted() {
     assert_eq!(after.children, before.children);
     assert_eq!(after.summary, before.summary);
     assert!(
-        s.registry.get("a").unwrap().active.is_empty(),
+        s.registry.get("a").unwrap().held_count() == 0,
         "no slot taken"
     );
 }
