@@ -386,6 +386,8 @@ enum Op {
     Lose(u8),
     Tick,
     Cancel,
+    Start(usize),
+    CancelChild(u32),
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -397,6 +399,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
         (0u8..3).prop_map(Op::Lose),
         Just(Op::Tick),
         Just(Op::Cancel),
+        (0usize..64).prop_map(Op::Start),
+        (0u32..8).prop_map(Op::CancelChild),
     ]
 }
 
@@ -452,6 +456,22 @@ proptest! {
                 Op::Tick => s.tick(now),
                 Op::Cancel if s.execution_view("e1").is_some() => {
                     s.cancel("e1", "prop", Now::read()).unwrap();
+                }
+                Op::Start(i) if !sent.is_empty() => {
+                    let (a, _, _, id) = sent[i % sent.len()].clone();
+                    let seq = seqs.next(&a);
+                    let started = pb::AgentEvent {
+                        seq,
+                        at_unix_ms: 1,
+                        body: Some(pb::agent_event::Body::Started(pb::JobStarted {
+                            dispatch_id: Some(id),
+                            pid: 7,
+                        })),
+                    };
+                    s.agent_event(&a, started, now);
+                }
+                Op::CancelChild(i) if s.execution_view("e1").is_some() => {
+                    s.cancel_child("e1", "fan", i, "prop", now).unwrap();
                 }
                 _ => {}
             }
