@@ -209,24 +209,25 @@ impl Coordinator {
             return Ok(v);
         }
         let rec = self.stored(id).await?;
-        type Acc = (
-            Summary,
-            Vec<(ChildRecord, bool)>,
-            usize,
-            usize,
-            Option<String>,
-        );
-        let acc: Arc<std::sync::Mutex<Acc>> = Arc::new(std::sync::Mutex::new((
-            crate::scheduler::summary_from_record(&rec),
-            Vec::new(),
-            0,
-            0,
-            None,
-        )));
+        /// What the scan has gathered so far.
+        #[derive(Default)]
+        struct Scan {
+            summary: Summary,
+            /// The children kept, each with whether it succeeded.
+            kept: Vec<(ChildRecord, bool)>,
+            kept_bad: usize,
+            kept_ok: usize,
+            /// The first record that did not read.
+            corrupt: Option<String>,
+        }
+        let acc = Arc::new(std::sync::Mutex::new(Scan {
+            summary: crate::scheduler::summary_from_record(&rec),
+            ..Scan::default()
+        }));
         {
             let mut a = acc.lock().unwrap_or_else(|p| p.into_inner());
             // Counts come from the children themselves.
-            let s = &mut a.0;
+            let s = &mut a.summary;
             (
                 s.total,
                 s.pending,
@@ -246,28 +247,32 @@ impl Coordinator {
                     let mut a = inner.lock().unwrap_or_else(|p| p.into_inner());
                     match serde_json::from_slice::<ChildRecord>(&kv.value) {
                         Ok(c) => {
-                            crate::scheduler::tally(&mut a.0, &c);
+                            crate::scheduler::tally(&mut a.summary, &c);
                             let ok = c.phase == crate::records::Phase::Succeeded;
                             // Up to `limit` of each kind; the pick is made after.
-                            let (kept_bad, kept_ok) = (a.2, a.3);
-                            if ok && kept_ok < limit {
-                                a.3 += 1;
-                                a.1.push((c, ok));
-                            } else if !ok && kept_bad < limit {
-                                a.2 += 1;
-                                a.1.push((c, ok));
+                            if ok && a.kept_ok < limit {
+                                a.kept_ok += 1;
+                                a.kept.push((c, ok));
+                            } else if !ok && a.kept_bad < limit {
+                                a.kept_bad += 1;
+                                a.kept.push((c, ok));
                             }
                         }
                         Err(e) => {
-                            a.4.get_or_insert_with(|| format!("corrupt record '{}': {e}", kv.key));
+                            a.corrupt
+                                .get_or_insert_with(|| format!("corrupt record '{}': {e}", kv.key));
                         }
                     }
                     false
                 }),
             )
             .await?;
-        let (summary, kept, _, _, corrupt) =
-            std::mem::take(&mut *acc.lock().unwrap_or_else(|p| p.into_inner()));
+        let Scan {
+            summary,
+            kept,
+            corrupt,
+            ..
+        } = std::mem::take(&mut *acc.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(e) = corrupt {
             return Err(CoordinatorError::Store(e));
         }
@@ -418,7 +423,7 @@ impl Coordinator {
         match self.handle.cancel(id.to_string(), reason.to_string()).await {
             Ok(outcome) => Ok(outcome),
             Err(CoordinatorError::ExecutionNotFound(_)) => Ok(
-                crate::scheduler::CancelOutcome::ended(self.stored(id).await?.state.as_str()),
+                crate::scheduler::CancelOutcome::ended(self.stored(id).await?.state),
             ),
             Err(e) => Err(e),
         }
@@ -822,13 +827,19 @@ mod tests {
 
         store.release_commits();
         let outcome = cancelled.await.unwrap().unwrap();
-        assert_eq!((outcome.state, outcome.already_ended), ("cancelled", false));
+        assert_eq!(
+            (outcome.state.as_str(), outcome.already_ended),
+            ("cancelled", false)
+        );
         let rec = c.stored(&id).await.unwrap();
         assert!(rec.cancel_requested && rec.state == ExecutionState::Cancelled);
 
         // Again: it has ended, and nothing changes.
         let again = c.cancel(&id, "again").await.unwrap();
-        assert_eq!((again.state, again.already_ended), ("cancelled", true));
+        assert_eq!(
+            (again.state.as_str(), again.already_ended),
+            ("cancelled", true)
+        );
         // An execution nobody started.
         let err = c.cancel("f00d", "").await.unwrap_err();
         assert_eq!(err.code(), "EXECUTION_NOT_FOUND");

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod auth;
 pub mod catalog;
+pub mod clock;
 pub mod error;
 pub mod grpc;
 pub mod live_tls;

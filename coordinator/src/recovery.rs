@@ -1,10 +1,10 @@
 //! Start-up: raise the epoch and rebuild the scheduler from the store.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use tracing::{info, warn};
 
+use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::prepare::plan;
 use crate::records::{
@@ -29,7 +29,7 @@ pub async fn load(
     config: SchedulerConfig,
     secrets: &SealingKey,
 ) -> Result<Scheduler, CoordinatorError> {
-    let now = Instant::now();
+    let now = Now::read();
     let old_epoch = match store.get(EPOCH_KEY).await? {
         Some(kv) => String::from_utf8_lossy(&kv.value)
             .trim()
@@ -46,7 +46,7 @@ pub async fn load(
     }
     for kv in store.range("v/").await? {
         let name = String::from_utf8_lossy(&kv.value).to_string();
-        sched.revoked.insert(kv.key["v/".len()..].to_string(), name);
+        sched.restore_revoked(kv.key["v/".len()..].to_string(), &name);
     }
     let mut agents = 0;
     for kv in store.range("a/").await? {
@@ -89,7 +89,7 @@ pub async fn load(
             }
         }
     }
-    sched.end_orphaned_nested();
+    sched.end_orphaned_nested(now);
     info!(
         epoch = sched.epoch(),
         agents,
@@ -217,7 +217,7 @@ mod tests {
         let states: Vec<(String, &str)> = sched
             .agent_list()
             .into_iter()
-            .map(|(rec, state, ..)| (rec.name, state))
+            .map(|a| (a.rec.name, a.state.as_str()))
             .collect();
         assert_eq!(
             states,
@@ -225,7 +225,7 @@ mod tests {
             "restored agents get no work until heard from"
         );
         // The same outbox resumes after the last event applied: none is applied twice.
-        let now = std::time::Instant::now();
+        let now = crate::clock::Now::read();
         let resp = sched.register(registration("a1", 4), now).unwrap();
         assert_eq!((resp.acked_seq, resp.coordinator_epoch), (17, 1));
         // A revoked certificate stays refused across the restart.
@@ -272,7 +272,7 @@ mod tests {
         let running: Vec<(String, u32)> = sched
             .agent_list()
             .into_iter()
-            .map(|(rec, _, running, ..)| (rec.name, running))
+            .map(|a| (a.rec.name, a.running))
             .collect();
         assert_eq!(running, [("a1".to_string(), 1)]);
         let on_a1 = sched.child_record("e1", "fan", 0).flatten().unwrap();

@@ -1,5 +1,7 @@
-//! The registry half of the scheduler: registration, the completion stream's
-//! events, heartbeats and leases.
+//! What agents and operators tell the scheduler: registration, the completion
+//! stream's events, heartbeats and leases, operator actions and listings. The
+//! agents' state is the registry's (`registry.rs`); what becomes of their
+//! children is decided by the children's state machine (`executions.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -8,10 +10,10 @@ use baton_proto as pb;
 use pb::agent_event::Body;
 use tracing::{debug, info, warn};
 
-use super::{AgentEntry, ChildRef, Effect, Scheduler};
+use super::{AgentEntry, ChildRef, ChildState, Effect, Now, Scheduler};
 use crate::error::CoordinatorError;
 use crate::placement::AgentView;
-use crate::records::{AdminState, AgentRecord, Phase, SeqRecord};
+use crate::records::{AdminState, AgentRecord, SeqRecord};
 
 /// A validated registration request.
 #[derive(Debug, Clone)]
@@ -29,14 +31,104 @@ pub struct Registration {
     pub weight: u32,
 }
 
+/// An agent's state as listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentState {
+    /// Its certificate was revoked: it is refused from now on.
+    Revoked,
+    /// Silent past its lease.
+    Lost,
+    /// Draining (by an operator) and nothing runs there any more.
+    Drained,
+    /// Takes no new work; running work goes on.
+    Draining,
+    Cordoned,
+    /// Not heard from since this coordinator started.
+    Unknown,
+    Quarantined,
+    Ready,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Revoked => "revoked",
+            AgentState::Lost => "lost",
+            AgentState::Drained => "drained",
+            AgentState::Draining => "draining",
+            AgentState::Cordoned => "cordoned",
+            AgentState::Unknown => "unknown",
+            AgentState::Quarantined => "quarantined",
+            AgentState::Ready => "ready",
+        }
+    }
+}
+
+/// An agent as listed (`baton agents`).
+#[derive(Debug, Clone)]
+pub struct AgentSummary {
+    pub rec: AgentRecord,
+    pub state: AgentState,
+    /// Children dispatched to, accepted by or running on it.
+    pub running: u32,
+    pub load1: f64,
+    pub last_heartbeat_unix_ms: u64,
+    /// Why it is quarantined and until when (unix ms); `None` when it is not.
+    pub quarantine: Option<(String, u64)>,
+}
+
+/// What an operator does to an agent (`baton agents cordon|drain|uncordon|revoke|rm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAction {
+    Cordon,
+    Drain,
+    Uncordon,
+    /// Revokes its certificate ([`Scheduler::revoke`]).
+    Revoke,
+    /// Forgets a lost agent ([`Scheduler::remove_agent`]).
+    Remove,
+}
+
+impl std::str::FromStr for AdminAction {
+    type Err = CoordinatorError;
+
+    fn from_str(action: &str) -> Result<AdminAction, CoordinatorError> {
+        Ok(match action {
+            "cordon" => AdminAction::Cordon,
+            "drain" => AdminAction::Drain,
+            "uncordon" => AdminAction::Uncordon,
+            "revoke" => AdminAction::Revoke,
+            "remove" => AdminAction::Remove,
+            other => {
+                return Err(CoordinatorError::InvalidRequest(format!(
+                    "action '{other}' is not one of cordon, drain, uncordon, revoke, remove"
+                )));
+            }
+        })
+    }
+}
+
+impl AdminAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminAction::Cordon => "cordon",
+            AdminAction::Drain => "drain",
+            AdminAction::Uncordon => "uncordon",
+            AdminAction::Revoke => "revoke",
+            AdminAction::Remove => "remove",
+        }
+    }
+}
+
 impl Scheduler {
     /// Registers (or re-registers) an agent. A new `boot_id` means the agent
     /// restarted: whatever it had is gone, so its children are lost.
     pub fn register(
         &mut self,
         reg: Registration,
-        now: Instant,
+        now: Now,
     ) -> Result<pb::RegisterResponse, CoordinatorError> {
+        let now = self.at(now);
         self.refuse_revoked(&reg.name, &reg.cert_fingerprint)?;
         let rec = AgentRecord {
             name: reg.name.clone(),
@@ -47,31 +139,30 @@ impl Scheduler {
             boot_id: reg.boot_id.clone(),
             // An operator's cordon or drain outlives the agent's restarts.
             admin: self
-                .agents
+                .registry
                 .get(&reg.name)
                 .map(|a| a.rec.admin)
                 .unwrap_or_default(),
             cert_fingerprint: reg.cert_fingerprint.clone(),
             weight: reg.weight,
         };
-        let restarted: Vec<ChildRef> = match self.agents.get_mut(&reg.name) {
+        let restarted: Vec<ChildRef> = match self.registry.get_mut(&reg.name) {
             Some(a) if a.rec.boot_id != reg.boot_id => {
                 info!(agent = %reg.name, "agent restarted; its unfinished children are lost");
-                a.active.drain().collect()
+                a.drop_children()
             }
             _ => Vec::new(),
         };
-        let entry = self
-            .agents
-            .entry(reg.name.clone())
-            .or_insert_with(|| AgentEntry::new(rec.clone(), SeqRecord::fresh(&reg.outbox_id), now));
+        let entry = self.registry.get_or_insert(&reg.name, || {
+            AgentEntry::new(rec.clone(), SeqRecord::fresh(&reg.outbox_id), now)
+        });
         if entry.rec != rec || entry.version.is_none() {
             entry.rec = rec;
-            self.dirty_agents.insert(reg.name.clone());
+            self.journal.agent(&reg.name);
         }
         if entry.seq.outbox_id != reg.outbox_id || entry.seq_version.is_none() {
             entry.seq = SeqRecord::fresh(&reg.outbox_id);
-            self.dirty_seqs.insert(reg.name.clone());
+            self.journal.seq(&reg.name);
         }
         entry.seen = true;
         entry.lost = false;
@@ -96,7 +187,7 @@ impl Scheduler {
     /// Refuses a certificate an operator revoked: the in-memory mirror of the
     /// `v/` records [`crate::auth::identity::check_certificate`] reads (same code).
     fn refuse_revoked(&self, agent: &str, fingerprint: &str) -> Result<(), CoordinatorError> {
-        if !fingerprint.is_empty() && self.revoked.contains_key(fingerprint) {
+        if self.registry.fingerprint_revoked(fingerprint) {
             warn!(agent, "refused: the certificate was revoked");
             return Err(crate::auth::identity::cert_revoked_error(agent));
         }
@@ -106,9 +197,10 @@ impl Scheduler {
     /// Makes an agent's current certificate useless at once: its registration
     /// and streams are refused from now on (even after a restart), and its
     /// children are treated as lost.
-    pub fn revoke(&mut self, name: &str) -> Result<(), CoordinatorError> {
+    pub fn revoke(&mut self, name: &str, now: Now) -> Result<(), CoordinatorError> {
+        self.at(now);
         let a = self
-            .agents
+            .registry
             .get_mut(name)
             .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
         let fp = a.rec.cert_fingerprint.clone();
@@ -118,12 +210,12 @@ impl Scheduler {
             )));
         }
         a.lost = true;
-        let active: Vec<ChildRef> = a.active.drain().collect();
-        if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
-            self.dirty_revoked.push(fp);
+        let active = a.drop_children();
+        if self.registry.revoke_fingerprint(fp.clone(), name) {
+            self.journal.revoked(fp);
             info!(agent = name, "agent certificate revoked");
         }
-        self.effects.push(Effect::ResetStream {
+        self.journal.effect(Effect::ResetStream {
             agent: name.to_string(),
         });
         for cref in active {
@@ -138,10 +230,11 @@ impl Scheduler {
         agent: &str,
         boot_id: &str,
         fingerprint: &str,
-        now: Instant,
+        now: Now,
     ) -> Result<(), CoordinatorError> {
+        let now = self.at(now);
         self.refuse_revoked(agent, fingerprint)?;
-        match self.agents.get_mut(agent) {
+        match self.registry.get_mut(agent) {
             Some(a) if a.rec.boot_id == boot_id => {
                 a.last_seen = now;
                 a.seen = true;
@@ -155,16 +248,18 @@ impl Scheduler {
     }
 
     /// One event from an agent's completion stream.
-    pub fn agent_event(&mut self, agent: &str, ev: pb::AgentEvent, now: Instant) {
-        let Some(entry) = self.agents.get_mut(agent) else {
+    pub fn agent_event(&mut self, agent: &str, ev: pb::AgentEvent, now: Now) {
+        let now = self.at(now);
+        let Some(entry) = self.registry.get(agent) else {
             warn!(agent, "event from an unregistered agent ignored");
             return;
         };
-        if !entry.rec.cert_fingerprint.is_empty()
-            && self.revoked.contains_key(&entry.rec.cert_fingerprint)
-        {
+        if self.registry.is_revoked(entry) {
             return; // its stream was cut; anything still in flight is ignored
         }
+        let Some(entry) = self.registry.get_mut(agent) else {
+            return;
+        };
         entry.last_seen = now;
         if entry.lost {
             info!(agent, "lost agent is back");
@@ -188,7 +283,7 @@ impl Scheduler {
                 let applied = entry.seq.applied_seq;
                 if ev.seq <= applied {
                     self.stats.duplicate_events += 1;
-                    self.pending_acks.insert(agent.to_string(), applied);
+                    self.journal.ack(agent, applied);
                     return;
                 }
                 if ev.seq != applied + 1 {
@@ -198,21 +293,14 @@ impl Scheduler {
                         applied,
                         "gap in event sequence; asking the agent to resend"
                     );
-                    self.effects.push(Effect::ResetStream {
+                    self.journal.effect(Effect::ResetStream {
                         agent: agent.to_string(),
                     });
                     return;
                 }
                 entry.seq.applied_seq = ev.seq;
-                if !self.dirty_seqs.contains(agent) {
-                    self.dirty_seqs.insert(agent.to_string());
-                }
-                match self.pending_acks.get_mut(agent) {
-                    Some(seq) => *seq = ev.seq,
-                    None => {
-                        self.pending_acks.insert(agent.to_string(), ev.seq);
-                    }
-                }
+                self.journal.seq(agent);
+                self.journal.ack(agent, ev.seq);
                 match durable {
                     Body::Started(s) => self.child_started(agent, s, ev.at_unix_ms),
                     Body::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms, now),
@@ -224,38 +312,21 @@ impl Scheduler {
     }
 
     /// Lease expiry and dispatch re-sends. Call a few times per second.
-    pub fn tick(&mut self, now: Instant) {
+    pub fn tick(&mut self, now: Now) {
+        let now = self.at(now);
         let ttl = self.config.lease_ttl;
-        let expired: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, a)| !a.lost && now.duration_since(a.last_seen) > ttl)
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in expired {
-            let Some(a) = self.agents.get_mut(&name) else {
-                continue;
-            };
-            a.lost = true;
-            let active: Vec<ChildRef> = a.active.drain().collect();
+        for (name, active) in self.registry.expire(now, ttl) {
             self.stats.agents_lost += 1;
             warn!(agent = %name, children = active.len(), ttl_ms = ttl.as_millis() as u64, "agent lost: no heartbeat within the lease");
             for cref in active {
-                self.child_lost(cref, &name, "agent lost (lease expired)");
+                self.child_lost(cref, name.as_str(), "agent lost (lease expired)");
             }
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.resend)
-            .into_iter()
-            .partition(|(at, _)| *at <= now);
-        self.resend = later;
-        for (_, cref) in due {
+        let due = self.timers.take_due(now);
+        for cref in due.resend {
             self.resend_dispatch(cref, now);
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retry_later)
-            .into_iter()
-            .partition(|(at, _)| *at <= now);
-        self.retry_later = later;
-        for (_, cref) in due {
+        for cref in due.retry {
             self.retry_due(cref);
         }
         self.end_quarantines(now);
@@ -263,12 +334,11 @@ impl Scheduler {
 
     /// Placement's view of the fleet; in-flight counts are in slots.
     pub(crate) fn agent_views(&self, now: Instant) -> Vec<AgentView> {
-        self.agents
-            .values()
+        self.registry
+            .entries()
             .map(|a| {
                 let in_flight: u64 = a
-                    .active
-                    .iter()
+                    .held()
                     .map(|c| {
                         self.execs
                             .get(&c.exec)
@@ -307,62 +377,49 @@ impl Scheduler {
             .collect()
     }
 
-    /// Agents for listings: (record, state, running, load, last heartbeat,
-    /// quarantine reason and its end in unix ms).
-    #[allow(clippy::type_complexity)]
-    pub fn agent_list(
-        &self,
-    ) -> Vec<(
-        AgentRecord,
-        &'static str,
-        u32,
-        f64,
-        u64,
-        Option<(String, u64)>,
-    )> {
-        self.agents
-            .values()
+    /// Agents for listings.
+    pub fn agent_list(&self) -> Vec<AgentSummary> {
+        self.registry
+            .entries()
             .map(|a| {
-                let state = if !a.rec.cert_fingerprint.is_empty()
-                    && self.revoked.contains_key(&a.rec.cert_fingerprint)
-                {
-                    "revoked"
+                let state = if self.registry.is_revoked(a) {
+                    AgentState::Revoked
                 } else if a.lost {
-                    "lost"
-                } else if a.rec.admin == AdminState::Draining && a.active.is_empty() {
-                    "drained"
+                    AgentState::Lost
+                } else if a.rec.admin == AdminState::Draining && a.held_count() == 0 {
+                    AgentState::Drained
                 } else if a.draining || a.rec.admin == AdminState::Draining {
-                    "draining"
+                    AgentState::Draining
                 } else if a.rec.admin == AdminState::Cordoned {
-                    "cordoned"
+                    AgentState::Cordoned
                 } else if !a.seen {
-                    "unknown"
+                    AgentState::Unknown
                 } else if a.quarantine.reason().is_some() {
-                    "quarantined"
+                    AgentState::Quarantined
                 } else {
-                    "ready"
+                    AgentState::Ready
                 };
-                (
-                    a.rec.clone(),
+                AgentSummary {
+                    rec: a.rec.clone(),
                     state,
-                    a.active.len() as u32,
-                    a.load1,
-                    a.last_heartbeat_unix_ms,
-                    a.quarantine
+                    running: a.held_count() as u32,
+                    load1: a.load1,
+                    last_heartbeat_unix_ms: a.last_heartbeat_unix_ms,
+                    quarantine: a
+                        .quarantine
                         .reason()
                         .map(|(r, until)| (r.to_string(), until)),
-                )
+                }
             })
             .collect()
     }
 
-    /// Sets an operator's state on an agent (`cordon`, `drain`, `uncordon`).
     /// Refuses these certificates of agent `name` from now on too (those issued
     /// to it that it may not have registered with yet: a renewal in flight).
     pub fn revoke_certificates(&mut self, name: &str, fingerprints: Vec<String>) {
         for fp in fingerprints {
-            if self.revoked.insert(fp.clone(), name.to_string()).is_none() {
-                self.dirty_revoked.push(fp);
+            if self.registry.revoke_fingerprint(fp.clone(), name) {
+                self.journal.revoked(fp);
             }
         }
     }
@@ -372,52 +429,51 @@ impl Scheduler {
     /// comes back, it registers as new.
     pub fn remove_agent(&mut self, name: &str) -> Result<(), CoordinatorError> {
         let a = self
-            .agents
+            .registry
             .get(name)
             .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
-        let revoked = !a.rec.cert_fingerprint.is_empty()
-            && self.revoked.contains_key(&a.rec.cert_fingerprint);
+        let revoked = self.registry.is_revoked(a);
         if !(a.lost || !a.seen || revoked) {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
-        if !a.active.is_empty() {
+        if a.held_count() > 0 {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
-        self.agents.remove(name);
-        self.dirty_agents.remove(name);
-        self.dirty_seqs.remove(name);
-        self.removed_agents.push(name.to_string());
+        self.registry.remove(name);
+        self.journal.agent_removed(name);
         self.capacity_gen += 1;
         info!(agent = name, "agent removed by an operator");
         Ok(())
     }
 
-    pub fn set_admin(&mut self, name: &str, action: &str) -> Result<(), CoordinatorError> {
-        if action == "revoke" {
-            return self.revoke(name);
-        }
-        if action == "remove" {
-            return self.remove_agent(name);
-        }
+    /// Does what an operator asked to an agent: sets its state (`cordon`,
+    /// `drain`, `uncordon`), revokes its certificate or forgets it.
+    pub fn set_admin(
+        &mut self,
+        name: &str,
+        action: AdminAction,
+        now: Now,
+    ) -> Result<(), CoordinatorError> {
         let admin = match action {
-            "cordon" => AdminState::Cordoned,
-            "drain" => AdminState::Draining,
-            "uncordon" => AdminState::Active,
-            other => {
-                return Err(CoordinatorError::InvalidRequest(format!(
-                    "action '{other}' is not one of cordon, drain, uncordon, revoke, remove"
-                )));
-            }
+            AdminAction::Revoke => return self.revoke(name, now),
+            AdminAction::Remove => return self.remove_agent(name),
+            AdminAction::Cordon => AdminState::Cordoned,
+            AdminAction::Drain => AdminState::Draining,
+            AdminAction::Uncordon => AdminState::Active,
         };
         let a = self
-            .agents
+            .registry
             .get_mut(name)
             .ok_or_else(|| CoordinatorError::AgentNotFound(name.to_string()))?;
         if a.rec.admin != admin {
             a.rec.admin = admin;
-            self.dirty_agents.insert(name.to_string());
+            self.journal.agent(name);
             self.capacity_gen += 1;
-            info!(agent = name, action, "agent state set by an operator");
+            info!(
+                agent = name,
+                action = action.as_str(),
+                "agent state set by an operator"
+            );
         }
         Ok(())
     }
@@ -430,9 +486,9 @@ impl Scheduler {
         rec: AgentRecord,
         version: u64,
         seq: Option<(SeqRecord, u64)>,
-        now: Instant,
+        now: Now,
     ) {
-        let name = rec.name.clone();
+        let now = self.at(now);
         let (seq, seq_version) = match seq {
             Some((s, v)) => (s, Some(v)),
             None => (SeqRecord::fresh(""), None),
@@ -441,19 +497,18 @@ impl Scheduler {
         entry.version = Some(version);
         entry.seq_version = seq_version;
         entry.seen = false;
-        self.agents.insert(name, entry);
+        self.registry.insert(entry);
     }
 
     /// Whether `agent` may still be sent `cref`'s dispatch.
     pub(crate) fn dispatch_target(&self, cref: ChildRef) -> Option<(String, String)> {
         let e = self.execs.get(&cref.exec)?;
         let c = &e.tasks[cref.task as usize].children[cref.child as usize];
-        if c.rec.phase != Phase::Dispatching {
+        let ChildState::Dispatching { agent, .. } = c.state() else {
             return None;
-        }
-        let agent = c.rec.agent.as_ref()?;
-        let a = self.agents.get(agent)?;
-        (!a.lost).then(|| (agent.clone(), a.rec.address.clone()))
+        };
+        let a = self.registry.get(agent.as_str())?;
+        (!a.lost).then(|| (agent.to_string(), a.rec.address.clone()))
     }
 }
 
@@ -463,28 +518,6 @@ impl SeqRecord {
         SeqRecord {
             outbox_id: outbox_id.to_string(),
             applied_seq: 0,
-        }
-    }
-}
-
-impl AgentEntry {
-    /// A live, ready entry not yet written to the store.
-    fn new(rec: AgentRecord, seq: SeqRecord, now: Instant) -> AgentEntry {
-        AgentEntry {
-            rec,
-            version: None,
-            seq,
-            seq_version: None,
-            seen: true,
-            lost: false,
-            last_seen: now,
-            last_heartbeat_unix_ms: 0,
-            load1: 0.0,
-            running_reported: 0,
-            draining: false,
-            full_until: None,
-            active: Default::default(),
-            quarantine: Default::default(),
         }
     }
 }

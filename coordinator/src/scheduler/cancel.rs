@@ -16,20 +16,69 @@
 //! execution ends `failed` once that task's other children are done — the rule for
 //! every child that does not succeed; the other children are not touched.
 
+use std::fmt;
+
 use baton_proto as pb;
 use tracing::info;
 
-use super::{ChildRef, Effect, Scheduler};
+use super::{ChildRef, ChildState, Effect, End, Now, Scheduler, Step};
 use crate::error::CoordinatorError;
-use crate::records::Phase;
+use crate::records::{ExecutionState, Phase};
+
+/// Where a cancel request left an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelState {
+    /// Children on agents are stopping; it ends `cancelled` after them.
+    Cancelling,
+    /// It has ended in this state: `cancelled` when nothing was left
+    /// running, or the state it had already ended in.
+    Ended(ExecutionState),
+}
+
+impl CancelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelState::Cancelling => "cancelling",
+            CancelState::Ended(state) => state.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for CancelState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a cancel request left one child.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildCancelState {
+    /// Its agent is asked to stop it.
+    Cancelling,
+    /// It has ended in this phase: `cancelled` (it was pending), or the
+    /// phase it had already ended in.
+    Ended(Phase),
+}
+
+impl ChildCancelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChildCancelState::Cancelling => "cancelling",
+            ChildCancelState::Ended(phase) => phase.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for ChildCancelState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// What a request to cancel an execution did, so that the caller can say it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CancelOutcome {
-    /// `cancelling` while children on agents stop, else the execution's
-    /// state: `cancelled` when nothing was left running, or the state it had
-    /// already ended in.
-    pub state: &'static str,
+    pub state: CancelState,
     /// The execution had ended before the request: nothing changed.
     pub already_ended: bool,
     /// Pending children this request cancelled before they started.
@@ -40,9 +89,9 @@ pub struct CancelOutcome {
 
 impl CancelOutcome {
     /// The answer about an execution that had already ended in `state`.
-    pub fn ended(state: &'static str) -> Self {
+    pub fn ended(state: ExecutionState) -> Self {
         CancelOutcome {
-            state,
+            state: CancelState::Ended(state),
             already_ended: true,
             children_cancelled: 0,
             children_stopping: 0,
@@ -52,7 +101,23 @@ impl CancelOutcome {
 
 impl Scheduler {
     /// Requests cancellation of a running execution and says what it did.
-    pub fn cancel(&mut self, id: &str, reason: &str) -> Result<CancelOutcome, CoordinatorError> {
+    pub fn cancel(
+        &mut self,
+        id: &str,
+        reason: &str,
+        now: Now,
+    ) -> Result<CancelOutcome, CoordinatorError> {
+        self.at(now);
+        self.cancel_execution(id, reason)
+    }
+
+    /// [`Scheduler::cancel`] at the time of the input being handled (a
+    /// sub-execution is cancelled within its parent's input).
+    pub(super) fn cancel_execution(
+        &mut self,
+        id: &str,
+        reason: &str,
+    ) -> Result<CancelOutcome, CoordinatorError> {
         let slot = *self
             .exec_ids
             .get(id)
@@ -63,7 +128,7 @@ impl Scheduler {
             .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
         if e.rec.state.is_terminal() {
             // Ended, not yet evicted from memory: the request changes nothing.
-            return Ok(CancelOutcome::ended(e.rec.state.as_str()));
+            return Ok(CancelOutcome::ended(e.rec.state));
         }
         if !e.rec.cancel_requested {
             e.rec.cancel_requested = true;
@@ -73,7 +138,7 @@ impl Scheduler {
                 format!("cancelled: {reason}")
             };
             e.touched = true;
-            self.dirty_execs.insert(slot);
+            self.journal.exec(slot);
             info!(execution = %id, %reason, "execution cancel requested");
         }
         let (children_cancelled, children_stopping) = self.cancel_children(slot);
@@ -81,9 +146,9 @@ impl Scheduler {
         let e = &self.execs[&slot];
         Ok(CancelOutcome {
             state: if e.rec.state.is_terminal() {
-                e.rec.state.as_str()
+                CancelState::Ended(e.rec.state)
             } else {
-                "cancelling"
+                CancelState::Cancelling
             },
             already_ended: false,
             children_cancelled,
@@ -120,7 +185,7 @@ impl Scheduler {
             if let Some(c) = self.child_mut(cref) {
                 c.rec.reason = "execution cancelled before the child started".to_string();
             }
-            self.set_phase(cref, Phase::Cancelled);
+            self.set_state(cref, Step::End(End::Cancelled));
         }
         if abandon {
             // `children_on_cancel = "abandon"`: running children finish on
@@ -147,7 +212,9 @@ impl Scheduler {
         task: &str,
         index: u32,
         reason: &str,
-    ) -> Result<&'static str, CoordinatorError> {
+        now: Now,
+    ) -> Result<ChildCancelState, CoordinatorError> {
+        self.at(now);
         let slot = *self
             .exec_ids
             .get(id)
@@ -174,7 +241,7 @@ impl Scheduler {
         let c = run.children.get_mut(index as usize).ok_or_else(no_child)?;
         let phase = c.rec.phase;
         if phase.is_terminal() {
-            return Ok(phase.as_str());
+            return Ok(ChildCancelState::Ended(phase));
         }
         let cref = ChildRef {
             exec: slot,
@@ -188,17 +255,17 @@ impl Scheduler {
             } else {
                 format!("cancelled: {reason}")
             };
-            self.dirty_children.insert(cref);
+            self.journal.child(cref);
             info!(execution = %id, child = %format!("{task}[{index}]"), %reason, "child cancel requested");
         }
         if phase == Phase::Pending {
             run.queue.retain(|&i| i != index);
-            self.set_phase(cref, Phase::Cancelled);
+            self.set_state(cref, Step::End(End::Cancelled));
             self.advance(slot);
-            return Ok(Phase::Cancelled.as_str());
+            return Ok(ChildCancelState::Ended(Phase::Cancelled));
         }
         self.request_stop(cref);
-        Ok("cancelling")
+        Ok(ChildCancelState::Cancelling)
     }
 
     /// After a restart: asks again to stop the children cancelled one by one
@@ -231,10 +298,7 @@ impl Scheduler {
             return;
         };
         let c = &e.tasks[cref.task as usize].children[cref.child as usize];
-        let Some(agent) = c.rec.agent.clone() else {
-            return;
-        };
-        if agent == super::nested::COORDINATOR {
+        if matches!(c.state(), ChildState::SubExecution { .. }) {
             let reason = if c.rec.cancel_requested {
                 c.rec.reason.clone()
             } else {
@@ -243,16 +307,14 @@ impl Scheduler {
             self.cancel_nested(cref, &reason);
             return;
         }
-        let Some(a) = self.agents.get(&agent) else {
+        let Some(agent) = c.state().agent().map(|a| a.to_string()) else {
+            return;
+        };
+        let Some(a) = self.registry.get(&agent) else {
             return;
         };
         let request = pb::CancelJobRequest {
-            dispatch_id: Some(pb::DispatchId {
-                execution_id: e.rec.id.clone(),
-                task_path: c.rec.task.clone(),
-                item_index: c.rec.index,
-                attempt: c.rec.attempt,
-            }),
+            dispatch_id: Some(c.dispatch_id(&e.rec.id).to_proto()),
             reason: if c.rec.cancel_requested {
                 c.rec.reason.clone()
             } else {
@@ -260,7 +322,7 @@ impl Scheduler {
             },
         };
         let address = a.rec.address.clone();
-        self.effects.push(Effect::Cancel {
+        self.journal.effect(Effect::Cancel {
             agent,
             address,
             request,

@@ -9,12 +9,11 @@ use std::time::Instant;
 use baton_proto as pb;
 use tracing::{debug, warn};
 
-use super::{ChildRef, DispatchOutcome, Effect, Scheduler};
+use super::{AgentId, ChildRef, ChildState, DispatchOutcome, Effect, End, Now, Scheduler, Step};
 use crate::placement::{Placement, PlacementRequest, could_take, place};
 use baton_package::Scope;
 
 use crate::prepare::{Work, child_params};
-use crate::records::Phase;
 
 /// What placement remembers per task between children: the round-robin
 /// cursor and, for spread, how many children went to each label value.
@@ -24,10 +23,19 @@ pub(crate) struct PlaceMemory {
     pub spread: BTreeMap<String, u64>,
 }
 
+/// Where a child goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// To this agent.
+    Agent(String),
+    /// Nowhere: the coordinator runs it as a sub-execution (nested fan-out).
+    SubExecution,
+}
+
 /// What the pump does with one task's next child.
 enum Next {
-    /// Send this child to this agent (or run it as a sub-execution).
-    Go(ChildRef, String),
+    /// Send this child there.
+    Go(ChildRef, Target),
     /// No agent has room for a child with no placement history.
     Full,
     /// Nothing to send from this task now (its caps, a refusal, admission).
@@ -37,7 +45,8 @@ enum Next {
 impl Scheduler {
     /// Dispatches as many pending children as placement and the caps allow,
     /// taking one child per execution in turn so that executions share the fleet.
-    pub fn pump(&mut self, now: Instant) {
+    pub fn pump(&mut self, now: Now) {
+        let now = self.at(now);
         self.retry_parked_rows();
         let mut views = self.agent_views(now);
         let order: Vec<u64> = self.exec_order.iter().copied().collect();
@@ -53,15 +62,17 @@ impl Scheduler {
                     continue;
                 }
                 match self.next_for(slot, &views, &mut full[i]) {
-                    Some((cref, agent)) => {
+                    Some((cref, target)) => {
                         let slots = self
                             .execs
                             .get(&slot)
                             .map_or(1, |e| e.slots_of(cref.task as usize));
-                        if let Some(v) = views.iter_mut().find(|v| v.name == agent) {
+                        if let Target::Agent(agent) = &target
+                            && let Some(v) = views.iter_mut().find(|v| v.name == *agent)
+                        {
                             v.in_flight = v.in_flight.saturating_add(slots);
                         }
-                        self.dispatch_to(cref, agent, now);
+                        self.dispatch_to(cref, target, now);
                         progressed = true;
                     }
                     None => blocked[i] = true,
@@ -81,7 +92,7 @@ impl Scheduler {
         slot: u64,
         views: &[crate::placement::AgentView],
         full: &mut std::collections::BTreeSet<u32>,
-    ) -> Option<(ChildRef, String)> {
+    ) -> Option<(ChildRef, Target)> {
         let e = self.execs.get(&slot)?;
         if e.rec.state.is_terminal() || e.rec.cancel_requested || e.at_in_flight_cap() {
             return None;
@@ -116,7 +127,7 @@ impl Scheduler {
                 }
                 let plain = self.front_is_plain(slot, ti);
                 match self.next_in_task(slot, ti, views) {
-                    Next::Go(cref, agent) => return Some((cref, agent)),
+                    Next::Go(cref, target) => return Some((cref, target)),
                     Next::Full if plain => {
                         full.insert(kind);
                         break;
@@ -194,7 +205,7 @@ impl Scheduler {
                 task: ti as u16,
                 child: ci,
             };
-            return Next::Go(cref, super::nested::COORDINATOR.to_string());
+            return Next::Go(cref, Target::SubExecution);
         }
         let c = &mut task.children[ci as usize];
         let mut exclude = std::collections::BTreeSet::new();
@@ -234,7 +245,7 @@ impl Scheduler {
                     *task.place.spread.entry(value).or_default() += 1;
                 }
                 task.place.cursor = Some(agent.clone());
-                Next::Go(cref, agent)
+                Next::Go(cref, Target::Agent(agent))
             }
             Placement::NoCapacity(reason) => {
                 // Agents that refused it for good (package, authorisation,
@@ -245,16 +256,15 @@ impl Scheduler {
                 // for ever. Agents its constraints rule out, and agents whose
                 // certificate was revoked (they never come back), do not count;
                 // with none left that could take it, it waits.
-                let (agents, revoked) = (&self.agents, &self.revoked);
+                let registry = &self.registry;
                 let refused_by_all = c.detours.as_ref().is_some_and(|d| {
                     let mut candidates = views
                         .iter()
                         .filter(|v| could_take(v, &req))
                         .filter(|v| {
-                            !agents.get(&v.name).is_some_and(|a| {
-                                !a.rec.cert_fingerprint.is_empty()
-                                    && revoked.contains_key(&a.rec.cert_fingerprint)
-                            })
+                            !registry
+                                .get(&v.name)
+                                .is_some_and(|a| registry.is_revoked(a))
                         })
                         .peekable();
                     candidates.peek().is_some()
@@ -263,7 +273,7 @@ impl Scheduler {
                 if refused_by_all {
                     task.queue.pop_front();
                     c.rec.reason = format!("refused by every ready agent: {}", c.rec.reason);
-                    self.set_phase(cref, Phase::Failed);
+                    self.set_state(cref, Step::End(End::Failed));
                     self.advance(slot);
                     Next::Wait
                 } else {
@@ -340,12 +350,7 @@ impl Scheduler {
             .child_parameters(cref)
             .map_err(|err| format!("cannot bind child parameters: {err}"))?;
         Ok(pb::StartJobRequest {
-            dispatch_id: Some(pb::DispatchId {
-                execution_id: e.rec.id.clone(),
-                task_path: c.rec.task.clone(),
-                item_index: c.rec.index,
-                attempt: c.rec.attempt,
-            }),
+            dispatch_id: Some(c.dispatch_id(&e.rec.id).to_proto()),
             package: Some(pb::PackageRef {
                 name: package.name.clone(),
                 content_hash: package.hash.clone(),
@@ -366,18 +371,21 @@ impl Scheduler {
         })
     }
 
-    fn dispatch_to(&mut self, cref: ChildRef, agent: String, now: Instant) {
-        if agent == super::nested::COORDINATOR {
-            self.start_nested(cref);
-            return;
-        }
+    fn dispatch_to(&mut self, cref: ChildRef, target: Target, now: Instant) {
+        let agent = match target {
+            Target::Agent(agent) => agent,
+            Target::SubExecution => {
+                self.start_nested(cref);
+                return;
+            }
+        };
         let request = match self.start_request(cref) {
             Ok(r) => r,
             Err(reason) => {
                 if let Some(c) = self.child_mut(cref) {
                     c.rec.reason = reason;
                 }
-                self.set_phase(cref, Phase::Failed);
+                self.set_state(cref, Step::End(End::Failed));
                 self.advance(cref.exec);
                 return;
             }
@@ -390,18 +398,19 @@ impl Scheduler {
         } else if let Some(last) = c.rec.attempt_agents.last_mut() {
             *last = agent.clone();
         }
-        c.rec.agent = Some(agent.clone());
         c.waiting_reason.clear();
         c.dispatched_at = Some(now);
-        let attempt = c.rec.attempt;
-        self.set_phase(cref, Phase::Dispatching);
+        let attempt = c.state().attempt();
+        if !self.set_state(cref, Step::Dispatch(AgentId::new(agent.as_str()))) {
+            return;
+        }
         let address = self
-            .agents
+            .registry
             .get(&agent)
             .map(|a| a.rec.address.clone())
             .unwrap_or_default();
         self.stats.dispatches += 1;
-        self.effects.push(Effect::Dispatch {
+        self.journal.effect(Effect::Dispatch {
             agent,
             address,
             child: cref,
@@ -418,23 +427,25 @@ impl Scheduler {
         if self.cancelling(cref) {
             // Never start what was cancelled: stop it in case it did start.
             self.request_stop(cref);
-            self.set_phase(cref, Phase::Cancelled);
+            self.set_state(cref, Step::End(End::Cancelled));
             self.advance(cref.exec);
             return;
         }
-        if !self.agents.get(&agent).is_some_and(|a| a.seen) {
+        if !self.registry.get(&agent).is_some_and(|a| a.seen) {
             // Not heard from since our restart: wait for it (or for its lease to expire).
-            self.resend.push((now + self.config.dispatch_retry, cref));
+            self.timers
+                .resend_at(now + self.config.dispatch_retry, cref);
             return;
         }
         let Ok(request) = self.start_request(cref) else {
             // Its task has not been started again yet (a restart replays the
             // engine; a rows foreach waits for its rows): ask again later.
-            self.resend.push((now + self.config.dispatch_retry, cref));
+            self.timers
+                .resend_at(now + self.config.dispatch_retry, cref);
             return;
         };
         let attempt = request.dispatch_id.as_ref().map_or(0, |d| d.attempt);
-        self.effects.push(Effect::Dispatch {
+        self.journal.effect(Effect::Dispatch {
             agent,
             address,
             child: cref,
@@ -450,12 +461,12 @@ impl Scheduler {
         agent: &str,
         attempt: u32,
         outcome: DispatchOutcome,
-        now: Instant,
+        now: Now,
     ) {
+        let now = self.at(now);
         let current = self.child(cref).is_some_and(|c| {
-            c.rec.phase == Phase::Dispatching
-                && c.rec.attempt == attempt
-                && c.rec.agent.as_deref() == Some(agent)
+            matches!(c.state(), ChildState::Dispatching { agent: a, attempt: n }
+                if a.as_str() == agent && *n == attempt)
         });
         if !current {
             return; // already reported, lost, or re-dispatched: nothing to do
@@ -464,7 +475,7 @@ impl Scheduler {
             match outcome {
                 // It started after the cancel was sent (or the cancel overtook it): stop it again.
                 DispatchOutcome::Accepted => {
-                    self.set_phase(cref, Phase::Accepted);
+                    self.set_state(cref, Step::Accept);
                     self.request_stop(cref);
                 }
                 // Nothing runs, or if it does, the CancelJob already sent ends it
@@ -475,25 +486,26 @@ impl Scheduler {
                     if let Some(c) = self.child_mut(cref) {
                         c.rec.reason = "cancelled while the child was being dispatched".to_string();
                     }
-                    self.set_phase(cref, Phase::Cancelled);
+                    self.set_state(cref, Step::End(End::Cancelled));
                     self.advance(cref.exec);
                 }
             }
             return;
         }
         match outcome {
-            DispatchOutcome::Accepted => self.set_phase_unsaved(cref, Phase::Accepted),
+            DispatchOutcome::Accepted => self.set_state_unsaved(cref, Step::Accept),
             DispatchOutcome::Unknown(err) => {
                 debug!(agent, %err, "dispatch outcome unknown; will ask again");
                 // Shown while it waits in `dispatching` (not stored).
                 if let Some(c) = self.child_mut(cref) {
                     c.waiting_reason = format!("no answer from {agent} yet, asking again: {err}");
                 }
-                self.resend.push((now + self.config.dispatch_retry, cref));
+                self.timers
+                    .resend_at(now + self.config.dispatch_retry, cref);
             }
             DispatchOutcome::WrongAgent(err) => {
                 let address = self
-                    .agents
+                    .registry
                     .get(agent)
                     .map(|a| a.rec.address.clone())
                     .unwrap_or_default();
@@ -509,13 +521,13 @@ impl Scheduler {
                      (its certificate is not {agent}'s): {err}"
                 );
                 c.detours_mut().hard_rejected.insert(agent.to_string());
-                self.requeue(cref, true);
+                self.requeue(cref, true, Step::Requeue);
             }
             DispatchOutcome::Rejected { code, reason } => {
                 self.stats.rejections += 1;
                 use pb::RejectCode as R;
                 let full_backoff = self.config.full_backoff;
-                if let Some(a) = self.agents.get_mut(agent) {
+                if let Some(a) = self.registry.get_mut(agent) {
                     match code {
                         R::AtCapacity => a.full_until = Some(now + full_backoff),
                         R::Draining => a.draining = true,
@@ -542,14 +554,14 @@ impl Scheduler {
                             d.excluded_gen = generation;
                         }
                         d.soft_excluded.insert(agent.to_string());
-                        self.requeue(cref, true);
+                        self.requeue(cref, true, Step::Requeue);
                     }
                     R::UnknownPackage | R::Unauthorized | R::RunAsDenied => {
                         c.detours_mut().hard_rejected.insert(agent.to_string());
-                        self.requeue(cref, true);
+                        self.requeue(cref, true, Step::Requeue);
                     }
                     R::InvalidRequest | R::Unspecified => {
-                        self.set_phase(cref, Phase::Failed);
+                        self.set_state(cref, Step::End(End::Failed));
                         self.advance(cref.exec);
                     }
                 }

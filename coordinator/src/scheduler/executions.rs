@@ -1,6 +1,7 @@
-//! The execution half of the scheduler: creating and restoring executions, the
-//! child job state machine (phases, retries, loss, fencing of reports) and the
-//! progress of a parent package from task to task. Dispatch is in `dispatch.rs`.
+//! The execution half of the scheduler: creating and restoring executions, and
+//! the bookkeeping around each child's state (`child.rs`): the one place a
+//! child moves ([`Scheduler::set_state`]), retries, loss and the fencing of
+//! reports. The flow from task to task is in `flow.rs`, dispatch in `dispatch.rs`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
@@ -8,9 +9,11 @@ use std::time::Instant;
 use baton_proto as pb;
 use tracing::{debug, info, warn};
 
-use super::{Child, ChildRef, Exec, Scheduler, TaskRun};
+use super::{
+    COORDINATOR, Child, ChildRef, ChildState, End, Exec, ExecutionId, Now, Scheduler, Step, TaskRun,
+};
 use crate::prepare::Plan;
-use crate::records::{ChildRecord, ExecutionRecord, Phase, now_unix_ms};
+use crate::records::{ChildRecord, ExecutionRecord, Phase};
 
 fn phase_idx(p: Phase) -> usize {
     p as usize
@@ -19,11 +22,18 @@ fn phase_idx(p: Phase) -> usize {
 impl Scheduler {
     /// Adds a new execution; the tasks the engine makes ready at once get
     /// their children (`pending`, attempt 1), the others when they start.
-    pub fn start(&mut self, rec: ExecutionRecord, plan: Plan) -> String {
+    pub fn start(&mut self, rec: ExecutionRecord, plan: Plan, now: Now) -> String {
+        self.at(now);
+        self.start_execution(rec, plan)
+    }
+
+    /// [`Scheduler::start`] at the time of the input being handled (a
+    /// sub-execution starts within its parent child's input).
+    pub(super) fn start_execution(&mut self, rec: ExecutionRecord, plan: Plan) -> String {
         let children = plan.tasks.iter().map(|_| Vec::new()).collect();
         let id = rec.id.clone();
         let slot = self.insert_exec(rec, None, plan, children);
-        self.dirty_execs.insert(slot);
+        self.journal.exec(slot);
         info!(execution = %id, package = %self.execs[&slot].rec.package, "execution started");
         self.advance(slot);
         id
@@ -36,8 +46,9 @@ impl Scheduler {
         version: u64,
         plan: Plan,
         stored: Vec<(ChildRecord, u64)>,
-        now: Instant,
+        now: Now,
     ) {
+        let now = self.at(now);
         let mut by_task: HashMap<String, Vec<(ChildRecord, Option<u64>)>> = HashMap::new();
         for (c, v) in stored {
             by_task
@@ -59,35 +70,35 @@ impl Scheduler {
         // Children on agents: the agents own them until they report or are lost.
         let mut on_agent = Vec::new();
         let e = &self.execs[&slot];
+        // (A child that runs as a sub-execution has none: its sub-execution
+        // is restored as a running execution of its own.)
         for (t, task) in e.tasks.iter().enumerate() {
             for (i, c) in task.children.iter().enumerate() {
-                if c.rec.phase.is_on_agent() {
-                    on_agent.push((
-                        ChildRef {
-                            exec: slot,
-                            task: t as u16,
-                            child: i as u32,
-                        },
-                        c.rec.clone(),
-                    ));
+                if let Some(agent) = c.state().agent() {
+                    let cref = ChildRef {
+                        exec: slot,
+                        task: t as u16,
+                        child: i as u32,
+                    };
+                    let dispatching = matches!(c.state(), ChildState::Dispatching { .. });
+                    on_agent.push((cref, agent.clone(), dispatching));
                 }
             }
         }
-        for (cref, c) in on_agent {
-            let agent = c.agent.clone().unwrap_or_default();
-            if agent == super::nested::COORDINATOR {
-                // Its sub-execution is restored as a running execution of its own.
-                continue;
-            }
-            match self.agents.get_mut(&agent) {
+        for (cref, agent, dispatching) in on_agent {
+            match self.registry.get_mut(agent.as_str()) {
                 Some(a) => {
-                    a.active.insert(cref);
-                    if c.phase == Phase::Dispatching {
+                    a.hold(cref);
+                    if dispatching {
                         // Outcome unknown: ask again (idempotent on the agent).
-                        self.resend.push((now, cref));
+                        self.timers.resend_at(now, cref);
                     }
                 }
-                None => self.child_lost(cref, &agent, "agent unknown after coordinator restart"),
+                None => self.child_lost(
+                    cref,
+                    agent.as_str(),
+                    "agent unknown after coordinator restart",
+                ),
             }
         }
         if cancel_requested {
@@ -130,6 +141,10 @@ impl Scheduler {
                 waiting: String::new(),
             };
             for (rec, version) in children {
+                // The state the record stands for, and the record as its image.
+                let mut child = Child::new(rec);
+                child.version = version;
+                let rec = &child.rec;
                 phase_counts[phase_idx(rec.phase)] += 1;
                 lost_attempts += u64::from(rec.lost);
                 if rec.phase == Phase::Pending {
@@ -150,8 +165,6 @@ impl Scheduler {
                         e.1 += 1;
                     }
                 }
-                let mut child = Child::new(rec);
-                child.version = version;
                 run.children.push(child);
             }
             tasks.push(run);
@@ -174,7 +187,8 @@ impl Scheduler {
         for ti in queued {
             watch.queued(ti);
         }
-        self.exec_ids.insert(rec.id.clone(), slot);
+        self.exec_ids
+            .insert(ExecutionId::new(rec.id.as_str()), slot);
         self.exec_order.push_back(slot);
         self.execs.insert(
             slot,
@@ -199,32 +213,46 @@ impl Scheduler {
         slot
     }
 
-    /// The one place a child changes phase: keeps counters, agent slots and
-    /// the dirty set in step.
-    pub(crate) fn set_phase(&mut self, cref: ChildRef, new: Phase) {
+    /// The one place a child changes state: takes `step` through
+    /// [`Child::step`] and keeps counters, agent slots and the dirty set in
+    /// step with it. A step the state refuses (out of an ended state, in
+    /// release builds too) changes nothing and is counted in
+    /// `stats.refused_steps`. Returns whether the step was taken.
+    pub(crate) fn set_state(&mut self, cref: ChildRef, step: Step) -> bool {
         let Some(e) = self.execs.get_mut(&cref.exec) else {
-            return;
+            return false;
         };
         let task = &mut e.tasks[cref.task as usize];
         let c = &mut task.children[cref.child as usize];
-        let old = c.rec.phase;
-        debug_assert!(!old.is_terminal(), "a terminal phase is never left");
+        let left = match c.step(step) {
+            Ok(left) => left,
+            Err(refused) => {
+                self.stats.refused_steps += 1;
+                warn!(child = ?cref, %refused, "a child's state change was refused");
+                return false;
+            }
+        };
+        let (old, new) = (left.phase(), c.state().phase());
         if old.is_on_agent() {
             task.in_flight -= 1;
-            if let Some(a) = c.rec.agent.as_ref().and_then(|a| self.agents.get_mut(a)) {
-                a.active.remove(&cref);
+            if let Some(a) = left.agent().and_then(|a| self.registry.get_mut(a.as_str())) {
+                a.release(cref);
             }
         }
         if new.is_on_agent() {
             task.in_flight += 1;
-            if let Some(a) = c.rec.agent.as_ref().and_then(|a| self.agents.get_mut(a)) {
-                a.active.insert(cref);
+            if let Some(a) = c
+                .state()
+                .agent()
+                .and_then(|a| self.registry.get_mut(a.as_str()))
+            {
+                a.hold(cref);
             }
         }
         if new.is_terminal() {
             e.watch.may_end(cref.task as usize);
             task.terminal += 1;
-            c.rec.finished_unix_ms = now_unix_ms();
+            c.rec.finished_unix_ms = self.unix_ms;
             let counts = e
                 .per_agent
                 .entry(c.rec.agent.clone().unwrap_or_default())
@@ -238,13 +266,13 @@ impl Scheduler {
         }
         e.phase_counts[phase_idx(old)] -= 1;
         e.phase_counts[phase_idx(new)] += 1;
-        c.rec.phase = new;
         if new != Phase::Pending {
             // Why it waited is over (placement, or no answer to a dispatch).
             c.waiting_reason.clear();
         }
         e.touched = true;
-        self.dirty_children.insert(cref);
+        self.journal.child(cref);
+        true
     }
 
     /// A phase change that need not be durable on its own: the child's
@@ -254,11 +282,11 @@ impl Scheduler {
     /// again, which the agent answers idempotently, and the child's
     /// `finished` report follows as before. Writing them would buy nothing
     /// for two of every three writes of a child.
-    pub(super) fn set_phase_unsaved(&mut self, cref: ChildRef, new: Phase) {
-        let was_dirty = self.dirty_children.contains(&cref);
-        self.set_phase(cref, new);
+    pub(super) fn set_state_unsaved(&mut self, cref: ChildRef, step: Step) {
+        let was_dirty = self.journal.child_is_dirty(cref);
+        self.set_state(cref, step);
         if !was_dirty {
-            self.dirty_children.remove(&cref);
+            self.journal.forget_child(cref);
         }
     }
 
@@ -274,9 +302,13 @@ impl Scheduler {
             .map(|e| &mut e.tasks[cref.task as usize].children[cref.child as usize])
     }
 
-    /// Puts a child back in its task's queue (front: it was next in line).
-    pub(super) fn requeue(&mut self, cref: ChildRef, front: bool) {
-        self.set_phase(cref, Phase::Pending);
+    /// Puts a child back in its task's queue (front: it was next in line)
+    /// by `step`: [`Step::Requeue`] under the same attempt, [`Step::Retry`]
+    /// under the next.
+    pub(super) fn requeue(&mut self, cref: ChildRef, front: bool, step: Step) {
+        if !self.set_state(cref, step) {
+            return;
+        }
         if let Some(e) = self.execs.get_mut(&cref.exec) {
             e.watch.queued(cref.task as usize);
             let q = &mut e.tasks[cref.task as usize].queue;
@@ -291,28 +323,30 @@ impl Scheduler {
     /// Finds the child a report is about, if the report is for its current attempt on `agent`.
     fn fenced(&mut self, agent: &str, id: Option<&pb::DispatchId>) -> Option<ChildRef> {
         let id = id?;
-        let found = self.exec_ids.get(&id.execution_id).and_then(|&slot| {
-            let e = &self.execs[&slot];
-            let t = *e.task_index.get(&id.task_path)?;
-            let c = e.tasks[t as usize].children.get(id.item_index as usize)?;
-            let ok = c.rec.attempt == id.attempt
-                && c.rec.agent.as_deref() == Some(agent)
-                && c.rec.phase.is_on_agent();
-            ok.then_some(ChildRef {
-                exec: slot,
-                task: t,
-                child: id.item_index,
-            })
-        });
+        let found = self
+            .exec_ids
+            .get(id.execution_id.as_str())
+            .and_then(|&slot| {
+                let e = &self.execs[&slot];
+                let t = *e.task_index.get(&id.task_path)?;
+                let c = e.tasks[t as usize].children.get(id.item_index as usize)?;
+                let ok = c.state().attempt() == id.attempt
+                    && c.state().agent().is_some_and(|a| a.as_str() == agent);
+                ok.then_some(ChildRef {
+                    exec: slot,
+                    task: t,
+                    child: id.item_index,
+                })
+            });
         if found.is_none() {
             self.stats.stale_events += 1;
             let mut foreign = false;
-            if let Some(&slot) = self.exec_ids.get(&id.execution_id)
+            if let Some(&slot) = self.exec_ids.get(id.execution_id.as_str())
                 && let Some(e) = self.execs.get_mut(&slot)
             {
                 e.rec.stale_events += 1;
                 e.touched = true;
-                self.dirty_execs.insert(slot);
+                self.journal.exec(slot);
                 // A late report from an agent that once held the child is normal
                 // after a loss; a report from an agent that never did is not.
                 foreign = e
@@ -338,7 +372,7 @@ impl Scheduler {
             c.rec.started_unix_ms = at_ms;
             c.rec.pid = s.pid;
             if c.rec.phase != Phase::Running {
-                self.set_phase_unsaved(cref, Phase::Running);
+                self.set_state_unsaved(cref, Step::Start);
             }
         }
     }
@@ -350,7 +384,7 @@ impl Scheduler {
         at_ms: u64,
         now: Instant,
     ) {
-        if let Some(a) = self.agents.get_mut(agent) {
+        if let Some(a) = self.registry.get_mut(agent) {
             a.full_until = None;
         }
         self.capacity_gen += 1;
@@ -374,7 +408,7 @@ impl Scheduler {
         }
         self.child_ended(
             cref,
-            agent,
+            Some(agent),
             status,
             f.exit_code,
             f.outputs.into_iter().collect(),
@@ -408,28 +442,45 @@ impl Scheduler {
                 c.rec.task
             );
         }
-        self.set_phase(cref, Phase::Cancelled);
+        self.set_state(cref, Step::End(End::Cancelled));
         self.advance(cref.exec);
     }
 
-    /// A child's current attempt ended on `agent` (an agent's report, or the
-    /// end of the sub-execution it ran as): retry it by policy, or record its
+    /// A child's current attempt ended on `agent` (an agent's report), or
+    /// with `None`, the sub-execution it ran as ended: retry it by policy, or record its
     /// terminal phase and move the execution on. With `now`, a retry waits
     /// for the task's backoff (`retry.backoff_s`, doubling, jittered).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn child_ended(
         &mut self,
         cref: ChildRef,
-        agent: &str,
+        agent: Option<&str>,
         status: pb::JobStatus,
         exit_code: i32,
         outputs: BTreeMap<String, String>,
         reason: String,
         now: Option<Instant>,
     ) {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
-            return;
-        };
+        if let Some(slot) = self.attempt_ended(cref, agent, status, exit_code, outputs, reason, now)
+        {
+            self.advance(slot);
+        }
+    }
+
+    /// [`Scheduler::child_ended`] without moving the execution on: returns
+    /// the execution to move on when the child ended for good.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attempt_ended(
+        &mut self,
+        cref: ChildRef,
+        agent: Option<&str>,
+        status: pb::JobStatus,
+        exit_code: i32,
+        outputs: BTreeMap<String, String>,
+        reason: String,
+        now: Option<Instant>,
+    ) -> Option<u64> {
+        let e = self.execs.get_mut(&cref.exec)?;
         let retry = e.plan.tasks[cref.task as usize].retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
         c.rec.exit_code = Some(exit_code);
@@ -439,39 +490,41 @@ impl Scheduler {
             c.rec.reason = reason;
         }
         let terminal = match status {
-            pb::JobStatus::Succeeded => Phase::Succeeded,
-            pb::JobStatus::Cancelled => Phase::Cancelled,
-            pb::JobStatus::TimedOut => Phase::TimedOut,
-            pb::JobStatus::Failed | pb::JobStatus::Unspecified => Phase::Failed,
+            pb::JobStatus::Succeeded => End::Succeeded,
+            pb::JobStatus::Cancelled => End::Cancelled,
+            pb::JobStatus::TimedOut => End::TimedOut,
+            pb::JobStatus::Failed | pb::JobStatus::Unspecified => End::Failed,
         };
-        if matches!(terminal, Phase::Failed | Phase::TimedOut)
+        if matches!(terminal, End::Failed | End::TimedOut)
             && c.rec.failures + 1 < retry.attempts
             && !e.rec.cancel_requested
             && !c.rec.cancel_requested
         {
             c.rec.failures += 1;
-            c.rec.attempt += 1;
-            c.detours_mut().avoid = Some(agent.to_string());
+            if let Some(agent) = agent {
+                c.detours_mut().avoid = Some(agent.to_string());
+            }
             // Jitter seeded by the child, so that siblings spread out.
             let seed = crate::scheduler::flow::child_seed(&e.rec.id, &c.rec.task, c.rec.index);
             let delay = retry
                 .delay_after(c.rec.failures, seed)
                 .filter(|d| !d.is_zero());
-            info!(dispatch = ?cref, agent, attempt = c.rec.attempt, delay_ms = delay.map_or(0, |d| d.as_millis() as u64), "child failed; retrying");
+            info!(dispatch = ?cref, agent = agent.unwrap_or(COORDINATOR), attempt = c.rec.attempt + 1, delay_ms = delay.map_or(0, |d| d.as_millis() as u64), "child failed; retrying");
             match (delay, now) {
                 (Some(d), Some(now)) => {
-                    self.set_phase(cref, Phase::Pending);
-                    self.retry_later.push((now + d, cref));
+                    if self.set_state(cref, Step::Retry) {
+                        self.timers.retry_at(now + d, cref);
+                    }
                 }
-                _ => self.requeue(cref, false),
+                _ => self.requeue(cref, false, Step::Retry),
             }
-            return;
+            return None;
         }
-        if terminal != Phase::Succeeded {
+        if terminal != End::Succeeded {
             c.rec.failures += 1;
         }
-        self.set_phase(cref, terminal);
-        self.advance(cref.exec);
+        self.set_state(cref, Step::End(terminal));
+        Some(cref.exec)
     }
 
     /// The child's agent is gone: retry it under a new attempt number, or give up.
@@ -482,20 +535,19 @@ impl Scheduler {
         let retry = e.plan.tasks[cref.task as usize].retry;
         e.lost_attempts += 1;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
-        if !c.rec.phase.is_on_agent() {
+        if !c.state().is_active() {
             return;
         }
         c.rec.lost += 1;
         c.rec.reason = format!("attempt {} {why} on {agent}", c.rec.attempt);
         if e.rec.cancel_requested || c.rec.cancel_requested {
-            self.set_phase(cref, Phase::Cancelled);
+            self.set_state(cref, Step::End(End::Cancelled));
             self.advance(cref.exec);
         } else if c.rec.lost <= retry.lost_attempts {
-            c.rec.attempt += 1;
             c.detours_mut().avoid = Some(agent.to_string());
-            self.requeue(cref, true);
+            self.requeue(cref, true, Step::Retry);
         } else {
-            self.set_phase(cref, Phase::Lost);
+            self.set_state(cref, Step::End(End::Lost));
             self.advance(cref.exec);
         }
     }

@@ -22,9 +22,9 @@ use std::collections::BTreeMap;
 use baton_package::{PackageOutcome, Scope, TaskOutcome, TaskState};
 use tracing::{info, warn};
 
-use super::{Child, ChildRef, Exec, Scheduler};
+use super::{Child, ChildRef, End, Exec, Scheduler, Step};
 use crate::prepare::{Work, child_params, dynamic_items, process_package, single_child_params};
-use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome, now_unix_ms};
+use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome};
 
 /// Per-child outputs are repeated as `KEY.INDEX` only up to this many children.
 pub const INDEXED_OUTPUTS_MAX: usize = 1_000;
@@ -116,87 +116,103 @@ pub fn foreach_outputs<'a>(
 impl Scheduler {
     /// Moves an execution on: reports ended tasks to the engine, starts the
     /// tasks it makes ready, and ends the execution when the engine says so.
+    /// A sub-execution's end ends its parent child, which moves the parent
+    /// execution on in turn: one after the other here, not by a call back
+    /// into this function.
     pub(crate) fn advance(&mut self, slot: u64) {
+        let mut next = Some(slot);
+        while let Some(slot) = next {
+            next = self.advance_once(slot);
+        }
+    }
+
+    /// [`Scheduler::advance`] for one execution; returns the parent
+    /// execution to move on when this one, a sub-execution, ended its child.
+    fn advance_once(&mut self, slot: u64) -> Option<u64> {
         let mut created: Vec<ChildRef> = Vec::new();
         let mut wants_rows: Vec<usize> = Vec::new();
         match self.execs.get(&slot) {
             Some(e) if !e.rec.state.is_terminal() => {}
-            _ => return,
+            _ => return None,
         }
         // Twice when a cancel is under way: first replay (only tasks whose
         // children are stored start, so that a restarted coordinator waits for
         // the children still running), then cancel what never started.
         let mut cancelled = false;
-        loop {
-            // Only the tasks marked since the last look (see `TaskWatch`).
-            let candidates = match self.execs.get_mut(&slot) {
-                Some(e) => e.watch.take_ending(e.tasks.len()),
-                None => return,
-            };
-            self.stats.task_checks += candidates.len() as u64;
-            let mut progressed = self.stop_failed_foreaches(slot, &candidates);
-            {
-                let Some(e) = self.execs.get_mut(&slot) else {
-                    return;
+        // Again when a rows foreach cannot even ask for its rows: it fails
+        // here (not by a call back into this function) and the engine moves on.
+        'rows: loop {
+            loop {
+                // Only the tasks marked since the last look (see `TaskWatch`).
+                let candidates = match self.execs.get_mut(&slot) {
+                    Some(e) => e.watch.take_ending(e.tasks.len()),
+                    None => return None,
                 };
-                progressed |= report_ended(e, &candidates);
-                let cancel = e.rec.cancel_requested;
-                for name in e.engine.ready() {
-                    let stored = e
-                        .task_index
-                        .get(&name)
-                        .is_some_and(|&ti| !e.tasks[ti as usize].children.is_empty());
-                    if cancel && !stored {
-                        continue;
-                    }
-                    start_task(e, slot, &name, &mut created, &mut wants_rows);
-                    progressed = true;
-                }
-                if cancel {
-                    progressed |= super::rows::end_awaiting_rows(e);
-                    if !progressed && !cancelled {
-                        e.engine.cancel();
-                        cancelled = true;
+                self.stats.task_checks += candidates.len() as u64;
+                let mut progressed = self.stop_failed_foreaches(slot, &candidates);
+                {
+                    let e = self.execs.get_mut(&slot)?;
+                    progressed |= report_ended(e, &candidates);
+                    let cancel = e.rec.cancel_requested;
+                    for name in e.engine.ready() {
+                        let stored = e
+                            .task_index
+                            .get(&name)
+                            .is_some_and(|&ti| !e.tasks[ti as usize].children.is_empty());
+                        if cancel && !stored {
+                            continue;
+                        }
+                        start_task(e, slot, &name, &mut created, &mut wants_rows);
                         progressed = true;
                     }
+                    if cancel {
+                        progressed |= end_awaiting_rows(e);
+                        if !progressed && !cancelled {
+                            e.engine.cancel();
+                            cancelled = true;
+                            progressed = true;
+                        }
+                    }
+                }
+                if !progressed {
+                    break;
                 }
             }
-            if !progressed {
-                break;
+            let mut unavailable = false;
+            for ti in std::mem::take(&mut wants_rows) {
+                if let Err(why) = self.request_rows(slot, ti) {
+                    self.take_rows(slot, ti, Err(why));
+                    unavailable = true;
+                }
             }
-        }
-        for ti in wants_rows {
-            self.request_rows(slot, ti);
+            if !unavailable {
+                break 'rows;
+            }
         }
         let any_created = !created.is_empty();
         for cref in created {
-            self.dirty_children.insert(cref);
+            self.journal.child(cref);
         }
-        let Some(e) = self.execs.get_mut(&slot) else {
-            return;
-        };
+        let e = self.execs.get_mut(&slot)?;
         if any_created {
             e.touched = true;
         }
         // The execution record changes only when it ends (task states are
         // the engine's, rebuilt from the children after a restart).
-        let Some(outcome) = e.engine.outcome() else {
-            return;
-        };
+        let outcome = e.engine.outcome()?;
         // Children of tasks the engine will not wait for (a task skipped or
         // cancelled after a resume reset its children): stop them first.
         if self.stop_strays(slot) {
-            return;
+            return None;
         }
-        let Some(e) = self.execs.get_mut(&slot) else {
-            return;
-        };
+        let e = self.execs.get_mut(&slot)?;
         if e.rec.state.is_terminal() {
-            // Ended already, by a nested call (rows arriving at once).
-            return;
+            // Ended already (stopping its strays ended a sub-execution, whose
+            // end reached this execution first).
+            return None;
         }
         e.touched = true;
-        self.dirty_execs.insert(slot);
+        self.journal.exec(slot);
         e.rec.task_states = e.engine.states();
         e.rec.state = match outcome {
             PackageOutcome::Succeeded => ExecutionState::Succeeded,
@@ -206,7 +222,7 @@ impl Scheduler {
         if e.rec.state == ExecutionState::Failed && e.rec.reason.is_empty() {
             e.rec.reason = failure_reason(e);
         }
-        e.rec.finished_unix_ms = now_unix_ms();
+        e.rec.finished_unix_ms = self.unix_ms;
         let sum = super::view::summary_of(e);
         e.rec.final_counts = Some(FinalCounts {
             total: sum.total,
@@ -217,8 +233,9 @@ impl Scheduler {
         });
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
         if e.rec.parent.is_some() {
-            self.nested_ended(slot);
+            return self.nested_ended(slot);
         }
+        None
     }
 }
 
@@ -253,7 +270,7 @@ impl Scheduler {
             if let Some(c) = self.child_mut(cref) {
                 c.rec.reason = "not started: its task will not run".into();
             }
-            self.set_phase(cref, Phase::Cancelled);
+            self.set_state(cref, Step::End(End::Cancelled));
         }
         for (cref, asked) in &running {
             if !asked {
@@ -261,12 +278,33 @@ impl Scheduler {
                     c.rec.cancel_requested = true;
                     c.rec.reason = "stopped: its task will not run".into();
                 }
-                self.dirty_children.insert(*cref);
+                self.journal.child(*cref);
                 self.request_stop(*cref);
             }
         }
         !running.is_empty()
     }
+}
+
+/// A cancel does not wait for rows: a rows foreach still waiting ends
+/// cancelled (a late answer is ignored).
+fn end_awaiting_rows(e: &mut Exec) -> bool {
+    let mut changed = false;
+    for ti in 0..e.tasks.len() {
+        if !e.tasks[ti].awaiting_rows {
+            continue;
+        }
+        e.tasks[ti].awaiting_rows = false;
+        e.tasks[ti].held_rows = None;
+        e.tasks[ti].waiting.clear();
+        e.tasks[ti].ended = true;
+        let name = e.plan.tasks[ti].name.clone();
+        let _ = e
+            .engine
+            .finished(&name, TaskOutcome::Cancelled, BTreeMap::new());
+        changed = true;
+    }
+    changed
 }
 
 /// Why a failed execution failed: its failed tasks, with their counts.
@@ -329,22 +367,9 @@ impl Scheduler {
             }
         }
         for cref in &doomed {
-            self.set_phase(*cref, Phase::Cancelled);
+            self.set_state(*cref, Step::End(End::Cancelled));
         }
         !doomed.is_empty()
-    }
-}
-
-impl Child {
-    /// A child as it is created (no dispatch history in memory).
-    pub(crate) fn new(rec: ChildRecord) -> Child {
-        Child {
-            rec,
-            version: None,
-            detours: None,
-            waiting_reason: String::new(),
-            dispatched_at: None,
-        }
     }
 }
 

@@ -1,26 +1,37 @@
 //! The scheduler: every decision of the coordinator, as a plain struct.
 //!
-//! It owns the agent registry (liveness lives here, in memory) and the
-//! running executions with their child jobs. Callers feed it inputs —
-//! registrations, agent events, dispatch outcomes, ticks, start requests —
-//! and it answers with state changes to persist (`Scheduler::flush`) and
-//! effects to perform once they are durable ([`Effect`]). It does no IO and
-//! reads no clock (time comes in as `now`), so its logic is unit-tested
-//! directly; `scheduler_task.rs` owns the loop around it.
+//! Callers feed it inputs — registrations, agent events, dispatch outcomes,
+//! ticks, start requests — each with the time the loop read ([`Now`]), and it
+//! answers with state changes to persist (`Scheduler::flush`) and effects to
+//! perform once they are durable ([`Effect`]). It does no IO and reads no
+//! clock, so its logic is unit-tested directly; `scheduler_task.rs` owns the
+//! loop around it.
 //!
-//! Intent versus observed: a child's record says what the coordinator wants
-//! (attempt N on agent X, phase `dispatching`) and what it has learnt
-//! (`accepted`, `running`, a terminal phase). Reports are fenced by
-//! (agent, attempt): anything else is stale, ignored and counted.
+//! It is composed of parts with private state, and routes between them: the
+//! registry of agents and revoked certificates (`registry.rs`), each child's
+//! state and its one transition function (`child.rs`), the flow of a parent
+//! package (`flow.rs`), the dispatcher's pump and timers (`dispatch.rs`,
+//! `timers.rs`) and the journal of records to write and effects to perform
+//! (`journal.rs`). `docs/ARCHITECTURE.md` (*The scheduler*) follows a child
+//! through them.
+//!
+//! Intent versus observed: a child's state says what the coordinator wants
+//! (attempt N on agent X, [`ChildState::Dispatching`]) and what it has learnt
+//! (accepted, running, ended). Reports are fenced by (agent, attempt):
+//! anything else is stale, ignored and counted.
 
 mod admission;
 mod agents;
 mod cancel;
+mod child;
 mod dispatch;
 mod executions;
 pub(crate) mod flow;
+mod ids;
+mod journal;
 mod nested;
 mod quarantine;
+mod registry;
 mod resume;
 mod rows;
 #[cfg(test)]
@@ -35,21 +46,27 @@ mod tests_fairness;
 mod tests_flow;
 #[cfg(test)]
 mod tests_ops;
+mod timers;
 mod view;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use baton_proto as pb;
 
+pub use crate::clock::Now;
 use crate::metrics::Latency;
 use crate::prepare::Plan;
-use crate::records::{AgentRecord, ChildRecord, ExecutionRecord, Phase, SeqRecord};
+use crate::records::{ExecutionRecord, Phase};
 use crate::store::Revision;
 
-pub use agents::Registration;
-pub use cancel::CancelOutcome;
+pub use agents::{AdminAction, AgentState, AgentSummary, Registration};
+pub use cancel::{CancelOutcome, CancelState, ChildCancelState};
+pub(crate) use child::Child;
+pub use child::{COORDINATOR, ChildState, End, Refused, Step};
+pub use ids::{AgentId, DispatchId, ExecutionId};
 pub use quarantine::QuarantineConfig;
+pub(crate) use registry::AgentEntry;
 pub use resume::refusal as resume_refusal;
 pub use view::{
     ExecutionView, Summary, pick_children, summary_from_record, tally, view_from_records,
@@ -169,61 +186,12 @@ pub struct Stats {
     pub agents_lost: u64,
     pub dispatches: u64,
     pub rejections: u64,
+    /// Steps a child's state refused (a step out of an ended state, or one
+    /// that makes no sense from where the child is): never taken, counted.
+    pub refused_steps: u64,
     /// Tasks the pump and the flow looked at: a deterministic measure of
     /// the scheduler's work per event (its cost tests count it).
     pub task_checks: u64,
-}
-
-pub(crate) struct AgentEntry {
-    pub rec: AgentRecord,
-    pub version: Option<Revision>,
-    pub seq: SeqRecord,
-    pub seq_version: Option<Revision>,
-    /// Registered or heard from since this coordinator started.
-    pub seen: bool,
-    pub lost: bool,
-    pub last_seen: Instant,
-    pub last_heartbeat_unix_ms: u64,
-    pub load1: f64,
-    pub running_reported: u32,
-    pub draining: bool,
-    pub full_until: Option<Instant>,
-    /// Children dispatched to, accepted by or running on this agent.
-    pub active: HashSet<ChildRef>,
-    /// Recent failures and any quarantine (in memory only).
-    pub quarantine: quarantine::Quarantine,
-}
-
-pub(crate) struct Child {
-    pub rec: ChildRecord,
-    pub version: Option<Revision>,
-    /// Where it should or must not go, once an attempt failed or an agent
-    /// refused it; `None` for most children (a million of them are in memory).
-    pub detours: Option<Box<Detours>>,
-    /// In-memory only: why a pending child waits.
-    pub waiting_reason: String,
-    /// In-memory only: when the current attempt was last dispatched (for the
-    /// completion latency metric; `None` after a restart).
-    pub dispatched_at: Option<Instant>,
-}
-
-/// A child's placement history (in memory only).
-#[derive(Debug, Default)]
-pub(crate) struct Detours {
-    /// Agent of the previous failed or lost attempt (placement avoids it).
-    pub avoid: Option<String>,
-    /// Agents that refused this child for lack of room; cleared when capacity changes.
-    pub soft_excluded: std::collections::BTreeSet<String>,
-    pub excluded_gen: u64,
-    /// Agents that refused this child for good (package, authorisation).
-    pub hard_rejected: std::collections::BTreeSet<String>,
-}
-
-impl Child {
-    /// Its placement history, made on first use.
-    pub(crate) fn detours_mut(&mut self) -> &mut Detours {
-        self.detours.get_or_insert_with(Default::default)
-    }
 }
 
 pub(crate) struct TaskRun {
@@ -375,43 +343,37 @@ impl Exec {
     }
 }
 
-/// The scheduler state.
+/// The scheduler state: its parts, and what it routes between them. Nothing
+/// outside the scheduler reads or writes it but through its methods.
 pub struct Scheduler {
-    pub(crate) config: SchedulerConfig,
-    pub(crate) epoch: u64,
-    epoch_dirty: bool,
-    pub(crate) agents: BTreeMap<String, AgentEntry>,
-    pub(crate) execs: HashMap<u64, Exec>,
-    pub(crate) exec_ids: HashMap<String, u64>,
-    pub(crate) exec_order: VecDeque<u64>,
+    config: SchedulerConfig,
+    epoch: u64,
+    /// The agents and the revoked certificates.
+    registry: registry::Registry,
+    execs: HashMap<u64, Exec>,
+    exec_ids: HashMap<ExecutionId, u64>,
+    exec_order: VecDeque<u64>,
     next_slot: u64,
     /// Bumped whenever capacity may have appeared; clears soft exclusions.
-    pub(crate) capacity_gen: u64,
-    pub(crate) resend: Vec<(Instant, ChildRef)>,
-    /// Failed children waiting for their retry's backoff (in memory only: a
-    /// restart retries them at once).
-    pub(crate) retry_later: Vec<(Instant, ChildRef)>,
-    pub(crate) dirty_children: HashSet<ChildRef>,
-    pub(crate) dirty_execs: HashSet<u64>,
-    pub(crate) dirty_agents: HashSet<String>,
-    pub(crate) dirty_seqs: HashSet<String>,
-    pub(crate) pending_acks: BTreeMap<String, u64>,
-    /// Revoked certificate fingerprints → the agent they belonged to.
-    pub(crate) revoked: HashMap<String, String>,
-    pub(crate) dirty_revoked: Vec<String>,
-    /// Agents an operator removed: their records are deleted at the next flush.
-    pub(crate) removed_agents: Vec<String>,
-    pub(crate) effects: Vec<Effect>,
+    capacity_gen: u64,
+    /// Dispatches to send again and retries waiting for their backoff.
+    timers: timers::Timers,
+    /// Records to write and effects to perform once they are durable.
+    journal: journal::Journal,
     pub stats: Stats,
     /// Latency histograms (fixed memory); the scheduler task records accept times.
     pub latency: Latency,
     /// Seals sensitive parameters of sub-executions (nested fan-out).
-    pub(crate) secrets: Option<std::sync::Arc<crate::secrets::SealingKey>>,
+    secrets: Option<std::sync::Arc<crate::secrets::SealingKey>>,
     /// Children whose sub-execution waits for room, with how many children
     /// it would add (admission; in memory only).
-    pub(crate) parked_nested: BTreeMap<ChildRef, u64>,
+    parked_nested: BTreeMap<ChildRef, u64>,
     /// Rows foreach tasks (execution slot, task) holding rows until there is room.
-    pub(crate) parked_rows: std::collections::BTreeSet<(u64, u16)>,
+    parked_rows: std::collections::BTreeSet<(u64, u16)>,
+    /// Wall-clock time of the input being handled, in unix ms (from the
+    /// [`Now`] every input method takes): the times records show. The
+    /// scheduler reads no clock.
+    unix_ms: u64,
 }
 
 impl Scheduler {
@@ -420,30 +382,40 @@ impl Scheduler {
         Scheduler {
             config,
             epoch,
-            epoch_dirty: true,
-            agents: BTreeMap::new(),
+            registry: Default::default(),
             execs: HashMap::new(),
             exec_ids: HashMap::new(),
             exec_order: VecDeque::new(),
             next_slot: 1,
             capacity_gen: 0,
-            resend: Vec::new(),
-            retry_later: Vec::new(),
-            dirty_children: HashSet::new(),
-            dirty_execs: HashSet::new(),
-            dirty_agents: HashSet::new(),
-            dirty_seqs: HashSet::new(),
-            pending_acks: BTreeMap::new(),
-            revoked: HashMap::new(),
-            dirty_revoked: Vec::new(),
-            removed_agents: Vec::new(),
-            effects: Vec::new(),
+            timers: Default::default(),
+            journal: journal::Journal::new(),
             stats: Stats::default(),
             latency: Latency::default(),
             secrets: None,
             parked_nested: BTreeMap::new(),
             parked_rows: Default::default(),
+            unix_ms: 0,
         }
+    }
+
+    /// Takes the time of an input (every input method calls it first).
+    pub(crate) fn at(&mut self, now: Now) -> Instant {
+        self.unix_ms = now.unix_ms;
+        now.instant
+    }
+
+    /// A certificate of `agent` revoked before this coordinator started (read
+    /// from the store: it is refused as those revoked since are).
+    pub(crate) fn restore_revoked(&mut self, fingerprint: String, agent: &str) {
+        self.registry.revoke_fingerprint(fingerprint, agent);
+    }
+
+    /// A running execution's record and plan (for tests outside the scheduler).
+    #[cfg(test)]
+    pub(crate) fn running_execution(&self, id: &str) -> Option<(&ExecutionRecord, &Plan)> {
+        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        Some((&e.rec, &e.plan))
     }
 
     /// The key that seals sensitive parameters of the sub-executions it starts.
@@ -474,7 +446,8 @@ impl Scheduler {
         }
         let mut ops = Vec::new();
         let mut written = Vec::new();
-        if std::mem::take(&mut self.epoch_dirty) {
+        let dirty = self.journal.take_dirty();
+        if dirty.epoch {
             ops.push(Op::Put {
                 key: EPOCH_KEY.to_string(),
                 value: self.epoch.to_string().into_bytes(),
@@ -482,15 +455,19 @@ impl Scheduler {
             });
             written.push(Written::Epoch);
         }
-        for fp in std::mem::take(&mut self.dirty_revoked) {
-            let name = self.revoked.get(&fp).cloned().unwrap_or_default();
+        for fp in dirty.revoked {
+            let name = self
+                .registry
+                .revoked_owner(&fp)
+                .unwrap_or_default()
+                .to_string();
             ops.push(Op::Put {
                 key: revoked_key(&fp),
                 value: name.into_bytes(),
                 pre: Precondition::Any,
             });
         }
-        for name in std::mem::take(&mut self.removed_agents) {
+        for name in dirty.removed_agents {
             for key in [agent_key(&name), seq_key(&name)] {
                 ops.push(Op::Delete {
                     key,
@@ -498,8 +475,8 @@ impl Scheduler {
                 });
             }
         }
-        for name in std::mem::take(&mut self.dirty_agents) {
-            if let Some(a) = self.agents.get(&name) {
+        for name in dirty.agents {
+            if let Some(a) = self.registry.get(&name) {
                 ops.push(Op::Put {
                     key: agent_key(&name),
                     value: serde_json::to_vec(&a.rec).unwrap_or_default(),
@@ -508,8 +485,8 @@ impl Scheduler {
                 written.push(Written::Agent(name));
             }
         }
-        for name in std::mem::take(&mut self.dirty_seqs) {
-            if let Some(a) = self.agents.get(&name) {
+        for name in dirty.seqs {
+            if let Some(a) = self.registry.get(&name) {
                 ops.push(Op::Put {
                     key: seq_key(&name),
                     value: serde_json::to_vec(&a.seq).unwrap_or_default(),
@@ -518,7 +495,7 @@ impl Scheduler {
                 written.push(Written::Seq(name));
             }
         }
-        for slot in std::mem::take(&mut self.dirty_execs) {
+        for slot in dirty.execs {
             if let Some(e) = self.execs.get(&slot) {
                 ops.push(Op::Put {
                     key: execution_key(&e.rec.id),
@@ -528,11 +505,7 @@ impl Scheduler {
                 written.push(Written::Exec(slot));
             }
         }
-        let mut children: Vec<ChildRef> = std::mem::take(&mut self.dirty_children)
-            .into_iter()
-            .collect();
-        children.sort_unstable();
-        for cref in children {
+        for cref in dirty.children {
             if let Some(e) = self.execs.get(&cref.exec) {
                 let c = &e.tasks[cref.task as usize].children[cref.child as usize];
                 ops.push(Op::Put {
@@ -563,12 +536,12 @@ impl Scheduler {
                     }
                 }
                 Written::Agent(n) => {
-                    if let Some(a) = self.agents.get_mut(&n) {
+                    if let Some(a) = self.registry.get_mut(&n) {
                         a.version = Some(revision);
                     }
                 }
                 Written::Seq(n) => {
-                    if let Some(a) = self.agents.get_mut(&n) {
+                    if let Some(a) = self.registry.get_mut(&n) {
                         a.seq_version = Some(revision);
                     }
                 }
@@ -580,20 +553,10 @@ impl Scheduler {
 
     /// Effects to perform now that the last flush is durable (acks last).
     pub fn take_effects(&mut self) -> Vec<Effect> {
-        let mut out = std::mem::take(&mut self.effects);
-        for (agent, seq) in std::mem::take(&mut self.pending_acks) {
-            out.push(Effect::Ack { agent, seq });
-        }
-        out
+        self.journal.take_effects()
     }
 
     pub(crate) fn has_dirty(&self) -> bool {
-        self.epoch_dirty
-            || !self.dirty_children.is_empty()
-            || !self.dirty_execs.is_empty()
-            || !self.dirty_agents.is_empty()
-            || !self.dirty_seqs.is_empty()
-            || !self.dirty_revoked.is_empty()
-            || !self.removed_agents.is_empty()
+        self.journal.has_dirty()
     }
 }

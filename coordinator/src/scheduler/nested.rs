@@ -3,7 +3,8 @@
 //! coordinator runs it as a *sub-execution* — an execution of its own, linked
 //! to the child it stands for — whose children go to agents like any other.
 //!
-//! - The child is "running" on [`COORDINATOR`] while its sub-execution runs;
+//! - The child is in state [`ChildState::SubExecution`] while its
+//!   sub-execution runs (stored as `running` on the agent [`COORDINATOR`]);
 //!   the sub-execution's record names the parent child (execution, task, index,
 //!   attempt) and its nesting depth, at most [`MAX_DEPTH`].
 //! - When the sub-execution ends, the child ends the same way (succeeded,
@@ -18,12 +19,9 @@ use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 use super::admission::Room;
-use super::{ChildRef, Scheduler};
+use super::{COORDINATOR, ChildRef, ChildState, End, Now, Scheduler, Step};
 use crate::prepare::plan_bundle;
-use crate::records::{ExecutionRecord, ExecutionState, ParentLink, Phase, now_unix_ms};
-
-/// The pseudo-agent that runs sub-executions.
-pub const COORDINATOR: &str = "@coordinator";
+use crate::records::{ExecutionRecord, ExecutionState, ParentLink};
 
 /// Deepest nesting: a parent's child is depth 1, its child's child depth 2, …
 pub const MAX_DEPTH: u32 = 4;
@@ -63,26 +61,28 @@ impl Scheduler {
                 if let Some(c) = self.child_mut(cref) {
                     c.rec.reason = reason;
                 }
-                self.set_phase(cref, Phase::Failed);
+                self.set_state(cref, Step::End(End::Failed));
                 self.advance(cref.exec);
                 return;
             }
         };
         self.parked_nested.remove(&cref);
         let sub_id = rec.id.clone();
+        let unix_ms = self.unix_ms;
         if let Some(c) = self.child_mut(cref) {
-            if c.rec.attempt_agents.len() < c.rec.attempt as usize {
+            if c.rec.attempt_agents.len() < c.state().attempt() as usize {
                 c.rec.attempt_agents.push(COORDINATOR.to_string());
             }
-            c.rec.agent = Some(COORDINATOR.to_string());
             c.rec.reason = format!("runs as execution {sub_id}");
-            c.rec.started_unix_ms = now_unix_ms();
+            c.rec.started_unix_ms = unix_ms;
             c.waiting_reason.clear();
         }
-        self.set_phase(cref, Phase::Running);
+        if !self.set_state(cref, Step::RunHere) {
+            return;
+        }
         self.stats.dispatches += 1;
         info!(child = ?cref, execution = %sub_id, "nested fan-out: child runs as a sub-execution");
-        self.start(rec, plan);
+        self.start_execution(rec, plan);
     }
 
     fn nested_record(
@@ -127,7 +127,7 @@ impl Scheduler {
             params: sealed,
             state: ExecutionState::Running,
             current_task: 0,
-            created_unix_ms: now_unix_ms(),
+            created_unix_ms: self.unix_ms,
             finished_unix_ms: 0,
             reason: String::new(),
             stale_events: 0,
@@ -154,14 +154,11 @@ impl Scheduler {
         Ok((rec, plan))
     }
 
-    /// A sub-execution ended: its parent child ends the same way.
-    pub(crate) fn nested_ended(&mut self, sub_slot: u64) {
-        let Some(sub) = self.execs.get(&sub_slot) else {
-            return;
-        };
-        let Some(link) = sub.rec.parent.clone() else {
-            return;
-        };
+    /// A sub-execution ended: its parent child ends the same way. Returns
+    /// the parent execution to move on (the caller does).
+    pub(crate) fn nested_ended(&mut self, sub_slot: u64) -> Option<u64> {
+        let sub = self.execs.get(&sub_slot)?;
+        let link = sub.rec.parent.clone()?;
         let state = sub.rec.state;
         let reason = format!("execution {}: {}", sub.rec.id, sub.rec.reason);
         // Every task's outputs, later tasks winning a key, at most as many as
@@ -176,33 +173,27 @@ impl Scheduler {
                 }
             }
         }
-        let Some(&slot) = self.exec_ids.get(&link.execution_id) else {
+        let Some(&slot) = self.exec_ids.get(link.execution_id.as_str()) else {
             warn!(execution = %link.execution_id, "the parent of a sub-execution is not running");
-            return;
+            return None;
         };
-        let Some(e) = self.execs.get(&slot) else {
-            return;
-        };
-        let Some(&ti) = e.task_index.get(&link.task) else {
-            return;
-        };
+        let e = self.execs.get(&slot)?;
+        let ti = *e.task_index.get(&link.task)?;
         let cref = ChildRef {
             exec: slot,
             task: ti,
             child: link.index,
         };
-        let Some(c) = self.child(cref) else {
-            return;
-        };
-        if c.rec.attempt != link.attempt || !c.rec.phase.is_on_agent() {
-            return;
+        let c = self.child(cref)?;
+        if !matches!(c.state(), ChildState::SubExecution { attempt } if *attempt == link.attempt) {
+            return None;
         }
         let status = match state {
             ExecutionState::Succeeded => baton_proto::JobStatus::Succeeded,
             ExecutionState::Cancelled => baton_proto::JobStatus::Cancelled,
             _ => baton_proto::JobStatus::Failed,
         };
-        self.child_ended(cref, COORDINATOR, status, 0, outputs, reason, None);
+        self.attempt_ended(cref, None, status, 0, outputs, reason, None)
     }
 
     /// Cancels the sub-execution a child runs as (the child ends when it does).
@@ -226,7 +217,7 @@ impl Scheduler {
                 .map(|_| (*s, x.rec.id.clone()))
         });
         if let Some((_, sub_id)) = sub {
-            let _ = self.cancel(&sub_id, reason);
+            let _ = self.cancel_execution(&sub_id, reason);
         }
     }
 }
@@ -235,7 +226,8 @@ impl Scheduler {
     /// After a restart: a child that runs as a sub-execution which is not
     /// running any more (it could not be planned again, or was pruned) would
     /// wait for ever; it fails instead, and its retry policy applies.
-    pub fn end_orphaned_nested(&mut self) {
+    pub fn end_orphaned_nested(&mut self, now: Now) {
+        self.at(now);
         let live: std::collections::HashSet<(String, String, u32, u32)> = self
             .execs
             .values()
@@ -247,8 +239,7 @@ impl Scheduler {
         for (&slot, e) in &self.execs {
             for (ti, run) in e.tasks.iter().enumerate() {
                 for (ci, c) in run.children.iter().enumerate() {
-                    if c.rec.agent.as_deref() == Some(COORDINATOR)
-                        && c.rec.phase.is_on_agent()
+                    if matches!(c.state(), ChildState::SubExecution { .. })
                         && !live.contains(&(
                             e.rec.id.clone(),
                             c.rec.task.clone(),
@@ -269,7 +260,7 @@ impl Scheduler {
             warn!(child = ?cref, "the sub-execution of a child is not running after the restart; the child fails");
             self.child_ended(
                 cref,
-                COORDINATOR,
+                None,
                 baton_proto::JobStatus::Failed,
                 -1,
                 BTreeMap::new(),

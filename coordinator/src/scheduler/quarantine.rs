@@ -18,7 +18,6 @@ use baton_proto as pb;
 use tracing::{info, warn};
 
 use super::Scheduler;
-use crate::records::now_unix_ms;
 
 /// Tunables (`baton coordinator --quarantine-failures/--quarantine-window/--quarantine-cooldown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,16 +67,21 @@ impl Scheduler {
     /// Counts a child's end against (or for) the agent it ran on.
     pub(crate) fn note_child_end(&mut self, agent: &str, status: pb::JobStatus, now: Instant) {
         let cfg = self.config.quarantine;
+        let unix_ms = self.unix_ms;
         if cfg.failures == 0 {
             return;
         }
-        let live = self.agents.values().filter(|a| a.seen && !a.lost).count();
+        let live = self
+            .registry
+            .entries()
+            .filter(|a| a.seen && !a.lost)
+            .count();
         let quarantined = self
-            .agents
-            .values()
+            .registry
+            .entries()
             .filter(|a| a.quarantine.active(now))
             .count();
-        let Some(a) = self.agents.get_mut(agent) else {
+        let Some(a) = self.registry.get_mut(agent) else {
             return;
         };
         let q = &mut a.quarantine;
@@ -117,7 +121,7 @@ impl Scheduler {
         }
         let cooldown_ms = u64::try_from(cfg.cooldown.as_millis()).unwrap_or(u64::MAX);
         q.until = Some(now + cfg.cooldown);
-        q.until_unix_ms = now_unix_ms().saturating_add(cooldown_ms);
+        q.until_unix_ms = unix_ms.saturating_add(cooldown_ms);
         q.reason = format!(
             "{} children failed within {} s with no success in between; no new children for {} s",
             cfg.failures,
@@ -131,11 +135,11 @@ impl Scheduler {
     /// Ends quarantines whose cool-down is over (call from `tick`).
     pub(crate) fn end_quarantines(&mut self, now: Instant) {
         let mut ended = false;
-        for (name, a) in self.agents.iter_mut() {
+        for a in self.registry.entries_mut() {
             if a.quarantine.until.is_some_and(|t| now >= t) {
                 a.quarantine = Quarantine::default();
                 ended = true;
-                info!(agent = %name, "quarantine over; the agent takes children again");
+                info!(agent = %a.rec.name, "quarantine over; the agent takes children again");
             }
         }
         if ended {

@@ -10,11 +10,9 @@
 //! concurrent writer makes the commit fail rather than be overwritten) and
 //! restores it as a running execution.
 
-use std::time::Instant;
-
 use tracing::info;
 
-use super::Scheduler;
+use super::{Now, Scheduler};
 use crate::error::CoordinatorError;
 use crate::prepare::Plan;
 use crate::records::{ChildRecord, ExecutionRecord, ExecutionState, Phase};
@@ -60,9 +58,9 @@ impl Scheduler {
         version: u64,
         plan: Plan,
         stored: Vec<(ChildRecord, u64)>,
-        now: Instant,
+        now: Now,
     ) -> Result<u64, CoordinatorError> {
-        if let Some(&slot) = self.exec_ids.get(&rec.id) {
+        if let Some(&slot) = self.exec_ids.get(rec.id.as_str()) {
             let why = if self.execs[&slot].rec.state.is_terminal() {
                 "it is ending right now; try again in a moment"
             } else {
@@ -105,10 +103,10 @@ impl Scheduler {
         let id = rec.id.clone();
         self.restore_execution(rec, version, plan, children, now);
         // Write the execution and every reset child (CAS on the revisions read).
-        let Some(&slot) = self.exec_ids.get(&id) else {
+        let Some(&slot) = self.exec_ids.get(id.as_str()) else {
             return Ok(again);
         };
-        self.dirty_execs.insert(slot);
+        self.journal.exec(slot);
         let e = &self.execs[&slot];
         let mut dirty = Vec::with_capacity(reset.len());
         for (task, index) in reset {
@@ -120,7 +118,9 @@ impl Scheduler {
                 });
             }
         }
-        self.dirty_children.extend(dirty);
+        for c in dirty {
+            self.journal.child(c);
+        }
         if let Some(e) = self.execs.get_mut(&slot) {
             e.touched = true;
         }

@@ -13,42 +13,23 @@ use tracing::{info, warn};
 
 use super::admission::Room;
 use super::flow::{expand, planned_shallow};
-use super::{Exec, Scheduler};
+use super::{Now, Scheduler};
 use crate::prepare::Work;
 use crate::records::{Phase, RowsOutcome};
 
-/// A cancel does not wait for rows: a rows foreach still waiting ends
-/// cancelled (a late answer is ignored).
-pub(super) fn end_awaiting_rows(e: &mut Exec) -> bool {
-    let mut changed = false;
-    for ti in 0..e.tasks.len() {
-        if !e.tasks[ti].awaiting_rows {
-            continue;
-        }
-        e.tasks[ti].awaiting_rows = false;
-        e.tasks[ti].held_rows = None;
-        e.tasks[ti].waiting.clear();
-        e.tasks[ti].ended = true;
-        let name = e.plan.tasks[ti].name.clone();
-        let _ = e
-            .engine
-            .finished(&name, TaskOutcome::Cancelled, BTreeMap::new());
-        changed = true;
-    }
-    changed
-}
-
 impl Scheduler {
-    /// Asks the agents that ran the source task of a rows foreach for its rows.
-    pub(super) fn request_rows(&mut self, slot: u64, ti: usize) {
+    /// Asks the agents that ran the source task of a rows foreach for its
+    /// rows; `Err` says why they cannot be asked (the caller fails the
+    /// foreach with it, [`Scheduler::take_rows`]).
+    pub(super) fn request_rows(&mut self, slot: u64, ti: usize) -> Result<(), String> {
         let Some(e) = self.execs.get(&slot) else {
-            return;
+            return Ok(());
         };
         let Work::Foreach { fe, .. } = &e.plan.tasks[ti].work else {
-            return;
+            return Ok(());
         };
         let baton_package::ForeachOver::Rows(source) = &fe.over else {
-            return;
+            return Ok(());
         };
         let mut sources = Vec::new();
         let mut missing = None;
@@ -60,38 +41,30 @@ impl Scheduler {
                     continue;
                 }
                 let agent = c.rec.agent.clone().unwrap_or_default();
-                match self.agents.get(&agent) {
+                match self.registry.get(&agent) {
                     Some(a) => sources.push((
                         agent,
                         a.rec.address.clone(),
-                        baton_proto::DispatchId {
-                            execution_id: e.rec.id.clone(),
-                            task_path: c.rec.task.clone(),
-                            item_index: c.rec.index,
-                            attempt: c.rec.attempt,
-                        },
+                        c.dispatch_id(&e.rec.id).to_proto(),
                     )),
                     None => missing = Some(agent),
                 }
             }
         }
+        if let Some(agent) = missing {
+            return Err(format!(
+                "the rows of task '{source}' are on agent '{agent}', which this coordinator \
+                 does not know any more"
+            ));
+        }
         let id = e.rec.id.clone();
         let task = e.plan.tasks[ti].name.clone();
-        match missing {
-            Some(agent) => self.rows_fetched(
-                &id,
-                &task,
-                Err(format!(
-                    "the rows of task '{source}' are on agent '{agent}', which this coordinator \
-                     does not know any more"
-                )),
-            ),
-            None => self.effects.push(super::Effect::FetchRows {
-                execution_id: id,
-                task,
-                sources,
-            }),
-        }
+        self.journal.effect(super::Effect::FetchRows {
+            execution_id: id,
+            task,
+            sources,
+        });
+        Ok(())
     }
 
     /// The rows a rows foreach waited for arrived (or could not be read).
@@ -102,18 +75,47 @@ impl Scheduler {
         execution_id: &str,
         task: &str,
         rows: Result<Vec<String>, String>,
+        now: Now,
     ) {
+        self.at(now);
+        self.rows_arrived(execution_id, task, rows);
+    }
+
+    /// [`Scheduler::rows_fetched`] at the time of the input being handled.
+    fn rows_arrived(&mut self, execution_id: &str, task: &str, rows: Result<Vec<String>, String>) {
         let Some(&slot) = self.exec_ids.get(execution_id) else {
             return;
         };
-        let Some(ti) = self.execs.get(&slot).and_then(|e| {
-            let ti = *e.task_index.get(task)? as usize;
-            let live = e.tasks[ti].awaiting_rows && !e.rec.state.is_terminal();
-            live.then_some((ti, e.rec.cancel_requested))
-        }) else {
+        let Some(ti) = self
+            .execs
+            .get(&slot)
+            .and_then(|e| e.task_index.get(task).copied())
+        else {
             return;
         };
-        let (ti, cancelling) = ti;
+        if self.take_rows(slot, usize::from(ti), rows) {
+            self.advance(slot);
+        }
+    }
+
+    /// What the rows of a rows foreach that waits for them come to: its
+    /// children, a wait for room (the rows are held), or its failure. Does
+    /// not move the execution on (the caller does); `false` when the task
+    /// was not waiting for rows or they are held.
+    pub(super) fn take_rows(
+        &mut self,
+        slot: u64,
+        ti: usize,
+        rows: Result<Vec<String>, String>,
+    ) -> bool {
+        let Some((execution_id, task, cancelling)) = self.execs.get(&slot).and_then(|e| {
+            let live = e.tasks[ti].awaiting_rows && !e.rec.state.is_terminal();
+            let names = (e.rec.id.clone(), e.plan.tasks[ti].name.clone());
+            live.then_some((names.0, names.1, e.rec.cancel_requested))
+        }) else {
+            return false;
+        };
+        let task = task.as_str();
         // What the rows come to: children to make, or why the foreach fails.
         let limit = baton_package::MAX_FOREACH_ITEMS;
         let rows = match rows {
@@ -142,7 +144,7 @@ impl Scheduler {
                             e.touched = true;
                         }
                     }
-                    return;
+                    return false;
                 }
                 Room::Never(why) => {
                     let why = format!("cannot make this foreach's children: {why}");
@@ -160,7 +162,7 @@ impl Scheduler {
         let mut created = Vec::new();
         {
             let Some(e) = self.execs.get_mut(&slot) else {
-                return;
+                return false;
             };
             e.tasks[ti].awaiting_rows = false;
             e.tasks[ti].held_rows = None;
@@ -196,13 +198,13 @@ impl Scheduler {
             if let Some(o) = outcome {
                 e.rec.rows_outcomes.insert(task.to_string(), o);
                 e.touched = true;
-                self.dirty_execs.insert(slot);
+                self.journal.exec(slot);
             }
         }
         for cref in created {
-            self.dirty_children.insert(cref);
+            self.journal.child(cref);
         }
-        self.advance(slot);
+        true
     }
 
     /// Tries again the rows foreach tasks that hold rows for want of room.
@@ -218,7 +220,7 @@ impl Scheduler {
                 continue;
             };
             let (id, task) = (e.rec.id.clone(), e.plan.tasks[ti as usize].name.clone());
-            self.rows_fetched(&id, &task, Ok(rows));
+            self.rows_arrived(&id, &task, Ok(rows));
         }
     }
 }

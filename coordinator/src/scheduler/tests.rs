@@ -2,7 +2,7 @@
 //! property test that drives it with random agent behaviour.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 use proptest::prelude::*;
@@ -18,7 +18,7 @@ pub(super) fn sched() -> Scheduler {
     Scheduler::new(SchedulerConfig::default(), 1)
 }
 
-pub(super) fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: Instant) {
+pub(super) fn reg(s: &mut Scheduler, name: &str, slots: u32, boot: &str, now: Now) {
     s.register(
         Registration {
             name: name.into(),
@@ -45,7 +45,7 @@ pub(super) fn start(s: &mut Scheduler, n: u32) -> String {
     let params: BTreeMap<String, String> = [("n".into(), n.to_string())].into();
     let plan = plan_bundle("p.toml", &files, &params).unwrap();
     let rec = running_record("e1", files, params, &plan);
-    s.start(rec, plan)
+    s.start(rec, plan, Now::read())
 }
 
 /// A running execution's record for `plan`, as `StartExecution` writes it
@@ -80,14 +80,26 @@ pub(super) fn running_record(
     }
 }
 
+/// The revision of the next commit: increasing over the whole test run, as
+/// a store's revisions are (never the same twice, never going back).
+pub(super) fn next_revision() -> crate::store::Revision {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REVISION: AtomicU64 = AtomicU64::new(1);
+    REVISION.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Makes everything durable as the task does: flushes, commits under a new
+/// revision, and returns the operations written.
+pub(super) fn commit(s: &mut Scheduler) -> Vec<crate::store::Op> {
+    let (ops, written) = s.flush();
+    s.committed(written, next_revision());
+    ops
+}
+
 /// Commits everything (as the task would) and returns the dispatches.
-pub(super) fn settle(
-    s: &mut Scheduler,
-    now: Instant,
-) -> Vec<(String, ChildRef, u32, pb::DispatchId)> {
+pub(super) fn settle(s: &mut Scheduler, now: Now) -> Vec<(String, ChildRef, u32, pb::DispatchId)> {
     s.pump(now);
-    let (_, written) = s.flush();
-    s.committed(written, 7);
+    commit(s);
     s.take_effects()
         .into_iter()
         .filter_map(|e| match e {
@@ -137,7 +149,7 @@ pub(super) fn summary(s: &Scheduler) -> Summary {
 
 #[test]
 fn fanout_succeeds_and_spreads() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "b1", now);
     reg(&mut s, "b", 2, "b1", now);
@@ -154,7 +166,7 @@ fn fanout_succeeds_and_spreads() {
     let (_, written) = s.flush();
     // Before commit the execution is still in memory and succeeded.
     assert_eq!(s.execution_view("e1").unwrap().summary.state, "succeeded");
-    s.committed(written, 8);
+    s.committed(written, next_revision());
     assert!(
         s.execution_view("e1").is_none(),
         "ended executions leave memory"
@@ -169,7 +181,7 @@ fn fanout_succeeds_and_spreads() {
 
 #[test]
 fn terminal_state_is_recorded_once_and_repeats_are_counted() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 4, "b1", now);
     start(&mut s, 2);
@@ -188,7 +200,7 @@ fn terminal_state_is_recorded_once_and_repeats_are_counted() {
 
 #[test]
 fn lost_agent_children_rerun_elsewhere_with_new_attempt() {
-    let t0 = Instant::now();
+    let t0 = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "b1", t0);
     reg(&mut s, "b", 2, "b1", t0);
@@ -238,7 +250,7 @@ fn lost_agent_children_rerun_elsewhere_with_new_attempt() {
 
 #[test]
 fn no_capacity_waits_with_a_reason_then_runs() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     start(&mut s, 3);
@@ -257,7 +269,7 @@ fn no_capacity_waits_with_a_reason_then_runs() {
 
 #[test]
 fn rejection_tries_the_next_agent_without_a_new_attempt() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     reg(&mut s, "b", 1, "b1", now);
@@ -282,7 +294,7 @@ fn rejection_tries_the_next_agent_without_a_new_attempt() {
 
 #[test]
 fn invalid_request_rejection_fails_the_child() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     start(&mut s, 1);
@@ -302,7 +314,7 @@ fn invalid_request_rejection_fails_the_child() {
 
 #[test]
 fn failed_child_is_retried_by_policy_then_fails_the_execution() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     start(&mut s, 1);
@@ -317,7 +329,7 @@ fn failed_child_is_retried_by_policy_then_fails_the_execution() {
 
 #[test]
 fn agent_restart_loses_its_children() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "boot-1", now);
     start(&mut s, 2);
@@ -330,7 +342,7 @@ fn agent_restart_loses_its_children() {
 
 #[test]
 fn a_report_about_another_agents_job_is_refused_and_counted() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     reg(&mut s, "b", 1, "b1", now);
@@ -351,7 +363,7 @@ fn a_report_about_another_agents_job_is_refused_and_counted() {
 
 #[test]
 fn sequence_gap_resets_the_stream() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "b1", now);
     start(&mut s, 1);
@@ -374,6 +386,8 @@ enum Op {
     Lose(u8),
     Tick,
     Cancel,
+    Start(usize),
+    CancelChild(u32),
 }
 
 fn arb_op() -> impl Strategy<Value = Op> {
@@ -385,6 +399,8 @@ fn arb_op() -> impl Strategy<Value = Op> {
         (0u8..3).prop_map(Op::Lose),
         Just(Op::Tick),
         Just(Op::Cancel),
+        (0usize..64).prop_map(Op::Start),
+        (0u32..8).prop_map(Op::CancelChild),
     ]
 }
 
@@ -394,7 +410,7 @@ proptest! {
     /// stays terminal, and every child ends with the execution.
     #[test]
     fn state_machine_invariants(ops in prop::collection::vec(arb_op(), 1..120)) {
-        let t0 = Instant::now();
+        let t0 = Now::read();
         let mut now = t0;
         let mut s = sched();
         let names = ["a", "b", "c"];
@@ -439,7 +455,23 @@ proptest! {
                 }
                 Op::Tick => s.tick(now),
                 Op::Cancel if s.execution_view("e1").is_some() => {
-                    s.cancel("e1", "prop").unwrap();
+                    s.cancel("e1", "prop", Now::read()).unwrap();
+                }
+                Op::Start(i) if !sent.is_empty() => {
+                    let (a, _, _, id) = sent[i % sent.len()].clone();
+                    let seq = seqs.next(&a);
+                    let started = pb::AgentEvent {
+                        seq,
+                        at_unix_ms: 1,
+                        body: Some(pb::agent_event::Body::Started(pb::JobStarted {
+                            dispatch_id: Some(id),
+                            pid: 7,
+                        })),
+                    };
+                    s.agent_event(&a, started, now);
+                }
+                Op::CancelChild(i) if s.execution_view("e1").is_some() => {
+                    s.cancel_child("e1", "fan", i, "prop", now).unwrap();
                 }
                 _ => {}
             }
@@ -462,8 +494,26 @@ proptest! {
             } else {
                 prop_assert_eq!(terminal_seen.len(), 8, "execution ended before all children");
             }
-            for a in s.agents.values() {
-                prop_assert!(a.active.len() as u32 <= a.rec.slots, "agent over its slots");
+            for a in s.registry.entries() {
+                prop_assert!(a.held_count() as u32 <= a.rec.slots, "agent over its slots");
+            }
+            prop_assert_eq!(s.stats.refused_steps, 0, "the scheduler only takes legal steps");
+            for (&slot, e) in &s.execs {
+                for (ti, run) in e.tasks.iter().enumerate() {
+                    for (ci, c) in run.children.iter().enumerate() {
+                        let cref = ChildRef { exec: slot, task: ti as u16, child: ci as u32 };
+                        prop_assert_eq!(c.rec.phase, c.state().phase(), "the record is the state");
+                        if c.rec.phase.is_on_agent() {
+                            // On an agent: that agent, which counts it.
+                            let agent = c.state().agent();
+                            prop_assert!(agent.is_some(), "{:?} runs on no agent", cref);
+                            let held = agent
+                                .and_then(|a| s.registry.get(a.as_str()))
+                                .is_some_and(|a| a.holds(cref));
+                            prop_assert!(held, "{:?} is not in its agent's slots", cref);
+                        }
+                    }
+                }
             }
             sent.extend(settle(&mut s, now));
         }
@@ -472,7 +522,7 @@ proptest! {
 
 #[test]
 fn completion_latency_runs_from_dispatch_to_finished_event() {
-    let t0 = Instant::now();
+    let t0 = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 4, "b1", t0);
     start(&mut s, 2);
@@ -498,7 +548,7 @@ fn completion_latency_runs_from_dispatch_to_finished_event() {
 }
 
 /// Agent `agent` refuses `child` for good (run-as denied).
-fn refuse_for_good(s: &mut Scheduler, agent: &str, child: ChildRef, attempt: u32, now: Instant) {
+fn refuse_for_good(s: &mut Scheduler, agent: &str, child: ChildRef, attempt: u32, now: Now) {
     s.dispatch_result(
         child,
         agent,
@@ -513,7 +563,7 @@ fn refuse_for_good(s: &mut Scheduler, agent: &str, child: ChildRef, attempt: u32
 
 #[test]
 fn a_child_refused_for_good_waits_for_an_agent_that_is_down() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     reg(&mut s, "b", 1, "b1", now);
@@ -522,12 +572,14 @@ fn a_child_refused_for_good_waits_for_an_agent_that_is_down() {
     let (first, child, attempt, _) = d[0].clone();
     let other = if first == "a" { "b" } else { "a" };
     // The only other agent that could take it is down for a while.
-    s.set_admin(other, "cordon").unwrap();
+    s.set_admin(other, AdminAction::Cordon, Now::read())
+        .unwrap();
     refuse_for_good(&mut s, &first, child, attempt, now);
     assert!(settle(&mut s, now).is_empty());
     assert_eq!(summary(&s).state, "running", "it waits for {other}");
     // It comes back, is asked, and refuses too: now the child fails.
-    s.set_admin(other, "uncordon").unwrap();
+    s.set_admin(other, AdminAction::Uncordon, Now::read())
+        .unwrap();
     let d = settle(&mut s, now);
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].0, other);
@@ -538,7 +590,7 @@ fn a_child_refused_for_good_waits_for_an_agent_that_is_down() {
 
 #[test]
 fn a_revoked_agent_does_not_hold_a_refused_child() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     reg(&mut s, "b", 1, "b1", now);
@@ -546,8 +598,56 @@ fn a_revoked_agent_does_not_hold_a_refused_child() {
     let d = settle(&mut s, now);
     let (first, child, attempt, _) = d[0].clone();
     let other = if first == "a" { "b" } else { "a" };
-    s.set_admin(other, "revoke").unwrap();
+    s.set_admin(other, AdminAction::Revoke, Now::read())
+        .unwrap();
     refuse_for_good(&mut s, &first, child, attempt, now);
     s.pump(now);
     assert_eq!(summary(&s).state, "failed", "{other} never comes back");
+}
+
+/// The scheduler reads no clock: the times records show are the times its
+/// inputs carried.
+#[test]
+fn records_show_the_time_the_inputs_carried() {
+    let t0 = Now {
+        instant: std::time::Instant::now(),
+        unix_ms: 1_000_000,
+    };
+    let mut s = sched();
+    reg(&mut s, "a", 4, "b1", t0);
+    start(&mut s, 1);
+    let d = settle(&mut s, t0);
+    let later = t0 + Duration::from_secs(3);
+    s.dispatch_result(d[0].1, "a", d[0].2, DispatchOutcome::Accepted, later);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), later);
+    let v = s.execution_view("e1").unwrap();
+    assert_eq!(v.children[0].finished_unix_ms, 1_003_000);
+    let e = &s.execs[&s.exec_ids["e1"]];
+    assert_eq!(e.rec.state, ExecutionState::Succeeded);
+    assert_eq!(e.rec.finished_unix_ms, 1_003_000);
+}
+
+/// An ended child never changes again, in release builds too: a step out of
+/// its end is refused, counted, and leaves the child and its counters as
+/// they were.
+#[test]
+fn a_step_out_of_an_ended_child_is_refused_and_counted() {
+    let now = Now::read();
+    let mut s = sched();
+    reg(&mut s, "a", 4, "b1", now);
+    start(&mut s, 1);
+    let d = settle(&mut s, now);
+    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    let cref = d[0].1;
+    let before = s.execution_view("e1").unwrap();
+    assert!(!s.set_state(cref, Step::Dispatch(AgentId::new("a"))));
+    assert!(!s.set_state(cref, Step::End(End::Failed)));
+    assert_eq!(s.stats.refused_steps, 2);
+    let after = s.execution_view("e1").unwrap();
+    assert_eq!(after.children, before.children);
+    assert_eq!(after.summary, before.summary);
+    assert!(
+        s.registry.get("a").unwrap().held_count() == 0,
+        "no slot taken"
+    );
 }

@@ -5,7 +5,7 @@
 //! they could never fit. The bound holds at every step.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 
@@ -47,7 +47,7 @@ fn start_files(s: &mut Scheduler, files: &[(&str, &str)]) {
     let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
     s.admit(&plan).unwrap();
     let rec = super::tests::running_record("e1", files, BTreeMap::new(), &plan);
-    s.start(rec, plan);
+    s.start(rec, plan, Now::read());
 }
 
 fn task_view(s: &Scheduler, task: &str) -> (String, String) {
@@ -81,7 +81,7 @@ impl Fleet {
                 &agent,
                 attempt,
                 DispatchOutcome::Accepted,
-                Instant::now(),
+                Now::read(),
             );
             self.open.push((agent, id));
         }
@@ -98,7 +98,7 @@ impl Fleet {
         rows_n: usize,
         mut pick: impl FnMut(usize) -> usize,
     ) -> Result<ExecutionView, String> {
-        let now = Instant::now();
+        let now = Now::read();
         for round in 0..2_000 {
             // As `settle`, but rows are asked for too.
             s.pump(now);
@@ -107,8 +107,7 @@ impl Fleet {
                 None => return Err("the execution left memory while running".into()),
                 _ => {}
             }
-            let (_, written) = s.flush();
-            s.committed(written, 7);
+            super::tests::commit(s);
             for e in s.take_effects() {
                 match e {
                     Effect::Dispatch {
@@ -124,7 +123,7 @@ impl Fleet {
                     }
                     Effect::FetchRows {
                         execution_id, task, ..
-                    } => s.rows_fetched(&execution_id, &task, Ok(rows(rows_n))),
+                    } => s.rows_fetched(&execution_id, &task, Ok(rows(rows_n)), Now::read()),
                     _ => {}
                 }
             }
@@ -154,7 +153,7 @@ impl Fleet {
 /// `ROWS_PARENT` under `limit`: `list` and `busy` dispatched and accepted,
 /// `list` finished, its `n` rows arrived. The scheduler and the dispatches.
 fn rows_arrived(limit: u64, n: usize) -> (Scheduler, Vec<(String, ChildRef, u32, pb::DispatchId)>) {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = limited(limit);
     reg(&mut s, "a", 16, "b1", now);
     start_files(&mut s, &[("p.toml", ROWS_PARENT), ("c.toml", CHILD)]);
@@ -164,13 +163,13 @@ fn rows_arrived(limit: u64, n: usize) -> (Scheduler, Vec<(String, ChildRef, u32,
     }
     let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
     s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
-    s.rows_fetched("e1", "each", Ok(rows(n)));
+    s.rows_fetched("e1", "each", Ok(rows(n)), Now::read());
     (s, d)
 }
 
 #[test]
 fn a_rows_foreach_waits_for_room_then_makes_its_children() {
-    let now = Instant::now();
+    let now = Now::read();
     let (mut s, d) = rows_arrived(10, 5);
     assert_eq!(d.len(), 9, "list and busy run");
     // 8 busy children are unfinished: 8 + 5 > 10.
@@ -217,10 +216,10 @@ fn rows_that_could_never_fit_fail_their_foreach_with_the_reason() {
 
 #[test]
 fn a_cancel_ends_a_rows_foreach_that_holds_rows() {
-    let now = Instant::now();
+    let now = Now::read();
     let (mut s, d) = rows_arrived(10, 5);
     assert!(task_view(&s, "each").1.starts_with("waits for room"));
-    s.cancel("e1", "test").unwrap();
+    s.cancel("e1", "test", Now::read()).unwrap();
     let (state, reason) = task_view(&s, "each");
     assert_eq!(state, "cancelled", "{reason}");
     assert_eq!(reason, "");
@@ -238,7 +237,7 @@ fn a_cancel_ends_a_rows_foreach_that_holds_rows() {
 
 #[test]
 fn sub_executions_wait_for_room_and_all_run_under_the_bound() {
-    let now = Instant::now();
+    let now = Now::read();
     let limit = 8;
     let mut s = limited(limit);
     reg(&mut s, "a", 16, "b1", now);
@@ -270,7 +269,7 @@ fn sub_executions_wait_for_room_and_all_run_under_the_bound() {
 
 #[test]
 fn sub_executions_that_could_never_fit_fail_instead_of_waiting_forever() {
-    let now = Instant::now();
+    let now = Now::read();
     // 3 regions pending, each wanting 4 more under a bound of 5: none of
     // the unfinished children can end before a region starts (they are the
     // regions), so a region that does not fit fails; the last one then fits
@@ -325,7 +324,7 @@ fn rows_that_only_fit_without_their_own_parent_fail_instead_of_waiting() {
     let sub = "name='s'\n[parameters.shard]\ntype='string'\n\
         [tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
         [tasks.each]\nforeach={rows='list'}\nchild='c.toml'\nparams={shard='${item}'}\nafter=['list']\n";
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = limited(10);
     reg(&mut s, "a", 16, "b1", now);
     start_files(
@@ -351,7 +350,7 @@ fn nested_sub_executions_never_wait_for_each_other() {
         [tasks.r]\nforeach={items=['x','y']}\nchild='r.toml'\nparams={shard='${item}'}\n";
     let leaf = "name='r'\n[parameters.shard]\ntype='string'\n\
         [tasks.shards]\nforeach={range={start=1,end=1}}\nchild='c.toml'\nparams={shard='${item}'}\n";
-    let now = Instant::now();
+    let now = Now::read();
     for limit in 3..6 {
         let mut s = limited(limit);
         reg(&mut s, "a", 16, "b1", now);
@@ -440,7 +439,7 @@ mod properties {
             rows_at in 0u8..4,
             order in proptest::collection::vec(any::<u16>(), 64),
         ) {
-            let now = Instant::now();
+            let now = Now::read();
             let mut s = limited(limit);
             reg(&mut s, "a", 3, "b1", now);
             reg(&mut s, "b", 2, "b1", now);
@@ -449,7 +448,7 @@ mod properties {
             let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
             prop_assume!(s.admit(&plan).is_ok());
             let rec = super::super::tests::running_record("e1", files, BTreeMap::new(), &plan);
-            s.start(rec, plan);
+            s.start(rec, plan, Now::read());
             let pick = |round: usize| usize::from(order[round % order.len()]);
             let last = Fleet::default().drive(&mut s, limit, rows, pick);
             prop_assert!(last.is_ok(), "{}", last.unwrap_err());

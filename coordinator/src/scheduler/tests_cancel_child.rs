@@ -1,6 +1,6 @@
 //! Scheduler unit tests of cancelling one child (`CancelChild`).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 
@@ -34,7 +34,7 @@ fn phase(s: &Scheduler, index: u32) -> Phase {
 
 #[test]
 fn a_pending_child_is_cancelled_at_once_and_never_started() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     start(&mut s, 3);
@@ -43,8 +43,9 @@ fn a_pending_child_is_cancelled_at_once_and_never_started() {
     let running = d[0].1.child;
     let pending = (0..3).find(|i| *i != running).unwrap();
     assert_eq!(
-        s.cancel_child("e1", "fan", pending, "not today").unwrap(),
-        "cancelled"
+        s.cancel_child("e1", "fan", pending, "not today", Now::read())
+            .unwrap(),
+        ChildCancelState::Ended(Phase::Cancelled)
     );
     assert!(cancels(&mut s).is_empty(), "nothing runs on an agent");
     let c = s.execution_view("e1").unwrap().children[pending as usize].clone();
@@ -74,7 +75,7 @@ fn a_pending_child_is_cancelled_at_once_and_never_started() {
 
 #[test]
 fn a_running_child_is_stopped_on_its_agent_alone_and_not_retried() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 3, "b1", now);
     start(&mut s, 3);
@@ -84,15 +85,18 @@ fn a_running_child_is_stopped_on_its_agent_alone_and_not_retried() {
     }
     let (_, target, _, id) = d[1].clone();
     let i = target.child;
-    assert_eq!(s.cancel_child("e1", "fan", i, "").unwrap(), "cancelling");
+    assert_eq!(
+        s.cancel_child("e1", "fan", i, "", Now::read()).unwrap(),
+        ChildCancelState::Cancelling
+    );
     assert_eq!(
         cancels(&mut s),
         [("fan".to_string(), i, "cancelled by request".to_string())],
         "one CancelJob, for that child only"
     );
     assert_eq!(
-        s.cancel_child("e1", "fan", i, "").unwrap(),
-        "cancelling",
+        s.cancel_child("e1", "fan", i, "", Now::read()).unwrap(),
+        ChildCancelState::Cancelling,
         "asking again is harmless"
     );
     let _ = cancels(&mut s);
@@ -106,15 +110,15 @@ fn a_running_child_is_stopped_on_its_agent_alone_and_not_retried() {
     );
     assert_eq!(summary(&s).state, "running", "the siblings still run");
     assert_eq!(
-        s.cancel_child("e1", "fan", i, "").unwrap(),
-        "cancelled",
+        s.cancel_child("e1", "fan", i, "", Now::read()).unwrap(),
+        ChildCancelState::Ended(Phase::Cancelled),
         "an ended child says how it ended"
     );
 }
 
 #[test]
 fn a_cancelled_child_that_fails_or_is_lost_is_not_retried() {
-    let t0 = Instant::now();
+    let t0 = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", t0);
     reg(&mut s, "b", 1, "b1", t0);
@@ -123,7 +127,8 @@ fn a_cancelled_child_that_fails_or_is_lost_is_not_retried() {
     assert_eq!(d.len(), 2);
     for (agent, child, attempt, _) in &d {
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, t0);
-        s.cancel_child("e1", "fan", child.child, "").unwrap();
+        s.cancel_child("e1", "fan", child.child, "", Now::read())
+            .unwrap();
     }
     // One exits with a failure before the signal lands; the other's agent is lost.
     let (fa, fc, _, fid) = d[0].clone();
@@ -138,22 +143,24 @@ fn a_cancelled_child_that_fails_or_is_lost_is_not_retried() {
 
 #[test]
 fn a_child_accepted_after_its_cancel_is_stopped_again() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "b1", now);
     start(&mut s, 2);
     let d = settle(&mut s, now);
     let (agent, child, attempt, _) = d[0].clone();
     assert_eq!(
-        s.cancel_child("e1", "fan", child.child, "").unwrap(),
-        "cancelling"
+        s.cancel_child("e1", "fan", child.child, "", Now::read())
+            .unwrap(),
+        ChildCancelState::Cancelling
     );
     assert_eq!(cancels(&mut s).len(), 1);
     s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
     assert_eq!(cancels(&mut s).len(), 1, "the late acceptance is stopped");
     // A dispatch that never answered ends cancelled without running.
     let (agent, child, attempt, _) = d[1].clone();
-    s.cancel_child("e1", "fan", child.child, "").unwrap();
+    s.cancel_child("e1", "fan", child.child, "", Now::read())
+        .unwrap();
     s.dispatch_result(
         child,
         &agent,
@@ -166,7 +173,7 @@ fn a_child_accepted_after_its_cancel_is_stopped_again() {
 
 #[test]
 fn a_restart_asks_again_to_stop_children_cancelled_alone() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "b1", now);
     start(&mut s, 2);
@@ -174,7 +181,8 @@ fn a_restart_asks_again_to_stop_children_cancelled_alone() {
     for (agent, child, attempt, _) in &d {
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
     }
-    s.cancel_child("e1", "fan", d[0].1.child, "").unwrap();
+    s.cancel_child("e1", "fan", d[0].1.child, "", Now::read())
+        .unwrap();
     let _ = cancels(&mut s);
     // What recovery does for an execution that is not cancelled as a whole.
     let slot = d[0].1.exec;
@@ -186,11 +194,11 @@ fn a_restart_asks_again_to_stop_children_cancelled_alone() {
 
 #[test]
 fn unknown_children_and_executions_are_named() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     start(&mut s, 2);
-    let e = s.cancel_child("e1", "fan", 7, "").unwrap_err();
+    let e = s.cancel_child("e1", "fan", 7, "", Now::read()).unwrap_err();
     assert_eq!(e.code(), "CHILD_NOT_FOUND");
     assert!(e.to_string().contains("no child fan[7]"), "{e}");
     assert!(
@@ -198,11 +206,15 @@ fn unknown_children_and_executions_are_named() {
         "{e}"
     );
     assert_eq!(
-        s.cancel_child("e1", "nope", 0, "").unwrap_err().code(),
+        s.cancel_child("e1", "nope", 0, "", Now::read())
+            .unwrap_err()
+            .code(),
         "CHILD_NOT_FOUND"
     );
     assert_eq!(
-        s.cancel_child("e9", "fan", 0, "").unwrap_err().code(),
+        s.cancel_child("e9", "fan", 0, "", Now::read())
+            .unwrap_err()
+            .code(),
         "EXECUTION_NOT_FOUND"
     );
 }

@@ -3,7 +3,7 @@
 //! quarantined, and starts past the pending-children bound are refused.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 
@@ -15,7 +15,7 @@ use crate::prepare::plan_bundle;
 const PARENT: &str = "name='p'\n[parameters.n]\ntype='int'\ndefault=4\n[tasks.fan]\nforeach={range={start=1,end='${params.n}'}}\nchild='c.toml'\nparallelism=1000\nparams={shard='${item}'}\n";
 const CHILD: &str = "name='c'\n[parameters.shard]\ntype='int'\n[tasks.run]\nexec=['true']\n";
 
-fn reg(s: &mut Scheduler, name: &str, slots: u32, labels: &[(&str, &str)], now: Instant) {
+fn reg(s: &mut Scheduler, name: &str, slots: u32, labels: &[(&str, &str)], now: Now) {
     s.register(
         Registration {
             name: name.into(),
@@ -57,7 +57,7 @@ fn start_as(
     s.admit(&plan)?;
     let mut rec = super::tests::running_record(id, files, params, &plan);
     rec.placement = placement;
-    Ok(s.start(rec, plan))
+    Ok(s.start(rec, plan, Now::read()))
 }
 
 fn state(s: &Scheduler, id: &str) -> String {
@@ -76,7 +76,7 @@ impl Fleet {
     fn round(
         &mut self,
         s: &mut Scheduler,
-        now: Instant,
+        now: Now,
         status: impl Fn(&str) -> pb::JobStatus,
     ) -> Vec<(String, pb::DispatchId)> {
         let d = settle(s, now);
@@ -92,7 +92,7 @@ impl Fleet {
 
 #[test]
 fn a_small_execution_after_a_huge_fanout_finishes_long_before_it() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = Scheduler::new(SchedulerConfig::default(), 1);
     reg(&mut s, "a", 2, &[], now);
     reg(&mut s, "b", 2, &[], now);
@@ -124,7 +124,7 @@ fn a_small_execution_after_a_huge_fanout_finishes_long_before_it() {
 
 #[test]
 fn execution_cap_and_slots_per_child_hold() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = Scheduler::new(SchedulerConfig::default(), 1);
     reg(&mut s, "a", 8, &[], now);
     let capped = PlacementPolicy {
@@ -141,14 +141,18 @@ fn execution_cap_and_slots_per_child_hold() {
     // 8 slots: 3 taken by e1, 5 left: two children of 2 slots fit.
     let d = settle(&mut s, now);
     assert_eq!(d.len(), 2, "{d:?}");
-    assert_eq!(s.agent_views(now)[0].in_flight, 7, "in-flight counts slots");
+    assert_eq!(
+        s.agent_views(now.instant)[0].in_flight,
+        7,
+        "in-flight counts slots"
+    );
 }
 
 /// A package's `slots = N` on a task counts for that task's children; its
 /// other tasks take the run's `--slots-per-child`.
 #[test]
 fn a_task_that_asks_for_slots_gets_them() {
-    let now = Instant::now();
+    let now = Now::read();
     let parent = "name='p'\n\
         [tasks.wide]\nforeach={items=['1','2','3']}\nchild='c.toml'\nparams={shard='${item}'}\nslots=2\n\
         [tasks.narrow]\nforeach={items=['1','2','3']}\nchild='c.toml'\nparams={shard='${item}'}\n";
@@ -167,7 +171,7 @@ fn a_task_that_asks_for_slots_gets_them() {
             slots_per_child: run_slots,
             ..Default::default()
         };
-        s.start(rec, plan);
+        s.start(rec, plan, Now::read());
         let d = settle(&mut s, now);
         let count = |t: &str| d.iter().filter(|x| x.3.task_path == t).count();
         assert_eq!(
@@ -175,13 +179,13 @@ fn a_task_that_asks_for_slots_gets_them() {
             (wide, narrow),
             "run slots {run_slots}: {d:?}"
         );
-        assert_eq!(s.agent_views(now)[0].in_flight, used, "in slots");
+        assert_eq!(s.agent_views(now.instant)[0].in_flight, used, "in slots");
     }
 }
 
 #[test]
 fn require_pin_round_robin_and_spread_reach_the_agents() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = Scheduler::new(SchedulerConfig::default(), 1);
     reg(&mut s, "a1", 4, &[("zone", "a")], now);
     reg(&mut s, "a2", 4, &[("zone", "a")], now);
@@ -222,7 +226,7 @@ fn require_pin_round_robin_and_spread_reach_the_agents() {
 
 #[test]
 fn spread_splits_evenly_when_there_is_room() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = Scheduler::new(SchedulerConfig::default(), 1);
     reg(&mut s, "a1", 8, &[("zone", "a")], now);
     reg(&mut s, "a2", 8, &[("zone", "a")], now);
@@ -239,7 +243,7 @@ fn spread_splits_evenly_when_there_is_room() {
 
 #[test]
 fn an_agent_that_fails_quickly_is_quarantined_then_forgiven() {
-    let now = Instant::now();
+    let now = Now::read();
     let config = SchedulerConfig {
         quarantine: QuarantineConfig {
             failures: 3,
@@ -266,9 +270,15 @@ fn an_agent_that_fails_quickly_is_quarantined_then_forgiven() {
         fleet.round(&mut s, now, fail_on_bad);
     }
     let listed = s.agent_list();
-    let bad = listed.iter().find(|a| a.0.name == "bad").unwrap();
-    assert_eq!(bad.1, "quarantined");
-    assert!(bad.5.as_ref().unwrap().0.contains("3 children failed"));
+    let bad = listed.iter().find(|a| a.rec.name == "bad").unwrap();
+    assert_eq!(bad.state, AgentState::Quarantined);
+    assert!(
+        bad.quarantine
+            .as_ref()
+            .unwrap()
+            .0
+            .contains("3 children failed")
+    );
     // No new children while quarantined; the other agent carries on.
     for _ in 0..5 {
         let d = fleet.round(&mut s, now, fail_on_bad);
@@ -287,8 +297,8 @@ fn an_agent_that_fails_quickly_is_quarantined_then_forgiven() {
     s.tick(later);
     let listed = s.agent_list();
     assert_eq!(
-        listed.iter().find(|a| a.0.name == "bad").unwrap().1,
-        "ready"
+        listed.iter().find(|a| a.rec.name == "bad").unwrap().state,
+        AgentState::Ready
     );
     let d = settle(&mut s, later);
     assert!(d.iter().any(|x| x.0 == "bad"), "{d:?}");
@@ -296,7 +306,7 @@ fn an_agent_that_fails_quickly_is_quarantined_then_forgiven() {
 
 #[test]
 fn never_more_than_half_the_fleet_is_quarantined() {
-    let now = Instant::now();
+    let now = Now::read();
     let config = SchedulerConfig {
         quarantine: QuarantineConfig {
             failures: 2,
@@ -317,7 +327,7 @@ fn never_more_than_half_the_fleet_is_quarantined() {
     let quarantined = s
         .agent_list()
         .iter()
-        .filter(|a| a.1 == "quarantined")
+        .filter(|a| a.state == AgentState::Quarantined)
         .count();
     assert_eq!(
         quarantined, 1,
@@ -327,7 +337,7 @@ fn never_more_than_half_the_fleet_is_quarantined() {
 
 #[test]
 fn starts_past_the_pending_bound_are_refused() {
-    let now = Instant::now();
+    let now = Now::read();
     let config = SchedulerConfig {
         max_pending_children: 100,
         ..Default::default()

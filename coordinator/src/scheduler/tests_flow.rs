@@ -4,7 +4,7 @@
 //! retry waits for its backoff.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 
@@ -23,7 +23,7 @@ fn start_with(s: &mut Scheduler, parent: &str) {
     .into();
     let plan = plan_bundle("p.toml", &files, &BTreeMap::new()).unwrap();
     let rec = super::tests::running_record("e1", files, BTreeMap::new(), &plan);
-    s.start(rec, plan);
+    s.start(rec, plan, Now::read());
 }
 
 fn long_lease() -> Scheduler {
@@ -60,7 +60,7 @@ const DIAMOND: &str = "name='p'\n\
 
 #[test]
 fn independent_tasks_run_together_and_a_join_waits_for_both() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     start_with(&mut s, DIAMOND);
@@ -97,7 +97,7 @@ fn with_output(seq: u64, id: &pb::DispatchId, k: &str, v: &str) -> pb::AgentEven
 
 #[test]
 fn a_failure_runs_the_on_failure_task_and_fails_the_execution() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     start_with(&mut s, DIAMOND);
@@ -122,7 +122,7 @@ fn a_failure_runs_the_on_failure_task_and_fails_the_execution() {
 
 #[test]
 fn a_template_that_cannot_be_rendered_fails_its_task_before_any_child() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     start_with(&mut s, DIAMOND);
@@ -149,7 +149,7 @@ fn a_template_that_cannot_be_rendered_fails_its_task_before_any_child() {
 
 #[test]
 fn a_retry_waits_for_its_backoff() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n[tasks.t]\nforeach={items=['1']}\nchild='c.toml'\n\
@@ -168,7 +168,7 @@ fn a_retry_waits_for_its_backoff() {
 
 #[test]
 fn max_failures_stops_a_foreach_early() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 1, "b1", now);
     let parent = "name='p'\n[tasks.t]\nforeach={items=['1','2','3','4']}\nchild='c.toml'\n\
@@ -204,7 +204,7 @@ fn a_limited_view_picks_what_did_not_succeed_first() {
 /// their records `running` for ever).
 #[test]
 fn a_restart_during_a_cancel_waits_for_the_running_children() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n[tasks.t]\nforeach={items=['1','2']}\nchild='c.toml'\n\
@@ -226,7 +226,7 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
             now,
         );
     }
-    s.cancel("e1", "test").unwrap();
+    s.cancel("e1", "test", Now::read()).unwrap();
     settle(&mut s, now);
     // What a restart reads back: the execution (cancel requested) and its children.
     let view = s.execution_view("e1").unwrap();
@@ -259,7 +259,7 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
 /// A task whose children find no agent does not hold up an independent task.
 #[test]
 fn a_task_waiting_for_a_label_does_not_block_an_independent_one() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n\
@@ -285,7 +285,7 @@ fn a_task_waiting_for_a_label_does_not_block_an_independent_one() {
 /// that decision instead of reading rows again (which might differ by then).
 #[test]
 fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 8, "b1", now);
     let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
@@ -300,7 +300,7 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
         .filter(|e| matches!(e, Effect::FetchRows { .. }))
         .count();
     assert_eq!(fetches, 1, "the rows of list are asked for");
-    s.rows_fetched("e1", "each", Ok(Vec::new()));
+    s.rows_fetched("e1", "each", Ok(Vec::new()), Now::read());
     let e = &s.execs[&s.exec_ids["e1"]];
     assert_eq!(
         e.rec.rows_outcomes.get("each"),
@@ -332,7 +332,7 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
 /// (the published one said TOTAL 1, SUCCEEDED 1 while `show` said 4 total).
 #[test]
 fn the_children_of_a_rows_foreach_reach_the_published_counts() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 1, "b1", now);
     let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
@@ -345,7 +345,7 @@ fn the_children_of_a_rows_foreach_reach_the_published_counts() {
     let d = settle(&mut s, now);
     assert_eq!(tasks_of(&d), ["hog"], "the one slot goes to hog");
     let rows = (1..=3).map(|i| format!("{{\"id\":\"{i}\"}}")).collect();
-    s.rows_fetched("e1", "each", Ok(rows));
+    s.rows_fetched("e1", "each", Ok(rows), Now::read());
     assert!(
         settle(&mut s, now).is_empty(),
         "no slot for the rows' children"
@@ -377,7 +377,7 @@ fn the_children_of_a_rows_foreach_reach_the_published_counts() {
 /// tasks on one agent of 16 slots (every agent full most of the time) to its
 /// end; returns the tasks the scheduler looked at and the engine's steps.
 fn work_of_a_run(tasks: usize) -> u64 {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = long_lease();
     reg(&mut s, "a", 16, "b1", now);
     let mut parent = String::from("name='p'\n");
@@ -420,4 +420,53 @@ fn the_work_per_child_does_not_grow_with_the_number_of_tasks() {
         big <= small * 8 * 2,
         "8x the tasks cost {big} against {small}: not linear"
     );
+}
+
+/// A rows foreach whose rows are on an agent this coordinator no longer
+/// knows (a restart after that agent was removed) cannot ask for them: it
+/// fails with that reason inside the flow's loop, the decision is recorded
+/// for replays, and the task that runs on its failure starts.
+#[test]
+fn a_rows_foreach_whose_rows_are_on_a_forgotten_agent_fails_and_the_flow_goes_on() {
+    let now = Now::read();
+    let mut s = long_lease();
+    reg(&mut s, "a", 8, "b1", now);
+    let parent = "name='p'\n[tasks.list]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='x'}\n\
+        [tasks.each]\nforeach={rows='list'}\nchild='c.toml'\nparams={shard='${item}'}\nafter=['list']\n\
+        [tasks.rescue]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='y'}\nafter=[{task='each', on='failure'}]\n";
+    start_with(&mut s, parent);
+    let d = settle(&mut s, now);
+    let mut done = finished(1, &d[0].3, pb::JobStatus::Succeeded);
+    if let Some(pb::agent_event::Body::Finished(f)) = done.body.as_mut() {
+        f.row_count = 3;
+    }
+    s.agent_event("a", done, now);
+    let view = s.execution_view("e1").unwrap();
+    let e = &s.execs[&s.exec_ids["e1"]];
+    let (rec, plan) = (e.rec.clone(), e.plan.clone());
+    let stored: Vec<(ChildRecord, u64)> = view.children.into_iter().map(|c| (c, 7)).collect();
+
+    // Restarted, and agent "a" is not known any more.
+    let mut s2 = long_lease();
+    s2.restore_execution(rec, 7, plan, stored, now);
+    let fetches = s2
+        .take_effects()
+        .into_iter()
+        .filter(|e| matches!(e, Effect::FetchRows { .. }))
+        .count();
+    assert_eq!(fetches, 0, "nobody to ask");
+    assert_eq!(state(&s2, "each"), "failed");
+    let e = &s2.execs[&s2.exec_ids["e1"]];
+    assert!(
+        matches!(e.rec.rows_outcomes.get("each"),
+            Some(crate::records::RowsOutcome::Failed(why)) if why.contains("does not know any more")),
+        "{:?}",
+        e.rec.rows_outcomes
+    );
+    let view = s2.execution_view("e1").unwrap();
+    assert!(
+        view.children.iter().any(|c| c.task == "rescue"),
+        "the task that runs on its failure started"
+    );
+    assert_eq!(s2.stats.refused_steps, 0);
 }

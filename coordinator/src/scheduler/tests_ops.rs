@@ -2,13 +2,13 @@
 //! and drain, and revoking an agent's certificate.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use baton_proto as pb;
 
-use super::tests::{finished, reg, sched, settle, start, summary};
+use super::tests::{commit, finished, reg, sched, settle, start, summary};
 use super::*;
-use crate::records::Phase;
+use crate::records::{ExecutionState, Phase};
 fn cancels(s: &mut Scheduler) -> usize {
     s.take_effects()
         .iter()
@@ -18,7 +18,7 @@ fn cancels(s: &mut Scheduler) -> usize {
 
 #[test]
 fn cancel_ends_pending_children_at_once_and_stops_running_ones() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "b1", now);
     start(&mut s, 5);
@@ -27,7 +27,10 @@ fn cancel_ends_pending_children_at_once_and_stops_running_ones() {
     for (agent, child, attempt, _) in &d {
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
     }
-    assert_eq!(s.cancel("e1", "operator").unwrap().state, "cancelling");
+    assert_eq!(
+        s.cancel("e1", "operator", Now::read()).unwrap().state,
+        CancelState::Cancelling
+    );
     assert_eq!(cancels(&mut s), 2, "one CancelJob per running child");
     let sum = summary(&s);
     assert_eq!(
@@ -48,14 +51,14 @@ fn cancel_ends_pending_children_at_once_and_stops_running_ones() {
 
 #[test]
 fn cancel_does_not_retry_failed_or_lost_children() {
-    let t0 = Instant::now();
+    let t0 = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", t0);
     reg(&mut s, "b", 1, "b1", t0);
     start(&mut s, 2);
     let d = settle(&mut s, t0);
     let rx = s.watch("e1").unwrap();
-    s.cancel("e1", "").unwrap();
+    s.cancel("e1", "", Now::read()).unwrap();
     // One child fails (policy would retry it), the other's agent is lost.
     let (fa, _, _, fid) = d[0].clone();
     s.agent_event(&fa, finished(1, &fid, pb::JobStatus::Failed), t0);
@@ -63,7 +66,7 @@ fn cancel_does_not_retry_failed_or_lost_children() {
     let later = t0 + Duration::from_secs(6);
     reg(&mut s, &fa, 1, "b1", later);
     s.tick(later);
-    assert!(s.agents[other].lost);
+    assert!(s.registry.get(other).unwrap().lost);
     assert!(settle(&mut s, later).is_empty(), "no retry after a cancel");
     let last = rx.borrow().clone();
     assert_eq!(
@@ -74,12 +77,12 @@ fn cancel_does_not_retry_failed_or_lost_children() {
 
 #[test]
 fn a_start_accepted_after_the_cancel_is_stopped_again() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     start(&mut s, 1);
     let d = settle(&mut s, now);
-    s.cancel("e1", "").unwrap();
+    s.cancel("e1", "", Now::read()).unwrap();
     assert_eq!(cancels(&mut s), 1);
     s.dispatch_result(d[0].1, "a", 1, DispatchOutcome::Accepted, now);
     assert_eq!(
@@ -93,18 +96,19 @@ fn a_start_accepted_after_the_cancel_is_stopped_again() {
 fn state_of(s: &Scheduler, name: &str) -> &'static str {
     s.agent_list()
         .into_iter()
-        .find(|a| a.0.name == name)
+        .find(|a| a.rec.name == name)
         .unwrap()
-        .1
+        .state
+        .as_str()
 }
 
 #[test]
 fn cordoned_and_draining_agents_get_no_new_work_and_keep_it_across_restarts() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 2, "b1", now);
     reg(&mut s, "b", 2, "b1", now);
-    s.set_admin("b", "cordon").unwrap();
+    s.set_admin("b", AdminAction::Cordon, Now::read()).unwrap();
     assert_eq!(state_of(&s, "b"), "cordoned");
     start(&mut s, 4);
     let d = settle(&mut s, now);
@@ -116,7 +120,7 @@ fn cordoned_and_draining_agents_get_no_new_work_and_keep_it_across_restarts() {
     reg(&mut s, "b", 2, "b2", now);
     assert_eq!(state_of(&s, "b"), "cordoned");
     // Drain a, which runs two children: draining until they end, then drained.
-    s.set_admin("a", "drain").unwrap();
+    s.set_admin("a", AdminAction::Drain, Now::read()).unwrap();
     assert_eq!(state_of(&s, "a"), "draining");
     for (i, x) in d.iter().enumerate() {
         s.agent_event(
@@ -127,28 +131,29 @@ fn cordoned_and_draining_agents_get_no_new_work_and_keep_it_across_restarts() {
     }
     assert_eq!(state_of(&s, "a"), "drained");
     assert!(settle(&mut s, now).is_empty(), "no agent takes work");
-    s.set_admin("b", "uncordon").unwrap();
+    s.set_admin("b", AdminAction::Uncordon, Now::read())
+        .unwrap();
     assert_eq!(
         settle(&mut s, now).len(),
         2,
         "uncordoned: the waiting children run"
     );
-    assert!(s.set_admin("zz", "cordon").is_err());
+    assert!(s.set_admin("zz", AdminAction::Cordon, Now::read()).is_err());
     assert_eq!(
-        s.set_admin("a", "explode").unwrap_err().code(),
+        "explode".parse::<AdminAction>().unwrap_err().code(),
         "INVALID_REQUEST"
     );
 }
 
 #[test]
 fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", now);
     reg(&mut s, "b", 1, "b1", now);
     start(&mut s, 2);
     let d = settle(&mut s, now);
-    s.revoke("b").unwrap();
+    s.revoke("b", Now::read()).unwrap();
     assert_eq!(state_of(&s, "b"), "revoked");
     assert!(
         s.take_effects()
@@ -189,7 +194,7 @@ fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
         ..again
     };
     assert!(s.register(renewed, now).is_ok());
-    let (ops, _) = s.flush();
+    let ops = commit(&mut s);
     assert!(
         ops.iter().any(|op| op.key() == "v/fp-b"),
         "the revocation is persisted"
@@ -198,13 +203,15 @@ fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
 
 #[test]
 fn only_a_lost_agent_can_be_removed_and_its_records_go() {
-    let t0 = Instant::now();
+    let t0 = Now::read();
     let mut s = sched();
     reg(&mut s, "a", 1, "b1", t0);
     reg(&mut s, "b", 1, "b1", t0);
-    let e = s.set_admin("a", "remove").unwrap_err();
+    let e = s
+        .set_admin("a", AdminAction::Remove, Now::read())
+        .unwrap_err();
     assert_eq!(e.code(), "AGENT_ALIVE");
-    let _ = s.flush();
+    commit(&mut s);
     // "a" goes silent past its lease; "b" keeps heartbeating.
     let later = t0 + s.config().lease_ttl + Duration::from_millis(10);
     s.agent_event(
@@ -222,12 +229,14 @@ fn only_a_lost_agent_can_be_removed_and_its_records_go() {
         later,
     );
     s.tick(later);
-    s.set_admin("a", "remove").unwrap();
+    s.set_admin("a", AdminAction::Remove, Now::read()).unwrap();
     assert_eq!(
-        s.set_admin("a", "remove").unwrap_err().code(),
+        s.set_admin("a", AdminAction::Remove, Now::read())
+            .unwrap_err()
+            .code(),
         "AGENT_NOT_FOUND"
     );
-    let (ops, _) = s.flush();
+    let ops = commit(&mut s);
     let deleted: Vec<&str> = ops
         .iter()
         .filter(|o| matches!(o, crate::store::Op::Delete { .. }))
@@ -235,7 +244,9 @@ fn only_a_lost_agent_can_be_removed_and_its_records_go() {
         .collect();
     assert_eq!(deleted, vec!["a/a", "s/a"]);
     assert_eq!(
-        s.set_admin("b", "remove").unwrap_err().code(),
+        s.set_admin("b", AdminAction::Remove, Now::read())
+            .unwrap_err()
+            .code(),
         "AGENT_ALIVE"
     );
 }
@@ -245,7 +256,7 @@ fn only_a_lost_agent_can_be_removed_and_its_records_go() {
 /// count as cancelled, not failed.
 #[test]
 fn cancelling_children_that_wait_for_capacity_says_what_it_did() {
-    let now = Instant::now();
+    let now = Now::read();
     let mut s = sched();
     start(&mut s, 3);
     assert!(settle(&mut s, now).is_empty(), "no agent: nothing runs");
@@ -255,11 +266,11 @@ fn cancelling_children_that_wait_for_capacity_says_what_it_did() {
         !before.waiting.is_empty(),
         "watchers see why children wait: {before:?}"
     );
-    let out = s.cancel("e1", "operator").unwrap();
+    let out = s.cancel("e1", "operator", Now::read()).unwrap();
     assert_eq!(
         out,
         super::CancelOutcome {
-            state: "cancelled",
+            state: CancelState::Ended(ExecutionState::Cancelled),
             already_ended: false,
             children_cancelled: 3,
             children_stopping: 0,
@@ -271,6 +282,9 @@ fn cancelling_children_that_wait_for_capacity_says_what_it_did() {
         ("cancelled", 0, 3, 3)
     );
     assert!(sum.waiting.is_empty(), "nothing waits any more: {sum:?}");
-    let again = s.cancel("e1", "operator").unwrap();
-    assert_eq!(again, super::CancelOutcome::ended("cancelled"));
+    let again = s.cancel("e1", "operator", Now::read()).unwrap();
+    assert_eq!(
+        again,
+        super::CancelOutcome::ended(ExecutionState::Cancelled)
+    );
 }

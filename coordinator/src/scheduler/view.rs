@@ -280,20 +280,18 @@ impl Scheduler {
                 e.touched = false;
                 e.summary.send_replace(summary_of(e));
             }
-            if e.rec.state.is_terminal() && !self.dirty_execs.contains(slot) {
+            if e.rec.state.is_terminal() && !self.journal.exec_is_dirty(*slot) {
                 ended.push(*slot);
             }
         }
         for slot in ended {
             if let Some(e) = self.execs.remove(&slot) {
-                self.exec_ids.remove(&e.rec.id);
+                self.exec_ids.remove(e.rec.id.as_str());
                 self.exec_order.retain(|s| *s != slot);
-                self.resend.retain(|(_, c)| c.exec != slot);
+                self.timers.forget_execution(slot);
                 self.parked_nested.retain(|c, _| c.exec != slot);
                 self.parked_rows.retain(|(s, _)| *s != slot);
-                for a in self.agents.values_mut() {
-                    a.active.retain(|c| c.exec != slot);
-                }
+                self.registry.forget_execution(slot);
             }
         }
     }

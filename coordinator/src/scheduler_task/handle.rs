@@ -159,7 +159,7 @@ impl SchedulerHandle {
         task: String,
         index: u32,
         reason: String,
-    ) -> Result<&'static str, CoordinatorError> {
+    ) -> Result<crate::scheduler::ChildCancelState, CoordinatorError> {
         self.ask(|reply| Msg::CancelChild {
             id,
             task,

@@ -99,7 +99,7 @@ pub(crate) enum Msg {
         task: String,
         index: u32,
         reason: String,
-        reply: oneshot::Sender<Result<&'static str, CoordinatorError>>,
+        reply: oneshot::Sender<Result<crate::scheduler::ChildCancelState, CoordinatorError>>,
     },
     SetAgent {
         name: String,

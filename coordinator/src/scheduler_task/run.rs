@@ -8,13 +8,14 @@
 //! that batch (and of every batch after it) are dropped; their callers get
 //! `ShuttingDown`, and a restart reloads the truth from the store.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use super::msg::{AgentListing, Msg};
+use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::metrics::MetricsSnapshot;
 use crate::scheduler::{DispatchOutcome, Effect, Scheduler};
@@ -112,14 +113,14 @@ pub(crate) async fn run<P: Performer>(
                     }
                 }
             }
-            _ = tick.tick() => sched.tick(Instant::now()),
+            _ = tick.tick() => sched.tick(Now::read()),
         }
         if inflight.is_some() {
             // The pump and the next flush wait for the commit under way
             // (record revisions are its preconditions).
             continue;
         }
-        sched.pump(Instant::now());
+        sched.pump(Now::read());
         if sched.has_dirty() {
             let (ops, written) = sched.flush();
             inflight = Some(InFlight {
@@ -141,7 +142,7 @@ pub(crate) async fn run<P: Performer>(
 /// Applies one message to the scheduler. A reply that depends on a change
 /// waits in `replies` for the batch's commit; a read is answered at once.
 fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &mut Vec<Reply>) {
-    let now = Instant::now();
+    let now = Now::read();
     match msg {
         Msg::Register { reg, reply } => {
             out.registered(&reg.name);
@@ -181,14 +182,14 @@ fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &
         }
         Msg::Start { rec, plan, reply } => {
             // Admission first: a refused start leaves nothing behind.
-            let r = sched.admit(&plan).map(|()| sched.start(*rec, *plan));
+            let r = sched.admit(&plan).map(|()| sched.start(*rec, *plan, now));
             later(replies, reply, r);
         }
         Msg::RowsFetched {
             execution_id,
             task,
             rows,
-        } => sched.rows_fetched(&execution_id, &task, rows),
+        } => sched.rows_fetched(&execution_id, &task, rows, now),
         Msg::Resume {
             rec,
             version,
@@ -221,7 +222,10 @@ fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &
         } => {
             // A removed agent is listed as it was just before.
             let before = listings(sched).into_iter().find(|a| a.rec.name == name);
-            let r = sched.set_admin(&name, &action).and_then(|()| {
+            let r = action
+                .parse()
+                .and_then(|action| sched.set_admin(&name, action, now));
+            let r = r.and_then(|()| {
                 if action == "revoke" {
                     sched.revoke_certificates(&name, also_revoke);
                 }
@@ -238,7 +242,7 @@ fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &
         Msg::Cancel { id, reason, reply } => {
             // The request is recorded on the execution: answered once durable
             // (a restart carries the cancellation on).
-            let r = sched.cancel(&id, &reason);
+            let r = sched.cancel(&id, &reason, now);
             later(replies, reply, r);
         }
         Msg::CancelChild {
@@ -248,7 +252,7 @@ fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &
             reason,
             reply,
         } => {
-            let r = sched.cancel_child(&id, &task, index, &reason);
+            let r = sched.cancel_child(&id, &task, index, &reason, now);
             later(replies, reply, r);
         }
         Msg::ListAgents { reply } => {
@@ -267,16 +271,14 @@ fn listings(sched: &Scheduler) -> Vec<AgentListing> {
     sched
         .agent_list()
         .into_iter()
-        .map(
-            |(rec, state, running, load1, hb, quarantine)| AgentListing {
-                rec,
-                state,
-                running,
-                load1,
-                last_heartbeat_unix_ms: hb,
-                quarantine,
-            },
-        )
+        .map(|a| AgentListing {
+            rec: a.rec,
+            state: a.state.as_str(),
+            running: a.running,
+            load1: a.load1,
+            last_heartbeat_unix_ms: a.last_heartbeat_unix_ms,
+            quarantine: a.quarantine,
+        })
         .collect()
 }
 

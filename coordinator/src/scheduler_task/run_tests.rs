@@ -229,7 +229,7 @@ async fn a_cancel_is_answered_only_once_the_request_is_durable() {
     let outcome = cancelled.await.unwrap().unwrap();
     assert_eq!(
         (
-            outcome.state,
+            outcome.state.as_str(),
             outcome.children_cancelled,
             outcome.already_ended
         ),
@@ -256,7 +256,7 @@ async fn a_child_cancel_is_answered_only_once_the_request_is_durable() {
     assert!(!cancelled.is_finished(), "answered before the commit");
 
     l.store.release_commits();
-    assert_eq!(cancelled.await.unwrap().unwrap(), "cancelled");
+    assert_eq!(cancelled.await.unwrap().unwrap().as_str(), "cancelled");
     let child: ChildRecord =
         serde_json::from_slice(&l.store.value(&child_key("e1", "fan", 1)).unwrap()).unwrap();
     assert_eq!(child.phase, Phase::Cancelled);

@@ -305,15 +305,13 @@ async fn the_store_holds_sensitive_values_only_sealed() {
     let sched = crate::recovery::load(&store, Default::default(), &key)
         .await
         .unwrap();
-    let e = sched
-        .execs
-        .values()
-        .find(|e| e.rec.id == id)
+    let (rec, plan) = sched
+        .running_execution(&id)
         .expect("the execution was resumed");
-    assert_eq!(e.plan.params.get("token"), Some(secret.as_str()));
-    assert!(e.plan.params.is_sensitive("token"));
-    assert!(!format!("{:?}", e.plan.params).contains(&secret));
-    assert!(e.rec.params["token"].starts_with(SEALED_PREFIX));
+    assert_eq!(plan.params.get("token"), Some(secret.as_str()));
+    assert!(plan.params.is_sensitive("token"));
+    assert!(!format!("{:?}", plan.params).contains(&secret));
+    assert!(rec.params["token"].starts_with(SEALED_PREFIX));
     drop(sched);
     drop(store);
 
