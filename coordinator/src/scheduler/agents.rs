@@ -521,3 +521,60 @@ impl SeqRecord {
         }
     }
 }
+
+impl Scheduler {
+    /// Counts a child's end against (or for) the agent it ran on, and
+    /// quarantines the agent when it fails children quickly — unless half
+    /// of the live agents are quarantined already ([`super::quarantine`]).
+    pub(crate) fn note_child_end(&mut self, agent: &str, status: pb::JobStatus, now: Instant) {
+        let cfg = self.config.quarantine;
+        let unix_ms = self.unix_ms;
+        if cfg.failures == 0 {
+            return;
+        }
+        let live = self
+            .registry
+            .entries()
+            .filter(|a| a.seen && !a.lost)
+            .count();
+        let quarantined = self
+            .registry
+            .entries()
+            .filter(|a| a.quarantine.active(now))
+            .count();
+        let Some(a) = self.registry.get_mut(agent) else {
+            return;
+        };
+        if !a.quarantine.note_end(status, now, &cfg) {
+            return;
+        }
+        if quarantined + 1 > live / 2 {
+            warn!(
+                agent,
+                failures = cfg.failures,
+                quarantined,
+                live,
+                "agent fails children quickly, but so many agents are quarantined already that the package is the likelier cause; not quarantining"
+            );
+            a.quarantine.forgive();
+            return;
+        }
+        let reason = a.quarantine.begin(now, unix_ms, &cfg);
+        warn!(agent, %reason, "agent quarantined");
+    }
+
+    /// Ends quarantines whose cool-down is over (call from `tick`).
+    pub(crate) fn end_quarantines(&mut self, now: Instant) {
+        let mut ended = false;
+        for a in self.registry.entries_mut() {
+            if a.quarantine.is_over(now) {
+                a.quarantine = Default::default();
+                ended = true;
+                info!(agent = %a.rec.name, "quarantine over; the agent takes children again");
+            }
+        }
+        if ended {
+            self.capacity_gen += 1;
+        }
+    }
+}

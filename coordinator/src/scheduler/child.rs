@@ -321,11 +321,25 @@ mod tests {
     use proptest::prelude::*;
 
     fn record(phase: Phase, agent: Option<&str>) -> ChildRecord {
-        let mut rec = crate::scheduler::flow::new_child("fan", 0, "x".into());
-        rec.phase = phase;
-        rec.attempt = 3;
-        rec.agent = agent.map(str::to_string);
-        rec
+        ChildRecord {
+            task: "fan".into(),
+            index: 0,
+            item: "x".into(),
+            phase,
+            attempt: 3,
+            agent: agent.map(str::to_string),
+            attempt_agents: Vec::new(),
+            failures: 0,
+            lost: 0,
+            exit_code: None,
+            reason: String::new(),
+            outputs: Default::default(),
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            pid: 0,
+            cancel_requested: false,
+            rows: None,
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::{ChildRef, Effect};
+use super::model::{ChildRef, Effect};
 
 /// What changed and what to do, between two flushes.
 pub(crate) struct Journal {

@@ -29,6 +29,7 @@ mod executions;
 pub(crate) mod flow;
 mod ids;
 mod journal;
+mod model;
 mod nested;
 mod quarantine;
 mod registry;
@@ -52,8 +53,6 @@ mod view;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use baton_proto as pb;
-
 pub use crate::clock::Now;
 use crate::metrics::Latency;
 use crate::prepare::Plan;
@@ -65,6 +64,7 @@ pub use cancel::{CancelOutcome, CancelState, ChildCancelState};
 pub(crate) use child::Child;
 pub use child::{COORDINATOR, ChildState, End, Refused, Step};
 pub use ids::{AgentId, DispatchId, ExecutionId};
+pub use model::{ChildRef, DispatchOutcome, Effect};
 pub use quarantine::QuarantineConfig;
 pub(crate) use registry::AgentEntry;
 pub use resume::refusal as resume_refusal;
@@ -111,61 +111,6 @@ impl Default for SchedulerConfig {
             busy_retry_after: Duration::from_secs(30),
         }
     }
-}
-
-/// A child job in memory: (execution slot, task index, child index).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChildRef {
-    pub exec: u64,
-    pub task: u16,
-    pub child: u32,
-}
-
-/// Something to do once the current batch of changes is durable.
-#[derive(Debug)]
-pub enum Effect {
-    /// Send StartJob to an agent.
-    Dispatch {
-        agent: String,
-        address: String,
-        child: ChildRef,
-        attempt: u32,
-        request: Box<pb::StartJobRequest>,
-    },
-    /// Ask an agent to stop a child (cancellation).
-    Cancel {
-        agent: String,
-        address: String,
-        request: pb::CancelJobRequest,
-    },
-    /// Acknowledge an agent's events up to `seq` (cumulative).
-    Ack { agent: String, seq: u64 },
-    /// Close an agent's completion stream so that it reconnects and resends.
-    ResetStream { agent: String },
-    /// Read the rows a task's children kept on their agents (for a
-    /// `foreach = { rows = … }`), then report them with `rows_fetched`.
-    FetchRows {
-        execution_id: String,
-        task: String,
-        /// (agent, address, the child's dispatch id), in child order.
-        sources: Vec<(String, String, pb::DispatchId)>,
-    },
-}
-
-/// How a StartJob call ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DispatchOutcome {
-    Accepted,
-    Rejected {
-        code: pb::RejectCode,
-        reason: String,
-    },
-    /// No answer (connection refused, timeout): the agent may or may not have the job.
-    Unknown(String),
-    /// The agent's registered address is served by another agent (its
-    /// certificate names another): the job was not started, and sending it
-    /// there again never will be.
-    WrongAgent(String),
 }
 
 /// What a flush wrote, so that versions can be updated after the commit.

@@ -10,14 +10,15 @@
 //! A package that fails everywhere must not empty the fleet: at most half of
 //! the live agents (rounded down) are quarantined at once. Past that the
 //! failures look like the package's, not the agents', and are only logged.
+//!
+//! This module is the per-agent count and the policy's tunables (a leaf: the
+//! registry keeps one per agent); the decision over the fleet is the
+//! scheduler's (`Scheduler::note_child_end` in `agents.rs`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use baton_proto as pb;
-use tracing::{info, warn};
-
-use super::Scheduler;
 
 /// Tunables (`baton coordinator --quarantine-failures/--quarantine-window/--quarantine-cooldown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,89 +62,64 @@ impl Quarantine {
             .is_some()
             .then_some((self.reason.as_str(), self.until_unix_ms))
     }
-}
 
-impl Scheduler {
-    /// Counts a child's end against (or for) the agent it ran on.
-    pub(crate) fn note_child_end(&mut self, agent: &str, status: pb::JobStatus, now: Instant) {
-        let cfg = self.config.quarantine;
-        let unix_ms = self.unix_ms;
-        if cfg.failures == 0 {
-            return;
-        }
-        let live = self
-            .registry
-            .entries()
-            .filter(|a| a.seen && !a.lost)
-            .count();
-        let quarantined = self
-            .registry
-            .entries()
-            .filter(|a| a.quarantine.active(now))
-            .count();
-        let Some(a) = self.registry.get_mut(agent) else {
-            return;
-        };
-        let q = &mut a.quarantine;
+    /// Counts a child's end on this agent at `now`: a success clears the
+    /// count, a failure or time-out adds to it. `true` when the agent has
+    /// now failed `cfg.failures` children within `cfg.window` — a quarantine
+    /// is due, if the fleet can spare the agent ([`Quarantine::begin`], or
+    /// else [`Quarantine::forgive`]).
+    pub(crate) fn note_end(
+        &mut self,
+        status: pb::JobStatus,
+        now: Instant,
+        cfg: &QuarantineConfig,
+    ) -> bool {
         match status {
             pb::JobStatus::Succeeded => {
-                q.failed_at.clear();
-                return;
+                self.failed_at.clear();
+                return false;
             }
             pb::JobStatus::Failed | pb::JobStatus::TimedOut => {}
-            pb::JobStatus::Cancelled | pb::JobStatus::Unspecified => return,
+            pb::JobStatus::Cancelled | pb::JobStatus::Unspecified => return false,
         }
-        if q.active(now) {
-            return; // a child that was running when the quarantine began
+        if self.active(now) {
+            return false; // a child that was running when the quarantine began
         }
-        q.failed_at.push_back(now);
-        while q
+        self.failed_at.push_back(now);
+        while self
             .failed_at
             .front()
             .is_some_and(|t| now.saturating_duration_since(*t) > cfg.window)
-            || q.failed_at.len() > cfg.failures as usize
+            || self.failed_at.len() > cfg.failures as usize
         {
-            q.failed_at.pop_front();
+            self.failed_at.pop_front();
         }
-        if q.failed_at.len() < cfg.failures as usize {
-            return;
-        }
-        if quarantined + 1 > live / 2 {
-            warn!(
-                agent,
-                failures = cfg.failures,
-                quarantined,
-                live,
-                "agent fails children quickly, but so many agents are quarantined already that the package is the likelier cause; not quarantining"
-            );
-            q.failed_at.clear();
-            return;
-        }
+        self.failed_at.len() >= cfg.failures as usize
+    }
+
+    /// Forgets the failures counted (the fleet cannot spare the agent).
+    pub(crate) fn forgive(&mut self) {
+        self.failed_at.clear();
+    }
+
+    /// Quarantines the agent from `now` (`unix_ms` on the wall clock) for
+    /// `cfg.cooldown`; returns the reason.
+    pub(crate) fn begin(&mut self, now: Instant, unix_ms: u64, cfg: &QuarantineConfig) -> &str {
         let cooldown_ms = u64::try_from(cfg.cooldown.as_millis()).unwrap_or(u64::MAX);
-        q.until = Some(now + cfg.cooldown);
-        q.until_unix_ms = unix_ms.saturating_add(cooldown_ms);
-        q.reason = format!(
+        self.until = Some(now + cfg.cooldown);
+        self.until_unix_ms = unix_ms.saturating_add(cooldown_ms);
+        self.reason = format!(
             "{} children failed within {} s with no success in between; no new children for {} s",
             cfg.failures,
             cfg.window.as_secs(),
             cfg.cooldown.as_secs()
         );
-        q.failed_at.clear();
-        warn!(agent, reason = %q.reason, "agent quarantined");
+        self.failed_at.clear();
+        &self.reason
     }
 
-    /// Ends quarantines whose cool-down is over (call from `tick`).
-    pub(crate) fn end_quarantines(&mut self, now: Instant) {
-        let mut ended = false;
-        for a in self.registry.entries_mut() {
-            if a.quarantine.until.is_some_and(|t| now >= t) {
-                a.quarantine = Quarantine::default();
-                ended = true;
-                info!(agent = %a.rec.name, "quarantine over; the agent takes children again");
-            }
-        }
-        if ended {
-            self.capacity_gen += 1;
-        }
+    /// Whether its cool-down is over at `now`.
+    pub(crate) fn is_over(&self, now: Instant) -> bool {
+        self.until.is_some_and(|t| now >= t)
     }
 }

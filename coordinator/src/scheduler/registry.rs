@@ -11,7 +11,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::ids::AgentId;
-use super::{ChildRef, quarantine};
+use super::model::ChildRef;
+use super::quarantine;
 use crate::records::{AgentRecord, SeqRecord};
 use crate::store::Revision;
 

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use super::ChildRef;
+use super::model::ChildRef;
 
 #[derive(Debug, Default)]
 pub(crate) struct Timers {
