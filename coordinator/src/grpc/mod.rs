@@ -1,6 +1,10 @@
-//! The gRPC edge of the coordinator: thin trait impls that validate protobuf
-//! into domain types, call [`crate::api::Coordinator`] or the scheduler
-//! handle, and map domain errors to `Status` in one place ([`status`]).
+//! The gRPC edge of the coordinator: the tonic services. Each call is decoded
+//! and validated into domain types, authorized for its caller (`auth`) and
+//! audited; executions go through [`crate::api::Coordinator`] and the
+//! scheduler's loop, while enrolment, renewal, revocation and the catalog
+//! write the store through the modules that own those records
+//! (`auth::identity`, `auth::tokens`, `catalog`). Domain errors map to
+//! `Status` in one place ([`status`]).
 
 pub mod agent_api;
 mod caller;
