@@ -149,6 +149,8 @@ impl Scheduler {
         let restarted: Vec<ChildRef> = match self.registry.get_mut(&reg.name) {
             Some(a) if a.rec.boot_id != reg.boot_id => {
                 info!(agent = %reg.name, "agent restarted; its unfinished children are lost");
+                // Its restart ended what it ran before: nothing to stop.
+                a.take_superseded();
                 a.drop_children()
             }
             _ => Vec::new(),
@@ -170,6 +172,9 @@ impl Scheduler {
         entry.draining = false;
         entry.full_until = None;
         let acked_seq = entry.seq.applied_seq;
+        for effect in stop_superseded(&reg.name, entry) {
+            self.journal.effect(effect);
+        }
         for cref in restarted {
             self.child_lost(cref, &reg.name, "agent restarted");
         }
@@ -262,8 +267,11 @@ impl Scheduler {
         };
         entry.last_seen = now;
         if entry.lost {
-            info!(agent, "lost agent is back");
+            info!(agent = %agent, "lost agent is back");
             entry.lost = false;
+            for effect in stop_superseded(agent, entry) {
+                self.journal.effect(effect);
+            }
         }
         let Some(body) = ev.body else { return };
         match body {
@@ -318,6 +326,17 @@ impl Scheduler {
         for (name, active) in self.registry.expire(now, ttl) {
             self.stats.agents_lost += 1;
             warn!(agent = %name, children = active.len(), ttl_ms = ttl.as_millis() as u64, "agent lost: no heartbeat within the lease");
+            let given_up: Vec<pb::CancelJobRequest> = active
+                .iter()
+                .filter_map(|c| self.attempt_on(*c, name.as_str()))
+                .map(|dispatch_id| pb::CancelJobRequest {
+                    dispatch_id: Some(dispatch_id),
+                    reason: "this attempt was given up when the agent was lost".into(),
+                })
+                .collect();
+            if let Some(entry) = self.registry.get_mut(name.as_str()) {
+                entry.note_superseded(given_up);
+            }
             for cref in active {
                 self.child_lost(cref, name.as_str(), "agent lost (lease expired)");
             }
@@ -577,4 +596,40 @@ impl Scheduler {
             self.capacity_gen += 1;
         }
     }
+}
+
+impl Scheduler {
+    /// The dispatch id of `c`'s current attempt, if that attempt is on `agent`.
+    fn attempt_on(&self, c: ChildRef, agent: &str) -> Option<pb::DispatchId> {
+        let e = self.execs.get(&c.exec)?;
+        let child = e
+            .tasks
+            .get(c.task as usize)?
+            .children
+            .get(c.child as usize)?;
+        (child.state().agent().map(|a| a.as_str()) == Some(agent))
+            .then(|| child.dispatch_id(&e.rec.id).to_proto())
+    }
+}
+
+/// The CancelJob calls that stop, on an agent that came back after it was
+/// declared lost, the attempts given up meanwhile (they would hold its slots,
+/// and run a second time beside their new attempt, until they ended).
+fn stop_superseded(agent: &str, entry: &mut AgentEntry) -> Vec<Effect> {
+    let superseded = entry.take_superseded();
+    if !superseded.is_empty() {
+        info!(
+            agent = %agent,
+            attempts = superseded.len(),
+            "asking the agent that came back to stop the attempts given up while it was lost"
+        );
+    }
+    superseded
+        .into_iter()
+        .map(|request| Effect::Cancel {
+            agent: agent.to_string(),
+            address: entry.rec.address.clone(),
+            request,
+        })
+        .collect()
 }

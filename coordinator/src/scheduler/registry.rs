@@ -10,6 +10,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use baton_proto as pb;
+
 use super::ids::AgentId;
 use super::model::ChildRef;
 use super::quarantine;
@@ -37,6 +39,11 @@ pub(crate) struct AgentEntry {
     active: HashSet<ChildRef>,
     /// Recent failures and any quarantine (in memory only).
     pub quarantine: quarantine::Quarantine,
+    /// The attempts it held when it was declared lost, which were given up
+    /// (run again or ended): should it come back with them still running, its
+    /// agent is asked to stop them ([`AgentEntry::take_superseded`]). At most
+    /// the children it held; forgotten when it restarts.
+    superseded: Vec<pb::CancelJobRequest>,
 }
 
 impl AgentEntry {
@@ -57,6 +64,7 @@ impl AgentEntry {
             full_until: None,
             active: Default::default(),
             quarantine: Default::default(),
+            superseded: Vec::new(),
         }
     }
 }
@@ -65,6 +73,18 @@ impl AgentEntry {
     /// The child now occupies a slot of this agent.
     pub(crate) fn hold(&mut self, c: ChildRef) {
         self.active.insert(c);
+    }
+
+    /// Remembers attempts given up when the agent was lost, to stop them
+    /// should it come back.
+    pub(crate) fn note_superseded(&mut self, requests: Vec<pb::CancelJobRequest>) {
+        self.superseded.extend(requests);
+    }
+
+    /// The given-up attempts to stop now that the agent is back (empty when
+    /// none, or after a restart, which ended them).
+    pub(crate) fn take_superseded(&mut self) -> Vec<pb::CancelJobRequest> {
+        std::mem::take(&mut self.superseded)
     }
 
     /// The child left this agent.

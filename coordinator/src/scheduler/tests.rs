@@ -248,6 +248,86 @@ fn lost_agent_children_rerun_elsewhere_with_new_attempt() {
     assert_eq!(rerun.attempt_agents, ["a", "b"]);
 }
 
+/// The given-up attempts' CancelJob calls, as (agent, dispatch id).
+fn superseded_cancels(s: &mut Scheduler) -> Vec<(String, pb::DispatchId)> {
+    s.take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Cancel { agent, request, .. } => Some((agent, request.dispatch_id?)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn heartbeat() -> pb::AgentEvent {
+    pb::AgentEvent {
+        seq: 0,
+        at_unix_ms: 0,
+        body: Some(pb::agent_event::Body::Heartbeat(Default::default())),
+    }
+}
+
+#[test]
+fn an_agent_back_from_lost_is_asked_to_stop_the_attempts_given_up_meanwhile() {
+    let t0 = Now::read();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", t0);
+    reg(&mut s, "b", 2, "b1", t0);
+    start(&mut s, 4);
+    let d = settle(&mut s, t0);
+    let on_a: Vec<pb::DispatchId> = d
+        .iter()
+        .filter(|x| x.0 == "a")
+        .map(|x| x.3.clone())
+        .collect();
+    assert_eq!(on_a.len(), 2);
+    // b stays alive, a goes silent past its lease: its two attempts are given up.
+    let t1 = t0 + Duration::from_secs(6);
+    s.agent_event("b", heartbeat(), t1);
+    s.tick(t1);
+    assert!(s.registry.get("a").unwrap().lost);
+    commit(&mut s);
+    assert!(
+        superseded_cancels(&mut s).is_empty(),
+        "nothing is sent to an agent while it is lost"
+    );
+    // a comes back, its old processes still running: they are stopped, by
+    // their own attempt's dispatch id, once.
+    s.agent_event("a", heartbeat(), t1);
+    commit(&mut s);
+    let mut cancels = superseded_cancels(&mut s);
+    cancels.sort_by_key(|(_, id)| id.item_index);
+    let mut expected: Vec<_> = on_a
+        .iter()
+        .map(|id| ("a".to_string(), id.clone()))
+        .collect();
+    expected.sort_by_key(|(_, id)| id.item_index);
+    assert_eq!(cancels, expected);
+    assert!(cancels.iter().all(|(_, id)| id.attempt == 1));
+    s.agent_event("a", heartbeat(), t1);
+    commit(&mut s);
+    assert!(superseded_cancels(&mut s).is_empty(), "asked once");
+}
+
+#[test]
+fn an_agent_that_restarted_while_lost_is_asked_to_stop_nothing() {
+    let t0 = Now::read();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", t0);
+    start(&mut s, 2);
+    let d = settle(&mut s, t0);
+    assert_eq!(d.len(), 2);
+    let t1 = t0 + Duration::from_secs(6);
+    s.tick(t1);
+    assert!(s.registry.get("a").unwrap().lost);
+    commit(&mut s);
+    s.take_effects();
+    // A new boot: what it ran before died with it.
+    reg(&mut s, "a", 2, "b2", t1);
+    commit(&mut s);
+    assert!(superseded_cancels(&mut s).is_empty());
+}
+
 #[test]
 fn no_capacity_waits_with_a_reason_then_runs() {
     let now = Now::read();

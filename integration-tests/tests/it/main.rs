@@ -13,6 +13,7 @@
 
 mod harness;
 
+mod agent_frozen;
 mod agent_loss;
 mod agent_processes;
 mod bad_input;
