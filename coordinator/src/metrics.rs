@@ -11,10 +11,8 @@
 //! Two histograms are kept by the scheduler ([`Latency`]): the StartJob round trip
 //! (µs, measured around the RPC by `scheduler_task.rs`) and the time from the
 //! dispatch of a child's attempt to the coordinator handling its finished event
-//! (ms). [`MetricsSnapshot`] adds the scheduler's counters; `Coordinator::metrics`
-//! returns one.
-
-use crate::scheduler::Stats;
+//! (ms). [`Stats`] are the scheduler's counters; [`MetricsSnapshot`] holds both,
+//! and `Coordinator::metrics` returns one.
 
 /// Sub-buckets per power of two (and the count of exact buckets at the bottom).
 const SUB: u64 = 16;
@@ -130,6 +128,22 @@ pub struct Latency {
     pub accept_us: Histogram,
     /// Dispatch of an attempt → its finished event handled by the coordinator, in ms.
     pub completion_ms: Histogram,
+}
+
+/// Counters for metrics and tests, kept by the scheduler.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub stale_events: u64,
+    pub duplicate_events: u64,
+    pub agents_lost: u64,
+    pub dispatches: u64,
+    pub rejections: u64,
+    /// Steps a child's state refused (a step out of an ended state, or one
+    /// that makes no sense from where the child is): never taken, counted.
+    pub refused_steps: u64,
+    /// Tasks the pump and the flow looked at: a deterministic measure of
+    /// the scheduler's work per event (its cost tests count it).
+    pub task_checks: u64,
 }
 
 /// What `Coordinator::metrics` returns.

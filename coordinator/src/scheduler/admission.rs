@@ -11,7 +11,7 @@
 //! for room (visible as the child's or the task's waiting reason), goes
 //! before new starts while it waits, and fails only when it can never fit.
 
-use super::Scheduler;
+use super::state::Scheduler;
 use crate::error::CoordinatorError;
 use crate::prepare::Plan;
 

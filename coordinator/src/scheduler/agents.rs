@@ -10,7 +10,11 @@ use baton_proto as pb;
 use pb::agent_event::Body;
 use tracing::{debug, info, warn};
 
-use super::{AgentEntry, ChildRef, ChildState, Effect, Now, Scheduler};
+use super::child::ChildState;
+use super::model::{ChildRef, Effect};
+use super::registry::AgentEntry;
+use super::state::Scheduler;
+use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::placement::AgentView;
 use crate::records::{AdminState, AgentRecord, SeqRecord};

@@ -21,7 +21,10 @@ use std::fmt;
 use baton_proto as pb;
 use tracing::info;
 
-use super::{ChildRef, ChildState, Effect, End, Now, Scheduler, Step};
+use super::child::{ChildState, End, Step};
+use super::model::{ChildRef, Effect};
+use super::state::Scheduler;
+use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::records::{ExecutionState, Phase};
 

@@ -9,19 +9,15 @@ use std::time::Instant;
 use baton_proto as pb;
 use tracing::{debug, warn};
 
-use super::{AgentId, ChildRef, ChildState, DispatchOutcome, Effect, End, Now, Scheduler, Step};
+use super::child::{ChildState, End, Step};
+use super::ids::AgentId;
+use super::model::{ChildRef, DispatchOutcome, Effect};
+use super::state::Scheduler;
+use crate::clock::Now;
 use crate::placement::{Placement, PlacementRequest, could_take, place};
 use baton_package::Scope;
 
 use crate::prepare::{Work, child_params};
-
-/// What placement remembers per task between children: the round-robin
-/// cursor and, for spread, how many children went to each label value.
-#[derive(Debug, Default)]
-pub(crate) struct PlaceMemory {
-    pub cursor: Option<String>,
-    pub spread: BTreeMap<String, u64>,
-}
 
 /// Where a child goes.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,9 +9,11 @@ use std::time::Instant;
 use baton_proto as pb;
 use tracing::{debug, info, warn};
 
-use super::{
-    COORDINATOR, Child, ChildRef, ChildState, End, Exec, ExecutionId, Now, Scheduler, Step, TaskRun,
-};
+use super::child::{COORDINATOR, Child, ChildState, End, Step};
+use super::ids::ExecutionId;
+use super::model::ChildRef;
+use super::state::{Exec, Scheduler, TaskRun};
+use crate::clock::Now;
 use crate::prepare::Plan;
 use crate::records::{ChildRecord, ExecutionRecord, Phase};
 
@@ -169,7 +171,7 @@ impl Scheduler {
             }
             tasks.push(run);
         }
-        let (summary, _) = tokio::sync::watch::channel(super::Summary::default());
+        let (summary, _) = tokio::sync::watch::channel(super::summary::Summary::default());
         let mut kinds: BTreeMap<(BTreeMap<String, String>, u32), u32> = BTreeMap::new();
         let place_keys: Vec<u32> = plan
             .tasks
@@ -183,7 +185,7 @@ impl Scheduler {
                 *kinds.entry((t.require.clone(), slots)).or_insert(next)
             })
             .collect();
-        let mut watch = super::TaskWatch::new(place_keys);
+        let mut watch = super::task_watch::TaskWatch::new(place_keys);
         for ti in queued {
             watch.queued(ti);
         }

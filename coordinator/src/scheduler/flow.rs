@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 use baton_package::{PackageOutcome, Scope, TaskOutcome, TaskState};
 use tracing::{info, warn};
 
-use super::{Child, ChildRef, End, Exec, Scheduler, Step};
+use super::child::{Child, End, Step};
+use super::model::ChildRef;
+use super::state::{Exec, Scheduler};
 use crate::prepare::{Work, child_params, dynamic_items, process_package, single_child_params};
 use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome};
 

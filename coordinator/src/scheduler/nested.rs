@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use tracing::{info, warn};
 
 use super::admission::Room;
-use super::{COORDINATOR, ChildRef, ChildState, End, Now, Scheduler, Step};
+use super::child::{COORDINATOR, ChildState, End, Step};
+use super::model::ChildRef;
+use super::state::Scheduler;
+use crate::clock::Now;
 use crate::prepare::plan_bundle;
 use crate::records::{ExecutionRecord, ExecutionState, ParentLink};
 

@@ -12,7 +12,8 @@
 
 use tracing::info;
 
-use super::{Now, Scheduler};
+use super::state::Scheduler;
+use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::prepare::Plan;
 use crate::records::{ChildRecord, ExecutionRecord, ExecutionState, Phase};
@@ -111,7 +112,7 @@ impl Scheduler {
         let mut dirty = Vec::with_capacity(reset.len());
         for (task, index) in reset {
             if let Some(&t) = e.task_index.get(&task) {
-                dirty.push(super::ChildRef {
+                dirty.push(super::model::ChildRef {
                     exec: slot,
                     task: t,
                     child: index,

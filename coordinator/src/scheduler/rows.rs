@@ -13,7 +13,8 @@ use tracing::{info, warn};
 
 use super::admission::Room;
 use super::flow::{expand, planned_shallow};
-use super::{Now, Scheduler};
+use super::state::Scheduler;
+use crate::clock::Now;
 use crate::prepare::Work;
 use crate::records::{Phase, RowsOutcome};
 
@@ -59,7 +60,7 @@ impl Scheduler {
         }
         let id = e.rec.id.clone();
         let task = e.plan.tasks[ti].name.clone();
-        self.journal.effect(super::Effect::FetchRows {
+        self.journal.effect(super::model::Effect::FetchRows {
             execution_id: id,
             task,
             sources,

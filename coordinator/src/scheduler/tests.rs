@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::prepare::plan_bundle;
-use crate::records::{ExecutionState, Phase};
+use crate::records::{ExecutionRecord, ExecutionState, Phase};
 
 const PARENT: &str = "name='p'\n[parameters.n]\ntype='int'\ndefault=4\n[tasks.fan]\nforeach={range={start=1,end='${params.n}'}}\nchild='c.toml'\nparallelism=100\nparams={shard='${item}'}\nretry={attempts=2,lost_attempts=2}\n";
 const CHILD: &str = "name='c'\n[parameters.shard]\ntype='int'\n[tasks.run]\nexec=['true']\n";

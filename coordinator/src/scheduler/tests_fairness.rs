@@ -10,7 +10,7 @@ use baton_proto as pb;
 use super::tests::{finished, settle};
 use super::*;
 use crate::placement::{PlacementPolicy, Strategy};
-use crate::prepare::plan_bundle;
+use crate::prepare::{Plan, plan_bundle};
 
 const PARENT: &str = "name='p'\n[parameters.n]\ntype='int'\ndefault=4\n[tasks.fan]\nforeach={range={start=1,end='${params.n}'}}\nchild='c.toml'\nparallelism=1000\nparams={shard='${item}'}\n";
 const CHILD: &str = "name='c'\n[parameters.shard]\ntype='int'\n[tasks.run]\nexec=['true']\n";
