@@ -593,4 +593,57 @@ mod tests {
             Some(user("etl", 1500, 1500))
         );
     }
+
+    /// Check with the cache of parsed packages ([`crate::parsed`]).
+    mod parsed_cache {
+        use super::*;
+        use crate::parsed::{ENTRIES_MAX, ParsedPackages};
+        use baton_proto::RejectCode;
+
+        fn job(text: &str, hash: String) -> StartJob {
+            StartJob {
+                dispatch: DispatchKey {
+                    execution_id: "e".into(),
+                    task_path: "t".into(),
+                    item_index: 0,
+                    attempt: 1,
+                },
+                package: PackageSource {
+                    name: "child".into(),
+                    content_hash: hash,
+                    content: Some(text.into()),
+                },
+                parameters: Default::default(),
+                epoch: Epoch(1),
+                deadline: None,
+                traceparent: None,
+                folder: "/".into(),
+            }
+        }
+
+        #[test]
+        fn a_package_is_parsed_once_and_a_different_text_is_checked_again() {
+            let cache = ParsedPackages::new();
+            let text = "name = 'child'\n[tasks.a]\nnoop = true\n";
+            let hash = baton_package::content_hash(text);
+            let (first, _) = check_package_with(&job(text, hash.clone()), Some(&cache)).unwrap();
+            let (again, _) = check_package_with(&job(text, hash.clone()), Some(&cache)).unwrap();
+            assert!(
+                Arc::ptr_eq(&first, &again),
+                "the second is the cached parse"
+            );
+
+            // Same claimed hash, other text: not taken from the cache; its hash fails.
+            let forged = "name = 'forged'\n[tasks.a]\nnoop = true\n";
+            let r = check_package_with(&job(forged, hash), Some(&cache)).unwrap_err();
+            assert_eq!(r.code, RejectCode::UnknownPackage);
+
+            for i in 0..(ENTRIES_MAX + 1) {
+                let t = format!("name = 'p{i}'\n[tasks.a]\nnoop = true\n");
+                check_package_with(&job(&t, baton_package::content_hash(&t)), Some(&cache))
+                    .unwrap();
+            }
+            assert!(cache.kept() <= ENTRIES_MAX);
+        }
+    }
 }

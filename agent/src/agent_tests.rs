@@ -1,5 +1,7 @@
-//! End-to-end test of `run()` against a fake, in-process coordinator: registration,
-//! Hello first, in-order delivery, and resend after the stream drops.
+//! End-to-end tests: `run()` against a fake, in-process coordinator
+//! (registration, Hello first, in-order delivery, and resend after the stream
+//! drops), and a running job's log followed through `StreamLogs`' reader (the job
+//! run and the log stream, two layers apart, together).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -434,4 +436,116 @@ async fn start_jobs_decides_each_job_in_order() {
             .count()
     });
     assert_eq!(started, 2, "nothing more started after the refused call");
+}
+
+/// Every chunk of a log stream, stdout and stderr apart, and the error that ended it.
+async fn collect(
+    mut rx: tokio::sync::mpsc::Receiver<crate::logs::Sent<baton_proto::LogChunk>>,
+) -> (
+    Vec<u8>,
+    Vec<u8>,
+    Vec<baton_proto::LogChunk>,
+    Option<crate::error::AgentError>,
+) {
+    let (mut out, mut err, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
+    while let Some(item) = rx.recv().await {
+        match item {
+            Ok(c) => {
+                if c.stream == baton_proto::LogStream::Stdout as i32 {
+                    out.extend_from_slice(&c.data);
+                } else {
+                    err.extend_from_slice(&c.data);
+                }
+                chunks.push(c);
+            }
+            Err(e) => return (out, err, chunks, Some(e)),
+        }
+    }
+    (out, err, chunks, None)
+}
+
+#[tokio::test]
+async fn a_running_job_s_output_is_seen_before_it_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::job::cancel::JobCancel;
+    use crate::job::plan::JobPlan;
+    use crate::job::run::{RunnerSettings, run_job};
+    use crate::jobs::JobState;
+    use crate::logs::{LogRequest, Which, stream_logs};
+    use crate::model::{DispatchKey, FinishStatus};
+    let key = || DispatchKey {
+        execution_id: "e1".into(),
+        task_path: "fan".into(),
+        item_index: 2,
+        attempt: 1,
+    };
+    let finished = || JobState::Finished {
+        status: FinishStatus::Succeeded,
+        exit_code: 0,
+    };
+    let root = tempfile::tempdir().unwrap();
+    let settings = RunnerSettings::new(root.path().join("jobs"), Duration::from_millis(500), 64);
+    let package = baton_package::Package::parse(
+        "lines.toml",
+        "name = 'lines'\n[tasks.t]\nscript = 'for i in 1 2 3 4; do echo line $i; sleep 0.3; done'\ntimeout_s = 30\n",
+    )
+    .unwrap();
+    let plan = JobPlan {
+        dispatch: key(),
+        package: Arc::new(package),
+        params: Default::default(),
+        default_task_timeout: Duration::from_secs(30),
+        env: Vec::new(),
+        deadline: None,
+        run_as: None,
+        masker: crate::mask::Masker::default(),
+    };
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let job = tokio::spawn(async move {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let r = run_job(&plan, &settings, &JobCancel::new(), tx).await;
+        d.store(true, Ordering::SeqCst);
+        r
+    });
+    let d = done.clone();
+    let state = move || {
+        if d.load(Ordering::SeqCst) {
+            finished()
+        } else {
+            JobState::Running
+        }
+    };
+    let mut rx = stream_logs(
+        &root.path().join("jobs"),
+        LogRequest {
+            key: key(),
+            which: Which::Both,
+            follow: true,
+            stdout_offset: 0,
+            stderr_offset: 0,
+        },
+        false,
+        state,
+    )
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.data.starts_with(b"line 1\n"));
+    assert!(
+        !done.load(Ordering::SeqCst),
+        "the first line came only after the job ended: the log is not flushed as it comes"
+    );
+    let (out, _, _, e) = tokio::time::timeout(Duration::from_secs(10), collect(rx))
+        .await
+        .expect("the stream ends with the job");
+    assert!(e.is_none());
+    let mut all = first.data;
+    all.extend(out);
+    assert_eq!(all, b"line 1\nline 2\nline 3\nline 4\n");
+    assert!(job.await.unwrap().status == FinishStatus::Succeeded);
 }

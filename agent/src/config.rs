@@ -54,7 +54,7 @@ pub struct AgentConfig {
     /// Bytes of stdout / stderr kept in the finished event.
     pub output_tail_bytes: usize,
     /// Mutual TLS material (the default); `None` means plaintext (`--insecure`).
-    pub tls: Option<crate::transport::TlsPem>,
+    pub tls: Option<crate::tls::TlsPem>,
     /// OS users that packages may ask to run as (`run_as`), each for every folder or
     /// for one folder and its sub-folders (`--allow-run-as USER[:FOLDER]`). Empty:
     /// every job that asks for a run-as user is refused.

@@ -11,7 +11,6 @@
 //!    token and signs the request;
 //! 4. writes `ca.pem`, `tls.key` (0600) and `tls.pem` into its TLS directory.
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use baton_proto::{EnrollRequest, tls};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use crate::error::AgentError;
-use crate::transport::COORDINATOR_NAME;
+use crate::tls::{COORDINATOR_NAME, write_file};
 
 /// A new key pair and a signing request for agent `name`: (csr_pem, key_pem).
 pub fn new_csr(name: &str) -> Result<(String, String), AgentError> {
@@ -30,28 +29,6 @@ pub fn new_csr(name: &str) -> Result<(String, String), AgentError> {
     let key = rcgen::KeyPair::generate().map_err(fail)?;
     let csr = params.serialize_request(&key).map_err(fail)?;
     Ok((csr.pem().map_err(fail)?, key.serialize_pem()))
-}
-
-/// Writes `contents` to `path` atomically (temp file, fsync, rename); `private`
-/// files get mode 0600.
-pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), AgentError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |what: &str, e| AgentError::io(format!("{what} {}", path.display()), e);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(|e| io("writing", e))?;
-    f.write_all(contents.as_bytes())
-        .map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("renaming into", e))
 }
 
 /// The parts of an enrolment token: (what the coordinator checks, the CA pin).

@@ -1,5 +1,5 @@
 //! The record of a running process group, shared by the two things that end
-//! groups an agent left behind: the on-disk journal ([`crate::leftovers`]) and
+//! groups an agent left behind: the on-disk journal ([`crate::job::leftovers`]) and
 //! the watchdog process ([`crate::watchdog`]).
 //!
 //! Both speak one line format: `+PGID START` when a group starts (START is the

@@ -3,8 +3,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::job::cancel::JobCancel;
 use crate::model::{DispatchKey, FinishStatus, KillReason};
-use crate::runner::JobCancel;
 
 /// Finished jobs remembered for `GetJob`.
 pub const FINISHED_MAX: usize = 10_000;

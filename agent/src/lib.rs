@@ -5,52 +5,57 @@
 //! process group, records `JobStarted` / `JobFinished` in a durable outbox and streams
 //! them to the coordinator until acknowledged — across reconnects and restarts.
 //!
-//! Modules, one job each:
-//! - [`config`]: `AgentConfig` and its validation;
-//! - [`error`]: `AgentError` and its stable codes;
-//! - [`model`]: validated domain types (`DispatchKey`, `StartJob`, ...);
-//! - [`admission`]: the checks behind `StartJob`'s answer;
-//! - [`plan`]: child package + parameters → concrete steps;
-//! - [`run_as`]: `--allow-run-as` rules, folders, the host's users;
-//! - [`runner`]: runs the steps as processes (timeouts, kill, output capture, run-as);
-//! - [`leftovers`], [`watchdog`]: no job outlives its agent (a journal replayed at
-//!   start, a watchdog process that ends the jobs when the agent dies);
-//! - [`mask`]: masks sensitive parameter values in what a job leaves behind;
-//! - [`logs`], [`rows`]: a job's logs and kept rows, streamed back to the coordinator;
-//! - [`jobs`]: the table of running and recently finished jobs;
-//! - [`supervisor`]: admission + table + runner tasks behind one lock;
-//! - [`packages`]: the cache of packages sent by hash only, fetched from the coordinator;
+//! Modules, one job each, in layers that import downwards only (no two files
+//! import each other; a module's children are below it):
+//!
+//! - [`service`]: the thin tonic `AgentService` impl (validates, calls the
+//!   supervisor, maps errors);
+//! - [`reporter`]: registration and the `ReportEvents` stream; [`retention`]: the
+//!   removal of old job directories;
+//! - [`supervisor`]: admission + table + runner tasks behind one lock (a package
+//!   sent by hash only is fetched on the job's slot);
+//! - [`admission`]: the checks behind `StartJob`'s answer; [`parsed`]: child
+//!   packages parsed once; [`packages`]: the cache of packages sent by hash only,
+//!   fetched from the coordinator; [`jobs`]: the table of running and recently
+//!   finished jobs;
+//! - [`job`]: one job from its plan to its report — its run, the DAG of its
+//!   tasks, each attempt, the process layer, captures, files, leftovers, the
+//!   scratch directory's layout (see its doc for its own layers);
+//! - [`logs`], [`rows`]: a job's logs and kept rows, streamed back to the
+//!   coordinator (they read a job's files through [`job::layout`] alone);
 //! - [`outbox`]: the durable, group-committed event outbox (redb);
-//! - [`reporter`]: registration and the `ReportEvents` stream;
-//! - [`service`]: the thin tonic `AgentService` impl;
-//! - [`transport`]: every server / channel setup (TLS goes there).
+//! - [`transport`]: every server / channel setup; [`enrol`], [`renew`]: the
+//!   first certificate and its renewals; [`tls`] (a leaf): the TLS identity;
+//! - [`watchdog`], `group_record`: no job outlives its agent (a watchdog process
+//!   that ends the jobs when the agent dies, the record format it shares with
+//!   [`job::leftovers`]);
+//! - [`config`]: `AgentConfig` and its validation; [`run_as`]: `--allow-run-as`
+//!   rules, folders, the host's users; [`mask`]: masks sensitive parameter values
+//!   in what a job leaves behind; [`model`]: validated domain types
+//!   (`DispatchKey`, `StartJob`, ...); [`error`]: `AgentError` and its stable
+//!   codes.
 
 pub mod admission;
 pub mod config;
 pub mod enrol;
 pub mod error;
 pub(crate) mod group_record;
-pub mod job_dag;
-pub mod job_dir;
-pub mod job_files;
+pub mod job;
 pub mod jobs;
-pub mod leftovers;
 pub mod logs;
 pub mod mask;
 pub mod model;
 pub mod outbox;
 pub mod packages;
 pub mod parsed;
-pub mod plan;
-pub(crate) mod process_group;
 pub mod renew;
 pub mod reporter;
 pub mod retention;
 pub mod rows;
 pub mod run_as;
-pub mod runner;
 pub mod service;
 pub mod supervisor;
+pub mod tls;
 pub mod transport;
 pub mod watchdog;
 
@@ -104,9 +109,9 @@ pub async fn run(
     );
     // Before any job starts, before registering and serving: end what an
     // earlier boot left running (its watchdog, if it lived, did already).
-    leftovers::reap(&config.data_dir.join("jobs"));
+    job::leftovers::reap(&config.data_dir.join("jobs"));
     // Their raw output and rows files (unmasked values) were never read: gone.
-    let raw = runner::remove_raw_files_left(&config.data_dir.join("jobs"));
+    let raw = job::layout::remove_raw_files_left(&config.data_dir.join("jobs"));
     if raw > 0 {
         info!(
             files = raw,
@@ -131,7 +136,7 @@ pub async fn run(
     );
 
     let tls = match config.tls.clone() {
-        Some(pem) => Some(transport::LiveTls::new(pem)?),
+        Some(pem) => Some(tls::LiveTls::new(pem)?),
         None => None,
     };
     // Catalog packages come by hash only: fetched from the coordinator, cached.
@@ -261,7 +266,7 @@ fn warn_about_run_as(config: &AgentConfig) {
                 warn!(rule = %rule, euid, "this agent is not root and cannot switch to the run-as user: jobs asking for it are refused")
             }
             Ok(Some(user)) => {
-                if let Err(reason) = runner::reachable_by(&config.data_dir, &user) {
+                if let Err(reason) = job::layout::reachable_by(&config.data_dir, &user) {
                     warn!(rule = %rule, %reason, "run-as jobs for this user will fail");
                 }
             }

@@ -1,8 +1,8 @@
 //! Reading a job's logs back for `StreamLogs` (the coordinator proxies them to
 //! `baton exec logs`).
 //!
-//! The runner writes each job's stdout and stderr, masked, to `stdout.log` and
-//! `stderr.log` in its scratch directory ([`crate::runner`]) and flushes them at every
+//! A job's run writes its stdout and stderr, masked, to `stdout.log` and
+//! `stderr.log` in its scratch directory (`job::capture`) and flushes them at every
 //! read of the pipe. This module sends them from the offsets asked for, in chunks of
 //! at most [`LOG_CHUNK_BYTES`], through a channel of [`STREAM_BUFFER`] chunks: a slow
 //! client holds the reader back (gRPC flow control) instead of making it buffer, so
@@ -13,7 +13,7 @@
 //!
 //! A job directory belongs to the job's run-as user, who could swap a log for a
 //! link to a file the agent may read: logs are opened without following links, only
-//! as regular files owned by the agent itself (`runner::open_job_file`).
+//! as regular files owned by the agent itself ([`crate::job::layout`]).
 
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
@@ -24,9 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 
 use crate::error::AgentError;
+use crate::job::layout::{STDERR_LOG, STDOUT_LOG, open_job_file, scratch_dir};
 use crate::jobs::JobState;
 use crate::model::DispatchKey;
-use crate::runner::{STDERR_LOG, STDOUT_LOG, open_job_file, scratch_dir};
 
 /// Largest chunk of a log in one message.
 pub const LOG_CHUNK_BYTES: usize = 64 * 1024;
@@ -203,7 +203,7 @@ where
     }
     let mut buf = vec![0u8; LOG_CHUNK_BYTES];
     // A job seen running may end with no log and give its empty directory back
-    // for reuse ([`crate::job_dir`]): it printed nothing, which is no error.
+    // for reuse ([`crate::job::layout`]): it printed nothing, which is no error.
     let mut seen_running = false;
     loop {
         // Sampled before reading: once the job is seen ended, this pass reads all.
@@ -408,70 +408,6 @@ mod tests {
             .expect("the stream ends with the job");
         assert!(e.is_none());
         assert_eq!(out, b"three\n");
-    }
-
-    #[tokio::test]
-    async fn a_running_job_s_output_is_seen_before_it_ends() {
-        use crate::runner::{JobCancel, JobPlan, RunnerSettings, run_job};
-        let root = tempfile::tempdir().unwrap();
-        let settings =
-            RunnerSettings::new(root.path().join("jobs"), Duration::from_millis(500), 64);
-        let package = baton_package::Package::parse(
-            "lines.toml",
-            "name = 'lines'\n[tasks.t]\nscript = 'for i in 1 2 3 4; do echo line $i; sleep 0.3; done'\ntimeout_s = 30\n",
-        )
-        .unwrap();
-        let plan = JobPlan {
-            dispatch: key(),
-            package: Arc::new(package),
-            params: Default::default(),
-            default_task_timeout: Duration::from_secs(30),
-            env: Vec::new(),
-            deadline: None,
-            run_as: None,
-            masker: crate::mask::Masker::default(),
-        };
-        let done = Arc::new(AtomicBool::new(false));
-        let d = done.clone();
-        let job = tokio::spawn(async move {
-            let (tx, _rx) = tokio::sync::oneshot::channel();
-            let r = run_job(&plan, &settings, &JobCancel::new(), tx).await;
-            d.store(true, Ordering::SeqCst);
-            r
-        });
-        let d = done.clone();
-        let state = move || {
-            if d.load(Ordering::SeqCst) {
-                finished()
-            } else {
-                JobState::Running
-            }
-        };
-        let mut rx = stream_logs(
-            &root.path().join("jobs"),
-            req(Which::Both, true, 0, 0),
-            false,
-            state,
-        )
-        .unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert!(first.data.starts_with(b"line 1\n"));
-        assert!(
-            !done.load(Ordering::SeqCst),
-            "the first line came only after the job ended: the log is not flushed as it comes"
-        );
-        let (out, _, _, e) = tokio::time::timeout(Duration::from_secs(10), collect(rx))
-            .await
-            .expect("the stream ends with the job");
-        assert!(e.is_none());
-        let mut all = first.data;
-        all.extend(out);
-        assert_eq!(all, b"line 1\nline 2\nline 3\nline 4\n");
-        assert!(job.await.unwrap().status == FinishStatus::Succeeded);
     }
 
     #[tokio::test]

@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 use baton_proto::FetchPackageRequest;
 use tracing::{debug, info, warn};
 
-use crate::transport::{self, LiveTls};
+use crate::tls::LiveTls;
+use crate::transport;
 
 /// Package files kept in the cache.
 pub const CACHE_ENTRIES_MAX: usize = 256;

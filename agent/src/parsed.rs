@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use baton_package::Package;
 
 /// Most packages kept; the cache starts over when full.
-const ENTRIES_MAX: usize = 64;
+pub(crate) const ENTRIES_MAX: usize = 64;
 /// Packages larger than this are parsed every time (not worth the memory).
 const TEXT_BYTES_MAX: usize = 64 * 1024;
 
@@ -44,57 +44,10 @@ impl ParsedPackages {
         }
         entries.insert(hash.to_string(), (text.to_string(), package));
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::admission::check_package_with;
-    use crate::model::{DispatchKey, Epoch, PackageSource, StartJob};
-    use baton_proto::RejectCode;
-
-    fn job(text: &str, hash: String) -> StartJob {
-        StartJob {
-            dispatch: DispatchKey {
-                execution_id: "e".into(),
-                task_path: "t".into(),
-                item_index: 0,
-                attempt: 1,
-            },
-            package: PackageSource {
-                name: "child".into(),
-                content_hash: hash,
-                content: Some(text.into()),
-            },
-            parameters: Default::default(),
-            epoch: Epoch(1),
-            deadline: None,
-            traceparent: None,
-            folder: "/".into(),
-        }
-    }
-
-    #[test]
-    fn a_package_is_parsed_once_and_a_different_text_is_checked_again() {
-        let cache = ParsedPackages::new();
-        let text = "name = 'child'\n[tasks.a]\nnoop = true\n";
-        let hash = baton_package::content_hash(text);
-        let (first, _) = check_package_with(&job(text, hash.clone()), Some(&cache)).unwrap();
-        let (again, _) = check_package_with(&job(text, hash.clone()), Some(&cache)).unwrap();
-        assert!(
-            Arc::ptr_eq(&first, &again),
-            "the second is the cached parse"
-        );
-
-        // Same claimed hash, other text: not taken from the cache; its hash fails.
-        let forged = "name = 'forged'\n[tasks.a]\nnoop = true\n";
-        let r = check_package_with(&job(forged, hash), Some(&cache)).unwrap_err();
-        assert_eq!(r.code, RejectCode::UnknownPackage);
-
-        for i in 0..(ENTRIES_MAX + 1) {
-            let t = format!("name = 'p{i}'\n[tasks.a]\nnoop = true\n");
-            check_package_with(&job(&t, baton_package::content_hash(&t)), Some(&cache)).unwrap();
-        }
-        assert!(cache.entries.lock().unwrap().len() <= ENTRIES_MAX);
+    /// Packages kept now.
+    #[cfg(test)]
+    pub(crate) fn kept(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }

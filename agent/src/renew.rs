@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::AgentError;
-use crate::transport::{self, LiveTls};
+use crate::tls::LiveTls;
+use crate::transport;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -57,7 +57,7 @@ pub struct Identity {
     /// Random per process start.
     pub boot_id: String,
     /// Mutual TLS material; `None` only with `--insecure`.
-    pub tls: Option<Arc<crate::transport::LiveTls>>,
+    pub tls: Option<Arc<crate::tls::LiveTls>>,
 }
 
 pub struct Reporter {
@@ -237,7 +237,7 @@ impl Reporter {
         &self,
         what: &str,
         s: &tonic::Status,
-        tls: Option<&transport::TlsPem>,
+        tls: Option<&crate::tls::TlsPem>,
     ) -> AgentError {
         if let Some(e) = refusal(s) {
             return e;

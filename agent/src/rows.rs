@@ -1,208 +1,36 @@
-//! A job's rows: kept when it succeeds, read back for `StreamRows` (the coordinator
-//! proxies them to `baton exec rows`).
+//! A job's kept rows, read back for `StreamRows` (the coordinator proxies them to
+//! `baton exec rows`).
 //!
-//! A job writes JSON lines to `$BATON_ROWS` (`rows.jsonl` in its scratch directory),
-//! like a DataReader destination. When the job has succeeded, [`keep_rows`] copies
-//! them to `rows.kept.jsonl`, a file of the agent's own, line by line:
-//!
-//! - blank lines are skipped; every other line is one row, kept as written (the
-//!   agent does not parse JSON: the client renders it);
-//! - sensitive parameter values are masked, as in the logs ([`crate::mask`]);
-//! - a row longer than [`ROW_BYTES_MAX`] is dropped, and rows stop at
-//!   [`ROWS_BYTES_MAX`] per job; either way an empty `rows.truncated` file records
-//!   that not everything was kept, and the last batch of a stream says so;
-//! - the job's file is opened as the runner opens every file a job wrote (no links,
-//!   no FIFOs, owned by the run-as user: `runner::open_job_file`), and the
-//!   kept file is created without following links and read back only if the agent
-//!   owns it, so a job cannot make the agent send a file it could not read.
+//! When a job has succeeded, its run keeps the rows it wrote to `$BATON_ROWS`,
+//! masked and capped, in `rows.kept.jsonl` (`job::files::keep_rows`, whose doc
+//! says what is kept). This module only reads that file, through the job
+//! directory's layout ([`crate::job::layout`]): opened only if the agent owns it
+//! and is not a link, read line by line within [`ROW_BYTES_MAX`], so a job cannot
+//! make the agent send a file it could not read.
 //!
 //! Streams read the kept file in batches of at most [`BATCH_ROWS`] rows or about
 //! [`BATCH_BYTES`], through the same small channel as logs (back-pressure, bounded
 //! memory: [`crate::logs::STREAM_BUFFER`]).
 
-use std::io;
 use std::path::Path;
 
 use baton_proto as pb;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::sync::mpsc;
-use tracing::warn;
 
 use crate::error::AgentError;
+use crate::job::layout::{
+    LineRead, READ_BUFFER_BYTES, ROW_BYTES_MAX, ROWS_KEPT_FILE, ROWS_TRUNCATED_FILE, open_job_file,
+    read_line, scratch_dir,
+};
 use crate::jobs::JobState;
 use crate::logs::{STREAM_BUFFER, Sent, check_dir};
-use crate::mask::Masker;
 use crate::model::{DispatchKey, FinishStatus};
-use crate::runner::{ROWS_FILE, open_job_file, scratch_dir};
 
-/// The agent's copy of a succeeded job's rows.
-pub const ROWS_KEPT_FILE: &str = "rows.kept.jsonl";
-/// Present when some rows were not kept.
-pub const ROWS_TRUNCATED_FILE: &str = "rows.truncated";
-/// Most bytes of rows kept per job.
-pub const ROWS_BYTES_MAX: u64 = 64 << 20;
-/// Longest row kept.
-pub const ROW_BYTES_MAX: usize = 1 << 20;
 /// Most rows in one streamed batch.
 pub const BATCH_ROWS: usize = 1_000;
 /// A batch is sent once it holds this many bytes.
 pub const BATCH_BYTES: usize = 64 * 1024;
-const READ_BUFFER_BYTES: usize = 64 * 1024;
-
-/// What [`keep_rows`] kept.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Kept {
-    pub rows: u64,
-    /// Some rows were dropped (too long, or past the cap).
-    pub truncated: bool,
-}
-
-/// Limits of [`keep_rows_with`] (tests use small ones).
-#[derive(Debug, Clone, Copy)]
-pub struct RowCaps {
-    pub row_bytes_max: usize,
-    pub rows_bytes_max: u64,
-}
-
-impl Default for RowCaps {
-    fn default() -> Self {
-        RowCaps {
-            row_bytes_max: ROW_BYTES_MAX,
-            rows_bytes_max: ROWS_BYTES_MAX,
-        }
-    }
-}
-
-/// Keeps the rows of a job that succeeded (see the module doc); `owner` is the
-/// run-as user's uid, if any. Never fails the job: problems are logged.
-pub async fn keep_rows(dir: &Path, owner: Option<u32>, masker: &Masker) -> Kept {
-    keep_rows_with(dir, owner, masker, RowCaps::default()).await
-}
-
-pub async fn keep_rows_with(
-    dir: &Path,
-    owner: Option<u32>,
-    masker: &Masker,
-    caps: RowCaps,
-) -> Kept {
-    let mut kept = Kept::default();
-    let Some(src) = open_job_file(&dir.join(ROWS_FILE), owner).await else {
-        return kept;
-    };
-    let path = dir.join(ROWS_KEPT_FILE);
-    let out = match create_own(&path).await {
-        Ok(f) => f,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot keep the job's rows");
-            return kept;
-        }
-    };
-    let mut out = BufWriter::new(out);
-    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, src);
-    let mut line = Vec::new();
-    let mut bytes = 0u64;
-    loop {
-        match read_line(&mut reader, &mut line, caps.row_bytes_max).await {
-            Err(e) => {
-                warn!(path = %path.display(), error = %e, "cannot read the job's rows");
-                break;
-            }
-            Ok(LineRead::End) => break,
-            Ok(LineRead::TooLong) => kept.truncated = true,
-            Ok(LineRead::Whole) => {
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches('\r');
-                if text.trim().is_empty() {
-                    continue;
-                }
-                let row = masker.mask_str(text);
-                let size = row.len() as u64 + 1;
-                if bytes + size > caps.rows_bytes_max {
-                    kept.truncated = true;
-                    break;
-                }
-                let written = async {
-                    out.write_all(row.as_bytes()).await?;
-                    out.write_all(b"\n").await
-                };
-                if let Err(e) = written.await {
-                    warn!(path = %path.display(), error = %e, "cannot write the job's rows");
-                    break;
-                }
-                bytes += size;
-                kept.rows += 1;
-            }
-        }
-    }
-    if let Err(e) = out.flush().await {
-        warn!(path = %path.display(), error = %e, "cannot write the job's rows");
-    }
-    if kept.truncated {
-        let _ = create_own(&dir.join(ROWS_TRUNCATED_FILE)).await;
-    }
-    kept
-}
-
-/// Creates a new file of the agent's in a directory the job's user owns: never
-/// through a link or over a file that user put there.
-async fn create_own(path: &Path) -> io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .await
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum LineRead {
-    /// `line` holds a whole line, without its newline.
-    Whole,
-    /// A line longer than the limit was skipped (`line` is empty).
-    TooLong,
-    End,
-}
-
-/// Reads one line into `line` without ever holding more than `max` bytes of it.
-async fn read_line<R: AsyncBufRead + Unpin>(
-    r: &mut R,
-    line: &mut Vec<u8>,
-    max: usize,
-) -> io::Result<LineRead> {
-    line.clear();
-    let (mut any, mut too_long) = (false, false);
-    loop {
-        let buf = r.fill_buf().await?;
-        if buf.is_empty() {
-            return Ok(match (any, too_long) {
-                (false, _) => LineRead::End,
-                (true, true) => LineRead::TooLong,
-                (true, false) => LineRead::Whole,
-            });
-        }
-        any = true;
-        let (take, newline) = match buf.iter().position(|&b| b == b'\n') {
-            Some(i) => (i, true),
-            None => (buf.len(), false),
-        };
-        if !too_long {
-            if line.len() + take > max {
-                too_long = true;
-                line.clear();
-            } else {
-                line.extend_from_slice(&buf[..take]);
-            }
-        }
-        r.consume(take + usize::from(newline));
-        if newline {
-            return Ok(if too_long {
-                LineRead::TooLong
-            } else {
-                LineRead::Whole
-            });
-        }
-    }
-}
 
 fn status_name(s: FinishStatus) -> &'static str {
     match s {
@@ -296,6 +124,9 @@ async fn pump(dir: &Path, tx: &mpsc::Sender<Sent<pb::RowBatch>>) -> Result<(), A
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::files::{Kept, RowCaps, keep_rows, keep_rows_with};
+    use crate::job::layout::ROWS_FILE;
+    use crate::mask::Masker;
 
     fn key() -> DispatchKey {
         DispatchKey {
@@ -431,22 +262,5 @@ mod tests {
         );
         let (rows, _) = all_rows(root.path(), succeeded()).await;
         assert!(rows.is_empty(), "never read through a link: {rows:?}");
-    }
-
-    #[tokio::test]
-    async fn lines_are_read_within_their_limit() {
-        let data = b"short\nthis one is far too long\n\nend";
-        let mut r = BufReader::with_capacity(4, &data[..]);
-        let mut line = Vec::new();
-        let mut got = Vec::new();
-        loop {
-            match read_line(&mut r, &mut line, 10).await.unwrap() {
-                LineRead::End => break,
-                LineRead::TooLong => got.push("<long>".to_string()),
-                LineRead::Whole => got.push(String::from_utf8(line.clone()).unwrap()),
-            }
-            assert!(line.len() <= 10);
-        }
-        assert_eq!(got, ["short", "<long>", "", "end"]);
     }
 }

@@ -13,29 +13,32 @@
 //! ([`crate::packages`]). When the package is not cached, fetching it could take
 //! longer than an answer may, so the job is accepted on the state checks alone and its
 //! runner task fetches the package first, then runs the package checks
-//! (`supervisor_fetch.rs`): a failed fetch, or a package check that fails after it
+//! (`admit_fetching`): a failed fetch, or a package check that fails after it
 //! (a run-as user this agent may not use, say), fails that attempt with a reason that
 //! says so, instead of rejecting it. The next dispatch of that package finds it cached
 //! and gets the usual immediate answer, rejection included.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use baton_proto::{JobFinished, JobStarted, agent_event::Body};
+use baton_proto::{JobFinished, JobStarted, RejectCode, agent_event::Body};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Decision, Rejection, check_package_with, check_run_as};
 use crate::config::AgentConfig;
+use crate::job::cancel::{JobCancel, cancel_reason};
+use crate::job::layout::scratch_dir;
+use crate::job::leftovers::Leftovers;
+use crate::job::plan::{self, JobPlan};
+use crate::job::run::{JobReport, RunnerSettings, run_job};
 use crate::jobs::{JobState, JobTable};
 use crate::model::{DispatchKey, Epoch, FinishStatus, KillReason, StartJob};
 use crate::outbox::Outbox;
-use crate::packages::PackageCache;
+use crate::packages::{PackageCache, valid_hash};
 use crate::parsed::ParsedPackages;
-use crate::plan;
 use crate::run_as::{RealHost, RunAsRule};
-use crate::runner::{self, JobCancel, JobReport, RunnerSettings};
 
 struct State {
     admission: Admission,
@@ -92,7 +95,7 @@ impl Supervisor {
     }
 
     /// The record of the process groups running now.
-    pub(crate) fn leftovers(&self) -> &Arc<crate::leftovers::Leftovers> {
+    pub(crate) fn leftovers(&self) -> &Arc<Leftovers> {
         &self.settings.leftovers
     }
 
@@ -110,7 +113,7 @@ impl Supervisor {
             .jobs
             .running_keys();
         keys.iter()
-            .map(|k| runner::scratch_dir(&self.settings.scratch_root, k))
+            .map(|k| scratch_dir(&self.settings.scratch_root, k))
             .collect()
     }
 
@@ -176,23 +179,23 @@ impl Supervisor {
         st.admission.check(job, running)
     }
 
-    async fn run(self: Arc<Self>, plan: runner::JobPlan, cancel: JobCancel) {
+    async fn run(self: Arc<Self>, plan: JobPlan, cancel: JobCancel) {
         let key = plan.dispatch.clone();
         // Accepted into the queue: wait for a slot (or the cancel).
-        let begin = std::time::Instant::now();
+        let begin = Instant::now();
         let slot = tokio::select! {
             biased;
             r = cancel.cancelled() => {
                 info!(dispatch = %key, "job cancelled while queued");
                 let ms = u64::try_from(begin.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let reason = format!("{} while queued for a slot", runner::cancel_reason(r));
+                let reason = format!("{} while queued for a slot", cancel_reason(r));
                 self.finish_unstarted(&key, FinishStatus::Cancelled, reason, ms).await;
                 return;
             }
             permit = self.run_slots.clone().acquire_owned() => permit.ok(),
         };
         let (started_tx, started_rx) = oneshot::channel();
-        let run = runner::run_job(&plan, &self.settings, &cancel, started_tx);
+        let run = run_job(&plan, &self.settings, &cancel, started_tx);
         tokio::pin!(run);
         let mut started_rx = started_rx;
         let started = |pid| {
@@ -326,6 +329,131 @@ impl Supervisor {
             .await
             .is_ok()
     }
+
+    // Jobs whose package must be fetched first: accepted on the state checks
+    // (epoch, idempotency, draining, capacity) at once, on their slot; the runner
+    // task fetches the package (`PackageCache::get`, which verifies its hash), then
+    // runs the package checks that admission runs for inline packages (parse, bind,
+    // run-as). If the fetch or a check fails, or the job is cancelled meanwhile, the
+    // job ends with one `JobFinished` (failed or cancelled) whose reason says which —
+    // no process ever starts.
+
+    /// Accepts a job whose package is neither inline nor cached.
+    fn admit_fetching(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
+        let src = &job.package;
+        if !valid_hash(&src.content_hash) || !self.packages.can_fetch() {
+            return Err(Rejection::new(
+                RejectCode::UnknownPackage,
+                format!(
+                    "package {:?} ({}) was not sent inline, is not cached here, and this agent cannot fetch it",
+                    src.name, src.content_hash
+                ),
+            ));
+        }
+        let cancel = JobCancel::new();
+        {
+            let mut st = self.state.lock().unwrap();
+            let running = st.jobs.running_len();
+            match st.admission.check(&job, running) {
+                Decision::New => {}
+                Decision::Duplicate => return Ok(()),
+                Decision::Reject(r) => return Err(r),
+            }
+            st.admission.record_accepted(job.dispatch.clone());
+            st.jobs.insert_running(job.dispatch.clone(), cancel.clone());
+        }
+        self.tasks.send_modify(|n| *n += 1);
+        self.spawned.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        tokio::spawn(async move {
+            this.clone().fetch_then_run(job, cancel).await;
+            this.tasks.send_modify(|n| *n -= 1);
+        });
+        Ok(())
+    }
+
+    async fn fetch_then_run(self: Arc<Self>, mut job: StartJob, cancel: JobCancel) {
+        let begin = Instant::now();
+        let hash = job.package.content_hash.clone();
+        let fetched = tokio::select! {
+            r = self.packages.get(&hash) => r.map_err(|e| {
+                (FinishStatus::Failed, format!(
+                    "package {:?} ({hash}) could not be fetched from the coordinator: {e}",
+                    job.package.name
+                ))
+            }),
+            _ = cancel.cancelled() => Err((
+                FinishStatus::Cancelled,
+                "cancelled while its package was being fetched".to_string(),
+            )),
+        };
+        let prepared = fetched.and_then(|text| {
+            job.package.content = Some(text);
+            self.prepare(&job).map_err(|r| {
+                (
+                    FinishStatus::Failed,
+                    format!(
+                        "refused after fetching its package: {}: {}",
+                        r.code_str(),
+                        r.reason
+                    ),
+                )
+            })
+        });
+        match prepared {
+            Ok(plan) => self.run(plan, cancel).await,
+            Err((status, reason)) => {
+                if status == FinishStatus::Failed {
+                    warn!(dispatch = %job.dispatch, %reason, "job failed before it started");
+                } else {
+                    info!(dispatch = %job.dispatch, "job cancelled before it started");
+                }
+                let ms = u64::try_from(begin.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.finish_unstarted(&job.dispatch, status, reason, ms)
+                    .await;
+            }
+        }
+    }
+
+    /// The package checks of admission, on a fetched package.
+    fn prepare(&self, job: &StartJob) -> Result<JobPlan, Rejection> {
+        let (package, params) = check_package_with(job, Some(&self.parsed))?;
+        let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
+        Ok(plan::build(
+            job,
+            package,
+            &params,
+            self.default_task_timeout,
+            run_as,
+        ))
+    }
+
+    /// Ends a job that never started a process: one `JobFinished`.
+    async fn finish_unstarted(
+        &self,
+        key: &DispatchKey,
+        status: FinishStatus,
+        reason: String,
+        duration_ms: u64,
+    ) {
+        self.state
+            .lock()
+            .unwrap()
+            .jobs
+            .finish(key.clone(), status, -1);
+        let report = JobReport {
+            status,
+            exit_code: -1,
+            outputs: Default::default(),
+            row_count: 0,
+            reason,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            duration_ms,
+            left_nothing: false,
+        };
+        self.append(key, finished_body(key, report)).await;
+    }
 }
 
 fn finished_body(key: &DispatchKey, r: JobReport) -> Body {
@@ -341,9 +469,6 @@ fn finished_body(key: &DispatchKey, r: JobReport) -> Body {
         duration_ms: r.duration_ms,
     })
 }
-
-#[path = "supervisor_fetch.rs"]
-mod fetch;
 
 #[cfg(test)]
 #[path = "supervisor_tests.rs"]

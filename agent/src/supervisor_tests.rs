@@ -237,7 +237,7 @@ async fn a_job_that_leaves_nothing_gives_its_directory_to_the_next() {
     sup.start_job(job(1, &silent)).unwrap();
     events(&outbox, 2).await;
     let first = job(1, &silent).dispatch;
-    let first_dir = runner::scratch_dir(sup.scratch_root(), &first);
+    let first_dir = scratch_dir(sup.scratch_root(), &first);
     assert!(sup.left_nothing(&first));
     assert!(!first_dir.exists(), "given back to the pool");
     assert_eq!(sup.settings.dirs.pooled(), 1);
@@ -248,7 +248,7 @@ async fn a_job_that_leaves_nothing_gives_its_directory_to_the_next() {
     let second = job(2, &talkative).dispatch;
     assert_eq!(sup.settings.dirs.pooled(), 0, "taken from the pool");
     assert!(!sup.left_nothing(&second));
-    let log = runner::scratch_dir(sup.scratch_root(), &second).join(runner::STDOUT_LOG);
+    let log = scratch_dir(sup.scratch_root(), &second).join(crate::job::layout::STDOUT_LOG);
     assert_eq!(std::fs::read_to_string(log).unwrap(), "hello\n");
 }
 
@@ -336,4 +336,137 @@ async fn a_running_dispatch_sent_again_starts_nothing_new() {
     sup.state.lock().unwrap().admission = Admission::new(2);
     sup.start_job(job(1, &text)).unwrap();
     assert_eq!(sup.jobs_spawned(), 1);
+}
+
+/// Jobs whose package came by hash only and must be fetched first.
+mod fetch {
+    use std::time::Duration;
+
+    use baton_proto::{AgentEvent, JobStatus, agent_event::Body};
+
+    use super::*;
+    use crate::config::AgentConfig;
+    use crate::model::{Epoch, PackageSource};
+    use crate::outbox::Outbox;
+
+    const CHILD: &str =
+        "name = 'child'\n[tasks.a]\nexec = ['sh', '-c', 'echo ok=1 >> $BATON_OUTPUT']\n";
+
+    /// A dispatch of `CHILD` by hash only, as the coordinator sends catalog packages.
+    fn by_hash(item: u32) -> StartJob {
+        StartJob {
+            dispatch: DispatchKey {
+                execution_id: "e".into(),
+                task_path: "fan".into(),
+                item_index: item,
+                attempt: 1,
+            },
+            package: PackageSource {
+                name: "child".into(),
+                content_hash: baton_package::content_hash(CHILD),
+                content: None,
+            },
+            parameters: Default::default(),
+            epoch: Epoch(1),
+            deadline: None,
+            traceparent: None,
+            folder: "/".into(),
+        }
+    }
+
+    fn setup(dir: &std::path::Path) -> (Arc<Supervisor>, Arc<Outbox>) {
+        let config = AgentConfig {
+            slots: 2,
+            data_dir: dir.to_path_buf(),
+            kill_grace_ms: 300,
+            ..AgentConfig::default()
+        };
+        let outbox = Arc::new(Outbox::open(&dir.join("agent.redb")).unwrap());
+        (Supervisor::new(&config, outbox.clone()), outbox)
+    }
+
+    async fn events(outbox: &Outbox, n: usize) -> Vec<AgentEvent> {
+        let mut rx = outbox.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let evs = outbox.unacked_from(0);
+                if evs.len() >= n {
+                    return evs;
+                }
+                rx.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("events did not arrive")
+    }
+
+    fn last_finished(evs: &[AgentEvent]) -> &baton_proto::JobFinished {
+        match evs.last().and_then(|e| e.body.as_ref()) {
+            Some(Body::Finished(f)) => f,
+            other => panic!("expected finished, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cached_package_runs_and_an_unfetchable_one_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, outbox) = setup(dir.path());
+        // No source to fetch from: refused at once, nothing runs.
+        let r = sup.start_job(by_hash(1)).unwrap_err();
+        assert_eq!(r.code, RejectCode::UnknownPackage);
+        assert_eq!(sup.load().running, 0);
+
+        // In the cache: accepted and run like an inline package.
+        let cache = dir.path().join("packages");
+        std::fs::create_dir_all(&cache).unwrap();
+        let hash = baton_package::content_hash(CHILD);
+        std::fs::write(cache.join(format!("{hash}.toml")), CHILD).unwrap();
+        sup.start_job(by_hash(2)).unwrap();
+        let evs = events(&outbox, 2).await;
+        let f = last_finished(&evs);
+        assert_eq!(f.status, JobStatus::Succeeded as i32, "{}", f.reason);
+        assert_eq!(f.outputs.get("ok").map(String::as_str), Some("1"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_fails_the_accepted_job_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, outbox) = setup(dir.path());
+        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", dead.local_addr().unwrap());
+        drop(dead); // nobody listens there now
+        sup.packages().set_source(url, None);
+        // Accepted at once: the fetch happens after the answer.
+        sup.start_job(by_hash(1)).unwrap();
+        assert_eq!(
+            sup.load().running,
+            1,
+            "the job holds its slot while fetching"
+        );
+        let evs = events(&outbox, 1).await;
+        assert_eq!(evs.len(), 1, "no JobStarted: no process ran");
+        let f = last_finished(&evs);
+        assert_eq!(f.status, JobStatus::Failed as i32);
+        assert!(f.reason.contains("could not be fetched"), "{}", f.reason);
+        assert_eq!(sup.load().running, 0);
+    }
+
+    #[tokio::test]
+    async fn a_job_cancelled_while_fetching_ends_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, outbox) = setup(dir.path());
+        // Accepts connections (the kernel's backlog) but never answers.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        sup.packages()
+            .set_source(format!("http://{}", silent.local_addr().unwrap()), None);
+        let job = by_hash(1);
+        sup.start_job(job.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(sup.cancel_job(&job.dispatch));
+        let evs = events(&outbox, 1).await;
+        let f = last_finished(&evs);
+        assert_eq!(f.status, JobStatus::Cancelled as i32);
+        assert!(f.reason.contains("being fetched"), "{}", f.reason);
+        drop(silent);
+    }
 }

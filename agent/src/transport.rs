@@ -5,28 +5,31 @@
 //! certificate of the same CA — and verifies that the coordinator it dials is
 //! `coordinator.baton`. Without it (the CLI's `--insecure`, loopback only) both
 //! sides are plaintext, and [`refuse_plaintext_beyond_loopback`] keeps it on
-//! this machine: the coordinator URL and the advertised address must be loopback. Nothing else in the crate builds a server or an endpoint
-//! (but enrolment, [`crate::enrol`], which has no certificate yet).
+//! this machine: the coordinator URL and the advertised address must be loopback.
+//! Nothing else in the crate builds a server or an endpoint (but enrolment,
+//! [`crate::enrol`], which has no certificate yet). The server is generic over the
+//! service it serves ([`crate::service`] is above this module, not below it).
 //!
 //! The certificate renews while the agent runs ([`crate::renew`]): [`LiveTls`]
-//! holds the current one; the server presents it from the next handshake on,
-//! and every new connection to the coordinator uses it.
+//! ([`crate::tls`]) holds the current one; the server presents it from the next
+//! handshake on, and every new connection to the coordinator uses it.
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use baton_proto::tls::{ClientAuth, LiveCert};
-
-use baton_proto::agent_service_server::AgentServiceServer;
+use baton_proto::agent_service_server::{AgentService, AgentServiceServer};
 use baton_proto::coordinator_service_client::CoordinatorServiceClient;
+use baton_proto::tls::ClientAuth;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
 use crate::error::AgentError;
-use crate::service::AgentGrpc;
+/// The PEM material of the agent's TLS directory (defined in [`crate::tls`];
+/// named here too, where the CLI loads it).
+pub use crate::tls::TlsPem;
+use crate::tls::{COORDINATOR_NAME, LiveTls, tls_err};
 
 /// Connect timeout towards the coordinator.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,97 +39,10 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on concurrent RPCs per connection from the coordinator.
 const SERVER_CONCURRENCY_PER_CONN: usize = 256;
 
-/// The coordinator's identity name in its certificate.
-pub const COORDINATOR_NAME: &str = "coordinator.baton";
-
-/// PEM material: the trust root and this agent's certificate and key.
-#[derive(Clone)]
-pub struct TlsPem {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-    /// The directory it was loaded from; renewed certificates are written there.
-    pub dir: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for TlsPem {
-    /// Never prints key material.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TlsPem { .. }")
-    }
-}
-
-impl TlsPem {
-    /// Reads `ca.pem`, `tls.pem` and `tls.key` from `dir`.
-    pub fn load(dir: &std::path::Path) -> Result<TlsPem, AgentError> {
-        let read = |f: &str| {
-            let path = dir.join(f);
-            std::fs::read_to_string(&path)
-                .map_err(|e| AgentError::io(format!("reading {}", path.display()), e))
-        };
-        Ok(TlsPem {
-            ca: read("ca.pem")?,
-            cert: read("tls.pem")?,
-            key: read("tls.key")?,
-            dir: Some(dir.to_path_buf()),
-        })
-    }
-
-    /// Unix seconds `(not_before, not_after)` of the certificate.
-    pub fn validity(&self) -> Option<(i64, i64)> {
-        let der = baton_proto::tls::certs_from_pem(&self.cert).ok()?;
-        baton_proto::identity::validity(&der[0])
-    }
-}
-
-/// The agent's TLS identity while it runs: replaced at each renewal.
-pub struct LiveTls {
-    pem: RwLock<TlsPem>,
-    server_cert: LiveCert,
-}
-
-impl std::fmt::Debug for LiveTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LiveTls { .. }")
-    }
-}
-
-fn tls_err(e: baton_proto::tls::TlsError) -> AgentError {
-    AgentError::Transport(format!("TLS setup: {e}"))
-}
-
-impl LiveTls {
-    pub fn new(pem: TlsPem) -> Result<Arc<LiveTls>, AgentError> {
-        let server_cert = LiveCert::new(&pem.cert, &pem.key).map_err(tls_err)?;
-        Ok(Arc::new(LiveTls {
-            pem: RwLock::new(pem),
-            server_cert,
-        }))
-    }
-
-    /// The current material.
-    pub fn current(&self) -> TlsPem {
-        self.pem.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Takes a renewed certificate and its key: written to the TLS directory
-    /// (key 0600, atomically), then used from the next connection on.
-    pub fn replace(&self, cert: String, key: String) -> Result<(), AgentError> {
-        self.server_cert.replace(&cert, &key).map_err(tls_err)?;
-        let mut pem = self.pem.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(dir) = &pem.dir {
-            crate::enrol::write_file(&dir.join("tls.key"), &key, true)?;
-            crate::enrol::write_file(&dir.join("tls.pem"), &cert, false)?;
-        }
-        pem.cert = cert;
-        pem.key = key;
-        Ok(())
-    }
-}
-
-/// Serves `AgentService` on `listener` until `shutdown` resolves.
+/// Serves `AgentService` (the gRPC service, [`crate::service`]) on `listener`
+/// until `shutdown` resolves.
 pub async fn serve(
-    service: AgentGrpc,
+    service: impl AgentService,
     listener: TcpListener,
     tls: Option<Arc<LiveTls>>,
     shutdown: impl Future<Output = ()> + Send,
@@ -143,7 +59,7 @@ pub async fn serve(
             // StartJob only from the coordinator's.
             let config = baton_proto::tls::server_config(
                 &live.current().ca,
-                live.server_cert.clone(),
+                live.server_cert(),
                 ClientAuth::Required,
             )
             .map_err(tls_err)?;

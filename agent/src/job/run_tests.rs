@@ -1,7 +1,18 @@
-//! Tests of the runner on real processes (`sh`, `sleep`).
+//! Tests of a job's run on real processes (`sh`, `sleep`).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use baton_package::ParamValues;
+use nix::unistd::Pid;
 
 use super::*;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use crate::job::capture::LOG_BYTES_MAX;
+use crate::job::layout::{ROWS_FILE, ROWS_KEPT_FILE, output_file};
+use crate::job::plan::NESTED_FANOUT;
+use crate::mask::Masker;
+use crate::model::{DispatchKey, KillReason};
+use crate::run_as::RunAsUser;
 
 fn key(name: &str) -> DispatchKey {
     DispatchKey {
@@ -231,10 +242,7 @@ async fn killed_by_signal_and_spawn_failure_and_fail_step() {
     let fail = T::Nested { name: "fan".into() };
     let (r, _) = run(&plan("unsupported", vec![fail]), &s, &JobCancel::new()).await;
     assert_eq!(r.status, FinishStatus::Failed);
-    assert_eq!(
-        r.reason,
-        format!("task fan: {}", crate::plan::NESTED_FANOUT)
-    );
+    assert_eq!(r.reason, format!("task fan: {}", NESTED_FANOUT));
 }
 
 #[tokio::test]
@@ -316,15 +324,6 @@ async fn stdout_tail_and_log_are_bounded() {
     let log = std::fs::read(scratch_dir(&s.scratch_root, &p.dispatch).join("stdout.log")).unwrap();
     assert!(log.len() as u64 <= LOG_BYTES_MAX + 100);
     assert!(String::from_utf8_lossy(&log).ends_with("truncated after 1048576 bytes]\n"));
-}
-
-#[test]
-fn outputs_parsing() {
-    let (o, bad) = parse_outputs("a=1\n# c\n\n b = x=y\nnovalue\n=empty\r\nc=\r\n");
-    assert_eq!(o.get("a").map(String::as_str), Some("1"));
-    assert_eq!(o.get("b").map(String::as_str), Some(" x=y"));
-    assert_eq!(o.get("c").map(String::as_str), Some(""));
-    assert_eq!(bad, 2);
 }
 
 #[tokio::test]
@@ -636,7 +635,7 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
             assert_eq!(r.outputs.get("pw").map(String::as_str), Some("***"));
             assert_eq!(r.row_count, 1);
             let job_dir = scratch_dir(&s.scratch_root, &p.dispatch);
-            let kept = std::fs::read_to_string(job_dir.join(crate::rows::ROWS_KEPT_FILE)).unwrap();
+            let kept = std::fs::read_to_string(job_dir.join(ROWS_KEPT_FILE)).unwrap();
             assert_eq!(kept, "{\"pw\":\"***\"}\n");
             assert!(!job_dir.join(ROWS_FILE).exists());
             assert!(!output_file(&job_dir, "t").exists());
@@ -650,30 +649,4 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
         found.is_empty(),
         "files hold the sensitive value: {found:?}"
     );
-}
-
-#[test]
-fn raw_files_an_earlier_boot_left_are_removed_at_start() {
-    let root = tempfile::tempdir().unwrap();
-    let job = root.path().join("exec1").join("fan-0-1");
-    std::fs::create_dir_all(&job).unwrap();
-    for f in [
-        "output.t",
-        "output.u",
-        ROWS_FILE,
-        "stdout.log",
-        "rows.kept.jsonl",
-    ] {
-        std::fs::write(job.join(f), "pw=hunter2\n").unwrap();
-    }
-    std::fs::write(root.path().join(".running.log"), "+1 2\n").unwrap();
-    assert_eq!(remove_raw_files_left(root.path()), 3);
-    let mut left: Vec<String> = std::fs::read_dir(&job)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["rows.kept.jsonl", "stdout.log"]);
-    assert!(root.path().join(".running.log").exists());
-    assert_eq!(remove_raw_files_left(&root.path().join("absent")), 0);
 }

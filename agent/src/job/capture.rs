@@ -1,14 +1,6 @@
-//! What a job leaves behind that the agent reads: its stdout and stderr, masked
-//! and captured to capped log files with a tail kept for the finished event
-//! (`Capture`), and the `key=value` lines of `$BATON_OUTPUT`. Files a job wrote
-//! are opened without following symbolic links and only when they are regular
-//! files owned by the job's user (`open_job_file`).
-//!
-//! The job's raw files (`$BATON_OUTPUT`, `$BATON_ROWS`) may hold sensitive values
-//! unmasked: each `$BATON_OUTPUT` file is removed as soon as it is read
-//! (`read_outputs`), and whatever is left of them when the job ends (a task that
-//! never finished, rows of a job that did not succeed, rows once kept masked) is
-//! removed when the job ends (`runner::remove_raw_files`). The agent's data never holds them past the job.
+//! A job's stdout and stderr: masked and captured to capped log files
+//! (`stdout.log`, `stderr.log` in its scratch directory, at most
+//! [`LOG_BYTES_MAX`] bytes each), with a tail kept for the finished event.
 //!
 //! The tasks of a job may run at once: they share the job's two `Capture`s
 //! (behind a lock), each process pipe with its own masking stream (`pump`), so
@@ -16,21 +8,17 @@
 //! by byte with another's, and a sensitive value split across two reads of one
 //! pipe is still masked.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::collections::VecDeque;
+use std::path::PathBuf;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::Mutex;
 use tracing::warn;
 
 use crate::mask::{MaskStream, Masker};
-use crate::runner::LOG_BYTES_MAX;
 
-/// Most bytes read from `$BATON_OUTPUT`.
-const OUTPUT_FILE_BYTES_MAX: u64 = 1 << 20;
-/// Most outputs kept from one task, and from one job.
-pub(crate) const OUTPUTS_MAX: usize = 1_000;
+/// Most bytes of stdout (and of stderr) written to the job's log files.
+pub const LOG_BYTES_MAX: u64 = 1 << 20;
 
 /// Copies one process's pipe into the job's shared capture, masked: each chunk
 /// read is written whole, under the lock.
@@ -153,85 +141,5 @@ impl Capture {
 
     pub(crate) fn tail(&mut self) -> String {
         String::from_utf8_lossy(self.tail.make_contiguous()).into_owned()
-    }
-}
-
-/// Parses `key=value` lines; blank and `#` lines are skipped; returns (outputs, malformed).
-pub fn parse_outputs(text: &str) -> (BTreeMap<String, String>, usize) {
-    let mut outputs = BTreeMap::new();
-    let mut malformed = 0;
-    for line in text.lines() {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() || line.trim_start().starts_with('#') {
-            continue;
-        }
-        match line.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() && outputs.len() < OUTPUTS_MAX => {
-                outputs.insert(k.trim().to_string(), v.to_string());
-            }
-            _ => malformed += 1,
-        }
-    }
-    (outputs, malformed)
-}
-
-/// Opens a file the job wrote, for reading: never through a symbolic link, never
-/// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
-/// (a run-as job's user). `None` when absent or refused (refusals are logged).
-pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
-    let opened = tokio::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .await;
-    let file = match opened {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "job file ignored (a symbolic link, or unreadable)");
-            return None;
-        }
-    };
-    let meta = file.metadata().await.ok()?;
-    if !meta.is_file() {
-        warn!(path = %path.display(), "job file ignored: not a regular file");
-        return None;
-    }
-    if let Some(uid) = owner
-        && meta.uid() != uid
-    {
-        warn!(path = %path.display(), owner = meta.uid(), expected = uid, "job file ignored: not owned by the job's user");
-        return None;
-    }
-    Some(file)
-}
-
-/// Reads a task's `$BATON_OUTPUT` file, then removes it (it holds values unmasked).
-pub(crate) async fn read_outputs(
-    path: &Path,
-    owner: Option<u32>,
-) -> (BTreeMap<String, String>, usize) {
-    let Some(file) = open_job_file(path, owner).await else {
-        remove_raw(path).await;
-        return (BTreeMap::new(), 0);
-    };
-    let mut bytes = Vec::new();
-    let _ = file
-        .take(OUTPUT_FILE_BYTES_MAX)
-        .read_to_end(&mut bytes)
-        .await;
-    remove_raw(path).await;
-    parse_outputs(&String::from_utf8_lossy(&bytes))
-}
-
-/// Removes a raw file the job wrote (never following a link: `remove_file` unlinks
-/// the name itself). Absent is fine; another failure is logged.
-pub(crate) async fn remove_raw(path: &Path) {
-    match tokio::fs::remove_file(path).await {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "cannot remove a job's raw output file");
-        }
     }
 }

@@ -7,9 +7,10 @@ use std::path::Path;
 use nix::unistd::Pid;
 use tokio::sync::oneshot;
 
+use crate::job::layout::{STDOUT_LOG, scratch_dir};
+use crate::job::run::{JobReport, RunnerSettings, run_job};
 use crate::mask::Masker;
 use crate::model::DispatchKey;
-use crate::runner::{JobPlan, JobReport, RunnerSettings, STDOUT_LOG, run_job, scratch_dir};
 
 use super::*;
 

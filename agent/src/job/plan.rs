@@ -1,5 +1,6 @@
-//! Child package + bound parameters → a [`JobPlan`] for the runner, and each task →
-//! a concrete [`Step`] at the moment it becomes ready.
+//! What a job is to run: child package + bound parameters → a [`JobPlan`], and
+//! each task → a concrete [`Step`] at the moment it becomes ready (a process step
+//! is an [`ExecStep`]).
 //!
 //! Nothing of a task is interpolated at plan time: a task's argv, env and workdir may
 //! name the outputs of tasks before it (`${tasks.T.outputs.K}`), known only once they
@@ -16,9 +17,49 @@ use std::time::Duration;
 use baton_package::{Engine, Package, PackageError, ParamValues, Task, TaskKind};
 
 use crate::mask::Masker;
-use crate::model::StartJob;
+use crate::model::{DispatchKey, StartJob};
 use crate::run_as::RunAsUser;
-use crate::runner::{ExecStep, JobPlan};
+
+/// A process to run, fully interpolated.
+#[derive(Clone)]
+pub struct ExecStep {
+    pub task: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Hand-written: argv and env may hold sensitive parameter values.
+impl std::fmt::Debug for ExecStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecStep")
+            .field("task", &self.task)
+            .field("program", &self.argv.first())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything needed to run one job.
+#[derive(Clone)]
+pub struct JobPlan {
+    pub dispatch: DispatchKey,
+    /// The child package; its tasks are interpolated when they become ready.
+    pub package: Arc<Package>,
+    /// Its bound parameters.
+    pub params: ParamValues,
+    /// Timeout of a task without `timeout_s`.
+    pub default_task_timeout: Duration,
+    /// Job-wide environment (`BATON_PARAM_*`, `TRACEPARENT`, ...), before each task's own.
+    pub env: Vec<(String, String)>,
+    /// Wall-clock budget of the whole job.
+    pub deadline: Option<Duration>,
+    /// The user the processes run as (approved by admission); `None`: the agent's.
+    pub run_as: Option<RunAsUser>,
+    /// The job's sensitive parameter values, masked in logs, tails, outputs, reasons.
+    pub masker: Masker,
+}
 
 /// What one task becomes once it is ready (see [`step`]).
 #[derive(Debug, Clone)]

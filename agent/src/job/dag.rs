@@ -2,9 +2,9 @@
 //!
 //! The engine decides (which tasks are ready, skips, `when`, groups, the
 //! package's outcome); this loop does what it decides: every ready task becomes a
-//! [`Step`] at that moment ([`crate::plan::step`]: interpolated with the outputs
+//! [`Step`] at that moment ([`super::plan::step`]: interpolated with the outputs
 //! of the tasks that ended), and a process step runs as one attempt
-//! (`runner::run_attempt`) in a task of its own, so that independent tasks run
+//! ([`super::attempt`]) in a task of its own, so that independent tasks run
 //! at once (at most [`PARALLEL_TASKS_MAX`] per job; the rest wait their turn,
 //! still ready). When an attempt ends:
 //!
@@ -32,12 +32,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::job_files::{OUTPUTS_MAX, read_outputs};
+use super::attempt::{AttemptEnd, Ended, Processes, run_attempt};
+use super::cancel::{JobCancel, cancel_reason};
+use super::files::{OUTPUTS_MAX, read_outputs};
+use super::layout::output_file;
+use super::plan::{self, ExecStep, JobPlan, Step};
 use crate::model::{FinishStatus, KillReason};
-use crate::plan::{self, Step};
-use crate::runner::{
-    self, AttemptEnd, Ended, ExecStep, JobCancel, JobPlan, Processes, cancel_reason, output_file,
-};
 
 /// Most tasks of one job running at once (the job holds one slot of the agent).
 pub const PARALLEL_TASKS_MAX: usize = 32;
@@ -180,7 +180,7 @@ impl Driver<'_> {
                     }
                     Step::Exec(exec) => {
                         if self.procs.is_none() {
-                            // Unreachable: a process task makes the runner prepare them.
+                            // Unreachable: a process task makes the run prepare them.
                             self.fail_at_once(&task, format!("task {task}: no scratch directory"));
                             ended_at_once = true;
                             continue;
@@ -214,7 +214,7 @@ impl Driver<'_> {
         let task = exec.task.clone();
         self.steps.insert(task.clone(), exec.clone());
         let handle = self.running.spawn(async move {
-            let end = runner::run_attempt(&exec, attempt, delay, &procs).await;
+            let end = run_attempt(&exec, attempt, delay, &procs).await;
             (exec.task, end)
         });
         self.by_id.insert(handle.id(), task);
@@ -408,5 +408,5 @@ impl Driver<'_> {
 }
 
 #[cfg(test)]
-#[path = "job_dag_tests.rs"]
+#[path = "dag_tests.rs"]
 mod tests;

@@ -1,6 +1,17 @@
-//! A job's scratch directory: fresh and empty for every dispatch (mode 0700, owned
-//! by the run-as user when there is one), and the check that a run-as user can
-//! reach it through every directory above.
+//! A job's scratch directory: where it is
+//! (`scratch_root/<execution_id>/<task_path>-<item>-<attempt>`, [`scratch_dir`]) and
+//! the names of the files in it; how it is made, fresh and empty for every dispatch
+//! (mode 0700, owned by the run-as user when there is one), with the check that a
+//! run-as user can reach it through every directory above; and how the agent opens
+//! what a job wrote there.
+//!
+//! A job directory belongs to the job's run-as user, who could put a link to
+//! another file, or a FIFO, in place of any file the agent reads: every file a job
+//! wrote is opened without following links, without blocking, only as a regular
+//! file and only when owned by the user expected (`open_job_file`), and read
+//! line by line within a bound (`read_line`). The job run writes the files
+//! (`job::capture`, `job::files`); [`crate::logs`] and [`crate::rows`] read them
+//! back through this module alone.
 //!
 //! **The pool.** Making a directory allocates an inode, and on ext4 with files
 //! being deleted around it (retention, finished executions) finding a free inode
@@ -13,12 +24,165 @@
 //! take part: a run-as job's directory belongs to that user. The pool is emptied
 //! at start-up.
 
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+use tracing::warn;
+
+use crate::model::{DispatchKey, fs_component};
 use crate::run_as::RunAsUser;
+
+/// The scratch directory of a job: `scratch_root/<execution_id>/<task_path>-<item>-<attempt>`.
+pub fn scratch_dir(scratch_root: &Path, key: &DispatchKey) -> PathBuf {
+    scratch_root
+        .join(fs_component(&key.execution_id))
+        .join(format!(
+            "{}-{}-{}",
+            fs_component(&key.task_path),
+            key.item_index,
+            key.attempt
+        ))
+}
+
+/// File names inside the scratch directory.
+/// `$BATON_OUTPUT` of task `T` is `output.T` ([`output_file`]).
+pub const OUTPUT_FILE_PREFIX: &str = "output.";
+pub const ROWS_FILE: &str = "rows.jsonl";
+pub const STDOUT_LOG: &str = "stdout.log";
+pub const STDERR_LOG: &str = "stderr.log";
+/// The agent's copy of a succeeded job's rows (masked; no line longer than
+/// [`ROW_BYTES_MAX`]).
+pub const ROWS_KEPT_FILE: &str = "rows.kept.jsonl";
+/// Present when some rows were not kept.
+pub const ROWS_TRUNCATED_FILE: &str = "rows.truncated";
+/// Longest row kept.
+pub const ROW_BYTES_MAX: usize = 1 << 20;
+/// Buffer of a line reader over a job's file.
+pub(crate) const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The `$BATON_OUTPUT` file of `task` in the job directory `dir`.
+pub fn output_file(dir: &Path, task: &str) -> PathBuf {
+    dir.join(format!("{OUTPUT_FILE_PREFIX}{}", fs_component(task)))
+}
+
+/// Whether a file a job wrote is one of its raw `$BATON_OUTPUT`/`$BATON_ROWS` files.
+pub(crate) fn is_raw(name: &str) -> bool {
+    name.starts_with(OUTPUT_FILE_PREFIX) || name == ROWS_FILE
+}
+
+/// Removes the raw files that jobs of an earlier boot left under `jobs_root`
+/// (`<execution>/<job>/`): a killed agent never read them, and those jobs run
+/// again elsewhere. Called at start, before any job runs; returns how many went.
+pub fn remove_raw_files_left(jobs_root: &Path) -> usize {
+    let mut removed = 0;
+    let dirs = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect()
+    };
+    for execution in dirs(jobs_root) {
+        for job in dirs(&execution) {
+            for e in std::fs::read_dir(&job).into_iter().flatten().flatten() {
+                if is_raw(&e.file_name().to_string_lossy())
+                    && std::fs::remove_file(e.path()).is_ok()
+                {
+                    removed += 1;
+                }
+            }
+        }
+    }
+    removed
+}
+
+/// Opens a file the job wrote, for reading: never through a symbolic link, never
+/// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
+/// (a run-as job's user). `None` when absent or refused (refusals are logged).
+pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
+    let opened = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
+        .await;
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "job file ignored (a symbolic link, or unreadable)");
+            return None;
+        }
+    };
+    let meta = file.metadata().await.ok()?;
+    if !meta.is_file() {
+        warn!(path = %path.display(), "job file ignored: not a regular file");
+        return None;
+    }
+    if let Some(uid) = owner
+        && meta.uid() != uid
+    {
+        warn!(path = %path.display(), owner = meta.uid(), expected = uid, "job file ignored: not owned by the job's user");
+        return None;
+    }
+    Some(file)
+}
+
+/// What [`read_line`] read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum LineRead {
+    /// `line` holds a whole line, without its newline.
+    Whole,
+    /// A line longer than the limit was skipped (`line` is empty).
+    TooLong,
+    End,
+}
+
+/// Reads one line into `line` without ever holding more than `max` bytes of it.
+pub(crate) async fn read_line<R: AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<LineRead> {
+    line.clear();
+    let (mut any, mut too_long) = (false, false);
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(match (any, too_long) {
+                (false, _) => LineRead::End,
+                (true, true) => LineRead::TooLong,
+                (true, false) => LineRead::Whole,
+            });
+        }
+        any = true;
+        let (take, newline) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        if !too_long {
+            if line.len() + take > max {
+                too_long = true;
+                line.clear();
+            } else {
+                line.extend_from_slice(&buf[..take]);
+            }
+        }
+        r.consume(take + usize::from(newline));
+        if newline {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else {
+                LineRead::Whole
+            });
+        }
+    }
+}
 
 /// Most empty directories kept for reuse.
 pub const POOL_MAX: usize = 256;
@@ -199,6 +363,7 @@ pub fn reachable_by(dir: &Path, user: &RunAsUser) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::BufReader;
 
     #[test]
     fn empty_directories_are_reused_and_others_are_not() {
@@ -259,5 +424,48 @@ mod tests {
         let again = DirPool::new(root.path());
         assert_eq!(again.pooled(), 0);
         assert!(!root.path().join(".free").exists());
+    }
+
+    #[tokio::test]
+    async fn lines_are_read_within_their_limit() {
+        let data = b"short\nthis one is far too long\n\nend";
+        let mut r = BufReader::with_capacity(4, &data[..]);
+        let mut line = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            match read_line(&mut r, &mut line, 10).await.unwrap() {
+                LineRead::End => break,
+                LineRead::TooLong => got.push("<long>".to_string()),
+                LineRead::Whole => got.push(String::from_utf8(line.clone()).unwrap()),
+            }
+            assert!(line.len() <= 10);
+        }
+        assert_eq!(got, ["short", "<long>", "", "end"]);
+    }
+
+    #[test]
+    fn raw_files_an_earlier_boot_left_are_removed_at_start() {
+        let root = tempfile::tempdir().unwrap();
+        let job = root.path().join("exec1").join("fan-0-1");
+        std::fs::create_dir_all(&job).unwrap();
+        for f in [
+            "output.t",
+            "output.u",
+            ROWS_FILE,
+            "stdout.log",
+            "rows.kept.jsonl",
+        ] {
+            std::fs::write(job.join(f), "pw=hunter2\n").unwrap();
+        }
+        std::fs::write(root.path().join(".running.log"), "+1 2\n").unwrap();
+        assert_eq!(remove_raw_files_left(root.path()), 3);
+        let mut left: Vec<String> = std::fs::read_dir(&job)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["rows.kept.jsonl", "stdout.log"]);
+        assert!(root.path().join(".running.log").exists());
+        assert_eq!(remove_raw_files_left(&root.path().join("absent")), 0);
     }
 }
