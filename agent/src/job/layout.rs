@@ -105,12 +105,23 @@ pub fn remove_raw_files_left(jobs_root: &Path) -> usize {
 /// Opens a file the job wrote, for reading: never through a symbolic link, never
 /// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
 /// (a run-as job's user). `None` when absent or refused (refusals are logged).
+/// One trip to a blocking thread (the open and its checks together).
 pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
-    let opened = tokio::fs::OpenOptions::new()
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || open_job_file_blocking(&path, owner))
+        .await
+        .ok()
+        .flatten()
+        .map(tokio::fs::File::from_std)
+}
+
+/// [`open_job_file`] on the calling thread, for code already on a blocking one.
+pub(crate) fn open_job_file_blocking(path: &Path, owner: Option<u32>) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .await;
+        .open(path);
     let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -119,7 +130,7 @@ pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tok
             return None;
         }
     };
-    let meta = file.metadata().await.ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() {
         warn!(path = %path.display(), "job file ignored: not a regular file");
         return None;
@@ -193,6 +204,8 @@ pub struct DirPool {
     root: PathBuf,
     free: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
+    /// `root` was made (it is made once, on the first give-back).
+    made: std::sync::atomic::AtomicBool,
 }
 
 impl DirPool {
@@ -204,6 +217,7 @@ impl DirPool {
             root,
             free: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
+            made: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -232,13 +246,16 @@ impl DirPool {
         if !ours || !empty() {
             return false;
         }
-        if std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&self.root)
-            .is_err()
-            && !self.root.is_dir()
-        {
-            return false;
+        if !self.made.load(Ordering::Relaxed) {
+            if std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&self.root)
+                .is_err()
+                && !self.root.is_dir()
+            {
+                return false;
+            }
+            self.made.store(true, Ordering::Relaxed);
         }
         let to = self
             .root

@@ -125,6 +125,7 @@ pub(crate) async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let before = crate::group_record::boot_ticks();
     let mut child = cmd.spawn().map_err(|e| {
         let user = spawn
             .run_as
@@ -134,7 +135,7 @@ pub(crate) async fn run(
     })?;
     let pid = child.id().unwrap_or(0);
     debug!(%task, attempt, pid, "task process started");
-    leftovers.record(pid);
+    leftovers.record_spawned(pid, before);
     started(pid);
     let pgid = Pid::from_raw(pid as i32);
     let stdout = child.stdout.take();
