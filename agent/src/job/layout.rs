@@ -18,7 +18,8 @@
 //! was most of what a short process cost the agent (`perf`: `mkdir` →
 //! `find_inode_bit` → `recently_deleted`; 97 µs per mkdir here, and 159 µs more to
 //! remove the directory later). A job that leaves its directory empty (it printed
-//! nothing, wrote no output or rows) gives it back to a pool
+//! nothing, wrote no output or rows; empty log files of its own do not count)
+//! gives it back to a pool
 //! (`jobs/.free/N`, at most [`POOL_MAX`]) and the next job's directory is that one,
 //! renamed into place (no inode; 22 µs per rename). Only jobs without a run-as user
 //! take part: a run-as job's directory belongs to that user. The pool is emptied
@@ -242,8 +243,7 @@ impl DirPool {
         let ours = meta.is_dir()
             && meta.uid() == nix::unistd::geteuid().as_raw()
             && meta.mode() & 0o7777 == 0o700;
-        let empty = || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-        if !ours || !empty() {
+        if !ours || !left_empty(dir) {
             return false;
         }
         if !self.made.load(Ordering::Relaxed) {
@@ -266,6 +266,25 @@ impl DirPool {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).push(to);
         true
     }
+}
+
+/// Whether job directory `dir` holds nothing a job left: no entry, or only an
+/// empty `stdout.log` and `stderr.log` of the agent's own (regular files), which a
+/// job whose processes wrote straight to their logs ([`super::capture`]) leaves
+/// when it printed nothing; they stay with the directory in the pool.
+fn left_empty(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    entries.into_iter().all(|e| {
+        e.is_ok_and(|e| {
+            let name = e.file_name();
+            (name == STDOUT_LOG || name == STDERR_LOG)
+                // `DirEntry::metadata` does not follow a link.
+                && e.metadata().is_ok_and(|m| m.is_file() && m.len() == 0 && m.uid() == me)
+        })
+    })
 }
 
 /// Makes a fresh scratch directory (mode 0700; owned by the run-as user if any) and
@@ -307,7 +326,7 @@ fn prepare_dir_blocking(
             // Still empty (nothing that outlived its last job wrote into it),
             // and young: retention judges a directory by its modification
             // time, which a rename does not change.
-            let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+            let empty = left_empty(dir);
             let touched = std::fs::File::open(dir).and_then(|f| {
                 f.set_times(std::fs::FileTimes::new().set_modified(std::time::SystemTime::now()))
             });
