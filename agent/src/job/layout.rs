@@ -402,6 +402,26 @@ mod tests {
     use tokio::io::BufReader;
 
     #[test]
+    fn only_empty_logs_of_the_agents_own_count_as_nothing_left() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("job");
+        std::fs::create_dir(&d).unwrap();
+        assert!(left_empty(&d));
+        std::fs::write(d.join(STDOUT_LOG), "").unwrap();
+        std::fs::write(d.join(STDERR_LOG), "").unwrap();
+        assert!(left_empty(&d), "empty logs");
+        std::fs::write(d.join(STDERR_LOG), "x").unwrap();
+        assert!(!left_empty(&d), "a log with something in it");
+        std::fs::remove_file(d.join(STDERR_LOG)).unwrap();
+        std::os::unix::fs::symlink("/dev/null", d.join(STDERR_LOG)).unwrap();
+        assert!(!left_empty(&d), "a link in place of a log");
+        std::fs::remove_file(d.join(STDERR_LOG)).unwrap();
+        std::fs::write(d.join("output.t"), "").unwrap();
+        assert!(!left_empty(&d), "another file, even empty");
+        assert!(!left_empty(&root.path().join("absent")));
+    }
+
+    #[test]
     fn empty_directories_are_reused_and_others_are_not() {
         let root = tempfile::tempdir().unwrap();
         let pool = DirPool::new(root.path());
