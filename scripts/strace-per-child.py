@@ -9,9 +9,10 @@ Each DIR holds the per-thread files of
 clone/clone3/fork/vfork results (CLONE_THREAD: same process), and each process gets
 a role from its last execve: `coordinator` (the `baton bench` process: the embedded
 coordinator and its thin client), `agent`, `watchdog`, `job` (/bin/true), `xargs`
-(the baseline and its /bin/true children are both `xargs`), `other`. Counts are
+(the baseline and its own /bin/true children), `other`. Counts are
 per child as (BIG - SMALL) / (BIG_N - SMALL_N), so start-up and shut-down cancel
-out. `made` counts the calls that make or remove a name in the file system.
+out. `made` counts the calls that make or remove a name in the file system
+(`openat(O_CREAT)` also when the file was there), `failed` those that failed.
 """
 import collections
 import os
@@ -76,10 +77,10 @@ def parse(dirname):
                 if CLONE_RE.match(text) and ok:
                     child = int(ok.group(1))
                     parent[child] = (tid, "CLONE_THREAD" in text)
-                elif call in MAKES and ok:
-                    m[call] += 1
-                elif call in ("openat", "open") and "O_CREAT" in text and ok:
-                    m["openat(O_CREAT)"] += 1
+                elif call in MAKES:
+                    m[call if ok else call + " (failed)"] += 1
+                elif call in ("openat", "open") and "O_CREAT" in text:
+                    m["openat(O_CREAT)" if ok else "openat(O_CREAT) (failed)"] += 1
                 elif call == "execve" and ok:
                     e = EXECVE_RE.match(text)
                     if e:
@@ -95,7 +96,11 @@ def parse(dirname):
     def role(tid):
         lead = leader(tid)
         if lead in execs:
-            return execs[lead]
+            r = execs[lead]
+            # The baseline's own /bin/true processes count as xargs's.
+            if r == "job" and lead in parent and role(parent[lead][0]) == "xargs":
+                return "xargs"
+            return r
         # A process that never exec'd (a fork of its creator before exec).
         if lead in parent:
             return role(parent[lead][0])
