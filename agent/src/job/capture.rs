@@ -5,8 +5,8 @@
 //! **Straight to the files** when nothing needs masking (the job has no sensitive
 //! value) and the directory is the agent's own (no run-as user): each process gets
 //! the log files themselves as its stdout and stderr (opened once per job,
-//! `O_APPEND`, [`Capture::child_file`]), so there is no pipe, no reader and no
-//! copy. The cap is then held by a check every [`CAP_CHECK`] while a process runs
+//! `O_APPEND`, `Capture::child_file`), so there is no pipe, no reader and no
+//! copy. The cap is then held by a check every second (`CAP_CHECK`) while a process runs
 //! (a log past the cap is cut back to it: the process's next writes land after
 //! the cap and are cut at the next check) and once at the end, when the tail is
 //! read back from the file. A directory whose logs stayed empty goes back to the

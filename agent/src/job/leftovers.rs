@@ -91,7 +91,7 @@ impl Leftovers {
     }
 
     /// Records the group of a leader spawned just now; `before` is the boot
-    /// clock read just before the spawn ([`crate::group_record::boot_ticks`]),
+    /// clock read just before the spawn (`group_record::boot_ticks`),
     /// which spares the read of `/proc` when the spawn was quick.
     pub fn record_spawned(&self, pgid: u32, before: Option<u64>) {
         let Some(start) = spawn_start(pgid, before) else {
