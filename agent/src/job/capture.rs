@@ -11,6 +11,11 @@
 //! the cap and are cut at the next check) and once at the end, when the tail is
 //! read back from the file. A directory whose logs stayed empty goes back to the
 //! pool with them ([`super::layout`]), so a job that prints nothing makes no file.
+//! The one thing the pipes did that the files do not: a process that left its
+//! group (`setsid`) and outlives the job keeps its handle on the log, and what
+//! it writes after the job's end is no longer cut at the cap (with pipes it
+//! blocked once nobody read them). Every process still in the job's group is
+//! ended with it, as before.
 //!
 //! **Through a pipe** otherwise: the tasks of a job may run at once: they share
 //! the job's two `Capture`s (behind a lock), each process pipe with its own
