@@ -9,11 +9,27 @@
 //! replay of the lines after it.
 //!
 //! Pids are reused, so a recorded group is killed only if it is provably still
-//! ours: its leader is alive with the recorded start time, or the leader is
-//! gone but processes remain in the group (Linux does not hand out a pid that
-//! is still some group's id, so such a group cannot be a newcomer's).
+//! ours: its leader is alive with a start time within [`START_SLACK_TICKS`] after
+//! the recorded one, or the leader is gone but processes remain in the group
+//! (Linux does not hand out a pid that is still some group's id, so such a group
+//! cannot be a newcomer's).
+//!
+//! **The start time without `/proc`.** Reading `/proc/PID/stat` after each spawn
+//! cost the agent an open, a stat, six reads and a close per job. The kernel
+//! stamps a process's start with the boot clock at fork, so the boot clock read
+//! just before the spawn (`CLOCK_BOOTTIME`, in the same ticks, through the vDSO:
+//! no system call) is a lower bound of it, and the clock read just after is an
+//! upper bound. When the two are within [`START_SLACK_TICKS`], the lower bound is
+//! recorded ([`spawn_start`]); when the spawn took longer (a loaded machine), or
+//! the first check against `/proc` in this process disagrees (a clock with
+//! another base), `/proc` is read as before. A recorded group is then ours when
+//! its leader started within the slack after the recorded tick: a stranger would
+//! have to get the same pid within 50 ms of our leader's start, after our group
+//! emptied — more pids than the system has, handed out in that time. Records of
+//! earlier releases hold the exact start time, which passes the same check.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, killpg};
@@ -117,6 +133,49 @@ impl LiveGroups {
     }
 }
 
+/// How far after the recorded start time a leader's real start time may be
+/// (clock ticks of 10 ms).
+pub(crate) const START_SLACK_TICKS: u64 = 5;
+
+/// Nanoseconds per clock tick of `/proc/PID/stat` (`USER_HZ` = 100 on Linux).
+const NS_PER_TICK: u64 = 10_000_000;
+
+/// The boot clock now, in the ticks of `/proc/PID/stat` (rounded down).
+pub(crate) fn boot_ticks() -> Option<u64> {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    let ns =
+        u64::try_from(now.tv_sec()).ok()? * 1_000_000_000 + u64::try_from(now.tv_nsec()).ok()?;
+    Some(ns / NS_PER_TICK)
+}
+
+/// Whether the boot clock may stand for `/proc` in this process: 0 not checked
+/// yet, 1 yes, 2 no (the first check disagreed).
+static BOOT_CLOCK: AtomicU8 = AtomicU8::new(0);
+
+/// The start time to record for process `pid`, spawned between the boot-clock
+/// readings `before` and now (see the module doc): `before` when the spawn was
+/// quick and the boot clock agrees with `/proc`, else `/proc`'s own figure.
+pub(crate) fn spawn_start(pid: u32, before: Option<u64>) -> Option<u64> {
+    let window = before.zip(boot_ticks());
+    let quick = window.is_some_and(|(b, a)| a.saturating_sub(b) <= START_SLACK_TICKS);
+    match (quick, BOOT_CLOCK.load(Ordering::Relaxed)) {
+        (true, 1) => before,
+        (true, 0) => {
+            // First use: check the clock once against `/proc`.
+            let exact = start_time(pid)?;
+            let agrees = window.is_some_and(|(b, a)| (b..=a).contains(&exact));
+            BOOT_CLOCK.store(if agrees { 1 } else { 2 }, Ordering::Relaxed);
+            Some(exact)
+        }
+        _ => start_time(pid),
+    }
+}
+
+/// Whether a leader that started at `now` is the one recorded with `start`.
+pub(crate) fn same_start(start: u64, now: u64) -> bool {
+    (start..=start.saturating_add(START_SLACK_TICKS)).contains(&now)
+}
+
 /// The start time of process `pid` (clock ticks since boot), from `/proc/PID/stat`.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -158,7 +217,7 @@ pub(crate) fn kill_if_ours(pgid: u32, start: u64) -> bool {
     }
     let group = Pid::from_raw(pgid as i32);
     let ours = match start_time(pgid) {
-        Some(now) => now == start,
+        Some(now) => same_start(start, now),
         None => killpg(group, None).is_ok(),
     };
     ours && killpg(group, Signal::SIGKILL).is_ok()
@@ -172,6 +231,35 @@ mod tests {
     fn start_time_of_self_is_readable() {
         assert!(start_time(std::process::id()).is_some());
         assert_eq!(start_time(u32::MAX), None);
+    }
+
+    #[test]
+    fn the_boot_clock_brackets_a_spawned_process_start_time() {
+        let before = boot_ticks().expect("CLOCK_BOOTTIME");
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let after = boot_ticks().unwrap();
+        let exact = start_time(child.id()).unwrap();
+        assert!(
+            (before..=after).contains(&exact),
+            "{before} <= {exact} <= {after}: /proc and the boot clock share a base"
+        );
+        let recorded = spawn_start(child.id(), Some(before)).unwrap();
+        assert!(same_start(recorded, exact), "{recorded} vs {exact}");
+        // Without a reading before the spawn: /proc's own figure.
+        assert_eq!(spawn_start(child.id(), None), Some(exact));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn a_start_time_matches_only_within_the_slack_after_the_record() {
+        assert!(same_start(100, 100));
+        assert!(same_start(100, 100 + START_SLACK_TICKS));
+        assert!(!same_start(100, 101 + START_SLACK_TICKS), "a later process");
+        assert!(!same_start(100, 99), "an earlier process");
     }
 
     #[test]

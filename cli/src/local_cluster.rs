@@ -6,7 +6,7 @@
 //! SIGKILL after a grace) when dropped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use baton_proto as pb;
@@ -28,6 +28,8 @@ pub struct ClusterSpec {
     pub agent_queue: u32,
     pub lease_ttl_ms: u64,
     pub heartbeat_ms: u64,
+    /// The CPUs the agent processes may run on (a `taskset -c` list; `None`: any).
+    pub agent_cpus: Option<String>,
 }
 
 /// One agent process.
@@ -59,12 +61,14 @@ fn spawn_agent(
     name: &str,
     (slots, queue): (u32, u32),
     enrol_token: &str,
+    cpus: Option<&str>,
 ) -> Result<AgentProc, CliError> {
     let data = dir.join(name);
     std::fs::create_dir_all(&data).map_err(io)?;
     let log = dir.join(format!("{name}.log"));
     let log_file = std::fs::File::create(&log).map_err(io)?;
-    let child = Command::new(exe)
+    // `taskset -c` execs the agent: the pid is the agent's.
+    let child = crate::proc_cpu::command_on(cpus, exe.as_os_str())
         .args(["agent", "--coordinator", url, "--listen", "127.0.0.1:0"])
         .args(["--name", name, "--slots", &slots.to_string()])
         .args(["--queue", &queue.to_string()])
@@ -162,6 +166,7 @@ impl LocalCluster {
                 &name,
                 (*slots, spec.agent_queue),
                 &token,
+                spec.agent_cpus.as_deref(),
             )?;
             cluster.agents.push(a);
         }

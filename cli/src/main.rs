@@ -17,6 +17,7 @@ mod error;
 mod local_cluster;
 mod output;
 mod private_dir;
+mod proc_cpu;
 
 use std::process::ExitCode;
 

@@ -105,10 +105,11 @@ impl Processes {
         started: oneshot::Sender<u32>,
     ) -> Processes {
         let tail_max = settings.output_tail_bytes;
+        let own_dir = plan.run_as.is_none();
         Processes {
             env: job_env(plan, dir),
-            out: Mutex::new(Capture::new(dir.join(STDOUT_LOG), tail_max)),
-            err: Mutex::new(Capture::new(dir.join(STDERR_LOG), tail_max)),
+            out: Mutex::new(Capture::new(dir.join(STDOUT_LOG), tail_max, own_dir)),
+            err: Mutex::new(Capture::new(dir.join(STDERR_LOG), tail_max, own_dir)),
             dir: dir.to_path_buf(),
             run_as: plan.run_as.clone(),
             kill_grace: settings.kill_grace,
@@ -205,6 +206,9 @@ async fn run_step(exec: &ExecStep, attempt: u32, ctx: &Processes) -> Result<Step
         out: &ctx.out,
         err: &ctx.err,
         masker: &ctx.masker,
+        // Nothing to mask, in the agent's own directory: the process writes
+        // its logs itself (`super::capture`).
+        straight: ctx.masker.is_empty() && ctx.run_as.is_none(),
     };
     process::run(spawn, limits, output, &ctx.leftovers, |pid| {
         let first = ctx.started.lock().unwrap_or_else(|p| p.into_inner()).take();

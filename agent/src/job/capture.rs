@@ -1,15 +1,33 @@
-//! A job's stdout and stderr: masked and captured to capped log files
-//! (`stdout.log`, `stderr.log` in its scratch directory, at most
-//! [`LOG_BYTES_MAX`] bytes each), with a tail kept for the finished event.
+//! A job's stdout and stderr: captured to capped log files (`stdout.log`,
+//! `stderr.log` in its scratch directory, at most [`LOG_BYTES_MAX`] bytes each),
+//! with a tail kept for the finished event.
 //!
-//! The tasks of a job may run at once: they share the job's two `Capture`s
-//! (behind a lock), each process pipe with its own masking stream (`pump`), so
-//! that a chunk read from one process is written whole, never interleaved byte
-//! by byte with another's, and a sensitive value split across two reads of one
-//! pipe is still masked.
+//! **Straight to the files** when nothing needs masking (the job has no sensitive
+//! value) and the directory is the agent's own (no run-as user): each process gets
+//! the log files themselves as its stdout and stderr (opened once per job,
+//! `O_APPEND`, `Capture::child_file`), so there is no pipe, no reader and no
+//! copy. The cap is then held by a check every second (`CAP_CHECK`) while a process runs
+//! (a log past the cap is cut back to it: the process's next writes land after
+//! the cap and are cut at the next check) and once at the end, when the tail is
+//! read back from the file. A directory whose logs stayed empty goes back to the
+//! pool with them ([`super::layout`]), so a job that prints nothing makes no file.
+//! The one thing the pipes did that the files do not: a process that left its
+//! group (`setsid`) and outlives the job keeps its handle on the log, and what
+//! it writes after the job's end is no longer cut at the cap (with pipes it
+//! blocked once nobody read them). Every process still in the job's group is
+//! ended with it, as before.
+//!
+//! **Through a pipe** otherwise: the tasks of a job may run at once: they share
+//! the job's two `Capture`s (behind a lock), each process pipe with its own
+//! masking stream (`pump`), so that a chunk read from one process is written
+//! whole, never interleaved byte by byte with another's, and a sensitive value
+//! split across two reads of one pipe is still masked.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::sync::Mutex;
@@ -19,6 +37,18 @@ use crate::mask::{MaskStream, Masker};
 
 /// Most bytes of stdout (and of stderr) written to the job's log files.
 pub const LOG_BYTES_MAX: u64 = 1 << 20;
+/// How often the size of a log a process writes straight to is checked.
+pub(crate) const CAP_CHECK: Duration = Duration::from_secs(1);
+
+/// Holds the logs that processes write straight to within [`LOG_BYTES_MAX`]
+/// while they run: never returns (dropped when the process has ended).
+pub(crate) async fn hold_to_cap(out: &Mutex<Capture>, err: &Mutex<Capture>) {
+    loop {
+        tokio::time::sleep(CAP_CHECK).await;
+        out.lock().await.cut_to_cap();
+        err.lock().await.cut_to_cap();
+    }
+}
 
 /// Copies one process's pipe into the job's shared capture, masked: each chunk
 /// read is written whole, under the lock.
@@ -53,6 +83,11 @@ pub(crate) async fn pump(
 /// is most of what a short process costs the agent).
 pub(crate) struct Capture {
     path: PathBuf,
+    /// The directory is the agent's own (no run-as user): a log already there
+    /// is an empty one a pooled directory kept, opened rather than refused.
+    own_dir: bool,
+    /// The file processes write to themselves (straight mode), once opened.
+    direct: Option<std::fs::File>,
     file: Option<BufWriter<tokio::fs::File>>,
     /// The file was made (or could not be): not tried again.
     tried: bool,
@@ -63,10 +98,13 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    /// A capture into `path`, made on the first write.
-    pub(crate) fn new(path: PathBuf, tail_max: usize) -> Capture {
+    /// A capture into `path`, made on the first write; `own_dir`: the
+    /// directory is the agent's own, not a run-as user's.
+    pub(crate) fn new(path: PathBuf, tail_max: usize, own_dir: bool) -> Capture {
         Capture {
             path,
+            own_dir,
+            direct: None,
             file: None,
             tried: false,
             written: 0,
@@ -76,13 +114,75 @@ impl Capture {
         }
     }
 
+    /// A handle on the log file for a process to write to itself (straight
+    /// mode): the file is opened (made if absent) on the first call, `O_APPEND`
+    /// so that the processes of the job append whole writes. A short open in
+    /// the agent's own directory, on the calling thread.
+    pub(crate) fn child_file(&mut self) -> std::io::Result<std::fs::File> {
+        let file = match &self.direct {
+            Some(f) => f,
+            None => {
+                // Readable too: the tail is read back from it at the end.
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .append(true)
+                    .create(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&self.path)?;
+                self.tried = true;
+                self.direct.insert(f)
+            }
+        };
+        file.try_clone()
+    }
+
+    /// Cuts a log that processes write straight to back to [`LOG_BYTES_MAX`].
+    pub(crate) fn cut_to_cap(&mut self) {
+        if let Some(f) = &self.direct
+            && f.metadata().is_ok_and(|m| m.len() > LOG_BYTES_MAX)
+            && f.set_len(LOG_BYTES_MAX).is_ok()
+        {
+            self.truncated = true;
+        }
+    }
+
+    /// Straight mode at the end: the tail read back from the file, the file cut
+    /// to the cap (with the note) if it grew past it.
+    fn finish_direct(&mut self, f: std::fs::File) {
+        let len = f.metadata().map_or(0, |m| m.len());
+        if len == 0 {
+            return;
+        }
+        let from = len.saturating_sub(self.tail_max as u64);
+        let mut tail = vec![0u8; (len - from) as usize];
+        let mut got = 0;
+        while got < tail.len() {
+            match f.read_at(&mut tail[got..], from + got as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        tail.truncate(got);
+        self.tail = tail.into();
+        if len > LOG_BYTES_MAX && f.set_len(LOG_BYTES_MAX).is_ok() {
+            self.truncated = true;
+        }
+        if self.truncated {
+            let note = format!("\n[baton: output truncated after {LOG_BYTES_MAX} bytes]\n");
+            let _ = (&f).write_all(note.as_bytes());
+        }
+    }
+
     async fn create(&mut self) {
         self.tried = true;
-        // The directory is fresh, but a run-as job's user owns it: create the file
-        // without following anything that user might have put in its place.
+        // A run-as job's user owns the fresh directory: create the file without
+        // following anything that user might have put in its place. The agent's
+        // own directory may come from the pool with empty logs in it.
         let created = tokio::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create_new(!self.own_dir)
+            .create(self.own_dir)
+            .append(self.own_dir)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&self.path)
             .await;
@@ -130,6 +230,9 @@ impl Capture {
     }
 
     pub(crate) async fn finish(&mut self) {
+        if let Some(f) = self.direct.take() {
+            self.finish_direct(f);
+        }
         if let Some(f) = &mut self.file {
             if self.truncated {
                 let note = format!("\n[baton: output truncated after {LOG_BYTES_MAX} bytes]\n");

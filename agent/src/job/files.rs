@@ -29,12 +29,12 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tracing::warn;
 
 use super::layout::{
     LineRead, READ_BUFFER_BYTES, ROW_BYTES_MAX, ROWS_FILE, ROWS_KEPT_FILE, ROWS_TRUNCATED_FILE,
-    is_raw, open_job_file, read_line,
+    is_raw, open_job_file, open_job_file_blocking, read_line,
 };
 use crate::mask::Masker;
 
@@ -65,27 +65,31 @@ pub fn parse_outputs(text: &str) -> (BTreeMap<String, String>, usize) {
 }
 
 /// Reads a task's `$BATON_OUTPUT` file, then removes it (it holds values unmasked).
+/// One trip to a blocking thread for the open, the read and the removal: a task
+/// that wrote no output (most) costs a failed open and a failed unlink there.
 pub(crate) async fn read_outputs(
     path: &Path,
     owner: Option<u32>,
 ) -> (BTreeMap<String, String>, usize) {
-    let Some(file) = open_job_file(path, owner).await else {
-        remove_raw(path).await;
-        return (BTreeMap::new(), 0);
-    };
-    let mut bytes = Vec::new();
-    let _ = file
-        .take(OUTPUT_FILE_BYTES_MAX)
-        .read_to_end(&mut bytes)
-        .await;
-    remove_raw(path).await;
+    let path = path.to_path_buf();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut bytes = Vec::new();
+        if let Some(file) = open_job_file_blocking(&path, owner) {
+            let _ =
+                io::Read::read_to_end(&mut io::Read::take(file, OUTPUT_FILE_BYTES_MAX), &mut bytes);
+        }
+        remove_raw_blocking(&path);
+        bytes
+    })
+    .await
+    .unwrap_or_default();
     parse_outputs(&String::from_utf8_lossy(&bytes))
 }
 
 /// Removes a raw file the job wrote (never following a link: `remove_file` unlinks
 /// the name itself). Absent is fine; another failure is logged.
-pub(crate) async fn remove_raw(path: &Path) {
-    match tokio::fs::remove_file(path).await {
+fn remove_raw_blocking(path: &Path) {
+    match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
@@ -96,19 +100,20 @@ pub(crate) async fn remove_raw(path: &Path) {
 
 /// Removes every raw `$BATON_OUTPUT` (`output.*`) and `$BATON_ROWS` file left in the
 /// job directory `dir`: called when the job has ended and its rows were kept.
+/// One trip to a blocking thread.
 pub(crate) async fn remove_raw_files(dir: &Path) {
-    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
-        return;
-    };
-    let mut raw = Vec::new();
-    while let Ok(Some(e)) = entries.next_entry().await {
-        if is_raw(&e.file_name().to_string_lossy()) {
-            raw.push(e.path());
+    let dir = dir.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if is_raw(&e.file_name().to_string_lossy()) {
+                remove_raw_blocking(&e.path());
+            }
         }
-    }
-    for path in raw {
-        remove_raw(&path).await;
-    }
+    })
+    .await;
 }
 
 /// What [`keep_rows`] kept.

@@ -18,7 +18,8 @@
 //! was most of what a short process cost the agent (`perf`: `mkdir` →
 //! `find_inode_bit` → `recently_deleted`; 97 µs per mkdir here, and 159 µs more to
 //! remove the directory later). A job that leaves its directory empty (it printed
-//! nothing, wrote no output or rows) gives it back to a pool
+//! nothing, wrote no output or rows; empty log files of its own do not count)
+//! gives it back to a pool
 //! (`jobs/.free/N`, at most [`POOL_MAX`]) and the next job's directory is that one,
 //! renamed into place (no inode; 22 µs per rename). Only jobs without a run-as user
 //! take part: a run-as job's directory belongs to that user. The pool is emptied
@@ -105,12 +106,23 @@ pub fn remove_raw_files_left(jobs_root: &Path) -> usize {
 /// Opens a file the job wrote, for reading: never through a symbolic link, never
 /// blocking (a FIFO is refused), only a regular file, and owned by `owner` when given
 /// (a run-as job's user). `None` when absent or refused (refusals are logged).
+/// One trip to a blocking thread (the open and its checks together).
 pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tokio::fs::File> {
-    let opened = tokio::fs::OpenOptions::new()
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || open_job_file_blocking(&path, owner))
+        .await
+        .ok()
+        .flatten()
+        .map(tokio::fs::File::from_std)
+}
+
+/// [`open_job_file`] on the calling thread, for code already on a blocking one.
+pub(crate) fn open_job_file_blocking(path: &Path, owner: Option<u32>) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-        .open(path)
-        .await;
+        .open(path);
     let file = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
@@ -119,7 +131,7 @@ pub(crate) async fn open_job_file(path: &Path, owner: Option<u32>) -> Option<tok
             return None;
         }
     };
-    let meta = file.metadata().await.ok()?;
+    let meta = file.metadata().ok()?;
     if !meta.is_file() {
         warn!(path = %path.display(), "job file ignored: not a regular file");
         return None;
@@ -193,6 +205,8 @@ pub struct DirPool {
     root: PathBuf,
     free: Mutex<Vec<PathBuf>>,
     next: AtomicU64,
+    /// `root` was made (it is made once, on the first give-back).
+    made: std::sync::atomic::AtomicBool,
 }
 
 impl DirPool {
@@ -204,6 +218,7 @@ impl DirPool {
             root,
             free: Mutex::new(Vec::new()),
             next: AtomicU64::new(0),
+            made: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -228,17 +243,19 @@ impl DirPool {
         let ours = meta.is_dir()
             && meta.uid() == nix::unistd::geteuid().as_raw()
             && meta.mode() & 0o7777 == 0o700;
-        let empty = || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
-        if !ours || !empty() {
+        if !ours || !left_empty(dir) {
             return false;
         }
-        if std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&self.root)
-            .is_err()
-            && !self.root.is_dir()
-        {
-            return false;
+        if !self.made.load(Ordering::Relaxed) {
+            if std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&self.root)
+                .is_err()
+                && !self.root.is_dir()
+            {
+                return false;
+            }
+            self.made.store(true, Ordering::Relaxed);
         }
         let to = self
             .root
@@ -249,6 +266,25 @@ impl DirPool {
         self.free.lock().unwrap_or_else(|p| p.into_inner()).push(to);
         true
     }
+}
+
+/// Whether job directory `dir` holds nothing a job left: no entry, or only an
+/// empty `stdout.log` and `stderr.log` of the agent's own (regular files), which a
+/// job whose processes wrote straight to their logs ([`super::capture`]) leaves
+/// when it printed nothing; they stay with the directory in the pool.
+fn left_empty(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    entries.into_iter().all(|e| {
+        e.is_ok_and(|e| {
+            let name = e.file_name();
+            (name == STDOUT_LOG || name == STDERR_LOG)
+                // `DirEntry::metadata` does not follow a link.
+                && e.metadata().is_ok_and(|m| m.is_file() && m.len() == 0 && m.uid() == me)
+        })
+    })
 }
 
 /// Makes a fresh scratch directory (mode 0700; owned by the run-as user if any) and
@@ -290,7 +326,7 @@ fn prepare_dir_blocking(
             // Still empty (nothing that outlived its last job wrote into it),
             // and young: retention judges a directory by its modification
             // time, which a rename does not change.
-            let empty = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+            let empty = left_empty(dir);
             let touched = std::fs::File::open(dir).and_then(|f| {
                 f.set_times(std::fs::FileTimes::new().set_modified(std::time::SystemTime::now()))
             });
@@ -364,6 +400,26 @@ pub fn reachable_by(dir: &Path, user: &RunAsUser) -> Result<(), String> {
 mod tests {
     use super::*;
     use tokio::io::BufReader;
+
+    #[test]
+    fn only_empty_logs_of_the_agents_own_count_as_nothing_left() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("job");
+        std::fs::create_dir(&d).unwrap();
+        assert!(left_empty(&d));
+        std::fs::write(d.join(STDOUT_LOG), "").unwrap();
+        std::fs::write(d.join(STDERR_LOG), "").unwrap();
+        assert!(left_empty(&d), "empty logs");
+        std::fs::write(d.join(STDERR_LOG), "x").unwrap();
+        assert!(!left_empty(&d), "a log with something in it");
+        std::fs::remove_file(d.join(STDERR_LOG)).unwrap();
+        std::os::unix::fs::symlink("/dev/null", d.join(STDERR_LOG)).unwrap();
+        assert!(!left_empty(&d), "a link in place of a log");
+        std::fs::remove_file(d.join(STDERR_LOG)).unwrap();
+        std::fs::write(d.join("output.t"), "").unwrap();
+        assert!(!left_empty(&d), "another file, even empty");
+        assert!(!left_empty(&root.path().join("absent")));
+    }
 
     #[test]
     fn empty_directories_are_reused_and_others_are_not() {

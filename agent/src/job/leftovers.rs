@@ -28,7 +28,9 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
-use crate::group_record::{Line, LiveGroups, start_time};
+#[cfg(test)]
+use crate::group_record::start_time;
+use crate::group_record::{Line, LiveGroups, spawn_start};
 use crate::watchdog::Watchdog;
 
 /// The journal's file name under the jobs directory.
@@ -83,9 +85,16 @@ impl Leftovers {
         j.watchdog = Some(watchdog);
     }
 
-    /// Records a running group.
+    /// Records a running group (its leader's start time read from `/proc`).
     pub fn record(&self, pgid: u32) {
-        let Some(start) = start_time(pgid) else {
+        self.record_spawned(pgid, None);
+    }
+
+    /// Records the group of a leader spawned just now; `before` is the boot
+    /// clock read just before the spawn (`group_record::boot_ticks`),
+    /// which spares the read of `/proc` when the spawn was quick.
+    pub fn record_spawned(&self, pgid: u32, before: Option<u64>) {
+        let Some(start) = spawn_start(pgid, before) else {
             return;
         };
         let line = Line::Started { pgid, start };

@@ -1,6 +1,7 @@
 //! The process layer: starts one command as the leader of a process group of its
 //! own — argv without a shell, the environment, working directory and user it is
-//! given, stdin closed — feeds its stdout and stderr to the job's captures
+//! given, stdin closed — gives it the job's log files as stdout and stderr when
+//! nothing needs masking, or feeds its pipes to the job's captures otherwise
 //! ([`super::capture`]), supervises the group (the task's timeout, the job's
 //! deadline, a cancel) and reports how it exited. Whatever happens, the group is
 //! left empty: when the leader exits, what it left behind gets SIGTERM, one grace
@@ -32,7 +33,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::cancel::JobCancel;
-use super::capture::{Capture, pump};
+use super::capture::{Capture, hold_to_cap, pump};
 use super::leftovers::Leftovers;
 use crate::mask::Masker;
 use crate::model::KillReason;
@@ -74,6 +75,9 @@ pub(crate) struct Output<'a> {
     pub out: &'a Mutex<Capture>,
     pub err: &'a Mutex<Capture>,
     pub masker: &'a Masker,
+    /// The process gets the log files themselves as stdout and stderr (nothing
+    /// to mask): no pipes. Pipes all the same if a file cannot be opened.
+    pub straight: bool,
 }
 
 /// Starts `spawn`, calls `started` with its pid as soon as it runs, and waits
@@ -122,9 +126,26 @@ pub(crate) async fn run(
         .current_dir(spawn.dir)
         .process_group(0)
         .kill_on_drop(false)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdin(Stdio::null());
+    let files = if output.straight {
+        let out = output.out.lock().await.child_file();
+        let err = output.err.lock().await.child_file();
+        match (out, err) {
+            (Ok(out), Ok(err)) => Some((out, err)),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(%task, error = %e, "cannot open the job's log files for the process; through pipes");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let straight = files.is_some();
+    match files {
+        Some((out, err)) => cmd.stdout(out).stderr(err),
+        None => cmd.stdout(Stdio::piped()).stderr(Stdio::piped()),
+    };
+    let before = crate::group_record::boot_ticks();
     let mut child = cmd.spawn().map_err(|e| {
         let user = spawn
             .run_as
@@ -134,7 +155,7 @@ pub(crate) async fn run(
     })?;
     let pid = child.id().unwrap_or(0);
     debug!(%task, attempt, pid, "task process started");
-    leftovers.record(pid);
+    leftovers.record_spawned(pid, before);
     started(pid);
     let pgid = Pid::from_raw(pid as i32);
     let stdout = child.stdout.take();
@@ -162,10 +183,14 @@ pub(crate) async fn run(
         exit
     };
     let readers = async {
-        tokio::join!(
-            pump(stdout, output.out, output.masker),
-            pump(stderr, output.err, output.masker)
-        );
+        if straight {
+            hold_to_cap(output.out, output.err).await;
+        } else {
+            tokio::join!(
+                pump(stdout, output.out, output.masker),
+                pump(stderr, output.err, output.masker)
+            );
+        }
     };
     tokio::pin!(waiter);
     tokio::pin!(readers);
@@ -176,7 +201,8 @@ pub(crate) async fn run(
             () = &mut readers, if !readers_done => readers_done = true,
         }
     };
-    if !readers_done
+    if !straight
+        && !readers_done
         && tokio::time::timeout(PIPE_DRAIN_MAX, &mut readers)
             .await
             .is_err()

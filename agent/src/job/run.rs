@@ -142,13 +142,17 @@ pub async fn run_job(
     if let Some(procs) = &procs {
         (report.stdout_tail, report.stderr_tail) = procs.finish().await;
     }
+    // A directory the job left empty (most short jobs: nothing printed, no
+    // output or rows) goes back to the pool at once, in one trip to a blocking
+    // thread: there is nothing in it to keep or remove.
+    let pooled = procs.is_some() && plan.run_as.is_none() && give_back(settings, &dir).await;
     if report.status == FinishStatus::Succeeded {
         report.outputs = end
             .outputs
             .into_iter()
             .map(|(k, v)| (plan.masker.mask_str(&k), plan.masker.mask_str(&v)))
             .collect();
-        if procs.is_some() {
+        if procs.is_some() && !pooled {
             let owner = plan.run_as.as_ref().map(|u| u.uid);
             let kept = keep_rows(&dir, owner, &plan.masker).await;
             if kept.truncated {
@@ -157,21 +161,29 @@ pub async fn run_job(
             report.row_count = kept.rows;
         }
     }
-    if procs.is_some() {
+    if procs.is_some() && !pooled {
         // The raw `$BATON_OUTPUT`/`$BATON_ROWS` files hold values unmasked: gone
         // once read (rows were kept masked above, or not at all).
         remove_raw_files(&dir).await;
     }
-    if procs.is_some() && plan.run_as.is_none() {
-        // Last: after the outputs and rows were read from the directory.
-        let (pool, d) = (settings.dirs.clone(), dir.clone());
-        report.left_nothing = tokio::task::spawn_blocking(move || pool.give_back(&d))
-            .await
-            .unwrap_or(false);
-    }
+    report.left_nothing = pooled
+        || (procs.is_some()
+            && plan.run_as.is_none()
+            // Last: after the outputs and rows were read from the directory
+            // (and the raw files removed, which may have emptied it).
+            && give_back(settings, &dir).await);
     report.reason = plan.masker.mask_str(&report.reason);
     report.duration_ms = begin.elapsed().as_millis() as u64;
     report
+}
+
+/// Gives the job directory `dir` back to the pool if it is empty (see
+/// [`DirPool`]); true when it went.
+async fn give_back(settings: &RunnerSettings, dir: &std::path::Path) -> bool {
+    let (pool, d) = (settings.dirs.clone(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || pool.give_back(&d))
+        .await
+        .unwrap_or(false)
 }
 
 /// Whether any task of the package starts a process.

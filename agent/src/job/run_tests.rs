@@ -650,3 +650,46 @@ async fn raw_output_and_rows_files_are_gone_once_read() {
         "files hold the sensitive value: {found:?}"
     );
 }
+
+#[tokio::test]
+async fn a_job_without_sensitive_values_writes_its_logs_itself_and_a_silent_one_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    // Printed straight to the files: the log holds it, the tail is read back.
+    let p = plan("loud", vec![sh("t", "echo out; echo err >&2", LONG)]);
+    let (r, _) = run(&p, &s, &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+    assert_eq!(
+        (r.stdout_tail.as_str(), r.stderr_tail.as_str()),
+        ("out\n", "err\n")
+    );
+    assert!(!r.left_nothing);
+    let job_dir = scratch_dir(&s.scratch_root, &p.dispatch);
+    assert_eq!(
+        std::fs::read_to_string(job_dir.join("stdout.log")).unwrap(),
+        "out\n"
+    );
+    // A silent job's empty logs go to the pool with its directory.
+    let p = plan("silent", vec![sh("t", "true", LONG)]);
+    let (r, _) = run(&p, &s, &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+    assert!(r.left_nothing, "{r:?}");
+    assert!(!scratch_dir(&s.scratch_root, &p.dispatch).exists());
+    assert_eq!(s.dirs.pooled(), 1);
+    // The next job with a sensitive value gets that directory, with its empty
+    // logs, and still goes through the masker.
+    let mut p = plan(
+        "masked-reuse",
+        vec![sh("t", r#"echo "token is $BATON_PARAM_PW""#, LONG)],
+    );
+    p.env
+        .push(("BATON_PARAM_PW".into(), "hunter2-s3cret".into()));
+    p.masker = Masker::new(["hunter2-s3cret"]);
+    let (r, _) = run(&p, &s, &JobCancel::new()).await;
+    assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
+    assert_eq!(s.dirs.pooled(), 0, "the pooled directory was reused");
+    assert_eq!(r.stdout_tail, "token is ***\n");
+    let log = std::fs::read_to_string(scratch_dir(&s.scratch_root, &p.dispatch).join("stdout.log"))
+        .unwrap();
+    assert_eq!(log, "token is ***\n");
+}

@@ -6,7 +6,10 @@
 //! line with `--output json`, a table otherwise). Because the coordinator runs in the
 //! bench process, the process's own CPU time and peak RSS are reported as the
 //! coordinator's: they include a thin client (one watch stream, a few calls), which is
-//! small next to the coordinator's work.
+//! small next to the coordinator's work. The agents' CPU (each agent process and its
+//! watchdog, from `/proc/PID/stat`, [`crate::proc_cpu`]) is reported beside it, both
+//! also per child. `--coordinator-cpus` and `--agent-cpus` pin the two sides to
+//! different CPUs (`taskset`), as if they ran on different machines.
 //!
 //! Workloads (`docs/benchmarks.md` says what each means for a fleet):
 //! - `noop`: children of one `noop` task — no process — so the orchestration alone.
@@ -27,6 +30,7 @@ use serde_json::{Value, json};
 use crate::error::{CliError, EXIT_FAILED};
 use crate::local_cluster::{ClusterSpec, LocalCluster};
 use crate::output::{Format, outln};
+use crate::proc_cpu;
 
 const AGENTS_MAX: u32 = 64;
 const SLOTS_MAX: u32 = 1024;
@@ -83,6 +87,14 @@ pub struct BenchArgs {
     /// The coordinator's lease: an agent silent this long is lost.
     #[arg(long, default_value_t = 3000)]
     pub lease_ttl_ms: u64,
+    /// Pin the coordinator (this process, every thread) to these CPUs, a
+    /// `taskset -c` list such as `0`: as if it had a machine of its own.
+    #[arg(long, value_name = "LIST")]
+    pub coordinator_cpus: Option<String>,
+    /// Pin the agent processes to these CPUs (e.g. `1`). The `proc` baseline
+    /// (xargs) runs on every CPU the bench could use before pinning.
+    #[arg(long, value_name = "LIST")]
+    pub agent_cpus: Option<String>,
     /// Keep the temporary directory (store, agent logs) afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -112,6 +124,18 @@ pub fn validate(a: &BenchArgs) -> Result<(), CliError> {
         return Err(usage(format!(
             "--lease-ttl-ms must be {LEASE_TTL_MS_MIN}..={LEASE_TTL_MS_MAX}"
         )));
+    }
+    for (flag, list) in [
+        ("--coordinator-cpus", &a.coordinator_cpus),
+        ("--agent-cpus", &a.agent_cpus),
+    ] {
+        if let Some(list) = list
+            && !crate::proc_cpu::valid_cpu_list(list)
+        {
+            return Err(usage(format!(
+                "{flag} takes a CPU list such as 0, 1-3 or 0,2 (as taskset -c)"
+            )));
+        }
     }
     if a.workload == Workload::AgentLoss && (a.agents < 2 || a.children < 2) {
         return Err(usage(
@@ -197,25 +221,9 @@ pub fn packages(w: Workload, children: u32) -> (String, String) {
     (parent, child.to_string())
 }
 
-/// CPU seconds (user + system) of this process, from `/proc/self/stat`. The values
-/// there are in USER_HZ ticks, which Linux fixes at 100 for user space.
+/// CPU seconds (user + system) of this process, from `/proc/self/stat`.
 fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the `(comm)` start at field 3; utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    proc_cpu::cpu_ticks(std::process::id()).unwrap_or(0) as f64 / proc_cpu::TICKS_PER_S
 }
 
 /// Peak resident set size of this process (VmHWM), in MB.
@@ -242,17 +250,18 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * f).round() / f
 }
 
-/// Wall seconds of `xargs -P parallel -n 1 /bin/true` over `n` input lines.
-fn xargs_baseline_s(n: u32, parallel: u32) -> Result<f64, CliError> {
+/// Wall seconds of `xargs -P parallel -n 1 /bin/true` over `n` input lines, on
+/// `cpus` when given (else where this thread may run).
+fn xargs_baseline_s(n: u32, parallel: u32, cpus: Option<&str>) -> Result<f64, CliError> {
     use std::io::Write;
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let fail = |e: std::io::Error| CliError::other("BASELINE_FAILED", format!("xargs: {e}"));
     let mut input = String::with_capacity(n as usize * 8);
     for i in 1..=n {
         let _ = writeln!(input, "{i}");
     }
     let started = Instant::now();
-    let mut child = Command::new("xargs")
+    let mut child = proc_cpu::command_on(cpus, "xargs".as_ref())
         .args(["-P", &parallel.to_string(), "-n", "1", "/bin/true"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -343,7 +352,14 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         agent_queue: args.queue,
         lease_ttl_ms: args.lease_ttl_ms,
         heartbeat_ms: (args.lease_ttl_ms / 6).max(50),
+        agent_cpus: args.agent_cpus.clone(),
     };
+    // Every CPU this process may use, before it pins itself: the baseline's.
+    let all_cpus = proc_cpu::allowed_cpus();
+    if let Some(cpus) = &args.coordinator_cpus {
+        proc_cpu::pin_process(std::process::id(), cpus)
+            .map_err(|e| CliError::other("PIN_FAILED", e))?;
+    }
     let load_before = load1();
     let mut cluster = LocalCluster::start(&spec, "baton-bench-").await?;
     if human {
@@ -357,6 +373,10 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         );
     }
     let opt = cluster.opt.clone();
+    let agent_pids: Vec<u32> = cluster.agents.iter().map(|a| a.child.id()).collect();
+    // An agent and its watchdog process; the jobs' processes are not counted
+    // (none runs at either reading, and their time is the work, not Baton's).
+    let agents_before = proc_cpu::tree_ticks(&agent_pids);
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let id = cluster
@@ -394,6 +414,8 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
     };
     let wall_s = started.elapsed().as_secs_f64();
     let cpu_s = cpu_seconds() - cpu_before;
+    // A killed agent (agent-loss) is left out: it is gone at this reading.
+    let agent_cpu_s = proc_cpu::spent_s(&agents_before, &proc_cpu::tree_ticks(&agent_pids));
     let metrics = cluster.coordinator.metrics().await?;
     let store_bytes = cluster.coordinator.store_bytes();
     let view = if w == Workload::AgentLoss {
@@ -424,6 +446,17 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         ("completion_p50_ms", json!(comp.quantile(0.5))),
         ("completion_p99_ms", json!(comp.quantile(0.99))),
         ("coordinator_cpu_s", json!(round(cpu_s, 2))),
+        (
+            "coordinator_cpu_ms_per_child",
+            json!(round(cpu_s * 1000.0 / total as f64, 4)),
+        ),
+        ("agent_cpu_s", json!(round(agent_cpu_s, 2))),
+        (
+            "agent_cpu_ms_per_child",
+            json!(round(agent_cpu_s * 1000.0 / total as f64, 4)),
+        ),
+        ("coordinator_cpus", json!(args.coordinator_cpus)),
+        ("agent_cpus", json!(args.agent_cpus)),
         ("coordinator_rss_mb", json!(round(peak_rss_mb(), 1))),
         (
             "store_bytes_per_child",
@@ -438,10 +471,13 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
     match w {
         Workload::Noop => {}
         Workload::Proc => {
-            let base_s =
-                tokio::task::spawn_blocking(move || xargs_baseline_s(args.children, total_slots))
-                    .await
-                    .map_err(|e| CliError::other("BASELINE_FAILED", e.to_string()))??;
+            // Pinned, this process would pass its own CPUs on to xargs.
+            let cpus = args.coordinator_cpus.as_ref().and(all_cpus);
+            let base_s = tokio::task::spawn_blocking(move || {
+                xargs_baseline_s(args.children, total_slots, cpus.as_deref())
+            })
+            .await
+            .map_err(|e| CliError::other("BASELINE_FAILED", e.to_string()))??;
             let base_per_s = total as f64 / base_s;
             out.push(("baseline_wall_s", json!(round(base_s, 3))));
             out.push(("baseline_per_s", json!(round(base_per_s, 1))));

@@ -12,6 +12,8 @@ fn args(w: Workload) -> BenchArgs {
         slots: 4,
         queue: 0,
         lease_ttl_ms: 3000,
+        coordinator_cpus: None,
+        agent_cpus: None,
         keep: false,
         output: Format::Json,
     }
@@ -67,6 +69,12 @@ fn generated_packages_parse_and_expand_to_n_children() {
 #[test]
 fn flags_are_validated() {
     assert!(validate(&args(Workload::Noop)).is_ok());
+    let pinned = BenchArgs {
+        coordinator_cpus: Some("0".into()),
+        agent_cpus: Some("1,2-3".into()),
+        ..args(Workload::Proc)
+    };
+    assert!(validate(&pinned).is_ok());
     let bad = [
         BenchArgs {
             agents: 0,
@@ -91,6 +99,14 @@ fn flags_are_validated() {
         BenchArgs {
             agents: 1,
             ..args(Workload::AgentLoss)
+        },
+        BenchArgs {
+            coordinator_cpus: Some("0-".into()),
+            ..args(Workload::Noop)
+        },
+        BenchArgs {
+            agent_cpus: Some("one".into()),
+            ..args(Workload::Proc)
         },
     ];
     for a in bad {

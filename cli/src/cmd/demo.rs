@@ -54,6 +54,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
         agent_queue: 0,
         lease_ttl_ms: 3000,
         heartbeat_ms: 500,
+        agent_cpus: None,
     };
     let mut cluster = LocalCluster::start(&spec, "baton-demo-").await?;
     if human {

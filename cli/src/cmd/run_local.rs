@@ -46,6 +46,7 @@ pub async fn run_local(
         agent_queue: 0,
         lease_ttl_ms: 3000,
         heartbeat_ms: 500,
+        agent_cpus: None,
     };
     let human = args.output == Format::Human;
     let mut cluster = crate::local_cluster::LocalCluster::start(&spec, "baton-local-").await?;
