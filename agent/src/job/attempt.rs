@@ -105,11 +105,10 @@ impl Processes {
         started: oneshot::Sender<u32>,
     ) -> Processes {
         let tail_max = settings.output_tail_bytes;
-        let own_dir = plan.run_as.is_none();
         Processes {
             env: job_env(plan, dir),
-            out: Mutex::new(Capture::new(dir.join(STDOUT_LOG), tail_max, own_dir)),
-            err: Mutex::new(Capture::new(dir.join(STDERR_LOG), tail_max, own_dir)),
+            out: Mutex::new(Capture::new(dir.join(STDOUT_LOG), tail_max)),
+            err: Mutex::new(Capture::new(dir.join(STDERR_LOG), tail_max)),
             dir: dir.to_path_buf(),
             run_as: plan.run_as.clone(),
             kill_grace: settings.kill_grace,

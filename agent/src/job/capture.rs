@@ -6,11 +6,15 @@
 //! value) and the directory is the agent's own (no run-as user): each process gets
 //! the log files themselves as its stdout and stderr (opened once per job,
 //! `O_APPEND`, `Capture::child_file`), so there is no pipe, no reader and no
-//! copy. The cap is then held by a check every second (`CAP_CHECK`) while a process runs
-//! (a log past the cap is cut back to it: the process's next writes land after
-//! the cap and are cut at the next check) and once at the end, when the tail is
-//! read back from the file. A directory whose logs stayed empty goes back to the
-//! pool with them ([`super::layout`]), so a job that prints nothing makes no file.
+//! copy. The cap is then held by checks while a process runs — every 10 ms while
+//! the logs grow fast, slowing to every second while they do not (a log past the
+//! cap is cut back to it: the process's next writes land after the cap and are
+//! cut at the next check, so a process writing as fast as it can passes the cap
+//! by what it writes in 10 ms) — and once at the end, when the tail is read back
+//! from the file. The logs are always new files (`O_EXCL`): a directory whose logs
+//! stayed empty has them removed before it goes back to the pool
+//! ([`super::layout`]), so no handle of one job, or of a process that outlived
+//! it, ever points to another job's log.
 //! The one thing the pipes did that the files do not: a process that left its
 //! group (`setsid`) and outlives the job keeps its handle on the log, and what
 //! it writes after the job's end is no longer cut at the cap (with pipes it
@@ -37,16 +41,29 @@ use crate::mask::{MaskStream, Masker};
 
 /// Most bytes of stdout (and of stderr) written to the job's log files.
 pub const LOG_BYTES_MAX: u64 = 1 << 20;
-/// How often the size of a log a process writes straight to is checked.
-pub(crate) const CAP_CHECK: Duration = Duration::from_secs(1);
+/// The first check of the size of a log a process writes straight to, and the
+/// pace while it grows fast: a process that writes as fast as it can passes the
+/// cap by what it writes in this long before it is cut back.
+pub(crate) const CAP_CHECK_MIN: Duration = Duration::from_millis(10);
+/// The slowest pace, reached by doubling while the logs grow little.
+pub(crate) const CAP_CHECK_MAX: Duration = Duration::from_secs(1);
+/// Growth of both logs between two checks that counts as fast.
+const CAP_FAST_BYTES: u64 = 64 * 1024;
 
 /// Holds the logs that processes write straight to within [`LOG_BYTES_MAX`]
-/// while they run: never returns (dropped when the process has ended).
+/// while they run: checked every [`CAP_CHECK_MIN`] while they grow fast, up to
+/// every [`CAP_CHECK_MAX`] while they do not. Never returns (dropped when the
+/// process has ended).
 pub(crate) async fn hold_to_cap(out: &Mutex<Capture>, err: &Mutex<Capture>) {
+    let mut every = CAP_CHECK_MIN;
     loop {
-        tokio::time::sleep(CAP_CHECK).await;
-        out.lock().await.cut_to_cap();
-        err.lock().await.cut_to_cap();
+        tokio::time::sleep(every).await;
+        let grew = out.lock().await.cut_to_cap() + err.lock().await.cut_to_cap();
+        every = if grew >= CAP_FAST_BYTES {
+            CAP_CHECK_MIN
+        } else {
+            (every * 2).min(CAP_CHECK_MAX)
+        };
     }
 }
 
@@ -83,11 +100,10 @@ pub(crate) async fn pump(
 /// is most of what a short process costs the agent).
 pub(crate) struct Capture {
     path: PathBuf,
-    /// The directory is the agent's own (no run-as user): a log already there
-    /// is an empty one a pooled directory kept, opened rather than refused.
-    own_dir: bool,
     /// The file processes write to themselves (straight mode), once opened.
     direct: Option<std::fs::File>,
+    /// Its size at the last check of the cap.
+    checked_len: u64,
     file: Option<BufWriter<tokio::fs::File>>,
     /// The file was made (or could not be): not tried again.
     tried: bool,
@@ -98,13 +114,13 @@ pub(crate) struct Capture {
 }
 
 impl Capture {
-    /// A capture into `path`, made on the first write; `own_dir`: the
-    /// directory is the agent's own, not a run-as user's.
-    pub(crate) fn new(path: PathBuf, tail_max: usize, own_dir: bool) -> Capture {
+    /// A capture into `path`, made on the first write (or by the first process
+    /// in straight mode).
+    pub(crate) fn new(path: PathBuf, tail_max: usize) -> Capture {
         Capture {
             path,
-            own_dir,
             direct: None,
+            checked_len: 0,
             file: None,
             tried: false,
             written: 0,
@@ -122,11 +138,13 @@ impl Capture {
         let file = match &self.direct {
             Some(f) => f,
             None => {
-                // Readable too: the tail is read back from it at the end.
+                // Readable too: the tail is read back from it at the end. A new
+                // file (O_EXCL): never one a handle from an earlier job, or a
+                // process that outlived it, still points to.
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .append(true)
-                    .create(true)
+                    .create_new(true)
                     .custom_flags(nix::libc::O_NOFOLLOW)
                     .open(&self.path)?;
                 self.tried = true;
@@ -136,14 +154,20 @@ impl Capture {
         file.try_clone()
     }
 
-    /// Cuts a log that processes write straight to back to [`LOG_BYTES_MAX`].
-    pub(crate) fn cut_to_cap(&mut self) {
-        if let Some(f) = &self.direct
-            && f.metadata().is_ok_and(|m| m.len() > LOG_BYTES_MAX)
-            && f.set_len(LOG_BYTES_MAX).is_ok()
-        {
+    /// Cuts a log that processes write straight to back to [`LOG_BYTES_MAX`];
+    /// returns how much it grew since the last check.
+    pub(crate) fn cut_to_cap(&mut self) -> u64 {
+        let Some(f) = &self.direct else {
+            return 0;
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        let grew = len.saturating_sub(self.checked_len);
+        self.checked_len = len;
+        if len > LOG_BYTES_MAX && f.set_len(LOG_BYTES_MAX).is_ok() {
             self.truncated = true;
+            self.checked_len = LOG_BYTES_MAX;
         }
+        grew
     }
 
     /// Straight mode at the end: the tail read back from the file, the file cut
@@ -175,14 +199,12 @@ impl Capture {
 
     async fn create(&mut self) {
         self.tried = true;
-        // A run-as job's user owns the fresh directory: create the file without
-        // following anything that user might have put in its place. The agent's
-        // own directory may come from the pool with empty logs in it.
+        // A new file, never one a job or an earlier job's handle points to (a
+        // run-as job's user owns the directory): no following anything put in
+        // its place.
         let created = tokio::fs::OpenOptions::new()
             .write(true)
-            .create_new(!self.own_dir)
-            .create(self.own_dir)
-            .append(self.own_dir)
+            .create_new(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&self.path)
             .await;

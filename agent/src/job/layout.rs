@@ -246,6 +246,16 @@ impl DirPool {
         if !ours || !left_empty(dir) {
             return false;
         }
+        // The pool holds empty directories only: the empty logs go (a later
+        // job makes its own, O_EXCL, so that no handle on these — a follower's,
+        // or a process's that outlived the job — ever reaches its output).
+        for name in [STDOUT_LOG, STDERR_LOG] {
+            match std::fs::remove_file(dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => return false,
+            }
+        }
         if !self.made.load(Ordering::Relaxed) {
             if std::fs::DirBuilder::new()
                 .mode(0o700)
@@ -268,10 +278,17 @@ impl DirPool {
     }
 }
 
+/// Whether a directory is empty (a pooled one must be: nothing that outlived its
+/// last job wrote into it).
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none())
+}
+
 /// Whether job directory `dir` holds nothing a job left: no entry, or only an
-/// empty `stdout.log` and `stderr.log` of the agent's own (regular files), which a
-/// job whose processes wrote straight to their logs ([`super::capture`]) leaves
-/// when it printed nothing; they stay with the directory in the pool.
+/// empty `stdout.log` and `stderr.log` of the agent's own (regular files with one
+/// link), which a job whose processes wrote straight to their logs
+/// ([`super::capture`]) leaves when it printed nothing; they are removed when the
+/// directory goes back to the pool.
 fn left_empty(dir: &Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return false;
@@ -282,7 +299,9 @@ fn left_empty(dir: &Path) -> bool {
             let name = e.file_name();
             (name == STDOUT_LOG || name == STDERR_LOG)
                 // `DirEntry::metadata` does not follow a link.
-                && e.metadata().is_ok_and(|m| m.is_file() && m.len() == 0 && m.uid() == me)
+                && e.metadata().is_ok_and(|m| {
+                    m.is_file() && m.len() == 0 && m.uid() == me && m.nlink() == 1
+                })
         })
     })
 }
@@ -326,7 +345,7 @@ fn prepare_dir_blocking(
             // Still empty (nothing that outlived its last job wrote into it),
             // and young: retention judges a directory by its modification
             // time, which a rename does not change.
-            let empty = left_empty(dir);
+            let empty = is_empty(dir);
             let touched = std::fs::File::open(dir).and_then(|f| {
                 f.set_times(std::fs::FileTimes::new().set_modified(std::time::SystemTime::now()))
             });
@@ -419,6 +438,53 @@ mod tests {
         std::fs::write(d.join("output.t"), "").unwrap();
         assert!(!left_empty(&d), "another file, even empty");
         assert!(!left_empty(&root.path().join("absent")));
+    }
+
+    #[test]
+    fn a_pooled_directory_is_empty_and_no_handle_on_its_old_logs_sees_the_next_job() {
+        use std::io::{Read, Write};
+        let root = tempfile::tempdir().unwrap();
+        let pool = DirPool::new(root.path());
+        let job = |n: u32| root.path().join("e").join(format!("t-{n}-1"));
+        // Job 1 printed nothing; somebody (a `logs -f` follower, a process
+        // that left its group) still holds its stdout.log.
+        prepare_dir_blocking(&job(1), None, &pool).unwrap();
+        std::fs::write(job(1).join(STDOUT_LOG), "").unwrap();
+        std::fs::write(job(1).join(STDERR_LOG), "").unwrap();
+        let mut held = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(job(1).join(STDOUT_LOG))
+            .unwrap();
+        assert!(pool.give_back(&job(1)));
+        let pooled = root.path().join(".free").join("0");
+        assert!(is_empty(&pooled), "the empty logs do not go into the pool");
+
+        // Job 2 gets the directory and makes its own logs, which it writes.
+        prepare_dir_blocking(&job(2), None, &pool).unwrap();
+        assert_eq!(pool.pooled(), 0);
+        let mut cap = crate::job::capture::Capture::new(job(2).join(STDOUT_LOG), 64);
+        let mut f = cap.child_file().unwrap();
+        f.write_all(b"job 2's secret output\n").unwrap();
+        // The old handle sees none of it, and what it writes lands nowhere job 2 has.
+        let mut seen = String::new();
+        held.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "");
+        held.write_all(b"from an orphan of job 1\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(job(2).join(STDOUT_LOG)).unwrap(),
+            "job 2's secret output\n"
+        );
+    }
+
+    #[test]
+    fn a_hard_link_in_place_of_a_log_is_something_left() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("job");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(root.path().join("elsewhere"), "").unwrap();
+        std::fs::hard_link(root.path().join("elsewhere"), d.join(STDOUT_LOG)).unwrap();
+        assert!(!left_empty(&d));
     }
 
     #[test]

@@ -669,15 +669,15 @@ async fn a_job_without_sensitive_values_writes_its_logs_itself_and_a_silent_one_
         std::fs::read_to_string(job_dir.join("stdout.log")).unwrap(),
         "out\n"
     );
-    // A silent job's empty logs go to the pool with its directory.
+    // A silent job's directory goes to the pool, its empty logs removed.
     let p = plan("silent", vec![sh("t", "true", LONG)]);
     let (r, _) = run(&p, &s, &JobCancel::new()).await;
     assert_eq!(r.status, FinishStatus::Succeeded, "{r:?}");
     assert!(r.left_nothing, "{r:?}");
     assert!(!scratch_dir(&s.scratch_root, &p.dispatch).exists());
     assert_eq!(s.dirs.pooled(), 1);
-    // The next job with a sensitive value gets that directory, with its empty
-    // logs, and still goes through the masker.
+    // The next job with a sensitive value gets that directory (empty) and goes
+    // through the masker.
     let mut p = plan(
         "masked-reuse",
         vec![sh("t", r#"echo "token is $BATON_PARAM_PW""#, LONG)],
