@@ -364,7 +364,7 @@ impl Scheduler {
                     .held()
                     .map(|c| {
                         self.execs
-                            .get(&c.exec)
+                            .get(c.exec)
                             .map_or(1, |e| u64::from(e.slots_of(c.task as usize)))
                     })
                     .sum();
@@ -525,7 +525,7 @@ impl Scheduler {
 
     /// Whether `agent` may still be sent `cref`'s dispatch.
     pub(crate) fn dispatch_target(&self, cref: ChildRef) -> Option<(String, String)> {
-        let e = self.execs.get(&cref.exec)?;
+        let e = self.execs.get(cref.exec)?;
         let c = &e.tasks[cref.task as usize].children[cref.child as usize];
         let ChildState::Dispatching { agent, .. } = c.state() else {
             return None;
@@ -605,7 +605,7 @@ impl Scheduler {
 impl Scheduler {
     /// The dispatch id of `c`'s current attempt, if that attempt is on `agent`.
     fn attempt_on(&self, c: ChildRef, agent: &str) -> Option<pb::DispatchId> {
-        let e = self.execs.get(&c.exec)?;
+        let e = self.execs.get(c.exec)?;
         let child = e
             .tasks
             .get(c.task as usize)?

@@ -45,10 +45,7 @@ impl Scheduler {
         let now = self.at(now);
         self.retry_parked_rows();
         let mut views = self.agent_views(now);
-        let order: Vec<u64> = self.exec_order.iter().copied().collect();
-        if let Some(first) = self.exec_order.pop_front() {
-            self.exec_order.push_back(first);
-        }
+        let order = self.execs.take_turns();
         let mut blocked = vec![false; order.len()];
         let mut full = vec![std::collections::BTreeSet::new(); order.len()];
         loop {
@@ -61,7 +58,7 @@ impl Scheduler {
                     Some((cref, target)) => {
                         let slots = self
                             .execs
-                            .get(&slot)
+                            .get(slot)
                             .map_or(1, |e| e.slots_of(cref.task as usize));
                         if let Target::Agent(agent) = &target
                             && let Some(v) = views.iter_mut().find(|v| v.name == *agent)
@@ -89,7 +86,7 @@ impl Scheduler {
         views: &[crate::placement::AgentView],
         full: &mut std::collections::BTreeSet<u32>,
     ) -> Option<(ChildRef, Target)> {
-        let e = self.execs.get(&slot)?;
+        let e = self.execs.get(slot)?;
         if e.rec.state.is_terminal() || e.rec.cancel_requested || e.at_in_flight_cap() {
             return None;
         }
@@ -107,7 +104,7 @@ impl Scheduler {
             }
             let mut cursor = None;
             loop {
-                let e = self.execs.get_mut(&slot)?;
+                let e = self.execs.get_mut(slot)?;
                 let Some(ti) = e.watch.next_queued(kind, cursor) else {
                     break;
                 };
@@ -140,7 +137,7 @@ impl Scheduler {
     /// siblings of the same kind do. (A child run as a sub-execution needs
     /// no agent: never skipped for want of room.)
     fn front_is_plain(&self, slot: u64, ti: usize) -> bool {
-        self.execs.get(&slot).is_some_and(|e| {
+        self.execs.get(slot).is_some_and(|e| {
             let run = &e.tasks[ti];
             !run.package.as_ref().is_some_and(|p| p.fans_out)
                 && run
@@ -161,7 +158,7 @@ impl Scheduler {
             return Next::Wait;
         }
         let gen_now = self.capacity_gen;
-        let Some(e) = self.execs.get_mut(&slot) else {
+        let Some(e) = self.execs.get_mut(slot) else {
             return Next::Wait;
         };
         if e.rec.state.is_terminal() || e.rec.cancel_requested {
@@ -291,11 +288,7 @@ impl Scheduler {
         if self.parked_nested.is_empty() {
             return false;
         }
-        let Some(&ci) = self
-            .execs
-            .get(&slot)
-            .and_then(|e| e.tasks[ti].queue.front())
-        else {
+        let Some(&ci) = self.execs.get(slot).and_then(|e| e.tasks[ti].queue.front()) else {
             return false;
         };
         let cref = ChildRef {
@@ -315,7 +308,7 @@ impl Scheduler {
         &self,
         cref: ChildRef,
     ) -> Result<BTreeMap<String, String>, String> {
-        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let e = self.execs.get(cref.exec).ok_or("execution gone")?;
         let planned = &e.plan.tasks[cref.task as usize];
         let run = &e.tasks[cref.task as usize];
         let c = &run.children[cref.child as usize];
@@ -335,7 +328,7 @@ impl Scheduler {
 
     /// The StartJob request of a child's current attempt (same dispatch id on every resend).
     fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
-        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let e = self.execs.get(cref.exec).ok_or("execution gone")?;
         let run = &e.tasks[cref.task as usize];
         let c = &run.children[cref.child as usize];
         let package = run

@@ -10,9 +10,9 @@ use baton_proto as pb;
 use tracing::{debug, info, warn};
 
 use super::child::{COORDINATOR, Child, ChildState, End, Step};
-use super::ids::ExecutionId;
+use super::exec::{Exec, TaskRun};
 use super::model::ChildRef;
-use super::state::{Exec, Scheduler, TaskRun};
+use super::state::Scheduler;
 use crate::clock::Now;
 use crate::prepare::Plan;
 use crate::records::{ChildRecord, ExecutionRecord, Phase};
@@ -34,9 +34,9 @@ impl Scheduler {
     pub(super) fn start_execution(&mut self, rec: ExecutionRecord, plan: Plan) -> String {
         let children = plan.tasks.iter().map(|_| Vec::new()).collect();
         let id = rec.id.clone();
+        info!(execution = %id, package = %rec.package, "execution started");
         let slot = self.insert_exec(rec, None, plan, children);
         self.journal.exec(slot);
-        info!(execution = %id, package = %self.execs[&slot].rec.package, "execution started");
         self.advance(slot);
         id
     }
@@ -71,7 +71,9 @@ impl Scheduler {
         let slot = self.insert_exec(rec, Some(version), plan, children);
         // Children on agents: the agents own them until they report or are lost.
         let mut on_agent = Vec::new();
-        let e = &self.execs[&slot];
+        let Some(e) = self.execs.get(slot) else {
+            return;
+        };
         // (A child that runs as a sub-execution has none: its sub-execution
         // is restored as a running execution of its own.)
         for (t, task) in e.tasks.iter().enumerate() {
@@ -118,7 +120,6 @@ impl Scheduler {
         mut plan: Plan,
         children: Vec<Vec<(ChildRecord, Option<u64>)>>,
     ) -> u64 {
-        let slot = self.alloc_slot();
         let mut phase_counts = [0u64; 9];
         let mut lost_attempts = 0;
         let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
@@ -189,30 +190,23 @@ impl Scheduler {
         for ti in queued {
             watch.queued(ti);
         }
-        self.exec_ids
-            .insert(ExecutionId::new(rec.id.as_str()), slot);
-        self.exec_order.push_back(slot);
-        self.execs.insert(
-            slot,
-            Exec {
-                rec,
-                version,
-                engine: match plan.engine.take() {
-                    Some(engine) => *engine,
-                    None => baton_package::Engine::new(&plan.parent, plan.params.clone()),
-                },
-                plan,
-                tasks,
-                task_index,
-                phase_counts,
-                lost_attempts,
-                per_agent,
-                summary,
-                touched: true,
-                watch,
+        self.execs.insert(Exec {
+            rec,
+            version,
+            engine: match plan.engine.take() {
+                Some(engine) => *engine,
+                None => baton_package::Engine::new(&plan.parent, plan.params.clone()),
             },
-        );
-        slot
+            plan,
+            tasks,
+            task_index,
+            phase_counts,
+            lost_attempts,
+            per_agent,
+            summary,
+            touched: true,
+            watch,
+        })
     }
 
     /// The one place a child changes state: takes `step` through
@@ -221,7 +215,7 @@ impl Scheduler {
     /// release builds too) changes nothing and is counted in
     /// `stats.refused_steps`. Returns whether the step was taken.
     pub(crate) fn set_state(&mut self, cref: ChildRef, step: Step) -> bool {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
+        let Some(e) = self.execs.get_mut(cref.exec) else {
             return false;
         };
         let task = &mut e.tasks[cref.task as usize];
@@ -293,15 +287,11 @@ impl Scheduler {
     }
 
     pub(super) fn child(&self, cref: ChildRef) -> Option<&Child> {
-        self.execs
-            .get(&cref.exec)
-            .map(|e| &e.tasks[cref.task as usize].children[cref.child as usize])
+        self.execs.child(cref)
     }
 
     pub(super) fn child_mut(&mut self, cref: ChildRef) -> Option<&mut Child> {
-        self.execs
-            .get_mut(&cref.exec)
-            .map(|e| &mut e.tasks[cref.task as usize].children[cref.child as usize])
+        self.execs.child_mut(cref)
     }
 
     /// Puts a child back in its task's queue (front: it was next in line)
@@ -311,7 +301,7 @@ impl Scheduler {
         if !self.set_state(cref, step) {
             return;
         }
-        if let Some(e) = self.execs.get_mut(&cref.exec) {
+        if let Some(e) = self.execs.get_mut(cref.exec) {
             e.watch.queued(cref.task as usize);
             let q = &mut e.tasks[cref.task as usize].queue;
             if front {
@@ -326,10 +316,10 @@ impl Scheduler {
     fn fenced(&mut self, agent: &str, id: Option<&pb::DispatchId>) -> Option<ChildRef> {
         let id = id?;
         let found = self
-            .exec_ids
-            .get(id.execution_id.as_str())
-            .and_then(|&slot| {
-                let e = &self.execs[&slot];
+            .execs
+            .slot_of(id.execution_id.as_str())
+            .and_then(|slot| {
+                let e = self.execs.get(slot)?;
                 let t = *e.task_index.get(&id.task_path)?;
                 let c = e.tasks[t as usize].children.get(id.item_index as usize)?;
                 let ok = c.state().attempt() == id.attempt
@@ -343,8 +333,8 @@ impl Scheduler {
         if found.is_none() {
             self.stats.stale_events += 1;
             let mut foreign = false;
-            if let Some(&slot) = self.exec_ids.get(id.execution_id.as_str())
-                && let Some(e) = self.execs.get_mut(&slot)
+            if let Some(slot) = self.execs.slot_of(id.execution_id.as_str())
+                && let Some(e) = self.execs.get_mut(slot)
             {
                 e.rec.stale_events += 1;
                 e.touched = true;
@@ -421,7 +411,7 @@ impl Scheduler {
 
     /// A child's retry backoff is over: it takes its place in the queue again.
     pub(crate) fn retry_due(&mut self, cref: ChildRef) {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
+        let Some(e) = self.execs.get_mut(cref.exec) else {
             return;
         };
         let max = e.plan.tasks[cref.task as usize].max_failures;
@@ -482,7 +472,7 @@ impl Scheduler {
         reason: String,
         now: Option<Instant>,
     ) -> Option<u64> {
-        let e = self.execs.get_mut(&cref.exec)?;
+        let e = self.execs.get_mut(cref.exec)?;
         let retry = e.plan.tasks[cref.task as usize].retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
         c.rec.exit_code = Some(exit_code);
@@ -531,7 +521,7 @@ impl Scheduler {
 
     /// The child's agent is gone: retry it under a new attempt number, or give up.
     pub(crate) fn child_lost(&mut self, cref: ChildRef, agent: &str, why: &str) {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
+        let Some(e) = self.execs.get_mut(cref.exec) else {
             return;
         };
         let retry = e.plan.tasks[cref.task as usize].retry;

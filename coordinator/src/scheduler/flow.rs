@@ -23,8 +23,9 @@ use baton_package::{PackageOutcome, Scope, TaskOutcome, TaskState};
 use tracing::{info, warn};
 
 use super::child::{Child, End, Step};
+use super::exec::Exec;
 use super::model::ChildRef;
-use super::state::{Exec, Scheduler};
+use super::state::Scheduler;
 use crate::prepare::{Work, child_params, dynamic_items, process_package, single_child_params};
 use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome};
 
@@ -133,7 +134,7 @@ impl Scheduler {
     fn advance_once(&mut self, slot: u64) -> Option<u64> {
         let mut created: Vec<ChildRef> = Vec::new();
         let mut wants_rows: Vec<usize> = Vec::new();
-        match self.execs.get(&slot) {
+        match self.execs.get(slot) {
             Some(e) if !e.rec.state.is_terminal() => {}
             _ => return None,
         }
@@ -146,14 +147,14 @@ impl Scheduler {
         'rows: loop {
             loop {
                 // Only the tasks marked since the last look (see `TaskWatch`).
-                let candidates = match self.execs.get_mut(&slot) {
+                let candidates = match self.execs.get_mut(slot) {
                     Some(e) => e.watch.take_ending(e.tasks.len()),
                     None => return None,
                 };
                 self.stats.task_checks += candidates.len() as u64;
                 let mut progressed = self.stop_failed_foreaches(slot, &candidates);
                 {
-                    let e = self.execs.get_mut(&slot)?;
+                    let e = self.execs.get_mut(slot)?;
                     progressed |= report_ended(e, &candidates);
                     let cancel = e.rec.cancel_requested;
                     for name in e.engine.ready() {
@@ -195,7 +196,7 @@ impl Scheduler {
         for cref in created {
             self.journal.child(cref);
         }
-        let e = self.execs.get_mut(&slot)?;
+        let e = self.execs.get_mut(slot)?;
         if any_created {
             e.touched = true;
         }
@@ -207,7 +208,7 @@ impl Scheduler {
         if self.stop_strays(slot) {
             return None;
         }
-        let e = self.execs.get_mut(&slot)?;
+        let e = self.execs.get_mut(slot)?;
         if e.rec.state.is_terminal() {
             // Ended already (stopping its strays ended a sub-execution, whose
             // end reached this execution first).
@@ -246,7 +247,7 @@ impl Scheduler {
     /// pending ones at once, running ones asked to stop. True while some are
     /// still running (the execution ends when they have).
     fn stop_strays(&mut self, slot: u64) -> bool {
-        let Some(e) = self.execs.get(&slot) else {
+        let Some(e) = self.execs.get(slot) else {
             return false;
         };
         let mut pending = Vec::new();
@@ -340,7 +341,7 @@ impl Scheduler {
     /// children end `cancelled`. Returns whether anything changed.
     fn stop_failed_foreaches(&mut self, slot: u64, candidates: &[usize]) -> bool {
         let mut doomed = Vec::new();
-        if let Some(e) = self.execs.get_mut(&slot) {
+        if let Some(e) = self.execs.get_mut(slot) {
             for &ti in candidates {
                 let max = e.plan.tasks[ti].max_failures;
                 let run = &mut e.tasks[ti];
