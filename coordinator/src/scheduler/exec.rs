@@ -12,14 +12,6 @@ use crate::prepare::Plan;
 use crate::records::{ExecutionRecord, Phase};
 use crate::store::Revision;
 
-/// What placement remembers per task between children: the round-robin
-/// cursor and, for spread, how many children went to each label value.
-#[derive(Debug, Default)]
-pub(crate) struct PlaceMemory {
-    pub cursor: Option<String>,
-    pub spread: BTreeMap<String, u64>,
-}
-
 /// One task of an execution in memory: its children, the queue of those
 /// waiting for an agent, and its counts.
 pub(crate) struct TaskRun {
@@ -28,8 +20,6 @@ pub(crate) struct TaskRun {
     pub in_flight: u32,
     pub terminal: u32,
     pub failed: u32,
-    /// Round-robin cursor and spread counts of this task (in memory only).
-    pub place: PlaceMemory,
     /// The engine started this task: its children exist (`flow.rs`).
     pub started: bool,
     /// Its end was reported to the engine.

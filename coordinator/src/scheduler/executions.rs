@@ -134,7 +134,6 @@ impl Scheduler {
                 in_flight: 0,
                 terminal: 0,
                 failed: 0,
-                place: Default::default(),
                 started: false,
                 ended: false,
                 package: None,
@@ -190,7 +189,7 @@ impl Scheduler {
         for ti in queued {
             watch.queued(ti);
         }
-        self.execs.insert(Exec {
+        let slot = self.execs.insert(Exec {
             rec,
             version,
             engine: match plan.engine.take() {
@@ -206,7 +205,9 @@ impl Scheduler {
             summary,
             touched: true,
             watch,
-        })
+        });
+        self.dispatcher.add_execution(slot);
+        slot
     }
 
     /// The one place a child changes state: takes `step` through
@@ -376,10 +377,10 @@ impl Scheduler {
         at_ms: u64,
         now: Instant,
     ) {
-        if let Some(a) = self.registry.get_mut(agent) {
-            a.full_until = None;
+        if self.registry.get(agent).is_some() {
+            self.dispatcher.agent_not_full(agent);
         }
-        self.capacity_gen += 1;
+        self.dispatcher.capacity_changed();
         let Some(cref) = self.fenced(agent, f.dispatch_id.as_ref()) else {
             return;
         };

@@ -11,8 +11,9 @@
 //! registry of agents and revoked certificates (`registry.rs`), the table of
 //! running executions by slot and by id (`exec_table.rs`), each child's
 //! state and its one transition function (`child.rs`), the flow of a parent
-//! package (`flow.rs`), the dispatcher's pump and timers (`dispatch.rs`,
-//! `timers.rs`) and the journal of records to write and effects to perform
+//! package (`flow.rs`), the dispatcher's state and choices, and its timers
+//! (`dispatcher.rs`, `timers.rs`; the pump that applies them in
+//! `dispatch.rs`) and the journal of records to write and effects to perform
 //! (`journal.rs`). `docs/ARCHITECTURE.md` (*The scheduler*) follows a child
 //! through them.
 //!
@@ -33,6 +34,7 @@ mod agents;
 mod cancel;
 mod child;
 mod dispatch;
+mod dispatcher;
 mod exec;
 mod exec_table;
 mod executions;

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use super::dispatcher::Dispatcher;
 use super::exec_table::Executions;
 use super::journal::Journal;
 use super::model::ChildRef;
@@ -67,8 +68,9 @@ pub struct Scheduler {
     pub(super) registry: Registry,
     /// The running executions, by slot and by id.
     pub(super) execs: Executions,
-    /// Bumped whenever capacity may have appeared; clears soft exclusions.
-    pub(super) capacity_gen: u64,
+    /// The pump's turns, placement memory, capacity generation and
+    /// full agents.
+    pub(super) dispatcher: Dispatcher,
     /// Dispatches to send again and retries waiting for their backoff.
     pub(super) timers: Timers,
     /// Records to write and effects to perform once they are durable.
@@ -97,7 +99,7 @@ impl Scheduler {
             epoch,
             registry: Default::default(),
             execs: Executions::default(),
-            capacity_gen: 0,
+            dispatcher: Dispatcher::default(),
             timers: Default::default(),
             journal: Journal::new(),
             stats: Stats::default(),

@@ -131,6 +131,7 @@ impl Scheduler {
         for slot in ended {
             if self.execs.remove(slot).is_some() {
                 self.timers.forget_execution(slot);
+                self.dispatcher.forget_execution(slot);
                 self.parked_nested.retain(|c, _| c.exec != slot);
                 self.parked_rows.retain(|(s, _)| *s != slot);
                 self.registry.forget_execution(slot);
