@@ -71,7 +71,7 @@ impl Scheduler {
             .iter()
             .filter_map(|(slot, ti)| {
                 let t = self.execs.get(*slot)?.tasks.get(*ti as usize)?;
-                t.held_rows.as_ref().map(|r| r.len() as u64)
+                t.held_rows()
             })
             .sum();
         nested.saturating_add(rows)

@@ -112,7 +112,7 @@ impl Scheduler {
                 cursor = Some(ti);
                 self.stats.task_checks += 1;
                 let run = &e.tasks[ti];
-                if !run.started || run.ended || run.queue.is_empty() {
+                if !run.is_open() || run.queue.is_empty() {
                     e.watch.unqueue(ti);
                     continue;
                 }

@@ -12,31 +12,124 @@ use crate::prepare::Plan;
 use crate::records::{ExecutionRecord, Phase};
 use crate::store::Revision;
 
+/// Where a task is in its life as the flow drives it (`flow.rs`, `rows.rs`;
+/// in memory only: a replay after a restart rebuilds it). It only moves
+/// forward: not started, started (possibly waiting for rows first), ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+enum TaskLife {
+    /// The engine has not started it.
+    #[default]
+    NotStarted,
+    /// Started: its children exist, and it ends when they all have.
+    Started,
+    /// Started, a `rows` foreach waiting for the rows of the task it reads;
+    /// `held`: rows that arrived while the coordinator had no room for their
+    /// children (admission), kept here until there is.
+    AwaitingRows { held: Option<Vec<String>> },
+    /// Its end was reported to the engine.
+    Ended,
+}
+
 /// One task of an execution in memory: its children, the queue of those
-/// waiting for an agent, and its counts.
+/// waiting for an agent, its counts and where it is in its life.
 pub(crate) struct TaskRun {
     pub children: Vec<Child>,
     pub queue: VecDeque<u32>,
     pub in_flight: u32,
     pub terminal: u32,
     pub failed: u32,
-    /// The engine started this task: its children exist (`flow.rs`).
-    pub started: bool,
-    /// Its end was reported to the engine.
-    pub ended: bool,
+    life: TaskLife,
     /// The package its children run (made when it starts for a parent's
     /// `exec`/`script` task).
     pub package: Option<crate::prepare::ChildPackage>,
     /// Parameters of a single-child task, rendered when it started (for a
     /// parent's `exec`/`script` task: the sensitive ones its package reads).
     pub params: BTreeMap<String, String>,
-    /// A `rows` foreach waits for the rows of the task it reads.
-    pub awaiting_rows: bool,
-    /// Rows that arrived while the coordinator had no room for their
-    /// children (admission): they wait here, `awaiting_rows` stays set.
-    pub held_rows: Option<Vec<String>>,
     /// In memory only: why a started task makes no children yet.
     pub waiting: String,
+}
+
+impl TaskRun {
+    /// A task not started yet, with room for `children` children.
+    pub(crate) fn new(children: usize) -> TaskRun {
+        TaskRun {
+            children: Vec::with_capacity(children),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            terminal: 0,
+            failed: 0,
+            life: TaskLife::NotStarted,
+            package: None,
+            params: BTreeMap::new(),
+            waiting: String::new(),
+        }
+    }
+
+    /// The engine started it (a task already started or ended stays so).
+    pub(crate) fn start(&mut self) {
+        if self.life == TaskLife::NotStarted {
+            self.life = TaskLife::Started;
+        }
+    }
+
+    /// Started and not ended: its children may be dispatched or stopped as
+    /// the task's (a `rows` foreach waiting for its rows included).
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.life, TaskLife::Started | TaskLife::AwaitingRows { .. })
+    }
+
+    /// Started, not ended, and not waiting for rows: it ends once all its
+    /// children have.
+    pub(crate) fn may_end(&self) -> bool {
+        self.life == TaskLife::Started
+    }
+
+    /// Its end was reported to the engine (or it cannot start).
+    pub(crate) fn end(&mut self) {
+        self.life = TaskLife::Ended;
+    }
+
+    /// A started `rows` foreach asks for its rows and waits for them.
+    pub(crate) fn await_rows(&mut self) {
+        if self.life == TaskLife::Started {
+            self.life = TaskLife::AwaitingRows { held: None };
+        }
+    }
+
+    pub(crate) fn awaits_rows(&self) -> bool {
+        matches!(self.life, TaskLife::AwaitingRows { .. })
+    }
+
+    /// Keeps rows that arrived while there was no room for their children.
+    pub(crate) fn hold_rows(&mut self, rows: Vec<String>) {
+        if let TaskLife::AwaitingRows { held } = &mut self.life {
+            *held = Some(rows);
+        }
+    }
+
+    /// The rows held for want of room, taken to be tried again (the task
+    /// still waits for rows).
+    pub(crate) fn take_held_rows(&mut self) -> Option<Vec<String>> {
+        match &mut self.life {
+            TaskLife::AwaitingRows { held } => held.take(),
+            _ => None,
+        }
+    }
+
+    /// How many rows are held for want of room.
+    pub(crate) fn held_rows(&self) -> Option<u64> {
+        match &self.life {
+            TaskLife::AwaitingRows { held } => held.as_ref().map(|r| r.len() as u64),
+            _ => None,
+        }
+    }
+
+    /// The rows arrived (or will not): the task no longer waits for them.
+    pub(crate) fn rows_done(&mut self) {
+        if self.awaits_rows() {
+            self.life = TaskLife::Started;
+        }
+    }
 }
 
 /// An execution in memory: its record, plan and engine, and a [`TaskRun`]

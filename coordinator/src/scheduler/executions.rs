@@ -3,7 +3,7 @@
 //! child moves ([`Scheduler::set_state`]), retries, loss and the fencing of
 //! reports. The flow from task to task is in `flow.rs`, dispatch in `dispatch.rs`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use baton_proto as pb;
@@ -128,20 +128,7 @@ impl Scheduler {
         let mut queued = Vec::new();
         for (t, children) in plan.tasks.iter().zip(children) {
             task_index.insert(t.name.clone(), tasks.len() as u16);
-            let mut run = TaskRun {
-                children: Vec::with_capacity(children.len()),
-                queue: VecDeque::new(),
-                in_flight: 0,
-                terminal: 0,
-                failed: 0,
-                started: false,
-                ended: false,
-                package: None,
-                params: BTreeMap::new(),
-                awaiting_rows: false,
-                held_rows: None,
-                waiting: String::new(),
-            };
+            let mut run = TaskRun::new(children.len());
             for (rec, version) in children {
                 // The state the record stands for, and the record as its image.
                 let mut child = Child::new(rec);

@@ -253,7 +253,7 @@ impl Scheduler {
         let mut pending = Vec::new();
         let mut running = Vec::new();
         for (ti, run) in e.tasks.iter().enumerate() {
-            if run.started && !run.ended {
+            if run.is_open() {
                 continue;
             }
             for (ci, c) in run.children.iter().enumerate() {
@@ -294,13 +294,11 @@ impl Scheduler {
 fn end_awaiting_rows(e: &mut Exec) -> bool {
     let mut changed = false;
     for ti in 0..e.tasks.len() {
-        if !e.tasks[ti].awaiting_rows {
+        if !e.tasks[ti].awaits_rows() {
             continue;
         }
-        e.tasks[ti].awaiting_rows = false;
-        e.tasks[ti].held_rows = None;
         e.tasks[ti].waiting.clear();
-        e.tasks[ti].ended = true;
+        e.tasks[ti].end();
         let name = e.plan.tasks[ti].name.clone();
         let _ = e
             .engine
@@ -345,10 +343,7 @@ impl Scheduler {
             for &ti in candidates {
                 let max = e.plan.tasks[ti].max_failures;
                 let run = &mut e.tasks[ti];
-                if !run.started
-                    || run.ended
-                    || run.queue.is_empty()
-                    || max.keeps_going(u64::from(run.failed))
+                if !run.is_open() || run.queue.is_empty() || max.keeps_going(u64::from(run.failed))
                 {
                     continue;
                 }
@@ -382,11 +377,7 @@ fn report_ended(e: &mut Exec, candidates: &[usize]) -> bool {
     let mut changed = false;
     for &ti in candidates {
         let run = &e.tasks[ti];
-        if !run.started
-            || run.ended
-            || run.awaiting_rows
-            || (run.terminal as usize) < run.children.len()
-        {
+        if !run.may_end() || (run.terminal as usize) < run.children.len() {
             continue;
         }
         let planned = &e.plan.tasks[ti];
@@ -418,7 +409,7 @@ fn report_ended(e: &mut Exec, candidates: &[usize]) -> bool {
         if let Err(err) = e.engine.finished(&name, outcome, outputs) {
             warn!(execution = %e.rec.id, task = %name, error = %err, "engine refused a task end");
         }
-        e.tasks[ti].ended = true;
+        e.tasks[ti].end();
         changed = true;
     }
     changed
@@ -442,7 +433,7 @@ fn start_task(
         return;
     };
     let ti = ti as usize;
-    e.tasks[ti].started = true;
+    e.tasks[ti].start();
     e.watch.may_end(ti);
     let planned = planned_shallow(e, ti);
     if let Work::Foreach { fe, .. } = &planned.work
@@ -452,14 +443,14 @@ fn start_task(
         // Decided before a restart: the same again, without reading rows.
         match e.rec.rows_outcomes.get(name).cloned() {
             Some(RowsOutcome::Empty) => {
-                e.tasks[ti].ended = true;
+                e.tasks[ti].end();
                 let _ = e
                     .engine
                     .finished(name, TaskOutcome::Succeeded, BTreeMap::new());
                 return;
             }
             Some(RowsOutcome::Failed(why)) => {
-                e.tasks[ti].ended = true;
+                e.tasks[ti].end();
                 let _ = e.engine.failed(name, why);
                 return;
             }
@@ -467,7 +458,7 @@ fn start_task(
         }
         // Its items are the rows of an earlier task, kept on the agents that
         // ran it: the children are made when they arrive (`rows_fetched`).
-        e.tasks[ti].awaiting_rows = true;
+        e.tasks[ti].await_rows();
         wants_rows.push(ti);
         return;
     }
@@ -510,7 +501,7 @@ pub(super) fn expand(
         Ok(p) => p,
         Err(reason) => {
             let _ = e.engine.failed(name, reason);
-            e.tasks[ti].ended = true;
+            e.tasks[ti].end();
             return;
         }
     };
@@ -523,7 +514,7 @@ pub(super) fn expand(
     }
     if items.is_empty() {
         // A noop, or a foreach over nothing: it has nothing to wait for.
-        run.ended = true;
+        run.end();
         let _ = e
             .engine
             .finished(name, TaskOutcome::Succeeded, BTreeMap::new());

@@ -110,7 +110,7 @@ impl Scheduler {
         rows: Result<Vec<String>, String>,
     ) -> bool {
         let Some((execution_id, task, cancelling)) = self.execs.get(slot).and_then(|e| {
-            let live = e.tasks[ti].awaiting_rows && !e.rec.state.is_terminal();
+            let live = e.tasks[ti].awaits_rows() && !e.rec.state.is_terminal();
             let names = (e.rec.id.clone(), e.plan.tasks[ti].name.clone());
             live.then_some((names.0, names.1, e.rec.cancel_requested))
         }) else {
@@ -138,7 +138,7 @@ impl Scheduler {
                         if run.waiting.is_empty() {
                             info!(execution = %execution_id, task, "{why}");
                         }
-                        run.held_rows = Some(rows);
+                        run.hold_rows(rows);
                         run.waiting = why;
                         self.parked_rows.insert((slot, ti as u16));
                         if let Some(e) = self.execs.get_mut(slot) {
@@ -165,13 +165,12 @@ impl Scheduler {
             let Some(e) = self.execs.get_mut(slot) else {
                 return false;
             };
-            e.tasks[ti].awaiting_rows = false;
-            e.tasks[ti].held_rows = None;
+            e.tasks[ti].rows_done();
             e.tasks[ti].waiting.clear();
             e.watch.may_end(ti);
             let mut outcome = None;
             if cancelling {
-                e.tasks[ti].ended = true;
+                e.tasks[ti].end();
                 let _ = e
                     .engine
                     .finished(task, TaskOutcome::Cancelled, BTreeMap::new());
@@ -190,7 +189,7 @@ impl Scheduler {
                         }
                     }
                     Err(why) => {
-                        e.tasks[ti].ended = true;
+                        e.tasks[ti].end();
                         let _ = e.engine.failed(task, why.clone());
                         outcome = Some(RowsOutcome::Failed(why));
                     }
@@ -217,7 +216,7 @@ impl Scheduler {
             let Some(e) = self.execs.get_mut(slot) else {
                 continue;
             };
-            let Some(rows) = e.tasks[ti as usize].held_rows.take() else {
+            let Some(rows) = e.tasks[ti as usize].take_held_rows() else {
                 continue;
             };
             let (id, task) = (e.rec.id.clone(), e.plan.tasks[ti as usize].name.clone());
