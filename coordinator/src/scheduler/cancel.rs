@@ -172,7 +172,7 @@ impl Scheduler {
         let mut pending = Vec::new();
         let mut on_agent = Vec::new();
         for (t, task) in e.tasks.iter_mut().enumerate() {
-            task.queue.clear();
+            task.clear_queue();
             for (i, c) in task.children.iter().enumerate() {
                 let cref = ChildRef {
                     exec: slot,
@@ -265,7 +265,7 @@ impl Scheduler {
             info!(execution = %id, child = %format!("{task}[{index}]"), %reason, "child cancel requested");
         }
         if phase == Phase::Pending {
-            run.queue.retain(|&i| i != index);
+            run.unqueue(index);
             self.set_state(cref, Step::End(End::Cancelled));
             self.advance(slot);
             return Ok(ChildCancelState::Ended(Phase::Cancelled));

@@ -112,7 +112,7 @@ impl Scheduler {
                 cursor = Some(ti);
                 self.stats.task_checks += 1;
                 let run = &e.tasks[ti];
-                if !run.is_open() || run.queue.is_empty() {
+                if !run.is_open() || !run.has_queued() {
                     e.watch.unqueue(ti);
                     continue;
                 }
@@ -142,9 +142,8 @@ impl Scheduler {
             let run = &e.tasks[ti];
             !run.package.as_ref().is_some_and(|p| p.fans_out)
                 && run
-                    .queue
-                    .front()
-                    .is_some_and(|&ci| run.children[ci as usize].detours.is_none())
+                    .next_queued()
+                    .is_some_and(|ci| run.children[ci as usize].detours.is_none())
         })
     }
 
@@ -215,7 +214,7 @@ impl Scheduler {
             .get_mut(cref.exec)
             .and_then(|e| e.tasks.get_mut(cref.task as usize))
         {
-            let front = run.queue.pop_front();
+            let front = run.take_next_queued();
             debug_assert_eq!(
                 front,
                 Some(cref.child),
@@ -230,7 +229,7 @@ impl Scheduler {
         if self.parked_nested.is_empty() {
             return false;
         }
-        let Some(&ci) = self.execs.get(slot).and_then(|e| e.tasks[ti].queue.front()) else {
+        let Some(ci) = self.execs.get(slot).and_then(|e| e.tasks[ti].next_queued()) else {
             return false;
         };
         let cref = ChildRef {

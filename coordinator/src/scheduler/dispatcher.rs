@@ -133,7 +133,7 @@ impl Dispatcher {
         if task.in_flight >= planned.parallelism {
             return Choice::Wait;
         }
-        let Some(&ci) = task.queue.front() else {
+        let Some(ci) = task.next_queued() else {
             return Choice::Wait;
         };
         let child = ChildRef {

@@ -34,7 +34,9 @@ enum TaskLife {
 /// waiting for an agent, its counts and where it is in its life.
 pub(crate) struct TaskRun {
     pub children: Vec<Child>,
-    pub queue: VecDeque<u32>,
+    /// Children waiting for an agent, next first; filled only through
+    /// [`Exec::enqueue`], which marks the task for the pump.
+    queue: VecDeque<u32>,
     pub in_flight: u32,
     pub terminal: u32,
     pub failed: u32,
@@ -63,6 +65,30 @@ impl TaskRun {
             params: BTreeMap::new(),
             waiting: String::new(),
         }
+    }
+
+    /// The child next in line for an agent.
+    pub(crate) fn next_queued(&self) -> Option<u32> {
+        self.queue.front().copied()
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Takes the child next in line off the queue.
+    pub(crate) fn take_next_queued(&mut self) -> Option<u32> {
+        self.queue.pop_front()
+    }
+
+    /// Takes child `ci` off the queue, wherever it is.
+    pub(crate) fn unqueue(&mut self, ci: u32) {
+        self.queue.retain(|&i| i != ci);
+    }
+
+    /// Empties the queue (nothing more is to be dispatched).
+    pub(crate) fn clear_queue(&mut self) {
+        self.queue.clear();
     }
 
     /// The engine started it (a task already started or ended stays so).
@@ -154,6 +180,25 @@ pub(crate) struct Exec {
 }
 
 impl Exec {
+    /// Puts child `ci` of task `ti` in its task's queue (`front`: it was
+    /// next in line) and marks the task for the pump ([`TaskWatch`]): a
+    /// queued child is always looked at.
+    pub(crate) fn enqueue(&mut self, ti: usize, ci: u32, front: bool) {
+        let q = &mut self.tasks[ti].queue;
+        if front {
+            q.push_front(ci);
+        } else {
+            q.push_back(ci);
+        }
+        self.watch.queued(ti);
+    }
+
+    /// Queues the task's children `children`, in order, after any queued.
+    pub(crate) fn enqueue_all(&mut self, ti: usize, children: std::ops::Range<u32>) {
+        self.tasks[ti].queue.extend(children);
+        self.watch.queued(ti);
+    }
+
     /// The run's `--max-in-flight` children are on agents (read from the
     /// phase counters, not a sweep of the tasks).
     pub(crate) fn at_in_flight_cap(&self) -> bool {
@@ -172,5 +217,42 @@ impl Exec {
             0 => self.rec.placement.slots(),
             n => n,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_life_only_moves_forward() {
+        let mut t = TaskRun::new(0);
+        assert!(!t.is_open() && !t.may_end());
+        t.await_rows();
+        assert!(!t.awaits_rows(), "a task not started waits for no rows");
+        t.start();
+        assert!(t.is_open() && t.may_end());
+        t.await_rows();
+        assert!(t.is_open() && t.awaits_rows() && !t.may_end());
+        t.start();
+        assert!(t.awaits_rows(), "starting again changes nothing");
+        t.hold_rows(vec!["a".into(), "b".into()]);
+        assert_eq!(t.held_rows(), Some(2));
+        assert_eq!(t.take_held_rows(), Some(vec!["a".into(), "b".into()]));
+        assert!(
+            t.awaits_rows(),
+            "rows taken to be tried again: it still waits"
+        );
+        t.hold_rows(vec!["c".into()]);
+        t.rows_done();
+        assert!(t.may_end() && t.held_rows().is_none());
+        t.end();
+        assert!(!t.is_open() && !t.may_end());
+        t.start();
+        t.hold_rows(vec!["d".into()]);
+        assert!(
+            !t.is_open() && t.held_rows().is_none(),
+            "an ended task stays ended"
+        );
     }
 }

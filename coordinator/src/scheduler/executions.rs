@@ -125,7 +125,7 @@ impl Scheduler {
         let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut tasks = Vec::with_capacity(plan.tasks.len());
         let mut task_index = HashMap::new();
-        let mut queued = Vec::new();
+        let mut pending = Vec::new();
         for (t, children) in plan.tasks.iter().zip(children) {
             task_index.insert(t.name.clone(), tasks.len() as u16);
             let mut run = TaskRun::new(children.len());
@@ -137,8 +137,7 @@ impl Scheduler {
                 phase_counts[phase_idx(rec.phase)] += 1;
                 lost_attempts += u64::from(rec.lost);
                 if rec.phase == Phase::Pending {
-                    run.queue.push_back(rec.index);
-                    queued.push(tasks.len());
+                    pending.push((tasks.len(), rec.index));
                 }
                 if rec.phase.is_on_agent() {
                     run.in_flight += 1;
@@ -172,11 +171,8 @@ impl Scheduler {
                 *kinds.entry((t.require.clone(), slots)).or_insert(next)
             })
             .collect();
-        let mut watch = super::task_watch::TaskWatch::new(place_keys);
-        for ti in queued {
-            watch.queued(ti);
-        }
-        let slot = self.execs.insert(Exec {
+        let watch = super::task_watch::TaskWatch::new(place_keys);
+        let mut exec = Exec {
             rec,
             version,
             engine: match plan.engine.take() {
@@ -192,7 +188,11 @@ impl Scheduler {
             summary,
             touched: true,
             watch,
-        });
+        };
+        for (ti, ci) in pending {
+            exec.enqueue(ti, ci, false);
+        }
+        let slot = self.execs.insert(exec);
         self.dispatcher.add_execution(slot);
         slot
     }
@@ -290,13 +290,7 @@ impl Scheduler {
             return;
         }
         if let Some(e) = self.execs.get_mut(cref.exec) {
-            e.watch.queued(cref.task as usize);
-            let q = &mut e.tasks[cref.task as usize].queue;
-            if front {
-                q.push_front(cref.child);
-            } else {
-                q.push_back(cref.child);
-            }
+            e.enqueue(cref.task as usize, cref.child, front);
         }
     }
 
@@ -411,8 +405,7 @@ impl Scheduler {
             return;
         }
         if max.keeps_going(u64::from(task.failed)) {
-            task.queue.push_back(cref.child);
-            e.watch.queued(cref.task as usize);
+            e.enqueue(cref.task as usize, cref.child, false);
             return;
         }
         // Its foreach went past max_failures during the backoff: no new attempt.

@@ -343,11 +343,10 @@ impl Scheduler {
             for &ti in candidates {
                 let max = e.plan.tasks[ti].max_failures;
                 let run = &mut e.tasks[ti];
-                if !run.is_open() || run.queue.is_empty() || max.keeps_going(u64::from(run.failed))
-                {
+                if !run.is_open() || !run.has_queued() || max.keeps_going(u64::from(run.failed)) {
                     continue;
                 }
-                while let Some(ci) = run.queue.pop_front() {
+                while let Some(ci) = run.take_next_queued() {
                     let c = &mut run.children[ci as usize];
                     if c.rec.phase != Phase::Pending {
                         continue;
@@ -524,12 +523,11 @@ pub(super) fn expand(
     // The counts changed: watchers and `exec list` must see the new children
     // (a foreach over rows makes them after its execution started).
     e.touched = true;
-    e.watch.queued(ti);
     let run = &mut e.tasks[ti];
     run.children.reserve(items.len());
+    let made = items.len() as u32;
     for (i, item) in items.into_iter().enumerate() {
         let index = i as u32;
-        run.queue.push_back(index);
         run.children.push(Child::new(new_child(name, index, item)));
         created.push(ChildRef {
             exec: slot,
@@ -537,6 +535,7 @@ pub(super) fn expand(
             child: index,
         });
     }
+    e.enqueue_all(ti, 0..made);
 }
 
 /// The items, package and parameters of a task about to start; `Err` is why

@@ -48,9 +48,8 @@ impl Scheduler {
                     }
                     self.parked_nested.insert(cref, adding);
                     if let Some(e) = self.execs.get_mut(cref.exec) {
-                        e.tasks[cref.task as usize].queue.push_front(cref.child);
+                        e.enqueue(cref.task as usize, cref.child, true);
                         e.touched = true;
-                        e.watch.queued(cref.task as usize);
                     }
                     Ok(None)
                 }

@@ -32,10 +32,7 @@ fn waiting_reason(e: &Exec) -> String {
         if !run.waiting.is_empty() {
             return run.waiting.clone();
         }
-        if let Some(c) = run
-            .queue
-            .front()
-            .and_then(|&i| run.children.get(i as usize))
+        if let Some(c) = run.next_queued().and_then(|i| run.children.get(i as usize))
             && !c.waiting_reason.is_empty()
         {
             return c.waiting_reason.clone();
