@@ -62,9 +62,7 @@ impl Scheduler {
         let execs = &self.execs;
         self.parked_nested.retain(|c, _| {
             execs
-                .get(&c.exec)
-                .and_then(|e| e.tasks.get(c.task as usize))
-                .and_then(|t| t.children.get(c.child as usize))
+                .child(*c)
                 .is_some_and(|ch| ch.rec.phase == crate::records::Phase::Pending)
         });
         let nested: u64 = self.parked_nested.values().sum();
@@ -72,8 +70,8 @@ impl Scheduler {
             .parked_rows
             .iter()
             .filter_map(|(slot, ti)| {
-                let t = self.execs.get(slot)?.tasks.get(*ti as usize)?;
-                t.held_rows.as_ref().map(|r| r.len() as u64)
+                let t = self.execs.get(*slot)?.tasks.get(*ti as usize)?;
+                t.held_rows()
             })
             .sum();
         nested.saturating_add(rows)

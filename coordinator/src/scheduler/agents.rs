@@ -174,7 +174,7 @@ impl Scheduler {
         entry.lost = false;
         entry.last_seen = now;
         entry.draining = false;
-        entry.full_until = None;
+        self.dispatcher.agent_not_full(&reg.name);
         let acked_seq = entry.seq.applied_seq;
         for effect in stop_superseded(&reg.name, entry) {
             self.journal.effect(effect);
@@ -182,7 +182,7 @@ impl Scheduler {
         for cref in restarted {
             self.child_lost(cref, &reg.name, "agent restarted");
         }
-        self.capacity_gen += 1;
+        self.dispatcher.capacity_changed();
         info!(agent = %reg.name, address = %reg.address, slots = reg.slots, "agent registered");
         Ok(pb::RegisterResponse {
             agent_id: reg.name,
@@ -286,9 +286,8 @@ impl Scheduler {
                 entry.draining = hb.draining;
                 entry.last_heartbeat_unix_ms = ev.at_unix_ms;
                 entry.seen = true;
-                if entry.full_until.is_some() && hb.running < hb.slots {
-                    entry.full_until = None;
-                    self.capacity_gen += 1;
+                if hb.running < hb.slots && self.dispatcher.agent_not_full(agent) {
+                    self.dispatcher.capacity_changed();
                 }
             }
             durable => {
@@ -364,7 +363,7 @@ impl Scheduler {
                     .held()
                     .map(|c| {
                         self.execs
-                            .get(&c.exec)
+                            .get(c.exec)
                             .map_or(1, |e| u64::from(e.slots_of(c.task as usize)))
                     })
                     .sum();
@@ -381,7 +380,7 @@ impl Scheduler {
                         "quarantined: {}",
                         a.quarantine.reason().map_or("", |(r, _)| r)
                     )
-                } else if a.full_until.is_some_and(|t| now < t) {
+                } else if self.dispatcher.is_full(&a.rec.name, now) {
                     "answered at capacity".to_string()
                 } else {
                     String::new()
@@ -463,8 +462,9 @@ impl Scheduler {
             return Err(CoordinatorError::AgentAlive(name.to_string()));
         }
         self.registry.remove(name);
+        self.dispatcher.forget_agent(name);
         self.journal.agent_removed(name);
-        self.capacity_gen += 1;
+        self.dispatcher.capacity_changed();
         info!(agent = name, "agent removed by an operator");
         Ok(())
     }
@@ -491,7 +491,7 @@ impl Scheduler {
         if a.rec.admin != admin {
             a.rec.admin = admin;
             self.journal.agent(name);
-            self.capacity_gen += 1;
+            self.dispatcher.capacity_changed();
             info!(
                 agent = name,
                 action = action.as_str(),
@@ -525,7 +525,7 @@ impl Scheduler {
 
     /// Whether `agent` may still be sent `cref`'s dispatch.
     pub(crate) fn dispatch_target(&self, cref: ChildRef) -> Option<(String, String)> {
-        let e = self.execs.get(&cref.exec)?;
+        let e = self.execs.get(cref.exec)?;
         let c = &e.tasks[cref.task as usize].children[cref.child as usize];
         let ChildState::Dispatching { agent, .. } = c.state() else {
             return None;
@@ -597,7 +597,7 @@ impl Scheduler {
             }
         }
         if ended {
-            self.capacity_gen += 1;
+            self.dispatcher.capacity_changed();
         }
     }
 }
@@ -605,7 +605,7 @@ impl Scheduler {
 impl Scheduler {
     /// The dispatch id of `c`'s current attempt, if that attempt is on `agent`.
     fn attempt_on(&self, c: ChildRef, agent: &str) -> Option<pb::DispatchId> {
-        let e = self.execs.get(&c.exec)?;
+        let e = self.execs.get(c.exec)?;
         let child = e
             .tasks
             .get(c.task as usize)?

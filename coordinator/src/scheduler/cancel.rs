@@ -121,13 +121,13 @@ impl Scheduler {
         id: &str,
         reason: &str,
     ) -> Result<CancelOutcome, CoordinatorError> {
-        let slot = *self
-            .exec_ids
-            .get(id)
+        let slot = self
+            .execs
+            .slot_of(id)
             .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
         let e = self
             .execs
-            .get_mut(&slot)
+            .get_mut(slot)
             .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
         if e.rec.state.is_terminal() {
             // Ended, not yet evicted from memory: the request changes nothing.
@@ -146,7 +146,10 @@ impl Scheduler {
         }
         let (children_cancelled, children_stopping) = self.cancel_children(slot);
         self.advance(slot);
-        let e = &self.execs[&slot];
+        let e = self
+            .execs
+            .get(slot)
+            .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
         Ok(CancelOutcome {
             state: if e.rec.state.is_terminal() {
                 CancelState::Ended(e.rec.state)
@@ -162,14 +165,14 @@ impl Scheduler {
     /// Cancels what is pending and asks agents to stop what runs; returns
     /// how many children it cancelled and how many it asked to stop.
     pub(crate) fn cancel_children(&mut self, slot: u64) -> (u64, u64) {
-        let Some(e) = self.execs.get_mut(&slot) else {
+        let Some(e) = self.execs.get_mut(slot) else {
             return (0, 0);
         };
         let abandon = e.plan.parent.children_on_cancel == baton_package::ChildrenOnCancel::Abandon;
         let mut pending = Vec::new();
         let mut on_agent = Vec::new();
         for (t, task) in e.tasks.iter_mut().enumerate() {
-            task.queue.clear();
+            task.clear_queue();
             for (i, c) in task.children.iter().enumerate() {
                 let cref = ChildRef {
                     exec: slot,
@@ -218,13 +221,13 @@ impl Scheduler {
         now: Now,
     ) -> Result<ChildCancelState, CoordinatorError> {
         self.at(now);
-        let slot = *self
-            .exec_ids
-            .get(id)
+        let slot = self
+            .execs
+            .slot_of(id)
             .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
         let e = self
             .execs
-            .get_mut(&slot)
+            .get_mut(slot)
             .ok_or_else(|| CoordinatorError::ExecutionNotFound(id.to_string()))?;
         let have: Vec<String> = (e.plan.tasks.iter().zip(&e.tasks))
             .filter(|(_, run)| !run.children.is_empty())
@@ -262,7 +265,7 @@ impl Scheduler {
             info!(execution = %id, child = %format!("{task}[{index}]"), %reason, "child cancel requested");
         }
         if phase == Phase::Pending {
-            run.queue.retain(|&i| i != index);
+            run.unqueue(index);
             self.set_state(cref, Step::End(End::Cancelled));
             self.advance(slot);
             return Ok(ChildCancelState::Ended(Phase::Cancelled));
@@ -274,7 +277,7 @@ impl Scheduler {
     /// After a restart: asks again to stop the children cancelled one by one
     /// that are still on their agents (the first `CancelJob` may have been lost).
     pub(crate) fn restop_cancelled_children(&mut self, slot: u64) {
-        let Some(e) = self.execs.get(&slot) else {
+        let Some(e) = self.execs.get(slot) else {
             return;
         };
         let mut again = Vec::new();
@@ -297,7 +300,7 @@ impl Scheduler {
 
     /// Emits a `CancelJob` for a child's current attempt on its agent.
     pub(crate) fn request_stop(&mut self, cref: ChildRef) {
-        let Some(e) = self.execs.get(&cref.exec) else {
+        let Some(e) = self.execs.get(cref.exec) else {
             return;
         };
         let c = &e.tasks[cref.task as usize].children[cref.child as usize];
@@ -334,7 +337,7 @@ impl Scheduler {
 
     /// Whether `cref` is being cancelled, alone or with its execution.
     pub(crate) fn cancelling(&self, cref: ChildRef) -> bool {
-        self.execs.get(&cref.exec).is_some_and(|e| {
+        self.execs.get(cref.exec).is_some_and(|e| {
             e.rec.cancel_requested
                 || e.tasks[cref.task as usize].children[cref.child as usize]
                     .rec

@@ -1,7 +1,8 @@
 //! The dispatch half of the execution logic: the pump that places pending
 //! children on agents (fairly across executions, within each foreach's
-//! parallelism and each execution's in-flight cap), the StartJob requests, and
-//! what each answer of an agent means.
+//! parallelism and each execution's in-flight cap) by applying the
+//! dispatcher's choices (`dispatcher.rs`), the StartJob requests, and what
+//! each answer of an agent means.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -10,11 +11,11 @@ use baton_proto as pb;
 use tracing::{debug, warn};
 
 use super::child::{ChildState, End, Step};
+use super::dispatcher::Choice;
 use super::ids::AgentId;
 use super::model::{ChildRef, DispatchOutcome, Effect};
 use super::state::Scheduler;
 use crate::clock::Now;
-use crate::placement::{Placement, PlacementRequest, could_take, place};
 use baton_package::Scope;
 
 use crate::prepare::{Work, child_params};
@@ -45,10 +46,7 @@ impl Scheduler {
         let now = self.at(now);
         self.retry_parked_rows();
         let mut views = self.agent_views(now);
-        let order: Vec<u64> = self.exec_order.iter().copied().collect();
-        if let Some(first) = self.exec_order.pop_front() {
-            self.exec_order.push_back(first);
-        }
+        let order = self.dispatcher.take_turns();
         let mut blocked = vec![false; order.len()];
         let mut full = vec![std::collections::BTreeSet::new(); order.len()];
         loop {
@@ -61,7 +59,7 @@ impl Scheduler {
                     Some((cref, target)) => {
                         let slots = self
                             .execs
-                            .get(&slot)
+                            .get(slot)
                             .map_or(1, |e| e.slots_of(cref.task as usize));
                         if let Target::Agent(agent) = &target
                             && let Some(v) = views.iter_mut().find(|v| v.name == *agent)
@@ -89,7 +87,7 @@ impl Scheduler {
         views: &[crate::placement::AgentView],
         full: &mut std::collections::BTreeSet<u32>,
     ) -> Option<(ChildRef, Target)> {
-        let e = self.execs.get(&slot)?;
+        let e = self.execs.get(slot)?;
         if e.rec.state.is_terminal() || e.rec.cancel_requested || e.at_in_flight_cap() {
             return None;
         }
@@ -107,14 +105,14 @@ impl Scheduler {
             }
             let mut cursor = None;
             loop {
-                let e = self.execs.get_mut(&slot)?;
+                let e = self.execs.get_mut(slot)?;
                 let Some(ti) = e.watch.next_queued(kind, cursor) else {
                     break;
                 };
                 cursor = Some(ti);
                 self.stats.task_checks += 1;
                 let run = &e.tasks[ti];
-                if !run.started || run.ended || run.queue.is_empty() {
+                if !run.is_open() || !run.has_queued() {
                     e.watch.unqueue(ti);
                     continue;
                 }
@@ -140,17 +138,17 @@ impl Scheduler {
     /// siblings of the same kind do. (A child run as a sub-execution needs
     /// no agent: never skipped for want of room.)
     fn front_is_plain(&self, slot: u64, ti: usize) -> bool {
-        self.execs.get(&slot).is_some_and(|e| {
+        self.execs.get(slot).is_some_and(|e| {
             let run = &e.tasks[ti];
             !run.package.as_ref().is_some_and(|p| p.fans_out)
                 && run
-                    .queue
-                    .front()
-                    .is_some_and(|&ci| run.children[ci as usize].detours.is_none())
+                    .next_queued()
+                    .is_some_and(|ci| run.children[ci as usize].detours.is_none())
         })
     }
 
-    /// The next child of one task of an execution and where it goes.
+    /// The next child of one task of an execution and where it goes: the
+    /// dispatcher chooses, the scheduler applies its choice.
     fn next_in_task(
         &mut self,
         slot: u64,
@@ -160,128 +158,68 @@ impl Scheduler {
         if self.nested_waits_for_room(slot, ti) {
             return Next::Wait;
         }
-        let gen_now = self.capacity_gen;
-        let Some(e) = self.execs.get_mut(&slot) else {
+        let Some(e) = self.execs.get(slot) else {
             return Next::Wait;
         };
-        if e.rec.state.is_terminal() || e.rec.cancel_requested {
-            return Next::Wait;
-        }
-        let parallelism = e.plan.tasks[ti].parallelism;
-        let child_slots = e.slots_of(ti);
-        if e.at_in_flight_cap() {
-            return Next::Wait;
-        }
-        let policy = &e.rec.placement;
-        let strategy = policy
-            .strategy
-            .as_ref()
-            .unwrap_or(&self.config.default_strategy);
-        let merged;
-        let require = if e.plan.tasks[ti].require.is_empty() {
-            &policy.require
-        } else {
-            let mut m = policy.require.clone();
-            m.extend(e.plan.tasks[ti].require.clone());
-            merged = m;
-            &merged
-        };
-        let task = &mut e.tasks[ti];
-        if task.in_flight >= parallelism {
-            return Next::Wait;
-        }
-        let Some(&ci) = task.queue.front() else {
-            return Next::Wait;
-        };
-        if task.package.as_ref().is_some_and(|p| p.fans_out) {
-            // Nested fan-out: the coordinator runs it, no agent needed.
-            task.queue.pop_front();
-            let cref = ChildRef {
-                exec: slot,
-                task: ti as u16,
-                child: ci,
-            };
-            return Next::Go(cref, Target::SubExecution);
-        }
-        let c = &mut task.children[ci as usize];
-        let mut exclude = std::collections::BTreeSet::new();
-        if let Some(d) = c.detours.as_deref_mut() {
-            if d.excluded_gen != gen_now {
-                d.soft_excluded.clear();
-                d.excluded_gen = gen_now;
+        let registry = &self.registry;
+        let choice =
+            self.dispatcher
+                .choose(e, slot, ti, views, &self.config.default_strategy, |name| {
+                    registry.get(name).is_some_and(|a| registry.is_revoked(a))
+                });
+        match choice {
+            Choice::Wait => Next::Wait,
+            Choice::SubExecution(cref) => {
+                self.take_from_queue(cref);
+                Next::Go(cref, Target::SubExecution)
             }
-            exclude.extend(d.soft_excluded.iter().cloned());
-            exclude.extend(d.hard_rejected.iter().cloned());
-        }
-        let req = PlacementRequest {
-            avoid: c.detours.as_ref().and_then(|d| d.avoid.as_deref()),
-            exclude: Some(&exclude),
-            strategy,
-            require,
-            pin: &policy.pin,
-            slots: child_slots,
-            cursor: task.place.cursor.as_deref(),
-            spread_counts: Some(&task.place.spread),
-        };
-        let cref = ChildRef {
-            exec: slot,
-            task: ti as u16,
-            child: ci,
-        };
-        match place(views, &req) {
-            Placement::Agent(agent) => {
-                task.queue.pop_front();
-                if let crate::placement::Strategy::Spread(label) = strategy {
-                    let value = views
-                        .iter()
-                        .find(|v| v.name == agent)
-                        .and_then(|v| v.labels.get(label))
-                        .cloned()
-                        .unwrap_or_default();
-                    *task.place.spread.entry(value).or_default() += 1;
-                }
-                task.place.cursor = Some(agent.clone());
+            Choice::Agent(cref, agent) => {
+                self.take_from_queue(cref);
                 Next::Go(cref, Target::Agent(agent))
             }
-            Placement::NoCapacity(reason) => {
-                // Agents that refused it for good (package, authorisation,
-                // run-as) will not change their mind: once every registered
-                // agent that could take it (its labels, pin and slots) has,
-                // ready now or not (one restarting or cordoned may come back
-                // and take it), it fails with their reasons instead of waiting
-                // for ever. Agents its constraints rule out, and agents whose
-                // certificate was revoked (they never come back), do not count;
-                // with none left that could take it, it waits.
-                let registry = &self.registry;
-                let refused_by_all = c.detours.as_ref().is_some_and(|d| {
-                    let mut candidates = views
-                        .iter()
-                        .filter(|v| could_take(v, &req))
-                        .filter(|v| {
-                            !registry
-                                .get(&v.name)
-                                .is_some_and(|a| registry.is_revoked(a))
-                        })
-                        .peekable();
-                    candidates.peek().is_some()
-                        && candidates.all(|v| d.hard_rejected.contains(&v.name))
-                });
-                if refused_by_all {
-                    task.queue.pop_front();
+            Choice::RefusedByAll(cref) => {
+                self.take_from_queue(cref);
+                if let Some(c) = self.child_mut(cref) {
                     c.rec.reason = format!("refused by every ready agent: {}", c.rec.reason);
-                    self.set_state(cref, Step::End(End::Failed));
-                    self.advance(slot);
-                    Next::Wait
-                } else {
-                    let plain = c.detours.is_none();
-                    if c.waiting_reason != reason {
-                        c.waiting_reason = reason;
-                        // Watchers show why children wait ([`super::view`]).
-                        e.touched = true;
-                    }
-                    if plain { Next::Full } else { Next::Wait }
                 }
+                self.set_state(cref, Step::End(End::Failed));
+                self.advance(slot);
+                Next::Wait
             }
+            Choice::NoRoom {
+                child,
+                reason,
+                plain,
+            } => {
+                if let Some(e) = self.execs.get_mut(slot)
+                    && let Some(c) = e
+                        .tasks
+                        .get_mut(ti)
+                        .and_then(|t| t.children.get_mut(child.child as usize))
+                    && c.waiting_reason != reason
+                {
+                    c.waiting_reason = reason;
+                    // Watchers show why children wait ([`super::view`]).
+                    e.touched = true;
+                }
+                if plain { Next::Full } else { Next::Wait }
+            }
+        }
+    }
+
+    /// Takes the child the dispatcher chose off the front of its task's queue.
+    fn take_from_queue(&mut self, cref: ChildRef) {
+        if let Some(run) = self
+            .execs
+            .get_mut(cref.exec)
+            .and_then(|e| e.tasks.get_mut(cref.task as usize))
+        {
+            let front = run.take_next_queued();
+            debug_assert_eq!(
+                front,
+                Some(cref.child),
+                "the dispatcher chose the queue's front"
+            );
         }
     }
 
@@ -291,11 +229,7 @@ impl Scheduler {
         if self.parked_nested.is_empty() {
             return false;
         }
-        let Some(&ci) = self
-            .execs
-            .get(&slot)
-            .and_then(|e| e.tasks[ti].queue.front())
-        else {
+        let Some(ci) = self.execs.get(slot).and_then(|e| e.tasks[ti].next_queued()) else {
             return false;
         };
         let cref = ChildRef {
@@ -315,7 +249,7 @@ impl Scheduler {
         &self,
         cref: ChildRef,
     ) -> Result<BTreeMap<String, String>, String> {
-        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let e = self.execs.get(cref.exec).ok_or("execution gone")?;
         let planned = &e.plan.tasks[cref.task as usize];
         let run = &e.tasks[cref.task as usize];
         let c = &run.children[cref.child as usize];
@@ -335,7 +269,7 @@ impl Scheduler {
 
     /// The StartJob request of a child's current attempt (same dispatch id on every resend).
     fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
-        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let e = self.execs.get(cref.exec).ok_or("execution gone")?;
         let run = &e.tasks[cref.task as usize];
         let c = &run.children[cref.child as usize];
         let package = run
@@ -522,10 +456,11 @@ impl Scheduler {
             DispatchOutcome::Rejected { code, reason } => {
                 self.stats.rejections += 1;
                 use pb::RejectCode as R;
-                let full_backoff = self.config.full_backoff;
                 if let Some(a) = self.registry.get_mut(agent) {
                     match code {
-                        R::AtCapacity => a.full_until = Some(now + full_backoff),
+                        R::AtCapacity => self
+                            .dispatcher
+                            .agent_full(agent, now + self.config.full_backoff),
                         R::Draining => a.draining = true,
                         _ => {}
                     }
@@ -536,7 +471,7 @@ impl Scheduler {
                         "agent has seen a newer coordinator epoch; is another coordinator running?"
                     );
                 }
-                let generation = self.capacity_gen;
+                let generation = self.dispatcher.generation();
                 let Some(c) = self.child_mut(cref) else {
                     return;
                 };

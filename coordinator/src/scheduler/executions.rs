@@ -3,16 +3,16 @@
 //! child moves ([`Scheduler::set_state`]), retries, loss and the fencing of
 //! reports. The flow from task to task is in `flow.rs`, dispatch in `dispatch.rs`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use baton_proto as pb;
 use tracing::{debug, info, warn};
 
 use super::child::{COORDINATOR, Child, ChildState, End, Step};
-use super::ids::ExecutionId;
+use super::exec::{Exec, TaskRun};
 use super::model::ChildRef;
-use super::state::{Exec, Scheduler, TaskRun};
+use super::state::Scheduler;
 use crate::clock::Now;
 use crate::prepare::Plan;
 use crate::records::{ChildRecord, ExecutionRecord, Phase};
@@ -34,9 +34,9 @@ impl Scheduler {
     pub(super) fn start_execution(&mut self, rec: ExecutionRecord, plan: Plan) -> String {
         let children = plan.tasks.iter().map(|_| Vec::new()).collect();
         let id = rec.id.clone();
+        info!(execution = %id, package = %rec.package, "execution started");
         let slot = self.insert_exec(rec, None, plan, children);
         self.journal.exec(slot);
-        info!(execution = %id, package = %self.execs[&slot].rec.package, "execution started");
         self.advance(slot);
         id
     }
@@ -71,7 +71,9 @@ impl Scheduler {
         let slot = self.insert_exec(rec, Some(version), plan, children);
         // Children on agents: the agents own them until they report or are lost.
         let mut on_agent = Vec::new();
-        let e = &self.execs[&slot];
+        let Some(e) = self.execs.get(slot) else {
+            return;
+        };
         // (A child that runs as a sub-execution has none: its sub-execution
         // is restored as a running execution of its own.)
         for (t, task) in e.tasks.iter().enumerate() {
@@ -118,30 +120,15 @@ impl Scheduler {
         mut plan: Plan,
         children: Vec<Vec<(ChildRecord, Option<u64>)>>,
     ) -> u64 {
-        let slot = self.alloc_slot();
         let mut phase_counts = [0u64; 9];
         let mut lost_attempts = 0;
         let mut per_agent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut tasks = Vec::with_capacity(plan.tasks.len());
         let mut task_index = HashMap::new();
-        let mut queued = Vec::new();
+        let mut pending = Vec::new();
         for (t, children) in plan.tasks.iter().zip(children) {
             task_index.insert(t.name.clone(), tasks.len() as u16);
-            let mut run = TaskRun {
-                children: Vec::with_capacity(children.len()),
-                queue: VecDeque::new(),
-                in_flight: 0,
-                terminal: 0,
-                failed: 0,
-                place: Default::default(),
-                started: false,
-                ended: false,
-                package: None,
-                params: BTreeMap::new(),
-                awaiting_rows: false,
-                held_rows: None,
-                waiting: String::new(),
-            };
+            let mut run = TaskRun::new(children.len());
             for (rec, version) in children {
                 // The state the record stands for, and the record as its image.
                 let mut child = Child::new(rec);
@@ -150,8 +137,7 @@ impl Scheduler {
                 phase_counts[phase_idx(rec.phase)] += 1;
                 lost_attempts += u64::from(rec.lost);
                 if rec.phase == Phase::Pending {
-                    run.queue.push_back(rec.index);
-                    queued.push(tasks.len());
+                    pending.push((tasks.len(), rec.index));
                 }
                 if rec.phase.is_on_agent() {
                     run.in_flight += 1;
@@ -185,33 +171,29 @@ impl Scheduler {
                 *kinds.entry((t.require.clone(), slots)).or_insert(next)
             })
             .collect();
-        let mut watch = super::task_watch::TaskWatch::new(place_keys);
-        for ti in queued {
-            watch.queued(ti);
-        }
-        self.exec_ids
-            .insert(ExecutionId::new(rec.id.as_str()), slot);
-        self.exec_order.push_back(slot);
-        self.execs.insert(
-            slot,
-            Exec {
-                rec,
-                version,
-                engine: match plan.engine.take() {
-                    Some(engine) => *engine,
-                    None => baton_package::Engine::new(&plan.parent, plan.params.clone()),
-                },
-                plan,
-                tasks,
-                task_index,
-                phase_counts,
-                lost_attempts,
-                per_agent,
-                summary,
-                touched: true,
-                watch,
+        let watch = super::task_watch::TaskWatch::new(place_keys);
+        let mut exec = Exec {
+            rec,
+            version,
+            engine: match plan.engine.take() {
+                Some(engine) => *engine,
+                None => baton_package::Engine::new(&plan.parent, plan.params.clone()),
             },
-        );
+            plan,
+            tasks,
+            task_index,
+            phase_counts,
+            lost_attempts,
+            per_agent,
+            summary,
+            touched: true,
+            watch,
+        };
+        for (ti, ci) in pending {
+            exec.enqueue(ti, ci, false);
+        }
+        let slot = self.execs.insert(exec);
+        self.dispatcher.add_execution(slot);
         slot
     }
 
@@ -221,7 +203,7 @@ impl Scheduler {
     /// release builds too) changes nothing and is counted in
     /// `stats.refused_steps`. Returns whether the step was taken.
     pub(crate) fn set_state(&mut self, cref: ChildRef, step: Step) -> bool {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
+        let Some(e) = self.execs.get_mut(cref.exec) else {
             return false;
         };
         let task = &mut e.tasks[cref.task as usize];
@@ -293,15 +275,11 @@ impl Scheduler {
     }
 
     pub(super) fn child(&self, cref: ChildRef) -> Option<&Child> {
-        self.execs
-            .get(&cref.exec)
-            .map(|e| &e.tasks[cref.task as usize].children[cref.child as usize])
+        self.execs.child(cref)
     }
 
     pub(super) fn child_mut(&mut self, cref: ChildRef) -> Option<&mut Child> {
-        self.execs
-            .get_mut(&cref.exec)
-            .map(|e| &mut e.tasks[cref.task as usize].children[cref.child as usize])
+        self.execs.child_mut(cref)
     }
 
     /// Puts a child back in its task's queue (front: it was next in line)
@@ -311,14 +289,8 @@ impl Scheduler {
         if !self.set_state(cref, step) {
             return;
         }
-        if let Some(e) = self.execs.get_mut(&cref.exec) {
-            e.watch.queued(cref.task as usize);
-            let q = &mut e.tasks[cref.task as usize].queue;
-            if front {
-                q.push_front(cref.child);
-            } else {
-                q.push_back(cref.child);
-            }
+        if let Some(e) = self.execs.get_mut(cref.exec) {
+            e.enqueue(cref.task as usize, cref.child, front);
         }
     }
 
@@ -326,10 +298,10 @@ impl Scheduler {
     fn fenced(&mut self, agent: &str, id: Option<&pb::DispatchId>) -> Option<ChildRef> {
         let id = id?;
         let found = self
-            .exec_ids
-            .get(id.execution_id.as_str())
-            .and_then(|&slot| {
-                let e = &self.execs[&slot];
+            .execs
+            .slot_of(id.execution_id.as_str())
+            .and_then(|slot| {
+                let e = self.execs.get(slot)?;
                 let t = *e.task_index.get(&id.task_path)?;
                 let c = e.tasks[t as usize].children.get(id.item_index as usize)?;
                 let ok = c.state().attempt() == id.attempt
@@ -343,8 +315,8 @@ impl Scheduler {
         if found.is_none() {
             self.stats.stale_events += 1;
             let mut foreign = false;
-            if let Some(&slot) = self.exec_ids.get(id.execution_id.as_str())
-                && let Some(e) = self.execs.get_mut(&slot)
+            if let Some(slot) = self.execs.slot_of(id.execution_id.as_str())
+                && let Some(e) = self.execs.get_mut(slot)
             {
                 e.rec.stale_events += 1;
                 e.touched = true;
@@ -386,10 +358,10 @@ impl Scheduler {
         at_ms: u64,
         now: Instant,
     ) {
-        if let Some(a) = self.registry.get_mut(agent) {
-            a.full_until = None;
+        if self.registry.get(agent).is_some() {
+            self.dispatcher.agent_not_full(agent);
         }
-        self.capacity_gen += 1;
+        self.dispatcher.capacity_changed();
         let Some(cref) = self.fenced(agent, f.dispatch_id.as_ref()) else {
             return;
         };
@@ -421,7 +393,7 @@ impl Scheduler {
 
     /// A child's retry backoff is over: it takes its place in the queue again.
     pub(crate) fn retry_due(&mut self, cref: ChildRef) {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
+        let Some(e) = self.execs.get_mut(cref.exec) else {
             return;
         };
         let max = e.plan.tasks[cref.task as usize].max_failures;
@@ -433,8 +405,7 @@ impl Scheduler {
             return;
         }
         if max.keeps_going(u64::from(task.failed)) {
-            task.queue.push_back(cref.child);
-            e.watch.queued(cref.task as usize);
+            e.enqueue(cref.task as usize, cref.child, false);
             return;
         }
         // Its foreach went past max_failures during the backoff: no new attempt.
@@ -482,7 +453,7 @@ impl Scheduler {
         reason: String,
         now: Option<Instant>,
     ) -> Option<u64> {
-        let e = self.execs.get_mut(&cref.exec)?;
+        let e = self.execs.get_mut(cref.exec)?;
         let retry = e.plan.tasks[cref.task as usize].retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
         c.rec.exit_code = Some(exit_code);
@@ -531,7 +502,7 @@ impl Scheduler {
 
     /// The child's agent is gone: retry it under a new attempt number, or give up.
     pub(crate) fn child_lost(&mut self, cref: ChildRef, agent: &str, why: &str) {
-        let Some(e) = self.execs.get_mut(&cref.exec) else {
+        let Some(e) = self.execs.get_mut(cref.exec) else {
             return;
         };
         let retry = e.plan.tasks[cref.task as usize].retry;

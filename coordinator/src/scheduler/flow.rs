@@ -23,8 +23,9 @@ use baton_package::{PackageOutcome, Scope, TaskOutcome, TaskState};
 use tracing::{info, warn};
 
 use super::child::{Child, End, Step};
+use super::exec::Exec;
 use super::model::ChildRef;
-use super::state::{Exec, Scheduler};
+use super::state::Scheduler;
 use crate::prepare::{Work, child_params, dynamic_items, process_package, single_child_params};
 use crate::records::{ChildRecord, ExecutionState, FinalCounts, Phase, RowsOutcome};
 
@@ -133,7 +134,7 @@ impl Scheduler {
     fn advance_once(&mut self, slot: u64) -> Option<u64> {
         let mut created: Vec<ChildRef> = Vec::new();
         let mut wants_rows: Vec<usize> = Vec::new();
-        match self.execs.get(&slot) {
+        match self.execs.get(slot) {
             Some(e) if !e.rec.state.is_terminal() => {}
             _ => return None,
         }
@@ -146,14 +147,14 @@ impl Scheduler {
         'rows: loop {
             loop {
                 // Only the tasks marked since the last look (see `TaskWatch`).
-                let candidates = match self.execs.get_mut(&slot) {
+                let candidates = match self.execs.get_mut(slot) {
                     Some(e) => e.watch.take_ending(e.tasks.len()),
                     None => return None,
                 };
                 self.stats.task_checks += candidates.len() as u64;
                 let mut progressed = self.stop_failed_foreaches(slot, &candidates);
                 {
-                    let e = self.execs.get_mut(&slot)?;
+                    let e = self.execs.get_mut(slot)?;
                     progressed |= report_ended(e, &candidates);
                     let cancel = e.rec.cancel_requested;
                     for name in e.engine.ready() {
@@ -195,7 +196,7 @@ impl Scheduler {
         for cref in created {
             self.journal.child(cref);
         }
-        let e = self.execs.get_mut(&slot)?;
+        let e = self.execs.get_mut(slot)?;
         if any_created {
             e.touched = true;
         }
@@ -207,7 +208,7 @@ impl Scheduler {
         if self.stop_strays(slot) {
             return None;
         }
-        let e = self.execs.get_mut(&slot)?;
+        let e = self.execs.get_mut(slot)?;
         if e.rec.state.is_terminal() {
             // Ended already (stopping its strays ended a sub-execution, whose
             // end reached this execution first).
@@ -246,13 +247,13 @@ impl Scheduler {
     /// pending ones at once, running ones asked to stop. True while some are
     /// still running (the execution ends when they have).
     fn stop_strays(&mut self, slot: u64) -> bool {
-        let Some(e) = self.execs.get(&slot) else {
+        let Some(e) = self.execs.get(slot) else {
             return false;
         };
         let mut pending = Vec::new();
         let mut running = Vec::new();
         for (ti, run) in e.tasks.iter().enumerate() {
-            if run.started && !run.ended {
+            if run.is_open() {
                 continue;
             }
             for (ci, c) in run.children.iter().enumerate() {
@@ -293,13 +294,11 @@ impl Scheduler {
 fn end_awaiting_rows(e: &mut Exec) -> bool {
     let mut changed = false;
     for ti in 0..e.tasks.len() {
-        if !e.tasks[ti].awaiting_rows {
+        if !e.tasks[ti].awaits_rows() {
             continue;
         }
-        e.tasks[ti].awaiting_rows = false;
-        e.tasks[ti].held_rows = None;
         e.tasks[ti].waiting.clear();
-        e.tasks[ti].ended = true;
+        e.tasks[ti].end();
         let name = e.plan.tasks[ti].name.clone();
         let _ = e
             .engine
@@ -340,18 +339,14 @@ impl Scheduler {
     /// children end `cancelled`. Returns whether anything changed.
     fn stop_failed_foreaches(&mut self, slot: u64, candidates: &[usize]) -> bool {
         let mut doomed = Vec::new();
-        if let Some(e) = self.execs.get_mut(&slot) {
+        if let Some(e) = self.execs.get_mut(slot) {
             for &ti in candidates {
                 let max = e.plan.tasks[ti].max_failures;
                 let run = &mut e.tasks[ti];
-                if !run.started
-                    || run.ended
-                    || run.queue.is_empty()
-                    || max.keeps_going(u64::from(run.failed))
-                {
+                if !run.is_open() || !run.has_queued() || max.keeps_going(u64::from(run.failed)) {
                     continue;
                 }
-                while let Some(ci) = run.queue.pop_front() {
+                while let Some(ci) = run.take_next_queued() {
                     let c = &mut run.children[ci as usize];
                     if c.rec.phase != Phase::Pending {
                         continue;
@@ -381,11 +376,7 @@ fn report_ended(e: &mut Exec, candidates: &[usize]) -> bool {
     let mut changed = false;
     for &ti in candidates {
         let run = &e.tasks[ti];
-        if !run.started
-            || run.ended
-            || run.awaiting_rows
-            || (run.terminal as usize) < run.children.len()
-        {
+        if !run.may_end() || (run.terminal as usize) < run.children.len() {
             continue;
         }
         let planned = &e.plan.tasks[ti];
@@ -417,7 +408,7 @@ fn report_ended(e: &mut Exec, candidates: &[usize]) -> bool {
         if let Err(err) = e.engine.finished(&name, outcome, outputs) {
             warn!(execution = %e.rec.id, task = %name, error = %err, "engine refused a task end");
         }
-        e.tasks[ti].ended = true;
+        e.tasks[ti].end();
         changed = true;
     }
     changed
@@ -441,7 +432,7 @@ fn start_task(
         return;
     };
     let ti = ti as usize;
-    e.tasks[ti].started = true;
+    e.tasks[ti].start();
     e.watch.may_end(ti);
     let planned = planned_shallow(e, ti);
     if let Work::Foreach { fe, .. } = &planned.work
@@ -451,14 +442,14 @@ fn start_task(
         // Decided before a restart: the same again, without reading rows.
         match e.rec.rows_outcomes.get(name).cloned() {
             Some(RowsOutcome::Empty) => {
-                e.tasks[ti].ended = true;
+                e.tasks[ti].end();
                 let _ = e
                     .engine
                     .finished(name, TaskOutcome::Succeeded, BTreeMap::new());
                 return;
             }
             Some(RowsOutcome::Failed(why)) => {
-                e.tasks[ti].ended = true;
+                e.tasks[ti].end();
                 let _ = e.engine.failed(name, why);
                 return;
             }
@@ -466,7 +457,7 @@ fn start_task(
         }
         // Its items are the rows of an earlier task, kept on the agents that
         // ran it: the children are made when they arrive (`rows_fetched`).
-        e.tasks[ti].awaiting_rows = true;
+        e.tasks[ti].await_rows();
         wants_rows.push(ti);
         return;
     }
@@ -509,7 +500,7 @@ pub(super) fn expand(
         Ok(p) => p,
         Err(reason) => {
             let _ = e.engine.failed(name, reason);
-            e.tasks[ti].ended = true;
+            e.tasks[ti].end();
             return;
         }
     };
@@ -522,7 +513,7 @@ pub(super) fn expand(
     }
     if items.is_empty() {
         // A noop, or a foreach over nothing: it has nothing to wait for.
-        run.ended = true;
+        run.end();
         let _ = e
             .engine
             .finished(name, TaskOutcome::Succeeded, BTreeMap::new());
@@ -532,12 +523,11 @@ pub(super) fn expand(
     // The counts changed: watchers and `exec list` must see the new children
     // (a foreach over rows makes them after its execution started).
     e.touched = true;
-    e.watch.queued(ti);
     let run = &mut e.tasks[ti];
     run.children.reserve(items.len());
+    let made = items.len() as u32;
     for (i, item) in items.into_iter().enumerate() {
         let index = i as u32;
-        run.queue.push_back(index);
         run.children.push(Child::new(new_child(name, index, item)));
         created.push(ChildRef {
             exec: slot,
@@ -545,6 +535,7 @@ pub(super) fn expand(
             child: index,
         });
     }
+    e.enqueue_all(ti, 0..made);
 }
 
 /// The items, package and parameters of a task about to start; `Err` is why

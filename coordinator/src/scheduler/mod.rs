@@ -8,10 +8,12 @@
 //! loop around it.
 //!
 //! It is composed of parts with private state, and routes between them: the
-//! registry of agents and revoked certificates (`registry.rs`), each child's
+//! registry of agents and revoked certificates (`registry.rs`), the table of
+//! running executions by slot and by id (`exec_table.rs`), each child's
 //! state and its one transition function (`child.rs`), the flow of a parent
-//! package (`flow.rs`), the dispatcher's pump and timers (`dispatch.rs`,
-//! `timers.rs`) and the journal of records to write and effects to perform
+//! package (`flow.rs`), the dispatcher's state and choices, and its timers
+//! (`dispatcher.rs`, `timers.rs`; the pump that applies them in
+//! `dispatch.rs`) and the journal of records to write and effects to perform
 //! (`journal.rs`). `docs/ARCHITECTURE.md` (*The scheduler*) follows a child
 //! through them.
 //!
@@ -23,14 +25,18 @@
 //! Layers, top down: this file declares the modules and re-exports the
 //! public surface; the `impl Scheduler` blocks sit one file per topic
 //! (`agents.rs`, `executions.rs`, `dispatch.rs`, `flow.rs`, ...), above
-//! `state.rs` (the struct, its executions and its tunables), above the leaf
-//! parts, which import nothing of the scheduler.
+//! `state.rs` (the struct and its tunables), above the parts, which import
+//! nothing of the scheduler but other parts (`exec_table.rs` holds the
+//! `Exec` of `exec.rs`).
 
 mod admission;
 mod agents;
 mod cancel;
 mod child;
 mod dispatch;
+mod dispatcher;
+mod exec;
+mod exec_table;
 mod executions;
 pub(crate) mod flow;
 mod ids;

@@ -47,10 +47,9 @@ impl Scheduler {
                         c.waiting_reason = why;
                     }
                     self.parked_nested.insert(cref, adding);
-                    if let Some(e) = self.execs.get_mut(&cref.exec) {
-                        e.tasks[cref.task as usize].queue.push_front(cref.child);
+                    if let Some(e) = self.execs.get_mut(cref.exec) {
+                        e.enqueue(cref.task as usize, cref.child, true);
                         e.touched = true;
-                        e.watch.queued(cref.task as usize);
                     }
                     Ok(None)
                 }
@@ -92,7 +91,7 @@ impl Scheduler {
         &self,
         cref: ChildRef,
     ) -> Result<(ExecutionRecord, crate::prepare::Plan), String> {
-        let e = self.execs.get(&cref.exec).ok_or("execution gone")?;
+        let e = self.execs.get(cref.exec).ok_or("execution gone")?;
         let depth = e.rec.parent.as_ref().map_or(0, |p| p.depth) + 1;
         if depth > MAX_DEPTH {
             return Err(format!(
@@ -160,7 +159,7 @@ impl Scheduler {
     /// A sub-execution ended: its parent child ends the same way. Returns
     /// the parent execution to move on (the caller does).
     pub(crate) fn nested_ended(&mut self, sub_slot: u64) -> Option<u64> {
-        let sub = self.execs.get(&sub_slot)?;
+        let sub = self.execs.get(sub_slot)?;
         let link = sub.rec.parent.clone()?;
         let state = sub.rec.state;
         let reason = format!("execution {}: {}", sub.rec.id, sub.rec.reason);
@@ -176,11 +175,11 @@ impl Scheduler {
                 }
             }
         }
-        let Some(&slot) = self.exec_ids.get(link.execution_id.as_str()) else {
+        let Some(slot) = self.execs.slot_of(link.execution_id.as_str()) else {
             warn!(execution = %link.execution_id, "the parent of a sub-execution is not running");
             return None;
         };
-        let e = self.execs.get(&slot)?;
+        let e = self.execs.get(slot)?;
         let ti = *e.task_index.get(&link.task)?;
         let cref = ChildRef {
             exec: slot,
@@ -201,7 +200,7 @@ impl Scheduler {
 
     /// Cancels the sub-execution a child runs as (the child ends when it does).
     pub(crate) fn cancel_nested(&mut self, cref: ChildRef, reason: &str) {
-        let Some(e) = self.execs.get(&cref.exec) else {
+        let Some(e) = self.execs.get(cref.exec) else {
             return;
         };
         let parent_id = e.rec.id.clone();
@@ -217,7 +216,7 @@ impl Scheduler {
                         && p.index == index
                         && p.attempt == attempt
                 })
-                .map(|_| (*s, x.rec.id.clone()))
+                .map(|_| (s, x.rec.id.clone()))
         });
         if let Some((_, sub_id)) = sub {
             let _ = self.cancel_execution(&sub_id, reason);
@@ -239,7 +238,7 @@ impl Scheduler {
             .map(|p| (p.execution_id.clone(), p.task.clone(), p.index, p.attempt))
             .collect();
         let mut orphans = Vec::new();
-        for (&slot, e) in &self.execs {
+        for (slot, e) in self.execs.iter() {
             for (ti, run) in e.tasks.iter().enumerate() {
                 for (ci, c) in run.children.iter().enumerate() {
                     if matches!(c.state(), ChildState::SubExecution { .. })

@@ -76,7 +76,7 @@ impl Scheduler {
             }
         }
         for slot in dirty.execs {
-            if let Some(e) = self.execs.get(&slot) {
+            if let Some(e) = self.execs.get(slot) {
                 ops.push(Op::Put {
                     key: execution_key(&e.rec.id),
                     value: serde_json::to_vec(&e.rec).unwrap_or_default(),
@@ -86,7 +86,7 @@ impl Scheduler {
             }
         }
         for cref in dirty.children {
-            if let Some(e) = self.execs.get(&cref.exec) {
+            if let Some(e) = self.execs.get(cref.exec) {
                 let c = &e.tasks[cref.task as usize].children[cref.child as usize];
                 ops.push(Op::Put {
                     key: child_key(&e.rec.id, &c.rec.task, c.rec.index),
@@ -105,13 +105,13 @@ impl Scheduler {
         for w in written {
             match w {
                 Written::Child(c) => {
-                    if let Some(e) = self.execs.get_mut(&c.exec) {
+                    if let Some(e) = self.execs.get_mut(c.exec) {
                         e.tasks[c.task as usize].children[c.child as usize].version =
                             Some(revision);
                     }
                 }
                 Written::Exec(slot) => {
-                    if let Some(e) = self.execs.get_mut(&slot) {
+                    if let Some(e) = self.execs.get_mut(slot) {
                         e.version = Some(revision);
                     }
                 }

@@ -32,7 +32,6 @@ pub(crate) struct AgentEntry {
     pub load1: f64,
     pub running_reported: u32,
     pub draining: bool,
-    pub full_until: Option<Instant>,
     /// Children dispatched to, accepted by or running on this agent (its
     /// slots): changed with the children's states only (`hold`, `release`),
     /// or taken whole when the agent is lost (`drop_children`).
@@ -61,7 +60,6 @@ impl AgentEntry {
             load1: 0.0,
             running_reported: 0,
             draining: false,
-            full_until: None,
             active: Default::default(),
             quarantine: Default::default(),
             superseded: Vec::new(),

@@ -61,8 +61,12 @@ impl Scheduler {
         stored: Vec<(ChildRecord, u64)>,
         now: Now,
     ) -> Result<u64, CoordinatorError> {
-        if let Some(&slot) = self.exec_ids.get(rec.id.as_str()) {
-            let why = if self.execs[&slot].rec.state.is_terminal() {
+        if let Some(slot) = self.execs.slot_of(rec.id.as_str()) {
+            let ending = self
+                .execs
+                .get(slot)
+                .is_some_and(|e| e.rec.state.is_terminal());
+            let why = if ending {
                 "it is ending right now; try again in a moment"
             } else {
                 "it is still running"
@@ -104,11 +108,13 @@ impl Scheduler {
         let id = rec.id.clone();
         self.restore_execution(rec, version, plan, children, now);
         // Write the execution and every reset child (CAS on the revisions read).
-        let Some(&slot) = self.exec_ids.get(id.as_str()) else {
+        let Some(slot) = self.execs.slot_of(id.as_str()) else {
             return Ok(again);
         };
         self.journal.exec(slot);
-        let e = &self.execs[&slot];
+        let Some(e) = self.execs.get(slot) else {
+            return Ok(again);
+        };
         let mut dirty = Vec::with_capacity(reset.len());
         for (task, index) in reset {
             if let Some(&t) = e.task_index.get(&task) {
@@ -122,7 +128,7 @@ impl Scheduler {
         for c in dirty {
             self.journal.child(c);
         }
-        if let Some(e) = self.execs.get_mut(&slot) {
+        if let Some(e) = self.execs.get_mut(slot) {
             e.touched = true;
         }
         Ok(again)

@@ -23,7 +23,7 @@ impl Scheduler {
     /// rows; `Err` says why they cannot be asked (the caller fails the
     /// foreach with it, [`Scheduler::take_rows`]).
     pub(super) fn request_rows(&mut self, slot: u64, ti: usize) -> Result<(), String> {
-        let Some(e) = self.execs.get(&slot) else {
+        let Some(e) = self.execs.get(slot) else {
             return Ok(());
         };
         let Work::Foreach { fe, .. } = &e.plan.tasks[ti].work else {
@@ -84,12 +84,12 @@ impl Scheduler {
 
     /// [`Scheduler::rows_fetched`] at the time of the input being handled.
     fn rows_arrived(&mut self, execution_id: &str, task: &str, rows: Result<Vec<String>, String>) {
-        let Some(&slot) = self.exec_ids.get(execution_id) else {
+        let Some(slot) = self.execs.slot_of(execution_id) else {
             return;
         };
         let Some(ti) = self
             .execs
-            .get(&slot)
+            .get(slot)
             .and_then(|e| e.task_index.get(task).copied())
         else {
             return;
@@ -109,8 +109,8 @@ impl Scheduler {
         ti: usize,
         rows: Result<Vec<String>, String>,
     ) -> bool {
-        let Some((execution_id, task, cancelling)) = self.execs.get(&slot).and_then(|e| {
-            let live = e.tasks[ti].awaiting_rows && !e.rec.state.is_terminal();
+        let Some((execution_id, task, cancelling)) = self.execs.get(slot).and_then(|e| {
+            let live = e.tasks[ti].awaits_rows() && !e.rec.state.is_terminal();
             let names = (e.rec.id.clone(), e.plan.tasks[ti].name.clone());
             live.then_some((names.0, names.1, e.rec.cancel_requested))
         }) else {
@@ -134,14 +134,14 @@ impl Scheduler {
             Ok(rows) if !cancelling => match self.room_for(rows.len() as u64) {
                 Room::Fits => Ok(rows),
                 Room::Wait(why) => {
-                    if let Some(run) = self.execs.get_mut(&slot).map(|e| &mut e.tasks[ti]) {
+                    if let Some(run) = self.execs.get_mut(slot).map(|e| &mut e.tasks[ti]) {
                         if run.waiting.is_empty() {
                             info!(execution = %execution_id, task, "{why}");
                         }
-                        run.held_rows = Some(rows);
+                        run.hold_rows(rows);
                         run.waiting = why;
                         self.parked_rows.insert((slot, ti as u16));
-                        if let Some(e) = self.execs.get_mut(&slot) {
+                        if let Some(e) = self.execs.get_mut(slot) {
                             e.touched = true;
                         }
                     }
@@ -162,16 +162,15 @@ impl Scheduler {
         self.parked_rows.remove(&(slot, ti as u16));
         let mut created = Vec::new();
         {
-            let Some(e) = self.execs.get_mut(&slot) else {
+            let Some(e) = self.execs.get_mut(slot) else {
                 return false;
             };
-            e.tasks[ti].awaiting_rows = false;
-            e.tasks[ti].held_rows = None;
+            e.tasks[ti].rows_done();
             e.tasks[ti].waiting.clear();
             e.watch.may_end(ti);
             let mut outcome = None;
             if cancelling {
-                e.tasks[ti].ended = true;
+                e.tasks[ti].end();
                 let _ = e
                     .engine
                     .finished(task, TaskOutcome::Cancelled, BTreeMap::new());
@@ -190,7 +189,7 @@ impl Scheduler {
                         }
                     }
                     Err(why) => {
-                        e.tasks[ti].ended = true;
+                        e.tasks[ti].end();
                         let _ = e.engine.failed(task, why.clone());
                         outcome = Some(RowsOutcome::Failed(why));
                     }
@@ -214,10 +213,10 @@ impl Scheduler {
             return;
         }
         for (slot, ti) in std::mem::take(&mut self.parked_rows) {
-            let Some(e) = self.execs.get_mut(&slot) else {
+            let Some(e) = self.execs.get_mut(slot) else {
                 continue;
             };
-            let Some(rows) = e.tasks[ti as usize].held_rows.take() else {
+            let Some(rows) = e.tasks[ti as usize].take_held_rows() else {
                 continue;
             };
             let (id, task) = (e.rec.id.clone(), e.plan.tasks[ti as usize].name.clone());

@@ -578,7 +578,7 @@ proptest! {
                 prop_assert!(a.held_count() as u32 <= a.rec.slots, "agent over its slots");
             }
             prop_assert_eq!(s.stats.refused_steps, 0, "the scheduler only takes legal steps");
-            for (&slot, e) in &s.execs {
+            for (slot, e) in s.execs.iter() {
                 for (ti, run) in e.tasks.iter().enumerate() {
                     for (ci, c) in run.children.iter().enumerate() {
                         let cref = ChildRef { exec: slot, task: ti as u16, child: ci as u32 };
@@ -702,7 +702,7 @@ fn records_show_the_time_the_inputs_carried() {
     s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), later);
     let v = s.execution_view("e1").unwrap();
     assert_eq!(v.children[0].finished_unix_ms, 1_003_000);
-    let e = &s.execs[&s.exec_ids["e1"]];
+    let e = s.execs.by_id("e1").expect("e1 is in memory");
     assert_eq!(e.rec.state, ExecutionState::Succeeded);
     assert_eq!(e.rec.finished_unix_ms, 1_003_000);
 }

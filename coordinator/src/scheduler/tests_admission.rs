@@ -207,7 +207,7 @@ fn rows_that_could_never_fit_fail_their_foreach_with_the_reason() {
         reason.contains("cannot make this foreach's children") && reason.contains("at most 10"),
         "{reason}"
     );
-    let e = &s.execs[&s.exec_ids["e1"]];
+    let e = s.execs.by_id("e1").expect("e1 is in memory");
     assert!(matches!(
         e.rec.rows_outcomes.get("each"),
         Some(crate::records::RowsOutcome::Failed(_))

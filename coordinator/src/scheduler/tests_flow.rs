@@ -231,7 +231,7 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
     // What a restart reads back: the execution (cancel requested) and its children.
     let view = s.execution_view("e1").unwrap();
     assert!(view.children.iter().all(|c| c.phase == Phase::Running));
-    let e = &s.execs[&s.exec_ids["e1"]];
+    let e = s.execs.by_id("e1").expect("e1 is in memory");
     let (rec, plan) = (e.rec.clone(), e.plan.clone());
     assert!(rec.cancel_requested);
     let stored: Vec<(ChildRecord, u64)> = view.children.into_iter().map(|c| (c, 7)).collect();
@@ -301,7 +301,7 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
         .count();
     assert_eq!(fetches, 1, "the rows of list are asked for");
     s.rows_fetched("e1", "each", Ok(Vec::new()), Now::read());
-    let e = &s.execs[&s.exec_ids["e1"]];
+    let e = s.execs.by_id("e1").expect("e1 is in memory");
     assert_eq!(
         e.rec.rows_outcomes.get("each"),
         Some(&crate::records::RowsOutcome::Empty)
@@ -311,7 +311,7 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
 
     // A restart before `last` ended: the replay does not read rows again.
     let view = s.execution_view("e1").unwrap();
-    let e = &s.execs[&s.exec_ids["e1"]];
+    let e = s.execs.by_id("e1").expect("e1 is in memory");
     let (rec, plan) = (e.rec.clone(), e.plan.clone());
     let stored: Vec<(ChildRecord, u64)> = view.children.into_iter().map(|c| (c, 7)).collect();
     let mut s2 = long_lease();
@@ -442,7 +442,7 @@ fn a_rows_foreach_whose_rows_are_on_a_forgotten_agent_fails_and_the_flow_goes_on
     }
     s.agent_event("a", done, now);
     let view = s.execution_view("e1").unwrap();
-    let e = &s.execs[&s.exec_ids["e1"]];
+    let e = s.execs.by_id("e1").expect("e1 is in memory");
     let (rec, plan) = (e.rec.clone(), e.plan.clone());
     let stored: Vec<(ChildRecord, u64)> = view.children.into_iter().map(|c| (c, 7)).collect();
 
@@ -456,7 +456,7 @@ fn a_rows_foreach_whose_rows_are_on_a_forgotten_agent_fails_and_the_flow_goes_on
         .count();
     assert_eq!(fetches, 0, "nobody to ask");
     assert_eq!(state(&s2, "each"), "failed");
-    let e = &s2.execs[&s2.exec_ids["e1"]];
+    let e = s2.execs.by_id("e1").expect("e1 is in memory");
     assert!(
         matches!(e.rec.rows_outcomes.get("each"),
             Some(crate::records::RowsOutcome::Failed(why)) if why.contains("does not know any more")),

@@ -3,7 +3,8 @@
 //! `summary.rs`; ended executions are forgotten here once durable.
 
 use super::child::Child;
-use super::state::{Exec, Scheduler};
+use super::exec::Exec;
+use super::state::Scheduler;
 use super::summary::{ExecutionView, PHASES, Summary, base, count_phase, pick_children};
 use crate::records::{ChildRecord, Phase};
 
@@ -31,10 +32,7 @@ fn waiting_reason(e: &Exec) -> String {
         if !run.waiting.is_empty() {
             return run.waiting.clone();
         }
-        if let Some(c) = run
-            .queue
-            .front()
-            .and_then(|&i| run.children.get(i as usize))
+        if let Some(c) = run.next_queued().and_then(|i| run.children.get(i as usize))
             && !c.waiting_reason.is_empty()
         {
             return c.waiting_reason.clone();
@@ -47,7 +45,7 @@ impl Scheduler {
     /// One child of an in-memory execution: `None` when the execution is not
     /// in memory, `Some(None)` when it has no such child (yet).
     pub fn child_record(&self, id: &str, task: &str, index: u32) -> Option<Option<ChildRecord>> {
-        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        let e = self.execs.by_id(id)?;
         let found = e
             .task_index
             .get(task)
@@ -63,7 +61,7 @@ impl Scheduler {
 
     /// The live view with at most `limit` children ([`pick_children`]).
     pub fn execution_view_limited(&self, id: &str, limit: usize) -> Option<ExecutionView> {
-        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        let e = self.execs.by_id(id)?;
         let all: Vec<&Child> = e.tasks.iter().flat_map(|t| &t.children).collect();
         let phases: Vec<Phase> = all.iter().map(|c| c.rec.phase).collect();
         let picked = if all.len() <= limit {
@@ -110,7 +108,7 @@ impl Scheduler {
 
     /// A receiver of an in-memory execution's summaries.
     pub fn watch(&self, id: &str) -> Option<tokio::sync::watch::Receiver<Summary>> {
-        let e = self.execs.get(self.exec_ids.get(id)?)?;
+        let e = self.execs.by_id(id)?;
         Some(e.summary.subscribe())
     }
 
@@ -123,15 +121,14 @@ impl Scheduler {
                 e.touched = false;
                 e.summary.send_replace(summary_of(e));
             }
-            if e.rec.state.is_terminal() && !self.journal.exec_is_dirty(*slot) {
-                ended.push(*slot);
+            if e.rec.state.is_terminal() && !self.journal.exec_is_dirty(slot) {
+                ended.push(slot);
             }
         }
         for slot in ended {
-            if let Some(e) = self.execs.remove(&slot) {
-                self.exec_ids.remove(e.rec.id.as_str());
-                self.exec_order.retain(|s| *s != slot);
+            if self.execs.remove(slot).is_some() {
                 self.timers.forget_execution(slot);
+                self.dispatcher.forget_execution(slot);
                 self.parked_nested.retain(|c, _| c.exec != slot);
                 self.parked_rows.retain(|(s, _)| *s != slot);
                 self.registry.forget_execution(slot);
