@@ -58,7 +58,9 @@ pub(crate) struct Dispatcher {
     /// dispatch (cut short by any event that frees a slot).
     full_until: HashMap<String, Instant>,
     /// Per task (execution slot, task index).
-    memory: HashMap<(u64, u16), PlaceMemory>,
+    /// Per execution slot, per task: forgotten with the execution in one step,
+    /// whatever the number of executions and tasks in memory.
+    memory: HashMap<u64, HashMap<u16, PlaceMemory>>,
 }
 
 impl Dispatcher {
@@ -70,7 +72,7 @@ impl Dispatcher {
     /// Forgets an execution that left memory.
     pub(crate) fn forget_execution(&mut self, slot: u64) {
         self.turns.retain(|s| *s != slot);
-        self.memory.retain(|(s, _), _| *s != slot);
+        self.memory.remove(&slot);
     }
 
     /// The executions in the order they take their turn in this pump; the
@@ -166,7 +168,12 @@ impl Dispatcher {
             }
             exclude.extend(d.hard_rejected.iter().cloned());
         }
-        let memory = self.memory.entry((slot, ti as u16)).or_default();
+        let memory = self
+            .memory
+            .entry(slot)
+            .or_default()
+            .entry(ti as u16)
+            .or_default();
         let req = PlacementRequest {
             avoid: detours.and_then(|d| d.avoid.as_deref()),
             exclude: Some(&exclude),

@@ -33,7 +33,8 @@ impl Executions {
     pub(crate) fn insert(&mut self, e: Exec) -> u64 {
         let slot = self.next_slot;
         self.next_slot += 1;
-        self.by_id.insert(ExecutionId::new(e.rec.id.as_str()), slot);
+        let earlier = self.by_id.insert(ExecutionId::new(e.rec.id.as_str()), slot);
+        debug_assert!(earlier.is_none(), "an execution id inserted twice");
         self.by_slot.insert(slot, e);
         slot
     }
@@ -41,7 +42,11 @@ impl Executions {
     /// Forgets an execution (its slot and id).
     pub(crate) fn remove(&mut self, slot: u64) -> Option<Exec> {
         let e = self.by_slot.remove(&slot)?;
-        self.by_id.remove(e.rec.id.as_str());
+        // The id's entry goes only if it is this slot's (an id is inserted once
+        // today; should that change, a removal must not orphan another slot).
+        if self.by_id.get(e.rec.id.as_str()) == Some(&slot) {
+            self.by_id.remove(e.rec.id.as_str());
+        }
         Some(e)
     }
 
