@@ -61,6 +61,25 @@ struct GlobalOpts {
     /// (secrets shown as `<set>`), and exit without running it.
     #[arg(long = "print-config", global = true, help_heading = "Configuration")]
     print_config: bool,
+    /// How log lines are written to stderr: `text` (one line each, colour only at
+    /// a terminal) or `json` (one JSON object per line: timestamp, level, fields,
+    /// and the span a line belongs to, for a log collector).
+    #[arg(
+        long = "log-format",
+        value_name = "FORMAT",
+        env = "BATON_LOG_FORMAT",
+        global = true,
+        default_value = "text",
+        help_heading = "Configuration"
+    )]
+    log_format: LogFormat,
+}
+
+/// The `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Connection options written before the subcommand (`baton --coordinator URL
@@ -143,19 +162,28 @@ enum Cmd {
     AgentWatchdog,
 }
 
-fn init_tracing(default: &str) {
+fn init_tracing(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colour codes only for a person at a terminal (and not under NO_COLOR):
-    // a log collector or a file gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let _ = tracing_subscriber::fmt()
-        .with_ansi(ansi)
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match format {
+        // Colour codes only for a person at a terminal (and not under
+        // NO_COLOR): a log collector or a file gets plain text.
+        LogFormat::Text => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
 }
 
 async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
@@ -228,7 +256,7 @@ fn main() -> ExitCode {
         cli.cmd,
         Cmd::Coordinator(_) | Cmd::Agent(_) | Cmd::AgentWatchdog
     );
-    init_tracing(if daemon { "info" } else { "warn" });
+    init_tracing(if daemon { "info" } else { "warn" }, cli.global.log_format);
     // After tracing: an old name that is set but overridden is warned about.
     if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
         eprintln!("error[{}]: {}", e.code, e.message);
