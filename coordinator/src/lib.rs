@@ -4,9 +4,11 @@
 //! packages, places each child job on an agent ([`placement`]) and dispatches
 //! it over gRPC, and learns what became of it from each agent's completion
 //! stream. All decisions live in [`scheduler::Scheduler`], a plain struct
-//! driven by one task ([`scheduler_task`]); the gRPC services in [`grpc`] are
-//! thin adapters. The coordinator and the agent meet only through
-//! `baton-proto`.
+//! driven by one task ([`scheduler_task`]), which alone does its IO. The gRPC
+//! services in [`grpc`] decode, authorize ([`auth`]) and audit each call;
+//! executions go through [`api`] and that task, while enrolment, renewal and
+//! the catalog write the store through the modules that own those records.
+//! The coordinator and the agent meet only through `baton-proto`.
 
 pub mod api;
 pub mod auth;
