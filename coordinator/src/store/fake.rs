@@ -128,10 +128,7 @@ impl FakeStore {
     /// Applies `ops` if every precondition holds.
     fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
         let mut st = self.state();
-        for op in &ops {
-            let (key, pre) = match op {
-                Op::Put { key, pre, .. } | Op::Delete { key, pre } => (key, *pre),
-            };
+        for (key, pre) in ops.iter().filter_map(Op::precondition) {
             let existing = st.kv.get(key).map(|(_, r)| *r);
             let ok = match pre {
                 Precondition::Any => true,
@@ -139,7 +136,9 @@ impl FakeStore {
                 Precondition::Revision(r) => existing == Some(r),
             };
             if !ok {
-                return Err(StoreError::Conflict { key: key.clone() });
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                });
             }
         }
         st.revision += 1;
@@ -161,6 +160,19 @@ impl FakeStore {
                         key: key.clone(),
                         revision,
                     });
+                }
+                Op::Check { .. } => {}
+                Op::DeletePrefix { prefix } => {
+                    let keys: Vec<String> = st
+                        .kv
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in keys {
+                        st.kv.remove(&key);
+                        evs.push(WatchEvent::Delete { key, revision });
+                    }
                 }
             }
         }

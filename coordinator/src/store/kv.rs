@@ -44,12 +44,37 @@ pub enum Op {
         key: String,
         pre: Precondition,
     },
+    /// A precondition on `key` that writes nothing: the batch applies only
+    /// if it holds (a [`StoreError::Conflict`] on `key` otherwise).
+    Check {
+        key: String,
+        pre: Precondition,
+    },
+    /// Deletes every key starting with `prefix` (none is an error), in the
+    /// same revision as the rest of the batch. No precondition: put a
+    /// [`Op::Check`] beside it for one.
+    DeletePrefix {
+        prefix: String,
+    },
 }
 
 impl Op {
+    /// The key the operation is about (the prefix for [`Op::DeletePrefix`]).
     pub fn key(&self) -> &str {
         match self {
-            Op::Put { key, .. } | Op::Delete { key, .. } => key,
+            Op::Put { key, .. } | Op::Delete { key, .. } | Op::Check { key, .. } => key,
+            Op::DeletePrefix { prefix } => prefix,
+        }
+    }
+
+    /// The key and precondition to check before the batch applies, if any
+    /// ([`Op::DeletePrefix`] has none).
+    pub fn precondition(&self) -> Option<(&str, Precondition)> {
+        match self {
+            Op::Put { key, pre, .. } | Op::Delete { key, pre } | Op::Check { key, pre } => {
+                Some((key, *pre))
+            }
+            Op::DeletePrefix { .. } => None,
         }
     }
 }
