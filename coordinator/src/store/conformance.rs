@@ -18,6 +18,7 @@ pub(crate) async fn run_all(store: &dyn Store) {
     watch_sees_later_commits(store).await;
     check_is_a_precondition_without_a_write(store).await;
     delete_prefix_deletes_exactly_the_prefix(store).await;
+    batches_over_the_limits_are_refused(store).await;
 }
 
 async fn cas_semantics(store: &dyn Store) {
@@ -248,4 +249,49 @@ async fn delete_prefix_deletes_exactly_the_prefix(store: &dyn Store) {
         }])
         .await
         .unwrap();
+}
+
+/// Only for a backend with limits: a batch at a limit applies, one over it is
+/// refused whole with `TooLarge`.
+async fn batches_over_the_limits_are_refused(store: &dyn Store) {
+    let limits = store.limits();
+    if let Some(max) = limits.max_ops_per_commit {
+        let batch = |n: usize| -> Vec<Op> {
+            (0..n)
+                .map(|i| put(&format!("lim/o{i}"), "", Precondition::Any))
+                .collect()
+        };
+        let at = batch(max);
+        if limits.admit(&at).is_ok() {
+            store.commit(at).await.unwrap();
+        }
+        let over = batch(max + 1);
+        let err = store.commit(over).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooLarge { ops, limits: l, .. } if ops == max + 1 && l == limits),
+            "{err}"
+        );
+        assert!(store.get(&format!("lim/o{max}")).await.unwrap().is_none());
+    }
+    if let Some(max) = limits.max_bytes_per_commit {
+        let key = "lim/b";
+        let fits = "x".repeat(max - key.len());
+        store
+            .commit(vec![put(key, &fits, Precondition::Any)])
+            .await
+            .unwrap();
+        let over = "y".repeat(max - key.len() + 1);
+        let err = store
+            .commit(vec![put(key, &over, Precondition::Any)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooLarge { ops: 1, bytes, .. } if bytes == max + 1),
+            "{err}"
+        );
+        assert_eq!(
+            store.get(key).await.unwrap().unwrap().value,
+            fits.as_bytes()
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
 
 use super::kv::{
-    BoxFuture, KeyValue, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
 };
 
 /// One commit the store applied.
@@ -36,6 +36,8 @@ struct State {
     revision: Revision,
     /// Commits still to fail on purpose.
     fail_next: usize,
+    /// What a commit may hold (unbounded unless a test says otherwise).
+    limits: Limits,
     applied: Vec<Commit>,
 }
 
@@ -87,6 +89,11 @@ impl FakeStore {
         self.state().fail_next = n;
     }
 
+    /// Refuses, from now on, commits over `limits` (as a replicated backend would).
+    pub fn set_limits(&self, limits: Limits) {
+        self.state().limits = limits;
+    }
+
     /// How many commits were asked for so far (applied, failed or waiting).
     pub fn commits_started(&self) -> usize {
         *self.started.borrow()
@@ -128,6 +135,7 @@ impl FakeStore {
     /// Applies `ops` if every precondition holds.
     fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
         let mut st = self.state();
+        st.limits.admit(&ops)?;
         for (key, pre) in ops.iter().filter_map(Op::precondition) {
             let existing = st.kv.get(key).map(|(_, r)| *r);
             let ok = match pre {
@@ -232,6 +240,10 @@ impl Store for FakeStore {
         })
     }
 
+    fn limits(&self) -> Limits {
+        self.state().limits
+    }
+
     fn watch(&self, prefix: &str) -> Watch {
         Watch::new(prefix.to_string(), self.events.subscribe())
     }
@@ -262,6 +274,16 @@ mod tests {
     #[tokio::test]
     async fn fake_store_passes_conformance() {
         let store = FakeStore::new();
+        crate::store::conformance::run_all(store.as_ref()).await;
+    }
+
+    #[tokio::test]
+    async fn fake_store_with_limits_passes_conformance() {
+        let store = FakeStore::new();
+        store.set_limits(Limits {
+            max_ops_per_commit: Some(8),
+            max_bytes_per_commit: Some(256),
+        });
         crate::store::conformance::run_all(store.as_ref()).await;
     }
 

@@ -79,6 +79,48 @@ impl Op {
     }
 }
 
+/// How much one commit may hold, as the backend says ([`Store::limits`]);
+/// `None` is unbounded. A layer above can split work into batches that fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Operations per batch (an [`Op::DeletePrefix`] counts as one).
+    pub max_ops_per_commit: Option<usize>,
+    /// Bytes per batch, as [`Limits::batch_bytes`] counts them.
+    pub max_bytes_per_commit: Option<usize>,
+}
+
+impl Limits {
+    /// No limit: the embedded backend's and the fake's by default.
+    pub const UNBOUNDED: Limits = Limits {
+        max_ops_per_commit: None,
+        max_bytes_per_commit: None,
+    };
+
+    /// The bytes a batch counts for: every operation's key (or prefix) and value.
+    pub fn batch_bytes(ops: &[Op]) -> usize {
+        ops.iter()
+            .map(|op| match op {
+                Op::Put { key, value, .. } => key.len() + value.len(),
+                other => other.key().len(),
+            })
+            .sum()
+    }
+
+    /// [`StoreError::TooLarge`] if `ops` exceeds these limits.
+    pub fn admit(&self, ops: &[Op]) -> Result<(), StoreError> {
+        let bytes = Self::batch_bytes(ops);
+        let over = |max: Option<usize>, n: usize| max.is_some_and(|m| n > m);
+        if over(self.max_ops_per_commit, ops.len()) || over(self.max_bytes_per_commit, bytes) {
+            return Err(StoreError::TooLarge {
+                ops: ops.len(),
+                bytes,
+                limits: *self,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A change seen by a watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -95,6 +137,16 @@ pub enum StoreError {
     /// The backend failed (IO, corruption, connection).
     #[error("store backend: {0}")]
     Backend(String),
+    /// The batch exceeds the backend's [`Limits`]; nothing was applied. The
+    /// same batch is always refused: split it.
+    #[error(
+        "a batch of {ops} operations and {bytes} bytes exceeds the store's limits ({limits:?})"
+    )]
+    TooLarge {
+        ops: usize,
+        bytes: usize,
+        limits: Limits,
+    },
     /// A watcher fell behind and missed changes; re-read and watch again.
     #[error("watch lagged behind by {0} batches")]
     Lagged(u64),
@@ -125,6 +177,11 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Applies `ops` atomically if all preconditions hold; returns the new revision.
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Revision, StoreError>>;
+    /// How much one commit may hold; a larger batch is refused with
+    /// [`StoreError::TooLarge`]. Unbounded unless the backend says otherwise.
+    fn limits(&self) -> Limits {
+        Limits::UNBOUNDED
+    }
     /// Changes under `prefix` committed after this call.
     fn watch(&self, prefix: &str) -> Watch;
     /// Bytes the store occupies on disk (for benchmarks and retention).

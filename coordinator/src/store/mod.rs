@@ -19,5 +19,5 @@ pub(crate) mod conformance;
 pub(crate) mod fake;
 
 pub use kv::{
-    BoxFuture, KeyValue, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
 };
