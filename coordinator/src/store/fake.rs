@@ -36,6 +36,8 @@ struct State {
     revision: Revision,
     /// Commits still to fail on purpose.
     fail_next: usize,
+    /// Commits still to refuse as `Unavailable` (after those that fail).
+    unavailable_next: usize,
     /// What a commit may hold (unbounded unless a test says otherwise).
     limits: Limits,
     applied: Vec<Commit>,
@@ -87,6 +89,12 @@ impl FakeStore {
     /// The next `n` commits fail as a backend failure, applying nothing.
     pub fn fail_next_commits(&self, n: usize) {
         self.state().fail_next = n;
+    }
+
+    /// The next `n` commits (after any [`Self::fail_next_commits`]) are
+    /// refused as `Unavailable`, applying nothing, as a backend without quorum.
+    pub fn unavailable_next_commits(&self, n: usize) {
+        self.state().unavailable_next = n;
     }
 
     /// Refuses, from now on, commits over `limits` (as a replicated backend would).
@@ -225,16 +233,22 @@ impl Store for FakeStore {
         self.started.send_modify(|n| *n += 1);
         let fail = {
             let mut st = self.state();
-            let fail = st.fail_next > 0;
-            st.fail_next = st.fail_next.saturating_sub(1);
-            fail
+            if st.fail_next > 0 {
+                st.fail_next -= 1;
+                Some(StoreError::Backend("injected commit failure".into()))
+            } else if st.unavailable_next > 0 {
+                st.unavailable_next -= 1;
+                Some(StoreError::Unavailable("injected: no quorum".into()))
+            } else {
+                None
+            }
         };
         let mut held = self.held.subscribe();
         Box::pin(async move {
             // The sender lives in `self`: this cannot fail while `self` lives.
             let _ = held.wait_for(|h| !*h).await;
-            if fail {
-                return Err(StoreError::Backend("injected commit failure".into()));
+            if let Some(e) = fail {
+                return Err(e);
             }
             self.apply(ops)
         })
@@ -313,10 +327,28 @@ mod tests {
         for _ in 0..2 {
             let err = store.commit(vec![put("k")]).await.unwrap_err();
             assert!(matches!(err, StoreError::Backend(_)), "{err}");
+            assert!(!err.retryable());
         }
         assert!(store.value("k").is_none());
         store.commit(vec![put("k")]).await.unwrap();
         assert_eq!(store.value("k").as_deref(), Some(&b"v"[..]));
         assert_eq!((store.commits_started(), store.applied().len()), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn unavailable_commits_are_retryable_and_apply_nothing() {
+        let store = FakeStore::new();
+        store.fail_next_commits(1);
+        store.unavailable_next_commits(2);
+        let first = store.commit(vec![put("k")]).await.unwrap_err();
+        assert!(matches!(first, StoreError::Backend(_)), "{first}");
+        for _ in 0..2 {
+            let err = store.commit(vec![put("k")]).await.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+            assert!(err.retryable());
+        }
+        assert!(store.value("k").is_none() && store.applied().is_empty());
+        store.commit(vec![put("k")]).await.unwrap();
+        assert_eq!(store.value("k").as_deref(), Some(&b"v"[..]));
     }
 }

@@ -128,13 +128,22 @@ pub enum WatchEvent {
     Delete { key: String, revision: Revision },
 }
 
-/// Store failures.
+/// Store failures, classified by what the caller can do ([`StoreError::retryable`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A precondition did not hold; nothing of the batch was applied.
     #[error("precondition failed on key '{key}'")]
     Conflict { key: String },
-    /// The backend failed (IO, corruption, connection).
+    /// This writer lost its right to write (another coordinator leads, or
+    /// its lease ended); nothing was applied, and nothing it sends will be.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// The backend cannot be reached or has no quorum now; the batch may be
+    /// retried later (a replicated backend applies a batch at most once per
+    /// revision precondition, so a retry with preconditions is safe).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed for good (IO, corruption, a refused request).
     #[error("store backend: {0}")]
     Backend(String),
     /// The batch exceeds the backend's [`Limits`]; nothing was applied. The
@@ -150,6 +159,25 @@ pub enum StoreError {
     /// A watcher fell behind and missed changes; re-read and watch again.
     #[error("watch lagged behind by {0} batches")]
     Lagged(u64),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if made again later, unchanged:
+    /// - `Unavailable`: yes, the backend may come back;
+    /// - `Lagged`: yes, once the watcher re-reads and watches again;
+    /// - `Conflict`: no, the precondition is stale: re-read, then decide;
+    /// - `Fenced`: no, this writer may not write any more;
+    /// - `TooLarge`: no, the same batch is always too large: split it;
+    /// - `Backend`: no, the failure is fatal.
+    pub fn retryable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Lagged(_) => true,
+            StoreError::Conflict { .. }
+            | StoreError::Fenced(_)
+            | StoreError::TooLarge { .. }
+            | StoreError::Backend(_) => false,
+        }
+    }
 }
 
 /// The store trait. Implementations are cheap to share (`Arc<dyn Store>`).
