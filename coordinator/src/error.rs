@@ -28,6 +28,15 @@ pub enum CoordinatorError {
     StoreConflict(String),
     #[error("store: {0}")]
     Store(String),
+    /// The store cannot be reached now (no quorum, connection lost).
+    #[error("store unavailable: {0}")]
+    StoreUnavailable(String),
+    /// This coordinator may no longer write to the store (another leads).
+    #[error("store fenced this coordinator: {0}")]
+    StoreFenced(String),
+    /// A batch larger than the store accepts in one commit.
+    #[error("{0}")]
+    StoreBatchTooLarge(String),
     #[error("permission denied: {0}")]
     PermissionDenied(String),
     #[error("unauthenticated: {0}")]
@@ -160,6 +169,9 @@ impl CoordinatorError {
             CoordinatorError::AgentAlive(_) => "AGENT_ALIVE",
             CoordinatorError::StoreConflict(_) => "STORE_CONFLICT",
             CoordinatorError::Store(_) => "STORE_FAILED",
+            CoordinatorError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
+            CoordinatorError::StoreFenced(_) => "STORE_FENCED",
+            CoordinatorError::StoreBatchTooLarge(_) => "STORE_BATCH_TOO_LARGE",
             CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",
             CoordinatorError::Unauthenticated(_) => "UNAUTHENTICATED",
             CoordinatorError::TokenUsed(_) => "TOKEN_USED",
@@ -201,6 +213,7 @@ impl CoordinatorError {
             self,
             CoordinatorError::ShuttingDown
                 | CoordinatorError::Store(_)
+                | CoordinatorError::StoreUnavailable(_)
                 | CoordinatorError::Transport(_)
                 | CoordinatorError::AgentUnreachable(_)
                 | CoordinatorError::AgentBusy(_)
@@ -213,7 +226,62 @@ impl From<StoreError> for CoordinatorError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict { key } => CoordinatorError::StoreConflict(key),
-            other => CoordinatorError::Store(other.to_string()),
+            StoreError::Unavailable(why) => CoordinatorError::StoreUnavailable(why),
+            StoreError::Fenced(why) => CoordinatorError::StoreFenced(why),
+            e @ StoreError::TooLarge { .. } => CoordinatorError::StoreBatchTooLarge(e.to_string()),
+            e @ (StoreError::Backend(_) | StoreError::Lagged(_)) => {
+                CoordinatorError::Store(e.to_string())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Limits;
+
+    #[test]
+    fn store_errors_keep_their_class_as_coordinator_errors() {
+        let cases = [
+            (
+                StoreError::Conflict { key: "k".into() },
+                "STORE_CONFLICT",
+                false,
+            ),
+            (
+                StoreError::Unavailable("no quorum".into()),
+                "STORE_UNAVAILABLE",
+                true,
+            ),
+            (
+                StoreError::Fenced("lease lost".into()),
+                "STORE_FENCED",
+                false,
+            ),
+            (
+                StoreError::TooLarge {
+                    ops: 3,
+                    bytes: 9,
+                    limits: Limits {
+                        max_ops_per_commit: Some(2),
+                        max_bytes_per_commit: None,
+                    },
+                },
+                "STORE_BATCH_TOO_LARGE",
+                false,
+            ),
+            (StoreError::Backend("disk".into()), "STORE_FAILED", false),
+        ];
+        for (store_err, code, store_retryable) in cases {
+            assert_eq!(store_err.retryable(), store_retryable, "{store_err}");
+            let e = CoordinatorError::from(store_err);
+            assert_eq!(e.code(), code, "{e}");
+            if code != "STORE_FAILED" {
+                // STORE_FAILED stays retryable for a caller of the API: the
+                // coordinator may have restarted on a sound store meanwhile.
+                assert_eq!(e.retryable(), store_retryable, "{e}");
+            }
         }
     }
 }

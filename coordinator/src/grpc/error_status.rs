@@ -43,7 +43,11 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::Unauthenticated(_)
         | CoordinatorError::TokenExpired(_)
         | CoordinatorError::TokenRevoked(_) => Code::Unauthenticated,
-        CoordinatorError::ShuttingDown | CoordinatorError::Transport(_) => Code::Unavailable,
+        CoordinatorError::ShuttingDown
+        | CoordinatorError::Transport(_)
+        | CoordinatorError::StoreUnavailable(_) => Code::Unavailable,
+        CoordinatorError::StoreFenced(_) => Code::FailedPrecondition,
+        CoordinatorError::StoreBatchTooLarge(_) => Code::Internal,
         CoordinatorError::Store(_) | CoordinatorError::Io(_) | CoordinatorError::Secret(_) => {
             Code::Internal
         }

@@ -16,6 +16,9 @@ pub(crate) async fn run_all(store: &dyn Store) {
     batches_are_atomic(store).await;
     range_is_by_prefix_in_order(store).await;
     watch_sees_later_commits(store).await;
+    check_is_a_precondition_without_a_write(store).await;
+    delete_prefix_deletes_exactly_the_prefix(store).await;
+    batches_over_the_limits_are_refused(store).await;
 }
 
 async fn cas_semantics(store: &dyn Store) {
@@ -124,4 +127,171 @@ async fn watch_sees_later_commits(store: &dyn Store) {
         .await
         .unwrap();
     assert!(matches!(second, Some(Ok(WatchEvent::Delete { ref key, .. })) if key == "w/1"));
+}
+
+async fn check_is_a_precondition_without_a_write(store: &dyn Store) {
+    let r1 = store
+        .commit(vec![put("chk/a", "1", Precondition::Absent)])
+        .await
+        .unwrap();
+    // A check that holds lets the batch apply and leaves its key alone.
+    let r2 = store
+        .commit(vec![
+            Op::Check {
+                key: "chk/a".into(),
+                pre: Precondition::Revision(r1),
+            },
+            Op::Check {
+                key: "chk/none".into(),
+                pre: Precondition::Absent,
+            },
+            put("chk/b", "1", Precondition::Any),
+        ])
+        .await
+        .unwrap();
+    let a = store.get("chk/a").await.unwrap().unwrap();
+    assert_eq!((a.value.as_slice(), a.mod_revision), (&b"1"[..], r1));
+    assert!(store.get("chk/none").await.unwrap().is_none());
+    assert_eq!(store.get("chk/b").await.unwrap().unwrap().mod_revision, r2);
+    // A check that fails refuses the whole batch, naming its key.
+    let err = store
+        .commit(vec![
+            put("chk/c", "1", Precondition::Any),
+            Op::Check {
+                key: "chk/a".into(),
+                pre: Precondition::Absent,
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { ref key } if key == "chk/a"));
+    assert!(store.get("chk/c").await.unwrap().is_none());
+    let err = store
+        .commit(vec![
+            Op::Check {
+                key: "chk/b".into(),
+                pre: Precondition::Revision(r1),
+            },
+            put("chk/c", "1", Precondition::Any),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { ref key } if key == "chk/b"));
+    assert!(store.get("chk/c").await.unwrap().is_none());
+}
+
+async fn delete_prefix_deletes_exactly_the_prefix(store: &dyn Store) {
+    let before = store
+        .commit(vec![
+            put("dp/1/a", "x", Precondition::Any),
+            put("dp/1/b/c", "x", Precondition::Any),
+            put("dp/10/a", "sibling", Precondition::Any),
+            put("dp/1", "parent", Precondition::Any),
+        ])
+        .await
+        .unwrap();
+    let mut w = store.watch("dp/");
+    let rev = store
+        .commit(vec![
+            Op::DeletePrefix {
+                prefix: "dp/1/".into(),
+            },
+            put("dp/2", "new", Precondition::Absent),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(rev, before + 1, "one batch moves the revision once");
+    let keys: Vec<String> = store
+        .range("dp/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
+    assert_eq!(keys, ["dp/1", "dp/10/a", "dp/2"]);
+    assert_eq!(store.get("dp/2").await.unwrap().unwrap().mod_revision, rev);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), w.next())
+            .await
+            .unwrap();
+        match ev {
+            Some(Ok(WatchEvent::Delete { key, revision })) => seen.push((key, revision)),
+            Some(Ok(WatchEvent::Put(kv))) => seen.push((kv.key, kv.mod_revision)),
+            other => panic!("unexpected watch event {other:?}"),
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("dp/1/a".to_string(), rev),
+            ("dp/1/b/c".to_string(), rev),
+            ("dp/2".to_string(), rev)
+        ]
+    );
+    // Nothing under the prefix, a precondition elsewhere failing: nothing applies.
+    let err = store
+        .commit(vec![
+            Op::DeletePrefix {
+                prefix: "dp/10/".into(),
+            },
+            put("dp/2", "again", Precondition::Absent),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { ref key } if key == "dp/2"));
+    assert!(store.get("dp/10/a").await.unwrap().is_some());
+    // An empty prefix range is no error.
+    store
+        .commit(vec![Op::DeletePrefix {
+            prefix: "dp/none/".into(),
+        }])
+        .await
+        .unwrap();
+}
+
+/// Only for a backend with limits: a batch at a limit applies, one over it is
+/// refused whole with `TooLarge`.
+async fn batches_over_the_limits_are_refused(store: &dyn Store) {
+    let limits = store.limits();
+    if let Some(max) = limits.max_ops_per_commit {
+        let batch = |n: usize| -> Vec<Op> {
+            (0..n)
+                .map(|i| put(&format!("lim/o{i}"), "", Precondition::Any))
+                .collect()
+        };
+        let at = batch(max);
+        if limits.admit(&at).is_ok() {
+            store.commit(at).await.unwrap();
+        }
+        let over = batch(max + 1);
+        let err = store.commit(over).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooLarge { ops, limits: l, .. } if ops == max + 1 && l == limits),
+            "{err}"
+        );
+        assert!(store.get(&format!("lim/o{max}")).await.unwrap().is_none());
+    }
+    if let Some(max) = limits.max_bytes_per_commit {
+        let key = "lim/b";
+        let fits = "x".repeat(max - key.len());
+        store
+            .commit(vec![put(key, &fits, Precondition::Any)])
+            .await
+            .unwrap();
+        let over = "y".repeat(max - key.len() + 1);
+        let err = store
+            .commit(vec![put(key, &over, Precondition::Any)])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooLarge { ops: 1, bytes, .. } if bytes == max + 1),
+            "{err}"
+        );
+        assert_eq!(
+            store.get(key).await.unwrap().unwrap().value,
+            fits.as_bytes()
+        );
+    }
 }

@@ -98,11 +98,16 @@ impl EmbeddedStore {
         })
     }
 
-    /// Applies a batch in one write transaction; returns its revision.
-    fn commit_blocking(db: &Database, ops: &[Op]) -> Result<Revision, StoreError> {
+    /// Applies a batch in one write transaction; returns its revision and,
+    /// for each [`Op::DeletePrefix`] in order, the keys it deleted.
+    fn commit_blocking(
+        db: &Database,
+        ops: &[Op],
+    ) -> Result<(Revision, Vec<Vec<String>>), StoreError> {
         let tx = db.begin_write().map_err(backend)?;
         let revision;
         let mut raw = Vec::new();
+        let mut deleted = Vec::new();
         {
             let mut kv = tx.open_table(KV).map_err(backend)?;
             let mut meta = tx.open_table(META).map_err(backend)?;
@@ -112,10 +117,8 @@ impl EmbeddedStore {
                 .map_or(0, |v| v.value());
             revision = current + 1;
             for op in ops {
-                let (key, pre) = match op {
-                    Op::Put { key, pre, .. } | Op::Delete { key, pre } => (key.as_str(), *pre),
-                };
-                if pre != Precondition::Any {
+                if let Some((key, pre)) = op.precondition().filter(|(_, p)| *p != Precondition::Any)
+                {
                     // Only the revision prefix is read (no copy of the value).
                     let existing = match kv.get(key).map_err(backend)? {
                         Some(v) => Some(revision_of(key, v.value())?),
@@ -143,12 +146,27 @@ impl EmbeddedStore {
                     Op::Delete { key, .. } => {
                         kv.remove(key.as_str()).map_err(backend)?;
                     }
+                    Op::Check { .. } => {}
+                    Op::DeletePrefix { prefix } => {
+                        let mut keys = Vec::new();
+                        for entry in kv.range(prefix.as_str()..).map_err(backend)? {
+                            let (k, _) = entry.map_err(backend)?;
+                            if !k.value().starts_with(prefix.as_str()) {
+                                break;
+                            }
+                            keys.push(k.value().to_string());
+                        }
+                        for key in &keys {
+                            kv.remove(key.as_str()).map_err(backend)?;
+                        }
+                        deleted.push(keys);
+                    }
                 }
             }
             meta.insert(REVISION_KEY, revision).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
-        Ok(revision)
+        Ok((revision, deleted))
     }
 }
 
@@ -210,9 +228,9 @@ impl Store for EmbeddedStore {
         let db = self.db.clone();
         let events = self.events.clone();
         Box::pin(async move {
-            let (revision, ops) = tokio::task::spawn_blocking(move || {
+            let ((revision, deleted), ops) = tokio::task::spawn_blocking(move || {
                 let db = db.read().unwrap_or_else(|p| p.into_inner());
-                Self::commit_blocking(&db, &ops).map(|rev| (rev, ops))
+                Self::commit_blocking(&db, &ops).map(|done| (done, ops))
             })
             .await
             .map_err(backend)??;
@@ -220,17 +238,26 @@ impl Store for EmbeddedStore {
             // commit, so a watch opened while it ran still sees it); they
             // take the values over instead of copying them.
             if events.receiver_count() > 0 {
-                let evs = ops
-                    .into_iter()
-                    .map(|op| match op {
-                        Op::Put { key, value, .. } => WatchEvent::Put(KeyValue {
+                let mut deleted = deleted.into_iter();
+                let mut evs = Vec::with_capacity(ops.len());
+                for op in ops {
+                    match op {
+                        Op::Put { key, value, .. } => evs.push(WatchEvent::Put(KeyValue {
                             key,
                             value,
                             mod_revision: revision,
-                        }),
-                        Op::Delete { key, .. } => WatchEvent::Delete { key, revision },
-                    })
-                    .collect();
+                        })),
+                        Op::Delete { key, .. } => evs.push(WatchEvent::Delete { key, revision }),
+                        Op::Check { .. } => {}
+                        Op::DeletePrefix { .. } => evs.extend(
+                            deleted
+                                .next()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|key| WatchEvent::Delete { key, revision }),
+                        ),
+                    }
+                }
                 let _ = events.send(Arc::new(evs));
             }
             Ok(revision)

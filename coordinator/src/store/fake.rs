@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
 
 use super::kv::{
-    BoxFuture, KeyValue, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
 };
 
 /// One commit the store applied.
@@ -36,6 +36,10 @@ struct State {
     revision: Revision,
     /// Commits still to fail on purpose.
     fail_next: usize,
+    /// Commits still to refuse as `Unavailable` (after those that fail).
+    unavailable_next: usize,
+    /// What a commit may hold (unbounded unless a test says otherwise).
+    limits: Limits,
     applied: Vec<Commit>,
 }
 
@@ -87,6 +91,17 @@ impl FakeStore {
         self.state().fail_next = n;
     }
 
+    /// The next `n` commits (after any [`Self::fail_next_commits`]) are
+    /// refused as `Unavailable`, applying nothing, as a backend without quorum.
+    pub fn unavailable_next_commits(&self, n: usize) {
+        self.state().unavailable_next = n;
+    }
+
+    /// Refuses, from now on, commits over `limits` (as a replicated backend would).
+    pub fn set_limits(&self, limits: Limits) {
+        self.state().limits = limits;
+    }
+
     /// How many commits were asked for so far (applied, failed or waiting).
     pub fn commits_started(&self) -> usize {
         *self.started.borrow()
@@ -128,10 +143,8 @@ impl FakeStore {
     /// Applies `ops` if every precondition holds.
     fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
         let mut st = self.state();
-        for op in &ops {
-            let (key, pre) = match op {
-                Op::Put { key, pre, .. } | Op::Delete { key, pre } => (key, *pre),
-            };
+        st.limits.admit(&ops)?;
+        for (key, pre) in ops.iter().filter_map(Op::precondition) {
             let existing = st.kv.get(key).map(|(_, r)| *r);
             let ok = match pre {
                 Precondition::Any => true,
@@ -139,7 +152,9 @@ impl FakeStore {
                 Precondition::Revision(r) => existing == Some(r),
             };
             if !ok {
-                return Err(StoreError::Conflict { key: key.clone() });
+                return Err(StoreError::Conflict {
+                    key: key.to_string(),
+                });
             }
         }
         st.revision += 1;
@@ -161,6 +176,19 @@ impl FakeStore {
                         key: key.clone(),
                         revision,
                     });
+                }
+                Op::Check { .. } => {}
+                Op::DeletePrefix { prefix } => {
+                    let keys: Vec<String> = st
+                        .kv
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for key in keys {
+                        st.kv.remove(&key);
+                        evs.push(WatchEvent::Delete { key, revision });
+                    }
                 }
             }
         }
@@ -205,19 +233,29 @@ impl Store for FakeStore {
         self.started.send_modify(|n| *n += 1);
         let fail = {
             let mut st = self.state();
-            let fail = st.fail_next > 0;
-            st.fail_next = st.fail_next.saturating_sub(1);
-            fail
+            if st.fail_next > 0 {
+                st.fail_next -= 1;
+                Some(StoreError::Backend("injected commit failure".into()))
+            } else if st.unavailable_next > 0 {
+                st.unavailable_next -= 1;
+                Some(StoreError::Unavailable("injected: no quorum".into()))
+            } else {
+                None
+            }
         };
         let mut held = self.held.subscribe();
         Box::pin(async move {
             // The sender lives in `self`: this cannot fail while `self` lives.
             let _ = held.wait_for(|h| !*h).await;
-            if fail {
-                return Err(StoreError::Backend("injected commit failure".into()));
+            if let Some(e) = fail {
+                return Err(e);
             }
             self.apply(ops)
         })
+    }
+
+    fn limits(&self) -> Limits {
+        self.state().limits
     }
 
     fn watch(&self, prefix: &str) -> Watch {
@@ -254,6 +292,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn fake_store_with_limits_passes_conformance() {
+        let store = FakeStore::new();
+        store.set_limits(Limits {
+            max_ops_per_commit: Some(8),
+            max_bytes_per_commit: Some(256),
+        });
+        crate::store::conformance::run_all(store.as_ref()).await;
+    }
+
+    #[tokio::test]
     async fn a_held_commit_applies_nothing_until_released() {
         let store = FakeStore::new();
         store.hold_commits();
@@ -279,10 +327,28 @@ mod tests {
         for _ in 0..2 {
             let err = store.commit(vec![put("k")]).await.unwrap_err();
             assert!(matches!(err, StoreError::Backend(_)), "{err}");
+            assert!(!err.retryable());
         }
         assert!(store.value("k").is_none());
         store.commit(vec![put("k")]).await.unwrap();
         assert_eq!(store.value("k").as_deref(), Some(&b"v"[..]));
         assert_eq!((store.commits_started(), store.applied().len()), (3, 1));
+    }
+
+    #[tokio::test]
+    async fn unavailable_commits_are_retryable_and_apply_nothing() {
+        let store = FakeStore::new();
+        store.fail_next_commits(1);
+        store.unavailable_next_commits(2);
+        let first = store.commit(vec![put("k")]).await.unwrap_err();
+        assert!(matches!(first, StoreError::Backend(_)), "{first}");
+        for _ in 0..2 {
+            let err = store.commit(vec![put("k")]).await.unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+            assert!(err.retryable());
+        }
+        assert!(store.value("k").is_none() && store.applied().is_empty());
+        store.commit(vec![put("k")]).await.unwrap();
+        assert_eq!(store.value("k").as_deref(), Some(&b"v"[..]));
     }
 }

@@ -4,7 +4,10 @@
 //! Keys are UTF-8 paths (`e/<execution>`, `c/<execution>/<task>/<index>`);
 //! every key carries the revision of its last write, and [`Store::commit`]
 //! applies a batch atomically only if every precondition holds — the
-//! mechanism that records a child's terminal state exactly once. Two backends
+//! mechanism that records a child's terminal state exactly once. A batch may
+//! also check a key without writing it and delete a whole prefix; a backend
+//! states its limits per commit, and its errors say whether a retry can help
+//! ([`StoreError::retryable`]). Two backends
 //! are planned: [`embedded::EmbeddedStore`] (redb, one file, the default) and
 //! etcd for HA coordinators; both must pass the `conformance` suite. Tests
 //! use `fake::FakeStore`: in memory, it passes the same suite and can hold,
@@ -19,5 +22,5 @@ pub(crate) mod conformance;
 pub(crate) mod fake;
 
 pub use kv::{
-    BoxFuture, KeyValue, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
 };
