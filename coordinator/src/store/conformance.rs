@@ -249,6 +249,19 @@ async fn delete_prefix_deletes_exactly_the_prefix(store: &dyn Store) {
         }])
         .await
         .unwrap();
+    // An empty prefix (every key) is refused, and nothing of its batch applies.
+    let err = store
+        .commit(vec![
+            put("dp/3", "x", Precondition::Any),
+            Op::DeletePrefix {
+                prefix: String::new(),
+            },
+        ])
+        .await
+        .unwrap_err();
+    assert!(!err.retryable(), "{err}");
+    assert!(store.get("dp/3").await.unwrap().is_none());
+    assert!(store.get("dp/10/a").await.unwrap().is_some());
 }
 
 /// Only for a backend with limits: a batch at a limit applies, one over it is

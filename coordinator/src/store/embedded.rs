@@ -104,6 +104,7 @@ impl EmbeddedStore {
         db: &Database,
         ops: &[Op],
     ) -> Result<(Revision, Vec<Vec<String>>), StoreError> {
+        super::kv::check_batch(ops)?;
         let tx = db.begin_write().map_err(backend)?;
         let revision;
         let mut raw = Vec::new();

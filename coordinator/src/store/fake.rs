@@ -142,6 +142,7 @@ impl FakeStore {
 
     /// Applies `ops` if every precondition holds.
     fn apply(&self, ops: Vec<Op>) -> Result<Revision, StoreError> {
+        super::kv::check_batch(&ops)?;
         let mut st = self.state();
         st.limits.admit(&ops)?;
         for (key, pre) in ops.iter().filter_map(Op::precondition) {

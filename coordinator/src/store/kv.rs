@@ -121,6 +121,21 @@ impl Limits {
     }
 }
 
+/// Refuses a batch no backend may apply whatever the state: a delete by an
+/// empty prefix (it would delete every key). Backends call it before anything
+/// else.
+pub fn check_batch(ops: &[Op]) -> Result<(), StoreError> {
+    if ops
+        .iter()
+        .any(|op| matches!(op, Op::DeletePrefix { prefix } if prefix.is_empty()))
+    {
+        return Err(StoreError::Backend(
+            "a delete by prefix needs a non-empty prefix".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A change seen by a watcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
