@@ -14,6 +14,8 @@ use baton_proto::coordinator_service_server::{CoordinatorService, CoordinatorSer
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
+
+use crate::logs::tests::collect;
 use tonic::{Request, Response, Status};
 
 use crate::{AgentConfig, run};
@@ -436,32 +438,6 @@ async fn start_jobs_decides_each_job_in_order() {
             .count()
     });
     assert_eq!(started, 2, "nothing more started after the refused call");
-}
-
-/// Every chunk of a log stream, stdout and stderr apart, and the error that ended it.
-async fn collect(
-    mut rx: tokio::sync::mpsc::Receiver<crate::logs::Sent<baton_proto::LogChunk>>,
-) -> (
-    Vec<u8>,
-    Vec<u8>,
-    Vec<baton_proto::LogChunk>,
-    Option<crate::error::AgentError>,
-) {
-    let (mut out, mut err, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
-    while let Some(item) = rx.recv().await {
-        match item {
-            Ok(c) => {
-                if c.stream == baton_proto::LogStream::Stdout as i32 {
-                    out.extend_from_slice(&c.data);
-                } else {
-                    err.extend_from_slice(&c.data);
-                }
-                chunks.push(c);
-            }
-            Err(e) => return (out, err, chunks, Some(e)),
-        }
-    }
-    (out, err, chunks, None)
 }
 
 #[tokio::test]

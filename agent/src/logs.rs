@@ -251,7 +251,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -290,7 +290,9 @@ mod tests {
         d
     }
 
-    async fn collect(
+    /// Every chunk of a log stream, stdout and stderr apart, and the error that
+    /// ended it (also used by the crate-level tests).
+    pub(crate) async fn collect(
         mut rx: mpsc::Receiver<Sent<pb::LogChunk>>,
     ) -> (Vec<u8>, Vec<u8>, Vec<pb::LogChunk>, Option<AgentError>) {
         let (mut out, mut err, mut chunks) = (Vec::new(), Vec::new(), Vec::new());

@@ -142,29 +142,44 @@ impl Supervisor {
         // Looked up at every start (outside the lock: it may ask NSS), never cached.
         let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
         let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
-        let cancel = JobCancel::new();
-        {
-            let mut st = self.state.lock().unwrap();
-            if st.jobs.state(&job.dispatch) != JobState::Unknown {
-                return Ok(());
-            }
-            let running = st.jobs.running_len();
-            match st.admission.check(&job, running) {
-                Decision::New => {}
-                Decision::Duplicate => return Ok(()),
-                Decision::Reject(r) => return Err(r),
-            }
-            st.admission.record_accepted(job.dispatch.clone());
-            st.jobs.insert_running(job.dispatch.clone(), cancel.clone());
+        let Some(cancel) = self.take(&job)? else {
+            return Ok(());
+        };
+        let this = self.clone();
+        self.spawn_runner(async move { this.run(plan, cancel).await });
+        Ok(())
+    }
+
+    /// Records `job` as accepted and running, under the lock: admission decides
+    /// again, since another call may have changed the state after [`Self::check`].
+    /// `None`: the same job is there already (a duplicate, accepted).
+    fn take(&self, job: &StartJob) -> Result<Option<JobCancel>, Rejection> {
+        let mut st = self.state.lock().unwrap();
+        if st.jobs.state(&job.dispatch) != JobState::Unknown {
+            return Ok(None);
         }
+        let running = st.jobs.running_len();
+        match st.admission.check(job, running) {
+            Decision::New => {}
+            Decision::Duplicate => return Ok(None),
+            Decision::Reject(r) => return Err(r),
+        }
+        let cancel = JobCancel::new();
+        st.admission.record_accepted(job.dispatch.clone());
+        st.jobs.insert_running(job.dispatch.clone(), cancel.clone());
+        Ok(Some(cancel))
+    }
+
+    /// Runs an accepted job's work as its runner task, counted in `tasks` until
+    /// it ends (its finished event is durable by then).
+    fn spawn_runner(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
         self.tasks.send_modify(|n| *n += 1);
         self.spawned.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         tokio::spawn(async move {
-            this.clone().run(plan, cancel).await;
+            work.await;
             this.tasks.send_modify(|n| *n -= 1);
         });
-        Ok(())
     }
 
     fn check(&self, job: &StartJob) -> Decision {
@@ -350,25 +365,11 @@ impl Supervisor {
                 ),
             ));
         }
-        let cancel = JobCancel::new();
-        {
-            let mut st = self.state.lock().unwrap();
-            let running = st.jobs.running_len();
-            match st.admission.check(&job, running) {
-                Decision::New => {}
-                Decision::Duplicate => return Ok(()),
-                Decision::Reject(r) => return Err(r),
-            }
-            st.admission.record_accepted(job.dispatch.clone());
-            st.jobs.insert_running(job.dispatch.clone(), cancel.clone());
-        }
-        self.tasks.send_modify(|n| *n += 1);
-        self.spawned.fetch_add(1, Ordering::Relaxed);
+        let Some(cancel) = self.take(&job)? else {
+            return Ok(());
+        };
         let this = self.clone();
-        tokio::spawn(async move {
-            this.clone().fetch_then_run(job, cancel).await;
-            this.tasks.send_modify(|n| *n -= 1);
-        });
+        self.spawn_runner(async move { this.fetch_then_run(job, cancel).await });
         Ok(())
     }
 

@@ -461,7 +461,16 @@ mod fetch {
             .set_source(format!("http://{}", silent.local_addr().unwrap()), None);
         let job = by_hash(1);
         sup.start_job(job.clone()).unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The fetch is under way once it has connected.
+        let listener = silent.try_clone().unwrap();
+        let _conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || listener.accept()),
+        )
+        .await
+        .expect("the fetch connects")
+        .unwrap()
+        .unwrap();
         assert!(sup.cancel_job(&job.dispatch));
         let evs = events(&outbox, 1).await;
         let f = last_finished(&evs);

@@ -581,23 +581,36 @@ impl ControlApi {
         Ok(tonic::Response::new(pb::CancelChildResponse { state }))
     }
 
+    /// The child (and attempt) whose logs or rows `who` asks for, once `read` on
+    /// its execution's folder is checked.
+    async fn readable_child(
+        &self,
+        who: &crate::auth::Principal,
+        call: &str,
+        execution_id: &str,
+        child: &str,
+        attempt: u32,
+    ) -> Result<super::child_output::Target, tonic::Status> {
+        let folder = self.folder_of(execution_id).await?;
+        self.auth
+            .require(who, Permission::Read, &folder, call)
+            .await
+            .map_err(status)?;
+        self.outputs
+            .target(execution_id, child, attempt)
+            .await
+            .map_err(status)
+    }
+
     async fn stream_logs_call(
         &self,
         request: tonic::Request<pb::StreamLogsRequest>,
     ) -> Result<tonic::Response<super::child_output::Proxied<pb::LogChunk>>, tonic::Status> {
-        const CALL: &str = "StreamLogs";
-        let who = self.who(&request, CALL).await?;
+        let who = self.who(&request, "StreamLogs").await?;
         let r = request.into_inner();
-        let folder = self.folder_of(&r.execution_id).await?;
-        self.auth
-            .require(&who, Permission::Read, &folder, CALL)
-            .await
-            .map_err(status)?;
         let target = self
-            .outputs
-            .target(&r.execution_id, &r.child, r.attempt)
-            .await
-            .map_err(status)?;
+            .readable_child(&who, "StreamLogs", &r.execution_id, &r.child, r.attempt)
+            .await?;
         let req = pb::StreamJobLogsRequest {
             dispatch_id: None,
             stream: r.stream,
@@ -613,19 +626,11 @@ impl ControlApi {
         &self,
         request: tonic::Request<pb::StreamRowsRequest>,
     ) -> Result<tonic::Response<super::child_output::Proxied<pb::RowBatch>>, tonic::Status> {
-        const CALL: &str = "StreamRows";
-        let who = self.who(&request, CALL).await?;
+        let who = self.who(&request, "StreamRows").await?;
         let r = request.into_inner();
-        let folder = self.folder_of(&r.execution_id).await?;
-        self.auth
-            .require(&who, Permission::Read, &folder, CALL)
-            .await
-            .map_err(status)?;
         let target = self
-            .outputs
-            .target(&r.execution_id, &r.child, r.attempt)
-            .await
-            .map_err(status)?;
+            .readable_child(&who, "StreamRows", &r.execution_id, &r.child, r.attempt)
+            .await?;
         let s = self.outputs.rows(&target).await.map_err(status)?;
         Ok(tonic::Response::new(s))
     }
