@@ -29,8 +29,8 @@ fn newest_mtime(dir: &Path) -> Option<SystemTime> {
 }
 
 /// Removes the job directories under `root` (`root/<execution>/<job>`) older
-/// than `keep_for` at `now`, except `running`; then empty execution
-/// directories. Returns how many job directories it removed.
+/// than `keep_for` at `now`, except `running`; then execution directories left
+/// empty and as old. Returns how many job directories it removed.
 pub fn prune(
     root: &Path,
     keep_for: Duration,
@@ -69,7 +69,10 @@ pub fn prune(
                 }
             }
         }
-        if left == 0 {
+        // An empty execution directory goes only once it is old too: one whose
+        // jobs all left nothing (their directories went back to the pool) may
+        // be about to get its next job's directory.
+        if left == 0 && newest_mtime(&exec_dir).is_some_and(|t| t < horizon) {
             let _ = std::fs::remove_dir(&exec_dir);
         }
     }
@@ -142,5 +145,25 @@ mod tests {
             root.path().join(".running").exists(),
             "records of running groups stay"
         );
+    }
+
+    #[test]
+    fn an_empty_execution_directory_stays_while_it_is_young() {
+        let root = tempfile::tempdir().unwrap();
+        // Its jobs' directories all went back to the pool: it is empty, and its
+        // next job's directory may be made in it any moment.
+        let exec = root.path().join("e1");
+        std::fs::create_dir(&exec).unwrap();
+        let keep = HashSet::new();
+        prune(
+            root.path(),
+            Duration::from_secs(3),
+            SystemTime::now(),
+            &keep,
+        );
+        assert!(exec.exists());
+        let later = SystemTime::now() + Duration::from_secs(60);
+        prune(root.path(), Duration::from_secs(3), later, &keep);
+        assert!(!exec.exists(), "gone once old");
     }
 }

@@ -331,11 +331,13 @@ fn prepare_dir_blocking(
     let parent = dir.parent().unwrap_or(Path::new("/"));
     // The execution's directory: others may pass through it to their own job
     // directory but not list it.
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o711)
-        .create(parent)
-        .map_err(failed)?;
+    let make_parent = || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
+    };
+    make_parent().map_err(failed)?;
     if run_as.is_none()
         && let Some(free) = pool.take()
     {
@@ -365,6 +367,12 @@ fn prepare_dir_blocking(
         // exist it costs more than the mkdir.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             std::fs::remove_dir_all(dir).map_err(failed)?;
+            fresh().map_err(failed)?;
+        }
+        // Retention removed the execution's directory, empty and old, between
+        // its making above and now: made again, once.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            make_parent().map_err(failed)?;
             fresh().map_err(failed)?;
         }
         Err(e) => return Err(failed(e)),
