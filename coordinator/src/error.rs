@@ -34,6 +34,10 @@ pub enum CoordinatorError {
     /// This coordinator may no longer write to the store (another leads).
     #[error("store fenced this coordinator: {0}")]
     StoreFenced(String),
+    /// This coordinator is a standby: another one leads (its advertised URL,
+    /// when known, is in `leader`). Clients retry there.
+    #[error("{}", not_leader_message(.leader))]
+    NotLeader { leader: Option<String> },
     /// A batch larger than the store accepts in one commit.
     #[error("{0}")]
     StoreBatchTooLarge(String),
@@ -171,6 +175,7 @@ impl CoordinatorError {
             CoordinatorError::Store(_) => "STORE_FAILED",
             CoordinatorError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             CoordinatorError::StoreFenced(_) => "STORE_FENCED",
+            CoordinatorError::NotLeader { .. } => "NOT_LEADER",
             CoordinatorError::StoreBatchTooLarge(_) => "STORE_BATCH_TOO_LARGE",
             CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",
             CoordinatorError::Unauthenticated(_) => "UNAUTHENTICATED",
@@ -283,5 +288,12 @@ mod tests {
                 assert_eq!(e.retryable(), store_retryable, "{e}");
             }
         }
+    }
+}
+
+fn not_leader_message(leader: &Option<String>) -> String {
+    match leader {
+        Some(url) => format!("this coordinator is a standby; the leader is {url}"),
+        None => "this coordinator is a standby and no coordinator leads now (an election is under way); retry shortly".into(),
     }
 }

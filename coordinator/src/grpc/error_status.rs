@@ -7,6 +7,8 @@ use crate::error::CoordinatorError;
 pub const ERROR_CODE_KEY: &str = "baton-code";
 /// Metadata key of the seconds to wait before retrying (on COORDINATOR_BUSY).
 pub const RETRY_AFTER_KEY: &str = "retry-after";
+/// Metadata key of the leader's URL on NOT_LEADER (absent while none leads).
+pub const LEADER_KEY: &str = "baton-leader";
 
 /// The one mapping from domain errors to gRPC statuses.
 pub fn status(e: CoordinatorError) -> tonic::Status {
@@ -45,7 +47,8 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         | CoordinatorError::TokenRevoked(_) => Code::Unauthenticated,
         CoordinatorError::ShuttingDown
         | CoordinatorError::Transport(_)
-        | CoordinatorError::StoreUnavailable(_) => Code::Unavailable,
+        | CoordinatorError::StoreUnavailable(_)
+        | CoordinatorError::NotLeader { .. } => Code::Unavailable,
         CoordinatorError::StoreFenced(_) => Code::FailedPrecondition,
         CoordinatorError::StoreBatchTooLarge(_) => Code::Internal,
         CoordinatorError::Store(_) | CoordinatorError::Io(_) | CoordinatorError::Secret(_) => {
@@ -66,7 +69,16 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         | CoordinatorError::RenewTooSoon { retry_after_s, .. } => Some(*retry_after_s),
         _ => None,
     };
+    let leader = match &e {
+        CoordinatorError::NotLeader { leader } => leader.clone(),
+        _ => None,
+    };
     let mut s = tonic::Status::new(code, e.to_string());
+    if let Some(url) = leader
+        && let Ok(v) = url.parse()
+    {
+        s.metadata_mut().insert(LEADER_KEY, v);
+    }
     if let Ok(v) = e.code().parse() {
         s.metadata_mut().insert(ERROR_CODE_KEY, v);
     }
