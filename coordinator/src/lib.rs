@@ -66,6 +66,30 @@ pub struct CoordinatorConfig {
     pub audit: auth::audit_file::Limits,
     /// Stored bytes (packages deployed, executions kept) per principal; 0: none.
     pub quota_bytes_per_principal: u64,
+    /// The store backend (`--store`): embedded (default) or etcd.
+    pub store: store::StoreConfig,
+    /// High availability: how this coordinator is reached and how long a
+    /// leader keeps its term without renewing it.
+    pub ha: HaConfig,
+}
+
+/// Settings of a coordinator among several (`--advertise`, `--leader-lease`).
+#[derive(Debug, Clone)]
+pub struct HaConfig {
+    /// The URL clients and agents should use to reach this coordinator, told
+    /// to them by standbys (`NOT_LEADER`); derived from the listen address when unset.
+    pub advertise: Option<String>,
+    /// A leader silent (cut off from the store) this long loses its term.
+    pub leader_lease_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            advertise: None,
+            leader_lease_ms: 5_000,
+        }
+    }
 }
 
 /// Placement and admission settings of the coordinator (`baton coordinator
@@ -104,6 +128,8 @@ impl Default for CoordinatorConfig {
             scheduling: SchedulingConfig::default(),
             audit: auth::audit_file::Limits::default(),
             quota_bytes_per_principal: quota::DEFAULT_QUOTA_BYTES,
+            store: store::StoreConfig::Embedded,
+            ha: HaConfig::default(),
         }
     }
 }

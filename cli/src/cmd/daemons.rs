@@ -379,6 +379,8 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             keep: args.audit_keep,
         },
         quota_bytes_per_principal: args.quota_bytes_per_principal,
+        store: baton_coordinator::store::StoreConfig::Embedded,
+        ha: baton_coordinator::HaConfig::default(),
     };
     config
         .validate()

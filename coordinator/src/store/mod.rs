@@ -13,6 +13,7 @@
 //! use `fake::FakeStore`: in memory, it passes the same suite and can hold,
 //! fail and record commits (the faults the scheduler's loop must survive).
 
+pub mod config;
 pub mod embedded;
 mod kv;
 
@@ -21,6 +22,7 @@ pub(crate) mod conformance;
 #[cfg(test)]
 pub(crate) mod fake;
 
+pub use config::{EtcdConfig, EtcdTls, StoreConfig};
 pub use kv::{
     BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
 };
