@@ -375,7 +375,7 @@ impl Coordinator {
         }
         let mut records: Vec<ExecutionRecord> = self
             .store
-            .range("e/")
+            .range(crate::keys::EXECUTION_PREFIX)
             .await?
             .into_iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
@@ -746,7 +746,7 @@ mod tests {
             .applied()
             .iter()
             .flat_map(|c| c.ops.clone())
-            .filter(|op| op.key().starts_with("e/"))
+            .filter(|op| op.key().starts_with(crate::keys::EXECUTION_PREFIX))
             .count()
     }
 

@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod clock;
 pub mod error;
 pub mod grpc;
+pub mod keys;
 pub mod leadership;
 pub mod live_tls;
 pub mod metrics;

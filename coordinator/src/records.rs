@@ -1,22 +1,6 @@
-//! What the coordinator persists, and under which keys.
-//!
-//! | key | value |
-//! | --- | --- |
-//! | `m/epoch` | the coordinator epoch, raised at every start (fencing) |
-//! | `m/secrets-key-id` | id of the key that seals sensitive parameters ([`crate::secrets`]) |
-//! | `a/<agent>` | [`AgentRecord`]: the registration |
-//! | `s/<agent>` | [`SeqRecord`]: the outbox and the highest event applied from it |
-//! | `e/<execution>` | [`ExecutionRecord`]: the package bundle, parameters, state |
-//! | `c/<execution>/<task>/<index>` | [`ChildRecord`]: one child job, its phase and attempt |
-//! | `v/<fingerprint>` | a revoked certificate (value: the agent's or client's name) |
-//! | `i/<agent>/<fingerprint>` | a certificate issued to an agent by `Enroll`/`Renew` (value: its expiry), so that revoking the agent revokes them all |
-//! | `k/<token id>` | a token (hash of its secret, kind, expiry, state): [`crate::auth::tokens`] |
-//! | `g/<principal>` | a principal's grants: [`crate::auth::grants`] |
-//! | `f/<folder>` | a catalog folder (`f/etl/daily`): [`crate::catalog::model`] |
-//! | `n/<folder>/<name>` | the id of the catalog package at that path |
-//! | `p/<package id>` | a catalog package: folder, name, latest version |
-//! | `pv/<package id>/<version>` | one immutable version of a package: its files' hashes, parameters |
-//! | `b/<sha256>` | the text of one package file, stored once per content hash |
+//! What the coordinator persists: the records' types. Under which keys they
+//! live is [`crate::keys`]' table (its functions are re-exported here for
+//! the records' readers and writers).
 //!
 //! Records are JSON: small, inspectable with any redb or etcd tool, and
 //! tolerant of added fields (`#[serde(default)]`).
@@ -25,23 +9,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub const EPOCH_KEY: &str = "m/epoch";
-
-pub fn agent_key(name: &str) -> String {
-    format!("a/{name}")
-}
-pub fn seq_key(name: &str) -> String {
-    format!("s/{name}")
-}
-pub fn execution_key(id: &str) -> String {
-    format!("e/{id}")
-}
-pub fn children_prefix(id: &str) -> String {
-    format!("c/{id}/")
-}
-pub fn child_key(id: &str, task: &str, index: u32) -> String {
-    format!("c/{id}/{task}/{index:010}")
-}
+pub use crate::keys::{
+    EPOCH_KEY, agent_key, child_key, children_prefix, execution_key, issued_prefix, revoked_key,
+    seq_key,
+};
 
 /// An agent's registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,16 +38,6 @@ pub struct AgentRecord {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
-}
-
-/// Prefix of the certificates issued to agent `name`.
-pub fn issued_prefix(name: &str) -> String {
-    format!("i/{name}/")
-}
-
-/// Key of a revoked certificate (value: the agent name it belonged to).
-pub fn revoked_key(fingerprint: &str) -> String {
-    format!("v/{fingerprint}")
 }
 
 /// An operator's say over an agent.

@@ -77,7 +77,7 @@ pub async fn prune_once(
 ) -> Result<Report, CoordinatorError> {
     let bytes_before = store.size_bytes();
     let ended: Vec<(String, u64)> = store
-        .range("e/")
+        .range(crate::keys::EXECUTION_PREFIX)
         .await?
         .into_iter()
         .filter_map(|kv| serde_json::from_slice::<ExecutionRecord>(&kv.value).ok())

@@ -43,7 +43,7 @@ pub use key::{
 };
 
 /// Store key holding the id of the key that sealed the store's values.
-pub const KEY_ID_KEY: &str = "m/secrets-key-id";
+pub const KEY_ID_KEY: &str = crate::keys::SECRETS_KEY_ID_KEY;
 
 /// The parameter overrides of a stored execution, with its sensitive values
 /// opened. Sensitivity comes from the root package's declarations, so a value

@@ -203,7 +203,7 @@ pub async fn sweep(store: &dyn Store) -> Result<usize, CoordinatorError> {
         used.extend(v.files.into_values());
     }
     let executions: Vec<ExecutionRecord> = store
-        .range("e/")
+        .range(crate::keys::EXECUTION_PREFIX)
         .await?
         .into_iter()
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())

@@ -264,7 +264,7 @@ impl Catalog {
     pub async fn executions_of(&self, id: &str) -> Result<Vec<ExecutionRecord>, CoordinatorError> {
         let mut out: Vec<ExecutionRecord> = self
             .store
-            .range("e/")
+            .range(crate::keys::EXECUTION_PREFIX)
             .await?
             .into_iter()
             .filter_map(|kv| serde_json::from_slice::<ExecutionRecord>(&kv.value).ok())
