@@ -200,7 +200,10 @@ mod tests {
         assert_eq!(names_prefix("/etl"), "n/etl/");
         assert_eq!(version_key("x", 3), "pv/x/0000000003");
         assert_eq!(issued_key("a1", "ff"), "i/a1/ff");
-        assert_eq!(usage_execution(&usage_key("alice", "000042")), Some("000042"));
+        assert_eq!(
+            usage_execution(&usage_key("alice", "000042")),
+            Some("000042")
+        );
         assert_eq!(name_after(SEQ_PREFIX, &seq_key("a1")), "a1");
     }
 }

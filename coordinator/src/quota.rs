@@ -43,8 +43,10 @@ use crate::store::{Op, Precondition, Store};
 
 /// Default quota: 1 GiB per principal.
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
-pub use crate::keys::{USAGE_PREFIX, VERSION_USAGE_PREFIX, usage_execution, usage_key, version_usage_key};
 use crate::keys::VERSION_USAGE_INDEXED;
+pub use crate::keys::{
+    USAGE_PREFIX, VERSION_USAGE_PREFIX, usage_execution, usage_key, version_usage_key,
+};
 
 /// The put of the usage record of a version, committed with the version.
 pub fn version_usage_put(package_id: &str, v: &VersionRecord) -> Result<Op, CoordinatorError> {
