@@ -19,8 +19,7 @@ use crate::scheduler_task::{AgentListing, SchedulerHandle};
 use crate::store::Store;
 
 /// Limits on what a client may send (a limit on everything).
-pub const MAX_BUNDLE_FILES: usize = 256;
-pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::catalog::blobs::{MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES};
 pub const MAX_PARAMS: usize = 1024;
 
 /// A parent package file and the files it references, keyed as it names them.
@@ -152,11 +151,14 @@ impl Coordinator {
         let params = crate::secrets::seal_params(&self.secrets, &id, params, |name| {
             plan.params.is_sensitive(name)
         })?;
-        let rec = ExecutionRecord {
+        let mut rec = ExecutionRecord {
             id,
             package: plan.package.clone(),
             root,
-            files,
+            files: BTreeMap::new(),
+            file_hashes: BTreeMap::new(),
+            bundle_hash: String::new(),
+            texts: None,
             params,
             state: ExecutionState::Running,
             current_task: 0,
@@ -174,7 +176,13 @@ impl Coordinator {
             rows_outcomes: Default::default(),
             placement,
         };
-        self.handle.start(rec, plan).await
+        // The bundle by reference: its blobs first, pinned until the record
+        // that points to them is durable (`crate::bundles`).
+        let pin = crate::catalog::blobs::write(self.store.as_ref(), &files).await?;
+        crate::bundles::refer(&mut rec, files);
+        let started = self.handle.start(rec, plan).await;
+        drop(pin);
+        started
     }
 
     /// An execution with all its children, from memory or from the store.
@@ -536,7 +544,7 @@ impl Coordinator {
     pub async fn resume(&self, id: &str) -> Result<(u64, u32), CoordinatorError> {
         let _history = self.history.lock().await;
         let kv = self.stored_kv(id).await?;
-        let rec: ExecutionRecord = serde_json::from_slice(&kv.value)
+        let mut rec: ExecutionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| CoordinatorError::Store(format!("corrupt execution record: {e}")))?;
         if let Some(p) = &rec.parent {
             return Err(CoordinatorError::NotResumable {
@@ -566,6 +574,7 @@ impl Coordinator {
                     .map_err(|e| CoordinatorError::Store(format!("corrupt child record: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        crate::bundles::load(self.store.as_ref(), &mut rec).await?;
         let secrets = self.secrets.clone();
         let (rec, plan) = crate::prepare::gate::run(move || {
             crate::prepare::plan(&rec, &secrets).map(|p| (rec, p))

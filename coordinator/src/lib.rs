@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bundles;
 pub mod catalog;
 pub mod clock;
 pub mod error;

@@ -90,10 +90,25 @@ impl ExecutionState {
 pub struct ExecutionRecord {
     pub id: String,
     pub package: String,
-    /// Name of the root file in `files`.
+    /// Name of the root file of the bundle.
     pub root: String,
-    /// The parent package and every child package it references, as started.
+    /// The texts of the bundle's files, as records written before bundles
+    /// were stored by reference embed them; empty in newer records, whose
+    /// texts are blobs ([`Self::file_hashes`], loaded into [`Self::texts`]
+    /// by [`crate::bundles::load`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// The parent package and every child package it references, as
+    /// started: path → content hash of the text (blob `b/<hash>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub file_hashes: BTreeMap<String, String>,
+    /// Hash of the whole bundle (`crate::catalog::blobs::bundle_hash`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bundle_hash: String,
+    /// In memory only: the texts of [`Self::file_hashes`], shared by the
+    /// sub-executions of a nested fan-out.
+    #[serde(skip)]
+    pub texts: Option<std::sync::Arc<BTreeMap<String, String>>>,
     /// Parameter overrides as given (defaults are re-derived from the package);
     /// values of sensitive parameters are sealed (`sealed:v1:…`, [`crate::secrets`]).
     pub params: BTreeMap<String, String>,
@@ -170,8 +185,9 @@ fn is_default_policy(p: &crate::placement::PlacementPolicy) -> bool {
     *p == crate::placement::PlacementPolicy::default()
 }
 
-/// Which catalog package version an execution runs (it keeps its own copy of
-/// the bundle in `files`, so the package may change or go away meanwhile).
+/// Which catalog package version an execution runs (it keeps its own
+/// reference to the bundle's blobs, so the package may change or go away
+/// meanwhile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogRef {
     /// The package's id: stable across renames and moves.
@@ -184,6 +200,12 @@ pub struct CatalogRef {
 }
 
 impl ExecutionRecord {
+    /// The texts of the bundle: loaded from the blobs, or embedded in a
+    /// record written before bundles were stored by reference.
+    pub fn bundle_files(&self) -> &BTreeMap<String, String> {
+        self.texts.as_deref().unwrap_or(&self.files)
+    }
+
     /// The folder, "/" for records without one.
     pub fn folder(&self) -> &str {
         if self.folder.is_empty() {

@@ -71,7 +71,11 @@ pub async fn load(
             .into_iter()
             .map(|c| decode(&c.key, &c.value).map(|r| (r, c.mod_revision)))
             .collect::<Result<_, _>>()?;
-        match plan(&rec, secrets) {
+        let planned = match crate::bundles::load(store, &mut rec).await {
+            Ok(()) => plan(&rec, secrets),
+            Err(e) => Err(e),
+        };
+        match planned {
             Ok(p) => {
                 sched.restore_execution(rec, kv.mod_revision, p, children, now);
                 running += 1;

@@ -53,7 +53,7 @@ pub fn open_params(
     key: &SealingKey,
     rec: &ExecutionRecord,
 ) -> Result<BTreeMap<String, String>, CoordinatorError> {
-    let Some(text) = rec.files.get(&rec.root) else {
+    let Some(text) = rec.bundle_files().get(&rec.root) else {
         return Ok(rec.params.clone()); // planning reports the missing root
     };
     let parent = baton_package::Package::parse(&rec.root, text)?;

@@ -79,6 +79,9 @@ impl Catalog {
             d.name
         };
         check_name(&name)?;
+        // The blobs first (in as many commits as the store needs), pinned
+        // until the version that references them is durable (see `blobs`).
+        let _pin = blobs::write(self.store.as_ref(), &b.files).await?;
         for _ in 0..RETRIES {
             let mut ops: Vec<Op> = self.folder_guard(&folder).await?.into_iter().collect();
             let nk = name_key(&folder, &name);
@@ -148,8 +151,6 @@ impl Catalog {
                 value: encode(&pkg)?,
                 pre: pkg_pre,
             });
-            // Same commit as the version that references them (see blobs' doc).
-            ops.extend(blobs::put_ops(&b.files));
             match self.store.commit(ops).await {
                 Ok(_) => {
                     return Ok(Deployed {
