@@ -783,6 +783,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_start_stores_its_bundle_by_reference_and_recovery_plans_it_again() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        let id = start(&c, 3).await.unwrap();
+        let json = store.value(&execution_key(&id)).unwrap();
+        let text = String::from_utf8_lossy(&json);
+        assert!(
+            !text.contains(fixtures_child()),
+            "the record embeds no text: {text}"
+        );
+        let rec: ExecutionRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(rec.file_hashes.len(), 2);
+        assert_eq!(
+            rec.bundle_hash,
+            crate::catalog::blobs::bundle_hash("p.toml", &rec.file_hashes)
+        );
+        for hash in rec.file_hashes.values() {
+            assert!(store.value(&crate::keys::blob_key(hash)).is_some());
+        }
+        // A restart re-plans it from the blobs.
+        let key = crate::secrets::SealingKey::from_bytes(&[7; 32]).unwrap();
+        let sched = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key)
+            .await
+            .unwrap();
+        let view = sched
+            .execution_view(&id)
+            .expect("running again after the restart");
+        assert_eq!(view.summary.total, 3);
+    }
+
+    fn fixtures_child() -> &'static str {
+        crate::scheduler_task::fixtures::CHILD
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_one_commit_of_the_store_is_refused_at_start() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        store.set_limits(crate::store::Limits {
+            max_ops_per_commit: Some(128),
+            max_bytes_per_commit: Some(120),
+        });
+        let err = start(&c, 3).await.unwrap_err();
+        assert_eq!(err.code(), "BUNDLE_FILE_TOO_LARGE", "{err}");
+        assert!(err.to_string().contains("c.toml"), "{err}");
+        assert_eq!(executions_in(&store), 0);
+    }
+
+    #[tokio::test]
     async fn start_refuses_a_bad_request_before_anything_is_committed() {
         let store = FakeStore::new();
         let c = coordinator(&store).await;

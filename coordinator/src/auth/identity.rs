@@ -26,6 +26,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoordinatorError;
+use crate::store::split::commit_in_chunks;
 use crate::store::{Op, Precondition, Store, StoreError};
 
 pub use crate::keys::identity_key;
@@ -417,13 +418,16 @@ pub async fn revoke(
             rec.generation += 1;
         }
         let fps = certificates_of(store, name, registered.as_ref(), now_s).await?;
-        let mut ops = vec![Op::Put {
+        // The revocations first, the identity last: an agent with more
+        // certificates than one commit takes is revoked in several
+        // (`store::split`); a conflict on the identity tries again.
+        let mut ops = revoke_ops(name, fps.clone());
+        ops.push(Op::Put {
             key: identity_key(name),
             value: encode(&rec)?,
             pre: pre(rev),
-        }];
-        ops.extend(revoke_ops(name, fps.clone()));
-        match store.commit(ops).await {
+        });
+        match commit_in_chunks(store, ops).await {
             Ok(_) => return Ok(fps),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -434,7 +438,7 @@ pub async fn revoke(
 
 /// Forgets identity `name` (`baton agents rm`): the name may enrol again. The
 /// certificates issued to it (and `fingerprint`, the one it registered with,
-/// when known) are revoked in the same commit, so that a removed machine's
+/// when known) are revoked before the identity goes, so that a removed machine's
 /// certificate cannot come back unrestricted (without the record, nothing
 /// would bound its labels). Returns the fingerprints revoked.
 pub async fn forget(
@@ -448,12 +452,13 @@ pub async fn forget(
     if !fingerprint.is_empty() && !fps.iter().any(|f| f == fingerprint) {
         fps.push(fingerprint.to_string());
     }
-    let mut ops = vec![Op::Delete {
+    // The revocations first, in as many commits as needed, then the identity.
+    let mut ops = revoke_ops(name, fps.clone());
+    ops.push(Op::Delete {
         key: identity_key(name),
         pre: Precondition::Any,
-    }];
-    ops.extend(revoke_ops(name, fps.clone()));
-    store.commit(ops).await?;
+    });
+    commit_in_chunks(store, ops).await?;
     Ok(fps)
 }
 

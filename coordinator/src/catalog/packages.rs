@@ -26,6 +26,7 @@ use super::model::{
 use crate::auth::normalize_folder;
 use crate::error::CoordinatorError;
 use crate::records::ExecutionRecord;
+use crate::store::split::commit_in_chunks;
 use crate::store::{Op, Precondition, StoreError};
 
 /// A deploy request.
@@ -345,15 +346,10 @@ impl Catalog {
                 });
             }
             let versions = self.store.range(&versions_prefix(&rec.id)).await?;
-            let mut ops: Vec<Op> = self.folder_guard(&rec.folder).await?.into_iter().collect();
-            ops.push(Op::Delete {
-                key: name_key(&rec.folder, &rec.name),
-                pre: Precondition::Any,
-            });
-            ops.push(Op::Delete {
-                key: package_key(&rec.id),
-                pre: Precondition::Revision(rev),
-            });
+            // Versions first, the package and its name last: a removal too
+            // large for one commit goes in several (`store::split`), and one
+            // cut short leaves the package in place, to be removed again.
+            let mut ops: Vec<Op> = Vec::new();
             let count = versions.len() as u32;
             for kv in versions {
                 // Its quota usage goes with it.
@@ -364,7 +360,16 @@ impl Catalog {
                     pre: Precondition::Revision(kv.mod_revision),
                 });
             }
-            match self.store.commit(ops).await {
+            ops.extend(self.folder_guard(&rec.folder).await?);
+            ops.push(Op::Delete {
+                key: name_key(&rec.folder, &rec.name),
+                pre: Precondition::Any,
+            });
+            ops.push(Op::Delete {
+                key: package_key(&rec.id),
+                pre: Precondition::Revision(rev),
+            });
+            match commit_in_chunks(self.store.as_ref(), ops).await {
                 Ok(_) => {
                     let blobs_removed = blobs::sweep(self.store.as_ref()).await?;
                     return Ok(Deleted {
