@@ -36,25 +36,25 @@ pub fn refer(rec: &mut ExecutionRecord, files: BTreeMap<String, String>) {
 }
 
 /// Gives `rec` (as read from the store) the texts of its bundle. A missing
-/// blob is a `STORE_FAILED` error naming the file.
+/// blob is `CONTENT_NOT_FOUND` (the record cannot run again); a store
+/// failure is the store's error.
 pub async fn load(store: &dyn Store, rec: &mut ExecutionRecord) -> Result<(), CoordinatorError> {
     if rec.texts.is_some() {
         return Ok(());
     }
     if !rec.files.is_empty() {
-        // Written before bundles were stored by reference.
+        // Written before bundles were stored by reference: the texts become
+        // blobs before the record may be written without them.
+        let _pin = blobs::write(store, &rec.files).await?;
         let files = std::mem::take(&mut rec.files);
-        let _pin = blobs::write(store, &files).await?;
         refer(rec, files);
         return Ok(());
     }
     let mut texts = BTreeMap::new();
     for (path, hash) in &rec.file_hashes {
         let text = blobs::get(store, hash).await?.ok_or_else(|| {
-            CoordinatorError::Store(format!(
-                "the content of '{path}' ({hash}) of execution {} is missing from the store",
-                rec.id
-            ))
+            tracing::warn!(execution = %rec.id, path = %path, hash = %hash, "a file of the execution's bundle is missing from the store");
+            CoordinatorError::ContentNotFound(hash.clone())
         })?;
         texts.insert(path.clone(), text);
     }
@@ -125,7 +125,7 @@ mod tests {
         let mut back: ExecutionRecord =
             serde_json::from_slice(&serde_json::to_vec(&rec).unwrap()).unwrap();
         let err = load(store.as_ref(), &mut back).await.unwrap_err();
-        assert!(err.to_string().contains("missing from the store"), "{err}");
+        assert_eq!(err.code(), "CONTENT_NOT_FOUND", "{err}");
 
         store.set_limits(Limits {
             max_ops_per_commit: Some(128),

@@ -73,7 +73,8 @@ pub async fn load(
             .collect::<Result<_, _>>()?;
         let planned = match crate::bundles::load(store, &mut rec).await {
             Ok(()) => plan(&rec, secrets),
-            Err(e) => Err(e),
+            Err(e @ CoordinatorError::ContentNotFound(_)) => Err(e),
+            Err(e) => return Err(e),
         };
         match planned {
             Ok(p) => {

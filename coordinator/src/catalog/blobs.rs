@@ -9,7 +9,7 @@
 //! Executions point to blobs too ([`crate::bundles`]): their records keep
 //! each file's hash, not its text.
 //!
-//! **Writing blobs** ([`write`]): before the record that references them (a
+//! **Writing blobs** ([`fn@write`]): before the record that references them (a
 //! version, an execution), in as many commits as the store's limits need; a
 //! single file larger than one commit is refused (`BUNDLE_FILE_TOO_LARGE`).
 //! The writer holds a [`Pin`] on their hashes until its record is durable.

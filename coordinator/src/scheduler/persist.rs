@@ -1,6 +1,6 @@
 //! Making memory durable: the store operations of what the journal marked
 //! dirty ([`Scheduler::flush`]), the revisions recorded once they commit
-//! ([`Scheduler::committed`]), and the effects released after that.
+//! ([`Scheduler::committed_chunks`]), and the effects released after that.
 //!
 //! A flush may be larger than one commit of the store may hold: the loop
 //! then commits it in order, in chunks ([`crate::store::split`]). So the
@@ -128,7 +128,9 @@ impl Scheduler {
     }
 
     /// Records the revision of a successful commit, publishes summaries of the
-    /// executions that changed, and forgets executions that have ended.
+    /// executions that changed, and forgets executions that have ended (a
+    /// flush committed whole: the tests' shortcut for [`Self::committed_chunks`]).
+    #[cfg(test)]
     pub(crate) fn committed(&mut self, written: Vec<(usize, Written)>, revision: Revision) {
         self.committed_chunks(written, &Chunked::single(usize::MAX, revision));
     }
