@@ -117,6 +117,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_old_store_recovers_and_its_record_is_rewritten_by_reference() {
+        use crate::scheduler::SchedulerConfig;
+        let store = FakeStore::new();
+        let (old, _) = execution("e1", 3);
+        store
+            .commit(vec![Op::Put {
+                key: execution_key("e1"),
+                value: serde_json::to_vec(&old).unwrap(),
+                pre: Precondition::Absent,
+            }])
+            .await
+            .unwrap();
+        let key = crate::secrets::SealingKey::from_bytes(&[7; 32]).unwrap();
+        let mut s = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key)
+            .await
+            .unwrap();
+        let view = s.execution_view("e1").expect("running after the restart");
+        assert_eq!(view.summary.total, 3);
+        // Its next write (here a cancel) leaves the texts out: they are blobs.
+        s.cancel("e1", "enough", crate::clock::Now::read()).unwrap();
+        let (ops, written) = s.flush();
+        let chunks = crate::store::split::commit_in_chunks(store.as_ref(), ops)
+            .await
+            .unwrap();
+        s.committed_chunks(written, &chunks);
+        let json = store.value(&execution_key("e1")).unwrap();
+        assert!(!String::from_utf8_lossy(&json).contains("exec=['true']"));
+        let mut rec: ExecutionRecord = serde_json::from_slice(&json).unwrap();
+        assert!(rec.cancel_requested);
+        load(store.as_ref(), &mut rec).await.unwrap();
+        assert_eq!(rec.bundle_files(), &files());
+    }
+
+    #[tokio::test]
     async fn a_missing_blob_and_a_file_larger_than_a_commit_are_refused() {
         let store = FakeStore::new();
         let (mut rec, _) = execution("e1", 3);
