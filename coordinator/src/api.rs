@@ -19,8 +19,7 @@ use crate::scheduler_task::{AgentListing, SchedulerHandle};
 use crate::store::Store;
 
 /// Limits on what a client may send (a limit on everything).
-pub const MAX_BUNDLE_FILES: usize = 256;
-pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::catalog::blobs::{MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES};
 pub const MAX_PARAMS: usize = 1024;
 
 /// A parent package file and the files it references, keyed as it names them.
@@ -152,11 +151,14 @@ impl Coordinator {
         let params = crate::secrets::seal_params(&self.secrets, &id, params, |name| {
             plan.params.is_sensitive(name)
         })?;
-        let rec = ExecutionRecord {
+        let mut rec = ExecutionRecord {
             id,
             package: plan.package.clone(),
             root,
-            files,
+            files: BTreeMap::new(),
+            file_hashes: BTreeMap::new(),
+            bundle_hash: String::new(),
+            texts: None,
             params,
             state: ExecutionState::Running,
             current_task: 0,
@@ -174,7 +176,13 @@ impl Coordinator {
             rows_outcomes: Default::default(),
             placement,
         };
-        self.handle.start(rec, plan).await
+        // The bundle by reference: its blobs first, pinned until the record
+        // that points to them is durable (`crate::bundles`).
+        let pin = crate::catalog::blobs::write(self.store.as_ref(), &files).await?;
+        crate::bundles::refer(&mut rec, files);
+        let started = self.handle.start(rec, plan).await;
+        drop(pin);
+        started
     }
 
     /// An execution with all its children, from memory or from the store.
@@ -375,7 +383,7 @@ impl Coordinator {
         }
         let mut records: Vec<ExecutionRecord> = self
             .store
-            .range("e/")
+            .range(crate::keys::EXECUTION_PREFIX)
             .await?
             .into_iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
@@ -536,7 +544,7 @@ impl Coordinator {
     pub async fn resume(&self, id: &str) -> Result<(u64, u32), CoordinatorError> {
         let _history = self.history.lock().await;
         let kv = self.stored_kv(id).await?;
-        let rec: ExecutionRecord = serde_json::from_slice(&kv.value)
+        let mut rec: ExecutionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| CoordinatorError::Store(format!("corrupt execution record: {e}")))?;
         if let Some(p) = &rec.parent {
             return Err(CoordinatorError::NotResumable {
@@ -566,6 +574,7 @@ impl Coordinator {
                     .map_err(|e| CoordinatorError::Store(format!("corrupt child record: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        crate::bundles::load(self.store.as_ref(), &mut rec).await?;
         let secrets = self.secrets.clone();
         let (rec, plan) = crate::prepare::gate::run(move || {
             crate::prepare::plan(&rec, &secrets).map(|p| (rec, p))
@@ -746,7 +755,7 @@ mod tests {
             .applied()
             .iter()
             .flat_map(|c| c.ops.clone())
-            .filter(|op| op.key().starts_with("e/"))
+            .filter(|op| op.key().starts_with(crate::keys::EXECUTION_PREFIX))
             .count()
     }
 
@@ -771,6 +780,55 @@ mod tests {
             (rec.state, rec.folder.as_str()),
             (ExecutionState::Running, "/f")
         );
+    }
+
+    #[tokio::test]
+    async fn a_start_stores_its_bundle_by_reference_and_recovery_plans_it_again() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        let id = start(&c, 3).await.unwrap();
+        let json = store.value(&execution_key(&id)).unwrap();
+        let text = String::from_utf8_lossy(&json);
+        assert!(
+            !text.contains(fixtures_child()),
+            "the record embeds no text: {text}"
+        );
+        let rec: ExecutionRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(rec.file_hashes.len(), 2);
+        assert_eq!(
+            rec.bundle_hash,
+            crate::catalog::blobs::bundle_hash("p.toml", &rec.file_hashes)
+        );
+        for hash in rec.file_hashes.values() {
+            assert!(store.value(&crate::keys::blob_key(hash)).is_some());
+        }
+        // A restart re-plans it from the blobs.
+        let key = crate::secrets::SealingKey::from_bytes(&[7; 32]).unwrap();
+        let sched = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key)
+            .await
+            .unwrap();
+        let view = sched
+            .execution_view(&id)
+            .expect("running again after the restart");
+        assert_eq!(view.summary.total, 3);
+    }
+
+    fn fixtures_child() -> &'static str {
+        crate::scheduler_task::fixtures::CHILD
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_one_commit_of_the_store_is_refused_at_start() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        store.set_limits(crate::store::Limits {
+            max_ops_per_commit: Some(128),
+            max_bytes_per_commit: Some(120),
+        });
+        let err = start(&c, 3).await.unwrap_err();
+        assert_eq!(err.code(), "BUNDLE_FILE_TOO_LARGE", "{err}");
+        assert!(err.to_string().contains("c.toml"), "{err}");
+        assert_eq!(executions_in(&store), 0);
     }
 
     #[tokio::test]

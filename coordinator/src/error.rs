@@ -105,6 +105,17 @@ pub enum CoordinatorError {
     },
     #[error("no package content with hash {0} on the coordinator")]
     ContentNotFound(String),
+    /// One file of a bundle is larger than the store takes in one commit
+    /// (each file is stored whole, once, by its content hash).
+    #[error(
+        "package file '{path}' is {bytes} bytes; the store takes at most {limit} bytes per commit \
+         (split the file, or raise the store's limit)"
+    )]
+    BundleFileTooLarge {
+        path: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("io: {0}")]
@@ -196,6 +207,7 @@ impl CoordinatorError {
             CoordinatorError::VersionNotFound { .. } => "VERSION_NOT_FOUND",
             CoordinatorError::PackageInUse { .. } => "PACKAGE_IN_USE",
             CoordinatorError::ContentNotFound(_) => "CONTENT_NOT_FOUND",
+            CoordinatorError::BundleFileTooLarge { .. } => "BUNDLE_FILE_TOO_LARGE",
             CoordinatorError::ShuttingDown => "SHUTTING_DOWN",
             CoordinatorError::Io(_) => "IO_FAILED",
             CoordinatorError::Transport(_) => "TRANSPORT_FAILED",

@@ -12,10 +12,12 @@
 
 pub mod api;
 pub mod auth;
+pub mod bundles;
 pub mod catalog;
 pub mod clock;
 pub mod error;
 pub mod grpc;
+pub mod keys;
 pub mod leadership;
 pub mod live_tls;
 pub mod metrics;

@@ -6,6 +6,7 @@ use tracing::{info, warn};
 
 use crate::clock::Now;
 use crate::error::CoordinatorError;
+use crate::keys;
 use crate::prepare::plan;
 use crate::records::{
     AgentRecord, ChildRecord, EPOCH_KEY, ExecutionRecord, ExecutionState, SeqRecord,
@@ -40,16 +41,18 @@ pub async fn load(
     let mut sched = Scheduler::new(config, old_epoch + 1);
 
     let mut seqs: HashMap<String, (SeqRecord, u64)> = HashMap::new();
-    for kv in store.range("s/").await? {
+    for kv in store.range(keys::SEQ_PREFIX).await? {
         let rec: SeqRecord = decode(&kv.key, &kv.value)?;
-        seqs.insert(kv.key["s/".len()..].to_string(), (rec, kv.mod_revision));
+        let name = keys::name_after(keys::SEQ_PREFIX, &kv.key).to_string();
+        seqs.insert(name, (rec, kv.mod_revision));
     }
-    for kv in store.range("v/").await? {
+    for kv in store.range(keys::REVOKED_PREFIX).await? {
         let name = String::from_utf8_lossy(&kv.value).to_string();
-        sched.restore_revoked(kv.key["v/".len()..].to_string(), &name);
+        let fingerprint = keys::name_after(keys::REVOKED_PREFIX, &kv.key).to_string();
+        sched.restore_revoked(fingerprint, &name);
     }
     let mut agents = 0;
-    for kv in store.range("a/").await? {
+    for kv in store.range(keys::AGENT_PREFIX).await? {
         let rec: AgentRecord = decode(&kv.key, &kv.value)?;
         let seq = seqs.remove(&rec.name);
         sched.restore_agent(rec, kv.mod_revision, seq, now);
@@ -57,7 +60,7 @@ pub async fn load(
     }
 
     let mut running = 0;
-    for kv in store.range("e/").await? {
+    for kv in store.range(keys::EXECUTION_PREFIX).await? {
         let mut rec: ExecutionRecord = decode(&kv.key, &kv.value)?;
         if rec.state.is_terminal() {
             continue;
@@ -68,7 +71,12 @@ pub async fn load(
             .into_iter()
             .map(|c| decode(&c.key, &c.value).map(|r| (r, c.mod_revision)))
             .collect::<Result<_, _>>()?;
-        match plan(&rec, secrets) {
+        let planned = match crate::bundles::load(store, &mut rec).await {
+            Ok(()) => plan(&rec, secrets),
+            Err(e @ CoordinatorError::ContentNotFound(_)) => Err(e),
+            Err(e) => return Err(e),
+        };
+        match planned {
             Ok(p) => {
                 sched.restore_execution(rec, kv.mod_revision, p, children, now);
                 running += 1;

@@ -63,6 +63,7 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         | CoordinatorError::Busy { .. }
         | CoordinatorError::QuotaExceeded { .. } => Code::ResourceExhausted,
         CoordinatorError::TooLarge { .. } => Code::OutOfRange,
+        CoordinatorError::BundleFileTooLarge { .. } => Code::InvalidArgument,
     };
     let retry_after = match &e {
         CoordinatorError::Busy { retry_after_s, .. }

@@ -1,6 +1,8 @@
 //! The loop: receives messages and ticks, drives the [`Scheduler`], commits
-//! each batch of changes in one transaction (group commit), and only then
-//! lets the batch's replies and effects out. What leaves goes through a
+//! each batch of changes in one transaction (group commit) — in several, in
+//! order, when it exceeds the store's limits ([`crate::store::split`]) — and
+//! only then, once the last is durable, lets the batch's replies and effects
+//! out. What leaves goes through a
 //! [`Performer`] (the real one is `effects::Io`; tests record instead).
 //!
 //! A failed commit stops the loop: memory is ahead of the store, and acting
@@ -19,7 +21,8 @@ use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::metrics::MetricsSnapshot;
 use crate::scheduler::{DispatchOutcome, Effect, Scheduler};
-use crate::store::{BoxFuture, Revision, Store, StoreError};
+use crate::store::split::{Chunked, commit_in_chunks};
+use crate::store::{BoxFuture, Store, StoreError};
 
 /// Most messages handled between two commits: bounds batch size and latency.
 const MAX_BATCH_MSGS: usize = 4096;
@@ -57,8 +60,8 @@ fn send_all(replies: Vec<Reply>) {
 
 /// A batch whose commit is under way: what to do once it is durable.
 struct InFlight<'a> {
-    commit: BoxFuture<'a, Result<Revision, StoreError>>,
-    written: Vec<crate::scheduler::Written>,
+    commit: BoxFuture<'a, Result<Chunked, StoreError>>,
+    written: Vec<(usize, crate::scheduler::Written)>,
     replies: Vec<Reply>,
     effects: Vec<Effect>,
 }
@@ -92,7 +95,7 @@ pub(crate) async fn run<P: Performer>(
             }, if inflight.is_some() => {
                 let Some(done) = inflight.take() else { continue };
                 match res {
-                    Ok(rev) => sched.committed(done.written, rev),
+                    Ok(chunks) => sched.committed_chunks(done.written, &chunks),
                     Err(e) => {
                         // Memory is ahead of the store now: stop rather than act on
                         // state that is not durable. A restart reloads the truth.
@@ -124,7 +127,7 @@ pub(crate) async fn run<P: Performer>(
         if sched.has_dirty() {
             let (ops, written) = sched.flush();
             inflight = Some(InFlight {
-                commit: store.commit(ops),
+                commit: Box::pin(commit_in_chunks(store.as_ref(), ops)),
                 written,
                 replies: std::mem::take(&mut replies),
                 effects: sched.take_effects(),

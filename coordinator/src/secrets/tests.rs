@@ -279,7 +279,9 @@ async fn the_store_holds_sensitive_values_only_sealed() {
     // The record holds the sealed value, bound to this execution.
     let store = EmbeddedStore::open(&dir.path().join("coordinator.redb")).unwrap();
     let kv = store.get(&execution_key(&id)).await.unwrap().unwrap();
-    let rec: ExecutionRecord = serde_json::from_slice(&kv.value).unwrap();
+    let mut rec: ExecutionRecord = serde_json::from_slice(&kv.value).unwrap();
+    // Which parameters are sensitive is in the package: its text is a blob.
+    crate::bundles::load(&store, &mut rec).await.unwrap();
     assert!(rec.params["token"].starts_with(SEALED_PREFIX));
     assert_eq!(rec.params["region"], "us-west");
     let key = read_key_file(&dir.path().join(KEY_FILE)).unwrap().unwrap();

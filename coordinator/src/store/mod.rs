@@ -12,10 +12,13 @@
 //! etcd for HA coordinators; both must pass the `conformance` suite. Tests
 //! use `fake::FakeStore`: in memory, it passes the same suite and can hold,
 //! fail and record commits (the faults the scheduler's loop must survive).
+//! A batch larger than a backend's limits is committed in order, in chunks
+//! that fit, by [`split::commit_in_chunks`].
 
 pub mod config;
 pub mod embedded;
 mod kv;
+pub mod split;
 
 #[cfg(test)]
 pub(crate) mod conformance;
