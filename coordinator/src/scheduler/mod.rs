@@ -38,6 +38,7 @@ mod dispatcher;
 mod exec;
 mod exec_table;
 mod executions;
+mod gauges;
 pub(crate) mod flow;
 mod ids;
 mod journal;
