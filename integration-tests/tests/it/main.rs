@@ -39,6 +39,7 @@ mod foreign_report;
 mod hardening;
 mod listing;
 mod local;
+mod metrics;
 mod log_format;
 mod logs_reconnect;
 mod logs_rows;
