@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::deploy_support::{on_path, skip};
+use crate::deploy_support::{on_path, read_deploy_file, skip};
 use crate::harness::{AgentOpts, Cluster, FanoutSpec, wait_until};
 
 const TOKEN: &str = "it-metrics-token-0123456789";
@@ -103,6 +103,35 @@ fn promtool_accepts(what: &str, text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every metric the Grafana dashboard's queries name is in one of the scrapes.
+fn dashboard_names_are_served(scrapes: &[&str]) {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read_deploy_file("grafana/baton.json")).expect("dashboard JSON");
+    let served: std::collections::BTreeSet<&str> = scrapes
+        .iter()
+        .flat_map(|t| t.lines())
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let mut named = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("baton_") || word.starts_with("process_") {
+                    named += 1;
+                    assert!(
+                        served.contains(word),
+                        "the dashboard's panel {:?} queries {word}, which no endpoint serves",
+                        panel["title"]
+                    );
+                }
+            }
+        }
+    }
+    assert!(named > 20, "the dashboard names only {named} metrics");
 }
 
 /// A `prometheus` process, killed by pid when dropped.
@@ -270,6 +299,8 @@ fn a_fanout_moves_the_metrics_of_coordinator_and_agents() {
     }
     assert_eq!(started, CHILDREN as f64, "jobs started over both agents");
     assert!(accepted >= CHILDREN as f64, "accepted {accepted}");
+
+    dashboard_names_are_served(&[&text, &agent_texts[0], &agent_texts[1]]);
 
     if on_path("promtool") {
         promtool_accepts("coordinator", &text);
