@@ -102,22 +102,22 @@ pub struct CoordinatorArgs {
     /// (QUOTA_EXCEEDED past it). 0: no quota.
     #[arg(long, env = "BATON_COORDINATOR_QUOTA_BYTES_PER_PRINCIPAL", default_value = "1GiB", value_parser = parse_bytes)]
     pub quota_bytes_per_principal: u64,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `--metrics-listen` and `--metrics-token-file`, shared by both daemons.
-#[derive(Debug, Clone, clap::Args)]
-pub struct MetricsArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
     /// (plaintext: a loopback address only; port 0 picks a free port, printed).
     /// Needs --metrics-token-file. See docs/observability.md.
-    #[arg(long, value_name = "ADDR", requires = "metrics_token_file")]
+    #[arg(long, env = "BATON_COORDINATOR_METRICS_LISTEN", value_name = "ADDR", requires = "metrics_token_file")]
     pub metrics_listen: Option<String>,
     /// File holding the bearer token every scrape must send (Prometheus:
     /// `authorization: { credentials_file: FILE }`); at least 16 characters,
     /// not readable by others.
-    #[arg(long, value_name = "FILE", requires = "metrics_listen")]
+    #[arg(long, env = "BATON_COORDINATOR_METRICS_TOKEN_FILE", value_name = "FILE", requires = "metrics_listen")]
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+/// `--metrics-listen` and `--metrics-token-file` of either daemon.
+#[derive(Debug, Clone)]
+pub struct MetricsArgs {
+    pub metrics_listen: Option<String>,
     pub metrics_token_file: Option<PathBuf>,
 }
 
@@ -251,8 +251,16 @@ pub struct AgentArgs {
     /// longer ago than this, e.g. 7d, 12h. Running jobs are never touched.
     #[arg(long, env = "BATON_AGENT_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub retain_for: std::time::Duration,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
+    /// (plaintext: a loopback address only; port 0 picks a free port, printed).
+    /// Needs --metrics-token-file. See docs/observability.md.
+    #[arg(long, env = "BATON_AGENT_METRICS_LISTEN", value_name = "ADDR", requires = "metrics_token_file")]
+    pub metrics_listen: Option<String>,
+    /// File holding the bearer token every scrape must send (Prometheus:
+    /// `authorization: { credentials_file: FILE }`); at least 16 characters,
+    /// not readable by others.
+    #[arg(long, env = "BATON_AGENT_METRICS_TOKEN_FILE", value_name = "FILE", requires = "metrics_listen")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CliError> {
@@ -395,6 +403,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         }
         baton_coordinator::transport::Security::Tls(live)
     };
+    let metrics_args = MetricsArgs {
+        metrics_listen: args.metrics_listen.clone(),
+        metrics_token_file: args.metrics_token_file.clone(),
+    };
     let config = baton_coordinator::CoordinatorConfig {
         data_dir: args.data_dir,
         lease_ttl_ms: args.lease_ttl_ms,
@@ -422,8 +434,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         quota_bytes_per_principal: args.quota_bytes_per_principal,
         store: baton_coordinator::store::StoreConfig::Embedded,
         ha: baton_coordinator::HaConfig::default(),
-        metrics: args
-            .metrics
+        metrics: metrics_args
             .metrics_listen
             .is_some()
             .then(baton_coordinator::prometheus::Registry::new),
@@ -434,7 +445,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
     let shutdown = CancellationToken::new();
     if let Some(registry) = &config.metrics {
         let (r, a) = (registry.clone(), registry.clone());
-        args.metrics
+        metrics_args
             .serve(
                 "coordinator",
                 "coordinator",
@@ -573,7 +584,11 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
     if let Some(s) = args.slots {
         config.slots = s;
     }
-    if args.metrics.metrics_listen.is_some() {
+    let metrics_args = MetricsArgs {
+        metrics_listen: args.metrics_listen.clone(),
+        metrics_token_file: args.metrics_token_file.clone(),
+    };
+    if metrics_args.metrics_listen.is_some() {
         config.metrics = Some(Arc::default());
     }
     config
@@ -581,7 +596,7 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let shutdown = CancellationToken::new();
     if let Some(metrics) = config.metrics.clone() {
-        args.metrics
+        metrics_args
             .serve(
                 &format!("agent {name}"),
                 "agent",
