@@ -150,10 +150,7 @@ impl Endpoint {
         let Some(value) = req.headers().get(AUTHORIZATION) else {
             return Err(0);
         };
-        let presented = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .ok_or(1usize)?;
+        let presented = value.as_bytes().strip_prefix(b"Bearer ").ok_or(1usize)?;
         if same(presented, self.token.as_bytes()) {
             Ok(())
         } else {
@@ -345,7 +342,12 @@ mod tests {
         let ok = token_file(dir.path(), "0123456789abcdef0123\n", 0o600);
         assert_eq!(read_token(&ok).unwrap(), "0123456789abcdef0123");
         let open = token_file(dir.path(), "0123456789abcdef0123", 0o644);
-        assert!(read_token(&open).unwrap_err().message.contains("readable by others"));
+        assert!(
+            read_token(&open)
+                .unwrap_err()
+                .message
+                .contains("readable by others")
+        );
         let short = token_file(dir.path(), "short", 0o600);
         assert!(read_token(&short).is_err());
         let two = token_file(dir.path(), "0123456789abcdef 0123", 0o600);
@@ -368,7 +370,10 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         let status = out.lines().next().unwrap_or_default().to_string();
-        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -385,9 +390,16 @@ mod tests {
             t
         });
         let stop = CancellationToken::new();
-        let addr = serve("127.0.0.1:0", &path, "test", render, Some(on_refused), stop.clone())
-            .await
-            .unwrap();
+        let addr = serve(
+            "127.0.0.1:0",
+            &path,
+            "test",
+            render,
+            Some(on_refused),
+            stop.clone(),
+        )
+        .await
+        .unwrap();
         let result = tokio::task::spawn_blocking(move || {
             let auth = "Authorization: Bearer s3cret-token-for-tests\r\n";
             let ok = get(addr, &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"));
@@ -410,16 +422,24 @@ mod tests {
         assert!(path.0.contains("404"), "{path:?}");
         assert!(post.0.contains("405"), "{post:?}");
         assert!(
-            again.1.contains("baton_metrics_requests_refused_total{reason=\"missing_credentials\"} 1"),
+            again
+                .1
+                .contains("baton_metrics_requests_refused_total{reason=\"missing_credentials\"} 1"),
             "{}",
             again.1
         );
-        assert!(again.1.contains(
-            "baton_metrics_requests_refused_total{reason=\"invalid_credentials\"} 1"
-        ));
+        assert!(
+            again
+                .1
+                .contains("baton_metrics_requests_refused_total{reason=\"invalid_credentials\"} 1")
+        );
         let refused = refused.lock().unwrap().clone();
         assert_eq!(refused.len(), 2);
-        assert!(refused.iter().all(|(ip, code)| ip.is_loopback() && *code == "METRICS_UNAUTHENTICATED"));
+        assert!(
+            refused
+                .iter()
+                .all(|(ip, code)| ip.is_loopback() && *code == "METRICS_UNAUTHENTICATED")
+        );
         stop.cancel();
     }
 
@@ -428,9 +448,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = token_file(dir.path(), "s3cret-token-for-tests", 0o600);
         let render: Render = Arc::new(Text::new);
-        let err = serve("0.0.0.0:0", &path, "test", render, None, CancellationToken::new())
-            .await
-            .unwrap_err();
+        let err = serve(
+            "0.0.0.0:0",
+            &path,
+            "test",
+            render,
+            None,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(err.message.contains("loopback"), "{}", err.message);
     }
 }

@@ -190,8 +190,11 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let mut t = Text::new();
-        t.family("baton_x", Kind::Gauge, "a \\ help\nline")
-            .sample("baton_x", &[("agent", "a\"b\\c\nd")], 1.0);
+        t.family("baton_x", Kind::Gauge, "a \\ help\nline").sample(
+            "baton_x",
+            &[("agent", "a\"b\\c\nd")],
+            1.0,
+        );
         let s = t.finish();
         assert_eq!(
             s,

@@ -105,12 +105,22 @@ pub struct CoordinatorArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
     /// (plaintext: a loopback address only; port 0 picks a free port, printed).
     /// Needs --metrics-token-file. See docs/observability.md.
-    #[arg(long, env = "BATON_COORDINATOR_METRICS_LISTEN", value_name = "ADDR", requires = "metrics_token_file")]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_METRICS_LISTEN",
+        value_name = "ADDR",
+        requires = "metrics_token_file"
+    )]
     pub metrics_listen: Option<String>,
     /// File holding the bearer token every scrape must send (Prometheus:
     /// `authorization: { credentials_file: FILE }`); at least 16 characters,
     /// not readable by others.
-    #[arg(long, env = "BATON_COORDINATOR_METRICS_TOKEN_FILE", value_name = "FILE", requires = "metrics_listen")]
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_METRICS_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "metrics_listen"
+    )]
     pub metrics_token_file: Option<PathBuf>,
 }
 
@@ -254,12 +264,22 @@ pub struct AgentArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
     /// (plaintext: a loopback address only; port 0 picks a free port, printed).
     /// Needs --metrics-token-file. See docs/observability.md.
-    #[arg(long, env = "BATON_AGENT_METRICS_LISTEN", value_name = "ADDR", requires = "metrics_token_file")]
+    #[arg(
+        long,
+        env = "BATON_AGENT_METRICS_LISTEN",
+        value_name = "ADDR",
+        requires = "metrics_token_file"
+    )]
     pub metrics_listen: Option<String>,
     /// File holding the bearer token every scrape must send (Prometheus:
     /// `authorization: { credentials_file: FILE }`); at least 16 characters,
     /// not readable by others.
-    #[arg(long, env = "BATON_AGENT_METRICS_TOKEN_FILE", value_name = "FILE", requires = "metrics_listen")]
+    #[arg(
+        long,
+        env = "BATON_AGENT_METRICS_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "metrics_listen"
+    )]
     pub metrics_token_file: Option<PathBuf>,
 }
 

@@ -31,8 +31,13 @@ fn histogram(t: &mut Text, name: &str, help: &str, h: &Histogram, bounds: &[u64]
         .zip(counts)
         .map(|(&b, n)| (b as f64 / scale, n))
         .collect();
-    t.family(name, Kind::Histogram, help)
-        .histogram(name, &[], &buckets, h.sum() as f64 / scale, h.count());
+    t.family(name, Kind::Histogram, help).histogram(
+        name,
+        &[],
+        &buckets,
+        h.sum() as f64 / scale,
+        h.count(),
+    );
 }
 
 /// The coordinator's metrics (process metrics are added by the server).
@@ -58,7 +63,11 @@ pub fn render(s: &State) -> Text {
         "Leadership terms this process has begun.",
         s.terms as f64,
     );
-    let gauges = s.current.as_ref().map(|c| c.gauges.clone()).unwrap_or_default();
+    let gauges = s
+        .current
+        .as_ref()
+        .map(|c| c.gauges.clone())
+        .unwrap_or_default();
     t.single(
         "baton_executions_running",
         Kind::Gauge,
@@ -93,7 +102,11 @@ pub fn render(s: &State) -> Text {
         "Dispatches an agent refused, by reason.",
     );
     for (reason, n) in REJECT_REASONS.iter().zip(stats.rejections_by_reason) {
-        t.sample("baton_dispatch_rejections_total", &[("reason", reason)], n as f64);
+        t.sample(
+            "baton_dispatch_rejections_total",
+            &[("reason", reason)],
+            n as f64,
+        );
     }
     t.single(
         "baton_dispatches_unanswered_total",
@@ -117,11 +130,7 @@ pub fn render(s: &State) -> Text {
         &COMPLETION_BOUNDS_MS,
         1e3,
     );
-    t.family(
-        "baton_agents",
-        Kind::Gauge,
-        "Registered agents, by state.",
-    );
+    t.family("baton_agents", Kind::Gauge, "Registered agents, by state.");
     for (state, n, _, _) in &gauges.agents {
         t.sample("baton_agents", &[("state", state)], *n as f64);
     }

@@ -457,7 +457,8 @@ impl Scheduler {
             }
             DispatchOutcome::Rejected { code, reason } => {
                 self.stats.rejections += 1;
-                self.stats.rejections_by_reason[crate::metrics::reject_reason_index(code as i32)] += 1;
+                self.stats.rejections_by_reason
+                    [crate::metrics::reject_reason_index(code as i32)] += 1;
                 use pb::RejectCode as R;
                 if let Some(a) = self.registry.get_mut(agent) {
                     match code {

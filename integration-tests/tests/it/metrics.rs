@@ -70,7 +70,10 @@ fn value(s: &BTreeMap<String, f64>, key: &str) -> f64 {
 fn metrics_addr(node_dir: &Path) -> SocketAddr {
     let out = std::fs::read_to_string(node_dir.join("stdout.log")).unwrap_or_default();
     out.lines()
-        .find_map(|l| l.split_once(" metrics on ").map(|(_, a)| a.trim().to_owned()))
+        .find_map(|l| {
+            l.split_once(" metrics on ")
+                .map(|(_, a)| a.trim().to_owned())
+        })
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no `metrics on ADDR` line in {}: {out}", node_dir.display()))
 }
@@ -153,7 +156,11 @@ fn free_port() -> u16 {
 
 /// Starts Prometheus scraping `targets` every second with the token file;
 /// returns it and its address once it is ready.
-fn start_prometheus(dir: &Path, token_file: &Path, targets: &[SocketAddr]) -> (Prometheus, SocketAddr) {
+fn start_prometheus(
+    dir: &Path,
+    token_file: &Path,
+    targets: &[SocketAddr],
+) -> (Prometheus, SocketAddr) {
     let list = targets
         .iter()
         .map(|t| format!("'{t}'"))
@@ -170,7 +177,10 @@ fn start_prometheus(dir: &Path, token_file: &Path, targets: &[SocketAddr]) -> (P
     let log = std::fs::File::create(dir.join("prometheus.log")).expect("prometheus.log");
     let child = Command::new("prometheus")
         .arg(format!("--config.file={}", config_path.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
         .arg(format!("--web.listen-address={addr}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -224,7 +234,12 @@ fn a_fanout_moves_the_metrics_of_coordinator_and_agents() {
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let tf = token_file.display().to_string();
-    let flags = ["--metrics-listen", "127.0.0.1:0", "--metrics-token-file", &tf];
+    let flags = [
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--metrics-token-file",
+        &tf,
+    ];
     c.start_coordinator_with(&flags);
     let coord = metrics_addr(&c.root().join("coordinator"));
     let mut agents = Vec::new();
@@ -240,7 +255,10 @@ fn a_fanout_moves_the_metrics_of_coordinator_and_agents() {
     let (status, body) = http_get(coord, "/metrics", None);
     assert_eq!(status, 401, "{body}");
     assert!(!body.contains("baton_"), "{body}");
-    assert_eq!(http_get(agents[0], "/metrics", Some("wrong-token-0123456789")).0, 401);
+    assert_eq!(
+        http_get(agents[0], "/metrics", Some("wrong-token-0123456789")).0,
+        401
+    );
 
     let parent = c.write_fanout("metrics", &FanoutSpec::new(10, "true"));
     let pkg = parent.display().to_string();
@@ -265,17 +283,26 @@ fn a_fanout_moves_the_metrics_of_coordinator_and_agents() {
     assert!(value(&s, "baton_dispatches_total") >= CHILDREN as f64);
     assert!(value(&s, "baton_dispatch_accept_duration_seconds_count") >= CHILDREN as f64);
     assert_eq!(
-        value(&s, "baton_dispatch_accept_duration_seconds_bucket{le=\"+Inf\"}"),
+        value(
+            &s,
+            "baton_dispatch_accept_duration_seconds_bucket{le=\"+Inf\"}"
+        ),
         value(&s, "baton_dispatch_accept_duration_seconds_count")
     );
     assert!(value(&s, "baton_child_completion_duration_seconds_count") >= CHILDREN as f64);
-    assert_eq!(value(&s, "baton_agents{state=\"ready\"}"), AGENTS.len() as f64);
+    assert_eq!(
+        value(&s, "baton_agents{state=\"ready\"}"),
+        AGENTS.len() as f64
+    );
     assert_eq!(value(&s, "baton_fleet_slots{state=\"ready\"}"), 8.0);
     assert!(value(&s, "baton_store_commit_duration_seconds_count") > 0.0);
     assert!(value(&s, "baton_store_size_bytes") > 0.0);
     assert!(value(&s, "process_resident_memory_bytes") > 0.0);
     assert_eq!(
-        value(&s, "baton_metrics_requests_refused_total{reason=\"missing_credentials\"}"),
+        value(
+            &s,
+            "baton_metrics_requests_refused_total{reason=\"missing_credentials\"}"
+        ),
         1.0
     );
 
@@ -363,7 +390,11 @@ fn metrics_listen_refuses_non_loopback_and_open_token_files() {
         &tf,
     ]);
     out.expect_code(2);
-    assert!(out.stderr.contains("METRICS_NOT_LOOPBACK"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("METRICS_NOT_LOOPBACK"),
+        "{}",
+        out.describe()
+    );
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = c.cli_raw(&[
         "coordinator",
@@ -378,7 +409,11 @@ fn metrics_listen_refuses_non_loopback_and_open_token_files() {
         &tf,
     ]);
     out.expect_code(2);
-    assert!(out.stderr.contains("METRICS_TOKEN_FILE"), "{}", out.describe());
+    assert!(
+        out.stderr.contains("METRICS_TOKEN_FILE"),
+        "{}",
+        out.describe()
+    );
     // Without a token file the flag is refused by the parser.
     let out = c.cli_raw(&["coordinator", "--metrics-listen", "127.0.0.1:0"]);
     out.expect_code(2);
