@@ -3,7 +3,7 @@
 //! publishes its scheduler's snapshot into it (`feed.rs`), the store wrapper
 //! that times commits (`measured.rs`), and the text a scrape gets
 //! (`render.rs`). The HTTP endpoint itself (authentication, limits) is the
-//! CLI's: it serves [`Registry`] through [`render`].
+//! CLI's: it serves [`Registry`] through [`render()`].
 
 pub mod feed;
 pub mod measured;

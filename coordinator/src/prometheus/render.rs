@@ -1,5 +1,5 @@
 //! The coordinator's metrics in the Prometheus text format: what the
-//! [`Registry`] holds, under the names `docs/observability.md` lists. Units
+//! [`Registry`](super::Registry) holds, under the names `docs/observability.md` lists. Units
 //! are in the names (seconds, bytes); latency histograms are read at fixed
 //! bounds from the fixed-memory histograms of `crate::metrics`.
 
