@@ -66,6 +66,9 @@ pub struct AgentConfig {
     /// dies ([`crate::watchdog`]); `None`: no watchdog (embedders, unit tests;
     /// the journal still ends them at the next start). `baton agent` sets it.
     pub watchdog: Option<crate::watchdog::Launcher>,
+    /// Where the agent counts for `--metrics-listen`; `None`: counted but
+    /// read by nobody.
+    pub metrics: Option<std::sync::Arc<crate::metrics::AgentMetrics>>,
 }
 
 impl Default for AgentConfig {
@@ -88,6 +91,7 @@ impl Default for AgentConfig {
             allow_run_as: Vec::new(),
             retain_jobs_for: std::time::Duration::from_secs(7 * 86_400),
             watchdog: None,
+            metrics: None,
         }
     }
 }

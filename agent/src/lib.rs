@@ -44,6 +44,7 @@ pub mod job;
 pub mod jobs;
 pub mod logs;
 pub mod mask;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod packages;
@@ -120,6 +121,23 @@ pub async fn run(
     }
     warn_about_run_as(&config);
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
+    if let Some(metrics) = &config.metrics {
+        // Weak: the supervisor holds the metrics; the agent's end frees both.
+        let (weak, outbox) = (Arc::downgrade(&supervisor), Arc::downgrade(&outbox));
+        metrics.attach(move || {
+            let (Some(supervisor), Some(outbox)) = (weak.upgrade(), outbox.upgrade()) else {
+                return metrics::Gauges::default();
+            };
+            let load = supervisor.load();
+            metrics::Gauges {
+                slots: u64::from(load.slots),
+                used: u64::from(load.running),
+                draining: load.draining,
+                unacked_events: outbox.unacked_len() as u64,
+                jobs_started: supervisor.jobs_spawned(),
+            }
+        });
+    }
     if let Some(launcher) = config.watchdog.clone() {
         let watchdog = watchdog::Watchdog::start(launcher)
             .map_err(|e| AgentError::io("starting the process watchdog", e))?;

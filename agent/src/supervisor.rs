@@ -69,6 +69,8 @@ pub struct Supervisor {
     /// One permit per slot: a job accepted into the queue (`--queue`) waits for
     /// one before it starts (the semaphore is fair: in order of acceptance).
     run_slots: Arc<tokio::sync::Semaphore>,
+    /// `StartJob` answers are counted here (`--metrics-listen`).
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 impl Supervisor {
@@ -91,6 +93,7 @@ impl Supervisor {
             packages: Arc::new(PackageCache::new(config.data_dir.join("packages"))),
             parsed: ParsedPackages::new(),
             run_slots: Arc::new(tokio::sync::Semaphore::new(config.slots as usize)),
+            metrics: config.metrics.clone().unwrap_or_default(),
         })
     }
 
@@ -120,6 +123,7 @@ impl Supervisor {
     /// Decides a `StartJob`: `Ok` = accepted (new or again), `Err` = rejected.
     pub fn start_job(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
         let result = self.admit(job);
+        self.metrics.decided(result.as_ref().err().map(|r| r.code));
         result.inspect_err(|r| {
             // The reason may quote the package; it never holds parameter values.
             debug!(code = r.code_str(), reason = %r.reason, "rejection reason");

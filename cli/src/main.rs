@@ -15,9 +15,11 @@ mod contexts;
 mod env_lookup;
 mod error;
 mod local_cluster;
+mod metrics_http;
 mod output;
 mod private_dir;
 mod proc_cpu;
+mod process_metrics;
 
 use std::process::ExitCode;
 

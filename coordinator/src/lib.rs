@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod pki;
 pub mod placement;
 pub mod prepare;
+pub mod prometheus;
 pub mod quota;
 pub mod records;
 pub mod recovery;
@@ -73,6 +74,9 @@ pub struct CoordinatorConfig {
     /// High availability: how this coordinator is reached and how long a
     /// leader keeps its term without renewing it.
     pub ha: HaConfig,
+    /// The process-wide metrics registry (`--metrics-listen`): each term
+    /// publishes into it; `None`: no metrics are kept.
+    pub metrics: Option<Arc<prometheus::Registry>>,
 }
 
 /// Settings of a coordinator among several (`--advertise`, `--leader-lease`).
@@ -132,6 +136,7 @@ impl Default for CoordinatorConfig {
             quota_bytes_per_principal: quota::DEFAULT_QUOTA_BYTES,
             store: store::StoreConfig::Embedded,
             ha: HaConfig::default(),
+            metrics: None,
         }
     }
 }
@@ -197,6 +202,10 @@ pub async fn start(
             .await
             .map_err(|e| CoordinatorError::Store(e.to_string()))??,
     );
+    let store = match &config.metrics {
+        Some(registry) => prometheus::measured::Measured::wrap(store, registry.clone()),
+        None => store,
+    };
     let secrets = Arc::new(secrets::load(&config.data_dir, store.as_ref()).await?);
     let mut sched = recovery::load(store.as_ref(), config.scheduler(), &secrets).await?;
     sched.set_secrets(secrets.clone());
@@ -206,6 +215,7 @@ pub async fn start(
     )?);
     tokio::spawn(audit.clone().flush_every_second(shutdown.clone()));
     let tls_audit = audit.clone();
+    let metrics_audit = audit.clone();
     let auth = auth::Auth::new(store.clone(), audit);
     auth.ensure_admin().await?;
     let live_tls = match &config.security {
@@ -229,6 +239,15 @@ pub async fn start(
         history,
         local_children: config.scheduling.local_children,
     };
+    if let Some(registry) = &config.metrics {
+        prometheus::feed::spawn(
+            registry.clone(),
+            coordinator.clone(),
+            coordinator.store.clone(),
+            metrics_audit,
+            shutdown.clone(),
+        );
+    }
     let agent_api = CoordinatorServiceServer::new(grpc::agent_api::AgentApi {
         handle,
         auth: auth.clone(),

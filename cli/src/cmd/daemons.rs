@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +102,54 @@ pub struct CoordinatorArgs {
     /// (QUOTA_EXCEEDED past it). 0: no quota.
     #[arg(long, env = "BATON_COORDINATOR_QUOTA_BYTES_PER_PRINCIPAL", default_value = "1GiB", value_parser = parse_bytes)]
     pub quota_bytes_per_principal: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
+    /// (plaintext: a loopback address only; port 0 picks a free port, printed).
+    /// Needs --metrics-token-file. See docs/observability.md.
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_METRICS_LISTEN",
+        value_name = "ADDR",
+        requires = "metrics_token_file"
+    )]
+    pub metrics_listen: Option<String>,
+    /// File holding the bearer token every scrape must send (Prometheus:
+    /// `authorization: { credentials_file: FILE }`); at least 16 characters,
+    /// not readable by others.
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_METRICS_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "metrics_listen"
+    )]
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+/// `--metrics-listen` and `--metrics-token-file` of either daemon.
+#[derive(Debug, Clone)]
+pub struct MetricsArgs {
+    pub metrics_listen: Option<String>,
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+impl MetricsArgs {
+    /// Starts the endpoint when asked to, printing `baton WHAT metrics on ADDR`.
+    async fn serve(
+        &self,
+        what: &str,
+        component: &'static str,
+        render: crate::metrics_http::Render,
+        on_refused: Option<crate::metrics_http::OnRefused>,
+        shutdown: CancellationToken,
+    ) -> Result<(), CliError> {
+        let (Some(listen), Some(token)) = (&self.metrics_listen, &self.metrics_token_file) else {
+            return Ok(());
+        };
+        let addr =
+            crate::metrics_http::serve(listen, token, component, render, on_refused, shutdown)
+                .await?;
+        announce(format!("baton {what} metrics on {addr}"));
+        Ok(())
+    }
 }
 
 /// A byte count: digits with an optional unit (B, KB, MB, GB: powers of 1000;
@@ -212,6 +261,26 @@ pub struct AgentArgs {
     /// longer ago than this, e.g. 7d, 12h. Running jobs are never touched.
     #[arg(long, env = "BATON_AGENT_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub retain_for: std::time::Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
+    /// (plaintext: a loopback address only; port 0 picks a free port, printed).
+    /// Needs --metrics-token-file. See docs/observability.md.
+    #[arg(
+        long,
+        env = "BATON_AGENT_METRICS_LISTEN",
+        value_name = "ADDR",
+        requires = "metrics_token_file"
+    )]
+    pub metrics_listen: Option<String>,
+    /// File holding the bearer token every scrape must send (Prometheus:
+    /// `authorization: { credentials_file: FILE }`); at least 16 characters,
+    /// not readable by others.
+    #[arg(
+        long,
+        env = "BATON_AGENT_METRICS_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "metrics_listen"
+    )]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CliError> {
@@ -354,6 +423,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         }
         baton_coordinator::transport::Security::Tls(live)
     };
+    let metrics_args = MetricsArgs {
+        metrics_listen: args.metrics_listen.clone(),
+        metrics_token_file: args.metrics_token_file.clone(),
+    };
     let config = baton_coordinator::CoordinatorConfig {
         data_dir: args.data_dir,
         lease_ttl_ms: args.lease_ttl_ms,
@@ -381,11 +454,27 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         quota_bytes_per_principal: args.quota_bytes_per_principal,
         store: baton_coordinator::store::StoreConfig::Embedded,
         ha: baton_coordinator::HaConfig::default(),
+        metrics: metrics_args
+            .metrics_listen
+            .is_some()
+            .then(baton_coordinator::prometheus::Registry::new),
     };
     config
         .validate()
         .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let shutdown = CancellationToken::new();
+    if let Some(registry) = &config.metrics {
+        let (r, a) = (registry.clone(), registry.clone());
+        metrics_args
+            .serve(
+                "coordinator",
+                "coordinator",
+                Arc::new(move || baton_coordinator::prometheus::render(&r.read())),
+                Some(Arc::new(move |ip, code| a.refused(ip, code))),
+                shutdown.clone(),
+            )
+            .await?;
+    }
     let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
     announce(format!("baton coordinator listening on {addr}"));
     let mut task = running.task;
@@ -515,10 +604,28 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
     if let Some(s) = args.slots {
         config.slots = s;
     }
+    let metrics_args = MetricsArgs {
+        metrics_listen: args.metrics_listen.clone(),
+        metrics_token_file: args.metrics_token_file.clone(),
+    };
+    if metrics_args.metrics_listen.is_some() {
+        config.metrics = Some(Arc::default());
+    }
     config
         .validate()
         .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let shutdown = CancellationToken::new();
+    if let Some(metrics) = config.metrics.clone() {
+        metrics_args
+            .serve(
+                &format!("agent {name}"),
+                "agent",
+                Arc::new(move || metrics.render()),
+                None,
+                shutdown.clone(),
+            )
+            .await?;
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         super::signals::shutdown_signal().await;

@@ -425,6 +425,7 @@ impl Scheduler {
         match outcome {
             DispatchOutcome::Accepted => self.set_state_unsaved(cref, Step::Accept),
             DispatchOutcome::Unknown(err) => {
+                self.stats.dispatches_unanswered += 1;
                 debug!(agent, %err, "dispatch outcome unknown; will ask again");
                 // Shown while it waits in `dispatching` (not stored).
                 if let Some(c) = self.child_mut(cref) {
@@ -441,6 +442,7 @@ impl Scheduler {
                     .unwrap_or_default();
                 warn!(agent, %address, error = %err, "an agent's registered address is served by another agent; it gets no jobs there");
                 self.stats.rejections += 1;
+                self.stats.rejections_by_reason[crate::metrics::WRONG_AGENT] += 1;
                 let Some(c) = self.child_mut(cref) else {
                     return;
                 };
@@ -455,6 +457,8 @@ impl Scheduler {
             }
             DispatchOutcome::Rejected { code, reason } => {
                 self.stats.rejections += 1;
+                self.stats.rejections_by_reason
+                    [crate::metrics::reject_reason_index(code as i32)] += 1;
                 use pb::RejectCode as R;
                 if let Some(a) = self.registry.get_mut(agent) {
                     match code {

@@ -234,6 +234,7 @@ impl Scheduler {
             }
         }
         if new.is_terminal() {
+            self.stats.children_ended[phase_idx(new)] += 1;
             e.watch.may_end(cref.task as usize);
             task.terminal += 1;
             c.rec.finished_unix_ms = self.unix_ms;

@@ -39,6 +39,7 @@ mod exec;
 mod exec_table;
 mod executions;
 pub(crate) mod flow;
+mod gauges;
 mod ids;
 mod journal;
 mod model;

@@ -265,6 +265,7 @@ fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &
             let _ = reply.send(MetricsSnapshot {
                 latency: sched.latency.clone(),
                 stats: sched.stats,
+                gauges: sched.gauges(),
             });
         }
     }

@@ -42,6 +42,7 @@ mod local;
 mod log_format;
 mod logs_reconnect;
 mod logs_rows;
+mod metrics;
 mod nested;
 mod parent_flow;
 mod placement;
