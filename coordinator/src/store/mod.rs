@@ -12,9 +12,12 @@
 //! etcd for HA coordinators; both must pass the `conformance` suite. Tests
 //! use `fake::FakeStore`: in memory, it passes the same suite and can hold,
 //! fail and record commits (the faults the scheduler's loop must survive).
+//! A leader writes through [`fenced::FencedStore`], which makes every commit
+//! of its term check the term's fence key.
 
 pub mod config;
 pub mod embedded;
+pub mod fenced;
 mod kv;
 
 #[cfg(test)]
