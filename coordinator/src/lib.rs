@@ -225,9 +225,9 @@ async fn open_store(
         }
         // MERGE: joined with the etcd backend (store::etcd::EtcdStore and
         // leadership::etcd::EtcdLeadership), written on another branch.
-        store::StoreConfig::Etcd(_) => Err(CoordinatorError::Config(
-            "etcd store not built yet".into(),
-        )),
+        store::StoreConfig::Etcd(_) => {
+            Err(CoordinatorError::Config("etcd store not built yet".into()))
+        }
     }
 }
 
@@ -348,7 +348,8 @@ pub(crate) async fn serve(
             r
         };
         let (served, roles) = tokio::join!(served, roles);
-        roles.map_err(|e| CoordinatorError::Store(format!("coordinator role task failed: {e}")))??;
+        roles
+            .map_err(|e| CoordinatorError::Store(format!("coordinator role task failed: {e}")))??;
         served.map_err(|e| CoordinatorError::Transport(e.to_string()))?;
         Ok(())
     });

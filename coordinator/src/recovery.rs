@@ -182,7 +182,10 @@ mod tests {
             commits,
             "load itself commits nothing"
         );
-        assert!(!sched.has_dirty(), "nothing to write: the epoch is the leadership's");
+        assert!(
+            !sched.has_dirty(),
+            "nothing to write: the epoch is the leadership's"
+        );
         let (ops, _) = sched.flush();
         assert!(
             ops.iter().all(|op| op.key() != EPOCH_KEY),

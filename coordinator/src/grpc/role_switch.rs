@@ -133,8 +133,10 @@ impl<N> Service<http::Request<Body>> for Switched<N> {
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         match self.switch.current() {
             Ok(mut routes) => Box::pin(async move {
-                std::future::poll_fn(|cx| Service::<http::Request<Body>>::poll_ready(&mut routes, cx))
-                    .await?;
+                std::future::poll_fn(|cx| {
+                    Service::<http::Request<Body>>::poll_ready(&mut routes, cx)
+                })
+                .await?;
                 routes.call(req).await
             }),
             Err(leader) => {
@@ -169,7 +171,9 @@ mod tests {
     }
 
     async fn call(url: &str) -> tonic::Status {
-        let mut client = ControlServiceClient::connect(url.to_string()).await.unwrap();
+        let mut client = ControlServiceClient::connect(url.to_string())
+            .await
+            .unwrap();
         client
             .list_agents(pb::ListAgentsRequest::default())
             .await
@@ -186,12 +190,18 @@ mod tests {
         let url = serve(&switch).await;
         let s = call(&url).await;
         assert_eq!(s.code(), tonic::Code::Unavailable);
-        assert_eq!(metadata(&s, crate::grpc::ERROR_CODE_KEY), Some("NOT_LEADER"));
+        assert_eq!(
+            metadata(&s, crate::grpc::ERROR_CODE_KEY),
+            Some("NOT_LEADER")
+        );
         assert_eq!(metadata(&s, "baton-leader"), None, "no leader known yet");
 
         switch.set_leader_hint(Some("https://c2:7400".into()));
         let s = call(&url).await;
-        assert_eq!(metadata(&s, crate::grpc::ERROR_CODE_KEY), Some("NOT_LEADER"));
+        assert_eq!(
+            metadata(&s, crate::grpc::ERROR_CODE_KEY),
+            Some("NOT_LEADER")
+        );
         assert_eq!(metadata(&s, "baton-leader"), Some("https://c2:7400"));
         assert!(s.message().contains("https://c2:7400"), "{}", s.message());
         assert!(!switch.is_leading());
@@ -208,11 +218,17 @@ mod tests {
         let s = call(&url).await;
         assert_eq!(s.code(), tonic::Code::Unimplemented, "{s:?}");
         switch.set_leader_hint(Some("ignored".into()));
-        assert!(switch.is_leading(), "a hint does not make a leader stand by");
+        assert!(
+            switch.is_leading(),
+            "a hint does not make a leader stand by"
+        );
 
         switch.stand_by(Some("https://c3:7400".into()));
         let s = call(&url).await;
-        assert_eq!(metadata(&s, crate::grpc::ERROR_CODE_KEY), Some("NOT_LEADER"));
+        assert_eq!(
+            metadata(&s, crate::grpc::ERROR_CODE_KEY),
+            Some("NOT_LEADER")
+        );
         assert_eq!(metadata(&s, "baton-leader"), Some("https://c3:7400"));
     }
 }

@@ -64,9 +64,7 @@ fn recoverable(e: &CoordinatorError) -> bool {
 }
 
 /// What the scheduler's loop ending on its own means for the term.
-fn scheduler_ended(
-    r: Result<Result<(), CoordinatorError>, tokio::task::JoinError>,
-) -> Ended {
+fn scheduler_ended(r: Result<Result<(), CoordinatorError>, tokio::task::JoinError>) -> Ended {
     match r {
         Ok(Ok(())) => Ended::Lost("the scheduler stopped".into()),
         Ok(Err(e)) if recoverable(&e) => Ended::Lost(e.to_string()),

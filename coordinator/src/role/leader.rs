@@ -24,7 +24,9 @@ use crate::live_tls::LiveTls;
 use crate::store::Store;
 use crate::store::fenced::{Fence, FencedStore};
 use crate::transport::AgentDialer;
-use crate::{CoordinatorConfig, MAX_MESSAGE_BYTES, quota, recovery, retention, scheduler_task, secrets};
+use crate::{
+    CoordinatorConfig, MAX_MESSAGE_BYTES, quota, recovery, retention, scheduler_task, secrets,
+};
 
 /// The gRPC services a leader serves (their names route calls to them).
 pub type AgentService = CoordinatorServiceServer<AgentApi>;

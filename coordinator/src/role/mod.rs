@@ -12,3 +12,6 @@ mod leader;
 
 pub(crate) use cycle::{Roles, run};
 pub(crate) use leader::{AgentService, ControlService, Process};
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::kv::{BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch};
+use super::kv::{
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch,
+};
 
 /// What a term's commits check (a leadership's `Term`, as the store sees it).
 #[derive(Debug, Clone)]
@@ -235,7 +237,10 @@ mod tests {
             .commit(vec![put("k", Precondition::Absent)])
             .await
             .unwrap_err();
-        assert!(matches!(&err, StoreError::Conflict { key } if key == "k"), "{err}");
+        assert!(
+            matches!(&err, StoreError::Conflict { key } if key == "k"),
+            "{err}"
+        );
         assert!(!fenced.fence().lost.is_cancelled());
         // The same conflict once the fence moved (the backend reports the
         // first failed check): fenced.
@@ -266,7 +271,9 @@ mod tests {
         let (store, fenced) = fenced().await;
         for op in [
             put(FENCE, Precondition::Any),
-            Op::DeletePrefix { prefix: "m/".into() },
+            Op::DeletePrefix {
+                prefix: "m/".into(),
+            },
         ] {
             let err = fenced.commit(vec![op]).await.unwrap_err();
             assert!(matches!(err, StoreError::Backend(_)), "{err}");
