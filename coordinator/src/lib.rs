@@ -283,6 +283,12 @@ pub(crate) async fn serve(
     let dialer = transport::AgentDialer::new(config.security.clone());
     let addr = listener.local_addr()?;
     let advertise = advertise_url(&config, addr);
+    if config.ha.advertise.is_none()
+        && addr.ip().is_unspecified()
+        && !matches!(config.store, store::StoreConfig::Embedded)
+    {
+        tracing::warn!(%advertise, "listening on all addresses without --advertise: standbys will name an address clients cannot reach");
+    }
     info!(%addr, %advertise, tls = live_tls.is_some(), "coordinator serving");
     let switch = grpc::role_switch::RoleSwitch::default();
     // The server stops on shutdown, and also when the roles stop on their own
@@ -368,4 +374,18 @@ pub(crate) async fn serve(
         }
     }
     Ok(Running { current, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_url_is_the_flag_or_the_listen_address() {
+        let addr: std::net::SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        let mut config = CoordinatorConfig::default();
+        assert_eq!(advertise_url(&config, addr), "http://127.0.0.1:7400");
+        config.ha.advertise = Some("https://c1.example:7400".into());
+        assert_eq!(advertise_url(&config, addr), "https://c1.example:7400");
+    }
 }
