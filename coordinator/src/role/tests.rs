@@ -6,7 +6,8 @@
 //! `STALE_EPOCH`) makes the coordinator stop, drop its state and lead again
 //! with a higher epoch, the execution finishing with each child recorded
 //! once; a standby sharing the store answers `NOT_LEADER` with the leader's
-//! URL and takes over when the leader goes.
+//! URL and takes over when the leader goes; a store unavailable for a moment
+//! ends a term but not the process, a backend failure stops it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -632,4 +633,66 @@ async fn a_standby_answers_not_leader_with_the_leaders_url_and_takes_over_when_i
         .expect("the old leader stops")
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_store_unavailable_for_a_moment_ends_the_term_but_not_the_process() {
+    let store = FakeStore::new();
+    let a = node(
+        &store,
+        Arc::new(EmbeddedLeadership::new(store.clone())),
+        None,
+        true,
+    )
+    .await;
+    store.unavailable_next_commits(1);
+    let first = a.running.coordinator().unwrap();
+    let err = first
+        .start("p.toml".into(), files(), params(2), "/".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "SHUTTING_DOWN", "{err}");
+    let second = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if stored_epoch(&store) == Some(2)
+                && let Some(c) = a.running.coordinator()
+            {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("it leads again");
+    second
+        .start("p.toml".into(), files(), params(2), "/".into())
+        .await
+        .unwrap();
+    assert!(!a.running.task.is_finished(), "the process did not exit");
+}
+
+#[tokio::test]
+async fn a_backend_failure_stops_the_process() {
+    let store = FakeStore::new();
+    let mut a = node(
+        &store,
+        Arc::new(EmbeddedLeadership::new(store.clone())),
+        None,
+        true,
+    )
+    .await;
+    store.fail_next_commits(1);
+    let c = a.running.coordinator().unwrap();
+    assert!(
+        c.start("p.toml".into(), files(), params(2), "/".into())
+            .await
+            .is_err()
+    );
+    let ended = tokio::time::timeout(DEADLINE, &mut a.running.task)
+        .await
+        .expect("the process stops")
+        .unwrap();
+    let err = ended.unwrap_err();
+    assert_eq!(err.code(), "STORE_FAILED", "{err}");
+    assert!(a.running.coordinator().is_none());
 }
