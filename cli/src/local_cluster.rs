@@ -127,6 +127,8 @@ impl LocalCluster {
             ..Default::default()
         };
         let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
+        // Alone on its embedded store, it leads from the start.
+        let coordinator = running.leading().await?;
         let opt = CoordinatorOpt {
             url: format!("https://{addr}"),
             tls_dir: tls_dir.join("admin"),
@@ -139,7 +141,7 @@ impl LocalCluster {
             dir,
             opt,
             client,
-            coordinator: running.coordinator,
+            coordinator,
             agents: Vec::new(),
             shutdown,
             task: Some(running.task),

@@ -711,8 +711,7 @@ mod tests {
     /// time: an early answer would come within microseconds).
     const QUIET: Duration = Duration::from_millis(100);
 
-    /// A coordinator over `store`, its loop running, its first commit (the
-    /// epoch) applied.
+    /// A coordinator over `store`, its loop running.
     async fn coordinator(store: &Arc<FakeStore>) -> Coordinator {
         let (handle, _task) = crate::scheduler_task::spawn(
             Scheduler::new(SchedulerConfig::default(), 1),
@@ -720,7 +719,6 @@ mod tests {
             AgentDialer::new(Security::Insecure),
             CancellationToken::new(),
         );
-        store.wait_applied(1).await;
         Coordinator {
             handle,
             store: store.clone(),

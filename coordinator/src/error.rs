@@ -38,6 +38,10 @@ pub enum CoordinatorError {
     /// when known, is in `leader`). Clients retry there.
     #[error("{}", not_leader_message(.leader))]
     NotLeader { leader: Option<String> },
+    /// This coordinator's term ended while it led (another took the lead, or
+    /// an agent has seen a later epoch): it stops and campaigns again.
+    #[error("leadership lost: {0}")]
+    LeadershipLost(String),
     /// A batch larger than the store accepts in one commit.
     #[error("{0}")]
     StoreBatchTooLarge(String),
@@ -187,6 +191,7 @@ impl CoordinatorError {
             CoordinatorError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             CoordinatorError::StoreFenced(_) => "STORE_FENCED",
             CoordinatorError::NotLeader { .. } => "NOT_LEADER",
+            CoordinatorError::LeadershipLost(_) => "LEADERSHIP_LOST",
             CoordinatorError::StoreBatchTooLarge(_) => "STORE_BATCH_TOO_LARGE",
             CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",
             CoordinatorError::Unauthenticated(_) => "UNAUTHENTICATED",
@@ -231,6 +236,7 @@ impl CoordinatorError {
             CoordinatorError::ShuttingDown
                 | CoordinatorError::Store(_)
                 | CoordinatorError::StoreUnavailable(_)
+                | CoordinatorError::LeadershipLost(_)
                 | CoordinatorError::Transport(_)
                 | CoordinatorError::AgentUnreachable(_)
                 | CoordinatorError::AgentBusy(_)

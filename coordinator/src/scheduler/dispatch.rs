@@ -470,10 +470,19 @@ impl Scheduler {
                     }
                 }
                 if code == R::StaleEpoch {
+                    // Another coordinator led after this one: this term is
+                    // over. Nothing changes here (its state is dropped and
+                    // the next term reloads the store); the loop stops.
                     warn!(
                         agent,
-                        "agent has seen a newer coordinator epoch; is another coordinator running?"
+                        epoch = self.epoch,
+                        "agent has seen a later coordinator epoch; this term is over"
                     );
+                    self.deposed = Some(format!(
+                        "agent {agent} refused a dispatch of epoch {} as STALE_EPOCH: {reason}",
+                        self.epoch
+                    ));
+                    return;
                 }
                 let generation = self.dispatcher.generation();
                 let Some(c) = self.child_mut(cref) else {

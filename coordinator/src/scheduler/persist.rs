@@ -27,7 +27,6 @@ pub(crate) enum Written {
     Exec(u64),
     Agent(String),
     Seq(String),
-    Epoch,
 }
 
 impl Scheduler {
@@ -43,14 +42,6 @@ impl Scheduler {
         let mut ops = Vec::new();
         let mut written = Vec::new();
         let dirty = self.journal.take_dirty();
-        if dirty.epoch {
-            ops.push(Op::Put {
-                key: EPOCH_KEY.to_string(),
-                value: self.epoch.to_string().into_bytes(),
-                pre: Precondition::Any,
-            });
-            written.push((ops.len() - 1, Written::Epoch));
-        }
         for fp in dirty.revoked {
             let name = self
                 .registry
@@ -164,7 +155,6 @@ impl Scheduler {
                         a.seq_version = Some(revision);
                     }
                 }
-                Written::Epoch => {}
             }
         }
         self.publish_and_evict();

@@ -8,7 +8,9 @@
 //! A failed commit stops the loop: memory is ahead of the store, and acting
 //! on it would send out what may never be durable. The replies and effects of
 //! that batch (and of every batch after it) are dropped; their callers get
-//! `ShuttingDown`, and a restart reloads the truth from the store.
+//! `ShuttingDown`, and the next term (or a restart) reloads the truth from
+//! the store. An agent refusing a dispatch as `STALE_EPOCH` stops it too
+//! (`LEADERSHIP_LOST`): another coordinator led after this one.
 
 use std::time::Duration;
 
@@ -117,6 +119,12 @@ pub(crate) async fn run<P: Performer>(
                 }
             }
             _ = tick.tick() => sched.tick(Now::read()),
+        }
+        if let Some(why) = sched.deposed() {
+            // Another coordinator leads: nothing more leaves (the batch under
+            // way and what follows are dropped; the next term reloads).
+            error!(%why, "this coordinator's term is over; stopping the scheduler");
+            return Err(CoordinatorError::LeadershipLost(why.to_string()));
         }
         if inflight.is_some() {
             // The pump and the next flush wait for the commit under way

@@ -14,9 +14,12 @@
 //! fail and record commits (the faults the scheduler's loop must survive).
 //! A batch larger than a backend's limits is committed in order, in chunks
 //! that fit, by [`split::commit_in_chunks`].
+//! A leader writes through [`fenced::FencedStore`], which makes every commit
+//! of its term check the term's fence key.
 
 pub mod config;
 pub mod embedded;
+pub mod fenced;
 mod kv;
 pub mod split;
 
