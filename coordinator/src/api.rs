@@ -802,7 +802,7 @@ mod tests {
         }
         // A restart re-plans it from the blobs.
         let key = crate::secrets::SealingKey::from_bytes(&[7; 32]).unwrap();
-        let sched = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key)
+        let sched = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key, 2)
             .await
             .unwrap();
         let view = sched

@@ -130,7 +130,7 @@ mod tests {
             .await
             .unwrap();
         let key = crate::secrets::SealingKey::from_bytes(&[7; 32]).unwrap();
-        let mut s = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key)
+        let mut s = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key, 2)
             .await
             .unwrap();
         let view = s.execution_view("e1").expect("running after the restart");

@@ -175,7 +175,7 @@ async fn a_crash_between_chunks_is_recovered_and_resent_events_record_each_child
     // Restart: recovery, then the agent comes back and resends every event
     // after the last one acknowledged (none).
     let key = SealingKey::from_bytes(&[7; 32]).unwrap();
-    let mut s = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key)
+    let mut s = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key, 2)
         .await
         .unwrap();
     let now = Now::read();
@@ -241,7 +241,7 @@ async fn children_cut_short_by_a_crash_while_a_task_starts_are_made_after_recove
     assert!(!stored.is_empty() && stored.len() < CHILDREN as usize);
 
     let key = SealingKey::from_bytes(&[7; 32]).unwrap();
-    let mut s = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key)
+    let mut s = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key, 2)
         .await
         .unwrap();
     flush(&mut s, &store).await;
