@@ -189,12 +189,7 @@ pub async fn start(
 ) -> Result<Running, CoordinatorError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)?;
-    let store_path = config.data_dir.join("coordinator.redb");
-    let store: Arc<dyn store::Store> = Arc::new(
-        tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&store_path))
-            .await
-            .map_err(|e| CoordinatorError::Store(e.to_string()))??,
-    );
+    let store = store::open(&config.store, &config.data_dir).await?;
     let secrets = Arc::new(secrets::load(&config.data_dir, store.as_ref()).await?);
     let mut sched = recovery::load(store.as_ref(), config.scheduler(), &secrets).await?;
     sched.set_secrets(secrets.clone());
