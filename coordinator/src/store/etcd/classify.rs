@@ -64,6 +64,22 @@ pub(crate) fn kind(e: &etcd_client::Error) -> Kind {
     }
 }
 
+/// Whether the request never left this process: the connection to the member
+/// the client picked was refused. etcd's client spreads requests over every
+/// endpoint, a dead one included, so such a call is made again at once (a
+/// commit too: it cannot have applied).
+pub(crate) fn not_sent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect error")
+        }
+        _ => false,
+    }
+}
+
+/// Attempts of a call that was not sent (see [`not_sent`]).
+pub(crate) const NOT_SENT_ATTEMPTS: u32 = 8;
+
 /// The store error of a failed read or of a call that writes nothing
 /// (`TooLarge` cannot apply to those: it reads as a backend failure).
 pub(crate) fn store_error(what: &str, e: etcd_client::Error) -> StoreError {
@@ -126,6 +142,8 @@ mod tests {
         }
         assert!(store_error("get", status(Code::Unavailable, "no leader")).retryable());
         assert!(!store_error("get", status(Code::PermissionDenied, "no")).retryable());
+        assert!(not_sent(&status(Code::Unavailable, "tcp connect error")));
+        assert!(!not_sent(&status(Code::Unavailable, "etcdserver: no leader")));
         assert!(timed_out("commit", std::time::Duration::from_secs(1)).retryable());
     }
 }

@@ -121,7 +121,8 @@ impl EtcdStore {
     }
 
     /// Runs a read with the request timeout, again with backoff while etcd is
-    /// unavailable (at most [`READ_ATTEMPTS`] times).
+    /// unavailable (at most [`READ_ATTEMPTS`] times, and up to
+    /// [`classify::NOT_SENT_ATTEMPTS`] times at once when it was not sent).
     async fn read<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, StoreError>
     where
         F: FnMut(KvClient) -> Fut,
@@ -129,15 +130,16 @@ impl EtcdStore {
     {
         let timeout = self.etcd.config.request_timeout;
         let mut delay = Duration::from_millis(100);
-        let mut attempt = 1;
+        let (mut attempt, mut unsent) = (1, 0);
         loop {
             let err = match tokio::time::timeout(timeout, call(self.kv.clone())).await {
                 Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) if classify::not_sent(&e) && unsent < classify::NOT_SENT_ATTEMPTS => {
+                    unsent += 1;
+                    continue;
+                }
                 Ok(Err(e)) => match classify::kind(&e) {
                     Kind::Unavailable => classify::store_error(what, e),
-                    Kind::ResponseTooLarge => {
-                        return Err(StoreError::Backend(format!("etcd {what}: {e}")));
-                    }
                     _ => return Err(classify::store_error(what, e)),
                 },
                 Err(_) => classify::timed_out(what, timeout),
@@ -274,7 +276,20 @@ impl Store for EtcdStore {
             }
             let timeout = self.etcd.config.request_timeout;
             let mut kv = self.kv.clone();
-            let resp = match tokio::time::timeout(timeout, kv.txn(plan.txn.clone())).await {
+            let mut unsent = 0;
+            let resp = loop {
+                let sent = tokio::time::timeout(timeout, kv.txn(plan.txn.clone())).await;
+                match sent {
+                    // Refused before it was sent: it cannot have applied.
+                    Ok(Err(e))
+                        if classify::not_sent(&e) && unsent < classify::NOT_SENT_ATTEMPTS =>
+                    {
+                        unsent += 1;
+                    }
+                    other => break other,
+                }
+            };
+            let resp = match resp {
                 Err(_) => {
                     return Err(StoreError::Unavailable(format!(
                         "etcd commit: no answer within {} ms; it may or may not have applied",
@@ -349,3 +364,6 @@ impl Store for EtcdStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
