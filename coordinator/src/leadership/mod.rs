@@ -18,6 +18,8 @@
 
 use tokio_util::sync::CancellationToken;
 
+pub mod etcd;
+
 use crate::store::{BoxFuture, Revision, StoreError};
 
 /// One uninterrupted period of leadership.
