@@ -256,3 +256,69 @@ async fn three_members_survive_one_loss_and_recover_from_two() {
     let keys = store.range("k/").await.unwrap();
     assert!(keys.len() >= 8, "{}", keys.len());
 }
+
+/// A CA, a server certificate for 127.0.0.1 (etcd 3.4 wants client usage
+/// on it too) and a client certificate, as PEM files in `dir`.
+fn tls_files(dir: &std::path::Path) -> [std::path::PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose as Eku, IsCa, Issuer, KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<String>, usages: Vec<Eku>| {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.extended_key_usages = usages;
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(
+        vec!["127.0.0.1".into(), "localhost".into()],
+        vec![Eku::ServerAuth, Eku::ClientAuth],
+    );
+    let client = leaf(vec!["coordinator".into()], vec![Eku::ClientAuth]);
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.0),
+        ("server.key", server.1),
+        ("client.pem", client.0),
+        ("client.key", client.1),
+    ];
+    files.map(|(name, pem)| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    })
+}
+
+#[tokio::test]
+async fn mutual_tls_to_etcd() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let [ca, server_cert, server_key, client_cert, client_key] = tls_files(dir.path());
+    let Some(cluster) = EtcdCluster::start_tls(baton_integration_tests::etcd::ServerTls {
+        ca: &ca,
+        cert: &server_cert,
+        key: &server_key,
+    }) else {
+        return;
+    };
+    let mut cfg = config(&cluster, "/tls/");
+    cfg.tls = Some(crate::store::config::EtcdTls {
+        ca,
+        cert: client_cert,
+        key: client_key,
+    });
+    let store = EtcdStore::open(&cfg).await.unwrap();
+    let rev = store.commit(vec![put("k", Precondition::Absent)]).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap().unwrap().mod_revision, rev);
+    // Plaintext gets no answer from it: the start gives up in time.
+    let mut anonymous = cfg.clone();
+    anonymous.tls = None;
+    anonymous.connect_patience = Duration::from_secs(1);
+    let err = EtcdStore::open(&anonymous).await.err().unwrap();
+    assert_eq!(err.code(), "STORE_UNAVAILABLE", "{err}");
+}
