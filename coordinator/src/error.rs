@@ -241,6 +241,13 @@ impl From<StoreError> for CoordinatorError {
     }
 }
 
+fn not_leader_message(leader: &Option<String>) -> String {
+    match leader {
+        Some(url) => format!("this coordinator is a standby; the leader is {url}"),
+        None => "this coordinator is a standby and no coordinator leads now (an election is under way); retry shortly".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,12 +295,5 @@ mod tests {
                 assert_eq!(e.retryable(), store_retryable, "{e}");
             }
         }
-    }
-}
-
-fn not_leader_message(leader: &Option<String>) -> String {
-    match leader {
-        Some(url) => format!("this coordinator is a standby; the leader is {url}"),
-        None => "this coordinator is a standby and no coordinator leads now (an election is under way); retry shortly".into(),
     }
 }

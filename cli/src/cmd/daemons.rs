@@ -682,15 +682,18 @@ mod tests {
     }
 
     fn store(flags: &[&str]) -> Result<StoreConfig, crate::error::CliError> {
-        let args = Args::try_parse_from(std::iter::once("baton").chain(flags.iter().copied()))
-            .unwrap();
+        let args =
+            Args::try_parse_from(std::iter::once("baton").chain(flags.iter().copied())).unwrap();
         store_config(&args.coordinator)
     }
 
     #[test]
     fn the_store_is_embedded_unless_an_etcd_url_is_given() {
         assert_eq!(store(&[]).unwrap(), StoreConfig::Embedded);
-        assert_eq!(store(&["--store", "embedded"]).unwrap(), StoreConfig::Embedded);
+        assert_eq!(
+            store(&["--store", "embedded"]).unwrap(),
+            StoreConfig::Embedded
+        );
         let StoreConfig::Etcd(etcd) = store(&[
             "--store",
             "etcd://10.0.0.1:2379,10.0.0.2",
@@ -723,14 +726,26 @@ mod tests {
     #[test]
     fn bad_store_flags_are_refused_with_their_code() {
         for (flags, code, says) in [
-            (&["--store", "etcd://h1:x"][..], "STORE_URL_INVALID", "not a port number"),
-            (&["--store", "redis://h1"][..], "STORE_URL_INVALID", "etcd://"),
+            (
+                &["--store", "etcd://h1:x"][..],
+                "STORE_URL_INVALID",
+                "not a port number",
+            ),
+            (
+                &["--store", "redis://h1"][..],
+                "STORE_URL_INVALID",
+                "etcd://",
+            ),
             (
                 &["--store", "etcd://h1", "--etcd-ca", "ca.pem"][..],
                 "ETCD_TLS_INCOMPLETE",
                 "missing --etcd-cert, --etcd-key",
             ),
-            (&["--etcd-key", "k.pem"][..], "ETCD_TLS_INCOMPLETE", "embedded"),
+            (
+                &["--etcd-key", "k.pem"][..],
+                "ETCD_TLS_INCOMPLETE",
+                "embedded",
+            ),
             (
                 &["--store", "etcd://h1", "--etcd-prefix", ""][..],
                 "ETCD_PREFIX_INVALID",
@@ -738,7 +753,12 @@ mod tests {
             ),
         ] {
             let e = store(flags).unwrap_err();
-            assert_eq!((e.code.as_str(), e.exit), (code, 2), "{flags:?}: {}", e.message);
+            assert_eq!(
+                (e.code.as_str(), e.exit),
+                (code, 2),
+                "{flags:?}: {}",
+                e.message
+            );
             assert!(e.message.contains(says), "{flags:?}: {}", e.message);
         }
     }

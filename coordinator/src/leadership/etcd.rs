@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Leadership, Term};
+use super::term::{Leadership, Term};
 use crate::store::etcd::Etcd;
 use crate::store::{BoxFuture, StoreError};
 
@@ -60,7 +60,10 @@ pub fn lease_ttl_secs(leader_lease_ms: u64) -> i64 {
 }
 
 fn timed_out(what: &str, t: Duration) -> StoreError {
-    StoreError::Unavailable(format!("etcd {what}: no answer within {} ms", t.as_millis()))
+    StoreError::Unavailable(format!(
+        "etcd {what}: no answer within {} ms",
+        t.as_millis()
+    ))
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> StoreError {
@@ -137,7 +140,9 @@ impl EtcdLeadership {
             _ = lost.cancelled() => return Ok(None),
         };
         let Some(leader) = won.leader().cloned() else {
-            return Err(StoreError::Backend("etcd campaign: no leader key in the answer".into()));
+            return Err(StoreError::Backend(
+                "etcd campaign: no leader key in the answer".into(),
+            ));
         };
         // etcd answers once older keys are gone, without looking at ours again:
         // it must still be there, and first.
@@ -163,7 +168,11 @@ impl EtcdLeadership {
             leader,
             lost,
         });
-        info!(epoch = term.epoch, lease_ttl_s = ttl, "leading (etcd election)");
+        info!(
+            epoch = term.epoch,
+            lease_ttl_s = ttl,
+            "leading (etcd election)"
+        );
         Ok(Some(term))
     }
 
@@ -221,7 +230,11 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, lost: CancellationTok
     loop {
         let now = Instant::now();
         if now >= deadline {
-            warn!(lease, ttl_ms = ttl.as_millis() as u64, "no lease renewal confirmed for a whole TTL: leadership lost");
+            warn!(
+                lease,
+                ttl_ms = ttl.as_millis() as u64,
+                "no lease renewal confirmed for a whole TTL: leadership lost"
+            );
             lost.cancel();
             return;
         }

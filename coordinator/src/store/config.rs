@@ -97,9 +97,10 @@ pub fn parse_etcd_url(url: &str) -> Result<Vec<String>, String> {
                 .ok_or_else(|| format!("'{part}': an IPv6 address without its closing ']'"))?;
             let port = match after {
                 "" => None,
-                p => Some(p.strip_prefix(':').ok_or_else(|| {
-                    format!("'{part}': unexpected '{p}' after the address")
-                })?),
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("'{part}': unexpected '{p}' after the address"))?,
+                ),
             };
             (format!("[{h}]"), port)
         } else {

@@ -38,7 +38,10 @@ pub use kv::{
 /// Opens the configured store: the embedded one in `data_dir`
 /// (`coordinator.redb`), or etcd, connected and answering (retried for
 /// `connect_patience`, then `STORE_UNAVAILABLE`).
-pub async fn open(config: &StoreConfig, data_dir: &Path) -> Result<Arc<dyn Store>, CoordinatorError> {
+pub async fn open(
+    config: &StoreConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn Store>, CoordinatorError> {
     match config {
         StoreConfig::Embedded => {
             let path = data_dir.join("coordinator.redb");

@@ -73,6 +73,9 @@ fn a_coordinator_without_its_etcd_retries_then_exits_unavailable() {
     let stderr = std::fs::read_to_string(dir.path().join("stderr")).unwrap();
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("STORE_UNAVAILABLE"), "{stderr}");
-    assert!(stderr.contains("etcd not reachable yet; retrying"), "{stderr}");
+    assert!(
+        stderr.contains("etcd not reachable yet; retrying"),
+        "{stderr}"
+    );
     assert!(stderr.contains(&port.to_string()), "{stderr}");
 }

@@ -54,7 +54,10 @@ async fn one_leads_the_other_waits_then_takes_over_with_a_higher_epoch() {
     assert_eq!(b.leader().await.unwrap(), None);
     let ta = a.campaign("https://a:7400").await.unwrap();
     assert!(ta.fence_key.starts_with("m/leader/"), "{}", ta.fence_key);
-    assert_eq!(ta.epoch, ta.fence_revision, "a fresh key: created and last written at once");
+    assert_eq!(
+        ta.epoch, ta.fence_revision,
+        "a fresh key: created and last written at once"
+    );
     assert_eq!(b.leader().await.unwrap().as_deref(), Some("https://a:7400"));
     store.commit(fenced(&ta, "by-a")).await.unwrap();
 
@@ -84,7 +87,10 @@ async fn one_leads_the_other_waits_then_takes_over_with_a_higher_epoch() {
     assert_eq!(b.leader().await.unwrap().as_deref(), Some("https://b:7400"));
     // a's fence no longer holds: whatever a still sends is refused.
     let err = store.commit(fenced(&ta, "late-a")).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { ref key } if *key == ta.fence_key), "{err}");
+    assert!(
+        matches!(err, StoreError::Conflict { ref key } if *key == ta.fence_key),
+        "{err}"
+    );
     assert!(store.get("late-a").await.unwrap().is_none());
     store.commit(fenced(&tb, "by-b")).await.unwrap();
 }

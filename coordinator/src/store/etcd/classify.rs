@@ -109,31 +109,67 @@ mod tests {
     fn etcd_errors_are_classified_by_what_a_caller_can_do() {
         use tonic::Code;
         for (e, want) in [
-            (status(Code::Unavailable, "etcdserver: no leader"), Kind::Unavailable),
-            (status(Code::Unavailable, "etcdserver: request timed out"), Kind::Unavailable),
-            (status(Code::Unavailable, "tcp connect error: Connection refused"), Kind::Unavailable),
-            (status(Code::DeadlineExceeded, "deadline"), Kind::Unavailable),
             (
-                status(Code::InvalidArgument, "etcdserver: too many operations in txn request"),
-                Kind::TooLarge,
-            ),
-            (status(Code::InvalidArgument, "etcdserver: request is too large"), Kind::TooLarge),
-            (
-                status(Code::ResourceExhausted, "grpc: received message larger than max (2 vs. 1)"),
-                Kind::TooLarge,
+                status(Code::Unavailable, "etcdserver: no leader"),
+                Kind::Unavailable,
             ),
             (
-                status(Code::OutOfRange, "Error, decoded message length too large: found 9 bytes"),
+                status(Code::Unavailable, "etcdserver: request timed out"),
+                Kind::Unavailable,
+            ),
+            (
+                status(Code::Unavailable, "tcp connect error: Connection refused"),
+                Kind::Unavailable,
+            ),
+            (
+                status(Code::DeadlineExceeded, "deadline"),
+                Kind::Unavailable,
+            ),
+            (
+                status(
+                    Code::InvalidArgument,
+                    "etcdserver: too many operations in txn request",
+                ),
+                Kind::TooLarge,
+            ),
+            (
+                status(Code::InvalidArgument, "etcdserver: request is too large"),
+                Kind::TooLarge,
+            ),
+            (
+                status(
+                    Code::ResourceExhausted,
+                    "grpc: received message larger than max (2 vs. 1)",
+                ),
+                Kind::TooLarge,
+            ),
+            (
+                status(
+                    Code::OutOfRange,
+                    "Error, decoded message length too large: found 9 bytes",
+                ),
                 Kind::ResponseTooLarge,
             ),
-            (status(Code::ResourceExhausted, "etcdserver: too many requests"), Kind::Unavailable),
             (
-                status(Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
+                status(Code::ResourceExhausted, "etcdserver: too many requests"),
+                Kind::Unavailable,
+            ),
+            (
+                status(
+                    Code::ResourceExhausted,
+                    "etcdserver: mvcc: database space exceeded",
+                ),
                 Kind::Backend,
             ),
-            (status(Code::PermissionDenied, "etcdserver: permission denied"), Kind::Backend),
             (
-                status(Code::InvalidArgument, "etcdserver: duplicate key given in txn request"),
+                status(Code::PermissionDenied, "etcdserver: permission denied"),
+                Kind::Backend,
+            ),
+            (
+                status(
+                    Code::InvalidArgument,
+                    "etcdserver: duplicate key given in txn request",
+                ),
                 Kind::Backend,
             ),
             (etcd_client::Error::InvalidArgs("x".into()), Kind::Backend),
@@ -143,7 +179,10 @@ mod tests {
         assert!(store_error("get", status(Code::Unavailable, "no leader")).retryable());
         assert!(!store_error("get", status(Code::PermissionDenied, "no")).retryable());
         assert!(not_sent(&status(Code::Unavailable, "tcp connect error")));
-        assert!(!not_sent(&status(Code::Unavailable, "etcdserver: no leader")));
+        assert!(!not_sent(&status(
+            Code::Unavailable,
+            "etcdserver: no leader"
+        )));
         assert!(timed_out("commit", std::time::Duration::from_secs(1)).retryable());
     }
 }

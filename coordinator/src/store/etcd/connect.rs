@@ -66,7 +66,10 @@ async fn urls(config: &EtcdConfig) -> Result<Vec<String>, CoordinatorError> {
 
 fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>, CoordinatorError> {
     std::fs::read(path).map_err(|e| {
-        CoordinatorError::Config(format!("cannot read the etcd {what} {}: {e}", path.display()))
+        CoordinatorError::Config(format!(
+            "cannot read the etcd {what} {}: {e}",
+            path.display()
+        ))
     })
 }
 

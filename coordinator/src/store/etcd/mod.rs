@@ -223,7 +223,10 @@ async fn follow_size(etcd: Etcd, size: Arc<AtomicU64>, stop: CancellationToken) 
     loop {
         let timeout = etcd.config.request_timeout;
         if let Ok(Ok(status)) = tokio::time::timeout(timeout, client.status()).await {
-            size.store(u64::try_from(status.db_size()).unwrap_or(0), Ordering::Relaxed);
+            size.store(
+                u64::try_from(status.db_size()).unwrap_or(0),
+                Ordering::Relaxed,
+            );
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -315,7 +318,9 @@ impl Store for EtcdStore {
             }
             resp.header()
                 .and_then(|h| u64::try_from(h.revision()).ok())
-                .ok_or_else(|| StoreError::Backend("etcd commit: an answer without revision".into()))
+                .ok_or_else(|| {
+                    StoreError::Backend("etcd commit: an answer without revision".into())
+                })
         })
     }
 

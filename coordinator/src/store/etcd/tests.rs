@@ -63,7 +63,10 @@ async fn etcd_store_with_small_limits_passes_conformance_and_counts_compares_apa
     let rev = store.commit(batch.clone()).await.unwrap();
     assert_eq!(store.range("pre/").await.unwrap().len(), max);
     let err = store.commit(batch).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict { ref key } if key == "pre/0"), "{err}");
+    assert!(
+        matches!(err, StoreError::Conflict { ref key } if key == "pre/0"),
+        "{err}"
+    );
     assert_eq!(store.get("pre/3").await.unwrap().unwrap().mod_revision, rev);
 }
 
@@ -100,7 +103,13 @@ async fn prefixes_keep_clusters_apart_and_reads_page() {
     b.commit(vec![put("e/0000", Precondition::Absent)])
         .await
         .unwrap();
-    let got: Vec<String> = a.range("e/").await.unwrap().into_iter().map(|kv| kv.key).collect();
+    let got: Vec<String> = a
+        .range("e/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.key)
+        .collect();
     assert_eq!(got, keys);
     assert_eq!(b.range("").await.unwrap().len(), 1);
     let odd = a
@@ -113,9 +122,11 @@ async fn prefixes_keep_clusters_apart_and_reads_page() {
     assert_eq!(odd.len(), 140);
     assert_eq!(a.get("e/0007").await.unwrap().unwrap().value, b"e/0007");
     // A delete by prefix of a store leaves the other's keys alone.
-    a.commit(vec![Op::DeletePrefix { prefix: "e/".into() }])
-        .await
-        .unwrap();
+    a.commit(vec![Op::DeletePrefix {
+        prefix: "e/".into(),
+    }])
+    .await
+    .unwrap();
     assert!(a.range("").await.unwrap().is_empty());
     assert_eq!(b.range("e/").await.unwrap().len(), 1);
 }
@@ -126,8 +137,14 @@ async fn a_watch_from_a_compacted_revision_lags() {
         return;
     };
     let store = EtcdStore::open(&config(&cluster, "/w/")).await.unwrap();
-    let r1 = store.commit(vec![put("x/1", Precondition::Any)]).await.unwrap();
-    let r2 = store.commit(vec![put("x/2", Precondition::Any)]).await.unwrap();
+    let r1 = store
+        .commit(vec![put("x/1", Precondition::Any)])
+        .await
+        .unwrap();
+    let r2 = store
+        .commit(vec![put("x/2", Precondition::Any)])
+        .await
+        .unwrap();
     store
         .etcd()
         .client
@@ -136,15 +153,24 @@ async fn a_watch_from_a_compacted_revision_lags() {
         .await
         .unwrap();
     let mut w = store.watch("x/", Some(r1 - 1));
-    let first = tokio::time::timeout(Duration::from_secs(5), tokio_stream::StreamExt::next(&mut w))
-        .await
-        .unwrap();
-    assert!(matches!(first, Some(Err(StoreError::Lagged(_)))), "{first:?}");
+    let first = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_stream::StreamExt::next(&mut w),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(first, Some(Err(StoreError::Lagged(_)))),
+        "{first:?}"
+    );
     // From the compaction on, the history is there.
     let mut w = store.watch("x/", Some(r2 - 1));
-    let ev = tokio::time::timeout(Duration::from_secs(5), tokio_stream::StreamExt::next(&mut w))
-        .await
-        .unwrap();
+    let ev = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_stream::StreamExt::next(&mut w),
+    )
+    .await
+    .unwrap();
     assert!(
         matches!(ev, Some(Ok(WatchEvent::Put(ref kv))) if kv.key == "x/2" && kv.mod_revision == r2),
         "{ev:?}"
@@ -162,7 +188,10 @@ async fn size_is_etcd_s_database_size() {
         assert!(Instant::now() < deadline, "no database size within 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!store.compact().await.unwrap(), "nothing old enough to compact");
+    assert!(
+        !store.compact().await.unwrap(),
+        "nothing old enough to compact"
+    );
 }
 
 #[tokio::test]
@@ -250,7 +279,10 @@ async fn three_members_survive_one_loss_and_recover_from_two() {
             Err(e) => panic!("no commit within 30 s of a member's return: {e}"),
         }
     }
-    eprintln!("quorum back: first commit {:?} after the restart", back.elapsed());
+    eprintln!(
+        "quorum back: first commit {:?} after the restart",
+        back.elapsed()
+    );
     // Every commit that said it applied did; those refused may or may not
     // have (unknown outcome), never twice: each key is there at most once.
     let keys = store.range("k/").await.unwrap();
@@ -313,7 +345,10 @@ async fn mutual_tls_to_etcd() {
         key: client_key,
     });
     let store = EtcdStore::open(&cfg).await.unwrap();
-    let rev = store.commit(vec![put("k", Precondition::Absent)]).await.unwrap();
+    let rev = store
+        .commit(vec![put("k", Precondition::Absent)])
+        .await
+        .unwrap();
     assert_eq!(store.get("k").await.unwrap().unwrap().mod_revision, rev);
     // Plaintext gets no answer from it: the start gives up in time.
     let mut anonymous = cfg.clone();

@@ -241,7 +241,9 @@ mod tests {
     fn a_put_after_a_delete_by_prefix_splits_its_range() {
         let ops = vec![
             put("p/0", Precondition::Any),
-            Op::DeletePrefix { prefix: "p/".into() },
+            Op::DeletePrefix {
+                prefix: "p/".into(),
+            },
             Op::DeletePrefix {
                 prefix: "p/x/".into(),
             },

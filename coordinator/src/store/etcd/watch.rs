@@ -78,10 +78,7 @@ async fn next(st: &mut State) -> Result<WatchEvent, StoreError> {
             return Err(if compacted > 0 {
                 StoreError::Lagged(u64::try_from(compacted - st.start).unwrap_or(1).max(1))
             } else {
-                StoreError::Unavailable(format!(
-                    "etcd watch cancelled: {}",
-                    resp.cancel_reason()
-                ))
+                StoreError::Unavailable(format!("etcd watch cancelled: {}", resp.cancel_reason()))
             });
         }
         for ev in resp.events() {
