@@ -29,6 +29,9 @@ use crate::store::{BoxFuture, StoreError};
 /// The election's name under the key prefix; candidates' keys are below it.
 pub const ELECTION: &str = "m/leader";
 
+/// The wait before a failed renewal is tried again (within the third of the TTL).
+const RETRY_RENEWAL: Duration = Duration::from_millis(150);
+
 /// The term held now, to resign it.
 struct Held {
     epoch: u64,
@@ -285,7 +288,14 @@ async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, lost: CancellationTok
                 }
             }
         }
-        let next = (sent + every).min(deadline);
+        // After a failure, again soon: the client may have picked a dead
+        // member, and the next pick may be a live one.
+        let next = if failing {
+            (Instant::now() + RETRY_RENEWAL).min(sent + every)
+        } else {
+            sent + every
+        }
+        .min(deadline);
         tokio::select! {
             _ = lost.cancelled() => return,
             _ = tokio::time::sleep_until(next) => {}

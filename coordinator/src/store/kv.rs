@@ -9,7 +9,8 @@ use std::pin::Pin;
 
 use tokio_stream::Stream;
 
-/// A global, monotonically increasing revision: every commit gets a new one.
+/// A global, monotonically increasing revision: every commit that writes gets
+/// a new one (on etcd, a batch that only checks returns the current one).
 pub type Revision = u64;
 
 /// A boxed future, so that `Store` can be used as a trait object.

@@ -42,14 +42,27 @@ pub async fn open(
     config: &StoreConfig,
     data_dir: &Path,
 ) -> Result<Arc<dyn Store>, CoordinatorError> {
+    Ok(open_shared(config, data_dir).await?.0)
+}
+
+/// [`open`], with the etcd client the store uses (`None` for the embedded
+/// store), for the leadership to share (`leadership::etcd::EtcdLeadership::new`).
+pub async fn open_shared(
+    config: &StoreConfig,
+    data_dir: &Path,
+) -> Result<(Arc<dyn Store>, Option<etcd::Etcd>), CoordinatorError> {
     match config {
         StoreConfig::Embedded => {
             let path = data_dir.join("coordinator.redb");
             let store = tokio::task::spawn_blocking(move || embedded::EmbeddedStore::open(&path))
                 .await
                 .map_err(|e| CoordinatorError::Store(e.to_string()))??;
-            Ok(Arc::new(store))
+            Ok((Arc::new(store), None))
         }
-        StoreConfig::Etcd(etcd) => Ok(Arc::new(etcd::EtcdStore::open(etcd).await?)),
+        StoreConfig::Etcd(config) => {
+            let client = etcd::connect(config).await?;
+            let store = etcd::EtcdStore::new(client.clone());
+            Ok((Arc::new(store), Some(client)))
+        }
     }
 }

@@ -131,3 +131,42 @@ async fn resigning_hands_over_at_once_and_a_revoked_lease_ends_the_term() {
     // Resigning a term already lost is no error.
     b.resign(&tb).await.unwrap();
 }
+
+/// With one etcd member of three killed, the leader keeps its term (its
+/// renewals find a live member) and its fenced commits go on.
+#[tokio::test]
+async fn a_leader_keeps_its_term_through_the_loss_of_one_etcd_member() {
+    let Some(mut cluster) = EtcdCluster::start(3) else {
+        return;
+    };
+    let store = EtcdStore::new(client(&cluster).await);
+    let a = EtcdLeadership::new(client(&cluster).await, LEASE_MS);
+    let ta = a.campaign("https://a:7400").await.unwrap();
+    store.commit(fenced(&ta, "before")).await.unwrap();
+    cluster.kill(0);
+    // Three lease TTLs: a term that could not renew would be lost by then.
+    let until = tokio::time::Instant::now() + Duration::from_millis(3 * LEASE_MS);
+    let mut n = 0;
+    while tokio::time::Instant::now() < until {
+        assert!(
+            !ta.lost.is_cancelled(),
+            "the term was lost with 2 members of 3 up"
+        );
+        n += 1;
+        let mut tries = 0;
+        // A commit may be refused as unavailable while etcd elects a new leader.
+        loop {
+            match store.commit(fenced(&ta, &format!("during/{n}"))).await {
+                Ok(_) => break,
+                Err(e) if e.retryable() && tries < 20 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("a fenced commit failed: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!ta.lost.is_cancelled());
+    assert_eq!(a.leader().await.unwrap().as_deref(), Some("https://a:7400"));
+}
