@@ -4,6 +4,7 @@
 //! a first answer awaited for a bounded time with progress logs.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, GetOptions};
@@ -20,9 +21,24 @@ use crate::store::kv::StoreError;
 pub struct Etcd {
     pub client: Client,
     pub config: Arc<EtcdConfig>,
+    /// The highest revision an answer carried (shared by the clones): a
+    /// watch from "now" starts after it.
+    seen: Arc<AtomicU64>,
 }
 
 impl Etcd {
+    /// Notes the revision of an answer.
+    pub fn saw(&self, header: Option<&etcd_client::ResponseHeader>) {
+        if let Some(rev) = header.and_then(|h| u64::try_from(h.revision()).ok()) {
+            self.seen.fetch_max(rev, Ordering::SeqCst);
+        }
+    }
+
+    /// The highest revision an answer carried so far (0: none yet).
+    pub fn seen(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
     /// `key` under the configured prefix, as etcd stores it.
     pub fn full_key(&self, key: &str) -> Vec<u8> {
         let mut k = Vec::with_capacity(self.config.key_prefix.len() + key.len());
@@ -107,6 +123,7 @@ pub async fn connect(config: &EtcdConfig) -> Result<Etcd, CoordinatorError> {
     let etcd = Etcd {
         client,
         config: Arc::new(config.clone()),
+        seen: Arc::default(),
     };
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
@@ -150,6 +167,9 @@ pub(crate) async fn ping(etcd: &Etcd) -> Result<i64, StoreError> {
             Kind::Unavailable => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Backend(format!("etcd refused a read: {e}")),
         }),
-        Ok(Ok(resp)) => Ok(resp.header().map_or(0, |h| h.revision())),
+        Ok(Ok(resp)) => {
+            etcd.saw(resp.header());
+            Ok(resp.header().map_or(0, |h| h.revision()))
+        }
     }
 }

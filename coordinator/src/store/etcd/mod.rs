@@ -58,8 +58,6 @@ pub struct EtcdStore {
     etcd: Etcd,
     kv: KvClient,
     limits: Limits,
-    /// The highest revision any answer carried: a watch from "now" starts after it.
-    seen: Arc<AtomicU64>,
     /// etcd's database size (of the member asked), refreshed in the background.
     db_size: Arc<AtomicU64>,
     _stop_size: DropGuard,
@@ -102,7 +100,6 @@ impl EtcdStore {
         EtcdStore {
             kv,
             limits,
-            seen: Arc::new(AtomicU64::new(0)),
             db_size,
             _stop_size: stop.drop_guard(),
             etcd,
@@ -115,9 +112,7 @@ impl EtcdStore {
     }
 
     fn saw(&self, header: Option<&etcd_client::ResponseHeader>) {
-        if let Some(rev) = header.and_then(|h| u64::try_from(h.revision()).ok()) {
-            self.seen.fetch_max(rev, Ordering::SeqCst);
-        }
+        self.etcd.saw(header);
     }
 
     /// Runs a read with the request timeout, again with backoff while etcd is
@@ -333,7 +328,7 @@ impl Store for EtcdStore {
     fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream {
         let start = match from {
             Some(r) => r + 1,
-            None => match self.seen.load(Ordering::SeqCst) {
+            None => match self.etcd.seen() {
                 0 => 0, // nothing seen yet: etcd's "now"
                 seen => seen + 1,
             },
