@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use super::term::{Leadership, Term};
 use crate::store::etcd::Etcd;
+use crate::store::etcd::classify::{store_error as etcd_error, timed_out};
 use crate::store::{BoxFuture, StoreError};
 
 /// The election's name under the key prefix; candidates' keys are below it.
@@ -60,31 +61,6 @@ impl Drop for EtcdLeadership {
 /// (etcd raises a TTL below its minimum, about 2 s by default, itself).
 pub fn lease_ttl_secs(leader_lease_ms: u64) -> i64 {
     i64::try_from(leader_lease_ms.div_ceil(1000).max(1)).unwrap_or(i64::MAX)
-}
-
-fn timed_out(what: &str, t: Duration) -> StoreError {
-    StoreError::Unavailable(format!(
-        "etcd {what}: no answer within {} ms",
-        t.as_millis()
-    ))
-}
-
-fn etcd_error(what: &str, e: etcd_client::Error) -> StoreError {
-    let retry = matches!(
-        &e,
-        etcd_client::Error::GRpcStatus(s) if matches!(
-            s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-        )
-    ) || matches!(
-        e,
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_)
-    );
-    if retry {
-        StoreError::Unavailable(format!("etcd {what}: {e}"))
-    } else {
-        StoreError::Backend(format!("etcd {what}: {e}"))
-    }
 }
 
 impl EtcdLeadership {

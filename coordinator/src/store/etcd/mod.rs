@@ -18,7 +18,7 @@
 //! `connect.rs` makes the one client the store and the leadership share,
 //! `classify.rs` sorts etcd's errors, `watch.rs` streams changes.
 
-mod classify;
+pub(crate) mod classify;
 pub mod connect;
 mod txn;
 mod watch;
