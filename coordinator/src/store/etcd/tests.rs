@@ -252,19 +252,24 @@ async fn three_members_survive_one_loss_and_recover_from_two() {
         commit().await.unwrap();
     }
     cluster.kill(1);
-    let before = store.etcd().config.clone();
-    let started = Instant::now();
-    let err = commit().await.unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
-    eprintln!(
-        "no quorum: a commit failed as unavailable in {:?} ({err})",
-        started.elapsed()
-    );
-    assert!(
-        started.elapsed() < before.request_timeout + Duration::from_secs(3),
-        "took {:?}",
-        started.elapsed()
-    );
+    // Every commit fails, as unavailable, within the request timeout (plus
+    // slack for a loaded machine): the one sent to the member just killed at
+    // once (broken connection), those sent to the survivor once it sees it has
+    // no leader, or at the timeout.
+    let timeout = store.etcd().config.request_timeout;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let err = commit().await.unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err}");
+        assert!(
+            took < timeout + Duration::from_secs(3),
+            "took {took:?}: {err}"
+        );
+        slowest = slowest.max(took);
+    }
+    eprintln!("no quorum: 5 commits failed as unavailable, the slowest in {slowest:?}");
     let err = store.get("k/1").await.unwrap_err();
     assert!(err.retryable(), "{err}");
     cluster.restart(1);
