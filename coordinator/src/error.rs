@@ -1,6 +1,6 @@
 //! The coordinator's error type; every variant has a stable symbolic code.
 
-use crate::store::StoreError;
+use crate::store::kv::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {

@@ -217,25 +217,16 @@ impl Running {
 async fn open_store(
     config: &CoordinatorConfig,
 ) -> Result<(Arc<dyn store::Store>, Arc<dyn leadership::Leadership>), CoordinatorError> {
-    match &config.store {
-        store::StoreConfig::Embedded => {
-            let store_path = config.data_dir.join("coordinator.redb");
-            let store: Arc<dyn store::Store> = Arc::new(
-                tokio::task::spawn_blocking(move || {
-                    store::embedded::EmbeddedStore::open(&store_path)
-                })
-                .await
-                .map_err(|e| CoordinatorError::Store(e.to_string()))??,
-            );
-            let leadership = Arc::new(leadership::embedded::EmbeddedLeadership::new(store.clone()));
-            Ok((store, leadership))
-        }
-        // MERGE: joined with the etcd backend (store::etcd::EtcdStore and
-        // leadership::etcd::EtcdLeadership), written on another branch.
-        store::StoreConfig::Etcd(_) => {
-            Err(CoordinatorError::Config("etcd store not built yet".into()))
-        }
-    }
+    let (store, etcd) = store::open_shared(&config.store, &config.data_dir).await?;
+    let leadership: Arc<dyn leadership::Leadership> = match etcd {
+        // One etcd client for the store and the election.
+        Some(etcd) => Arc::new(leadership::etcd::EtcdLeadership::new(
+            etcd,
+            config.ha.leader_lease_ms,
+        )),
+        None => Arc::new(leadership::embedded::EmbeddedLeadership::new(store.clone())),
+    };
+    Ok((store, leadership))
 }
 
 /// The URL clients and agents are told to use for this coordinator (by

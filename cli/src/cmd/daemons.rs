@@ -122,6 +122,38 @@ pub struct CoordinatorArgs {
         requires = "metrics_listen"
     )]
     pub metrics_token_file: Option<PathBuf>,
+    /// Where executions, the catalog and the agent registry are kept:
+    /// `embedded` (one file in DATA_DIR, one coordinator) or
+    /// `etcd://HOST:PORT,HOST:PORT,...` (an etcd cluster shared by several
+    /// coordinators, one of which leads).
+    #[arg(long, env = "BATON_COORDINATOR_STORE", default_value = "embedded")]
+    pub store: String,
+    /// etcd's CA certificate (PEM): mutual TLS to etcd needs --etcd-ca,
+    /// --etcd-cert and --etcd-key together; without them only loopback
+    /// endpoints are allowed (plaintext).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// This coordinator's client certificate for etcd (PEM).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// Every key this cluster writes in etcd starts with this (several Baton
+    /// clusters may share one etcd).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_PREFIX", default_value = baton_coordinator::store::config::DEFAULT_KEY_PREFIX)]
+    pub etcd_prefix: String,
+    /// etcd's --max-txn-ops (give the value etcd was started with): commits
+    /// are split to fit.
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_MAX_TXN_OPS", default_value_t = baton_coordinator::store::config::ETCD_DEFAULT_MAX_TXN_OPS)]
+    pub etcd_max_txn_ops: usize,
+    /// etcd's --max-request-bytes (give the value etcd was started with).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_MAX_REQUEST_BYTES", default_value = "1572864", value_parser = parse_bytes)]
+    pub etcd_max_request_bytes: u64,
+    /// How long to wait at start for etcd to answer (with a quorum) before
+    /// giving up with STORE_UNAVAILABLE, e.g. 30s.
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = crate::cmd::duration_arg::parse_duration)]
+    pub etcd_connect_timeout: std::time::Duration,
 }
 
 /// `--metrics-listen` and `--metrics-token-file` of either daemon.
@@ -150,6 +182,75 @@ impl MetricsArgs {
         announce(format!("baton {what} metrics on {addr}"));
         Ok(())
     }
+}
+
+/// The store of `--store` and the `--etcd-*` flags.
+pub fn store_config(
+    args: &CoordinatorArgs,
+) -> Result<baton_coordinator::store::StoreConfig, CliError> {
+    use baton_coordinator::store::{EtcdConfig, EtcdTls, StoreConfig, config::parse_etcd_url};
+    let tls_flags = [&args.etcd_ca, &args.etcd_cert, &args.etcd_key];
+    let tls_given = tls_flags.iter().filter(|f| f.is_some()).count();
+    if args.store.trim().eq_ignore_ascii_case("embedded") {
+        if tls_given > 0 {
+            return Err(CliError::invalid(
+                "ETCD_TLS_INCOMPLETE",
+                "--etcd-ca, --etcd-cert and --etcd-key apply to --store etcd://...; the store is embedded",
+            ));
+        }
+        return Ok(StoreConfig::Embedded);
+    }
+    let endpoints = parse_etcd_url(args.store.trim()).map_err(|why| {
+        CliError::invalid(
+            "STORE_URL_INVALID",
+            format!(
+                "--store {why}\n  hint: --store embedded (the default), or --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379"
+            ),
+        )
+    })?;
+    let tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            let missing: Vec<&str> = ["--etcd-ca", "--etcd-cert", "--etcd-key"]
+                .into_iter()
+                .zip(tls_flags)
+                .filter(|(_, f)| f.is_none())
+                .map(|(name, _)| name)
+                .collect();
+            return Err(CliError::invalid(
+                "ETCD_TLS_INCOMPLETE",
+                format!(
+                    "mutual TLS to etcd needs --etcd-ca, --etcd-cert and --etcd-key together; missing {}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    };
+    let prefix = args.etcd_prefix.trim();
+    if prefix.is_empty() || prefix.contains(char::is_control) {
+        return Err(CliError::invalid(
+            "ETCD_PREFIX_INVALID",
+            "--etcd-prefix must be a non-empty key prefix without control characters, e.g. /baton/",
+        ));
+    }
+    if args.etcd_max_txn_ops < 2 || args.etcd_max_request_bytes < 4096 {
+        return Err(CliError::invalid(
+            "USAGE",
+            "--etcd-max-txn-ops must be at least 2 and --etcd-max-request-bytes at least 4096 (give the values etcd runs with)",
+        ));
+    }
+    let mut config = EtcdConfig::new(endpoints);
+    config.tls = tls;
+    config.key_prefix = prefix.to_string();
+    config.max_txn_ops = args.etcd_max_txn_ops;
+    config.max_request_bytes = usize::try_from(args.etcd_max_request_bytes).unwrap_or(usize::MAX);
+    config.connect_patience = args.etcd_connect_timeout;
+    Ok(StoreConfig::Etcd(config))
 }
 
 /// A byte count: digits with an optional unit (B, KB, MB, GB: powers of 1000;
@@ -384,6 +485,7 @@ fn refuse_old_tls_dir(effective: &std::path::Path) -> Result<(), CliError> {
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
+    let store = store_config(&args)?;
     if !args.insecure {
         let tls_dir = args
             .tls_dir
@@ -452,7 +554,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             keep: args.audit_keep,
         },
         quota_bytes_per_principal: args.quota_bytes_per_principal,
-        store: baton_coordinator::store::StoreConfig::Embedded,
+        store,
         ha: baton_coordinator::HaConfig::default(),
         metrics: metrics_args
             .metrics_listen
@@ -475,7 +577,20 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             )
             .await?;
     }
-    let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
+    let running = baton_coordinator::start(config, listener, shutdown.clone())
+        .await
+        .map_err(|e| {
+            // The store's settings are the user's to fix; an etcd without
+            // quorum may come back.
+            let exit = match e.code() {
+                "PLAINTEXT_NOT_LOOPBACK" | "CONFIG_INVALID" => Some(crate::error::EXIT_INVALID),
+                "STORE_UNAVAILABLE" => Some(crate::error::EXIT_UNAVAILABLE),
+                _ => None,
+            };
+            let mut err = CliError::from(e);
+            err.exit = exit.unwrap_or(err.exit);
+            err
+        })?;
     announce(format!("baton coordinator listening on {addr}"));
     let mut task = running.task;
     tokio::select! {
@@ -663,7 +778,97 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{CoordinatorArgs, parse_bytes, store_config};
+    use baton_coordinator::store::StoreConfig;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+    }
+
+    fn store(flags: &[&str]) -> Result<StoreConfig, crate::error::CliError> {
+        let args =
+            Args::try_parse_from(std::iter::once("baton").chain(flags.iter().copied())).unwrap();
+        store_config(&args.coordinator)
+    }
+
+    #[test]
+    fn the_store_is_embedded_unless_an_etcd_url_is_given() {
+        assert_eq!(store(&[]).unwrap(), StoreConfig::Embedded);
+        assert_eq!(
+            store(&["--store", "embedded"]).unwrap(),
+            StoreConfig::Embedded
+        );
+        let StoreConfig::Etcd(etcd) = store(&[
+            "--store",
+            "etcd://10.0.0.1:2379,10.0.0.2",
+            "--etcd-ca",
+            "ca.pem",
+            "--etcd-cert",
+            "c.pem",
+            "--etcd-key",
+            "c.key",
+            "--etcd-prefix",
+            "/prod/",
+            "--etcd-max-txn-ops",
+            "512",
+            "--etcd-max-request-bytes",
+            "10MiB",
+        ])
+        .unwrap() else {
+            panic!("an etcd store");
+        };
+        assert_eq!(etcd.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(etcd.key_prefix, "/prod/");
+        assert_eq!((etcd.max_txn_ops, etcd.max_request_bytes), (512, 10 << 20));
+        assert_eq!(etcd.tls.unwrap().key, std::path::PathBuf::from("c.key"));
+        let StoreConfig::Etcd(plain) = store(&["--store", "etcd://127.0.0.1:2379"]).unwrap() else {
+            panic!("an etcd store");
+        };
+        assert_eq!((plain.tls, plain.key_prefix.as_str()), (None, "/baton/"));
+    }
+
+    #[test]
+    fn bad_store_flags_are_refused_with_their_code() {
+        for (flags, code, says) in [
+            (
+                &["--store", "etcd://h1:x"][..],
+                "STORE_URL_INVALID",
+                "not a port number",
+            ),
+            (
+                &["--store", "redis://h1"][..],
+                "STORE_URL_INVALID",
+                "etcd://",
+            ),
+            (
+                &["--store", "etcd://h1", "--etcd-ca", "ca.pem"][..],
+                "ETCD_TLS_INCOMPLETE",
+                "missing --etcd-cert, --etcd-key",
+            ),
+            (
+                &["--etcd-key", "k.pem"][..],
+                "ETCD_TLS_INCOMPLETE",
+                "embedded",
+            ),
+            (
+                &["--store", "etcd://h1", "--etcd-prefix", ""][..],
+                "ETCD_PREFIX_INVALID",
+                "non-empty",
+            ),
+        ] {
+            let e = store(flags).unwrap_err();
+            assert_eq!(
+                (e.code.as_str(), e.exit),
+                (code, 2),
+                "{flags:?}: {}",
+                e.message
+            );
+            assert!(e.message.contains(says), "{flags:?}: {}", e.message);
+        }
+    }
 
     #[test]
     fn byte_counts_with_units() {

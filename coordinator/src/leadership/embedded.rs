@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -90,7 +91,7 @@ pub async fn take_epoch(store: &dyn Store) -> Result<Term, StoreError> {
 
 /// Ends `term` (cancels `lost`) as soon as its fence key moves or goes.
 async fn watch_fence(store: Arc<dyn Store>, term: Term) {
-    let mut watch = store.watch(&term.fence_key);
+    let mut watch = store.watch(&term.fence_key, None);
     // The key may have moved before the watch began: look once first.
     let moved = |kv: &Option<crate::store::KeyValue>| {
         kv.as_ref()
@@ -112,10 +113,14 @@ async fn watch_fence(store: Arc<dyn Store>, term: Term) {
                 kv.key == term.fence_key && kv.mod_revision != term.fence_revision
             }
             Some(Ok(WatchEvent::Delete { key, .. })) => key == term.fence_key,
-            Some(Err(_)) => match store.get(&term.fence_key).await {
-                Ok(kv) => moved(&kv),
-                Err(_) => false,
-            },
+            // An error ends a watch: look at the key, then watch again.
+            Some(Err(_)) => {
+                watch = store.watch(&term.fence_key, None);
+                match store.get(&term.fence_key).await {
+                    Ok(kv) => moved(&kv),
+                    Err(_) => false,
+                }
+            }
         };
         if over {
             warn!(

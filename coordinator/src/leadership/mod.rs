@@ -18,5 +18,6 @@
 
 mod contract;
 pub mod embedded;
+pub mod etcd;
 
 pub use contract::{Leadership, Term};

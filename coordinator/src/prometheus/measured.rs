@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::registry::Registry;
-use crate::store::{BoxFuture, KeyValue, Limits, Op, Revision, Store, StoreError, Watch};
+use crate::store::{BoxFuture, KeyValue, Limits, Op, Revision, Store, StoreError, WatchStream};
 
 /// The store `inner`, measured into `registry`.
 pub struct Measured {
@@ -66,8 +66,8 @@ impl Store for Measured {
         self.inner.limits()
     }
 
-    fn watch(&self, prefix: &str) -> Watch {
-        self.inner.watch(prefix)
+    fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream {
+        self.inner.watch(prefix, from)
     }
 
     fn size_bytes(&self) -> u64 {

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
 
 use super::kv::{
-    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, WatchEvent,
+    WatchStream,
 };
 
 /// One commit the store applied.
@@ -259,8 +260,13 @@ impl Store for FakeStore {
         self.state().limits
     }
 
-    fn watch(&self, prefix: &str) -> Watch {
-        Watch::new(prefix.to_string(), self.events.subscribe())
+    /// Keeps no history: `from` behind the current revision yields
+    /// [`StoreError::Lagged`] (see [`Store::watch`]).
+    fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream {
+        // Under the lock: commits broadcast under it too, so `current` is exact.
+        let st = self.state();
+        let rx = self.events.subscribe();
+        super::kv::broadcast_watch(prefix, rx, from, st.revision)
     }
 
     fn size_bytes(&self) -> u64 {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::kv::{
-    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch,
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, WatchStream,
 };
 
 /// What a term's commits check (a leadership's `Term`, as the store sees it).
@@ -130,8 +130,8 @@ impl Store for FencedStore {
         }
     }
 
-    fn watch(&self, prefix: &str) -> Watch {
-        self.inner.watch(prefix)
+    fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream {
+        self.inner.watch(prefix, from)
     }
 
     fn size_bytes(&self) -> u64 {

@@ -33,6 +33,7 @@ mod deploy_support;
 mod deploy_systemd;
 mod deploy_yaml;
 mod drain;
+mod etcd_store;
 mod etl_example;
 mod fanout;
 mod foreign_report;
