@@ -148,6 +148,18 @@ impl Default for CoordinatorConfig {
 
 impl CoordinatorConfig {
     pub fn validate(&self) -> Result<(), CoordinatorError> {
+        if self.ha.leader_lease_ms < 1_000 {
+            return Err(CoordinatorError::Config(
+                "the leader lease must be at least 1s (4s or more with etcd)".into(),
+            ));
+        }
+        if let Some(url) = &self.ha.advertise
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(CoordinatorError::Config(format!(
+                "--advertise {url}: give a URL, e.g. https://c1.example:7400"
+            )));
+        }
         if self.heartbeat_ms == 0 || self.lease_ttl_ms == 0 {
             return Err(CoordinatorError::Config(
                 "lease TTL and heartbeat interval must be positive".into(),

@@ -154,6 +154,16 @@ pub struct CoordinatorArgs {
     /// giving up with STORE_UNAVAILABLE, e.g. 30s.
     #[arg(long, env = "BATON_COORDINATOR_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub etcd_connect_timeout: std::time::Duration,
+    /// The URL clients and agents should use to reach this coordinator, which
+    /// standbys name in their NOT_LEADER answers, e.g. https://c1.example:7400
+    /// (default: the listen address; set it when listening on 0.0.0.0).
+    #[arg(long, env = "BATON_COORDINATOR_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// With --store etcd: a leader cut off from etcd this long loses its term
+    /// and another coordinator takes over (rounded up to seconds; keep it at
+    /// 4s or more so that a term survives etcd electing its own leader).
+    #[arg(long, env = "BATON_COORDINATOR_LEADER_LEASE", default_value = "5s", value_parser = crate::cmd::duration_arg::parse_duration)]
+    pub leader_lease: std::time::Duration,
 }
 
 /// `--metrics-listen` and `--metrics-token-file` of either daemon.
@@ -555,7 +565,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         },
         quota_bytes_per_principal: args.quota_bytes_per_principal,
         store,
-        ha: baton_coordinator::HaConfig::default(),
+        ha: baton_coordinator::HaConfig {
+            advertise: args.advertise.clone(),
+            leader_lease_ms: u64::try_from(args.leader_lease.as_millis()).unwrap_or(u64::MAX),
+        },
         metrics: metrics_args
             .metrics_listen
             .is_some()
