@@ -38,6 +38,7 @@
 pub mod admission;
 pub mod config;
 pub mod enrol;
+pub mod epoch_file;
 pub mod error;
 pub(crate) mod group_record;
 pub mod job;
@@ -120,6 +121,9 @@ pub async fn run(
     }
     warn_about_run_as(&config);
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
+    // The bar for stale dispatches is where it was before a restart.
+    let (epoch_file, seen) = epoch_file::EpochFile::open(&config.data_dir)?;
+    supervisor.keep_epoch_in(epoch_file, seen);
     if let Some(launcher) = config.watchdog.clone() {
         let watchdog = watchdog::Watchdog::start(launcher)
             .map_err(|e| AgentError::io("starting the process watchdog", e))?;

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full};
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::codegen::{Bytes, Service, StdError};
+use tonic::codegen::{Bytes, Service};
 use tonic::transport::Channel;
 
 /// Metadata key of the stable error code on every error status of a coordinator.
@@ -232,8 +232,10 @@ impl std::fmt::Display for Event {
     }
 }
 
+/// Any error, as tonic's channels and services return them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Connects to one URL: the caller's TLS and plaintext rules live here.
-pub type DialFuture = Pin<Box<dyn Future<Output = Result<Channel, StdError>> + Send>>;
+pub type DialFuture = Pin<Box<dyn Future<Output = Result<Channel, BoxError>> + Send>>;
 /// A [`DialFuture`] maker.
 pub type Dialer = Arc<dyn Fn(String) -> DialFuture + Send + Sync>;
 type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -263,6 +265,15 @@ fn remember(urls: &[String], leader: &str) {
 #[derive(Clone)]
 pub struct Follow {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Follow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follow")
+            .field("urls", &self.shared.urls)
+            .field("current", &self.shared.current())
+            .finish()
+    }
 }
 
 struct Shared {
@@ -316,7 +327,7 @@ impl Follow {
     /// Connects now: to the current URL, else to each other URL of the list in turn,
     /// until one connects (which says nothing of who leads: calls find out). On
     /// failure, every URL tried with its error, in order.
-    pub async fn connect(&self) -> Result<(), Vec<(String, StdError)>> {
+    pub async fn connect(&self) -> Result<(), Vec<(String, BoxError)>> {
         let s = &self.shared;
         let first = s.current();
         let mut order = vec![first.clone()];
@@ -344,15 +355,15 @@ enum Attempt {
     /// Another `UNAVAILABLE` answer (shutting down, store unavailable).
     Unavailable(http::Response<Body>),
     /// The connection failed before the request was sent.
-    NotSent(StdError),
+    NotSent(BoxError),
     /// The request may have been sent: outcome unknown.
-    Broken(StdError),
+    Broken(BoxError),
 }
 
 /// What to return if no URL leads.
 enum Last {
     Response(http::Response<Body>),
-    Error(StdError),
+    Error(BoxError),
 }
 
 impl Shared {
@@ -374,7 +385,7 @@ impl Shared {
     }
 
     /// The connection to `url`: the one made before, or a new one.
-    async fn channel(&self, url: &str) -> Result<Channel, StdError> {
+    async fn channel(&self, url: &str) -> Result<Channel, BoxError> {
         let cached = self
             .channels
             .lock()
@@ -463,7 +474,7 @@ impl Shared {
     async fn call(
         self: Arc<Self>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Body>, StdError> {
+    ) -> Result<http::Response<Body>, BoxError> {
         let kind = call_kind(req.uri().path());
         if kind == CallKind::ClientStream {
             let url = self.current();
@@ -598,10 +609,10 @@ pub fn no_leader(urls: &[String], wait: Duration) -> tonic::Status {
 
 impl Service<http::Request<Body>> for Follow {
     type Response = http::Response<Body>;
-    type Error = StdError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, StdError>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StdError>> {
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 

@@ -82,7 +82,7 @@ pub async fn follow(
 ) -> Result<pb::ExecutionSummary, CliError> {
     let lost = |detail: String| {
         CliError::unavailable(
-            &coordinator.url,
+            &coordinator.current_url(),
             format!(
                 "{detail}; execution {id} goes on — `baton exec wait {id}` waits again, \
                  `baton exec show {id}` shows it"
