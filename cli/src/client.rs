@@ -529,4 +529,84 @@ mod probe_tests {
             Some(Some(("c".into(), "k".into())))
         );
     }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_url_of_a_list_is_checked_before_any_connection() {
+        let d = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut o = opt(d.path());
+            o.url = "https://c1:7400".into();
+            assert_eq!(o.urls().await.unwrap(), ["https://c1:7400"]);
+            o.url = "https://c1:7400, https://c2:7400".into();
+            assert_eq!(o.urls().await.unwrap().len(), 2);
+            o.url = "http://127.0.0.1:7400,http://10.255.255.1:7400".into();
+            let e = o.urls().await.unwrap_err();
+            assert_eq!(e.code, "PLAINTEXT_NOT_LOOPBACK", "{}", e.message);
+            o.url = "https://c1:7400,,https://c2:7400".into();
+            let e = o.urls().await.unwrap_err();
+            assert_eq!(
+                (e.code.as_str(), e.exit),
+                ("USAGE", crate::error::EXIT_INVALID)
+            );
+            assert!(e.message.contains("--coordinator"), "{}", e.message);
+            // Nothing listens there: refused before anything else was tried.
+            o.url = "http://127.0.0.1:7400,http://192.0.2.1:7400".into();
+            assert_eq!(
+                o.connect().await.unwrap_err().code,
+                "PLAINTEXT_NOT_LOOPBACK"
+            );
+        });
+    }
+
+    #[test]
+    fn when_no_url_answers_each_one_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (a, b) = (dead(), dead());
+        rt().block_on(async {
+            let mut o = opt(d.path());
+            o.url = a.clone();
+            let one = o.connect().await.unwrap_err();
+            assert_eq!(one.code, "COORDINATOR_UNAVAILABLE");
+            assert!(
+                one.message
+                    .starts_with(&format!("cannot reach the coordinator at {a}"))
+            );
+            o.url = format!("{a},{b}");
+            let both = o.connect().await.unwrap_err();
+            assert_eq!(both.code, "COORDINATOR_UNAVAILABLE");
+            assert_eq!(both.exit, crate::error::EXIT_UNAVAILABLE);
+            assert!(
+                both.message.contains("cannot reach any coordinator of")
+                    && both.message.contains(&format!("{a}: "))
+                    && both.message.contains(&format!("{b}: ")),
+                "{}",
+                both.message
+            );
+        });
+    }
+
+    #[test]
+    fn no_leader_is_its_own_error() {
+        let s = baton_proto::failover::no_leader(
+            &["https://c1:7400".to_string(), "https://c2:7400".to_string()],
+            Duration::from_secs(30),
+        );
+        let e = CliError::from_status("https://c1:7400", s);
+        assert_eq!(
+            (e.code.as_str(), e.exit),
+            ("NO_LEADER", crate::error::EXIT_UNAVAILABLE)
+        );
+        assert!(e.message.contains("within 30 s") && e.message.contains("--failover-wait"));
+    }
 }

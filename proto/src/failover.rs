@@ -218,9 +218,14 @@ impl std::fmt::Display for Event {
                 write!(f, "coordinator {url} is a standby; trying {next}…")
             }
             Event::Unreachable { url, next, error } => {
+                // The first line says what happened; hints are for the final error.
+                let what = error.lines().next().unwrap_or_default();
+                let what = what
+                    .strip_prefix(&format!("cannot reach the coordinator at {url}: "))
+                    .unwrap_or(what);
                 write!(
                     f,
-                    "coordinator {url} is unreachable ({error}); trying {next}…"
+                    "coordinator {url} is unreachable ({what}); trying {next}…"
                 )
             }
             Event::Waiting { delay } => write!(
@@ -332,14 +337,23 @@ impl Follow {
         let first = s.current();
         let mut order = vec![first.clone()];
         order.extend(s.urls.iter().filter(|u| **u != first).cloned());
-        let mut errors = Vec::new();
-        for url in order {
-            match s.channel(&url).await {
+        let mut errors: Vec<(String, BoxError)> = Vec::new();
+        for (i, url) in order.iter().enumerate() {
+            match s.channel(url).await {
                 Ok(_) => {
-                    s.set_current(&url);
+                    s.set_current(url);
                     return Ok(());
                 }
-                Err(e) => errors.push((url, e)),
+                Err(e) => {
+                    if let Some(next) = order.get(i + 1) {
+                        s.emit(Event::Unreachable {
+                            url: url.clone(),
+                            next: next.clone(),
+                            error: e.to_string(),
+                        });
+                    }
+                    errors.push((url.clone(), e));
+                }
             }
         }
         Err(errors)

@@ -34,6 +34,7 @@ mod deploy_systemd;
 mod deploy_yaml;
 mod drain;
 mod etl_example;
+mod failover_clients;
 mod fanout;
 mod foreign_report;
 mod hardening;

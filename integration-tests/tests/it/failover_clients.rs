@@ -1,0 +1,204 @@
+//! Issue 12 item 4, client side, before the real standby exists: the `baton` CLI
+//! given a list of coordinators follows a standby's NOT_LEADER to the leader. The
+//! standby here is a fake in this process that answers every `ControlService` call
+//! as a standby does (UNAVAILABLE, `baton-code: NOT_LEADER`, `baton-leader: URL`),
+//! over TLS with the real coordinator's certificate; the leader is a real
+//! `baton coordinator`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tonic::body::Body;
+use tonic::codegen::http;
+
+use crate::harness::{Cluster, dead_port};
+
+/// Answers every call as a standby naming `hint`.
+#[derive(Clone)]
+struct Standby {
+    hint: Option<String>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl tonic::codegen::Service<http::Request<Body>> for Standby {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<Body>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut s = tonic::Status::unavailable("this coordinator is a standby");
+        s.metadata_mut()
+            .insert("baton-code", "NOT_LEADER".parse().expect("ascii"));
+        if let Some(h) = &self.hint {
+            s.metadata_mut()
+                .insert("baton-leader", h.parse().expect("ascii"));
+        }
+        std::future::ready(Ok(s.into_http()))
+    }
+}
+
+impl tonic::server::NamedService for Standby {
+    const NAME: &'static str = "baton.v1.ControlService";
+}
+
+/// A fake standby on its own runtime, serving TLS with `cert`/`key`; dropping it
+/// stops it and every connection.
+struct FakeStandby {
+    url: String,
+    calls: Arc<AtomicUsize>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl FakeStandby {
+    fn start(ca: &str, cert: &str, key: &str, hint: Option<String>) -> FakeStandby {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let url = format!("https://{}", listener.local_addr().expect("addr"));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let svc = Standby {
+            hint,
+            calls: calls.clone(),
+        };
+        let live = baton_proto::tls::LiveCert::new(cert, key).expect("server cert");
+        let config =
+            baton_proto::tls::server_config(ca, live, baton_proto::tls::ClientAuth::Optional)
+                .expect("server config");
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let incoming = baton_proto::tls::incoming(listener, config);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        FakeStandby {
+            url,
+            calls,
+            rt: Some(rt),
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeStandby {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A certificate for `coordinator.baton` from a CA of its own (not the cluster's).
+fn foreign_identity() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let params =
+        rcgen::CertificateParams::new(vec!["coordinator.baton".to_string()]).expect("params");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).expect("cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn the_cli_follows_a_standby_to_the_leader() {
+    let mut cluster = Cluster::new("failover_clients");
+    cluster.start_coordinator();
+    let leader = cluster.coordinator_url();
+    let tls = cluster.ca_dir();
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("coordinator TLS file");
+    let (ca, cert, key) = (read("ca.pem"), read("tls.pem"), read("tls.key"));
+    let hinting = FakeStandby::start(&ca, &cert, &key, Some(leader.clone()));
+    let silent = FakeStandby::start(&ca, &cert, &key, None);
+    let dead = format!("https://127.0.0.1:{}", dead_port());
+    let t = Duration::from_secs(60);
+
+    // A standby that names the leader (not in the list): a read, then a call
+    // that must not be sent twice, both land on the leader.
+    let list = format!("{},{dead}", hinting.url);
+    let out = cluster.cli_at(&list, &["agents", "list", "--output", "json"], t);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains(&format!(
+            "coordinator {} is a standby; trying the leader it names, {leader}",
+            hinting.url
+        )),
+        "{}",
+        out.describe()
+    );
+    let out = cluster.cli_at(&list, &["folder", "create", "/ha"], t);
+    out.expect_code(0);
+    let out = cluster.cli_at(&leader, &["folder", "list", "--output", "json"], t);
+    out.expect_code(0);
+    assert!(out.stdout.contains("/ha"), "{}", out.describe());
+
+    // Without a hint: past a dead URL and a silent standby to the next URL.
+    let list = format!("{dead},{},{leader}", silent.url);
+    let out = cluster.cli_at(&list, &["folder", "create", "/ha/two"], t);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains(&format!(
+            "coordinator {} is a standby; trying {leader}",
+            silent.url
+        )),
+        "{}",
+        out.describe()
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("coordinator {dead} is unreachable")),
+        "{}",
+        out.describe()
+    );
+
+    // No leader among the URLs: NO_LEADER after --failover-wait, exit 3.
+    let out = cluster.cli_at(
+        &silent.url,
+        &["agents", "list", "--failover-wait", "1"],
+        Duration::from_secs(20),
+    );
+    out.expect_code(3);
+    assert!(
+        out.stderr.contains("error[NO_LEADER]"),
+        "{}",
+        out.describe()
+    );
+    assert!(out.elapsed < Duration::from_secs(10), "{}", out.describe());
+
+    // A hint to a server that is not this cluster's coordinator (another CA) is
+    // refused by TLS: no request reaches it, and no leader is found.
+    let (fca, fcert, fkey) = foreign_identity();
+    let impostor = FakeStandby::start(&fca, &fcert, &fkey, None);
+    let lure = FakeStandby::start(&ca, &cert, &key, Some(impostor.url.clone()));
+    let out = cluster.cli_at(
+        &lure.url,
+        &["folder", "create", "/lured", "--failover-wait", "1"],
+        Duration::from_secs(20),
+    );
+    out.expect_code(3);
+    assert_eq!(impostor.calls(), 0, "{}", out.describe());
+    assert!(lure.calls() >= 1);
+    let out = cluster.cli_at(&leader, &["folder", "list", "--output", "json"], t);
+    assert!(!out.stdout.contains("/lured"), "{}", out.describe());
+    cluster.finish(&[]);
+}
