@@ -171,6 +171,64 @@ fn the_cli_follows_a_standby_to_the_leader() {
         out.describe()
     );
 
+    // The list from a context, and from a config file.
+    let admin = cluster.ca_dir().join("admin").display().to_string();
+    let list = format!("{},{leader}", silent.url);
+    let out = cluster.cli_env(
+        &[
+            "context",
+            "add",
+            "ha",
+            "--coordinator",
+            &list,
+            "--tls-dir",
+            &admin,
+            "--use",
+        ],
+        &[],
+    );
+    out.expect_code(0);
+    let out = cluster.cli_env(&["agents", "list", "--output", "json"], &[]);
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains("is a standby; trying"),
+        "{}",
+        out.describe()
+    );
+    let out = cluster.cli_env(
+        &[
+            "context",
+            "add",
+            "bad",
+            "--coordinator",
+            "https://a:1,,https://b:2",
+            "--tls-dir",
+            &admin,
+        ],
+        &[],
+    );
+    out.expect_code(2);
+    assert!(out.stderr.contains("error[USAGE]"), "{}", out.describe());
+    let file = cluster.root().join("ha.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "coordinator = \"{dead}, {}, {leader}\"\ntls-dir = \"{admin}\"\n",
+            hinting.url
+        ),
+    )
+    .expect("write config");
+    let out = cluster.cli_env(
+        &["agents", "list", "--config", &file.display().to_string()],
+        &[],
+    );
+    out.expect_code(0);
+    assert!(
+        out.stderr.contains("trying the leader it names"),
+        "{}",
+        out.describe()
+    );
+
     // No leader among the URLs: NO_LEADER after --failover-wait, exit 3.
     let out = cluster.cli_at(
         &silent.url,
