@@ -174,6 +174,11 @@ impl CoordinatorOpt {
         Ok(urls)
     }
 
+    /// Whether `--coordinator` names several coordinators.
+    pub fn several(&self) -> bool {
+        baton_proto::failover::parse_urls(&self.url).is_ok_and(|u| u.len() > 1)
+    }
+
     /// How long a call looks for the leader among several coordinators.
     pub fn policy(&self) -> Policy {
         Policy {

@@ -260,3 +260,110 @@ fn the_cli_follows_a_standby_to_the_leader() {
     assert!(!out.stdout.contains("/lured"), "{}", out.describe());
     cluster.finish(&[]);
 }
+
+/// A child process killed (by its pid) when the test ends, also on panic.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `exec watch` over a list of coordinators rides out a leader outage: the watch
+/// breaks when the coordinator is killed, is opened again through the failover
+/// channel (a standby in the list names the leader while it is down, so the CLI
+/// waits for it) and ends with the execution.
+#[test]
+fn a_watch_opens_again_when_the_leader_comes_back() {
+    use std::io::{BufRead, BufReader, Read};
+
+    let mut cluster = Cluster::new("failover_clients_watch");
+    cluster.start_coordinator();
+    cluster.start_agent("w1", 2);
+    cluster.agents_ready(1);
+    let leader = cluster.coordinator_url();
+    let tls = cluster.ca_dir();
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("coordinator TLS file");
+    let standby = FakeStandby::start(
+        &read("ca.pem"),
+        &read("tls.pem"),
+        &read("tls.key"),
+        Some(leader.clone()),
+    );
+    let spec = crate::harness::FanoutSpec::new(40, "sleep 0.25").parallelism(2);
+    let parent = cluster.write_fanout("watch", &spec);
+    let id = cluster.start_run(&parent, &[]);
+
+    let mut watch = KillOnDrop(
+        std::process::Command::new(crate::harness::baton_bin())
+            .args(["exec", "watch", &id, "--output", "json"])
+            .env("BATON_COORDINATOR", format!("{leader},{}", standby.url))
+            .env("BATON_TLS_DIR", tls.join("admin"))
+            .env("BATON_CONFIG_DIR", cluster.root().join("cli-config"))
+            .env_remove("BATON_CONTEXT")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn baton exec watch"),
+    );
+    let stdout = watch.0.stdout.take().expect("stdout");
+    let mut stderr = watch.0.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a first summary from the watch");
+    assert!(
+        first.contains("\"running\""),
+        "ended before the outage: {first}"
+    );
+
+    cluster.coordinator().kill9();
+    cluster.coordinator().restart();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let mut lines = vec![first];
+    let status = loop {
+        while let Ok(l) = rx.try_recv() {
+            lines.push(l);
+        }
+        if let Some(status) = watch.0.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exec watch did not end within 90 s; last: {:?}",
+            lines.last()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+        lines.push(l);
+    }
+    let err = err_reader.join().expect("stderr reader");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stderr:\n{err}\nlast: {:?}",
+        lines.last()
+    );
+    assert!(err.contains("watching it again"), "stderr:\n{err}");
+    let last = lines.last().expect("a last summary");
+    assert!(last.contains("\"succeeded\""), "{last}");
+    drop(watch);
+    cluster.finish(&[]);
+}
