@@ -121,8 +121,18 @@ pub async fn run(
     }
     warn_about_run_as(&config);
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
-    // The bar for stale dispatches is where it was before a restart.
-    let (epoch_file, seen) = epoch_file::EpochFile::open(&config.data_dir)?;
+    // The bar for stale dispatches is where it was before a restart (in this
+    // cluster: the one of this CA).
+    let cluster = match &config.tls {
+        Some(pem) => format!(
+            "ca:{}",
+            baton_proto::tls::ca_pin(&pem.ca).map_err(|e| AgentError::ConfigInvalid(format!(
+                "the CA in the agent's TLS directory: {e}"
+            )))?
+        ),
+        None => "insecure".to_string(),
+    };
+    let (epoch_file, seen) = epoch_file::EpochFile::open(&config.data_dir, &cluster)?;
     supervisor.keep_epoch_in(epoch_file, seen);
     if let Some(launcher) = config.watchdog.clone() {
         let watchdog = watchdog::Watchdog::start(launcher)

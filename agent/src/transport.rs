@@ -265,7 +265,12 @@ pub async fn connect_follow(url: &str, tls: Option<&TlsPem>) -> Result<Follow, A
     };
     let follow = Follow::new(urls, dial, policy)
         .map_err(AgentError::ConfigInvalid)?
-        .on_event(|e| tracing::info!(coordinator = %e, "looking for the leading coordinator"));
+        .on_event(|e| match e {
+            baton_proto::failover::Event::Waiting { .. } => {
+                tracing::debug!(coordinator = %e, "looking for the leading coordinator");
+            }
+            _ => tracing::info!(coordinator = %e, "looking for the leading coordinator"),
+        });
     if let Err(mut errors) = follow.connect().await {
         // The first URL's error (a single URL's, as it was): TLS refusals and
         // plaintext refusals keep their codes.

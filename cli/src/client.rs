@@ -223,7 +223,7 @@ impl CoordinatorOpt {
         let several = urls.len() > 1;
         let follow = Follow::new(urls, dial, self.policy())
             .map_err(|e| CliError::invalid("USAGE", format!("--coordinator: {e}")))?
-            .on_event(|e| eprintln!("{e}"));
+            .on_event(tell);
         if let Err(errors) = follow.connect().await {
             let mut err = self.connect_failure(several, errors);
             if let Some(ctx) = &self.context
@@ -349,6 +349,18 @@ impl CoordinatorOpt {
     fn tls_failure(&self, err: &(dyn std::error::Error + 'static)) -> Option<CliError> {
         let failure = baton_proto::tls::handshake_failure(err)?;
         Some(explain_tls(&self.current_url(), &self.tls_dir, failure))
+    }
+}
+
+/// Tells a step of the search for the leader on stderr, each distinct line once
+/// per process (a long election would otherwise repeat the same lines every round).
+fn tell(event: &baton_proto::failover::Event) {
+    static TOLD: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let line = event.to_string();
+    let mut told = TOLD.lock().unwrap_or_else(|p| p.into_inner());
+    if !told.contains(&line) {
+        eprintln!("{line}");
+        told.push(line);
     }
 }
 
