@@ -113,9 +113,7 @@ pub async fn enroll(url: &str, token: &str, name: &str, dir: &Path) -> Result<()
     });
     let follow = Follow::new(urls, dial, Policy::default())
         .map_err(AgentError::ConfigInvalid)?
-        .on_event(
-            |e| tracing::info!(coordinator = %e, "enrolment: looking for the leading coordinator"),
-        );
+        .on_event(|e| tracing::info!(step = %e, "enrolment: looking for the leading coordinator"));
     if let Err(errors) = follow.connect().await {
         let all: Vec<String> = errors.iter().map(|(u, e)| format!("{u}: {e}")).collect();
         return Err(AgentError::CoordinatorUnreachable(format!(

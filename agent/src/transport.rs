@@ -267,9 +267,9 @@ pub async fn connect_follow(url: &str, tls: Option<&TlsPem>) -> Result<Follow, A
         .map_err(AgentError::ConfigInvalid)?
         .on_event(|e| match e {
             baton_proto::failover::Event::Waiting { .. } => {
-                tracing::debug!(coordinator = %e, "looking for the leading coordinator");
+                tracing::debug!(step = %e, "looking for the leading coordinator");
             }
-            _ => tracing::info!(coordinator = %e, "looking for the leading coordinator"),
+            _ => tracing::info!(step = %e, "looking for the leading coordinator"),
         });
     if let Err(mut errors) = follow.connect().await {
         // The first URL's error (a single URL's, as it was): TLS refusals and

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tonic::body::Body;
 use tonic::codegen::http;
 
-use crate::harness::{Cluster, dead_port};
+use crate::harness::{AgentOpts, Cluster, dead_port};
 
 /// Answers every call as a standby naming `hint`.
 #[derive(Clone)]
@@ -51,6 +51,31 @@ impl tonic::server::NamedService for Standby {
     const NAME: &'static str = "baton.v1.ControlService";
 }
 
+/// The same standby, for agents' calls.
+#[derive(Clone)]
+struct StandbyForAgents(Standby);
+
+impl tonic::codegen::Service<http::Request<Body>> for StandbyForAgents {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
+impl tonic::server::NamedService for StandbyForAgents {
+    const NAME: &'static str = "baton.v1.CoordinatorService";
+}
+
 /// A fake standby on its own runtime, serving TLS with `cert`/`key`; dropping it
 /// stops it and every connection.
 struct FakeStandby {
@@ -82,7 +107,8 @@ impl FakeStandby {
             let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
             let incoming = baton_proto::tls::incoming(listener, config);
             let _ = tonic::transport::Server::builder()
-                .add_service(svc)
+                .add_service(svc.clone())
+                .add_service(StandbyForAgents(svc))
                 .serve_with_incoming(incoming)
                 .await;
         });
@@ -365,5 +391,63 @@ fn a_watch_opens_again_when_the_leader_comes_back() {
     let last = lines.last().expect("a last summary");
     assert!(last.contains("\"succeeded\""), "{last}");
     drop(watch);
+    cluster.finish(&[]);
+}
+
+/// An agent given a standby first enrols (the CA from the standby, checked against
+/// the token's pin; `Enroll` sent on to the leader it names) and registers with the
+/// leader; a run through the list then succeeds on it.
+#[test]
+fn an_agent_enrols_and_registers_through_a_standby() {
+    let mut cluster = Cluster::new("failover_clients_agent");
+    cluster.start_coordinator();
+    let leader = cluster.coordinator_url();
+    let tls = cluster.ca_dir();
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).expect("coordinator TLS file");
+    let standby = FakeStandby::start(
+        &read("ca.pem"),
+        &read("tls.pem"),
+        &read("tls.key"),
+        Some(leader.clone()),
+    );
+    let out = cluster.cli(&["token", "create", "--agent", "h1", "--output", "json"]);
+    out.expect_code(0);
+    let token = out.json()["token"].as_str().expect("a token").to_owned();
+    let mut opts = AgentOpts::new("h1", 2);
+    opts.coordinator_url = Some(format!("{},{leader}", standby.url));
+    opts.tls_dir = Some(cluster.root().join("h1-tls"));
+    opts.extra_args = vec!["--enroll".into(), token];
+    cluster.start_agent_with(opts);
+    cluster.agents_ready(1);
+    // Enroll was answered NOT_LEADER by the standby; Register then went straight
+    // to the leader this process had found.
+    assert_eq!(standby.calls(), 1);
+    // Restarted (a new process, no leader remembered), it registers through the
+    // standby's hint again.
+    cluster.agent("h1").restart();
+    cluster.agents_ready(1);
+    assert!(standby.calls() >= 2, "{} calls", standby.calls());
+    let log = crate::harness::read_log(&cluster.agent("h1").stderr_path());
+    let hops = log
+        .lines()
+        .filter(|l| l.contains("is a standby; trying the leader it names"))
+        .count();
+    assert!(hops >= 2, "{log}");
+
+    let spec = crate::harness::FanoutSpec::new(5, "true");
+    let parent = cluster.write_fanout("through", &spec);
+    let list = format!("{},{leader}", standby.url);
+    let out = cluster.cli_at(
+        &list,
+        &[
+            "run",
+            &parent.display().to_string(),
+            "--wait",
+            "--output",
+            "json",
+        ],
+        Duration::from_secs(60),
+    );
+    out.expect_code(0);
     cluster.finish(&[]);
 }
