@@ -30,6 +30,33 @@
 //!
 //! The URL that last answered as leader is remembered per process and per list
 //! ([`remembered`]), so later connections try it first.
+//!
+//! A Rust client over a cluster (the dialer holds the TLS settings; the CLI's and
+//! the agent's verify Baton's CA and the name `coordinator.baton`):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use baton_proto::control_service_client::ControlServiceClient;
+//! use baton_proto::failover::{parse_urls, DialFuture, Dialer, Follow, Policy};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let urls = parse_urls("http://127.0.0.1:7400,http://127.0.0.1:7410")?;
+//! let dial: Dialer = Arc::new(|url: String| {
+//!     Box::pin(async move {
+//!         // Plaintext only to loopback, also for a leader a standby names.
+//!         let url = baton_proto::plaintext::loopback_url(&url).await?;
+//!         let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
+//!         Ok(channel)
+//!     }) as DialFuture
+//! });
+//! let follow = Follow::new(urls, dial, Policy::default())?
+//!     .on_event(|step| eprintln!("{step}"));
+//! let mut client = ControlServiceClient::new(follow);
+//! let who = client.who_am_i(baton_proto::WhoAmIRequest::default()).await?;
+//! # let _ = who;
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
