@@ -30,7 +30,8 @@ const LABELS_MAX: usize = 256;
 pub struct AgentConfig {
     /// Human-readable name of this agent (unique per fleet by convention).
     pub name: String,
-    /// Where the coordinator listens, e.g. `http://127.0.0.1:7400`.
+    /// Where the coordinator listens, e.g. `http://127.0.0.1:7400`, or the
+    /// comma-separated URLs of every coordinator of a highly available cluster.
     pub coordinator_url: String,
     /// `host:port` the coordinator dials for `AgentService`.
     pub advertise_addr: String,
@@ -106,23 +107,13 @@ impl AgentConfig {
         if self.name.len() > 253 {
             return bad("name is longer than 253 bytes".into());
         }
-        if !(self.coordinator_url.starts_with("http://")
-            || self.coordinator_url.starts_with("https://"))
-        {
-            return bad(format!(
-                "coordinator_url {:?} must start with http:// or https://",
-                self.coordinator_url
-            ));
-        }
-        if self
-            .coordinator_url
-            .parse::<tonic::transport::Uri>()
-            .is_err()
-        {
-            return bad(format!(
-                "coordinator_url {:?} is not a valid URL",
-                self.coordinator_url
-            ));
+        // One URL, or the comma-separated URLs of every coordinator of a cluster.
+        let urls = baton_proto::failover::parse_urls(&self.coordinator_url)
+            .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url: {e}")))?;
+        for url in urls {
+            if url.parse::<tonic::transport::Uri>().is_err() {
+                return bad(format!("coordinator_url {url:?} is not a valid URL"));
+            }
         }
         match self.advertise_addr.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
@@ -194,6 +185,24 @@ mod tests {
     #[test]
     fn default_is_valid() {
         AgentConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_list_of_coordinators_is_valid_and_each_url_is_checked() {
+        let mut c = AgentConfig {
+            coordinator_url: "https://c1:7400, https://c2:7400".into(),
+            ..AgentConfig::default()
+        };
+        c.validate().unwrap();
+        for bad in [
+            "https://c1:7400,",
+            "https://c1:7400,c2:7400",
+            "https://c1:7400,http://c2:7400",
+        ] {
+            c.coordinator_url = bad.into();
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains("coordinator_url"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -38,6 +38,7 @@
 pub mod admission;
 pub mod config;
 pub mod enrol;
+pub mod epoch_file;
 pub mod error;
 pub(crate) mod group_record;
 pub mod job;
@@ -138,6 +139,19 @@ pub async fn run(
             }
         });
     }
+    // The bar for stale dispatches is where it was before a restart (in this
+    // cluster: the one of this CA).
+    let cluster = match &config.tls {
+        Some(pem) => format!(
+            "ca:{}",
+            baton_proto::tls::ca_pin(&pem.ca).map_err(|e| AgentError::ConfigInvalid(format!(
+                "the CA in the agent's TLS directory: {e}"
+            )))?
+        ),
+        None => "insecure".to_string(),
+    };
+    let (epoch_file, seen) = epoch_file::EpochFile::open(&config.data_dir, &cluster)?;
+    supervisor.keep_epoch_in(epoch_file, seen);
     if let Some(launcher) = config.watchdog.clone() {
         let watchdog = watchdog::Watchdog::start(launcher)
             .map_err(|e| AgentError::io("starting the process watchdog", e))?;

@@ -28,6 +28,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::admission::{Admission, Decision, Rejection, check_package_with, check_run_as};
 use crate::config::AgentConfig;
+use crate::epoch_file::EpochFile;
 use crate::job::cancel::{JobCancel, cancel_reason};
 use crate::job::layout::scratch_dir;
 use crate::job::leftovers::Leftovers;
@@ -71,6 +72,8 @@ pub struct Supervisor {
     run_slots: Arc<tokio::sync::Semaphore>,
     /// `StartJob` answers are counted here (`--metrics-listen`).
     metrics: Arc<crate::metrics::AgentMetrics>,
+    /// Where the highest epoch seen is kept across restarts (set by `run`).
+    epoch_file: std::sync::OnceLock<EpochFile>,
 }
 
 impl Supervisor {
@@ -94,7 +97,25 @@ impl Supervisor {
             parsed: ParsedPackages::new(),
             run_slots: Arc::new(tokio::sync::Semaphore::new(config.slots as usize)),
             metrics: config.metrics.clone().unwrap_or_default(),
+            epoch_file: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts from the epoch kept in `file` and keeps every rise there.
+    pub fn keep_epoch_in(&self, file: EpochFile, seen: Epoch) {
+        let mut st = self.state.lock().unwrap();
+        st.admission.observe_epoch(seen);
+        let _ = self.epoch_file.set(file);
+    }
+
+    /// Writes the highest epoch seen if it rose (under the state lock, so that a
+    /// dispatch that raised it is accepted only once it is durable).
+    fn keep_epoch(&self, st: &State) {
+        if let Some(file) = self.epoch_file.get()
+            && let Err(e) = file.raise(st.admission.max_epoch())
+        {
+            warn!(code = e.code(), error = %e, "cannot keep the highest coordinator epoch seen");
+        }
     }
 
     /// The record of the process groups running now.
@@ -163,7 +184,9 @@ impl Supervisor {
             return Ok(None);
         }
         let running = st.jobs.running_len();
-        match st.admission.check(job, running) {
+        let decision = st.admission.check(job, running);
+        self.keep_epoch(&st);
+        match decision {
             Decision::New => {}
             Decision::Duplicate => return Ok(None),
             Decision::Reject(r) => return Err(r),
@@ -195,7 +218,9 @@ impl Supervisor {
             return Decision::Duplicate;
         }
         let running = st.jobs.running_len();
-        st.admission.check(job, running)
+        let decision = st.admission.check(job, running);
+        self.keep_epoch(&st);
+        decision
     }
 
     async fn run(self: Arc<Self>, plan: JobPlan, cancel: JobCancel) {
@@ -313,7 +338,14 @@ impl Supervisor {
 
     /// Raises the highest coordinator epoch seen.
     pub fn observe_epoch(&self, epoch: Epoch) {
-        self.state.lock().unwrap().admission.observe_epoch(epoch);
+        let mut st = self.state.lock().unwrap();
+        st.admission.observe_epoch(epoch);
+        self.keep_epoch(&st);
+    }
+
+    /// The highest coordinator epoch seen.
+    pub fn max_epoch(&self) -> Epoch {
+        self.state.lock().unwrap().admission.max_epoch()
     }
 
     pub fn load(&self) -> Load {

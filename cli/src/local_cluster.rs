@@ -135,6 +135,8 @@ impl LocalCluster {
             token: None,
             token_file: None,
             context: None,
+            failover_wait: 30,
+            session: Default::default(),
         };
         let client = opt.connect().await?;
         let mut cluster = LocalCluster {

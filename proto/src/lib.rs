@@ -13,6 +13,7 @@ pub mod v1 {
 }
 
 pub mod exposition;
+pub mod failover;
 pub mod identity;
 pub mod plaintext;
 pub mod tls;

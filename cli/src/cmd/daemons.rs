@@ -311,7 +311,11 @@ fn watchdog_launcher() -> Result<baton_agent::watchdog::Launcher, CliError> {
     after_help = "Example (its token must allow its labels: `baton token create --agent etl-07 --label pool=etl`):\n  baton agent --coordinator https://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
 )]
 pub struct AgentArgs {
-    /// Coordinator URL.
+    /// Coordinator URL; for a highly available cluster, the URLs of its coordinators
+    /// separated by commas (https://c1:7400,https://c2:7400): the agent registers with
+    /// the leader (a standby names it), moves to the next coordinator when one goes
+    /// away, and resends its unacknowledged events to the new leader; its jobs keep
+    /// running through a failover.
     #[arg(long, env = "BATON_COORDINATOR", default_value = crate::client::DEFAULT_COORDINATOR)]
     pub coordinator: String,
     /// Agent name, unique in the fleet (default: the host name).

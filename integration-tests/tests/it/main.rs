@@ -35,6 +35,7 @@ mod deploy_yaml;
 mod drain;
 mod etcd_store;
 mod etl_example;
+mod failover_clients;
 mod fanout;
 mod foreign_report;
 mod hardening;
