@@ -1,4 +1,2 @@
-//! Multi-process tests live in `tests/it/`; `etcd` starts real etcd servers
-//! for them and for the coordinator's etcd tests.
-
-pub mod etcd;
+//! Multi-process tests live in `tests/it/`; this library is empty (the
+//! local etcd servers the etcd tests start are `baton_coordinator::store::etcd::local`).

@@ -33,6 +33,9 @@ pub(crate) struct Io {
     /// Agents that do not serve `StartJobs` (an earlier release): one
     /// `StartJob` per child for them, until they register again.
     pub(super) singles_only: Arc<Mutex<HashSet<String>>>,
+    /// Whether this term has dispatched yet (its first dispatch is logged:
+    /// after a failover, the moment the new leader is at work).
+    pub(super) dispatched: bool,
 }
 
 impl Io {
@@ -43,6 +46,7 @@ impl Io {
             clients: HashMap::new(),
             acks: HashMap::new(),
             singles_only: Arc::default(),
+            dispatched: false,
         }
     }
 }
@@ -112,6 +116,10 @@ struct Job {
 /// Sends `jobs` to one agent; every answer (or the lack of one) comes back
 /// to the scheduler as a [`Msg::Dispatched`] per child.
 fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
+    if !io.dispatched {
+        io.dispatched = true;
+        tracing::info!(%agent, jobs = jobs.len(), "first dispatch of this term");
+    }
     let generation = io.dialer.generation();
     let client = match io.clients.get(&agent) {
         Some((addr, g, c)) if *addr == address && *g == generation => c.clone(),

@@ -7,7 +7,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use baton_integration_tests::etcd::EtcdCluster;
+use baton_coordinator::store::etcd::local::EtcdCluster;
 
 use crate::harness::{Cluster, FanoutSpec, baton_bin, dead_port};
 

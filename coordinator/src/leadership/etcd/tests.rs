@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_integration_tests::etcd::EtcdCluster;
+use crate::store::etcd::local::EtcdCluster;
 
 use super::*;
 use crate::store::config::EtcdConfig;

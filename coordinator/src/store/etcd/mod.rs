@@ -20,6 +20,7 @@
 
 pub(crate) mod classify;
 pub mod connect;
+pub mod local;
 mod txn;
 mod watch;
 

@@ -1,9 +1,9 @@
-//! The etcd backend against real etcd servers (`baton_integration_tests::etcd`);
+//! The etcd backend against real etcd servers (`store::etcd::local`);
 //! each test prints why it is skipped when `etcd` is not installed.
 
 use std::time::{Duration, Instant};
 
-use baton_integration_tests::etcd::EtcdCluster;
+use crate::store::etcd::local::EtcdCluster;
 
 use super::*;
 use crate::store::config::EtcdConfig;
@@ -336,7 +336,7 @@ async fn mutual_tls_to_etcd() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let [ca, server_cert, server_key, client_cert, client_key] = tls_files(dir.path());
-    let Some(cluster) = EtcdCluster::start_tls(baton_integration_tests::etcd::ServerTls {
+    let Some(cluster) = EtcdCluster::start_tls(crate::store::etcd::local::ServerTls {
         ca: &ca,
         cert: &server_cert,
         key: &server_key,

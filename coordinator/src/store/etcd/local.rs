@@ -1,5 +1,5 @@
-//! Real etcd servers for tests (the coordinator's unit tests use it too, as a
-//! dev-dependency): `etcd` from `PATH` (Debian's `etcd-server`), 1 or 3
+//! Real etcd servers on this machine, for tests and `baton bench --store
+//! etcd`: `etcd` from `PATH` (Debian's `etcd-server`), 1 or 3
 //! members on free loopback ports, each with a data directory under one
 //! temporary directory. [`EtcdCluster::start`] waits until every member says
 //! it is healthy; a member can be killed and started again; dropping the
@@ -59,14 +59,14 @@ pub struct ServerTls<'a> {
     pub key: &'a Path,
 }
 
-fn free_port() -> u16 {
+fn free_port() -> Result<u16, String> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("a free loopback port")
+        .map_err(|e| format!("no free loopback port: {e}"))
 }
 
-fn temp_dir() -> PathBuf {
+fn temp_dir() -> Result<PathBuf, String> {
     static N: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -76,8 +76,9 @@ fn temp_dir() -> PathBuf {
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
-    std::fs::create_dir_all(&dir).expect("a temporary directory for etcd");
-    dir
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| format!("cannot make {} for etcd: {e}", dir.display()))?;
+    Ok(dir)
 }
 
 /// Whether the member whose metrics URL is at `port` answers `/health` with a leader.
@@ -136,49 +137,66 @@ impl EtcdCluster {
             eprintln!("{SKIPPED}");
             return None;
         };
+        match Self::try_start(binary, members, extra, tls) {
+            Ok(cluster) => Some(cluster),
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Starts `members` members of `binary` and waits until they are healthy;
+    /// the reason when they could not be started (`baton bench --store etcd`
+    /// reports it; the tests' `start` panics with it).
+    pub fn try_start(
+        binary: PathBuf,
+        members: usize,
+        extra: &[&str],
+        tls: bool,
+    ) -> Result<EtcdCluster, String> {
         // Ports are picked free, then bound by etcd: another process may take
         // one meanwhile; a member that exits at once makes a new attempt.
         let mut last = String::new();
         for _ in 0..3 {
-            let mut cluster = EtcdCluster::new(binary.clone(), members, extra);
+            let mut cluster = EtcdCluster::new(binary.clone(), members, extra)?;
             cluster.tls = tls;
             for i in 0..members {
-                cluster.spawn(i, "new");
+                cluster.spawn(i, "new")?;
             }
             match cluster.wait_healthy(START_PATIENCE) {
-                Ok(()) => return Some(cluster),
+                Ok(()) => return Ok(cluster),
                 Err(why) => last = why,
             }
         }
-        panic!("etcd did not start: {last}");
+        Err(format!("etcd did not start: {last}"))
     }
 
-    fn new(binary: PathBuf, members: usize, extra: &[&str]) -> EtcdCluster {
+    fn new(binary: PathBuf, members: usize, extra: &[&str]) -> Result<EtcdCluster, String> {
         let members: Vec<Member> = (0..members)
-            .map(|i| Member {
-                name: format!("m{i}"),
-                client_port: free_port(),
-                peer_port: free_port(),
-                metrics_port: free_port(),
-                child: None,
+            .map(|i| {
+                Ok(Member {
+                    name: format!("m{i}"),
+                    client_port: free_port()?,
+                    peer_port: free_port()?,
+                    metrics_port: free_port()?,
+                    child: None,
+                })
             })
-            .collect();
+            .collect::<Result<_, String>>()?;
         let initial_cluster = members
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        EtcdCluster {
+        Ok(EtcdCluster {
             binary,
-            dir: temp_dir(),
+            dir: temp_dir()?,
             members,
             initial_cluster,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tls: false,
-        }
+        })
     }
 
-    fn spawn(&mut self, i: usize, state: &str) {
+    fn spawn(&mut self, i: usize, state: &str) -> Result<(), String> {
         let m = &self.members[i];
         let scheme = if self.tls { "https" } else { "http" };
         let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
@@ -188,8 +206,10 @@ impl EtcdCluster {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", m.name)))
-            .expect("an etcd log file");
-        let err = log.try_clone().expect("an etcd log file");
+            .map_err(|e| format!("cannot open etcd's log file: {e}"))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| format!("cannot open etcd's log file: {e}"))?;
         let child = Command::new(&self.binary)
             .args(["--name", &m.name])
             .arg("--data-dir")
@@ -207,8 +227,9 @@ impl EtcdCluster {
             .stdout(log)
             .stderr(err)
             .spawn()
-            .expect("etcd starts");
+            .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
         self.members[i].child = Some(child);
+        Ok(())
     }
 
     /// Waits until every running member answers `/health` with a leader.
@@ -257,10 +278,13 @@ impl EtcdCluster {
         }
     }
 
-    /// Starts member `i` again on its data directory (it rejoins the cluster).
+    /// Starts member `i` again on its data directory (it rejoins the cluster);
+    /// for tests: panics if it cannot be started.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
-        self.spawn(i, "existing");
+        if let Err(why) = self.spawn(i, "existing") {
+            panic!("{why}");
+        }
     }
 
     /// The directory of the members' data and logs.
