@@ -645,6 +645,9 @@ async fn a_store_unavailable_for_a_moment_ends_the_term_but_not_the_process() {
         true,
     )
     .await;
+    // The start's blobs are written first (one commit), then its execution
+    // by the scheduler: that commit finds no quorum.
+    store.faults_after_commits(1);
     store.unavailable_next_commits(1);
     let first = a.running.coordinator().unwrap();
     let err = first
@@ -681,6 +684,7 @@ async fn a_backend_failure_stops_the_process() {
         true,
     )
     .await;
+    store.faults_after_commits(1);
     store.fail_next_commits(1);
     let c = a.running.coordinator().unwrap();
     assert!(

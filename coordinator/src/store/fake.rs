@@ -39,6 +39,8 @@ struct State {
     fail_next: usize,
     /// Commits still to refuse as `Unavailable` (after those that fail).
     unavailable_next: usize,
+    /// Commits still to let through before the injected faults apply.
+    faults_after: usize,
     /// What a commit may hold (unbounded unless a test says otherwise).
     limits: Limits,
     applied: Vec<Commit>,
@@ -96,6 +98,14 @@ impl FakeStore {
     /// refused as `Unavailable`, applying nothing, as a backend without quorum.
     pub fn unavailable_next_commits(&self, n: usize) {
         self.state().unavailable_next = n;
+    }
+
+    /// The injected faults ([`Self::fail_next_commits`],
+    /// [`Self::unavailable_next_commits`]) apply only after the next `n`
+    /// commits went through (e.g. past the blob writes of a start, to its
+    /// execution's commit by the scheduler).
+    pub fn faults_after_commits(&self, n: usize) {
+        self.state().faults_after = n;
     }
 
     /// Refuses, from now on, commits over `limits` (as a replicated backend would).
@@ -235,7 +245,10 @@ impl Store for FakeStore {
         self.started.send_modify(|n| *n += 1);
         let fail = {
             let mut st = self.state();
-            if st.fail_next > 0 {
+            if st.faults_after > 0 && (st.fail_next > 0 || st.unavailable_next > 0) {
+                st.faults_after -= 1;
+                None
+            } else if st.fail_next > 0 {
                 st.fail_next -= 1;
                 Some(StoreError::Backend("injected commit failure".into()))
             } else if st.unavailable_next > 0 {
