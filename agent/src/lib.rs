@@ -41,6 +41,7 @@ pub mod enrol;
 pub mod error;
 pub(crate) mod group_record;
 pub mod job;
+pub mod job_trace;
 pub mod jobs;
 pub mod logs;
 pub mod mask;

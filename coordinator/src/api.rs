@@ -173,6 +173,11 @@ impl Coordinator {
             parent: None,
             rows_outcomes: Default::default(),
             placement,
+            trace: None,
+        };
+        let rec = ExecutionRecord {
+            trace: crate::traces::exec_trace(&rec.id),
+            ..rec
         };
         self.handle.start(rec, plan).await
     }

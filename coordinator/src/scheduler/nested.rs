@@ -122,7 +122,7 @@ impl Scheduler {
             None => params,
         };
         let rec = ExecutionRecord {
-            id,
+            id: id.clone(),
             package: plan.package.clone(),
             root,
             files: e.rec.files.clone(),
@@ -140,6 +140,9 @@ impl Scheduler {
             resumes: 0,
             task_states: BTreeMap::new(),
             rows_outcomes: BTreeMap::new(),
+            trace: e.rec.trace.as_ref().and_then(|t| {
+                t.nested(cref.task, cref.child, c.state().attempt(), &id)
+            }),
             placement: e.rec.placement.clone(),
             parent: Some(ParentLink {
                 execution_id: e.rec.id.clone(),

@@ -96,6 +96,7 @@ impl Scheduler {
                 written.push(Written::Child(cref));
             }
         }
+        self.trace_commit(&written, ops.len());
         (ops, written)
     }
 

@@ -76,6 +76,7 @@ pub(super) fn running_record(
         task_states: Default::default(),
         parent: None,
         rows_outcomes: Default::default(),
+        trace: None,
         placement: Default::default(),
     }
 }

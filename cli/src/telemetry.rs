@@ -1,0 +1,216 @@
+//! Logs and traces of the process: the `tracing` subscriber (log lines on
+//! stderr, `--log-format text|json`), and, with `--otlp-endpoint URL` (or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT`), an OpenTelemetry layer that exports
+//! Baton's spans over OTLP/gRPC under the service name of the command
+//! (`baton-coordinator`, `baton-agent`, `baton-cli`).
+//!
+//! Without an endpoint no OpenTelemetry layer is installed: nothing is
+//! recorded, no execution gets a trace context, and dispatches carry none.
+//! With one, each log line also names the trace and span it belongs to.
+//! [`Telemetry::shutdown`] flushes the spans still buffered at exit.
+
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The installed exporter, if any: shut it down at exit.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// The W3C `traceparent` of the current span, when spans are exported.
+pub fn current_traceparent() -> Option<String> {
+    let span = tracing::Span::current();
+    if span.is_none() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
+}
+
+/// Installs the subscriber. `endpoint`: the OTLP/gRPC collector, or none;
+/// must be called inside a Tokio runtime when there is one (the exporter's
+/// connection lives on it).
+pub fn init(
+    default_filter: &str,
+    format: LogFormat,
+    endpoint: Option<&str>,
+    service: &'static str,
+) -> Result<Telemetry, String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let provider = match endpoint.filter(|e| !e.trim().is_empty()) {
+        Some(url) => Some(provider(url, service)?),
+        None => None,
+    };
+    let ids = provider.is_some();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let fmt_layer = match format {
+        // Colour codes only for a person at a terminal (and not under
+        // NO_COLOR): a log collector or a file gets plain text.
+        LogFormat::Text => fmt
+            .with_ansi(ansi)
+            .event_format(WithIds {
+                inner: Format::<Full>::default().with_target(false).with_ansi(ansi),
+                ids,
+                json: false,
+            })
+            .boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .event_format(WithIds {
+                inner: Format::<Json>::default()
+                    .json()
+                    .with_target(false)
+                    .with_current_span(true)
+                    .with_span_list(false),
+                ids,
+                json: true,
+            })
+            .boxed(),
+    }
+    .with_filter(filter);
+    // Baton's own spans only (not the HTTP/2 stack's, nor the exporter's).
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("baton", tracing::Level::INFO),
+            )
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+fn provider(url: &str, service: &'static str) -> Result<SdkTracerProvider, String> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| format!("cannot make the OTLP exporter for {url}: {e}"))?;
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_id_generator(baton_coordinator::traces::Ids::default())
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name(service)
+                .build(),
+        )
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(provider)
+}
+
+impl Telemetry {
+    /// Whether spans are exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Sends the spans still buffered and stops the exporter. Blocks: call it
+    /// off the runtime's worker threads (`spawn_blocking`).
+    pub fn shutdown(self) {
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("warning: traces not all sent: {e}");
+        }
+    }
+}
+
+/// A log line's format with, when spans are exported, the ids of the trace
+/// and span it was written in (`trace_id=… span_id=…` first in text; the
+/// `trace_id` and `span_id` keys in JSON).
+struct WithIds<F> {
+    inner: F,
+    ids: bool,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let ids = if self.ids { current_ids() } else { None };
+        let Some((trace, span)) = ids else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        if !self.json {
+            write!(writer, "trace_id={trace} span_id={span} ")?;
+            return self.inner.format_event(ctx, writer, event);
+        }
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(
+                writer,
+                "{{\"trace_id\":\"{trace}\",\"span_id\":\"{span}\",{rest}"
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// The current span's trace and span ids, if it is exported.
+fn current_ids() -> Option<(String, String)> {
+    let span = tracing::Span::current();
+    if span.is_none() {
+        return None;
+    }
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid()
+        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_an_endpoint_nothing_is_exported() {
+        let t = init("warn", LogFormat::Text, None, "baton-cli").unwrap();
+        assert!(!t.exporting());
+        assert_eq!(current_traceparent(), None);
+        t.shutdown();
+    }
+}
