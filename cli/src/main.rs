@@ -300,7 +300,7 @@ fn main() -> ExitCode {
     if telemetry.exporting() {
         // The buffered spans go out before the process does; the provider's
         // shutdown blocks, so off the runtime's worker threads.
-        let _ = runtime.block_on(tokio::task::spawn_blocking(move || telemetry.shutdown()));
+        let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
     }
     if let Some(e) = output::stdout_error() {
         // A full disk or a broken file: the results are not all there.

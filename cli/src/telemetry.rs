@@ -14,7 +14,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::Layer;
-use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -77,7 +77,7 @@ pub fn init(
         LogFormat::Text => fmt
             .with_ansi(ansi)
             .event_format(WithIds {
-                inner: Format::<Full>::default().with_target(false).with_ansi(ansi),
+                inner: tracing_subscriber::fmt::format().with_target(false).with_ansi(ansi),
                 ids,
                 json: false,
             })
@@ -85,7 +85,7 @@ pub fn init(
         LogFormat::Json => fmt
             .json()
             .event_format(WithIds {
-                inner: Format::<Json>::default()
+                inner: tracing_subscriber::fmt::format()
                     .json()
                     .with_target(false)
                     .with_current_span(true)

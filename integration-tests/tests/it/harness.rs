@@ -29,6 +29,7 @@ pub mod exec;
 pub mod fixtures;
 pub mod grpc;
 pub mod logs;
+pub mod otlp;
 mod node;
 
 use std::fs::{self, File};
