@@ -296,7 +296,13 @@ impl Traces {
                             child,
                             old_attempt,
                             open.agent.as_deref(),
-                            phase,
+                            // Ended by a retry (a failure, a timeout, a lost
+                            // agent: the reason says which) or by the child's end.
+                            if old_attempt != attempt {
+                                "retried"
+                            } else {
+                                phase.as_str()
+                            },
                         ),
                         events,
                         status,
@@ -360,7 +366,7 @@ impl Traces {
                             child,
                             open.attempt,
                             open.agent.as_deref(),
-                            Phase::Lost,
+                            "unknown",
                         ),
                         events: open.events,
                         status: Status::error("its end was not seen"),
@@ -442,14 +448,14 @@ fn attempt_attributes(
     child: u32,
     attempt: u32,
     agent: Option<&str>,
-    phase: Phase,
+    state: &'static str,
 ) -> Vec<KeyValue> {
     let mut a = vec![
         KeyValue::new("baton.execution", execution_id.to_string()),
         KeyValue::new("baton.task", task.to_string()),
         KeyValue::new("baton.item", i64::from(child)),
         KeyValue::new("baton.attempt", i64::from(attempt)),
-        KeyValue::new("baton.state", phase.as_str()),
+        KeyValue::new("baton.state", state),
     ];
     if let Some(agent) = agent {
         a.push(KeyValue::new("baton.agent", agent.to_string()));

@@ -27,8 +27,9 @@ fn one_trace_per_execution_down_to_the_child_processes() {
     let mut c = Cluster::new("traces");
     c.start_coordinator_env(&[], otlp.clone());
     for name in ["a1", "a2"] {
-        let mut opts = AgentOpts::new(name, 8);
-        opts.env = otlp.clone();
+        // "job finished" (debug) is logged inside the job's span.
+        let mut opts = AgentOpts::new(name, 8).log_targets(&[("baton_agent::supervisor", "debug")]);
+        opts.env.extend(otlp.clone());
         c.start_agent_with(opts).expect("agent announced");
     }
     c.agents_ready(2);
@@ -160,5 +161,96 @@ fn one_trace_per_execution_down_to_the_child_processes() {
         assert_eq!(parts[1], trace, "child {item}: TRACEPARENT of another trace");
         assert!(job_ids.contains(parts[2]), "child {item}: TRACEPARENT names no job span");
     }
+
+    // Log lines written inside a span name its trace and span.
+    let a1_log = crate::harness::read_log(&c.root().join("a1").join("stderr.log"));
+    let finished: Vec<&str> = a1_log
+        .lines()
+        .filter(|l| l.contains("job finished"))
+        .collect();
+    assert!(!finished.is_empty(), "a1 logged no job end:\n{a1_log}");
+    for line in finished {
+        assert!(
+            line.contains(&format!("trace_id={trace} span_id=")),
+            "a log line without its trace: {line}"
+        );
+        let span = line
+            .split("span_id=")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_default();
+        assert!(job_ids.contains(span), "a log line names no job span: {line}");
+    }
+    c.finish(&[]);
+}
+
+/// A retried child makes a span per attempt: attempt 1 (retried) and
+/// attempt 2 (succeeded), each with its own id under the task, each joined
+/// by its own job span.
+#[test]
+fn each_attempt_of_a_retried_child_is_its_own_span() {
+    const N: usize = 4;
+    let collector = Collector::start();
+    let otlp = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), collector.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
+    ];
+    let mut c = Cluster::new("traces_retry");
+    c.start_coordinator_env(&[], otlp.clone());
+    let mut opts = AgentOpts::new("a1", 4);
+    opts.env = otlp;
+    c.start_agent_with(opts).expect("agent announced");
+    c.agents_ready(1);
+    let marks = c.root().join("marks");
+    std::fs::create_dir_all(&marks).expect("make the marks dir");
+    // Fails the first time it runs for an item, succeeds the second.
+    let cmd = format!(
+        "m={}/$BATON_PARAM_SHARD; if [ -e $m ]; then exit 0; fi; touch $m; exit 1",
+        marks.display()
+    );
+    let mut spec = FanoutSpec::new(N as u32, &cmd);
+    spec.attempts = 2;
+    let parent = c.write_fanout("retried", &spec);
+    let id = c.start_run(&parent, &[]);
+    let view = c.wait_exec_terminal(&id, Duration::from_secs(60));
+    assert_eq!(view.status, "succeeded", "{}", view.brief());
+
+    let spans = collector.wait_for(Duration::from_secs(30), |s| {
+        named(s, "baton.execution").len() == 1 && named(s, "baton.job").len() >= 2 * N
+    });
+    let task = named(&spans, "baton.task");
+    assert_eq!(task.len(), 1);
+    let children = named(&spans, "baton.child");
+    assert_eq!(children.len(), 2 * N, "two attempt spans per child: {children:?}");
+    let mut per_item: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for ch in &children {
+        assert_eq!(ch.parent_span_id, task[0].span_id);
+        per_item
+            .entry(ch.attr("baton.item").unwrap_or_default().to_owned())
+            .or_default()
+            .push((
+                ch.attr("baton.attempt").unwrap_or_default().to_owned(),
+                ch.attr("baton.state").unwrap_or_default().to_owned(),
+            ));
+    }
+    assert_eq!(per_item.len(), N);
+    for (item, mut attempts) in per_item {
+        attempts.sort();
+        assert_eq!(
+            attempts,
+            [
+                ("1".to_owned(), "retried".to_owned()),
+                ("2".to_owned(), "succeeded".to_owned())
+            ],
+            "child {item}"
+        );
+    }
+    let ids: BTreeSet<&str> = children.iter().map(|s| s.span_id.as_str()).collect();
+    assert_eq!(ids.len(), 2 * N, "each attempt has its own span id");
+    let job_parents: BTreeSet<&str> = named(&spans, "baton.job")
+        .iter()
+        .map(|j| j.parent_span_id.as_str())
+        .collect();
+    assert_eq!(job_parents, ids, "each attempt's job joined its own span");
     c.finish(&[]);
 }
