@@ -65,7 +65,7 @@ pub fn init(
         Some(url) => Some(provider(url, service)?),
         None => None,
     };
-    let ids = provider.is_some();
+    let ids = provider.is_some().then(DispatchCell::default);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = tracing_subscriber::fmt::layer()
@@ -78,7 +78,7 @@ pub fn init(
             .with_ansi(ansi)
             .event_format(WithIds {
                 inner: tracing_subscriber::fmt::format().with_target(false).with_ansi(ansi),
-                ids,
+                ids: ids.clone(),
                 json: false,
             })
             .boxed(),
@@ -90,7 +90,7 @@ pub fn init(
                     .with_target(false)
                     .with_current_span(true)
                     .with_span_list(false),
-                ids,
+                ids: ids.clone(),
                 json: true,
             })
             .boxed(),
@@ -108,6 +108,7 @@ pub fn init(
     let _ = tracing_subscriber::registry()
         .with(fmt_layer)
         .with(otel_layer)
+        .with(ids.map(Registered))
         .try_init();
     Ok(Telemetry { provider })
 }
@@ -153,8 +154,24 @@ impl Telemetry {
 /// `trace_id` and `span_id` keys in JSON).
 struct WithIds<F> {
     inner: F,
-    ids: bool,
+    /// The subscriber, to read the OpenTelemetry context of a line's span
+    /// (`None`: spans are not exported, lines are as they were).
+    ids: Option<DispatchCell>,
     json: bool,
+}
+
+/// The process's subscriber, once it is registered: a formatter cannot ask
+/// for the current dispatcher while the dispatcher is calling it.
+#[derive(Clone, Default)]
+struct DispatchCell(std::sync::Arc<std::sync::OnceLock<tracing::dispatcher::WeakDispatch>>);
+
+/// A layer that only fills a [`DispatchCell`] when the subscriber is made.
+struct Registered(DispatchCell);
+
+impl<S: tracing::Subscriber> Layer<S> for Registered {
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        let _ = self.0.0.set(subscriber.downgrade());
+    }
 }
 
 impl<S, N, F> FormatEvent<S, N> for WithIds<F>
@@ -169,7 +186,14 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let ids = if self.ids { current_ids() } else { None };
+        let ids = self.ids.as_ref().and_then(|cell| {
+            let dispatch = cell.0.get()?.upgrade()?;
+            let id = ctx.lookup_current()?.id();
+            let cx = tracing_opentelemetry::get_otel_context(&id, &dispatch)?;
+            let sc = cx.span().span_context().clone();
+            sc.is_valid()
+                .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        });
         let Some((trace, span)) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };
@@ -190,6 +214,10 @@ where
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
 /// The current span's trace and span ids, if it is exported.
 fn current_ids() -> Option<(String, String)> {
     let span = tracing::Span::current();
@@ -202,9 +230,92 @@ fn current_ids() -> Option<(String, String)> {
         .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+
+    /// A log line's writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Logs one line inside an exported span with the format given; returns
+    /// the line and the span's (trace id, span id).
+    fn line_in_span(json: bool) -> (String, String, String) {
+        let provider = SdkTracerProvider::builder().build();
+        let buf = Buf::default();
+        let writer = {
+            let buf = buf.clone();
+            move || buf.clone()
+        };
+        let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        let cell = DispatchCell::default();
+        let ids = |layer| {
+            tracing_subscriber::registry()
+                .with(otel)
+                .with(layer)
+                .with(Registered(cell.clone()))
+        };
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(false);
+        let body = || {
+            let span = tracing::info_span!("work");
+            let _in = span.enter();
+            tracing::info!(n = 1, "inside");
+            current_ids().expect("the span is exported")
+        };
+        let (trace, span_id) = if json {
+            tracing::subscriber::with_default(
+                ids(fmt
+                    .json()
+                    .event_format(WithIds {
+                        inner: tracing_subscriber::fmt::format()
+                            .json()
+                            .with_current_span(true)
+                            .with_span_list(false),
+                        ids: Some(cell.clone()),
+                        json: true,
+                    })
+                    .boxed()),
+                body,
+            )
+        } else {
+            tracing::subscriber::with_default(
+                ids(fmt
+                    .event_format(WithIds {
+                        inner: tracing_subscriber::fmt::format().with_ansi(false),
+                        ids: Some(cell.clone()),
+                        json: false,
+                    })
+                    .boxed()),
+                body,
+            )
+        };
+        let line = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        (line, trace, span_id)
+    }
+
+    #[test]
+    fn log_lines_in_an_exported_span_name_its_trace_and_span() {
+        let (line, trace, span) = line_in_span(false);
+        assert!(
+            line.starts_with(&format!("trace_id={trace} span_id={span} ")),
+            "{line}"
+        );
+        assert!(line.contains("inside"), "{line}");
+        let (line, trace, span) = line_in_span(true);
+        let v: serde_json::Value = serde_json::from_str(line.trim()).expect("one JSON object");
+        assert_eq!(v["trace_id"], trace.as_str(), "{line}");
+        assert_eq!(v["span_id"], span.as_str(), "{line}");
+        assert_eq!(v["fields"]["message"], "inside", "{line}");
+    }
 
     #[test]
     fn without_an_endpoint_nothing_is_exported() {
