@@ -63,6 +63,8 @@ mod tests_fairness;
 mod tests_flow;
 #[cfg(test)]
 mod tests_ops;
+#[cfg(test)]
+mod tests_trace;
 mod timers;
 mod trace_commit;
 mod view;
