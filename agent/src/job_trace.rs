@@ -6,9 +6,7 @@
 //! A dispatch without a `traceparent` (the coordinator exports no traces)
 //! gets no span at all: nothing is spent on jobs nobody traces.
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::model::StartJob;
@@ -16,9 +14,11 @@ use crate::model::StartJob;
 /// The span of one job, under the dispatch's trace context;
 /// [`tracing::Span::none`] when the dispatch carries none.
 pub fn span(job: &StartJob) -> tracing::Span {
-    let Some(parent) = job.traceparent.as_deref().and_then(|tp| {
-        remote_context(tp, job.tracestate.as_deref().unwrap_or_default())
-    }) else {
+    let Some(parent) = job
+        .traceparent
+        .as_deref()
+        .and_then(|tp| remote_context(tp, job.tracestate.as_deref().unwrap_or_default()))
+    else {
         return tracing::Span::none();
     };
     let span = tracing::info_span!(
@@ -78,7 +78,10 @@ mod tests {
     #[test]
     fn a_dispatch_context_reads_and_bad_ones_do_not() {
         let sc = remote_context(TP, "k=v").unwrap();
-        assert_eq!(format!("{}", sc.trace_id()), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            format!("{}", sc.trace_id()),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         assert_eq!(format!("{}", sc.span_id()), "00f067aa0ba902b7");
         assert!(sc.is_sampled() && sc.is_remote());
         assert_eq!(sc.trace_state().get("k"), Some("v"));

@@ -77,7 +77,9 @@ pub fn init(
         LogFormat::Text => fmt
             .with_ansi(ansi)
             .event_format(WithIds {
-                inner: tracing_subscriber::fmt::format().with_target(false).with_ansi(ansi),
+                inner: tracing_subscriber::fmt::format()
+                    .with_target(false)
+                    .with_ansi(ansi),
                 ids: ids.clone(),
                 json: false,
             })
@@ -218,18 +220,17 @@ where
 mod tests {
     use super::*;
 
-/// The current span's trace and span ids, if it is exported.
-fn current_ids() -> Option<(String, String)> {
-    let span = tracing::Span::current();
-    if span.is_none() {
-        return None;
+    /// The current span's trace and span ids, if it is exported.
+    fn current_ids() -> Option<(String, String)> {
+        let span = tracing::Span::current();
+        if span.is_none() {
+            return None;
+        }
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid()
+            .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
     }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid()
-        .then(|| (sc.trace_id().to_string(), sc.span_id().to_string()))
-}
-
 
     /// A log line's writer into a shared buffer.
     #[derive(Clone, Default)]

@@ -116,10 +116,7 @@ impl TraceContext {
         if span_id == [0; 8] {
             span_id[7] = 1;
         }
-        TraceContext {
-            span_id,
-            ..*self
-        }
+        TraceContext { span_id, ..*self }
     }
 
     /// The span of task `task` of the execution whose span this is.
@@ -210,7 +207,12 @@ mod tests {
         let a1 = e.attempt(0, 7, 1);
         assert_eq!(a1, e.attempt(0, 7, 1));
         assert_eq!(a1.trace_id, e.trace_id);
-        let others = [e.attempt(0, 7, 2), e.attempt(0, 8, 1), e.attempt(1, 7, 1), e.task(0)];
+        let others = [
+            e.attempt(0, 7, 2),
+            e.attempt(0, 8, 1),
+            e.attempt(1, 7, 1),
+            e.task(0),
+        ];
         for o in others {
             assert_ne!(o.span_id, a1.span_id);
         }

@@ -154,10 +154,7 @@ fn emit(m: Made) {
     let tracer = opentelemetry::global::tracer(SCOPE);
     let parent_cx = match m.parent {
         Some(p) => Context::new().with_remote_span_context(remote(
-            TraceContext {
-                span_id: p,
-                ..m.id
-            },
+            TraceContext { span_id: p, ..m.id },
             TraceState::default(),
         )),
         None => Context::new(),
@@ -424,8 +421,8 @@ impl Traces {
                         continue;
                     };
                     let tracer = opentelemetry::global::tracer(SCOPE);
-                    let cx = Context::new()
-                        .with_remote_span_context(remote(ctx, TraceState::default()));
+                    let cx =
+                        Context::new().with_remote_span_context(remote(ctx, TraceState::default()));
                     let mut span = tracer
                         .span_builder("baton.store.commit")
                         .with_kind(SpanKind::Internal)

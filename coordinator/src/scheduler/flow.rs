@@ -236,8 +236,8 @@ impl Scheduler {
         });
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
         if let Some(trace) = &e.rec.trace {
-            self.journal
-                .effect(super::model::Effect::Trace(super::model::TraceEvent::Execution {
+            self.journal.effect(super::model::Effect::Trace(
+                super::model::TraceEvent::Execution {
                     trace: trace.clone(),
                     execution_id: e.rec.id.clone(),
                     package: e.rec.package.clone(),
@@ -245,7 +245,8 @@ impl Scheduler {
                     reason: e.rec.reason.clone(),
                     started_unix_ms: e.rec.created_unix_ms,
                     ended_unix_ms: e.rec.finished_unix_ms,
-                }));
+                },
+            ));
         }
         if e.rec.parent.is_some() {
             return self.nested_ended(slot);

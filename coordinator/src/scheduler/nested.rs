@@ -140,9 +140,11 @@ impl Scheduler {
             resumes: 0,
             task_states: BTreeMap::new(),
             rows_outcomes: BTreeMap::new(),
-            trace: e.rec.trace.as_ref().and_then(|t| {
-                t.nested(cref.task, cref.child, c.state().attempt(), &id)
-            }),
+            trace: e
+                .rec
+                .trace
+                .as_ref()
+                .and_then(|t| t.nested(cref.task, cref.child, c.state().attempt(), &id)),
             placement: e.rec.placement.clone(),
             parent: Some(ParentLink {
                 execution_id: e.rec.id.clone(),

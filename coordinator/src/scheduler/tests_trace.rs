@@ -83,7 +83,9 @@ fn a_traced_execution_dispatches_each_attempt_under_its_own_span() {
     let phases: Vec<(u32, &str)> = effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Trace(TraceEvent::Child { child, phase, exec, .. }) => {
+            Effect::Trace(TraceEvent::Child {
+                child, phase, exec, ..
+            }) => {
                 assert_eq!(exec, TP);
                 Some((*child, phase.as_str()))
             }
@@ -96,20 +98,26 @@ fn a_traced_execution_dispatches_each_attempt_under_its_own_span() {
             .filter(|(c, _)| *c == child)
             .map(|(_, p)| *p)
             .collect();
-        assert_eq!(of, ["dispatching", "accepted", "succeeded"], "child {child}");
+        assert_eq!(
+            of,
+            ["dispatching", "accepted", "succeeded"],
+            "child {child}"
+        );
     }
     let ended: Vec<_> = effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Trace(TraceEvent::Execution { trace: t, state, .. }) => Some((t, *state)),
+            Effect::Trace(TraceEvent::Execution {
+                trace: t, state, ..
+            }) => Some((t, *state)),
             _ => None,
         })
         .collect();
     assert_eq!(ended, [(&trace, "succeeded")]);
     assert!(
-        effects
-            .iter()
-            .any(|e| matches!(e, Effect::Trace(TraceEvent::Commit { execs, .. }) if execs == &[TP])),
+        effects.iter().any(
+            |e| matches!(e, Effect::Trace(TraceEvent::Commit { execs, .. }) if execs == &[TP])
+        ),
         "commits of a traced execution are noted"
     );
 }

@@ -29,8 +29,8 @@ pub mod exec;
 pub mod fixtures;
 pub mod grpc;
 pub mod logs;
-pub mod otlp;
 mod node;
+pub mod otlp;
 
 use std::fs::{self, File};
 use std::io::Write;

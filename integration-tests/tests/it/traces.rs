@@ -21,7 +21,10 @@ fn named<'a>(spans: &'a [Received], name: &str) -> Vec<&'a Received> {
 fn one_trace_per_execution_down_to_the_child_processes() {
     let collector = Collector::start();
     let otlp = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), collector.endpoint()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            collector.endpoint(),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
     ];
     let mut c = Cluster::new("traces");
@@ -92,7 +95,10 @@ fn one_trace_per_execution_down_to_the_child_processes() {
             .get(s.parent_span_id.as_str())
             .map_or("<none>", |p| p.name.as_str())
     };
-    for s in spans.iter().filter(|s| s.name.starts_with("baton.") || s.name == "StartExecution") {
+    for s in spans
+        .iter()
+        .filter(|s| s.name.starts_with("baton.") || s.name == "StartExecution")
+    {
         assert_eq!(s.trace_id, trace, "span {} is in another trace", s.name);
     }
 
@@ -130,9 +136,16 @@ fn one_trace_per_execution_down_to_the_child_processes() {
     );
     let child_ids: BTreeSet<&str> = children.iter().map(|s| s.span_id.as_str()).collect();
     let dispatches = named(&spans, "baton.dispatch");
-    assert!(dispatches.len() >= CHILDREN, "a dispatch span per attempt at least");
+    assert!(
+        dispatches.len() >= CHILDREN,
+        "a dispatch span per attempt at least"
+    );
     for d in &dispatches {
-        assert!(child_ids.contains(d.parent_span_id.as_str()), "dispatch under {}", parent_of(d));
+        assert!(
+            child_ids.contains(d.parent_span_id.as_str()),
+            "dispatch under {}",
+            parent_of(d)
+        );
         assert_eq!(d.attr("baton.dispatch.outcome"), Some("accepted"));
     }
     let jobs = named(&spans, "baton.job");
@@ -140,10 +153,17 @@ fn one_trace_per_execution_down_to_the_child_processes() {
     let mut job_parents = BTreeSet::new();
     for j in &jobs {
         assert_eq!(j.service, "baton-agent");
-        assert!(child_ids.contains(j.parent_span_id.as_str()), "job under {}", parent_of(j));
+        assert!(
+            child_ids.contains(j.parent_span_id.as_str()),
+            "job under {}",
+            parent_of(j)
+        );
         job_parents.insert(j.parent_span_id.as_str());
     }
-    assert_eq!(job_parents, child_ids, "each attempt's job joined its own span");
+    assert_eq!(
+        job_parents, child_ids,
+        "each attempt's job joined its own span"
+    );
     let commits = named(&spans, "baton.store.commit");
     assert!(!commits.is_empty(), "store commits are traced");
     for s in &commits {
@@ -158,8 +178,14 @@ fn one_trace_per_execution_down_to_the_child_processes() {
         let parts: Vec<&str> = tp.trim().split('-').collect();
         assert_eq!(parts.len(), 4, "child {item}: TRACEPARENT {tp:?}");
         assert_eq!(parts[0], "00");
-        assert_eq!(parts[1], trace, "child {item}: TRACEPARENT of another trace");
-        assert!(job_ids.contains(parts[2]), "child {item}: TRACEPARENT names no job span");
+        assert_eq!(
+            parts[1], trace,
+            "child {item}: TRACEPARENT of another trace"
+        );
+        assert!(
+            job_ids.contains(parts[2]),
+            "child {item}: TRACEPARENT names no job span"
+        );
     }
 
     // Log lines written inside a span name its trace and span.
@@ -179,7 +205,10 @@ fn one_trace_per_execution_down_to_the_child_processes() {
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
             .unwrap_or_default();
-        assert!(job_ids.contains(span), "a log line names no job span: {line}");
+        assert!(
+            job_ids.contains(span),
+            "a log line names no job span: {line}"
+        );
     }
     c.finish(&[]);
 }
@@ -192,7 +221,10 @@ fn each_attempt_of_a_retried_child_is_its_own_span() {
     const N: usize = 4;
     let collector = Collector::start();
     let otlp = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), collector.endpoint()),
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+            collector.endpoint(),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY".to_owned(), "100".to_owned()),
     ];
     let mut c = Cluster::new("traces_retry");
@@ -221,7 +253,11 @@ fn each_attempt_of_a_retried_child_is_its_own_span() {
     let task = named(&spans, "baton.task");
     assert_eq!(task.len(), 1);
     let children = named(&spans, "baton.child");
-    assert_eq!(children.len(), 2 * N, "two attempt spans per child: {children:?}");
+    assert_eq!(
+        children.len(),
+        2 * N,
+        "two attempt spans per child: {children:?}"
+    );
     let mut per_item: HashMap<String, Vec<(String, String)>> = HashMap::new();
     for ch in &children {
         assert_eq!(ch.parent_span_id, task[0].span_id);
