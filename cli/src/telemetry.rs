@@ -65,7 +65,8 @@ pub fn init(
         Some(url) => Some(provider(url, service)?),
         None => None,
     };
-    let ids = provider.is_some().then(DispatchCell::default);
+    let cell = DispatchCell::default();
+    let ids = provider.is_some().then(|| cell.clone());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let fmt = tracing_subscriber::fmt::layer()
@@ -107,11 +108,17 @@ pub fn init(
                     .with_target("baton", tracing::Level::INFO),
             )
     });
-    let _ = tracing_subscriber::registry()
+    // Registered sees the subscriber once it is made, and nothing else (its
+    // filter is off: it changes no callsite's interest). No `Option` layer:
+    // a `None` one would not pass the subscriber on, and would turn the
+    // callsites the log filter disables into ones asked about at each call.
+    let registry = tracing_subscriber::registry()
         .with(fmt_layer)
-        .with(otel_layer)
-        .with(ids.map(Registered))
-        .try_init();
+        .with(Registered(cell).with_filter(tracing_subscriber::filter::LevelFilter::OFF));
+    let _ = match otel_layer {
+        Some(otel) => registry.with(otel).try_init(),
+        None => registry.try_init(),
+    };
     Ok(Telemetry { provider })
 }
 
@@ -258,10 +265,9 @@ mod tests {
         let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
         let cell = DispatchCell::default();
         let ids = |layer| {
-            tracing_subscriber::registry()
-                .with(otel)
-                .with(layer)
-                .with(Registered(cell.clone()))
+            tracing_subscriber::registry().with(otel).with(layer).with(
+                Registered(cell.clone()).with_filter(tracing_subscriber::filter::LevelFilter::OFF),
+            )
         };
         let fmt = tracing_subscriber::fmt::layer()
             .with_writer(writer)
