@@ -22,6 +22,14 @@ pub struct ExecTrace {
     /// The caller's W3C `tracestate`, passed on to every dispatch.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tracestate: String,
+    /// When this span started, if not when the execution was created (a
+    /// resumed execution's span starts at the resume).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub started_unix_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ExecTrace {
@@ -32,7 +40,20 @@ impl ExecTrace {
             traceparent: span.traceparent(),
             parent_span: parent.map(|p| p.span_hex()).unwrap_or_default(),
             tracestate: tracestate.to_string(),
+            started_unix_ms: 0,
         }
+    }
+
+    /// The trace of the `resumes`-th re-run of this execution (`baton exec
+    /// resume`), from `unix_ms`: a new execution span under this one, so
+    /// that its tasks and attempts get spans of their own.
+    pub fn resumed(&self, resumes: u32, unix_ms: u64) -> Option<ExecTrace> {
+        let parent = self.span()?;
+        let span = parent.derive("resume", &[u64::from(resumes)]);
+        Some(ExecTrace {
+            started_unix_ms: unix_ms,
+            ..ExecTrace::new(span, Some(parent), &self.tracestate)
+        })
     }
 
     /// The execution span's context (`None` if the record holds a bad one).
@@ -220,5 +241,17 @@ mod tests {
             TraceContext::execution(e.trace_id, "a", true).span_id,
             TraceContext::execution(e.trace_id, "b", true).span_id
         );
+    }
+
+    #[test]
+    fn a_resumed_execution_gets_a_new_span_under_the_first() {
+        let t = ExecTrace::new(TraceContext::parse(TP).unwrap(), None, "k=v");
+        let r = t.resumed(1, 42).unwrap();
+        let (first, again) = (t.span().unwrap(), r.span().unwrap());
+        assert_eq!(again.trace_id, first.trace_id);
+        assert_ne!(again.span_id, first.span_id);
+        assert_eq!(r.parent_span, first.span_hex());
+        assert_eq!((r.tracestate.as_str(), r.started_unix_ms), ("k=v", 42));
+        assert_ne!(t.resumed(2, 42).unwrap().traceparent, r.traceparent);
     }
 }

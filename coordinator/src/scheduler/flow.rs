@@ -243,7 +243,11 @@ impl Scheduler {
                     package: e.rec.package.clone(),
                     state: e.rec.state.as_str(),
                     reason: e.rec.reason.clone(),
-                    started_unix_ms: e.rec.created_unix_ms,
+                    started_unix_ms: if trace.started_unix_ms > 0 {
+                        trace.started_unix_ms
+                    } else {
+                        e.rec.created_unix_ms
+                    },
                     ended_unix_ms: e.rec.finished_unix_ms,
                 },
             ));

@@ -67,6 +67,7 @@ fn a_traced_execution_dispatches_each_attempt_under_its_own_span() {
         traceparent: TP.into(),
         parent_span: String::new(),
         tracestate: "k=v".into(),
+        started_unix_ms: 0,
     };
     let effects = run_two(Some(trace.clone()));
     let mut parents = Vec::new();
