@@ -141,12 +141,13 @@ impl Supervisor {
         let (package, params) = check_package_with(&job, Some(&self.parsed))?;
         // Looked up at every start (outside the lock: it may ask NSS), never cached.
         let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
-        let span = crate::job_trace::span(&job);
-        job.traceparent = crate::job_trace::child_traceparent(&span, job.traceparent.as_deref());
-        let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
         let Some(cancel) = self.take(&job)? else {
             return Ok(());
         };
+        // Only a job taken gets a span (not a resent duplicate).
+        let span = crate::job_trace::span(&job);
+        job.traceparent = crate::job_trace::child_traceparent(&span, job.traceparent.as_deref());
+        let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
         let this = self.clone();
         self.spawn_runner(async move { this.run(plan, cancel).await }.instrument(span));
         Ok(())
