@@ -215,6 +215,7 @@ fn start(item: u32) -> pb::StartJobRequest {
         coordinator_epoch: 3,
         deadline_ms: 0,
         traceparent: String::new(),
+        tracestate: String::new(),
         folder: String::new(),
     }
 }

@@ -42,6 +42,7 @@ pub mod epoch_file;
 pub mod error;
 pub(crate) mod group_record;
 pub mod job;
+pub mod job_trace;
 pub mod jobs;
 pub mod logs;
 pub mod mask;

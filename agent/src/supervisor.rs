@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use baton_proto::{JobFinished, JobStarted, RejectCode, agent_event::Body};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::admission::{Admission, Decision, Rejection, check_package_with, check_run_as};
 use crate::config::AgentConfig;
@@ -166,12 +166,15 @@ impl Supervisor {
         let (package, params) = check_package_with(&job, Some(&self.parsed))?;
         // Looked up at every start (outside the lock: it may ask NSS), never cached.
         let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
-        let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
         let Some(cancel) = self.take(&job)? else {
             return Ok(());
         };
+        // Only a job taken gets a span (not a resent duplicate).
+        let span = crate::job_trace::span(&job);
+        job.traceparent = crate::job_trace::child_traceparent(&span, job.traceparent.as_deref());
+        let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
         let this = self.clone();
-        self.spawn_runner(async move { this.run(plan, cancel).await });
+        self.spawn_runner(async move { this.run(plan, cancel).await }.instrument(span));
         Ok(())
     }
 
@@ -390,7 +393,7 @@ impl Supervisor {
     // no process ever starts.
 
     /// Accepts a job whose package is neither inline nor cached.
-    fn admit_fetching(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
+    fn admit_fetching(self: &Arc<Self>, mut job: StartJob) -> Result<(), Rejection> {
         let src = &job.package;
         if !valid_hash(&src.content_hash) || !self.packages.can_fetch() {
             return Err(Rejection::new(
@@ -404,8 +407,10 @@ impl Supervisor {
         let Some(cancel) = self.take(&job)? else {
             return Ok(());
         };
+        let span = crate::job_trace::span(&job);
+        job.traceparent = crate::job_trace::child_traceparent(&span, job.traceparent.as_deref());
         let this = self.clone();
-        self.spawn_runner(async move { this.fetch_then_run(job, cancel).await });
+        self.spawn_runner(async move { this.fetch_then_run(job, cancel).await }.instrument(span));
         Ok(())
     }
 

@@ -151,7 +151,7 @@ impl Coordinator {
         let params = crate::secrets::seal_params(&self.secrets, &id, params, |name| {
             plan.params.is_sensitive(name)
         })?;
-        let mut rec = ExecutionRecord {
+        let rec = ExecutionRecord {
             id,
             package: plan.package.clone(),
             root,
@@ -175,6 +175,11 @@ impl Coordinator {
             parent: None,
             rows_outcomes: Default::default(),
             placement,
+            trace: None,
+        };
+        let mut rec = ExecutionRecord {
+            trace: crate::traces::exec_trace(&rec.id),
+            ..rec
         };
         // The bundle by reference: its blobs first, pinned until the record
         // that points to them is durable (`crate::bundles`).

@@ -40,6 +40,8 @@ pub mod scheduler;
 pub mod scheduler_task;
 pub mod secrets;
 pub mod store;
+pub mod trace_context;
+pub mod traces;
 pub mod transport;
 
 use std::path::PathBuf;

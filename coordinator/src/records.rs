@@ -158,6 +158,11 @@ pub struct ExecutionRecord {
     /// the record of the others).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rows_outcomes: BTreeMap<String, RowsOutcome>,
+    /// Its place in a trace (when the coordinator exports traces): the
+    /// execution span's context, from which every task and child attempt
+    /// span id is derived ([`crate::trace_context`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace_context::ExecTrace>,
 }
 
 /// How a rows foreach that made no child ended.

@@ -77,6 +77,7 @@ async fn execution(
         task_states: Default::default(),
         parent: None,
         rows_outcomes: Default::default(),
+        trace: None,
         placement: Default::default(),
     };
     c.store

@@ -296,7 +296,19 @@ impl Scheduler {
             deadline_ms: e.plan.tasks[cref.task as usize]
                 .timeout_s
                 .map_or(0, |s| s.saturating_mul(1000)),
-            traceparent: String::new(),
+            // The attempt's span (an id derived from the execution's), which
+            // the agent's span of the job joins.
+            traceparent: e.rec.trace.as_ref().map_or_else(String::new, |t| {
+                t.span().map_or_else(String::new, |s| {
+                    s.attempt(cref.task, cref.child, c.state().attempt())
+                        .traceparent()
+                })
+            }),
+            tracestate: e
+                .rec
+                .trace
+                .as_ref()
+                .map_or_else(String::new, |t| t.tracestate.clone()),
             folder: e.rec.folder().to_string(),
         })
     }

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use super::child::{COORDINATOR, Child, ChildState, End, Step};
 use super::exec::{Exec, TaskRun};
-use super::model::ChildRef;
+use super::model::{ChildRef, Effect, TraceEvent};
 use super::state::Scheduler;
 use crate::clock::Now;
 use crate::prepare::Plan;
@@ -254,6 +254,23 @@ impl Scheduler {
         if new != Phase::Pending {
             // Why it waited is over (placement, or no answer to a dispatch).
             c.waiting_reason.clear();
+        }
+        if let Some(t) = &e.rec.trace {
+            let agent = c.state().agent().or(left.agent());
+            self.journal.effect(Effect::Trace(TraceEvent::Child {
+                exec: t.traceparent.clone(),
+                execution_id: e.rec.id.clone(),
+                task: cref.task,
+                task_name: e.plan.tasks[cref.task as usize].name.clone(),
+                child: cref.child,
+                old_attempt: left.attempt(),
+                attempt: c.state().attempt(),
+                old_phase: old,
+                phase: new,
+                agent: agent.map(|a| a.as_str().to_string()),
+                reason: c.rec.reason.clone(),
+                unix_ms: self.unix_ms,
+            }));
         }
         e.touched = true;
         self.journal.child(cref);

@@ -235,6 +235,23 @@ impl Scheduler {
             lost_attempts: sum.lost_attempts,
         });
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
+        if let Some(trace) = &e.rec.trace {
+            self.journal.effect(super::model::Effect::Trace(
+                super::model::TraceEvent::Execution {
+                    trace: trace.clone(),
+                    execution_id: e.rec.id.clone(),
+                    package: e.rec.package.clone(),
+                    state: e.rec.state.as_str(),
+                    reason: e.rec.reason.clone(),
+                    started_unix_ms: if trace.started_unix_ms > 0 {
+                        trace.started_unix_ms
+                    } else {
+                        e.rec.created_unix_ms
+                    },
+                    ended_unix_ms: e.rec.finished_unix_ms,
+                },
+            ));
+        }
         if e.rec.parent.is_some() {
             return self.nested_ended(slot);
         }

@@ -123,7 +123,7 @@ impl Scheduler {
             None => params,
         };
         let rec = ExecutionRecord {
-            id,
+            id: id.clone(),
             package: plan.package.clone(),
             root,
             // The parent's bundle by reference: its blobs are the sub-execution's.
@@ -150,6 +150,11 @@ impl Scheduler {
             resumes: 0,
             task_states: BTreeMap::new(),
             rows_outcomes: BTreeMap::new(),
+            trace: e
+                .rec
+                .trace
+                .as_ref()
+                .and_then(|t| t.nested(cref.task, cref.child, c.state().attempt(), &id)),
             placement: e.rec.placement.clone(),
             parent: Some(ParentLink {
                 execution_id: e.rec.id.clone(),

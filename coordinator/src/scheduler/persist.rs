@@ -115,6 +115,7 @@ impl Scheduler {
                 written.push((ops.len() - 1, Written::Seq(name)));
             }
         }
+        self.trace_commit(&written, ops.len());
         (ops, written)
     }
 

@@ -79,6 +79,7 @@ pub(super) fn running_record(
         task_states: Default::default(),
         parent: None,
         rows_outcomes: Default::default(),
+        trace: None,
         placement: Default::default(),
     }
 }

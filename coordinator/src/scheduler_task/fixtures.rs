@@ -57,6 +57,7 @@ pub(crate) fn execution(id: &str, n: u32) -> (ExecutionRecord, Plan) {
         task_states: Default::default(),
         parent: None,
         rows_outcomes: Default::default(),
+        trace: None,
         placement: Default::default(),
     };
     (rec, plan)

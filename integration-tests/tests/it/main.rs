@@ -57,4 +57,5 @@ mod secrets;
 mod security;
 mod show_limit;
 mod tls;
+mod traces;
 mod transport;
