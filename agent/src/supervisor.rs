@@ -110,12 +110,17 @@ impl Supervisor {
 
     /// Writes the highest epoch seen if it rose (under the state lock, so that a
     /// dispatch that raised it is accepted only once it is durable).
-    fn keep_epoch(&self, st: &State) {
+    /// False when the epoch rose but could not be written: a job is then
+    /// refused (at capacity, so the coordinator tries again or elsewhere)
+    /// rather than accepted with a bar a restart would forget.
+    fn keep_epoch(&self, st: &State) -> bool {
         if let Some(file) = self.epoch_file.get()
             && let Err(e) = file.raise(st.admission.max_epoch())
         {
             warn!(code = e.code(), error = %e, "cannot keep the highest coordinator epoch seen");
+            return false;
         }
+        true
     }
 
     /// The record of the process groups running now.
@@ -188,8 +193,14 @@ impl Supervisor {
         }
         let running = st.jobs.running_len();
         let decision = st.admission.check(job, running);
-        self.keep_epoch(&st);
+        let kept = self.keep_epoch(&st);
         match decision {
+            Decision::New if !kept => {
+                return Err(Rejection::new(
+                    RejectCode::AtCapacity,
+                    "cannot record the coordinator's epoch on disk (see the agent's log); try again later",
+                ));
+            }
             Decision::New => {}
             Decision::Duplicate => return Ok(None),
             Decision::Reject(r) => return Err(r),
@@ -222,7 +233,8 @@ impl Supervisor {
         }
         let running = st.jobs.running_len();
         let decision = st.admission.check(job, running);
-        self.keep_epoch(&st);
+        // A failure is refused for good in `take`, under the same lock.
+        let _ = self.keep_epoch(&st);
         decision
     }
 
@@ -343,7 +355,8 @@ impl Supervisor {
     pub fn observe_epoch(&self, epoch: Epoch) {
         let mut st = self.state.lock().unwrap();
         st.admission.observe_epoch(epoch);
-        self.keep_epoch(&st);
+        // A failure is logged; a dispatch is refused until it is written.
+        let _ = self.keep_epoch(&st);
     }
 
     /// The highest coordinator epoch seen.

@@ -374,7 +374,13 @@ async fn dial(url: &str, tls_dir: &Path, with_identity: bool) -> Result<Channel,
     let mut endpoint = Endpoint::from_shared(dial)
         .map_err(|e| CliError::invalid("USAGE", format!("bad coordinator URL '{url}': {e}")))?
         .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A coordinator that froze or whose machine vanished does not close
+        // the connection: pings find out, so that a call or a watch moves on
+        // (to the next coordinator with several) instead of waiting on TCP.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
     if url.starts_with("https://") {
         // A coordinator renews its local admin identity in place: a read
         // that lands between its two renames sees a certificate and a key

@@ -21,6 +21,9 @@ use crate::store::Store;
 /// Limits on what a client may send (a limit on everything).
 pub use crate::catalog::blobs::{MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES};
 pub const MAX_PARAMS: usize = 1024;
+/// Most bytes of an execution's parameters (names and values): its record
+/// must fit in one commit of a replicated store (etcd: 1.5 MiB by default).
+pub const MAX_PARAMS_BYTES: usize = 128 * 1024;
 
 /// A parent package file and the files it references, keyed as it names them.
 #[derive(Debug, Clone)]
@@ -111,6 +114,12 @@ impl Coordinator {
         if params.len() > MAX_PARAMS {
             return Err(CoordinatorError::InvalidRequest(format!(
                 "more than {MAX_PARAMS} parameters"
+            )));
+        }
+        let param_bytes: usize = params.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if param_bytes > MAX_PARAMS_BYTES {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "the parameters are {param_bytes} bytes; the limit is {MAX_PARAMS_BYTES} (pass large data as a file or a package's rows, not a parameter)"
             )));
         }
         // Planning can be heavy (a million items, 10,000 tasks): keep it off

@@ -159,15 +159,32 @@ impl EtcdLeadership {
     async fn first_candidate(&self) -> Result<Option<etcd_client::KeyValue>, StoreError> {
         let mut prefix = self.etcd.full_key(ELECTION);
         prefix.push(b'/');
-        let mut kv = self.etcd.client.kv_client();
-        let opts = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
-        let mut resp = self.call("leader", kv.get(prefix, Some(opts))).await?;
-        Ok(resp.take_kvs().into_iter().next())
+        // A read: retried a few times when the member asked is down (the
+        // client spreads calls over every endpoint, a dead one too).
+        let mut tries = 0;
+        loop {
+            let mut kv = self.etcd.client.kv_client();
+            let opts = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend)
+                .with_limit(1);
+            match self
+                .call("leader", kv.get(prefix.clone(), Some(opts)))
+                .await
+            {
+                Ok(mut resp) => return Ok(resp.take_kvs().into_iter().next()),
+                Err(e) if e.retryable() && tries < READ_RETRIES => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
+
+/// Retries of a read refused as unavailable.
+const READ_RETRIES: u64 = 5;
 
 /// Revokes a lease (in the background) unless disarmed: a campaign that
 /// failed or was dropped leaves no candidate behind.

@@ -60,6 +60,10 @@ fn recoverable(e: &CoordinatorError) -> bool {
             | CoordinatorError::StoreFenced(_)
             | CoordinatorError::StoreConflict(_)
             | CoordinatorError::LeadershipLost(_)
+            // A record too large for the store is a bug to report, but one
+            // that the next term may not meet: never a reason for the whole
+            // cluster's coordinators to exit one after the other.
+            | CoordinatorError::StoreBatchTooLarge(_)
     )
 }
 

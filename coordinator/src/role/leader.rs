@@ -79,7 +79,9 @@ pub(crate) async fn lead(p: &Process, term: &Term) -> Result<Leader, Coordinator
     sched.set_secrets(secrets.clone());
     let auth = crate::auth::Auth::new(store.clone(), p.audit.clone());
     auth.ensure_admin().await?;
-    let stop = CancellationToken::new();
+    // The term's work stops as soon as the term is lost, not when someone
+    // next looks.
+    let stop = term.lost.child_token();
     let (handle, scheduler) =
         scheduler_task::spawn(sched, store.clone(), p.dialer.clone(), stop.clone());
     let history = Arc::new(tokio::sync::Mutex::new(()));
