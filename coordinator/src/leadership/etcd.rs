@@ -94,6 +94,9 @@ impl EtcdLeadership {
     /// is still there and first. `Ok(None)`: the lease was lost meanwhile.
     async fn try_campaign(&self, advertise: &str) -> Result<Option<Term>, StoreError> {
         let mut leases = self.etcd.client.lease_client();
+        // etcd counts the lease from when it received the grant: the local
+        // deadline counts from before it was sent, never after etcd's.
+        let asked = Instant::now();
         let granted = self
             .call("lease grant", leases.grant(self.ttl_secs, None))
             .await?;
@@ -108,7 +111,7 @@ impl EtcdLeadership {
         tokio::spawn(keep_alive(
             self.etcd.clone(),
             lease,
-            Duration::from_secs(ttl.unsigned_abs()),
+            (asked, Duration::from_secs(ttl.unsigned_abs())),
             lost.clone(),
         ));
         let name = self.etcd.full_key(ELECTION);
@@ -217,9 +220,14 @@ impl Drop for RevokeOnDrop {
 
 /// Renews `lease` every third of `ttl` until `lost` is cancelled; cancels it
 /// when etcd says the lease is gone or no renewal was confirmed for `ttl`.
-async fn keep_alive(etcd: Etcd, lease: i64, ttl: Duration, lost: CancellationToken) {
+async fn keep_alive(
+    etcd: Etcd,
+    lease: i64,
+    (asked, ttl): (Instant, Duration),
+    lost: CancellationToken,
+) {
     let every = ttl / 3;
-    let mut deadline = Instant::now() + ttl;
+    let mut deadline = asked + ttl;
     let mut leases = etcd.client.lease_client();
     let mut stream = None;
     let mut failing = false;
