@@ -155,7 +155,7 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "BATON_COORDINATOR_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub etcd_connect_timeout: std::time::Duration,
     /// The URL clients and agents should use to reach this coordinator, which
-    /// standbys name in their NOT_LEADER answers, e.g. https://c1.example:7400
+    /// standbys name in their NOT_LEADER answers, such as `https://c1.example:7400`
     /// (default: the listen address; set it when listening on 0.0.0.0).
     #[arg(long, env = "BATON_COORDINATOR_ADVERTISE", value_name = "URL")]
     pub advertise: Option<String>,
