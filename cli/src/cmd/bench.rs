@@ -371,7 +371,17 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
     validate(&args)?;
     let w = args.workload;
     if w == Workload::Failover {
-        let (out, ok) = super::bench_failover::run(&args).await?;
+        let spec = super::bench_failover::FailoverSpec {
+            agents: args.agents,
+            slots: args.slots,
+            queue: args.queue,
+            children: args.children,
+            leader_lease_s: args.leader_lease_s,
+            agent_cpus: args.agent_cpus.clone(),
+            keep: args.keep,
+            packages: packages(w, args.children),
+        };
+        let (out, ok) = super::bench_failover::run(&spec).await?;
         print_result(args.output, out);
         if !ok {
             eprintln!(

@@ -26,7 +26,6 @@ use baton_coordinator::store::etcd::local::{EtcdCluster, etcd_binary};
 use baton_proto as pb;
 use serde_json::{Value, json};
 
-use super::bench::{BenchArgs, Workload, packages};
 use crate::client::CoordinatorOpt;
 use crate::error::CliError;
 
@@ -170,8 +169,21 @@ fn now_s() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// What `baton bench --workload failover` runs (from its flags).
+pub struct FailoverSpec {
+    pub agents: u32,
+    pub slots: u32,
+    pub queue: u32,
+    pub children: u32,
+    pub leader_lease_s: u64,
+    pub agent_cpus: Option<String>,
+    pub keep: bool,
+    /// The parent and child packages of the fan-out.
+    pub packages: (String, String),
+}
+
 /// Runs the failover workload; the result lines as `bench::run` prints them.
-pub async fn run(args: &BenchArgs) -> Result<(Vec<(&'static str, Value)>, bool), CliError> {
+pub async fn run(args: &FailoverSpec) -> Result<(Vec<(&'static str, Value)>, bool), CliError> {
     let binary = etcd_binary().ok_or_else(|| {
         CliError::other(
             "ETCD_NOT_FOUND",
@@ -278,7 +290,7 @@ pub async fn run(args: &BenchArgs) -> Result<(Vec<(&'static str, Value)>, bool),
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let (parent, child) = packages(Workload::Failover, args.children);
+    let (parent, child) = args.packages.clone();
     let started = Instant::now();
     let id = client
         .start_execution(pb::StartExecutionRequest {
