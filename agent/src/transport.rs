@@ -42,9 +42,12 @@ use crate::tls::{COORDINATOR_NAME, LiveTls, tls_err};
 
 /// Connect timeout towards the coordinator.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 keep-alive: a silent coordinator is noticed within about 20 s.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 keep-alive: a silent coordinator is noticed within about 5 s. A
+/// leader cut off by the network does not close the completion stream; the
+/// pings are what make the agent move on to the new leader, so they are
+/// frequent (a ping is a few bytes).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bound on concurrent RPCs per connection from the coordinator.
 const SERVER_CONCURRENCY_PER_CONN: usize = 256;
 /// How long one call looks for the leader among several coordinators; the

@@ -44,11 +44,18 @@ pub(crate) fn kind(e: &etcd_client::Error) -> Kind {
                 Code::ResourceExhausted if msg.contains("space exceeded") => Kind::Backend,
                 // "too many requests": etcd sheds load; it passes.
                 Code::ResourceExhausted => Kind::Unavailable,
-                Code::Unknown
+                // A stream cut by the network or by a member going away
+                // (tonic: "missing grpc-status trailer", "error reading a body
+                // from connection", an h2 reset) is no refusal: it may pass.
+                Code::Unknown | Code::Internal
                     if msg.contains("transport")
                         || msg.contains("connect")
                         || msg.contains("broken pipe")
-                        || msg.contains("h2 protocol") =>
+                        || msg.contains("h2 protocol")
+                        || msg.contains("grpc-status")
+                        || msg.contains("reading a body")
+                        || msg.contains("stream no longer needed")
+                        || msg.contains("reset") =>
                 {
                     Kind::Unavailable
                 }
@@ -123,6 +130,11 @@ mod tests {
             ),
             (
                 status(Code::DeadlineExceeded, "deadline"),
+                Kind::Unavailable,
+            ),
+            (
+                // A campaign's stream cut when etcd lost its quorum.
+                status(Code::Internal, "missing grpc-status trailer"),
                 Kind::Unavailable,
             ),
             (
