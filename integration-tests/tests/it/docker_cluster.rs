@@ -32,6 +32,9 @@ pub const COORDINATORS: [&str; 2] = ["coord1", "coord2"];
 pub const ETCD: [&str; 3] = ["etcd1", "etcd2", "etcd3"];
 /// Every key Baton writes in etcd starts with this (`--etcd-prefix`).
 pub const ETCD_PREFIX: &str = "/baton/";
+/// The keys of the coordinators' election (`m/leader` under the prefix, one
+/// key per candidate).
+pub const ELECTION_PREFIX: &str = "/baton/m/leader/";
 
 /// Which cluster the binary can run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -368,12 +371,6 @@ impl HaCluster {
         (running, restarts)
     }
 
-    /// The service's container log (stdout and stderr, with docker's timestamps).
-    pub fn logs(&self, service: &str) -> String {
-        let out = docker(&["logs", "--timestamps", self.id(service)], 60);
-        format!("{}{}", out.stdout, out.stderr)
-    }
-
     /// Whether the etcd `member` sees a leader (its `/health`, on its loopback).
     pub fn etcd_healthy(&self, member: &str) -> bool {
         let out = docker(
@@ -467,7 +464,10 @@ impl HaCluster {
         let v = self.etcd_post(member, "/v3/maintenance/hash", "{}")?;
         let hash = v
             .get("hash")
-            .and_then(|h| h.as_u64().or_else(|| h.as_str().and_then(|s| s.parse().ok())))
+            .and_then(|h| {
+                h.as_u64()
+                    .or_else(|| h.as_str().and_then(|s| s.parse().ok()))
+            })
             .ok_or_else(|| format!("no hash in {v}"))?;
         let rev = v
             .pointer("/header/revision")
@@ -477,24 +477,44 @@ impl HaCluster {
         Ok((rev, hash))
     }
 
-    /// Which coordinator leads, and its epoch, read from etcd: the election keys
-    /// are the leased keys under the prefix whose value names a coordinator's
-    /// advertised URL; the owner of the lowest creation revision leads, and that
-    /// revision is its epoch. `None` when no member answers or no key matches.
+    /// Which coordinator leads, and its epoch, read from etcd: the candidates'
+    /// keys of the election ([`ELECTION_PREFIX`], leased, valued with the
+    /// candidate's `--advertise` URL); the oldest (lowest creation revision)
+    /// leads and that revision is its epoch — what etcd's own `Leader` answers.
+    /// `None` when no member answers or nobody campaigns.
     pub fn leader(&self) -> Option<(String, u64)> {
         let kvs = ETCD
             .iter()
-            .find_map(|m| self.etcd_range(m, ETCD_PREFIX).ok())?;
-        kvs.iter()
+            .find_map(|m| self.etcd_range(m, ELECTION_PREFIX).ok())?;
+        let oldest = kvs
+            .iter()
             .filter(|kv| kv.lease != 0)
-            .filter_map(|kv| {
-                let value = String::from_utf8_lossy(&kv.value);
-                COORDINATORS
-                    .iter()
-                    .find(|c| value.contains(&format!("https://{c}:7400")))
-                    .map(|c| ((*c).to_owned(), kv.create_revision))
+            .min_by_key(|kv| kv.create_revision)?;
+        let value = String::from_utf8_lossy(&oldest.value);
+        COORDINATORS
+            .iter()
+            .find(|c| value == format!("https://{c}:7400"))
+            .map(|c| ((*c).to_owned(), oldest.create_revision))
+    }
+
+    /// Lines of `service`'s log that contain `needle`, logged at or after
+    /// `since_ms` (Unix ms, by the timestamp that starts each log line), with
+    /// that time.
+    pub fn log_lines_since(
+        &self,
+        service: &str,
+        since_ms: u64,
+        needle: &str,
+    ) -> Vec<(u64, String)> {
+        let out = docker(&["logs", self.id(service)], 60);
+        format!("{}{}", out.stdout, out.stderr)
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| {
+                let t = log_time_ms(l.split_whitespace().next()?)?;
+                (t >= since_ms).then(|| (t, l.to_owned()))
             })
-            .min_by_key(|(_, rev)| *rev)
+            .collect()
     }
 
     /// Waits until the coordinators list exactly `names`, all ready.
@@ -516,7 +536,10 @@ impl HaCluster {
                 }
             }
         });
-        assert!(ok, "agents {names:?} not all ready within {timeout:?}; last: {last}");
+        assert!(
+            ok,
+            "agents {names:?} not all ready within {timeout:?}; last: {last}"
+        );
     }
 
     /// The state of `agent` in `agents list` (None when the list cannot be read).
@@ -633,14 +656,52 @@ pub fn b64_decode(text: &str) -> Vec<u8> {
     out
 }
 
+/// Unix ms of a log line's RFC 3339 UTC timestamp (`2026-12-07T13:55:31.502788Z`).
+pub fn log_time_ms(stamp: &str) -> Option<u64> {
+    let stamp = stamp.strip_suffix('Z')?;
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
+    let mut t = hms.split(':').map(|x| x.parse::<i64>().ok());
+    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
+    let ms: i64 = format!("{frac:0<3}").get(..3)?.parse().ok()?;
+    // Days from 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1000) + ms).ok()
+}
+
 /// Seconds since `t`, for reports.
 pub fn secs_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
 #[test]
+fn log_timestamps_read_as_unix_ms() {
+    assert_eq!(log_time_ms("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(log_time_ms("2000-03-01T00:00:01.5Z"), Some(951_868_801_500));
+    assert_eq!(
+        log_time_ms("2026-12-07T13:55:31.502788Z"),
+        Some(1_796_651_731_502)
+    );
+    assert_eq!(log_time_ms("baton"), None);
+}
+
+#[test]
 fn base64_round_trips_etcd_keys() {
-    for s in ["", "/", "/b", "/baton/", "/baton0", "a key with\0bytes\u{ff}"] {
+    for s in [
+        "",
+        "/",
+        "/b",
+        "/baton/",
+        "/baton0",
+        "a key with\0bytes\u{ff}",
+    ] {
         assert_eq!(b64_decode(&b64_encode(s.as_bytes())), s.as_bytes(), "{s:?}");
     }
     assert_eq!(b64_encode(b"/baton/"), "L2JhdG9uLw==");

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::deploy_support::{TestDir, skip};
-use crate::docker_cluster::{AGENTS, COORDINATORS, ETCD, HaCluster, Mode, compose_or_why, secs_since};
+use crate::docker_cluster::{
+    AGENTS, COORDINATORS, ETCD, HaCluster, Mode, compose_or_why, now_ms, secs_since,
+};
 use crate::harness::fixtures::{FanoutSpec, write_fanout};
 use crate::harness::wait_until;
 use crate::history_check::{assert_history, child_cmd};
@@ -91,7 +93,10 @@ fn wait_succeeded(cluster: &HaCluster, f: &Fanout, k: u64, timeout: Duration, wh
         last = progress(cluster, f);
         last.as_ref().is_some_and(|(d, _)| *d >= k)
     });
-    assert!(ok, "{what}: not {k} children succeeded within {timeout:?} (last: {last:?})");
+    assert!(
+        ok,
+        "{what}: not {k} children succeeded within {timeout:?} (last: {last:?})"
+    );
     last.map_or(k, |(d, _)| d)
 }
 
@@ -116,7 +121,10 @@ fn finish(cluster: &HaCluster, f: &Fanout, scenario: &str) -> Value {
             }
         }
     });
-    assert!(ok, "{scenario}: the fan-out did not end within {FANOUT_END:?}; last: {last}");
+    assert!(
+        ok,
+        "{scenario}: the fan-out did not end within {FANOUT_END:?}; last: {last}"
+    );
     assert_eq!(
         show.get("status").and_then(Value::as_str),
         Some("succeeded"),
@@ -141,7 +149,10 @@ fn agent_cut_off(cluster: &HaCluster, root: &Path) {
     let lost = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
         cluster.agent_state(victim).as_deref() == Some("lost")
     });
-    assert!(lost, "{S}: {victim} was not declared lost within 60 s of its cut");
+    assert!(
+        lost,
+        "{S}: {victim} was not declared lost within 60 s of its cut"
+    );
     figure(S, "declared_lost_after", secs_since(cut));
     // Past the lease, its children run elsewhere: wait until one has.
     let mut rerun = false;
@@ -162,14 +173,23 @@ fn agent_cut_off(cluster: &HaCluster, root: &Path) {
             });
         rerun
     });
-    assert!(seen, "{S}: no child of {victim} re-ran elsewhere within 60 s");
+    assert!(
+        seen,
+        "{S}: no child of {victim} re-ran elsewhere within 60 s"
+    );
     figure(S, "first_rerun_done_after", secs_since(cut));
-    assert!(cut.elapsed() > AGENT_LEASE, "{S}: cut shorter than the lease");
+    assert!(
+        cut.elapsed() > AGENT_LEASE,
+        "{S}: cut shorter than the lease"
+    );
     cluster.connect(victim);
     let back = wait_until(Duration::from_secs(60), Duration::from_millis(250), || {
         cluster.agent_state(victim).as_deref() == Some("ready")
     });
-    assert!(back, "{S}: {victim} not ready again within 60 s of its reconnection");
+    assert!(
+        back,
+        "{S}: {victim} not ready again within 60 s of its reconnection"
+    );
     let show = finish(cluster, &f, S);
     let checked = assert_history(&show, f.n, S);
     assert!(
@@ -210,7 +230,10 @@ fn wait_etcd(cluster: &HaCluster, member: &str, want: bool, timeout: Duration, w
     let ok = wait_until(timeout, Duration::from_millis(250), || {
         cluster.etcd_healthy(member) == want
     });
-    assert!(ok, "{what}: {member} health did not become {want} within {timeout:?}");
+    assert!(
+        ok,
+        "{what}: {member} health did not become {want} within {timeout:?}"
+    );
 }
 
 /// The members' (revision, hash) agree once they have caught up.
@@ -220,12 +243,21 @@ fn assert_etcd_members_agree(cluster: &HaCluster, what: &str) {
         last = ETCD.iter().map(|m| cluster.etcd_hash(m)).collect();
         last.iter().all(Result::is_ok) && last.windows(2).all(|w| w[0] == w[1])
     });
-    assert!(agree, "{what}: the etcd members disagree (revision, hash): {last:?}");
+    assert!(
+        agree,
+        "{what}: the etcd members disagree (revision, hash): {last:?}"
+    );
 }
 
 /// No progress for `window`: the succeeded count (when it can be read at all)
 /// never goes past `base`. Returns how many reads were answered.
-fn assert_no_progress(cluster: &HaCluster, f: &Fanout, base: u64, window: Duration, what: &str) -> usize {
+fn assert_no_progress(
+    cluster: &HaCluster,
+    f: &Fanout,
+    base: u64,
+    window: Duration,
+    what: &str,
+) -> usize {
     let end = Instant::now() + window;
     let mut answered = 0;
     while Instant::now() < end {
@@ -260,7 +292,13 @@ fn etcd_quorum(cluster: &HaCluster, root: &Path) {
     wait_etcd(cluster, "etcd1", true, Duration::from_secs(30), S);
     if let Some(f) = &f {
         let before = progress(cluster, f).map_or(0, |p| p.0);
-        wait_succeeded(cluster, f, before + 12, Duration::from_secs(60), &format!("{S} (2 of 3 members)"));
+        wait_succeeded(
+            cluster,
+            f,
+            before + 12,
+            Duration::from_secs(60),
+            &format!("{S} (2 of 3 members)"),
+        );
     }
     // Two down: no quorum, no leader, no progress.
     cluster.stop("etcd2");
@@ -272,11 +310,19 @@ fn etcd_quorum(cluster: &HaCluster, root: &Path) {
         std::thread::sleep(Duration::from_secs(2));
         let base = progress(cluster, f).map_or(0, |p| p.0);
         let answered = assert_no_progress(cluster, f, base, Duration::from_secs(10), S);
-        eprintln!("{S}: no progress past {base} for 10 s without quorum ({answered} reads answered)");
+        eprintln!(
+            "{S}: no progress past {base} for 10 s without quorum ({answered} reads answered)"
+        );
         cluster.start("etcd2");
         let back = Instant::now();
         wait_etcd(cluster, "etcd1", true, Duration::from_secs(60), S);
-        wait_succeeded(cluster, f, base + 12, Duration::from_secs(90), &format!("{S} (quorum back)"));
+        wait_succeeded(
+            cluster,
+            f,
+            base + 12,
+            Duration::from_secs(90),
+            &format!("{S} (quorum back)"),
+        );
         figure(S, "progress_again_after", secs_since(back));
     } else {
         cluster.start("etcd2");
@@ -296,7 +342,12 @@ fn etcd_quorum(cluster: &HaCluster, root: &Path) {
 }
 
 /// The current leader, waiting for one to be known.
-fn wait_leader(cluster: &HaCluster, not: Option<&str>, timeout: Duration, what: &str) -> (String, u64) {
+fn wait_leader(
+    cluster: &HaCluster,
+    not: Option<&str>,
+    timeout: Duration,
+    what: &str,
+) -> (String, u64) {
     let mut last = None;
     let ok = wait_until(timeout, Duration::from_millis(250), || {
         last = cluster.leader();
@@ -309,7 +360,12 @@ fn wait_leader(cluster: &HaCluster, not: Option<&str>, timeout: Duration, what: 
             .find_map(|m| cluster.etcd_range(m, prefix).ok())
             .unwrap_or_default()
             .iter()
-            .map(|kv| format!("{} (lease {}, rev {})", kv.key, kv.lease, kv.create_revision))
+            .map(|kv| {
+                format!(
+                    "{} (lease {}, rev {})",
+                    kv.key, kv.lease, kv.create_revision
+                )
+            })
             .collect();
         panic!(
             "{what}: no leader{} in etcd within {timeout:?} (last: {last:?}); the election \
@@ -331,14 +387,25 @@ fn leader_killed(cluster: &HaCluster, root: &Path) {
     cluster.kill(&old);
     let (new, new_epoch) = wait_leader(cluster, Some(&old), Duration::from_secs(60), S);
     figure(S, "new_leader_after", secs_since(killed));
-    assert!(new_epoch > epoch, "{S}: epoch did not grow ({epoch} → {new_epoch})");
+    assert!(
+        new_epoch > epoch,
+        "{S}: epoch did not grow ({epoch} → {new_epoch})"
+    );
     let now = progress(cluster, &f).map_or(before, |p| p.0);
-    wait_succeeded(cluster, &f, now + 12, Duration::from_secs(60), &format!("{S} (under {new})"));
+    wait_succeeded(
+        cluster,
+        &f,
+        now + 12,
+        Duration::from_secs(60),
+        &format!("{S} (under {new})"),
+    );
     figure(S, "progress_again_after", secs_since(killed));
     let show = finish(cluster, &f, S);
     assert_history(&show, f.n, S);
     cluster.start(&old);
-    let up = wait_until(Duration::from_secs(60), Duration::from_millis(500), || cluster.state(&old).0);
+    let up = wait_until(Duration::from_secs(60), Duration::from_millis(500), || {
+        cluster.state(&old).0
+    });
     assert!(up, "{S}: {old} did not start again");
     eprintln!("{S}: ok — {old} (epoch {epoch}) killed, {new} leads (epoch {new_epoch})");
 }
@@ -350,13 +417,23 @@ fn leader_cut_off(cluster: &HaCluster, root: &Path) {
     let before = wait_succeeded(cluster, &f, 24, Duration::from_secs(120), S);
     let (old, epoch) = wait_leader(cluster, None, Duration::from_secs(30), S);
     let (_, restarts) = cluster.state(&old);
+    let cut_ms = now_ms();
     let cut = Instant::now();
     cluster.disconnect(&old);
     let (new, new_epoch) = wait_leader(cluster, Some(&old), Duration::from_secs(60), S);
     figure(S, "new_leader_after", secs_since(cut));
-    assert!(new_epoch > epoch, "{S}: epoch did not grow ({epoch} → {new_epoch})");
+    assert!(
+        new_epoch > epoch,
+        "{S}: epoch did not grow ({epoch} → {new_epoch})"
+    );
     let now = progress(cluster, &f).map_or(before, |p| p.0);
-    wait_succeeded(cluster, &f, now + 12, Duration::from_secs(60), &format!("{S} (under {new})"));
+    wait_succeeded(
+        cluster,
+        &f,
+        now + 12,
+        Duration::from_secs(60),
+        &format!("{S} (under {new})"),
+    );
     figure(S, "progress_again_after", secs_since(cut));
     cluster.connect(&old);
     // Back on the network, the old leader finds its term gone: it must neither
@@ -380,19 +457,34 @@ fn leader_cut_off(cluster: &HaCluster, root: &Path) {
     );
     let show = finish(cluster, &f, S);
     assert_history(&show, f.n, S);
-    // The order of its stepping down and the new leader's start is only in the
-    // coordinators' logs: show what they say about leadership.
-    for c in COORDINATORS {
-        let logs = cluster.logs(c);
-        let lines: Vec<&str> = logs
-            .lines()
-            .filter(|l| {
-                let l = l.to_ascii_lowercase();
-                l.contains("leader") || l.contains("fenced") || l.contains("epoch")
-            })
-            .collect();
-        eprintln!("{S}: {c}'s leadership log lines:\n  {}", lines.join("\n  "));
-    }
+    // It stopped leading before the new leader started: its "leadership lost"
+    // (when it gave up its term, no later than etcd ended its lease) is logged
+    // before the new leader's "leading … epoch=N" (same host clock).
+    let lost = cluster.log_lines_since(&old, cut_ms, "leadership lost");
+    let leading = cluster.log_lines_since(&new, cut_ms, "leading");
+    let started = leading
+        .iter()
+        .find(|(_, l)| l.contains(&format!("epoch={new_epoch}")));
+    let (Some((lost_ms, lost_line)), Some((lead_ms, lead_line))) = (lost.first(), started) else {
+        panic!(
+            "{S}: cannot order the terms: {old} logged no \"leadership lost\" after the cut \
+             ({lost:?}) or {new} no \"leading … epoch={new_epoch}\" ({leading:?})"
+        );
+    };
+    assert!(
+        lost_ms < lead_ms,
+        "{S}: {new} started leading before {old} gave up its term:\n  {lost_line}\n  {lead_line}"
+    );
+    figure(
+        S,
+        "old_stopped_before_new_led_by",
+        (lead_ms - lost_ms) as f64 / 1000.0,
+    );
+    figure(
+        S,
+        "old_stopped_after",
+        lost_ms.saturating_sub(cut_ms) as f64 / 1000.0,
+    );
     eprintln!("{S}: ok — {old} (epoch {epoch}) cut off, {new} leads (epoch {new_epoch})");
 }
 
@@ -426,7 +518,10 @@ fn faults_during_fanouts_leave_a_consistent_history() {
                     std::fs::read(&to).expect("copied file")
                 })
                 .collect();
-            assert_eq!(copies[0], copies[1], "the coordinators hold different {file}");
+            assert_eq!(
+                copies[0], copies[1],
+                "the coordinators hold different {file}"
+            );
         }
     }
 
@@ -449,4 +544,150 @@ fn faults_during_fanouts_leave_a_consistent_history() {
     cluster.take_down();
     let left = cluster.leftovers();
     assert!(left.is_empty(), "left behind after `down -v`: {left:?}");
+}
+
+/// `GET /health` of the etcd at `port` on loopback over TLS, as a client with
+/// `identity` (`NAME.pem`/`NAME.key` in `certs`) or none; the response text,
+/// or why the connection failed.
+fn etcd_health_over_tls(certs: &Path, port: u16, identity: Option<&str>) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(certs.join("ca.pem")).map_err(|e| e.to_string())? {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match identity {
+        Some(name) => {
+            let chain = CertificateDer::pem_file_iter(certs.join(format!("{name}.pem")))
+                .map_err(|e| e.to_string())?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let key = PrivateKeyDer::from_pem_file(certs.join(format!("{name}.key")))
+                .map_err(|e| e.to_string())?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| e.to_string())?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let sock = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    match tls.read_to_string(&mut body) {
+        Ok(_) => Ok(body),
+        // etcd closes without close_notify; what came is the answer.
+        Err(_) if !body.is_empty() => Ok(body),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `make-certs.sh` gives what etcd 3.4 and a rustls client (the etcd backend's
+/// TLS) accept: a member certificate that serves on loopback and a coordinator
+/// client certificate etcd lets in; keys 0600 in a 0700 directory. A real etcd
+/// on loopback, no docker.
+#[test]
+fn make_certs_gives_etcd_and_a_rustls_client_what_they_accept() {
+    use std::os::unix::fs::PermissionsExt;
+
+    const T: &str = "ha_cluster::make_certs_gives_etcd_and_a_rustls_client_what_they_accept";
+    for program in ["openssl", "etcd"] {
+        if !crate::deploy_support::on_path(program) {
+            skip(
+                T,
+                &format!("no `{program}` command (Debian: openssl, etcd-server)"),
+            );
+            return;
+        }
+    }
+    let root = TestDir::new("ha-certs");
+    let certs = root.path().join("certs");
+    crate::deploy_support::run_bounded(
+        std::process::Command::new("sh")
+            .arg(crate::deploy_support::deploy_dir().join("compose/ha/make-certs.sh"))
+            .arg(&certs),
+        Duration::from_secs(60),
+    )
+    .ok();
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    };
+    assert_eq!(mode(&certs), 0o700, "the certificate directory");
+    for name in ["ca", "etcd1", "etcd2", "etcd3", "coord1", "coord2"] {
+        assert_eq!(
+            mode(&certs.join(format!("{name}.key"))),
+            0o600,
+            "{name}.key"
+        );
+        assert!(certs.join(format!("{name}.pem")).is_file(), "{name}.pem");
+    }
+
+    let (client, peer) = (crate::harness::dead_port(), crate::harness::dead_port());
+    let c = |f: &str| certs.join(f).display().to_string();
+    let argv: Vec<String> = [
+        "etcd",
+        "--name",
+        "etcd1",
+        "--data-dir",
+        &root.path().join("etcd-data").display().to_string(),
+        "--listen-client-urls",
+        &format!("https://127.0.0.1:{client}"),
+        "--advertise-client-urls",
+        &format!("https://127.0.0.1:{client}"),
+        "--listen-peer-urls",
+        &format!("https://127.0.0.1:{peer}"),
+        "--initial-advertise-peer-urls",
+        &format!("https://127.0.0.1:{peer}"),
+        "--initial-cluster",
+        &format!("etcd1=https://127.0.0.1:{peer}"),
+        "--client-cert-auth",
+        "--trusted-ca-file",
+        &c("ca.pem"),
+        "--cert-file",
+        &c("etcd1.pem"),
+        "--key-file",
+        &c("etcd1.key"),
+        "--peer-client-cert-auth",
+        "--peer-trusted-ca-file",
+        &c("ca.pem"),
+        "--peer-cert-file",
+        &c("etcd1.pem"),
+        "--peer-key-file",
+        &c("etcd1.key"),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let etcd = crate::deploy_support::Daemon::spawn("etcd", &root.path().join("etcd"), &argv, &[]);
+    let mut last = Err(String::new());
+    let up = wait_until(Duration::from_secs(30), Duration::from_millis(200), || {
+        last = etcd_health_over_tls(&certs, client, Some("coord1"));
+        last.as_ref()
+            .is_ok_and(|b| b.contains("\"health\":\"true\""))
+    });
+    assert!(
+        up,
+        "etcd with make-certs.sh's certificates is not healthy to coord1 over TLS: {last:?}\n{}",
+        etcd.stderr()
+    );
+    // Without a client certificate etcd lets nobody in.
+    let anonymous = etcd_health_over_tls(&certs, client, None);
+    assert!(
+        !anonymous.as_ref().is_ok_and(|b| b.contains("\"health\"")),
+        "etcd answered a client without a certificate: {anonymous:?}"
+    );
 }

@@ -29,7 +29,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::Value;
 
 /// States in which a child is over.
-pub const TERMINAL_CHILD_STATES: [&str; 5] = ["succeeded", "failed", "cancelled", "timed_out", "lost"];
+pub const TERMINAL_CHILD_STATES: [&str; 5] =
+    ["succeeded", "failed", "cancelled", "timed_out", "lost"];
 
 /// The child's command: sleeps `sleep_s`, then records the host (agent) and
 /// attempt it ran as in its outputs. `sleep` must be in the agents' image
@@ -114,7 +115,11 @@ pub fn check(show: &Value, n: usize) -> Result<Checked, Vec<String>> {
         let agents: Vec<String> = c
             .get("attempt_agents")
             .and_then(Value::as_array)
-            .map(|a| a.iter().map(|x| x.as_str().unwrap_or("").to_owned()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.as_str().unwrap_or("").to_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         let agent = str_of(c, "/agent");
         if attempt == 0 {
@@ -186,7 +191,12 @@ pub fn check(show: &Value, n: usize) -> Result<Checked, Vec<String>> {
         .and_then(Value::as_object)
         .map(|m| {
             m.iter()
-                .map(|(a, v)| (a.clone(), v.get("succeeded").and_then(Value::as_u64).unwrap_or(0)))
+                .map(|(a, v)| {
+                    (
+                        a.clone(),
+                        v.get("succeeded").and_then(Value::as_u64).unwrap_or(0),
+                    )
+                })
                 .filter(|(_, s)| *s > 0)
                 .collect()
         })
@@ -277,7 +287,11 @@ mod tests {
         let mut v = good();
         v["children"][2] = child(1, &["a-2"], "a-2", 1);
         let e = violations(&v, 3);
-        assert!(e.iter().any(|m| m.contains("fan[1] has more than one record")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("fan[1] has more than one record")),
+            "{e:?}"
+        );
         assert!(e.iter().any(|m| m.contains("child 2 is missing")), "{e:?}");
     }
 
@@ -296,7 +310,10 @@ mod tests {
         v["summary"]["children"]["succeeded"] = json!(4);
         v["summary"]["per_agent"]["a-1"]["succeeded"] = json!(2);
         let e = violations(&v, 3);
-        assert!(e.iter().any(|m| m.contains("summary says 4 succeeded")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.contains("summary says 4 succeeded")),
+            "{e:?}"
+        );
         assert!(e.iter().any(|m| m.contains("per_agent")), "{e:?}");
     }
 
@@ -305,7 +322,10 @@ mod tests {
         let mut v = good();
         v["summary"]["lost_attempts"] = json!(0);
         let e = violations(&v, 3);
-        assert!(e.iter().any(|m| m.contains("without a recorded loss")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.contains("without a recorded loss")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -314,8 +334,16 @@ mod tests {
         v["children"][0]["state"] = json!("running");
         v["children"][2]["attempt"] = json!(2);
         let e = violations(&v, 3);
-        assert!(e.iter().any(|m| m.contains("fan[0] has no terminal record")), "{e:?}");
-        assert!(e.iter().any(|m| m.contains("fan[2]: attempt 2 but 1 placements")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("fan[0] has no terminal record")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.contains("fan[2]: attempt 2 but 1 placements")),
+            "{e:?}"
+        );
     }
 
     #[test]
