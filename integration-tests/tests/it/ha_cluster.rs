@@ -45,6 +45,8 @@ const CHILDREN: u32 = 360;
 const CHILD_SLEEP: &str = "1";
 /// The coordinators' agent lease (`--lease-ttl-ms`, default).
 const AGENT_LEASE: Duration = Duration::from_millis(5_000);
+/// The coordinators' leader lease (`--leader-lease`, default 5 s).
+const LEADER_LEASE: Duration = Duration::from_millis(5_000);
 /// Bound of one fan-out after its fault is repaired.
 const FANOUT_END: Duration = Duration::from_secs(240);
 
@@ -301,14 +303,23 @@ fn etcd_quorum(cluster: &HaCluster, root: &Path) {
         );
     }
     // Two down: no quorum, no leader, no progress.
+    let before = f.as_ref().and_then(|f| progress(cluster, f)).map_or(0, |p| p.0);
     cluster.stop("etcd2");
     let lost = Instant::now();
     wait_etcd(cluster, "etcd1", false, Duration::from_secs(30), S);
     figure(S, "etcd_unhealthy_after", secs_since(lost));
     if let Some(f) = &f {
-        // Commits in flight when the quorum went may still land: settle first.
-        std::thread::sleep(Duration::from_secs(2));
-        let base = progress(cluster, f).map_or(0, |p| p.0);
+        // Commits in flight when the quorum went may still land, and the leader
+        // keeps its term until its lease runs out: watch that long, keeping the
+        // highest count seen, then nothing may move past it.
+        let settle_end = Instant::now() + LEADER_LEASE + Duration::from_secs(2);
+        let mut base = before;
+        while Instant::now() < settle_end {
+            if let Some((done, _)) = progress(cluster, f) {
+                base = base.max(done);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let answered = assert_no_progress(cluster, f, base, Duration::from_secs(10), S);
         eprintln!(
             "{S}: no progress past {base} for 10 s without quorum ({answered} reads answered)"
