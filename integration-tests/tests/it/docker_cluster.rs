@@ -127,6 +127,71 @@ pub struct EtcdKv {
     pub lease: u64,
 }
 
+/// Prefix of this test's compose projects: `batonha<pid>x<unique>`.
+const PROJECT_PREFIX: &str = "batonha";
+
+/// Removes what earlier runs left when their process was killed (no `Drop`
+/// ran): containers, volumes and networks of `batonha<pid>x…` projects whose
+/// pid is not alive here and whose containers are over an hour old (a run
+/// takes minutes; the age keeps a run in another pid namespace on the same
+/// engine safe), and their images. Returns the projects removed.
+pub fn reap_dead_projects() -> Vec<String> {
+    let out = docker(
+        &[
+            "ps",
+            "-a",
+            "--filter",
+            "label=com.docker.compose.project",
+            "--format",
+            "{{.Label \"com.docker.compose.project\"}} {{.ID}}",
+        ],
+        30,
+    );
+    let hour_ago = now_ms().saturating_sub(3_600_000);
+    let mut dead: Vec<String> = out
+        .stdout
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .filter(|(p, _)| {
+            p.strip_prefix(PROJECT_PREFIX)
+                .and_then(|rest| rest.split_once('x'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .filter(|(_, id)| {
+            let created = docker(&["inspect", "--format", "{{.Created}}", id], 30);
+            log_time_ms(created.stdout.trim()).is_some_and(|t| t < hour_ago)
+        })
+        .map(|(p, _)| p.to_owned())
+        .collect();
+    dead.sort();
+    dead.dedup();
+    for project in &dead {
+        let label = format!("label=com.docker.compose.project={project}");
+        for (list, remove) in [
+            (&["ps", "-aq"][..], &["rm", "-f", "-v"][..]),
+            (&["volume", "ls", "-q"], &["volume", "rm", "-f"]),
+            (&["network", "ls", "-q"], &["network", "rm"]),
+        ] {
+            let mut args = list.to_vec();
+            args.extend(["--filter", &label]);
+            for id in docker(&args, 30).stdout.lines() {
+                let mut rm = remove.to_vec();
+                rm.push(id);
+                let _ = docker(&rm, 60);
+            }
+        }
+        for image in [
+            format!("baton-it-ha:{project}"),
+            format!("baton-it-ha-etcd:{project}"),
+        ] {
+            let _ = docker(&["rmi", "-f", &image], 60);
+        }
+        eprintln!("removed the leftovers of a killed run: compose project {project}");
+    }
+    dead
+}
+
 /// The cluster of one test run.
 pub struct HaCluster {
     pub mode: Mode,
@@ -144,7 +209,7 @@ impl HaCluster {
     /// (every service of `mode`), waiting for its agents to be ready.
     pub fn up(root: &Path, compose: Vec<String>, mode: Mode) -> HaCluster {
         let unique = now_ms() % 1_000_000_000;
-        let name = format!("batonha{}x{unique}", std::process::id());
+        let name = format!("{PROJECT_PREFIX}{}x{unique}", std::process::id());
         let baton_image = format!("baton-it-ha:{name}");
         let etcd_image = format!("baton-it-ha-etcd:{name}");
         let certs = root.join("etcd-certs");
@@ -687,6 +752,11 @@ fn log_timestamps_read_as_unix_ms() {
     assert_eq!(log_time_ms("2000-03-01T00:00:01.5Z"), Some(951_868_801_500));
     assert_eq!(
         log_time_ms("2026-12-07T13:55:31.502788Z"),
+        Some(1_796_651_731_502)
+    );
+    // docker's own (`inspect … {{.Created}}`): nanoseconds.
+    assert_eq!(
+        log_time_ms("2026-12-07T13:55:31.502788123Z"),
         Some(1_796_651_731_502)
     );
     assert_eq!(log_time_ms("baton"), None);

@@ -303,7 +303,10 @@ fn etcd_quorum(cluster: &HaCluster, root: &Path) {
         );
     }
     // Two down: no quorum, no leader, no progress.
-    let before = f.as_ref().and_then(|f| progress(cluster, f)).map_or(0, |p| p.0);
+    let before = f
+        .as_ref()
+        .and_then(|f| progress(cluster, f))
+        .map_or(0, |p| p.0);
     cluster.stop("etcd2");
     let lost = Instant::now();
     wait_etcd(cluster, "etcd1", false, Duration::from_secs(30), S);
@@ -508,6 +511,7 @@ fn faults_during_fanouts_leave_a_consistent_history() {
             return;
         }
     };
+    crate::docker_cluster::reap_dead_projects();
     let mode = Mode::detect();
     let root = TestDir::new("ha-cluster");
     let started = Instant::now();
