@@ -330,9 +330,19 @@ impl HaCluster {
         format!("{}_cluster", self.name)
     }
 
-    /// `baton ARGS` in the `client` container (admin identity, the coordinator URLs).
+    /// `baton ARGS` in the `client` container (admin identity, the coordinator
+    /// URLs). A call looks for a leader for at most 10 s (`BATON_FAILOVER_WAIT`;
+    /// the default 30 s would make each poll during an election that long).
     pub fn baton(&self, args: &[&str]) -> Ran {
-        let mut full = vec!["exec", "-e", "NO_COLOR=1", self.id("client"), "baton"];
+        let mut full = vec![
+            "exec",
+            "-e",
+            "NO_COLOR=1",
+            "-e",
+            "BATON_FAILOVER_WAIT=10",
+            self.id("client"),
+            "baton",
+        ];
         full.extend_from_slice(args);
         docker(&full, 90)
     }
