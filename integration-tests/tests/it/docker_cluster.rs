@@ -9,10 +9,11 @@
 //! network, volumes, images — after printing the containers' logs on a panic;
 //! [`HaCluster::leftovers`] lets a test check that nothing stayed.
 //!
-//! Until the coordinator has the HA flags (`--store`, `--advertise`), the same
-//! file runs in [`Mode::SingleCoordinator`]: the three etcd members, `coord1` on
-//! its embedded store (an override file written by the test) and the agents
-//! with one URL; `coord2` is not started.
+//! Until the coordinator has the HA flags, the same file runs with one
+//! coordinator ([`Mode`]): `coord1` on etcd when the binary has the store's
+//! flags but not `--advertise`, else on its embedded store (an override file
+//! written by the test gives `coord1` its command); agents and the client get
+//! its one URL, and `coord2` is not started.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,38 +42,88 @@ pub const ELECTION_PREFIX: &str = "/baton/m/leader/";
 pub enum Mode {
     /// Two coordinators on etcd, agents and clients with both URLs.
     Ha,
-    /// One coordinator on its embedded store beside the etcd members; `why` names
-    /// the flags the binary lacks.
+    /// One coordinator on etcd (the store backend is there, leadership is
+    /// not); `why` names the flags the binary lacks.
+    EtcdStore { why: String },
+    /// One coordinator on its embedded store beside the etcd members.
     SingleCoordinator { why: String },
 }
 
+/// The flags of the etcd store backend the compose file gives a coordinator.
+const STORE_FLAGS: [&str; 5] = [
+    "--store",
+    "--etcd-ca",
+    "--etcd-cert",
+    "--etcd-key",
+    "--etcd-prefix",
+];
+/// The flag of leadership the compose file gives a coordinator.
+const LEADERSHIP_FLAGS: [&str; 1] = ["--advertise"];
+
 impl Mode {
-    /// [`Mode::Ha`] when `baton coordinator --help` lists every flag the compose
-    /// file gives a coordinator.
+    /// From what `baton coordinator --help` lists: every flag the compose file
+    /// gives a coordinator ([`Mode::Ha`]), the store's only
+    /// ([`Mode::EtcdStore`]), or not even those.
     pub fn detect() -> Mode {
         let flags = help(&["coordinator".to_owned()]).flags;
-        let missing: Vec<&str> = [
-            "--store",
-            "--etcd-ca",
-            "--etcd-cert",
-            "--etcd-key",
-            "--etcd-prefix",
-            "--advertise",
-        ]
-        .into_iter()
-        .filter(|f| !flags.contains(*f))
-        .collect();
-        if missing.is_empty() {
-            Mode::Ha
-        } else {
-            Mode::SingleCoordinator {
-                why: format!(
-                    "`baton coordinator --help` lacks {} (the etcd store backend and \
-                     leadership are not in this binary)",
-                    missing.join(", ")
-                ),
+        let missing = |wanted: &[&str]| -> Vec<String> {
+            wanted
+                .iter()
+                .filter(|f| !flags.contains(**f))
+                .map(|f| (*f).to_owned())
+                .collect()
+        };
+        let (store, leadership) = (missing(&STORE_FLAGS), missing(&LEADERSHIP_FLAGS));
+        let lacks = |m: &[String], what: &str| {
+            format!(
+                "`baton coordinator --help` lacks {} ({what} is not in this binary)",
+                m.join(", ")
+            )
+        };
+        match (store.is_empty(), leadership.is_empty()) {
+            (true, true) => Mode::Ha,
+            (true, false) => Mode::EtcdStore {
+                why: lacks(&leadership, "leadership: one coordinator runs, on etcd"),
+            },
+            _ => {
+                let mut all = store;
+                all.extend(leadership);
+                Mode::SingleCoordinator {
+                    why: lacks(&all, "the etcd store backend"),
+                }
             }
         }
+    }
+
+    /// Why the two-coordinator scenarios cannot run; `None` in [`Mode::Ha`].
+    pub fn why_not_ha(&self) -> Option<&str> {
+        match self {
+            Mode::Ha => None,
+            Mode::EtcdStore { why } | Mode::SingleCoordinator { why } => Some(why),
+        }
+    }
+
+    /// Whether Baton keeps its state in the etcd members.
+    pub fn store_on_etcd(&self) -> bool {
+        !matches!(self, Mode::SingleCoordinator { .. })
+    }
+
+    /// The compose override file of a one-coordinator mode (`coord1`'s command).
+    fn override_file(&self) -> Option<String> {
+        let store = match self {
+            Mode::Ha => return None,
+            Mode::EtcdStore { .. } => {
+                " --store etcd://etcd1:2379,etcd2:2379,etcd3:2379 \
+                 --etcd-ca $$data/etcd/ca.pem --etcd-cert $$data/etcd/client.pem \
+                 --etcd-key $$data/etcd/client.key --etcd-prefix /baton/"
+            }
+            Mode::SingleCoordinator { .. } => "",
+        };
+        Some(format!(
+            "services:\n  coord1:\n    entrypoint:\n      - /bin/sh\n      - -c\n      - \
+             data=/var/lib/baton/coordinator; exec baton coordinator --listen 0.0.0.0:7400 \
+             --data-dir $$data{store}\n      - coordinator\n"
+        ))
     }
 }
 
@@ -219,13 +270,13 @@ impl HaCluster {
             ("BATON_HA_CERTS".to_owned(), certs.display().to_string()),
         ];
         let mut files = vec![deploy_dir().join("compose/ha/docker-compose.yml")];
-        if let Mode::SingleCoordinator { .. } = mode {
+        if let Some(text) = mode.override_file() {
             env.push((
                 "BATON_HA_COORDINATORS".to_owned(),
                 "https://coord1:7400".to_owned(),
             ));
-            let over = root.join("single-coordinator.yml");
-            std::fs::write(&over, SINGLE_COORDINATOR_OVERRIDE).expect("write override");
+            let over = root.join("one-coordinator.yml");
+            std::fs::write(&over, text).expect("write override");
             files.push(over);
         }
         // From here on, dropping the value takes down whatever was made.
@@ -279,7 +330,7 @@ impl HaCluster {
         let mut services: Vec<&str> = ETCD.to_vec();
         match cluster.mode {
             Mode::Ha => services.extend(COORDINATORS),
-            Mode::SingleCoordinator { .. } => services.push("coord1"),
+            _ => services.push("coord1"),
         }
         services.extend(AGENTS);
         services.push("client");
@@ -677,18 +728,6 @@ impl Drop for HaCluster {
     }
 }
 
-/// Until the HA flags exist: `coord1` on its embedded store, nothing else
-/// changed (agents and client get one URL through BATON_HA_COORDINATORS).
-const SINGLE_COORDINATOR_OVERRIDE: &str = "\
-services:
-  coord1:
-    entrypoint:
-      - /bin/sh
-      - -c
-      - exec baton coordinator --listen 0.0.0.0:7400 --data-dir /var/lib/baton/coordinator
-      - coordinator
-";
-
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard base64 with padding (etcd's gateway encodes keys and values so).
@@ -754,6 +793,31 @@ pub fn log_time_ms(stamp: &str) -> Option<u64> {
 /// Seconds since `t`, for reports.
 pub fn secs_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
+}
+
+#[test]
+fn one_coordinator_overrides_give_coord1_its_store() {
+    let why = String::new();
+    assert_eq!(Mode::Ha.override_file(), None);
+    let embedded = Mode::SingleCoordinator { why: why.clone() }
+        .override_file()
+        .expect("an override");
+    assert!(
+        embedded.contains(
+            "- data=/var/lib/baton/coordinator; exec baton coordinator --listen 0.0.0.0:7400 \
+             --data-dir $$data\n"
+        ),
+        "{embedded}"
+    );
+    let etcd = Mode::EtcdStore { why }.override_file().expect("an override");
+    assert!(
+        etcd.contains(
+            "--data-dir $$data --store etcd://etcd1:2379,etcd2:2379,etcd3:2379 --etcd-ca \
+             $$data/etcd/ca.pem --etcd-cert $$data/etcd/client.pem --etcd-key \
+             $$data/etcd/client.key --etcd-prefix /baton/\n"
+        ),
+        "{etcd}"
+    );
 }
 
 #[test]

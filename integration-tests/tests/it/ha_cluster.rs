@@ -16,11 +16,14 @@
 //!   over with a higher epoch, the old leader stays up (it never exits for a lost
 //!   term) and nothing it wrote after losing its lease lands.
 //!
-//! The binary decides what runs ([`Mode::detect`]): until `baton coordinator`
-//! has `--store`/`--advertise`, the cluster has one coordinator on its embedded
-//! store; the agent scenario and etcd's side of the quorum scenario run, and
-//! each part that needs the HA coordinator prints `SKIPPED` with the missing
-//! flags. Needs docker, docker-compose, openssl and Debian's etcd on this machine
+//! The binary decides what runs ([`Mode::detect`]): with every flag the compose
+//! file gives a coordinator, all of it; with the etcd store's flags but no
+//! `--advertise`, one coordinator on etcd (the agent scenario and the whole
+//! quorum scenario); with neither, one coordinator on its embedded store beside
+//! the etcd members (the agent scenario and etcd's side of the quorum scenario).
+//! Each part that cannot run prints `SKIPPED` with the flags the binary lacks,
+//! and turns on by itself when a binary has them. Needs docker, docker-compose,
+//! openssl and Debian's etcd on this machine
 //! (skipped with the reason otherwise). Everything the run made (containers,
 //! network, volumes, images; a unique compose project) is removed at the end,
 //! pass or fail, and the test checks that nothing is left.
@@ -278,7 +281,7 @@ fn assert_no_progress(
 /// One etcd member stopped, then two, then one back.
 fn etcd_quorum(cluster: &HaCluster, root: &Path) {
     const S: &str = "etcd_quorum";
-    let baton_on_etcd = cluster.mode == Mode::Ha;
+    let baton_on_etcd = cluster.mode.store_on_etcd();
     if let Mode::SingleCoordinator { why } = &cluster.mode {
         skip(
             &format!("{TEST} [{S}: Baton's progress without quorum]"),
@@ -542,12 +545,12 @@ fn faults_during_fanouts_leave_a_consistent_history() {
 
     agent_cut_off(&cluster, root.path());
     etcd_quorum(&cluster, root.path());
-    match &mode {
-        Mode::Ha => {
+    match mode.why_not_ha() {
+        None => {
             leader_killed(&cluster, root.path());
             leader_cut_off(&cluster, root.path());
         }
-        Mode::SingleCoordinator { why } => {
+        Some(why) => {
             for s in ["leader_killed", "leader_cut_off"] {
                 skip(&format!("{TEST} [{s}]"), why);
             }
