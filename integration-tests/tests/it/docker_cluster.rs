@@ -75,21 +75,24 @@ impl Mode {
         };
         let (store, leadership) = (missing(&STORE_FLAGS), missing(&LEADERSHIP_FLAGS));
         let lacks = |m: &[String], what: &str| {
-            format!(
-                "`baton coordinator --help` lacks {} ({what} is not in this binary)",
-                m.join(", ")
-            )
+            format!("`baton coordinator --help` lacks {} ({what})", m.join(", "))
         };
         match (store.is_empty(), leadership.is_empty()) {
             (true, true) => Mode::Ha,
             (true, false) => Mode::EtcdStore {
-                why: lacks(&leadership, "leadership: one coordinator runs, on etcd"),
+                why: lacks(
+                    &leadership,
+                    "no leadership in this binary: one coordinator runs, on etcd",
+                ),
             },
             _ => {
                 let mut all = store;
                 all.extend(leadership);
                 Mode::SingleCoordinator {
-                    why: lacks(&all, "the etcd store backend"),
+                    why: lacks(
+                        &all,
+                        "no etcd store in this binary: one coordinator runs, on its embedded store",
+                    ),
                 }
             }
         }
@@ -809,7 +812,9 @@ fn one_coordinator_overrides_give_coord1_its_store() {
         ),
         "{embedded}"
     );
-    let etcd = Mode::EtcdStore { why }.override_file().expect("an override");
+    let etcd = Mode::EtcdStore { why }
+        .override_file()
+        .expect("an override");
     assert!(
         etcd.contains(
             "--data-dir $$data --store etcd://etcd1:2379,etcd2:2379,etcd3:2379 --etcd-ca \

@@ -42,10 +42,26 @@ use crate::harness::wait_until;
 use crate::history_check::{assert_history, child_cmd};
 
 const TEST: &str = "ha_cluster::faults_during_fanouts_leave_a_consistent_history";
-/// Children per fan-out and how long each runs: 3 agents × 4 slots make one
-/// fan-out last about 30 s, long enough for each fault to land in its middle.
+/// Children per fan-out and how long each runs (seconds): 3 agents × 4 slots
+/// make one fan-out last about 30 s, long enough for each fault to land in its
+/// middle. `BATON_IT_HA_CHILDREN` and `BATON_IT_HA_CHILD_SLEEP` change them
+/// (e.g. 2000 and 0.2 for the figures of docs/ha.md).
 const CHILDREN: u32 = 360;
 const CHILD_SLEEP: &str = "1";
+
+/// The fan-out's size and its children's sleep, from the environment or the defaults.
+fn fanout_shape() -> (u32, String) {
+    let children = std::env::var("BATON_IT_HA_CHILDREN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n >= 96)
+        .unwrap_or(CHILDREN);
+    let sleep = std::env::var("BATON_IT_HA_CHILD_SLEEP")
+        .ok()
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .unwrap_or_else(|| CHILD_SLEEP.to_owned());
+    (children, sleep)
+}
 /// The coordinators' agent lease (`--lease-ttl-ms`, default).
 const AGENT_LEASE: Duration = Duration::from_millis(5_000);
 /// The coordinators' leader lease (`--leader-lease`, default 5 s).
@@ -62,7 +78,8 @@ struct Fanout {
 /// Writes the package pair of `scenario`, copies it into the client and starts it.
 fn start_fanout(cluster: &HaCluster, root: &Path, scenario: &str) -> Fanout {
     let dir = root.join(scenario);
-    let mut spec = FanoutSpec::new(CHILDREN, &child_cmd(CHILD_SLEEP));
+    let (children, sleep) = fanout_shape();
+    let mut spec = FanoutSpec::new(children, &child_cmd(&sleep));
     spec.lost_attempts = 5;
     write_fanout(&dir, &spec);
     let dest = format!("/tmp/{scenario}");
@@ -77,7 +94,7 @@ fn start_fanout(cluster: &HaCluster, root: &Path, scenario: &str) -> Fanout {
         .to_owned();
     Fanout {
         id,
-        n: CHILDREN as usize,
+        n: children as usize,
     }
 }
 
@@ -278,6 +295,14 @@ fn assert_no_progress(
     answered
 }
 
+/// The coordinators this mode started.
+fn coordinators(cluster: &HaCluster) -> Vec<&'static str> {
+    match cluster.mode {
+        Mode::Ha => COORDINATORS.to_vec(),
+        _ => vec!["coord1"],
+    }
+}
+
 /// One etcd member stopped, then two, then one back.
 fn etcd_quorum(cluster: &HaCluster, root: &Path) {
     const S: &str = "etcd_quorum";
@@ -292,6 +317,10 @@ fn etcd_quorum(cluster: &HaCluster, root: &Path) {
     if let Some(f) = &f {
         wait_succeeded(cluster, f, 24, Duration::from_secs(120), S);
     }
+    let restarts_before: std::collections::BTreeMap<&str, u64> = coordinators(cluster)
+        .into_iter()
+        .map(|c| (c, cluster.state(c).1))
+        .collect();
     // One member down: the other two keep a quorum.
     cluster.stop("etcd3");
     wait_etcd(cluster, "etcd1", true, Duration::from_secs(30), S);
@@ -346,6 +375,13 @@ fn etcd_quorum(cluster: &HaCluster, root: &Path) {
         wait_etcd(cluster, "etcd1", true, Duration::from_secs(60), S);
     }
     cluster.start("etcd3");
+    for c in coordinators(cluster) {
+        let (running, restarts) = cluster.state(c);
+        eprintln!(
+            "{S}: {c} running {running}, restarted {} times by docker during the scenario",
+            restarts - restarts_before.get(c).copied().unwrap_or(0)
+        );
+    }
     for m in ETCD {
         wait_etcd(cluster, m, true, Duration::from_secs(60), S);
     }
