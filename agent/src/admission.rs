@@ -335,6 +335,7 @@ mod tests {
             epoch: Epoch(epoch),
             deadline: None,
             traceparent: None,
+            tracestate: None,
             folder: "/".into(),
         }
     }
@@ -617,6 +618,7 @@ mod tests {
                 epoch: Epoch(1),
                 deadline: None,
                 traceparent: None,
+                tracestate: None,
                 folder: "/".into(),
             }
         }

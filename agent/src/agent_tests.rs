@@ -30,6 +30,12 @@ struct FakeState {
     acked: u64,
     ack_enabled: bool,
     kill: CancellationToken,
+    /// A standby: every call is answered NOT_LEADER, with this leader hint.
+    standby: Option<Option<String>>,
+    /// Calls answered NOT_LEADER.
+    refused: u32,
+    /// The epoch registrations are answered with (0: 3).
+    epoch: u64,
 }
 
 #[derive(Clone, Default)]
@@ -41,13 +47,14 @@ impl CoordinatorService for Fake {
         &self,
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.refuse_if_standby()?;
         let mut st = self.0.lock().unwrap();
         st.registrations.push(request.into_inner());
         Ok(Response::new(pb::RegisterResponse {
             agent_id: "agent-1".into(),
             heartbeat_interval_ms: 100,
             lease_ttl_ms: 1_000,
-            coordinator_epoch: 3,
+            coordinator_epoch: if st.epoch == 0 { 3 } else { st.epoch },
             acked_seq: st.acked,
         }))
     }
@@ -79,6 +86,7 @@ impl CoordinatorService for Fake {
         &self,
         request: Request<tonic::Streaming<pb::AgentEvent>>,
     ) -> Result<Response<Self::ReportEventsStream>, Status> {
+        self.refuse_if_standby()?;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(64);
         let (stream_no, kill) = {
@@ -125,6 +133,23 @@ impl CoordinatorService for Fake {
 }
 
 impl Fake {
+    /// What a standby coordinator answers to every call.
+    fn refuse_if_standby(&self) -> Result<(), Status> {
+        let mut st = self.0.lock().unwrap();
+        let Some(hint) = st.standby.clone() else {
+            return Ok(());
+        };
+        st.refused += 1;
+        let mut s = Status::unavailable("this coordinator is a standby");
+        s.metadata_mut()
+            .insert("baton-code", "NOT_LEADER".parse().unwrap());
+        if let Some(url) = hint {
+            s.metadata_mut()
+                .insert("baton-leader", url.parse().unwrap());
+        }
+        Err(s)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
         f(&mut self.0.lock().unwrap())
     }
@@ -190,6 +215,7 @@ fn start(item: u32) -> pb::StartJobRequest {
         coordinator_epoch: 3,
         deadline_ms: 0,
         traceparent: String::new(),
+        tracestate: String::new(),
         folder: String::new(),
     }
 }
@@ -524,4 +550,177 @@ async fn a_running_job_s_output_is_seen_before_it_ends() {
     all.extend(out);
     assert_eq!(all, b"line 1\nline 2\nline 3\nline 4\n");
     assert!(job.await.unwrap().status == FinishStatus::Succeeded);
+}
+
+/// Serves `fake` on a loopback port until the token is cancelled.
+async fn serve_fake(fake: &Fake) -> (std::net::SocketAddr, CancellationToken) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let svc = CoordinatorServiceServer::new(fake.clone());
+    let until = stop.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                until.cancelled().await
+            }),
+    );
+    (addr, stop)
+}
+
+/// A job that runs until `gate` exists.
+fn start_gated(item: u32, gate: &std::path::Path) -> pb::StartJobRequest {
+    let text = format!(
+        "name = 'gated'\n[tasks.a]\nexec = ['sh', '-c', 'while [ ! -f {} ]; do sleep 0.05; done']\n",
+        gate.display()
+    );
+    let mut req = start(item);
+    req.package = Some(pb::PackageRef {
+        name: "gated".into(),
+        content_hash: baton_package::content_hash(&text),
+        content: text.into_bytes(),
+    });
+    req
+}
+
+/// Two coordinators, A leading and B a standby naming A; the agent is given B
+/// first. It registers with A through B's hint; then A steps down (its stream
+/// drops, it names B) while a job runs: the job goes on, the agent registers with
+/// B, resends the unacknowledged `started` and then the `finished`, refuses a
+/// dispatch of A's older epoch, and keeps B's epoch across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_keeps_jobs_running_and_resends_to_the_new_leader() {
+    tokio::time::timeout(Duration::from_secs(60), failover_scenario())
+        .await
+        .expect("failover scenario timed out");
+}
+
+async fn failover_scenario() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    let a = Fake::default();
+    let b = Fake::default();
+    a.with(|st| st.ack_enabled = true);
+    b.with(|st| st.ack_enabled = true);
+    let (a_addr, a_stop) = serve_fake(&a).await;
+    let (b_addr, b_stop) = serve_fake(&b).await;
+    let (a_url, b_url) = (format!("http://{a_addr}"), format!("http://{b_addr}"));
+    b.with(|st| st.standby = Some(Some(a_url.clone())));
+
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = agent_listener.local_addr().unwrap();
+    let config = AgentConfig {
+        name: "ha-agent".into(),
+        coordinator_url: format!("{b_url},{a_url}"),
+        advertise_addr: agent_addr.to_string(),
+        slots: 4,
+        data_dir: dir.path().join("data"),
+        kill_grace_ms: 300,
+        ..AgentConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config.clone(), agent_listener, shutdown.clone()));
+
+    // B's hint leads the agent to A.
+    a.wait_until("registration with A", |st| {
+        !st.registrations.is_empty() && !st.events.is_empty()
+    })
+    .await;
+    assert!(b.with(|st| st.refused) >= 1 && b.with(|st| st.registrations.is_empty()));
+
+    let mut client = AgentServiceClient::connect(format!("http://{agent_addr}"))
+        .await
+        .unwrap();
+    assert!(is_accepted(
+        &client.start_job(start(1)).await.unwrap().into_inner()
+    ));
+    a.wait_until("job 1 acknowledged by A", |st| st.acked >= 2)
+        .await;
+
+    // A stops acknowledging; a long job starts and its `started` stays unacknowledged.
+    a.with(|st| st.ack_enabled = false);
+    assert!(is_accepted(
+        &client
+            .start_job(start_gated(2, &gate))
+            .await
+            .unwrap()
+            .into_inner()
+    ));
+    a.wait_until("job 2 started, at A", |st| {
+        st.events.iter().any(|(_, e)| e.seq == 3)
+    })
+    .await;
+
+    // Failover: A steps down and names B; B leads with a higher epoch and the
+    // store's acknowledgements (up to 2).
+    b.with(|st| {
+        st.standby = None;
+        st.epoch = 4;
+        st.acked = 2;
+    });
+    a.with(|st| {
+        st.standby = Some(Some(b_url.clone()));
+        st.kill.cancel();
+    });
+
+    b.wait_until("the unacknowledged start resent to B", |st| {
+        st.events.iter().any(|(_, e)| e.seq == 3)
+    })
+    .await;
+    assert_eq!(b.with(|st| st.registrations.len()), 1);
+    assert_eq!(
+        b.stream(1),
+        [(0, "hello"), (3, "started")],
+        "only what A had not acknowledged"
+    );
+    // The job ran through the failover; it finishes now and B hears of it.
+    std::fs::write(&gate, "").unwrap();
+    b.wait_until("job 2 finished, at B", |st| st.acked >= 4)
+        .await;
+    assert_eq!(b.stream(1), [(0, "hello"), (3, "started"), (4, "finished")]);
+    let got = client
+        .get_job(pb::GetJobRequest {
+            dispatch_id: start(2).dispatch_id,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, pb::JobStatus::Succeeded as i32);
+
+    // A's epoch (3) is stale now.
+    let resp = client.start_job(start(3)).await.unwrap().into_inner();
+    let Some(pb::start_job_response::Outcome::Rejected(r)) = resp.outcome else {
+        panic!("a dispatch of the deposed leader's epoch was accepted: {resp:?}")
+    };
+    assert_eq!(r.code, pb::RejectCode::StaleEpoch as i32);
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+
+    // Restarted, the agent still refuses epoch 3 before it registers anywhere.
+    b.with(|st| st.standby = Some(None));
+    a.with(|st| st.standby = Some(None));
+    let agent_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent_addr = agent_listener.local_addr().unwrap();
+    let config = AgentConfig {
+        advertise_addr: agent_addr.to_string(),
+        ..config
+    };
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(run(config, agent_listener, shutdown.clone()));
+    let mut client = loop {
+        match AgentServiceClient::connect(format!("http://{agent_addr}")).await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let resp = client.start_job(start(5)).await.unwrap().into_inner();
+    let Some(pb::start_job_response::Outcome::Rejected(r)) = resp.outcome else {
+        panic!("after a restart, a stale epoch was accepted: {resp:?}")
+    };
+    assert_eq!(r.code, pb::RejectCode::StaleEpoch as i32);
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+    a_stop.cancel();
+    b_stop.cancel();
 }

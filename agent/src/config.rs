@@ -30,7 +30,8 @@ const LABELS_MAX: usize = 256;
 pub struct AgentConfig {
     /// Human-readable name of this agent (unique per fleet by convention).
     pub name: String,
-    /// Where the coordinator listens, e.g. `http://127.0.0.1:7400`.
+    /// Where the coordinator listens, e.g. `http://127.0.0.1:7400`, or the
+    /// comma-separated URLs of every coordinator of a highly available cluster.
     pub coordinator_url: String,
     /// `host:port` the coordinator dials for `AgentService`.
     pub advertise_addr: String,
@@ -66,6 +67,9 @@ pub struct AgentConfig {
     /// dies ([`crate::watchdog`]); `None`: no watchdog (embedders, unit tests;
     /// the journal still ends them at the next start). `baton agent` sets it.
     pub watchdog: Option<crate::watchdog::Launcher>,
+    /// Where the agent counts for `--metrics-listen`; `None`: counted but
+    /// read by nobody.
+    pub metrics: Option<std::sync::Arc<crate::metrics::AgentMetrics>>,
 }
 
 impl Default for AgentConfig {
@@ -88,6 +92,7 @@ impl Default for AgentConfig {
             allow_run_as: Vec::new(),
             retain_jobs_for: std::time::Duration::from_secs(7 * 86_400),
             watchdog: None,
+            metrics: None,
         }
     }
 }
@@ -102,23 +107,13 @@ impl AgentConfig {
         if self.name.len() > 253 {
             return bad("name is longer than 253 bytes".into());
         }
-        if !(self.coordinator_url.starts_with("http://")
-            || self.coordinator_url.starts_with("https://"))
-        {
-            return bad(format!(
-                "coordinator_url {:?} must start with http:// or https://",
-                self.coordinator_url
-            ));
-        }
-        if self
-            .coordinator_url
-            .parse::<tonic::transport::Uri>()
-            .is_err()
-        {
-            return bad(format!(
-                "coordinator_url {:?} is not a valid URL",
-                self.coordinator_url
-            ));
+        // One URL, or the comma-separated URLs of every coordinator of a cluster.
+        let urls = baton_proto::failover::parse_urls(&self.coordinator_url)
+            .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url: {e}")))?;
+        for url in urls {
+            if url.parse::<tonic::transport::Uri>().is_err() {
+                return bad(format!("coordinator_url {url:?} is not a valid URL"));
+            }
         }
         match self.advertise_addr.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
@@ -190,6 +185,24 @@ mod tests {
     #[test]
     fn default_is_valid() {
         AgentConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn a_list_of_coordinators_is_valid_and_each_url_is_checked() {
+        let mut c = AgentConfig {
+            coordinator_url: "https://c1:7400, https://c2:7400".into(),
+            ..AgentConfig::default()
+        };
+        c.validate().unwrap();
+        for bad in [
+            "https://c1:7400,",
+            "https://c1:7400,c2:7400",
+            "https://c1:7400,http://c2:7400",
+        ] {
+            c.coordinator_url = bad.into();
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains("coordinator_url"), "{bad}: {e}");
+        }
     }
 
     #[test]

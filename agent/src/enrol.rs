@@ -10,11 +10,20 @@
 //!    sending the token without the pin; the coordinator checks and burns the
 //!    token and signs the request;
 //! 4. writes `ca.pem`, `tls.key` (0600) and `tls.pem` into its TLS directory.
+//!
+//! The URL may be the comma-separated list of a highly available cluster: the CA
+//! is learnt from the first coordinator that answers (every one presents the
+//! cluster's CA, checked against the pin), and `Enroll` follows a standby's
+//! `NOT_LEADER` to the leader ([`baton_proto::failover`]; it is sent again only when
+//! it certainly was not done, as the token is burnt by the first that is).
 
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use baton_proto::coordinator_service_client::CoordinatorServiceClient;
+use baton_proto::failover::{DialFuture, Dialer, Follow, Policy};
 use baton_proto::{EnrollRequest, tls};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
@@ -61,29 +70,58 @@ fn authority(url: &str) -> Result<&str, AgentError> {
         })
 }
 
-/// Enrols agent `name` with `token` at the coordinator `url`, writing its
-/// identity into `dir`.
+/// Enrols agent `name` with `token` at the coordinator `url` (or list of URLs),
+/// writing its identity into `dir`.
 pub async fn enroll(url: &str, token: &str, name: &str, dir: &Path) -> Result<(), AgentError> {
     let (secret, pin) = split_token(token)?;
-    let addr = authority(url)?;
-    let ca = tls::fetch_pinned_ca(addr, COORDINATOR_NAME, pin)
-        .await
-        .map_err(|e| AgentError::CoordinatorUnreachable(format!("enrolment: {e}")))?;
+    let urls = crate::transport::coordinator_urls(url)?;
+    for u in &urls {
+        authority(u)?;
+    }
+    let mut ca = None;
+    let mut failures = Vec::new();
+    for u in &urls {
+        match tls::fetch_pinned_ca(authority(u)?, COORDINATOR_NAME, pin).await {
+            Ok(pem) => {
+                ca = Some(pem);
+                break;
+            }
+            Err(e) => failures.push(format!("{u}: {e}")),
+        }
+    }
+    let ca = ca.ok_or_else(|| {
+        AgentError::CoordinatorUnreachable(format!("enrolment: {}", failures.join("; ")))
+    })?;
     let (csr_pem, key_pem) = new_csr(name)?;
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url {url:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(&ca))
-                .domain_name(COORDINATOR_NAME),
-        )
-        .map_err(|e| AgentError::Transport(format!("TLS setup: {e}")))?;
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| AgentError::CoordinatorUnreachable(format!("connecting to {url}: {e}")))?;
-    let resp = CoordinatorServiceClient::new(channel)
+    let ca_pem = ca.clone();
+    let dial: Dialer = Arc::new(move |u: String| {
+        let ca = ca_pem.clone();
+        Box::pin(async move {
+            authority(&u)?;
+            let endpoint = Endpoint::from_shared(u.clone())?
+                .connect_timeout(Duration::from_secs(5))
+                .tls_config(
+                    ClientTlsConfig::new()
+                        .ca_certificate(Certificate::from_pem(&ca))
+                        .domain_name(COORDINATOR_NAME),
+                )?;
+            let channel = endpoint.connect().await.map_err(|e| {
+                AgentError::CoordinatorUnreachable(format!("connecting to {u}: {e}"))
+            })?;
+            Ok(channel)
+        }) as DialFuture
+    });
+    let follow = Follow::new(urls, dial, Policy::default())
+        .map_err(AgentError::ConfigInvalid)?
+        .on_event(|e| tracing::info!(step = %e, "enrolment: looking for the leading coordinator"));
+    if let Err(errors) = follow.connect().await {
+        let all: Vec<String> = errors.iter().map(|(u, e)| format!("{u}: {e}")).collect();
+        return Err(AgentError::CoordinatorUnreachable(format!(
+            "enrolment: {}",
+            all.join("; ")
+        )));
+    }
+    let resp = CoordinatorServiceClient::new(follow)
         .enroll(EnrollRequest {
             token: secret.to_string(),
             name: name.to_string(),

@@ -38,12 +38,15 @@
 pub mod admission;
 pub mod config;
 pub mod enrol;
+pub mod epoch_file;
 pub mod error;
 pub(crate) mod group_record;
 pub mod job;
+pub mod job_trace;
 pub mod jobs;
 pub mod logs;
 pub mod mask;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod packages;
@@ -120,6 +123,36 @@ pub async fn run(
     }
     warn_about_run_as(&config);
     let supervisor = supervisor::Supervisor::new(&config, outbox.clone());
+    if let Some(metrics) = &config.metrics {
+        // Weak: the supervisor holds the metrics; the agent's end frees both.
+        let (weak, outbox) = (Arc::downgrade(&supervisor), Arc::downgrade(&outbox));
+        metrics.attach(move || {
+            let (Some(supervisor), Some(outbox)) = (weak.upgrade(), outbox.upgrade()) else {
+                return metrics::Gauges::default();
+            };
+            let load = supervisor.load();
+            metrics::Gauges {
+                slots: u64::from(load.slots),
+                used: u64::from(load.running),
+                draining: load.draining,
+                unacked_events: outbox.unacked_len() as u64,
+                jobs_started: supervisor.jobs_spawned(),
+            }
+        });
+    }
+    // The bar for stale dispatches is where it was before a restart (in this
+    // cluster: the one of this CA).
+    let cluster = match &config.tls {
+        Some(pem) => format!(
+            "ca:{}",
+            baton_proto::tls::ca_pin(&pem.ca).map_err(|e| AgentError::ConfigInvalid(format!(
+                "the CA in the agent's TLS directory: {e}"
+            )))?
+        ),
+        None => "insecure".to_string(),
+    };
+    let (epoch_file, seen) = epoch_file::EpochFile::open(&config.data_dir, &cluster)?;
+    supervisor.keep_epoch_in(epoch_file, seen);
     if let Some(launcher) = config.watchdog.clone() {
         let watchdog = watchdog::Watchdog::start(launcher)
             .map_err(|e| AgentError::io("starting the process watchdog", e))?;

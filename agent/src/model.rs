@@ -122,6 +122,8 @@ pub struct StartJob {
     /// Wall-clock budget of the whole job; `None` means only per-task timeouts apply.
     pub deadline: Option<Duration>,
     pub traceparent: Option<String>,
+    /// W3C `tracestate` that goes with `traceparent`.
+    pub tracestate: Option<String>,
     /// Catalog folder of the execution, normalised (`/` for the root or when unset).
     pub folder: String,
 }
@@ -179,6 +181,9 @@ impl TryFrom<pb::StartJobRequest> for StartJob {
         if req.traceparent.len() > TRACEPARENT_BYTES_MAX {
             return invalid("traceparent is too long".into());
         }
+        if req.tracestate.len() > TRACEPARENT_BYTES_MAX {
+            return invalid("tracestate is too long".into());
+        }
         let folder = match crate::run_as::normalize_folder(&req.folder) {
             Ok(f) => f,
             Err(m) => return invalid(m),
@@ -194,6 +199,7 @@ impl TryFrom<pb::StartJobRequest> for StartJob {
             epoch: Epoch(req.coordinator_epoch),
             deadline: (req.deadline_ms > 0).then(|| Duration::from_millis(req.deadline_ms)),
             traceparent: (!req.traceparent.is_empty()).then_some(req.traceparent),
+            tracestate: (!req.tracestate.is_empty()).then_some(req.tracestate),
             folder,
         })
     }
@@ -272,6 +278,7 @@ mod tests {
             coordinator_epoch: 7,
             deadline_ms: 0,
             traceparent: String::new(),
+            tracestate: String::new(),
             folder: String::new(),
         }
     }

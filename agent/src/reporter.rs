@@ -10,6 +10,16 @@
 //! change of state, back off (250 ms doubling to 5 s, with jitter), register again and
 //! resend from the coordinator's `acked_seq`. The agent never exits because the
 //! coordinator is down: jobs keep running and their events pile up in the outbox.
+//!
+//! With several coordinators (a comma-separated `coordinator_url`), every session
+//! connects over a [`baton_proto::failover::Follow`] channel: `Register` follows a
+//! standby's `NOT_LEADER` to the leader (or the next URL), a coordinator that is down
+//! is skipped, and the stream goes where `Register` was answered. A failover thus
+//! looks like a dropped stream: the jobs keep running, the next session registers
+//! with the new leader and resends every unacknowledged event from its `acked_seq`.
+//! The highest epoch seen is never lowered by a new coordinator
+//! ([`crate::admission`]), and survives a restart ([`crate::epoch_file`]).
+//!
 //! It stops only when the coordinator says it will never take it: the agent was
 //! revoked (`AGENT_REVOKED`, or its certificate refused as revoked), its
 //! registration was refused (`AGENT_LABEL_NOT_ALLOWED`, `AGENT_NAME_TAKEN`: it
@@ -121,7 +131,11 @@ impl Reporter {
     ) -> Result<(), AgentError> {
         let id = &self.identity;
         let tls = id.tls.as_ref().map(|t| t.current());
-        let mut client = transport::connect_coordinator(&id.coordinator_url, tls.as_ref()).await?;
+        // One URL, or the list of a highly available cluster: `Register` finds the
+        // leader (following a standby's hint) and the stream then goes to it.
+        let follow = transport::connect_follow(&id.coordinator_url, tls.as_ref()).await?;
+        let mut client =
+            baton_proto::coordinator_service_client::CoordinatorServiceClient::new(follow.clone());
         let reg = client
             .register(RegisterRequest {
                 name: id.name.clone(),
@@ -136,11 +150,20 @@ impl Reporter {
             .await;
         let reg = match reg {
             Ok(r) => r.into_inner(),
-            Err(s) => return Err(self.call_error("register", &s, tls.as_ref()).await),
+            Err(s) => {
+                return Err(self
+                    .call_error("register", &s, &follow.current(), tls.as_ref())
+                    .await);
+            }
         };
         self.supervisor.observe_epoch(Epoch(reg.coordinator_epoch));
         self.outbox.ack(reg.acked_seq).await?;
-        info!(agent_id = %reg.agent_id, epoch = reg.coordinator_epoch, "registered with coordinator");
+        info!(
+            agent_id = %reg.agent_id,
+            epoch = reg.coordinator_epoch,
+            coordinator = %follow.current(),
+            "registered with coordinator"
+        );
         *link = Link::Up;
         backoff.reset();
         backoff.fit_lease(Duration::from_millis(reg.lease_ttl_ms));
@@ -153,7 +176,11 @@ impl Reporter {
         tx.send(hello).await.map_err(|_| stream_closed())?;
         let acks = match client.report_events(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
-            Err(s) => return Err(self.call_error("report_events", &s, tls.as_ref()).await),
+            Err(s) => {
+                return Err(self
+                    .call_error("report_events", &s, &follow.current(), tls.as_ref())
+                    .await);
+            }
         };
         let mut ack_task = AbortOnDrop(tokio::spawn(read_acks(acks, self.outbox.clone())));
 
@@ -237,12 +264,12 @@ impl Reporter {
         &self,
         what: &str,
         s: &tonic::Status,
+        url: &str,
         tls: Option<&crate::tls::TlsPem>,
     ) -> AgentError {
         if let Some(e) = refusal(s) {
             return e;
         }
-        let url = &self.identity.coordinator_url;
         if baton_proto::tls::handshake_failure(s).is_some() {
             return transport::connect_error(url, tls, s);
         }

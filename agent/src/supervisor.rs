@@ -24,10 +24,11 @@ use std::time::{Duration, Instant};
 
 use baton_proto::{JobFinished, JobStarted, RejectCode, agent_event::Body};
 use tokio::sync::{oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::admission::{Admission, Decision, Rejection, check_package_with, check_run_as};
 use crate::config::AgentConfig;
+use crate::epoch_file::EpochFile;
 use crate::job::cancel::{JobCancel, cancel_reason};
 use crate::job::layout::scratch_dir;
 use crate::job::leftovers::Leftovers;
@@ -69,6 +70,10 @@ pub struct Supervisor {
     /// One permit per slot: a job accepted into the queue (`--queue`) waits for
     /// one before it starts (the semaphore is fair: in order of acceptance).
     run_slots: Arc<tokio::sync::Semaphore>,
+    /// `StartJob` answers are counted here (`--metrics-listen`).
+    metrics: Arc<crate::metrics::AgentMetrics>,
+    /// Where the highest epoch seen is kept across restarts (set by `run`).
+    epoch_file: std::sync::OnceLock<EpochFile>,
 }
 
 impl Supervisor {
@@ -91,7 +96,31 @@ impl Supervisor {
             packages: Arc::new(PackageCache::new(config.data_dir.join("packages"))),
             parsed: ParsedPackages::new(),
             run_slots: Arc::new(tokio::sync::Semaphore::new(config.slots as usize)),
+            metrics: config.metrics.clone().unwrap_or_default(),
+            epoch_file: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts from the epoch kept in `file` and keeps every rise there.
+    pub fn keep_epoch_in(&self, file: EpochFile, seen: Epoch) {
+        let mut st = self.state.lock().unwrap();
+        st.admission.observe_epoch(seen);
+        let _ = self.epoch_file.set(file);
+    }
+
+    /// Writes the highest epoch seen if it rose (under the state lock, so that a
+    /// dispatch that raised it is accepted only once it is durable).
+    /// False when the epoch rose but could not be written: a job is then
+    /// refused (at capacity, so the coordinator tries again or elsewhere)
+    /// rather than accepted with a bar a restart would forget.
+    fn keep_epoch(&self, st: &State) -> bool {
+        if let Some(file) = self.epoch_file.get()
+            && let Err(e) = file.raise(st.admission.max_epoch())
+        {
+            warn!(code = e.code(), error = %e, "cannot keep the highest coordinator epoch seen");
+            return false;
+        }
+        true
     }
 
     /// The record of the process groups running now.
@@ -120,6 +149,7 @@ impl Supervisor {
     /// Decides a `StartJob`: `Ok` = accepted (new or again), `Err` = rejected.
     pub fn start_job(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
         let result = self.admit(job);
+        self.metrics.decided(result.as_ref().err().map(|r| r.code));
         result.inspect_err(|r| {
             // The reason may quote the package; it never holds parameter values.
             debug!(code = r.code_str(), reason = %r.reason, "rejection reason");
@@ -141,12 +171,15 @@ impl Supervisor {
         let (package, params) = check_package_with(&job, Some(&self.parsed))?;
         // Looked up at every start (outside the lock: it may ask NSS), never cached.
         let run_as = check_run_as(&package, &job.folder, &self.allow_run_as, &RealHost)?;
-        let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
         let Some(cancel) = self.take(&job)? else {
             return Ok(());
         };
+        // Only a job taken gets a span (not a resent duplicate).
+        let span = crate::job_trace::span(&job);
+        job.traceparent = crate::job_trace::child_traceparent(&span, job.traceparent.as_deref());
+        let plan = plan::build(&job, package, &params, self.default_task_timeout, run_as);
         let this = self.clone();
-        self.spawn_runner(async move { this.run(plan, cancel).await });
+        self.spawn_runner(async move { this.run(plan, cancel).await }.instrument(span));
         Ok(())
     }
 
@@ -159,7 +192,15 @@ impl Supervisor {
             return Ok(None);
         }
         let running = st.jobs.running_len();
-        match st.admission.check(job, running) {
+        let decision = st.admission.check(job, running);
+        let kept = self.keep_epoch(&st);
+        match decision {
+            Decision::New if !kept => {
+                return Err(Rejection::new(
+                    RejectCode::AtCapacity,
+                    "cannot record the coordinator's epoch on disk (see the agent's log); try again later",
+                ));
+            }
             Decision::New => {}
             Decision::Duplicate => return Ok(None),
             Decision::Reject(r) => return Err(r),
@@ -191,7 +232,10 @@ impl Supervisor {
             return Decision::Duplicate;
         }
         let running = st.jobs.running_len();
-        st.admission.check(job, running)
+        let decision = st.admission.check(job, running);
+        // A failure is refused for good in `take`, under the same lock.
+        let _ = self.keep_epoch(&st);
+        decision
     }
 
     async fn run(self: Arc<Self>, plan: JobPlan, cancel: JobCancel) {
@@ -309,7 +353,15 @@ impl Supervisor {
 
     /// Raises the highest coordinator epoch seen.
     pub fn observe_epoch(&self, epoch: Epoch) {
-        self.state.lock().unwrap().admission.observe_epoch(epoch);
+        let mut st = self.state.lock().unwrap();
+        st.admission.observe_epoch(epoch);
+        // A failure is logged; a dispatch is refused until it is written.
+        let _ = self.keep_epoch(&st);
+    }
+
+    /// The highest coordinator epoch seen.
+    pub fn max_epoch(&self) -> Epoch {
+        self.state.lock().unwrap().admission.max_epoch()
     }
 
     pub fn load(&self) -> Load {
@@ -354,7 +406,7 @@ impl Supervisor {
     // no process ever starts.
 
     /// Accepts a job whose package is neither inline nor cached.
-    fn admit_fetching(self: &Arc<Self>, job: StartJob) -> Result<(), Rejection> {
+    fn admit_fetching(self: &Arc<Self>, mut job: StartJob) -> Result<(), Rejection> {
         let src = &job.package;
         if !valid_hash(&src.content_hash) || !self.packages.can_fetch() {
             return Err(Rejection::new(
@@ -368,8 +420,10 @@ impl Supervisor {
         let Some(cancel) = self.take(&job)? else {
             return Ok(());
         };
+        let span = crate::job_trace::span(&job);
+        job.traceparent = crate::job_trace::child_traceparent(&span, job.traceparent.as_deref());
         let this = self.clone();
-        self.spawn_runner(async move { this.fetch_then_run(job, cancel).await });
+        self.spawn_runner(async move { this.fetch_then_run(job, cancel).await }.instrument(span));
         Ok(())
     }
 

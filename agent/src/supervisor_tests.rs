@@ -27,6 +27,7 @@ fn job(item: u32, text: &str) -> StartJob {
         epoch: Epoch(1),
         deadline: None,
         traceparent: None,
+        tracestate: None,
         folder: "/".into(),
     }
 }
@@ -370,6 +371,7 @@ mod fetch {
             epoch: Epoch(1),
             deadline: None,
             traceparent: None,
+            tracestate: None,
             folder: "/".into(),
         }
     }

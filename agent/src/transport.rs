@@ -13,6 +13,14 @@
 //! The certificate renews while the agent runs ([`crate::renew`]): [`LiveTls`]
 //! ([`crate::tls`]) holds the current one; the server presents it from the next
 //! handshake on, and every new connection to the coordinator uses it.
+//!
+//! The coordinator URL may be a comma-separated list (every coordinator of a highly
+//! available cluster): [`connect_coordinator`] then returns a client over a
+//! [`baton_proto::failover::Follow`] channel, which sends `Register`, `Renew` and
+//! `FetchPackage` on to the leader a standby names (checked with the same CA and
+//! name) or to the next URL, and starts from the leader this process last found.
+//! Every URL of the list is checked like a single one (https:// with TLS, loopback
+//! for plaintext).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,6 +28,7 @@ use std::time::Duration;
 
 use baton_proto::agent_service_server::{AgentService, AgentServiceServer};
 use baton_proto::coordinator_service_client::CoordinatorServiceClient;
+use baton_proto::failover::{DialFuture, Dialer, Follow, Policy};
 use baton_proto::tls::ClientAuth;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -38,6 +47,18 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on concurrent RPCs per connection from the coordinator.
 const SERVER_CONCURRENCY_PER_CONN: usize = 256;
+/// How long one call looks for the leader among several coordinators; the
+/// reporter then backs off and registers again.
+const FAILOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// A client of `CoordinatorService` over the coordinator URL list.
+pub type CoordinatorClient = CoordinatorServiceClient<Follow>;
+
+/// The URLs of a coordinator URL (list), see [`baton_proto::failover::parse_urls`].
+pub fn coordinator_urls(list: &str) -> Result<Vec<String>, AgentError> {
+    baton_proto::failover::parse_urls(list)
+        .map_err(|e| AgentError::ConfigInvalid(format!("coordinator_url: {e}")))
+}
 
 /// Serves `AgentService` (the gRPC service, [`crate::service`]) on `listener`
 /// until `shutdown` resolves.
@@ -86,15 +107,17 @@ pub async fn refuse_plaintext_beyond_loopback(
 ) -> Result<(), AgentError> {
     let refuse =
         |e: baton_proto::plaintext::PlaintextError| AgentError::PlaintextNotLoopback(e.to_string());
-    if !coordinator_url.to_ascii_lowercase().starts_with("http://") {
-        return Err(AgentError::PlaintextNotLoopback(format!(
-            "an agent without TLS (--insecure) speaks plaintext, so its coordinator URL must be \
-             http:// on a loopback address, not {coordinator_url}; drop --insecure to use mutual TLS"
-        )));
+    for url in coordinator_urls(coordinator_url)? {
+        if !url.to_ascii_lowercase().starts_with("http://") {
+            return Err(AgentError::PlaintextNotLoopback(format!(
+                "an agent without TLS (--insecure) speaks plaintext, so its coordinator URL must be \
+                 http:// on a loopback address, not {url}; drop --insecure to use mutual TLS"
+            )));
+        }
+        baton_proto::plaintext::loopback_url(&url)
+            .await
+            .map_err(refuse)?;
     }
-    baton_proto::plaintext::loopback_url(coordinator_url)
-        .await
-        .map_err(refuse)?;
     baton_proto::plaintext::loopback_addr(advertise)
         .await
         .map_err(|e| {
@@ -110,15 +133,16 @@ pub async fn refuse_plaintext_beyond_loopback(
 /// An agent with a TLS identity speaks only TLS. tonic dials an `http://` URL
 /// in plaintext whatever TLS settings it was given, so such a URL would carry
 /// the registration and every job event in clear: refused.
-pub fn require_https(url: &str) -> Result<(), AgentError> {
-    if url.to_ascii_lowercase().starts_with("https://") {
-        Ok(())
-    } else {
-        Err(AgentError::ConfigInvalid(format!(
-            "coordinator URL {url} is not https://, but this agent speaks mutual TLS: use \
-             https://HOST:PORT (http:// is only for --insecure, on loopback)"
-        )))
+pub fn require_https(list: &str) -> Result<(), AgentError> {
+    for url in coordinator_urls(list)? {
+        if !url.to_ascii_lowercase().starts_with("https://") {
+            return Err(AgentError::ConfigInvalid(format!(
+                "coordinator URL {url} is not https://, but this agent speaks mutual TLS: use \
+                 https://HOST:PORT (http:// is only for --insecure, on loopback)"
+            )));
+        }
     }
+    Ok(())
 }
 
 /// What a failed connection to the coordinator means: a TLS failure says which
@@ -207,11 +231,74 @@ fn explain_tls(
 }
 
 /// Connects to the coordinator at `url` (`https://host:port`, or `http://` without
-/// TLS, which is dialled only on a loopback address).
+/// TLS, which is dialled only on a loopback address), or to the first of a
+/// comma-separated list that answers (the remembered leader first); calls then
+/// follow the leader (see the module doc).
 pub async fn connect_coordinator(
     url: &str,
     tls: Option<&TlsPem>,
-) -> Result<CoordinatorServiceClient<Channel>, AgentError> {
+) -> Result<CoordinatorClient, AgentError> {
+    Ok(CoordinatorServiceClient::new(
+        connect_follow(url, tls).await?,
+    ))
+}
+
+/// The channel of [`connect_coordinator`], connected: it says which URL calls go to.
+pub async fn connect_follow(url: &str, tls: Option<&TlsPem>) -> Result<Follow, AgentError> {
+    let urls = coordinator_urls(url)?;
+    if tls.is_some() {
+        require_https(url)?;
+    }
+    let pem = tls.cloned();
+    let dial: Dialer = Arc::new(move |url: String| {
+        let pem = pem.clone();
+        Box::pin(async move {
+            // A connection error: tonic tells it as UNAVAILABLE with this message.
+            dial_one(&url, pem.as_ref()).await.map_err(|e| {
+                Box::new(tonic::ConnectError(Box::new(e))) as baton_proto::failover::BoxError
+            })
+        }) as DialFuture
+    });
+    let policy = Policy {
+        wait: FAILOVER_WAIT,
+        ..Policy::default()
+    };
+    let follow = Follow::new(urls, dial, policy)
+        .map_err(AgentError::ConfigInvalid)?
+        .on_event(|e| match e {
+            baton_proto::failover::Event::Waiting { .. } => {
+                tracing::debug!(step = %e, "looking for the leading coordinator");
+            }
+            _ => tracing::info!(step = %e, "looking for the leading coordinator"),
+        });
+    if let Err(mut errors) = follow.connect().await {
+        // The first URL's error (a single URL's, as it was): TLS refusals and
+        // plaintext refusals keep their codes.
+        let (first, e) = errors.remove(0);
+        let e = match e.downcast::<tonic::ConnectError>() {
+            Ok(c) => c.0,
+            Err(e) => e,
+        };
+        return Err(match e.downcast::<AgentError>() {
+            Ok(agent) if errors.is_empty() => *agent,
+            Ok(agent) => AgentError::CoordinatorUnreachable(format!(
+                "no coordinator of {url} answers: {first}: {agent}; {}",
+                errors
+                    .iter()
+                    .map(|(u, e)| format!("{u}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            Err(other) => {
+                AgentError::CoordinatorUnreachable(format!("connecting to {first}: {other}"))
+            }
+        });
+    }
+    Ok(follow)
+}
+
+/// Connects to one coordinator URL (from the list, or named by a standby).
+async fn dial_one(url: &str, tls: Option<&TlsPem>) -> Result<Channel, AgentError> {
     if tls.is_some() {
         require_https(url)?;
     }
@@ -234,11 +321,10 @@ pub async fn connect_coordinator(
             .tls_config(config)
             .map_err(|e| AgentError::Transport(format!("TLS setup: {e}")))?;
     }
-    let channel = endpoint
+    endpoint
         .connect()
         .await
-        .map_err(|e| connect_error(url, tls, &e))?;
-    Ok(CoordinatorServiceClient::new(channel))
+        .map_err(|e| connect_error(url, tls, &e))
 }
 
 #[cfg(test)]

@@ -12,11 +12,25 @@
 //!
 //! A TLS failure says that it is one (`TLS_HANDSHAKE_FAILED`): which side
 //! refused which certificate, and which CA file the client trusted.
+//!
+//! `--coordinator` takes one URL or the comma-separated URLs of every coordinator of
+//! a highly available cluster. Calls then go over a [`baton_proto::failover::Follow`]
+//! channel: a standby's `NOT_LEADER` sends the call on to the leader it names (which
+//! must pass the same TLS checks, with the CA in `--tls-dir`) or to the next URL, a URL
+//! that refuses the connection is skipped, and a call finds no leader within
+//! `--failover-wait` seconds fails with `NO_LEADER`. Each step is told on stderr
+//! ("coordinator … is a standby; trying …"). A call that may not be sent twice
+//! (`StartExecution`, `CancelExecution`, …) is sent again only when it certainly was
+//! not done (see [`baton_proto::failover`]). The leader found is remembered for the
+//! rest of the process. Every URL is checked (plaintext only to loopback) before any
+//! connection.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_proto::control_service_client::ControlServiceClient;
+use baton_proto::failover::{DialFuture, Dialer, Follow, Policy};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -42,9 +56,21 @@ pub fn set_settings_from_context(yes: bool) {
 #[derive(Debug, Clone, clap::Args)]
 pub struct CoordinatorOpt {
     /// Coordinator URL (https:// for TLS; http:// only for an --insecure coordinator on
-    /// loopback: plaintext to any other address is refused before connecting).
+    /// loopback: plaintext to any other address is refused before connecting). For a
+    /// highly available cluster, the URLs of its coordinators separated by commas
+    /// (https://c1:7400,https://c2:7400): calls find the leader, following a standby's
+    /// hint, and skip a coordinator that is down.
     #[arg(long = "coordinator", env = "BATON_COORDINATOR", default_value = DEFAULT_COORDINATOR)]
     pub url: String,
+    /// With several coordinators: how long, in seconds, a call looks for the leader
+    /// (during an election) before failing with NO_LEADER.
+    #[arg(
+        long = "failover-wait",
+        env = "BATON_FAILOVER_WAIT",
+        value_name = "SECS",
+        default_value_t = 30
+    )]
+    pub failover_wait: u64,
     /// Directory with this client's identity: ca.pem, tls.pem, tls.key.
     #[arg(long = "tls-dir", env = "BATON_TLS_DIR", default_value = DEFAULT_CLIENT_TLS_DIR)]
     pub tls_dir: PathBuf,
@@ -61,6 +87,34 @@ pub struct CoordinatorOpt {
     /// current one; `baton context list`).
     #[arg(long = "context", env = "BATON_CONTEXT", value_name = "NAME")]
     pub context: Option<String>,
+    /// The channel of the last `connect`, which knows the URL calls go to now.
+    #[arg(skip)]
+    pub session: Session,
+}
+
+/// The failover channel of the last [`CoordinatorOpt::connect`] (errors name the
+/// coordinator that gave them).
+#[derive(Clone, Default)]
+pub struct Session(Arc<Mutex<Option<Follow>>>);
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Session")
+    }
+}
+
+impl Session {
+    fn set(&self, follow: Follow) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(follow);
+    }
+
+    fn current(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Follow::current)
+    }
 }
 
 /// Adds the API token, if any, to every call.
@@ -76,10 +130,10 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
-/// A connected `ControlService` client.
-pub type Control = ControlServiceClient<InterceptedService<Channel, Bearer>>;
+/// A connected `ControlService` client (over the coordinators of `--coordinator`).
+pub type Control = ControlServiceClient<InterceptedService<Follow, Bearer>>;
 
-fn read(dir: &std::path::Path, file: &str) -> Result<String, CliError> {
+fn read(dir: &Path, file: &str) -> Result<String, CliError> {
     let path = dir.join(file);
     std::fs::read_to_string(&path).map_err(|e| {
         CliError::invalid(
@@ -108,6 +162,36 @@ impl CoordinatorOpt {
         }
     }
 
+    /// The URLs of `--coordinator`, each checked: plaintext only to loopback.
+    pub async fn urls(&self) -> Result<Vec<String>, CliError> {
+        let urls = baton_proto::failover::parse_urls(&self.url)
+            .map_err(|e| CliError::invalid("USAGE", format!("--coordinator: {e}")))?;
+        for url in &urls {
+            baton_proto::plaintext::loopback_url(url)
+                .await
+                .map_err(|e| CliError::invalid(baton_proto::plaintext::CODE, e.to_string()))?;
+        }
+        Ok(urls)
+    }
+
+    /// Whether `--coordinator` names several coordinators.
+    pub fn several(&self) -> bool {
+        baton_proto::failover::parse_urls(&self.url).is_ok_and(|u| u.len() > 1)
+    }
+
+    /// How long a call looks for the leader among several coordinators.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            wait: Duration::from_secs(self.failover_wait),
+            ..Policy::default()
+        }
+    }
+
+    /// The URL errors should name: the coordinator calls go to now.
+    pub fn current_url(&self) -> String {
+        self.session.current().unwrap_or_else(|| self.url.clone())
+    }
+
     pub async fn connect(&self) -> Result<Control, CliError> {
         let bearer = match self.token()? {
             None => None,
@@ -124,60 +208,24 @@ impl CoordinatorOpt {
             }
         };
         // Before anything else: plaintext to another machine is never tried.
-        let dial = baton_proto::plaintext::loopback_url(&self.url)
-            .await
-            .map_err(|e| CliError::invalid(baton_proto::plaintext::CODE, e.to_string()))?;
-        let mut endpoint = Endpoint::from_shared(dial)
-            .map_err(|e| {
-                CliError::invalid("USAGE", format!("bad coordinator URL '{}': {e}", self.url))
-            })?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true);
-        if self.url.starts_with("https://") {
-            // A coordinator renews its local admin identity in place: a read
-            // that lands between its two renames sees a certificate and a key
-            // that don't match. Reading again a moment later gets a whole pair.
-            let mut attempt = 0;
-            endpoint = loop {
-                let mut tls = ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(read(&self.tls_dir, "ca.pem")?))
-                    .domain_name(baton_coordinator::pki::COORDINATOR_NAME);
-                if bearer.is_none() {
-                    tls = tls.identity(Identity::from_pem(
-                        read(&self.tls_dir, "tls.pem")?,
-                        read(&self.tls_dir, "tls.key")?,
-                    ));
-                }
-                match endpoint.clone().tls_config(tls) {
-                    Ok(e) => break e,
-                    Err(_) if attempt < 3 => {
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => {
-                        return Err(CliError::invalid(
-                            "TLS_IDENTITY_INVALID",
-                            format!(
-                                "TLS setup with the identity in {}: {e}",
-                                self.tls_dir.display()
-                            ),
-                        ));
-                    }
-                }
-            };
-        } else if !self.url.starts_with("http://") {
-            return Err(CliError::invalid(
-                "USAGE",
-                format!(
-                    "coordinator URL '{}' must start with https:// or http://",
-                    self.url
-                ),
-            ));
-        }
-        let channel = endpoint.connect().await.map_err(|e| {
-            let mut err = self
-                .tls_failure(&e)
-                .unwrap_or_else(|| CliError::unavailable(&self.url, e));
+        let urls = self.urls().await?;
+        let tls_dir = self.tls_dir.clone();
+        let with_identity = bearer.is_none();
+        let dial: Dialer = Arc::new(move |url: String| {
+            let tls_dir = tls_dir.clone();
+            Box::pin(async move {
+                // A connection error: tonic tells it as UNAVAILABLE with this message.
+                dial(&url, &tls_dir, with_identity).await.map_err(|e| {
+                    Box::new(tonic::ConnectError(Box::new(e))) as baton_proto::failover::BoxError
+                })
+            }) as DialFuture
+        });
+        let several = urls.len() > 1;
+        let follow = Follow::new(urls, dial, self.policy())
+            .map_err(|e| CliError::invalid("USAGE", format!("--coordinator: {e}")))?
+            .on_event(tell);
+        if let Err(errors) = follow.connect().await {
+            let mut err = self.connect_failure(several, errors);
             if let Some(ctx) = &self.context
                 && FROM_CONTEXT.load(std::sync::atomic::Ordering::Relaxed)
             {
@@ -185,12 +233,62 @@ impl CoordinatorOpt {
                     "\n  note: the connection settings come from context '{ctx}' where no flag or variable sets them (`baton context show {ctx}`)"
                 );
             }
-            err
-        })?;
+            return Err(err);
+        }
+        self.session.set(follow.clone());
         Ok(
-            ControlServiceClient::with_interceptor(channel, Bearer(bearer))
+            ControlServiceClient::with_interceptor(follow, Bearer(bearer))
                 .max_decoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(baton_coordinator::MAX_MESSAGE_BYTES),
+        )
+    }
+
+    /// No URL could be connected to: one URL's error as it is; several, each with its own.
+    fn connect_failure(
+        &self,
+        several: bool,
+        errors: Vec<(String, baton_proto::failover::BoxError)>,
+    ) -> CliError {
+        let mut each: Vec<CliError> = errors
+            .into_iter()
+            .map(|(url, e)| match e.downcast::<tonic::ConnectError>() {
+                Ok(c) => match c.0.downcast::<CliError>() {
+                    Ok(cli) => *cli,
+                    Err(other) => CliError::unavailable(&url, other),
+                },
+                Err(other) => CliError::unavailable(&url, other),
+            })
+            .collect();
+        if !several && each.len() == 1 {
+            return each.remove(0);
+        }
+        // A refusal no retry will change (TLS, identity) is the one to show.
+        if let Some(i) = each
+            .iter()
+            .position(|e| e.code != "COORDINATOR_UNAVAILABLE")
+        {
+            return each.remove(i);
+        }
+        let detail = each
+            .iter()
+            .map(|e| {
+                e.message
+                    .split("\n  hint:")
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("cannot reach the coordinator at ")
+                    .to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        CliError::new(
+            "COORDINATOR_UNAVAILABLE",
+            format!(
+                "cannot reach any coordinator of {}: {detail}\n  hint: start one with `baton coordinator`, \
+                 or point --coordinator / BATON_COORDINATOR at them",
+                self.url
+            ),
+            crate::error::EXIT_UNAVAILABLE,
         )
     }
 
@@ -210,15 +308,15 @@ impl CoordinatorOpt {
         {
             return e;
         }
-        CliError::from_status(&self.url, s)
+        CliError::from_status(&self.current_url(), s)
     }
 
     /// A call that broke without a Baton code may be a TLS refusal that only
     /// the connection saw (TLS 1.3 refuses a client certificate after the
     /// handshake): ask the server again, once, and explain what it says.
     fn probe_tls(&self) -> Option<CliError> {
-        let authority = self
-            .url
+        let url = self.current_url();
+        let authority = url
             .strip_prefix("https://")?
             .split(['/', '?', '#'])
             .next()?;
@@ -231,7 +329,7 @@ impl CoordinatorOpt {
             identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
             Duration::from_secs(2),
         )?;
-        Some(explain_tls(&self.url, &self.tls_dir, failure))
+        Some(explain_tls(&url, &self.tls_dir, failure))
     }
 
     /// The client certificate and key a probe presents: none with an API token
@@ -250,8 +348,81 @@ impl CoordinatorOpt {
     /// `TLS_HANDSHAKE_FAILED` with what went wrong, if `err` is a TLS failure.
     fn tls_failure(&self, err: &(dyn std::error::Error + 'static)) -> Option<CliError> {
         let failure = baton_proto::tls::handshake_failure(err)?;
-        Some(explain_tls(&self.url, &self.tls_dir, failure))
+        Some(explain_tls(&self.current_url(), &self.tls_dir, failure))
     }
+}
+
+/// Tells a step of the search for the leader on stderr, each distinct line once
+/// per process (a long election would otherwise repeat the same lines every round).
+fn tell(event: &baton_proto::failover::Event) {
+    static TOLD: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let line = event.to_string();
+    let mut told = TOLD.lock().unwrap_or_else(|p| p.into_inner());
+    if !told.contains(&line) {
+        eprintln!("{line}");
+        told.push(line);
+    }
+}
+
+/// Connects to one coordinator `url` (checked, for plaintext, by [`CoordinatorOpt::urls`]
+/// or here for a leader a standby named): TLS verified with the CA in `tls_dir`, with
+/// the client certificate there unless an API token is used.
+async fn dial(url: &str, tls_dir: &Path, with_identity: bool) -> Result<Channel, CliError> {
+    let dial = baton_proto::plaintext::loopback_url(url)
+        .await
+        .map_err(|e| CliError::invalid(baton_proto::plaintext::CODE, e.to_string()))?;
+    let mut endpoint = Endpoint::from_shared(dial)
+        .map_err(|e| CliError::invalid("USAGE", format!("bad coordinator URL '{url}': {e}")))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        // A coordinator that froze or whose machine vanished does not close
+        // the connection: pings find out, so that a call or a watch moves on
+        // (to the next coordinator with several) instead of waiting on TCP.
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        // A coordinator renews its local admin identity in place: a read
+        // that lands between its two renames sees a certificate and a key
+        // that don't match. Reading again a moment later gets a whole pair.
+        let mut attempt = 0;
+        endpoint = loop {
+            let mut tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(tls_dir, "ca.pem")?))
+                .domain_name(baton_coordinator::pki::COORDINATOR_NAME);
+            if with_identity {
+                tls = tls.identity(Identity::from_pem(
+                    read(tls_dir, "tls.pem")?,
+                    read(tls_dir, "tls.key")?,
+                ));
+            }
+            match endpoint.clone().tls_config(tls) {
+                Ok(e) => break e,
+                Err(_) if attempt < 3 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => {
+                    return Err(CliError::invalid(
+                        "TLS_IDENTITY_INVALID",
+                        format!("TLS setup with the identity in {}: {e}", tls_dir.display()),
+                    ));
+                }
+            }
+        };
+    } else if !url.starts_with("http://") {
+        return Err(CliError::invalid(
+            "USAGE",
+            format!("coordinator URL '{url}' must start with https:// or http://"),
+        ));
+    }
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| match baton_proto::tls::handshake_failure(&e) {
+            Some(failure) => explain_tls(url, tls_dir, failure),
+            None => CliError::unavailable(url, e),
+        })
 }
 
 /// Says which side refused which certificate, and what to do.
@@ -358,6 +529,8 @@ mod probe_tests {
             token: None,
             token_file: None,
             context: None,
+            failover_wait: 30,
+            session: Default::default(),
         }
     }
 
@@ -378,5 +551,85 @@ mod probe_tests {
             opt(d.path()).probe_identity(),
             Some(Some(("c".into(), "k".into())))
         );
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_url_of_a_list_is_checked_before_any_connection() {
+        let d = tempfile::tempdir().unwrap();
+        rt().block_on(async {
+            let mut o = opt(d.path());
+            o.url = "https://c1:7400".into();
+            assert_eq!(o.urls().await.unwrap(), ["https://c1:7400"]);
+            o.url = "https://c1:7400, https://c2:7400".into();
+            assert_eq!(o.urls().await.unwrap().len(), 2);
+            o.url = "http://127.0.0.1:7400,http://10.255.255.1:7400".into();
+            let e = o.urls().await.unwrap_err();
+            assert_eq!(e.code, "PLAINTEXT_NOT_LOOPBACK", "{}", e.message);
+            o.url = "https://c1:7400,,https://c2:7400".into();
+            let e = o.urls().await.unwrap_err();
+            assert_eq!(
+                (e.code.as_str(), e.exit),
+                ("USAGE", crate::error::EXIT_INVALID)
+            );
+            assert!(e.message.contains("--coordinator"), "{}", e.message);
+            // Nothing listens there: refused before anything else was tried.
+            o.url = "http://127.0.0.1:7400,http://192.0.2.1:7400".into();
+            assert_eq!(
+                o.connect().await.unwrap_err().code,
+                "PLAINTEXT_NOT_LOOPBACK"
+            );
+        });
+    }
+
+    #[test]
+    fn when_no_url_answers_each_one_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = || {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (a, b) = (dead(), dead());
+        rt().block_on(async {
+            let mut o = opt(d.path());
+            o.url = a.clone();
+            let one = o.connect().await.unwrap_err();
+            assert_eq!(one.code, "COORDINATOR_UNAVAILABLE");
+            assert!(
+                one.message
+                    .starts_with(&format!("cannot reach the coordinator at {a}"))
+            );
+            o.url = format!("{a},{b}");
+            let both = o.connect().await.unwrap_err();
+            assert_eq!(both.code, "COORDINATOR_UNAVAILABLE");
+            assert_eq!(both.exit, crate::error::EXIT_UNAVAILABLE);
+            assert!(
+                both.message.contains("cannot reach any coordinator of")
+                    && both.message.contains(&format!("{a}: "))
+                    && both.message.contains(&format!("{b}: ")),
+                "{}",
+                both.message
+            );
+        });
+    }
+
+    #[test]
+    fn no_leader_is_its_own_error() {
+        let s = baton_proto::failover::no_leader(
+            &["https://c1:7400".to_string(), "https://c2:7400".to_string()],
+            Duration::from_secs(30),
+        );
+        let e = CliError::from_status("https://c1:7400", s);
+        assert_eq!(
+            (e.code.as_str(), e.exit),
+            ("NO_LEADER", crate::error::EXIT_UNAVAILABLE)
+        );
+        assert!(e.message.contains("within 30 s") && e.message.contains("--failover-wait"));
     }
 }

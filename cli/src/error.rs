@@ -94,6 +94,18 @@ impl CliError {
                 exit: EXIT_BUSY,
             };
         }
+        if server_code.as_deref() == Some("NO_LEADER") {
+            return CliError {
+                code: "NO_LEADER".into(),
+                message: format!(
+                    "{}\n  hint: list every coordinator in --coordinator / BATON_COORDINATOR \
+                     (comma-separated), check that they reach their store, or wait longer \
+                     with --failover-wait SECS",
+                    s.message()
+                ),
+                exit: EXIT_UNAVAILABLE,
+            };
+        }
         let code = server_code.unwrap_or_else(|| format!("GRPC_{:?}", s.code()).to_uppercase());
         CliError {
             code,
@@ -102,6 +114,14 @@ impl CliError {
         }
     }
 }
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
 
 impl From<baton_package::PackageError> for CliError {
     fn from(e: baton_package::PackageError) -> Self {

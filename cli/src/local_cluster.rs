@@ -30,6 +30,8 @@ pub struct ClusterSpec {
     pub heartbeat_ms: u64,
     /// The CPUs the agent processes may run on (a `taskset -c` list; `None`: any).
     pub agent_cpus: Option<String>,
+    /// The coordinator's store (embedded unless `baton bench --store etcd`).
+    pub store: baton_coordinator::store::StoreConfig,
 }
 
 /// One agent process.
@@ -54,7 +56,7 @@ fn io(e: impl std::fmt::Display) -> CliError {
     CliError::other("IO_FAILED", e.to_string())
 }
 
-fn spawn_agent(
+pub(crate) fn spawn_agent(
     exe: &Path,
     url: &str,
     dir: &Path,
@@ -124,22 +126,27 @@ impl LocalCluster {
                 local_children: true,
                 ..Default::default()
             },
+            store: spec.store.clone(),
             ..Default::default()
         };
         let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
+        // Alone on its store, it leads as soon as it has campaigned.
+        let coordinator = running.leading().await?;
         let opt = CoordinatorOpt {
             url: format!("https://{addr}"),
             tls_dir: tls_dir.join("admin"),
             token: None,
             token_file: None,
             context: None,
+            failover_wait: 30,
+            session: Default::default(),
         };
         let client = opt.connect().await?;
         let mut cluster = LocalCluster {
             dir,
             opt,
             client,
-            coordinator: running.coordinator,
+            coordinator,
             agents: Vec::new(),
             shutdown,
             task: Some(running.task),

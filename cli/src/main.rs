@@ -15,9 +15,12 @@ mod contexts;
 mod env_lookup;
 mod error;
 mod local_cluster;
+mod metrics_http;
 mod output;
 mod private_dir;
 mod proc_cpu;
+mod process_metrics;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -73,6 +76,17 @@ struct GlobalOpts {
         help_heading = "Configuration"
     )]
     log_format: LogFormat,
+    /// Export traces over OTLP/gRPC to this collector (e.g.
+    /// `http://localhost:4317`): the coordinator, agents and client commands
+    /// each as their own service. Unset: no spans are recorded at all.
+    #[arg(
+        long = "otlp-endpoint",
+        value_name = "URL",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        global = true,
+        help_heading = "Configuration"
+    )]
+    otlp_endpoint: Option<String>,
 }
 
 /// The `--log-format` values.
@@ -162,30 +176,6 @@ enum Cmd {
     AgentWatchdog,
 }
 
-fn init_tracing(default: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let _ = match format {
-        // Colour codes only for a person at a terminal (and not under
-        // NO_COLOR): a log collector or a file gets plain text.
-        LogFormat::Text => builder
-            .with_ansi(
-                std::io::IsTerminal::is_terminal(&std::io::stderr())
-                    && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-            )
-            .try_init(),
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-    };
-}
-
 async fn dispatch(cmd: Cmd) -> Result<u8, CliError> {
     match cmd {
         Cmd::Demo(a) => cmd::demo::run(a).await,
@@ -256,14 +246,19 @@ fn main() -> ExitCode {
         cli.cmd,
         Cmd::Coordinator(_) | Cmd::Agent(_) | Cmd::AgentWatchdog
     );
-    init_tracing(if daemon { "info" } else { "warn" }, cli.global.log_format);
-    // After tracing: an old name that is set but overridden is warned about.
-    if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
-        eprintln!("error[{}]: {}", e.code, e.message);
-        return ExitCode::from(e.exit);
-    }
+    let default_filter = if daemon { "info" } else { "warn" };
+    let format = match cli.global.log_format {
+        LogFormat::Text => telemetry::LogFormat::Text,
+        LogFormat::Json => telemetry::LogFormat::Json,
+    };
     if let Cmd::AgentWatchdog = cli.cmd {
-        // Single-threaded: the signals it blocks must be blocked in every thread.
+        // Single-threaded (no runtime, no exporter): the signals it blocks
+        // must be blocked in every thread.
+        let _ = telemetry::init(default_filter, format, None, "baton-agent");
+        if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
+            eprintln!("error[{}]: {}", e.code, e.message);
+            return ExitCode::from(e.exit);
+        }
         return ExitCode::from(baton_agent::watchdog::main());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -276,7 +271,39 @@ fn main() -> ExitCode {
             return ExitCode::from(error::EXIT_OTHER);
         }
     };
+    let service = match cli.cmd {
+        Cmd::Coordinator(_) => "baton-coordinator",
+        Cmd::Agent(_) => "baton-agent",
+        _ => "baton-cli",
+    };
+    // The exporter's connection lives on the runtime: made inside it.
+    let telemetry = {
+        let _rt = runtime.enter();
+        telemetry::init(
+            default_filter,
+            format,
+            cli.global.otlp_endpoint.as_deref(),
+            service,
+        )
+    };
+    let telemetry = match telemetry {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error[INVALID_OTLP_ENDPOINT]: {e}");
+            return ExitCode::from(error::EXIT_INVALID);
+        }
+    };
+    // After tracing: an old name that is set but overridden is warned about.
+    if let Err(e) = cmd::daemons::refuse_renamed(&parsed.path, &parsed.settings, &env) {
+        eprintln!("error[{}]: {}", e.code, e.message);
+        return ExitCode::from(e.exit);
+    }
     let result = runtime.block_on(dispatch(cli.cmd));
+    if telemetry.exporting() {
+        // The buffered spans go out before the process does; the provider's
+        // shutdown blocks, so off the runtime's worker threads.
+        let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
+    }
     if let Some(e) = output::stdout_error() {
         // A full disk or a broken file: the results are not all there.
         eprintln!("error[IO_FAILED]: cannot write the output: {e}");

@@ -16,7 +16,7 @@ use std::process::Command;
 pub const TICKS_PER_S: f64 = 100.0;
 
 /// The fields of `/proc/PID/stat` after `(comm)`, which may itself hold spaces.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
+pub(crate) fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
     Some(rest.split_whitespace().map(str::to_string).collect())

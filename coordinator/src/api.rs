@@ -19,9 +19,11 @@ use crate::scheduler_task::{AgentListing, SchedulerHandle};
 use crate::store::Store;
 
 /// Limits on what a client may send (a limit on everything).
-pub const MAX_BUNDLE_FILES: usize = 256;
-pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+pub use crate::catalog::blobs::{MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES};
 pub const MAX_PARAMS: usize = 1024;
+/// Most bytes of an execution's parameters (names and values): its record
+/// must fit in one commit of a replicated store (etcd: 1.5 MiB by default).
+pub const MAX_PARAMS_BYTES: usize = 128 * 1024;
 
 /// A parent package file and the files it references, keyed as it names them.
 #[derive(Debug, Clone)]
@@ -114,6 +116,12 @@ impl Coordinator {
                 "more than {MAX_PARAMS} parameters"
             )));
         }
+        let param_bytes: usize = params.iter().map(|(k, v)| k.len() + v.len()).sum();
+        if param_bytes > MAX_PARAMS_BYTES {
+            return Err(CoordinatorError::InvalidRequest(format!(
+                "the parameters are {param_bytes} bytes; the limit is {MAX_PARAMS_BYTES} (pass large data as a file or a package's rows, not a parameter)"
+            )));
+        }
         // Planning can be heavy (a million items, 10,000 tasks): keep it off
         // the runtime threads and the scheduler's loop (the plan arrives with
         // its engine built), at most PLANNING_MAX at once across all callers
@@ -156,7 +164,10 @@ impl Coordinator {
             id,
             package: plan.package.clone(),
             root,
-            files,
+            files: BTreeMap::new(),
+            file_hashes: BTreeMap::new(),
+            bundle_hash: String::new(),
+            texts: None,
             params,
             state: ExecutionState::Running,
             current_task: 0,
@@ -173,8 +184,19 @@ impl Coordinator {
             parent: None,
             rows_outcomes: Default::default(),
             placement,
+            trace: None,
         };
-        self.handle.start(rec, plan).await
+        let mut rec = ExecutionRecord {
+            trace: crate::traces::exec_trace(&rec.id),
+            ..rec
+        };
+        // The bundle by reference: its blobs first, pinned until the record
+        // that points to them is durable (`crate::bundles`).
+        let pin = crate::catalog::blobs::write(self.store.as_ref(), &files).await?;
+        crate::bundles::refer(&mut rec, files);
+        let started = self.handle.start(rec, plan).await;
+        drop(pin);
+        started
     }
 
     /// An execution with all its children, from memory or from the store.
@@ -375,7 +397,7 @@ impl Coordinator {
         }
         let mut records: Vec<ExecutionRecord> = self
             .store
-            .range("e/")
+            .range(crate::keys::EXECUTION_PREFIX)
             .await?
             .into_iter()
             .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
@@ -536,7 +558,7 @@ impl Coordinator {
     pub async fn resume(&self, id: &str) -> Result<(u64, u32), CoordinatorError> {
         let _history = self.history.lock().await;
         let kv = self.stored_kv(id).await?;
-        let rec: ExecutionRecord = serde_json::from_slice(&kv.value)
+        let mut rec: ExecutionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| CoordinatorError::Store(format!("corrupt execution record: {e}")))?;
         if let Some(p) = &rec.parent {
             return Err(CoordinatorError::NotResumable {
@@ -566,6 +588,7 @@ impl Coordinator {
                     .map_err(|e| CoordinatorError::Store(format!("corrupt child record: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        crate::bundles::load(self.store.as_ref(), &mut rec).await?;
         let secrets = self.secrets.clone();
         let (rec, plan) = crate::prepare::gate::run(move || {
             crate::prepare::plan(&rec, &secrets).map(|p| (rec, p))
@@ -702,8 +725,7 @@ mod tests {
     /// time: an early answer would come within microseconds).
     const QUIET: Duration = Duration::from_millis(100);
 
-    /// A coordinator over `store`, its loop running, its first commit (the
-    /// epoch) applied.
+    /// A coordinator over `store`, its loop running.
     async fn coordinator(store: &Arc<FakeStore>) -> Coordinator {
         let (handle, _task) = crate::scheduler_task::spawn(
             Scheduler::new(SchedulerConfig::default(), 1),
@@ -711,7 +733,6 @@ mod tests {
             AgentDialer::new(Security::Insecure),
             CancellationToken::new(),
         );
-        store.wait_applied(1).await;
         Coordinator {
             handle,
             store: store.clone(),
@@ -746,7 +767,7 @@ mod tests {
             .applied()
             .iter()
             .flat_map(|c| c.ops.clone())
-            .filter(|op| op.key().starts_with("e/"))
+            .filter(|op| op.key().starts_with(crate::keys::EXECUTION_PREFIX))
             .count()
     }
 
@@ -771,6 +792,55 @@ mod tests {
             (rec.state, rec.folder.as_str()),
             (ExecutionState::Running, "/f")
         );
+    }
+
+    #[tokio::test]
+    async fn a_start_stores_its_bundle_by_reference_and_recovery_plans_it_again() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        let id = start(&c, 3).await.unwrap();
+        let json = store.value(&execution_key(&id)).unwrap();
+        let text = String::from_utf8_lossy(&json);
+        assert!(
+            !text.contains(fixtures_child()),
+            "the record embeds no text: {text}"
+        );
+        let rec: ExecutionRecord = serde_json::from_slice(&json).unwrap();
+        assert_eq!(rec.file_hashes.len(), 2);
+        assert_eq!(
+            rec.bundle_hash,
+            crate::catalog::blobs::bundle_hash("p.toml", &rec.file_hashes)
+        );
+        for hash in rec.file_hashes.values() {
+            assert!(store.value(&crate::keys::blob_key(hash)).is_some());
+        }
+        // A restart re-plans it from the blobs.
+        let key = crate::secrets::SealingKey::from_bytes(&[7; 32]).unwrap();
+        let sched = crate::recovery::load(store.as_ref(), SchedulerConfig::default(), &key, 2)
+            .await
+            .unwrap();
+        let view = sched
+            .execution_view(&id)
+            .expect("running again after the restart");
+        assert_eq!(view.summary.total, 3);
+    }
+
+    fn fixtures_child() -> &'static str {
+        crate::scheduler_task::fixtures::CHILD
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_one_commit_of_the_store_is_refused_at_start() {
+        let store = FakeStore::new();
+        let c = coordinator(&store).await;
+        store.set_limits(crate::store::Limits {
+            max_ops_per_commit: Some(128),
+            max_bytes_per_commit: Some(120),
+        });
+        let err = start(&c, 3).await.unwrap_err();
+        assert_eq!(err.code(), "BUNDLE_FILE_TOO_LARGE", "{err}");
+        assert!(err.to_string().contains("c.toml"), "{err}");
+        assert_eq!(executions_in(&store), 0);
     }
 
     #[tokio::test]

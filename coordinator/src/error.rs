@@ -1,6 +1,6 @@
 //! The coordinator's error type; every variant has a stable symbolic code.
 
-use crate::store::StoreError;
+use crate::store::kv::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -38,6 +38,10 @@ pub enum CoordinatorError {
     /// when known, is in `leader`). Clients retry there.
     #[error("{}", not_leader_message(.leader))]
     NotLeader { leader: Option<String> },
+    /// This coordinator's term ended while it led (another took the lead, or
+    /// an agent has seen a later epoch): it stops and campaigns again.
+    #[error("leadership lost: {0}")]
+    LeadershipLost(String),
     /// A batch larger than the store accepts in one commit.
     #[error("{0}")]
     StoreBatchTooLarge(String),
@@ -105,6 +109,17 @@ pub enum CoordinatorError {
     },
     #[error("no package content with hash {0} on the coordinator")]
     ContentNotFound(String),
+    /// One file of a bundle is larger than the store takes in one commit
+    /// (each file is stored whole, once, by its content hash).
+    #[error(
+        "package file '{path}' is {bytes} bytes; the store takes at most {limit} bytes per commit \
+         (split the file, or raise the store's limit)"
+    )]
+    BundleFileTooLarge {
+        path: String,
+        bytes: usize,
+        limit: usize,
+    },
     #[error("the coordinator is shutting down")]
     ShuttingDown,
     #[error("io: {0}")]
@@ -176,6 +191,7 @@ impl CoordinatorError {
             CoordinatorError::StoreUnavailable(_) => "STORE_UNAVAILABLE",
             CoordinatorError::StoreFenced(_) => "STORE_FENCED",
             CoordinatorError::NotLeader { .. } => "NOT_LEADER",
+            CoordinatorError::LeadershipLost(_) => "LEADERSHIP_LOST",
             CoordinatorError::StoreBatchTooLarge(_) => "STORE_BATCH_TOO_LARGE",
             CoordinatorError::PermissionDenied(_) => "PERMISSION_DENIED",
             CoordinatorError::Unauthenticated(_) => "UNAUTHENTICATED",
@@ -196,6 +212,7 @@ impl CoordinatorError {
             CoordinatorError::VersionNotFound { .. } => "VERSION_NOT_FOUND",
             CoordinatorError::PackageInUse { .. } => "PACKAGE_IN_USE",
             CoordinatorError::ContentNotFound(_) => "CONTENT_NOT_FOUND",
+            CoordinatorError::BundleFileTooLarge { .. } => "BUNDLE_FILE_TOO_LARGE",
             CoordinatorError::ShuttingDown => "SHUTTING_DOWN",
             CoordinatorError::Io(_) => "IO_FAILED",
             CoordinatorError::Transport(_) => "TRANSPORT_FAILED",
@@ -219,6 +236,7 @@ impl CoordinatorError {
             CoordinatorError::ShuttingDown
                 | CoordinatorError::Store(_)
                 | CoordinatorError::StoreUnavailable(_)
+                | CoordinatorError::LeadershipLost(_)
                 | CoordinatorError::Transport(_)
                 | CoordinatorError::AgentUnreachable(_)
                 | CoordinatorError::AgentBusy(_)
@@ -238,6 +256,13 @@ impl From<StoreError> for CoordinatorError {
                 CoordinatorError::Store(e.to_string())
             }
         }
+    }
+}
+
+fn not_leader_message(leader: &Option<String>) -> String {
+    match leader {
+        Some(url) => format!("this coordinator is a standby; the leader is {url}"),
+        None => "this coordinator is a standby and no coordinator leads now (an election is under way); retry shortly".into(),
     }
 }
 
@@ -288,12 +313,5 @@ mod tests {
                 assert_eq!(e.retryable(), store_retryable, "{e}");
             }
         }
-    }
-}
-
-fn not_leader_message(leader: &Option<String>) -> String {
-    match leader {
-        Some(url) => format!("this coordinator is a standby; the leader is {url}"),
-        None => "this coordinator is a standby and no coordinator leads now (an election is under way); retry shortly".into(),
     }
 }

@@ -9,35 +9,45 @@
 //! executions go through [`api`] and that task, while enrolment, renewal and
 //! the catalog write the store through the modules that own those records.
 //! The coordinator and the agent meet only through `baton-proto`.
+//!
+//! A coordinator leads or stands by ([`leadership`], `role`): one gRPC server
+//! serves for the process's lifetime, switched to a leader's services for
+//! each term it holds, and answering `NOT_LEADER` with the leader's URL
+//! otherwise. All a leader writes goes through a store fenced by its term
+//! ([`store::fenced`]).
 
 pub mod api;
 pub mod auth;
+pub mod bundles;
 pub mod catalog;
 pub mod clock;
 pub mod error;
 pub mod grpc;
+pub mod keys;
 pub mod leadership;
 pub mod live_tls;
 pub mod metrics;
 pub mod pki;
 pub mod placement;
 pub mod prepare;
+pub mod prometheus;
 pub mod quota;
 pub mod records;
 pub mod recovery;
 pub mod retention;
+mod role;
 pub mod scheduler;
 pub mod scheduler_task;
 pub mod secrets;
 pub mod store;
+pub mod trace_context;
+pub mod traces;
 pub mod transport;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use baton_proto::control_service_server::ControlServiceServer;
-use baton_proto::coordinator_service_server::CoordinatorServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -71,6 +81,9 @@ pub struct CoordinatorConfig {
     /// High availability: how this coordinator is reached and how long a
     /// leader keeps its term without renewing it.
     pub ha: HaConfig,
+    /// The process-wide metrics registry (`--metrics-listen`): each term
+    /// publishes into it; `None`: no metrics are kept.
+    pub metrics: Option<Arc<prometheus::Registry>>,
 }
 
 /// Settings of a coordinator among several (`--advertise`, `--leader-lease`).
@@ -130,12 +143,25 @@ impl Default for CoordinatorConfig {
             quota_bytes_per_principal: quota::DEFAULT_QUOTA_BYTES,
             store: store::StoreConfig::Embedded,
             ha: HaConfig::default(),
+            metrics: None,
         }
     }
 }
 
 impl CoordinatorConfig {
     pub fn validate(&self) -> Result<(), CoordinatorError> {
+        if self.ha.leader_lease_ms < 1_000 {
+            return Err(CoordinatorError::Config(
+                "the leader lease must be at least 1s (4s or more with etcd)".into(),
+            ));
+        }
+        if let Some(url) = &self.ha.advertise
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(CoordinatorError::Config(format!(
+                "--advertise {url}: give a URL, e.g. https://c1.example:7400"
+            )));
+        }
         if self.heartbeat_ms == 0 || self.lease_ttl_ms == 0 {
             return Err(CoordinatorError::Config(
                 "lease TTL and heartbeat interval must be positive".into(),
@@ -174,14 +200,66 @@ impl CoordinatorConfig {
     }
 }
 
-/// A started coordinator: its API handle and the task that serves it.
+/// A started coordinator: the task that serves it, and the API of the term
+/// it leads, if it leads now.
 pub struct Running {
-    pub coordinator: Coordinator,
+    current: tokio::sync::watch::Receiver<Option<Coordinator>>,
     pub task: tokio::task::JoinHandle<Result<(), CoordinatorError>>,
 }
 
-/// Opens the store, recovers state, and serves the coordinator's gRPC services
-/// on `listener` until `shutdown` is cancelled.
+impl Running {
+    /// The API of the term this coordinator leads now; `None` while it is a
+    /// standby. A term's API answers `SHUTTING_DOWN` once the term is over:
+    /// ask again then.
+    pub fn coordinator(&self) -> Option<Coordinator> {
+        self.current.borrow().clone()
+    }
+
+    /// Waits until this coordinator leads, and returns that term's API;
+    /// `SHUTTING_DOWN` if it stops first.
+    pub async fn leading(&self) -> Result<Coordinator, CoordinatorError> {
+        let mut rx = self.current.clone();
+        let current = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        current.clone().ok_or(CoordinatorError::ShuttingDown)
+    }
+}
+
+/// Opens the store the configuration names and the leadership that goes with it.
+async fn open_store(
+    config: &CoordinatorConfig,
+) -> Result<(Arc<dyn store::Store>, Arc<dyn leadership::Leadership>), CoordinatorError> {
+    let (store, etcd) = store::open_shared(&config.store, &config.data_dir).await?;
+    let leadership: Arc<dyn leadership::Leadership> = match etcd {
+        // One etcd client for the store and the election.
+        Some(etcd) => Arc::new(leadership::etcd::EtcdLeadership::new(
+            etcd,
+            config.ha.leader_lease_ms,
+        )),
+        None => Arc::new(leadership::embedded::EmbeddedLeadership::new(store.clone())),
+    };
+    Ok((store, leadership))
+}
+
+/// The URL clients and agents are told to use for this coordinator (by
+/// standbys, in `NOT_LEADER`): `--advertise`, or the listen address.
+fn advertise_url(config: &CoordinatorConfig, addr: std::net::SocketAddr) -> String {
+    if let Some(url) = &config.ha.advertise {
+        return url.clone();
+    }
+    let scheme = match config.security {
+        transport::Security::Tls(_) => "https",
+        transport::Security::Insecure => "http",
+    };
+    format!("{scheme}://{addr}")
+}
+
+/// Opens the store and serves the coordinator's gRPC services on `listener`
+/// until `shutdown` is cancelled: as a leader while it holds a term (the
+/// embedded store's single coordinator leads at once: this returns once it
+/// does, or with the error that stopped it), as a standby otherwise.
 pub async fn start(
     config: CoordinatorConfig,
     listener: TcpListener,
@@ -189,68 +267,53 @@ pub async fn start(
 ) -> Result<Running, CoordinatorError> {
     config.validate()?;
     std::fs::create_dir_all(&config.data_dir)?;
-    let store_path = config.data_dir.join("coordinator.redb");
-    let store: Arc<dyn store::Store> = Arc::new(
-        tokio::task::spawn_blocking(move || store::embedded::EmbeddedStore::open(&store_path))
-            .await
-            .map_err(|e| CoordinatorError::Store(e.to_string()))??,
-    );
-    let secrets = Arc::new(secrets::load(&config.data_dir, store.as_ref()).await?);
-    let mut sched = recovery::load(store.as_ref(), config.scheduler(), &secrets).await?;
-    sched.set_secrets(secrets.clone());
+    let (store, leadership) = open_store(&config).await?;
+    let wait_to_lead = matches!(config.store, store::StoreConfig::Embedded);
+    serve(config, store, leadership, listener, shutdown, wait_to_lead).await
+}
+
+/// [`start`] on a store and leadership given; with `wait_to_lead`, returns
+/// only once the first term's state is loaded (or the error that stopped it).
+pub(crate) async fn serve(
+    config: CoordinatorConfig,
+    store: Arc<dyn store::Store>,
+    leadership: Arc<dyn leadership::Leadership>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    wait_to_lead: bool,
+) -> Result<Running, CoordinatorError> {
     let audit = Arc::new(auth::audit::Audit::open_with(
         &config.data_dir,
         config.audit,
     )?);
     tokio::spawn(audit.clone().flush_every_second(shutdown.clone()));
     let tls_audit = audit.clone();
-    let auth = auth::Auth::new(store.clone(), audit);
-    auth.ensure_admin().await?;
     let live_tls = match &config.security {
         transport::Security::Tls(live) => Some(live.clone()),
         transport::Security::Insecure => None,
     };
     let dialer = transport::AgentDialer::new(config.security.clone());
-    let (handle, sched_task) =
-        scheduler_task::spawn(sched, store.clone(), dialer.clone(), shutdown.clone());
-    let history = Arc::new(tokio::sync::Mutex::new(()));
-    tokio::spawn(retention::run(
-        store.clone(),
-        config.retention,
-        history.clone(),
-        shutdown.clone(),
-    ));
-    let coordinator = Coordinator {
-        handle: handle.clone(),
-        store,
-        secrets,
-        history,
-        local_children: config.scheduling.local_children,
-    };
-    let agent_api = CoordinatorServiceServer::new(grpc::agent_api::AgentApi {
-        handle,
-        auth: auth.clone(),
-        tls: live_tls.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let control_api = ControlServiceServer::new(grpc::control_api::ControlApi {
-        coordinator: coordinator.clone(),
-        auth,
-        tls: live_tls.clone(),
-        outputs: grpc::child_output::ChildOutputs::new(coordinator.clone(), dialer),
-        quota: quota::Quota::new(coordinator.store.clone(), config.quota_bytes_per_principal),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let addr = listener.local_addr()?;
-    info!(%addr, tls = live_tls.is_some(), "coordinator serving");
-    // The server stops on shutdown, and also when the scheduler stops on its own
-    // (a store failure): a coordinator that cannot decide must not keep serving.
+    let advertise = advertise_url(&config, addr);
+    if config.ha.advertise.is_none()
+        && addr.ip().is_unspecified()
+        && !matches!(config.store, store::StoreConfig::Embedded)
+    {
+        tracing::warn!(%advertise, "listening on all addresses without --advertise: standbys will name an address clients cannot reach");
+    }
+    info!(%addr, %advertise, tls = live_tls.is_some(), "coordinator serving");
+    let switch = grpc::role_switch::RoleSwitch::default();
+    // The server stops on shutdown, and also when the roles stop on their own
+    // (a fatal error): a coordinator that cannot decide must not keep serving.
     let server_stop = shutdown.child_token();
     // Every call knows its caller's address: refusals are aggregated per source.
     let router = transport::server()
-        .add_service(grpc::source::WithSource(agent_api))
-        .add_service(grpc::source::WithSource(control_api));
+        .add_service(grpc::source::WithSource(
+            switch.service::<role::AgentService>(),
+        ))
+        .add_service(grpc::source::WithSource(
+            switch.service::<role::ControlService>(),
+        ));
     let stop = server_stop.clone().cancelled_owned();
     type Served = std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
@@ -281,16 +344,60 @@ pub async fn start(
             Box::pin(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };
-    let task = tokio::spawn(async move {
-        let sched_task = async move {
-            let r = sched_task.await;
+    let (current_tx, current) = tokio::sync::watch::channel(None);
+    let roles = role::Roles {
+        process: role::Process {
+            config,
+            store,
+            audit,
+            tls: live_tls,
+            dialer,
+        },
+        leadership,
+        advertise,
+        switch,
+        current: current_tx,
+    };
+    let roles_task = tokio::spawn(role::run(roles, shutdown.clone()));
+    let mut task = tokio::spawn(async move {
+        let roles = async move {
+            let r = roles_task.await;
             server_stop.cancel();
             r
         };
-        let (served, sched) = tokio::join!(served, sched_task);
+        let (served, roles) = tokio::join!(served, roles);
+        roles
+            .map_err(|e| CoordinatorError::Store(format!("coordinator role task failed: {e}")))??;
         served.map_err(|e| CoordinatorError::Transport(e.to_string()))?;
-        sched.map_err(|e| CoordinatorError::Store(format!("scheduler task failed: {e}")))??;
         Ok(())
     });
-    Ok(Running { coordinator, task })
+    if wait_to_lead {
+        let mut rx = current.clone();
+        tokio::select! {
+            led = rx.wait_for(Option::is_some) => {
+                if led.is_err() {
+                    return Err(CoordinatorError::ShuttingDown);
+                }
+            }
+            ended = &mut task => {
+                ended.map_err(|e| CoordinatorError::Store(format!("coordinator task failed: {e}")))??;
+                return Err(CoordinatorError::ShuttingDown);
+            }
+        }
+    }
+    Ok(Running { current, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_advertised_url_is_the_flag_or_the_listen_address() {
+        let addr: std::net::SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        let mut config = CoordinatorConfig::default();
+        assert_eq!(advertise_url(&config, addr), "http://127.0.0.1:7400");
+        config.ha.advertise = Some("https://c1.example:7400".into());
+        assert_eq!(advertise_url(&config, addr), "https://c1.example:7400");
+    }
 }

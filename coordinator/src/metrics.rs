@@ -11,8 +11,12 @@
 //! Two histograms are kept by the scheduler ([`Latency`]): the StartJob round trip
 //! (µs, measured around the RPC by `scheduler_task.rs`) and the time from the
 //! dispatch of a child's attempt to the coordinator handling its finished event
-//! (ms). [`Stats`] are the scheduler's counters; [`MetricsSnapshot`] holds both,
-//! and `Coordinator::metrics` returns one.
+//! (ms). [`Stats`] are the scheduler's counters; [`MetricsSnapshot`] holds both
+//! with the scheduler's gauges (children by phase, agents by state), and
+//! `Coordinator::metrics` returns one. The Prometheus endpoint
+//! (`crate::prometheus`) reads histograms at fixed bounds with
+//! [`Histogram::cumulative`] and adds those of successive leadership terms with
+//! [`Histogram::merge`].
 
 /// Sub-buckets per power of two (and the count of exact buckets at the bottom).
 const SUB: u64 = 16;
@@ -65,7 +69,7 @@ fn bucket(v: u64) -> usize {
 }
 
 /// The smallest and largest value of a bucket.
-fn bounds(i: usize) -> (u64, u64) {
+fn bounds_of(i: usize) -> (u64, u64) {
     let i = i as u64;
     if i < SUB {
         return (i, i);
@@ -86,6 +90,40 @@ impl Histogram {
 
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Sum of the recorded values.
+    pub fn sum(&self) -> u128 {
+        self.sum
+    }
+
+    /// Adds the samples of `other` (the same buckets: exact).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    /// For each bound (increasing), the samples whose bucket lies wholly at or
+    /// below it: exact for a bound that ends a bucket (every value below 16,
+    /// and `2^k·m − 1` for m in 16..32), otherwise a sample up to 1/16 below
+    /// the bound may be counted under the next one — never one above it.
+    pub fn cumulative(&self, bounds: &[u64]) -> Vec<u64> {
+        let mut out = Vec::with_capacity(bounds.len());
+        let mut seen = 0u64;
+        let mut i = 0usize;
+        for &b in bounds {
+            while i < BUCKETS && bounds_of(i).1 <= b {
+                seen += self.counts[i];
+                i += 1;
+            }
+            out.push(seen);
+        }
+        out
     }
 
     /// Largest value recorded (0 when empty).
@@ -113,7 +151,7 @@ impl Histogram {
         for (i, &n) in self.counts.iter().enumerate() {
             seen += n;
             if seen >= rank {
-                let (lo, hi) = bounds(i);
+                let (lo, hi) = bounds_of(i);
                 return (lo + (hi - lo) / 2).clamp(self.min, self.max);
             }
         }
@@ -130,6 +168,47 @@ pub struct Latency {
     pub completion_ms: Histogram,
 }
 
+/// Why an agent refused a dispatch, as the metrics name it: the agent's
+/// `RejectCode` (its number is the index), then `wrong_agent` (the address
+/// is served by another agent).
+pub const REJECT_REASONS: [&str; 9] = [
+    "unspecified",
+    "at_capacity",
+    "draining",
+    "unknown_package",
+    "invalid_request",
+    "stale_epoch",
+    "unauthorized",
+    "run_as_denied",
+    "wrong_agent",
+];
+
+/// The index in [`REJECT_REASONS`] of an agent's reject code (an unknown
+/// code counts as `unspecified`).
+pub fn reject_reason_index(code: i32) -> usize {
+    usize::try_from(code)
+        .ok()
+        .filter(|&i| i < REJECT_REASONS.len() - 1)
+        .unwrap_or(0)
+}
+
+/// The index of `wrong_agent` in [`REJECT_REASONS`].
+pub const WRONG_AGENT: usize = REJECT_REASONS.len() - 1;
+
+/// Child phases in the order of `records::Phase` (its `as usize`): the
+/// labels of the children metrics.
+pub const PHASES: [&str; 9] = [
+    "pending",
+    "dispatching",
+    "accepted",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "lost",
+];
+
 /// Counters for metrics and tests, kept by the scheduler.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
@@ -138,6 +217,12 @@ pub struct Stats {
     pub agents_lost: u64,
     pub dispatches: u64,
     pub rejections: u64,
+    /// Rejections by reason (indexed as [`REJECT_REASONS`]).
+    pub rejections_by_reason: [u64; REJECT_REASONS.len()],
+    /// Dispatches that got no answer (sent again later).
+    pub dispatches_unanswered: u64,
+    /// Children that reached an ended phase, by phase (indexed as [`PHASES`]).
+    pub children_ended: [u64; PHASES.len()],
     /// Steps a child's state refused (a step out of an ended state, or one
     /// that makes no sense from where the child is): never taken, counted.
     pub refused_steps: u64,
@@ -146,11 +231,49 @@ pub struct Stats {
     pub task_checks: u64,
 }
 
+impl Stats {
+    /// Adds the counts of `other` (the counters of an earlier leadership term).
+    pub fn add(&mut self, other: &Stats) {
+        self.stale_events += other.stale_events;
+        self.duplicate_events += other.duplicate_events;
+        self.agents_lost += other.agents_lost;
+        self.dispatches += other.dispatches;
+        self.rejections += other.rejections;
+        for (a, b) in self
+            .rejections_by_reason
+            .iter_mut()
+            .zip(other.rejections_by_reason)
+        {
+            *a += b;
+        }
+        self.dispatches_unanswered += other.dispatches_unanswered;
+        for (a, b) in self.children_ended.iter_mut().zip(other.children_ended) {
+            *a += b;
+        }
+        self.refused_steps += other.refused_steps;
+        self.task_checks += other.task_checks;
+    }
+}
+
+/// Gauges of the scheduler: what it holds now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Children of running executions by phase (indexed as [`PHASES`]).
+    pub children: [u64; PHASES.len()],
+    pub executions_running: u64,
+    /// Registered agents by state (`ready`, `lost`, ...), with their slots
+    /// and the children they hold: (state, agents, slots, used).
+    pub agents: Vec<(&'static str, u64, u64, u64)>,
+    /// The epoch of the scheduler (its leadership term).
+    pub epoch: u64,
+}
+
 /// What `Coordinator::metrics` returns.
 #[derive(Debug, Clone)]
 pub struct MetricsSnapshot {
     pub latency: Latency,
     pub stats: Stats,
+    pub gauges: Gauges,
 }
 
 #[cfg(test)]
@@ -161,14 +284,14 @@ mod tests {
     fn buckets_are_contiguous_and_cover_u64() {
         let mut expected_low = 0;
         for i in 0..BUCKETS {
-            let (lo, hi) = bounds(i);
+            let (lo, hi) = bounds_of(i);
             assert_eq!(lo, expected_low, "bucket {i}");
             assert!(hi >= lo);
             assert_eq!(bucket(lo), i);
             assert_eq!(bucket(hi), i);
             expected_low = hi.wrapping_add(1);
         }
-        assert_eq!(bounds(BUCKETS - 1).1, u64::MAX);
+        assert_eq!(bounds_of(BUCKETS - 1).1, u64::MAX);
         assert_eq!(bucket(u64::MAX), BUCKETS - 1);
     }
 
@@ -225,6 +348,35 @@ mod tests {
         assert_eq!(h.count(), 1_000_000);
         assert_eq!(std::mem::size_of_val(&*h.counts), BUCKETS * 8);
         const { assert!(BUCKETS < 1_000) };
+    }
+
+    #[test]
+    fn cumulative_counts_at_bounds() {
+        let mut h = Histogram::default();
+        for v in [1, 5, 5, 15, 100, 1_000, 1_000_000] {
+            h.record(v);
+        }
+        // Exact below 16; 1023 ends a bucket (31·32 + 31); u64::MAX takes all.
+        assert_eq!(h.cumulative(&[0, 5, 15, 1023, u64::MAX]), [0, 3, 4, 6, 7]);
+        // 1000 lies inside the bucket 992..=1023: that sample is not counted
+        // under 1000 (never one above a bound), but it is under 1023.
+        assert_eq!(h.cumulative(&[999, 1000]), [5, 5]);
+        let mut g = Histogram::default();
+        g.record(2);
+        g.merge(&h);
+        assert_eq!(g.count(), 8);
+        assert_eq!(g.sum(), h.sum() + 2);
+        assert_eq!(g.cumulative(&[5]), [4]);
+        assert_eq!(g.max(), 1_000_000);
+    }
+
+    #[test]
+    fn reject_codes_map_to_reasons() {
+        assert_eq!(REJECT_REASONS[reject_reason_index(1)], "at_capacity");
+        assert_eq!(REJECT_REASONS[reject_reason_index(7)], "run_as_denied");
+        assert_eq!(REJECT_REASONS[reject_reason_index(99)], "unspecified");
+        assert_eq!(REJECT_REASONS[reject_reason_index(-1)], "unspecified");
+        assert_eq!(REJECT_REASONS[WRONG_AGENT], "wrong_agent");
     }
 
     #[test]

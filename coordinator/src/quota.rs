@@ -43,19 +43,10 @@ use crate::store::{Op, Precondition, Store};
 
 /// Default quota: 1 GiB per principal.
 pub const DEFAULT_QUOTA_BYTES: u64 = 1 << 30;
-/// Keys of the executions' usage records: `q/e/<principal>/<execution id>`.
-pub const USAGE_PREFIX: &str = "q/e/";
-
-/// Keys of the package versions' usage records:
-/// `q/v/<principal>/<package id>/<version>`.
-pub const VERSION_USAGE_PREFIX: &str = "q/v/";
-/// Set once every version stored has its usage record.
-const VERSION_USAGE_INDEXED: &str = "q/v-indexed";
-
-/// The usage record of version `version` of package `package_id`.
-pub fn version_usage_key(who: &str, package_id: &str, version: u32) -> String {
-    format!("{VERSION_USAGE_PREFIX}{who}/{package_id}/{version:010}")
-}
+use crate::keys::VERSION_USAGE_INDEXED;
+pub use crate::keys::{
+    USAGE_PREFIX, VERSION_USAGE_PREFIX, usage_execution, usage_key, version_usage_key,
+};
 
 /// The put of the usage record of a version, committed with the version.
 pub fn version_usage_put(package_id: &str, v: &VersionRecord) -> Result<Op, CoordinatorError> {
@@ -76,18 +67,6 @@ pub fn version_usage_delete(package_id: &str, v: &VersionRecord) -> Op {
         key: version_usage_key(&v.deployed_by, package_id, v.version),
         pre: Precondition::Any,
     }
-}
-
-/// The usage record of execution `id` started by `who`.
-pub fn usage_key(who: &str, id: &str) -> String {
-    format!("{USAGE_PREFIX}{who}/{id}")
-}
-
-/// The execution id of a usage record's key.
-pub fn usage_execution(key: &str) -> Option<&str> {
-    key.strip_prefix(USAGE_PREFIX)?
-        .rsplit_once('/')
-        .map(|(_, id)| id)
 }
 
 /// What an execution or a package version counts against its principal.

@@ -1,22 +1,6 @@
-//! What the coordinator persists, and under which keys.
-//!
-//! | key | value |
-//! | --- | --- |
-//! | `m/epoch` | the coordinator epoch, raised at every start (fencing) |
-//! | `m/secrets-key-id` | id of the key that seals sensitive parameters ([`crate::secrets`]) |
-//! | `a/<agent>` | [`AgentRecord`]: the registration |
-//! | `s/<agent>` | [`SeqRecord`]: the outbox and the highest event applied from it |
-//! | `e/<execution>` | [`ExecutionRecord`]: the package bundle, parameters, state |
-//! | `c/<execution>/<task>/<index>` | [`ChildRecord`]: one child job, its phase and attempt |
-//! | `v/<fingerprint>` | a revoked certificate (value: the agent's or client's name) |
-//! | `i/<agent>/<fingerprint>` | a certificate issued to an agent by `Enroll`/`Renew` (value: its expiry), so that revoking the agent revokes them all |
-//! | `k/<token id>` | a token (hash of its secret, kind, expiry, state): [`crate::auth::tokens`] |
-//! | `g/<principal>` | a principal's grants: [`crate::auth::grants`] |
-//! | `f/<folder>` | a catalog folder (`f/etl/daily`): [`crate::catalog::model`] |
-//! | `n/<folder>/<name>` | the id of the catalog package at that path |
-//! | `p/<package id>` | a catalog package: folder, name, latest version |
-//! | `pv/<package id>/<version>` | one immutable version of a package: its files' hashes, parameters |
-//! | `b/<sha256>` | the text of one package file, stored once per content hash |
+//! What the coordinator persists: the records' types. Under which keys they
+//! live is [`crate::keys`]' table (its functions are re-exported here for
+//! the records' readers and writers).
 //!
 //! Records are JSON: small, inspectable with any redb or etcd tool, and
 //! tolerant of added fields (`#[serde(default)]`).
@@ -25,23 +9,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub const EPOCH_KEY: &str = "m/epoch";
-
-pub fn agent_key(name: &str) -> String {
-    format!("a/{name}")
-}
-pub fn seq_key(name: &str) -> String {
-    format!("s/{name}")
-}
-pub fn execution_key(id: &str) -> String {
-    format!("e/{id}")
-}
-pub fn children_prefix(id: &str) -> String {
-    format!("c/{id}/")
-}
-pub fn child_key(id: &str, task: &str, index: u32) -> String {
-    format!("c/{id}/{task}/{index:010}")
-}
+pub use crate::keys::{
+    EPOCH_KEY, agent_key, child_key, children_prefix, execution_key, issued_prefix, revoked_key,
+    seq_key,
+};
 
 /// An agent's registration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,16 +38,6 @@ pub struct AgentRecord {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
-}
-
-/// Prefix of the certificates issued to agent `name`.
-pub fn issued_prefix(name: &str) -> String {
-    format!("i/{name}/")
-}
-
-/// Key of a revoked certificate (value: the agent name it belonged to).
-pub fn revoked_key(fingerprint: &str) -> String {
-    format!("v/{fingerprint}")
 }
 
 /// An operator's say over an agent.
@@ -129,10 +90,25 @@ impl ExecutionState {
 pub struct ExecutionRecord {
     pub id: String,
     pub package: String,
-    /// Name of the root file in `files`.
+    /// Name of the root file of the bundle.
     pub root: String,
-    /// The parent package and every child package it references, as started.
+    /// The texts of the bundle's files, as records written before bundles
+    /// were stored by reference embed them; empty in newer records, whose
+    /// texts are blobs ([`Self::file_hashes`], loaded into [`Self::texts`]
+    /// by [`crate::bundles::load`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub files: BTreeMap<String, String>,
+    /// The parent package and every child package it references, as
+    /// started: path → content hash of the text (blob `b/<hash>`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub file_hashes: BTreeMap<String, String>,
+    /// Hash of the whole bundle (`crate::catalog::blobs::bundle_hash`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub bundle_hash: String,
+    /// In memory only: the texts of [`Self::file_hashes`], shared by the
+    /// sub-executions of a nested fan-out.
+    #[serde(skip)]
+    pub texts: Option<std::sync::Arc<BTreeMap<String, String>>>,
     /// Parameter overrides as given (defaults are re-derived from the package);
     /// values of sensitive parameters are sealed (`sealed:v1:…`, [`crate::secrets`]).
     pub params: BTreeMap<String, String>,
@@ -182,6 +158,11 @@ pub struct ExecutionRecord {
     /// the record of the others).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rows_outcomes: BTreeMap<String, RowsOutcome>,
+    /// Its place in a trace (when the coordinator exports traces): the
+    /// execution span's context, from which every task and child attempt
+    /// span id is derived ([`crate::trace_context`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace_context::ExecTrace>,
 }
 
 /// How a rows foreach that made no child ended.
@@ -209,8 +190,9 @@ fn is_default_policy(p: &crate::placement::PlacementPolicy) -> bool {
     *p == crate::placement::PlacementPolicy::default()
 }
 
-/// Which catalog package version an execution runs (it keeps its own copy of
-/// the bundle in `files`, so the package may change or go away meanwhile).
+/// Which catalog package version an execution runs (it keeps its own
+/// reference to the bundle's blobs, so the package may change or go away
+/// meanwhile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogRef {
     /// The package's id: stable across renames and moves.
@@ -223,6 +205,12 @@ pub struct CatalogRef {
 }
 
 impl ExecutionRecord {
+    /// The texts of the bundle: loaded from the blobs, or embedded in a
+    /// record written before bundles were stored by reference.
+    pub fn bundle_files(&self) -> &BTreeMap<String, String> {
+        self.texts.as_deref().unwrap_or(&self.files)
+    }
+
     /// The folder, "/" for records without one.
     pub fn folder(&self) -> &str {
         if self.folder.is_empty() {

@@ -1,4 +1,5 @@
-//! Start-up: raise the epoch and rebuild the scheduler from the store.
+//! The start of a leader's term: rebuild the scheduler from the store, with
+//! the epoch the leadership took ([`crate::leadership::Term`]).
 
 use std::collections::HashMap;
 
@@ -6,10 +7,11 @@ use tracing::{info, warn};
 
 use crate::clock::Now;
 use crate::error::CoordinatorError;
+use crate::keys;
 use crate::prepare::plan;
 use crate::records::{
-    AgentRecord, ChildRecord, EPOCH_KEY, ExecutionRecord, ExecutionState, SeqRecord,
-    children_prefix, now_unix_ms,
+    AgentRecord, ChildRecord, ExecutionRecord, ExecutionState, SeqRecord, children_prefix,
+    now_unix_ms,
 };
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::secrets::SealingKey;
@@ -20,36 +22,33 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, 
         .map_err(|e| CoordinatorError::Store(format!("corrupt record '{key}': {e}")))
 }
 
-/// Loads everything the scheduler needs. The new epoch (old + 1) is written
-/// with the first commit, before any dispatch carries it.
+/// Loads everything the scheduler needs, for a term of `epoch` (taken and
+/// made durable by the leadership before this is called: every dispatch of
+/// the term carries it, and the scheduler never writes it).
 /// Sealed sensitive parameters are opened with `secrets`; an execution whose
 /// values do not open (`SECRET_UNSEALABLE`) fails, as any that cannot be re-planned.
 pub async fn load(
     store: &dyn Store,
     config: SchedulerConfig,
     secrets: &SealingKey,
+    epoch: u64,
 ) -> Result<Scheduler, CoordinatorError> {
     let now = Now::read();
-    let old_epoch = match store.get(EPOCH_KEY).await? {
-        Some(kv) => String::from_utf8_lossy(&kv.value)
-            .trim()
-            .parse::<u64>()
-            .unwrap_or(0),
-        None => 0,
-    };
-    let mut sched = Scheduler::new(config, old_epoch + 1);
+    let mut sched = Scheduler::new(config, epoch);
 
     let mut seqs: HashMap<String, (SeqRecord, u64)> = HashMap::new();
-    for kv in store.range("s/").await? {
+    for kv in store.range(keys::SEQ_PREFIX).await? {
         let rec: SeqRecord = decode(&kv.key, &kv.value)?;
-        seqs.insert(kv.key["s/".len()..].to_string(), (rec, kv.mod_revision));
+        let name = keys::name_after(keys::SEQ_PREFIX, &kv.key).to_string();
+        seqs.insert(name, (rec, kv.mod_revision));
     }
-    for kv in store.range("v/").await? {
+    for kv in store.range(keys::REVOKED_PREFIX).await? {
         let name = String::from_utf8_lossy(&kv.value).to_string();
-        sched.restore_revoked(kv.key["v/".len()..].to_string(), &name);
+        let fingerprint = keys::name_after(keys::REVOKED_PREFIX, &kv.key).to_string();
+        sched.restore_revoked(fingerprint, &name);
     }
     let mut agents = 0;
-    for kv in store.range("a/").await? {
+    for kv in store.range(keys::AGENT_PREFIX).await? {
         let rec: AgentRecord = decode(&kv.key, &kv.value)?;
         let seq = seqs.remove(&rec.name);
         sched.restore_agent(rec, kv.mod_revision, seq, now);
@@ -57,7 +56,7 @@ pub async fn load(
     }
 
     let mut running = 0;
-    for kv in store.range("e/").await? {
+    for kv in store.range(keys::EXECUTION_PREFIX).await? {
         let mut rec: ExecutionRecord = decode(&kv.key, &kv.value)?;
         if rec.state.is_terminal() {
             continue;
@@ -68,7 +67,12 @@ pub async fn load(
             .into_iter()
             .map(|c| decode(&c.key, &c.value).map(|r| (r, c.mod_revision)))
             .collect::<Result<_, _>>()?;
-        match plan(&rec, secrets) {
+        let planned = match crate::bundles::load(store, &mut rec).await {
+            Ok(()) => plan(&rec, secrets),
+            Err(e @ CoordinatorError::ContentNotFound(_)) => Err(e),
+            Err(e) => return Err(e),
+        };
+        match planned {
             Ok(p) => {
                 sched.restore_execution(rec, kv.mod_revision, p, children, now);
                 running += 1;
@@ -114,7 +118,8 @@ mod tests {
     use crate::store::fake::FakeStore;
     use crate::store::{Op, Precondition, Store};
 
-    use super::{EPOCH_KEY, load};
+    use super::load;
+    use crate::records::EPOCH_KEY;
 
     fn key() -> SealingKey {
         SealingKey::from_bytes(&[7; 32]).unwrap()
@@ -166,33 +171,33 @@ mod tests {
     }
 
     async fn loaded(store: &FakeStore) -> Scheduler {
-        load(store, SchedulerConfig::default(), &key())
+        load(store, SchedulerConfig::default(), &key(), 1)
             .await
             .unwrap()
     }
 
     #[tokio::test]
-    async fn the_epoch_is_raised_and_written_with_the_first_commit() {
+    async fn the_scheduler_gets_the_terms_epoch_and_never_writes_it() {
         let store = FakeStore::new();
-        assert_eq!(
-            loaded(&store).await.epoch(),
-            1,
-            "an empty store starts at 1"
-        );
-        prepare(&store, vec![(EPOCH_KEY.into(), b"41".to_vec())]).await;
+        prepare(&store, vec![(EPOCH_KEY.into(), b"42".to_vec())]).await;
         let commits = store.applied().len();
-        let mut sched = loaded(&store).await;
+        let mut sched = load(store.as_ref(), SchedulerConfig::default(), &key(), 42)
+            .await
+            .unwrap();
         assert_eq!(sched.epoch(), 42);
         assert_eq!(
             store.applied().len(),
             commits,
             "load itself commits nothing"
         );
+        assert!(
+            !sched.has_dirty(),
+            "nothing to write: the epoch is the leadership's"
+        );
         let (ops, _) = sched.flush();
         assert!(
-            ops.iter().any(|op| matches!(op,
-                Op::Put { key, value, .. } if key == EPOCH_KEY && value == b"42")),
-            "the first flush writes the new epoch: {ops:?}"
+            ops.iter().all(|op| op.key() != EPOCH_KEY),
+            "the scheduler never writes the epoch: {ops:?}"
         );
     }
 
@@ -317,7 +322,7 @@ mod tests {
     async fn a_corrupt_record_stops_recovery_naming_its_key() {
         let store = FakeStore::new();
         prepare(&store, vec![(agent_key("a1"), b"{not json".to_vec())]).await;
-        let Err(err) = load(store.as_ref(), SchedulerConfig::default(), &key()).await else {
+        let Err(err) = load(store.as_ref(), SchedulerConfig::default(), &key(), 1).await else {
             panic!("a corrupt record is refused");
         };
         assert_eq!(err.code(), "STORE_FAILED");

@@ -3,7 +3,9 @@
 //!
 //! An ended execution is pruned when it ended longer than `keep_for` ago, or
 //! when more than `keep_count` ended executions are newer than it. Pruning
-//! deletes its record (`e/<id>`) and every child record (`c/<id>/…`) in batches,
+//! deletes its record (`e/<id>`) and every child record (`c/<id>/…`) in batches
+//! that fit the store's limits (children before the record, so that a pass
+//! cut short leaves a record that the next pass prunes again),
 //! then asks the store to give the freed space back. Each pass also removes
 //! the catalog's package texts that nothing uses any more
 //! ([`crate::catalog::blobs::sweep`]). Running executions are
@@ -21,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::error::CoordinatorError;
 use crate::records::{ExecutionRecord, children_prefix, execution_key};
+use crate::store::split::commit_in_chunks;
 use crate::store::{Op, Precondition, Store};
 
 /// How long and how many ended executions are kept.
@@ -51,7 +54,8 @@ pub struct Report {
     pub bytes_after: u64,
 }
 
-/// Most deletions per store commit.
+/// Most deletions gathered before they are committed (in as many commits as
+/// the store's limits need: [`commit_in_chunks`]).
 const BATCH: usize = 5_000;
 
 /// The ids of ended executions to prune, given `(id, finished_unix_ms)` of every
@@ -77,7 +81,7 @@ pub async fn prune_once(
 ) -> Result<Report, CoordinatorError> {
     let bytes_before = store.size_bytes();
     let ended: Vec<(String, u64)> = store
-        .range("e/")
+        .range(crate::keys::EXECUTION_PREFIX)
         .await?
         .into_iter()
         .filter_map(|kv| serde_json::from_slice::<ExecutionRecord>(&kv.value).ok())
@@ -125,12 +129,12 @@ pub async fn prune_once(
         }
         if ops.len() >= BATCH {
             report.records += ops.len();
-            store.commit(std::mem::take(&mut ops)).await?;
+            commit_in_chunks(store, std::mem::take(&mut ops)).await?;
         }
     }
     if !ops.is_empty() {
         report.records += ops.len();
-        store.commit(ops).await?;
+        commit_in_chunks(store, ops).await?;
     }
     // Package texts of removed catalog packages whose last executions have
     // ended (a `package rm --force` keeps them while those run).
@@ -273,6 +277,61 @@ mod tests {
             store.range("c/000199/").await.unwrap().len(),
             50,
             "the newest are kept whole"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pass_larger_than_the_store_takes_per_commit_is_split_to_fit() {
+        use crate::records::child_key;
+        use crate::store::{Limits, fake::FakeStore};
+        let store = FakeStore::new();
+        for e in 0..20u64 {
+            let id = format!("{e:06}");
+            let rec = serde_json::json!({"id": id, "package": "p", "root": "p.toml", "files": {},
+                "params": {}, "state": "failed", "created_unix_ms": e, "finished_unix_ms": e});
+            let mut ops = vec![Op::Put {
+                key: execution_key(&id),
+                value: rec.to_string().into_bytes(),
+                pre: Precondition::Any,
+            }];
+            for i in 0..50 {
+                ops.push(Op::Put {
+                    key: child_key(&id, "fan", i),
+                    value: b"{}".to_vec(),
+                    pre: Precondition::Any,
+                });
+            }
+            store.commit(ops).await.unwrap();
+        }
+        store.set_limits(Limits {
+            max_ops_per_commit: Some(128),
+            max_bytes_per_commit: Some(1536 * 1024),
+        });
+        let before = store.applied().len();
+        let report = prune_once(store.as_ref(), &policy(1_000_000, 0), 1_000)
+            .await
+            .unwrap();
+        assert_eq!((report.executions, report.records), (20, 20 * 51));
+        let pass = &store.applied()[before..];
+        assert!(
+            pass.len() >= 8,
+            "1,020 deletions in commits of 128: {}",
+            pass.len()
+        );
+        assert!(pass.iter().all(|c| c.ops.len() <= 128));
+        assert!(
+            store
+                .range(crate::keys::EXECUTION_PREFIX)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .range(crate::keys::CHILD_PREFIX)
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

@@ -59,3 +59,5 @@ pub fn spawn(
 
 #[cfg(test)]
 pub(crate) mod fixtures;
+#[cfg(test)]
+mod split_tests;

@@ -43,7 +43,7 @@ pub use key::{
 };
 
 /// Store key holding the id of the key that sealed the store's values.
-pub const KEY_ID_KEY: &str = "m/secrets-key-id";
+pub const KEY_ID_KEY: &str = crate::keys::SECRETS_KEY_ID_KEY;
 
 /// The parameter overrides of a stored execution, with its sensitive values
 /// opened. Sensitivity comes from the root package's declarations, so a value
@@ -53,7 +53,7 @@ pub fn open_params(
     key: &SealingKey,
     rec: &ExecutionRecord,
 ) -> Result<BTreeMap<String, String>, CoordinatorError> {
-    let Some(text) = rec.files.get(&rec.root) else {
+    let Some(text) = rec.bundle_files().get(&rec.root) else {
         return Ok(rec.params.clone()); // planning reports the missing root
     };
     let parent = baton_package::Package::parse(&rec.root, text)?;

@@ -12,6 +12,8 @@ pub mod v1 {
     tonic::include_proto!("baton.v1");
 }
 
+pub mod exposition;
+pub mod failover;
 pub mod identity;
 pub mod plaintext;
 pub mod tls;

@@ -50,6 +50,21 @@ pub(crate) const CAP_CHECK_MAX: Duration = Duration::from_secs(1);
 /// Growth of both logs between two checks that counts as fast.
 const CAP_FAST_BYTES: u64 = 64 * 1024;
 
+/// The last `max` bytes of the first `len` of `f`.
+fn read_tail(f: &std::fs::File, len: u64, max: usize) -> Vec<u8> {
+    let from = len.saturating_sub(max as u64);
+    let mut tail = vec![0u8; (len - from) as usize];
+    let mut got = 0;
+    while got < tail.len() {
+        match f.read_at(&mut tail[got..], from + got as u64) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    tail.truncate(got);
+    tail
+}
+
 /// Holds the logs that processes write straight to within [`LOG_BYTES_MAX`]
 /// while they run: checked every [`CAP_CHECK_MIN`] while they grow fast, up to
 /// every [`CAP_CHECK_MAX`] while they do not. Never returns (dropped when the
@@ -163,9 +178,15 @@ impl Capture {
         let len = f.metadata().map_or(0, |m| m.len());
         let grew = len.saturating_sub(self.checked_len);
         self.checked_len = len;
-        if len > LOG_BYTES_MAX && f.set_len(LOG_BYTES_MAX).is_ok() {
-            self.truncated = true;
-            self.checked_len = LOG_BYTES_MAX;
+        if len > LOG_BYTES_MAX {
+            // The last bytes are what the tail must show: kept before the cut,
+            // for a process that has written its last (and ended) meanwhile.
+            let tail = read_tail(f, len, self.tail_max);
+            if f.set_len(LOG_BYTES_MAX).is_ok() {
+                self.tail = tail.into();
+                self.truncated = true;
+                self.checked_len = LOG_BYTES_MAX;
+            }
         }
         grew
     }
@@ -177,17 +198,11 @@ impl Capture {
         if len == 0 {
             return;
         }
-        let from = len.saturating_sub(self.tail_max as u64);
-        let mut tail = vec![0u8; (len - from) as usize];
-        let mut got = 0;
-        while got < tail.len() {
-            match f.read_at(&mut tail[got..], from + got as u64) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got += n,
-            }
+        // Unless the log was cut at the last check and nothing came after it
+        // (then the tail kept at the cut is the true one), read it back.
+        if !(self.truncated && len == self.checked_len) {
+            self.tail = read_tail(&f, len, self.tail_max).into();
         }
-        tail.truncate(got);
-        self.tail = tail.into();
         if len > LOG_BYTES_MAX && f.set_len(LOG_BYTES_MAX).is_ok() {
             self.truncated = true;
         }

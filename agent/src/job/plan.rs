@@ -91,6 +91,9 @@ pub fn build(
         .collect();
     if let Some(tp) = &job.traceparent {
         env.push(("TRACEPARENT".into(), tp.clone()));
+        if let Some(ts) = &job.tracestate {
+            env.push(("TRACESTATE".into(), ts.clone()));
+        }
     }
     let masker = Masker::new(
         params
@@ -226,6 +229,7 @@ after = [{ task = "c", on = "failure" }]
             epoch: Epoch(1),
             deadline: None,
             traceparent: Some("00-abc-def-01".into()),
+            tracestate: None,
             folder: "/".into(),
         }
     }

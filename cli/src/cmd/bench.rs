@@ -48,6 +48,16 @@ pub enum Workload {
     Proc,
     Mixed,
     AgentLoss,
+    Failover,
+}
+
+/// Where the bench's coordinator keeps its state (`--store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchStore {
+    /// The embedded store (one redb file).
+    Embedded,
+    /// A 3-member etcd started on this machine (`etcd` from PATH).
+    Etcd,
 }
 
 impl Workload {
@@ -57,6 +67,7 @@ impl Workload {
             Workload::Proc => "proc",
             Workload::Mixed => "mixed",
             Workload::AgentLoss => "agent-loss",
+            Workload::Failover => "failover",
         }
     }
 }
@@ -64,13 +75,22 @@ impl Workload {
 /// Measure Baton on this machine: a local coordinator and agents run one workload.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Examples:\n  baton bench --workload noop --agents 4 --children 10000 --output json\n  baton bench --workload agent-loss --agents 3 --children 300"
+    after_help = "Examples:\n  baton bench --workload noop --agents 4 --children 10000 --output json\n  baton bench --workload noop --store etcd --children 10000\n  baton bench --workload agent-loss --agents 3 --children 300\n  baton bench --workload failover --agents 3 --children 2000"
 )]
 pub struct BenchArgs {
     /// noop: no process per child; proc: /bin/true per child (vs xargs);
-    /// mixed: sleeps of 0.05-0.5 s on agents of 1,2,4,8x slots/4; agent-loss: one agent SIGKILLed halfway.
+    /// mixed: sleeps of 0.05-0.5 s on agents of 1,2,4,8x slots/4; agent-loss: one agent SIGKILLed halfway;
+    /// failover: three coordinators on a local 3-member etcd, the leader SIGKILLed halfway
+    /// (children sleep 0.1-0.2 s).
     #[arg(long, value_enum)]
     pub workload: Workload,
+    /// The coordinator's store: embedded, or etcd (a 3-member etcd started on
+    /// this machine, from Debian's etcd-server). `failover` always uses etcd.
+    #[arg(long, value_enum, default_value = "embedded")]
+    pub store: BenchStore,
+    /// failover: the coordinators' leader lease, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub leader_lease_s: u64,
     /// Local agents to start (separate processes).
     #[arg(long, default_value_t = 4)]
     pub agents: u32,
@@ -137,6 +157,12 @@ pub fn validate(a: &BenchArgs) -> Result<(), CliError> {
             )));
         }
     }
+    if a.workload == Workload::Failover && (a.children < 2 || !(1..=60).contains(&a.leader_lease_s))
+    {
+        return Err(usage(
+            "--workload failover needs --children 2 or more and --leader-lease-s 1..=60",
+        ));
+    }
     if a.workload == Workload::AgentLoss && (a.agents < 2 || a.children < 2) {
         return Err(usage(
             "--workload agent-loss needs --agents 2 or more (one is killed) and --children 2 or more",
@@ -163,6 +189,7 @@ pub fn work_ms(w: Workload, i: u32) -> u32 {
     match w {
         Workload::Mixed => 50 + h % 451,      // 50..=500 ms
         Workload::AgentLoss => 300 + h % 701, // 300..=1000 ms
+        Workload::Failover => 100 + h % 101,  // 100..=200 ms
         Workload::Noop | Workload::Proc => 0,
     }
 }
@@ -182,7 +209,7 @@ pub fn packages(w: Workload, children: u32) -> (String, String) {
             format!("{{ range = {{ start = 1, end = {children} }} }}"),
             "{ i = \"${item}\" }",
         ),
-        Workload::Mixed | Workload::AgentLoss => {
+        Workload::Mixed | Workload::AgentLoss | Workload::Failover => {
             // The item is the child's duration in seconds.
             let mut items = String::with_capacity(children as usize * 8);
             for i in 0..children {
@@ -214,7 +241,7 @@ pub fn packages(w: Workload, children: u32) -> (String, String) {
         Workload::Proc => {
             "name = \"true\"\n[parameters.i]\ntype = \"int\"\n[tasks.run]\nexec = [\"/bin/true\"]\n"
         }
-        Workload::Mixed | Workload::AgentLoss => {
+        Workload::Mixed | Workload::AgentLoss | Workload::Failover => {
             "name = \"sleep\"\n[parameters.work_s]\ntype = \"string\"\n[tasks.run]\nexec = [\"sleep\", \"${params.work_s}\"]\ntimeout_s = 60\n"
         }
     };
@@ -343,6 +370,28 @@ async fn kill_halfway(
 pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
     validate(&args)?;
     let w = args.workload;
+    if w == Workload::Failover {
+        let (out, ok) = super::bench_failover::run(&args).await?;
+        print_result(args.output, out);
+        if !ok {
+            eprintln!(
+                "error[EXECUTION_FAILED]: the failover bench lost or duplicated children, or did not succeed"
+            );
+            return Ok(EXIT_FAILED);
+        }
+        return Ok(0);
+    }
+    // A 3-member etcd on this machine, for as long as the bench runs.
+    let etcd = match args.store {
+        BenchStore::Embedded => None,
+        BenchStore::Etcd => Some(start_etcd().await?),
+    };
+    let store = match &etcd {
+        None => baton_coordinator::store::StoreConfig::Embedded,
+        Some(e) => baton_coordinator::store::StoreConfig::Etcd(
+            baton_coordinator::store::EtcdConfig::new(e.endpoints()),
+        ),
+    };
     let slots = agent_slots(w, args.agents, args.slots);
     let total_slots: u32 = slots.iter().sum();
     let (parent, child) = packages(w, args.children);
@@ -353,6 +402,7 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         lease_ttl_ms: args.lease_ttl_ms,
         heartbeat_ms: (args.lease_ttl_ms / 6).max(50),
         agent_cpus: args.agent_cpus.clone(),
+        store,
     };
     // Every CPU this process may use, before it pins itself: the baseline's.
     let all_cpus = proc_cpu::allowed_cpus();
@@ -469,7 +519,8 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         ("agents_lost", json!(metrics.stats.agents_lost)),
     ];
     match w {
-        Workload::Noop => {}
+        // Run by bench_failover::run, which returned above.
+        Workload::Noop | Workload::Failover => {}
         Workload::Proc => {
             // Pinned, this process would pass its own CPUs on to xargs.
             let cpus = args.coordinator_cpus.as_ref().and(all_cpus);
@@ -512,19 +563,12 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
             out.push(("duplicated", json!(duplicated)));
         }
     }
-    match args.output {
-        Format::Json => {
-            let obj: serde_json::Map<String, Value> =
-                out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            outln!("{}", Value::Object(obj));
-        }
-        Format::Human => {
-            let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-            for (k, v) in &out {
-                outln!("{k:<width$}  {v}");
-            }
-        }
-    }
+    out.push((
+        "store",
+        json!(if etcd.is_some() { "etcd" } else { "embedded" }),
+    ));
+    drop(etcd);
+    print_result(args.output, out);
     if let Some(kept) = &kept {
         eprintln!("kept {} (coordinator store, agent logs)", kept.display());
     }
@@ -541,6 +585,38 @@ pub async fn run(args: BenchArgs) -> Result<u8, CliError> {
         return Ok(EXIT_FAILED);
     }
     Ok(0)
+}
+
+/// Prints the result: one JSON object, or a `key  value` table.
+fn print_result(output: Format, out: Vec<(&str, Value)>) {
+    match output {
+        Format::Json => {
+            let obj: serde_json::Map<String, Value> =
+                out.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            outln!("{}", Value::Object(obj));
+        }
+        Format::Human => {
+            let width = out.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+            for (k, v) in &out {
+                outln!("{k:<width$}  {v}");
+            }
+        }
+    }
+}
+
+/// A 3-member etcd on loopback (`etcd` from PATH), stopped when dropped.
+async fn start_etcd() -> Result<baton_coordinator::store::etcd::local::EtcdCluster, CliError> {
+    use baton_coordinator::store::etcd::local::{EtcdCluster, etcd_binary};
+    let binary = etcd_binary().ok_or_else(|| {
+        CliError::other(
+            "ETCD_NOT_FOUND",
+            "--store etcd runs a 3-member etcd on this machine: no `etcd` on PATH (apt-get install etcd-server)",
+        )
+    })?;
+    tokio::task::spawn_blocking(move || EtcdCluster::try_start(binary, 3, &[], false))
+        .await
+        .map_err(|e| CliError::other("INTERNAL", e.to_string()))?
+        .map_err(|why| CliError::other("ETCD_NOT_STARTED", why))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use super::*;
 fn args(w: Workload) -> BenchArgs {
     BenchArgs {
         workload: w,
+        store: BenchStore::Embedded,
+        leader_lease_s: 5,
         agents: 4,
         children: 1000,
         slots: 4,

@@ -17,7 +17,9 @@ pub enum ContextCmd {
     )]
     Add {
         name: String,
-        /// Coordinator URL (one: https://HOST:PORT).
+        /// Coordinator URL (https://HOST:PORT), or the URLs of every coordinator of a
+        /// highly available cluster separated by commas (https://c1:7400,https://c2:7400):
+        /// calls then find the leader themselves.
         #[arg(long)]
         coordinator: String,
         /// Directory with the client identity: ca.pem, tls.pem, tls.key.
@@ -87,6 +89,8 @@ pub fn run(cmd: ContextCmd) -> Result<u8, CliError> {
             output,
         } => {
             contexts::check_name(&name)?;
+            baton_proto::failover::parse_urls(&coordinator)
+                .map_err(|e| CliError::invalid("USAGE", e))?;
             let ctx = Context {
                 coordinator,
                 tls_dir: absolute(tls_dir)?,

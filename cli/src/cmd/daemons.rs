@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -101,6 +102,165 @@ pub struct CoordinatorArgs {
     /// (QUOTA_EXCEEDED past it). 0: no quota.
     #[arg(long, env = "BATON_COORDINATOR_QUOTA_BYTES_PER_PRINCIPAL", default_value = "1GiB", value_parser = parse_bytes)]
     pub quota_bytes_per_principal: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
+    /// (plaintext: a loopback address only; port 0 picks a free port, printed).
+    /// Needs --metrics-token-file. See docs/observability.md.
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_METRICS_LISTEN",
+        value_name = "ADDR",
+        requires = "metrics_token_file"
+    )]
+    pub metrics_listen: Option<String>,
+    /// File holding the bearer token every scrape must send (Prometheus:
+    /// `authorization: { credentials_file: FILE }`); at least 16 characters,
+    /// not readable by others.
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_METRICS_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "metrics_listen"
+    )]
+    pub metrics_token_file: Option<PathBuf>,
+    /// Where executions, the catalog and the agent registry are kept:
+    /// `embedded` (one file in DATA_DIR, one coordinator) or
+    /// `etcd://HOST:PORT,HOST:PORT,...` (an etcd cluster shared by several
+    /// coordinators, one of which leads).
+    #[arg(long, env = "BATON_COORDINATOR_STORE", default_value = "embedded")]
+    pub store: String,
+    /// etcd's CA certificate (PEM): mutual TLS to etcd needs --etcd-ca,
+    /// --etcd-cert and --etcd-key together; without them only loopback
+    /// endpoints are allowed (plaintext).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// This coordinator's client certificate for etcd (PEM).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The key of --etcd-cert (PEM).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
+    /// Every key this cluster writes in etcd starts with this (several Baton
+    /// clusters may share one etcd).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_PREFIX", default_value = baton_coordinator::store::config::DEFAULT_KEY_PREFIX)]
+    pub etcd_prefix: String,
+    /// etcd's --max-txn-ops (give the value etcd was started with): commits
+    /// are split to fit.
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_MAX_TXN_OPS", default_value_t = baton_coordinator::store::config::ETCD_DEFAULT_MAX_TXN_OPS)]
+    pub etcd_max_txn_ops: usize,
+    /// etcd's --max-request-bytes (give the value etcd was started with).
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_MAX_REQUEST_BYTES", default_value = "1572864", value_parser = parse_bytes)]
+    pub etcd_max_request_bytes: u64,
+    /// How long to wait at start for etcd to answer (with a quorum) before
+    /// giving up with STORE_UNAVAILABLE, e.g. 30s.
+    #[arg(long, env = "BATON_COORDINATOR_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = crate::cmd::duration_arg::parse_duration)]
+    pub etcd_connect_timeout: std::time::Duration,
+    /// The URL clients and agents should use to reach this coordinator, which
+    /// standbys name in their NOT_LEADER answers, such as `https://c1.example:7400`
+    /// (default: the listen address; set it when listening on 0.0.0.0).
+    #[arg(long, env = "BATON_COORDINATOR_ADVERTISE", value_name = "URL")]
+    pub advertise: Option<String>,
+    /// With --store etcd: a leader cut off from etcd this long loses its term
+    /// and another coordinator takes over (rounded up to seconds; keep it at
+    /// 4s or more so that a term survives etcd electing its own leader).
+    #[arg(long, env = "BATON_COORDINATOR_LEADER_LEASE", default_value = "5s", value_parser = crate::cmd::duration_arg::parse_duration)]
+    pub leader_lease: std::time::Duration,
+}
+
+/// `--metrics-listen` and `--metrics-token-file` of either daemon.
+#[derive(Debug, Clone)]
+pub struct MetricsArgs {
+    pub metrics_listen: Option<String>,
+    pub metrics_token_file: Option<PathBuf>,
+}
+
+impl MetricsArgs {
+    /// Starts the endpoint when asked to, printing `baton WHAT metrics on ADDR`.
+    async fn serve(
+        &self,
+        what: &str,
+        component: &'static str,
+        render: crate::metrics_http::Render,
+        on_refused: Option<crate::metrics_http::OnRefused>,
+        shutdown: CancellationToken,
+    ) -> Result<(), CliError> {
+        let (Some(listen), Some(token)) = (&self.metrics_listen, &self.metrics_token_file) else {
+            return Ok(());
+        };
+        let addr =
+            crate::metrics_http::serve(listen, token, component, render, on_refused, shutdown)
+                .await?;
+        announce(format!("baton {what} metrics on {addr}"));
+        Ok(())
+    }
+}
+
+/// The store of `--store` and the `--etcd-*` flags.
+pub fn store_config(
+    args: &CoordinatorArgs,
+) -> Result<baton_coordinator::store::StoreConfig, CliError> {
+    use baton_coordinator::store::{EtcdConfig, EtcdTls, StoreConfig, config::parse_etcd_url};
+    let tls_flags = [&args.etcd_ca, &args.etcd_cert, &args.etcd_key];
+    let tls_given = tls_flags.iter().filter(|f| f.is_some()).count();
+    if args.store.trim().eq_ignore_ascii_case("embedded") {
+        if tls_given > 0 {
+            return Err(CliError::invalid(
+                "ETCD_TLS_INCOMPLETE",
+                "--etcd-ca, --etcd-cert and --etcd-key apply to --store etcd://...; the store is embedded",
+            ));
+        }
+        return Ok(StoreConfig::Embedded);
+    }
+    let endpoints = parse_etcd_url(args.store.trim()).map_err(|why| {
+        CliError::invalid(
+            "STORE_URL_INVALID",
+            format!(
+                "--store {why}\n  hint: --store embedded (the default), or --store etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379"
+            ),
+        )
+    })?;
+    let tls = match (&args.etcd_ca, &args.etcd_cert, &args.etcd_key) {
+        (Some(ca), Some(cert), Some(key)) => Some(EtcdTls {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (None, None, None) => None,
+        _ => {
+            let missing: Vec<&str> = ["--etcd-ca", "--etcd-cert", "--etcd-key"]
+                .into_iter()
+                .zip(tls_flags)
+                .filter(|(_, f)| f.is_none())
+                .map(|(name, _)| name)
+                .collect();
+            return Err(CliError::invalid(
+                "ETCD_TLS_INCOMPLETE",
+                format!(
+                    "mutual TLS to etcd needs --etcd-ca, --etcd-cert and --etcd-key together; missing {}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+    };
+    let prefix = args.etcd_prefix.trim();
+    if prefix.is_empty() || prefix.contains(char::is_control) {
+        return Err(CliError::invalid(
+            "ETCD_PREFIX_INVALID",
+            "--etcd-prefix must be a non-empty key prefix without control characters, e.g. /baton/",
+        ));
+    }
+    if args.etcd_max_txn_ops < 2 || args.etcd_max_request_bytes < 4096 {
+        return Err(CliError::invalid(
+            "USAGE",
+            "--etcd-max-txn-ops must be at least 2 and --etcd-max-request-bytes at least 4096 (give the values etcd runs with)",
+        ));
+    }
+    let mut config = EtcdConfig::new(endpoints);
+    config.tls = tls;
+    config.key_prefix = prefix.to_string();
+    config.max_txn_ops = args.etcd_max_txn_ops;
+    config.max_request_bytes = usize::try_from(args.etcd_max_request_bytes).unwrap_or(usize::MAX);
+    config.connect_patience = args.etcd_connect_timeout;
+    Ok(StoreConfig::Etcd(config))
 }
 
 /// A byte count: digits with an optional unit (B, KB, MB, GB: powers of 1000;
@@ -151,7 +311,11 @@ fn watchdog_launcher() -> Result<baton_agent::watchdog::Launcher, CliError> {
     after_help = "Example (its token must allow its labels: `baton token create --agent etl-07 --label pool=etl`):\n  baton agent --coordinator https://10.0.0.5:7400 --name etl-07 \\\n      --listen 0.0.0.0:7401 --advertise 10.0.0.7:7401 --slots 8 --label pool=etl \\\n      --allow-run-as etl:/etl --allow-run-as reports"
 )]
 pub struct AgentArgs {
-    /// Coordinator URL.
+    /// Coordinator URL; for a highly available cluster, the URLs of its coordinators
+    /// separated by commas (https://c1:7400,https://c2:7400): the agent registers with
+    /// the leader (a standby names it), moves to the next coordinator when one goes
+    /// away, and resends its unacknowledged events to the new leader; its jobs keep
+    /// running through a failover.
     #[arg(long, env = "BATON_COORDINATOR", default_value = crate::client::DEFAULT_COORDINATOR)]
     pub coordinator: String,
     /// Agent name, unique in the fleet (default: the host name).
@@ -212,6 +376,26 @@ pub struct AgentArgs {
     /// longer ago than this, e.g. 7d, 12h. Running jobs are never touched.
     #[arg(long, env = "BATON_AGENT_RETAIN_FOR", default_value = "7d", value_parser = crate::cmd::duration_arg::parse_duration)]
     pub retain_for: std::time::Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9464
+    /// (plaintext: a loopback address only; port 0 picks a free port, printed).
+    /// Needs --metrics-token-file. See docs/observability.md.
+    #[arg(
+        long,
+        env = "BATON_AGENT_METRICS_LISTEN",
+        value_name = "ADDR",
+        requires = "metrics_token_file"
+    )]
+    pub metrics_listen: Option<String>,
+    /// File holding the bearer token every scrape must send (Prometheus:
+    /// `authorization: { credentials_file: FILE }`); at least 16 characters,
+    /// not readable by others.
+    #[arg(
+        long,
+        env = "BATON_AGENT_METRICS_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "metrics_listen"
+    )]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, CliError> {
@@ -315,6 +499,7 @@ fn refuse_old_tls_dir(effective: &std::path::Path) -> Result<(), CliError> {
 }
 
 pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
+    let store = store_config(&args)?;
     if !args.insecure {
         let tls_dir = args
             .tls_dir
@@ -354,6 +539,10 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
         }
         baton_coordinator::transport::Security::Tls(live)
     };
+    let metrics_args = MetricsArgs {
+        metrics_listen: args.metrics_listen.clone(),
+        metrics_token_file: args.metrics_token_file.clone(),
+    };
     let config = baton_coordinator::CoordinatorConfig {
         data_dir: args.data_dir,
         lease_ttl_ms: args.lease_ttl_ms,
@@ -379,14 +568,46 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             keep: args.audit_keep,
         },
         quota_bytes_per_principal: args.quota_bytes_per_principal,
-        store: baton_coordinator::store::StoreConfig::Embedded,
-        ha: baton_coordinator::HaConfig::default(),
+        store,
+        ha: baton_coordinator::HaConfig {
+            advertise: args.advertise.clone(),
+            leader_lease_ms: u64::try_from(args.leader_lease.as_millis()).unwrap_or(u64::MAX),
+        },
+        metrics: metrics_args
+            .metrics_listen
+            .is_some()
+            .then(baton_coordinator::prometheus::Registry::new),
     };
     config
         .validate()
         .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let shutdown = CancellationToken::new();
-    let running = baton_coordinator::start(config, listener, shutdown.clone()).await?;
+    if let Some(registry) = &config.metrics {
+        let (r, a) = (registry.clone(), registry.clone());
+        metrics_args
+            .serve(
+                "coordinator",
+                "coordinator",
+                Arc::new(move || baton_coordinator::prometheus::render(&r.read())),
+                Some(Arc::new(move |ip, code| a.refused(ip, code))),
+                shutdown.clone(),
+            )
+            .await?;
+    }
+    let running = baton_coordinator::start(config, listener, shutdown.clone())
+        .await
+        .map_err(|e| {
+            // The store's settings are the user's to fix; an etcd without
+            // quorum may come back.
+            let exit = match e.code() {
+                "PLAINTEXT_NOT_LOOPBACK" | "CONFIG_INVALID" => Some(crate::error::EXIT_INVALID),
+                "STORE_UNAVAILABLE" => Some(crate::error::EXIT_UNAVAILABLE),
+                _ => None,
+            };
+            let mut err = CliError::from(e);
+            err.exit = exit.unwrap_or(err.exit);
+            err
+        })?;
     announce(format!("baton coordinator listening on {addr}"));
     let mut task = running.task;
     tokio::select! {
@@ -515,10 +736,28 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
     if let Some(s) = args.slots {
         config.slots = s;
     }
+    let metrics_args = MetricsArgs {
+        metrics_listen: args.metrics_listen.clone(),
+        metrics_token_file: args.metrics_token_file.clone(),
+    };
+    if metrics_args.metrics_listen.is_some() {
+        config.metrics = Some(Arc::default());
+    }
     config
         .validate()
         .map_err(|e| CliError::invalid(e.code(), e.to_string()))?;
     let shutdown = CancellationToken::new();
+    if let Some(metrics) = config.metrics.clone() {
+        metrics_args
+            .serve(
+                &format!("agent {name}"),
+                "agent",
+                Arc::new(move || metrics.render()),
+                None,
+                shutdown.clone(),
+            )
+            .await?;
+    }
     let stop = shutdown.clone();
     tokio::spawn(async move {
         super::signals::shutdown_signal().await;
@@ -556,7 +795,97 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{CoordinatorArgs, parse_bytes, store_config};
+    use baton_coordinator::store::StoreConfig;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+    }
+
+    fn store(flags: &[&str]) -> Result<StoreConfig, crate::error::CliError> {
+        let args =
+            Args::try_parse_from(std::iter::once("baton").chain(flags.iter().copied())).unwrap();
+        store_config(&args.coordinator)
+    }
+
+    #[test]
+    fn the_store_is_embedded_unless_an_etcd_url_is_given() {
+        assert_eq!(store(&[]).unwrap(), StoreConfig::Embedded);
+        assert_eq!(
+            store(&["--store", "embedded"]).unwrap(),
+            StoreConfig::Embedded
+        );
+        let StoreConfig::Etcd(etcd) = store(&[
+            "--store",
+            "etcd://10.0.0.1:2379,10.0.0.2",
+            "--etcd-ca",
+            "ca.pem",
+            "--etcd-cert",
+            "c.pem",
+            "--etcd-key",
+            "c.key",
+            "--etcd-prefix",
+            "/prod/",
+            "--etcd-max-txn-ops",
+            "512",
+            "--etcd-max-request-bytes",
+            "10MiB",
+        ])
+        .unwrap() else {
+            panic!("an etcd store");
+        };
+        assert_eq!(etcd.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(etcd.key_prefix, "/prod/");
+        assert_eq!((etcd.max_txn_ops, etcd.max_request_bytes), (512, 10 << 20));
+        assert_eq!(etcd.tls.unwrap().key, std::path::PathBuf::from("c.key"));
+        let StoreConfig::Etcd(plain) = store(&["--store", "etcd://127.0.0.1:2379"]).unwrap() else {
+            panic!("an etcd store");
+        };
+        assert_eq!((plain.tls, plain.key_prefix.as_str()), (None, "/baton/"));
+    }
+
+    #[test]
+    fn bad_store_flags_are_refused_with_their_code() {
+        for (flags, code, says) in [
+            (
+                &["--store", "etcd://h1:x"][..],
+                "STORE_URL_INVALID",
+                "not a port number",
+            ),
+            (
+                &["--store", "redis://h1"][..],
+                "STORE_URL_INVALID",
+                "etcd://",
+            ),
+            (
+                &["--store", "etcd://h1", "--etcd-ca", "ca.pem"][..],
+                "ETCD_TLS_INCOMPLETE",
+                "missing --etcd-cert, --etcd-key",
+            ),
+            (
+                &["--etcd-key", "k.pem"][..],
+                "ETCD_TLS_INCOMPLETE",
+                "embedded",
+            ),
+            (
+                &["--store", "etcd://h1", "--etcd-prefix", ""][..],
+                "ETCD_PREFIX_INVALID",
+                "non-empty",
+            ),
+        ] {
+            let e = store(flags).unwrap_err();
+            assert_eq!(
+                (e.code.as_str(), e.exit),
+                (code, 2),
+                "{flags:?}: {}",
+                e.message
+            );
+            assert!(e.message.contains(says), "{flags:?}: {}", e.message);
+        }
+    }
 
     #[test]
     fn byte_counts_with_units() {

@@ -55,6 +55,7 @@ pub async fn run(args: DemoArgs) -> Result<u8, CliError> {
         lease_ttl_ms: 3000,
         heartbeat_ms: 500,
         agent_cpus: None,
+        store: Default::default(),
     };
     let mut cluster = LocalCluster::start(&spec, "baton-demo-").await?;
     if human {

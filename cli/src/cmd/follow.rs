@@ -2,6 +2,11 @@
 //! announced at once, progress lines or JSON events while it runs, the summary
 //! and the exit code it maps to. `run`, `run --local`, `exec wait`/`watch`,
 //! `demo` and `bench` share it.
+//!
+//! With several coordinators (a URL list), a watch that breaks — the leader went
+//! away — is opened again (through the failover channel, which finds the new
+//! leader) for up to `--failover-wait`; with one URL it ends as before, saying that
+//! the execution goes on.
 
 use baton_proto as pb;
 
@@ -82,14 +87,14 @@ pub async fn follow(
 ) -> Result<pb::ExecutionSummary, CliError> {
     let lost = |detail: String| {
         CliError::unavailable(
-            &coordinator.url,
+            &coordinator.current_url(),
             format!(
                 "{detail}; execution {id} goes on — `baton exec wait {id}` waits again, \
                  `baton exec show {id}` shows it"
             ),
         )
     };
-    let mut stream = client
+    let mut stream: tonic::Streaming<pb::ExecutionSummary> = client
         .watch_execution(pb::WatchExecutionRequest {
             execution_id: id.to_string(),
         })
@@ -97,6 +102,9 @@ pub async fn follow(
         .map_err(|s| coordinator.status(s))?
         .into_inner();
     let to_stdout = progress.lines() == Lines::Stdout;
+    let mut rewatch = coordinator
+        .several()
+        .then(|| Rewatch::new(coordinator.policy().wait));
     let mut last = None;
     loop {
         let next = match progress.due() {
@@ -113,6 +121,9 @@ pub async fn follow(
         };
         match next {
             Ok(Some(s)) => {
+                if let Some(again) = rewatch.as_mut() {
+                    again.healed();
+                }
                 progress.update(&s);
                 last = Some(s);
                 if to_stdout && stdout_closed() {
@@ -121,6 +132,29 @@ pub async fn follow(
             }
             Ok(None) => break,
             Err(s) => {
+                if let Some(again) = rewatch.as_mut()
+                    && again.may_retry()
+                {
+                    errln!(
+                        "the watch of execution {id} broke ({}); watching it again…",
+                        s.message()
+                    );
+                    match client
+                        .watch_execution(pb::WatchExecutionRequest {
+                            execution_id: id.to_string(),
+                        })
+                        .await
+                    {
+                        Ok(r) => {
+                            stream = r.into_inner();
+                            continue;
+                        }
+                        Err(s2) => {
+                            progress.finish();
+                            return Err(lost(coordinator.status(s2).message));
+                        }
+                    }
+                }
                 progress.finish();
                 return Err(lost(s.message().to_string()));
             }
@@ -132,4 +166,30 @@ pub async fn follow(
         return Err(lost("the watch ended early".into()));
     }
     Ok(last)
+}
+
+/// How long a broken watch may be opened again (several coordinators only):
+/// `wait` from the first break since the last summary received.
+struct Rewatch {
+    wait: std::time::Duration,
+    broke_at: Option<std::time::Instant>,
+}
+
+impl Rewatch {
+    fn new(wait: std::time::Duration) -> Rewatch {
+        Rewatch {
+            wait,
+            broke_at: None,
+        }
+    }
+
+    /// A summary came: the next break starts a new wait.
+    fn healed(&mut self) {
+        self.broke_at = None;
+    }
+
+    fn may_retry(&mut self) -> bool {
+        let since = *self.broke_at.get_or_insert_with(std::time::Instant::now);
+        since.elapsed() < self.wait
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod bench;
+pub mod bench_failover;
 pub mod certs;
 pub mod context;
 pub mod daemons;

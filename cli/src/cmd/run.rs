@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use baton_proto as pb;
+use tracing::Instrument;
 
 use super::follow::{announce, exit_of, print_summary, wait};
 use super::run_local::{LocalRun, run_local};
@@ -137,8 +138,17 @@ pub async fn run(args: RunArgs) -> Result<u8, CliError> {
     }
     let mut client = args.coordinator.connect().await?;
     let started = Instant::now();
+    // With traces exported, the execution's trace starts under this span.
+    let span = tracing::info_span!("baton.run");
+    let mut call = tonic::Request::new(request);
+    if let Some(tp) = span.in_scope(crate::telemetry::current_traceparent)
+        && let Ok(value) = tp.parse()
+    {
+        call.metadata_mut().insert("traceparent", value);
+    }
     let response = client
-        .start_execution(request)
+        .start_execution(call)
+        .instrument(span)
         .await
         .map_err(|s| args.coordinator.status(s))?
         .into_inner();

@@ -47,6 +47,7 @@ pub async fn run_local(
         lease_ttl_ms: 3000,
         heartbeat_ms: 500,
         agent_cpus: None,
+        store: Default::default(),
     };
     let human = args.output == Format::Human;
     let mut cluster = crate::local_cluster::LocalCluster::start(&spec, "baton-local-").await?;

@@ -157,13 +157,7 @@ impl GrantSet {
     }
 }
 
-/// Store key of a principal's grants.
-pub fn grants_key(principal: &str) -> String {
-    format!("g/{principal}")
-}
-
-/// Prefix of every principal's grants.
-pub const GRANTS_PREFIX: &str = "g/";
+pub use crate::keys::{GRANTS_PREFIX, grants_key};
 
 #[cfg(test)]
 mod tests {

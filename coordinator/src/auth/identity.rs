@@ -26,12 +26,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::CoordinatorError;
+use crate::store::split::commit_in_chunks;
 use crate::store::{Op, Precondition, Store, StoreError};
 
-/// Key of agent `name`'s identity record.
-pub fn identity_key(name: &str) -> String {
-    format!("r/{name}")
-}
+pub use crate::keys::identity_key;
 
 /// What the coordinator knows of an agent identity.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +129,7 @@ pub async fn check_certificate(
 ) -> Result<Option<AgentIdentity>, CoordinatorError> {
     if !fingerprint.is_empty()
         && store
-            .get(&crate::records::revoked_key(fingerprint))
+            .get(&crate::keys::revoked_key(fingerprint))
             .await?
             .is_some()
     {
@@ -188,7 +186,6 @@ fn issued_ops(
     existing: Vec<crate::store::KeyValue>,
     now_s: u64,
 ) -> Vec<Op> {
-    let prefix = crate::records::issued_prefix(name);
     let mut ops: Vec<Op> = existing
         .into_iter()
         .filter(|kv| serde_json::from_slice::<u64>(&kv.value).is_ok_and(|t| t <= now_s))
@@ -198,7 +195,7 @@ fn issued_ops(
         })
         .collect();
     ops.push(Op::Put {
-        key: format!("{prefix}{fingerprint}"),
+        key: crate::keys::issued_key(name, fingerprint),
         value: not_after.max(0).to_string().into_bytes(),
         pre: Precondition::Any,
     });
@@ -256,7 +253,7 @@ pub async fn record_renewal(
     check_renew(name, rec.as_ref(), now_ms, interval_ms)?;
     let mut rec = rec.unwrap_or_default();
     rec.last_renew_unix_ms = now_ms;
-    let existing = store.range(&crate::records::issued_prefix(name)).await?;
+    let existing = store.range(&crate::keys::issued_prefix(name)).await?;
     let mut ops = vec![Op::Put {
         key: identity_key(name),
         value: encode(&rec)?,
@@ -334,7 +331,7 @@ pub async fn enrolment_ops(
         value: encode(&new)?,
         pre: pre(rev),
     }];
-    let existing = store.range(&crate::records::issued_prefix(e.name)).await?;
+    let existing = store.range(&crate::keys::issued_prefix(e.name)).await?;
     if rec.as_ref().is_some_and(|r| r.revoked) {
         // Whatever the revocation left unrevoked stays refused after this.
         ops.extend(revoke_ops(e.name, unexpired(&existing, e.now_s)));
@@ -365,7 +362,7 @@ fn revoke_ops(name: &str, fingerprints: Vec<String>) -> Vec<Op> {
         .into_iter()
         .filter(|fp| !fp.is_empty())
         .map(|fp| Op::Put {
-            key: crate::records::revoked_key(&fp),
+            key: crate::keys::revoked_key(&fp),
             value: name.as_bytes().to_vec(),
             pre: Precondition::Any,
         })
@@ -380,7 +377,7 @@ async fn certificates_of(
     registered: Option<&crate::store::KeyValue>,
     now_s: u64,
 ) -> Result<Vec<String>, CoordinatorError> {
-    let issued = store.range(&crate::records::issued_prefix(name)).await?;
+    let issued = store.range(&crate::keys::issued_prefix(name)).await?;
     let mut fps = unexpired(&issued, now_s);
     if let Some(kv) = registered
         && let Ok(rec) = serde_json::from_slice::<crate::records::AgentRecord>(&kv.value)
@@ -421,13 +418,16 @@ pub async fn revoke(
             rec.generation += 1;
         }
         let fps = certificates_of(store, name, registered.as_ref(), now_s).await?;
-        let mut ops = vec![Op::Put {
+        // The revocations first, the identity last: an agent with more
+        // certificates than one commit takes is revoked in several
+        // (`store::split`); a conflict on the identity tries again.
+        let mut ops = revoke_ops(name, fps.clone());
+        ops.push(Op::Put {
             key: identity_key(name),
             value: encode(&rec)?,
             pre: pre(rev),
-        }];
-        ops.extend(revoke_ops(name, fps.clone()));
-        match store.commit(ops).await {
+        });
+        match commit_in_chunks(store, ops).await {
             Ok(_) => return Ok(fps),
             Err(StoreError::Conflict { .. }) => continue,
             Err(e) => return Err(e.into()),
@@ -438,7 +438,7 @@ pub async fn revoke(
 
 /// Forgets identity `name` (`baton agents rm`): the name may enrol again. The
 /// certificates issued to it (and `fingerprint`, the one it registered with,
-/// when known) are revoked in the same commit, so that a removed machine's
+/// when known) are revoked before the identity goes, so that a removed machine's
 /// certificate cannot come back unrestricted (without the record, nothing
 /// would bound its labels). Returns the fingerprints revoked.
 pub async fn forget(
@@ -452,12 +452,13 @@ pub async fn forget(
     if !fingerprint.is_empty() && !fps.iter().any(|f| f == fingerprint) {
         fps.push(fingerprint.to_string());
     }
-    let mut ops = vec![Op::Delete {
+    // The revocations first, in as many commits as needed, then the identity.
+    let mut ops = revoke_ops(name, fps.clone());
+    ops.push(Op::Delete {
         key: identity_key(name),
         pre: Precondition::Any,
-    }];
-    ops.extend(revoke_ops(name, fps.clone()));
-    store.commit(ops).await?;
+    });
+    commit_in_chunks(store, ops).await?;
     Ok(fps)
 }
 

@@ -146,7 +146,7 @@ impl Auth {
             } => {
                 if self
                     .store
-                    .get(&crate::records::revoked_key(fingerprint))
+                    .get(&crate::keys::revoked_key(fingerprint))
                     .await?
                     .is_some()
                 {
@@ -397,7 +397,7 @@ impl Auth {
                 "a fingerprint is the 64 hex digits of the certificate's SHA-256".into(),
             ));
         }
-        let key = crate::records::revoked_key(&fp);
+        let key = crate::keys::revoked_key(&fp);
         if self.store.get(&key).await?.is_some() {
             return Ok(false);
         }

@@ -73,10 +73,7 @@ impl TokenRecord {
     }
 }
 
-pub fn token_key(id: &str) -> String {
-    format!("k/{id}")
-}
-pub const TOKENS_PREFIX: &str = "k/";
+pub use crate::keys::{TOKENS_PREFIX, token_key};
 
 /// Default lifetime of an enrolment token.
 pub const AGENT_TOKEN_TTL_S: u64 = 3600;

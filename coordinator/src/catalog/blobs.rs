@@ -6,23 +6,101 @@
 //! a blob (`b/<sha256 of the text>`), shared by every version and package that
 //! holds the same text; agents fetch child packages by that hash.
 //!
-//! **Removing blobs** ([`sweep`]): a blob is deleted when no version and no
-//! running execution references it. Every write of a referencing record also
-//! rewrites the blobs it uses (deploy in the same commit; a catalog start right
-//! after its execution is durable), and the sweep deletes with the revision it
-//! read *before* looking for references, so a blob that gained a reference
-//! meanwhile is never lost: the delete fails its precondition and the next
-//! sweep looks again.
+//! Executions point to blobs too ([`crate::bundles`]): their records keep
+//! each file's hash, not its text.
+//!
+//! **Writing blobs** ([`fn@write`]): before the record that references them (a
+//! version, an execution), in as many commits as the store's limits need; a
+//! single file larger than one commit is refused (`BUNDLE_FILE_TOO_LARGE`).
+//! The writer holds a [`Pin`] on their hashes until its record is durable.
+//!
+//! **Removing blobs** ([`sweep`]): a blob is deleted when no version, no
+//! execution that may run (again) and no pin references it. The sweep reads
+//! the blobs' revisions first, then the pins, then the records, and deletes
+//! with the revision it read first: a writer that pinned after the sweep
+//! read the pins has rewritten the blob since (its delete fails its
+//! precondition and the next sweep looks again), and one that unpinned
+//! before has its record durable, so the sweep sees it. Pins live in this
+//! process: only the leading coordinator writes and sweeps.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use baton_package::{Package, TaskKind, content_hash};
 
 use super::model::{BLOB_PREFIX, VERSION_PREFIX, VersionRecord, blob_key};
-use crate::api::{MAX_BUNDLE_BYTES, MAX_BUNDLE_FILES};
 use crate::error::CoordinatorError;
-use crate::records::ExecutionRecord;
+use crate::records::{ExecutionRecord, ExecutionState};
+use crate::store::split::commit_in_chunks;
 use crate::store::{Op, Precondition, Store, StoreError};
+
+/// Most files in a bundle a client may send.
+pub const MAX_BUNDLE_FILES: usize = 256;
+/// Most bytes (paths and texts) in a bundle a client may send.
+pub const MAX_BUNDLE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Hashes pinned by writers whose referencing record is not durable yet
+/// (hash → how many pins).
+static PINNED: std::sync::Mutex<BTreeMap<String, usize>> = std::sync::Mutex::new(BTreeMap::new());
+
+fn pinned() -> std::sync::MutexGuard<'static, BTreeMap<String, usize>> {
+    PINNED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Keeps blobs from [`sweep`] while held (see the module doc).
+#[must_use]
+#[derive(Debug)]
+pub struct Pin(Vec<String>);
+
+impl Pin {
+    /// Pins `hashes` until the pin is dropped.
+    pub fn new(hashes: impl IntoIterator<Item = String>) -> Pin {
+        let hashes: Vec<String> = hashes.into_iter().collect();
+        let mut map = pinned();
+        for h in &hashes {
+            *map.entry(h.clone()).or_default() += 1;
+        }
+        Pin(hashes)
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut map = pinned();
+        for h in &self.0 {
+            if let Some(n) = map.get_mut(h) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(h);
+                }
+            }
+        }
+    }
+}
+
+/// Stores the blobs of `files` (path → text), pinned, in as many commits as
+/// the store's limits need; refuses a file larger than one commit before
+/// writing anything. Keep the pin until the record that references them is
+/// durable.
+pub async fn write(
+    store: &dyn Store,
+    files: &BTreeMap<String, String>,
+) -> Result<Pin, CoordinatorError> {
+    if let Some(limit) = store.limits().max_bytes_per_commit {
+        for (path, text) in files {
+            let bytes = blob_key(&content_hash(text)).len() + text.len();
+            if bytes > limit {
+                return Err(CoordinatorError::BundleFileTooLarge {
+                    path: path.clone(),
+                    bytes,
+                    limit,
+                });
+            }
+        }
+    }
+    let pin = Pin::new(files.values().map(|t| content_hash(t)));
+    commit_in_chunks(store, put_ops(files)).await?;
+    Ok(pin)
+}
 
 /// Hash of a bundle: SHA-256 of `root\n` then `path\thash\n` per file, in path order.
 pub fn bundle_hash(root: &str, file_hashes: &BTreeMap<String, String>) -> String {
@@ -177,16 +255,24 @@ pub async fn files_of(
     Ok(out)
 }
 
-/// The content hashes the running executions use.
+/// The content hashes the executions that may run use: running ones, and
+/// failed or cancelled ones (`baton exec resume` plans them again). Records
+/// written before bundles were stored by reference embed their texts.
 pub fn running_hashes(executions: &[ExecutionRecord]) -> BTreeSet<String> {
     executions
         .iter()
-        .filter(|e| !e.state.is_terminal())
-        .flat_map(|e| e.files.values().map(|t| content_hash(t)))
+        .filter(|e| e.state != ExecutionState::Succeeded)
+        .flat_map(|e| {
+            e.file_hashes
+                .values()
+                .cloned()
+                .chain(e.files.values().map(|t| content_hash(t)))
+        })
         .collect()
 }
 
-/// Deletes blobs referenced by no version and no running execution; returns
+/// Deletes blobs referenced by no version, no execution that may run and no
+/// pin; returns
 /// how many. See the module doc for why this is safe against concurrent writers.
 pub async fn sweep(store: &dyn Store) -> Result<usize, CoordinatorError> {
     // Revisions first, references second (the order matters).
@@ -196,14 +282,14 @@ pub async fn sweep(store: &dyn Store) -> Result<usize, CoordinatorError> {
         .into_iter()
         .map(|kv| (kv.key, kv.mod_revision))
         .collect();
-    let mut used = BTreeSet::new();
+    let mut used: BTreeSet<String> = pinned().keys().cloned().collect();
     for kv in store.range(VERSION_PREFIX).await? {
         let v: VersionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| CoordinatorError::Store(format!("corrupt record '{}': {e}", kv.key)))?;
         used.extend(v.files.into_values());
     }
     let executions: Vec<ExecutionRecord> = store
-        .range("e/")
+        .range(crate::keys::EXECUTION_PREFIX)
         .await?
         .into_iter()
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())

@@ -1,12 +1,7 @@
-//! What the catalog stores, under which keys, and the rules for names and paths.
-//!
-//! | key | value |
-//! | --- | --- |
-//! | `f/<folder>` | [`FolderRecord`] (`f/etl/daily` for `/etl/daily`; `/` has no record) |
-//! | `n/<folder>/<name>` | the id of the package at that path (`n/etl/load`, `n/load` in `/`) |
-//! | `p/<id>` | [`PackageRecord`]: folder, name, latest version |
-//! | `pv/<id>/<version>` | [`VersionRecord`]: one immutable version (10-digit version) |
-//! | `b/<sha256>` | the text of one package file, stored once per content hash |
+//! What the catalog stores and the rules for names and paths. Its keys
+//! (`f/`, `n/`, `p/`, `pv/`, `b/`) are in [`crate::keys`]' table; their
+//! functions are re-exported here: [`FolderRecord`] under `f/<folder>`,
+//! [`PackageRecord`] under `p/<id>`, [`VersionRecord`] under `pv/<id>/<version>`.
 //!
 //! A package's id never changes: renaming or moving it rewrites `p/<id>` and
 //! its `n/` entry only, so executions (which record the id, the version and
@@ -19,25 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::auth::normalize_folder;
 use crate::error::CoordinatorError;
 
-pub const FOLDER_PREFIX: &str = "f/";
-pub const NAME_PREFIX: &str = "n/";
-pub const PACKAGE_PREFIX: &str = "p/";
-pub const VERSION_PREFIX: &str = "pv/";
-pub const BLOB_PREFIX: &str = "b/";
-
-/// Key of a folder record (`folder` normalized, not "/").
-pub fn folder_key(folder: &str) -> String {
-    format!("f{folder}")
-}
-
-/// Prefix of every folder record strictly below `folder`.
-pub fn subfolders_prefix(folder: &str) -> String {
-    if folder == "/" {
-        FOLDER_PREFIX.to_string()
-    } else {
-        format!("f{folder}/")
-    }
-}
+pub use crate::keys::{
+    BLOB_PREFIX, FOLDER_PREFIX, NAME_PREFIX, PACKAGE_PREFIX, VERSION_PREFIX, blob_key, folder_key,
+    name_key, names_prefix, package_key, subfolders_prefix, version_key, versions_prefix,
+};
 
 /// The catalog path of a package: `/etl/load`, or `/load` in the root folder.
 pub fn package_path(folder: &str, name: &str) -> String {
@@ -46,36 +26,6 @@ pub fn package_path(folder: &str, name: &str) -> String {
     } else {
         format!("{folder}/{name}")
     }
-}
-
-/// Key of the name entry of the package at `folder`/`name`.
-pub fn name_key(folder: &str, name: &str) -> String {
-    format!("n{}", package_path(folder, name))
-}
-
-/// Prefix of the name entries of every package in `folder` and below.
-pub fn names_prefix(folder: &str) -> String {
-    if folder == "/" {
-        NAME_PREFIX.to_string()
-    } else {
-        format!("n{folder}/")
-    }
-}
-
-pub fn package_key(id: &str) -> String {
-    format!("{PACKAGE_PREFIX}{id}")
-}
-
-pub fn versions_prefix(id: &str) -> String {
-    format!("{VERSION_PREFIX}{id}/")
-}
-
-pub fn version_key(id: &str, version: u32) -> String {
-    format!("{VERSION_PREFIX}{id}/{version:010}")
-}
-
-pub fn blob_key(hash: &str) -> String {
-    format!("{BLOB_PREFIX}{hash}")
 }
 
 /// Whether `hash` looks like a content hash (64 lower-case hex digits).

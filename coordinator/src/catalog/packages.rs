@@ -26,6 +26,7 @@ use super::model::{
 use crate::auth::normalize_folder;
 use crate::error::CoordinatorError;
 use crate::records::ExecutionRecord;
+use crate::store::split::commit_in_chunks;
 use crate::store::{Op, Precondition, StoreError};
 
 /// A deploy request.
@@ -79,6 +80,9 @@ impl Catalog {
             d.name
         };
         check_name(&name)?;
+        // The blobs first (in as many commits as the store needs), pinned
+        // until the version that references them is durable (see `blobs`).
+        let _pin = blobs::write(self.store.as_ref(), &b.files).await?;
         for _ in 0..RETRIES {
             let mut ops: Vec<Op> = self.folder_guard(&folder).await?.into_iter().collect();
             let nk = name_key(&folder, &name);
@@ -148,8 +152,6 @@ impl Catalog {
                 value: encode(&pkg)?,
                 pre: pkg_pre,
             });
-            // Same commit as the version that references them (see blobs' doc).
-            ops.extend(blobs::put_ops(&b.files));
             match self.store.commit(ops).await {
                 Ok(_) => {
                     return Ok(Deployed {
@@ -264,7 +266,7 @@ impl Catalog {
     pub async fn executions_of(&self, id: &str) -> Result<Vec<ExecutionRecord>, CoordinatorError> {
         let mut out: Vec<ExecutionRecord> = self
             .store
-            .range("e/")
+            .range(crate::keys::EXECUTION_PREFIX)
             .await?
             .into_iter()
             .filter_map(|kv| serde_json::from_slice::<ExecutionRecord>(&kv.value).ok())
@@ -344,15 +346,10 @@ impl Catalog {
                 });
             }
             let versions = self.store.range(&versions_prefix(&rec.id)).await?;
-            let mut ops: Vec<Op> = self.folder_guard(&rec.folder).await?.into_iter().collect();
-            ops.push(Op::Delete {
-                key: name_key(&rec.folder, &rec.name),
-                pre: Precondition::Any,
-            });
-            ops.push(Op::Delete {
-                key: package_key(&rec.id),
-                pre: Precondition::Revision(rev),
-            });
+            // Versions first, the package and its name last: a removal too
+            // large for one commit goes in several (`store::split`), and one
+            // cut short leaves the package in place, to be removed again.
+            let mut ops: Vec<Op> = Vec::new();
             let count = versions.len() as u32;
             for kv in versions {
                 // Its quota usage goes with it.
@@ -363,7 +360,16 @@ impl Catalog {
                     pre: Precondition::Revision(kv.mod_revision),
                 });
             }
-            match self.store.commit(ops).await {
+            ops.extend(self.folder_guard(&rec.folder).await?);
+            ops.push(Op::Delete {
+                key: name_key(&rec.folder, &rec.name),
+                pre: Precondition::Any,
+            });
+            ops.push(Op::Delete {
+                key: package_key(&rec.id),
+                pre: Precondition::Revision(rev),
+            });
+            match commit_in_chunks(self.store.as_ref(), ops).await {
                 Ok(_) => {
                     let blobs_removed = blobs::sweep(self.store.as_ref()).await?;
                     return Ok(Deleted {

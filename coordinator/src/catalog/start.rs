@@ -2,14 +2,14 @@
 //! `package` instead of `bundle`).
 //!
 //! The version is resolved once, at start (0 = the latest at that moment); the
-//! execution records it ([`CatalogRef`]) with its own copy of the bundle, and
+//! execution records it ([`CatalogRef`]) with its own reference to the
+//! bundle's blobs ([`crate::bundles`]), and
 //! its children are dispatched by content hash. Every child therefore runs
 //! exactly the version the parent pinned, even if a new version is deployed,
 //! or the package moved or removed, while it runs.
 
 use std::collections::BTreeMap;
 
-use super::blobs;
 use super::handle::Catalog;
 use crate::api::{Bundle, Coordinator};
 use crate::error::CoordinatorError;
@@ -63,10 +63,6 @@ impl Coordinator {
                 placement,
             )
             .await?;
-        // Agents fetch these blobs while the execution runs: rewrite them now
-        // that the execution is durable, so that a concurrent sweep cannot
-        // remove one it saw unreferenced (see `blobs`).
-        self.store.commit(blobs::put_ops(&r.files)).await?;
         Ok(StartedPackage {
             execution_id: id,
             path: reference.path,

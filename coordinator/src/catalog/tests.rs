@@ -54,6 +54,9 @@ async fn execution(
         package: "load".into(),
         root: r.version.root.clone(),
         files: r.files,
+        file_hashes: Default::default(),
+        bundle_hash: String::new(),
+        texts: None,
         params: BTreeMap::new(),
         state,
         current_task: 0,
@@ -74,6 +77,7 @@ async fn execution(
         task_states: Default::default(),
         parent: None,
         rows_outcomes: Default::default(),
+        trace: None,
         placement: Default::default(),
     };
     c.store
@@ -398,4 +402,70 @@ async fn a_deployed_version_counts_against_its_deployer_until_the_package_is_del
     );
     c.delete_package("/load", false).await.unwrap();
     assert_eq!(q.usage("alice").await.unwrap().packages, 0);
+}
+
+#[tokio::test]
+async fn a_deploy_and_a_removal_larger_than_one_commit_are_split_to_fit() {
+    let store = crate::store::fake::FakeStore::new();
+    store.set_limits(crate::store::Limits {
+        max_ops_per_commit: Some(128),
+        max_bytes_per_commit: Some(1536 * 1024),
+    });
+    let c = Catalog::new(store.clone());
+    // A parent naming 200 distinct child packages: 201 blobs.
+    let mut root = "name='wide'\n".to_string();
+    let mut files = BTreeMap::new();
+    for i in 0..200 {
+        root.push_str(&format!("[tasks.t{i}]\nchild='c{i}.toml'\n"));
+        files.insert(
+            format!("c{i}.toml"),
+            format!("name='c{i}'\n[tasks.run]\nexec=['echo','{i}']\n"),
+        );
+    }
+    files.insert("p.toml".to_string(), root);
+    let before = store.applied().len();
+    let d = c
+        .deploy(Deploy {
+            root: "p.toml".into(),
+            files: files.clone(),
+            folder: "/".into(),
+            name: String::new(),
+            who: "alice".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(d.version.files.len(), 201);
+    let commits = &store.applied()[before..];
+    assert!(commits.len() >= 3, "{} commits", commits.len());
+    assert!(commits.iter().all(|k| k.ops.len() <= 128));
+    assert_eq!(blob_count(&c).await, 201);
+    let r = c.resolve("/wide", 0).await.unwrap();
+    assert_eq!(r.files, files, "every file reads back from its blob");
+
+    // 70 versions: 140 deletions and the package's own, in several commits.
+    for v in 0..69 {
+        let mut f = files.clone();
+        f.insert(
+            "c0.toml".into(),
+            format!("name='c0'\n[tasks.run]\nexec=['echo','v{v}']\n"),
+        );
+        c.deploy(Deploy {
+            root: "p.toml".into(),
+            files: f,
+            folder: "/".into(),
+            name: String::new(),
+            who: "alice".into(),
+        })
+        .await
+        .unwrap();
+    }
+    let before = store.applied().len();
+    let gone = c.delete_package("/wide", false).await.unwrap();
+    assert_eq!(gone.versions, 70);
+    assert_eq!(
+        c.package("/wide").await.unwrap_err().code(),
+        "PACKAGE_NOT_FOUND"
+    );
+    assert_eq!(blob_count(&c).await, 0, "the sweep removed every blob");
+    assert!(store.applied()[before..].iter().all(|k| k.ops.len() <= 128));
 }

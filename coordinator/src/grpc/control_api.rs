@@ -21,6 +21,7 @@ use baton_proto as pb;
 use pb::control_service_server::ControlService;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub use super::control_state::ControlApi;
 
@@ -48,9 +49,9 @@ fn grant_rows(rows: Vec<(String, Permission, String)>) -> Vec<pb::RoleGrant> {
 
 type SummaryStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionSummary, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ControlService for ControlApi {
-    async fn start_execution(
+impl ControlApi {
+    /// StartExecution, inside its request span.
+    async fn start_execution_traced(
         &self,
         request: Request<pb::StartExecutionRequest>,
     ) -> Result<Response<pb::StartExecutionResponse>, Status> {
@@ -98,6 +99,19 @@ impl ControlService for ControlApi {
             execution_id: id,
             ..Default::default()
         }))
+    }
+}
+
+#[tonic::async_trait]
+impl ControlService for ControlApi {
+    async fn start_execution(
+        &self,
+        request: Request<pb::StartExecutionRequest>,
+    ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        // The execution's trace starts under this span (and so under the
+        // caller's `traceparent`, when it sent one).
+        let span = crate::traces::request_span("StartExecution", request.metadata());
+        self.start_execution_traced(request).instrument(span).await
     }
 
     type WatchExecutionStream = SummaryStream;

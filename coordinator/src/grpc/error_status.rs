@@ -48,7 +48,8 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         CoordinatorError::ShuttingDown
         | CoordinatorError::Transport(_)
         | CoordinatorError::StoreUnavailable(_)
-        | CoordinatorError::NotLeader { .. } => Code::Unavailable,
+        | CoordinatorError::NotLeader { .. }
+        | CoordinatorError::LeadershipLost(_) => Code::Unavailable,
         CoordinatorError::StoreFenced(_) => Code::FailedPrecondition,
         CoordinatorError::StoreBatchTooLarge(_) => Code::Internal,
         CoordinatorError::Store(_) | CoordinatorError::Io(_) | CoordinatorError::Secret(_) => {
@@ -63,6 +64,7 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         | CoordinatorError::Busy { .. }
         | CoordinatorError::QuotaExceeded { .. } => Code::ResourceExhausted,
         CoordinatorError::TooLarge { .. } => Code::OutOfRange,
+        CoordinatorError::BundleFileTooLarge { .. } => Code::InvalidArgument,
     };
     let retry_after = match &e {
         CoordinatorError::Busy { retry_after_s, .. }

@@ -16,6 +16,7 @@ mod control_state;
 mod convert;
 mod error_status;
 mod fetch;
+pub mod role_switch;
 pub mod source;
 
 pub use caller::credential;

@@ -17,7 +17,7 @@ use crate::secrets::SealingKey;
 /// its sealed sensitive values with `secrets`.
 pub fn plan(record: &ExecutionRecord, secrets: &SealingKey) -> Result<Plan, CoordinatorError> {
     let overrides = crate::secrets::open_params(secrets, record)?;
-    let mut plan = plan_bundle(&record.root, &record.files, &overrides)?;
+    let mut plan = plan_bundle(&record.root, record.bundle_files(), &overrides)?;
     if record.catalog.is_some() {
         plan.fetch_by_hash();
     }

@@ -296,7 +296,19 @@ impl Scheduler {
             deadline_ms: e.plan.tasks[cref.task as usize]
                 .timeout_s
                 .map_or(0, |s| s.saturating_mul(1000)),
-            traceparent: String::new(),
+            // The attempt's span (an id derived from the execution's), which
+            // the agent's span of the job joins.
+            traceparent: e.rec.trace.as_ref().map_or_else(String::new, |t| {
+                t.span().map_or_else(String::new, |s| {
+                    s.attempt(cref.task, cref.child, c.state().attempt())
+                        .traceparent()
+                })
+            }),
+            tracestate: e
+                .rec
+                .trace
+                .as_ref()
+                .map_or_else(String::new, |t| t.tracestate.clone()),
             folder: e.rec.folder().to_string(),
         })
     }
@@ -425,6 +437,7 @@ impl Scheduler {
         match outcome {
             DispatchOutcome::Accepted => self.set_state_unsaved(cref, Step::Accept),
             DispatchOutcome::Unknown(err) => {
+                self.stats.dispatches_unanswered += 1;
                 debug!(agent, %err, "dispatch outcome unknown; will ask again");
                 // Shown while it waits in `dispatching` (not stored).
                 if let Some(c) = self.child_mut(cref) {
@@ -441,6 +454,7 @@ impl Scheduler {
                     .unwrap_or_default();
                 warn!(agent, %address, error = %err, "an agent's registered address is served by another agent; it gets no jobs there");
                 self.stats.rejections += 1;
+                self.stats.rejections_by_reason[crate::metrics::WRONG_AGENT] += 1;
                 let Some(c) = self.child_mut(cref) else {
                     return;
                 };
@@ -455,6 +469,8 @@ impl Scheduler {
             }
             DispatchOutcome::Rejected { code, reason } => {
                 self.stats.rejections += 1;
+                self.stats.rejections_by_reason
+                    [crate::metrics::reject_reason_index(code as i32)] += 1;
                 use pb::RejectCode as R;
                 if let Some(a) = self.registry.get_mut(agent) {
                     match code {
@@ -466,10 +482,19 @@ impl Scheduler {
                     }
                 }
                 if code == R::StaleEpoch {
+                    // Another coordinator led after this one: this term is
+                    // over. Nothing changes here (its state is dropped and
+                    // the next term reloads the store); the loop stops.
                     warn!(
                         agent,
-                        "agent has seen a newer coordinator epoch; is another coordinator running?"
+                        epoch = self.epoch,
+                        "agent has seen a later coordinator epoch; this term is over"
                     );
+                    self.deposed = Some(format!(
+                        "agent {agent} refused a dispatch of epoch {} as STALE_EPOCH: {reason}",
+                        self.epoch
+                    ));
+                    return;
                 }
                 let generation = self.dispatcher.generation();
                 let Some(c) = self.child_mut(cref) else {

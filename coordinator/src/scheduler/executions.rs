@@ -11,10 +11,18 @@ use tracing::{debug, info, warn};
 
 use super::child::{COORDINATOR, Child, ChildState, End, Step};
 use super::exec::{Exec, TaskRun};
-use super::model::ChildRef;
+use super::model::{ChildRef, Effect, TraceEvent};
 use super::state::Scheduler;
 use crate::clock::Now;
 use crate::prepare::Plan;
+
+/// Most bytes of a child's outputs (names and values) and of its reason: its
+/// record must fit in one commit of a replicated store (etcd: 1.5 MiB by
+/// default, and JSON may escape a byte into six). A child that reports more
+/// fails with `CHILD_OUTPUTS_TOO_LARGE` in its reason, its outputs dropped.
+pub const MAX_CHILD_OUTPUT_BYTES: usize = 128 * 1024;
+/// Most bytes of a child's reason kept (cut on a character boundary).
+pub const MAX_CHILD_REASON_BYTES: usize = 8 * 1024;
 use crate::records::{ChildRecord, ExecutionRecord, Phase};
 
 fn phase_idx(p: Phase) -> usize {
@@ -234,6 +242,7 @@ impl Scheduler {
             }
         }
         if new.is_terminal() {
+            self.stats.children_ended[phase_idx(new)] += 1;
             e.watch.may_end(cref.task as usize);
             task.terminal += 1;
             c.rec.finished_unix_ms = self.unix_ms;
@@ -253,6 +262,23 @@ impl Scheduler {
         if new != Phase::Pending {
             // Why it waited is over (placement, or no answer to a dispatch).
             c.waiting_reason.clear();
+        }
+        if let Some(t) = &e.rec.trace {
+            let agent = c.state().agent().or(left.agent());
+            self.journal.effect(Effect::Trace(TraceEvent::Child {
+                exec: t.traceparent.clone(),
+                execution_id: e.rec.id.clone(),
+                task: cref.task,
+                task_name: e.plan.tasks[cref.task as usize].name.clone(),
+                child: cref.child,
+                old_attempt: left.attempt(),
+                attempt: c.state().attempt(),
+                old_phase: old,
+                phase: new,
+                agent: agent.map(|a| a.as_str().to_string()),
+                reason: c.rec.reason.clone(),
+                unix_ms: self.unix_ms,
+            }));
         }
         e.touched = true;
         self.journal.child(cref);
@@ -453,6 +479,7 @@ impl Scheduler {
         reason: String,
         now: Option<Instant>,
     ) -> Option<u64> {
+        let (status, outputs, reason) = bound_outputs(status, outputs, reason);
         let e = self.execs.get_mut(cref.exec)?;
         let retry = e.plan.tasks[cref.task as usize].retry;
         let c = &mut e.tasks[cref.task as usize].children[cref.child as usize];
@@ -523,5 +550,67 @@ impl Scheduler {
             self.set_state(cref, Step::End(End::Lost));
             self.advance(cref.exec);
         }
+    }
+}
+
+/// A child's end as it may be recorded: outputs over
+/// [`MAX_CHILD_OUTPUT_BYTES`] are dropped and the child fails with the
+/// reason; a reason is cut to [`MAX_CHILD_REASON_BYTES`].
+fn bound_outputs(
+    status: pb::JobStatus,
+    outputs: BTreeMap<String, String>,
+    mut reason: String,
+) -> (pb::JobStatus, BTreeMap<String, String>, String) {
+    if reason.len() > MAX_CHILD_REASON_BYTES {
+        let mut cut = MAX_CHILD_REASON_BYTES;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str(" [cut]");
+    }
+    let bytes: usize = outputs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes <= MAX_CHILD_OUTPUT_BYTES {
+        return (status, outputs, reason);
+    }
+    warn!(bytes, "a child reported outputs over the limit; it fails");
+    let why = format!(
+        "CHILD_OUTPUTS_TOO_LARGE: the child's outputs are {bytes} bytes; the limit is {MAX_CHILD_OUTPUT_BYTES} (write large results as rows, $BATON_ROWS)"
+    );
+    let reason = if reason.is_empty() {
+        why
+    } else {
+        format!("{why}; {reason}")
+    };
+    (pb::JobStatus::Failed, BTreeMap::new(), reason)
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn outputs_over_the_limit_fail_the_child_and_are_dropped() {
+        let big: BTreeMap<String, String> =
+            [("k".to_string(), "x".repeat(MAX_CHILD_OUTPUT_BYTES))].into();
+        let (status, outputs, reason) = bound_outputs(pb::JobStatus::Succeeded, big, String::new());
+        assert_eq!(status, pb::JobStatus::Failed);
+        assert!(outputs.is_empty());
+        assert!(reason.starts_with("CHILD_OUTPUTS_TOO_LARGE"), "{reason}");
+        let small: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        let (status, outputs, _) =
+            bound_outputs(pb::JobStatus::Succeeded, small.clone(), String::new());
+        assert_eq!((status, outputs), (pb::JobStatus::Succeeded, small));
+    }
+
+    #[test]
+    fn a_long_reason_is_cut_on_a_character_boundary() {
+        let (_, _, reason) = bound_outputs(
+            pb::JobStatus::Failed,
+            BTreeMap::new(),
+            "é".repeat(MAX_CHILD_REASON_BYTES),
+        );
+        assert!(reason.len() <= MAX_CHILD_REASON_BYTES + " [cut]".len());
+        assert!(reason.ends_with(" [cut]"));
     }
 }

@@ -235,6 +235,23 @@ impl Scheduler {
             lost_attempts: sum.lost_attempts,
         });
         info!(execution = %e.rec.id, state = e.rec.state.as_str(), reason = %e.rec.reason, "execution finished");
+        if let Some(trace) = &e.rec.trace {
+            self.journal.effect(super::model::Effect::Trace(
+                super::model::TraceEvent::Execution {
+                    trace: trace.clone(),
+                    execution_id: e.rec.id.clone(),
+                    package: e.rec.package.clone(),
+                    state: e.rec.state.as_str(),
+                    reason: e.rec.reason.clone(),
+                    started_unix_ms: if trace.started_unix_ms > 0 {
+                        trace.started_unix_ms
+                    } else {
+                        e.rec.created_unix_ms
+                    },
+                    ended_unix_ms: e.rec.finished_unix_ms,
+                },
+            ));
+        }
         if e.rec.parent.is_some() {
             return self.nested_ended(slot);
         }
@@ -508,7 +525,34 @@ pub(super) fn expand(
     run.package = package;
     run.params = params;
     if !run.children.is_empty() {
-        // Replayed after a restart or a resume: the children are stored.
+        // Replayed after a restart or a resume: the children are stored —
+        // all of them, or the first of them when a crash came between the
+        // chunks of the commit that made them (a task's children are written
+        // in index order): the rest are made now.
+        let stored = run.children.len();
+        let contiguous = run
+            .children
+            .last()
+            .is_some_and(|c| c.rec.index as usize + 1 == stored);
+        if contiguous && stored < items.len() {
+            let missing = items.len() - stored;
+            warn!(execution = %e.rec.id, task = %name, stored, missing,
+                "children missing after a restart (a split commit was cut short): making them");
+            e.phase_counts[Phase::Pending as usize] += missing as u64;
+            e.touched = true;
+            let run = &mut e.tasks[ti];
+            for (i, item) in items.into_iter().enumerate().skip(stored) {
+                let index = i as u32;
+                run.children.push(Child::new(new_child(name, index, item)));
+                created.push(ChildRef {
+                    exec: slot,
+                    task: ti as u16,
+                    child: index,
+                });
+            }
+            let total = e.tasks[ti].children.len() as u32;
+            e.enqueue_all(ti, stored as u32..total);
+        }
         return;
     }
     if items.is_empty() {

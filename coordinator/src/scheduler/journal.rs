@@ -13,7 +13,6 @@ use super::model::{ChildRef, Effect};
 
 /// What changed and what to do, between two flushes.
 pub(crate) struct Journal {
-    epoch: bool,
     children: HashSet<ChildRef>,
     execs: HashSet<u64>,
     agents: HashSet<String>,
@@ -28,7 +27,6 @@ pub(crate) struct Journal {
 /// The records a flush writes (or deletes), taken from the journal.
 #[derive(Debug, Default)]
 pub(crate) struct Dirty {
-    pub epoch: bool,
     /// Revoked certificate fingerprints.
     pub revoked: Vec<String>,
     /// Agents whose records are deleted.
@@ -41,10 +39,10 @@ pub(crate) struct Dirty {
 }
 
 impl Journal {
-    /// A journal for a coordinator that just raised its epoch (it writes it first).
+    /// An empty journal (the epoch is not the scheduler's to write: the
+    /// leadership took it before the scheduler was built).
     pub(crate) fn new() -> Journal {
         Journal {
-            epoch: true,
             children: HashSet::new(),
             execs: HashSet::new(),
             agents: HashSet::new(),
@@ -118,8 +116,7 @@ impl Journal {
     }
 
     pub(crate) fn has_dirty(&self) -> bool {
-        self.epoch
-            || !self.children.is_empty()
+        !self.children.is_empty()
             || !self.execs.is_empty()
             || !self.agents.is_empty()
             || !self.seqs.is_empty()
@@ -132,7 +129,6 @@ impl Journal {
         let mut children: Vec<ChildRef> = std::mem::take(&mut self.children).into_iter().collect();
         children.sort_unstable();
         Dirty {
-            epoch: std::mem::take(&mut self.epoch),
             revoked: std::mem::take(&mut self.revoked),
             removed_agents: std::mem::take(&mut self.removed_agents),
             agents: std::mem::take(&mut self.agents).into_iter().collect(),
@@ -168,13 +164,13 @@ mod tests {
     #[test]
     fn a_flush_takes_children_in_order_and_starts_afresh() {
         let mut j = Journal::new();
-        assert!(j.has_dirty(), "a new coordinator writes its epoch");
+        assert!(!j.has_dirty(), "nothing to write at first");
         for c in [3, 1, 2, 1] {
             j.child(cref(c));
         }
         j.forget_child(cref(2));
+        assert!(j.has_dirty());
         let d = j.take_dirty();
-        assert!(d.epoch);
         assert_eq!(d.children, [cref(1), cref(3)]);
         assert!(!j.has_dirty());
     }

@@ -39,6 +39,7 @@ mod exec;
 mod exec_table;
 mod executions;
 pub(crate) mod flow;
+mod gauges;
 mod ids;
 mod journal;
 mod model;
@@ -63,7 +64,10 @@ mod tests_fairness;
 mod tests_flow;
 #[cfg(test)]
 mod tests_ops;
+#[cfg(test)]
+mod tests_trace;
 mod timers;
+mod trace_commit;
 mod view;
 
 pub use crate::clock::Now;
@@ -73,7 +77,7 @@ pub use agents::{AdminAction, AgentState, AgentSummary, Registration};
 pub use cancel::{CancelOutcome, CancelState, ChildCancelState};
 pub use child::{COORDINATOR, ChildState, End, Refused, Step};
 pub use ids::{AgentId, DispatchId, ExecutionId};
-pub use model::{ChildRef, DispatchOutcome, Effect};
+pub use model::{ChildRef, DispatchOutcome, Effect, TraceEvent};
 pub(crate) use persist::Written;
 pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;

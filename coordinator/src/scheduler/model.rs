@@ -41,6 +41,50 @@ pub enum Effect {
         /// (agent, address, the child's dispatch id), in child order.
         sources: Vec<(String, String, pb::DispatchId)>,
     },
+    /// Something a trace shows (only for executions with a trace context;
+    /// the loop's span exporter turns these into spans).
+    Trace(TraceEvent),
+}
+
+/// What the span exporter (`traces.rs`) is told, as plain values: the
+/// execution's span context (a W3C `traceparent`), and times in Unix
+/// milliseconds read by the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceEvent {
+    /// A child changed state: opens, annotates or ends its attempt's span.
+    Child {
+        /// The execution's [`crate::trace_context::ExecTrace`] `traceparent`.
+        exec: String,
+        execution_id: String,
+        task: u16,
+        task_name: String,
+        child: u32,
+        /// The attempt of the state it left, and of the one it is in.
+        old_attempt: u32,
+        attempt: u32,
+        old_phase: crate::records::Phase,
+        phase: crate::records::Phase,
+        agent: Option<String>,
+        reason: String,
+        unix_ms: u64,
+    },
+    /// An execution ended: its span, and those of its tasks, end.
+    Execution {
+        trace: crate::trace_context::ExecTrace,
+        execution_id: String,
+        package: String,
+        state: &'static str,
+        reason: String,
+        started_unix_ms: u64,
+        ended_unix_ms: u64,
+    },
+    /// A store commit that wrote records of these executions (their span
+    /// contexts) began at `unix_ms`; it is durable when this is performed.
+    Commit {
+        execs: Vec<String>,
+        records: usize,
+        unix_ms: u64,
+    },
 }
 
 /// How a StartJob call ended.

@@ -109,7 +109,8 @@ impl Scheduler {
         let params = self
             .child_parameters(cref)
             .map_err(|err| format!("cannot bind child parameters: {err}"))?;
-        let plan = plan_bundle(&root, &e.rec.files, &params).map_err(|err| err.to_string())?;
+        let plan =
+            plan_bundle(&root, e.rec.bundle_files(), &params).map_err(|err| err.to_string())?;
         let id = uuid::Uuid::now_v7().simple().to_string();
         let sealed = match &self.secrets {
             Some(key) => {
@@ -122,10 +123,19 @@ impl Scheduler {
             None => params,
         };
         let rec = ExecutionRecord {
-            id,
+            id: id.clone(),
             package: plan.package.clone(),
             root,
-            files: e.rec.files.clone(),
+            // The parent's bundle by reference: its blobs are the sub-execution's.
+            files: Default::default(),
+            file_hashes: e.rec.file_hashes.clone(),
+            bundle_hash: e.rec.bundle_hash.clone(),
+            texts: Some(
+                e.rec
+                    .texts
+                    .clone()
+                    .unwrap_or_else(|| std::sync::Arc::new(e.rec.files.clone())),
+            ),
             params: sealed,
             state: ExecutionState::Running,
             current_task: 0,
@@ -140,6 +150,11 @@ impl Scheduler {
             resumes: 0,
             task_states: BTreeMap::new(),
             rows_outcomes: BTreeMap::new(),
+            trace: e
+                .rec
+                .trace
+                .as_ref()
+                .and_then(|t| t.nested(cref.task, cref.child, c.state().attempt(), &id)),
             placement: e.rec.placement.clone(),
             parent: Some(ParentLink {
                 execution_id: e.rec.id.clone(),

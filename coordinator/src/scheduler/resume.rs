@@ -100,6 +100,11 @@ impl Scheduler {
         rec.finished_unix_ms = 0;
         rec.final_counts = None;
         rec.resumes += 1;
+        // The re-run is a span of its own, under the first run's.
+        rec.trace = rec
+            .trace
+            .as_ref()
+            .and_then(|t| t.resumed(rec.resumes, now.unix_ms));
         rec.task_states.clear();
         // Rows that could not be read are read again; "there were none" stands.
         rec.rows_outcomes

@@ -89,6 +89,9 @@ pub struct Scheduler {
     /// [`Now`] every input method takes): the times records show. The
     /// scheduler reads no clock.
     pub(super) unix_ms: u64,
+    /// Set when an agent refused a dispatch as `STALE_EPOCH`: another
+    /// coordinator led after this one, whose term is over (the loop stops).
+    pub(super) deposed: Option<String>,
 }
 
 impl Scheduler {
@@ -108,6 +111,7 @@ impl Scheduler {
             parked_nested: BTreeMap::new(),
             parked_rows: Default::default(),
             unix_ms: 0,
+            deposed: None,
         }
     }
 
@@ -137,6 +141,13 @@ impl Scheduler {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Why this scheduler's term is over, if an agent said so (`STALE_EPOCH`:
+    /// it has seen a later epoch). Nothing more may leave it: its loop stops
+    /// and the coordinator campaigns again.
+    pub fn deposed(&self) -> Option<&str> {
+        self.deposed.as_deref()
     }
 
     pub fn config(&self) -> &SchedulerConfig {

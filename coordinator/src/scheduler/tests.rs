@@ -62,6 +62,9 @@ pub(super) fn running_record(
         package: plan.package.clone(),
         root: "p.toml".into(),
         files,
+        file_hashes: Default::default(),
+        bundle_hash: String::new(),
+        texts: None,
         params,
         state: ExecutionState::Running,
         current_task: 0,
@@ -76,6 +79,7 @@ pub(super) fn running_record(
         task_states: Default::default(),
         parent: None,
         rows_outcomes: Default::default(),
+        trace: None,
         placement: Default::default(),
     }
 }

@@ -33,6 +33,11 @@ pub(crate) struct Io {
     /// Agents that do not serve `StartJobs` (an earlier release): one
     /// `StartJob` per child for them, until they register again.
     pub(super) singles_only: Arc<Mutex<HashSet<String>>>,
+    /// Whether this term has dispatched yet (its first dispatch is logged:
+    /// after a failover, the moment the new leader is at work).
+    pub(super) dispatched: bool,
+    /// The spans of traced executions (nothing in it when none is traced).
+    pub(super) traces: crate::traces::Traces,
 }
 
 impl Io {
@@ -43,6 +48,8 @@ impl Io {
             clients: HashMap::new(),
             acks: HashMap::new(),
             singles_only: Arc::default(),
+            dispatched: false,
+            traces: crate::traces::Traces::default(),
         }
     }
 }
@@ -112,6 +119,10 @@ struct Job {
 /// Sends `jobs` to one agent; every answer (or the lack of one) comes back
 /// to the scheduler as a [`Msg::Dispatched`] per child.
 fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
+    if !io.dispatched {
+        io.dispatched = true;
+        tracing::info!(%agent, jobs = jobs.len(), "first dispatch of this term");
+    }
     let generation = io.dialer.generation();
     let client = match io.clients.get(&agent) {
         Some((addr, g, c)) if *addr == address && *g == generation => c.clone(),
@@ -148,8 +159,12 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
             let (client, tx, agent) = (client.clone(), tx.clone(), agent.clone());
             tokio::spawn(async move {
                 let sent = Instant::now();
+                let span = crate::traces::dispatch_span(&job.request.traceparent, &agent);
                 let outcome = start_job(client, *job.request).await;
                 let rtt = sent.elapsed();
+                if let Some(span) = span {
+                    crate::traces::end_dispatch(span, &outcome);
+                }
                 let _ = tx
                     .send(Msg::Dispatched {
                         child: job.child,
@@ -171,6 +186,10 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
             (client.clone(), tx.clone(), agent.clone(), singles.clone());
         tokio::spawn(async move {
             let sent = Instant::now();
+            let spans: Vec<_> = chunk
+                .iter()
+                .map(|j| crate::traces::dispatch_span(&j.request.traceparent, &agent))
+                .collect();
             let (chunk, requests): (Vec<Job>, Vec<pb::StartJobRequest>) = chunk
                 .into_iter()
                 .map(|mut j| {
@@ -192,6 +211,11 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
                     "the agent does not serve StartJobs yet; resending one by one".to_string(),
                 )
             });
+            for (i, span) in spans.into_iter().enumerate() {
+                if let Some(span) = span {
+                    crate::traces::end_dispatch(span, answers.get(i).unwrap_or(&otherwise));
+                }
+            }
             report(tx, agent, chunk, answers, otherwise, rtt).await;
         });
     }
@@ -322,6 +346,7 @@ fn perform(io: &mut Io, effect: Effect) {
         Effect::ResetStream { agent } => {
             io.acks.remove(&agent);
         }
+        Effect::Trace(event) => io.traces.record(event),
         Effect::FetchRows {
             execution_id,
             task,

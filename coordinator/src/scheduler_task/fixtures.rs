@@ -39,6 +39,9 @@ pub(crate) fn execution(id: &str, n: u32) -> (ExecutionRecord, Plan) {
         package: plan.package.clone(),
         root: "p.toml".into(),
         files,
+        file_hashes: Default::default(),
+        bundle_hash: String::new(),
+        texts: None,
         params,
         state: ExecutionState::Running,
         current_task: 0,
@@ -54,6 +57,7 @@ pub(crate) fn execution(id: &str, n: u32) -> (ExecutionRecord, Plan) {
         task_states: Default::default(),
         parent: None,
         rows_outcomes: Default::default(),
+        trace: None,
         placement: Default::default(),
     };
     (rec, plan)

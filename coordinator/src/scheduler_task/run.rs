@@ -1,12 +1,16 @@
 //! The loop: receives messages and ticks, drives the [`Scheduler`], commits
-//! each batch of changes in one transaction (group commit), and only then
-//! lets the batch's replies and effects out. What leaves goes through a
+//! each batch of changes in one transaction (group commit) — in several, in
+//! order, when it exceeds the store's limits ([`crate::store::split`]) — and
+//! only then, once the last is durable, lets the batch's replies and effects
+//! out. What leaves goes through a
 //! [`Performer`] (the real one is `effects::Io`; tests record instead).
 //!
 //! A failed commit stops the loop: memory is ahead of the store, and acting
 //! on it would send out what may never be durable. The replies and effects of
 //! that batch (and of every batch after it) are dropped; their callers get
-//! `ShuttingDown`, and a restart reloads the truth from the store.
+//! `ShuttingDown`, and the next term (or a restart) reloads the truth from
+//! the store. An agent refusing a dispatch as `STALE_EPOCH` stops it too
+//! (`LEADERSHIP_LOST`): another coordinator led after this one.
 
 use std::time::Duration;
 
@@ -19,7 +23,8 @@ use crate::clock::Now;
 use crate::error::CoordinatorError;
 use crate::metrics::MetricsSnapshot;
 use crate::scheduler::{DispatchOutcome, Effect, Scheduler};
-use crate::store::{BoxFuture, Revision, Store, StoreError};
+use crate::store::split::{Chunked, commit_in_chunks};
+use crate::store::{BoxFuture, Store, StoreError};
 
 /// Most messages handled between two commits: bounds batch size and latency.
 const MAX_BATCH_MSGS: usize = 4096;
@@ -57,8 +62,8 @@ fn send_all(replies: Vec<Reply>) {
 
 /// A batch whose commit is under way: what to do once it is durable.
 struct InFlight<'a> {
-    commit: BoxFuture<'a, Result<Revision, StoreError>>,
-    written: Vec<crate::scheduler::Written>,
+    commit: BoxFuture<'a, Result<Chunked, StoreError>>,
+    written: Vec<(usize, crate::scheduler::Written)>,
     replies: Vec<Reply>,
     effects: Vec<Effect>,
 }
@@ -92,7 +97,7 @@ pub(crate) async fn run<P: Performer>(
             }, if inflight.is_some() => {
                 let Some(done) = inflight.take() else { continue };
                 match res {
-                    Ok(rev) => sched.committed(done.written, rev),
+                    Ok(chunks) => sched.committed_chunks(done.written, &chunks),
                     Err(e) => {
                         // Memory is ahead of the store now: stop rather than act on
                         // state that is not durable. A restart reloads the truth.
@@ -115,6 +120,12 @@ pub(crate) async fn run<P: Performer>(
             }
             _ = tick.tick() => sched.tick(Now::read()),
         }
+        if let Some(why) = sched.deposed() {
+            // Another coordinator leads: nothing more leaves (the batch under
+            // way and what follows are dropped; the next term reloads).
+            error!(%why, "this coordinator's term is over; stopping the scheduler");
+            return Err(CoordinatorError::LeadershipLost(why.to_string()));
+        }
         if inflight.is_some() {
             // The pump and the next flush wait for the commit under way
             // (record revisions are its preconditions).
@@ -124,7 +135,7 @@ pub(crate) async fn run<P: Performer>(
         if sched.has_dirty() {
             let (ops, written) = sched.flush();
             inflight = Some(InFlight {
-                commit: store.commit(ops),
+                commit: Box::pin(commit_in_chunks(store.as_ref(), ops)),
                 written,
                 replies: std::mem::take(&mut replies),
                 effects: sched.take_effects(),
@@ -262,6 +273,7 @@ fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &
             let _ = reply.send(MetricsSnapshot {
                 latency: sched.latency.clone(),
                 stats: sched.stats,
+                gauges: sched.gauges(),
             });
         }
     }

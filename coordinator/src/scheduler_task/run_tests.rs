@@ -103,7 +103,7 @@ struct Loop {
 }
 
 impl Loop {
-    /// Spawns the loop and waits for its first commit (the new epoch).
+    /// Spawns the loop (the epoch is the leadership's: nothing to commit first).
     async fn start() -> Loop {
         let store = FakeStore::new();
         let left = Arc::default();
@@ -114,7 +114,6 @@ impl Loop {
         };
         let sched = Scheduler::new(SchedulerConfig::default(), 1);
         let task = tokio::spawn(run(sched, store.clone(), rx, out, CancellationToken::new()));
-        store.wait_applied(1).await;
         Loop {
             handle: SchedulerHandle::new(tx),
             store,
@@ -347,4 +346,41 @@ async fn through_the_real_performer_the_stream_sees_an_ack_only_once_durable() {
         .unwrap();
     let seq: SeqRecord = serde_json::from_slice(&store.value(&seq_key("a1")).unwrap()).unwrap();
     assert_eq!(seq.applied_seq, 1);
+}
+
+#[tokio::test]
+async fn a_batch_over_the_store_limits_is_committed_in_chunks_and_released_after_the_last() {
+    let l = Loop::start().await;
+    l.handle.register(registration("a1", 300)).await.unwrap();
+    l.store.set_limits(crate::store::Limits {
+        max_ops_per_commit: Some(128),
+        max_bytes_per_commit: Some(1536 * 1024),
+    });
+    let before = l.store.applied().len();
+    let (mut rec, _) = execution("e1", 300);
+    let root = rec.files["p.toml"].replace("parallelism=100", "parallelism=1000");
+    rec.files.insert("p.toml".into(), root);
+    let plan = crate::prepare::plan_bundle("p.toml", &rec.files, &rec.params).unwrap();
+    assert_eq!(l.handle.start(rec, plan).await.unwrap(), "e1");
+    let answered = tokio::time::Instant::now();
+    let commits = l.store.applied()[before..].to_vec();
+    assert!(
+        commits.len() >= 3,
+        "301 operations in chunks of 128: {}",
+        commits.len()
+    );
+    assert!(commits.iter().all(|c| c.ops.len() <= 128));
+    let last_child = l
+        .store
+        .first_commit_of(&child_key("e1", "fan", 299))
+        .unwrap();
+    assert!(last_child.at <= answered, "answered before the last chunk");
+    let dispatched = l
+        .wait_left(300, |e| matches!(e, Left::Dispatch { .. }))
+        .await;
+    assert_eq!(
+        dispatched,
+        [Left::Dispatch { durable: true }; 300],
+        "every dispatch leaves after the last chunk is durable"
+    );
 }

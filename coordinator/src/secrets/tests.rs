@@ -233,9 +233,7 @@ async fn start_coordinator(dir: &Path) -> (crate::Running, tokio_util::sync::Can
 
 async fn stop(running: crate::Running, shutdown: tokio_util::sync::CancellationToken) {
     shutdown.cancel();
-    let crate::Running { coordinator, task } = running;
-    drop(coordinator);
-    task.await.unwrap().unwrap();
+    running.task.await.unwrap().unwrap();
 }
 
 /// The store-level promise: after starting an execution with a sensitive
@@ -246,7 +244,8 @@ async fn the_store_holds_sensitive_values_only_sealed() {
     let secret = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
     let (running, shutdown) = start_coordinator(dir.path()).await;
     let id = running
-        .coordinator
+        .coordinator()
+        .unwrap()
         .start(
             "p.toml".into(),
             bundle(),
@@ -279,7 +278,9 @@ async fn the_store_holds_sensitive_values_only_sealed() {
     // The record holds the sealed value, bound to this execution.
     let store = EmbeddedStore::open(&dir.path().join("coordinator.redb")).unwrap();
     let kv = store.get(&execution_key(&id)).await.unwrap().unwrap();
-    let rec: ExecutionRecord = serde_json::from_slice(&kv.value).unwrap();
+    let mut rec: ExecutionRecord = serde_json::from_slice(&kv.value).unwrap();
+    // Which parameters are sensitive is in the package: its text is a blob.
+    crate::bundles::load(&store, &mut rec).await.unwrap();
     assert!(rec.params["token"].starts_with(SEALED_PREFIX));
     assert_eq!(rec.params["region"], "us-west");
     let key = read_key_file(&dir.path().join(KEY_FILE)).unwrap().unwrap();
@@ -302,7 +303,7 @@ async fn the_store_holds_sensitive_values_only_sealed() {
         .unwrap();
 
     // Recovery opens the value into the in-memory plan (what StartJob is built from).
-    let sched = crate::recovery::load(&store, Default::default(), &key)
+    let sched = crate::recovery::load(&store, Default::default(), &key, 1)
         .await
         .unwrap();
     let (rec, plan) = sched
@@ -317,9 +318,9 @@ async fn the_store_holds_sensitive_values_only_sealed() {
 
     // A restarted coordinator resumes the execution; the copy fails without quoting anything.
     let (running, shutdown) = start_coordinator(dir.path()).await;
-    let view = running.coordinator.view(&id).await.unwrap();
+    let view = running.coordinator().unwrap().view(&id).await.unwrap();
     assert_eq!(view.summary.state, "running", "{}", view.summary.reason);
-    let copied = running.coordinator.view(&copy.id).await.unwrap();
+    let copied = running.coordinator().unwrap().view(&copy.id).await.unwrap();
     assert_eq!(copied.summary.state, ExecutionState::Failed.as_str());
     assert!(
         copied.summary.reason.contains("cannot be opened"),
@@ -340,7 +341,8 @@ async fn a_sensitive_value_cannot_leak_through_a_non_sensitive_child_parameter()
     let mut files = bundle();
     files.insert("c.toml".into(), leaky_child);
     let e = running
-        .coordinator
+        .coordinator()
+        .unwrap()
         .start(
             "p.toml".into(),
             files,

@@ -1,6 +1,10 @@
 //! The backend-independent test suite every [`Store`] must pass.
 
-use super::kv::{Op, Precondition, Store, StoreError, WatchEvent};
+use std::time::Duration;
+
+use tokio_stream::StreamExt;
+
+use super::kv::{Op, Precondition, Store, StoreError, WatchEvent, WatchStream};
 
 fn put(key: &str, value: &str, pre: Precondition) -> Op {
     Op::Put {
@@ -16,6 +20,8 @@ pub(crate) async fn run_all(store: &dyn Store) {
     batches_are_atomic(store).await;
     range_is_by_prefix_in_order(store).await;
     watch_sees_later_commits(store).await;
+    watch_from_a_revision(store).await;
+    later_operations_on_a_key_win(store).await;
     check_is_a_precondition_without_a_write(store).await;
     delete_prefix_deletes_exactly_the_prefix(store).await;
     batches_over_the_limits_are_refused(store).await;
@@ -102,7 +108,7 @@ async fn range_is_by_prefix_in_order(store: &dyn Store) {
 }
 
 async fn watch_sees_later_commits(store: &dyn Store) {
-    let mut w = store.watch("w/");
+    let mut w = store.watch("w/", None);
     store
         .commit(vec![
             put("other", "x", Precondition::Any),
@@ -117,16 +123,104 @@ async fn watch_sees_later_commits(store: &dyn Store) {
         }])
         .await
         .unwrap();
-    let first = tokio::time::timeout(std::time::Duration::from_secs(5), w.next())
-        .await
-        .unwrap();
+    let first = next(&mut w).await;
     assert!(
         matches!(first, Some(Ok(WatchEvent::Put(ref kv))) if kv.key == "w/1" && kv.value == b"one")
     );
-    let second = tokio::time::timeout(std::time::Duration::from_secs(5), w.next())
+    let second = next(&mut w).await;
+    assert!(matches!(second, Some(Ok(WatchEvent::Delete { ref key, .. })) if key == "w/1"));
+}
+
+/// The next item of a watch, within 5 s.
+async fn next(w: &mut WatchStream) -> Option<Result<WatchEvent, StoreError>> {
+    tokio::time::timeout(Duration::from_secs(5), w.next())
+        .await
+        .expect("a watch event within 5 s")
+}
+
+async fn watch_from_a_revision(store: &dyn Store) {
+    let r1 = store
+        .commit(vec![put("wf/a", "1", Precondition::Absent)])
         .await
         .unwrap();
-    assert!(matches!(second, Some(Ok(WatchEvent::Delete { ref key, .. })) if key == "w/1"));
+    let r2 = store
+        .commit(vec![put("wf/b", "2", Precondition::Absent)])
+        .await
+        .unwrap();
+    // From the latest revision: exactly what comes after it.
+    let mut w = store.watch("wf/", Some(r2));
+    let r3 = store
+        .commit(vec![Op::Delete {
+            key: "wf/a".into(),
+            pre: Precondition::Revision(r1),
+        }])
+        .await
+        .unwrap();
+    let ev = next(&mut w).await;
+    assert!(
+        matches!(ev, Some(Ok(WatchEvent::Delete { ref key, revision })) if key == "wf/a" && revision == r3),
+        "{ev:?}"
+    );
+    // From an older revision: a backend with history replays what followed
+    // it; one without says it cannot (Lagged) and ends.
+    let mut w = store.watch("wf/", Some(r1));
+    match next(&mut w).await {
+        Some(Ok(WatchEvent::Put(kv))) => {
+            assert_eq!((kv.key.as_str(), kv.mod_revision), ("wf/b", r2));
+            let ev = next(&mut w).await;
+            assert!(
+                matches!(ev, Some(Ok(WatchEvent::Delete { ref key, revision })) if key == "wf/a" && revision == r3),
+                "{ev:?}"
+            );
+        }
+        Some(Err(e @ StoreError::Lagged(_))) => {
+            assert!(e.retryable());
+            assert!(next(&mut w).await.is_none(), "a watch ends after an error");
+        }
+        other => panic!("unexpected first item of a watch from {r1}: {other:?}"),
+    }
+}
+
+/// Within one batch, operations apply in order: a later one on the same key
+/// wins, and a put after a delete by prefix survives it.
+async fn later_operations_on_a_key_win(store: &dyn Store) {
+    store
+        .commit(vec![
+            put("seq/p/1", "old", Precondition::Any),
+            put("seq/p/2", "old", Precondition::Any),
+        ])
+        .await
+        .unwrap();
+    let rev = store
+        .commit(vec![
+            put("seq/a", "1", Precondition::Absent),
+            put("seq/a", "2", Precondition::Any),
+            put("seq/b", "1", Precondition::Any),
+            Op::Delete {
+                key: "seq/b".into(),
+                pre: Precondition::Any,
+            },
+            Op::DeletePrefix {
+                prefix: "seq/p/".into(),
+            },
+            put("seq/p/2", "new", Precondition::Any),
+        ])
+        .await
+        .unwrap();
+    let got: Vec<(String, Vec<u8>, u64)> = store
+        .range("seq/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| (kv.key, kv.value, kv.mod_revision))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("seq/a".to_string(), b"2".to_vec(), rev),
+            ("seq/p/2".to_string(), b"new".to_vec(), rev)
+        ]
+    );
 }
 
 async fn check_is_a_precondition_without_a_write(store: &dyn Store) {
@@ -190,7 +284,7 @@ async fn delete_prefix_deletes_exactly_the_prefix(store: &dyn Store) {
         ])
         .await
         .unwrap();
-    let mut w = store.watch("dp/");
+    let mut w = store.watch("dp/", None);
     let rev = store
         .commit(vec![
             Op::DeletePrefix {
@@ -212,9 +306,7 @@ async fn delete_prefix_deletes_exactly_the_prefix(store: &dyn Store) {
     assert_eq!(store.get("dp/2").await.unwrap().unwrap().mod_revision, rev);
     let mut seen = Vec::new();
     for _ in 0..3 {
-        let ev = tokio::time::timeout(std::time::Duration::from_secs(5), w.next())
-            .await
-            .unwrap();
+        let ev = next(&mut w).await;
         match ev {
             Some(Ok(WatchEvent::Delete { key, revision })) => seen.push((key, revision)),
             Some(Ok(WatchEvent::Put(kv))) => seen.push((kv.key, kv.mod_revision)),

@@ -10,8 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::kv::{
-    BoxFuture, KeyValue, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
+    BoxFuture, KeyValue, Op, Precondition, Revision, Store, StoreError, WatchEvent, WatchStream,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -29,6 +31,9 @@ pub struct EmbeddedStore {
     db: Arc<RwLock<Database>>,
     path: std::path::PathBuf,
     events: tokio::sync::broadcast::Sender<Arc<Vec<WatchEvent>>>,
+    /// The last revision committed, raised before its changes are broadcast
+    /// (a watch subscribes, then reads it).
+    revision: Arc<AtomicU64>,
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -84,17 +89,24 @@ impl EmbeddedStore {
             .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(backend)?;
-        {
+        let revision = {
             let tx = db.begin_write().map_err(backend)?;
             tx.open_table(KV).map_err(backend)?;
-            tx.open_table(META).map_err(backend)?;
+            let revision = tx
+                .open_table(META)
+                .map_err(backend)?
+                .get(REVISION_KEY)
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
             tx.commit().map_err(backend)?;
-        }
+            revision
+        };
         let (events, _) = tokio::sync::broadcast::channel(1024);
         Ok(EmbeddedStore {
             db: Arc::new(RwLock::new(db)),
             path: path.to_path_buf(),
             events,
+            revision: Arc::new(AtomicU64::new(revision)),
         })
     }
 
@@ -228,6 +240,7 @@ impl Store for EmbeddedStore {
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Revision, StoreError>> {
         let db = self.db.clone();
         let events = self.events.clone();
+        let current = self.revision.clone();
         Box::pin(async move {
             let ((revision, deleted), ops) = tokio::task::spawn_blocking(move || {
                 let db = db.read().unwrap_or_else(|p| p.into_inner());
@@ -235,6 +248,7 @@ impl Store for EmbeddedStore {
             })
             .await
             .map_err(backend)??;
+            current.fetch_max(revision, Ordering::SeqCst);
             // Watch events only when someone watches (checked after the
             // commit, so a watch opened while it ran still sees it); they
             // take the values over instead of copying them.
@@ -265,8 +279,12 @@ impl Store for EmbeddedStore {
         })
     }
 
-    fn watch(&self, prefix: &str) -> Watch {
-        Watch::new(prefix.to_string(), self.events.subscribe())
+    /// Keeps no history: `from` behind the current revision yields
+    /// [`StoreError::Lagged`] (see [`Store::watch`]).
+    fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream {
+        let rx = self.events.subscribe();
+        let current = self.revision.load(Ordering::SeqCst);
+        super::kv::broadcast_watch(prefix, rx, from, current)
     }
 
     fn size_bytes(&self) -> u64 {

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
 
 use super::kv::{
-    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, Watch, WatchEvent,
+    BoxFuture, KeyValue, Limits, Op, Precondition, Revision, Store, StoreError, WatchEvent,
+    WatchStream,
 };
 
 /// One commit the store applied.
@@ -38,6 +39,8 @@ struct State {
     fail_next: usize,
     /// Commits still to refuse as `Unavailable` (after those that fail).
     unavailable_next: usize,
+    /// Commits still to let through before the injected faults apply.
+    faults_after: usize,
     /// What a commit may hold (unbounded unless a test says otherwise).
     limits: Limits,
     applied: Vec<Commit>,
@@ -95,6 +98,14 @@ impl FakeStore {
     /// refused as `Unavailable`, applying nothing, as a backend without quorum.
     pub fn unavailable_next_commits(&self, n: usize) {
         self.state().unavailable_next = n;
+    }
+
+    /// The injected faults ([`Self::fail_next_commits`],
+    /// [`Self::unavailable_next_commits`]) apply only after the next `n`
+    /// commits went through (e.g. past the blob writes of a start, to its
+    /// execution's commit by the scheduler).
+    pub fn faults_after_commits(&self, n: usize) {
+        self.state().faults_after = n;
     }
 
     /// Refuses, from now on, commits over `limits` (as a replicated backend would).
@@ -234,7 +245,10 @@ impl Store for FakeStore {
         self.started.send_modify(|n| *n += 1);
         let fail = {
             let mut st = self.state();
-            if st.fail_next > 0 {
+            if st.faults_after > 0 && (st.fail_next > 0 || st.unavailable_next > 0) {
+                st.faults_after -= 1;
+                None
+            } else if st.fail_next > 0 {
                 st.fail_next -= 1;
                 Some(StoreError::Backend("injected commit failure".into()))
             } else if st.unavailable_next > 0 {
@@ -259,8 +273,13 @@ impl Store for FakeStore {
         self.state().limits
     }
 
-    fn watch(&self, prefix: &str) -> Watch {
-        Watch::new(prefix.to_string(), self.events.subscribe())
+    /// Keeps no history: `from` behind the current revision yields
+    /// [`StoreError::Lagged`] (see [`Store::watch`]).
+    fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream {
+        // Under the lock: commits broadcast under it too, so `current` is exact.
+        let st = self.state();
+        let rx = self.events.subscribe();
+        super::kv::broadcast_watch(prefix, rx, from, st.revision)
     }
 
     fn size_bytes(&self) -> u64 {

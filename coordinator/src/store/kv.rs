@@ -7,7 +7,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-/// A global, monotonically increasing revision: every commit gets a new one.
+use tokio_stream::Stream;
+
+/// A global, monotonically increasing revision: every commit that writes gets
+/// a new one (on etcd, a batch that only checks returns the current one).
 pub type Revision = u64;
 
 /// A boxed future, so that `Store` can be used as a trait object.
@@ -225,8 +228,14 @@ pub trait Store: Send + Sync + 'static {
     fn limits(&self) -> Limits {
         Limits::UNBOUNDED
     }
-    /// Changes under `prefix` committed after this call.
-    fn watch(&self, prefix: &str) -> Watch;
+    /// Changes under `prefix`, in revision order: with `from = None`, those
+    /// committed after this call; with `Some(r)`, every change with a
+    /// revision above `r` (read at `r`, then watch from `r`). A backend
+    /// that keeps history (etcd, until it compacts) replays the changes after
+    /// `r`; one that does not (embedded, fake) serves `Some(r)` only when `r`
+    /// is its current revision or later, and otherwise yields
+    /// [`StoreError::Lagged`] first: re-read, then watch again.
+    fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream;
     /// Bytes the store occupies on disk (for benchmarks and retention).
     fn size_bytes(&self) -> u64;
     /// Gives space freed by deletions back to the file system, if the backend
@@ -236,47 +245,143 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
-/// A watch on a key prefix.
-pub struct Watch {
-    prefix: String,
-    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<WatchEvent>>>,
-    buffered: std::collections::VecDeque<WatchEvent>,
+/// Changes under a prefix, in revision order ([`Store::watch`]). It ends
+/// (`None`) after an error or when the store is gone: watch again, from the
+/// last revision seen (or re-read first after [`StoreError::Lagged`]).
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
+
+/// The revision a change was committed at.
+pub fn event_revision(event: &WatchEvent) -> Revision {
+    match event {
+        WatchEvent::Put(kv) => kv.mod_revision,
+        WatchEvent::Delete { revision, .. } => *revision,
+    }
 }
 
-impl Watch {
-    pub(crate) fn new(
-        prefix: String,
-        rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<WatchEvent>>>,
-    ) -> Self {
-        Watch {
-            prefix,
-            rx,
-            buffered: Default::default(),
+/// The key a change is about.
+pub fn event_key(event: &WatchEvent) -> &str {
+    match event {
+        WatchEvent::Put(kv) => &kv.key,
+        WatchEvent::Delete { key, .. } => key,
+    }
+}
+
+/// A stream made by calling `step` on a state until it returns `None`
+/// (tokio-stream has no `unfold`).
+pub(crate) fn unfold<S, F, Fut, T>(state: S, step: F) -> Pin<Box<dyn Stream<Item = T> + Send>>
+where
+    S: Send + Unpin + 'static,
+    F: FnMut(S) -> Fut + Send + Unpin + 'static,
+    Fut: Future<Output = Option<(T, S)>> + Send + 'static,
+    T: Send + 'static,
+{
+    struct Unfold<S, F, Fut> {
+        state: Option<S>,
+        step: F,
+        pending: Option<Pin<Box<Fut>>>,
+    }
+    impl<S: Unpin, F: Unpin, Fut, T> Stream for Unfold<S, F, Fut>
+    where
+        F: FnMut(S) -> Fut,
+        Fut: Future<Output = Option<(T, S)>>,
+    {
+        type Item = T;
+        fn poll_next(
+            self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<T>> {
+            // The future is boxed: the struct is Unpin when S and F are.
+            let this = self.get_mut();
+            if let Some(state) = this.state.take() {
+                this.pending = Some(Box::pin((this.step)(state)));
+            }
+            let Some(fut) = this.pending.as_mut() else {
+                return std::task::Poll::Ready(None);
+            };
+            match fut.as_mut().poll(cx) {
+                std::task::Poll::Pending => std::task::Poll::Pending,
+                std::task::Poll::Ready(out) => {
+                    this.pending = None;
+                    std::task::Poll::Ready(out.map(|(item, next)| {
+                        this.state = Some(next);
+                        item
+                    }))
+                }
+            }
         }
     }
+    Box::pin(Unfold {
+        state: Some(state),
+        step,
+        pending: None,
+    })
+}
 
-    /// The next change under the prefix; `None` when the store is gone.
-    pub async fn next(&mut self) -> Option<Result<WatchEvent, StoreError>> {
-        use tokio::sync::broadcast::error::RecvError;
+/// The watch of a backend that broadcasts each commit's changes in memory
+/// (embedded, fake) and keeps no history: changes under `prefix` with a
+/// revision above `after` from `rx`, subscribed before `current` (the
+/// backend's revision) was read. A `from` behind `current` cannot be replayed:
+/// the stream says [`StoreError::Lagged`] and ends.
+pub(crate) fn broadcast_watch(
+    prefix: &str,
+    rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<WatchEvent>>>,
+    from: Option<Revision>,
+    current: Revision,
+) -> WatchStream {
+    use std::collections::VecDeque;
+    use tokio::sync::broadcast::error::RecvError;
+    struct State {
+        prefix: String,
+        rx: tokio::sync::broadcast::Receiver<std::sync::Arc<Vec<WatchEvent>>>,
+        after: Revision,
+        buffered: VecDeque<WatchEvent>,
+        /// An error to yield before ending.
+        fail: Option<StoreError>,
+        done: bool,
+    }
+    let after = from.unwrap_or(0);
+    let fail = match from {
+        Some(r) if r < current => Some(StoreError::Lagged(current - r)),
+        _ => None,
+    };
+    let state = State {
+        prefix: prefix.to_string(),
+        rx,
+        after,
+        buffered: VecDeque::new(),
+        fail,
+        done: false,
+    };
+    unfold(state, |mut st: State| async move {
+        if st.done {
+            return None;
+        }
+        if let Some(e) = st.fail.take() {
+            st.done = true;
+            return Some((Err(e), st));
+        }
         loop {
-            if let Some(ev) = self.buffered.pop_front() {
-                return Some(Ok(ev));
+            if let Some(ev) = st.buffered.pop_front() {
+                return Some((Ok(ev), st));
             }
-            match self.rx.recv().await {
+            match st.rx.recv().await {
                 Ok(batch) => {
-                    for ev in batch.iter() {
-                        let key = match ev {
-                            WatchEvent::Put(kv) => &kv.key,
-                            WatchEvent::Delete { key, .. } => key,
-                        };
-                        if key.starts_with(&self.prefix) {
-                            self.buffered.push_back(ev.clone());
-                        }
-                    }
+                    let (prefix, after) = (&st.prefix, st.after);
+                    st.buffered.extend(
+                        batch
+                            .iter()
+                            .filter(|ev| {
+                                event_revision(ev) > after && event_key(ev).starts_with(prefix)
+                            })
+                            .cloned(),
+                    );
                 }
-                Err(RecvError::Lagged(n)) => return Some(Err(StoreError::Lagged(n))),
+                Err(RecvError::Lagged(n)) => {
+                    st.done = true;
+                    return Some((Err(StoreError::Lagged(n)), st));
+                }
                 Err(RecvError::Closed) => return None,
             }
         }
-    }
+    })
 }

@@ -30,6 +30,7 @@ pub mod fixtures;
 pub mod grpc;
 pub mod logs;
 mod node;
+pub mod otlp;
 
 use std::fs::{self, File};
 use std::io::Write;

@@ -40,6 +40,7 @@ pub fn start_job_request(execution_id: &str, package_text: &str) -> StartJobRequ
         coordinator_epoch: FRESH_EPOCH,
         deadline_ms: 0,
         traceparent: String::new(),
+        tracestate: String::new(),
         folder: String::new(),
     }
 }
