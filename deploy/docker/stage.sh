@@ -9,8 +9,9 @@
 # of `script` tasks and `exec` of `sh -c` need a shell), every shared library that
 # `ldd` names for them (with the dynamic loader), /etc/passwd and /etc/group with
 # the user `baton` (uid and gid 10001), a minimal /etc/nsswitch.conf, /tmp, and the
-# data directories /var/lib/baton/{coordinator,agent,enroll} owned by that user
-# (`enroll` receives one-time enrolment tokens in the compose cluster).
+# data directories /var/lib/baton/{coordinator,agent,enroll,keys} owned by that
+# user (`enroll` receives one-time enrolment tokens in the compose cluster,
+# `keys` the CA and sealing key the coordinators of the HA cluster share).
 #
 # --bin PATH      the binary to ship (default: target/release/baton, else target/debug/baton)
 # --with PROGRAM  also ship this program and its libraries (repeatable), e.g.
@@ -49,7 +50,8 @@ command -v ldd >/dev/null || { echo "stage.sh: ldd is needed (Debian: libc-bin)"
 rootfs="$out/rootfs"
 rm -rf "$rootfs"
 mkdir -p "$rootfs/usr/local/bin" "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" \
-    "$out/baton-home/coordinator" "$out/baton-home/agent" "$out/baton-home/enroll"
+    "$out/baton-home/coordinator" "$out/baton-home/agent" "$out/baton-home/enroll" \
+    "$out/baton-home/keys"
 chmod 1777 "$rootfs/tmp"
 
 # copy_with_libs SRC DEST: the program, then each library ldd resolves for it at
