@@ -227,7 +227,10 @@ async fn keep_alive(
     lost: CancellationToken,
 ) {
     let every = ttl / 3;
-    let mut deadline = asked + ttl;
+    // A margin before etcd's own expiry: the term ends here first, so that
+    // this coordinator has stopped before another can be elected.
+    let margin = (ttl / 10).max(Duration::from_millis(500)).min(ttl / 2);
+    let mut deadline = asked + ttl.saturating_sub(margin);
     let mut leases = etcd.client.lease_client();
     let mut stream = None;
     let mut failing = false;
@@ -260,7 +263,7 @@ async fn keep_alive(
         let wait = every.min(deadline - now);
         match tokio::time::timeout(wait, renewal).await {
             Ok(Ok(Some(t))) if t > 0 => {
-                deadline = sent + Duration::from_secs(t.unsigned_abs());
+                deadline = sent + Duration::from_secs(t.unsigned_abs()).saturating_sub(margin);
                 if failing {
                     info!(lease, "lease renewals confirmed again");
                     failing = false;
