@@ -334,6 +334,18 @@ pub async fn run(args: &FailoverSpec) -> Result<(Vec<(&'static str, Value)>, boo
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The first coordinator leads (it campaigned alone before the others
+    // started); anything else would make the figures meaningless.
+    let first_log = dir.path().join("c0.log");
+    if first_after(std::slice::from_ref(&first_log), "leading epoch=", 0.0).is_none() {
+        return Err(CliError::other(
+            "BENCH_NOT_READY",
+            format!(
+                "the first coordinator does not lead (see {}); the bench kills the leader",
+                first_log.display()
+            ),
+        ));
+    }
     let killed_at = now_s();
     if let Some(leader) = coordinators.0.first_mut() {
         let _ = leader.kill();

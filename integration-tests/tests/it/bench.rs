@@ -202,3 +202,57 @@ fn bench_rejects_bad_flags_with_a_usage_error() {
     assert_eq!(run.code, Some(2), "{}", run.describe());
     assert!(run.stderr.contains("error[USAGE]"), "{}", run.describe());
 }
+
+/// Whether Debian's `etcd` is on PATH (the etcd workloads start a local cluster).
+fn have_etcd() -> bool {
+    if baton_coordinator::store::etcd::local::etcd_binary().is_some() {
+        return true;
+    }
+    eprintln!("{}", baton_coordinator::store::etcd::local::SKIPPED);
+    false
+}
+
+#[test]
+fn bench_noop_on_a_local_etcd() {
+    if !have_etcd() {
+        return;
+    }
+    let v = run_json_with("noop", 2, 300, &["--store", "etcd"]);
+    assert_eq!(v["store"], "etcd", "{v}");
+    assert_eq!(v["duplicate_events"].as_u64(), Some(0), "{v}");
+}
+
+#[test]
+fn bench_failover_loses_and_duplicates_nothing() {
+    if !have_etcd() {
+        return;
+    }
+    let run = bench(&[
+        "--workload",
+        "failover",
+        "--agents",
+        "2",
+        "--children",
+        "100",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.describe());
+    let line = run
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_else(|| panic!("no output line\n{}", run.describe()));
+    let v: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("last line is not JSON ({e})\n{}", run.describe()));
+    assert_eq!(v["workload"], "failover", "{v}");
+    assert_eq!(v["status"], "succeeded", "{v}");
+    assert_eq!(v["succeeded"].as_u64(), Some(100), "{v}");
+    assert_eq!(v["lost"].as_u64(), Some(0), "{v}");
+    assert_eq!(v["duplicated"].as_u64(), Some(0), "{v}");
+    // The new leader dispatched, after the kill, within the lease and a margin
+    // (the target is lease + 2 s; a loaded CI machine gets more room).
+    let takeover = num(&v, "takeover_s");
+    assert!(takeover > 0.0 && takeover < 15.0, "{v}");
+}
