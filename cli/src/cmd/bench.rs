@@ -157,10 +157,11 @@ pub fn validate(a: &BenchArgs) -> Result<(), CliError> {
             )));
         }
     }
-    if a.workload == Workload::Failover && (a.children < 2 || !(1..=60).contains(&a.leader_lease_s))
+    if a.workload == Workload::Failover
+        && (!(2..=100_000).contains(&a.children) || !(1..=60).contains(&a.leader_lease_s))
     {
         return Err(usage(
-            "--workload failover needs --children 2 or more and --leader-lease-s 1..=60",
+            "--workload failover needs --children 2..=100000 (each child is checked) and --leader-lease-s 1..=60",
         ));
     }
     if a.workload == Workload::AgentLoss && (a.agents < 2 || a.children < 2) {

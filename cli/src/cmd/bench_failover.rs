@@ -362,14 +362,33 @@ pub async fn run(args: &FailoverSpec) -> Result<(Vec<(&'static str, Value)>, boo
         .await
         .map_err(|s| opt.status(s))?
         .into_inner();
+    // Counted child by child, not from the summary's counters: every child
+    // must be listed (the list is complete), once, with a terminal state.
+    if detail.children_truncated || detail.children_total != total {
+        return Err(CliError::other(
+            "BENCH_UNCHECKED",
+            format!(
+                "the execution lists {} of {} children (truncated: {}); cannot check each",
+                detail.children.len(),
+                total,
+                detail.children_truncated
+            ),
+        ));
+    }
     let mut seen = HashSet::new();
     let listed_twice = detail
         .children
         .iter()
         .filter(|c| !seen.insert((c.task_path.clone(), c.item_index)))
         .count() as u64;
+    let ended_listed = detail
+        .children
+        .iter()
+        .filter(|c| matches!(c.state.as_str(), "succeeded" | "failed"))
+        .count() as u64;
     let ended = summary.succeeded + summary.failed;
-    let lost = total.saturating_sub(ended);
+    let lost = total.saturating_sub(ended_listed.min(seen.len() as u64));
+    // A child listed twice, or counted more often than there are children.
     let duplicated = listed_twice + ended.saturating_sub(total);
     let logs: Vec<PathBuf> = (1..COORDINATORS)
         .map(|i| dir.path().join(format!("c{i}.log")))

@@ -331,44 +331,73 @@ impl Ran {
 /// Runs `cmd` to completion with no stdin, killing it (SIGKILL, by pid) after
 /// `timeout`; panics if it had to be killed.
 pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Ran {
+    let (ran, timed_out) = try_run_bounded(cmd, timeout);
+    assert!(!timed_out, "killed after {timeout:?}: {}", ran.describe());
+    ran
+}
+
+/// [`run_bounded`] that says whether it had to kill instead of panicking (for
+/// clean-up paths, which must go on). The command runs in a process group of its
+/// own, killed whole on timeout (`docker compose` and scripts start children that
+/// hold the output pipes), and the outputs are waited for a bounded time too.
+pub fn try_run_bounded(cmd: &mut Command, timeout: Duration) -> (Ran, bool) {
+    use std::os::unix::process::CommandExt;
     let what = format!("{cmd:?}");
-    let mut child = cmd
+    let mut child = match cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    {
+        Ok(c) => c,
+        Err(e) => {
+            let ran = Ran {
+                what,
+                code: None,
+                stdout: String::new(),
+                stderr: format!("spawn: {e}"),
+            };
+            return (ran, false);
+        }
+    };
     let out = reader(child.stdout.take().expect("piped stdout"));
     let err = reader(child.stderr.take().expect("piped stderr"));
     let started = Instant::now();
     let mut timed_out = false;
     let status = loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            break s;
+        if let Ok(Some(s)) = child.try_wait() {
+            break Some(s);
         }
         if started.elapsed() > timeout {
             timed_out = true;
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            }
             kill_pid(child.id());
-            break child.wait().expect("wait after kill");
+            break child.wait().ok();
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Whatever still holds the pipes, the outputs are not waited for long.
+    let join = |h: Receiver<String>| h.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
     let ran = Ran {
         what,
-        code: status.code(),
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        code: status.and_then(|s| s.code()),
+        stdout: join(out),
+        stderr: join(err),
     };
-    assert!(!timed_out, "killed after {timeout:?}: {}", ran.describe());
-    ran
+    (ran, timed_out)
 }
 
-fn reader<R: Read + Send + 'static>(mut r: R) -> std::thread::JoinHandle<String> {
+fn reader<R: Read + Send + 'static>(mut r: R) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
         let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
+        let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+    });
+    rx
 }
 
 fn kill_pid(pid: u32) {

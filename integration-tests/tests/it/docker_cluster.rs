@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::deploy_support::{Ran, deploy_dir, help, on_path, run_bounded};
+use crate::deploy_support::{Ran, deploy_dir, help, on_path, run_bounded, try_run_bounded};
 use crate::harness::{baton_bin, wait_until};
 
 /// The agents of the compose file.
@@ -706,22 +706,33 @@ impl HaCluster {
         if self.down {
             return;
         }
-        self.down = true;
+        // Never panics (it runs from Drop, maybe during a panic): a step that
+        // fails or times out is reported and the next one runs anyway.
         // A disconnected container is still the project's: down removes it.
-        let out = self.compose_run(&["down", "-v", "--remove-orphans", "--timeout", "5"], 180);
-        if out.code != Some(0) {
+        let (out, timed_out) = try_run_bounded(
+            &mut self.compose_cmd(&["down", "-v", "--remove-orphans", "--timeout", "5"]),
+            Duration::from_secs(180),
+        );
+        if timed_out || out.code != Some(0) {
             eprintln!("compose down failed: {}", out.describe());
         }
         for image in &self.images {
-            let _ = docker(&["rmi", "-f", image], 60);
+            let _ = try_run_bounded(
+                Command::new("docker").args(["rmi", "-f", image]),
+                Duration::from_secs(60),
+            );
         }
+        self.down = true;
     }
 }
 
 impl Drop for HaCluster {
     fn drop(&mut self) {
         if std::thread::panicking() && !self.down {
-            let out = self.compose_run(&["logs", "--no-color", "--timestamps"], 60);
+            let (out, _) = try_run_bounded(
+                &mut self.compose_cmd(&["logs", "--no-color", "--timestamps"]),
+                Duration::from_secs(60),
+            );
             eprintln!(
                 "--- logs of compose project {} ---\n{}{}",
                 self.name, out.stdout, out.stderr
