@@ -28,6 +28,27 @@ pub struct ExecTrace {
     pub started_unix_ms: u64,
 }
 
+/// Most bytes of a `tracestate` passed on to dispatches (and so to agents,
+/// which refuse a longer one, and to child processes).
+pub const TRACESTATE_BYTES_MAX: usize = 512;
+
+/// `tracestate` cut to [`TRACESTATE_BYTES_MAX`] by dropping whole entries
+/// from the end (W3C: the right-most entries are the first to go).
+pub fn bounded_tracestate(state: &str) -> String {
+    let mut out = String::new();
+    for entry in state.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let sep = usize::from(!out.is_empty());
+        if out.len() + sep + entry.len() > TRACESTATE_BYTES_MAX {
+            break;
+        }
+        if sep == 1 {
+            out.push(',');
+        }
+        out.push_str(entry);
+    }
+    out
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }
@@ -39,7 +60,7 @@ impl ExecTrace {
         ExecTrace {
             traceparent: span.traceparent(),
             parent_span: parent.map(|p| p.span_hex()).unwrap_or_default(),
-            tracestate: tracestate.to_string(),
+            tracestate: bounded_tracestate(tracestate),
             started_unix_ms: 0,
         }
     }
@@ -196,6 +217,19 @@ fn to_hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_tracestate_loses_entries_from_the_end() {
+        let long: Vec<String> = (0..40)
+            .map(|i| format!("k{i}={}", "v".repeat(30)))
+            .collect();
+        let cut = bounded_tracestate(&long.join(","));
+        assert!(cut.len() <= TRACESTATE_BYTES_MAX, "{}", cut.len());
+        assert!(cut.starts_with("k0="));
+        assert!(!cut.ends_with(','));
+        assert_eq!(bounded_tracestate("a=1, b=2"), "a=1,b=2");
+        assert_eq!(bounded_tracestate(&"x".repeat(600)), "");
+    }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 

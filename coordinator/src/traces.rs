@@ -74,6 +74,23 @@ impl IdGenerator for Ids {
     }
 }
 
+/// Most events kept on one attempt's span.
+const EVENTS_PER_ATTEMPT_MAX: usize = 128;
+/// Most bytes of a reason put on a span.
+const REASON_BYTES_MAX: usize = 512;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
 /// The span of a gRPC call that may start an execution, under the caller's
 /// `traceparent` / `tracestate` metadata when it sent them.
 pub fn request_span(name: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
@@ -320,10 +337,14 @@ impl Traces {
                         attrs.push(KeyValue::new("baton.agent", a));
                     }
                     if !reason.is_empty() && phase == Phase::Pending {
-                        attrs.push(KeyValue::new("baton.reason", reason));
+                        attrs.push(KeyValue::new("baton.reason", cut(reason, REASON_BYTES_MAX)));
                     }
-                    open.events
-                        .push((time(unix_ms), phase.as_str().to_string(), attrs));
+                    // A child turned away again and again keeps one attempt:
+                    // its events are bounded (the SDK exports 128 per span).
+                    if open.events.len() < EVENTS_PER_ATTEMPT_MAX {
+                        open.events
+                            .push((time(unix_ms), phase.as_str().to_string(), attrs));
+                    }
                 }
                 let t = spans.tasks.entry(task).or_insert_with(|| TaskTimes {
                     name: task_name,

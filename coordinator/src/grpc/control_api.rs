@@ -108,6 +108,9 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::StartExecutionRequest>,
     ) -> Result<Response<pb::StartExecutionResponse>, Status> {
+        // A caller is authenticated before anything is traced: a request from
+        // nobody makes no span and joins no trace it names.
+        self.who(&request, "StartExecution").await?;
         // The execution's trace starts under this span (and so under the
         // caller's `traceparent`, when it sent one).
         let span = crate::traces::request_span("StartExecution", request.metadata());
