@@ -26,7 +26,7 @@ pub fn spawn(
     audit: Arc<Audit>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    registry.term_begins(audit);
+    let term = registry.term_begins(audit);
     tokio::spawn(async move {
         let mut every = tokio::time::interval(EVERY);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -37,10 +37,10 @@ pub fn spawn(
             }
             // An error means the scheduler stopped: the term is ending.
             if let Ok(snapshot) = coordinator.metrics().await {
-                registry.publish(snapshot);
+                registry.publish(term, snapshot);
             }
             registry.set_store_size(store.size_bytes());
         }
-        registry.term_ends();
+        registry.term_ends(term);
     })
 }

@@ -106,26 +106,36 @@ impl Registry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A term began: what an earlier one published is carried.
-    pub fn term_begins(&self, audit: Arc<Audit>) {
+    /// A term began: what an earlier one published is carried. Returns the
+    /// term's number, which its publications carry: a late word of an ended
+    /// term (its feeder finishing after the next term began) is ignored.
+    pub fn term_begins(&self, audit: Arc<Audit>) -> u64 {
         let mut s = self.lock();
         s.carry();
         s.leader = true;
         s.terms += 1;
+        let term = s.terms;
         drop(s);
         *self.audit.lock().unwrap_or_else(|p| p.into_inner()) = Some(audit);
+        term
     }
 
-    /// The term ended (lost, resigned or shut down).
-    pub fn term_ends(&self) {
+    /// Term `term` ended (lost, resigned or shut down).
+    pub fn term_ends(&self, term: u64) {
         let mut s = self.lock();
+        if s.terms != term {
+            return;
+        }
         s.carry();
         s.leader = false;
     }
 
-    /// The current term's scheduler snapshot.
-    pub fn publish(&self, snapshot: MetricsSnapshot) {
+    /// Term `term`'s scheduler snapshot.
+    pub fn publish(&self, term: u64, snapshot: MetricsSnapshot) {
         let mut s = self.lock();
+        if s.terms != term {
+            return;
+        }
         s.epoch = snapshot.gauges.epoch;
         s.current = Some(snapshot);
     }
@@ -191,16 +201,20 @@ mod tests {
         let r = Registry::default();
         let dir = tempfile::tempdir().unwrap();
         let audit = Arc::new(Audit::open(dir.path()).unwrap());
-        r.term_begins(audit.clone());
-        r.publish(snapshot(3, &[10, 20], 1));
-        r.publish(snapshot(5, &[10, 20, 30], 1));
+        let t1 = r.term_begins(audit.clone());
+        r.publish(t1, snapshot(3, &[10, 20], 1));
+        r.publish(t1, snapshot(5, &[10, 20, 30], 1));
         assert_eq!(r.read().stats().dispatches, 5);
-        r.term_ends();
+        r.term_ends(t1);
         let s = r.read();
         assert!(!s.leader);
         assert_eq!(s.stats().dispatches, 5);
-        r.term_begins(audit);
-        r.publish(snapshot(2, &[40], 2));
+        let t2 = r.term_begins(audit);
+        r.publish(t2, snapshot(2, &[40], 2));
+        // A late word of the ended term changes nothing.
+        r.publish(t1, snapshot(99, &[1], 1));
+        r.term_ends(t1);
+        assert!(r.read().leader);
         let s = r.read();
         assert!(s.leader);
         assert_eq!((s.terms, s.epoch), (2, 2));
