@@ -48,23 +48,8 @@ mkdir -p "$rootfs/usr/local/bin" "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" "$out
 chmod 1777 "$rootfs/tmp"
 chmod 0700 "$out/etcd-home"
 
-# copy_with_libs SRC DEST: the program, then each library ldd resolves for it at
-# the same absolute path (as deploy/docker/stage.sh does; a static program has
-# none: ldd says "not a dynamic executable" and exits 1, which is fine).
-copy_with_libs() {
-    cp -L "$1" "$rootfs$2"
-    chmod 0755 "$rootfs$2"
-    { ldd "$1" 2>/dev/null || true; } | while read -r a b c _; do
-        if [ "$b" = "=>" ] && [ "$c" = "not" ]; then
-            echo "stage-etcd.sh: $1 needs $a, which ldd cannot find" >&2
-            exit 1
-        fi
-        case "$a" in /*) lib="$a" ;; *) lib="$c" ;; esac
-        case "$lib" in /*) ;; *) continue ;; esac
-        mkdir -p "$rootfs$(dirname "$lib")"
-        [ -e "$rootfs$lib" ] || cp -L "$lib" "$rootfs$lib"
-    done
-}
+me=stage-etcd.sh
+. "$here/copy-with-libs.sh"
 
 copy_with_libs "$etcd" /usr/local/bin/etcd
 copy_with_libs "$(readlink -f /bin/sh)" /bin/sh

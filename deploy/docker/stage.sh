@@ -54,23 +54,8 @@ mkdir -p "$rootfs/usr/local/bin" "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp" \
     "$out/baton-home/keys"
 chmod 1777 "$rootfs/tmp"
 
-# copy_with_libs SRC DEST: the program, then each library ldd resolves for it at
-# the same absolute path (symbolic links followed: the image holds plain files).
-copy_with_libs() {
-    cp -L "$1" "$rootfs$2"
-    chmod 0755 "$rootfs$2"
-    ldd "$1" | while read -r a b c _; do
-        # "libc.so.6 => /lib/.../libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
-        if [ "$b" = "=>" ] && [ "$c" = "not" ]; then
-            echo "stage.sh: $1 needs $a, which ldd cannot find" >&2
-            exit 1
-        fi
-        case "$a" in /*) lib="$a" ;; *) lib="$c" ;; esac
-        case "$lib" in /*) ;; *) continue ;; esac
-        mkdir -p "$rootfs$(dirname "$lib")"
-        [ -e "$rootfs$lib" ] || cp -L "$lib" "$rootfs$lib"
-    done
-}
+me=stage.sh
+. "$here/copy-with-libs.sh"
 
 copy_with_libs "$bin" /usr/local/bin/baton
 copy_with_libs "$(readlink -f /bin/sh)" /bin/sh
