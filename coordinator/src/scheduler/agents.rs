@@ -281,7 +281,13 @@ impl Scheduler {
         match body {
             Body::Hello(_) => {}
             Body::Heartbeat(hb) => {
-                entry.load1 = hb.load1;
+                // A load that is not a finite non-negative number (NaN from a
+                // broken or hostile agent) counts as unknown, shown as 0.
+                entry.load1 = if hb.load1.is_finite() && hb.load1 >= 0.0 {
+                    hb.load1
+                } else {
+                    0.0
+                };
                 entry.running_reported = hb.running;
                 entry.draining = hb.draining;
                 entry.last_heartbeat_unix_ms = ev.at_unix_ms;

@@ -288,3 +288,36 @@ fn cancelling_children_that_wait_for_capacity_says_what_it_did() {
         super::CancelOutcome::ended(ExecutionState::Cancelled)
     );
 }
+
+/// A heartbeat's load that is not a finite non-negative number (NaN, infinity,
+/// negative: a broken or hostile agent) is taken as unknown (0), not kept
+/// for placement and the fleet view.
+#[test]
+fn a_heartbeat_load_that_is_not_a_number_counts_as_unknown() {
+    let now = Now::read();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", now);
+    for (sent, kept) in [
+        (1.5, 1.5),
+        (f64::NAN, 0.0),
+        (f64::INFINITY, 0.0),
+        (-3.0, 0.0),
+    ] {
+        s.agent_event(
+            "a",
+            pb::AgentEvent {
+                seq: 0,
+                at_unix_ms: 0,
+                body: Some(pb::agent_event::Body::Heartbeat(pb::Heartbeat {
+                    slots: 2,
+                    running: 0,
+                    load1: sent,
+                    draining: false,
+                })),
+            },
+            now,
+        );
+        let view = s.agent_views(now);
+        assert_eq!(view[0].load1.to_bits(), f64::to_bits(kept), "sent {sent}");
+    }
+}
