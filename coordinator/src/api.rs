@@ -239,6 +239,7 @@ impl Coordinator {
             kept: Vec<(ChildRecord, bool)>,
             kept_bad: usize,
             kept_ok: usize,
+            task_counts: crate::scheduler::TaskCounts,
             /// The first record that did not read.
             corrupt: Option<String>,
         }
@@ -270,6 +271,7 @@ impl Coordinator {
                     match serde_json::from_slice::<ChildRecord>(&kv.value) {
                         Ok(c) => {
                             crate::scheduler::tally(&mut a.summary, &c);
+                            crate::scheduler::count_task(&mut a.task_counts, &c);
                             let ok = c.phase == crate::records::Phase::Succeeded;
                             // Up to `limit` of each kind; the pick is made after.
                             if ok && a.kept_ok < limit {
@@ -293,6 +295,7 @@ impl Coordinator {
             summary,
             kept,
             corrupt,
+            task_counts,
             ..
         } = std::mem::take(&mut *acc.lock().unwrap_or_else(|p| p.into_inner()));
         if let Some(e) = corrupt {
@@ -307,6 +310,7 @@ impl Coordinator {
         let mut view = view_from_records(&rec, children);
         view.summary = summary;
         view.children_total = children_total;
+        view.task_counts = task_counts;
         Ok(view)
     }
 

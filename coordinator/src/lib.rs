@@ -16,6 +16,7 @@
 //! otherwise. All a leader writes goes through a store fenced by its term
 //! ([`store::fenced`]).
 
+pub mod access;
 pub mod api;
 pub mod auth;
 pub mod bundles;
@@ -43,6 +44,7 @@ pub mod store;
 pub mod trace_context;
 pub mod traces;
 pub mod transport;
+pub mod web;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -84,6 +86,8 @@ pub struct CoordinatorConfig {
     /// The process-wide metrics registry (`--metrics-listen`): each term
     /// publishes into it; `None`: no metrics are kept.
     pub metrics: Option<Arc<prometheus::Registry>>,
+    /// The web dashboard (`--dashboard-listen`); `None`: not served.
+    pub dashboard: Option<web::DashboardConfig>,
 }
 
 /// Settings of a coordinator among several (`--advertise`, `--leader-lease`).
@@ -144,6 +148,7 @@ impl Default for CoordinatorConfig {
             store: store::StoreConfig::Embedded,
             ha: HaConfig::default(),
             metrics: None,
+            dashboard: None,
         }
     }
 }
@@ -345,6 +350,26 @@ pub(crate) async fn serve(
         }
     };
     let (current_tx, current) = tokio::sync::watch::channel(None);
+    if let Some(dashboard) = &config.dashboard {
+        let Some(live) = &live_tls else {
+            return Err(CoordinatorError::Config(
+                "--dashboard-listen needs TLS: the dashboard is served over HTTPS only (this coordinator runs --insecure)".into(),
+            ));
+        };
+        let listener = web::bind(dashboard).await?;
+        web::spawn(
+            listener,
+            dashboard.clone(),
+            live.clone(),
+            web::Web {
+                current: current.clone(),
+                audit: audit.clone(),
+                dialer: dialer.clone(),
+                sessions: web::session::Sessions::default(),
+            },
+            shutdown.clone(),
+        )?;
+    }
     let roles = role::Roles {
         process: role::Process {
             config,

@@ -283,6 +283,44 @@ impl Authority {
         })
     }
 
+    /// Issues the web dashboard's server certificate, with a fresh key (PEM,
+    /// kept in memory by the caller): `coordinator.baton` and `names` (DNS
+    /// names or IP addresses, as a browser reaches this coordinator) in its
+    /// subject alternative names, and server authentication as its only
+    /// usage, so that it can never serve as a client's or an agent's identity.
+    pub fn issue_web(&self, names: &[String], ttl: Duration) -> Result<(Issued, String), PkiError> {
+        let mut sans = vec![COORDINATOR_NAME.to_string()];
+        sans.extend(
+            names
+                .iter()
+                .filter(|n| n.as_str() != COORDINATOR_NAME)
+                .cloned(),
+        );
+        let mut params = CertificateParams::new(sans)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, COORDINATOR_NAME);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let now = time_now();
+        let ttl = ttl.max(Duration::from_secs(1));
+        params.not_before = now - BACKDATE.min(ttl / 10);
+        params.not_after = now + ttl;
+        let not_after = params.not_after.unix_timestamp();
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((
+            Issued {
+                cert_pem: cert.pem(),
+                not_after,
+            },
+            key.serialize_pem(),
+        ))
+    }
+
     /// Signs a PKCS#10 request (PEM) as `who`. Only the request's public key
     /// is used: the identity, usages and lifetime are the CA's decision.
     pub fn sign_csr(

@@ -122,6 +122,25 @@ pub struct CoordinatorArgs {
         requires = "metrics_listen"
     )]
     pub metrics_token_file: Option<PathBuf>,
+    /// Serve the web dashboard at https://ADDR/ (e.g. 0.0.0.0:7443; port 0
+    /// picks a free port, logged). HTTPS only, with a certificate from
+    /// Baton's CA (trust DATA_DIR/tls/ca.pem in the browser once); people
+    /// log in with an API token (`baton token create --kind api NAME`) and see
+    /// what their folder permissions allow. See docs/observability.md.
+    #[arg(long, env = "BATON_COORDINATOR_DASHBOARD_LISTEN", value_name = "ADDR")]
+    pub dashboard_listen: Option<std::net::SocketAddr>,
+    /// A name (DNS name or IP address) browsers use to reach the dashboard,
+    /// put in its certificate besides coordinator.baton; repeat or separate
+    /// with commas. Default: localhost, 127.0.0.1 and ::1, plus the listen
+    /// address when it is a specific one.
+    #[arg(
+        long,
+        env = "BATON_COORDINATOR_DASHBOARD_NAME",
+        value_name = "NAME",
+        value_delimiter = ',',
+        requires = "dashboard_listen"
+    )]
+    pub dashboard_name: Vec<String>,
     /// Where executions, the catalog and the agent registry are kept:
     /// `embedded` (one file in DATA_DIR, one coordinator) or
     /// `etcd://HOST:PORT,HOST:PORT,...` (an etcd cluster shared by several
@@ -577,6 +596,12 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), CliError> {
             .metrics_listen
             .is_some()
             .then(baton_coordinator::prometheus::Registry::new),
+        dashboard: args
+            .dashboard_listen
+            .map(|listen| baton_coordinator::web::DashboardConfig {
+                listen,
+                names: dashboard_names(listen, &args.dashboard_name),
+            }),
     };
     config
         .validate()
@@ -791,6 +816,28 @@ pub async fn agent(args: AgentArgs) -> Result<(), CliError> {
             }
             e => CliError::other(e.code(), e.to_string()),
         })
+}
+
+/// The names in the dashboard's certificate: those given, else the loopback
+/// names and the listen address when it is a specific one.
+fn dashboard_names(listen: std::net::SocketAddr, given: &[String]) -> Vec<String> {
+    if !given.is_empty() {
+        return given
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+    }
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    let ip = listen.ip().to_string();
+    if !listen.ip().is_unspecified() && !names.contains(&ip) {
+        names.push(ip);
+    }
+    names
 }
 
 #[cfg(test)]

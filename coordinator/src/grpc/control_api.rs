@@ -2,6 +2,8 @@
 //!
 //! Every call first authenticates the caller ([`crate::auth::Auth::authenticate`])
 //! and checks its permission on the folder concerned; refusals are audited.
+//! The calls the web dashboard also serves (executions, agents, cancel,
+//! resume) go through the shared access layer ([`crate::access`]).
 //!
 //! | call | needs |
 //! | --- | --- |
@@ -125,12 +127,12 @@ impl ControlService for ControlApi {
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
         let who = self.who(&request, "WatchExecution").await?;
         let id = request.into_inner().execution_id;
-        let folder = self.folder_of(&id).await?;
-        self.auth
-            .require(&who, Permission::Read, &folder, "WatchExecution")
+        let watched = self
+            .access()
+            .watch(&who, &id, "WatchExecution")
             .await
             .map_err(status)?;
-        let out: SummaryStream = match self.coordinator.watch(&id).await.map_err(status)? {
+        let out: SummaryStream = match watched {
             Watched::Live(rx) => {
                 // Ends with the last summary when the execution ends.
                 let s = tokio_stream::wrappers::WatchStream::new(rx)
@@ -154,17 +156,13 @@ impl ControlService for ControlApi {
             0 => DEFAULT_CHILDREN_LIMIT,
             n => (n as usize).min(MAX_CHILDREN_LIMIT),
         };
-        // The folder first: a refusal reads nothing else.
-        let folder = self.folder_of(&id).await?;
-        self.auth
-            .require(&who, Permission::Read, &folder, "GetExecution")
-            .await
-            .map_err(status)?;
+        // The access layer reads the folder first: a refusal reads nothing else.
+        let access = self.access();
         let view = match r.child {
-            None => self.coordinator.view_limited(&id, limit).await,
+            None => access.view(&who, &id, limit, "GetExecution").await,
             Some(key) => {
-                self.coordinator
-                    .view_child(&id, &key.task_path, key.item_index)
+                access
+                    .view_child(&who, &id, &key.task_path, key.item_index, "GetExecution")
                     .await
             }
         }
@@ -178,19 +176,9 @@ impl ControlService for ControlApi {
     ) -> Result<Response<pb::CancelExecutionResponse>, Status> {
         let who = self.who(&request, "CancelExecution").await?;
         let r = request.into_inner();
-        let folder = self.folder_of(&r.execution_id).await?;
-        self.auth
-            .require(&who, Permission::Run, &folder, "CancelExecution")
-            .await
-            .map_err(status)?;
-        if r.reason.len() > 1024 {
-            return Err(status(CoordinatorError::InvalidRequest(
-                "reason is longer than 1024 bytes".into(),
-            )));
-        }
         let done = self
-            .coordinator
-            .cancel(&r.execution_id, &r.reason)
+            .access()
+            .cancel(&who, &r.execution_id, &r.reason, "CancelExecution")
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CancelExecutionResponse {
@@ -207,14 +195,9 @@ impl ControlService for ControlApi {
     ) -> Result<Response<pb::ResumeExecutionResponse>, Status> {
         let who = self.who(&request, "ResumeExecution").await?;
         let r = request.into_inner();
-        let folder = self.folder_of(&r.execution_id).await?;
-        self.auth
-            .require(&who, Permission::Execute, &folder, "ResumeExecution")
-            .await
-            .map_err(status)?;
         let (children, resumes) = self
-            .coordinator
-            .resume(&r.execution_id)
+            .access()
+            .resume(&who, &r.execution_id, "ResumeExecution")
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ResumeExecutionResponse {
@@ -255,16 +238,16 @@ impl ControlService for ControlApi {
         request: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
         let who = self.who(&request, "ListExecutions").await?;
-        let readable = self.auth.reader(&who).await.map_err(status)?;
         let r = request.into_inner();
         let (list, next) = self
-            .coordinator
+            .access()
             .list(
+                &who,
                 &r.state,
                 &r.package,
+                "",
                 r.limit as usize,
                 &r.page_token,
-                &readable,
             )
             .await
             .map_err(status)?;
@@ -300,9 +283,12 @@ impl ControlService for ControlApi {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        self.allow(&request, "ListAgents", Permission::Read, "/")
-            .await?;
-        let agents = self.coordinator.agents().await.map_err(status)?;
+        let who = self.who(&request, "ListAgents").await?;
+        let agents = self
+            .access()
+            .agents(&who, "ListAgents")
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListAgentsResponse {
             agents: agents.into_iter().map(convert::agent).collect(),
         }))
@@ -608,9 +594,8 @@ impl ControlApi {
         child: &str,
         attempt: u32,
     ) -> Result<super::child_output::Target, tonic::Status> {
-        let folder = self.folder_of(execution_id).await?;
-        self.auth
-            .require(who, Permission::Read, &folder, call)
+        self.access()
+            .child_folder_check(who, execution_id, call)
             .await
             .map_err(status)?;
         self.outputs

@@ -55,6 +55,11 @@ impl ControlApi {
             .map_err(status)
     }
 
+    /// The access layer over this term's coordinator ([`crate::access`]).
+    pub(super) fn access(&self) -> crate::access::Access {
+        crate::access::Access::new(self.coordinator.clone(), self.auth.clone())
+    }
+
     /// The folder of an execution (for permission checks).
     pub(super) async fn folder_of(&self, id: &str) -> Result<String, Status> {
         self.coordinator.folder(id).await.map_err(status)

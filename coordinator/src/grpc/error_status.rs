@@ -10,10 +10,10 @@ pub const RETRY_AFTER_KEY: &str = "retry-after";
 /// Metadata key of the leader's URL on NOT_LEADER (absent while none leads).
 pub const LEADER_KEY: &str = "baton-leader";
 
-/// The one mapping from domain errors to gRPC statuses.
-pub fn status(e: CoordinatorError) -> tonic::Status {
+/// The gRPC code of a domain error (the web dashboard maps it on to HTTP).
+pub fn status_code(e: &CoordinatorError) -> tonic::Code {
     use tonic::Code;
-    let code = match &e {
+    match e {
         CoordinatorError::Package(_)
         | CoordinatorError::InvalidRequest(_)
         | CoordinatorError::Config(_)
@@ -65,7 +65,12 @@ pub fn status(e: CoordinatorError) -> tonic::Status {
         | CoordinatorError::QuotaExceeded { .. } => Code::ResourceExhausted,
         CoordinatorError::TooLarge { .. } => Code::OutOfRange,
         CoordinatorError::BundleFileTooLarge { .. } => Code::InvalidArgument,
-    };
+    }
+}
+
+/// The one mapping from domain errors to gRPC statuses.
+pub fn status(e: CoordinatorError) -> tonic::Status {
+    let code = status_code(&e);
     let retry_after = match &e {
         CoordinatorError::Busy { retry_after_s, .. }
         | CoordinatorError::RenewTooSoon { retry_after_s, .. } => Some(*retry_after_s),

@@ -14,7 +14,7 @@ pub mod child_output;
 pub mod control_api;
 mod control_state;
 mod convert;
-mod error_status;
+pub(crate) mod error_status;
 mod fetch;
 pub mod role_switch;
 pub mod source;

@@ -47,6 +47,20 @@ pub struct ExecutionView {
     pub tasks: Vec<(String, String, String)>,
     /// Children of the execution; `children` may hold fewer (a limit).
     pub children_total: u64,
+    /// Every child counted per task and phase (not only those in `children`).
+    pub task_counts: TaskCounts,
+}
+
+/// Children per task, then per phase (`Phase::as_str`).
+pub type TaskCounts = BTreeMap<String, BTreeMap<&'static str, u64>>;
+
+/// Counts `c` into `counts`.
+pub fn count_task(counts: &mut TaskCounts, c: &ChildRecord) {
+    if let Some(per_phase) = counts.get_mut(&c.task) {
+        *per_phase.entry(c.phase.as_str()).or_default() += 1;
+    } else {
+        counts.insert(c.task.clone(), BTreeMap::from([(c.phase.as_str(), 1)]));
+    }
 }
 
 /// Which children a limited view shows: those that did not succeed first
@@ -147,8 +161,10 @@ pub fn summary_from_record(rec: &ExecutionRecord) -> Summary {
 /// A view computed from stored records (an execution no longer in memory).
 pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> ExecutionView {
     let mut s = base(rec);
+    let mut task_counts = TaskCounts::new();
     for c in &children {
         tally(&mut s, c);
+        count_task(&mut task_counts, c);
     }
     let waiting = vec![String::new(); children.len()];
     let tasks = rec
@@ -157,6 +173,7 @@ pub fn view_from_records(rec: &ExecutionRecord, children: Vec<ChildRecord>) -> E
         .map(|(n, st)| (n.clone(), st.clone(), String::new()))
         .collect();
     ExecutionView {
+        task_counts,
         children_total: children.len() as u64,
         summary: s,
         children,

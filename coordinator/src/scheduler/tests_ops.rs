@@ -317,7 +317,7 @@ fn a_heartbeat_load_that_is_not_a_number_counts_as_unknown() {
             },
             now,
         );
-        let view = s.agent_views(now);
+        let view = s.agent_views(now.instant);
         assert_eq!(view[0].load1.to_bits(), f64::to_bits(kept), "sent {sent}");
     }
 }

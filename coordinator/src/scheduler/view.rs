@@ -70,6 +70,10 @@ impl Scheduler {
             pick_children(&phases, limit)
         };
         let children_total = all.len() as u64;
+        let mut task_counts = super::summary::TaskCounts::new();
+        for c in &all {
+            super::summary::count_task(&mut task_counts, &c.rec);
+        }
         let mut children = Vec::with_capacity(picked.len());
         let mut waiting = Vec::with_capacity(picked.len());
         for i in picked {
@@ -103,6 +107,7 @@ impl Scheduler {
             waiting,
             tasks,
             children_total,
+            task_counts,
         })
     }
 

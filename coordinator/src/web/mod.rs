@@ -1,0 +1,154 @@
+//! The web dashboard (`baton coordinator --dashboard-listen ADDR`): pages of
+//! the fleet, the executions, one execution live and the catalog, served by
+//! the coordinator itself over HTTPS.
+//!
+//! - **TLS.** The dashboard's certificate is issued at start by Baton's CA
+//!   (the coordinator holds it) for `coordinator.baton` and the names given
+//!   with `--dashboard-name` (DNS names or IP addresses a browser uses),
+//!   for server authentication only, and renewed at two thirds of its
+//!   lifetime without a restart ([`cert`]). A browser trusts Baton's CA once.
+//! - **Login** with an API token (`baton token create --kind api`), which
+//!   opens a session held in an HttpOnly, Secure, SameSite=Strict cookie
+//!   ([`session`]); the token is authenticated again on every request.
+//! - **Authorization** through the same access layer as the gRPC API
+//!   ([`crate::access`]): the same folder permissions, deny by default,
+//!   refusals audited per source.
+//! - **Bounded.** At most [`MAX_CONNECTIONS`] connections (one more is
+//!   closed at once), [`HANDSHAKE_TIMEOUT`] for TLS and [`HEADER_TIMEOUT`]
+//!   for a request's head, request bodies of at most [`routes::MAX_BODY`]
+//!   bytes, listings and children paged. A request without a session reads
+//!   nothing from the store and writes nothing but its aggregated refusal.
+//! - **No build step.** The page, its script and its style are embedded in
+//!   the binary ([`assets`]); they fetch nothing from anywhere else (the
+//!   content security policy says so to the browser).
+//! - **Leader only.** A standby answers `503 NOT_LEADER`.
+
+pub mod assets;
+pub mod cert;
+mod json;
+mod live;
+pub mod reply;
+mod routes;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::api::Coordinator;
+use crate::auth::audit::Audit;
+use crate::error::CoordinatorError;
+use crate::live_tls::LiveTls;
+use crate::transport::AgentDialer;
+
+/// Connections served at once (pages keep one or two event streams open).
+pub const MAX_CONNECTIONS: usize = 128;
+/// Time to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time to send a request's head.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer of a connection.
+const MAX_BUF: usize = 16 * 1024;
+
+/// Where and as what the dashboard is served.
+#[derive(Debug, Clone)]
+pub struct DashboardConfig {
+    pub listen: SocketAddr,
+    /// Names (DNS or IP) in the certificate besides `coordinator.baton`.
+    pub names: Vec<String>,
+}
+
+/// What every request of the dashboard reaches.
+pub(crate) struct Web {
+    /// The current term's API (`None` while a standby).
+    pub current: watch::Receiver<Option<Coordinator>>,
+    pub audit: Arc<Audit>,
+    pub dialer: AgentDialer,
+    pub sessions: session::Sessions,
+}
+
+/// Binds the dashboard's listener (so that a taken port fails the start).
+pub async fn bind(config: &DashboardConfig) -> Result<TcpListener, CoordinatorError> {
+    TcpListener::bind(config.listen).await.map_err(|e| {
+        CoordinatorError::Config(format!(
+            "--dashboard-listen {}: cannot listen: {e}",
+            config.listen
+        ))
+    })
+}
+
+/// Serves the dashboard on `listener` until `shutdown`.
+pub(crate) fn spawn(
+    listener: TcpListener,
+    config: DashboardConfig,
+    tls: Arc<LiveTls>,
+    web: Web,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let certificate = cert::DashboardCert::issue(tls, config.names.clone())?;
+    let server_config = certificate.server_config()?;
+    tokio::spawn(certificate.renew_loop(shutdown.clone()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
+    let web = Arc::new(web);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, names = ?config.names, "dashboard serving at https://{addr}/");
+    }
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                () = shutdown.cancelled() => return,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "dashboard: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                debug!(%peer, "dashboard: too many connections; closed");
+                continue;
+            };
+            let (acceptor, web, shutdown) = (acceptor.clone(), web.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let Ok(Ok(tls)) =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                else {
+                    debug!(%peer, "dashboard: TLS handshake failed or timed out");
+                    return;
+                };
+                let service = service_fn(move |req| {
+                    let web = web.clone();
+                    crate::auth::audit::with_source(Some(peer.ip()), async move {
+                        Ok::<_, std::convert::Infallible>(routes::handle(web, req).await)
+                    })
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .max_buf_size(MAX_BUF)
+                    .serve_connection(TokioIo::new(tls), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            debug!(%peer, error = %e, "dashboard connection ended");
+                        }
+                    }
+                    () = shutdown.cancelled() => {}
+                }
+            });
+        }
+    });
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Dashboard sessions: a browser logs in once with an API token and then
+//! holds an opaque session cookie, never the token.
+//!
+//! The server keeps, per session, the token it was opened with (in memory
+//! only) and authenticates that token again on every request, so a revoked
+//! or expired token ends its sessions at once. Sessions are found by the
+//! SHA-256 of their id (the cookie's value is not kept), last at most
+//! [`LIFETIME`] and [`IDLE`] without a request, and there are at most
+//! [`MAX_SESSIONS`] (the least recently used goes first): nothing a caller
+//! sends grows this table without bound.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use sha2::{Digest, Sha256};
+
+/// Sessions kept at once.
+pub const MAX_SESSIONS: usize = 4096;
+/// Longest a session lasts.
+pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// A session unused this long ends.
+pub const IDLE: Duration = Duration::from_secs(3600);
+/// The cookie's name.
+pub const COOKIE: &str = "baton_session";
+
+struct Session {
+    token: String,
+    opened: Instant,
+    used: Instant,
+}
+
+/// The open sessions.
+#[derive(Default)]
+pub struct Sessions {
+    by_hash: Mutex<HashMap<[u8; 32], Session>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sessions { .. }")
+    }
+}
+
+fn hash(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+impl Sessions {
+    /// Opens a session for `token` (already authenticated); returns its id,
+    /// the cookie's value.
+    pub fn open(&self, token: &str, now: Instant) -> Option<String> {
+        let mut raw = [0u8; 32];
+        SystemRandom::new().fill(&mut raw).ok()?;
+        let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, s| live(s, now));
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+        map.insert(
+            hash(&id),
+            Session {
+                token: token.to_string(),
+                opened: now,
+                used: now,
+            },
+        );
+        Some(id)
+    }
+
+    /// The token of a live session, which counts as used now.
+    pub fn token(&self, id: &str, now: Instant) -> Option<String> {
+        let key = hash(id);
+        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+        let s = map.get_mut(&key)?;
+        if !live(s, now) {
+            map.remove(&key);
+            return None;
+        }
+        s.used = now;
+        Some(s.token.clone())
+    }
+
+    /// Ends a session (logout, or its token no longer authenticates).
+    pub fn close(&self, id: &str) {
+        self.by_hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&hash(id));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn live(s: &Session, now: Instant) -> bool {
+    now.saturating_duration_since(s.opened) < LIFETIME
+        && now.saturating_duration_since(s.used) < IDLE
+}
+
+/// The session id in a `Cookie` header, if any.
+pub fn from_cookie(header: &str) -> Option<&str> {
+    header.split(';').find_map(|kv| {
+        let (k, v) = kv.trim().split_once('=')?;
+        (k == COOKIE && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit())).then_some(v)
+    })
+}
+
+/// The `Set-Cookie` value of a new session: only over HTTPS, unreadable by
+/// scripts, never sent by another site's page.
+pub fn set_cookie(id: &str) -> String {
+    format!(
+        "{COOKIE}={id}; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age={}",
+        LIFETIME.as_secs()
+    )
+}
+
+/// The `Set-Cookie` value that removes the session cookie.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; Secure; SameSite=Strict; Max-Age=0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_gives_its_token_back_until_it_ends() {
+        let s = Sessions::default();
+        let t0 = Instant::now();
+        let id = s.open("btn_api_secret", t0).unwrap();
+        assert_eq!(id.len(), 64);
+        assert_eq!(s.token(&id, t0).as_deref(), Some("btn_api_secret"));
+        assert_eq!(s.token("0".repeat(64).as_str(), t0), None);
+        // Idle too long.
+        assert_eq!(s.token(&id, t0 + IDLE + Duration::from_secs(1)), None);
+        assert!(s.is_empty(), "an ended session is forgotten");
+        let id = s.open("t", t0).unwrap();
+        s.close(&id);
+        assert_eq!(s.token(&id, t0), None);
+    }
+
+    #[test]
+    fn a_session_ends_after_its_lifetime_even_when_used() {
+        let s = Sessions::default();
+        let t0 = Instant::now();
+        let id = s.open("t", t0).unwrap();
+        let mut t = t0;
+        while t < t0 + LIFETIME - IDLE {
+            t += IDLE / 2;
+            assert!(s.token(&id, t).is_some());
+        }
+        assert_eq!(s.token(&id, t0 + LIFETIME), None);
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_drops_the_least_recently_used() {
+        let s = Sessions::default();
+        let t0 = Instant::now();
+        let first = s.open("first", t0).unwrap();
+        for i in 1..MAX_SESSIONS {
+            s.open("x", t0 + Duration::from_millis(i as u64)).unwrap();
+        }
+        assert_eq!(s.len(), MAX_SESSIONS);
+        s.open("one more", t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(s.len(), MAX_SESSIONS);
+        assert_eq!(s.token(&first, t0 + Duration::from_secs(10)), None);
+    }
+
+    #[test]
+    fn the_cookie_is_found_among_others_and_malformed_ones_are_ignored() {
+        let id = "ab".repeat(32);
+        assert_eq!(
+            from_cookie(&format!("x=1; {COOKIE}={id}; y=2")),
+            Some(id.as_str())
+        );
+        assert_eq!(from_cookie(&format!("{COOKIE}=short")), None);
+        assert_eq!(from_cookie(&format!("{COOKIE}={}", "zz".repeat(32))), None);
+        assert!(set_cookie(&id).contains("HttpOnly; Secure; SameSite=Strict"));
+    }
+}
