@@ -27,6 +27,7 @@ mod child_dag;
 mod cli_frictions;
 mod cli_surface;
 mod coordinator_restart;
+mod dashboard;
 mod deploy_compose;
 mod deploy_kubernetes;
 mod deploy_support;
