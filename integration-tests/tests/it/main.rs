@@ -28,6 +28,7 @@ mod cli_frictions;
 mod cli_surface;
 mod coordinator_restart;
 mod dashboard;
+mod dashboard_browser;
 mod deploy_compose;
 mod deploy_kubernetes;
 mod deploy_support;

@@ -828,7 +828,7 @@
     const rowsBtn = h('button', { type: 'button', 'data-testid': 'load-rows' }, 'Load rows');
     const logStatus = h('span', { class: 'muted', 'data-testid': 'logs-status' });
     const logs = h('pre', { class: 'logs', 'data-testid': 'child-logs' });
-    const closeBtn = h('button', { type: 'button', class: 'close', 'aria-label': 'Close', title: 'Close (Esc)' }, '×');
+    const closeBtn = h('button', { type: 'button', class: 'close', 'aria-label': 'Close', title: 'Close (Esc)', 'data-testid': 'child-panel-close' }, '×');
     const el = h('aside', { class: 'drawer', 'data-testid': 'child-panel', hidden: true },
       h('div', { class: 'title-row' }, title, h('span', { class: 'spacer' }), closeBtn),
       info,
