@@ -286,6 +286,22 @@ fn dashboard_api_logs_in_reads_streams_and_cancels_within_folder_permissions() {
     let g = bob.post(&format!("/api/executions/{id}/cancel"), "{}");
     assert_eq!(g.status, 403, "{}", g.body);
 
+    // The catalog: a package deployed in /team is listed for alice, not for bob.
+    let pkg_dir = parent.parent().unwrap().display().to_string();
+    c.cli(&["package", "deploy", &pkg_dir, "--folder", "/team"])
+        .expect_code(0);
+    let cat = alice.get("/api/catalog").json();
+    let team = cat["folders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "/team")
+        .unwrap_or_else(|| panic!("no /team for alice: {cat}"));
+    assert_eq!(team["packages"][0]["versions"][0]["version"], 1, "{cat}");
+    let cat = bob.get("/api/catalog");
+    assert_eq!(cat.status, 200, "{}", cat.body);
+    assert!(!cat.body.contains("/team"), "bob sees /team: {}", cat.body);
+
     // Alice cancels it.
     let g = alice.post(&format!("/api/executions/{id}/cancel"), "{}");
     assert_eq!(g.status, 200, "{}", g.body);
