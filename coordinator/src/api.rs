@@ -314,6 +314,72 @@ impl Coordinator {
         Ok(view)
     }
 
+    /// A page of an execution's children (`offset`, at most `limit`), of one
+    /// phase when `phase` is not empty, each with its waiting reason, and how
+    /// many children match. A running execution is read from memory; an ended
+    /// one is scanned from the store, decoding only the children of the page
+    /// (and, with a phase, those whose text names it).
+    pub async fn children_page(
+        &self,
+        id: &str,
+        offset: usize,
+        limit: usize,
+        phase: &str,
+    ) -> Result<(Vec<(ChildRecord, String)>, u64), CoordinatorError> {
+        if let Some(v) = self.handle.view(id.to_string()).await? {
+            let matching: Vec<usize> = (0..v.children.len())
+                .filter(|&i| phase.is_empty() || v.children[i].phase.as_str() == phase)
+                .collect();
+            let total = matching.len() as u64;
+            let page = matching
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .map(|i| {
+                    let waiting = v.waiting.get(i).cloned().unwrap_or_default();
+                    (v.children[i].clone(), waiting)
+                })
+                .collect();
+            return Ok((page, total));
+        }
+        self.stored(id).await?;
+        let needle = format!("\"phase\":\"{phase}\"").into_bytes();
+        let phase = phase.to_string();
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        let kept = self
+            .store
+            .scan(
+                &children_prefix(id),
+                Box::new(move |kv| {
+                    if !phase.is_empty() {
+                        let named = kv.value.windows(needle.len()).any(|w| w == needle);
+                        let is = named
+                            && serde_json::from_slice::<ChildRecord>(&kv.value)
+                                .is_ok_and(|c| c.phase.as_str() == phase);
+                        if !is {
+                            return false;
+                        }
+                    }
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                    n > offset && n <= offset.saturating_add(limit)
+                }),
+            )
+            .await?;
+        let total = seen.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        let page: Vec<(ChildRecord, String)> = kept
+            .iter()
+            .map(|kv| {
+                serde_json::from_slice(&kv.value)
+                    .map(|c| (c, String::new()))
+                    .map_err(|e| {
+                        CoordinatorError::Store(format!("corrupt record '{}': {e}", kv.key))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((page, total))
+    }
+
     /// One child of an execution by its key (no other child is read);
     /// `None` when the execution has no such child.
     /// The view of an execution with one child alone (by its key, whatever the

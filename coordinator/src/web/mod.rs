@@ -15,7 +15,7 @@
 //!   refusals audited per source.
 //! - **Bounded.** At most [`MAX_CONNECTIONS`] connections (one more is
 //!   closed at once), [`HANDSHAKE_TIMEOUT`] for TLS and [`HEADER_TIMEOUT`]
-//!   for a request's head, request bodies of at most [`routes::MAX_BODY`]
+//!   for a request's head, request bodies of at most 8 KiB
 //!   bytes, listings and children paged. A request without a session reads
 //!   nothing from the store and writes nothing but its aggregated refusal.
 //! - **No build step.** The page, its script and its style are embedded in
@@ -30,6 +30,9 @@ mod live;
 pub mod reply;
 mod routes;
 pub mod session;
+mod state;
+
+pub(crate) use state::Web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,15 +41,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::Coordinator;
-use crate::auth::audit::Audit;
 use crate::error::CoordinatorError;
 use crate::live_tls::LiveTls;
-use crate::transport::AgentDialer;
 
 /// Connections served at once (pages keep one or two event streams open).
 pub const MAX_CONNECTIONS: usize = 128;
@@ -63,15 +63,6 @@ pub struct DashboardConfig {
     pub listen: SocketAddr,
     /// Names (DNS or IP) in the certificate besides `coordinator.baton`.
     pub names: Vec<String>,
-}
-
-/// What every request of the dashboard reaches.
-pub(crate) struct Web {
-    /// The current term's API (`None` while a standby).
-    pub current: watch::Receiver<Option<Coordinator>>,
-    pub audit: Arc<Audit>,
-    pub dialer: AgentDialer,
-    pub sessions: session::Sessions,
 }
 
 /// Binds the dashboard's listener (so that a taken port fails the start).

@@ -15,11 +15,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio_stream::StreamExt;
 
-use super::Web;
+use super::assets;
+use super::json;
 use super::live::{self, Standing};
 use super::reply::{self, ApiError, Body};
 use super::session;
-use super::{assets, json};
+use super::state::Web;
 use crate::access::Access;
 use crate::auth::{Auth, Credential, Permission, Principal};
 use crate::error::CoordinatorError;
@@ -398,24 +399,14 @@ async fn children(
     let limit = number(q, "limit", 100, MAX_CHILDREN)?;
     let phase = param(q, "phase");
     access.on_execution(who, id, Permission::Read, call).await?;
-    let view = access.coordinator().view(id).await?;
-    let matching: Vec<usize> = (0..view.children.len())
-        .filter(|&i| phase.is_empty() || view.children[i].phase.as_str() == phase)
-        .collect();
-    let page: Vec<serde_json::Value> = matching
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|&i| {
-            json::child(
-                &view.children[i],
-                view.waiting.get(i).map_or("", String::as_str),
-            )
-        })
-        .collect();
+    let (page, total) = access
+        .coordinator()
+        .children_page(id, offset, limit, phase)
+        .await?;
+    let page: Vec<serde_json::Value> = page.iter().map(|(c, w)| json::child(c, w)).collect();
     Ok(reply::json(
         StatusCode::OK,
-        &json!({"children": page, "total": matching.len()}),
+        &json!({"children": page, "total": total}),
     ))
 }
 
