@@ -4,10 +4,12 @@
 //! packages, places each child job on an agent ([`placement`]) and dispatches
 //! it over gRPC, and learns what became of it from each agent's completion
 //! stream. All decisions live in [`scheduler::Scheduler`], a plain struct
-//! driven by one task ([`scheduler_task`]), which alone does its IO. The gRPC
-//! services in [`grpc`] decode, authorize ([`auth`]) and audit each call;
-//! executions go through [`api`] and that task, while enrolment, renewal and
-//! the catalog write the store through the modules that own those records.
+//! driven by one task ([`scheduler_task`]), which alone does its IO; both speak
+//! the coordinator's own types ([`domain`]), converted from and to protobuf at
+//! the edges only. The gRPC services in [`grpc`] decode, authorize ([`auth`])
+//! and audit each call; executions go through [`api`] and that task, while
+//! enrolment, renewal and the catalog write the store through the modules that
+//! own those records.
 //! The coordinator and the agent meet only through `baton-proto`.
 //!
 //! A coordinator leads or stands by ([`leadership`], `role`): one gRPC server
@@ -22,6 +24,7 @@ pub mod auth;
 pub mod bundles;
 pub mod catalog;
 pub mod clock;
+pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod keys;

@@ -11,8 +11,8 @@ use tracing::{debug, info};
 
 use super::error_status::status;
 use crate::auth::Credential;
+use crate::domain::Registration;
 use crate::error::CoordinatorError;
-use crate::scheduler::Registration;
 use crate::scheduler_task::SchedulerHandle;
 
 /// Most slots one agent may declare.
@@ -215,7 +215,7 @@ impl CoordinatorService for AgentApi {
             | CoordinatorError::AgentRevoked(_) => self.refuse(&who, CALL, e),
             e => status(e),
         })?;
-        Ok(Response::new(resp))
+        Ok(Response::new(resp.into()))
     }
 
     type ReportEventsStream = AckStream;
@@ -258,7 +258,7 @@ impl CoordinatorService for AgentApi {
             loop {
                 match inbound.message().await {
                     Ok(Some(ev)) => {
-                        if handle.event(agent.clone(), ev).await.is_err() {
+                        if handle.event(agent.clone(), ev.into()).await.is_err() {
                             break;
                         }
                     }

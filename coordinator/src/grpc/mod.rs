@@ -1,5 +1,6 @@
 //! The gRPC edge of the coordinator: the tonic services. Each call is decoded
-//! and validated into domain types, authorized for its caller (`auth`) and
+//! and validated into domain types (the agent protocol's in
+//! `agent_convert.rs`, which the loop's calls to agents use too), authorized for its caller (`auth`) and
 //! audited; executions go through [`crate::api::Coordinator`] and the
 //! scheduler's loop, while enrolment, renewal, revocation and the catalog
 //! write the store through the modules that own those records
@@ -7,6 +8,7 @@
 //! `Status` in one place ([`status`]).
 
 pub mod agent_api;
+pub(crate) mod agent_convert;
 mod caller;
 mod catalog_api;
 mod catalog_children;

@@ -3,11 +3,8 @@
 //! agents' state is the registry's (`registry.rs`); what becomes of their
 //! children is decided by the children's state machine (`executions.rs`).
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
-use baton_proto as pb;
-use pb::agent_event::Body;
 use tracing::{debug, info, warn};
 
 use super::child::ChildState;
@@ -15,25 +12,12 @@ use super::model::{ChildRef, Effect};
 use super::registry::AgentEntry;
 use super::state::Scheduler;
 use crate::clock::Now;
+use crate::domain::{
+    AgentReport, CancelSpec, DispatchId, JobStatus, RegisterAnswer, Registration, ReportBody,
+};
 use crate::error::CoordinatorError;
 use crate::placement::AgentView;
 use crate::records::{AdminState, AgentRecord, SeqRecord};
-
-/// A validated registration request.
-#[derive(Debug, Clone)]
-pub struct Registration {
-    pub name: String,
-    pub address: String,
-    pub labels: BTreeMap<String, String>,
-    pub slots: u32,
-    pub version: String,
-    pub boot_id: String,
-    pub outbox_id: String,
-    /// Hex SHA-256 of the certificate used; empty without TLS.
-    pub cert_fingerprint: String,
-    /// Placement weight (1 when not given).
-    pub weight: u32,
-}
 
 /// An agent's state as listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +115,7 @@ impl Scheduler {
         &mut self,
         reg: Registration,
         now: Now,
-    ) -> Result<pb::RegisterResponse, CoordinatorError> {
+    ) -> Result<RegisterAnswer, CoordinatorError> {
         let now = self.at(now);
         self.refuse_revoked(&reg.name, &reg.cert_fingerprint)?;
         let rec = AgentRecord {
@@ -184,7 +168,7 @@ impl Scheduler {
         }
         self.dispatcher.capacity_changed();
         info!(agent = %reg.name, address = %reg.address, slots = reg.slots, "agent registered");
-        Ok(pb::RegisterResponse {
+        Ok(RegisterAnswer {
             agent_id: reg.name,
             heartbeat_interval_ms: self.config.heartbeat_interval.as_millis() as u64,
             lease_ttl_ms: self.config.lease_ttl.as_millis() as u64,
@@ -257,7 +241,7 @@ impl Scheduler {
     }
 
     /// One event from an agent's completion stream.
-    pub fn agent_event(&mut self, agent: &str, ev: pb::AgentEvent, now: Now) {
+    pub fn agent_event(&mut self, agent: &str, ev: AgentReport, now: Now) {
         let now = self.at(now);
         let Some(entry) = self.registry.get(agent) else {
             warn!(agent, "event from an unregistered agent ignored");
@@ -279,8 +263,8 @@ impl Scheduler {
         }
         let Some(body) = ev.body else { return };
         match body {
-            Body::Hello(_) => {}
-            Body::Heartbeat(hb) => {
+            ReportBody::Hello(_) => {}
+            ReportBody::Heartbeat(hb) => {
                 // A load that is not a finite non-negative number (NaN from a
                 // broken or hostile agent) counts as unknown, shown as 0.
                 entry.load1 = if hb.load1.is_finite() && hb.load1 >= 0.0 {
@@ -319,10 +303,12 @@ impl Scheduler {
                 self.journal.seq(agent);
                 self.journal.ack(agent, ev.seq);
                 match durable {
-                    Body::Started(s) => self.child_started(agent, s, ev.at_unix_ms),
-                    Body::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms, now),
-                    Body::Progress(p) => debug!(agent, dispatch = ?p.dispatch_id, "progress"),
-                    Body::Hello(_) | Body::Heartbeat(_) => {}
+                    ReportBody::Started(s) => self.child_started(agent, s, ev.at_unix_ms),
+                    ReportBody::Finished(f) => self.child_finished(agent, f, ev.at_unix_ms, now),
+                    ReportBody::Progress(p) => {
+                        debug!(agent, dispatch = ?p.dispatch_id, "progress")
+                    }
+                    ReportBody::Hello(_) | ReportBody::Heartbeat(_) => {}
                 }
             }
         }
@@ -335,11 +321,11 @@ impl Scheduler {
         for (name, active) in self.registry.expire(now, ttl) {
             self.stats.agents_lost += 1;
             warn!(agent = %name, children = active.len(), ttl_ms = ttl.as_millis() as u64, "agent lost: no heartbeat within the lease");
-            let given_up: Vec<pb::CancelJobRequest> = active
+            let given_up: Vec<CancelSpec> = active
                 .iter()
                 .filter_map(|c| self.attempt_on(*c, name.as_str()))
-                .map(|dispatch_id| pb::CancelJobRequest {
-                    dispatch_id: Some(dispatch_id),
+                .map(|dispatch_id| CancelSpec {
+                    dispatch_id,
                     reason: "this attempt was given up when the agent was lost".into(),
                 })
                 .collect();
@@ -555,7 +541,7 @@ impl Scheduler {
     /// Counts a child's end against (or for) the agent it ran on, and
     /// quarantines the agent when it fails children quickly — unless half
     /// of the live agents are quarantined already ([`super::quarantine`]).
-    pub(crate) fn note_child_end(&mut self, agent: &str, status: pb::JobStatus, now: Instant) {
+    pub(crate) fn note_child_end(&mut self, agent: &str, status: JobStatus, now: Instant) {
         let cfg = self.config.quarantine;
         let unix_ms = self.unix_ms;
         if cfg.failures == 0 {
@@ -610,7 +596,7 @@ impl Scheduler {
 
 impl Scheduler {
     /// The dispatch id of `c`'s current attempt, if that attempt is on `agent`.
-    fn attempt_on(&self, c: ChildRef, agent: &str) -> Option<pb::DispatchId> {
+    fn attempt_on(&self, c: ChildRef, agent: &str) -> Option<DispatchId> {
         let e = self.execs.get(c.exec)?;
         let child = e
             .tasks
@@ -618,7 +604,7 @@ impl Scheduler {
             .children
             .get(c.child as usize)?;
         (child.state().agent().map(|a| a.as_str()) == Some(agent))
-            .then(|| child.dispatch_id(&e.rec.id).to_proto())
+            .then(|| child.dispatch_id(&e.rec.id))
     }
 }
 
@@ -636,10 +622,10 @@ fn stop_superseded(agent: &str, entry: &mut AgentEntry) -> Vec<Effect> {
     }
     superseded
         .into_iter()
-        .map(|request| Effect::Cancel {
+        .map(|spec| Effect::Cancel {
             agent: agent.to_string(),
             address: entry.rec.address.clone(),
-            request,
+            spec,
         })
         .collect()
 }

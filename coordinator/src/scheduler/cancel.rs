@@ -18,13 +18,13 @@
 
 use std::fmt;
 
-use baton_proto as pb;
 use tracing::info;
 
 use super::child::{ChildState, End, Step};
 use super::model::{ChildRef, Effect};
 use super::state::Scheduler;
 use crate::clock::Now;
+use crate::domain::CancelSpec;
 use crate::error::CoordinatorError;
 use crate::records::{ExecutionState, Phase};
 
@@ -319,8 +319,8 @@ impl Scheduler {
         let Some(a) = self.registry.get(&agent) else {
             return;
         };
-        let request = pb::CancelJobRequest {
-            dispatch_id: Some(c.dispatch_id(&e.rec.id).to_proto()),
+        let spec = CancelSpec {
+            dispatch_id: c.dispatch_id(&e.rec.id),
             reason: if c.rec.cancel_requested {
                 c.rec.reason.clone()
             } else {
@@ -331,7 +331,7 @@ impl Scheduler {
         self.journal.effect(Effect::Cancel {
             agent,
             address,
-            request,
+            spec,
         });
     }
 

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Instant;
 
-use super::ids::{AgentId, DispatchId, ExecutionId};
+use crate::domain::{AgentId, DispatchId, ExecutionId};
 use crate::records::{ChildRecord, Phase};
 
 /// The agent name a child that runs as a sub-execution has in its stored
@@ -285,9 +285,9 @@ impl Child {
     /// The id of its current attempt, in execution `execution`.
     pub(crate) fn dispatch_id(&self, execution: &str) -> DispatchId {
         DispatchId {
-            execution: ExecutionId::new(execution),
-            task: self.rec.task.clone(),
-            index: self.rec.index,
+            execution_id: ExecutionId::new(execution),
+            task_path: self.rec.task.clone(),
+            item_index: self.rec.index,
             attempt: self.state.attempt(),
         }
     }

@@ -5,17 +5,17 @@
 //! each answer of an agent means.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
-use baton_proto as pb;
 use tracing::{debug, warn};
 
 use super::child::{ChildState, End, Step};
 use super::dispatcher::Choice;
-use super::ids::AgentId;
-use super::model::{ChildRef, DispatchOutcome, Effect};
+use super::model::{ChildRef, Effect};
 use super::state::Scheduler;
 use crate::clock::Now;
+use crate::domain::{AgentId, DispatchOutcome, DispatchSpec, PackageRef, RejectCode};
 use baton_package::Scope;
 
 use crate::prepare::{Work, child_params};
@@ -267,8 +267,8 @@ impl Scheduler {
         })
     }
 
-    /// The StartJob request of a child's current attempt (same dispatch id on every resend).
-    fn start_request(&self, cref: ChildRef) -> Result<pb::StartJobRequest, String> {
+    /// The StartJob spec of a child's current attempt (same dispatch id on every resend).
+    fn start_spec(&self, cref: ChildRef) -> Result<DispatchSpec, String> {
         let e = self.execs.get(cref.exec).ok_or("execution gone")?;
         let run = &e.tasks[cref.task as usize];
         let c = &run.children[cref.child as usize];
@@ -279,19 +279,19 @@ impl Scheduler {
         let params = self
             .child_parameters(cref)
             .map_err(|err| format!("cannot bind child parameters: {err}"))?;
-        Ok(pb::StartJobRequest {
-            dispatch_id: Some(c.dispatch_id(&e.rec.id).to_proto()),
-            package: Some(pb::PackageRef {
+        Ok(DispatchSpec {
+            dispatch_id: c.dispatch_id(&e.rec.id),
+            package: PackageRef {
                 name: package.name.clone(),
                 content_hash: package.hash.clone(),
                 // Catalog packages go by hash: the agent fetches and caches them.
                 content: if package.inline {
-                    package.content.to_vec()
+                    package.content.clone()
                 } else {
-                    Vec::new()
+                    Arc::from([])
                 },
-            }),
-            parameters: params.into_iter().collect(),
+            },
+            parameters: params,
             coordinator_epoch: self.epoch,
             deadline_ms: e.plan.tasks[cref.task as usize]
                 .timeout_s
@@ -321,7 +321,7 @@ impl Scheduler {
                 return;
             }
         };
-        let request = match self.start_request(cref) {
+        let spec = match self.start_spec(cref) {
             Ok(r) => r,
             Err(reason) => {
                 if let Some(c) = self.child_mut(cref) {
@@ -357,7 +357,7 @@ impl Scheduler {
             address,
             child: cref,
             attempt,
-            request: Box::new(request),
+            spec: Box::new(spec),
         });
     }
 
@@ -379,20 +379,20 @@ impl Scheduler {
                 .resend_at(now + self.config.dispatch_retry, cref);
             return;
         }
-        let Ok(request) = self.start_request(cref) else {
+        let Ok(spec) = self.start_spec(cref) else {
             // Its task has not been started again yet (a restart replays the
             // engine; a rows foreach waits for its rows): ask again later.
             self.timers
                 .resend_at(now + self.config.dispatch_retry, cref);
             return;
         };
-        let attempt = request.dispatch_id.as_ref().map_or(0, |d| d.attempt);
+        let attempt = spec.dispatch_id.attempt;
         self.journal.effect(Effect::Dispatch {
             agent,
             address,
             child: cref,
             attempt,
-            request: Box::new(request),
+            spec: Box::new(spec),
         });
     }
 
@@ -471,7 +471,7 @@ impl Scheduler {
                 self.stats.rejections += 1;
                 self.stats.rejections_by_reason
                     [crate::metrics::reject_reason_index(code as i32)] += 1;
-                use pb::RejectCode as R;
+                use RejectCode as R;
                 if let Some(a) = self.registry.get_mut(agent) {
                     match code {
                         R::AtCapacity => self

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use super::child::Child;
 use super::exec::Exec;
-use super::ids::ExecutionId;
 use super::model::ChildRef;
+use crate::domain::ExecutionId;
 
 /// The executions in memory (running, or ended and not yet durable).
 pub(crate) struct Executions {

@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use baton_proto as pb;
 use tracing::{debug, info, warn};
 
 use super::child::{COORDINATOR, Child, ChildState, End, Step};
@@ -14,6 +13,7 @@ use super::exec::{Exec, TaskRun};
 use super::model::{ChildRef, Effect, TraceEvent};
 use super::state::Scheduler;
 use crate::clock::Now;
+use crate::domain::{DispatchId, JobFinished, JobStarted, JobStatus};
 use crate::prepare::Plan;
 
 /// Most bytes of a child's outputs (names and values) and of its reason: its
@@ -321,7 +321,7 @@ impl Scheduler {
     }
 
     /// Finds the child a report is about, if the report is for its current attempt on `agent`.
-    fn fenced(&mut self, agent: &str, id: Option<&pb::DispatchId>) -> Option<ChildRef> {
+    fn fenced(&mut self, agent: &str, id: Option<&DispatchId>) -> Option<ChildRef> {
         let id = id?;
         let found = self
             .execs
@@ -364,7 +364,7 @@ impl Scheduler {
         found
     }
 
-    pub(crate) fn child_started(&mut self, agent: &str, s: pb::JobStarted, at_ms: u64) {
+    pub(crate) fn child_started(&mut self, agent: &str, s: JobStarted, at_ms: u64) {
         let Some(cref) = self.fenced(agent, s.dispatch_id.as_ref()) else {
             return;
         };
@@ -377,13 +377,7 @@ impl Scheduler {
         }
     }
 
-    pub(crate) fn child_finished(
-        &mut self,
-        agent: &str,
-        f: pb::JobFinished,
-        at_ms: u64,
-        now: Instant,
-    ) {
+    pub(crate) fn child_finished(&mut self, agent: &str, f: JobFinished, at_ms: u64, now: Instant) {
         if self.registry.get(agent).is_some() {
             self.dispatcher.agent_not_full(agent);
         }
@@ -391,7 +385,7 @@ impl Scheduler {
         let Some(cref) = self.fenced(agent, f.dispatch_id.as_ref()) else {
             return;
         };
-        let status = pb::JobStatus::try_from(f.status).unwrap_or(pb::JobStatus::Unspecified);
+        let status = f.status;
         self.note_child_end(agent, status, now);
         let mut completion_ms = None;
         if let Some(c) = self.child_mut(cref) {
@@ -411,7 +405,7 @@ impl Scheduler {
             Some(agent),
             status,
             f.exit_code,
-            f.outputs.into_iter().collect(),
+            f.outputs,
             f.reason,
             Some(now),
         );
@@ -454,7 +448,7 @@ impl Scheduler {
         &mut self,
         cref: ChildRef,
         agent: Option<&str>,
-        status: pb::JobStatus,
+        status: JobStatus,
         exit_code: i32,
         outputs: BTreeMap<String, String>,
         reason: String,
@@ -473,7 +467,7 @@ impl Scheduler {
         &mut self,
         cref: ChildRef,
         agent: Option<&str>,
-        status: pb::JobStatus,
+        status: JobStatus,
         exit_code: i32,
         outputs: BTreeMap<String, String>,
         reason: String,
@@ -486,14 +480,14 @@ impl Scheduler {
         c.rec.exit_code = Some(exit_code);
         c.rec.outputs = outputs;
         // A child cancelled alone keeps the reason it was cancelled for.
-        if !(c.rec.cancel_requested && status == pb::JobStatus::Cancelled) {
+        if !(c.rec.cancel_requested && status == JobStatus::Cancelled) {
             c.rec.reason = reason;
         }
         let terminal = match status {
-            pb::JobStatus::Succeeded => End::Succeeded,
-            pb::JobStatus::Cancelled => End::Cancelled,
-            pb::JobStatus::TimedOut => End::TimedOut,
-            pb::JobStatus::Failed | pb::JobStatus::Unspecified => End::Failed,
+            JobStatus::Succeeded => End::Succeeded,
+            JobStatus::Cancelled => End::Cancelled,
+            JobStatus::TimedOut => End::TimedOut,
+            JobStatus::Failed | JobStatus::Unspecified => End::Failed,
         };
         if matches!(terminal, End::Failed | End::TimedOut)
             && c.rec.failures + 1 < retry.attempts
@@ -557,10 +551,10 @@ impl Scheduler {
 /// [`MAX_CHILD_OUTPUT_BYTES`] are dropped and the child fails with the
 /// reason; a reason is cut to [`MAX_CHILD_REASON_BYTES`].
 fn bound_outputs(
-    status: pb::JobStatus,
+    status: JobStatus,
     outputs: BTreeMap<String, String>,
     mut reason: String,
-) -> (pb::JobStatus, BTreeMap<String, String>, String) {
+) -> (JobStatus, BTreeMap<String, String>, String) {
     if reason.len() > MAX_CHILD_REASON_BYTES {
         let mut cut = MAX_CHILD_REASON_BYTES;
         while !reason.is_char_boundary(cut) {
@@ -582,7 +576,7 @@ fn bound_outputs(
     } else {
         format!("{why}; {reason}")
     };
-    (pb::JobStatus::Failed, BTreeMap::new(), reason)
+    (JobStatus::Failed, BTreeMap::new(), reason)
 }
 
 #[cfg(test)]
@@ -593,20 +587,20 @@ mod bound_tests {
     fn outputs_over_the_limit_fail_the_child_and_are_dropped() {
         let big: BTreeMap<String, String> =
             [("k".to_string(), "x".repeat(MAX_CHILD_OUTPUT_BYTES))].into();
-        let (status, outputs, reason) = bound_outputs(pb::JobStatus::Succeeded, big, String::new());
-        assert_eq!(status, pb::JobStatus::Failed);
+        let (status, outputs, reason) = bound_outputs(JobStatus::Succeeded, big, String::new());
+        assert_eq!(status, JobStatus::Failed);
         assert!(outputs.is_empty());
         assert!(reason.starts_with("CHILD_OUTPUTS_TOO_LARGE"), "{reason}");
         let small: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
         let (status, outputs, _) =
-            bound_outputs(pb::JobStatus::Succeeded, small.clone(), String::new());
-        assert_eq!((status, outputs), (pb::JobStatus::Succeeded, small));
+            bound_outputs(JobStatus::Succeeded, small.clone(), String::new());
+        assert_eq!((status, outputs), (JobStatus::Succeeded, small));
     }
 
     #[test]
     fn a_long_reason_is_cut_on_a_character_boundary() {
         let (_, _, reason) = bound_outputs(
-            pb::JobStatus::Failed,
+            JobStatus::Failed,
             BTreeMap::new(),
             "é".repeat(MAX_CHILD_REASON_BYTES),
         );

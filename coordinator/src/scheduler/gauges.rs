@@ -47,7 +47,7 @@ impl Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use baton_proto as pb;
+    use crate::domain::{JobStatus, RejectCode};
 
     use super::super::tests::{finished, reg, sched, settle, start};
     use crate::clock::Now;
@@ -73,13 +73,13 @@ mod tests {
         let (agent, child, attempt, id) = &d[0];
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, t0);
         s.dispatch_result(d[1].1, &d[1].0, d[1].2, DispatchOutcome::Accepted, t0);
-        s.agent_event(agent, finished(1, id, pb::JobStatus::Succeeded), t0);
+        s.agent_event(agent, finished(1, id, JobStatus::Succeeded), t0);
         s.dispatch_result(
             d[2].1,
             &d[2].0,
             d[2].2,
             DispatchOutcome::Rejected {
-                code: pb::RejectCode::AtCapacity,
+                code: RejectCode::AtCapacity,
                 reason: "full".into(),
             },
             t0,

@@ -1,7 +1,8 @@
 //! The scheduler: every decision of the coordinator, as a plain struct.
 //!
-//! Callers feed it inputs — registrations, agent events, dispatch outcomes,
-//! ticks, start requests — each with the time the loop read ([`Now`]), and it
+//! Callers feed it inputs — registrations, agent reports, dispatch outcomes,
+//! ticks, start requests, as the coordinator's own types ([`crate::domain`],
+//! never protobuf messages) — each with the time the loop read ([`Now`]), and it
 //! answers with state changes to persist (`Scheduler::flush`) and effects to
 //! perform once they are durable ([`Effect`]). It does no IO and reads no
 //! clock, so its logic is unit-tested directly; `scheduler_task.rs` owns the
@@ -40,7 +41,6 @@ mod exec_table;
 mod executions;
 pub(crate) mod flow;
 mod gauges;
-mod ids;
 mod journal;
 mod model;
 mod nested;
@@ -73,11 +73,15 @@ mod view;
 pub use crate::clock::Now;
 pub use crate::metrics::Stats;
 
-pub use agents::{AdminAction, AgentState, AgentSummary, Registration};
+/// The domain types ([`crate::domain`]) it takes and returns, named here too
+/// (the fuzz target decodes a `Registration` by this path).
+pub use crate::domain::{
+    AgentId, AgentReport, DispatchId, DispatchOutcome, ExecutionId, RegisterAnswer, Registration,
+};
+pub use agents::{AdminAction, AgentState, AgentSummary};
 pub use cancel::{CancelOutcome, CancelState, ChildCancelState};
 pub use child::{COORDINATOR, ChildState, End, Refused, Step};
-pub use ids::{AgentId, DispatchId, ExecutionId};
-pub use model::{ChildRef, DispatchOutcome, Effect, TraceEvent};
+pub use model::{ChildRef, Effect, TraceEvent};
 pub(crate) use persist::Written;
 pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;

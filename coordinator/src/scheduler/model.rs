@@ -1,8 +1,9 @@
 //! The values that cross the scheduler's edge and its parts: a child's
-//! address in memory, the effects it asks the loop to perform, and how a
-//! dispatch ended. A leaf: it imports nothing of the scheduler.
+//! address in memory and the effects it asks the loop to perform (how a
+//! dispatch ended is the domain's [`crate::domain::DispatchOutcome`]). A
+//! leaf: it imports nothing of the scheduler.
 
-use baton_proto as pb;
+use crate::domain::{CancelSpec, DispatchId, DispatchSpec};
 
 /// A child job in memory: (execution slot, task index, child index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -21,13 +22,13 @@ pub enum Effect {
         address: String,
         child: ChildRef,
         attempt: u32,
-        request: Box<pb::StartJobRequest>,
+        spec: Box<DispatchSpec>,
     },
     /// Ask an agent to stop a child (cancellation).
     Cancel {
         agent: String,
         address: String,
-        request: pb::CancelJobRequest,
+        spec: CancelSpec,
     },
     /// Acknowledge an agent's events up to `seq` (cumulative).
     Ack { agent: String, seq: u64 },
@@ -39,7 +40,7 @@ pub enum Effect {
         execution_id: String,
         task: String,
         /// (agent, address, the child's dispatch id), in child order.
-        sources: Vec<(String, String, pb::DispatchId)>,
+        sources: Vec<(String, String, DispatchId)>,
     },
     /// Something a trace shows (only for executions with a trace context;
     /// the loop's span exporter turns these into spans).
@@ -85,20 +86,4 @@ pub enum TraceEvent {
         records: usize,
         unix_ms: u64,
     },
-}
-
-/// How a StartJob call ended.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DispatchOutcome {
-    Accepted,
-    Rejected {
-        code: pb::RejectCode,
-        reason: String,
-    },
-    /// No answer (connection refused, timeout): the agent may or may not have the job.
-    Unknown(String),
-    /// The agent's registered address is served by another agent (its
-    /// certificate names another): the job was not started, and sending it
-    /// there again never will be.
-    WrongAgent(String),
 }

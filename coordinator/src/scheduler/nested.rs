@@ -23,6 +23,7 @@ use super::child::{COORDINATOR, ChildState, End, Step};
 use super::model::ChildRef;
 use super::state::Scheduler;
 use crate::clock::Now;
+use crate::domain::JobStatus;
 use crate::prepare::plan_bundle;
 use crate::records::{ExecutionRecord, ExecutionState, ParentLink};
 
@@ -206,9 +207,9 @@ impl Scheduler {
             return None;
         }
         let status = match state {
-            ExecutionState::Succeeded => baton_proto::JobStatus::Succeeded,
-            ExecutionState::Cancelled => baton_proto::JobStatus::Cancelled,
-            _ => baton_proto::JobStatus::Failed,
+            ExecutionState::Succeeded => JobStatus::Succeeded,
+            ExecutionState::Cancelled => JobStatus::Cancelled,
+            _ => JobStatus::Failed,
         };
         self.attempt_ended(cref, None, status, 0, outputs, reason, None)
     }
@@ -278,7 +279,7 @@ impl Scheduler {
             self.child_ended(
                 cref,
                 None,
-                baton_proto::JobStatus::Failed,
+                JobStatus::Failed,
                 -1,
                 BTreeMap::new(),
                 "its sub-execution did not survive a coordinator restart".into(),

@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use baton_proto as pb;
+use crate::domain::JobStatus;
 
 /// Tunables (`baton coordinator --quarantine-failures/--quarantine-window/--quarantine-cooldown`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,17 +70,17 @@ impl Quarantine {
     /// else [`Quarantine::forgive`]).
     pub(crate) fn note_end(
         &mut self,
-        status: pb::JobStatus,
+        status: JobStatus,
         now: Instant,
         cfg: &QuarantineConfig,
     ) -> bool {
         match status {
-            pb::JobStatus::Succeeded => {
+            JobStatus::Succeeded => {
                 self.failed_at.clear();
                 return false;
             }
-            pb::JobStatus::Failed | pb::JobStatus::TimedOut => {}
-            pb::JobStatus::Cancelled | pb::JobStatus::Unspecified => return false,
+            JobStatus::Failed | JobStatus::TimedOut => {}
+            JobStatus::Cancelled | JobStatus::Unspecified => return false,
         }
         if self.active(now) {
             return false; // a child that was running when the quarantine began

@@ -10,11 +10,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use baton_proto as pb;
-
-use super::ids::AgentId;
 use super::model::ChildRef;
 use super::quarantine;
+use crate::domain::{AgentId, CancelSpec};
 use crate::records::{AgentRecord, SeqRecord};
 use crate::store::Revision;
 
@@ -42,7 +40,7 @@ pub(crate) struct AgentEntry {
     /// (run again or ended): should it come back with them still running, its
     /// agent is asked to stop them ([`AgentEntry::take_superseded`]). At most
     /// the children it held; forgotten when it restarts.
-    superseded: Vec<pb::CancelJobRequest>,
+    superseded: Vec<CancelSpec>,
 }
 
 impl AgentEntry {
@@ -75,13 +73,13 @@ impl AgentEntry {
 
     /// Remembers attempts given up when the agent was lost, to stop them
     /// should it come back.
-    pub(crate) fn note_superseded(&mut self, requests: Vec<pb::CancelJobRequest>) {
+    pub(crate) fn note_superseded(&mut self, requests: Vec<CancelSpec>) {
         self.superseded.extend(requests);
     }
 
     /// The given-up attempts to stop now that the agent is back (empty when
     /// none, or after a restart, which ended them).
-    pub(crate) fn take_superseded(&mut self) -> Vec<pb::CancelJobRequest> {
+    pub(crate) fn take_superseded(&mut self) -> Vec<CancelSpec> {
         std::mem::take(&mut self.superseded)
     }
 

@@ -43,11 +43,9 @@ impl Scheduler {
                 }
                 let agent = c.rec.agent.clone().unwrap_or_default();
                 match self.registry.get(&agent) {
-                    Some(a) => sources.push((
-                        agent,
-                        a.rec.address.clone(),
-                        c.dispatch_id(&e.rec.id).to_proto(),
-                    )),
+                    Some(a) => {
+                        sources.push((agent, a.rec.address.clone(), c.dispatch_id(&e.rec.id)))
+                    }
                     None => missing = Some(agent),
                 }
             }

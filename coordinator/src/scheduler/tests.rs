@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_proto as pb;
+use crate::domain::{
+    AgentReport, DispatchId, JobFinished, JobStarted, JobStatus, RejectCode, ReportBody,
+};
 use proptest::prelude::*;
 
 use super::*;
@@ -101,7 +103,7 @@ pub(super) fn commit(s: &mut Scheduler) -> Vec<crate::store::Op> {
 }
 
 /// Commits everything (as the task would) and returns the dispatches.
-pub(super) fn settle(s: &mut Scheduler, now: Now) -> Vec<(String, ChildRef, u32, pb::DispatchId)> {
+pub(super) fn settle(s: &mut Scheduler, now: Now) -> Vec<(String, ChildRef, u32, DispatchId)> {
     s.pump(now);
     commit(s);
     s.take_effects()
@@ -111,9 +113,9 @@ pub(super) fn settle(s: &mut Scheduler, now: Now) -> Vec<(String, ChildRef, u32,
                 agent,
                 child,
                 attempt,
-                request,
+                spec,
                 ..
-            } => Some((agent, child, attempt, request.dispatch_id.clone().unwrap())),
+            } => Some((agent, child, attempt, spec.dispatch_id.clone())),
             _ => None,
         })
         .collect()
@@ -128,18 +130,14 @@ impl Seqs {
     }
 }
 
-pub(super) fn finished(seq: u64, id: &pb::DispatchId, status: pb::JobStatus) -> pb::AgentEvent {
-    pb::AgentEvent {
+pub(super) fn finished(seq: u64, id: &DispatchId, status: JobStatus) -> AgentReport {
+    AgentReport {
         seq,
         at_unix_ms: 1,
-        body: Some(pb::agent_event::Body::Finished(pb::JobFinished {
+        body: Some(ReportBody::Finished(JobFinished {
             dispatch_id: Some(id.clone()),
-            status: status as i32,
-            exit_code: if status == pb::JobStatus::Succeeded {
-                0
-            } else {
-                1
-            },
+            status,
+            exit_code: if status == JobStatus::Succeeded { 0 } else { 1 },
             ..Default::default()
         })),
     }
@@ -165,7 +163,7 @@ fn fanout_succeeds_and_spreads() {
     for (agent, child, attempt, id) in &d {
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
         let seq = seqs.next(agent);
-        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), now);
+        s.agent_event(agent, finished(seq, id, JobStatus::Succeeded), now);
     }
     let (_, written) = s.flush();
     // Before commit the execution is still in memory and succeeded.
@@ -191,12 +189,12 @@ fn terminal_state_is_recorded_once_and_repeats_are_counted() {
     start(&mut s, 2);
     let d = settle(&mut s, now);
     let (agent, _, _, id) = &d[0];
-    s.agent_event(agent, finished(1, id, pb::JobStatus::Succeeded), now);
+    s.agent_event(agent, finished(1, id, JobStatus::Succeeded), now);
     // The same event again (same seq): a duplicate.
-    s.agent_event(agent, finished(1, id, pb::JobStatus::Failed), now);
+    s.agent_event(agent, finished(1, id, JobStatus::Failed), now);
     assert_eq!(s.stats.duplicate_events, 1);
     // A new event about the same, finished attempt: stale.
-    s.agent_event(agent, finished(2, id, pb::JobStatus::Failed), now);
+    s.agent_event(agent, finished(2, id, JobStatus::Failed), now);
     assert_eq!(s.stats.stale_events, 1);
     let sum = summary(&s);
     assert_eq!((sum.succeeded, sum.failed, sum.stale_events), (1, 0, 1));
@@ -217,15 +215,15 @@ fn lost_agent_children_rerun_elsewhere_with_new_attempt() {
     let mut seqs = Seqs(BTreeMap::new());
     for (agent, _, _, id) in &on_b {
         let seq = seqs.next(agent);
-        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), t1);
+        s.agent_event(agent, finished(seq, id, JobStatus::Succeeded), t1);
     }
     let t2 = t0 + Duration::from_secs(6);
     s.agent_event(
         "b",
-        pb::AgentEvent {
+        AgentReport {
             seq: 0,
             at_unix_ms: 0,
-            body: Some(pb::agent_event::Body::Heartbeat(Default::default())),
+            body: Some(ReportBody::Heartbeat(Default::default())),
         },
         t2,
     );
@@ -239,11 +237,11 @@ fn lost_agent_children_rerun_elsewhere_with_new_attempt() {
     }
     // A late report from a about attempt 1 is stale.
     let (_, _, _, old) = &on_a[0];
-    s.agent_event("a", finished(1, old, pb::JobStatus::Succeeded), t2);
+    s.agent_event("a", finished(1, old, JobStatus::Succeeded), t2);
     assert_eq!(s.stats.stale_events, 1);
     for (agent, _, _, id) in &redo {
         let seq = seqs.next(agent);
-        s.agent_event(agent, finished(seq, id, pb::JobStatus::Succeeded), t2);
+        s.agent_event(agent, finished(seq, id, JobStatus::Succeeded), t2);
     }
     let v = s.execution_view("e1").unwrap();
     assert_eq!(v.summary.succeeded, 4);
@@ -253,21 +251,21 @@ fn lost_agent_children_rerun_elsewhere_with_new_attempt() {
 }
 
 /// The given-up attempts' CancelJob calls, as (agent, dispatch id).
-fn superseded_cancels(s: &mut Scheduler) -> Vec<(String, pb::DispatchId)> {
+fn superseded_cancels(s: &mut Scheduler) -> Vec<(String, DispatchId)> {
     s.take_effects()
         .into_iter()
         .filter_map(|e| match e {
-            Effect::Cancel { agent, request, .. } => Some((agent, request.dispatch_id?)),
+            Effect::Cancel { agent, spec, .. } => Some((agent, spec.dispatch_id)),
             _ => None,
         })
         .collect()
 }
 
-fn heartbeat() -> pb::AgentEvent {
-    pb::AgentEvent {
+fn heartbeat() -> AgentReport {
+    AgentReport {
         seq: 0,
         at_unix_ms: 0,
-        body: Some(pb::agent_event::Body::Heartbeat(Default::default())),
+        body: Some(ReportBody::Heartbeat(Default::default())),
     }
 }
 
@@ -279,7 +277,7 @@ fn an_agent_back_from_lost_is_asked_to_stop_the_attempts_given_up_meanwhile() {
     reg(&mut s, "b", 2, "b1", t0);
     start(&mut s, 4);
     let d = settle(&mut s, t0);
-    let on_a: Vec<pb::DispatchId> = d
+    let on_a: Vec<DispatchId> = d
         .iter()
         .filter(|x| x.0 == "a")
         .map(|x| x.3.clone())
@@ -347,7 +345,7 @@ fn no_capacity_waits_with_a_reason_then_runs() {
         "{:?}",
         v.waiting
     );
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Succeeded), now);
     assert_eq!(settle(&mut s, now).len(), 1, "a freed slot is used at once");
 }
 
@@ -365,7 +363,7 @@ fn rejection_tries_the_next_agent_without_a_new_attempt() {
         &agent,
         attempt,
         DispatchOutcome::Rejected {
-            code: pb::RejectCode::AtCapacity,
+            code: RejectCode::AtCapacity,
             reason: "full".into(),
         },
         now,
@@ -388,7 +386,7 @@ fn invalid_request_rejection_fails_the_child() {
         "a",
         1,
         DispatchOutcome::Rejected {
-            code: pb::RejectCode::InvalidRequest,
+            code: RejectCode::InvalidRequest,
             reason: "bad".into(),
         },
         now,
@@ -403,10 +401,10 @@ fn failed_child_is_retried_by_policy_then_fails_the_execution() {
     reg(&mut s, "a", 1, "b1", now);
     start(&mut s, 1);
     let d = settle(&mut s, now);
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Failed), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Failed), now);
     let d2 = settle(&mut s, now);
     assert_eq!(d2[0].2, 2, "retry = new attempt");
-    s.agent_event("a", finished(2, &d2[0].3, pb::JobStatus::Failed), now);
+    s.agent_event("a", finished(2, &d2[0].3, JobStatus::Failed), now);
     let sum = summary(&s);
     assert_eq!((sum.state.as_str(), sum.failed), ("failed", 1));
 }
@@ -434,14 +432,14 @@ fn a_report_about_another_agents_job_is_refused_and_counted() {
     let d = settle(&mut s, now);
     let (owner, _, _, id) = d[0].clone();
     let other = if owner == "a" { "b" } else { "a" };
-    s.agent_event(other, finished(1, &id, pb::JobStatus::Succeeded), now);
+    s.agent_event(other, finished(1, &id, JobStatus::Succeeded), now);
     let sum = summary(&s);
     assert_eq!(
         (sum.succeeded, sum.stale_events),
         (0, 1),
         "the owner's job is unaffected"
     );
-    s.agent_event(&owner, finished(1, &id, pb::JobStatus::Succeeded), now);
+    s.agent_event(&owner, finished(1, &id, JobStatus::Succeeded), now);
     assert_eq!(summary(&s).succeeded, 1);
 }
 
@@ -452,7 +450,7 @@ fn sequence_gap_resets_the_stream() {
     reg(&mut s, "a", 2, "b1", now);
     start(&mut s, 1);
     let d = settle(&mut s, now);
-    s.agent_event("a", finished(5, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(5, &d[0].3, JobStatus::Succeeded), now);
     assert!(
         s.take_effects()
             .iter()
@@ -501,8 +499,8 @@ proptest! {
         for n in names { reg(&mut s, n, 2, "b1", now); }
         start(&mut s, 8);
         let mut seqs = Seqs(BTreeMap::new());
-        let mut sent: Vec<(String, ChildRef, u32, pb::DispatchId)> = settle(&mut s, now);
-        let mut finished_events: Vec<(String, pb::DispatchId, bool)> = Vec::new();
+        let mut sent: Vec<(String, ChildRef, u32, DispatchId)> = settle(&mut s, now);
+        let mut finished_events: Vec<(String, DispatchId, bool)> = Vec::new();
         let mut terminal_seen: BTreeMap<(String, u32), Phase> = BTreeMap::new();
         for op in ops {
             match op {
@@ -512,19 +510,19 @@ proptest! {
                 }
                 Op::Reject(i) if !sent.is_empty() => {
                     let (a, c, at, _) = sent[i % sent.len()].clone();
-                    s.dispatch_result(c, &a, at, DispatchOutcome::Rejected { code: pb::RejectCode::AtCapacity, reason: "x".into() }, now);
+                    s.dispatch_result(c, &a, at, DispatchOutcome::Rejected { code: RejectCode::AtCapacity, reason: "x".into() }, now);
                 }
                 Op::Finish(i, ok) if !sent.is_empty() => {
                     let (a, _, _, id) = sent[i % sent.len()].clone();
                     let seq = seqs.next(&a);
-                    let st = if ok { pb::JobStatus::Succeeded } else { pb::JobStatus::Failed };
+                    let st = if ok { JobStatus::Succeeded } else { JobStatus::Failed };
                     s.agent_event(&a, finished(seq, &id, st), now);
                     finished_events.push((a, id, ok));
                 }
                 Op::Replay(i) if !finished_events.is_empty() => {
                     let (a, id, ok) = finished_events[i % finished_events.len()].clone();
                     let seq = seqs.next(&a);
-                    let st = if ok { pb::JobStatus::Succeeded } else { pb::JobStatus::Failed };
+                    let st = if ok { JobStatus::Succeeded } else { JobStatus::Failed };
                     s.agent_event(&a, finished(seq, &id, st), now);
                 }
                 Op::Lose(k) => {
@@ -544,10 +542,10 @@ proptest! {
                 Op::Start(i) if !sent.is_empty() => {
                     let (a, _, _, id) = sent[i % sent.len()].clone();
                     let seq = seqs.next(&a);
-                    let started = pb::AgentEvent {
+                    let started = AgentReport {
                         seq,
                         at_unix_ms: 1,
-                        body: Some(pb::agent_event::Body::Started(pb::JobStarted {
+                        body: Some(ReportBody::Started(JobStarted {
                             dispatch_id: Some(id),
                             pid: 7,
                         })),
@@ -615,14 +613,10 @@ fn completion_latency_runs_from_dispatch_to_finished_event() {
     for (i, (agent, child, attempt, id)) in d.iter().enumerate() {
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, t0);
         let at = t0 + Duration::from_millis(100 * (i as u64 + 1));
-        s.agent_event(
-            agent,
-            finished(i as u64 + 1, id, pb::JobStatus::Succeeded),
-            at,
-        );
+        s.agent_event(agent, finished(i as u64 + 1, id, JobStatus::Succeeded), at);
     }
     // A repeat of a finished event is not a second completion.
-    s.agent_event("a", finished(3, &d[0].3, pb::JobStatus::Succeeded), t0);
+    s.agent_event("a", finished(3, &d[0].3, JobStatus::Succeeded), t0);
     let h = &s.latency.completion_ms;
     assert_eq!(h.count(), 2);
     // Within the histogram's bucket width (≤ 1/16 of the value).
@@ -638,7 +632,7 @@ fn refuse_for_good(s: &mut Scheduler, agent: &str, child: ChildRef, attempt: u32
         agent,
         attempt,
         DispatchOutcome::Rejected {
-            code: pb::RejectCode::RunAsDenied,
+            code: RejectCode::RunAsDenied,
             reason: "no such user".into(),
         },
         now,
@@ -703,7 +697,7 @@ fn records_show_the_time_the_inputs_carried() {
     let d = settle(&mut s, t0);
     let later = t0 + Duration::from_secs(3);
     s.dispatch_result(d[0].1, "a", d[0].2, DispatchOutcome::Accepted, later);
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), later);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Succeeded), later);
     let v = s.execution_view("e1").unwrap();
     assert_eq!(v.children[0].finished_unix_ms, 1_003_000);
     let e = s.execs.by_id("e1").expect("e1 is in memory");
@@ -721,7 +715,7 @@ fn a_step_out_of_an_ended_child_is_refused_and_counted() {
     reg(&mut s, "a", 4, "b1", now);
     start(&mut s, 1);
     let d = settle(&mut s, now);
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Succeeded), now);
     let cref = d[0].1;
     let before = s.execution_view("e1").unwrap();
     assert!(!s.set_state(cref, Step::Dispatch(AgentId::new("a"))));

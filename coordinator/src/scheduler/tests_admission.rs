@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_proto as pb;
+use crate::domain::{DispatchId, JobStatus};
 
 use super::tests::{finished, reg, settle};
 use super::*;
@@ -69,12 +69,12 @@ fn rows(n: usize) -> Vec<String> {
 /// dispatch `pick` chooses among those open.
 #[derive(Default)]
 struct Fleet {
-    open: Vec<(String, pb::DispatchId)>,
+    open: Vec<(String, DispatchId)>,
     seqs: BTreeMap<String, u64>,
 }
 
 impl Fleet {
-    fn accept(&mut self, s: &mut Scheduler, d: Vec<(String, ChildRef, u32, pb::DispatchId)>) {
+    fn accept(&mut self, s: &mut Scheduler, d: Vec<(String, ChildRef, u32, DispatchId)>) {
         for (agent, child, attempt, id) in d {
             s.dispatch_result(
                 child,
@@ -114,12 +114,11 @@ impl Fleet {
                         agent,
                         child,
                         attempt,
-                        request,
+                        spec,
                         ..
                     } => {
                         s.dispatch_result(child, &agent, attempt, DispatchOutcome::Accepted, now);
-                        self.open
-                            .push((agent, request.dispatch_id.clone().unwrap()));
+                        self.open.push((agent, spec.dispatch_id.clone()));
                     }
                     Effect::FetchRows {
                         execution_id, task, ..
@@ -138,7 +137,7 @@ impl Fleet {
                 let (agent, id) = self.open.swap_remove(pick(round) % self.open.len());
                 let seq = self.seqs.entry(agent.clone()).or_default();
                 *seq += 1;
-                s.agent_event(&agent, finished(*seq, &id, pb::JobStatus::Succeeded), now);
+                s.agent_event(&agent, finished(*seq, &id, JobStatus::Succeeded), now);
             }
         }
         Err(format!(
@@ -152,7 +151,7 @@ impl Fleet {
 
 /// `ROWS_PARENT` under `limit`: `list` and `busy` dispatched and accepted,
 /// `list` finished, its `n` rows arrived. The scheduler and the dispatches.
-fn rows_arrived(limit: u64, n: usize) -> (Scheduler, Vec<(String, ChildRef, u32, pb::DispatchId)>) {
+fn rows_arrived(limit: u64, n: usize) -> (Scheduler, Vec<(String, ChildRef, u32, DispatchId)>) {
     let now = Now::read();
     let mut s = limited(limit);
     reg(&mut s, "a", 16, "b1", now);
@@ -162,7 +161,7 @@ fn rows_arrived(limit: u64, n: usize) -> (Scheduler, Vec<(String, ChildRef, u32,
         s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
     }
     let list = d.iter().find(|x| x.3.task_path == "list").unwrap();
-    s.agent_event("a", finished(1, &list.3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(1, &list.3, JobStatus::Succeeded), now);
     s.rows_fetched("e1", "each", Ok(rows(n)), Now::read());
     (s, d)
 }
@@ -185,11 +184,7 @@ fn a_rows_foreach_waits_for_room_then_makes_its_children() {
     // Three busy children end: 5 + 5 fits.
     let busy: Vec<_> = d.iter().filter(|x| x.3.task_path == "busy").collect();
     for (i, b) in busy.iter().take(3).enumerate() {
-        s.agent_event(
-            "a",
-            finished(2 + i as u64, &b.3, pb::JobStatus::Succeeded),
-            now,
-        );
+        s.agent_event("a", finished(2 + i as u64, &b.3, JobStatus::Succeeded), now);
     }
     let d2 = settle(&mut s, now);
     assert_eq!(d2.len(), 5, "each's children are made and dispatched");
@@ -225,11 +220,7 @@ fn a_cancel_ends_a_rows_foreach_that_holds_rows() {
     assert_eq!(reason, "");
     // Room that comes later does not bring the rows back.
     for (i, b) in d.iter().filter(|x| x.3.task_path == "busy").enumerate() {
-        s.agent_event(
-            "a",
-            finished(2 + i as u64, &b.3, pb::JobStatus::Cancelled),
-            now,
-        );
+        s.agent_event("a", finished(2 + i as u64, &b.3, JobStatus::Cancelled), now);
     }
     assert!(settle(&mut s, now).is_empty());
     assert!(s.parked_rows.is_empty());

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use baton_proto as pb;
+use crate::domain::JobStatus;
 
 use super::tests::{finished, reg, sched, settle, start, summary};
 use super::*;
@@ -13,9 +13,9 @@ fn cancels(s: &mut Scheduler) -> Vec<(String, u32, String)> {
     s.take_effects()
         .into_iter()
         .filter_map(|e| match e {
-            Effect::Cancel { request, .. } => {
-                let id = request.dispatch_id.unwrap();
-                Some((id.task_path, id.item_index, request.reason))
+            Effect::Cancel { spec, .. } => {
+                let id = spec.dispatch_id;
+                Some((id.task_path, id.item_index, spec.reason))
             }
             _ => None,
         })
@@ -54,11 +54,11 @@ fn a_pending_child_is_cancelled_at_once_and_never_started() {
         (Phase::Cancelled, "cancelled: not today", true)
     );
     // The others carry on; the cancelled one is never dispatched.
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Succeeded), now);
     let next = settle(&mut s, now);
     assert_eq!(next.len(), 1);
     assert_ne!(next[0].1.child, pending);
-    s.agent_event("a", finished(2, &next[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(2, &next[0].3, JobStatus::Succeeded), now);
     // The task has a child that did not succeed: the execution fails, as for any
     // such child, once the others are done.
     let v = s.execution_view("e1").unwrap();
@@ -101,7 +101,7 @@ fn a_running_child_is_stopped_on_its_agent_alone_and_not_retried() {
     );
     let _ = cancels(&mut s);
     // The agent ends it (the retry policy allows 2 attempts: none is made).
-    s.agent_event("a", finished(1, &id, pb::JobStatus::Cancelled), now);
+    s.agent_event("a", finished(1, &id, JobStatus::Cancelled), now);
     assert!(settle(&mut s, now).is_empty(), "no retry");
     let c = s.execution_view("e1").unwrap().children[i as usize].clone();
     assert_eq!(
@@ -132,7 +132,7 @@ fn a_cancelled_child_that_fails_or_is_lost_is_not_retried() {
     }
     // One exits with a failure before the signal lands; the other's agent is lost.
     let (fa, fc, _, fid) = d[0].clone();
-    s.agent_event(&fa, finished(1, &fid, pb::JobStatus::Failed), t0);
+    s.agent_event(&fa, finished(1, &fid, JobStatus::Failed), t0);
     let later = t0 + Duration::from_secs(6);
     reg(&mut s, &fa, 1, "b1", later);
     s.tick(later);

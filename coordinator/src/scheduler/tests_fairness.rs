@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_proto as pb;
+use crate::domain::{AgentReport, DispatchId, JobStatus, ReportBody};
 
 use super::tests::{finished, settle};
 use super::*;
@@ -77,8 +77,8 @@ impl Fleet {
         &mut self,
         s: &mut Scheduler,
         now: Now,
-        status: impl Fn(&str) -> pb::JobStatus,
-    ) -> Vec<(String, pb::DispatchId)> {
+        status: impl Fn(&str) -> JobStatus,
+    ) -> Vec<(String, DispatchId)> {
         let d = settle(s, now);
         for (agent, child, attempt, id) in &d {
             s.dispatch_result(*child, agent, *attempt, DispatchOutcome::Accepted, now);
@@ -102,7 +102,7 @@ fn a_small_execution_after_a_huge_fanout_finishes_long_before_it() {
     };
     // The big one has the fleet to itself for a while.
     for _ in 0..10 {
-        fleet.round(&mut s, now, |_| pb::JobStatus::Succeeded);
+        fleet.round(&mut s, now, |_| JobStatus::Succeeded);
     }
     start_as(&mut s, "small", 20, PlacementPolicy::default()).unwrap();
     let mut dispatched: BTreeMap<String, u64> = BTreeMap::new();
@@ -110,8 +110,8 @@ fn a_small_execution_after_a_huge_fanout_finishes_long_before_it() {
     while state(&s, "small") != "succeeded" {
         rounds += 1;
         assert!(rounds < 100, "the small execution never finished");
-        for (_, id) in fleet.round(&mut s, now, |_| pb::JobStatus::Succeeded) {
-            *dispatched.entry(id.execution_id).or_default() += 1;
+        for (_, id) in fleet.round(&mut s, now, |_| JobStatus::Succeeded) {
+            *dispatched.entry(id.execution_id.to_string()).or_default() += 1;
         }
     }
     let (big, small) = (dispatched["big"], dispatched["small"]);
@@ -261,9 +261,9 @@ fn an_agent_that_fails_quickly_is_quarantined_then_forgiven() {
     };
     let fail_on_bad = |a: &str| {
         if a == "bad" {
-            pb::JobStatus::Failed
+            JobStatus::Failed
         } else {
-            pb::JobStatus::Succeeded
+            JobStatus::Succeeded
         }
     };
     for _ in 0..4 {
@@ -287,10 +287,10 @@ fn an_agent_that_fails_quickly_is_quarantined_then_forgiven() {
     let later = now + Duration::from_secs(31);
     for agent in ["bad", "good"] {
         // Heartbeats keep their leases across the jump in time.
-        let hb = pb::AgentEvent {
+        let hb = AgentReport {
             seq: 0,
             at_unix_ms: 1,
-            body: Some(pb::agent_event::Body::Heartbeat(Default::default())),
+            body: Some(ReportBody::Heartbeat(Default::default())),
         };
         s.agent_event(agent, hb, later);
     }
@@ -322,7 +322,7 @@ fn never_more_than_half_the_fleet_is_quarantined() {
         seqs: BTreeMap::new(),
     };
     for _ in 0..6 {
-        fleet.round(&mut s, now, |_| pb::JobStatus::Failed);
+        fleet.round(&mut s, now, |_| JobStatus::Failed);
     }
     let quarantined = s
         .agent_list()
@@ -356,7 +356,7 @@ fn starts_past_the_pending_bound_are_refused() {
         seqs: BTreeMap::new(),
     };
     for _ in 0..3 {
-        fleet.round(&mut s, now, |_| pb::JobStatus::Succeeded);
+        fleet.round(&mut s, now, |_| JobStatus::Succeeded);
     }
     assert_eq!(s.pending_children(), 80 - 12);
     start_as(&mut s, "e2", 30, PlacementPolicy::default()).unwrap();

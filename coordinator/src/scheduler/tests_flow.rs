@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_proto as pb;
+use crate::domain::{AgentReport, DispatchId, JobStarted, JobStatus, ReportBody};
 
 use super::tests::{finished, reg, settle};
 use super::*;
@@ -36,7 +36,7 @@ fn long_lease() -> Scheduler {
     )
 }
 
-fn tasks_of(d: &[(String, ChildRef, u32, pb::DispatchId)]) -> Vec<String> {
+fn tasks_of(d: &[(String, ChildRef, u32, DispatchId)]) -> Vec<String> {
     let mut t: Vec<String> = d.iter().map(|x| x.3.task_path.clone()).collect();
     t.sort();
     t
@@ -71,13 +71,13 @@ fn independent_tasks_run_together_and_a_join_waits_for_both() {
     // a ends with an output; join is not ready while b runs.
     s.agent_event("a", with_output(1, &id_a, "k", "from-a"), now);
     assert!(settle(&mut s, now).is_empty(), "join waits for b");
-    s.agent_event("a", finished(2, &id_b, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(2, &id_b, JobStatus::Succeeded), now);
     let d = settle(&mut s, now);
     assert_eq!(tasks_of(&d), ["join"]);
     // a's output reached join's child parameters.
     let params = s.child_parameters(d[0].1).unwrap();
     assert_eq!(params["shard"], "from-a");
-    s.agent_event("a", finished(3, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(3, &d[0].3, JobStatus::Succeeded), now);
     assert_eq!(state(&s, "rescue"), "skipped");
     assert_eq!(summary_state(&s), "succeeded");
     assert!(settle(&mut s, now).is_empty());
@@ -87,9 +87,9 @@ fn summary_state(s: &Scheduler) -> String {
     super::tests::summary(s).state
 }
 
-fn with_output(seq: u64, id: &pb::DispatchId, k: &str, v: &str) -> pb::AgentEvent {
-    let mut ev = finished(seq, id, pb::JobStatus::Succeeded);
-    if let Some(pb::agent_event::Body::Finished(f)) = &mut ev.body {
+fn with_output(seq: u64, id: &DispatchId, k: &str, v: &str) -> AgentReport {
+    let mut ev = finished(seq, id, JobStatus::Succeeded);
+    if let Some(ReportBody::Finished(f)) = &mut ev.body {
         f.outputs = [(k.to_string(), v.to_string())].into();
     }
     ev
@@ -107,10 +107,10 @@ fn a_failure_runs_the_on_failure_task_and_fails_the_execution() {
     }
     let d = settle(&mut s, now);
     assert_eq!(tasks_of(&d), ["join"]);
-    s.agent_event("a", finished(3, &d[0].3, pb::JobStatus::Failed), now);
+    s.agent_event("a", finished(3, &d[0].3, JobStatus::Failed), now);
     let d = settle(&mut s, now);
     assert_eq!(tasks_of(&d), ["rescue"], "the on-failure task runs");
-    s.agent_event("a", finished(4, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(4, &d[0].3, JobStatus::Succeeded), now);
     assert_eq!(state(&s, "join"), "failed");
     assert_eq!(state(&s, "rescue"), "succeeded");
     assert_eq!(
@@ -129,11 +129,7 @@ fn a_template_that_cannot_be_rendered_fails_its_task_before_any_child() {
     let d = settle(&mut s, now);
     // a writes no output `k`: join's parameters cannot be rendered.
     for (i, x) in d.iter().enumerate() {
-        s.agent_event(
-            "a",
-            finished(i as u64 + 1, &x.3, pb::JobStatus::Succeeded),
-            now,
-        );
+        s.agent_event("a", finished(i as u64 + 1, &x.3, JobStatus::Succeeded), now);
     }
     let view = s.execution_view("e1").unwrap();
     let join = view.tasks.iter().find(|t| t.0 == "join").unwrap();
@@ -156,7 +152,7 @@ fn a_retry_waits_for_its_backoff() {
         params={shard='${item}'}\nretry={attempts=2, backoff_s=5}\n";
     start_with(&mut s, parent);
     let d = settle(&mut s, now);
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Failed), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Failed), now);
     assert!(settle(&mut s, now).is_empty(), "not before the backoff");
     s.tick(now + Duration::from_secs(4));
     assert!(settle(&mut s, now + Duration::from_secs(4)).is_empty());
@@ -176,7 +172,7 @@ fn max_failures_stops_a_foreach_early() {
     start_with(&mut s, parent);
     let d = settle(&mut s, now);
     assert_eq!(d.len(), 1, "one slot");
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Failed), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Failed), now);
     let sum = super::tests::summary(&s);
     assert_eq!(
         (sum.state.as_str(), sum.failed, sum.cancelled),
@@ -215,10 +211,10 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
     for (i, x) in d.iter().enumerate() {
         s.agent_event(
             "a",
-            pb::AgentEvent {
+            AgentReport {
                 seq: i as u64 + 1,
                 at_unix_ms: 1,
-                body: Some(pb::agent_event::Body::Started(pb::JobStarted {
+                body: Some(ReportBody::Started(JobStarted {
                     dispatch_id: Some(x.3.clone()),
                     pid: 100 + i as u32,
                 })),
@@ -242,11 +238,7 @@ fn a_restart_during_a_cancel_waits_for_the_running_children() {
     let sum = super::tests::summary(&s2);
     assert_eq!(sum.state, "running", "two children still run: {sum:?}");
     for (i, x) in d.iter().enumerate() {
-        s2.agent_event(
-            "a",
-            finished(i as u64 + 1, &x.3, pb::JobStatus::Cancelled),
-            now,
-        );
+        s2.agent_event("a", finished(i as u64 + 1, &x.3, JobStatus::Cancelled), now);
     }
     let sum = super::tests::summary(&s2);
     assert_eq!(
@@ -293,7 +285,7 @@ fn a_rows_foreach_without_rows_replays_without_reading_them_again() {
         [tasks.last]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='y'}\nafter=['each']\n";
     start_with(&mut s, parent);
     let d = settle(&mut s, now);
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Succeeded), now);
     let fetches = s
         .take_effects()
         .into_iter()
@@ -341,7 +333,7 @@ fn the_children_of_a_rows_foreach_reach_the_published_counts() {
     start_with(&mut s, parent);
     let rx = s.watch("e1").unwrap();
     let d = settle(&mut s, now);
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Succeeded), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Succeeded), now);
     let d = settle(&mut s, now);
     assert_eq!(tasks_of(&d), ["hog"], "the one slot goes to hog");
     let rows = (1..=3).map(|i| format!("{{\"id\":\"{i}\"}}")).collect();
@@ -399,7 +391,7 @@ fn work_of_a_run(tasks: usize) -> u64 {
         }
         for x in d {
             seq += 1;
-            s.agent_event("a", finished(seq, &x.3, pb::JobStatus::Succeeded), now);
+            s.agent_event("a", finished(seq, &x.3, JobStatus::Succeeded), now);
         }
         // Read before an ended execution leaves memory (at the next flush).
         if let Some(e) = s.execs.values().next() {
@@ -436,8 +428,8 @@ fn a_rows_foreach_whose_rows_are_on_a_forgotten_agent_fails_and_the_flow_goes_on
         [tasks.rescue]\nforeach={items=['1']}\nchild='c.toml'\nparams={shard='y'}\nafter=[{task='each', on='failure'}]\n";
     start_with(&mut s, parent);
     let d = settle(&mut s, now);
-    let mut done = finished(1, &d[0].3, pb::JobStatus::Succeeded);
-    if let Some(pb::agent_event::Body::Finished(f)) = done.body.as_mut() {
+    let mut done = finished(1, &d[0].3, JobStatus::Succeeded);
+    if let Some(ReportBody::Finished(f)) = done.body.as_mut() {
         f.row_count = 3;
     }
     s.agent_event("a", done, now);

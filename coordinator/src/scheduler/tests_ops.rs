@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_proto as pb;
+use crate::domain::{AgentReport, Heartbeat, JobStatus, ReportBody};
 
 use super::tests::{commit, finished, reg, sched, settle, start, summary};
 use super::*;
@@ -42,8 +42,8 @@ fn cancel_ends_pending_children_at_once_and_stops_running_ones() {
         settle(&mut s, now).is_empty(),
         "nothing is dispatched after a cancel"
     );
-    s.agent_event("a", finished(1, &d[0].3, pb::JobStatus::Cancelled), now);
-    s.agent_event("a", finished(2, &d[1].3, pb::JobStatus::Cancelled), now);
+    s.agent_event("a", finished(1, &d[0].3, JobStatus::Cancelled), now);
+    s.agent_event("a", finished(2, &d[1].3, JobStatus::Cancelled), now);
     let v = s.execution_view("e1").unwrap();
     assert_eq!(v.summary.state, "cancelled");
     assert!(v.children.iter().all(|c| c.phase == Phase::Cancelled));
@@ -61,7 +61,7 @@ fn cancel_does_not_retry_failed_or_lost_children() {
     s.cancel("e1", "", Now::read()).unwrap();
     // One child fails (policy would retry it), the other's agent is lost.
     let (fa, _, _, fid) = d[0].clone();
-    s.agent_event(&fa, finished(1, &fid, pb::JobStatus::Failed), t0);
+    s.agent_event(&fa, finished(1, &fid, JobStatus::Failed), t0);
     let other = if fa == "a" { "b" } else { "a" };
     let later = t0 + Duration::from_secs(6);
     reg(&mut s, &fa, 1, "b1", later);
@@ -123,11 +123,7 @@ fn cordoned_and_draining_agents_get_no_new_work_and_keep_it_across_restarts() {
     s.set_admin("a", AdminAction::Drain, Now::read()).unwrap();
     assert_eq!(state_of(&s, "a"), "draining");
     for (i, x) in d.iter().enumerate() {
-        s.agent_event(
-            "a",
-            finished(i as u64 + 1, &x.3, pb::JobStatus::Succeeded),
-            now,
-        );
+        s.agent_event("a", finished(i as u64 + 1, &x.3, JobStatus::Succeeded), now);
     }
     assert_eq!(state_of(&s, "a"), "drained");
     assert!(settle(&mut s, now).is_empty(), "no agent takes work");
@@ -162,7 +158,7 @@ fn a_revoked_certificate_is_refused_and_its_children_run_elsewhere() {
     );
     // Its child runs again elsewhere once a frees up; b's late reports are ignored.
     let on_b = d.iter().find(|x| x.0 == "b").unwrap().3.clone();
-    s.agent_event("b", finished(1, &on_b, pb::JobStatus::Succeeded), now);
+    s.agent_event("b", finished(1, &on_b, JobStatus::Succeeded), now);
     assert_eq!(
         summary(&s).succeeded,
         0,
@@ -216,10 +212,10 @@ fn only_a_lost_agent_can_be_removed_and_its_records_go() {
     let later = t0 + s.config().lease_ttl + Duration::from_millis(10);
     s.agent_event(
         "b",
-        pb::AgentEvent {
+        AgentReport {
             seq: 0,
             at_unix_ms: 0,
-            body: Some(pb::agent_event::Body::Heartbeat(pb::Heartbeat {
+            body: Some(ReportBody::Heartbeat(Heartbeat {
                 slots: 1,
                 running: 0,
                 load1: 0.0,
@@ -305,10 +301,10 @@ fn a_heartbeat_load_that_is_not_a_number_counts_as_unknown() {
     ] {
         s.agent_event(
             "a",
-            pb::AgentEvent {
+            AgentReport {
                 seq: 0,
                 at_unix_ms: 0,
-                body: Some(pb::agent_event::Body::Heartbeat(pb::Heartbeat {
+                body: Some(ReportBody::Heartbeat(Heartbeat {
                     slots: 2,
                     running: 0,
                     load1: sent,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use baton_proto as pb;
+use crate::domain::{DispatchId, JobStatus};
 
 use super::tests::{commit, finished, reg, running_record, sched};
 use super::*;
@@ -37,22 +37,22 @@ fn run_two(trace: Option<ExecTrace>) -> Vec<Effect> {
     s.pump(now);
     commit(&mut s);
     let mut all = s.take_effects();
-    let dispatched: Vec<(ChildRef, u32, pb::DispatchId)> = all
+    let dispatched: Vec<(ChildRef, u32, DispatchId)> = all
         .iter()
         .filter_map(|e| match e {
             Effect::Dispatch {
                 child,
                 attempt,
-                request,
+                spec,
                 ..
-            } => Some((*child, *attempt, request.dispatch_id.clone().unwrap())),
+            } => Some((*child, *attempt, spec.dispatch_id.clone())),
             _ => None,
         })
         .collect();
     assert_eq!(dispatched.len(), 2);
     for (seq, (child, attempt, id)) in dispatched.into_iter().enumerate() {
         s.dispatch_result(child, "a", attempt, DispatchOutcome::Accepted, now);
-        let event = finished(seq as u64 + 1, &id, pb::JobStatus::Succeeded);
+        let event = finished(seq as u64 + 1, &id, JobStatus::Succeeded);
         s.agent_event("a", event, now);
     }
     commit(&mut s);
@@ -72,11 +72,11 @@ fn a_traced_execution_dispatches_each_attempt_under_its_own_span() {
     let effects = run_two(Some(trace.clone()));
     let mut parents = Vec::new();
     for e in &effects {
-        if let Effect::Dispatch { child, request, .. } = e {
+        if let Effect::Dispatch { child, spec, .. } = e {
             let want = exec.attempt(child.task, child.child, 1).traceparent();
-            assert_eq!(request.traceparent, want);
-            assert_eq!(request.tracestate, "k=v");
-            parents.push(request.traceparent.clone());
+            assert_eq!(spec.traceparent, want);
+            assert_eq!(spec.tracestate, "k=v");
+            parents.push(spec.traceparent.clone());
         }
     }
     assert_eq!(parents.len(), 2);
@@ -128,8 +128,8 @@ fn an_untraced_execution_notes_no_trace_event_and_sends_no_context() {
     let effects = run_two(None);
     for e in &effects {
         assert!(!matches!(e, Effect::Trace(_)), "{e:?}");
-        if let Effect::Dispatch { request, .. } = e {
-            assert!(request.traceparent.is_empty() && request.tracestate.is_empty());
+        if let Effect::Dispatch { spec, .. } = e {
+            assert!(spec.traceparent.is_empty() && spec.tracestate.is_empty());
         }
     }
     assert!(effects.iter().any(|e| matches!(e, Effect::Dispatch { .. })));

@@ -3,6 +3,9 @@
 //! sent back as a message), an acknowledgement on a completion stream, and
 //! the rows of a task read from the agents that kept them. [`Io`] is the
 //! loop's real `Performer`: the loop calls it only with a durable batch.
+//!
+//! An edge: the scheduler's domain values become protocol messages here, and
+//! the agents' answers domain values, through `grpc/agent_convert.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,8 @@ use tracing::{debug, warn};
 
 use super::msg::Msg;
 use super::run::Performer;
-use crate::scheduler::{ChildRef, DispatchOutcome, Effect};
+use crate::domain::{CancelSpec, DispatchId, DispatchOutcome, DispatchSpec};
+use crate::scheduler::{ChildRef, Effect};
 use crate::transport;
 
 /// How long a StartJob(s) or CancelJob call may take.
@@ -86,12 +90,12 @@ pub(super) fn perform_all(io: &mut Io, effects: Vec<Effect>) {
                 address,
                 child,
                 attempt,
-                request,
+                spec,
             } => {
                 let job = Job {
                     child,
                     attempt,
-                    request,
+                    spec,
                 };
                 match index.get(&agent) {
                     Some(&i) if batches[i].1 == address => batches[i].2.push(job),
@@ -113,7 +117,22 @@ pub(super) fn perform_all(io: &mut Io, effects: Vec<Effect>) {
 struct Job {
     child: ChildRef,
     attempt: u32,
-    request: Box<pb::StartJobRequest>,
+    spec: Box<DispatchSpec>,
+}
+
+/// A job sent: which child's attempt the answer is about.
+struct Sent {
+    child: ChildRef,
+    attempt: u32,
+}
+
+impl Job {
+    fn sent(&self) -> Sent {
+        Sent {
+            child: self.child,
+            attempt: self.attempt,
+        }
+    }
 }
 
 /// Sends `jobs` to one agent; every answer (or the lack of one) comes back
@@ -138,7 +157,7 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
                 tokio::spawn(report(
                     io.tx.clone(),
                     agent,
-                    jobs,
+                    jobs.iter().map(Job::sent).collect(),
                     vec![],
                     outcome,
                     Duration::ZERO,
@@ -159,8 +178,8 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
             let (client, tx, agent) = (client.clone(), tx.clone(), agent.clone());
             tokio::spawn(async move {
                 let sent = Instant::now();
-                let span = crate::traces::dispatch_span(&job.request.traceparent, &agent);
-                let outcome = start_job(client, *job.request).await;
+                let span = crate::traces::dispatch_span(&job.spec.traceparent, &agent);
+                let outcome = start_job(client, *job.spec).await;
                 let rtt = sent.elapsed();
                 if let Some(span) = span {
                     crate::traces::end_dispatch(span, &outcome);
@@ -188,14 +207,11 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
             let sent = Instant::now();
             let spans: Vec<_> = chunk
                 .iter()
-                .map(|j| crate::traces::dispatch_span(&j.request.traceparent, &agent))
+                .map(|j| crate::traces::dispatch_span(&j.spec.traceparent, &agent))
                 .collect();
-            let (chunk, requests): (Vec<Job>, Vec<pb::StartJobRequest>) = chunk
+            let (chunk, requests): (Vec<Sent>, Vec<pb::StartJobRequest>) = chunk
                 .into_iter()
-                .map(|mut j| {
-                    let r = std::mem::take(&mut *j.request);
-                    (j, r)
-                })
+                .map(|j| (j.sent(), pb::StartJobRequest::from(*j.spec)))
                 .unzip();
             let (answers, otherwise) = start_jobs(client, requests).await;
             let rtt = sent.elapsed();
@@ -226,7 +242,7 @@ fn dispatch(io: &mut Io, agent: String, address: String, jobs: Vec<Job>) {
 async fn report(
     tx: mpsc::Sender<Msg>,
     agent: String,
-    jobs: Vec<Job>,
+    jobs: Vec<Sent>,
     answers: Vec<DispatchOutcome>,
     otherwise: DispatchOutcome,
     rtt: Duration,
@@ -270,7 +286,11 @@ async fn start_jobs(
                     "StartJobs answered a different number of jobs"
                 );
             }
-            let answers = results.into_iter().take(n).map(outcome_of).collect();
+            let answers = results
+                .into_iter()
+                .take(n)
+                .map(DispatchOutcome::from)
+                .collect();
             (
                 answers,
                 Some(DispatchOutcome::Unknown(
@@ -299,27 +319,12 @@ fn failed_call(call: &str, status: &tonic::Status) -> DispatchOutcome {
     }
 }
 
-/// What one StartJob answer means for the scheduler.
-fn outcome_of(resp: pb::StartJobResponse) -> DispatchOutcome {
-    match resp.outcome {
-        Some(pb::start_job_response::Outcome::Accepted(_)) => DispatchOutcome::Accepted,
-        Some(pb::start_job_response::Outcome::Rejected(r)) => DispatchOutcome::Rejected {
-            code: pb::RejectCode::try_from(r.code).unwrap_or(pb::RejectCode::Unspecified),
-            reason: r.reason,
-        },
-        None => DispatchOutcome::Rejected {
-            code: pb::RejectCode::Unspecified,
-            reason: "agent answered with neither accepted nor rejected".to_string(),
-        },
-    }
-}
-
 fn perform(io: &mut Io, effect: Effect) {
     match effect {
         Effect::Cancel {
             agent,
             address,
-            request,
+            spec,
         } => {
             let client = match io.dialer.client(&agent, &address) {
                 Ok(c) => c,
@@ -328,7 +333,7 @@ fn perform(io: &mut Io, effect: Effect) {
                     return;
                 }
             };
-            tokio::spawn(cancel_job(client, agent, request));
+            tokio::spawn(cancel_job(client, agent, spec));
         }
         // (perform_all batches dispatches before they get here)
         dispatch @ Effect::Dispatch { .. } => perform_all(io, vec![dispatch]),
@@ -386,13 +391,13 @@ const ROWS_BYTES_MAX: usize = 128 << 20;
 /// The rows of several children, in order, up to one more than a foreach may
 /// take (so that too many is an error, not a silent cut).
 async fn fetch_rows(
-    clients: Vec<(String, AgentServiceClient<Channel>, pb::DispatchId)>,
+    clients: Vec<(String, AgentServiceClient<Channel>, DispatchId)>,
 ) -> Result<Vec<String>, String> {
     let mut rows = Vec::new();
     let mut bytes = 0usize;
     for (agent, mut client, id) in clients {
         let req = pb::StreamJobRowsRequest {
-            dispatch_id: Some(id.clone()),
+            dispatch_id: Some(id.clone().into()),
         };
         let mut stream = tokio::time::timeout(Duration::from_secs(10), client.stream_rows(req))
             .await
@@ -424,24 +429,19 @@ async fn fetch_rows(
     Ok(rows)
 }
 
-async fn start_job(
-    mut client: AgentServiceClient<Channel>,
-    request: pb::StartJobRequest,
-) -> DispatchOutcome {
+async fn start_job(mut client: AgentServiceClient<Channel>, spec: DispatchSpec) -> DispatchOutcome {
+    let request = pb::StartJobRequest::from(spec);
     match tokio::time::timeout(DISPATCH_TIMEOUT, client.start_job(request)).await {
         Err(_) => DispatchOutcome::Unknown("StartJob timed out".to_string()),
         Ok(Err(status)) => failed_call("StartJob", &status),
-        Ok(Ok(resp)) => outcome_of(resp.into_inner()),
+        Ok(Ok(resp)) => DispatchOutcome::from(resp.into_inner()),
     }
 }
 
 /// Asks an agent to stop a job, a few times if the agent cannot be reached.
 /// (If it stays unreachable its lease expires and the child ends `cancelled`.)
-async fn cancel_job(
-    mut client: AgentServiceClient<Channel>,
-    agent: String,
-    request: pb::CancelJobRequest,
-) {
+async fn cancel_job(mut client: AgentServiceClient<Channel>, agent: String, spec: CancelSpec) {
+    let request = pb::CancelJobRequest::from(spec);
     for attempt in 1..=3u32 {
         match tokio::time::timeout(DISPATCH_TIMEOUT, client.cancel_job(request.clone())).await {
             Ok(Ok(_)) => return,

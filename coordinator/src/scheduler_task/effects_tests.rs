@@ -16,7 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::Io;
 use super::perform_all;
-use crate::scheduler::{ChildRef, DispatchOutcome, Effect};
+use crate::domain::{DispatchId, DispatchOutcome, DispatchSpec, PackageRef, RejectCode};
+use crate::scheduler::{ChildRef, Effect};
 use crate::scheduler_task::msg::Msg;
 use crate::transport::{AgentDialer, Security};
 
@@ -121,14 +122,24 @@ fn dispatch(address: &str, item: u32) -> Effect {
             child: item,
         },
         attempt: 1,
-        request: Box::new(pb::StartJobRequest {
-            dispatch_id: Some(pb::DispatchId {
+        spec: Box::new(DispatchSpec {
+            dispatch_id: DispatchId {
                 execution_id: "e".into(),
                 task_path: "t".into(),
                 item_index: item,
                 attempt: 1,
-            }),
-            ..Default::default()
+            },
+            package: PackageRef {
+                name: String::new(),
+                content_hash: String::new(),
+                content: Arc::from([]),
+            },
+            parameters: Default::default(),
+            coordinator_epoch: 0,
+            deadline_ms: 0,
+            traceparent: String::new(),
+            tracestate: String::new(),
+            folder: String::new(),
         }),
     }
 }
@@ -176,7 +187,7 @@ async fn one_batch_call_per_agent_with_answers_in_order() {
     assert_eq!(accepted_items(&got), [0, 2, 4]);
     assert!(matches!(
         &got[&3],
-        DispatchOutcome::Rejected { code: pb::RejectCode::AtCapacity, reason } if reason == "item 3 is odd"
+        DispatchOutcome::Rejected { code: RejectCode::AtCapacity, reason } if reason == "item 3 is odd"
     ));
     assert_eq!(fake.batch_calls.load(Ordering::SeqCst), 1);
     assert_eq!(fake.single_calls.load(Ordering::SeqCst), 0);

@@ -4,10 +4,10 @@
 //! (the task holds the reply until its batch is committed). A stopped task
 //! answers `ShuttingDown`.
 
-use baton_proto as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::msg::{AgentListing, Msg};
+use crate::domain::{AgentReport, RegisterAnswer};
 use crate::error::CoordinatorError;
 use crate::metrics::MetricsSnapshot;
 use crate::prepare::Plan;
@@ -38,10 +38,7 @@ impl SchedulerHandle {
         rx.await.map_err(|_| CoordinatorError::ShuttingDown)
     }
 
-    pub async fn register(
-        &self,
-        reg: Registration,
-    ) -> Result<pb::RegisterResponse, CoordinatorError> {
+    pub async fn register(&self, reg: Registration) -> Result<RegisterAnswer, CoordinatorError> {
         self.ask(|reply| Msg::Register { reg, reply }).await?
     }
 
@@ -62,11 +59,7 @@ impl SchedulerHandle {
         .await?
     }
 
-    pub async fn event(
-        &self,
-        agent: String,
-        event: pb::AgentEvent,
-    ) -> Result<(), CoordinatorError> {
+    pub async fn event(&self, agent: String, event: AgentReport) -> Result<(), CoordinatorError> {
         self.tx
             .send(Msg::Event { agent, event })
             .await

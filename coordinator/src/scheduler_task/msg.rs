@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use baton_proto as pb;
 use tokio::sync::{oneshot, watch};
 
+use crate::domain::{AgentReport, RegisterAnswer};
 use crate::error::CoordinatorError;
 use crate::metrics::MetricsSnapshot;
 use crate::prepare::Plan;
@@ -32,7 +32,7 @@ pub struct AgentListing {
 pub(crate) enum Msg {
     Register {
         reg: Registration,
-        reply: oneshot::Sender<Result<pb::RegisterResponse, CoordinatorError>>,
+        reply: oneshot::Sender<Result<RegisterAnswer, CoordinatorError>>,
     },
     OpenStream {
         agent: String,
@@ -43,7 +43,7 @@ pub(crate) enum Msg {
     },
     Event {
         agent: String,
-        event: pb::AgentEvent,
+        event: AgentReport,
     },
     Dispatched {
         child: ChildRef,

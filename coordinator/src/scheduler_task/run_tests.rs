@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_proto as pb;
+use crate::domain::{AgentReport, JobProgress, ReportBody};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -50,20 +50,24 @@ impl Recorder {
             Effect::Dispatch {
                 agent,
                 attempt,
-                request,
+                spec,
                 ..
             } => {
                 // The intent (attempt N on agent X) is in the store.
-                let durable = request.dispatch_id.as_ref().is_some_and(|id| {
-                    self.store
-                        .value(&child_key(&id.execution_id, &id.task_path, id.item_index))
-                        .and_then(|v| serde_json::from_slice::<ChildRecord>(&v).ok())
-                        .is_some_and(|c| {
-                            c.phase == Phase::Dispatching
-                                && c.attempt == *attempt
-                                && c.agent.as_deref() == Some(agent.as_str())
-                        })
-                });
+                let id = &spec.dispatch_id;
+                let durable = self
+                    .store
+                    .value(&child_key(
+                        id.execution_id.as_str(),
+                        &id.task_path,
+                        id.item_index,
+                    ))
+                    .and_then(|v| serde_json::from_slice::<ChildRecord>(&v).ok())
+                    .is_some_and(|c| {
+                        c.phase == Phase::Dispatching
+                            && c.attempt == *attempt
+                            && c.agent.as_deref() == Some(agent.as_str())
+                    });
                 Left::Dispatch { durable }
             }
             Effect::Ack { agent, seq } => {
@@ -271,10 +275,10 @@ async fn an_agent_event_is_acknowledged_only_once_it_is_durable() {
         .await
         .unwrap();
     let before = l.hold();
-    let event = pb::AgentEvent {
+    let event = AgentReport {
         seq: 1,
         at_unix_ms: 1,
-        body: Some(pb::agent_event::Body::Progress(pb::JobProgress {
+        body: Some(ReportBody::Progress(JobProgress {
             dispatch_id: None,
             message: "halfway".into(),
         })),
@@ -326,10 +330,10 @@ async fn through_the_real_performer_the_stream_sees_an_ack_only_once_durable() {
         .unwrap();
     store.hold_commits();
     let before = store.commits_started();
-    let event = pb::AgentEvent {
+    let event = AgentReport {
         seq: 1,
         at_unix_ms: 1,
-        body: Some(pb::agent_event::Body::Progress(pb::JobProgress {
+        body: Some(ReportBody::Progress(JobProgress {
             dispatch_id: None,
             message: "halfway".into(),
         })),

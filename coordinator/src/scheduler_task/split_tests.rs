@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use baton_proto as pb;
+use crate::domain::{AgentReport, DispatchId, JobFinished, JobStatus, ReportBody};
 
 use crate::clock::Now;
 use crate::keys::{CHILD_PREFIX, SEQ_PREFIX, child_key, execution_key, seq_key};
@@ -36,23 +36,23 @@ async fn flush(s: &mut Scheduler, store: &FakeStore) -> (Vec<Effect>, usize) {
     (s.take_effects(), chunks.commits())
 }
 
-fn dispatch_ids(effects: &[Effect]) -> Vec<pb::DispatchId> {
+fn dispatch_ids(effects: &[Effect]) -> Vec<DispatchId> {
     effects
         .iter()
         .filter_map(|e| match e {
-            Effect::Dispatch { request, .. } => request.dispatch_id.clone(),
+            Effect::Dispatch { spec, .. } => Some(spec.dispatch_id.clone()),
             _ => None,
         })
         .collect()
 }
 
-fn finished(seq: u64, id: &pb::DispatchId) -> pb::AgentEvent {
-    pb::AgentEvent {
+fn finished(seq: u64, id: &DispatchId) -> AgentReport {
+    AgentReport {
         seq,
         at_unix_ms: 1,
-        body: Some(pb::agent_event::Body::Finished(pb::JobFinished {
+        body: Some(ReportBody::Finished(JobFinished {
             dispatch_id: Some(id.clone()),
-            status: pb::JobStatus::Succeeded as i32,
+            status: JobStatus::Succeeded,
             ..Default::default()
         })),
     }
@@ -70,7 +70,7 @@ fn wide_execution() -> (ExecutionRecord, crate::prepare::Plan) {
 
 /// A scheduler with agent `a1` (room for every child) and a running
 /// execution `e1` of 500 children, all dispatched and durable.
-async fn dispatched(store: &FakeStore) -> (Scheduler, Vec<pb::DispatchId>) {
+async fn dispatched(store: &FakeStore) -> (Scheduler, Vec<DispatchId>) {
     let mut s = Scheduler::new(SchedulerConfig::default(), 1);
     let now = Now::read();
     s.register(registration("a1", CHILDREN), now).unwrap();

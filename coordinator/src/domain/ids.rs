@@ -1,5 +1,6 @@
 //! The coordinator's ids, as types: an agent's name, an execution's id, and
-//! the id of one attempt of one child (what the agent calls its dispatch key).
+//! the id of one attempt of one child (what the agent calls its dispatch key;
+//! the protocol's `DispatchId`, same fields).
 //!
 //! Each id is a string on the wire and in the store; in memory it is its own
 //! type, so that an agent name cannot be passed where an execution id is
@@ -8,8 +9,6 @@
 
 use std::borrow::Borrow;
 use std::fmt;
-
-use baton_proto as pb;
 
 /// An agent's name: how it registered, and the key of its records.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -67,24 +66,27 @@ string_id!(AgentId);
 string_id!(ExecutionId);
 
 /// One attempt of one child: the idempotency key of its dispatch, and the
-/// fence of every report about it.
+/// fence of every report about it. Its four fields are those of the
+/// protocol's `DispatchId`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DispatchId {
-    pub execution: ExecutionId,
-    pub task: String,
-    pub index: u32,
+    pub execution_id: ExecutionId,
+    /// Path of the task in the parent package that produced the child ("fan").
+    pub task_path: String,
+    /// Index of the item in a foreach (0 for a plain child task).
+    pub item_index: u32,
+    /// Attempt number, starting at 1. A new attempt gets a new number.
     pub attempt: u32,
 }
 
-impl DispatchId {
-    /// The protocol form.
-    pub fn to_proto(&self) -> pb::DispatchId {
-        pb::DispatchId {
-            execution_id: self.execution.to_string(),
-            task_path: self.task.clone(),
-            item_index: self.index,
-            attempt: self.attempt,
-        }
+/// `execution/task[index]#attempt`, as the protocol's `DispatchId` prints.
+impl fmt::Display for DispatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}[{}]#{}",
+            self.execution_id, self.task_path, self.item_index, self.attempt
+        )
     }
 }
 
@@ -104,21 +106,13 @@ mod tests {
     }
 
     #[test]
-    fn a_dispatch_id_has_the_protocol_form_the_agent_expects() {
+    fn a_dispatch_id_prints_as_the_protocol_form_does() {
         let id = DispatchId {
-            execution: ExecutionId::new("e1"),
-            task: "fan".into(),
-            index: 3,
+            execution_id: ExecutionId::new("e1"),
+            task_path: "fan".into(),
+            item_index: 3,
             attempt: 2,
         };
-        assert_eq!(
-            id.to_proto(),
-            pb::DispatchId {
-                execution_id: "e1".into(),
-                task_path: "fan".into(),
-                item_index: 3,
-                attempt: 2,
-            }
-        );
+        assert_eq!(id.to_string(), "e1/fan[3]#2");
     }
 }
