@@ -230,7 +230,7 @@ fn dashboard_api_logs_in_reads_streams_and_cancels_within_folder_permissions() {
     );
     let detail = alice.get(&format!("/api/executions/{id}")).json();
     assert_eq!(detail["summary"]["total"], 6, "{detail}");
-    assert_eq!(detail["tasks"].as_array().unwrap().len() >= 1, true);
+    assert!(!detail["tasks"].as_array().unwrap().is_empty(), "{detail}");
     assert_eq!(detail["may_execute"], true);
     let fan = detail["tasks"]
         .as_array()
