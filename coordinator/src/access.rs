@@ -219,8 +219,13 @@ impl Access {
     }
 
     /// The catalog's folders that `who` may read, with their packages and
-    /// versions (at most [`MAX_CATALOG_PACKAGES`] packages).
-    pub async fn catalog(&self, who: &Principal) -> Result<Vec<CatalogFolder>, CoordinatorError> {
+    /// versions (at most [`MAX_CATALOG_PACKAGES`] packages; `true` when some
+    /// were left out). Nothing past the folder list is read for a folder
+    /// `who` may not read.
+    pub async fn catalog(
+        &self,
+        who: &Principal,
+    ) -> Result<(Vec<CatalogFolder>, bool), CoordinatorError> {
         let readable = self.auth.reader(who).await?;
         let catalog = self.coordinator.catalog();
         let mut paths = vec!["/".to_string()];
@@ -234,14 +239,17 @@ impl Access {
         let packages = catalog.packages_below("/").await?;
         let mut out = Vec::new();
         let mut listed = 0;
-        for path in paths.into_iter().filter(|p| readable(p)) {
+        let mut truncated = false;
+        'folders: for path in paths.into_iter().filter(|p| readable(p)) {
             let mut folder = CatalogFolder {
                 path: path.clone(),
                 packages: Vec::new(),
             };
             for p in packages.iter().filter(|p| p.folder == path) {
                 if listed == MAX_CATALOG_PACKAGES {
-                    break;
+                    truncated = true;
+                    out.push(folder);
+                    break 'folders;
                 }
                 listed += 1;
                 let versions = catalog.versions(&p.id).await?;
@@ -249,7 +257,7 @@ impl Access {
             }
             out.push(folder);
         }
-        Ok(out)
+        Ok((out, truncated))
     }
 }
 

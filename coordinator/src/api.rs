@@ -326,21 +326,12 @@ impl Coordinator {
         limit: usize,
         phase: &str,
     ) -> Result<(Vec<(ChildRecord, String)>, u64), CoordinatorError> {
-        if let Some(v) = self.handle.view(id.to_string()).await? {
-            let matching: Vec<usize> = (0..v.children.len())
-                .filter(|&i| phase.is_empty() || v.children[i].phase.as_str() == phase)
-                .collect();
-            let total = matching.len() as u64;
-            let page = matching
-                .into_iter()
-                .skip(offset)
-                .take(limit)
-                .map(|i| {
-                    let waiting = v.waiting.get(i).cloned().unwrap_or_default();
-                    (v.children[i].clone(), waiting)
-                })
-                .collect();
-            return Ok((page, total));
+        if let Some(p) = self
+            .handle
+            .children_page(id.to_string(), offset, limit, phase.to_string())
+            .await?
+        {
+            return Ok((p.children, p.total));
         }
         self.stored(id).await?;
         let needle = format!("\"phase\":\"{phase}\"").into_bytes();

@@ -284,21 +284,26 @@ impl Authority {
     }
 
     /// Issues the web dashboard's server certificate, with a fresh key (PEM,
-    /// kept in memory by the caller): `coordinator.baton` and `names` (DNS
-    /// names or IP addresses, as a browser reaches this coordinator) in its
-    /// subject alternative names, and server authentication as its only
-    /// usage, so that it can never serve as a client's or an agent's identity.
+    /// kept in memory by the caller): `names` (DNS names or IP addresses, as
+    /// a browser reaches this coordinator) in its subject alternative names,
+    /// never a Baton identity (`*.baton`: the dashboard's key cannot pose as
+    /// the coordinator to agents or clients), and server authentication as
+    /// its only usage, so that it can never serve as a client's or an agent's.
     pub fn issue_web(&self, names: &[String], ttl: Duration) -> Result<(Issued, String), PkiError> {
-        let mut sans = vec![COORDINATOR_NAME.to_string()];
-        sans.extend(
-            names
-                .iter()
-                .filter(|n| n.as_str() != COORDINATOR_NAME)
-                .cloned(),
-        );
+        let suffix = format!(".{DOMAIN}");
+        let sans: Vec<String> = names
+            .iter()
+            .filter(|n| !n.ends_with(&suffix) && n.as_str() != DOMAIN)
+            .cloned()
+            .collect();
+        let Some(first) = sans.first().cloned() else {
+            return Err(PkiError::BadName(
+                "no dashboard name besides Baton's own (*.baton)".into(),
+            ));
+        };
         let mut params = CertificateParams::new(sans)?;
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, COORDINATOR_NAME);
+        dn.push(DnType::CommonName, first);
         params.distinguished_name = dn;
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![

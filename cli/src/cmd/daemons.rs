@@ -130,7 +130,8 @@ pub struct CoordinatorArgs {
     #[arg(long, env = "BATON_COORDINATOR_DASHBOARD_LISTEN", value_name = "ADDR")]
     pub dashboard_listen: Option<std::net::SocketAddr>,
     /// A name (DNS name or IP address) browsers use to reach the dashboard,
-    /// put in its certificate besides coordinator.baton; repeat or separate
+    /// put in its certificate (not a Baton identity name such as
+    /// coordinator.baton); repeat or separate
     /// with commas. Default: localhost, 127.0.0.1 and ::1, plus the listen
     /// address when it is a specific one.
     #[arg(

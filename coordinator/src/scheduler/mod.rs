@@ -87,6 +87,6 @@ pub use quarantine::QuarantineConfig;
 pub use resume::refusal as resume_refusal;
 pub use state::{DEFAULT_MAX_PENDING_CHILDREN, Scheduler, SchedulerConfig};
 pub use summary::{
-    ExecutionView, Summary, TaskCounts, count_task, pick_children, summary_from_record, tally,
-    view_from_records,
+    ChildrenPage, ExecutionView, Summary, TaskCounts, count_task, pick_children,
+    summary_from_record, tally, view_from_records,
 };

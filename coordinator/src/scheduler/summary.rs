@@ -51,6 +51,14 @@ pub struct ExecutionView {
     pub task_counts: TaskCounts,
 }
 
+/// A page of an execution's children with their waiting reasons, and how
+/// many children matched the request in all.
+#[derive(Debug, Clone, Default)]
+pub struct ChildrenPage {
+    pub children: Vec<(ChildRecord, String)>,
+    pub total: u64,
+}
+
 /// Children per task, then per phase (`Phase::as_str`).
 pub type TaskCounts = BTreeMap<String, BTreeMap<&'static str, u64>>;
 

@@ -317,3 +317,34 @@ fn a_heartbeat_load_that_is_not_a_number_counts_as_unknown() {
         assert_eq!(view[0].load1.to_bits(), f64::to_bits(kept), "sent {sent}");
     }
 }
+
+/// A page of an in-memory execution's children: in child order, from the
+/// offset, of one phase when asked, with the count of all that match.
+#[test]
+fn a_children_page_is_cut_from_the_children_in_order() {
+    let now = Now::read();
+    let mut s = sched();
+    reg(&mut s, "a", 2, "b1", now);
+    let id = start(&mut s, 10);
+    let all = s.children_page(&id, 0, 100, "").unwrap();
+    assert_eq!(all.total, 10);
+    assert_eq!(all.children.len(), 10);
+    let page = s.children_page(&id, 4, 3, "").unwrap();
+    assert_eq!(page.total, 10);
+    let idx: Vec<u32> = page.children.iter().map(|(c, _)| c.index).collect();
+    assert_eq!(idx, [4, 5, 6]);
+    let view = s.execution_view(&id).unwrap();
+    let pending = view
+        .children
+        .iter()
+        .filter(|c| c.phase.as_str() == "pending")
+        .count() as u64;
+    let only = s.children_page(&id, 0, 100, "pending").unwrap();
+    assert_eq!(only.total, pending);
+    assert!(
+        only.children
+            .iter()
+            .all(|(c, _)| c.phase.as_str() == "pending")
+    );
+    assert!(s.children_page("nope", 0, 10, "").is_none());
+}

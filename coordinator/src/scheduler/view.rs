@@ -5,7 +5,9 @@
 use super::child::Child;
 use super::exec::Exec;
 use super::state::Scheduler;
-use super::summary::{ExecutionView, PHASES, Summary, base, count_phase, pick_children};
+use super::summary::{
+    ChildrenPage, ExecutionView, PHASES, Summary, base, count_phase, pick_children,
+};
 use crate::records::{ChildRecord, Phase};
 
 /// The summary of an execution in memory.
@@ -109,6 +111,33 @@ impl Scheduler {
             children_total,
             task_counts,
         })
+    }
+
+    /// A page of an in-memory execution's children in child order (of one
+    /// phase when `phase` is not empty), each with its waiting reason, and how
+    /// many match: only the page is cloned, whatever the execution's size.
+    pub fn children_page(
+        &self,
+        id: &str,
+        offset: usize,
+        limit: usize,
+        phase: &str,
+    ) -> Option<ChildrenPage> {
+        let e = self.execs.by_id(id)?;
+        let mut page = ChildrenPage::default();
+        let mut matching = 0usize;
+        for c in e.tasks.iter().flat_map(|t| &t.children) {
+            if !phase.is_empty() && c.rec.phase.as_str() != phase {
+                continue;
+            }
+            if matching >= offset && page.children.len() < limit {
+                page.children
+                    .push((c.rec.clone(), c.waiting_reason.clone()));
+            }
+            matching += 1;
+        }
+        page.total = matching as u64;
+        Some(page)
     }
 
     /// A receiver of an in-memory execution's summaries.

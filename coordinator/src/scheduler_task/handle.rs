@@ -102,6 +102,25 @@ impl SchedulerHandle {
         self.view_limited(id, usize::MAX).await
     }
 
+    /// A page of an in-memory execution's children, of one phase when
+    /// `phase` is not empty (`None`: not in memory).
+    pub async fn children_page(
+        &self,
+        id: String,
+        offset: usize,
+        limit: usize,
+        phase: String,
+    ) -> Result<Option<crate::scheduler::ChildrenPage>, CoordinatorError> {
+        self.ask(|reply| Msg::ChildrenPage {
+            id,
+            offset,
+            limit,
+            phase,
+            reply,
+        })
+        .await
+    }
+
     /// One child of an in-memory execution (`None`: not in memory).
     pub async fn child(
         &self,

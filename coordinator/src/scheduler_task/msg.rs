@@ -13,7 +13,7 @@ use crate::metrics::MetricsSnapshot;
 use crate::prepare::Plan;
 use crate::records::{AgentRecord, ChildRecord, ExecutionRecord};
 use crate::scheduler::{
-    CancelOutcome, ChildRef, DispatchOutcome, ExecutionView, Registration, Summary,
+    CancelOutcome, ChildRef, ChildrenPage, DispatchOutcome, ExecutionView, Registration, Summary,
 };
 
 /// An agent as listed.
@@ -81,6 +81,14 @@ pub(crate) enum Msg {
         /// Most children in the view.
         limit: usize,
         reply: oneshot::Sender<Option<ExecutionView>>,
+    },
+    /// A page of an in-memory execution's children (only the page is cloned).
+    ChildrenPage {
+        id: String,
+        offset: usize,
+        limit: usize,
+        phase: String,
+        reply: oneshot::Sender<Option<ChildrenPage>>,
     },
     Watch {
         id: String,

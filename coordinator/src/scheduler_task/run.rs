@@ -222,6 +222,15 @@ fn handle<P: Performer>(sched: &mut Scheduler, out: &mut P, msg: Msg, replies: &
         Msg::View { id, limit, reply } => {
             let _ = reply.send(sched.execution_view_limited(&id, limit));
         }
+        Msg::ChildrenPage {
+            id,
+            offset,
+            limit,
+            phase,
+            reply,
+        } => {
+            let _ = reply.send(sched.children_page(&id, offset, limit, &phase));
+        }
         Msg::Watch { id, reply } => {
             let _ = reply.send(sched.watch(&id));
         }

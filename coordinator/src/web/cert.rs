@@ -1,7 +1,8 @@
-//! The dashboard's own server certificate: issued by Baton's CA for
-//! `coordinator.baton` and the names a browser uses (`--dashboard-name`),
-//! for server authentication only, kept in memory, and issued again at two
-//! thirds of its lifetime (the next handshake presents the new one).
+//! The dashboard's own server certificate: issued by Baton's CA for the
+//! names a browser uses (`--dashboard-name`; never a Baton identity such as
+//! `coordinator.baton`), for server authentication only, kept in memory, and
+//! issued again at two thirds of its lifetime (the next handshake presents
+//! the new one).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -54,6 +55,14 @@ fn issue_now(tls: &LiveTls, names: &[String]) -> Result<(String, String, i64), C
     if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
         return Err(CoordinatorError::Config(format!(
             "--dashboard-name '{bad}' is neither a DNS name nor an IP address"
+        )));
+    }
+    if let Some(own) = names
+        .iter()
+        .find(|n| n.ends_with(".baton") || n.as_str() == "baton")
+    {
+        return Err(CoordinatorError::Config(format!(
+            "--dashboard-name '{own}' is one of Baton's own identity names (*.baton); name the dashboard as browsers reach it"
         )));
     }
     let ttl = tls.cert_ttl();
@@ -147,8 +156,13 @@ mod tests {
         assert!(!c.renew_if_due(now).unwrap());
         assert!(c.renew_if_due(renew_at + 1).unwrap());
         c.server_config().unwrap();
-        // A name that is neither a DNS name nor an address is refused.
-        let e = DashboardCert::issue(tls, vec!["not a name".into()])
+        // A name that is neither a DNS name nor an address is refused, and
+        // so is a Baton identity (the dashboard's key must not pose as one).
+        let e = DashboardCert::issue(tls.clone(), vec!["not a name".into()])
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), "CONFIG_INVALID");
+        let e = DashboardCert::issue(tls, vec!["coordinator.baton".into()])
             .err()
             .unwrap();
         assert_eq!(e.code(), "CONFIG_INVALID");

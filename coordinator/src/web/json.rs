@@ -98,7 +98,9 @@ fn went_wrong(p: Phase) -> bool {
 
 /// An execution's page: summary, tasks with their counts, and the children
 /// of the view, those that went wrong first.
-pub fn detail(v: &ExecutionView, may_execute: bool) -> Value {
+/// `may_cancel` (`run` on its folder) and `may_resume` (`execute`) tell the
+/// page which buttons to show; the actions are checked again when asked for.
+pub fn detail(v: &ExecutionView, may_cancel: bool, may_resume: bool) -> Value {
     let tasks: Vec<Value> = v
         .tasks
         .iter()
@@ -136,11 +138,12 @@ pub fn detail(v: &ExecutionView, may_execute: bool) -> Value {
         "tasks": tasks,
         "children": children,
         "children_total": v.children_total,
-        "may_execute": may_execute,
+        "may_cancel": may_cancel,
+        "may_resume": may_resume,
     })
 }
 
-pub fn catalog(folders: &[CatalogFolder]) -> Value {
+pub fn catalog(folders: &[CatalogFolder], truncated: bool) -> Value {
     let folders: Vec<Value> = folders
         .iter()
         .map(|f| {
@@ -164,7 +167,7 @@ pub fn catalog(folders: &[CatalogFolder]) -> Value {
             json!({"path": f.path, "packages": packages})
         })
         .collect();
-    json!({"folders": folders})
+    json!({"folders": folders, "truncated": truncated})
 }
 
 #[cfg(test)]
@@ -212,7 +215,7 @@ mod tests {
         for c in &v.children {
             crate::scheduler::count_task(&mut v.task_counts, c);
         }
-        let d = detail(&v, false);
+        let d = detail(&v, true, false);
         let paths: Vec<&str> = d["children"]
             .as_array()
             .unwrap()
@@ -223,6 +226,9 @@ mod tests {
         assert_eq!(d["tasks"][0]["counts"]["failed"], 2);
         assert_eq!(d["tasks"][0]["counts"]["running"], 1);
         assert_eq!(d["tasks"][0]["children"], 4);
-        assert_eq!(d["may_execute"], false);
+        assert_eq!(
+            (d["may_cancel"].as_bool(), d["may_resume"].as_bool()),
+            (Some(true), Some(false))
+        );
     }
 }

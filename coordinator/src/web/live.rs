@@ -3,9 +3,12 @@
 //! when they change, and a child's logs as its agent writes them.
 //!
 //! Every stream checks, at least every [`RECHECK`], that its session still
-//! stands and that its token still authenticates (a logout or a revoked
-//! token ends the stream), sends a comment line every [`KEEPALIVE`] so that a
-//! dead connection is noticed, and ends when the term that serves it ends.
+//! stands, that its token still authenticates and that its principal may
+//! still read what it shows (a logout, a revoked token or a revoked grant
+//! ends the stream), sends a comment line every [`KEEPALIVE`] so that a dead
+//! connection is noticed, stops its work as soon as the connection is gone,
+//! holds one of its session's few stream places ([`super::session::MAX_STREAMS`])
+//! and ends when the term that serves it ends.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +21,7 @@ use super::json;
 use super::reply::{Events, event};
 use crate::access::Access;
 use crate::api::Watched;
-use crate::auth::{Credential, Principal};
+use crate::auth::{Credential, Permission, Principal};
 use crate::grpc::child_output::{ChildOutputs, Target};
 
 /// How often a stream checks its session and token.
@@ -33,14 +36,20 @@ const POLL_EXECUTIONS: Duration = Duration::from_secs(2);
 /// Log bytes sent in one event at most (a chunk may be larger).
 const LOG_EVENT_BYTES: usize = 32 * 1024;
 
-/// Whether the caller may still listen: its session is open and its token
-/// authenticates as the same principal.
+/// Whether the caller may still listen: its session is open, its token
+/// authenticates as the same principal, and that principal may still read
+/// the folder of what the stream shows.
 pub struct Standing {
     pub access: Access,
     pub who: Principal,
     /// Looks the session's token up again (`None`: the session ended).
     pub token: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// The folder whose `read` the stream needs (an execution's); `None`: a
+    /// listing, filtered at each read.
+    pub folder: Option<String>,
     pub checked: Instant,
+    /// Gives the session's stream place back when the stream ends.
+    pub _slot: Option<Box<dyn Send + Sync>>,
 }
 
 impl Standing {
@@ -53,12 +62,21 @@ impl Standing {
         let Some(token) = (self.token)() else {
             return false;
         };
-        matches!(
+        let same = matches!(
             self.access
                 .authenticate(&Credential::Bearer(Some(token)), "DashboardEvents")
                 .await,
             Ok(p) if p.name == self.who.name
-        )
+        );
+        match &self.folder {
+            Some(folder) if same => self
+                .access
+                .auth()
+                .require(&self.who, Permission::Read, folder, "DashboardEvents")
+                .await
+                .is_ok(),
+            _ => same,
+        }
     }
 }
 
@@ -97,6 +115,7 @@ pub fn execution(mut standing: Standing, watched: Watched) -> Events {
             let rest = SUMMARY_EVERY.saturating_sub(last_sent.elapsed());
             tokio::time::sleep(rest).await;
             tokio::select! {
+                () = tx.closed() => return,
                 changed = rx.changed() => {
                     if changed.is_err() {
                         // The term ended (or the execution left memory
@@ -136,11 +155,14 @@ where
                     quiet_since = Instant::now();
                 }
                 Ok(_) => {}
-                Err(e) => {
+                Err(e) if matches!(e.status.as_u16(), 401 | 403) => {
                     let data = serde_json::json!({"code": e.code, "message": e.message});
                     let _ = tx.send(event("error", &data.to_string())).await;
                     return;
                 }
+                // A store or a term that does not answer now: the page keeps
+                // what it shows, and the next poll tries again.
+                Err(_) => {}
             }
             if quiet_since.elapsed() >= KEEPALIVE {
                 if tx.send(keepalive()).await.is_err() {
@@ -148,7 +170,10 @@ where
                 }
                 quiet_since = Instant::now();
             }
-            tokio::time::sleep(every).await;
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = tx.closed() => return,
+            }
             if !standing.holds().await {
                 return;
             }
@@ -199,8 +224,11 @@ pub fn logs(mut standing: Standing, outputs: ChildOutputs, target: Target) -> Ev
                 return;
             }
         };
+        // Bytes of a character cut at the end of a chunk, per stream.
+        let (mut carry_out, mut carry_err) = (Vec::new(), Vec::new());
         loop {
             let next = tokio::select! {
+                () = tx.closed() => return,
                 n = chunks.next() => n,
                 () = tokio::time::sleep(KEEPALIVE) => {
                     if tx.send(keepalive()).await.is_err() || !standing.holds().await {
@@ -215,15 +243,16 @@ pub fn logs(mut standing: Standing, outputs: ChildOutputs, target: Target) -> Ev
                     return;
                 }
                 Some(Ok(chunk)) => {
-                    let stream = if chunk.stream == pb::LogStream::Stderr as i32 {
-                        "stderr"
+                    let (stream, carry) = if chunk.stream == pb::LogStream::Stderr as i32 {
+                        ("stderr", &mut carry_err)
                     } else {
-                        "stdout"
+                        ("stdout", &mut carry_out)
                     };
-                    for part in chunk.data.chunks(LOG_EVENT_BYTES) {
+                    let text = utf8_text(carry, &chunk.data);
+                    for part in text_parts(&text, LOG_EVENT_BYTES) {
                         let data = serde_json::json!({
                             "stream": stream,
-                            "text": String::from_utf8_lossy(part),
+                            "text": part,
                         });
                         if tx.send(event("log", &data.to_string())).await.is_err() {
                             return;
@@ -249,6 +278,47 @@ pub fn logs(mut standing: Standing, outputs: ChildOutputs, target: Target) -> Ev
     }))
 }
 
+/// The text of `data` after the bytes `carry` held back from the chunk
+/// before; the bytes of a character cut at the end are held back in turn
+/// (at most 3), and invalid bytes become U+FFFD.
+fn utf8_text(carry: &mut Vec<u8>, data: &[u8]) -> String {
+    carry.extend_from_slice(data);
+    let cut = match std::str::from_utf8(carry) {
+        Ok(_) => carry.len(),
+        // An incomplete character at the very end: keep it for the next chunk.
+        Err(e) if e.error_len().is_none() => e.valid_up_to(),
+        Err(_) => {
+            // Invalid bytes somewhere: hold back only an incomplete tail.
+            let tail = (1..=3.min(carry.len()))
+                .find(|&n| {
+                    let t = &carry[carry.len() - n..];
+                    matches!(std::str::from_utf8(t), Err(e) if e.error_len().is_none() && e.valid_up_to() == 0)
+                })
+                .unwrap_or(0);
+            carry.len() - tail
+        }
+    };
+    let text = String::from_utf8_lossy(&carry[..cut]).into_owned();
+    carry.drain(..cut);
+    text
+}
+
+/// `text` in parts of at most `max` bytes, cut at character boundaries.
+fn text_parts(text: &str, max: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(max);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
+        }
+        let (part, after) = rest.split_at(end.max(1).min(rest.len()));
+        parts.push(part);
+        rest = after;
+    }
+    parts
+}
+
 /// A stream fed by a task: `body` sends into a small channel and ends when
 /// the receiver (the connection) is gone.
 fn async_stream<F, Fut>(body: F) -> impl tokio_stream::Stream<Item = Bytes> + Send
@@ -259,4 +329,30 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tokio::spawn(body(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{text_parts, utf8_text};
+
+    #[test]
+    fn a_character_cut_between_chunks_arrives_whole() {
+        let mut carry = Vec::new();
+        let bytes = "é–x".as_bytes();
+        assert_eq!(utf8_text(&mut carry, &bytes[..1]), "");
+        assert_eq!(utf8_text(&mut carry, &bytes[1..3]), "é");
+        assert_eq!(utf8_text(&mut carry, &bytes[3..]), "–x");
+        assert!(carry.is_empty());
+        // Invalid bytes are replaced, not held back.
+        assert_eq!(utf8_text(&mut carry, b"a\xffb"), "a\u{fffd}b");
+    }
+
+    #[test]
+    fn parts_are_cut_at_character_boundaries() {
+        let text = "aé".repeat(10);
+        for part in text_parts(&text, 4) {
+            assert!(part.len() <= 4);
+        }
+        assert_eq!(text_parts(&text, 4).concat(), text);
+    }
 }

@@ -3,9 +3,9 @@
 //! the coordinator itself over HTTPS.
 //!
 //! - **TLS.** The dashboard's certificate is issued at start by Baton's CA
-//!   (the coordinator holds it) for `coordinator.baton` and the names given
-//!   with `--dashboard-name` (DNS names or IP addresses a browser uses),
-//!   for server authentication only, and renewed at two thirds of its
+//!   (the coordinator holds it) for the names given with `--dashboard-name`
+//!   (DNS names or IP addresses a browser uses; never a Baton identity such
+//!   as `coordinator.baton`), for server authentication only, and renewed at two thirds of its
 //!   lifetime without a restart ([`cert`]). A browser trusts Baton's CA once.
 //! - **Login** with an API token (`baton token create --kind api`), which
 //!   opens a session held in an HttpOnly, Secure, SameSite=Strict cookie
@@ -13,8 +13,8 @@
 //! - **Authorization** through the same access layer as the gRPC API
 //!   ([`crate::access`]): the same folder permissions, deny by default,
 //!   refusals audited per source.
-//! - **Bounded.** At most [`MAX_CONNECTIONS`] connections (one more is
-//!   closed at once), [`HANDSHAKE_TIMEOUT`] for TLS and [`HEADER_TIMEOUT`]
+//! - **Bounded.** At most [`MAX_CONNECTIONS`] connections, [`MAX_PER_SOURCE`]
+//!   of one address (one more is closed at once), [`HANDSHAKE_TIMEOUT`] for TLS and [`HEADER_TIMEOUT`]
 //!   for a request's head, request bodies of at most 8 KiB
 //!   bytes, listings and children paged. A request without a session reads
 //!   nothing from the store and writes nothing but its aggregated refusal.
@@ -50,6 +50,9 @@ use crate::live_tls::LiveTls;
 
 /// Connections served at once (pages keep one or two event streams open).
 pub const MAX_CONNECTIONS: usize = 128;
+/// Connections of one source address at once: one address cannot take every
+/// place (a browser opens at most six per host).
+pub const MAX_PER_SOURCE: usize = 32;
 /// Time to finish the TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to send a request's head.
@@ -89,6 +92,10 @@ pub(crate) fn spawn(
     let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
     let web = Arc::new(web);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        std::net::IpAddr,
+        usize,
+    >::new()));
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, names = ?config.names, "dashboard serving at https://{addr}/");
     }
@@ -105,13 +112,17 @@ pub(crate) fn spawn(
                     }
                 },
             };
+            let Some(source) = PerSource::enter(&per_source, peer.ip()) else {
+                debug!(%peer, "dashboard: too many connections from this address; closed");
+                continue;
+            };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
                 debug!(%peer, "dashboard: too many connections; closed");
                 continue;
             };
             let (acceptor, web, shutdown) = (acceptor.clone(), web.clone(), shutdown.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                let _permit = (permit, source);
                 let Ok(Ok(tls)) =
                     tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
                 else {
@@ -142,4 +153,63 @@ pub(crate) fn spawn(
         }
     });
     Ok(())
+}
+
+/// One connection of a source address, counted while it lives.
+struct PerSource {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl PerSource {
+    /// Counts a connection of `ip`; `None` when it has [`MAX_PER_SOURCE`].
+    fn enter(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<PerSource> {
+        let mut map = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_default();
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(PerSource {
+            counts: counts.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerSource {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_address_holds_a_bounded_number_of_connections() {
+        let counts = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let held: Vec<PerSource> = (0..MAX_PER_SOURCE)
+            .map(|_| PerSource::enter(&counts, ip).unwrap())
+            .collect();
+        assert!(PerSource::enter(&counts, ip).is_none());
+        assert!(PerSource::enter(&counts, "10.0.0.2".parse().unwrap()).is_some());
+        drop(held);
+        assert!(
+            counts.lock().unwrap().get(&ip).is_none(),
+            "forgotten when none is left"
+        );
+        assert!(PerSource::enter(&counts, ip).is_some());
+    }
 }

@@ -28,6 +28,8 @@ use crate::grpc::child_output::ChildOutputs;
 
 /// The most bytes of a request body (a login's token, an empty action).
 pub const MAX_BODY: usize = 8 * 1024;
+/// Time to send a request body (a login's token).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest execution id or child path accepted in a URL.
 const MAX_ID: usize = 128;
 /// Children of an execution's page when the request names no limit, and the most.
@@ -191,10 +193,13 @@ async fn route(web: Arc<Web>, req: Request<Incoming>) -> Result<Response<Body>, 
             let id = checked_id(id)?;
             let limit = number(&q, "limit", DEFAULT_CHILDREN, MAX_CHILDREN)?;
             let view = access.view(&who, id, limit, call).await?;
-            let may = access
-                .holds(&who, Permission::Run, &view.summary.folder)
-                .await?;
-            Ok(reply::json(StatusCode::OK, &json::detail(&view, may)))
+            let folder = &view.summary.folder;
+            let may_cancel = access.holds(&who, Permission::Run, folder).await?;
+            let may_resume = access.holds(&who, Permission::Execute, folder).await?;
+            Ok(reply::json(
+                StatusCode::OK,
+                &json::detail(&view, may_cancel, may_resume),
+            ))
         }
         (&Method::GET, ["executions", id, "children"]) => {
             let id = checked_id(id)?;
@@ -210,17 +215,20 @@ async fn route(web: Arc<Web>, req: Request<Incoming>) -> Result<Response<Body>, 
             if child.len() > MAX_ID {
                 return Err(ApiError::bad_request("child path too long"));
             }
-            access.child_folder_check(&who, id, call).await?;
+            let folder = access.child_folder_check(&who, id, call).await?;
             let outputs = ChildOutputs::new(access.coordinator().clone(), web.dialer.clone());
             let target = outputs.target(id, child, 0).await?;
-            let standing = standing(&web, access, who, session_id);
+            let standing = standing(&web, access, who, session_id, Some(folder))?;
             Ok(reply::events(live::logs(standing, outputs, target)))
         }
         (&Method::GET, ["events", "execution", id]) => {
             let id = checked_id(id)?;
-            let watched = access.watch(&who, id, call).await?;
+            let folder = access
+                .on_execution(&who, id, Permission::Read, call)
+                .await?;
+            let watched = access.coordinator().watch(id).await?;
             Ok(reply::events(live::execution(
-                standing(&web, access, who, session_id),
+                standing(&web, access, who, session_id, Some(folder))?,
                 watched,
             )))
         }
@@ -228,11 +236,11 @@ async fn route(web: Arc<Web>, req: Request<Incoming>) -> Result<Response<Body>, 
             // Refused at once, not in the stream, when `read` on "/" is missing.
             access.agents(&who, call).await?;
             Ok(reply::events(live::fleet(standing(
-                &web, access, who, session_id,
-            ))))
+                &web, access, who, session_id, None,
+            )?)))
         }
         (&Method::GET, ["events", "executions"]) => Ok(reply::events(live::executions(
-            standing(&web, access, who, session_id),
+            standing(&web, access, who, session_id, None)?,
             param(&q, "state").to_string(),
             param(&q, "package").to_string(),
             param(&q, "folder").to_string(),
@@ -260,8 +268,11 @@ async fn route(web: Arc<Web>, req: Request<Incoming>) -> Result<Response<Body>, 
             ))
         }
         (&Method::GET, ["catalog"]) => {
-            let folders = access.catalog(&who).await?;
-            Ok(reply::json(StatusCode::OK, &json::catalog(&folders)))
+            let (folders, truncated) = access.catalog(&who).await?;
+            Ok(reply::json(
+                StatusCode::OK,
+                &json::catalog(&folders, truncated),
+            ))
         }
         _ => Err(ApiError::not_found(&path)),
     }
@@ -317,20 +328,64 @@ async fn authenticated(
     {
         Ok(p) => Ok((p, id)),
         Err(e) => {
-            web.sessions.close(&id);
+            // A store that does not answer now is no reason to log out.
+            if matches!(
+                e,
+                CoordinatorError::Unauthenticated(_)
+                    | CoordinatorError::TokenRevoked(_)
+                    | CoordinatorError::TokenExpired(_)
+            ) {
+                web.sessions.close(&id);
+            }
             Err(ApiError::from(e))
         }
     }
 }
 
-fn standing(web: &Arc<Web>, access: Access, who: Principal, session_id: String) -> Standing {
+/// Gives a session's stream place back when its stream ends.
+struct StreamSlot {
+    web: Arc<Web>,
+    session_id: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.web.sessions.close_stream(&self.session_id);
+    }
+}
+
+/// What a new event stream of the session checks as it runs; refused when
+/// the session has its most streams open.
+fn standing(
+    web: &Arc<Web>,
+    access: Access,
+    who: Principal,
+    session_id: String,
+    folder: Option<String>,
+) -> Result<Standing, ApiError> {
+    if !web.sessions.open_stream(&session_id) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TOO_MANY_STREAMS",
+            format!(
+                "this session has {} live streams open already; close a page",
+                session::MAX_STREAMS
+            ),
+        ));
+    }
+    let slot = StreamSlot {
+        web: web.clone(),
+        session_id: session_id.clone(),
+    };
     let web = web.clone();
-    Standing {
+    Ok(Standing {
         access,
         who,
         token: Arc::new(move || web.sessions.token(&session_id, Instant::now())),
+        folder,
         checked: Instant::now(),
-    }
+        _slot: Some(Box::new(slot)),
+    })
 }
 
 async fn login(
@@ -338,17 +393,29 @@ async fn login(
     access: &Access,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BODY_TOO_LARGE",
-                format!("a request body holds at most {MAX_BODY} bytes"),
-            )
-        })?
-        .to_bytes();
+    let body = tokio::time::timeout(
+        BODY_TIMEOUT,
+        Limited::new(req.into_body(), MAX_BODY).collect(),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "BODY_TIMEOUT",
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )
+    })?
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BODY_TOO_LARGE",
+            format!("a request body holds at most {MAX_BODY} bytes"),
+        )
+    })?
+    .to_bytes();
     let token = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_string))
@@ -356,7 +423,7 @@ async fn login(
     let who = access
         .authenticate(&Credential::Bearer(Some(token.clone())), "DashboardLogin")
         .await?;
-    let Some(id) = web.sessions.open(&token, Instant::now()) else {
+    let Some(id) = web.sessions.open(&token, &who.name, Instant::now()) else {
         return Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "IO_FAILED",

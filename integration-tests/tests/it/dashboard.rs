@@ -36,7 +36,7 @@ impl Got {
     }
 }
 
-/// A curl that trusts the cluster's CA and reaches `coordinator.baton` on loopback.
+/// A curl that trusts the cluster's CA and reaches `dashboard.test` on loopback.
 pub struct Client {
     pub port: u16,
     pub ca: PathBuf,
@@ -53,7 +53,7 @@ impl Client {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("https://coordinator.baton:{}{path}", self.port)
+        format!("https://dashboard.test:{}{path}", self.port)
     }
 
     /// `curl` with `args` on `path`; `max_s` bounds it (an event stream is
@@ -67,7 +67,7 @@ impl Client {
             .arg(&self.ca)
             .args([
                 "--resolve",
-                &format!("coordinator.baton:{}:127.0.0.1", self.port),
+                &format!("dashboard.test:{}:127.0.0.1", self.port),
             ])
             .arg("-b")
             .arg(&self.jar)
@@ -133,7 +133,12 @@ fn dashboard_api_logs_in_reads_streams_and_cancels_within_folder_permissions() {
     let mut c = Cluster::new("dashboard-api");
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    c.start_coordinator_with(&["--dashboard-listen", &listen]);
+    c.start_coordinator_with(&[
+        "--dashboard-listen",
+        &listen,
+        "--dashboard-name",
+        "dashboard.test,127.0.0.1",
+    ]);
     c.start_agent("a1", 2);
     c.start_agent("a2", 2);
     c.agents_ready(2);
@@ -158,7 +163,7 @@ fn dashboard_api_logs_in_reads_streams_and_cancels_within_folder_permissions() {
     let nobody = Client::new(c.root(), ca.clone(), port, "nobody");
 
     // The page, with its security headers; the certificate verified by curl
-    // against Baton's CA for coordinator.baton.
+    // against Baton's CA for dashboard.test.
     let page = nobody.get("/");
     assert_eq!(page.status, 200, "{}", page.body);
     assert!(page.body.contains("/assets/app.js"), "{}", page.body);
@@ -207,7 +212,10 @@ fn dashboard_api_logs_in_reads_streams_and_cancels_within_folder_permissions() {
     assert_eq!(g.status, 200, "{}", g.body);
     assert_eq!(g.json()["principal"], "alice");
     let cookie = g.headers.to_ascii_lowercase();
-    assert!(cookie.contains("set-cookie: baton_session="), "{cookie}");
+    assert!(
+        cookie.contains("set-cookie: __host-baton_session="),
+        "{cookie}"
+    );
     assert!(
         cookie.contains("httponly")
             && cookie.contains("secure")
@@ -231,7 +239,11 @@ fn dashboard_api_logs_in_reads_streams_and_cancels_within_folder_permissions() {
     let detail = alice.get(&format!("/api/executions/{id}")).json();
     assert_eq!(detail["summary"]["total"], 6, "{detail}");
     assert!(!detail["tasks"].as_array().unwrap().is_empty(), "{detail}");
-    assert_eq!(detail["may_execute"], true);
+    assert_eq!(detail["may_cancel"], true, "{detail}");
+    assert_eq!(
+        detail["may_resume"], false,
+        "run on /team, not execute: {detail}"
+    );
     let fan = detail["tasks"]
         .as_array()
         .unwrap()

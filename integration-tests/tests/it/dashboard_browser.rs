@@ -47,7 +47,12 @@ fn dashboard_in_a_browser_shows_a_live_run_streams_logs_cancels_and_hides_what_i
     let port = crate::dashboard::free_port();
     let listen = format!("{}:{port}", netns.host_ip());
     let mut c = Cluster::new("dashboard-browser");
-    c.start_coordinator_with(&["--dashboard-listen", &listen]);
+    c.start_coordinator_with(&[
+        "--dashboard-listen",
+        &listen,
+        "--dashboard-name",
+        "dashboard.test",
+    ]);
     c.start_agent("a1", 2);
     c.start_agent("a2", 2);
     c.agents_ready(2);
@@ -74,13 +79,8 @@ fn dashboard_in_a_browser_shows_a_live_run_streams_logs_cancels_and_hides_what_i
     let shots = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let ca = c.ca_dir().join("ca.pem");
-    let b = Browser::start(
-        &netns,
-        &ca,
-        &[("coordinator.baton", netns.host_ip())],
-        &shots,
-    );
-    let base = format!("https://coordinator.baton:{port}");
+    let b = Browser::start(&netns, &ca, &[("dashboard.test", netns.host_ip())], &shots);
+    let base = format!("https://dashboard.test:{port}");
 
     // The login page first (no session), then alice.
     b.goto(&format!("{base}/"));

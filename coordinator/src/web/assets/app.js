@@ -376,7 +376,7 @@
       h('h1', null, 'Fleet'),
       summary,
       h('table', { class: 'grid', 'data-testid': 'agents-table' },
-        thead('Agent', 'State', 'Labels', '#Slots used', '#Free', '#Load', 'Last heartbeat', 'Quarantine', 'Not ready'),
+        thead('Agent', 'State', 'Labels', '#Slots used', '#Free', '#Load', 'Last heartbeat', 'Quarantine'),
         tbody),
     );
     const render = (data) => {
@@ -415,7 +415,6 @@
       h('td', { class: hbAge > 15000 ? 'stale' : '' }, relTime(a.last_heartbeat_unix_ms)),
       q ? cell(h('span', { class: 'reason' }, q.reason || 'quarantined'), q.until_unix_ms ? h('span', { class: 'muted' }, ' · lifts ', relTime(q.until_unix_ms)) : null)
         : cell(h('span', { class: 'muted' }, '—')),
-      cell(a.not_ready ? h('span', { class: 'reason' }, a.not_ready) : ''),
     );
   }
 
@@ -528,7 +527,7 @@
     async function refetch() {
       const d = await api(`/api/executions/${enc(id)}?limit=${TIMELINE_MAX}`);
       if (!ctx.alive) return;
-      st.may = !!d.may_execute;
+      st.may = { cancel: !!d.may_cancel, resume: !!d.may_resume };
       applySummary(d.summary);
       tasks.update(d.tasks || []);
       fails.update(d.children || []);
@@ -617,8 +616,8 @@
       waiting.textContent = s.waiting ? `Waiting: ${s.waiting}` : '';
       reason.hidden = !s.reason;
       reason.textContent = s.reason ? `Reason: ${s.reason}` : '';
-      cancelBtn.hidden = !(may && s.state === 'running');
-      resumeBtn.hidden = !(may && (s.state === 'failed' || s.state === 'cancelled'));
+      cancelBtn.hidden = !(may && may.cancel && s.state === 'running');
+      resumeBtn.hidden = !(may && may.resume && (s.state === 'failed' || s.state === 'cancelled'));
       meta.replaceChildren(...metaItems(s));
       perAgent.replaceChildren(...perAgentItems(s.per_agent || {}));
     }
