@@ -93,7 +93,7 @@ impl DashboardCert {
         }))
     }
 
-    /// A server configuration for browsers: HTTP/1.1, no client certificate
+    /// A server configuration for browsers: HTTP/2 or HTTP/1.1, no client certificate
     /// (people log in with a token), this certificate.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, CoordinatorError> {
         let mut config = rustls::ServerConfig::builder_with_provider(baton_proto::tls::provider())
@@ -101,7 +101,7 @@ impl DashboardCert {
             .map_err(|e| CoordinatorError::Transport(format!("dashboard TLS: {e}")))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(self.live.clone()));
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 

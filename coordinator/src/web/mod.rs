@@ -1,6 +1,7 @@
 //! The web dashboard (`baton coordinator --dashboard-listen ADDR`): pages of
 //! the fleet, the executions, one execution live and the catalog, served by
-//! the coordinator itself over HTTPS.
+//! the coordinator itself over HTTPS (HTTP/2, or HTTP/1.1 for a client that
+//! does not offer it).
 //!
 //! - **TLS.** The dashboard's certificate is issued at start by Baton's CA
 //!   (the coordinator holds it) for the names given with `--dashboard-name`
@@ -39,7 +40,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -57,8 +59,14 @@ pub const MAX_PER_SOURCE: usize = 32;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to send a request's head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer of a connection.
+/// Read buffer of an HTTP/1.1 connection, and the most header bytes of an
+/// HTTP/2 request.
 const MAX_BUF: usize = 16 * 1024;
+/// Requests (event streams included) open at once on one HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 32;
+/// An HTTP/2 connection whose peer does not answer a ping this long is closed.
+const H2_PING_EVERY: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Where and as what the dashboard is served.
 #[derive(Debug, Clone)]
@@ -135,11 +143,23 @@ pub(crate) fn spawn(
                         Ok::<_, std::convert::Infallible>(routes::handle(web, req).await)
                     })
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
+                // HTTP/2 when the browser offers it (ALPN): its live streams
+                // and requests share one connection, so several open pages
+                // do not run into a browser's six connections per host.
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .max_buf_size(MAX_BUF)
-                    .serve_connection(TokioIo::new(tls), service);
+                    .max_buf_size(MAX_BUF);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .max_concurrent_streams(MAX_H2_STREAMS)
+                    .max_header_list_size(MAX_BUF as u32)
+                    .keep_alive_interval(Some(H2_PING_EVERY))
+                    .keep_alive_timeout(H2_PING_TIMEOUT);
+                let conn = builder.serve_connection(TokioIo::new(tls), service);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
                     r = conn.as_mut() => {

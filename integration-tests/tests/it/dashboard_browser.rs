@@ -86,6 +86,14 @@ fn dashboard_in_a_browser_shows_a_live_run_streams_logs_cancels_and_hides_what_i
     b.goto(&format!("{base}/"));
     b.wait_for("[data-testid=\"token-input\"]", |_| true, WAIT);
     b.screenshot("dashboard-login");
+    // Served over HTTP/2: the page's live streams share one connection.
+    let protocol =
+        b.execute("return performance.getEntriesByType('navigation')[0].nextHopProtocol;");
+    assert_eq!(
+        protocol.as_str(),
+        Some("h2"),
+        "the page came over {protocol}"
+    );
     log_in(&b, &base, &alice, "alice");
 
     // The fleet: both agents.
