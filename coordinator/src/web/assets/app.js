@@ -450,7 +450,9 @@
       older.dataset.token = (d && d.next_page_token) || '';
       newer.disabled = tokens.length === 0;
     };
+    let loads = 0; // a newer load makes an older one's answer stale
     const load = async () => {
+      const mine = ++loads;
       if (sub) sub.close();
       sub = null;
       const q = new URLSearchParams(query());
@@ -458,7 +460,7 @@
       if (token) q.set('page_token', token);
       try {
         const d = await api(`/api/executions?${q}`);
-        if (!ctx.alive) return;
+        if (!ctx.alive || mine !== loads) return;
         render(d);
         note.textContent = token ? 'older page: not live' : '';
         if (!token) sub = openEvents(ctx, `/api/events/executions?${query()}`, { executions: render });
