@@ -8,9 +8,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tokio_stream::StreamExt;
@@ -50,8 +52,8 @@ pub(super) async fn handle(web: Arc<Web>, req: Request<Incoming>) -> Response<Bo
 }
 
 /// The query string's parameters, percent-decoded.
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
+fn query(req: &Parts) -> HashMap<String, String> {
+    req.uri
         .query()
         .unwrap_or("")
         .split('&')
@@ -119,8 +121,9 @@ fn checked_id(id: &str) -> Result<&str, ApiError> {
 }
 
 async fn route(web: Arc<Web>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    let (req, body) = req.into_parts();
+    let method = req.method.clone();
+    let path = req.uri.path().to_string();
     if method == Method::GET || method == Method::HEAD {
         if let Some((content_type, text)) = assets::get(&path) {
             return Ok(reply::asset(content_type, text));
@@ -133,9 +136,17 @@ async fn route(web: Arc<Web>, req: Request<Incoming>) -> Result<Response<Body>, 
         return Err(ApiError::not_found(&path));
     };
     let segments: Vec<&str> = api.split('/').collect();
+    // A POST's body is read (bounded) before any answer: an answer sent
+    // while the client still sends would reset its HTTP/2 stream, and the
+    // client would see an error instead of the answer.
+    let body = if method == Method::POST {
+        read_body(body).await?
+    } else {
+        Bytes::new()
+    };
     if method == Method::POST {
         let marked = req
-            .headers()
+            .headers
             .get(CSRF_HEADER)
             .is_some_and(|v| v.as_bytes() == b"1");
         if !marked {
@@ -160,7 +171,7 @@ async fn route(web: Arc<Web>, req: Request<Incoming>) -> Result<Response<Body>, 
         Auth::new(coordinator.store.clone(), web.audit.clone()),
     );
     match (&method, segments.as_slice()) {
-        (&Method::POST, ["login"]) => return login(&web, &access, req).await,
+        (&Method::POST, ["login"]) => return login(&web, &access, &body).await,
         (&Method::POST, ["logout"]) => return Ok(logout(&web, &req)),
         _ => {}
     }
@@ -297,11 +308,11 @@ fn call_name(method: &Method, segments: &[&str]) -> &'static str {
 async fn authenticated(
     web: &Web,
     access: &Access,
-    req: &Request<Incoming>,
+    req: &Parts,
     call: &str,
 ) -> Result<(Principal, String), ApiError> {
     let id = req
-        .headers()
+        .headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -388,35 +399,34 @@ fn standing(
     })
 }
 
-async fn login(
-    web: &Web,
-    access: &Access,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
-    let body = tokio::time::timeout(
-        BODY_TIMEOUT,
-        Limited::new(req.into_body(), MAX_BODY).collect(),
+/// A request's body, at most [`MAX_BODY`] bytes within [`BODY_TIMEOUT`].
+async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    Ok(
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY).collect())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "BODY_TIMEOUT",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "BODY_TOO_LARGE",
+                    format!("a request body holds at most {MAX_BODY} bytes"),
+                )
+            })?
+            .to_bytes(),
     )
-    .await
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "BODY_TIMEOUT",
-            format!(
-                "the request body did not arrive within {} s",
-                BODY_TIMEOUT.as_secs()
-            ),
-        )
-    })?
-    .map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "BODY_TOO_LARGE",
-            format!("a request body holds at most {MAX_BODY} bytes"),
-        )
-    })?
-    .to_bytes();
-    let token = serde_json::from_slice::<serde_json::Value>(&body)
+}
+
+async fn login(web: &Web, access: &Access, body: &Bytes) -> Result<Response<Body>, ApiError> {
+    let token = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("token").and_then(|t| t.as_str()).map(str::to_string))
         .ok_or_else(|| ApiError::bad_request("send {\"token\": \"btn_api_…\"}"))?;
@@ -441,8 +451,8 @@ async fn login(
     Ok(r)
 }
 
-fn logout(web: &Web, req: &Request<Incoming>) -> Response<Body> {
-    for v in req.headers().get_all(header::COOKIE) {
+fn logout(web: &Web, req: &Parts) -> Response<Body> {
+    for v in req.headers.get_all(header::COOKIE) {
         if let Some(id) = v.to_str().ok().and_then(session::from_cookie) {
             web.sessions.close(id);
         }
