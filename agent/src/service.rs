@@ -18,7 +18,7 @@ use crate::error::AgentError;
 use crate::jobs::JobState;
 use crate::logs::{self, LogRequest};
 use crate::model::{DispatchKey, StartJob};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{Launch, Supervisor};
 
 /// `AgentService` over a [`Supervisor`].
 pub struct AgentGrpc {
@@ -79,8 +79,22 @@ fn rejected(r: Rejection) -> pb::StartJobResponse {
 }
 
 impl AgentGrpc {
-    /// Decides one StartJob of the coordinator (already authenticated).
+    /// Decides one StartJob of the coordinator (already authenticated); the
+    /// runner of an accepted job starts before this returns.
     fn decide(&self, request: pb::StartJobRequest) -> pb::StartJobResponse {
+        let (answer, launch) = self.decide_deferred(request);
+        if let Some(l) = launch {
+            l.start();
+        }
+        answer
+    }
+
+    /// Decides one StartJob and hands back, for an accepted new job, what
+    /// starts its runner: a batch's answer does not wait for plans and tasks.
+    fn decide_deferred(
+        &self,
+        request: pb::StartJobRequest,
+    ) -> (pb::StartJobResponse, Option<Launch>) {
         let job = match StartJob::try_from(request) {
             Ok(job) => job,
             Err(e) => {
@@ -89,18 +103,21 @@ impl AgentGrpc {
                     other => other.to_string(),
                 };
                 info!(code = "INVALID_REQUEST", %reason, "job rejected");
-                return rejected(Rejection::new(pb::RejectCode::InvalidRequest, reason));
+                return (
+                    rejected(Rejection::new(pb::RejectCode::InvalidRequest, reason)),
+                    None,
+                );
             }
         };
         let id = job.dispatch.clone();
-        match self.supervisor.start_job(job) {
-            Ok(()) => {
+        match self.supervisor.decide(job) {
+            Ok(launch) => {
                 debug!(dispatch = %id, "job accepted");
-                accepted()
+                (accepted(), launch)
             }
             Err(r) => {
                 info!(dispatch = %id, code = r.code_str(), "job rejected");
-                rejected(r)
+                (rejected(r), None)
             }
         }
     }
@@ -136,7 +153,28 @@ impl AgentService for AgentGrpc {
                 info!(code = "UNAUTHORIZED", %reason, jobs = jobs.len(), "jobs rejected");
                 jobs.iter().map(|_| unauthorized(reason.clone())).collect()
             }
-            Ok(()) => jobs.into_iter().map(|job| self.decide(job)).collect(),
+            Ok(()) => {
+                // Every job of the batch is decided (admission, the job
+                // table) before the answer; their plans and runner tasks are
+                // made after it, so the answer does not wait for them.
+                let mut launches = Vec::new();
+                let results = jobs
+                    .into_iter()
+                    .map(|job| {
+                        let (answer, launch) = self.decide_deferred(job);
+                        launches.extend(launch);
+                        answer
+                    })
+                    .collect();
+                if !launches.is_empty() {
+                    tokio::spawn(async move {
+                        for l in launches {
+                            l.start();
+                        }
+                    });
+                }
+                results
+            }
         };
         Ok(Response::new(pb::StartJobsResponse { results }))
     }
