@@ -424,15 +424,27 @@ fn an_agent_enrols_and_registers_through_a_standby() {
     assert_eq!(standby.calls(), 1);
     // Restarted (a new process, no leader remembered), it registers through the
     // standby's hint again.
+    // `agents_ready` may still see the first process's registration: wait for
+    // the new process's own call and its log line.
     cluster.agent("h1").restart();
     cluster.agents_ready(1);
-    assert!(standby.calls() >= 2, "{} calls", standby.calls());
-    let log = crate::harness::read_log(&cluster.agent("h1").stderr_path());
-    let hops = log
-        .lines()
-        .filter(|l| l.contains("is a standby; trying the leader it names"))
-        .count();
-    assert!(hops >= 2, "{log}");
+    let stderr = cluster.agent("h1").stderr_path();
+    let hops = || {
+        crate::harness::read_log(&stderr)
+            .lines()
+            .filter(|l| l.contains("is a standby; trying the leader it names"))
+            .count()
+    };
+    let through =
+        crate::harness::wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            standby.calls() >= 2 && hops() >= 2
+        });
+    assert!(
+        through,
+        "{} calls; log:\n{}",
+        standby.calls(),
+        crate::harness::read_log(&stderr)
+    );
 
     let spec = crate::harness::FanoutSpec::new(5, "true");
     let parent = cluster.write_fanout("through", &spec);
