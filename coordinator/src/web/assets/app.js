@@ -224,10 +224,35 @@
         }
         status('reconnecting…');
         if (es.readyState === EventSource.CLOSED) {
-          api('/api/whoami').catch(() => {});
-          retry = setTimeout(() => sub.closed || connect(), RETRY_CLOSED_MS);
+          retry = setTimeout(() => sub.closed || reopen(), RETRY_CLOSED_MS);
         }
       });
+    };
+    // The browser gave up on the stream (an HTTP error it does not show): ask why
+    // once — a 401 goes to the login form (api), a refusal ends the stream with
+    // the server's reason — and open it again otherwise.
+    const reopen = async () => {
+      let refused = null;
+      try {
+        await api('/api/whoami');
+        const probe = new AbortController();
+        const res = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'text/event-stream' }, signal: probe.signal });
+        if (!res.ok) {
+          const body = parseJSON(await res.text());
+          refused = { code: (body && body.code) || `HTTP_${res.status}`, message: (body && body.message) || res.statusText, status: res.status };
+        }
+        probe.abort();
+      } catch (e) {
+        if (e instanceof ApiError && e.status === 401) return;
+      }
+      if (sub.closed) return;
+      if (refused && refused.status >= 400 && refused.status < 500 && refused.status !== 429) {
+        sub.close();
+        if (events.error) events.error(refused, sub);
+        else showBanner(errText(refused));
+        return;
+      }
+      connect();
     };
     connect();
     ctx.onClose(() => sub.close());
