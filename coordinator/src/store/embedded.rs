@@ -6,7 +6,7 @@
 //! half-applied batch or a revision that was handed out twice.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -31,9 +31,55 @@ pub struct EmbeddedStore {
     db: Arc<RwLock<Database>>,
     path: std::path::PathBuf,
     events: tokio::sync::broadcast::Sender<Arc<Vec<WatchEvent>>>,
+    /// The prefixes watched now: a commit makes events only for their keys.
+    watched: Arc<Watched>,
     /// The last revision committed, raised before its changes are broadcast
     /// (a watch subscribes, then reads it).
     revision: Arc<AtomicU64>,
+}
+
+/// The prefixes of the watches open now, one entry per watch. A commit makes
+/// watch events only for keys under one of them: the leader's watch of its
+/// fence key must not make every commit copy its records into the broadcast
+/// (a million children's records went through it, and stayed in memory until
+/// the watcher had read them).
+#[derive(Default)]
+struct Watched(Mutex<Vec<String>>);
+
+impl Watched {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The prefixes watched now (empty: nobody watches).
+    fn prefixes(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+}
+
+/// One watch's entry in [`Watched`], removed when the watch's stream is dropped.
+struct WatchEntry {
+    watched: Arc<Watched>,
+    prefix: String,
+}
+
+impl WatchEntry {
+    fn new(watched: &Arc<Watched>, prefix: &str) -> WatchEntry {
+        watched.lock().push(prefix.to_string());
+        WatchEntry {
+            watched: watched.clone(),
+            prefix: prefix.to_string(),
+        }
+    }
+}
+
+impl Drop for WatchEntry {
+    fn drop(&mut self) {
+        let mut all = self.watched.lock();
+        if let Some(i) = all.iter().position(|p| *p == self.prefix) {
+            all.swap_remove(i);
+        }
+    }
 }
 
 fn backend<E: std::fmt::Display>(e: E) -> StoreError {
@@ -106,6 +152,7 @@ impl EmbeddedStore {
             db: Arc::new(RwLock::new(db)),
             path: path.to_path_buf(),
             events,
+            watched: Arc::default(),
             revision: Arc::new(AtomicU64::new(revision)),
         })
     }
@@ -240,6 +287,7 @@ impl Store for EmbeddedStore {
     fn commit(&self, ops: Vec<Op>) -> BoxFuture<'_, Result<Revision, StoreError>> {
         let db = self.db.clone();
         let events = self.events.clone();
+        let watched = self.watched.clone();
         let current = self.revision.clone();
         Box::pin(async move {
             let ((revision, deleted), ops) = tokio::task::spawn_blocking(move || {
@@ -249,29 +297,39 @@ impl Store for EmbeddedStore {
             .await
             .map_err(backend)??;
             current.fetch_max(revision, Ordering::SeqCst);
-            // Watch events only when someone watches (checked after the
-            // commit, so a watch opened while it ran still sees it); they
-            // take the values over instead of copying them.
-            if events.receiver_count() > 0 {
+            // Watch events only for the keys someone watches (looked up
+            // after the commit, so a watch opened while it ran still sees
+            // it); they take the values over instead of copying them.
+            let prefixes = watched.prefixes();
+            let wanted = |key: &str| prefixes.iter().any(|p| key.starts_with(p.as_str()));
+            if !prefixes.is_empty() {
                 let mut deleted = deleted.into_iter();
-                let mut evs = Vec::with_capacity(ops.len());
+                let mut evs = Vec::new();
                 for op in ops {
                     match op {
-                        Op::Put { key, value, .. } => evs.push(WatchEvent::Put(KeyValue {
-                            key,
-                            value,
-                            mod_revision: revision,
-                        })),
-                        Op::Delete { key, .. } => evs.push(WatchEvent::Delete { key, revision }),
-                        Op::Check { .. } => {}
+                        Op::Put { key, value, .. } if wanted(&key) => {
+                            evs.push(WatchEvent::Put(KeyValue {
+                                key,
+                                value,
+                                mod_revision: revision,
+                            }));
+                        }
+                        Op::Delete { key, .. } if wanted(&key) => {
+                            evs.push(WatchEvent::Delete { key, revision });
+                        }
+                        Op::Put { .. } | Op::Delete { .. } | Op::Check { .. } => {}
                         Op::DeletePrefix { .. } => evs.extend(
                             deleted
                                 .next()
                                 .unwrap_or_default()
                                 .into_iter()
+                                .filter(|key| wanted(key))
                                 .map(|key| WatchEvent::Delete { key, revision }),
                         ),
                     }
+                }
+                if evs.is_empty() {
+                    return Ok(revision);
                 }
                 let _ = events.send(Arc::new(evs));
             }
@@ -282,9 +340,16 @@ impl Store for EmbeddedStore {
     /// Keeps no history: `from` behind the current revision yields
     /// [`StoreError::Lagged`] (see [`Store::watch`]).
     fn watch(&self, prefix: &str, from: Option<Revision>) -> WatchStream {
+        // Registered before it subscribes: a commit that finds the prefix
+        // sends, and a later one is received.
+        let entry = WatchEntry::new(&self.watched, prefix);
         let rx = self.events.subscribe();
         let current = self.revision.load(Ordering::SeqCst);
-        super::kv::broadcast_watch(prefix, rx, from, current)
+        let stream = super::kv::broadcast_watch(prefix, rx, from, current);
+        Box::pin(tokio_stream::StreamExt::map(stream, move |item| {
+            let _open = &entry;
+            item
+        }))
     }
 
     fn size_bytes(&self) -> u64 {
@@ -315,6 +380,45 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
         crate::store::conformance::run_all(&store).await;
+    }
+
+    /// A watch of one key (the leader's fence) makes no broadcast of the
+    /// records committed beside it, and a dropped watch is forgotten.
+    #[tokio::test]
+    async fn commits_broadcast_only_the_keys_watched() {
+        use tokio_stream::StreamExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
+        let put = |key: &str| Op::Put {
+            key: key.into(),
+            value: vec![7; 1024],
+            pre: Precondition::Any,
+        };
+        let mut fence = store.watch("m/fence", None);
+        assert_eq!(store.watched.prefixes(), vec!["m/fence".to_string()]);
+        store
+            .commit((0..100).map(|i| put(&format!("c/e/{i}"))).collect())
+            .await
+            .unwrap();
+        assert_eq!(store.events.len(), 0, "no watched key: nothing broadcast");
+        let rev = store
+            .commit(vec![put("c/e/100"), put("m/fence")])
+            .await
+            .unwrap();
+        assert_eq!(store.events.len(), 1, "the fence's put alone");
+        match tokio::time::timeout(std::time::Duration::from_secs(5), fence.next()).await {
+            Ok(Some(Ok(WatchEvent::Put(kv)))) => {
+                assert_eq!((kv.key.as_str(), kv.mod_revision), ("m/fence", rev));
+            }
+            other => panic!("expected the fence's put, got {other:?}"),
+        }
+        drop(fence);
+        assert!(
+            store.watched.prefixes().is_empty(),
+            "a dropped watch is forgotten"
+        );
+        store.commit(vec![put("m/fence")]).await.unwrap();
+        assert_eq!(store.events.len(), 0, "nobody watches: nothing broadcast");
     }
 
     #[test]
