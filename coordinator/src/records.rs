@@ -5,6 +5,7 @@
 //! Records are JSON: small, inspectable with any redb or etcd tool, and
 //! tolerant of added fields (`#[serde(default)]`).
 
+use smol_str::SmolStr;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -279,19 +280,22 @@ impl Phase {
 /// One child job: intent (attempt N on agent X) and what is known of it.
 /// Fields at their default are left out of the stored JSON (a pending child
 /// is about 70 bytes, not 260: a million of them are written at once).
+/// The task, item and agent names are [`SmolStr`]s: up to 23 bytes they are
+/// held inline, so a child in memory allocates nothing for them (a million
+/// children in memory made four allocations each for these names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildRecord {
-    pub task: String,
+    pub task: SmolStr,
     pub index: u32,
-    pub item: String,
+    pub item: SmolStr,
     pub phase: Phase,
     /// Current attempt, from 1. Reports for any other attempt are stale.
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
+    pub agent: Option<SmolStr>,
     /// The agent of each attempt, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub attempt_agents: Vec<String>,
+    pub attempt_agents: Vec<SmolStr>,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,
     #[serde(default, skip_serializing_if = "is_zero")]

@@ -130,7 +130,7 @@ pub fn pick(
             "child {path} has run {placed} attempt(s); there is no attempt {n}"
         )));
     }
-    let agent = c.attempt_agents[n as usize - 1].clone();
+    let agent = c.attempt_agents[n as usize - 1].to_string();
     let latest = n == c.attempt;
     if latest && c.phase == Phase::Dispatching {
         return Err(CoordinatorError::ChildNotStarted(format!(
@@ -139,7 +139,7 @@ pub fn pick(
     }
     let dispatch = pb::DispatchId {
         execution_id: execution_id.to_string(),
-        task_path: c.task.clone(),
+        task_path: c.task.to_string(),
         item_index: c.index,
         attempt: n,
     };
@@ -342,11 +342,11 @@ mod tests {
         ChildRecord {
             task: task.into(),
             index,
-            item: index.to_string(),
+            item: index.to_string().into(),
             phase,
             attempt: agents.len().max(1) as u32,
-            agent: agents.last().map(|a| a.to_string()),
-            attempt_agents: agents.iter().map(|a| a.to_string()).collect(),
+            agent: agents.last().map(|a| (*a).into()),
+            attempt_agents: agents.iter().map(|a| (*a).into()).collect(),
             failures: 0,
             lost: 0,
             exit_code: None,

@@ -58,12 +58,12 @@ pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
         .into_iter()
         .zip(v.waiting)
         .map(|(c, waiting)| pb::ChildJob {
-            task_path: c.task,
+            task_path: c.task.to_string(),
             item_index: c.index,
-            item: c.item,
+            item: c.item.to_string(),
             state: c.phase.as_str().to_string(),
             attempt: c.attempt,
-            agent: c.agent.unwrap_or_default(),
+            agent: c.agent.map(|a| a.to_string()).unwrap_or_default(),
             exit_code: c.exit_code.unwrap_or(-1),
             reason: if waiting.is_empty() {
                 c.reason
@@ -73,7 +73,7 @@ pub fn detail(v: ExecutionView) -> pb::ExecutionDetail {
             started_unix_ms: c.started_unix_ms,
             finished_unix_ms: c.finished_unix_ms,
             outputs: c.outputs.into_iter().collect(),
-            attempt_agents: c.attempt_agents,
+            attempt_agents: c.attempt_agents.iter().map(|a| a.to_string()).collect(),
             pid: c.pid,
         })
         .collect();

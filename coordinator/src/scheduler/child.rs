@@ -286,7 +286,7 @@ impl Child {
     pub(crate) fn dispatch_id(&self, execution: &str) -> DispatchId {
         DispatchId {
             execution_id: ExecutionId::new(execution),
-            task_path: self.rec.task.clone(),
+            task_path: self.rec.task.to_string(),
             item_index: self.rec.index,
             attempt: self.state.attempt(),
         }
@@ -304,12 +304,12 @@ fn stamp(state: &ChildState, rec: &mut ChildRecord) {
     rec.phase = state.phase();
     rec.attempt = state.attempt();
     match state {
-        ChildState::SubExecution { .. } => rec.agent = Some(COORDINATOR.to_string()),
+        ChildState::SubExecution { .. } => rec.agent = Some(COORDINATOR.into()),
         s => {
             if let Some(agent) = s.agent()
                 && rec.agent.as_deref() != Some(agent.as_str())
             {
-                rec.agent = Some(agent.to_string());
+                rec.agent = Some(agent.as_str().into());
             }
         }
     }
@@ -327,7 +327,7 @@ mod tests {
             item: "x".into(),
             phase,
             attempt: 3,
-            agent: agent.map(str::to_string),
+            agent: agent.map(Into::into),
             attempt_agents: Vec::new(),
             failures: 0,
             lost: 0,

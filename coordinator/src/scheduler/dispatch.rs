@@ -336,9 +336,9 @@ impl Scheduler {
             return;
         };
         if c.rec.attempt_agents.len() < c.rec.attempt as usize {
-            c.rec.attempt_agents.push(agent.clone());
+            c.rec.attempt_agents.push(agent.as_str().into());
         } else if let Some(last) = c.rec.attempt_agents.last_mut() {
-            *last = agent.clone();
+            *last = agent.as_str().into();
         }
         c.waiting_reason.clear();
         c.dispatched_at = Some(now);

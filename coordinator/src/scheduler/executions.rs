@@ -62,7 +62,7 @@ impl Scheduler {
         let mut by_task: HashMap<String, Vec<(ChildRecord, Option<u64>)>> = HashMap::new();
         for (c, v) in stored {
             by_task
-                .entry(c.task.clone())
+                .entry(c.task.to_string())
                 .or_default()
                 .push((c, Some(v)));
         }
@@ -152,7 +152,7 @@ impl Scheduler {
                 }
                 if rec.phase.is_terminal() {
                     run.terminal += 1;
-                    let agent = rec.agent.clone().unwrap_or_default();
+                    let agent = rec.agent.as_deref().unwrap_or_default().to_string();
                     let e = per_agent.entry(agent).or_default();
                     if rec.phase == Phase::Succeeded {
                         e.0 += 1;
@@ -248,7 +248,7 @@ impl Scheduler {
             c.rec.finished_unix_ms = self.unix_ms;
             let counts = e
                 .per_agent
-                .entry(c.rec.agent.clone().unwrap_or_default())
+                .entry(c.rec.agent.as_deref().unwrap_or_default().to_string())
                 .or_default();
             if new == Phase::Succeeded {
                 counts.0 += 1;

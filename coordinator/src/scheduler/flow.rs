@@ -45,9 +45,9 @@ pub(crate) fn child_seed(execution: &str, task: &str, index: u32) -> u64 {
 /// A fresh child record.
 pub(crate) fn new_child(task: &str, index: u32, item: String) -> ChildRecord {
     ChildRecord {
-        task: task.to_string(),
+        task: task.into(),
         index,
-        item,
+        item: item.into(),
         phase: Phase::Pending,
         attempt: 1,
         agent: None,

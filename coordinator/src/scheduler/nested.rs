@@ -74,7 +74,7 @@ impl Scheduler {
         let unix_ms = self.unix_ms;
         if let Some(c) = self.child_mut(cref) {
             if c.rec.attempt_agents.len() < c.state().attempt() as usize {
-                c.rec.attempt_agents.push(COORDINATOR.to_string());
+                c.rec.attempt_agents.push(COORDINATOR.into());
             }
             c.rec.reason = format!("runs as execution {sub_id}");
             c.rec.started_unix_ms = unix_ms;
@@ -159,7 +159,7 @@ impl Scheduler {
             placement: e.rec.placement.clone(),
             parent: Some(ParentLink {
                 execution_id: e.rec.id.clone(),
-                task: c.rec.task.clone(),
+                task: c.rec.task.to_string(),
                 index: c.rec.index,
                 attempt: c.rec.attempt,
                 depth,
@@ -260,7 +260,7 @@ impl Scheduler {
                     if matches!(c.state(), ChildState::SubExecution { .. })
                         && !live.contains(&(
                             e.rec.id.clone(),
-                            c.rec.task.clone(),
+                            c.rec.task.to_string(),
                             c.rec.index,
                             c.rec.attempt,
                         ))

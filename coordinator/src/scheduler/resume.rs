@@ -122,7 +122,7 @@ impl Scheduler {
         };
         let mut dirty = Vec::with_capacity(reset.len());
         for (task, index) in reset {
-            if let Some(&t) = e.task_index.get(&task) {
+            if let Some(&t) = e.task_index.get(task.as_str()) {
                 dirty.push(super::model::ChildRef {
                     exec: slot,
                     task: t,

@@ -41,7 +41,7 @@ impl Scheduler {
                 if c.rec.phase != Phase::Succeeded || c.rec.rows == Some(0) {
                     continue;
                 }
-                let agent = c.rec.agent.clone().unwrap_or_default();
+                let agent = c.rec.agent.as_deref().unwrap_or_default().to_string();
                 match self.registry.get(&agent) {
                     Some(a) => {
                         sources.push((agent, a.rec.address.clone(), c.dispatch_id(&e.rec.id)))

@@ -64,10 +64,10 @@ pub type TaskCounts = BTreeMap<String, BTreeMap<&'static str, u64>>;
 
 /// Counts `c` into `counts`.
 pub fn count_task(counts: &mut TaskCounts, c: &ChildRecord) {
-    if let Some(per_phase) = counts.get_mut(&c.task) {
+    if let Some(per_phase) = counts.get_mut(c.task.as_str()) {
         *per_phase.entry(c.phase.as_str()).or_default() += 1;
     } else {
-        counts.insert(c.task.clone(), BTreeMap::from([(c.phase.as_str(), 1)]));
+        counts.insert(c.task.to_string(), BTreeMap::from([(c.phase.as_str(), 1)]));
     }
 }
 
@@ -123,7 +123,7 @@ pub fn tally(s: &mut Summary, c: &ChildRecord) {
     if c.phase.is_terminal()
         && let Some(agent) = &c.agent
     {
-        let e = s.per_agent.entry(agent.clone()).or_default();
+        let e = s.per_agent.entry(agent.to_string()).or_default();
         if c.phase == Phase::Succeeded {
             e.0 += 1;
         } else {

@@ -566,7 +566,7 @@ proptest! {
                     8
                 );
                 for c in &v.children {
-                    let key = (c.task.clone(), c.index);
+                    let key = (c.task.to_string(), c.index);
                     if let Some(p) = terminal_seen.get(&key) {
                         prop_assert_eq!(*p, c.phase, "a terminal phase changed");
                     } else if c.phase.is_terminal() {

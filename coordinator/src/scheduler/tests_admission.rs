@@ -458,7 +458,7 @@ mod properties {
             for (name, state, reason) in &last.tasks {
                 if state == "failed" {
                     let ok = reason.contains("--max-pending-children")
-                        || last.children.iter().any(|c| &c.task == name && c.phase == Phase::Failed);
+                        || last.children.iter().any(|c| c.task == name && c.phase == Phase::Failed);
                     prop_assert!(ok, "{} failed: {}", name, reason);
                 }
             }

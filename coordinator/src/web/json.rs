@@ -178,7 +178,7 @@ mod tests {
         ChildRecord {
             task: task.into(),
             index,
-            item: String::new(),
+            item: Default::default(),
             phase,
             attempt: 1,
             agent: Some("a1".into()),
