@@ -5,10 +5,10 @@
 //! Records are JSON: small, inspectable with any redb or etcd tool, and
 //! tolerant of added fields (`#[serde(default)]`).
 
-use smol_str::SmolStr;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use smol_str::SmolStr;
 
 pub use crate::keys::{
     EPOCH_KEY, agent_key, child_key, children_prefix, execution_key, issued_prefix, revoked_key,

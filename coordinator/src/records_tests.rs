@@ -5,7 +5,7 @@ use super::*;
 
 #[test]
 fn a_pending_child_is_stored_without_its_defaults_and_reads_back() {
-    let rec = crate::scheduler::flow::new_child("fan", 7, "x".into());
+    let rec = crate::scheduler::flow::new_child(&"fan".into(), 7, "x".into());
     let json = String::from_utf8(serde_json::to_vec(&rec).unwrap()).unwrap();
     assert_eq!(
         json,

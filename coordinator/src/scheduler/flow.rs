@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use baton_package::{PackageOutcome, Scope, TaskOutcome, TaskState};
+use smol_str::SmolStr;
 use tracing::{info, warn};
 
 use super::child::{Child, End, Step};
@@ -43,9 +44,9 @@ pub(crate) fn child_seed(execution: &str, task: &str, index: u32) -> u64 {
 }
 
 /// A fresh child record.
-pub(crate) fn new_child(task: &str, index: u32, item: String) -> ChildRecord {
+pub(crate) fn new_child(task: &SmolStr, index: u32, item: String) -> ChildRecord {
     ChildRecord {
-        task: task.into(),
+        task: task.clone(),
         index,
         item: item.into(),
         phase: Phase::Pending,
@@ -541,9 +542,10 @@ pub(super) fn expand(
             e.phase_counts[Phase::Pending as usize] += missing as u64;
             e.touched = true;
             let run = &mut e.tasks[ti];
+            let task = SmolStr::new(name);
             for (i, item) in items.into_iter().enumerate().skip(stored) {
                 let index = i as u32;
-                run.children.push(Child::new(new_child(name, index, item)));
+                run.children.push(Child::new(new_child(&task, index, item)));
                 created.push(ChildRef {
                     exec: slot,
                     task: ti as u16,
@@ -570,9 +572,11 @@ pub(super) fn expand(
     let run = &mut e.tasks[ti];
     run.children.reserve(items.len());
     let made = items.len() as u32;
+    // One name for every child: a long one is shared, not copied a million times.
+    let task = SmolStr::new(name);
     for (i, item) in items.into_iter().enumerate() {
         let index = i as u32;
-        run.children.push(Child::new(new_child(name, index, item)));
+        run.children.push(Child::new(new_child(&task, index, item)));
         created.push(ChildRef {
             exec: slot,
             task: ti as u16,

@@ -13,6 +13,7 @@
   const FAILURES_SHOWN = 100;
   const LOG_CHARS_MAX = 1000000; // the oldest log text is dropped beyond this
   const RETRY_CLOSED_MS = 3000; // an EventSource the browser gave up on is reopened after this
+  const PROBE_MS = 10000; // longest wait for the status of a stream that would not open
   const BAD_PHASES = new Set(['failed', 'timed_out', 'lost', 'cancelled']);
   const CHILD_PHASES = ['pending', 'dispatching', 'accepted', 'running', 'succeeded', 'failed',
     'cancelled', 'timed_out', 'lost'];
@@ -194,12 +195,14 @@
   function openEvents(ctx, url, events, status = setLive) {
     let es = null;
     let retry = null;
+    let probe = null;
     const sub = {
       closed: false,
       close() {
         if (sub.closed) return;
         sub.closed = true;
         clearTimeout(retry);
+        if (probe) probe.abort();
         if (es) es.close();
       },
     };
@@ -229,21 +232,30 @@
       });
     };
     // The browser gave up on the stream (an HTTP error it does not show): ask why
-    // once — a 401 goes to the login form (api), a refusal ends the stream with
-    // the server's reason — and open it again otherwise.
+    // once — a 401 goes to the login form, a refusal ends the stream with the
+    // server's reason — and open it again otherwise (a 429 or 5xx, no network).
+    // The probe is cut as soon as its status is known, or after PROBE_MS.
     const reopen = async () => {
       let refused = null;
+      probe = new AbortController();
+      const timer = setTimeout(() => probe && probe.abort(), PROBE_MS);
       try {
         await api('/api/whoami');
-        const probe = new AbortController();
         const res = await fetch(url, { credentials: 'same-origin', headers: { Accept: 'text/event-stream' }, signal: probe.signal });
+        if (res.status === 401) {
+          showLogin();
+          return;
+        }
         if (!res.ok) {
           const body = parseJSON(await res.text());
           refused = { code: (body && body.code) || `HTTP_${res.status}`, message: (body && body.message) || res.statusText, status: res.status };
         }
-        probe.abort();
       } catch (e) {
         if (e instanceof ApiError && e.status === 401) return;
+      } finally {
+        clearTimeout(timer);
+        if (probe) probe.abort();
+        probe = null;
       }
       if (sub.closed) return;
       if (refused && refused.status >= 400 && refused.status < 500 && refused.status !== 429) {
