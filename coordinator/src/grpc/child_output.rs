@@ -340,23 +340,11 @@ mod tests {
 
     fn child(task: &str, index: u32, phase: Phase, agents: &[&str]) -> ChildRecord {
         ChildRecord {
-            task: task.into(),
-            index,
-            item: index.to_string().into(),
             phase,
             attempt: agents.len().max(1) as u32,
             agent: agents.last().map(|a| (*a).into()),
             attempt_agents: agents.iter().map(|a| (*a).into()).collect(),
-            failures: 0,
-            lost: 0,
-            exit_code: None,
-            reason: String::new(),
-            outputs: Default::default(),
-            started_unix_ms: 0,
-            finished_unix_ms: 0,
-            pid: 0,
-            cancel_requested: false,
-            rows: None,
+            ..crate::scheduler::flow::new_child(&task.into(), index, index.to_string())
         }
     }
 

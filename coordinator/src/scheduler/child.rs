@@ -322,23 +322,10 @@ mod tests {
 
     fn record(phase: Phase, agent: Option<&str>) -> ChildRecord {
         ChildRecord {
-            task: "fan".into(),
-            index: 0,
-            item: "x".into(),
             phase,
             attempt: 3,
             agent: agent.map(Into::into),
-            attempt_agents: Vec::new(),
-            failures: 0,
-            lost: 0,
-            exit_code: None,
-            reason: String::new(),
-            outputs: Default::default(),
-            started_unix_ms: 0,
-            finished_unix_ms: 0,
-            pid: 0,
-            cancel_requested: false,
-            rows: None,
+            ..crate::scheduler::flow::new_child(&"fan".into(), 0, "x".into())
         }
     }
 

@@ -176,23 +176,10 @@ mod tests {
 
     fn rec(task: &str, index: u32, phase: Phase) -> ChildRecord {
         ChildRecord {
-            task: task.into(),
-            index,
-            item: Default::default(),
             phase,
-            attempt: 1,
             agent: Some("a1".into()),
             attempt_agents: vec!["a1".into()],
-            failures: 0,
-            lost: 0,
-            exit_code: None,
-            reason: String::new(),
-            outputs: Default::default(),
-            started_unix_ms: 0,
-            finished_unix_ms: 0,
-            pid: 0,
-            cancel_requested: false,
-            rows: None,
+            ..crate::scheduler::flow::new_child(&task.into(), index, String::new())
         }
     }
 
