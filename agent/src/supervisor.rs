@@ -72,13 +72,7 @@ impl Launch {
         let Some(make) = self.make.take() else {
             return;
         };
-        let work = make();
-        let sup = self.sup.clone();
-        sup.spawned.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            work.await;
-            sup.tasks.send_modify(|n| *n -= 1);
-        });
+        self.sup.spawn_counted(make());
     }
 }
 
@@ -279,6 +273,12 @@ impl Supervisor {
     /// it ends (its finished event is durable by then).
     fn spawn_runner(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
         self.tasks.send_modify(|n| *n += 1);
+        self.spawn_counted(work);
+    }
+
+    /// Spawns the work of a runner task already counted in `tasks`; the count
+    /// drops when it ends.
+    fn spawn_counted(self: &Arc<Self>, work: impl Future<Output = ()> + Send + 'static) {
         self.spawned.fetch_add(1, Ordering::Relaxed);
         let this = self.clone();
         tokio::spawn(async move {

@@ -27,6 +27,15 @@ use rcgen::{
 
 /// Suffix of every Baton identity name.
 pub const DOMAIN: &str = "baton";
+
+/// Whether `name` is one of Baton's own identity names (`baton`, `*.baton`),
+/// which only the certificates of Baton's identities may carry.
+pub fn is_baton_name(name: &str) -> bool {
+    name == DOMAIN
+        || name
+            .strip_suffix(DOMAIN)
+            .is_some_and(|head| head.ends_with('.'))
+}
 /// The coordinator's identity name.
 pub const COORDINATOR_NAME: &str = "coordinator.baton";
 /// Default lifetime of an issued certificate: a day. Agents renew theirs over
@@ -290,10 +299,9 @@ impl Authority {
     /// the coordinator to agents or clients), and server authentication as
     /// its only usage, so that it can never serve as a client's or an agent's.
     pub fn issue_web(&self, names: &[String], ttl: Duration) -> Result<(Issued, String), PkiError> {
-        let suffix = format!(".{DOMAIN}");
         let sans: Vec<String> = names
             .iter()
-            .filter(|n| !n.ends_with(&suffix) && n.as_str() != DOMAIN)
+            .filter(|n| !is_baton_name(n))
             .cloned()
             .collect();
         let Some(first) = sans.first().cloned() else {

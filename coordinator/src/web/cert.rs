@@ -57,10 +57,7 @@ fn issue_now(tls: &LiveTls, names: &[String]) -> Result<(String, String, i64), C
             "--dashboard-name '{bad}' is neither a DNS name nor an IP address"
         )));
     }
-    if let Some(own) = names
-        .iter()
-        .find(|n| n.ends_with(".baton") || n.as_str() == "baton")
-    {
+    if let Some(own) = names.iter().find(|n| crate::pki::is_baton_name(n)) {
         return Err(CoordinatorError::Config(format!(
             "--dashboard-name '{own}' is one of Baton's own identity names (*.baton); name the dashboard as browsers reach it"
         )));
